@@ -1,0 +1,251 @@
+"""The data that travels between sdpipe's parts: requests, job specs, job records, SD results.
+
+Messages between actors carry only a job id; everything else is in the status store (the
+:class:`JobRecord`, holding its :class:`JobSpec`) and on disk (paths derived from the job id).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.errors import InputError
+
+__all__ = [
+    "STEP_NAMES",
+    "ErrorInfo",
+    "GenerationParams",
+    "JobKind",
+    "JobRecord",
+    "JobSpec",
+    "JobState",
+    "SDResult",
+    "StepName",
+    "StepParams",
+    "StepRecord",
+    "parse_grid",
+]
+
+StepName = Literal["generate", "split", "seam_blur", "merge"]
+#: The steps in pipeline order.
+STEP_NAMES: tuple[StepName, ...] = ("generate", "split", "seam_blur", "merge")
+
+JobKind = Literal["generate", "process"]
+
+_GRID_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+
+
+class JobState(enum.StrEnum):
+    """A job's lifecycle. Steps move it forward only; the last three are terminal."""
+
+    QUEUED = "queued"
+    GENERATING = "generating"
+    SPLITTING = "splitting"
+    BLURRING = "blurring"
+    MERGING = "merging"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+    @property
+    def rank(self) -> int:
+        """Position in the forward order; terminal states share the highest rank."""
+        return _RANK[self]
+
+    @classmethod
+    def for_step(cls, step: StepName) -> JobState:
+        """The state a job is in while ``step`` runs."""
+        return _STEP_STATE[step]
+
+
+_RANK = {
+    JobState.QUEUED: 0,
+    JobState.GENERATING: 1,
+    JobState.SPLITTING: 2,
+    JobState.BLURRING: 3,
+    JobState.MERGING: 4,
+    JobState.SUCCEEDED: 5,
+    JobState.FAILED: 5,
+    JobState.CANCELLED: 5,
+}
+_STEP_STATE: dict[StepName, JobState] = {
+    "generate": JobState.GENERATING,
+    "split": JobState.SPLITTING,
+    "seam_blur": JobState.BLURRING,
+    "merge": JobState.MERGING,
+}
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """Parse ``"ROWSxCOLS"`` (e.g. ``"2x2"``) into ``(rows, cols)``.
+
+    Raises:
+        InputError: not of that form, or a count below 1.
+    """
+    match = _GRID_RE.match(text)
+    if not match:
+        raise InputError(f"grid {text!r} is not ROWSxCOLS", hint="use e.g. --grid 2x2")
+    rows, cols = int(match[1]), int(match[2])
+    if rows < 1 or cols < 1:
+        raise InputError(f"grid {text!r} has an empty side", hint="rows and columns must be at least 1")
+    if rows * cols < 2:
+        raise InputError(f"grid {text!r} has no inner cut", hint="use at least 1x2 or 2x1")
+    return rows, cols
+
+
+class GenerationParams(BaseModel):
+    """One txt2img request, every field explicit (A1111's API defaults differ from its UI's)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: Annotated[int, Field(ge=-1, le=4294967294)] = -1
+    steps: Annotated[int, Field(ge=1, le=500)]
+    cfg_scale: Annotated[float, Field(ge=0, le=100)]
+    width: Annotated[int, Field(ge=8)]
+    height: Annotated[int, Field(ge=8)]
+    sampler_name: str
+    scheduler: str
+    override_settings: dict[str, Any] | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the prompt is empty")
+        return value
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON body of ``POST /sdapi/v1/txt2img`` for one image."""
+        payload: dict[str, Any] = {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "seed": self.seed,
+            "steps": self.steps,
+            "cfg_scale": self.cfg_scale,
+            "width": self.width,
+            "height": self.height,
+            "sampler_name": self.sampler_name,
+            "scheduler": self.scheduler,
+            "batch_size": 1,
+            "n_iter": 1,
+            "send_images": True,
+            "save_images": False,
+        }
+        if self.override_settings:
+            payload["override_settings"] = self.override_settings
+            payload["override_settings_restore_afterwards"] = True
+        return payload
+
+
+class StepParams(BaseModel):
+    """Parameters of split -> seam-blur -> merge."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rows: Annotated[int, Field(ge=1)] = 2
+    cols: Annotated[int, Field(ge=1)] = 2
+    band_px: Annotated[int, Field(ge=1)] = 16
+    sigma: Annotated[float, Field(gt=0)] = 4.0
+
+    @property
+    def grid(self) -> str:
+        return f"{self.rows}x{self.cols}"
+
+
+class JobSpec(BaseModel):
+    """What a job must do; fixed when the job is created."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job_id: str
+    kind: JobKind
+    batch_id: str | None = None
+    generation: GenerationParams | None = None
+    step_params: StepParams
+    output_format: Literal["png", "webp", "jpeg"] = "png"
+    #: Final file name without extension, relative to OUTPUT_DIR (fixed at creation: idempotent).
+    output_name: str
+    #: For ``process`` jobs: the input file the user named (for the sidecar only).
+    source_name: str | None = None
+    #: Credential-free URL of the SD server the job targets (generate jobs).
+    backend_url: str | None = None
+    created_at: float
+
+
+class StepRecord(BaseModel):
+    """Attempts and timing of one step of one job."""
+
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration_s: float | None = None
+    skipped: bool = False
+
+
+class ErrorInfo(BaseModel):
+    """The last error of a job: which step, which error type, the message (server's own included)."""
+
+    step: str
+    type: str
+    message: str
+    transient: bool = False
+    at: float
+
+
+class JobRecord(BaseModel):
+    """A job as the status store holds it."""
+
+    job_id: str
+    batch_id: str | None = None
+    state: JobState
+    spec: JobSpec
+    created_at: float
+    updated_at: float
+    steps: dict[str, StepRecord] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+    #: Set on success: ``image`` and ``sidecar`` paths, ``width``, ``height``, ``bytes``, ``sha256``.
+    result: dict[str, Any] | None = None
+    #: What the SD server said about the generation: ``seed``, ``model_name``, ``model_hash``, ``version``.
+    sd_info: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SDResult:
+    """One image as the SD server returned it, plus what ``info`` says about it."""
+
+    image_bytes: bytes
+    #: Sniffed from the bytes: ``png``, ``jpeg`` or ``webp``.
+    format: str
+    #: The parsed ``info`` JSON (an empty dict when the server sent none).
+    info: dict[str, Any]
+    #: The seed actually used (``info.all_seeds[0]``), or the requested one when ``info`` lacks it.
+    seed: int
+    #: A1111 infotext for this image (``info.infotexts[0]``), or None.
+    infotext: str | None
+    model_name: str | None
+    model_hash: str | None
+    version: str | None
+    #: Credential-free URL of the server that rendered it.
+    backend_url: str
+    elapsed_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def validation_message(exc: Exception) -> str:
+    """One line from a pydantic ``ValidationError`` (first problem, field named)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{loc}: {first.get('msg', 'invalid')}" if loc else str(first.get("msg", "invalid"))
+    return str(exc)

@@ -1,0 +1,203 @@
+"""Typed settings, read once from the environment and ``.env`` and passed down.
+
+Names follow the original service (``SD_API_URL``, ``REDIS_URL``, ``WORKERS_COUNT``, ...): no
+prefix. Library code never reads ``os.environ``; only :func:`load_settings` does, through
+pydantic-settings, and the CLI calls it once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_BAND_PX",
+    "DEFAULT_CFG_SCALE",
+    "DEFAULT_GRID",
+    "DEFAULT_HEIGHT",
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_SAMPLER",
+    "DEFAULT_SCHEDULER",
+    "DEFAULT_SD_API_URL",
+    "DEFAULT_SD_TIMEOUT_S",
+    "DEFAULT_SIGMA",
+    "DEFAULT_STEPS",
+    "DEFAULT_WIDTH",
+    "OutputFormat",
+    "Settings",
+    "load_settings",
+    "mask_url",
+]
+
+#: Where the SD server listens by default (A1111 with ``--api``).
+DEFAULT_SD_API_URL = "http://localhost:7860"
+#: Read timeout of one txt2img call. SDXL, hires fix and model loads need minutes.
+DEFAULT_SD_TIMEOUT_S = 300.0
+#: Connect timeout: a server that does not accept within this is down, not busy.
+DEFAULT_SD_CONNECT_TIMEOUT_S = 5.0
+#: Worker processes started by ``sdpipe worker``.
+DEFAULT_WORKERS_COUNT = 2
+#: Threads per worker process.
+DEFAULT_WORKER_THREADS = 4
+#: Default grid for split/seam-blur/merge: the original service's "4 equal parts".
+DEFAULT_GRID = "2x2"
+#: Half-width of the blended band on each side of an inner cut, in pixels.
+DEFAULT_BAND_PX = 16
+#: Standard deviation of the Gaussian blur inside the band, in pixels.
+DEFAULT_SIGMA = 4.0
+#: Generation defaults, sent explicitly (A1111's API defaults differ from its UI's).
+DEFAULT_STEPS = 20
+DEFAULT_CFG_SCALE = 7.0
+DEFAULT_WIDTH = 512
+DEFAULT_HEIGHT = 512
+DEFAULT_SAMPLER = "Euler a"
+DEFAULT_SCHEDULER = "Automatic"
+#: Largest image (width x height) sdpipe requests, decodes or writes.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+#: Largest image file sdpipe reads, in bytes.
+DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024
+#: Retries of a transient failure per step, and the backoff between them.
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_RETRY_MIN_BACKOFF_MS = 1_000
+DEFAULT_RETRY_MAX_BACKOFF_MS = 60_000
+
+OutputFormat = Literal["png", "webp", "jpeg"]
+
+_GRID_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` (user names are kept)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = quote(parts.username or "", safe="")
+    netloc = f"{user}:***@{host}" if user else f"***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class Settings(BaseSettings):
+    """Every setting of sdpipe, from the environment and ``.env``."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True)
+
+    # SD server
+    sd_api_url: str = DEFAULT_SD_API_URL
+    sd_api_auth: SecretStr | None = None
+    sd_timeout_s: Annotated[float, Field(gt=0)] = DEFAULT_SD_TIMEOUT_S
+    sd_connect_timeout_s: Annotated[float, Field(gt=0)] = DEFAULT_SD_CONNECT_TIMEOUT_S
+
+    # Redis (broker + status store). Unset: embedded mode (in-process workers, SQLite store).
+    redis_url: SecretStr | None = None
+    redis_host: str | None = None
+    redis_port: Annotated[int, Field(gt=0, lt=65536)] = 6379
+    redis_password: SecretStr | None = None
+    redis_db: Annotated[int, Field(ge=0)] = 0
+
+    # Workers
+    workers_count: Annotated[int, Field(ge=1)] = DEFAULT_WORKERS_COUNT
+    worker_threads: Annotated[int, Field(ge=1)] = DEFAULT_WORKER_THREADS
+    max_retries: Annotated[int, Field(ge=0)] = DEFAULT_MAX_RETRIES
+    retry_min_backoff_ms: Annotated[int, Field(gt=0)] = DEFAULT_RETRY_MIN_BACKOFF_MS
+    retry_max_backoff_ms: Annotated[int, Field(gt=0)] = DEFAULT_RETRY_MAX_BACKOFF_MS
+
+    # Output
+    output_dir: Path = Path("./outputs")
+    output_format: OutputFormat = "png"
+    max_pixels: Annotated[int, Field(gt=0)] = DEFAULT_MAX_PIXELS
+    max_image_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_IMAGE_BYTES
+
+    # Step defaults
+    grid: str = DEFAULT_GRID
+    band_px: Annotated[int, Field(ge=1)] = DEFAULT_BAND_PX
+    sigma: Annotated[float, Field(gt=0)] = DEFAULT_SIGMA
+
+    # Generation defaults
+    steps: Annotated[int, Field(ge=1, le=500)] = DEFAULT_STEPS
+    cfg_scale: Annotated[float, Field(ge=0, le=100)] = DEFAULT_CFG_SCALE
+    width: Annotated[int, Field(ge=8)] = DEFAULT_WIDTH
+    height: Annotated[int, Field(ge=8)] = DEFAULT_HEIGHT
+    sampler: str = DEFAULT_SAMPLER
+    scheduler: str = DEFAULT_SCHEDULER
+
+    @field_validator("grid")
+    @classmethod
+    def _check_grid(cls, value: str) -> str:
+        match = _GRID_RE.match(value)
+        if not match or int(match[1]) < 1 or int(match[2]) < 1:
+            raise ValueError("expected ROWSxCOLS with both at least 1, e.g. 2x2")
+        return f"{int(match[1])}x{int(match[2])}"
+
+    @field_validator("sd_api_url")
+    @classmethod
+    def _check_sd_url(cls, value: str) -> str:
+        for entry in value.split(","):
+            entry = entry.strip()
+            if entry.startswith("mock://"):
+                continue
+            parts = urlsplit(entry)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    f"{mask_url(entry)!r} is not an http(s) URL; use e.g. http://localhost:7860 or mock://"
+                )
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> Settings:
+        if self.retry_max_backoff_ms < self.retry_min_backoff_ms:
+            raise ValueError("RETRY_MAX_BACKOFF_MS must be >= RETRY_MIN_BACKOFF_MS")
+        return self
+
+    @property
+    def redis_mode(self) -> bool:
+        """True when Redis is configured: the broker and the status store live there."""
+        return self.redis_url is not None or self.redis_host is not None
+
+    def redis_dsn(self) -> str:
+        """The Redis URL in effect, with its password (never log it; see :meth:`redis_dsn_masked`)."""
+        if self.redis_url is not None:
+            return self.redis_url.get_secret_value()
+        if self.redis_host is None:
+            raise ConfigError("Redis is not configured", hint="set REDIS_URL or REDIS_HOST")
+        auth = ""
+        if self.redis_password is not None:
+            auth = ":" + quote(self.redis_password.get_secret_value(), safe="") + "@"
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    def redis_dsn_masked(self) -> str:
+        """The Redis URL in effect with its password masked, for messages and ``doctor``."""
+        return mask_url(self.redis_dsn()) if self.redis_mode else "(embedded: no Redis)"
+
+    @property
+    def actor_time_limit_ms(self) -> int:
+        """The actors' time limit: always above the SD client's own timeouts."""
+        return int((self.sd_timeout_s + self.sd_connect_timeout_s + 60.0) * 1000)
+
+
+def load_settings(env_file: Path | None = None, **overrides: object) -> Settings:
+    """Read the settings once (environment, then ``env_file`` or ``./.env``), applying ``overrides``.
+
+    Raises:
+        ConfigError: a setting is malformed; the message names it and what is expected.
+    """
+    try:
+        if env_file is not None:
+            return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"]).upper() or "settings"
+        raise ConfigError(f"invalid setting {name}: {err['msg']}", hint="fix it in the environment or .env") from exc
