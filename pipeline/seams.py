@@ -1,0 +1,355 @@
+"""Split an image into a grid of tiles, blur across the inner cuts, and merge the tiles back.
+
+Pure numpy, no I/O. The seam blur is defined on the whole image (:func:`seam_blur_reference`):
+for each inner cut line, a pixel whose centre lies at distance ``d`` from the line gets the weight
+``1 - smoothstep(clip(d / band_px, 0, 1))``; at a crossing the largest weight wins. The output is
+``(1 - w) * image + w * gaussian_sigma(image)``, rounded to uint8, and every pixel with ``w == 0``
+is copied unchanged. The Gaussian is separable, truncated at ``ceil(3 * sigma)`` pixels, computed in
+float32, with the image borders mirrored (``numpy.pad(mode="reflect")``).
+
+The tiled path (:func:`split` -> :func:`seam_blur_tile` per tile -> :func:`merge`) reproduces the
+reference bit for bit: each tile carries a halo of :func:`halo_px` pixels of its neighbours, and both
+paths share the same float32 arithmetic element by element. A tile computes only its seam bands.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.errors import InputError
+from pipeline.models import StepParams
+
+__all__ = [
+    "GAUSSIAN_TRUNCATE_SIGMAS",
+    "TileBox",
+    "cut_positions",
+    "halo_px",
+    "merge",
+    "plan_tiles",
+    "seam_blur_reference",
+    "seam_blur_tile",
+    "split",
+    "validate_geometry",
+]
+
+#: The Gaussian kernel reaches ``ceil(GAUSSIAN_TRUNCATE_SIGMAS * sigma)`` pixels from its centre.
+GAUSSIAN_TRUNCATE_SIGMAS = 3.0
+
+_U8 = NDArray[np.uint8]
+_F32 = NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class TileBox:
+    """Where one tile sits: its interior and its halo-extended box, in image pixel coordinates.
+
+    ``x1``/``y1`` and ``hx1``/``hy1`` are exclusive. The halo box is clipped to the image, so on a
+    side that touches the image border it equals the interior.
+    """
+
+    row: int
+    col: int
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    hx0: int
+    hy0: int
+    hx1: int
+    hy1: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.hx0 <= self.x0 < self.x1 <= self.hx1 and 0 <= self.hy0 <= self.y0 < self.y1 <= self.hy1):
+            raise ValueError(f"inconsistent tile box {self}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the halo-extended tile array."""
+        return self.hy1 - self.hy0, self.hx1 - self.hx0
+
+    @property
+    def interior(self) -> tuple[slice, slice]:
+        """Slices selecting the interior within the halo-extended tile array."""
+        return slice(self.y0 - self.hy0, self.y1 - self.hy0), slice(self.x0 - self.hx0, self.x1 - self.hx0)
+
+    def to_dict(self) -> dict[str, int]:
+        """A JSON-able dict of all fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> TileBox:
+        """Rebuild a box from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: a field is missing, not an int, or the box is inconsistent.
+        """
+        values: dict[str, int] = {}
+        for f in fields(cls):
+            value = data.get(f.name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"tile box field {f.name!r} must be an int, got {value!r}")
+            values[f.name] = value
+        return cls(**values)
+
+
+def cut_positions(length: int, parts: int) -> list[int]:
+    """Cut positions ``floor(length * k / parts)`` for ``k = 0..parts`` (0 and ``length`` included)."""
+    if length < 0 or parts < 1:
+        raise ValueError(f"cannot cut {length} px into {parts} parts")
+    return [length * k // parts for k in range(parts + 1)]
+
+
+def _gaussian_radius_px(sigma: float) -> int:
+    return math.ceil(GAUSSIAN_TRUNCATE_SIGMAS * sigma)
+
+
+def halo_px(band_px: int, sigma: float) -> int:
+    """Pixels of context a tile needs beyond each inner edge to blur its bands exactly.
+
+    A band pixel's blurred value reads the image up to the Gaussian radius away in both directions
+    (separable passes: a square of that radius), and band pixels reach the tile edge, so the halo is
+    exactly the radius. ``band_px`` does not matter: the band on the far side of a cut belongs to the
+    neighbouring tile, which blurs it itself. Mirroring at the image border needs no extra halo.
+    """
+    del band_px  # the band lies inside the interior; only the kernel reaches beyond the edge
+    return _gaussian_radius_px(sigma)
+
+
+def validate_geometry(width: int, height: int, params: StepParams) -> None:
+    """Check that ``params`` can split and blur a ``width`` x ``height`` image.
+
+    Each tile must be at least ``2 * band_px`` pixels across every axis that has inner cuts, so the
+    bands of a tile's two opposite edges never overlap.
+
+    Raises:
+        InputError: empty image, non-positive sigma or band, a grid finer than the image, or a band
+            wider than half a tile.
+    """
+    rows, cols, band, sigma = params.rows, params.cols, params.band_px, params.sigma
+    if width < 1 or height < 1:
+        raise InputError(f"image is {width}x{height} px", hint="the image must have at least one pixel")
+    if not sigma > 0 or not math.isfinite(sigma):
+        raise InputError(f"sigma {sigma} is not a positive number", hint="use e.g. --sigma 4")
+    if band < 1:
+        raise InputError(f"band_px {band} is below 1", hint="use e.g. --band-px 16")
+    if rows < 1 or cols < 1 or cols > width or rows > height:
+        raise InputError(
+            f"grid {rows}x{cols} has more tiles than the {width}x{height} px image has pixels",
+            hint="use a coarser --grid",
+        )
+    tile_w = min(b - a for a, b in _pairs(cut_positions(width, cols)))
+    tile_h = min(b - a for a, b in _pairs(cut_positions(height, rows)))
+    limits = ([tile_w // 2] if cols > 1 else []) + ([tile_h // 2] if rows > 1 else [])
+    max_band = min(limits, default=band)
+    if max_band < 1:
+        raise InputError(
+            f"grid {rows}x{cols} is too fine for a {width}x{height} px image (tiles are {tile_w}x{tile_h} px)",
+            hint="use a coarser --grid",
+        )
+    if band > max_band:
+        raise InputError(
+            f"band_px {band} is larger than half a tile (tiles are {tile_w}x{tile_h} px)",
+            hint=f"use --band-px {max_band} or less, or a coarser --grid",
+        )
+
+
+def plan_tiles(width: int, height: int, params: StepParams) -> list[TileBox]:
+    """The tiles of a ``width`` x ``height`` image, row by row, each with its clipped halo box.
+
+    Raises:
+        InputError: see :func:`validate_geometry`.
+    """
+    validate_geometry(width, height, params)
+    halo = halo_px(params.band_px, params.sigma)
+    xs, ys = cut_positions(width, params.cols), cut_positions(height, params.rows)
+    return [
+        TileBox(
+            row=r,
+            col=c,
+            x0=x0,
+            y0=y0,
+            x1=x1,
+            y1=y1,
+            hx0=max(0, x0 - halo),
+            hy0=max(0, y0 - halo),
+            hx1=min(width, x1 + halo),
+            hy1=min(height, y1 + halo),
+        )
+        for r, (y0, y1) in enumerate(_pairs(ys))
+        for c, (x0, x1) in enumerate(_pairs(xs))
+    ]
+
+
+def split(image: _U8, params: StepParams) -> list[tuple[TileBox, _U8]]:
+    """Cut ``image`` into its tiles; each array is a C-contiguous copy of the halo-extended box.
+
+    Raises:
+        InputError: see :func:`validate_geometry`.
+        ValueError: ``image`` is not a uint8 (H, W) or (H, W, C) array.
+    """
+    _check_image(image)
+    height, width = image.shape[:2]
+    return [
+        (box, image[box.hy0 : box.hy1, box.hx0 : box.hx1].copy(order="C")) for box in plan_tiles(width, height, params)
+    ]
+
+
+def seam_blur_tile(tile: _U8, box: TileBox, width: int, height: int, params: StepParams) -> _U8:
+    """Blur the seam bands of one tile's interior, exactly as :func:`seam_blur_reference` would.
+
+    Only the band rectangles are computed, so the cost scales with perimeter x (band + radius), not
+    with the tile's area. The halo and all other pixels are returned unchanged; ``tile`` itself is
+    not modified.
+
+    Raises:
+        InputError: see :func:`validate_geometry`.
+        ValueError: ``tile`` does not have the shape of ``box``, or the halo is too small.
+    """
+    _check_image(tile)
+    if tile.shape[:2] != box.shape or box.hx1 > width or box.hy1 > height:
+        raise ValueError(f"tile of shape {tile.shape} does not fit box {box} of a {width}x{height} image")
+    validate_geometry(width, height, params)
+    x_cuts = cut_positions(width, params.cols)[1:-1]
+    y_cuts = cut_positions(height, params.rows)[1:-1]
+    kernel = _gaussian_kernel(params.sigma)
+    radius = len(kernel) // 2
+    wy = _line_weights(np.arange(box.y0, box.y1), y_cuts, params.band_px)
+    wx = _line_weights(np.arange(box.x0, box.x1), x_cuts, params.band_px)
+    row_runs, col_runs = _runs(wy > 0), _runs(wx > 0)
+    # Disjoint rectangles covering exactly the pixels with w > 0: full-width strips along the
+    # horizontal cuts, then the vertical strips between them.
+    rects = [(a, b, 0, box.x1 - box.x0) for a, b in row_runs]
+    rects += [(a, b, c, d) for a, b in _runs(wy == 0) for c, d in col_runs]
+
+    out = tile.copy()
+    for ry0, ry1, rx0, rx1 in rects:  # offsets within the interior
+        ys = _reflect_index(np.arange(box.y0 + ry0 - radius, box.y0 + ry1 + radius), height) - box.hy0
+        xs = _reflect_index(np.arange(box.x0 + rx0 - radius, box.x0 + rx1 + radius), width) - box.hx0
+        if ys.min() < 0 or ys.max() >= tile.shape[0] or xs.min() < 0 or xs.max() >= tile.shape[1]:
+            raise ValueError(f"the halo of tile {box} is smaller than the Gaussian radius {radius} px")
+        window = tile.take(ys, axis=0).take(xs, axis=1).astype(np.float32)
+        blurred = _blur_window(window, kernel)
+        weight = np.maximum(wy[ry0:ry1, None], wx[None, rx0:rx1])
+        top, left = box.y0 - box.hy0, box.x0 - box.hx0
+        local = (slice(top + ry0, top + ry1), slice(left + rx0, left + rx1))
+        out[local] = _blend(tile[local], blurred, weight)
+    return out
+
+
+def merge(tiles: Sequence[tuple[TileBox, _U8]], width: int, height: int) -> _U8:
+    """Crop each tile's halo and assemble a ``width`` x ``height`` image.
+
+    Raises:
+        ValueError: no tiles, a tile whose shape/dtype/channels disagree with its box or the others,
+            a tile outside the image, overlapping tiles, or pixels no tile covers.
+    """
+    if not tiles:
+        raise ValueError("no tiles to merge")
+    first = tiles[0][1]
+    out: _U8 = np.empty((height, width, *first.shape[2:]), dtype=np.uint8)
+    covered = np.zeros((height, width), dtype=bool)
+    for box, array in tiles:
+        _check_image(array)
+        if array.shape[:2] != box.shape or array.shape[2:] != first.shape[2:]:
+            raise ValueError(f"tile r{box.row}c{box.col} has shape {array.shape}, expected {box.shape}")
+        if box.hx1 > width or box.hy1 > height:
+            raise ValueError(f"tile r{box.row}c{box.col} lies outside the {width}x{height} image")
+        region = covered[box.y0 : box.y1, box.x0 : box.x1]
+        if region.any():
+            raise ValueError(f"tile r{box.row}c{box.col} overlaps another tile")
+        region[...] = True
+        out[box.y0 : box.y1, box.x0 : box.x1] = array[box.interior]
+    if not covered.all():
+        y, x = np.argwhere(~covered)[0]
+        raise ValueError(f"the tiles do not cover the image: pixel x={x}, y={y} is missing")
+    return out
+
+
+def seam_blur_reference(image: _U8, params: StepParams) -> _U8:
+    """The seam blur in one pass over the whole image: the oracle the tiled path must match.
+
+    Raises:
+        InputError: see :func:`validate_geometry`.
+        ValueError: ``image`` is not a uint8 (H, W) or (H, W, C) array.
+    """
+    _check_image(image)
+    height, width = image.shape[:2]
+    validate_geometry(width, height, params)
+    kernel = _gaussian_kernel(params.sigma)
+    radius = len(kernel) // 2
+    padding = [(radius, radius), (radius, radius)] + [(0, 0)] * (image.ndim - 2)
+    blurred = _blur_window(np.pad(image, padding, mode="reflect").astype(np.float32), kernel)
+    wy = _line_weights(np.arange(height), cut_positions(height, params.rows)[1:-1], params.band_px)
+    wx = _line_weights(np.arange(width), cut_positions(width, params.cols)[1:-1], params.band_px)
+    return _blend(image, blurred, np.maximum(wy[:, None], wx[None, :]))
+
+
+# -- shared arithmetic: both paths must run exactly these float32 operations per element ----------
+
+
+def _gaussian_kernel(sigma: float) -> _F32:
+    radius = _gaussian_radius_px(sigma)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    normalised: _F32 = (kernel / kernel.sum()).astype(np.float32)
+    return normalised
+
+
+def _blur_window(window: _F32, kernel: _F32) -> _F32:
+    """Separable Gaussian of ``window``, which has ``radius`` extra pixels on each side; returns the inside."""
+    radius = len(kernel) // 2
+    height, width = window.shape[0] - 2 * radius, window.shape[1] - 2 * radius
+    rows: _F32 = kernel[0] * window[:, 0:width]
+    for j in range(1, len(kernel)):
+        rows += kernel[j] * window[:, j : j + width]
+    out: _F32 = kernel[0] * rows[0:height]
+    for j in range(1, len(kernel)):
+        out += kernel[j] * rows[j : j + height]
+    return out
+
+
+def _line_weights(positions: NDArray[np.int_], cuts: Sequence[int], band_px: int) -> _F32:
+    """Per-position weight along one axis: the max over ``cuts`` of ``1 - smoothstep(d)``."""
+    weight = np.zeros(positions.shape, dtype=np.float64)
+    centres = positions + 0.5
+    for cut in cuts:
+        t = np.clip(np.abs(centres - cut) / band_px, 0.0, 1.0)
+        weight = np.maximum(weight, 1.0 - t * t * (3.0 - 2.0 * t))
+    return weight.astype(np.float32)
+
+
+def _blend(original: _U8, blurred: _F32, weight: _F32) -> _U8:
+    w = weight if original.ndim == 2 else weight[..., None]
+    mixed = (1 - w) * original.astype(np.float32) + w * blurred
+    result = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    # Pixels outside every band are copied, never recomputed.
+    return np.where(w > 0, result, original)
+
+
+def _reflect_index(index: NDArray[np.int_], length: int) -> NDArray[np.int_]:
+    """Map coordinates outside ``[0, length)`` the way ``numpy.pad(mode="reflect")`` does."""
+    if length == 1:
+        return np.zeros_like(index)
+    period = 2 * (length - 1)
+    folded = np.mod(index, period)
+    return np.where(folded >= length, period - folded, folded)
+
+
+def _runs(mask: NDArray[np.bool_]) -> list[tuple[int, int]]:
+    """Half-open ``(start, stop)`` runs of True in a 1-D mask."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def _pairs(cuts: list[int]) -> list[tuple[int, int]]:
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def _check_image(array: np.ndarray) -> None:
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and not 1 <= array.shape[2] <= 4):
+        raise ValueError(f"expected a uint8 (H, W) or (H, W, 1..4) array, got {array.dtype} {array.shape}")
