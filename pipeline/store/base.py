@@ -15,12 +15,76 @@ import abc
 from collections.abc import Iterable
 from typing import Any
 
-from pipeline.models import ErrorInfo, JobRecord, JobSpec, JobState, StepName
+from pipeline.errors import JobNotFound
+from pipeline.models import STEP_NAMES, ErrorInfo, JobRecord, JobSpec, JobState, StepName, StepRecord
 
-__all__ = ["DEFAULT_LIST_LIMIT", "StatusStore"]
+__all__ = [
+    "DEFAULT_LIST_LIMIT",
+    "TERMINAL_RANK",
+    "TERMINAL_STATES",
+    "StatusStore",
+    "empty_counts",
+    "job_not_found",
+    "new_record",
+    "ordered_steps",
+    "pick_prefix_match",
+]
 
 #: How many jobs ``list_jobs`` returns when no limit is given.
 DEFAULT_LIST_LIMIT = 50
+#: The states no transition leaves.
+TERMINAL_STATES: tuple[JobState, ...] = tuple(state for state in JobState if state.terminal)
+#: The rank shared by the terminal states; a job at this rank never moves again.
+TERMINAL_RANK = JobState.SUCCEEDED.rank
+#: Shown with every :class:`~pipeline.errors.JobNotFound` the stores raise.
+_LIST_HINT = "`sdpipe status` lists the jobs"
+
+
+def job_not_found(job_id: str) -> JobNotFound:
+    """The error both stores raise for an unknown id."""
+    return JobNotFound(f"no job {job_id!r}", hint=_LIST_HINT)
+
+
+def pick_prefix_match(prefix: str, candidates: Iterable[str]) -> str:
+    """``resolve_id``'s answer, given the first two ids at or after ``prefix`` in id order.
+
+    Ids sharing a prefix are contiguous in that order and start at the prefix itself, so an exact
+    id comes first and two candidates tell "one" from "several". An empty prefix matches nothing.
+
+    Raises:
+        JobNotFound: no candidate, or more than one, starts with ``prefix``.
+    """
+    matches = [job_id for job_id in candidates if prefix and job_id.startswith(prefix)]
+    if matches and matches[0] == prefix:
+        return prefix
+    if not matches:
+        raise JobNotFound(f"no job matches {prefix!r}", hint=_LIST_HINT)
+    if len(matches) > 1:
+        raise JobNotFound(f"{prefix!r} matches several jobs; give more characters", hint=_LIST_HINT)
+    return matches[0]
+
+
+def empty_counts() -> dict[JobState, int]:
+    """A zero for every state, in lifecycle order (``count_by_state`` fills it in)."""
+    return dict.fromkeys(JobState, 0)
+
+
+def new_record(spec: JobSpec) -> JobRecord:
+    """The record ``create_jobs`` stores for ``spec``: queued, created and updated at ``spec.created_at``."""
+    return JobRecord(
+        job_id=spec.job_id,
+        batch_id=spec.batch_id,
+        state=JobState.QUEUED,
+        spec=spec,
+        created_at=spec.created_at,
+        updated_at=spec.created_at,
+    )
+
+
+def ordered_steps(steps: dict[str, StepRecord]) -> dict[str, StepRecord]:
+    """``steps`` in pipeline order (unknown names last, alphabetically), so both stores show them alike."""
+    order: dict[str, int] = {name: index for index, name in enumerate(STEP_NAMES)}
+    return {name: steps[name] for name in sorted(steps, key=lambda name: (order.get(name, len(order)), name))}
 
 
 class StatusStore(abc.ABC):

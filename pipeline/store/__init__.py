@@ -1,0 +1,48 @@
+"""The status store: where every job's state, attempts, errors, timings and result live.
+
+:func:`open_store` picks the implementation from the settings: Redis when Redis is configured
+(every worker on every machine shares it), else a SQLite file under ``OUTPUT_DIR``.
+"""
+
+from __future__ import annotations
+
+from pipeline.errors import StoreUnavailable
+from pipeline.settings import Settings
+from pipeline.store.base import DEFAULT_LIST_LIMIT, StatusStore
+from pipeline.store.redis import RedisStatusStore
+from pipeline.store.sqlite import SqliteStatusStore
+
+__all__ = [
+    # Interface
+    "DEFAULT_LIST_LIMIT",
+    "StatusStore",
+    # Implementations
+    "RedisStatusStore",
+    "SqliteStatusStore",
+    # Factory
+    "open_store",
+]
+
+#: Where embedded mode keeps its state, relative to ``OUTPUT_DIR``.
+EMBEDDED_STORE_PATH = ".sdpipe/status.sqlite3"
+
+
+def open_store(settings: Settings) -> StatusStore:
+    """The status store ``settings`` describe: Redis in Redis mode, else ``OUTPUT_DIR/.sdpipe/status.sqlite3``.
+
+    The Redis client connects lazily; call :meth:`StatusStore.ping` to check it answers.
+
+    Raises:
+        ConfigError: the Redis URL is malformed.
+        StoreUnavailable: the SQLite file cannot be created or opened.
+    """
+    if settings.redis_mode:
+        return RedisStatusStore.from_url(settings.redis_dsn())
+    path = settings.output_dir / EMBEDDED_STORE_PATH
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailable(
+            f"cannot create {path.parent}: {exc.strerror or exc}", hint="check that OUTPUT_DIR is writable"
+        ) from exc
+    return SqliteStatusStore(path)

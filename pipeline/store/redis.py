@@ -1,0 +1,399 @@
+"""The status store in Redis (Redis mode): every worker on every machine sees the same jobs.
+
+Every write is one Lua script, so a transition and the indexes it touches change together: two
+workers racing on a redelivered message cannot move a job backwards, and no reader ever sees a job
+in two state indexes. Key layout under the namespace ``ns`` (default ``sdpipe``)::
+
+    ns:job:<job_id>                    hash  one job, flat fields:
+        job_id, state, rank                      rank is JobState.rank; the scripts compare it
+        created_at, updated_at                   epoch seconds, repr() of the float
+        batch_id                                 absent when the job has no batch
+        spec                                     JobSpec JSON
+        error, result, sd_info                   JSON, absent until set
+        step:<step>:attempts                     HINCRBY on every start_step
+        step:<step>:started_at                   set on every attempt (which clears the three below)
+        step:<step>:finished_at, duration_s, skipped ("1"/"0")      set by finish_step
+    ns:jobs                            zset  job_id -> created_at   every job; newest first = ZREVRANGE
+    ns:ids                             zset  job_id -> 0            lexical index for resolve_id (ZRANGEBYLEX)
+    ns:state:<state>                   zset  job_id -> created_at   jobs now in <state>; ZCARD = count
+    ns:batch:<batch_id>                zset  job_id -> created_at   jobs of one batch
+    ns:batch-state:<state>:<batch_id>  zset  job_id -> created_at   the batch's jobs now in <state>
+
+Like dramatiq's ``dispatch.lua``, the scripts build index key names at run time, so the store needs
+a single Redis node (not Cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import Script
+from redis.retry import Retry
+
+from pipeline.errors import ConfigError, StoreUnavailable
+from pipeline.models import ErrorInfo, JobRecord, JobSpec, JobState, StepName, StepRecord
+from pipeline.settings import mask_url
+from pipeline.store.base import (
+    DEFAULT_LIST_LIMIT,
+    TERMINAL_RANK,
+    StatusStore,
+    empty_counts,
+    job_not_found,
+    new_record,
+    ordered_steps,
+    pick_prefix_match,
+)
+
+__all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "DEFAULT_HEALTH_CHECK_INTERVAL_S", "RedisStatusStore"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait for a TCP connection before calling Redis unreachable.
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+#: Seconds a pooled connection may sit idle before it is PINGed again on reuse.
+DEFAULT_HEALTH_CHECK_INTERVAL_S = 30
+#: Retries of a command after a connection error (redis-py's default of 10 makes a dead server slow to report).
+_RETRIES = 2
+#: Jobs per create-script call: bounds how long one call holds Redis while a batch is recorded.
+_CREATE_CHUNK = 500
+#: Hints shown with StoreUnavailable when Redis does not answer / refuses our credentials.
+_UNREACHABLE_HINT = "is redis-server running? check REDIS_URL"
+_AUTH_HINT = "check REDIS_PASSWORD or the password in REDIS_URL"
+#: Error replies that mean "wrong or missing credentials" (or an ACL user without the rights).
+_REFUSALS = ("NOAUTH", "WRONGPASS", "NOPERM")
+
+#: ARGV: ns, JSON list of [id, created_at, batch_id or null, spec JSON]. Returns per job 1 (created) or 0 (kept).
+_CREATE_LUA = """
+local ns, flags = ARGV[1], {}
+for i, job in ipairs(cjson.decode(ARGV[2])) do
+    local id, created, batch = job[1], job[2], job[3]
+    local key = ns .. ':job:' .. id
+    if redis.call('EXISTS', key) == 1 then
+        flags[i] = 0
+    else
+        local fields = {'job_id', id, 'state', '@QUEUED@', 'rank', '@QUEUED_RANK@',
+                        'created_at', created, 'updated_at', created, 'spec', job[4]}
+        if batch ~= cjson.null then
+            fields[#fields + 1] = 'batch_id'
+            fields[#fields + 1] = batch
+            redis.call('ZADD', ns .. ':batch:' .. batch, created, id)
+            redis.call('ZADD', ns .. ':batch-state:@QUEUED@:' .. batch, created, id)
+        end
+        redis.call('HSET', key, unpack(fields))
+        redis.call('ZADD', ns .. ':jobs', created, id)
+        redis.call('ZADD', ns .. ':ids', 0, id)
+        redis.call('ZADD', ns .. ':state:@QUEUED@', created, id)
+        flags[i] = 1
+    end
+end
+return flags
+"""
+#: Moves a non-terminal job forward (rank <= new rank) and its id between the state indexes.
+#: KEYS[1] job. ARGV: ns, id, new state, new rank, now, then a step name (start_step) or "" and an
+#: optional field and value (the terminal moves). Returns -1 (no job), 0 (refused: terminal or past
+#: that rank), the job's fields (HGETALL) after a step start, or 1.
+_MOVE_LUA = """
+local key, ns, id, new, now, step = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6]
+local current = redis.call('HMGET', key, 'state', 'rank', 'created_at', 'batch_id')
+local old, rank, created, batch = current[1], tonumber(current[2]), current[3], current[4]
+if not old then return -1 end
+if rank >= @TERMINAL_RANK@ or rank > tonumber(ARGV[4]) then return 0 end
+if old ~= new then
+    redis.call('ZREM', ns .. ':state:' .. old, id)
+    redis.call('ZADD', ns .. ':state:' .. new, created, id)
+    if batch then
+        redis.call('ZREM', ns .. ':batch-state:' .. old .. ':' .. batch, id)
+        redis.call('ZADD', ns .. ':batch-state:' .. new .. ':' .. batch, created, id)
+    end
+end
+redis.call('HSET', key, 'state', new, 'rank', ARGV[4], 'updated_at', now)
+if step == '' then
+    if ARGV[7] then redis.call('HSET', key, ARGV[7], ARGV[8]) end
+    return 1
+end
+step = 'step:' .. step .. ':'
+redis.call('HINCRBY', key, step .. 'attempts', 1)
+redis.call('HSET', key, step .. 'started_at', now)
+redis.call('HDEL', key, step .. 'finished_at', step .. 'duration_s', step .. 'skipped')
+return redis.call('HGETALL', key)
+"""
+#: KEYS[1] job. ARGV: step, now, skipped ("1"/"0"). Returns -1 (no job) or 1.
+_FINISH_STEP_LUA = """
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 0 then return -1 end
+local step = 'step:' .. ARGV[1] .. ':'
+redis.call('HSET', key, step .. 'finished_at', ARGV[2], step .. 'skipped', ARGV[3], 'updated_at', ARGV[2])
+local started = redis.call('HGET', key, step .. 'started_at')
+if started then
+    redis.call('HSET', key, step .. 'duration_s', string.format('%.17g', tonumber(ARGV[2]) - tonumber(started)))
+else
+    redis.call('HDEL', key, step .. 'duration_s')
+end
+return 1
+"""
+#: KEYS[1] job. ARGV: field, value, ... Returns -1 (no job) or 1; never creates a job.
+_SET_FIELDS_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+def _lua(source: str) -> str:
+    """``source`` with the lifecycle constants filled in from :class:`JobState`."""
+    queued = JobState.QUEUED
+    return (
+        source.replace("@QUEUED@", queued.value)
+        .replace("@QUEUED_RANK@", str(queued.rank))
+        .replace("@TERMINAL_RANK@", str(TERMINAL_RANK))
+    )
+
+
+class RedisStatusStore(StatusStore):
+    """Status store in Redis; see the module docstring for the key layout.
+
+    Args:
+        client: the connection to use. The store closes it only if it made it (:meth:`from_url`).
+        namespace: prefix of every key, so several deployments can share one database.
+    """
+
+    def __init__(self, client: redis.Redis, *, namespace: str = "sdpipe") -> None:
+        self._client = client
+        self._ns = namespace
+        self._owns_client = False
+        kwargs: Mapping[str, Any] = client.connection_pool.connection_kwargs
+        password = kwargs.get("password")
+        self._password: str | None = str(password) if password else None
+        self._where = _describe(kwargs)
+        self._create = client.register_script(_lua(_CREATE_LUA))
+        self._move = client.register_script(_lua(_MOVE_LUA))
+        self._finish_step = client.register_script(_FINISH_STEP_LUA)
+        self._set_fields = client.register_script(_SET_FIELDS_LUA)
+
+    @classmethod
+    def from_url(cls, url: str, *, namespace: str = "sdpipe") -> RedisStatusStore:
+        """Connect lazily to ``url`` (``redis://[[user]:password@]host[:port][/db]``) with sdpipe's timeouts.
+
+        Raises:
+            ConfigError: ``url`` is not a Redis URL.
+        """
+        try:
+            client = redis.Redis.from_url(
+                url,
+                socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
+                health_check_interval=DEFAULT_HEALTH_CHECK_INTERVAL_S,
+                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), _RETRIES),
+            )
+        except ValueError as exc:
+            raise ConfigError(
+                f"{mask_url(url)!r} is not a Redis URL", hint="use redis://[:password@]host:port/db in REDIS_URL"
+            ) from exc
+        store = cls(client, namespace=namespace)
+        store._owns_client = True
+        return store
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def create_jobs(self, specs: Iterable[JobSpec]) -> list[JobRecord]:
+        specs = list(specs)
+        if not specs:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for start in range(0, len(specs), _CREATE_CHUNK):
+            chunk = [
+                [spec.job_id, _num(spec.created_at), spec.batch_id, spec.model_dump_json()]
+                for spec in specs[start : start + _CREATE_CHUNK]
+            ]
+            self._create(keys=[], args=[self._ns, json.dumps(chunk, ensure_ascii=False)], client=pipe)
+        with self._guard():
+            replies = cast(list[list[int]], pipe.execute())
+        flags = [flag for reply in replies for flag in reply]
+        kept = [spec.job_id for spec, flag in zip(specs, flags, strict=True) if not flag]
+        # Existing ids keep their stored record; return that, not the spec we were given.
+        stored = {record.job_id: record for record in self._fetch(kept)}
+        logger.info("created %d jobs (%d already existed)", len(specs) - len(kept), len(kept))
+        return [stored[spec.job_id] if spec.job_id in stored else new_record(spec) for spec in specs]
+
+    def start_step(self, job_id: str, step: StepName, *, now: float) -> JobRecord | None:
+        state = JobState.for_step(step)
+        reply = self._run(self._move, job_id, self._ns, job_id, state.value, str(state.rank), _num(now), step)
+        if reply == 0:
+            logger.info("job %s: not starting %s (terminal or already past it)", job_id, step)
+            return None
+        record = _record(dict(zip(reply[0::2], reply[1::2], strict=True)))  # HGETALL as a flat list
+        logger.debug("job %s: %s attempt %d", job_id, step, record.steps[step].attempts)
+        return record
+
+    def finish_step(self, job_id: str, step: StepName, *, now: float, skipped: bool = False) -> None:
+        self._run(self._finish_step, job_id, step, _num(now), "1" if skipped else "0")
+        logger.debug("job %s: %s finished%s", job_id, step, " (skipped)" if skipped else "")
+
+    def record_error(self, job_id: str, error: ErrorInfo) -> None:
+        self._run(self._set_fields, job_id, "error", error.model_dump_json(), "updated_at", _num(error.at))
+        logger.debug("job %s: error in %s recorded: %s", job_id, error.step, error.type)
+
+    def set_sd_info(self, job_id: str, sd_info: dict[str, Any]) -> None:
+        self._run(self._set_fields, job_id, "sd_info", json.dumps(sd_info))
+
+    def mark_succeeded(self, job_id: str, result: dict[str, Any], *, now: float) -> bool:
+        return self._finish_job(job_id, JobState.SUCCEEDED, now, "result", json.dumps(result))
+
+    def mark_failed(self, job_id: str, error: ErrorInfo, *, now: float) -> bool:
+        return self._finish_job(job_id, JobState.FAILED, now, "error", error.model_dump_json())
+
+    def mark_cancelled(self, job_id: str, *, now: float) -> bool:
+        return self._finish_job(job_id, JobState.CANCELLED, now)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._guard():
+            fields = cast(dict[Any, Any], self._client.hgetall(self._key("job", job_id)))
+        if not fields:
+            raise job_not_found(job_id)
+        return _record(fields)
+
+    def resolve_id(self, prefix: str) -> str:
+        with self._guard():
+            found = cast(list[Any], self._client.zrangebylex(self._key("ids"), f"[{prefix}", "+", start=0, num=2))
+        return pick_prefix_match(prefix, map(_text, found))
+
+    def list_jobs(
+        self, *, state: JobState | None = None, batch_id: str | None = None, limit: int = DEFAULT_LIST_LIMIT
+    ) -> list[JobRecord]:
+        if limit <= 0:
+            return []
+        with self._guard():
+            found = cast(list[Any], self._client.zrevrange(self._index(state, batch_id), 0, limit - 1))
+        # A job may move between reading the index and reading its hash: show only those still matching.
+        return [
+            record
+            for record in self._fetch([_text(job_id) for job_id in found])
+            if (state is None or record.state == state) and (batch_id is None or record.batch_id == batch_id)
+        ]
+
+    def count_by_state(self, *, batch_id: str | None = None) -> dict[JobState, int]:
+        counts = empty_counts()
+        pipe = self._client.pipeline(transaction=False)
+        for state in counts:
+            pipe.zcard(self._index(state, batch_id))
+        with self._guard():
+            counts.update(zip(counts, cast(list[int], pipe.execute()), strict=True))
+        return counts
+
+    def ping(self) -> None:
+        with self._guard():
+            self._client.ping()
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self._ns, *parts))
+
+    def _run(self, script: Script, job_id: str, *args: str) -> Any:
+        """Run a per-job script (KEYS[1] = the job's hash); its -1 reply means the job does not exist."""
+        with self._guard():
+            reply = script(keys=[self._key("job", job_id)], args=args)
+        if reply == -1:
+            raise job_not_found(job_id)
+        return reply
+
+    def _index(self, state: JobState | None, batch_id: str | None) -> str:
+        """The sorted set holding the jobs in ``state`` and/or ``batch_id`` (all jobs when both are None)."""
+        if state is not None and batch_id is not None:
+            return self._key("batch-state", state, batch_id)
+        if state is not None:
+            return self._key("state", state)
+        return self._key("batch", batch_id) if batch_id is not None else self._key("jobs")
+
+    def _finish_job(self, job_id: str, state: JobState, now: float, *field: str) -> bool:
+        args = (self._ns, job_id, state.value, str(TERMINAL_RANK), _num(now), "", *field)
+        if self._run(self._move, job_id, *args) == 0:
+            logger.info("job %s: already terminal, not marking it %s", job_id, state)
+            return False
+        logger.info("job %s: %s", job_id, state)
+        return True
+
+    def _fetch(self, ids: Sequence[str]) -> list[JobRecord]:
+        if not ids:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(self._key("job", job_id))
+        with self._guard():
+            replies = cast(list[dict[Any, Any]], pipe.execute())
+        return [_record(fields) for fields in replies if fields]
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn redis-py's connection and login failures into :class:`StoreUnavailable`."""
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            refused = isinstance(exc, redis.AuthenticationError) or str(exc).startswith(_REFUSALS)
+            if isinstance(exc, redis.ResponseError) and not refused:
+                raise
+            message = f"Redis at {self._where} refused access" if refused else f"cannot reach Redis at {self._where}"
+            hint = _AUTH_HINT if refused else _UNREACHABLE_HINT
+            raise StoreUnavailable(f"{message}: {self._reason(exc)}", hint=hint) from exc
+
+    def _reason(self, exc: BaseException) -> str:
+        """The cause in a few words (``Connection refused``), on one line, never with the password."""
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, OSError) and cause.strerror:
+                text = cause.strerror
+                break
+            cause = cause.__cause__ or cause.__context__
+        else:
+            text = " ".join(str(exc).split()) or type(exc).__name__
+        return text.replace(self._password, "***") if self._password else text
+
+
+def _describe(kwargs: Mapping[str, Any]) -> str:
+    """The client's address as a URL with the password masked, for messages."""
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}"
+    user = kwargs.get("username") or ""
+    auth = f"{user}:***@" if kwargs.get("password") else (f"{user}@" if user else "")
+    return f"redis://{auth}{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+def _num(value: float) -> str:
+    """A float as Redis stores it: ``repr`` round-trips exactly."""
+    return repr(float(value))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _record(raw: Mapping[Any, Any]) -> JobRecord:
+    fields = {_text(name): _text(value) for name, value in raw.items()}
+    steps: dict[str, dict[str, str]] = {}
+    for name, value in fields.items():
+        if name.startswith("step:"):
+            _, step, attribute = name.split(":", 2)
+            steps.setdefault(step, {})[attribute] = value
+    return JobRecord(
+        job_id=fields["job_id"],
+        batch_id=fields.get("batch_id"),
+        state=JobState(fields["state"]),
+        spec=JobSpec.model_validate_json(fields["spec"]),
+        created_at=float(fields["created_at"]),
+        updated_at=float(fields["updated_at"]),
+        steps=ordered_steps({step: StepRecord.model_validate(values) for step, values in steps.items()}),
+        error=ErrorInfo.model_validate_json(fields["error"]) if "error" in fields else None,
+        result=json.loads(fields["result"]) if "result" in fields else None,
+        sd_info=json.loads(fields["sd_info"]) if "sd_info" in fields else None,
+    )

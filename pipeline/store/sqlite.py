@@ -1,0 +1,339 @@
+"""The status store in a SQLite file (embedded mode), so ``sdpipe status`` works after the process ended.
+
+The file is in WAL mode: readers (a CLI in another process) never block the writer, and writers
+wait up to :data:`DEFAULT_BUSY_TIMEOUT_S` for each other. Each thread gets its own connection
+(embedded workers are threads). Every transition is one ``BEGIN IMMEDIATE`` transaction whose
+``UPDATE ... WHERE state_rank <= ? AND state NOT IN (terminal)`` is the guard: a redelivered message
+cannot move a job backwards or out of a terminal state. Schema::
+
+    jobs  (job_id PK, batch_id, state, state_rank, created_at, updated_at, spec, error, result, sd_info)
+          indexes (created_at, job_id), (state, created_at, job_id), (batch_id, created_at, job_id),
+                  (batch_id, state, created_at, job_id): every list_jobs filter is an index walk
+    steps (job_id, step, attempts, started_at, finished_at, duration_s, skipped), PK (job_id, step)
+
+JSON columns hold ``spec``, ``error``, ``result`` and ``sd_info``; times are REAL epoch seconds.
+Open the store after any ``fork``: connections must not cross processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import StoreUnavailable
+from pipeline.models import ErrorInfo, JobRecord, JobSpec, JobState, StepName, StepRecord
+from pipeline.store.base import (
+    DEFAULT_LIST_LIMIT,
+    TERMINAL_RANK,
+    TERMINAL_STATES,
+    StatusStore,
+    empty_counts,
+    job_not_found,
+    new_record,
+    ordered_steps,
+    pick_prefix_match,
+)
+
+__all__ = ["DEFAULT_BUSY_TIMEOUT_S", "SqliteStatusStore"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a writer waits for another writer's transaction before giving up (SQLITE_BUSY).
+DEFAULT_BUSY_TIMEOUT_S = 10.0
+#: Ids per ``IN (...)`` query, well below SQLite's limit on bound parameters.
+_IN_CHUNK = 500
+#: Primary SQLite error codes that mean "the file cannot be used right now", not a bug in a query:
+#: PERM, BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
+_UNAVAILABLE_CODES = frozenset({3, 5, 6, 8, 10, 13, 14})
+#: SQL condition true while a job may still move.
+_NOT_TERMINAL = "state NOT IN ({})".format(", ".join(f"'{state.value}'" for state in TERMINAL_STATES))
+#: Tables and indexes, created when missing (every statement is idempotent).
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    batch_id TEXT,
+    state TEXT NOT NULL,
+    state_rank INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    spec TEXT NOT NULL,
+    error TEXT,
+    result TEXT,
+    sd_info TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, job_id);
+CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at, job_id);
+CREATE INDEX IF NOT EXISTS jobs_batch_created ON jobs (batch_id, created_at, job_id);
+CREATE INDEX IF NOT EXISTS jobs_batch_state_created ON jobs (batch_id, state, created_at, job_id);
+CREATE TABLE IF NOT EXISTS steps (
+    job_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started_at REAL,
+    finished_at REAL,
+    duration_s REAL,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, step)
+) WITHOUT ROWID;
+"""
+
+
+class SqliteStatusStore(StatusStore):
+    """Status store in the SQLite file at ``path`` (created with its schema if missing; the folder must exist).
+
+    Raises:
+        StoreUnavailable: the file cannot be opened or written.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = Path(path)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        #: Bumped by :meth:`close`, so threads holding an old connection open a new one.
+        self._generation = 0
+        with self._guard():
+            self._conn().executescript(_SCHEMA)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def create_jobs(self, specs: Iterable[JobSpec]) -> list[JobRecord]:
+        specs = list(specs)
+        if not specs:
+            return []
+        queued, rank = JobState.QUEUED.value, JobState.QUEUED.rank
+        rows = [
+            (spec.job_id, spec.batch_id, queued, rank, spec.created_at, spec.created_at, spec.model_dump_json())
+            for spec in specs
+        ]
+        with self._transaction(write=True) as conn:
+            inserted = conn.executemany(
+                "INSERT INTO jobs (job_id, batch_id, state, state_rank, created_at, updated_at, spec)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
+                rows,
+            ).rowcount
+            if inserted == len(specs):
+                records = [new_record(spec) for spec in specs]
+            else:
+                # Existing ids keep their stored record; return that, not the spec we were given.
+                stored = {record.job_id: record for record in self._load(conn, [spec.job_id for spec in specs])}
+                records = [stored[spec.job_id] for spec in specs]
+        logger.info("created %d jobs (%d already existed)", inserted, len(specs) - inserted)
+        return records
+
+    def start_step(self, job_id: str, step: StepName, *, now: float) -> JobRecord | None:
+        state = JobState.for_step(step)
+        with self._transaction(write=True) as conn:
+            moved = conn.execute(
+                "UPDATE jobs SET state = ?, state_rank = ?, updated_at = ?"
+                f" WHERE job_id = ? AND state_rank <= ? AND {_NOT_TERMINAL}",
+                (state.value, state.rank, now, job_id, state.rank),
+            ).rowcount
+            if not moved:
+                self._require(conn, job_id)
+                logger.info("job %s: not starting %s (terminal or already past it)", job_id, step)
+                return None
+            conn.execute(
+                "INSERT INTO steps (job_id, step, attempts, started_at) VALUES (?, ?, 1, ?)"
+                " ON CONFLICT (job_id, step) DO UPDATE SET attempts = attempts + 1, started_at = excluded.started_at,"
+                " finished_at = NULL, duration_s = NULL, skipped = 0",
+                (job_id, step, now),
+            )
+            record = self._load(conn, [job_id])[0]
+        logger.debug("job %s: %s attempt %d", job_id, step, record.steps[step].attempts)
+        return record
+
+    def finish_step(self, job_id: str, step: StepName, *, now: float, skipped: bool = False) -> None:
+        with self._transaction(write=True) as conn:
+            if not conn.execute("UPDATE jobs SET updated_at = ? WHERE job_id = ?", (now, job_id)).rowcount:
+                raise job_not_found(job_id)
+            conn.execute(
+                "INSERT INTO steps (job_id, step, finished_at, skipped) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (job_id, step) DO UPDATE SET finished_at = excluded.finished_at,"
+                " duration_s = excluded.finished_at - started_at, skipped = excluded.skipped",
+                (job_id, step, now, int(skipped)),
+            )
+        logger.debug("job %s: %s finished%s", job_id, step, " (skipped)" if skipped else "")
+
+    def record_error(self, job_id: str, error: ErrorInfo) -> None:
+        self._update(job_id, "error = ?, updated_at = ?", error.model_dump_json(), error.at)
+        logger.debug("job %s: error in %s recorded: %s", job_id, error.step, error.type)
+
+    def set_sd_info(self, job_id: str, sd_info: dict[str, Any]) -> None:
+        self._update(job_id, "sd_info = ?", json.dumps(sd_info))
+
+    def mark_succeeded(self, job_id: str, result: dict[str, Any], *, now: float) -> bool:
+        return self._end(job_id, JobState.SUCCEEDED, now, "result", json.dumps(result))
+
+    def mark_failed(self, job_id: str, error: ErrorInfo, *, now: float) -> bool:
+        return self._end(job_id, JobState.FAILED, now, "error", error.model_dump_json())
+
+    def mark_cancelled(self, job_id: str, *, now: float) -> bool:
+        return self._end(job_id, JobState.CANCELLED, now)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._transaction(write=False) as conn:
+            records = self._load(conn, [job_id])
+        if not records:
+            raise job_not_found(job_id)
+        return records[0]
+
+    def resolve_id(self, prefix: str) -> str:
+        with self._transaction(write=False) as conn:
+            rows = conn.execute("SELECT job_id FROM jobs WHERE job_id >= ? ORDER BY job_id LIMIT 2", (prefix,))
+            return pick_prefix_match(prefix, [str(row[0]) for row in rows])
+
+    def list_jobs(
+        self, *, state: JobState | None = None, batch_id: str | None = None, limit: int = DEFAULT_LIST_LIMIT
+    ) -> list[JobRecord]:
+        if limit <= 0:
+            return []
+        sql, params = _list_query(state, batch_id, limit)
+        with self._transaction(write=False) as conn:
+            return self._records(conn, conn.execute(sql, params).fetchall())
+
+    def count_by_state(self, *, batch_id: str | None = None) -> dict[JobState, int]:
+        where, params = ("WHERE batch_id = ?", (batch_id,)) if batch_id is not None else ("", ())
+        counts = empty_counts()
+        with self._transaction(write=False) as conn:
+            for state, count in conn.execute(f"SELECT state, COUNT(*) FROM jobs {where} GROUP BY state", params):
+                counts[JobState(state)] = int(count)
+        return counts
+
+    def ping(self) -> None:
+        with self._transaction(write=False) as conn:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+            self._generation += 1
+        for conn in connections:
+            conn.close()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "generation", -1) != self._generation:
+            # check_same_thread=False only so close() can close every thread's connection.
+            conn = sqlite3.connect(
+                self._path, timeout=DEFAULT_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            with self._lock:
+                self._connections.append(conn)
+                self._local.generation = self._generation
+            self._local.conn = conn
+            conn.row_factory = sqlite3.Row
+            # WAL: a reader (the CLI) never blocks the writer; NORMAL sync is safe in WAL (a power cut
+            # may lose the last transactions, never corrupt the file).
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn "the file cannot be used" errors into :class:`StoreUnavailable`."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in _UNAVAILABLE_CODES:
+                raise
+            raise StoreUnavailable(
+                f"cannot use the status store {self._path}: {exc}",
+                hint="check that OUTPUT_DIR is writable, on a local disk, and not full",
+            ) from exc
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+        """One transaction; ``write`` takes the write lock up front so check-then-update is atomic."""
+        with self._guard():
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _require(self, conn: sqlite3.Connection, job_id: str) -> None:
+        if conn.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone() is None:
+            raise job_not_found(job_id)
+
+    def _update(self, job_id: str, assignments: str, *values: Any) -> None:
+        with self._transaction(write=True) as conn:
+            if not conn.execute(f"UPDATE jobs SET {assignments} WHERE job_id = ?", (*values, job_id)).rowcount:
+                raise job_not_found(job_id)
+
+    def _end(self, job_id: str, state: JobState, now: float, column: str | None = None, value: Any = None) -> bool:
+        extra, params = (f", {column} = ?", (value,)) if column else ("", ())
+        with self._transaction(write=True) as conn:
+            moved = conn.execute(
+                f"UPDATE jobs SET state = ?, state_rank = ?, updated_at = ?{extra}"
+                f" WHERE job_id = ? AND {_NOT_TERMINAL}",
+                (state.value, TERMINAL_RANK, now, *params, job_id),
+            ).rowcount
+            if not moved:
+                self._require(conn, job_id)
+                logger.info("job %s: already terminal, not marking it %s", job_id, state)
+                return False
+        logger.info("job %s: %s", job_id, state)
+        return True
+
+    def _load(self, conn: sqlite3.Connection, ids: Sequence[str]) -> list[JobRecord]:
+        """The records of ``ids`` that exist, in no particular order."""
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows += conn.execute(f"SELECT * FROM jobs WHERE job_id IN ({marks})", chunk).fetchall()
+        return self._records(conn, rows)
+
+    def _records(self, conn: sqlite3.Connection, rows: Sequence[sqlite3.Row]) -> list[JobRecord]:
+        """Records for job ``rows`` (in their order), with their steps."""
+        steps: dict[str, dict[str, StepRecord]] = {}
+        for start in range(0, len(rows), _IN_CHUNK):
+            chunk = [row["job_id"] for row in rows[start : start + _IN_CHUNK]]
+            marks = ", ".join("?" * len(chunk))
+            for step in conn.execute(f"SELECT * FROM steps WHERE job_id IN ({marks})", chunk):
+                steps.setdefault(step["job_id"], {})[step["step"]] = StepRecord(
+                    attempts=step["attempts"],
+                    started_at=step["started_at"],
+                    finished_at=step["finished_at"],
+                    duration_s=step["duration_s"],
+                    skipped=bool(step["skipped"]),
+                )
+        return [_record(row, steps.get(row["job_id"], {})) for row in rows]
+
+
+def _list_query(state: JobState | None, batch_id: str | None, limit: int) -> tuple[str, tuple[Any, ...]]:
+    """The ``list_jobs`` query: newest first, ties by id, along one of the indexes."""
+    conditions = [name for name, value in (("state = ?", state), ("batch_id = ?", batch_id)) if value is not None]
+    params = tuple(value for value in (state.value if state else None, batch_id) if value is not None)
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    return f"SELECT * FROM jobs {where} ORDER BY created_at DESC, job_id DESC LIMIT ?", (*params, limit)
+
+
+def _record(row: sqlite3.Row, steps: dict[str, StepRecord]) -> JobRecord:
+    return JobRecord(
+        job_id=row["job_id"],
+        batch_id=row["batch_id"],
+        state=JobState(row["state"]),
+        spec=JobSpec.model_validate_json(row["spec"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        steps=ordered_steps(steps),
+        error=ErrorInfo.model_validate_json(row["error"]) if row["error"] is not None else None,
+        result=json.loads(row["result"]) if row["result"] is not None else None,
+        sd_info=json.loads(row["sd_info"]) if row["sd_info"] is not None else None,
+    )
