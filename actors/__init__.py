@@ -1,1 +1,33 @@
-"""placeholder"""
+"""sdpipe's Dramatiq layer: the broker, the step actors, the embedded runtime and the worker entry.
+
+The only package that imports Dramatiq. The broker is always built (``build_broker``) before the
+actors are declared on it (``declare_actors``), so no actor binds to an accidental default broker.
+"""
+
+from __future__ import annotations
+
+from actors.broker import BROKER_NAMESPACE, HEARTBEAT_TIMEOUT_MS, MAINTENANCE_CHANCE, build_broker
+from actors.runtime import Runtime, open_runtime
+from actors.steps import IMAGES_QUEUE, JOB_FAILED_ACTOR, QUEUES, SD_QUEUE, StepActors, declare_actors
+from actors.worker import run_workers, setup
+
+__all__ = [
+    # Broker
+    "BROKER_NAMESPACE",
+    "HEARTBEAT_TIMEOUT_MS",
+    "MAINTENANCE_CHANCE",
+    "build_broker",
+    # Actors
+    "IMAGES_QUEUE",
+    "JOB_FAILED_ACTOR",
+    "QUEUES",
+    "SD_QUEUE",
+    "StepActors",
+    "declare_actors",
+    # Runtime
+    "Runtime",
+    "open_runtime",
+    # Worker processes
+    "run_workers",
+    "setup",
+]

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "PERMANENT_ERRORS",
     "ConfigError",
     "ImageError",
     "InputError",
@@ -154,3 +155,14 @@ class SDNotFound(SDPermanentError):
 
 class SDBadImage(SDPermanentError):
     """The SD server answered 200 but its image does not decode."""
+
+
+#: Every error type that retrying cannot fix: actors list these in ``throws`` so they fail at once.
+PERMANENT_ERRORS: tuple[type[PipelineError], ...] = (
+    ConfigError,
+    InputError,
+    ImageError,
+    JobNotFound,
+    JobCancelled,
+    SDPermanentError,
+)

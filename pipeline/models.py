@@ -177,8 +177,11 @@ class JobSpec(BaseModel):
     output_name: str
     #: For ``process`` jobs: the input file the user named (for the sidecar only).
     source_name: str | None = None
-    #: Credential-free URL of the SD server the job targets (generate jobs).
+    #: SD server chosen by the submitter (``--sd-url`` in Redis mode), without credentials: the
+    #: worker adds its own ``SD_API_AUTH``. None: the worker's ``SD_API_URL``.
     backend_url: str | None = None
+    #: Absolute OUTPUT_DIR chosen by the submitter (``--out``, ``process``); None: the worker's OUTPUT_DIR.
+    output_dir: str | None = None
     created_at: float
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -34,6 +34,8 @@ __all__ = [
     "Settings",
     "load_settings",
     "mask_url",
+    "settings_env",
+    "strip_credentials",
 ]
 
 #: Where the SD server listens by default (A1111 with ``--api``).
@@ -71,6 +73,14 @@ DEFAULT_RETRY_MAX_BACKOFF_MS = 60_000
 OutputFormat = Literal["png", "webp", "jpeg"]
 
 _GRID_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+
+
+def strip_credentials(url: str) -> str:
+    """Return ``url`` without any ``user:password@`` part."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[1], parts.path, parts.query, parts.fragment))
 
 
 def mask_url(url: str) -> str:
@@ -187,7 +197,7 @@ class Settings(BaseSettings):
         return int((self.sd_timeout_s + self.sd_connect_timeout_s + 60.0) * 1000)
 
 
-def load_settings(env_file: Path | None = None, **overrides: object) -> Settings:
+def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
     """Read the settings once (environment, then ``env_file`` or ``./.env``), applying ``overrides``.
 
     Raises:
@@ -196,8 +206,21 @@ def load_settings(env_file: Path | None = None, **overrides: object) -> Settings
     try:
         if env_file is not None:
             return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)
     except ValidationError as exc:
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"]).upper() or "settings"
         raise ConfigError(f"invalid setting {name}: {err['msg']}", hint="fix it in the environment or .env") from exc
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as environment variables, so child processes (workers) read exactly these."""
+    env: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[name.upper()] = str(value)
+    return env

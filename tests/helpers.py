@@ -59,8 +59,19 @@ class RedisServer:
         if binary is None:
             _no_redis("redis-server is not installed")
         args = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--protected-mode", "no",
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--protected-mode",
+            "no",
         ]
         if self.password:
             args += ["--requirepass", self.password]

@@ -1,0 +1,130 @@
+"""The step actors: ``generate`` (queue ``sd``), ``split``, ``seam_blur``, ``merge`` (queue ``images``).
+
+Each actor is a thin shell over :func:`pipeline.steps.run_step`; messages carry the job id only.
+Retries: transient errors retry with exponential backoff (raised as ``dramatiq.Retry``, so
+Dramatiq does not log an expected outage as a crash with a traceback); permanent errors (``PERMANENT_ERRORS``)
+fail at once through ``throws``, after :func:`~pipeline.steps.run_step` marked the job failed; when
+retries run out, ``on_retry_exhausted`` (not ``on_failure``, which fires on every attempt) sends
+``sdpipe_job_failed``, which marks the job failed with its last error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from pipeline.errors import PERMANENT_ERRORS, PipelineError
+from pipeline.models import ErrorInfo, JobSpec, StepName
+from pipeline.steps import StepContext, run_step
+
+__all__ = [
+    "IMAGES_QUEUE",
+    "JOB_FAILED_ACTOR",
+    "QUEUES",
+    "SD_QUEUE",
+    "StepActors",
+    "declare_actors",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Queue of the SD calls: give it its own workers to cap concurrent requests per server.
+SD_QUEUE = "sd"
+#: Queue of the CPU-bound image steps.
+IMAGES_QUEUE = "images"
+QUEUES = (SD_QUEUE, IMAGES_QUEUE)
+#: Name of the actor that marks a job failed when a step's retries run out.
+JOB_FAILED_ACTOR = "sdpipe_job_failed"
+#: Time limit of the image steps (a 8192² image takes seconds, not minutes).
+IMAGE_STEP_TIME_LIMIT_MS = 600_000
+
+
+@dataclass(frozen=True)
+class StepActors:
+    """The declared actors, bound to one broker."""
+
+    generate: dramatiq.Actor[Any, Any]
+    split: dramatiq.Actor[Any, Any]
+    seam_blur: dramatiq.Actor[Any, Any]
+    merge: dramatiq.Actor[Any, Any]
+    job_failed: dramatiq.Actor[Any, Any]
+
+    def chain_for(self, spec: JobSpec, *, from_step: StepName | None = None) -> dramatiq.pipeline:
+        """The pipeline of messages that runs ``spec`` (from ``from_step`` on, for a retry)."""
+        steps: list[StepName] = ["generate", "split", "seam_blur", "merge"]
+        if spec.kind == "process":
+            steps = steps[1:]
+        if from_step is not None:
+            steps = steps[steps.index(from_step) :]
+        messages = [getattr(self, step).message_with_options(args=(spec.job_id,), pipe_ignore=True) for step in steps]
+        return dramatiq.pipeline(messages)
+
+    def enqueue(self, specs: Sequence[JobSpec]) -> None:
+        """Send the pipelines of jobs already recorded in the status store."""
+        for spec in specs:
+            self.chain_for(spec).run()  # type: ignore[no-untyped-call]
+
+
+def _drop_continuation() -> None:
+    """A duplicate delivery of a step whose job moved on must not enqueue the next step again."""
+    message = CurrentMessage.get_current_message()
+    if message is not None:
+        message.options.pop("pipe_target", None)
+
+
+def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
+    """Declare the step actors on ``broker``, running their steps with ``context``."""
+    settings = context.settings
+    retry_options: dict[str, Any] = {
+        "max_retries": settings.max_retries,
+        "min_backoff": settings.retry_min_backoff_ms,
+        "max_backoff": settings.retry_max_backoff_ms,
+        "throws": PERMANENT_ERRORS,
+        "on_retry_exhausted": JOB_FAILED_ACTOR,
+    }
+
+    def make(step: StepName, queue: str, time_limit_ms: int) -> dramatiq.Actor[Any, Any]:
+        def run(job_id: str) -> None:
+            try:
+                outcome = run_step(context, job_id, step)
+            except PipelineError as exc:
+                if exc.transient:
+                    # Expected and already logged with the job id: retry with backoff, no traceback.
+                    raise dramatiq.Retry(str(exc)) from exc
+                raise
+            if not outcome.ran:
+                _drop_continuation()
+
+        run.__name__ = f"sdpipe_{step}"
+        decorate = dramatiq.actor(
+            broker=broker, actor_name=f"sdpipe_{step}", queue_name=queue, time_limit=time_limit_ms, **retry_options
+        )
+        return decorate(run)
+
+    def job_failed(message_data: dict[str, Any], retry_info: dict[str, Any]) -> None:
+        job_id = str(message_data["args"][0])
+        step = str(message_data["actor_name"]).removeprefix("sdpipe_")
+        store = context.store
+        last = store.get(job_id).error
+        if last is None:
+            last = ErrorInfo(step=step, type="RetriesExhausted", message="the step kept failing", at=context.clock())
+        retries = retry_info.get("retries")
+        message = f"{last.message} (gave up after {retries} retries)" if retries else last.message
+        error = last.model_copy(update={"message": message, "at": context.clock()})
+        if store.mark_failed(job_id, error, now=context.clock()):
+            logger.error("job %s: failed in %s after %s retries: %s", job_id, step, retries, last.message)
+
+    return StepActors(
+        generate=make("generate", SD_QUEUE, settings.actor_time_limit_ms),
+        split=make("split", IMAGES_QUEUE, IMAGE_STEP_TIME_LIMIT_MS),
+        seam_blur=make("seam_blur", IMAGES_QUEUE, IMAGE_STEP_TIME_LIMIT_MS),
+        merge=make("merge", IMAGES_QUEUE, IMAGE_STEP_TIME_LIMIT_MS),
+        job_failed=dramatiq.actor(broker=broker, actor_name=JOB_FAILED_ACTOR, queue_name=IMAGES_QUEUE, max_retries=3)(
+            job_failed
+        ),
+    )

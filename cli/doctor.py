@@ -1,0 +1,86 @@
+"""``sdpipe doctor``: the settings in effect (secrets masked) and whether everything answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from cli.common import load
+from cli.output import RET_OK, RET_UNREACHABLE, RET_USAGE, cli_errors, console, exit_code_for
+from pipeline.errors import PipelineError
+from pipeline.sd_client import SDClient
+from pipeline.settings import Settings, mask_url
+from pipeline.storage import check_output_dir
+from pipeline.store import open_store
+
+__all__ = ["doctor"]
+
+
+def doctor(
+    ctx: typer.Context,
+    sd_url: Annotated[str | None, typer.Option("--sd-url", help="SD server URL to check (default SD_API_URL).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder to check (default OUTPUT_DIR).")] = None,
+) -> None:
+    """Check settings, Redis, the SD server and the output folder; exit non-zero when one fails."""
+    with cli_errors():
+        settings = load(ctx, sd_api_url=sd_url, output_dir=out)
+    console.print(_settings_table(settings))
+    checks = Table(title="checks", show_header=False)
+    checks.add_column()
+    checks.add_column(overflow="fold")
+    worst = RET_OK
+    for name, check in (("output folder", _check_output), ("status store", _check_store), ("SD server", _check_sd)):
+        try:
+            detail = check(settings)
+        except PipelineError as exc:
+            checks.add_row(Text(f"✗ {name}", style="red"), Text(str(exc)))
+            worst = max(worst, exit_code_for(exc))
+        else:
+            checks.add_row(Text(f"✓ {name}", style="green"), Text(detail))
+    console.print(checks)
+    if worst != RET_OK:
+        raise typer.Exit(worst if worst in (RET_USAGE, RET_UNREACHABLE) else RET_USAGE)
+
+
+def _settings_table(settings: Settings) -> Table:
+    table = Table(title="settings in effect", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name == "sd_api_url":
+            shown = ", ".join(mask_url(u.strip()) for u in str(value).split(","))
+        elif name == "redis_url":
+            shown = settings.redis_dsn_masked() if value is not None else "-"
+        elif value is None:
+            shown = "-"
+        elif hasattr(value, "get_secret_value"):
+            shown = "***"
+        else:
+            shown = str(value)
+        table.add_row(name.upper(), Text(shown))
+    mode = f"Redis ({settings.redis_dsn_masked()})" if settings.redis_mode else "embedded (no Redis)"
+    table.add_row("mode", mode)
+    return table
+
+
+def _check_output(settings: Settings) -> str:
+    return f"{check_output_dir(settings.output_dir)} is writable"
+
+
+def _check_store(settings: Settings) -> str:
+    store = open_store(settings)
+    try:
+        store.ping()
+    finally:
+        store.close()
+    return f"Redis at {settings.redis_dsn_masked()} answers" if settings.redis_mode else "embedded SQLite store opens"
+
+
+def _check_sd(settings: Settings) -> str:
+    with SDClient(settings) as client:
+        return f"{client.url}: {client.check_ready()}"

@@ -1,0 +1,162 @@
+"""``sdpipe generate`` and ``sdpipe process``: submit jobs, wait for them, print the results."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from actors import open_runtime
+from cli.common import load, wait_for_jobs
+from cli.output import RET_FAILED, cli_errors, console, echo, err_console, job_row, print_json
+from pipeline.errors import InputError
+from pipeline.jobs import GenerationRequest, build_step_params, plan_generate, plan_process
+from pipeline.models import JobRecord, JobSpec, JobState
+from pipeline.settings import Settings
+from pipeline.storage import check_output_dir
+from pipeline.store import StatusStore
+
+__all__ = ["generate", "process"]
+
+FormatOption = Annotated[
+    Literal["png", "webp", "jpeg"] | None, typer.Option("--format", help="Output format (default OUTPUT_FORMAT).")
+]
+GridOption = Annotated[str | None, typer.Option("--grid", help="Split grid ROWSxCOLS (default GRID, 2x2).")]
+BandOption = Annotated[
+    int | None, typer.Option("--band-px", help="Blend band on each side of a cut, in pixels (default BAND_PX).")
+]
+SigmaOption = Annotated[float | None, typer.Option("--sigma", help="Gaussian sigma in pixels (default SIGMA).")]
+OutOption = Annotated[Path | None, typer.Option("--out", help="Output folder (default OUTPUT_DIR).")]
+WaitOption = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the jobs and show their progress.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def generate(
+    ctx: typer.Context,
+    prompt: Annotated[str, typer.Argument(help="What to render.")],
+    negative: Annotated[str, typer.Option("--negative", "-n", help="Negative prompt.")] = "",
+    seed: Annotated[int, typer.Option(help="Seed; -1 for random. With --count N: seed … seed+N-1.")] = -1,
+    steps: Annotated[int | None, typer.Option(help="Sampling steps (default STEPS).")] = None,
+    cfg: Annotated[float | None, typer.Option("--cfg", help="CFG scale (default CFG_SCALE).")] = None,
+    width: Annotated[int | None, typer.Option(help="Width in pixels (default WIDTH).")] = None,
+    height: Annotated[int | None, typer.Option(help="Height in pixels (default HEIGHT).")] = None,
+    sampler: Annotated[str | None, typer.Option(help="Sampler name, e.g. 'Euler a' (default SAMPLER).")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Scheduler, e.g. Karras (default SCHEDULER).")] = None,
+    count: Annotated[int, typer.Option(help="Number of jobs (one image each).")] = 1,
+    grid: GridOption = None,
+    band_px: BandOption = None,
+    sigma: SigmaOption = None,
+    output_format: FormatOption = None,
+    out: OutOption = None,
+    sd_url: Annotated[
+        str | None, typer.Option("--sd-url", help="SD server URL, or mock:// (default SD_API_URL).")
+    ] = None,
+    wait: WaitOption = True,
+    json_output: JsonOption = False,
+) -> None:
+    """Render PROMPT on the SD server, then split, seam-blur and merge each image."""
+    with cli_errors():
+        settings = load(ctx, sd_api_url=sd_url, output_dir=out)
+        _check_wait(settings, wait)
+        output_dir = check_output_dir(settings.output_dir)
+        step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
+        request = GenerationRequest(
+            prompt=prompt,
+            negative_prompt=negative,
+            seed=seed,
+            steps=steps,
+            cfg_scale=cfg,
+            width=width,
+            height=height,
+            sampler=sampler,
+            scheduler=scheduler,
+        )
+        specs = plan_generate(
+            settings,
+            request,
+            step_params,
+            count=count,
+            output_format=output_format,
+            output_dir=output_dir if (out is not None and settings.redis_mode) else None,
+            backend_url=sd_url if settings.redis_mode else None,
+            now=time.time(),
+        )
+        _submit_and_report(settings, specs, wait=wait, json_output=json_output)
+
+
+def process(
+    ctx: typer.Context,
+    images: Annotated[list[Path], typer.Argument(help="Image files to split, seam-blur and merge.")],
+    grid: GridOption = None,
+    band_px: BandOption = None,
+    sigma: SigmaOption = None,
+    output_format: FormatOption = None,
+    out: OutOption = None,
+    wait: WaitOption = True,
+    json_output: JsonOption = False,
+) -> None:
+    """Split, seam-blur and merge existing images (their PNG parameters are kept)."""
+    with cli_errors():
+        settings = load(ctx, output_dir=out)
+        _check_wait(settings, wait)
+        output_dir = check_output_dir(settings.output_dir)
+        step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
+        plans = plan_process(
+            settings, images, step_params, output_dir=output_dir, output_format=output_format, now=time.time()
+        )
+        for plan in plans:
+            plan.ingest()
+        _submit_and_report(settings, [plan.spec for plan in plans], wait=wait, json_output=json_output)
+
+
+def _check_wait(settings: Settings, wait: bool) -> None:
+    if not wait and not settings.redis_mode:
+        raise InputError(
+            "--no-wait needs Redis mode: embedded jobs run inside this process",
+            hint="set REDIS_URL and run `sdpipe worker`, or drop --no-wait",
+        )
+
+
+def _submit_and_report(settings: Settings, specs: list[JobSpec], *, wait: bool, json_output: bool) -> None:
+    with open_runtime(settings) as runtime:
+        runtime.submit(specs)
+        ids = [spec.job_id for spec in specs]
+        if not json_output:
+            for job_id in ids:
+                echo(f"job {job_id}")
+        if not wait:
+            if json_output:
+                print_json([{"job_id": job_id, "state": "queued"} for job_id in ids])
+            return
+        try:
+            records = wait_for_jobs(runtime.store, ids, live=not json_output and console.is_terminal)
+        except KeyboardInterrupt:
+            _on_interrupt(runtime.embedded, runtime.store, ids)
+            raise
+    _report(records, json_output=json_output)
+
+
+def _on_interrupt(embedded: bool, store: StatusStore, ids: list[str]) -> None:
+    if embedded:
+        now = time.time()
+        cancelled = sum(store.mark_cancelled(job_id, now=now) for job_id in ids)
+        err_console.print(f"stopped: {cancelled} unfinished job(s) marked cancelled (embedded mode)")
+    else:
+        err_console.print("detached: the jobs keep running on the workers; see `sdpipe jobs`")
+
+
+def _report(records: list[JobRecord], *, json_output: bool) -> None:
+    if json_output:
+        print_json([job_row(record) for record in records])
+    else:
+        for record in records:
+            if record.state is JobState.SUCCEEDED and record.result:
+                echo(str(record.result["image"]))
+        for record in records:
+            if record.state is not JobState.SUCCEEDED:
+                reason = f"{record.error.step}: {record.error.message}" if record.error else "no error recorded"
+                echo(f"job {record.job_id} {record.state.value}: {reason}")
+    if any(record.state is not JobState.SUCCEEDED for record in records):
+        raise typer.Exit(RET_FAILED)

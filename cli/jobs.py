@@ -1,0 +1,107 @@
+"""``sdpipe status`` and ``sdpipe jobs``: read the status store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from cli.common import load
+from cli.output import cli_errors, console, job_row, jobs_table, print_json
+from pipeline.models import JobRecord, JobState
+from pipeline.store import DEFAULT_LIST_LIMIT, open_store
+
+__all__ = ["jobs", "status"]
+
+OutOption = Annotated[Path | None, typer.Option("--out", help="Output folder whose jobs to read (embedded mode).")]
+
+
+def status(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="Job id (or a unique prefix of it).")],
+    out: OutOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one job: state, steps with attempts and timings, last error, result."""
+    with cli_errors():
+        settings = load(ctx, output_dir=out)
+        store = open_store(settings)
+        try:
+            record = store.get(store.resolve_id(job_id))
+        finally:
+            store.close()
+    if json_output:
+        print_json(job_row(record))
+        return
+    console.print(_detail(record))
+
+
+def jobs(
+    ctx: typer.Context,
+    state: Annotated[JobState | None, typer.Option("--state", help="Only jobs in this state.")] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="Only jobs of this batch id.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many, newest first.")] = DEFAULT_LIST_LIMIT,
+    out: OutOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List jobs, newest first."""
+    with cli_errors():
+        settings = load(ctx, output_dir=out)
+        store = open_store(settings)
+        try:
+            records = store.list_jobs(state=state, batch_id=batch, limit=limit)
+        finally:
+            store.close()
+    if json_output:
+        print_json([job_row(record) for record in records])
+    elif not records:
+        console.print("no jobs")
+    else:
+        console.print(jobs_table(records))
+
+
+def _detail(record: JobRecord) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    spec = record.spec
+    table.add_row("job", record.job_id)
+    table.add_row("state", record.state.value)
+    if record.batch_id:
+        table.add_row("batch", record.batch_id)
+    if spec.generation is not None:
+        gen = spec.generation
+        table.add_row("prompt", Text(gen.prompt))
+        if gen.negative_prompt:
+            table.add_row("negative", Text(gen.negative_prompt))
+        table.add_row(
+            "parameters",
+            f"seed {gen.seed}, {gen.steps} steps, cfg {gen.cfg_scale}, {gen.width}x{gen.height}, "
+            f"{gen.sampler_name} / {gen.scheduler}",
+        )
+    if spec.source_name:
+        table.add_row("source", Text(spec.source_name))
+    params = spec.step_params
+    table.add_row("seams", f"grid {params.grid}, band {params.band_px}px, sigma {params.sigma}")
+    if record.sd_info:
+        info = record.sd_info
+        table.add_row(
+            "sd",
+            Text(
+                f"seed {info.get('seed')}, model {info.get('model_name')} [{info.get('model_hash')}], "
+                f"{info.get('version')}, {info.get('backend_url')}"
+            ),
+        )
+    for name, step in record.steps.items():
+        duration = f"{step.duration_s:.3f}s" if step.duration_s is not None else "running"
+        skipped = " (skipped: output existed)" if step.skipped else ""
+        table.add_row(f"  {name}", f"{step.attempts} attempt(s), {duration}{skipped}")
+    if record.error is not None:
+        table.add_row("error", Text(f"{record.error.step}: {record.error.type}: {record.error.message}", style="red"))
+    if record.result:
+        table.add_row("image", Text(str(record.result.get("image"))))
+        table.add_row("sidecar", Text(str(record.result.get("sidecar"))))
+    return table

@@ -1,0 +1,147 @@
+"""Rendering and process-level concerns of the CLI: logging set-up, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+from rich.text import Text
+
+from pipeline.errors import PipelineError, SDTimeout, SDUnavailable, StoreUnavailable
+from pipeline.models import JobRecord, JobState
+
+__all__ = [
+    "RET_FAILED",
+    "RET_OK",
+    "RET_UNREACHABLE",
+    "RET_USAGE",
+    "cli_errors",
+    "console",
+    "echo",
+    "err_console",
+    "exit_code_for",
+    "job_row",
+    "jobs_table",
+    "print_json",
+    "setup_logging",
+    "state",
+]
+
+#: Exit codes.
+RET_OK = 0
+#: A job failed.
+RET_FAILED = 1
+#: Bad usage or input (also Click's own code for usage errors).
+RET_USAGE = 2
+#: Redis or the SD server cannot be reached.
+RET_UNREACHABLE = 3
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+class _State:
+    verbose: bool = False
+
+
+state = _State()
+
+_STATE_STYLES = {
+    JobState.SUCCEEDED: "green",
+    JobState.FAILED: "red",
+    JobState.CANCELLED: "yellow",
+    JobState.QUEUED: "dim",
+}
+
+
+def setup_logging(verbose: bool) -> None:
+    """Warnings (or, with ``--verbose``, debug) from sdpipe's modules to stderr."""
+    state.verbose = verbose
+    level = logging.DEBUG if verbose else logging.WARNING
+    handler = RichHandler(console=err_console, show_path=verbose, show_time=verbose, rich_tracebacks=verbose)
+    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        logging.getLogger("dramatiq").setLevel(logging.ERROR)
+
+
+def exit_code_for(exc: PipelineError) -> int:
+    """3 for anything unreachable (Redis, the SD server), 2 for bad input or settings, else 1."""
+    if isinstance(exc, SDUnavailable | SDTimeout | StoreUnavailable):
+        return RET_UNREACHABLE
+    return RET_USAGE
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn sdpipe's errors into one red line and the right exit code (traceback only with --verbose)."""
+    try:
+        yield
+    except PipelineError as exc:
+        if state.verbose:
+            err_console.print_exception()
+        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+        raise typer.Exit(exit_code_for(exc)) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def echo(text: str) -> None:
+    """One plain line on stdout (ids, paths): never wrapped or styled, so scripts can read it."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def job_row(record: JobRecord) -> dict[str, Any]:
+    """The JSON shape of a job for ``--json`` output."""
+    return record.model_dump(mode="json")
+
+
+def jobs_table(records: Sequence[JobRecord], *, title: str | None = None) -> Table:
+    """A table of jobs: id, state, current step and attempts, prompt or source, result or error."""
+    table = Table(title=title, show_lines=False)
+    for column in ("job", "state", "attempts", "created", "what", "result / error"):
+        table.add_column(column, overflow="fold")
+    for record in records:
+        spec = record.spec
+        what = spec.generation.prompt if spec.generation else (spec.source_name or "")
+        attempts = " ".join(f"{name}:{step.attempts}" for name, step in record.steps.items())
+        if record.state is JobState.SUCCEEDED and record.result:
+            outcome = Text(str(record.result.get("image", "")))
+        elif record.error is not None:
+            outcome = Text(f"{record.error.step}: {record.error.message}", style="red")
+        else:
+            outcome = Text("")
+        style = _STATE_STYLES.get(record.state, "cyan")
+        table.add_row(
+            record.job_id[:8],
+            f"[{style}]{record.state.value}[/{style}]",
+            attempts or "-",
+            _ago(record.created_at),
+            Text(what[:60]),
+            outcome,
+        )
+    return table

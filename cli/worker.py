@@ -1,0 +1,78 @@
+"""``sdpipe worker`` (Dramatiq worker processes) and ``sdpipe mock-sd`` (the A1111 mock server)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from actors import QUEUES, run_workers
+from cli.common import load
+from cli.output import cli_errors, err_console, state
+from pipeline.errors import InputError
+from pipeline.mock_sd import run_forever
+from pipeline.settings import settings_env
+from pipeline.storage import check_output_dir
+from pipeline.store import open_store
+
+__all__ = ["mock_sd", "worker"]
+
+
+def worker(
+    ctx: typer.Context,
+    processes: Annotated[int | None, typer.Option(min=1, help="Worker processes (default WORKERS_COUNT).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Threads per process (default WORKER_THREADS).")] = None,
+    queues: Annotated[str, typer.Option(help="Comma-separated queues to consume: sd, images.")] = ",".join(QUEUES),
+    sd_url: Annotated[str | None, typer.Option("--sd-url", help="SD server URL (default SD_API_URL).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default OUTPUT_DIR).")] = None,
+) -> None:
+    """Run worker processes against Redis until stopped (SIGTERM/Ctrl-C: finish running steps, then stop)."""
+    with cli_errors():
+        settings = load(ctx, sd_api_url=sd_url, output_dir=out, workers_count=processes, worker_threads=threads)
+        if not settings.redis_mode:
+            raise InputError(
+                "sdpipe worker needs Redis: embedded mode runs its workers inside `sdpipe generate`",
+                hint="set REDIS_URL (e.g. redis://localhost:6379/0)",
+            )
+        wanted = [q.strip() for q in queues.split(",") if q.strip()]
+        unknown = sorted(set(wanted) - set(QUEUES))
+        if unknown or not wanted:
+            raise InputError(f"unknown queue(s): {', '.join(unknown) or '(none given)'}", hint="use sd, images or both")
+        check_output_dir(settings.output_dir)
+        store = open_store(settings)
+        try:
+            store.ping()
+        finally:
+            store.close()
+        # Worker processes read their settings themselves: hand them exactly these.
+        os.environ.update(settings_env(settings))
+        err_console.print(
+            f"sdpipe worker: {settings.workers_count} process(es) x {settings.worker_threads} thread(s) "
+            f"on {', '.join(wanted)}, Redis {settings.redis_dsn_masked()}"
+        )
+    # Dramatiq's CLI configures logging in every process (INFO, or DEBUG with --verbose): hand it over.
+    for handler in logging.root.handlers[:]:
+        logging.root.removeHandler(handler)
+    logging.getLogger("dramatiq").setLevel(logging.NOTSET)
+    code = run_workers(
+        processes=settings.workers_count, threads=settings.worker_threads, queues=wanted, verbose=state.verbose
+    )
+    raise typer.Exit(code)
+
+
+def mock_sd(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 7860,
+    latency_ms: Annotated[int, typer.Option(min=0, help="Time each generation takes, in milliseconds.")] = 0,
+    fail_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of txt2img calls answered 500 OutOfMemoryError.")
+    ] = 0.0,
+    api_auth: Annotated[str | None, typer.Option(help="Require HTTP Basic user:pass, like A1111's --api-auth.")] = None,
+) -> None:
+    """Serve an AUTOMATIC1111-compatible mock SD API (one generation at a time, like the real one)."""
+    with cli_errors():
+        err_console.print(f"mock SD API on http://{host}:{port} (Ctrl-C to stop)")
+        run_forever(host, port, latency_ms=latency_ms, fail_rate=fail_rate, api_auth=api_auth)

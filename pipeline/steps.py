@@ -1,0 +1,303 @@
+"""The four steps of a job (generate, split, seam_blur, merge) and the one way to run a step.
+
+Actors call :func:`run_step` with a job id; this module knows nothing of Dramatiq. Every step is
+idempotent, because Dramatiq delivers at least once:
+
+- a step whose output already exists does nothing (and says so: ``skipped``);
+- ``generate`` never calls the SD server once the job's image is saved;
+- the status store's conditional transitions drop a redelivered step of a job that moved on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import seams
+from pipeline.codec import decode_image, encode_image
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.infotext import insert_params
+from pipeline.models import ErrorInfo, JobRecord, StepName
+from pipeline.sd_client import SDClient
+from pipeline.settings import Settings
+from pipeline.storage import JobFiles, atomic_save_array, atomic_write_bytes, atomic_write_json, load_array, read_json
+from pipeline.store.base import StatusStore
+
+__all__ = ["StepContext", "StepOutcome", "run_step"]
+
+logger = logging.getLogger(__name__)
+
+#: Version written into sidecars.
+SDPIPE_VERSION = "0.1.0"
+_MANIFEST = "manifest.json"
+
+
+@dataclass
+class StepContext:
+    """What a step needs: settings, the status store and (lazily) one SD client shared by threads."""
+
+    settings: Settings
+    store: StatusStore
+    clock: Callable[[], float] = time.time
+    sd_client_factory: Callable[[Settings], SDClient] = SDClient
+    _clients: dict[str | None, SDClient] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def sd_client(self, base_url: str | None = None) -> SDClient:
+        """The shared client for ``base_url`` (None: ``SD_API_URL``); httpx clients are thread-safe."""
+        with self._lock:
+            client = self._clients.get(base_url)
+            if client is None:
+                settings = self.settings
+                if base_url is not None:
+                    settings = settings.model_copy(update={"sd_api_url": base_url})
+                client = self._clients[base_url] = self.sd_client_factory(settings)
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """How a delivery of a step ended.
+
+    ``ran`` is False when the job was terminal or already past the step (a duplicate delivery):
+    the caller must then not continue the pipeline.
+    """
+
+    ran: bool
+    skipped: bool = False
+
+
+def run_step(ctx: StepContext, job_id: str, step: StepName) -> StepOutcome:
+    """Run one step of one job, recording its attempt, timing and any error in the status store.
+
+    Raises:
+        PipelineError: the step failed. A permanent error has already marked the job failed; a
+            transient one is recorded as the last error and should be retried.
+        Exception: anything unexpected (recorded as the last error, treated as transient).
+    """
+    record = ctx.store.start_step(job_id, step, now=ctx.clock())
+    if record is None:
+        logger.info("job %s: %s not needed (job is finished or past this step)", job_id, step)
+        return StepOutcome(ran=False)
+    attempt = record.steps[step].attempts
+    logger.info("job %s: %s started (attempt %d)", job_id, step, attempt)
+    try:
+        skipped, result = _STEPS[step](ctx, record)
+    except PipelineError as exc:
+        error = ErrorInfo(step=step, type=type(exc).__name__, message=str(exc), transient=exc.transient, at=ctx.clock())
+        if exc.transient:
+            ctx.store.record_error(job_id, error)
+            logger.warning("job %s: %s attempt %d failed, will retry: %s", job_id, step, attempt, exc)
+        else:
+            ctx.store.mark_failed(job_id, error, now=ctx.clock())
+            logger.error("job %s: %s failed: %s", job_id, step, exc)
+        raise
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        error = ErrorInfo(step=step, type=type(exc).__name__, message=message, transient=True, at=ctx.clock())
+        ctx.store.record_error(job_id, error)
+        logger.exception("job %s: %s attempt %d failed unexpectedly", job_id, step, attempt)
+        raise
+    now = ctx.clock()
+    ctx.store.finish_step(job_id, step, now=now, skipped=skipped)
+    if result is not None:
+        ctx.store.mark_succeeded(job_id, result, now=now)
+        _files(ctx, record).remove_work_dir()
+        logger.info("job %s: succeeded -> %s", job_id, result["image"])
+    else:
+        logger.info("job %s: %s %s", job_id, step, "skipped (output exists)" if skipped else "done")
+    return StepOutcome(ran=True, skipped=skipped)
+
+
+def _files(ctx: StepContext, record: JobRecord) -> JobFiles:
+    output_dir = Path(record.spec.output_dir) if record.spec.output_dir else ctx.settings.output_dir
+    return JobFiles(output_dir, record.job_id)
+
+
+# Each step returns (skipped, result): result is set by the last step only.
+_StepFn = Callable[[StepContext, JobRecord], tuple[bool, dict[str, Any] | None]]
+
+
+def _generate(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | None]:
+    files = _files(ctx, record)
+    if files.source.exists():
+        # The image is saved: never pay for it twice. Re-store what the server said (idempotent).
+        ctx.store.set_sd_info(record.job_id, read_json(files.sd_info))
+        return True, None
+    generation = record.spec.generation
+    if generation is None:
+        raise ConfigError(f"job {record.job_id} has no generation parameters and no source image")
+    result = ctx.sd_client(record.spec.backend_url).txt2img(generation, job_id=record.job_id)
+    sd_info: dict[str, Any] = {
+        "seed": result.seed,
+        "model_name": result.model_name,
+        "model_hash": result.model_hash,
+        "version": result.version,
+        "infotext": result.infotext,
+        "format": result.format,
+        "backend_url": result.backend_url,
+        "elapsed_s": round(result.elapsed_s, 3),
+    }
+    # sd.json first, then the image: the image's presence means both are complete.
+    atomic_write_json(files.sd_info, sd_info)
+    atomic_write_bytes(files.source, result.image_bytes)
+    ctx.store.set_sd_info(record.job_id, sd_info)
+    return False, None
+
+
+def _split(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | None]:
+    files = _files(ctx, record)
+    manifest_path = files.tiles_dir / _MANIFEST
+    if manifest_path.exists():
+        return True, None
+    params = record.spec.step_params
+    decoded = decode_image(
+        files.source.read_bytes(),
+        max_pixels=ctx.settings.max_pixels,
+        max_bytes=ctx.settings.max_image_bytes,
+        what=f"source image of job {record.job_id[:8]}",
+    )
+    seams.validate_geometry(decoded.width, decoded.height, params)
+    boxes = []
+    for box, tile in seams.split(decoded.array, params):
+        atomic_save_array(files.tiles_dir / JobFiles.tile_name(box.row, box.col), tile)
+        boxes.append(box.to_dict())
+    manifest = {
+        "width": decoded.width,
+        "height": decoded.height,
+        "mode": decoded.mode,
+        "source_format": decoded.format,
+        "infotext": decoded.infotext,
+        "tiles": boxes,
+    }
+    atomic_write_json(manifest_path, manifest)
+    return False, None
+
+
+def _seam_blur(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | None]:
+    files = _files(ctx, record)
+    done_path = files.blurred_dir / _MANIFEST
+    if done_path.exists():
+        return True, None
+    manifest = read_json(files.tiles_dir / _MANIFEST)
+    params = record.spec.step_params
+    for box_dict in manifest["tiles"]:
+        box = seams.TileBox.from_dict(box_dict)
+        name = JobFiles.tile_name(box.row, box.col)
+        out_path = files.blurred_dir / name
+        if out_path.exists():
+            continue
+        tile = load_array(files.tiles_dir / name)
+        blurred = seams.seam_blur_tile(tile, box, manifest["width"], manifest["height"], params)
+        atomic_save_array(out_path, blurred)
+    atomic_write_json(done_path, manifest)
+    return False, None
+
+
+def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | None]:
+    files = _files(ctx, record)
+    spec = record.spec
+    image_path = files.image(spec.output_name, spec.output_format)
+    sidecar_path = files.sidecar(spec.output_name)
+    if sidecar_path.exists() and image_path.exists():
+        return True, read_json(sidecar_path)["output"]
+    skipped = image_path.exists()
+    if skipped:
+        # Crashed between the image and its sidecar: the image is complete (atomic), keep it.
+        data = image_path.read_bytes()
+        manifest = read_json(files.blurred_dir / _MANIFEST)
+        infotext = _output_infotext(record, manifest)
+        width, height = manifest["width"], manifest["height"]
+    else:
+        manifest = read_json(files.blurred_dir / _MANIFEST)
+        tiles = []
+        for box_dict in manifest["tiles"]:
+            box = seams.TileBox.from_dict(box_dict)
+            tiles.append((box, load_array(files.blurred_dir / JobFiles.tile_name(box.row, box.col))))
+        width, height = manifest["width"], manifest["height"]
+        merged = seams.merge(tiles, width, height)
+        infotext = _output_infotext(record, manifest)
+        data = encode_image(merged, format=spec.output_format, infotext=infotext)
+        atomic_write_bytes(image_path, data)
+    output = {
+        "image": str(image_path),
+        "sidecar": str(sidecar_path),
+        "format": spec.output_format,
+        "width": width,
+        "height": height,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    atomic_write_json(sidecar_path, _sidecar(ctx, record, output, infotext))
+    return skipped, output
+
+
+def _output_infotext(record: JobRecord, manifest: dict[str, Any]) -> str:
+    """The SD image's infotext (or the input's), with our seam settings added before ``Version``."""
+    base = (record.sd_info or {}).get("infotext") or manifest.get("infotext")
+    params = record.spec.step_params
+    return insert_params(base, {"Seam grid": params.grid, "Seam band": params.band_px, "Seam sigma": params.sigma})
+
+
+def _sidecar(ctx: StepContext, record: JobRecord, output: dict[str, Any], infotext: str) -> dict[str, Any]:
+    spec = record.spec
+    sd_info = record.sd_info or {}
+    now = ctx.clock()
+    steps: dict[str, Any] = {}
+    for name, step in record.steps.items():
+        duration = step.duration_s
+        if name == "merge" and step.started_at is not None:
+            duration = now - step.started_at
+        steps[name] = {
+            "attempts": step.attempts,
+            "duration_s": round(duration, 4) if duration is not None else None,
+            "skipped": step.skipped,
+        }
+    generation = spec.generation
+    return {
+        "job_id": spec.job_id,
+        "batch_id": spec.batch_id,
+        "kind": spec.kind,
+        "prompt": generation.prompt if generation else None,
+        "negative_prompt": generation.negative_prompt if generation else None,
+        "parameters": generation.to_payload() if generation else None,
+        "seed": sd_info.get("seed"),
+        "model_name": sd_info.get("model_name"),
+        "model_hash": sd_info.get("model_hash"),
+        "sd_version": sd_info.get("version"),
+        "backend_url": sd_info.get("backend_url") or spec.backend_url,
+        "source": spec.source_name,
+        "grid": spec.step_params.grid,
+        "band_px": spec.step_params.band_px,
+        "sigma": spec.step_params.sigma,
+        "steps": steps,
+        "output": output,
+        "infotext": infotext,
+        "created_at": _iso(spec.created_at),
+        "finished_at": _iso(now),
+        "sdpipe_version": SDPIPE_VERSION,
+    }
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}Z"
+
+
+_STEPS: dict[str, _StepFn] = {
+    "generate": _generate,
+    "split": _split,
+    "seam_blur": _seam_blur,
+    "merge": _merge,
+}

@@ -1,0 +1,166 @@
+"""The step actors on a StubBroker with in-process workers: success, retries, permanent failures, idempotency."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import respx
+from PIL import Image
+
+from actors import Runtime
+from pipeline.infotext import parse_infotext
+from pipeline.jobs import GenerationRequest, build_step_params, plan_generate, plan_process
+from pipeline.models import JobRecord, JobState
+from pipeline.steps import run_step
+from tests.test_actors.conftest import SD_URL, sd_png_response
+
+Wait = Callable[[Runtime, list[str]], list[JobRecord]]
+
+
+def _submit(rt: Runtime, prompt: str = "a lighthouse at dusk", count: int = 1, seed: int = 7) -> list[str]:
+    params = build_step_params(rt.settings, grid="2x2", band_px=8, sigma=2.0)
+    request = GenerationRequest(prompt=prompt, seed=seed, width=128, height=96)
+    specs = plan_generate(rt.settings, request, params, count=count, now=time.time())
+    rt.submit(specs)
+    return [spec.job_id for spec in specs]
+
+
+def test_generate_job_writes_image_sidecar_and_succeeds(runtime: Runtime, wait_terminal: Wait) -> None:
+    # Given two jobs on the in-process mock server
+    ids = _submit(runtime, count=2)
+    # When the workers run them
+    records = wait_terminal(runtime, ids)
+    # Then both succeeded, with an image and a sidecar whose seed is the one the server used
+    for seed, record in zip((7, 8), records, strict=True):
+        assert record.state is JobState.SUCCEEDED, record.error
+        assert record.result is not None
+        image_path = Path(record.result["image"])
+        sidecar = json.loads(Path(record.result["sidecar"]).read_text())
+        assert sidecar["seed"] == seed == record.sd_info["seed"]  # type: ignore[index]
+        with Image.open(image_path) as image:
+            assert image.size == (128, 96)
+            params = parse_infotext(image.info["parameters"])
+        assert params["Seed"] == str(seed)
+        assert (params["Seam grid-1"], params["Seam grid-2"]) == ("2", "2")  # A1111 splits WxH values
+        assert [step for step, info in record.steps.items() if info.attempts == 1] == [
+            "generate",
+            "split",
+            "seam_blur",
+            "merge",
+        ]
+        # and the intermediates are gone
+        assert not (runtime.settings.output_dir / ".sdpipe" / "work" / record.job_id).exists()
+
+
+def test_generate_retries_out_of_memory_then_succeeds(respx_runtime: Runtime, wait_terminal: Wait) -> None:
+    # Given an SD server that answers 500 OutOfMemoryError twice, then 200
+    oom = {"error": "OutOfMemoryError", "detail": "", "body": "", "errors": "CUDA out of memory. Tried to allocate"}
+    with respx.mock(base_url=SD_URL, assert_all_called=True) as sd:
+        route = sd.post("/sdapi/v1/txt2img").mock(
+            side_effect=[
+                httpx.Response(500, json=oom),
+                httpx.Response(500, json=oom),
+                httpx.Response(200, json=sd_png_response(seed=7)),
+            ]
+        )
+        ids = _submit(respx_runtime)
+        (record,) = wait_terminal(respx_runtime, ids)
+    # Then the job succeeded after 3 attempts of generate, and the server was called 3 times
+    assert record.state is JobState.SUCCEEDED
+    assert record.steps["generate"].attempts == 3
+    assert route.call_count == 3
+
+
+def test_generate_422_fails_at_once_with_server_message(respx_runtime: Runtime, wait_terminal: Wait) -> None:
+    body = {"detail": [{"loc": ["body", "steps"], "msg": "value is not a valid integer", "type": "type_error.integer"}]}
+    with respx.mock(base_url=SD_URL) as sd:
+        route = sd.post("/sdapi/v1/txt2img").mock(return_value=httpx.Response(422, json=body))
+        ids = _submit(respx_runtime)
+        (record,) = wait_terminal(respx_runtime, ids)
+        time.sleep(0.3)  # a retry, if any, would have come by now (backoff is 10-50 ms here)
+        calls = route.call_count
+    assert record.state is JobState.FAILED
+    assert calls == 1
+    assert record.steps["generate"].attempts == 1
+    assert record.error is not None
+    assert record.error.step == "generate"
+    assert "value is not a valid integer" in record.error.message
+
+
+def test_generate_unreachable_retries_then_fails_clearly(respx_runtime: Runtime, wait_terminal: Wait) -> None:
+    with respx.mock(base_url=SD_URL) as sd:
+        route = sd.post("/sdapi/v1/txt2img").mock(side_effect=httpx.ConnectError("Connection refused"))
+        ids = _submit(respx_runtime)
+        (record,) = wait_terminal(respx_runtime, ids)
+    # max_retries=2: one attempt plus two retries, then on_retry_exhausted marks it failed
+    assert route.call_count == 3
+    assert record.state is JobState.FAILED
+    assert record.steps["generate"].attempts == 3
+    assert record.error is not None
+    assert "cannot reach" in record.error.message
+    assert "gave up after 2 retries" in record.error.message
+
+
+def test_redelivered_generate_does_not_call_sd_again(respx_runtime: Runtime, wait_terminal: Wait) -> None:
+    with respx.mock(base_url=SD_URL) as sd:
+        route = sd.post("/sdapi/v1/txt2img").mock(return_value=httpx.Response(200, json=sd_png_response()))
+        params = build_step_params(respx_runtime.settings, grid="2x2", band_px=8, sigma=2.0)
+        (spec,) = plan_generate(respx_runtime.settings, GenerationRequest(prompt="x"), params, now=time.time())
+        respx_runtime.store.create_jobs([spec])
+        # When generate is delivered twice before the job moves on (a worker died before its ack)
+        assert run_step(respx_runtime.context, spec.job_id, "generate").ran
+        second = run_step(respx_runtime.context, spec.job_id, "generate")
+        # Then the second delivery finds the saved image and does not pay for another
+        assert second.skipped
+        assert route.call_count == 1
+        # And a full pipeline delivered again after success does nothing at all
+        respx_runtime.actors.chain_for(spec).run()
+        (record,) = wait_terminal(respx_runtime, [spec.job_id])
+        assert record.state is JobState.SUCCEEDED
+        respx_runtime.actors.chain_for(spec).run()
+        respx_runtime.broker.join("sd")
+        respx_runtime.broker.join("images")
+        assert route.call_count == 1
+    assert respx_runtime.store.get(spec.job_id).steps["generate"].attempts == 3
+
+
+def test_process_job_keeps_input_parameters(runtime: Runtime, wait_terminal: Wait, tmp_path: Path) -> None:
+    # Given a PNG with A1111 parameters
+    pixels = np.random.default_rng(3).integers(0, 256, size=(80, 100, 3), dtype=np.uint8)
+    source = tmp_path / "in.png"
+    from PIL.PngImagePlugin import PngInfo
+
+    meta = PngInfo()
+    meta.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler, CFG scale: 7.0, Seed: 99, Version: v1.10.1")
+    Image.fromarray(pixels).save(source, pnginfo=meta)
+    params = build_step_params(runtime.settings, grid="2x3", band_px=4, sigma=1.5)
+    plans = plan_process(runtime.settings, [source], params, output_dir=runtime.settings.output_dir, now=time.time())
+    for plan in plans:
+        plan.ingest()
+    runtime.submit([plan.spec for plan in plans])
+    (record,) = wait_terminal(runtime, [plans[0].spec.job_id])
+    assert record.state is JobState.SUCCEEDED, record.error
+    assert "generate" not in record.steps
+    assert record.result is not None
+    with Image.open(record.result["image"]) as image:
+        text = image.info["parameters"]
+        out = np.asarray(image)
+    assert parse_infotext(text)["Seed"] == "99"
+    assert text.index("Seam grid: 2x3") < text.index("Version: v1.10.1")
+    # pixels far from the cuts are the input's
+    assert np.array_equal(out[:20, :20], pixels[:20, :20])
+
+
+def test_pipeline_package_never_imports_dramatiq() -> None:
+    code = (
+        "import sys, pipeline, pipeline.steps, pipeline.jobs, pipeline.store, pipeline.sd_client, pipeline.mock_sd;"
+        "sys.exit('dramatiq' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -1,0 +1,108 @@
+"""``sdpipe generate`` and ``sdpipe process`` through the CLI: results, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_cli.conftest import Invoke
+
+
+def test_generate_mock_embedded_prints_job_ids_then_paths(sdpipe: Invoke, out_dir: Path) -> None:
+    result = sdpipe("generate", "a lighthouse at dusk", "--sd-url", "mock://", "--count", "2", "--seed", "7")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines[:2]] == ["job", "job"]
+    images = [Path(line) for line in lines[2:]]
+    assert len(images) == 2
+    for image in images:
+        assert image.parent == out_dir.absolute()
+        assert image.name.endswith("-a-lighthouse-at-dusk.png")
+        assert image.with_suffix(".json").exists()
+    seeds = sorted(json.loads(p.with_suffix(".json").read_text())["seed"] for p in images)
+    assert seeds == [7, 8]
+
+
+def test_generate_json_output_lists_succeeded_jobs(sdpipe: Invoke) -> None:
+    result = sdpipe("generate", "a cat", "--sd-url", "mock://", "--json", "--width", "64", "--height", "64")
+    assert result.exit_code == 0, result.output
+    (job,) = json.loads(result.stdout)
+    assert job["state"] == "succeeded"
+    assert Path(job["result"]["image"]).exists()
+
+
+def test_generate_webp_format_writes_webp(sdpipe: Invoke) -> None:
+    result = sdpipe("generate", "a cat", "--sd-url", "mock://", "--format", "webp", "--json")
+    assert result.exit_code == 0, result.output
+    (job,) = json.loads(result.stdout)
+    with Image.open(job["result"]["image"]) as image:
+        assert image.format == "WEBP"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["generate", "   "], "prompt is empty"),
+        (["generate", "x", "--width", "0"], "width must be at least 8"),
+        (["generate", "x", "--height", "-64"], "height must be at least 8"),
+        (["generate", "x", "--width", "100000", "--height", "100000"], "MAX_PIXELS"),
+        (["generate", "x", "--grid", "0x2"], "grid"),
+        (["generate", "x", "--grid", "abc"], "ROWSxCOLS"),
+        (["generate", "x", "--grid", "2x2", "--band-px", "200"], "band_px"),
+        (["generate", "x", "--sigma", "0"], "sigma"),
+        (["generate", "x", "--count", "0"], "count"),
+        (["generate", "x", "--no-wait"], "--no-wait needs Redis"),
+        (["generate", "x", "--sd-url", "gpu-box:7860"], "SD_API_URL"),
+        (["process", "missing.png"], "missing.png"),
+        (["worker"], "needs Redis"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(
+    sdpipe: Invoke, out_dir: Path, args: list[str], fragment: str
+) -> None:
+    result = sdpipe(*args)
+    assert result.exit_code == 2, result.output
+    assert fragment in result.stderr
+    assert "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    written = [p for p in out_dir.rglob("*") if p.is_file()] if out_dir.exists() else []
+    assert written == []
+
+
+def test_generate_unreachable_sd_fails_job_with_exit_1(sdpipe: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_RETRIES", "1")
+    result = sdpipe("generate", "x", "--sd-url", "http://127.0.0.1:9", "--width", "64", "--height", "64")
+    assert result.exit_code == 1, result.output
+    assert "cannot reach" in result.stdout
+    assert "Traceback" not in result.output
+
+
+def test_process_images_merges_and_keeps_size(sdpipe: Invoke, tmp_path: Path) -> None:
+    pixels = np.random.default_rng(5).integers(0, 256, size=(101, 77, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    Image.fromarray(pixels).save(tmp_path / "other.jpg", quality=95)
+    result = sdpipe("process", str(tmp_path / "photo.png"), str(tmp_path / "other.jpg"), "--band-px", "6")
+    assert result.exit_code == 0, result.output
+    outputs = [Path(line) for line in result.stdout.strip().splitlines() if not line.startswith("job ")]
+    assert len(outputs) == 2
+    for output in outputs:
+        with Image.open(output) as image:
+            assert image.size == (77, 101)
+
+
+def test_process_not_an_image_is_refused(sdpipe: Invoke, tmp_path: Path) -> None:
+    (tmp_path / "notes.png").write_text("not an image")
+    result = sdpipe("process", str(tmp_path / "notes.png"))
+    assert result.exit_code == 2
+    assert "notes.png" in result.stderr or "image" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_process_directory_is_refused(sdpipe: Invoke, tmp_path: Path) -> None:
+    result = sdpipe("process", str(tmp_path))
+    assert result.exit_code == 2
+    assert "directory" in result.stderr

@@ -1,0 +1,66 @@
+"""``sdpipe status`` / ``sdpipe jobs`` read the store after the generating process has ended."""
+
+from __future__ import annotations
+
+import json
+
+from tests.test_cli.conftest import Invoke
+
+
+def _generate(sdpipe: Invoke, *extra: str) -> list[dict[str, object]]:
+    result = sdpipe("generate", "a red fox", "--sd-url", "mock://", "--json", "--width", "64", "--height", "64", *extra)
+    return list(json.loads(result.stdout))
+
+
+def test_status_shows_steps_and_result(sdpipe: Invoke) -> None:
+    (job,) = _generate(sdpipe, "--seed", "42")
+    job_id = str(job["job_id"])
+    result = sdpipe("status", job_id[:8])
+    assert result.exit_code == 0, result.output
+    for fragment in ("succeeded", "a red fox", "generate", "merge", "seed 42", "attempt"):
+        assert fragment in result.stdout
+    as_json = json.loads(sdpipe("status", job_id, "--json").stdout)
+    assert as_json["job_id"] == job_id
+    assert as_json["steps"]["generate"]["attempts"] == 1
+
+
+def test_status_unknown_job_exit_2(sdpipe: Invoke) -> None:
+    result = sdpipe("status", "deadbeef")
+    assert result.exit_code == 2
+    assert "deadbeef" in result.stderr
+
+
+def test_jobs_filters_by_state(sdpipe: Invoke, monkeypatch: object) -> None:
+    _generate(sdpipe)
+    sdpipe(
+        "generate",
+        "x",
+        "--sd-url",
+        "mock://?fail_rate=1.0",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        env={"MAX_RETRIES": "0"},
+    )
+    failed = json.loads(sdpipe("jobs", "--state", "failed", "--json").stdout)
+    succeeded = json.loads(sdpipe("jobs", "--state", "succeeded", "--json").stdout)
+    assert [job["state"] for job in failed] == ["failed"]
+    assert [job["state"] for job in succeeded] == ["succeeded"]
+    assert "OutOfMemoryError" in failed[0]["error"]["message"] or "out of memory" in failed[0]["error"]["message"]
+    table = sdpipe("jobs").stdout
+    assert "failed" in table and "succeeded" in table
+
+
+def test_doctor_reports_mock_ready(sdpipe: Invoke) -> None:
+    result = sdpipe("doctor", "--sd-url", "mock://")
+    assert result.exit_code == 0, result.output
+    assert "embedded" in result.stdout
+
+
+def test_doctor_unreachable_sd_exit_3_masks_secret(sdpipe: Invoke) -> None:
+    result = sdpipe("doctor", "--sd-url", "http://user:topsecret@127.0.0.1:9", env={"SD_API_AUTH": "u:hunter2"})
+    assert result.exit_code == 3, result.output
+    assert "topsecret" not in result.output
+    assert "hunter2" not in result.output
+    assert "***" in result.output

@@ -1,0 +1,100 @@
+"""End-to-end fixtures: real processes (private redis-server, ``sdpipe mock-sd``, ``sdpipe worker``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import free_port, port_open, wait_until
+
+SDPIPE = [sys.executable, "-m", "cli"]
+
+
+@dataclass
+class Proc:
+    """A background ``sdpipe`` process with its log file."""
+
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, timeout_s: float = 30) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def e2e_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for every sdpipe process of one test: Redis mode, one output folder, fast retries."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SD_", "REDIS_", "OUTPUT_"))}
+    env.update(
+        REDIS_URL=redis_url,
+        OUTPUT_DIR=str(tmp_path / "outputs"),
+        RETRY_MIN_BACKOFF_MS="50",
+        RETRY_MAX_BACKOFF_MS="500",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start ``sdpipe ARGS`` in the background; every process is stopped at teardown."""
+    procs: list[Proc] = []
+
+    def start(*args: str, env: dict[str, str], name: str) -> Proc:
+        log = tmp_path / f"{name}.log"
+        with log.open("wb") as handle:
+            popen = subprocess.Popen([*SDPIPE, *args], env=env, stdout=handle, stderr=subprocess.STDOUT)
+        proc = Proc(popen=popen, log=log)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
+def mock_sd(spawn: Callable[..., Proc], e2e_env: dict[str, str]) -> Iterator[str]:
+    """``sdpipe mock-sd`` over HTTP on a free port; yields its URL."""
+    port = free_port()
+    proc = spawn("mock-sd", "--port", str(port), env=e2e_env, name="mock-sd")
+    assert wait_until(lambda: port_open(port), timeout_s=20), proc.output()
+    yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def workers(spawn: Callable[..., Proc], e2e_env: dict[str, str], mock_sd: str) -> Proc:
+    """``sdpipe worker`` with 2 processes against the private Redis and the mock server."""
+    env = {**e2e_env, "SD_API_URL": mock_sd}
+    proc = spawn("worker", "--processes", "2", "--threads", "2", env=env, name="worker")
+    assert wait_until(
+        lambda: proc.output().count("Worker process is ready") >= 2 or proc.popen.poll() is not None, timeout_s=60
+    ), proc.output()
+    assert proc.popen.poll() is None, proc.output()
+    return proc
+
+
+def mock_stats(url: str) -> dict[str, object]:
+    return dict(httpx.get(f"{url}/mock/stats", timeout=5).json())
+
+
+def run_sdpipe(*args: str, env: dict[str, str], timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SDPIPE, *args], env=env, capture_output=True, text=True, timeout=timeout_s, check=False)

@@ -1,0 +1,97 @@
+"""Storage: atomic writes, output naming that never leaves OUTPUT_DIR, writable-folder checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import InputError
+from pipeline.storage import (
+    JobFiles,
+    atomic_save_array,
+    atomic_write_bytes,
+    check_output_dir,
+    default_output_name,
+    load_array,
+    safe_output_stem,
+    slugify,
+)
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "a.bin"
+    atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b"new content")
+    assert target.read_bytes() == b"new content"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.bin"]
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "a.bin"
+    atomic_write_bytes(target, b"old")
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_array_round_trip_is_exact(tmp_path: Path) -> None:
+    array = np.random.default_rng(1).integers(0, 256, size=(17, 9, 3), dtype=np.uint8)
+    atomic_save_array(tmp_path / "t.npy", array)
+    assert np.array_equal(load_array(tmp_path / "t.npy"), array)
+
+
+def test_slugify_is_ascii_and_bounded() -> None:
+    assert slugify("A lighthouse, at dusk!") == "a-lighthouse-at-dusk"
+    assert slugify("Café ünïcode") == "cafe-unicode"
+    assert slugify("!!!") == "image"
+    assert len(slugify("x" * 500)) <= 48
+
+
+def test_default_output_name_has_time_id_and_slug() -> None:
+    name = default_output_name(0.0, "abcdef0123456789", "A lighthouse")
+    assert name == "19700101-000000-abcdef01-a-lighthouse"
+
+
+@pytest.mark.parametrize("name", ["../evil", "/etc/passwd", "a/b", "..", ".hidden", "", "a\\b", "x" * 300])
+def test_safe_output_stem_refuses_names_leaving_output_dir(name: str) -> None:
+    with pytest.raises(InputError):
+        safe_output_stem(name)
+
+
+def test_safe_output_stem_strips_known_extension() -> None:
+    assert safe_output_stem("cover.png") == "cover"
+    assert safe_output_stem("my render 01") == "my render 01"
+
+
+def test_check_output_dir_creates_folder(tmp_path: Path) -> None:
+    assert check_output_dir(tmp_path / "new" / "out").is_dir()
+
+
+def test_check_output_dir_refuses_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        check_output_dir(tmp_path / "f")
+
+
+def test_check_output_dir_refuses_unwritable_path(tmp_path: Path) -> None:
+    # Given a path that cannot be created (its parent is a file; works as root too)
+    (tmp_path / "f").write_text("x")
+    # Then the error names the folder and says it is not writable
+    with pytest.raises(InputError, match="not writable"):
+        check_output_dir(tmp_path / "f" / "sub")
+
+
+def test_job_files_paths_stay_under_output_dir(tmp_path: Path) -> None:
+    files = JobFiles(tmp_path, "job1")
+    for path in (files.source, files.sd_info, files.tiles_dir, files.image("n", "png"), files.sidecar("n")):
+        assert path.resolve().is_relative_to(tmp_path.resolve())
+    assert files.image("n", "jpeg").name == "n.jpg"
