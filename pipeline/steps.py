@@ -123,7 +123,8 @@ def run_step(ctx: StepContext, job_id: str, step: StepName) -> StepOutcome:
 
 def _files(ctx: StepContext, record: JobRecord) -> JobFiles:
     output_dir = Path(record.spec.output_dir) if record.spec.output_dir else ctx.settings.output_dir
-    return JobFiles(output_dir, record.job_id)
+    # Absolute, so the paths in the status store and sidecar mean the same from any folder.
+    return JobFiles(output_dir.absolute(), record.job_id)
 
 
 # Each step returns (skipped, result): result is set by the last step only.
