@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.live import Live
+from rich.text import Text
 
 from cli.output import err_console, jobs_table
 from pipeline.errors import StoreUnavailable
 from pipeline.jobs import watch_jobs
-from pipeline.models import JobRecord
+from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings, load_settings
 from pipeline.store import StatusStore
 
@@ -21,6 +23,16 @@ __all__ = ["load", "wait_for_jobs"]
 
 #: Seconds between reconnection attempts while the status store is unreachable.
 STORE_RETRY_S = 1.0
+#: Above this many jobs the live display shows counts per state instead of one row per job.
+TABLE_MAX_JOBS = 12
+
+
+def _summary(records: Sequence[JobRecord]) -> Text:
+    counts = Counter(record.state for record in records)
+    done = counts[JobState.SUCCEEDED] + counts[JobState.FAILED] + counts[JobState.CANCELLED]
+    parts = [f"{done}/{len(records)} done"]
+    parts += [f"{counts[state]} {state.value}" for state in JobState if counts[state]]
+    return Text(" · ".join(parts))
 
 
 def load(ctx: typer.Context, **overrides: Any) -> Settings:
@@ -42,7 +54,7 @@ def wait_for_jobs(store: StatusStore, job_ids: Sequence[str], *, live: bool) -> 
                         err_console.print(f"status store back after {time.monotonic() - outage_since:.0f}s")
                         outage_since = None
                     if live:
-                        display.update(jobs_table(records))
+                        display.update(jobs_table(records) if len(records) <= TABLE_MAX_JOBS else _summary(records))
                 return records
             except StoreUnavailable as exc:
                 if outage_since is None:

@@ -12,7 +12,7 @@ from actors import open_runtime
 from cli.common import load, wait_for_jobs
 from cli.output import RET_FAILED, cli_errors, console, echo, err_console, job_row, print_json
 from pipeline.errors import InputError
-from pipeline.jobs import GenerationRequest, build_step_params, plan_generate, plan_process
+from pipeline.jobs import GenerationRequest, build_step_params, parse_overrides, plan_generate, plan_process
 from pipeline.models import JobRecord, JobSpec, JobState
 from pipeline.settings import Settings
 from pipeline.storage import check_output_dir
@@ -45,6 +45,13 @@ def generate(
     sampler: Annotated[str | None, typer.Option(help="Sampler name, e.g. 'Euler a' (default SAMPLER).")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Scheduler, e.g. Karras (default SCHEDULER).")] = None,
     count: Annotated[int, typer.Option(help="Number of jobs (one image each).")] = 1,
+    override: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--override",
+            help="A1111 override_settings KEY=VALUE (repeatable), e.g. sd_model_checkpoint=sdxl.safetensors.",
+        ),
+    ] = None,
     grid: GridOption = None,
     band_px: BandOption = None,
     sigma: SigmaOption = None,
@@ -72,6 +79,7 @@ def generate(
             height=height,
             sampler=sampler,
             scheduler=scheduler,
+            override_settings=parse_overrides(override or []),
         )
         specs = plan_generate(
             settings,

@@ -7,6 +7,7 @@ written atomically once every input has been validated).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -30,6 +31,7 @@ __all__ = [
     "ProcessPlan",
     "build_step_params",
     "new_id",
+    "parse_overrides",
     "plan_generate",
     "plan_process",
     "watch_jobs",
@@ -64,6 +66,28 @@ class GenerationRequest:
     sampler: str | None = None
     scheduler: str | None = None
     override_settings: dict[str, Any] | None = None
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any] | None:
+    """``KEY=VALUE`` pairs for A1111's ``override_settings``; VALUE is JSON when it parses, else a string.
+
+    >>> parse_overrides(["CLIP_stop_at_last_layers=2", "sd_model_checkpoint=sdxl.safetensors"])
+    {'CLIP_stop_at_last_layers': 2, 'sd_model_checkpoint': 'sdxl.safetensors'}
+
+    Raises:
+        InputError: an item without ``=`` or with an empty key.
+    """
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"override {item!r} is not KEY=VALUE", hint="e.g. --override CLIP_stop_at_last_layers=2")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        overrides[key.strip()] = value
+    return overrides or None
 
 
 def build_step_params(settings: Settings, *, grid: str | None, band_px: int | None, sigma: float | None) -> StepParams:

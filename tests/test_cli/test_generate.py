@@ -106,3 +106,22 @@ def test_process_directory_is_refused(sdpipe: Invoke, tmp_path: Path) -> None:
     result = sdpipe("process", str(tmp_path))
     assert result.exit_code == 2
     assert "directory" in result.stderr
+
+
+def test_generate_override_settings_reach_the_server(sdpipe: Invoke) -> None:
+    result = sdpipe(
+        "generate", "a cat", "--sd-url", "mock://", "--json", "--override", "CLIP_stop_at_last_layers=2",
+        "--width", "64", "--height", "64",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (job,) = json.loads(result.stdout)
+    sidecar = json.loads(Path(job["result"]["sidecar"]).read_text())
+    assert sidecar["parameters"]["override_settings"] == {"CLIP_stop_at_last_layers": 2}
+    # the mock honours it like A1111: Clip skip appears in the infotext
+    assert "Clip skip: 2" in sidecar["infotext"]
+
+
+def test_generate_malformed_override_is_refused(sdpipe: Invoke) -> None:
+    result = sdpipe("generate", "a cat", "--override", "novalue")
+    assert result.exit_code == 2
+    assert "KEY=VALUE" in result.stderr
