@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 BROKER_NAMESPACE = "sdpipe-dramatiq"
 #: A worker process whose heartbeat is older than this is dead and its unacked messages are
 #: requeued. Heartbeats are refreshed by every dispatch call (about once a second per queue even
-#: when busy), so 30 s is far above any pause while staying well under Dramatiq's 60 s default.
-HEARTBEAT_TIMEOUT_MS = 30_000
+#: when busy), so 20 s is far above any pause while a third of Dramatiq's 60 s default.
+HEARTBEAT_TIMEOUT_MS = 20_000
 #: Chance per million that a dispatch call runs maintenance (requeueing dead workers' messages).
 #: Dramatiq's default 1,000 (0.1%) makes recovery a lottery of many minutes; at 50,000 (5%) and
 #: about 2 calls per second per queue per process, maintenance runs within seconds of the heartbeat

@@ -8,6 +8,7 @@ the same actors, the same middleware (retries, time limits, pipelines), the same
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -15,7 +16,7 @@ from types import TracebackType
 import dramatiq
 import redis
 
-from actors.broker import build_broker
+from actors.broker import BROKER_NAMESPACE, HEARTBEAT_TIMEOUT_MS, build_broker
 from actors.steps import StepActors, declare_actors
 from pipeline.errors import StoreUnavailable
 from pipeline.models import JobSpec
@@ -61,6 +62,23 @@ class Runtime:
                 hint="is redis-server running? check REDIS_URL",
             ) from exc
         logger.info("enqueued %d job(s)", len(specs))
+
+    def live_workers(self) -> int:
+        """How many worker processes sent a heartbeat to Redis lately (embedded: the in-process one)."""
+        if self.embedded:
+            return 1 if self.worker is not None else 0
+        client = self.broker.client  # type: ignore[attr-defined]
+        since_ms = int(time.time() * 1000) - HEARTBEAT_TIMEOUT_MS
+        try:
+            alive = client.zrangebyscore(f"{BROKER_NAMESPACE}:__heartbeats__", since_ms, "+inf")
+        except redis.RedisError as exc:
+            raise StoreUnavailable(
+                f"cannot reach Redis at {mask_url(self.settings.redis_dsn())}: {exc}",
+                hint="is redis-server running? check REDIS_URL",
+            ) from exc
+        # This process's own broker heartbeats too when it enqueues: do not count it.
+        own = self.broker.broker_id.encode()  # type: ignore[attr-defined]
+        return sum(1 for broker_id in alive if broker_id != own)
 
     def close(self) -> None:
         if self.worker is not None:

@@ -90,8 +90,10 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
 
     def make(step: StepName, queue: str, time_limit_ms: int) -> dramatiq.Actor[Any, Any]:
         def run(job_id: str) -> None:
+            message = CurrentMessage.get_current_message()
+            retries = int(message.options.get("retries", 0)) if message is not None else 0
             try:
-                outcome = run_step(context, job_id, step)
+                outcome = run_step(context, job_id, step, retries_left=max(settings.max_retries - retries, 0))
             except PipelineError as exc:
                 if exc.transient:
                     # Expected and already logged with the job id: retry with backoff, no traceback.
@@ -113,9 +115,10 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
         last = store.get(job_id).error
         if last is None:
             last = ErrorInfo(step=step, type="RetriesExhausted", message="the step kept failing", at=context.clock())
+        # Normally run_step already marked the job failed on its last attempt; this is the safety net
+        # (e.g. a worker killed during that attempt), so the job never stays running forever.
         retries = retry_info.get("retries")
-        message = f"{last.message} (gave up after {retries} retries)" if retries else last.message
-        error = last.model_copy(update={"message": message, "at": context.clock()})
+        error = last.model_copy(update={"at": context.clock()})
         if store.mark_failed(job_id, error, now=context.clock()):
             logger.error("job %s: failed in %s after %s retries: %s", job_id, step, retries, last.message)
 

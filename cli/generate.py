@@ -10,11 +10,11 @@ import typer
 
 from actors import open_runtime
 from cli.common import load, wait_for_jobs
-from cli.output import RET_FAILED, cli_errors, console, echo, err_console, job_row, print_json
+from cli.output import RET_OK, cli_errors, echo, err_console, exit_code_for_jobs, job_row, print_json
 from pipeline.errors import InputError
-from pipeline.jobs import GenerationRequest, build_step_params, parse_overrides, plan_generate, plan_process
+from pipeline.jobs import GenerationRequest, build_step_params, new_id, parse_overrides, plan_generate, plan_process
 from pipeline.models import JobRecord, JobSpec, JobState
-from pipeline.settings import Settings
+from pipeline.settings import Settings, strip_credentials
 from pipeline.storage import check_output_dir
 from pipeline.store import StatusStore
 
@@ -67,7 +67,11 @@ def generate(
     with cli_errors():
         settings = load(ctx, sd_api_url=sd_url, output_dir=out)
         _check_wait(settings, wait)
-        output_dir = check_output_dir(settings.output_dir)
+        if sd_url is not None and settings.redis_mode and strip_credentials(sd_url) != sd_url:
+            raise InputError(
+                "--sd-url must not carry credentials in Redis mode: they would travel in messages",
+                hint="set SD_API_AUTH on the workers and give --sd-url without user:pass@",
+            )
         step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
         request = GenerationRequest(
             prompt=prompt,
@@ -87,10 +91,12 @@ def generate(
             step_params,
             count=count,
             output_format=output_format,
-            output_dir=output_dir if (out is not None and settings.redis_mode) else None,
+            output_dir=settings.output_dir.absolute() if (out is not None and settings.redis_mode) else None,
             backend_url=sd_url if settings.redis_mode else None,
+            batch_id=new_id(),
             now=time.time(),
         )
+        check_output_dir(settings.output_dir)
         _submit_and_report(settings, specs, wait=wait, json_output=json_output)
 
 
@@ -109,11 +115,17 @@ def process(
     with cli_errors():
         settings = load(ctx, output_dir=out)
         _check_wait(settings, wait)
-        output_dir = check_output_dir(settings.output_dir)
         step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
         plans = plan_process(
-            settings, images, step_params, output_dir=output_dir, output_format=output_format, now=time.time()
+            settings,
+            images,
+            step_params,
+            output_dir=settings.output_dir.absolute(),
+            output_format=output_format,
+            batch_id=new_id(),
+            now=time.time(),
         )
+        check_output_dir(settings.output_dir)
         for plan in plans:
             plan.ingest()
         _submit_and_report(settings, [plan.spec for plan in plans], wait=wait, json_output=json_output)
@@ -132,14 +144,21 @@ def _submit_and_report(settings: Settings, specs: list[JobSpec], *, wait: bool, 
         runtime.submit(specs)
         ids = [spec.job_id for spec in specs]
         if not json_output:
+            if len(ids) > 1 and specs[0].batch_id:
+                echo(f"batch {specs[0].batch_id}", err=True)
             for job_id in ids:
                 echo(f"job {job_id}")
+        if not runtime.embedded and runtime.live_workers() == 0:
+            err_console.print(
+                "[yellow]warning:[/yellow] no sdpipe worker is running: the jobs wait in Redis until "
+                "`sdpipe worker` starts"
+            )
         if not wait:
             if json_output:
                 print_json([{"job_id": job_id, "state": "queued"} for job_id in ids])
             return
         try:
-            records = wait_for_jobs(runtime.store, ids, live=not json_output and console.is_terminal)
+            records = wait_for_jobs(runtime.store, ids, live=not json_output and err_console.is_terminal)
         except KeyboardInterrupt:
             _on_interrupt(runtime.embedded, runtime.store, ids)
             raise
@@ -150,7 +169,9 @@ def _on_interrupt(embedded: bool, store: StatusStore, ids: list[str]) -> None:
     if embedded:
         now = time.time()
         cancelled = sum(store.mark_cancelled(job_id, now=now) for job_id in ids)
-        err_console.print(f"stopped: {cancelled} unfinished job(s) marked cancelled (embedded mode)")
+        err_console.print(
+            f"stopping: {cancelled} unfinished job(s) marked cancelled; waiting for running steps to end…"
+        )
     else:
         err_console.print("detached: the jobs keep running on the workers; see `sdpipe jobs`")
 
@@ -165,6 +186,7 @@ def _report(records: list[JobRecord], *, json_output: bool) -> None:
         for record in records:
             if record.state is not JobState.SUCCEEDED:
                 reason = f"{record.error.step}: {record.error.message}" if record.error else "no error recorded"
-                echo(f"job {record.job_id} {record.state.value}: {reason}")
-    if any(record.state is not JobState.SUCCEEDED for record in records):
-        raise typer.Exit(RET_FAILED)
+                echo(f"job {record.job_id} {record.state.value}: {reason}", err=True)
+    code = exit_code_for_jobs(records)
+    if code != RET_OK:
+        raise typer.Exit(code)

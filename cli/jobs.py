@@ -11,6 +11,7 @@ from rich.text import Text
 
 from cli.common import load
 from cli.output import cli_errors, console, job_row, jobs_table, print_json
+from pipeline.errors import JobNotFound
 from pipeline.models import JobRecord, JobState
 from pipeline.store import DEFAULT_LIST_LIMIT, open_store
 
@@ -28,7 +29,7 @@ def status(
     """Show one job: state, steps with attempts and timings, last error, result."""
     with cli_errors():
         settings = load(ctx, output_dir=out)
-        store = open_store(settings)
+        store = open_store(settings, create=False)
         try:
             record = store.get(store.resolve_id(job_id))
         finally:
@@ -50,11 +51,15 @@ def jobs(
     """List jobs, newest first."""
     with cli_errors():
         settings = load(ctx, output_dir=out)
-        store = open_store(settings)
         try:
-            records = store.list_jobs(state=state, batch_id=batch, limit=limit)
-        finally:
-            store.close()
+            store = open_store(settings, create=False)
+        except JobNotFound:
+            records = []
+        else:
+            try:
+                records = store.list_jobs(state=state, batch_id=batch, limit=limit)
+            finally:
+                store.close()
     if json_output:
         print_json([job_row(record) for record in records])
     elif not records:
@@ -96,11 +101,20 @@ def _detail(record: JobRecord) -> Table:
             ),
         )
     for name, step in record.steps.items():
-        duration = f"{step.duration_s:.3f}s" if step.duration_s is not None else "running"
+        if step.duration_s is not None:
+            duration = f"{step.duration_s:.3f}s"
+        elif record.state.terminal:
+            duration = "did not finish"
+        else:
+            duration = "running"
         skipped = " (skipped: output existed)" if step.skipped else ""
         table.add_row(f"  {name}", f"{step.attempts} attempt(s), {duration}{skipped}")
     if record.error is not None:
-        table.add_row("error", Text(f"{record.error.step}: {record.error.type}: {record.error.message}", style="red"))
+        text = f"{record.error.step}: {record.error.type}: {record.error.message}"
+        if record.state is JobState.FAILED:
+            table.add_row("error", Text(text, style="red"))
+        else:  # an error a retry got past
+            table.add_row("retried after", Text(text, style="yellow"))
     if record.result:
         table.add_row("image", Text(str(record.result.get("image"))))
         table.add_row("sidecar", Text(str(record.result.get("sidecar"))))

@@ -29,6 +29,7 @@ __all__ = [
     "echo",
     "err_console",
     "exit_code_for",
+    "exit_code_for_jobs",
     "job_row",
     "jobs_table",
     "print_json",
@@ -63,11 +64,26 @@ _STATE_STYLES = {
 }
 
 
+class _QuietFilter(logging.Filter):
+    """Without ``--verbose``, only warnings about the user's own request reach the terminal.
+
+    Step failures and retries are reported by the command itself, once, when the jobs end.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.CRITICAL or record.name.startswith(_USER_FACING_LOGGERS)
+
+
+_USER_FACING_LOGGERS = ("pipeline.jobs", "cli")
+
+
 def setup_logging(verbose: bool) -> None:
-    """Warnings (or, with ``--verbose``, debug) from sdpipe's modules to stderr."""
+    """Warnings about the request (or, with ``--verbose``, every debug line) to stderr."""
     state.verbose = verbose
     level = logging.DEBUG if verbose else logging.WARNING
     handler = RichHandler(console=err_console, show_path=verbose, show_time=verbose, rich_tracebacks=verbose)
+    if not verbose:
+        handler.addFilter(_QuietFilter())
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
@@ -75,11 +91,25 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger("dramatiq").setLevel(logging.ERROR)
 
 
+#: Error types (by name, as the status store records them) that mean "could not reach".
+UNREACHABLE_ERRORS = frozenset({SDUnavailable.__name__, SDTimeout.__name__, StoreUnavailable.__name__})
+
+
 def exit_code_for(exc: PipelineError) -> int:
-    """3 for anything unreachable (Redis, the SD server), 2 for bad input or settings, else 1."""
-    if isinstance(exc, SDUnavailable | SDTimeout | StoreUnavailable):
+    """3 for anything unreachable (Redis, the SD server), 2 for bad input or settings."""
+    if type(exc).__name__ in UNREACHABLE_ERRORS:
         return RET_UNREACHABLE
     return RET_USAGE
+
+
+def exit_code_for_jobs(records: Sequence[JobRecord]) -> int:
+    """0 if all succeeded; 3 if every other job failed because a server was unreachable; else 1."""
+    unsuccessful = [record for record in records if record.state is not JobState.SUCCEEDED]
+    if not unsuccessful:
+        return RET_OK
+    if all(r.state is JobState.FAILED and r.error and r.error.type in UNREACHABLE_ERRORS for r in unsuccessful):
+        return RET_UNREACHABLE
+    return RET_FAILED
 
 
 @contextlib.contextmanager
@@ -97,10 +127,11 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def echo(text: str) -> None:
-    """One plain line on stdout (ids, paths): never wrapped or styled, so scripts can read it."""
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+def echo(text: str, *, err: bool = False) -> None:
+    """One plain line (ids, paths) on stdout, or stderr: never wrapped or styled, so scripts can read it."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
 
 
 def print_json(data: Any) -> None:

@@ -71,8 +71,18 @@ def mock_sd(
         float, typer.Option(min=0.0, max=1.0, help="Share of txt2img calls answered 500 OutOfMemoryError.")
     ] = 0.0,
     api_auth: Annotated[str | None, typer.Option(help="Require HTTP Basic user:pass, like A1111's --api-auth.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed the mock's random seeds and faults, for repeatable runs.")
+    ] = None,
 ) -> None:
     """Serve an AUTOMATIC1111-compatible mock SD API (one generation at a time, like the real one)."""
     with cli_errors():
-        err_console.print(f"mock SD API on http://{host}:{port} (Ctrl-C to stop)")
-        run_forever(host, port, latency_ms=latency_ms, fail_rate=fail_rate, api_auth=api_auth)
+        run_forever(
+            host,
+            port,
+            latency_ms=latency_ms,
+            fail_rate=fail_rate,
+            api_auth=api_auth,
+            seed=seed,
+            on_ready=lambda url: err_console.print(f"mock SD API on {url} (Ctrl-C to stop)"),
+        )

@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import httpx
 
 from pipeline import mock_txt2img as t2i
+from pipeline.errors import InputError
 
 __all__ = [
     "DEFAULT_MOCK_PORT",
@@ -102,7 +103,8 @@ class MockSDServer:
         latency_ms: simulated generation time per batch (``n_iter`` batches per request).
         fail_rate: probability that a txt2img answers 500 ``OutOfMemoryError``.
         api_auth: ``user:pass[,user2:pass2]`` like A1111's ``--api-auth``; None disables auth.
-        seed: seeds the fault and random-seed generators, so runs repeat.
+        seed: seeds the fault and random-seed generators, so runs repeat; None (the default) draws
+            them from the OS, so ``seed: -1`` gives a new image on every run, as on a real server.
         models: checkpoint file names listed by ``/sd-models`` (the first one is loaded); may be empty.
 
     ``models`` and ``options`` (the ``/options`` dict) are plain attributes a test may adjust.
@@ -114,7 +116,7 @@ class MockSDServer:
         latency_ms: int = 0,
         fail_rate: float = 0.0,
         api_auth: str | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         models: tuple[str, ...] = t2i.DEFAULT_MODEL_FILES,
     ) -> None:
         if latency_ms < 0 or not 0.0 <= fail_rate <= 1.0:
@@ -125,7 +127,7 @@ class MockSDServer:
         self.models = [t2i.model_entry(name) for name in models]
         self.options = t2i.default_options(self.models[0] if self.models else None)
         self._fault_rng = random.Random(seed)
-        self._seed_rng = random.Random(seed + 1)
+        self._seed_rng = random.Random(None if seed is None else seed + 1)
         self._lock = threading.Lock()
         self._turn = threading.Condition(self._lock)
         self._next_ticket = 0
@@ -391,11 +393,25 @@ def run_forever(
     latency_ms: int = 0,
     fail_rate: float = 0.0,
     api_auth: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
+    on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve a mock A1111 API in the foreground until KeyboardInterrupt (``sdpipe mock-sd``)."""
+    """Serve a mock A1111 API in the foreground until KeyboardInterrupt (``sdpipe mock-sd``).
+
+    ``on_ready`` is called with the server's URL once it listens.
+
+    Raises:
+        InputError: the address cannot be bound (port in use, unknown host).
+    """
     server = MockSDServer(latency_ms=latency_ms, fail_rate=fail_rate, api_auth=api_auth, seed=seed)
-    httpd = make_http_server(server, host, port)
+    try:
+        httpd = make_http_server(server, host, port)
+    except OSError as exc:
+        raise InputError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint="choose another --port or --host"
+        ) from exc
+    if on_ready is not None:
+        on_ready(f"http://{host}:{httpd.server_address[1]}")
     logger.info(
         "mock A1111 API on http://%s:%d (latency %d ms, fail rate %.2f, auth %s)",
         host,

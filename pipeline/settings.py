@@ -73,6 +73,7 @@ DEFAULT_RETRY_MAX_BACKOFF_MS = 60_000
 OutputFormat = Literal["png", "webp", "jpeg"]
 
 _GRID_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9._\-:\[\]]+$")
 
 
 def strip_credentials(url: str) -> str:
@@ -87,13 +88,11 @@ def mask_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***`` (user names are kept)."""
     try:
         parts = urlsplit(url)
+        if "@" not in parts.netloc:
+            return url
+        host = parts.netloc.rsplit("@", 1)[1]
     except ValueError:
         return "***"
-    if parts.password is None and "@" not in parts.netloc:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
     user = quote(parts.username or "", safe="")
     netloc = f"{user}:***@{host}" if user else f"***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
@@ -159,7 +158,11 @@ class Settings(BaseSettings):
             if entry.startswith("mock://"):
                 continue
             parts = urlsplit(entry)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
+            try:
+                parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+            except ValueError:
+                raise ValueError(f"{mask_url(entry)!r} has an invalid port; use e.g. http://localhost:7860") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname or not _HOST_RE.match(parts.hostname):
                 raise ValueError(
                     f"{mask_url(entry)!r} is not an http(s) URL; use e.g. http://localhost:7860 or mock://"
                 )
@@ -210,7 +213,8 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"]).upper() or "settings"
-        raise ConfigError(f"invalid setting {name}: {err['msg']}", hint="fix it in the environment or .env") from exc
+        message = str(err["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {name}: {message}", hint="fix it in the environment or .env") from exc
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -79,8 +79,11 @@ class StepOutcome:
     skipped: bool = False
 
 
-def run_step(ctx: StepContext, job_id: str, step: StepName) -> StepOutcome:
+def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int | None = None) -> StepOutcome:
     """Run one step of one job, recording its attempt, timing and any error in the status store.
+
+    ``retries_left`` is how many more deliveries the caller's retry policy allows (None: unknown).
+    A transient failure with none left marks the job failed here, with the reason.
 
     Raises:
         PipelineError: the step failed. A permanent error has already marked the job failed; a
@@ -97,18 +100,13 @@ def run_step(ctx: StepContext, job_id: str, step: StepName) -> StepOutcome:
         skipped, result = _STEPS[step](ctx, record)
     except PipelineError as exc:
         error = ErrorInfo(step=step, type=type(exc).__name__, message=str(exc), transient=exc.transient, at=ctx.clock())
-        if exc.transient:
-            ctx.store.record_error(job_id, error)
-            logger.warning("job %s: %s attempt %d failed, will retry: %s", job_id, step, attempt, exc)
-        else:
-            ctx.store.mark_failed(job_id, error, now=ctx.clock())
-            logger.error("job %s: %s failed: %s", job_id, step, exc)
+        _record_failure(ctx, job_id, step, attempt, error, retries_left)
         raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
         error = ErrorInfo(step=step, type=type(exc).__name__, message=message, transient=True, at=ctx.clock())
-        ctx.store.record_error(job_id, error)
         logger.exception("job %s: %s attempt %d failed unexpectedly", job_id, step, attempt)
+        _record_failure(ctx, job_id, step, attempt, error, retries_left)
         raise
     now = ctx.clock()
     ctx.store.finish_step(job_id, step, now=now, skipped=skipped)
@@ -125,6 +123,21 @@ def _files(ctx: StepContext, record: JobRecord) -> JobFiles:
     output_dir = Path(record.spec.output_dir) if record.spec.output_dir else ctx.settings.output_dir
     # Absolute, so the paths in the status store and sidecar mean the same from any folder.
     return JobFiles(output_dir.absolute(), record.job_id)
+
+
+def _record_failure(
+    ctx: StepContext, job_id: str, step: StepName, attempt: int, error: ErrorInfo, retries_left: int | None
+) -> None:
+    if not error.transient:
+        ctx.store.mark_failed(job_id, error, now=ctx.clock())
+        logger.error("job %s: %s failed: %s", job_id, step, error.message)
+    elif retries_left == 0:
+        final = error.model_copy(update={"message": f"{error.message} (gave up after {attempt} attempts)"})
+        ctx.store.mark_failed(job_id, final, now=ctx.clock())
+        logger.error("job %s: %s failed after %d attempts: %s", job_id, step, attempt, error.message)
+    else:
+        ctx.store.record_error(job_id, error)
+        logger.warning("job %s: %s attempt %d failed, will retry: %s", job_id, step, attempt, error.message)
 
 
 # Each step returns (skipped, result): result is set by the last step only.
@@ -245,14 +258,20 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | 
     return skipped, output
 
 
-def _output_infotext(record: JobRecord, manifest: dict[str, Any]) -> str:
-    """The SD image's infotext (or the input's), with our seam settings added before ``Version``."""
+def _output_infotext(record: JobRecord, manifest: dict[str, Any]) -> str | None:
+    """The SD image's infotext (or the input's), with our seam settings added before ``Version``.
+
+    None for an input that had none (a photo): a params-only text would make A1111 tools take it for
+    an SD render with an empty prompt. The sidecar records the seam settings either way.
+    """
     base = (record.sd_info or {}).get("infotext") or manifest.get("infotext")
+    if not base:
+        return None
     params = record.spec.step_params
     return insert_params(base, {"Seam grid": params.grid, "Seam band": params.band_px, "Seam sigma": params.sigma})
 
 
-def _sidecar(ctx: StepContext, record: JobRecord, output: dict[str, Any], infotext: str) -> dict[str, Any]:
+def _sidecar(ctx: StepContext, record: JobRecord, output: dict[str, Any], infotext: str | None) -> dict[str, Any]:
     spec = record.spec
     sd_info = record.sd_info or {}
     now = ctx.clock()

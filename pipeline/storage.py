@@ -62,11 +62,24 @@ _SLUG_STRIP = re.compile(r"[^a-z0-9]+")
 _STEM_OK = re.compile(r"^[A-Za-z0-9._ -]+$")
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Mode of the files sdpipe writes: what ``open()`` would give under the process's umask (read once,
+#: at import, while single-threaded). ``mkstemp`` alone would leave them 0600, unreadable to other
+#: users of a shared OUTPUT_DIR and to servers that publish the images.
+FILE_MODE = 0o666 & ~_read_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -108,8 +121,8 @@ def slugify(text: str, max_chars: int = SLUG_MAX_CHARS) -> str:
 
 
 def default_output_name(created_at: float, job_id: str, label: str) -> str:
-    """``<YYYYmmdd-HHMMSS>-<job id prefix>-<slug of label>``, from the job's creation time (UTC)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(created_at))
+    """``<YYYYmmdd-HHMMSS>-<job id prefix>-<slug of label>``, from the job's creation time (local, as A1111)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(created_at))
     return f"{stamp}-{job_id[:8]}-{slugify(label)}"
 
 

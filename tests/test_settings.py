@@ -62,6 +62,8 @@ def test_settings_env_overrides_dotenv(tmp_path: Path, monkeypatch: pytest.Monke
     [
         ("sd_api_url", "gpu-box:7860", "SD_API_URL"),
         ("sd_api_url", "ftp://x", "not an http(s) URL"),
+        ("sd_api_url", "http://gpu box:7860", "not an http(s) URL"),
+        ("sd_api_url", "http://u:hunter2@host:notaport", "invalid port"),
         ("grid", "0x2", "GRID"),
         ("grid", "abc", "ROWSxCOLS"),
         ("sd_timeout_s", "0", "SD_TIMEOUT_S"),
@@ -73,6 +75,7 @@ def test_settings_invalid_value_raises_config_error_naming_it(name: str, value: 
         load_settings(**{name: value})
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
+    assert "hunter2" not in str(info.value)
 
 
 def test_mask_url_hides_passwords_only() -> None:

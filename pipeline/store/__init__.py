@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from pipeline.errors import StoreUnavailable
+from pipeline.errors import JobNotFound, StoreUnavailable
 from pipeline.settings import Settings
 from pipeline.store.base import DEFAULT_LIST_LIMIT, StatusStore
 from pipeline.store.redis import RedisStatusStore
@@ -27,18 +27,25 @@ __all__ = [
 EMBEDDED_STORE_PATH = ".sdpipe/status.sqlite3"
 
 
-def open_store(settings: Settings) -> StatusStore:
+def open_store(settings: Settings, *, create: bool = True) -> StatusStore:
     """The status store ``settings`` describe: Redis in Redis mode, else ``OUTPUT_DIR/.sdpipe/status.sqlite3``.
 
-    The Redis client connects lazily; call :meth:`StatusStore.ping` to check it answers.
+    The Redis client connects lazily; call :meth:`StatusStore.ping` to check it answers. With
+    ``create=False`` (readers such as ``sdpipe status``) a missing SQLite file is not created.
 
     Raises:
         ConfigError: the Redis URL is malformed.
+        JobNotFound: ``create=False`` and there is no embedded store under OUTPUT_DIR yet.
         StoreUnavailable: the SQLite file cannot be created or opened.
     """
     if settings.redis_mode:
         return RedisStatusStore.from_url(settings.redis_dsn())
     path = settings.output_dir / EMBEDDED_STORE_PATH
+    if not create and not path.exists():
+        raise JobNotFound(
+            f"no sdpipe jobs under {settings.output_dir.absolute()}",
+            hint="run `sdpipe generate` first, or point --out / OUTPUT_DIR at the folder it wrote to",
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

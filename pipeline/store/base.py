@@ -37,7 +37,7 @@ TERMINAL_STATES: tuple[JobState, ...] = tuple(state for state in JobState if sta
 #: The rank shared by the terminal states; a job at this rank never moves again.
 TERMINAL_RANK = JobState.SUCCEEDED.rank
 #: Shown with every :class:`~pipeline.errors.JobNotFound` the stores raise.
-_LIST_HINT = "`sdpipe status` lists the jobs"
+_LIST_HINT = "`sdpipe jobs` lists the jobs"
 
 
 def job_not_found(job_id: str) -> JobNotFound:

@@ -105,7 +105,7 @@ def test_generate_unreachable_retries_then_fails_clearly(respx_runtime: Runtime,
     assert record.steps["generate"].attempts == 3
     assert record.error is not None
     assert "cannot reach" in record.error.message
-    assert "gave up after 2 retries" in record.error.message
+    assert "gave up after 3 attempts" in record.error.message
 
 
 def test_redelivered_generate_does_not_call_sd_again(respx_runtime: Runtime, wait_terminal: Wait) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -69,16 +70,39 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     assert fragment in result.stderr
     assert "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    written = [p for p in out_dir.rglob("*") if p.is_file()] if out_dir.exists() else []
-    assert written == []
+    assert not out_dir.exists()
 
 
-def test_generate_unreachable_sd_fails_job_with_exit_1(sdpipe: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generate_unreachable_sd_retries_then_fails_exit_3(sdpipe: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an SD server nobody listens on, and one retry allowed
     monkeypatch.setenv("MAX_RETRIES", "1")
     result = sdpipe("generate", "x", "--sd-url", "http://127.0.0.1:9", "--width", "64", "--height", "64")
-    assert result.exit_code == 1, result.output
-    assert "cannot reach" in result.stdout
+    # Then the job was retried, failed, and the CLI says why in one line: exit 3 (unreachable)
+    assert result.exit_code == 3, result.output
+    (job_line,) = result.stdout.strip().splitlines()
+    job_id = job_line.split()[1]
+    (error_line,) = result.stderr.strip().splitlines()
+    assert error_line.startswith(f"job {job_id} failed: generate: cannot reach the SD server at http://127.0.0.1:9")
+    assert "gave up after 2 attempts" in error_line
     assert "Traceback" not in result.output
+
+
+def test_generate_job_failure_exit_1(sdpipe: Invoke) -> None:
+    # A 500 on every call is not "unreachable": the job failed, exit 1
+    result = sdpipe("generate", "x", "--sd-url", "mock://?fail_rate=1.0", env={"MAX_RETRIES": "0"})
+    assert result.exit_code == 1, result.output
+    assert "OutOfMemoryError" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_generate_prints_batch_id_for_several_jobs(sdpipe: Invoke) -> None:
+    result = sdpipe("generate", "x", "--sd-url", "mock://", "--count", "2", "--width", "64", "--height", "64")
+    assert result.exit_code == 0, result.output
+    (batch_line,) = [line for line in result.stderr.splitlines() if line.startswith("batch ")]
+    batch_id = batch_line.split()[1]
+    listed = json.loads(sdpipe("jobs", "--batch", batch_id, "--json").stdout)
+    assert len(listed) == 2
+    assert {job["batch_id"] for job in listed} == {batch_id}
 
 
 def test_process_images_merges_and_keeps_size(sdpipe: Invoke, tmp_path: Path) -> None:
@@ -125,3 +149,14 @@ def test_generate_malformed_override_is_refused(sdpipe: Invoke) -> None:
     result = sdpipe("generate", "a cat", "--override", "novalue")
     assert result.exit_code == 2
     assert "KEY=VALUE" in result.stderr
+
+
+def test_mock_sd_port_in_use_is_one_line_exit_2(sdpipe: Invoke) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = sdpipe("mock-sd", "--port", str(port))
+    assert result.exit_code == 2, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

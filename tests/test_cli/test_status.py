@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tests.test_cli.conftest import Invoke
 
@@ -25,9 +26,33 @@ def test_status_shows_steps_and_result(sdpipe: Invoke) -> None:
 
 
 def test_status_unknown_job_exit_2(sdpipe: Invoke) -> None:
+    _generate(sdpipe)
     result = sdpipe("status", "deadbeef")
     assert result.exit_code == 2
     assert "deadbeef" in result.stderr
+    assert "sdpipe jobs" in result.stderr
+
+
+def test_status_and_jobs_in_an_empty_folder_write_nothing(sdpipe: Invoke, out_dir: Path) -> None:
+    status = sdpipe("status", "deadbeef")
+    assert status.exit_code == 2
+    assert "no sdpipe jobs under" in status.stderr
+    assert sdpipe("jobs").stdout.strip() == "no jobs"
+    assert not out_dir.exists()
+
+
+def test_status_of_retried_job_shows_error_as_retried(sdpipe: Invoke) -> None:
+    # the mock fails ~all calls; with fail_rate 0.5 and a fixed seed, the first call fails then one succeeds
+    result = sdpipe(
+        "generate", "x", "--sd-url", "mock://flaky?fail_rate=0.5&seed=3", "--json", "--count", "4",
+        "--width", "64", "--height", "64",
+    )  # fmt: skip
+    jobs = json.loads(result.stdout)
+    retried = [job for job in jobs if job["state"] == "succeeded" and job["steps"]["generate"]["attempts"] > 1]
+    assert retried, "seed 3 must give at least one retried success"
+    shown = sdpipe("status", retried[0]["job_id"]).stdout
+    assert "retried after" in shown
+    assert "error" not in shown.replace("retried after", "")
 
 
 def test_jobs_filters_by_state(sdpipe: Invoke, monkeypatch: object) -> None:

@@ -136,3 +136,11 @@ def test_redis_unreachable_is_one_line_exit_3(e2e_env: dict[str, str]) -> None:
     assert "pw@" not in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_generate_without_workers_warns_and_leaves_jobs_queued(e2e_env: dict[str, str]) -> None:
+    result = run_sdpipe("generate", "nobody home", "--no-wait", "--sd-url", "mock://", env=e2e_env)
+    assert result.returncode == 0, result.stderr
+    assert "no sdpipe worker is running" in result.stderr
+    listing = json.loads(run_sdpipe("jobs", "--json", env=e2e_env).stdout)
+    assert [job["state"] for job in listing] == ["queued"]

@@ -93,6 +93,27 @@ def test_seam_blur_tiles_match_reference(case: tuple[np.ndarray, StepParams]) ->
     assert np.array_equal(tiled, reference)
 
 
+@settings(deadline=None, max_examples=15)
+@given(
+    width=st.integers(100, 401),
+    height=st.integers(100, 401),
+    grid=st.sampled_from([(1, 2), (2, 1), (2, 2), (3, 3), (2, 3)]),
+    mode=st.sampled_from(sorted(CHANNELS)),
+    seed=st.integers(0, 2**16),
+)
+def test_seam_blur_tiles_match_reference_at_default_band_and_sigma(
+    width: int, height: int, grid: tuple[int, int], mode: str, seed: int
+) -> None:
+    # The defaults users run (band 16, sigma 4) on realistic, often odd, sizes
+    params = StepParams(rows=grid[0], cols=grid[1], band_px=16, sigma=4.0)
+    image = noise(height, width, mode, seed=seed)
+    tiled = run_tiled(image, params)
+    assert np.array_equal(tiled, seam_blur_reference(image, params))
+    far = far_from_cuts(height, width, params)
+    assert np.array_equal(tiled[far], image[far])
+    assert not np.array_equal(tiled[~far], image[~far])
+
+
 def test_seam_blur_tiles_match_reference_when_kernel_exceeds_image() -> None:
     # Given a radius (15 px) larger than the image, so borders reflect several times
     image = noise(6, 7, "RGB", seed=3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from pipeline.errors import InputError
 from pipeline.storage import (
+    FILE_MODE,
     JobFiles,
     atomic_save_array,
     atomic_write_bytes,
@@ -57,8 +59,21 @@ def test_slugify_is_ascii_and_bounded() -> None:
 
 
 def test_default_output_name_has_time_id_and_slug() -> None:
-    name = default_output_name(0.0, "abcdef0123456789", "A lighthouse")
-    assert name == "19700101-000000-abcdef01-a-lighthouse"
+    created = 1_700_000_000.0
+    name = default_output_name(created, "abcdef0123456789", "A lighthouse")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(created))
+    assert name == f"{stamp}-abcdef01-a-lighthouse"
+
+
+def test_atomic_write_gives_files_the_umask_mode_not_0600(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "shared.png"
+        atomic_write_bytes(target, b"x")
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == FILE_MODE
+    assert FILE_MODE & 0o044  # group and others may read, as with open() under umask 022
 
 
 @pytest.mark.parametrize("name", ["../evil", "/etc/passwd", "a/b", "..", ".hidden", "", "a\\b", "x" * 300])
