@@ -24,6 +24,7 @@ from pipeline.errors import (
     SDTimeout,
     SDTransientError,
     SDUnavailable,
+    ScheduleNotFound,
     StoreUnavailable,
 )
 from pipeline.infotext import build_infotext, insert_params, parse_infotext
@@ -70,6 +71,7 @@ __all__ = [
     "SDTimeout",
     "SDTransientError",
     "SDUnavailable",
+    "ScheduleNotFound",
     "StoreUnavailable",
     # Models
     "ErrorInfo",
