@@ -12,14 +12,27 @@ can never move a job backwards or out of a terminal state.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pipeline.errors import JobNotFound
-from pipeline.models import STEP_NAMES, ErrorInfo, JobRecord, JobSpec, JobState, StepName, StepRecord
+from pipeline.models import (
+    STEP_NAMES,
+    BatchRecord,
+    ErrorInfo,
+    JobRecord,
+    JobSpec,
+    JobState,
+    ScheduleRecord,
+    ScheduleRun,
+    StepName,
+    StepRecord,
+)
 
 __all__ = [
     "DEFAULT_LIST_LIMIT",
+    "SCHEDULE_CLAIM_TTL_S",
+    "SCHEDULE_RUNS_KEPT",
     "TERMINAL_RANK",
     "TERMINAL_STATES",
     "StatusStore",
@@ -32,6 +45,10 @@ __all__ = [
 
 #: How many jobs ``list_jobs`` returns when no limit is given.
 DEFAULT_LIST_LIMIT = 50
+#: How long a claimed schedule occurrence is remembered (far longer than any grace window).
+SCHEDULE_CLAIM_TTL_S = 30 * 24 * 3600
+#: How many runs of a schedule are kept for ``schedule show``.
+SCHEDULE_RUNS_KEPT = 50
 #: The states no transition leaves.
 TERMINAL_STATES: tuple[JobState, ...] = tuple(state for state in JobState if state.terminal)
 #: The rank shared by the terminal states; a job at this rank never moves again.
@@ -159,6 +176,72 @@ class StatusStore(abc.ABC):
 
         Raises:
             StoreUnavailable: it does not.
+        """
+
+    # -- retry, cancel, skip-existing ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def requeue(self, job_id: str, *, now: float) -> JobRecord | None:
+        """Move a ``failed`` or ``cancelled`` job back to ``queued`` (for ``sdpipe retry``).
+
+        Keeps its steps (attempt counts go on counting) and its last error (history); returns the
+        updated record, or None when the job is in any other state (nothing to retry).
+        """
+
+    @abc.abstractmethod
+    def succeeded_fingerprints(self, fingerprints: Sequence[str]) -> set[str]:
+        """The subset of ``fingerprints`` (``JobSpec.fingerprint``) that some succeeded job has."""
+
+    # -- batches -----------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def save_batch(self, batch: BatchRecord) -> None:
+        """Create or replace a batch record (rows and their job ids)."""
+
+    @abc.abstractmethod
+    def get_batch(self, batch_id: str) -> BatchRecord:
+        """Return the batch; ``batch_id`` may be a unique prefix.
+
+        Raises:
+            JobNotFound: no batch, or several, match.
+        """
+
+    # -- schedules ---------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def save_schedule(self, schedule: ScheduleRecord) -> None:
+        """Create or replace a schedule (its ``runs`` are kept as stored, not taken from the argument)."""
+
+    @abc.abstractmethod
+    def get_schedule(self, name: str) -> ScheduleRecord:
+        """Return the schedule with its runs, newest first.
+
+        Raises:
+            ScheduleNotFound: no schedule has that name.
+        """
+
+    @abc.abstractmethod
+    def list_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by name, each with its runs."""
+
+    @abc.abstractmethod
+    def delete_schedule(self, name: str) -> bool:
+        """Remove a schedule and its runs; False if there was none."""
+
+    @abc.abstractmethod
+    def claim_fire(self, name: str, fire_time: float) -> bool:
+        """Atomically claim one occurrence of a schedule: True for exactly one caller, ever.
+
+        This is what makes several scheduler processes fire each occurrence once. Claims are kept
+        at least ``SCHEDULE_CLAIM_TTL_S``.
+        """
+
+    @abc.abstractmethod
+    def add_schedule_run(self, name: str, run: ScheduleRun) -> None:
+        """Record what happened at an occurrence (newest first, keeping the last ``SCHEDULE_RUNS_KEPT``).
+
+        Raises:
+            ScheduleNotFound: the schedule was removed meanwhile.
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook

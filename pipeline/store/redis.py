@@ -1,8 +1,9 @@
 """The status store in Redis (Redis mode): every worker on every machine sees the same jobs.
 
-Every write is one Lua script, so a transition and the indexes it touches change together: two
-workers racing on a redelivered message cannot move a job backwards, and no reader ever sees a job
-in two state indexes. Key layout under the namespace ``ns`` (default ``sdpipe``)::
+Every write is one Lua script (:mod:`pipeline.store.redis_scripts`), so a transition and the
+indexes it touches change together: two workers racing on a redelivered message cannot move a job
+backwards, and no reader ever sees a job in two state indexes. Key layout under the namespace
+``ns`` (default ``sdpipe``)::
 
     ns:job:<job_id>                    hash  one job, flat fields:
         job_id, state, rank                      rank is JobState.rank; the scripts compare it
@@ -18,6 +19,11 @@ in two state indexes. Key layout under the namespace ``ns`` (default ``sdpipe``)
     ns:state:<state>                   zset  job_id -> created_at   jobs now in <state>; ZCARD = count
     ns:batch:<batch_id>                zset  job_id -> created_at   jobs of one batch
     ns:batch-state:<state>:<batch_id>  zset  job_id -> created_at   the batch's jobs now in <state>
+    ns:fp:succeeded                    set   JobSpec.fingerprint of every succeeded job (SADDed by the
+                                             move to succeeded; a succeeded job never leaves that state)
+
+Batch and schedule records (``ns:batchrec:*``, ``ns:batch-ids``, ``ns:schedules``,
+``ns:schedule-runs:*``, ``ns:schedule-claim:*``) are described in :mod:`pipeline.store.redis_records`.
 
 Like dramatiq's ``dispatch.lua``, the scripts build index key names at run time, so the store needs
 a single Redis node (not Cluster).
@@ -37,7 +43,17 @@ from redis.commands.core import Script
 from redis.retry import Retry
 
 from pipeline.errors import ConfigError, StoreUnavailable
-from pipeline.models import ErrorInfo, JobRecord, JobSpec, JobState, StepName, StepRecord
+from pipeline.models import (
+    BatchRecord,
+    ErrorInfo,
+    JobRecord,
+    JobSpec,
+    JobState,
+    ScheduleRecord,
+    ScheduleRun,
+    StepName,
+    StepRecord,
+)
 from pipeline.settings import mask_url
 from pipeline.store.base import (
     DEFAULT_LIST_LIMIT,
@@ -48,6 +64,15 @@ from pipeline.store.base import (
     new_record,
     ordered_steps,
     pick_prefix_match,
+)
+from pipeline.store.redis_records import RedisRecords
+from pipeline.store.redis_scripts import (
+    CREATE_LUA,
+    FINISH_STEP_LUA,
+    MOVE_LUA,
+    REQUEUE_LUA,
+    SET_FIELDS_LUA,
+    with_constants,
 )
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "DEFAULT_HEALTH_CHECK_INTERVAL_S", "RedisStatusStore"]
@@ -62,97 +87,13 @@ DEFAULT_HEALTH_CHECK_INTERVAL_S = 30
 _RETRIES = 2
 #: Jobs per create-script call: bounds how long one call holds Redis while a batch is recorded.
 _CREATE_CHUNK = 500
+#: Fingerprints per SMISMEMBER in ``succeeded_fingerprints`` (all chunks go in one round trip).
+_FINGERPRINT_CHUNK = 2000
 #: Hints shown with StoreUnavailable when Redis does not answer / refuses our credentials.
 _UNREACHABLE_HINT = "is redis-server running? check REDIS_URL"
 _AUTH_HINT = "check REDIS_PASSWORD or the password in REDIS_URL"
 #: Error replies that mean "wrong or missing credentials" (or an ACL user without the rights).
 _REFUSALS = ("NOAUTH", "WRONGPASS", "NOPERM")
-
-#: ARGV: ns, JSON list of [id, created_at, batch_id or null, spec JSON]. Returns per job 1 (created) or 0 (kept).
-_CREATE_LUA = """
-local ns, flags = ARGV[1], {}
-for i, job in ipairs(cjson.decode(ARGV[2])) do
-    local id, created, batch = job[1], job[2], job[3]
-    local key = ns .. ':job:' .. id
-    if redis.call('EXISTS', key) == 1 then
-        flags[i] = 0
-    else
-        local fields = {'job_id', id, 'state', '@QUEUED@', 'rank', '@QUEUED_RANK@',
-                        'created_at', created, 'updated_at', created, 'spec', job[4]}
-        if batch ~= cjson.null then
-            fields[#fields + 1] = 'batch_id'
-            fields[#fields + 1] = batch
-            redis.call('ZADD', ns .. ':batch:' .. batch, created, id)
-            redis.call('ZADD', ns .. ':batch-state:@QUEUED@:' .. batch, created, id)
-        end
-        redis.call('HSET', key, unpack(fields))
-        redis.call('ZADD', ns .. ':jobs', created, id)
-        redis.call('ZADD', ns .. ':ids', 0, id)
-        redis.call('ZADD', ns .. ':state:@QUEUED@', created, id)
-        flags[i] = 1
-    end
-end
-return flags
-"""
-#: Moves a non-terminal job forward (rank <= new rank) and its id between the state indexes.
-#: KEYS[1] job. ARGV: ns, id, new state, new rank, now, then a step name (start_step) or "" and an
-#: optional field and value (the terminal moves). Returns -1 (no job), 0 (refused: terminal or past
-#: that rank), the job's fields (HGETALL) after a step start, or 1.
-_MOVE_LUA = """
-local key, ns, id, new, now, step = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6]
-local current = redis.call('HMGET', key, 'state', 'rank', 'created_at', 'batch_id')
-local old, rank, created, batch = current[1], tonumber(current[2]), current[3], current[4]
-if not old then return -1 end
-if rank >= @TERMINAL_RANK@ or rank > tonumber(ARGV[4]) then return 0 end
-if old ~= new then
-    redis.call('ZREM', ns .. ':state:' .. old, id)
-    redis.call('ZADD', ns .. ':state:' .. new, created, id)
-    if batch then
-        redis.call('ZREM', ns .. ':batch-state:' .. old .. ':' .. batch, id)
-        redis.call('ZADD', ns .. ':batch-state:' .. new .. ':' .. batch, created, id)
-    end
-end
-redis.call('HSET', key, 'state', new, 'rank', ARGV[4], 'updated_at', now)
-if step == '' then
-    if ARGV[7] then redis.call('HSET', key, ARGV[7], ARGV[8]) end
-    return 1
-end
-step = 'step:' .. step .. ':'
-redis.call('HINCRBY', key, step .. 'attempts', 1)
-redis.call('HSET', key, step .. 'started_at', now)
-redis.call('HDEL', key, step .. 'finished_at', step .. 'duration_s', step .. 'skipped')
-return redis.call('HGETALL', key)
-"""
-#: KEYS[1] job. ARGV: step, now, skipped ("1"/"0"). Returns -1 (no job) or 1.
-_FINISH_STEP_LUA = """
-local key = KEYS[1]
-if redis.call('EXISTS', key) == 0 then return -1 end
-local step = 'step:' .. ARGV[1] .. ':'
-redis.call('HSET', key, step .. 'finished_at', ARGV[2], step .. 'skipped', ARGV[3], 'updated_at', ARGV[2])
-local started = redis.call('HGET', key, step .. 'started_at')
-if started then
-    redis.call('HSET', key, step .. 'duration_s', string.format('%.17g', tonumber(ARGV[2]) - tonumber(started)))
-else
-    redis.call('HDEL', key, step .. 'duration_s')
-end
-return 1
-"""
-#: KEYS[1] job. ARGV: field, value, ... Returns -1 (no job) or 1; never creates a job.
-_SET_FIELDS_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
-return 1
-"""
-
-
-def _lua(source: str) -> str:
-    """``source`` with the lifecycle constants filled in from :class:`JobState`."""
-    queued = JobState.QUEUED
-    return (
-        source.replace("@QUEUED@", queued.value)
-        .replace("@QUEUED_RANK@", str(queued.rank))
-        .replace("@TERMINAL_RANK@", str(TERMINAL_RANK))
-    )
 
 
 class RedisStatusStore(StatusStore):
@@ -171,10 +112,12 @@ class RedisStatusStore(StatusStore):
         password = kwargs.get("password")
         self._password: str | None = str(password) if password else None
         self._where = _describe(kwargs)
-        self._create = client.register_script(_lua(_CREATE_LUA))
-        self._move = client.register_script(_lua(_MOVE_LUA))
-        self._finish_step = client.register_script(_FINISH_STEP_LUA)
-        self._set_fields = client.register_script(_SET_FIELDS_LUA)
+        self._create = client.register_script(with_constants(CREATE_LUA))
+        self._move = client.register_script(with_constants(MOVE_LUA))
+        self._finish_step = client.register_script(FINISH_STEP_LUA)
+        self._set_fields = client.register_script(SET_FIELDS_LUA)
+        self._requeue = client.register_script(with_constants(REQUEUE_LUA))
+        self._batches_schedules = RedisRecords(client, key=self._key, guard=self._guard)
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sdpipe") -> RedisStatusStore:
@@ -250,6 +193,40 @@ class RedisStatusStore(StatusStore):
     def mark_cancelled(self, job_id: str, *, now: float) -> bool:
         return self._finish_job(job_id, JobState.CANCELLED, now)
 
+    def requeue(self, job_id: str, *, now: float) -> JobRecord | None:
+        reply = self._run(self._requeue, job_id, self._ns, job_id, _num(now))
+        if reply == 0:
+            logger.info("job %s: not requeued (neither failed nor cancelled)", job_id)
+            return None
+        logger.info("job %s: requeued", job_id)
+        return _record(dict(zip(reply[0::2], reply[1::2], strict=True)))
+
+    # -- batches and schedules (see redis_records) ----------------------------------------------
+
+    def save_batch(self, batch: BatchRecord) -> None:
+        self._batches_schedules.save_batch(batch)
+
+    def get_batch(self, batch_id: str) -> BatchRecord:
+        return self._batches_schedules.get_batch(batch_id)
+
+    def save_schedule(self, schedule: ScheduleRecord) -> None:
+        self._batches_schedules.save_schedule(schedule)
+
+    def get_schedule(self, name: str) -> ScheduleRecord:
+        return self._batches_schedules.get_schedule(name)
+
+    def list_schedules(self) -> list[ScheduleRecord]:
+        return self._batches_schedules.list_schedules()
+
+    def delete_schedule(self, name: str) -> bool:
+        return self._batches_schedules.delete_schedule(name)
+
+    def claim_fire(self, name: str, fire_time: float) -> bool:
+        return self._batches_schedules.claim_fire(name, fire_time)
+
+    def add_schedule_run(self, name: str, run: ScheduleRun) -> None:
+        self._batches_schedules.add_schedule_run(name, run)
+
     # -- reads --------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> JobRecord:
@@ -277,6 +254,17 @@ class RedisStatusStore(StatusStore):
             for record in self._fetch([_text(job_id) for job_id in found])
             if (state is None or record.state == state) and (batch_id is None or record.batch_id == batch_id)
         ]
+
+    def succeeded_fingerprints(self, fingerprints: Sequence[str]) -> set[str]:
+        unique = list(dict.fromkeys(fingerprints))
+        if not unique:
+            return set()
+        pipe = self._client.pipeline(transaction=False)
+        for start in range(0, len(unique), _FINGERPRINT_CHUNK):
+            pipe.smismember(self._key("fp", "succeeded"), unique[start : start + _FINGERPRINT_CHUNK])
+        with self._guard():
+            replies = cast(list[list[int]], pipe.execute())
+        return {fingerprint for fingerprint, flag in zip(unique, (f for r in replies for f in r), strict=True) if flag}
 
     def count_by_state(self, *, batch_id: str | None = None) -> dict[JobState, int]:
         counts = empty_counts()

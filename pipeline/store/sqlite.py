@@ -6,10 +6,16 @@ wait up to :data:`DEFAULT_BUSY_TIMEOUT_S` for each other. Each thread gets its o
 ``UPDATE ... WHERE state_rank <= ? AND state NOT IN (terminal)`` is the guard: a redelivered message
 cannot move a job backwards or out of a terminal state. Schema::
 
-    jobs  (job_id PK, batch_id, state, state_rank, created_at, updated_at, spec, error, result, sd_info)
+    jobs  (job_id PK, batch_id, state, state_rank, created_at, updated_at, spec, error, result, sd_info,
+           fingerprint)
           indexes (created_at, job_id), (state, created_at, job_id), (batch_id, created_at, job_id),
-                  (batch_id, state, created_at, job_id): every list_jobs filter is an index walk
+                  (batch_id, state, created_at, job_id): every list_jobs filter is an index walk;
+                  (fingerprint, state): succeeded_fingerprints
     steps (job_id, step, attempts, started_at, finished_at, duration_s, skipped), PK (job_id, step)
+    batches, schedules, schedule_runs, schedule_claims      see :mod:`pipeline.store.sqlite_records`
+
+``fingerprint`` copies ``spec.fingerprint`` at creation (a file made before it existed gets the
+column when first opened; its older jobs have none).
 
 JSON columns hold ``spec``, ``error``, ``result`` and ``sd_info``; times are REAL epoch seconds.
 Open the store after any ``fork``: connections must not cross processes.
@@ -27,7 +33,17 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import StoreUnavailable
-from pipeline.models import ErrorInfo, JobRecord, JobSpec, JobState, StepName, StepRecord
+from pipeline.models import (
+    BatchRecord,
+    ErrorInfo,
+    JobRecord,
+    JobSpec,
+    JobState,
+    ScheduleRecord,
+    ScheduleRun,
+    StepName,
+    StepRecord,
+)
 from pipeline.store.base import (
     DEFAULT_LIST_LIMIT,
     TERMINAL_RANK,
@@ -39,6 +55,7 @@ from pipeline.store.base import (
     ordered_steps,
     pick_prefix_match,
 )
+from pipeline.store.sqlite_records import RECORDS_SCHEMA, SqliteRecords
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT_S", "SqliteStatusStore"]
 
@@ -53,6 +70,8 @@ _IN_CHUNK = 500
 _UNAVAILABLE_CODES = frozenset({3, 5, 6, 8, 10, 13, 14})
 #: SQL condition true while a job may still move.
 _NOT_TERMINAL = "state NOT IN ({})".format(", ".join(f"'{state.value}'" for state in TERMINAL_STATES))
+#: The states ``requeue`` moves back to queued.
+_REQUEUEABLE = (JobState.FAILED.value, JobState.CANCELLED.value)
 #: Tables and indexes, created when missing (every statement is idempotent).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -65,7 +84,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     spec TEXT NOT NULL,
     error TEXT,
     result TEXT,
-    sd_info TEXT
+    sd_info TEXT,
+    fingerprint TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, job_id);
 CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at, job_id);
@@ -82,6 +102,10 @@ CREATE TABLE IF NOT EXISTS steps (
     PRIMARY KEY (job_id, step)
 ) WITHOUT ROWID;
 """
+#: Brings a file made before the ``fingerprint`` column up to date (run after :data:`_SCHEMA`).
+_ADD_FINGERPRINT = "ALTER TABLE jobs ADD COLUMN fingerprint TEXT"
+#: The index ``succeeded_fingerprints`` walks (created here, not in _SCHEMA: an old file lacks the column).
+_FINGERPRINT_INDEX = "CREATE INDEX IF NOT EXISTS jobs_fingerprint_state ON jobs (fingerprint, state)"
 
 
 class SqliteStatusStore(StatusStore):
@@ -99,7 +123,9 @@ class SqliteStatusStore(StatusStore):
         #: Bumped by :meth:`close`, so threads holding an old connection open a new one.
         self._generation = 0
         with self._guard():
-            self._conn().executescript(_SCHEMA)
+            self._conn().executescript(_SCHEMA + RECORDS_SCHEMA)
+        self._upgrade()
+        self._batches_schedules = SqliteRecords(self._transaction)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -109,13 +135,22 @@ class SqliteStatusStore(StatusStore):
             return []
         queued, rank = JobState.QUEUED.value, JobState.QUEUED.rank
         rows = [
-            (spec.job_id, spec.batch_id, queued, rank, spec.created_at, spec.created_at, spec.model_dump_json())
+            (
+                spec.job_id,
+                spec.batch_id,
+                queued,
+                rank,
+                spec.created_at,
+                spec.created_at,
+                spec.model_dump_json(),
+                spec.fingerprint,
+            )
             for spec in specs
         ]
         with self._transaction(write=True) as conn:
             inserted = conn.executemany(
-                "INSERT INTO jobs (job_id, batch_id, state, state_rank, created_at, updated_at, spec)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
+                "INSERT INTO jobs (job_id, batch_id, state, state_rank, created_at, updated_at, spec, fingerprint)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
                 rows,
             ).rowcount
             if inserted == len(specs):
@@ -177,6 +212,47 @@ class SqliteStatusStore(StatusStore):
     def mark_cancelled(self, job_id: str, *, now: float) -> bool:
         return self._end(job_id, JobState.CANCELLED, now)
 
+    def requeue(self, job_id: str, *, now: float) -> JobRecord | None:
+        queued = JobState.QUEUED
+        with self._transaction(write=True) as conn:
+            moved = conn.execute(
+                "UPDATE jobs SET state = ?, state_rank = ?, updated_at = ? WHERE job_id = ? AND state IN (?, ?)",
+                (queued.value, queued.rank, now, job_id, *_REQUEUEABLE),
+            ).rowcount
+            if not moved:
+                self._require(conn, job_id)
+                logger.info("job %s: not requeued (neither failed nor cancelled)", job_id)
+                return None
+            record = self._load(conn, [job_id])[0]
+        logger.info("job %s: requeued", job_id)
+        return record
+
+    # -- batches and schedules (see sqlite_records) ---------------------------------------------
+
+    def save_batch(self, batch: BatchRecord) -> None:
+        self._batches_schedules.save_batch(batch)
+
+    def get_batch(self, batch_id: str) -> BatchRecord:
+        return self._batches_schedules.get_batch(batch_id)
+
+    def save_schedule(self, schedule: ScheduleRecord) -> None:
+        self._batches_schedules.save_schedule(schedule)
+
+    def get_schedule(self, name: str) -> ScheduleRecord:
+        return self._batches_schedules.get_schedule(name)
+
+    def list_schedules(self) -> list[ScheduleRecord]:
+        return self._batches_schedules.list_schedules()
+
+    def delete_schedule(self, name: str) -> bool:
+        return self._batches_schedules.delete_schedule(name)
+
+    def claim_fire(self, name: str, fire_time: float) -> bool:
+        return self._batches_schedules.claim_fire(name, fire_time)
+
+    def add_schedule_run(self, name: str, run: ScheduleRun) -> None:
+        self._batches_schedules.add_schedule_run(name, run)
+
     # -- reads --------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> JobRecord:
@@ -200,6 +276,20 @@ class SqliteStatusStore(StatusStore):
         with self._transaction(write=False) as conn:
             return self._records(conn, conn.execute(sql, params).fetchall())
 
+    def succeeded_fingerprints(self, fingerprints: Sequence[str]) -> set[str]:
+        unique = list(dict.fromkeys(fingerprints))
+        found: set[str] = set()
+        with self._transaction(write=False) as conn:
+            for start in range(0, len(unique), _IN_CHUNK):
+                chunk = unique[start : start + _IN_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT DISTINCT fingerprint FROM jobs WHERE fingerprint IN ({marks}) AND state = ?",
+                    (*chunk, JobState.SUCCEEDED.value),
+                )
+                found.update(str(row[0]) for row in rows)
+        return found
+
     def count_by_state(self, *, batch_id: str | None = None) -> dict[JobState, int]:
         where, params = ("WHERE batch_id = ?", (batch_id,)) if batch_id is not None else ("", ())
         counts = empty_counts()
@@ -220,6 +310,17 @@ class SqliteStatusStore(StatusStore):
             conn.close()
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _upgrade(self) -> None:
+        """Give a file made by an older sdpipe the ``fingerprint`` column and index (write lock only if needed)."""
+        with self._transaction(write=False) as conn:
+            if _has_fingerprint_index(conn):
+                return
+        with self._transaction(write=True) as conn:
+            if "fingerprint" not in {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}:
+                conn.execute(_ADD_FINGERPRINT)
+                logger.info("added the fingerprint column to %s", self._path)
+            conn.execute(_FINGERPRINT_INDEX)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -314,6 +415,11 @@ class SqliteStatusStore(StatusStore):
                     skipped=bool(step["skipped"]),
                 )
         return [_record(row, steps.get(row["job_id"], {})) for row in rows]
+
+
+def _has_fingerprint_index(conn: sqlite3.Connection) -> bool:
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'jobs_fingerprint_state'")
+    return found.fetchone() is not None
 
 
 def _list_query(state: JobState | None, batch_id: str | None, limit: int) -> tuple[str, tuple[Any, ...]]:

@@ -31,9 +31,13 @@ MANY_JOBS = 100_000
 #: The most list_jobs/get/count_by_state may take with MANY_JOBS stored.
 QUERY_BUDGET_S = 0.1
 T0 = 1_700_000_000.125
+#: The ``store`` fixture's parameters (every suite over both backends uses them).
+BACKENDS = ["redis", "sqlite"]
 
 
-def make_spec(job_id: str, *, created_at: float = T0, batch_id: str | None = None) -> JobSpec:
+def make_spec(
+    job_id: str, *, created_at: float = T0, batch_id: str | None = None, fingerprint: str | None = None
+) -> JobSpec:
     return JobSpec(
         job_id=job_id,
         kind="process",
@@ -41,6 +45,7 @@ def make_spec(job_id: str, *, created_at: float = T0, batch_id: str | None = Non
         step_params=StepParams(),
         output_name=f"out/{job_id}",
         source_name="in.png",
+        fingerprint=fingerprint,
         created_at=created_at,
     )
 
@@ -49,14 +54,17 @@ def make_error(step: str = "generate", at: float = T0 + 5) -> ErrorInfo:
     return ErrorInfo(step=step, type="SDServerError", message="CUDA out of memory", transient=True, at=at)
 
 
-@pytest.fixture(params=["redis", "sqlite"])
+def open_backend(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> StatusStore:
+    """A store of ``backend`` (one of BACKENDS); called twice, two instances on the same data."""
+    if backend == "redis":
+        return RedisStatusStore.from_url(request.getfixturevalue("redis_url"))
+    return SqliteStatusStore(tmp_path / "status.sqlite3")
+
+
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StatusStore]:
     """Each implementation, empty."""
-    made: StatusStore
-    if request.param == "redis":
-        made = RedisStatusStore.from_url(request.getfixturevalue("redis_url"))
-    else:
-        made = SqliteStatusStore(tmp_path / "status.sqlite3")
+    made = open_backend(request.param, request, tmp_path)
     yield made
     made.close()
 

@@ -1,0 +1,75 @@
+"""What both stores share about batch and schedule records: their errors, prefixes and encodings.
+
+Kept apart from :mod:`pipeline.store.base` (the interface) so the two backends' record modules
+(:mod:`~pipeline.store.redis_records`, :mod:`~pipeline.store.sqlite_records`) stay small and say
+the same thing in the same words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from pipeline.errors import JobNotFound, ScheduleNotFound
+from pipeline.models import ScheduleRecord, ScheduleRun
+
+__all__ = [
+    "BATCH_HINT",
+    "SCHEDULE_HINT",
+    "batch_not_found",
+    "fire_time_ms",
+    "pick_batch_match",
+    "schedule_json",
+    "schedule_not_found",
+    "schedule_with_runs",
+]
+
+#: Shown with every "no such batch" :class:`~pipeline.errors.JobNotFound`.
+BATCH_HINT = "`sdpipe jobs` shows each job's batch; `sdpipe jobs --batch ID` lists one batch"
+#: Shown with every :class:`~pipeline.errors.ScheduleNotFound`.
+SCHEDULE_HINT = "`sdpipe schedule list` shows them"
+
+
+def batch_not_found(batch_id: str) -> JobNotFound:
+    """The error both stores raise when no batch matches ``batch_id``."""
+    return JobNotFound(f"no batch matches {batch_id!r}", hint=BATCH_HINT)
+
+
+def pick_batch_match(prefix: str, candidates: Iterable[str]) -> str:
+    """``get_batch``'s id, given the first two batch ids at or after ``prefix`` in id order.
+
+    The same rule as :func:`~pipeline.store.base.pick_prefix_match` for jobs: an exact id wins, one
+    id starting with ``prefix`` is the answer, an empty prefix matches nothing.
+
+    Raises:
+        JobNotFound: no candidate, or more than one, starts with ``prefix``.
+    """
+    matches = [batch_id for batch_id in candidates if prefix and batch_id.startswith(prefix)]
+    if matches and matches[0] == prefix:
+        return prefix
+    if not matches:
+        raise batch_not_found(prefix)
+    if len(matches) > 1:
+        raise JobNotFound(f"{prefix!r} matches several batches; give more characters", hint=BATCH_HINT)
+    return matches[0]
+
+
+def schedule_not_found(name: str) -> ScheduleNotFound:
+    """The error both stores raise for an unknown schedule name."""
+    return ScheduleNotFound(f"no schedule {name!r}", hint=SCHEDULE_HINT)
+
+
+def fire_time_ms(fire_time: float) -> int:
+    """The canonical form of an occurrence in claims: whole milliseconds, so float noise cannot split a claim."""
+    return round(fire_time * 1000)
+
+
+def schedule_json(schedule: ScheduleRecord) -> str:
+    """A schedule as stored: everything but its runs (those are kept apart, newest first)."""
+    return schedule.model_dump_json(exclude={"runs"})
+
+
+def schedule_with_runs(stored: str | bytes, runs: Sequence[str | bytes]) -> ScheduleRecord:
+    """The record for a stored :func:`schedule_json` and its stored runs (JSON, newest first)."""
+    return ScheduleRecord.model_validate_json(stored).model_copy(
+        update={"runs": [ScheduleRun.model_validate_json(run) for run in runs]}
+    )

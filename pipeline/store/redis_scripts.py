@@ -1,0 +1,126 @@
+"""The Lua scripts behind :class:`~pipeline.store.redis.RedisStatusStore`'s job writes.
+
+Each is one atomic step on a job's hash and the indexes it touches (key layout in
+:mod:`pipeline.store.redis`). Lifecycle constants are written as ``@NAME@`` placeholders and filled
+in from :class:`~pipeline.models.JobState` by :func:`with_constants`, so the scripts and the Python
+side cannot disagree on a state name or rank.
+"""
+
+from __future__ import annotations
+
+from pipeline.models import JobState
+from pipeline.store.base import TERMINAL_RANK
+
+__all__ = ["CREATE_LUA", "FINISH_STEP_LUA", "MOVE_LUA", "REQUEUE_LUA", "SET_FIELDS_LUA", "with_constants"]
+
+#: ARGV: ns, JSON list of [id, created_at, batch_id or null, spec JSON]. Returns per job 1 (created) or 0 (kept).
+CREATE_LUA = """
+local ns, flags = ARGV[1], {}
+for i, job in ipairs(cjson.decode(ARGV[2])) do
+    local id, created, batch = job[1], job[2], job[3]
+    local key = ns .. ':job:' .. id
+    if redis.call('EXISTS', key) == 1 then
+        flags[i] = 0
+    else
+        local fields = {'job_id', id, 'state', '@QUEUED@', 'rank', '@QUEUED_RANK@',
+                        'created_at', created, 'updated_at', created, 'spec', job[4]}
+        if batch ~= cjson.null then
+            fields[#fields + 1] = 'batch_id'
+            fields[#fields + 1] = batch
+            redis.call('ZADD', ns .. ':batch:' .. batch, created, id)
+            redis.call('ZADD', ns .. ':batch-state:@QUEUED@:' .. batch, created, id)
+        end
+        redis.call('HSET', key, unpack(fields))
+        redis.call('ZADD', ns .. ':jobs', created, id)
+        redis.call('ZADD', ns .. ':ids', 0, id)
+        redis.call('ZADD', ns .. ':state:@QUEUED@', created, id)
+        flags[i] = 1
+    end
+end
+return flags
+"""
+#: Moves a non-terminal job forward (rank <= new rank) and its id between the state indexes; a job
+#: moving to succeeded adds its spec's fingerprint (if any) to ns:fp:succeeded. KEYS[1] job.
+#: ARGV: ns, id, new state, new rank, now, then a step name (start_step) or "" and an optional
+#: field and value (the terminal moves). Returns -1 (no job), 0 (refused: terminal or past that
+#: rank), the job's fields (HGETALL) after a step start, or 1.
+MOVE_LUA = """
+local key, ns, id, new, now, step = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6]
+local current = redis.call('HMGET', key, 'state', 'rank', 'created_at', 'batch_id')
+local old, rank, created, batch = current[1], tonumber(current[2]), current[3], current[4]
+if not old then return -1 end
+if rank >= @TERMINAL_RANK@ or rank > tonumber(ARGV[4]) then return 0 end
+if old ~= new then
+    redis.call('ZREM', ns .. ':state:' .. old, id)
+    redis.call('ZADD', ns .. ':state:' .. new, created, id)
+    if batch then
+        redis.call('ZREM', ns .. ':batch-state:' .. old .. ':' .. batch, id)
+        redis.call('ZADD', ns .. ':batch-state:' .. new .. ':' .. batch, created, id)
+    end
+end
+redis.call('HSET', key, 'state', new, 'rank', ARGV[4], 'updated_at', now)
+if new == '@SUCCEEDED@' then
+    local fingerprint = cjson.decode(redis.call('HGET', key, 'spec'))['fingerprint']
+    if type(fingerprint) == 'string' then redis.call('SADD', ns .. ':fp:succeeded', fingerprint) end
+end
+if step == '' then
+    if ARGV[7] then redis.call('HSET', key, ARGV[7], ARGV[8]) end
+    return 1
+end
+step = 'step:' .. step .. ':'
+redis.call('HINCRBY', key, step .. 'attempts', 1)
+redis.call('HSET', key, step .. 'started_at', now)
+redis.call('HDEL', key, step .. 'finished_at', step .. 'duration_s', step .. 'skipped')
+return redis.call('HGETALL', key)
+"""
+#: Moves a failed or cancelled job back to queued and its id between the state indexes, keeping its
+#: steps and error. KEYS[1] job. ARGV: ns, id, now. Returns -1 (no job), 0 (refused: any other
+#: state), or the job's fields (HGETALL) after the move.
+REQUEUE_LUA = """
+local key, ns, id, now = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local current = redis.call('HMGET', key, 'state', 'created_at', 'batch_id')
+local old, created, batch = current[1], current[2], current[3]
+if not old then return -1 end
+if old ~= '@FAILED@' and old ~= '@CANCELLED@' then return 0 end
+redis.call('ZREM', ns .. ':state:' .. old, id)
+redis.call('ZADD', ns .. ':state:@QUEUED@', created, id)
+if batch then
+    redis.call('ZREM', ns .. ':batch-state:' .. old .. ':' .. batch, id)
+    redis.call('ZADD', ns .. ':batch-state:@QUEUED@:' .. batch, created, id)
+end
+redis.call('HSET', key, 'state', '@QUEUED@', 'rank', '@QUEUED_RANK@', 'updated_at', now)
+return redis.call('HGETALL', key)
+"""
+#: KEYS[1] job. ARGV: step, now, skipped ("1"/"0"). Returns -1 (no job) or 1.
+FINISH_STEP_LUA = """
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 0 then return -1 end
+local step = 'step:' .. ARGV[1] .. ':'
+redis.call('HSET', key, step .. 'finished_at', ARGV[2], step .. 'skipped', ARGV[3], 'updated_at', ARGV[2])
+local started = redis.call('HGET', key, step .. 'started_at')
+if started then
+    redis.call('HSET', key, step .. 'duration_s', string.format('%.17g', tonumber(ARGV[2]) - tonumber(started)))
+else
+    redis.call('HDEL', key, step .. 'duration_s')
+end
+return 1
+"""
+#: KEYS[1] job. ARGV: field, value, ... Returns -1 (no job) or 1; never creates a job.
+SET_FIELDS_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+def with_constants(source: str) -> str:
+    """``source`` with the lifecycle constants filled in from :class:`JobState`."""
+    queued = JobState.QUEUED
+    return (
+        source.replace("@QUEUED@", queued.value)
+        .replace("@QUEUED_RANK@", str(queued.rank))
+        .replace("@TERMINAL_RANK@", str(TERMINAL_RANK))
+        .replace("@SUCCEEDED@", JobState.SUCCEEDED.value)
+        .replace("@FAILED@", JobState.FAILED.value)
+        .replace("@CANCELLED@", JobState.CANCELLED.value)
+    )
