@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import dramatiq
 import redis
 
 from actors.broker import BROKER_NAMESPACE, HEARTBEAT_TIMEOUT_MS, build_broker
 from actors.steps import StepActors, declare_actors
+from pipeline.batches import ResumePlan, plan_resume, retry_step
+from pipeline.batchfile import PlannedRow, read_batch_file
 from pipeline.errors import StoreUnavailable
-from pipeline.models import JobSpec
+from pipeline.jobs import new_id
+from pipeline.models import JobRecord, JobSpec
 from pipeline.settings import Settings, mask_url
 from pipeline.steps import StepContext
 from pipeline.store import StatusStore, open_store
@@ -54,14 +59,87 @@ class Runtime:
             StoreUnavailable: Redis cannot be reached (nothing was enqueued).
         """
         self.store.create_jobs(specs)
+        self._enqueue_or_raise(lambda: self.actors.enqueue(specs))
+        logger.info("enqueued %d job(s)", len(specs))
+
+    def _enqueue_or_raise(self, enqueue: Callable[[], object]) -> None:
         try:
-            self.actors.enqueue(specs)
+            enqueue()
         except redis.RedisError as exc:
             raise StoreUnavailable(
                 f"cannot enqueue on Redis at {mask_url(self.settings.redis_dsn())}: {exc}",
                 hint="is redis-server running? check REDIS_URL",
             ) from exc
-        logger.info("enqueued %d job(s)", len(specs))
+
+    def submit_rows(
+        self,
+        rows: Sequence[PlannedRow],
+        *,
+        batch_id: str,
+        source: str | None,
+        resume: bool = False,
+        skip_existing: bool = False,
+        schedule: str | None = None,
+        now: float,
+    ) -> ResumePlan:
+        """Submit the planned rows of a batch file as batch ``batch_id``.
+
+        With ``resume`` the batch exists: rows already succeeded (or still running) are left alone and
+        failed ones retried; with ``skip_existing`` rows whose exact job succeeded before are skipped.
+        """
+        existing = self.store.get_batch(batch_id) if resume else None
+        plan = plan_resume(
+            self.store,
+            [(row.line, row.params, row.specs) for row in rows],
+            batch=existing,
+            skip_existing=skip_existing,
+            new_batch_id=batch_id,
+            source=source,
+            schedule=schedule,
+            now=now,
+        )
+        self.submit_plan(plan)
+        return plan
+
+    def submit_file(self, path: Path, *, defaults: Mapping[str, Any], schedule: str | None = None) -> ResumePlan:
+        """Read, validate and submit a batch file as a new batch (what a schedule does when it fires).
+
+        Raises:
+            BatchFileError: rows are invalid (nothing was enqueued).
+            InputError: the file is missing or unreadable.
+        """
+        now = time.time()
+        batch_id = new_id()
+        rows = read_batch_file(path, self.settings, defaults=defaults, batch_id=batch_id, now=now)
+        return self.submit_rows(rows, batch_id=batch_id, source=str(path.absolute()), schedule=schedule, now=now)
+
+    def submit_plan(self, plan: ResumePlan) -> None:
+        """Enqueue a batch plan: its new jobs, and its failed jobs again from the step that failed."""
+        self.store.save_batch(plan.batch)
+        if plan.new_specs:
+            self.submit(plan.new_specs)
+        self.retry(plan.retry)
+
+    def retry(self, records: Sequence[JobRecord]) -> list[JobRecord]:
+        """Re-enqueue failed or cancelled jobs from the step that failed (an SD image already saved
+        is not requested again). Returns the jobs that were requeued."""
+        requeued = []
+        for record in records:
+            fresh = self.store.requeue(record.job_id, now=time.time())
+            if fresh is None:
+                continue
+            step = retry_step(fresh)
+            chain = self.actors.chain_for(fresh.spec, from_step=step)
+            self._enqueue_or_raise(chain.run)
+            logger.info("job %s: requeued from %s", fresh.job_id, step)
+            requeued.append(fresh)
+        return requeued
+
+    def cancel(self, job_ids: Sequence[str]) -> int:
+        """Mark unfinished jobs cancelled: queued ones never start, a running SD call finishes and
+        the job then stops. Returns how many were cancelled."""
+        now = time.time()
+        return sum(self.store.mark_cancelled(job_id, now=now) for job_id in job_ids)
 
     def live_workers(self) -> int:
         """How many worker processes sent a heartbeat to Redis lately (embedded: the in-process one)."""

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from cli.common import load
-from cli.output import cli_errors, console, job_row, jobs_table, print_json
-from pipeline.errors import JobNotFound
+from cli.output import cli_errors, console, echo, job_row, jobs_table, print_json
+from pipeline.batches import batch_records, build_manifest, write_manifest
+from pipeline.errors import InputError, JobNotFound
 from pipeline.models import JobRecord, JobState
 from pipeline.store import DEFAULT_LIST_LIMIT, open_store
 
@@ -22,18 +24,34 @@ OutOption = Annotated[Path | None, typer.Option("--out", help="Output folder who
 
 def status(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(help="Job id (or a unique prefix of it).")],
+    job_id: Annotated[str | None, typer.Argument(help="Job id (or a unique prefix of it).")] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="Show a batch instead (and write its manifest).")] = None,
     out: OutOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show one job: state, steps with attempts and timings, last error, result."""
+    """Show one job (state, steps with attempts and timings, last error, result), or a batch with --batch."""
     with cli_errors():
+        if (job_id is None) == (batch is None):
+            raise InputError("give a JOB_ID or --batch ID", hint="`sdpipe jobs` lists the jobs")
         settings = load(ctx, output_dir=out)
         store = open_store(settings, create=False)
         try:
-            record = store.get(store.resolve_id(job_id))
+            if batch is not None:
+                found = store.get_batch(batch)
+                manifest = build_manifest(found, batch_records(store, found))
+                path = write_manifest(settings.output_dir, manifest)
+            else:
+                assert job_id is not None
+                record = store.get(store.resolve_id(job_id))
         finally:
             store.close()
+    if batch is not None:
+        if json_output:
+            print_json(manifest)
+        else:
+            console.print(_batch_detail(manifest))
+            echo(f"manifest {path}")
+        return
     if json_output:
         print_json(job_row(record))
         return
@@ -66,6 +84,32 @@ def jobs(
         console.print("no jobs")
     else:
         console.print(jobs_table(records))
+
+
+def _batch_detail(manifest: dict[str, Any]) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("batch", manifest["batch_id"])
+    if manifest.get("source"):
+        table.add_row("source", Text(str(manifest["source"])))
+    if manifest.get("schedule"):
+        table.add_row("schedule", Text(str(manifest["schedule"])))
+    table.add_row("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(manifest["created_at"])))
+    table.add_row("rows", str(len(manifest["rows"])))
+    table.add_row("jobs", str(manifest["jobs"]))
+    for state, count in manifest["counts"].items():
+        table.add_row(f"  {state}", str(count))
+    failed = [
+        (row["line"], job) for row in manifest["rows"] for job in row["jobs"] if job["state"] in ("failed", "cancelled")
+    ]
+    for line, job in failed[:10]:
+        table.add_row(
+            f"  line {line}", Text(f"{job['job_id'][:8]} {job['state']}: {job.get('error', '')}", style="red")
+        )
+    if len(failed) > 10:
+        table.add_row("", f"… and {len(failed) - 10} more (see the manifest)")
+    return table
 
 
 def _detail(record: JobRecord) -> Table:

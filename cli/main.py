@@ -8,10 +8,12 @@ from typing import Annotated
 
 import typer
 
+from cli.batch import batch, cancel, retry
 from cli.doctor import doctor
 from cli.generate import generate, process
 from cli.jobs import jobs, status
 from cli.output import err_console, setup_logging, state
+from cli.schedule import schedule_app, scheduler
 from cli.worker import mock_sd, worker
 
 __all__ = ["app", "main"]
@@ -44,6 +46,11 @@ app.command()(jobs)
 app.command()(worker)
 app.command("mock-sd")(mock_sd)
 app.command()(doctor)
+app.command()(batch)
+app.command()(retry)
+app.command()(cancel)
+app.add_typer(schedule_app, name="schedule")
+app.command()(scheduler)
 
 
 def main() -> None:

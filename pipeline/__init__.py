@@ -14,6 +14,7 @@ from pipeline.errors import (
     JobCancelled,
     JobNotFound,
     PipelineError,
+    ScheduleNotFound,
     SDAuthError,
     SDBadImage,
     SDError,
@@ -24,7 +25,6 @@ from pipeline.errors import (
     SDTimeout,
     SDTransientError,
     SDUnavailable,
-    ScheduleNotFound,
     StoreUnavailable,
 )
 from pipeline.infotext import build_infotext, insert_params, parse_infotext

@@ -7,7 +7,8 @@ so the actors never inspect messages or status codes::
     ├── ConfigError               bad settings (permanent)
     ├── InputError                bad user input: prompt, size, grid, file (permanent)
     ├── ImageError                an image that cannot be decoded or is too large (permanent)
-    ├── JobNotFound               no job with that id in the status store (permanent)
+    ├── JobNotFound               no job (or batch) with that id in the status store (permanent)
+    ├── ScheduleNotFound          no schedule with that name (permanent)
     ├── JobCancelled              the job was cancelled while a step ran (permanent)
     ├── StoreUnavailable          the status store (Redis) cannot be reached (transient)
     └── SDError                   anything the SD server did
@@ -44,6 +45,7 @@ __all__ = [
     "SDTimeout",
     "SDTransientError",
     "SDUnavailable",
+    "ScheduleNotFound",
     "StoreUnavailable",
 ]
 
@@ -82,6 +84,10 @@ class ImageError(PipelineError):
 
 class JobNotFound(PipelineError):
     """The status store has no job with that id."""
+
+
+class ScheduleNotFound(PipelineError):
+    """The status store has no schedule with that name."""
 
 
 class JobCancelled(PipelineError):
@@ -163,6 +169,7 @@ PERMANENT_ERRORS: tuple[type[PipelineError], ...] = (
     InputError,
     ImageError,
     JobNotFound,
+    ScheduleNotFound,
     JobCancelled,
     SDPermanentError,
 )

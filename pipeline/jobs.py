@@ -7,6 +7,7 @@ written atomically once every input has been validated).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -30,6 +31,7 @@ __all__ = [
     "GenerationRequest",
     "ProcessPlan",
     "build_step_params",
+    "fingerprint",
     "new_id",
     "parse_overrides",
     "plan_generate",
@@ -43,8 +45,29 @@ logger = logging.getLogger(__name__)
 MAX_COUNT = 10_000
 #: Largest seed A1111 accepts; seeds beyond it wrap for ``--count``.
 MAX_SEED = 4294967294
+_WARNED_SIZES: set[tuple[int, int]] = set()
 #: How often a waiting CLI reads the status store, in seconds.
 DEFAULT_POLL_INTERVAL_S = 0.25
+
+
+def fingerprint(
+    generation: GenerationParams, step_params: StepParams, output_format: str, output_name: str | None
+) -> str:
+    """A stable hash of everything that decides a job's output (for ``batch --skip-existing``).
+
+    ``output_name`` counts only when the user chose it; default names contain the job id.
+    """
+    canonical = json.dumps(
+        {
+            "generation": generation.model_dump(mode="json"),
+            "steps": step_params.model_dump(mode="json"),
+            "format": output_format,
+            "name": output_name,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 def new_id() -> str:
@@ -119,7 +142,8 @@ def _generation_params(settings: Settings, request: GenerationRequest, seed: int
             f"{width}x{height} is {width * height:,} pixels, over MAX_PIXELS ({settings.max_pixels:,})",
             hint="choose a smaller --width/--height or raise MAX_PIXELS",
         )
-    if width % 8 or height % 8:
+    if (width % 8 or height % 8) and (width, height) not in _WARNED_SIZES:
+        _WARNED_SIZES.add((width, height))  # once per size per process, not once per job of a batch
         logger.warning(
             "%dx%d is not a multiple of 8: the SD server will return %dx%d (A1111 floors the size)",
             width,
@@ -181,6 +205,7 @@ def plan_generate(
             output_name = default_output_name(now, job_id, request.prompt)
         else:
             output_name = stem if count == 1 else f"{stem}-{index + 1}"
+        chosen_format = output_format or settings.output_format
         specs.append(
             JobSpec(
                 job_id=job_id,
@@ -188,8 +213,9 @@ def plan_generate(
                 batch_id=batch_id,
                 generation=generation,
                 step_params=step_params,
-                output_format=output_format or settings.output_format,
+                output_format=chosen_format,
                 output_name=output_name,
+                fingerprint=fingerprint(generation, step_params, chosen_format, None if stem is None else output_name),
                 backend_url=strip_credentials(backend_url) if backend_url is not None else None,
                 output_dir=str(output_dir) if output_dir is not None else None,
                 created_at=now,

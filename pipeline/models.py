@@ -17,6 +17,11 @@ from pipeline.errors import InputError
 
 __all__ = [
     "STEP_NAMES",
+    "BatchRecord",
+    "BatchRow",
+    "ScheduleRecord",
+    "ScheduleRun",
+    "ScheduleRunStatus",
     "ErrorInfo",
     "GenerationParams",
     "JobKind",
@@ -182,6 +187,9 @@ class JobSpec(BaseModel):
     backend_url: str | None = None
     #: Absolute OUTPUT_DIR chosen by the submitter (``--out``, ``process``); None: the worker's OUTPUT_DIR.
     output_dir: str | None = None
+    #: Hash of everything that decides the output (prompt, every parameter, seed, step params,
+    #: format, name): ``batch --skip-existing`` skips rows whose fingerprint already succeeded.
+    fingerprint: str | None = None
     created_at: float
 
 
@@ -220,6 +228,69 @@ class JobRecord(BaseModel):
     result: dict[str, Any] | None = None
     #: What the SD server said about the generation: ``seed``, ``model_name``, ``model_hash``, ``version``.
     sd_info: dict[str, Any] | None = None
+
+
+class BatchRow(BaseModel):
+    """One row of a batch: where it came from, what it asked for, and the jobs it became."""
+
+    #: Line number in the batch file (1-based); for other sources, the row's position.
+    line: int
+    #: The row's own parameters, as written (defaults from flags applied), for the manifest.
+    params: dict[str, Any]
+    job_ids: list[str]
+
+
+class BatchRecord(BaseModel):
+    """A group of jobs submitted together (a file, a ``--count``, a schedule's run)."""
+
+    batch_id: str
+    created_at: float
+    #: The batch file (absolute path), or None for ``generate``/``process``.
+    source: str | None = None
+    #: The schedule that fired it, if any.
+    schedule: str | None = None
+    rows: list[BatchRow] = Field(default_factory=list)
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [job_id for row in self.rows for job_id in row.job_ids]
+
+
+ScheduleRunStatus = Literal["fired", "skipped", "failed"]
+
+
+class ScheduleRun(BaseModel):
+    """What happened at one occurrence of a schedule."""
+
+    #: The occurrence (epoch seconds), as the cron expression defines it.
+    fire_time: float
+    #: When the scheduler acted on it.
+    at: float
+    status: ScheduleRunStatus
+    #: Why it was skipped or failed (overlap, missed beyond the grace window, invalid file...).
+    reason: str | None = None
+    batch_id: str | None = None
+    #: True for ``schedule run NAME`` (fired by hand).
+    manual: bool = False
+
+
+class ScheduleRecord(BaseModel):
+    """A named cron schedule that renders a batch file."""
+
+    name: str
+    cron: str
+    #: IANA time zone the cron expression is read in (e.g. ``Europe/Berlin``).
+    timezone: str = "UTC"
+    #: The batch file (absolute path), read at fire time.
+    file: str
+    #: Batch defaults given when the schedule was added (the same keys as a batch row).
+    options: dict[str, Any] = Field(default_factory=dict)
+    allow_overlap: bool = False
+    #: A missed occurrence younger than this still fires once when the scheduler starts.
+    grace_s: float = 3600.0
+    created_at: float
+    #: Newest first, capped (see the store).
+    runs: list[ScheduleRun] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)

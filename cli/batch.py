@@ -1,0 +1,249 @@
+"""``sdpipe batch``, ``sdpipe retry`` and ``sdpipe cancel``: many prompts from a file, and fixing up."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from actors import Runtime, open_runtime
+from cli.common import load, wait_for_jobs
+from cli.output import (
+    RET_FAILED,
+    RET_OK,
+    RET_USAGE,
+    cli_errors,
+    console,
+    echo,
+    err_console,
+    print_json,
+)
+from cli.progress import watch_batch
+from pipeline.batches import batch_records, build_manifest, write_manifest
+from pipeline.batchfile import BatchFileError, describe_plan, read_batch_file
+from pipeline.errors import InputError
+from pipeline.jobs import new_id
+from pipeline.models import JobState
+from pipeline.settings import Settings, strip_credentials
+from pipeline.storage import check_output_dir
+
+__all__ = ["batch", "cancel", "retry"]
+
+
+def batch(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="Prompts: .txt, .jsonl, .csv, .yaml/.yml.")],
+    negative: Annotated[str | None, typer.Option("--negative", "-n", help="Default negative prompt.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Default seed (-1 random).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Default sampling steps.")] = None,
+    cfg: Annotated[float | None, typer.Option("--cfg", help="Default CFG scale.")] = None,
+    width: Annotated[int | None, typer.Option(help="Default width.")] = None,
+    height: Annotated[int | None, typer.Option(help="Default height.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="Default sampler.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Default scheduler.")] = None,
+    count: Annotated[int | None, typer.Option(help="Default images per row.")] = None,
+    grid: Annotated[str | None, typer.Option("--grid", help="Default split grid ROWSxCOLS.")] = None,
+    band_px: Annotated[int | None, typer.Option("--band-px", help="Default blend band in pixels.")] = None,
+    sigma: Annotated[float | None, typer.Option("--sigma", help="Default Gaussian sigma.")] = None,
+    output_format: Annotated[
+        Literal["png", "webp", "jpeg"] | None, typer.Option("--format", help="Default output format.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default OUTPUT_DIR).")] = None,
+    sd_url: Annotated[str | None, typer.Option("--sd-url", help="SD server URL, or mock://.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; enqueue nothing.")] = False,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Batch id to resume: re-run only rows not yet succeeded.")
+    ] = None,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Skip rows whose exact job already succeeded (any batch).")
+    ] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Show progress until the batch ends.")] = True,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the manifest (or plan) as JSON.")] = False,
+) -> None:
+    """Render every row of a prompt file as one batch (validated first: nothing is enqueued on errors)."""
+    defaults = {
+        key: value
+        for key, value in {
+            "negative": negative,
+            "seed": seed,
+            "steps": steps,
+            "cfg": cfg,
+            "width": width,
+            "height": height,
+            "sampler": sampler,
+            "scheduler": scheduler,
+            "count": count,
+            "grid": grid,
+            "band_px": band_px,
+            "sigma": sigma,
+            "format": output_format,
+        }.items()
+        if value is not None
+    }
+    with cli_errors():
+        settings = load(ctx, sd_api_url=sd_url, output_dir=out)
+        if not wait and not settings.redis_mode and not dry_run:
+            raise InputError(
+                "--no-wait needs Redis mode: embedded jobs run inside this process",
+                hint="set REDIS_URL and run `sdpipe worker`, or drop --no-wait",
+            )
+        if resume and skip_existing:
+            raise InputError("--resume and --skip-existing do not go together", hint="use one of them")
+        if sd_url is not None and settings.redis_mode and strip_credentials(sd_url) != sd_url:
+            raise InputError(
+                "--sd-url must not carry credentials in Redis mode", hint="set SD_API_AUTH on the workers instead"
+            )
+        now = time.time()
+        batch_id = resume or new_id()
+        try:
+            rows = read_batch_file(
+                file,
+                settings,
+                defaults=defaults,
+                batch_id=batch_id,
+                now=now,
+                output_dir=settings.output_dir.absolute() if (out is not None and settings.redis_mode) else None,
+                backend_url=sd_url if settings.redis_mode else None,
+            )
+        except BatchFileError as exc:
+            for problem in exc.problems:
+                echo(f"  {problem}", err=True)
+            raise
+        if dry_run:
+            _print_plan(describe_plan(rows), json_output=json_output)
+            return
+        check_output_dir(settings.output_dir)
+        with open_runtime(settings) as runtime:
+            if resume:
+                batch_id = runtime.store.get_batch(resume).batch_id  # a prefix resolves to the full id
+            plan = runtime.submit_rows(
+                rows,
+                batch_id=batch_id,
+                source=str(file.absolute()),
+                resume=resume is not None,
+                skip_existing=skip_existing,
+                now=now,
+            )
+            echo(
+                f"batch {batch_id}: {len(plan.new_specs)} new job(s), {len(plan.retry)} retried, "
+                f"{plan.succeeded} already done, {plan.in_flight} still running",
+                err=True,
+            )
+            echo(f"batch {batch_id}")
+            if not wait:
+                return
+            _wait_and_finish(runtime, settings, batch_id, json_output=json_output)
+
+
+def _wait_and_finish(runtime: Runtime, settings: Settings, batch_id: str, *, json_output: bool) -> None:
+    batch_record = runtime.store.get_batch(batch_id)
+    total = len(batch_record.job_ids)
+    try:
+        counts, elapsed_s = watch_batch(runtime.store, batch_id, total, live=err_console.is_terminal)
+    except KeyboardInterrupt:
+        if runtime.embedded:
+            cancelled = runtime.cancel(batch_record.job_ids)
+            err_console.print(f"stopping: {cancelled} unfinished job(s) cancelled (embedded mode)")
+        else:
+            err_console.print(
+                f"detached: batch {batch_id} keeps running on the workers; `sdpipe status --batch {batch_id}`"
+            )
+        raise
+    manifest = build_manifest(batch_record, batch_records(runtime.store, batch_record))
+    path = write_manifest(settings.output_dir, manifest)
+    if json_output:
+        print_json(manifest)
+    else:
+        console.print(_summary_table(batch_id, counts, elapsed_s))
+        echo(f"manifest {path}")
+    failed = counts.get(JobState.FAILED, 0) + counts.get(JobState.CANCELLED, 0)
+    raise typer.Exit(RET_FAILED if failed else RET_OK)
+
+
+def _summary_table(batch_id: str, counts: dict[JobState, int], elapsed_s: float) -> Table:
+    table = Table(title=f"batch {batch_id[:8]}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    total = sum(counts.values())
+    for state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+        table.add_row(state.value, str(counts.get(state, 0)))
+    table.add_row("total", str(total))
+    table.add_row("elapsed", f"{elapsed_s:.1f} s")
+    if elapsed_s > 0:
+        table.add_row("rate", f"{total / elapsed_s * 60:.1f} jobs/min")
+    return table
+
+
+def _print_plan(plan: list[dict[str, Any]], *, json_output: bool) -> None:
+    if json_output:
+        print_json({"rows": plan, "jobs": sum(int(row["count"]) for row in plan)})
+        return
+    columns = ("line", "prompt", "count", "seeds", "size", "steps", "cfg", "sampler", "grid", "format")
+    table = Table(title="plan (nothing enqueued)")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in plan:
+        table.add_row(*(Text(str(row.get(column, ""))) for column in columns))
+    console.print(table)
+    jobs = sum(int(row["count"]) for row in plan)
+    console.print(f"{len(plan)} row(s), {jobs} job(s), {jobs} SD call(s)")
+
+
+def retry(
+    ctx: typer.Context,
+    job_id: Annotated[str | None, typer.Argument(help="Job id (or unique prefix) to retry.")] = None,
+    batch_id: Annotated[str | None, typer.Option("--batch", help="Retry jobs of this batch.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="With --batch: its failed jobs.")] = False,
+) -> None:
+    """Re-enqueue failed (or cancelled) jobs from the step that failed; saved SD images are reused."""
+    with cli_errors():
+        settings = load(ctx)
+        if (job_id is None) == (batch_id is None) or (batch_id is not None and not failed):
+            raise InputError("give a JOB_ID, or --batch ID --failed", hint="e.g. sdpipe retry --batch 3f2a --failed")
+        with open_runtime(settings) as runtime:
+            store = runtime.store
+            if job_id is not None:
+                records = [store.get(store.resolve_id(job_id))]
+            else:
+                assert batch_id is not None
+                found = store.get_batch(batch_id)
+                records = store.list_jobs(state=JobState.FAILED, batch_id=found.batch_id, limit=len(found.job_ids))
+            requeued = runtime.retry(records)
+            for record in requeued:
+                echo(f"job {record.job_id} requeued")
+            if not requeued:
+                err_console.print("nothing to retry: no failed or cancelled job matched")
+                raise typer.Exit(RET_USAGE if job_id is not None else RET_OK)
+            if runtime.embedded:
+                final = wait_for_jobs(store, [r.job_id for r in requeued], live=err_console.is_terminal)
+                bad = [r for r in final if r.state is not JobState.SUCCEEDED]
+                for record in bad:
+                    reason = f"{record.error.step}: {record.error.message}" if record.error else record.state.value
+                    echo(f"job {record.job_id} {record.state.value}: {reason}", err=True)
+                if bad:
+                    raise typer.Exit(RET_FAILED)
+
+
+def cancel(
+    ctx: typer.Context,
+    job_id: Annotated[str | None, typer.Argument(help="Job id (or unique prefix) to cancel.")] = None,
+    batch_id: Annotated[str | None, typer.Option("--batch", help="Cancel every unfinished job of this batch.")] = None,
+) -> None:
+    """Stop queued jobs from running (a running SD call finishes; the job then stops, cancelled)."""
+    with cli_errors():
+        settings = load(ctx)
+        if (job_id is None) == (batch_id is None):
+            raise InputError("give a JOB_ID or --batch ID", hint="e.g. sdpipe cancel --batch 3f2a")
+        with open_runtime(settings, start_embedded_worker=False) as runtime:
+            store = runtime.store
+            if job_id is not None:
+                ids = [store.resolve_id(job_id)]
+            else:
+                assert batch_id is not None
+                ids = store.get_batch(batch_id).job_ids
+            cancelled = runtime.cancel(ids)
+        echo(f"cancelled {cancelled} job(s)")

@@ -1,0 +1,64 @@
+"""Live progress of a batch: a bar with done/failed/running, rate and ETA; survives store outages."""
+
+from __future__ import annotations
+
+import time
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cli.output import err_console
+from pipeline.errors import StoreUnavailable
+from pipeline.models import JobState
+from pipeline.store import StatusStore
+
+__all__ = ["watch_batch"]
+
+#: Seconds between two reads of the batch's counts.
+POLL_INTERVAL_S = 0.5
+#: Seconds between reconnection attempts while the status store is unreachable.
+STORE_RETRY_S = 1.0
+
+_RUNNING = (JobState.GENERATING, JobState.SPLITTING, JobState.BLURRING, JobState.MERGING)
+_DONE = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+def watch_batch(store: StatusStore, batch_id: str, total: int, *, live: bool) -> tuple[dict[JobState, int], float]:
+    """Show the batch's progress until every job is terminal; return the final counts and elapsed seconds."""
+    started = time.monotonic()
+    outage_since: float | None = None
+    progress = Progress(
+        TextColumn(f"batch {batch_id[:8]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=not live,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task("batch", total=total, detail="", rate="")
+        while True:
+            try:
+                counts = store.count_by_state(batch_id=batch_id)
+            except StoreUnavailable as exc:
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    err_console.print(f"waiting: {exc.message}; still waiting…", markup=False)
+                time.sleep(STORE_RETRY_S)
+                continue
+            if outage_since is not None:
+                err_console.print(f"status store back after {time.monotonic() - outage_since:.0f}s")
+                outage_since = None
+            done = sum(counts[state] for state in _DONE)
+            elapsed = time.monotonic() - started
+            running = sum(counts[state] for state in _RUNNING)
+            detail = f"failed {counts[JobState.FAILED]} · running {running} · queued {counts[JobState.QUEUED]}"
+            rate = f"{done / elapsed * 60:.1f}/min" if elapsed > 1 else ""
+            progress.update(task, completed=done, detail=detail, rate=rate)
+            if done >= total:
+                return counts, elapsed
+            time.sleep(POLL_INTERVAL_S)

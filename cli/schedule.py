@@ -1,0 +1,273 @@
+"""``sdpipe schedule add|list|show|remove|run`` and ``sdpipe scheduler`` (the long-running process)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Literal
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from actors import Runtime, open_runtime
+from cli.common import load
+from cli.output import cli_errors, console, echo, err_console, print_json
+from cli.progress import watch_batch
+from pipeline.batchfile import BatchFileError, read_batch_file
+from pipeline.errors import InputError, JobNotFound, ScheduleNotFound
+from pipeline.models import ScheduleRecord, ScheduleRun
+from pipeline.schedules import FireFn, Scheduler, next_fire_time, parse_timezone, validate_cron
+from pipeline.store import open_store
+
+__all__ = ["schedule_app", "scheduler"]
+
+#: Default grace window for missed occurrences, in seconds.
+DEFAULT_GRACE_S = 3600.0
+
+schedule_app = typer.Typer(help="Cron schedules that render a batch file.", no_args_is_help=True)
+
+
+@schedule_app.command("add")
+def add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Schedule name.")],
+    file: Annotated[Path, typer.Argument(help="Batch file, read again at every run.")],
+    cron: Annotated[str, typer.Option("--cron", help='Cron expression, e.g. "0 2 * * *" (5 fields).')],
+    tz: Annotated[str, typer.Option("--tz", help="Time zone the cron is read in, e.g. Europe/Berlin.")] = "UTC",
+    grace_s: Annotated[
+        float, typer.Option("--grace-s", min=0, help="A run missed by less than this still fires once.")
+    ] = DEFAULT_GRACE_S,
+    allow_overlap: Annotated[
+        bool, typer.Option("--allow-overlap", help="Fire even while the previous run's batch is still running.")
+    ] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace a schedule of the same name.")] = False,
+    negative: Annotated[str | None, typer.Option("--negative", "-n", help="Default negative prompt.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Default seed.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Default sampling steps.")] = None,
+    cfg: Annotated[float | None, typer.Option("--cfg", help="Default CFG scale.")] = None,
+    width: Annotated[int | None, typer.Option(help="Default width.")] = None,
+    height: Annotated[int | None, typer.Option(help="Default height.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="Default sampler.")] = None,
+    scheduler_name: Annotated[str | None, typer.Option("--scheduler", help="Default SD scheduler.")] = None,
+    count: Annotated[int | None, typer.Option(help="Default images per row.")] = None,
+    grid: Annotated[str | None, typer.Option("--grid", help="Default split grid.")] = None,
+    band_px: Annotated[int | None, typer.Option("--band-px", help="Default blend band.")] = None,
+    sigma: Annotated[float | None, typer.Option("--sigma", help="Default sigma.")] = None,
+    output_format: Annotated[
+        Literal["png", "webp", "jpeg"] | None, typer.Option("--format", help="Default output format.")
+    ] = None,
+) -> None:
+    """Add a schedule: render FILE as a batch at every occurrence of --cron."""
+    options = {
+        key: value
+        for key, value in {
+            "negative": negative,
+            "seed": seed,
+            "steps": steps,
+            "cfg": cfg,
+            "width": width,
+            "height": height,
+            "sampler": sampler,
+            "scheduler": scheduler_name,
+            "count": count,
+            "grid": grid,
+            "band_px": band_px,
+            "sigma": sigma,
+            "format": output_format,
+        }.items()
+        if value is not None
+    }
+    with cli_errors():
+        settings = load(ctx)
+        validate_cron(cron)
+        parse_timezone(tz)
+        if not name.strip() or len(name) > 100:
+            raise InputError(f"schedule name {name!r} is empty or too long", hint="use a short name like nightly")
+        # Check the file now (it is read again, and validated again, at every run).
+        try:
+            read_batch_file(file, settings, defaults=options, batch_id="check", now=time.time())
+        except BatchFileError as exc:
+            for problem in exc.problems:
+                echo(f"  {problem}", err=True)
+            raise
+        store = open_store(settings)
+        try:
+            if not replace:
+                try:
+                    store.get_schedule(name)
+                except ScheduleNotFound:
+                    pass
+                else:
+                    raise InputError(f"schedule {name!r} exists", hint="use --replace, or another name")
+            record = ScheduleRecord(
+                name=name,
+                cron=cron,
+                timezone=tz,
+                file=str(file.absolute()),
+                options=options,
+                allow_overlap=allow_overlap,
+                grace_s=grace_s,
+                created_at=time.time(),
+            )
+            store.save_schedule(record)
+        finally:
+            store.close()
+    echo(f"schedule {name}: next run {_when(next_fire_time(record, time.time()), tz)}")
+
+
+@schedule_app.command("list")
+def list_(ctx: typer.Context, json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List schedules with their next fire time and last run."""
+    with cli_errors():
+        try:
+            store = open_store(load(ctx), create=False)
+        except JobNotFound:  # embedded and nothing ever ran here
+            schedules = []
+        else:
+            try:
+                schedules = store.list_schedules()
+            finally:
+                store.close()
+    now = time.time()
+    if json_output:
+        print_json([{**s.model_dump(mode="json"), "next_fire_time": next_fire_time(s, now)} for s in schedules])
+        return
+    if not schedules:
+        console.print("no schedules")
+        return
+    table = Table()
+    for column in ("name", "cron", "tz", "file", "next run", "last run"):
+        table.add_column(column, overflow="fold")
+    for record in schedules:
+        last = record.runs[0] if record.runs else None
+        table.add_row(
+            record.name,
+            record.cron,
+            record.timezone,
+            Text(record.file),
+            _when(next_fire_time(record, now), record.timezone),
+            Text(_run_text(last, record.timezone)) if last else "-",
+        )
+    console.print(table)
+
+
+@schedule_app.command("show")
+def show(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Schedule name.")],
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show a schedule and its last runs (batch ids, skips and failures with their reasons)."""
+    with cli_errors():
+        store = open_store(load(ctx))
+        try:
+            record = store.get_schedule(name)
+        finally:
+            store.close()
+    if json_output:
+        print_json(record.model_dump(mode="json"))
+        return
+    info = Table(show_header=False, box=None)
+    info.add_column(style="bold")
+    info.add_column(overflow="fold")
+    info.add_row("schedule", record.name)
+    info.add_row("cron", f"{record.cron} ({record.timezone})")
+    info.add_row("file", Text(record.file))
+    info.add_row("next run", _when(next_fire_time(record, time.time()), record.timezone))
+    info.add_row("overlap", "allowed" if record.allow_overlap else "skipped while the previous batch runs")
+    info.add_row("grace", f"{record.grace_s:.0f} s")
+    if record.options:
+        info.add_row("defaults", Text(", ".join(f"{k}={v}" for k, v in record.options.items())))
+    console.print(info)
+    runs = Table(title="runs (newest first)")
+    for column in ("occurrence", "acted", "status", "batch", "reason"):
+        runs.add_column(column, overflow="fold")
+    for run in record.runs:
+        style = {"fired": "green", "skipped": "yellow", "failed": "red"}[run.status]
+        runs.add_row(
+            _when(run.fire_time, record.timezone),
+            _when(run.at, record.timezone),
+            Text(run.status + (" (manual)" if run.manual else ""), style=style),
+            run.batch_id or "-",
+            Text(run.reason or ""),
+        )
+    console.print(runs if record.runs else "no runs yet")
+
+
+@schedule_app.command("remove")
+def remove(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Schedule name.")]) -> None:
+    """Remove a schedule (its batches and their jobs stay)."""
+    with cli_errors():
+        store = open_store(load(ctx))
+        try:
+            if not store.delete_schedule(name):
+                raise ScheduleNotFound(f"no schedule named {name!r}", hint="`sdpipe schedule list` shows them")
+        finally:
+            store.close()
+    echo(f"schedule {name} removed")
+
+
+@schedule_app.command("run")
+def run_now(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Schedule name.")]) -> None:
+    """Fire a schedule now (the batch is queued; in embedded mode it runs here until done)."""
+    with cli_errors():
+        settings = load(ctx)
+        with open_runtime(settings) as runtime:
+            scheduler = Scheduler(runtime.store, _fire(runtime))
+            run = scheduler.fire_now(name)
+            echo(_run_text(run, runtime.store.get_schedule(name).timezone))
+            if run.status == "failed":
+                raise typer.Exit(1)
+            if runtime.embedded and run.batch_id:
+                batch = runtime.store.get_batch(run.batch_id)
+                watch_batch(runtime.store, batch.batch_id, len(batch.job_ids), live=err_console.is_terminal)
+
+
+def scheduler(ctx: typer.Context) -> None:
+    """Run the scheduler: fire due schedules as batches until stopped (SIGTERM/Ctrl-C).
+
+    Several schedulers may run against one Redis: each occurrence fires exactly once. In embedded
+    mode this process also runs the workers.
+    """
+    with cli_errors():
+        settings = load(ctx)
+        with open_runtime(settings) as runtime:
+            stop = threading.Event()
+
+            def _stop(signum: int, frame: FrameType | None) -> None:
+                err_console.print("scheduler stopping…")
+                stop.set()
+
+            signal.signal(signal.SIGTERM, _stop)
+            signal.signal(signal.SIGINT, _stop)
+            count = len(runtime.store.list_schedules())
+            err_console.print(f"sdpipe scheduler: {count} schedule(s); Ctrl-C to stop")
+            Scheduler(runtime.store, _fire(runtime)).run_forever(stop)
+
+
+def _fire(runtime: Runtime) -> FireFn:
+    def fire(schedule: ScheduleRecord, fire_time: float) -> str:
+        plan = runtime.submit_file(Path(schedule.file), defaults=schedule.options, schedule=schedule.name)
+        return plan.batch.batch_id
+
+    return fire
+
+
+def _when(ts: float | None, tz: str) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, parse_timezone(tz)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _run_text(run: ScheduleRun, tz: str) -> str:
+    text = f"{run.status} at {_when(run.at, tz)}"
+    if run.batch_id:
+        text += f", batch {run.batch_id}"
+    if run.reason:
+        text += f" ({run.reason})"
+    return text

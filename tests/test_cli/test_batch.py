@@ -1,0 +1,162 @@
+"""``sdpipe batch``, ``retry``, ``cancel`` and ``schedule`` in embedded mode, through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.mock_sd import get_mock_server
+from tests.test_cli.conftest import Invoke
+
+SMALL = ["--width", "64", "--height", "64"]
+
+
+def _mock_calls(url: str) -> int:
+    return int(get_mock_server(url).stats()["txt2img_requests"])
+
+
+def _jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_batch_renders_every_row_and_writes_manifest(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    rows = [{"prompt": f"row {i}", "seed": i} for i in range(4)] + [{"prompt": "two", "count": 2, "seed": 50}]
+    result = sdpipe("batch", str(_jsonl(tmp_path / "p.jsonl", rows)), "--sd-url", "mock://", *SMALL)
+    assert result.exit_code == 0, result.output
+    batch_id = result.stdout.splitlines()[0].split()[1]
+    manifest = json.loads((out_dir / "batches" / f"{batch_id}.json").read_text())
+    assert [row["line"] for row in manifest["rows"]] == [1, 2, 3, 4, 5]
+    assert manifest["counts"] == {"succeeded": 6}
+    assert all(Path(job["output"]).exists() for row in manifest["rows"] for job in row["jobs"])
+    assert [len(row["jobs"]) for row in manifest["rows"]] == [1, 1, 1, 1, 2]
+    assert manifest["rows"][4]["params"]["seed"] == 50
+
+
+def test_batch_with_bad_rows_enqueues_nothing_and_names_each(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    rows: list[dict[str, object]] = [{"prompt": f"ok {i}"} for i in range(50)]
+    rows[9] = {"prompt": "bad steps", "steps": 900}
+    rows[19] = {"prompt": "", "seed": 1}
+    rows[39] = {"prompt": "typo", "sampelr": "Euler"}
+    result = sdpipe("batch", str(_jsonl(tmp_path / "p.jsonl", rows)), "--sd-url", "mock://")
+    assert result.exit_code == 2
+    problems = [line.strip() for line in result.stderr.splitlines() if line.startswith("  line ")]
+    assert problems == [
+        "line 10, steps: must be between 1 and 500 (got 900)",
+        "line 20, prompt: the prompt is empty",
+        "line 40, sampelr: unknown key 'sampelr' (did you mean 'sampler'?)",
+    ]
+    assert "3 bad rows (nothing was enqueued)" in result.stderr
+    assert not out_dir.exists()
+
+
+def test_batch_dry_run_prints_plan_and_enqueues_nothing(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("a lighthouse\n# skipped\n\na fox\n")
+    result = sdpipe("batch", str(path), "--dry-run", "--json", "--count", "3", "--seed", "10")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["jobs"] == 6
+    assert [row["line"] for row in plan["rows"]] == [1, 4]
+    assert plan["rows"][0]["seeds"] == [10, 11, 12]
+    assert not out_dir.exists()
+
+
+def test_batch_resume_renders_nothing_twice(sdpipe: Invoke, tmp_path: Path) -> None:
+    url = "mock://resume"
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": f"r{i}", "seed": i} for i in range(3)])
+    first = sdpipe("batch", str(path), "--sd-url", url, *SMALL)
+    assert first.exit_code == 0, first.output
+    batch_id = first.stdout.splitlines()[0].split()[1]
+    calls = _mock_calls(url)
+    again = sdpipe("batch", str(path), "--sd-url", url, "--resume", batch_id[:8], *SMALL)
+    assert again.exit_code == 0, again.output
+    assert "0 new job(s), 0 retried, 3 already done" in again.stderr
+    assert _mock_calls(url) == calls
+
+
+def test_batch_resume_retries_only_failed_rows(sdpipe: Invoke, tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": f"f{i}", "seed": i} for i in range(3)])
+    failing = sdpipe("batch", str(path), "--sd-url", "mock://down?fail_rate=1.0", *SMALL, env={"MAX_RETRIES": "0"})
+    assert failing.exit_code == 1
+    batch_id = failing.stdout.splitlines()[0].split()[1]
+    healthy = "mock://up"
+    resumed = sdpipe("batch", str(path), "--sd-url", healthy, "--resume", batch_id, *SMALL)
+    assert resumed.exit_code == 0, resumed.output
+    assert "0 new job(s), 3 retried" in resumed.stderr
+    assert _mock_calls(healthy) == 3
+    status = json.loads(sdpipe("status", "--batch", batch_id, "--json").stdout)
+    assert status["counts"] == {"succeeded": 3}
+
+
+def test_batch_skip_existing_skips_rows_already_rendered(sdpipe: Invoke, tmp_path: Path) -> None:
+    url = "mock://skip"
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "same", "seed": 1}, {"prompt": "other", "seed": 2}])
+    assert sdpipe("batch", str(path), "--sd-url", url, *SMALL).exit_code == 0
+    _jsonl(path, [{"prompt": "same", "seed": 1}, {"prompt": "other", "seed": 2}, {"prompt": "new", "seed": 3}])
+    again = sdpipe("batch", str(path), "--sd-url", url, "--skip-existing", *SMALL)
+    assert again.exit_code == 0, again.output
+    assert "1 new job(s), 0 retried, 2 already done" in again.stderr
+    assert _mock_calls(url) == 3
+
+
+def test_retry_job_failed_in_merge_does_not_call_sd_again(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    url = "mock://retry-merge"
+    # Given a job whose final file cannot be written (a folder has its name), so merge fails
+    (out_dir / "hero.png").mkdir(parents=True)
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "hero", "name": "hero", "seed": 3}])
+    failed = sdpipe("batch", str(path), "--sd-url", url, *SMALL, env={"MAX_RETRIES": "0"})
+    assert failed.exit_code == 1
+    (job,) = json.loads(sdpipe("jobs", "--state", "failed", "--json").stdout)
+    assert job["error"]["step"] == "merge"
+    assert _mock_calls(url) == 1
+    # When the obstacle is gone and the job is retried
+    (out_dir / "hero.png").rmdir()
+    retried = sdpipe("retry", job["job_id"][:8])
+    assert retried.exit_code == 0, retried.output
+    # Then it succeeds from merge, without a second SD call
+    record = json.loads(sdpipe("status", job["job_id"], "--json").stdout)
+    assert record["state"] == "succeeded"
+    assert record["steps"]["generate"]["attempts"] == 1
+    assert record["steps"]["merge"]["attempts"] == 2
+    assert _mock_calls(url) == 1
+    assert (out_dir / "hero.png").is_file()
+
+
+def test_retry_and_cancel_need_a_target(sdpipe: Invoke) -> None:
+    assert sdpipe("retry").exit_code == 2
+    assert sdpipe("retry", "--batch", "x").exit_code == 2  # --failed is required with --batch
+    assert sdpipe("cancel").exit_code == 2
+
+
+def test_schedule_add_list_show_run_remove(sdpipe: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "nightly.txt"
+    path.write_text("a lighthouse at dusk\n")
+    added = sdpipe("schedule", "add", "nightly", str(path), "--cron", "0 2 * * *", "--tz", "Europe/Berlin", *SMALL)
+    assert added.exit_code == 0, added.output
+    assert "next run" in added.stdout and "CE" in added.stdout  # CET or CEST
+    listing = json.loads(sdpipe("schedule", "list", "--json").stdout)
+    assert [s["name"] for s in listing] == ["nightly"]
+    assert listing[0]["options"] == {"width": 64, "height": 64}
+    ran = sdpipe("schedule", "run", "nightly", env={"SD_API_URL": "mock://"})
+    assert ran.exit_code == 0, ran.output
+    assert ran.stdout.startswith("fired")
+    shown = json.loads(sdpipe("schedule", "show", "nightly", "--json").stdout)
+    assert [run["status"] for run in shown["runs"]] == ["fired"]
+    assert shown["runs"][0]["manual"] is True
+    batch = json.loads(sdpipe("status", "--batch", shown["runs"][0]["batch_id"], "--json").stdout)
+    assert batch["schedule"] == "nightly"
+    assert batch["counts"] == {"succeeded": 1}
+    assert sdpipe("schedule", "remove", "nightly").exit_code == 0
+    assert sdpipe("schedule", "show", "nightly").exit_code == 2
+
+
+def test_schedule_add_refuses_bad_cron_tz_and_file(sdpipe: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("x\n")
+    bad_cron = sdpipe("schedule", "add", "n", str(path), "--cron", "61 * * * *")
+    assert bad_cron.exit_code == 2 and "cron" in bad_cron.stderr
+    bad_tz = sdpipe("schedule", "add", "n", str(path), "--cron", "0 2 * * *", "--tz", "Europe/Berln")
+    assert bad_tz.exit_code == 2 and "Europe/Berlin" in bad_tz.stderr
+    missing = sdpipe("schedule", "add", "n", str(tmp_path / "nope.txt"), "--cron", "0 2 * * *")
+    assert missing.exit_code == 2
