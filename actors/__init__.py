@@ -6,7 +6,7 @@ actors are declared on it (``declare_actors``), so no actor binds to an accident
 
 from __future__ import annotations
 
-from actors.broker import BROKER_NAMESPACE, HEARTBEAT_TIMEOUT_MS, MAINTENANCE_CHANCE, build_broker
+from actors.broker import BROKER_NAMESPACE, MAINTENANCE_CHANCE, build_broker
 from actors.runtime import Runtime, open_runtime
 from actors.steps import IMAGES_QUEUE, JOB_FAILED_ACTOR, QUEUES, SD_QUEUE, StepActors, declare_actors
 from actors.worker import run_workers, setup
@@ -14,7 +14,6 @@ from actors.worker import run_workers, setup
 __all__ = [
     # Broker
     "BROKER_NAMESPACE",
-    "HEARTBEAT_TIMEOUT_MS",
     "MAINTENANCE_CHANCE",
     "build_broker",
     # Actors

@@ -1,7 +1,8 @@
 """The one place that builds the Dramatiq broker from settings.
 
 Redis mode: a :class:`~dramatiq.brokers.redis.RedisBroker` whose heartbeat and maintenance are tuned
-so that the messages of a killed worker come back within about a minute (the defaults can take many
+so that the messages of a killed worker come back within about a minute (heartbeat timeout
+``BROKER_HEARTBEAT_TIMEOUT_MS``, default 20 s, plus a maintenance pass) (the defaults can take many
 minutes: see ``dramatiq-notes.md`` §2). Embedded mode: a :class:`~dramatiq.brokers.stub.StubBroker`
 served by in-process worker threads, running the same actors.
 
@@ -12,8 +13,11 @@ declared against it explicitly, so nothing binds to an accidental default broker
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage
@@ -23,7 +27,8 @@ from pipeline.settings import Settings
 
 __all__ = [
     "BROKER_NAMESPACE",
-    "HEARTBEAT_TIMEOUT_MS",
+    "CLI_ENQUEUE_PATIENCE_S",
+    "WORKER_ENQUEUE_PATIENCE_S",
     "MAINTENANCE_CHANCE",
     "build_broker",
 ]
@@ -32,10 +37,6 @@ logger = logging.getLogger(__name__)
 
 #: Redis key prefix of Dramatiq's queues (the status store uses ``sdpipe:``).
 BROKER_NAMESPACE = "sdpipe-dramatiq"
-#: A worker process whose heartbeat is older than this is dead and its unacked messages are
-#: requeued. Heartbeats are refreshed by every dispatch call (about once a second per queue even
-#: when busy), so 20 s is far above any pause while a third of Dramatiq's 60 s default.
-HEARTBEAT_TIMEOUT_MS = 20_000
 #: Chance per million that a dispatch call runs maintenance (requeueing dead workers' messages).
 #: Dramatiq's default 1,000 (0.1%) makes recovery a lottery of many minutes; at 50,000 (5%) and
 #: about 2 calls per second per queue per process, maintenance runs within seconds of the heartbeat
@@ -43,15 +44,50 @@ HEARTBEAT_TIMEOUT_MS = 20_000
 MAINTENANCE_CHANCE = 50_000
 
 
-def build_broker(settings: Settings) -> dramatiq.Broker:
-    """Build the broker for ``settings`` (Redis mode or embedded) and make it the global one."""
+#: How long a worker keeps trying to enqueue (a retry, the next step of a pipeline) while Redis is
+#: unreachable, in seconds. Dramatiq itself retries acks until Redis is back; without the same for
+#: enqueues, a message sent during an outage is lost and its job stops midway.
+WORKER_ENQUEUE_PATIENCE_S = 600.0
+#: The same for a CLI: short, so a command against a dead Redis says so quickly.
+CLI_ENQUEUE_PATIENCE_S = 5.0
+#: Longest pause between two enqueue attempts during an outage, in seconds.
+_ENQUEUE_RETRY_MAX_S = 5.0
+
+
+class _PatientRedisBroker(RedisBroker):
+    """A RedisBroker whose enqueue waits out a Redis outage instead of dropping the message."""
+
+    def __init__(self, *, enqueue_patience_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        self.enqueue_patience_s = enqueue_patience_s
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        deadline = time.monotonic() + self.enqueue_patience_s
+        pause_s = 0.1
+        while True:
+            try:
+                return super().enqueue(message, delay=delay)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() + pause_s > deadline:
+                    raise
+                logger.warning("cannot enqueue %s (%s); retrying in %.1f s", message.actor_name, exc, pause_s)
+                time.sleep(pause_s)
+                pause_s = min(pause_s * 2, _ENQUEUE_RETRY_MAX_S)
+
+
+def build_broker(settings: Settings, *, enqueue_patience_s: float = WORKER_ENQUEUE_PATIENCE_S) -> dramatiq.Broker:
+    """Build the broker for ``settings`` (Redis mode or embedded) and make it the global one.
+
+    ``enqueue_patience_s`` is how long an enqueue waits out a Redis outage before raising.
+    """
     broker: dramatiq.Broker
     if settings.redis_mode:
         try:
-            broker = RedisBroker(  # type: ignore[no-untyped-call]
+            broker = _PatientRedisBroker(
+                enqueue_patience_s=enqueue_patience_s,
                 url=settings.redis_dsn(),
                 namespace=BROKER_NAMESPACE,
-                heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+                heartbeat_timeout=settings.broker_heartbeat_timeout_ms,
                 maintenance_chance=MAINTENANCE_CHANCE,
                 socket_connect_timeout=5,
                 health_check_interval=30,

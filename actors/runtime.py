@@ -18,7 +18,7 @@ from typing import Any
 import dramatiq
 import redis
 
-from actors.broker import BROKER_NAMESPACE, HEARTBEAT_TIMEOUT_MS, build_broker
+from actors.broker import BROKER_NAMESPACE, CLI_ENQUEUE_PATIENCE_S, build_broker
 from actors.steps import StepActors, declare_actors
 from pipeline.batches import ResumePlan, plan_resume, retry_step
 from pipeline.batchfile import PlannedRow, read_batch_file
@@ -146,7 +146,7 @@ class Runtime:
         if self.embedded:
             return 1 if self.worker is not None else 0
         client = self.broker.client  # type: ignore[attr-defined]
-        since_ms = int(time.time() * 1000) - HEARTBEAT_TIMEOUT_MS
+        since_ms = int(time.time() * 1000) - self.settings.broker_heartbeat_timeout_ms
         try:
             alive = client.zrangebyscore(f"{BROKER_NAMESPACE}:__heartbeats__", since_ms, "+inf")
         except redis.RedisError as exc:
@@ -175,13 +175,18 @@ class Runtime:
         self.close()
 
 
-def open_runtime(settings: Settings, *, start_embedded_worker: bool = True) -> Runtime:
+def open_runtime(
+    settings: Settings, *, start_embedded_worker: bool = True, enqueue_patience_s: float = CLI_ENQUEUE_PATIENCE_S
+) -> Runtime:
     """Open everything for ``settings``; in embedded mode also start the in-process workers.
+
+    ``enqueue_patience_s``: how long enqueues wait out a Redis outage (short for commands, long
+    for worker processes).
 
     Raises:
         StoreUnavailable: Redis mode and Redis cannot be reached.
     """
-    broker = build_broker(settings)
+    broker = build_broker(settings, enqueue_patience_s=enqueue_patience_s)
     store = open_store(settings)
     try:
         store.ping()

@@ -93,7 +93,13 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
             message = CurrentMessage.get_current_message()
             retries = int(message.options.get("retries", 0)) if message is not None else 0
             try:
-                outcome = run_step(context, job_id, step, retries_left=max(settings.max_retries - retries, 0))
+                outcome = run_step(
+                    context,
+                    job_id,
+                    step,
+                    retries_left=max(settings.max_retries - retries, 0),
+                    failures_so_far=retries,
+                )
             except PipelineError as exc:
                 if exc.transient:
                     # Expected and already logged with the job id: retry with backoff, no traceback.

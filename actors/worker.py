@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from dramatiq import cli as dramatiq_cli
 
+from actors.broker import WORKER_ENQUEUE_PATIENCE_S
 from actors.runtime import Runtime, open_runtime
 from actors.steps import QUEUES
 from pipeline.settings import load_settings, mask_url
@@ -31,7 +32,7 @@ def setup() -> None:
     """Entry point Dramatiq calls in each worker process (``actors.worker:setup``)."""
     global _runtime
     settings = load_settings()
-    _runtime = open_runtime(settings, start_embedded_worker=False)
+    _runtime = open_runtime(settings, start_embedded_worker=False, enqueue_patience_s=WORKER_ENQUEUE_PATIENCE_S)
     logger.info("worker ready: Redis %s, SD %s", settings.redis_dsn_masked(), mask_url(settings.sd_api_url))
 
 

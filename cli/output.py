@@ -16,7 +16,15 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.errors import PipelineError, SDTimeout, SDUnavailable, StoreUnavailable
+from pipeline.errors import (
+    ConfigError,
+    PipelineError,
+    SDAuthError,
+    SDNotFound,
+    SDTimeout,
+    SDUnavailable,
+    StoreUnavailable,
+)
 from pipeline.models import JobRecord, JobState
 
 __all__ = [
@@ -102,13 +110,21 @@ def exit_code_for(exc: PipelineError) -> int:
     return RET_USAGE
 
 
+#: Error types that mean "the settings are wrong" (credentials, API not enabled): exit 2, like bad input.
+CONFIG_ERRORS = frozenset({SDAuthError.__name__, SDNotFound.__name__, ConfigError.__name__})
+
+
 def exit_code_for_jobs(records: Sequence[JobRecord]) -> int:
-    """0 if all succeeded; 3 if every other job failed because a server was unreachable; else 1."""
+    """0 if all succeeded; 3 if every other job failed on an unreachable server; 2 if every other job
+    failed on the settings (SD credentials, API not enabled); else 1."""
     unsuccessful = [record for record in records if record.state is not JobState.SUCCEEDED]
     if not unsuccessful:
         return RET_OK
-    if all(r.state is JobState.FAILED and r.error and r.error.type in UNREACHABLE_ERRORS for r in unsuccessful):
+    types = {r.error.type if (r.state is JobState.FAILED and r.error) else "" for r in unsuccessful}
+    if types <= UNREACHABLE_ERRORS:
         return RET_UNREACHABLE
+    if types <= CONFIG_ERRORS:
+        return RET_USAGE
     return RET_FAILED
 
 

@@ -13,7 +13,8 @@ from actors import QUEUES, run_workers
 from cli.common import load
 from cli.output import cli_errors, err_console, state
 from pipeline.errors import InputError
-from pipeline.mock_sd import run_forever
+from pipeline.mock_faults import DEFAULT_HANG_MS, FAULT_KINDS
+from pipeline.mock_sd import FaultPlan, run_forever
 from pipeline.settings import settings_env
 from pipeline.storage import check_output_dir
 from pipeline.store import open_store
@@ -68,8 +69,22 @@ def mock_sd(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 7860,
     latency_ms: Annotated[int, typer.Option(min=0, help="Time each generation takes, in milliseconds.")] = 0,
     fail_rate: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Share of txt2img calls answered 500 OutOfMemoryError.")
+        float, typer.Option(min=0.0, max=1.0, help="Share of txt2img calls answered 500 OutOfMemoryError (= 500:P).")
     ] = 0.0,
+    faults: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Fault plan KIND:P[,KIND:P...] (';' also separates), KIND one of {', '.join(FAULT_KINDS)}: "
+            "500 OutOfMemoryError, dropped connection, no answer for --hang-ms, an image that does not decode. "
+            "E.g. 500:0.2,reset:0.1,hang:0.05,garbage:0.05.",
+        ),
+    ] = None,
+    hang_ms: Annotated[
+        int, typer.Option(min=0, help="How long a 'hang' fault holds a request before answering, in ms.")
+    ] = DEFAULT_HANG_MS,
+    nowebui: Annotated[
+        bool, typer.Option("--nowebui", help="API only, like A1111's --nowebui: no /internal/progress (404).")
+    ] = False,
     api_auth: Annotated[str | None, typer.Option(help="Require HTTP Basic user:pass, like A1111's --api-auth.")] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed the mock's random seeds and faults, for repeatable runs.")
@@ -77,12 +92,23 @@ def mock_sd(
 ) -> None:
     """Serve an AUTOMATIC1111-compatible mock SD API (one generation at a time, like the real one)."""
     with cli_errors():
+        try:
+            plan = FaultPlan.parse(faults)
+            if fail_rate:
+                plan = plan.with_rate("500", fail_rate)
+        except ValueError as exc:
+            raise InputError(
+                f"invalid --faults {faults!r}: {exc}",
+                hint="use e.g. --faults 500:0.2,reset:0.1,hang:0.05,garbage:0.05; --fail-rate P is the same as 500:P",
+            ) from None
         run_forever(
             host,
             port,
             latency_ms=latency_ms,
-            fail_rate=fail_rate,
+            faults=plan,
+            hang_ms=hang_ms,
+            nowebui=nowebui,
             api_auth=api_auth,
             seed=seed,
-            on_ready=lambda url: err_console.print(f"mock SD API on {url} (Ctrl-C to stop)"),
+            on_ready=lambda url: err_console.print(f"mock SD API on {url}, faults {plan} (Ctrl-C to stop)"),
         )

@@ -1,8 +1,8 @@
 """What the mock SD server knows about A1111 v1.10's txt2img: request model, samplers, info, progress.
 
-Split from :mod:`pipeline.mock_sd` (which holds the server state, routes and transports) so each stays
-readable. Everything here is pure apart from the seed generator it is handed; see the contract doc
-(``a1111-contract.md`` §1, §2.1, §2.4, §3, §4) for the behaviour copied.
+Split from :mod:`pipeline.mock_server` (the server state and routes; :mod:`pipeline.mock_sd` holds the
+transports) so each stays readable. Everything here is pure apart from the seed generator it is handed;
+see the contract doc (``a1111-contract.md`` §1, §2.1, §2.4, §3, §4) for the behaviour copied.
 """
 
 from __future__ import annotations

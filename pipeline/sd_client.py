@@ -19,6 +19,14 @@ a malformed URL or ``SD_API_AUTH``                        :class:`ConfigError`
 A 200 with a non-JSON body is :class:`SDBadImage` (permanent): it comes from something that is not an
 A1111 API (a proxy's login page, another web app), and asking again gets the same answer.
 
+A1111 keeps running a request whose client went away, and ``POST /sdapi/v1/interrupt`` stops whatever
+job is current, whoever sent it. So every txt2img names itself with ``force_task_id`` =
+:func:`sd_task_id` (``sdpipe-<job id>``), and when its read times out the client asks the UI route
+``POST /internal/progress`` about that task before raising :class:`SDTimeout`: *active* → interrupt it;
+*queued* → log that it will still run and be wasted (interrupt cannot reach a queued job); no answer
+(404 under ``--nowebui``, any failure) → log a warning and leave the server alone. That follow-up never
+raises and each of its calls is bounded by :data:`HEALTH_TIMEOUT_S`.
+
 ``mock://`` URLs are served in-process by :mod:`pipeline.mock_sd` through the same code path.
 Credentials (in the URL or ``SD_API_AUTH``) go into the Authorization header only, never into
 :attr:`SDClient.url`, logs or error messages.
@@ -35,11 +43,11 @@ from typing import Any
 import httpx
 
 from pipeline import sd_response
-from pipeline.errors import ConfigError, SDError, SDPermanentError, SDTimeout, SDUnavailable
+from pipeline.errors import ConfigError, SDError, SDNotFound, SDPermanentError, SDTimeout, SDUnavailable
 from pipeline.models import GenerationParams, SDResult
 from pipeline.settings import Settings
 
-__all__ = ["HEALTH_TIMEOUT_S", "WRITE_TIMEOUT_S", "SDClient"]
+__all__ = ["HEALTH_TIMEOUT_S", "WRITE_TIMEOUT_S", "SDClient", "sd_task_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +60,9 @@ WRITE_TIMEOUT_S = 30.0
 _MOCK_HOST = "http://mock-sd"
 #: The generation route.
 _TXT2IMG = "/sdapi/v1/txt2img"
+#: The UI's per-task status route (absent under ``--nowebui``), and the interrupt route.
+_TASK_PROGRESS = "/internal/progress"
+_INTERRUPT = "/sdapi/v1/interrupt"
 #: ``user:pass@`` after a URL scheme, wherever it appears in a text.
 _USERINFO_RE = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@\s]*@")
 #: Name and hint per httpx timeout.
@@ -74,6 +85,11 @@ def _strip_userinfo(url: str) -> str:
     return _USERINFO_RE.sub(r"\1", url)
 
 
+def sd_task_id(job_id: str) -> str:
+    """The A1111 task id (``force_task_id``) sdpipe sends with the txt2img of ``job_id``."""
+    return f"sdpipe-{job_id}"
+
+
 def _split_auth(value: str, source: str) -> tuple[str, str]:
     user, sep, password = value.partition(":")
     if not sep or not user:
@@ -86,8 +102,9 @@ class SDClient:
 
     Args:
         settings: ``sd_api_url`` (the first one of a comma-separated list), ``sd_api_auth`` and timeouts.
-        base_url: overrides ``settings.sd_api_url``; ``mock://[name][?latency_ms=&fail_rate=&seed=]``
-            is the in-process mock (one shared instance per distinct URL).
+        base_url: overrides ``settings.sd_api_url``; ``mock://[name][?latency_ms=&faults=&seed=...]``
+            is the in-process mock (one shared instance per distinct URL; options in
+            :func:`pipeline.mock_sd.get_mock_server`).
         transport: an httpx transport to use instead of the network (tests).
 
     Raises:
@@ -156,7 +173,9 @@ class SDClient:
 
     # -- public calls -------------------------------------------------------------------------------
     def txt2img(self, params: GenerationParams, *, job_id: str) -> SDResult:
-        """Generate one image (``POST /sdapi/v1/txt2img``) and check that it decodes.
+        """Generate one image (``POST /sdapi/v1/txt2img``, named ``force_task_id=sdpipe-<job_id>``) and check it.
+
+        On a read timeout the server's current job is interrupted first if it is this one (see above).
 
         Raises:
             SDTransientError: unreachable, timed out, or a 5xx/429 (retry later).
@@ -164,14 +183,20 @@ class SDClient:
             ConfigError: the URL is unusable.
         """
         started = time.perf_counter()
-        response = self._request(
-            "POST",
-            _TXT2IMG,
-            job_id=job_id,
-            json=params.to_payload(),
-            timeout=self._timeout,
-            sampler=params.sampler_name,
-        )
+        task_id = sd_task_id(job_id)
+        try:
+            response = self._request(
+                "POST",
+                _TXT2IMG,
+                job_id=job_id,
+                json=params.to_payload() | {"force_task_id": task_id},
+                timeout=self._timeout,
+                sampler=params.sampler_name,
+            )
+        except SDTimeout as exc:
+            if isinstance(exc.__cause__, httpx.ReadTimeout):  # sent, so it may be running: stop it if ours
+                self._stop_abandoned(task_id, job_id)
+            raise
         body = sd_response.json_body(response, self._url, _TXT2IMG)
         return sd_response.build_result(
             body,
@@ -247,6 +272,47 @@ class SDClient:
 
     def __repr__(self) -> str:
         return f"SDClient({self._url!r})"
+
+    def _stop_abandoned(self, task_id: str, job_id: str) -> None:
+        """Interrupt the server's current job if it is ``task_id`` (given up on); never raises."""
+        try:
+            answer = self._request(
+                "POST",
+                _TASK_PROGRESS,
+                job_id=job_id,
+                json={"id_task": task_id, "id_live_preview": -1, "live_preview": False},
+                timeout=self._health_timeout,
+            )
+            state = answer.json()
+            if not isinstance(state, dict):
+                raise ValueError(f"{_TASK_PROGRESS} answered {type(state).__name__}, not an object")
+        except Exception as exc:  # the caller is raising SDTimeout: nothing here may mask it
+            why = f"no {_TASK_PROGRESS} (API-only --nowebui?)" if isinstance(exc, SDNotFound) else self._scrub(str(exc))
+            logger.warning(
+                "job %s: cannot tell whether the SD server at %s still runs task %s: %s; not interrupting it",
+                job_id,
+                self._url,
+                task_id,
+                why,
+            )
+            return
+        if state.get("active") is True:
+            try:
+                self._request("POST", _INTERRUPT, job_id=job_id, timeout=self._health_timeout)
+            except Exception as exc:
+                logger.warning("job %s: could not interrupt task %s: %s", job_id, task_id, self._scrub(str(exc)))
+                return
+            logger.info("job %s: interrupted task %s, abandoned on the SD server at %s", job_id, task_id, self._url)
+        elif state.get("queued") is True:
+            logger.warning(
+                "job %s: task %s is still queued on the SD server at %s: it will run later and its image will be "
+                "discarded (interrupt only stops the current job)",
+                job_id,
+                task_id,
+                self._url,
+            )
+        else:
+            logger.info("job %s: task %s is no longer running on the SD server at %s", job_id, task_id, self._url)
 
     # -- the boundary -------------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:

@@ -69,6 +69,12 @@ DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_RETRY_MIN_BACKOFF_MS = 1_000
 DEFAULT_RETRY_MAX_BACKOFF_MS = 60_000
+#: A worker process silent for this long is dead: Redis hands its unacknowledged messages to
+#: others. Heartbeats are refreshed by every dispatch call (about once a second per queue, busy or
+#: not), so 20 s is far above any pause while a third of Dramatiq's 60 s default.
+DEFAULT_BROKER_HEARTBEAT_TIMEOUT_MS = 20_000
+#: Deliveries of one step that killed their worker (no outcome recorded) before the job is quarantined.
+DEFAULT_MAX_DELIVERIES = 3
 
 OutputFormat = Literal["png", "webp", "jpeg"]
 
@@ -122,6 +128,8 @@ class Settings(BaseSettings):
     max_retries: Annotated[int, Field(ge=0)] = DEFAULT_MAX_RETRIES
     retry_min_backoff_ms: Annotated[int, Field(gt=0)] = DEFAULT_RETRY_MIN_BACKOFF_MS
     retry_max_backoff_ms: Annotated[int, Field(gt=0)] = DEFAULT_RETRY_MAX_BACKOFF_MS
+    max_deliveries: Annotated[int, Field(ge=1)] = DEFAULT_MAX_DELIVERIES
+    broker_heartbeat_timeout_ms: Annotated[int, Field(ge=1000)] = DEFAULT_BROKER_HEARTBEAT_TIMEOUT_MS
 
     # Output
     output_dir: Path = Path("./outputs")

@@ -79,11 +79,23 @@ class StepOutcome:
     skipped: bool = False
 
 
-def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int | None = None) -> StepOutcome:
+def run_step(
+    ctx: StepContext,
+    job_id: str,
+    step: StepName,
+    *,
+    retries_left: int | None = None,
+    failures_so_far: int | None = None,
+) -> StepOutcome:
     """Run one step of one job, recording its attempt, timing and any error in the status store.
 
     ``retries_left`` is how many more deliveries the caller's retry policy allows (None: unknown).
     A transient failure with none left marks the job failed here, with the reason.
+
+    ``failures_so_far`` is how many earlier deliveries of this step ended in an error (the broker's
+    retry count). Deliveries beyond those and the current one ended without any outcome: the worker
+    died (killed, out of memory, segfault). After ``MAX_DELIVERIES`` of those the job is failed as
+    quarantined instead of being run again, so a poison job cannot take workers down forever.
 
     Raises:
         PipelineError: the step failed. A permanent error has already marked the job failed; a
@@ -95,6 +107,21 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
         logger.info("job %s: %s not needed (job is finished or past this step)", job_id, step)
         return StepOutcome(ran=False)
     attempt = record.steps[step].attempts
+    if failures_so_far is not None:
+        crashes = attempt - 1 - failures_so_far
+        if crashes >= ctx.settings.max_deliveries:
+            error = ErrorInfo(
+                step=step,
+                type="Quarantined",
+                message=(
+                    f"quarantined: {crashes} deliveries of {step} ended without an outcome (the worker died "
+                    "each time); not running it again"
+                ),
+                at=ctx.clock(),
+            )
+            ctx.store.mark_failed(job_id, error, now=ctx.clock())
+            logger.error("job %s: %s quarantined after %d deliveries that killed their worker", job_id, step, crashes)
+            return StepOutcome(ran=False)
     logger.info("job %s: %s started (attempt %d)", job_id, step, attempt)
     try:
         skipped, result = _STEPS[step](ctx, record)

@@ -71,25 +71,54 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         proc.stop()
 
 
-@pytest.fixture
-def mock_sd(spawn: Callable[..., Proc], e2e_env: dict[str, str]) -> Iterator[str]:
-    """``sdpipe mock-sd`` over HTTP on a free port; yields its URL."""
+def start_mock(spawn: Callable[..., Proc], env: dict[str, str], *args: str, name: str = "mock-sd") -> str:
+    """Start ``sdpipe mock-sd ARGS`` on a free port and return its URL once it listens."""
     port = free_port()
-    proc = spawn("mock-sd", "--port", str(port), env=e2e_env, name="mock-sd")
+    proc = spawn("mock-sd", "--port", str(port), *args, env=env, name=name)
     assert wait_until(lambda: port_open(port), timeout_s=20), proc.output()
-    yield f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{port}"
+
+
+def start_worker(
+    spawn: Callable[..., Proc], env: dict[str, str], *, processes: int = 2, threads: int = 2, name: str = "worker"
+) -> Proc:
+    """Start ``sdpipe worker`` and wait until every process is ready."""
+    proc = spawn("worker", "--processes", str(processes), "--threads", str(threads), env=env, name=name)
+    assert wait_until(
+        lambda: proc.output().count("Worker process is ready") >= processes or proc.popen.poll() is not None,
+        timeout_s=60,
+    ), proc.output()
+    assert proc.popen.poll() is None, proc.output()
+    return proc
+
+
+def child_pids(pid: int) -> list[int]:
+    """The worker processes Dramatiq forked from ``pid`` (same command line as their parent)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        parent_cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        try:
+            if Path(f"/proc/{child}/cmdline").read_bytes() == parent_cmd:
+                found.append(int(child))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def mock_sd(spawn: Callable[..., Proc], e2e_env: dict[str, str]) -> str:
+    """``sdpipe mock-sd`` over HTTP on a free port; its URL."""
+    return start_mock(spawn, e2e_env)
 
 
 @pytest.fixture
 def workers(spawn: Callable[..., Proc], e2e_env: dict[str, str], mock_sd: str) -> Proc:
     """``sdpipe worker`` with 2 processes against the private Redis and the mock server."""
-    env = {**e2e_env, "SD_API_URL": mock_sd}
-    proc = spawn("worker", "--processes", "2", "--threads", "2", env=env, name="worker")
-    assert wait_until(
-        lambda: proc.output().count("Worker process is ready") >= 2 or proc.popen.poll() is not None, timeout_s=60
-    ), proc.output()
-    assert proc.popen.poll() is None, proc.output()
-    return proc
+    return start_worker(spawn, {**e2e_env, "SD_API_URL": mock_sd})
 
 
 def mock_stats(url: str) -> dict[str, object]:

@@ -504,3 +504,119 @@ def test_interrupt_posts_to_the_interrupt_route(sd_api: respx.MockRouter, client
     route = sd_api.post("/sdapi/v1/interrupt").respond(200, json={})
     client.interrupt()
     assert route.call_count == 1
+
+
+# -- giving up on a request: interrupt it only when the server's current job is ours -------------------
+PROGRESS = "/internal/progress"
+INTERRUPT = "/sdapi/v1/interrupt"
+
+
+def task_state(*, active: bool = False, queued: bool = False) -> dict[str, Any]:
+    return {"active": active, "queued": queued, "completed": False, "progress": None, "eta": None}
+
+
+@pytest.fixture
+def loose_api() -> Iterator[respx.MockRouter]:
+    """Like ``sd_api`` but routes may stay uncalled (to assert that they were not)."""
+    with respx.mock(base_url=BASE, assert_all_called=False) as router:
+        yield router
+
+
+def test_txt2img_names_its_task_after_the_job(sd_api: respx.MockRouter, client: SDClient) -> None:
+    route = sd_api.post(TXT2IMG).respond(200, json=ok_body())
+    client.txt2img(params(), job_id="job-7")
+    assert json.loads(route.calls.last.request.content)["force_task_id"] == "sdpipe-job-7"
+
+
+def test_read_timeout_interrupts_the_task_when_it_is_active(sd_api: respx.MockRouter, client: SDClient) -> None:
+    # Given a txt2img that times out while the server still renders it
+    sd_api.post(TXT2IMG).mock(side_effect=httpx.ReadTimeout("timed out"))
+    progress = sd_api.post(PROGRESS).respond(200, json=task_state(active=True))
+    interrupt = sd_api.post(INTERRUPT).respond(200, json={})
+    # When / Then: the timeout is raised after asking about our task and interrupting it
+    with pytest.raises(SDTimeout, match="read timeout"):
+        client.txt2img(params(), job_id="job-1")
+    asked = progress.calls.last.request
+    assert json.loads(asked.content) == {"id_task": "sdpipe-job-1", "id_live_preview": -1, "live_preview": False}
+    assert asked.extensions["timeout"]["read"] == HEALTH_TIMEOUT_S
+    assert interrupt.call_count == 1
+    assert interrupt.calls.last.request.extensions["timeout"]["read"] == HEALTH_TIMEOUT_S
+
+
+@pytest.mark.parametrize(
+    ("state", "log_words"),
+    [
+        (task_state(), "no longer running"),
+        (task_state(queued=True), "still queued"),
+    ],
+    ids=["not-active", "queued"],
+)
+def test_read_timeout_does_not_interrupt_a_job_that_is_not_ours(
+    loose_api: respx.MockRouter, caplog: pytest.LogCaptureFixture, state: dict[str, Any], log_words: str
+) -> None:
+    loose_api.post(TXT2IMG).mock(side_effect=httpx.ReadTimeout("timed out"))
+    loose_api.post(PROGRESS).respond(200, json=state)
+    interrupt = loose_api.post(INTERRUPT).respond(200, json={})
+    with caplog.at_level(logging.INFO, logger="pipeline.sd_client"), SDClient(make_settings()) as sd:
+        with pytest.raises(SDTimeout):
+            sd.txt2img(params(), job_id="job-2")
+    assert interrupt.call_count == 0
+    assert f"job job-2: task sdpipe-job-2 is {log_words}" in caplog.text
+
+
+def test_read_timeout_without_internal_progress_warns_and_does_not_interrupt(
+    loose_api: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given an API-only server (--nowebui): /internal/progress is 404
+    loose_api.post(TXT2IMG).mock(side_effect=httpx.ReadTimeout("timed out"))
+    loose_api.post(PROGRESS).respond(404, json={"detail": "Not Found"})
+    interrupt = loose_api.post(INTERRUPT).respond(200, json={})
+    with caplog.at_level(logging.WARNING, logger="pipeline.sd_client"), SDClient(make_settings()) as sd:
+        with pytest.raises(SDTimeout):
+            sd.txt2img(params(), job_id="job-3")
+    assert interrupt.call_count == 0
+    warning = next(r for r in caplog.records if "cannot tell" in r.getMessage())
+    assert warning.levelno == logging.WARNING
+    assert "job job-3" in warning.getMessage() and "--nowebui" in warning.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("progress_answer", "interrupt_answer"),
+    [
+        (httpx.ConnectError("refused"), None),
+        (httpx.ReadTimeout("timed out"), None),
+        (httpx.Response(200, text="<html>not json</html>"), None),
+        (httpx.Response(200, json=["not", "an", "object"]), None),
+        (httpx.Response(401, json={"detail": "Not authenticated"}), None),
+        (httpx.Response(200, json=task_state(active=True)), httpx.Response(500, json=OOM)),
+        (httpx.Response(200, json=task_state(active=True)), httpx.ReadError("reset")),
+    ],
+    ids=["progress-refused", "progress-timeout", "progress-html", "progress-list", "progress-401", "interrupt-500",
+         "interrupt-reset"],
+)  # fmt: skip
+def test_failing_follow_up_never_masks_the_timeout(
+    loose_api: respx.MockRouter, caplog: pytest.LogCaptureFixture, progress_answer: Any, interrupt_answer: Any
+) -> None:
+    loose_api.post(TXT2IMG).mock(side_effect=httpx.ReadTimeout("timed out"))
+    for path, answer in ((PROGRESS, progress_answer), (INTERRUPT, interrupt_answer)):
+        if isinstance(answer, Exception):
+            loose_api.post(path).mock(side_effect=answer)
+        elif answer is not None:
+            loose_api.post(path).mock(return_value=answer)
+    with caplog.at_level(logging.WARNING, logger="pipeline.sd_client"), SDClient(make_settings()) as sd:
+        with pytest.raises(SDTimeout, match="txt2img within the read timeout"):
+            sd.txt2img(params(), job_id="job-4")
+    assert "job job-4: cannot tell whether" in caplog.text or "job job-4: could not interrupt" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [httpx.ConnectTimeout("timed out"), httpx.WriteTimeout("timed out"), httpx.ReadError("reset")],
+    ids=["connect-timeout", "write-timeout", "reset"],
+)
+def test_only_a_read_timeout_asks_about_the_task(loose_api: respx.MockRouter, exc: Exception) -> None:
+    loose_api.post(TXT2IMG).mock(side_effect=exc)
+    progress = loose_api.post(PROGRESS).respond(200, json=task_state(active=True))
+    with SDClient(make_settings()) as sd, pytest.raises((SDTimeout, SDUnavailable)):
+        sd.txt2img(params(), job_id="j")
+    assert progress.call_count == 0

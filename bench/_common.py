@@ -1,0 +1,254 @@
+"""What the benchmark targets share: result rows, /proc readings, and the processes they start.
+
+Every process started here (redis-server, ``sdpipe mock-sd``, ``sdpipe worker``) is started by the
+benchmark, on a free port, in a temp folder, and stopped by its own pid when the target ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SDPIPE",
+    "Row",
+    "Services",
+    "child_env",
+    "cpu_seconds",
+    "descendants",
+    "free_port",
+    "median",
+    "read_status_kb",
+    "reset_peak_rss",
+    "wait_until",
+]
+
+#: How to run the sdpipe CLI in a child process (the same interpreter and virtualenv as the benchmark).
+SDPIPE = [sys.executable, "-m", "cli"]
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Row:
+    """One line of the table: a measured figure, the baseline measured in the same run, and the limit.
+
+    ``limit`` applies to ``ratio`` when a baseline exists (``limit_on="ratio"``) or to ``measured``
+    itself (``limit_on="measured"``); ``met`` is None for figures that are reported, not judged.
+    """
+
+    target: str
+    name: str
+    unit: str
+    measured: float | None
+    baseline: float | None = None
+    baseline_name: str = ""
+    limit: float | None = None
+    limit_on: str = "ratio"
+    judged: bool = True
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.measured is None or not self.baseline:
+            return None
+        return self.measured / self.baseline
+
+    @property
+    def met(self) -> bool | None:
+        if not self.judged or self.limit is None:
+            return None
+        value = self.ratio if self.limit_on == "ratio" else self.measured
+        if value is None:
+            return None
+        return value <= self.limit
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ratio"] = None if self.ratio is None else round(self.ratio, 4)
+        data["met"] = self.met
+        return data
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
+
+
+# -- /proc --------------------------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, from the parent ids in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            parent = int(_stat_fields(int(entry))[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(children.get(current, []))
+    return found
+
+
+def cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
+    """User + system CPU seconds of each live process (utime and stime from /proc/<pid>/stat)."""
+    result = {}
+    for pid in pids:
+        try:
+            fields = _stat_fields(pid)
+        except OSError:
+            continue
+        result[pid] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return result
+
+
+def read_status_kb(pid: int, key: str) -> int:
+    """A ``kB`` field of /proc/<pid>/status, e.g. ``VmRSS`` or ``VmHWM`` (peak RSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset ``VmHWM`` to the current RSS (``echo 5 > /proc/<pid>/clear_refs``); False if not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+# -- processes ------------------------------------------------------------------------------------------
+
+
+def child_env(**values: str) -> dict[str, str]:
+    """This environment without any sdpipe setting (SD_*, REDIS_*, OUTPUT_*, WORKER*), plus ``values``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SD_", "REDIS_", "OUTPUT_", "WORKER"))}
+    env.update(PYTHONUNBUFFERED="1", **values)
+    return env
+
+
+@dataclass
+class _Proc:
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, timeout_s: float = 30) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+class Services:
+    """``sdpipe mock-sd`` and ``sdpipe worker`` processes of one target, in one temp folder."""
+
+    def __init__(self, folder: Path, redis_url: str) -> None:
+        self.folder = folder
+        self.redis_url = redis_url
+        self.output_dir = folder / "outputs"
+        self._procs: list[_Proc] = []
+
+    def _spawn(self, args: Sequence[str], env: dict[str, str], name: str) -> _Proc:
+        log = self.folder / f"{name}.log"
+        with log.open("wb") as handle:
+            popen = subprocess.Popen([*SDPIPE, *args], env=env, stdout=handle, stderr=subprocess.STDOUT)
+        proc = _Proc(popen, log)
+        self._procs.append(proc)
+        return proc
+
+    def mock_sd(self, *, latency_ms: int = 0) -> str:
+        """Start a mock SD server over HTTP; return its URL."""
+        port = free_port()
+        proc = self._spawn(
+            ["mock-sd", "--port", str(port), "--latency-ms", str(latency_ms), "--seed", "1"],
+            child_env(),
+            f"mock-sd-{port}",
+        )
+        if not wait_until(lambda: port_open(port) or proc.popen.poll() is not None, timeout_s=30):
+            raise RuntimeError(f"mock-sd did not start:\n{proc.output()}")
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"mock-sd exited:\n{proc.output()}")
+        return f"http://127.0.0.1:{port}"
+
+    def worker(self, sd_url: str, *, processes: int, threads: int | None = None) -> int:
+        """Start ``sdpipe worker``; wait until its processes are ready; return the top process's pid."""
+        args = ["worker", "--processes", str(processes)]
+        if threads is not None:
+            args += ["--threads", str(threads)]
+        env = child_env(REDIS_URL=self.redis_url, SD_API_URL=sd_url, OUTPUT_DIR=str(self.output_dir))
+        proc = self._spawn(args, env, f"worker-{len(self._procs)}")
+        ready = wait_until(
+            lambda: proc.output().count("Worker process is ready") >= processes or proc.popen.poll() is not None,
+            timeout_s=90,
+            interval_s=0.05,
+        )
+        if not ready or proc.popen.poll() is not None:
+            raise RuntimeError(f"sdpipe worker did not start:\n{proc.output()[-3000:]}")
+        return proc.popen.pid
+
+    def close(self) -> None:
+        for proc in reversed(self._procs):
+            proc.stop()
+        self._procs.clear()
+
+
+@contextmanager
+def services(folder: Path, redis_url: str) -> Iterator[Services]:
+    started = Services(folder, redis_url)
+    try:
+        yield started
+    finally:
+        started.close()

@@ -1,0 +1,124 @@
+"""Target 2: orchestration overhead in Redis mode.
+
+Measured: a private redis-server, ``sdpipe mock-sd`` over HTTP at zero latency, ``sdpipe worker
+--processes 2`` (default threads); after a warm-up, N jobs of 512² are submitted at once and the
+CPU time (utime + stime from /proc) of the whole worker process tree over the run is divided by N.
+
+Baseline, in this process: the same image work called directly in a loop on the mock's images for
+the same jobs (fetched beforehand): decode the SD PNG, split, ``seam_blur_tile`` each tile, merge,
+encode the PNG with its infotext, hash it, and write the image and a JSON sidecar atomically.
+CPU from ``time.process_time()``, median of rounds.
+
+Target: worker CPU per job ÷ direct CPU per job ≤ 1.25.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from bench._common import Row, cpu_seconds, descendants, median, services
+from bench._jobs import redis_settings, specs, wait_batch
+from bench._redis import private_redis
+
+LIMIT = 1.25
+SIZE = 512
+#: Distinct SD images the direct loop cycles through.
+DIRECT_IMAGES = 20
+
+
+def _direct_cpu_per_job(
+    settings, images: list[tuple[bytes, str]], folder: Path, *, rounds: int, per_round: int
+) -> float:  # type: ignore[no-untyped-def]
+    from pipeline import seams
+    from pipeline.codec import decode_image, encode_image
+    from pipeline.infotext import insert_params
+    from pipeline.storage import atomic_write_bytes, atomic_write_json
+
+    params = specs(settings, 1, size=SIZE)[0].step_params
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def one(index: int, data: bytes, infotext: str) -> None:
+        decoded = decode_image(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes)
+        width, height = decoded.width, decoded.height
+        tiles = seams.split(decoded.array, params)
+        blurred = [(box, seams.seam_blur_tile(tile, box, width, height, params)) for box, tile in tiles]
+        merged = seams.merge(blurred, width, height)
+        text = insert_params(
+            infotext, {"Seam grid": params.grid, "Seam band": params.band_px, "Seam sigma": params.sigma}
+        )
+        png = encode_image(merged, format="png", infotext=text)
+        path = folder / f"direct-{index}.png"
+        atomic_write_bytes(path, png)
+        atomic_write_json(
+            path.with_suffix(".json"),
+            {"image": str(path), "bytes": len(png), "sha256": hashlib.sha256(png).hexdigest(), "infotext": text},
+        )
+
+    one(0, *images[0])  # warm-up
+    per_job = []
+    for _ in range(rounds):
+        started = time.process_time()
+        for index in range(per_round):
+            one(index, *images[index % len(images)])
+        per_job.append((time.process_time() - started) / per_round)
+    return median(per_job)
+
+
+def run(folder: Path, *, tiny: bool) -> list[Row]:
+    from actors import open_runtime
+    from pipeline.sd_client import SDClient
+
+    jobs = 10 if tiny else 200
+    with private_redis() as url, services(folder, url) as started:
+        mock = started.mock_sd(latency_ms=0)
+        top = started.worker(mock, processes=2)
+        settings = redis_settings(url, mock, started.output_dir)
+
+        # The SD images of the measured jobs, fetched once for the direct loop (not timed).
+        measured = specs(settings, jobs, size=SIZE, seed=1000)
+        client = SDClient(settings)
+        try:
+            images = []
+            for spec in measured[:DIRECT_IMAGES]:
+                assert spec.generation is not None
+                result = client.txt2img(spec.generation, job_id=spec.job_id)
+                images.append((result.image_bytes, result.infotext or ""))
+        finally:
+            client.close()
+
+        with open_runtime(settings) as runtime:
+            warm = specs(settings, 6, size=SIZE, seed=1)
+            runtime.submit(warm)
+            wait_batch(runtime.store, warm[0].batch_id or "", len(warm), timeout_s=120)
+            tree = descendants(top)
+            before = cpu_seconds(tree)
+            wall_started = time.perf_counter()
+            runtime.submit(measured)
+            wait_batch(runtime.store, measured[0].batch_id or "", jobs, timeout_s=600)
+            wall_s = time.perf_counter() - wall_started
+            after = cpu_seconds(tree)
+        per_process = {pid: round((after[pid] - before[pid]) / jobs * 1000, 2) for pid in after if pid in before}
+        worker_ms = sum(after[pid] - before[pid] for pid in after if pid in before) / jobs * 1000
+
+    rounds, per_round = (2, 5) if tiny else (5, 40)
+    direct_ms = _direct_cpu_per_job(settings, images, folder / "direct", rounds=rounds, per_round=per_round) * 1000
+    return [
+        Row(
+            target="2",
+            name=f"worker CPU/job, Redis, 2 procs, {jobs}×{SIZE}²",
+            unit="ms",
+            measured=worker_ms,
+            baseline=direct_ms,
+            baseline_name="direct image work CPU/job",
+            limit=LIMIT,
+            details={
+                "jobs": jobs,
+                "wall_s": round(wall_s, 2),
+                "cpu_ms_per_job_by_pid": per_process,
+                "direct_rounds": rounds,
+                "direct_per_round": per_round,
+            },
+        )
+    ]
