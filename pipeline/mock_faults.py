@@ -3,14 +3,18 @@
 A :class:`FaultPlan` says how often a txt2img request meets each fault; the server draws once per
 request from its seeded generator, so a run with the same ``seed`` repeats. The kinds:
 
-=========  ========================================================================================
-``500``    500 ``OutOfMemoryError`` after the usual generation time (what ``fail_rate`` always did)
-``reset``  the connection is dropped at once, without an answer (TCP reset over HTTP)
-``hang``   no answer for ``hang_ms``, then a normal one; the request waits outside the FIFO lock
-           (like a request stuck in a proxy) and ends early, without an answer, on an interrupt or
-           when the server shuts down
-``garbage`` 200 with well-formed JSON whose ``images[0]`` starts with the PNG magic but does not decode
-=========  ========================================================================================
+===========  ======================================================================================
+``500``      500 ``OutOfMemoryError`` after the usual generation time (what ``fail_rate`` always did)
+``reset``    the connection is dropped at once, without an answer (a TCP reset over HTTP)
+``hang``     no answer for ``hang_ms``, then a normal one; the request waits outside the FIFO lock
+             (like a request stuck in a proxy) and ends early, without an answer, on an interrupt or
+             when the server shuts down
+``garbage``  200 with well-formed JSON whose ``images[0]`` starts with the PNG magic but does not decode
+===========  ======================================================================================
+
+In-process (``mock://``), ``reset`` raises :class:`httpx.ReadError`, and a hang longer than the caller's
+read timeout sleeps that timeout then raises :class:`httpx.ReadTimeout`, while the hang itself goes on
+(still *active* for ``/internal/progress``) until ``hang_ms`` or an interrupt.
 
 :class:`TaskBoard` copies A1111's task tracking (``modules/progress.py``): requests named by
 ``force_task_id`` are *queued* while they wait for the FIFO lock, *active* while they generate (a

@@ -205,7 +205,13 @@ class MockSDServer:
         return response
 
     def stats(self) -> dict[str, Any]:
-        """Counters since start or the last :meth:`reset` (what ``GET /mock/stats`` returns)."""
+        """Counters since start or the last :meth:`reset` (what ``GET /mock/stats`` returns).
+
+        Besides the counters: ``faults`` (injected, per kind), ``hanging`` (requests held by a hang
+        right now) and ``requests``, the last 10,000 txt2img requests that passed validation, each
+        ``{"prompt", "seed", "task_id", "at", "outcome"}`` (``at``: arrival, ``time.time()``; outcomes in
+        :data:`pipeline.mock_faults.OUTCOMES`).
+        """
         with self._lock:
             return {
                 "txt2img_requests": self._stats.requests,
