@@ -24,7 +24,7 @@ from pipeline.batches import ResumePlan, plan_resume, retry_step
 from pipeline.batchfile import PlannedRow, read_batch_file
 from pipeline.errors import StoreUnavailable
 from pipeline.jobs import new_id
-from pipeline.models import JobRecord, JobSpec
+from pipeline.models import BatchRecord, BatchRow, JobRecord, JobSpec
 from pipeline.settings import Settings, mask_url
 from pipeline.steps import StepContext
 from pipeline.store import StatusStore, open_store
@@ -52,12 +52,25 @@ class Runtime:
     def embedded(self) -> bool:
         return not self.settings.redis_mode
 
-    def submit(self, specs: Sequence[JobSpec]) -> None:
+    def submit(self, specs: Sequence[JobSpec], *, as_batch: bool = False) -> None:
         """Record ``specs`` in the status store, then enqueue their pipelines.
+
+        ``as_batch``: also record the specs' batch (one row per job), as ``generate``/``process`` do,
+        so ``status --batch`` and ``jobs --batch`` know it.
 
         Raises:
             StoreUnavailable: Redis cannot be reached (nothing was enqueued).
         """
+        if as_batch and specs and specs[0].batch_id is not None:
+            rows = [
+                BatchRow(
+                    line=index + 1,
+                    params={"prompt": spec.generation.prompt} if spec.generation else {"source": spec.source_name},
+                    job_ids=[spec.job_id],
+                )
+                for index, spec in enumerate(specs)
+            ]
+            self.store.save_batch(BatchRecord(batch_id=specs[0].batch_id, created_at=specs[0].created_at, rows=rows))
         self.store.create_jobs(specs)
         self._enqueue_or_raise(lambda: self.actors.enqueue(specs))
         logger.info("enqueued %d job(s)", len(specs))
@@ -114,8 +127,14 @@ class Runtime:
         return self.submit_rows(rows, batch_id=batch_id, source=str(path.absolute()), schedule=schedule, now=now)
 
     def submit_plan(self, plan: ResumePlan) -> None:
-        """Enqueue a batch plan: its new jobs, and its failed jobs again from the step that failed."""
+        """Enqueue a batch plan: its new jobs, and its failed jobs again from the step that failed.
+
+        Jobs of the batch that no row matches any more (rows edited before ``--resume``) and that
+        have not finished are cancelled: the batch is what the file says now.
+        """
         self.store.save_batch(plan.batch)
+        if plan.superseded:
+            self.cancel(plan.superseded)
         if plan.new_specs:
             self.submit(plan.new_specs)
         self.retry(plan.retry)
@@ -129,7 +148,8 @@ class Runtime:
             if fresh is None:
                 continue
             step = retry_step(fresh)
-            chain = self.actors.chain_for(fresh.spec, from_step=step)
+            base = {name: info.attempts for name, info in fresh.steps.items()}
+            chain = self.actors.chain_for(fresh.spec, from_step=step, attempts_base=base)
             self._enqueue_or_raise(chain.run)
             logger.info("job %s: requeued from %s", fresh.job_id, step)
             requeued.append(fresh)

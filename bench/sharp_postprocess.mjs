@@ -2,7 +2,7 @@
 // decode the SD image, extract 4 parts, blur each part's inner edges, re-encode the parts as PNG,
 // composite them, encode the final PNG (sharp's defaults). It is the baseline of bench target 1.
 //
-//   node bench/sharp_postprocess.mjs '{"files": ["a.png"], "repeats": 5, "band": 16, "sigma": 4, "out": "dir"}'
+//   node bench/sharp_postprocess.mjs '{"files": ["a.png"], "repeats": 5, "warmup": 1, "band": 16, "sigma": 4, "out": "dir"}'
 //
 // Prints one JSON line: {"sharp": version, "results": [{"file", "times_ms": [...], "bytes"}]}.
 // sharp is resolved from bench/.node (installed there by the benchmark: npm install --prefix bench/.node sharp).
@@ -53,6 +53,9 @@ async function postprocess(input, band, sigma) {
 }
 
 const options = JSON.parse(process.argv[2]);
+for (let i = 0; i < (options.warmup ?? 0); i++) {
+  await postprocess(readFileSync(options.files[0]), options.band, options.sigma); // not timed
+}
 const results = [];
 for (const file of options.files) {
   const times = [];

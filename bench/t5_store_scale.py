@@ -12,6 +12,7 @@ Target: each under 100 ms at N = 100,000; the ratio to the small store shows wha
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,29 +64,33 @@ def _fill(url: str, count: int) -> list[str]:
             for chunk in range(0, len(specs), CHUNK):
                 store.create_jobs(specs[chunk : chunk + CHUNK])
             ids += [spec.job_id for spec in specs]
+        stored = sum(store.count_by_state().values())
+        if stored != count:
+            raise RuntimeError(f"the store holds {stored} jobs, not {count}")
     finally:
         store.close()
     return ids
 
 
-def _time_ms(call: Callable[[], Any], repeats: int) -> float:
-    call()  # warm-up
-    times = []
+def _time_pair_ms(big: Callable[[], Any], small: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Median ms of each call, alternating them so that drift and garbage collection hit both alike."""
+    big(), small()  # warm-up
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000)
-    return median(times)
+        for call, sink in ((big, times[0]), (small, times[1])):
+            started = time.perf_counter()
+            call()
+            sink.append((time.perf_counter() - started) * 1000)
+    return median(times[0]), median(times[1])
 
 
-def _measure(url: str, job_id: str, repeats: int) -> dict[str, float]:
+def _calls(url: str, job_id: str, store: Any) -> dict[str, Callable[[], Any]]:
+    """What ``sdpipe jobs`` and ``sdpipe status ID`` do against ``url``: the store calls, and the commands."""
     from typer.testing import CliRunner
 
     from cli.main import app
     from pipeline.models import JobState
-    from pipeline.store import RedisStatusStore
 
-    store = RedisStatusStore.from_url(url)
     runner = CliRunner()
     env = {"REDIS_URL": url, "REDIS_HOST": None, "OUTPUT_DIR": None}
 
@@ -97,16 +102,27 @@ def _measure(url: str, job_id: str, repeats: int) -> dict[str, float]:
 
         return call
 
+    return {
+        "jobs_store": lambda: store.list_jobs(limit=50),
+        "jobs_state_store": lambda: store.list_jobs(state=JobState.QUEUED, limit=50),
+        "status_store": lambda: store.get(store.resolve_id(job_id[:8])),
+        "jobs_cli": cli("jobs"),
+        "status_cli": cli("status", job_id[:8]),
+    }
+
+
+def _measure(big: tuple[str, str], small: tuple[str, str], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    from pipeline.store import RedisStatusStore
+
+    big_store, small_store = RedisStatusStore.from_url(big[0]), RedisStatusStore.from_url(small[0])
     try:
-        return {
-            "jobs_store": _time_ms(lambda: store.list_jobs(limit=50), repeats),
-            "jobs_state_store": _time_ms(lambda: store.list_jobs(state=JobState.QUEUED, limit=50), repeats),
-            "status_store": _time_ms(lambda: store.get(store.resolve_id(job_id[:8])), repeats),
-            "jobs_cli": _time_ms(cli("jobs"), repeats),
-            "status_cli": _time_ms(cli("status", job_id[:8]), repeats),
-        }
+        big_calls, small_calls = _calls(*big, big_store), _calls(*small, small_store)
+        gc.collect()
+        timed = {name: _time_pair_ms(big_calls[name], small_calls[name], repeats) for name in big_calls}
     finally:
-        store.close()
+        big_store.close()
+        small_store.close()
+    return {name: pair[0] for name, pair in timed.items()}, {name: pair[1] for name, pair in timed.items()}
 
 
 def run(folder: Path, *, tiny: bool) -> list[Row]:
@@ -119,8 +135,9 @@ def run(folder: Path, *, tiny: bool) -> list[Row]:
         fill_s = time.perf_counter() - started
         small_ids = _fill(small_url, count // 100)
         # A job from the middle of the id order: a prefix search must not depend on where it sits.
-        big = _measure(big_url, sorted(big_ids)[len(big_ids) // 2], repeats)
-        small = _measure(small_url, sorted(small_ids)[len(small_ids) // 2], repeats)
+        big, small = _measure(
+            (big_url, sorted(big_ids)[len(big_ids) // 2]), (small_url, sorted(small_ids)[len(small_ids) // 2]), repeats
+        )
     names = {
         "jobs_store": "jobs: store.list_jobs(limit=50)",
         "jobs_cli": "sdpipe jobs (CliRunner, in-process)",

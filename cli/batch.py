@@ -18,6 +18,7 @@ from cli.output import (
     RET_USAGE,
     cli_errors,
     console,
+    deferred_interrupt,
     echo,
     err_console,
     print_json,
@@ -120,20 +121,21 @@ def batch(
         with open_runtime(settings) as runtime:
             if resume:
                 batch_id = runtime.store.get_batch(resume).batch_id  # a prefix resolves to the full id
-            plan = runtime.submit_rows(
-                rows,
-                batch_id=batch_id,
-                source=str(file.absolute()),
-                resume=resume is not None,
-                skip_existing=skip_existing,
-                now=now,
-            )
+            echo(f"batch {batch_id}")
+            with deferred_interrupt():  # all of it enqueued, or none: Ctrl-C waits for the end of submission
+                plan = runtime.submit_rows(
+                    rows,
+                    batch_id=batch_id,
+                    source=str(file.absolute()),
+                    resume=resume is not None,
+                    skip_existing=skip_existing,
+                    now=now,
+                )
             echo(
                 f"batch {batch_id}: {len(plan.new_specs)} new job(s), {len(plan.retry)} retried, "
                 f"{plan.succeeded} already done, {plan.in_flight} still running",
                 err=True,
             )
-            echo(f"batch {batch_id}")
             if not wait:
                 return
             _wait_and_finish(runtime, settings, batch_id, json_output=json_output)
@@ -160,8 +162,8 @@ def _wait_and_finish(runtime: Runtime, settings: Settings, batch_id: str, *, jso
     else:
         console.print(_summary_table(batch_id, counts, elapsed_s))
         echo(f"manifest {path}")
-    failed = counts.get(JobState.FAILED, 0) + counts.get(JobState.CANCELLED, 0)
-    raise typer.Exit(RET_FAILED if failed else RET_OK)
+    row_states = [job["state"] for row in manifest["rows"] for job in row["jobs"]]
+    raise typer.Exit(RET_OK if all(state == "succeeded" for state in row_states) else RET_FAILED)
 
 
 def _summary_table(batch_id: str, counts: dict[JobState, int], elapsed_s: float) -> Table:

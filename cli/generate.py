@@ -10,7 +10,16 @@ import typer
 
 from actors import open_runtime
 from cli.common import load, wait_for_jobs
-from cli.output import RET_OK, cli_errors, echo, err_console, exit_code_for_jobs, job_row, print_json
+from cli.output import (
+    RET_OK,
+    cli_errors,
+    deferred_interrupt,
+    echo,
+    err_console,
+    exit_code_for_jobs,
+    job_row,
+    print_json,
+)
 from pipeline.errors import InputError
 from pipeline.jobs import GenerationRequest, build_step_params, new_id, parse_overrides, plan_generate, plan_process
 from pipeline.models import JobRecord, JobSpec, JobState
@@ -141,7 +150,8 @@ def _check_wait(settings: Settings, wait: bool) -> None:
 
 def _submit_and_report(settings: Settings, specs: list[JobSpec], *, wait: bool, json_output: bool) -> None:
     with open_runtime(settings) as runtime:
-        runtime.submit(specs)
+        with deferred_interrupt():
+            runtime.submit(specs, as_batch=True)
         ids = [spec.job_id for spec in specs]
         if not json_output:
             if len(ids) > 1 and specs[0].batch_id:

@@ -75,7 +75,8 @@ def jobs(
             records = []
         else:
             try:
-                records = store.list_jobs(state=state, batch_id=batch, limit=limit)
+                batch_id = store.get_batch(batch).batch_id if batch is not None else None
+                records = store.list_jobs(state=state, batch_id=batch_id, limit=limit)
             finally:
                 store.close()
     if json_output:

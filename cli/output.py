@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -33,6 +34,7 @@ __all__ = [
     "RET_UNREACHABLE",
     "RET_USAGE",
     "cli_errors",
+    "deferred_interrupt",
     "console",
     "echo",
     "err_console",
@@ -82,7 +84,7 @@ class _QuietFilter(logging.Filter):
         return record.levelno >= logging.CRITICAL or record.name.startswith(_USER_FACING_LOGGERS)
 
 
-_USER_FACING_LOGGERS = ("pipeline.jobs", "cli")
+_USER_FACING_LOGGERS = ("pipeline.jobs", "pipeline.schedules", "cli")
 
 
 def setup_logging(verbose: bool) -> None:
@@ -126,6 +128,16 @@ def exit_code_for_jobs(records: Sequence[JobRecord]) -> int:
     if types <= CONFIG_ERRORS:
         return RET_USAGE
     return RET_FAILED
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends (a submission is either whole or not started)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 @contextlib.contextmanager

@@ -54,6 +54,8 @@ def watch_batch(store: StatusStore, batch_id: str, total: int, *, live: bool) ->
                 err_console.print(f"status store back after {time.monotonic() - outage_since:.0f}s")
                 outage_since = None
             done = sum(counts[state] for state in _DONE)
+            total = max(total, sum(counts.values()))  # a resumed batch also holds superseded jobs
+            progress.update(task, total=total)
             elapsed = time.monotonic() - started
             running = sum(counts[state] for state in _RUNNING)
             detail = f"failed {counts[JobState.FAILED]} · running {running} · queued {counts[JobState.QUEUED]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -221,11 +222,16 @@ def run_now(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Schedu
             scheduler = Scheduler(runtime.store, _fire(runtime))
             run = scheduler.fire_now(name)
             echo(_run_text(run, runtime.store.get_schedule(name).timezone))
-            if run.status == "failed":
+            if run.status != "fired":
                 raise typer.Exit(1)
             if runtime.embedded and run.batch_id:
                 batch = runtime.store.get_batch(run.batch_id)
-                watch_batch(runtime.store, batch.batch_id, len(batch.job_ids), live=err_console.is_terminal)
+                try:
+                    watch_batch(runtime.store, batch.batch_id, len(batch.job_ids), live=err_console.is_terminal)
+                except KeyboardInterrupt:
+                    # This process runs the jobs: unfinished ones would block the schedule (overlap).
+                    runtime.cancel(batch.job_ids)
+                    raise
 
 
 def scheduler(ctx: typer.Context) -> None:
@@ -245,9 +251,23 @@ def scheduler(ctx: typer.Context) -> None:
 
             signal.signal(signal.SIGTERM, _stop)
             signal.signal(signal.SIGINT, _stop)
+            logging.getLogger("pipeline.schedules").setLevel(logging.INFO)
             count = len(runtime.store.list_schedules())
             err_console.print(f"sdpipe scheduler: {count} schedule(s); Ctrl-C to stop")
-            Scheduler(runtime.store, _fire(runtime)).run_forever(stop)
+            fired: list[str] = []
+            fire = _fire(runtime)
+
+            def fire_and_remember(schedule: ScheduleRecord, fire_time: float) -> str:
+                batch_id = fire(schedule, fire_time)
+                fired.append(batch_id)
+                return batch_id
+
+            Scheduler(runtime.store, fire_and_remember).run_forever(stop)
+            if runtime.embedded:
+                # The jobs ran in this process: left unfinished they would block their schedules.
+                cancelled = sum(runtime.cancel(runtime.store.get_batch(b).job_ids) for b in fired)
+                if cancelled:
+                    err_console.print(f"{cancelled} unfinished job(s) cancelled (embedded mode)")
 
 
 def _fire(runtime: Runtime) -> FireFn:

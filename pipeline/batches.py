@@ -38,8 +38,9 @@ _IN_FLIGHT = frozenset(state for state in JobState if not state.terminal)
 
 
 def batch_records(store: StatusStore, batch: BatchRecord) -> dict[str, JobRecord]:
-    """Every job of ``batch`` by id, read from the batch index in one pass."""
-    records = store.list_jobs(batch_id=batch.batch_id, limit=max(len(batch.job_ids), 1))
+    """Every job of ``batch`` by id, read from the batch index in one pass (superseded ones too)."""
+    total = sum(store.count_by_state(batch_id=batch.batch_id).values())
+    records = store.list_jobs(batch_id=batch.batch_id, limit=max(total, len(batch.job_ids), 1))
     return {record.job_id: record for record in records}
 
 
@@ -99,6 +100,8 @@ class ResumePlan:
     batch: BatchRecord
     new_specs: list[JobSpec] = field(default_factory=list)
     retry: list[JobRecord] = field(default_factory=list)
+    #: Unfinished jobs of the batch that no row matches any more: to cancel.
+    superseded: list[str] = field(default_factory=list)
     succeeded: int = 0
     in_flight: int = 0
 
@@ -157,6 +160,9 @@ def plan_resume(
             job_ids.append(moved.job_id)
         new_rows.append(BatchRow(line=line, params=params, job_ids=job_ids))
     target.rows = new_rows
+    plan.superseded = sorted(
+        record.job_id for left in existing.values() for record in left if record.state in _IN_FLIGHT
+    )
     logger.info(
         "batch %s: %d new, %d to retry, %d already done, %d in flight",
         target.batch_id,

@@ -25,7 +25,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sized
+from collections.abc import Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -128,9 +128,15 @@ def _failure_reason(exc: Exception) -> str:
         return f"unexpected error: {type(exc).__name__}: {exc}"
     reason = str(exc)
     problems = getattr(exc, "problems", None)  # BatchFileError lists every bad row
-    if isinstance(problems, Sized) and len(problems) and f"{len(problems)} problem" not in reason:
-        reason += f" [{len(problems)} problem{'s' if len(problems) != 1 else ''}]"
+    if isinstance(problems, list) and problems:
+        shown = "; ".join(str(problem) for problem in problems[:_REASON_PROBLEMS])
+        more = f"; and {len(problems) - _REASON_PROBLEMS} more" if len(problems) > _REASON_PROBLEMS else ""
+        reason += f": {shown}{more}"
     return reason
+
+
+#: How many of a bad file's problems a failed run's reason lists.
+_REASON_PROBLEMS = 10
 
 
 class Scheduler:

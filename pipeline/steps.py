@@ -252,26 +252,23 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | 
     spec = record.spec
     image_path = files.image(spec.output_name, spec.output_format)
     sidecar_path = files.sidecar(spec.output_name)
+    # Done only if the sidecar is this job's and the image is the one it describes: a named output
+    # may hold an earlier job's render, which this job must replace, not adopt.
     if sidecar_path.exists() and image_path.exists():
-        return True, read_json(sidecar_path)["output"]
-    skipped = image_path.exists()
-    if skipped:
-        # Crashed between the image and its sidecar: the image is complete (atomic), keep it.
-        data = image_path.read_bytes()
-        manifest = read_json(files.blurred_dir / _MANIFEST)
-        infotext = _output_infotext(record, manifest)
-        width, height = manifest["width"], manifest["height"]
-    else:
-        manifest = read_json(files.blurred_dir / _MANIFEST)
-        tiles = []
-        for box_dict in manifest["tiles"]:
-            box = seams.TileBox.from_dict(box_dict)
-            tiles.append((box, load_array(files.blurred_dir / JobFiles.tile_name(box.row, box.col))))
-        width, height = manifest["width"], manifest["height"]
-        merged = seams.merge(tiles, width, height)
-        infotext = _output_infotext(record, manifest)
-        data = encode_image(merged, format=spec.output_format, infotext=infotext)
-        atomic_write_bytes(image_path, data)
+        existing = read_json(sidecar_path)
+        if existing.get("job_id") == record.job_id:
+            data = image_path.read_bytes()
+            if hashlib.sha256(data).hexdigest() == existing["output"]["sha256"]:
+                return True, existing["output"]
+    manifest = read_json(files.blurred_dir / _MANIFEST)
+    tiles = []
+    for box_dict in manifest["tiles"]:
+        box = seams.TileBox.from_dict(box_dict)
+        tiles.append((box, load_array(files.blurred_dir / JobFiles.tile_name(box.row, box.col))))
+    width, height = manifest["width"], manifest["height"]
+    merged = seams.merge(tiles, width, height)
+    infotext = _output_infotext(record, manifest)
+    data = encode_image(merged, format=spec.output_format, infotext=infotext)
     output = {
         "image": str(image_path),
         "sidecar": str(sidecar_path),
@@ -281,8 +278,11 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | 
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
     }
+    # Sidecar first: it names the job and the image's hash, so a redelivery after a crash between
+    # the two writes knows whether the image on disk is this job's.
     atomic_write_json(sidecar_path, _sidecar(ctx, record, output, infotext))
-    return skipped, output
+    atomic_write_bytes(image_path, data)
+    return False, output
 
 
 def _output_infotext(record: JobRecord, manifest: dict[str, Any]) -> str | None:

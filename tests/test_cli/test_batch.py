@@ -160,3 +160,33 @@ def test_schedule_add_refuses_bad_cron_tz_and_file(sdpipe: Invoke, tmp_path: Pat
     assert bad_tz.exit_code == 2 and "Europe/Berlin" in bad_tz.stderr
     missing = sdpipe("schedule", "add", "n", str(tmp_path / "nope.txt"), "--cron", "0 2 * * *")
     assert missing.exit_code == 2
+
+
+def test_named_row_rendered_again_replaces_the_old_output(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    # Given a named output from an earlier render
+    first = _jsonl(tmp_path / "a.jsonl", [{"prompt": "a red fox", "seed": 1, "name": "catalogue-item"}])
+    assert sdpipe("batch", str(first), "--sd-url", "mock://", *SMALL).exit_code == 0
+    old = (out_dir / "catalogue-item.png").read_bytes()
+    # When another job renders to the same name
+    second = _jsonl(tmp_path / "b.jsonl", [{"prompt": "a blue whale", "seed": 99, "name": "catalogue-item"}])
+    assert sdpipe("batch", str(second), "--sd-url", "mock://", *SMALL).exit_code == 0
+    # Then the file and its sidecar are the new job's
+    sidecar = json.loads((out_dir / "catalogue-item.json").read_text())
+    assert sidecar["prompt"] == "a blue whale"
+    assert (out_dir / "catalogue-item.png").read_bytes() != old
+
+
+def test_resume_after_editing_a_row_renders_the_new_row(sdpipe: Invoke, tmp_path: Path) -> None:
+    url = "mock://edited"
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "keep", "seed": 1}, {"prompt": "old", "seed": 2}])
+    first = sdpipe("batch", str(path), "--sd-url", url, *SMALL)
+    batch_id = first.stdout.splitlines()[0].split()[1]
+    _jsonl(path, [{"prompt": "keep", "seed": 1}, {"prompt": "new", "seed": 3}])
+    resumed = sdpipe("batch", str(path), "--sd-url", url, "--resume", batch_id, "--json", *SMALL)
+    assert resumed.exit_code == 0, resumed.output
+    manifest = json.loads(resumed.stdout[resumed.stdout.index("{") :])
+    assert [row["params"]["prompt"] for row in manifest["rows"]] == ["keep", "new"]
+    assert [job["state"] for row in manifest["rows"] for job in row["jobs"]] == ["succeeded", "succeeded"]
+    assert _mock_calls(url) == 3
+    listed = json.loads(sdpipe("jobs", "--batch", batch_id[:8], "--json").stdout)
+    assert len(listed) == 3  # the superseded job stays in the batch's history

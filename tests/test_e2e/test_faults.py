@@ -86,9 +86,11 @@ def test_worker_killed_three_times_loses_and_duplicates_nothing(
 
         assert wait_until(moved_on, timeout_s=120)
         recoveries.append(time.monotonic() - killed_at)
-    assert wait_until(lambda: _counts(store, batch_id).get("succeeded", 0) == 50, timeout_s=180), _counts(
-        store, batch_id
-    )
+    assert wait_until(lambda: _counts(store, batch_id).get("succeeded", 0) == 50, timeout_s=180), [
+        (j.job_id, j.error, j.steps)
+        for j in store.list_jobs(batch_id=batch_id, limit=100)
+        if j.state.value != "succeeded"
+    ]
     jobs = [j.model_dump(mode="json") for j in store.list_jobs(batch_id=batch_id, limit=100)]
     _assert_outputs_whole(Path(env["OUTPUT_DIR"]), jobs)
     # No job asked the SD server again once its image was saved (generate finished).
@@ -203,3 +205,61 @@ def test_redis_restart_mid_batch_completes_and_cli_reports_outage(
         print(f"\nRedis down 4 s: batch finished {total_s:.1f} s after the outage began")
     finally:
         server.stop()
+
+
+def test_sd_faults_every_job_ends_terminal_with_a_reason(
+    e2e_env: dict[str, str], redis_url: str, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """Injected: 500 OutOfMemoryError 20%, dropped connections 10%, answers slower than the read
+    timeout 5%, undecodable images 5%, over a 50-job batch. Asserted: every job ends succeeded or
+    failed with its last error; none stays queued or running; the counts add up to 50."""
+    env = {**e2e_env, **FAST_RECOVERY, "SD_TIMEOUT_S": "1", "MAX_RETRIES": "3"}
+    mock = start_mock(spawn, env, "--faults", "500:0.2,reset:0.1,hang:0.05,garbage:0.05", "--hang-ms", "3000")
+    env["SD_API_URL"] = mock
+    store = RedisStatusStore.from_url(redis_url)
+    start_worker(spawn, env, processes=2, threads=2)
+    started = time.monotonic()
+    batch_id = _submit(env, tmp_path, 50, "faulty")
+    assert wait_until(
+        lambda: sum(n for state, n in _counts(store, batch_id).items() if state in ("succeeded", "failed")) == 50,
+        timeout_s=240,
+    ), _counts(store, batch_id)
+    elapsed = time.monotonic() - started
+    counts = _counts(store, batch_id)
+    assert set(counts) <= {"succeeded", "failed"} and sum(counts.values()) == 50
+    jobs = store.list_jobs(batch_id=batch_id, limit=100)
+    for job in jobs:
+        if job.state.value == "failed":
+            assert job.error is not None and job.error.message, job.job_id
+    faults = mock_stats(mock)["faults"]
+    assert isinstance(faults, dict) and sum(faults.values()) > 0
+    # an undecodable image is permanent: that job failed on that attempt, with no retry after it
+    garbage = [job for job in jobs if job.error is not None and job.error.type == "SDBadImage"]
+    assert all(job.state.value == "failed" for job in garbage)
+    print(f"\nSD faults {faults}: {counts} in {elapsed:.1f} s")
+    store.close()
+
+
+def test_hung_sd_server_times_out_and_interrupts_our_job(
+    e2e_env: dict[str, str], redis_url: str, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """Injected: an SD server that accepts every txt2img and never answers. Asserted: the job
+    retries after SD_TIMEOUT_S, then fails with a timeout; no worker thread hangs; sdpipe sent
+    /sdapi/v1/interrupt for each abandoned request (the server reported it as our task)."""
+    env = {**e2e_env, **FAST_RECOVERY, "SD_TIMEOUT_S": "1", "MAX_RETRIES": "1"}
+    mock = start_mock(spawn, env, "--faults", "hang:1.0", "--hang-ms", "600000")
+    env["SD_API_URL"] = mock
+    store = RedisStatusStore.from_url(redis_url)
+    start_worker(spawn, env, processes=1, threads=1)
+    started = time.monotonic()
+    batch_id = _submit(env, tmp_path, 2, "hung")
+    assert wait_until(lambda: _counts(store, batch_id) == {"failed": 2}, timeout_s=60), _counts(store, batch_id)
+    elapsed = time.monotonic() - started
+    for job in store.list_jobs(batch_id=batch_id, limit=5):
+        assert job.error is not None and job.error.type == "SDTimeout"
+        assert job.steps["generate"].attempts == 2
+    stats = mock_stats(mock)
+    assert stats["interrupts"] == 4  # 2 jobs x 2 attempts, each abandoned and interrupted
+    assert stats["hanging"] == 0
+    print(f"\nhung SD server: 2 jobs failed after 2 attempts each in {elapsed:.1f} s, 4 interrupts sent")
+    store.close()

@@ -529,7 +529,7 @@ def test_scheduler_fire_raising_records_failed_and_next_schedule_fires(
 
     assert [name for name, _ in fire.calls] == ["a-bad-file", "b-crash", "c-store", "d-good"]
     assert [(r.status, r.reason) for r in runs] == [
-        ("failed", "/data/prompts.txt is invalid (fix the rows) [2 problems]"),
+        ("failed", "/data/prompts.txt is invalid (fix the rows): line 3: steps; line 9: prompt"),
         ("failed", "unexpected error: RuntimeError: boom"),
         ("failed", "cannot reach Redis (is redis-server running?)"),
         ("fired", None),
@@ -538,7 +538,10 @@ def test_scheduler_fire_raising_records_failed_and_next_schedule_fires(
     assert fake.get_schedule("d-good").runs[0].batch_id == "batch-0004-d-good"
     logged = [(r.getMessage(), r.exc_info is not None) for r in caplog.records]
     assert logged == [
-        ("schedule a-bad-file failed to fire: /data/prompts.txt is invalid (fix the rows) [2 problems]", False),
+        (
+            "schedule a-bad-file failed to fire: /data/prompts.txt is invalid (fix the rows): line 3: steps; line 9: prompt",
+            False,
+        ),
         ("schedule b-crash failed to fire", True),  # logger.exception: the traceback is logged
         ("schedule c-store failed to fire: cannot reach Redis (is redis-server running?)", False),
     ]
