@@ -124,8 +124,8 @@ def decode_image(data: bytes, *, max_pixels: int, max_bytes: int, what: str = "i
             width, height = im.size
             if width * height > max_pixels:
                 raise ImageError(
-                    f"{what} is {width}x{height} px, more than the {max_pixels} pixel limit",
-                    hint="use a smaller image or raise the pixel limit",
+                    f"{what} is {width}x{height} px, more than MAX_PIXELS ({max_pixels:,})",
+                    hint="use a smaller image or raise MAX_PIXELS",
                 )
             im.load()
             infotext = _read_infotext(im)

@@ -539,7 +539,8 @@ def test_scheduler_fire_raising_records_failed_and_next_schedule_fires(
     logged = [(r.getMessage(), r.exc_info is not None) for r in caplog.records]
     assert logged == [
         (
-            "schedule a-bad-file failed to fire: /data/prompts.txt is invalid (fix the rows): line 3: steps; line 9: prompt",
+            "schedule a-bad-file failed to fire: /data/prompts.txt is invalid (fix the rows): "
+            "line 3: steps; line 9: prompt",
             False,
         ),
         ("schedule b-crash failed to fire", True),  # logger.exception: the traceback is logged
