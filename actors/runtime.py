@@ -148,8 +148,7 @@ class Runtime:
             if fresh is None:
                 continue
             step = retry_step(fresh)
-            base = {name: info.attempts for name, info in fresh.steps.items()}
-            chain = self.actors.chain_for(fresh.spec, from_step=step, attempts_base=base)
+            chain = self.actors.chain_for(fresh.spec, from_step=step)
             self._enqueue_or_raise(chain.run)
             logger.info("job %s: requeued from %s", fresh.job_id, step)
             requeued.append(fresh)

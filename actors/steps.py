@@ -38,8 +38,6 @@ SD_QUEUE = "sd"
 #: Queue of the CPU-bound image steps.
 IMAGES_QUEUE = "images"
 QUEUES = (SD_QUEUE, IMAGES_QUEUE)
-#: Message option: a step's attempts before a retry (see ``chain_for``).
-ATTEMPTS_BASE_OPTION = "sdpipe_attempts_base"
 #: Name of the actor that marks a job failed when a step's retries run out.
 JOB_FAILED_ACTOR = "sdpipe_job_failed"
 #: Time limit of the image steps (a 8192² image takes seconds, not minutes).
@@ -56,26 +54,14 @@ class StepActors:
     merge: dramatiq.Actor[Any, Any]
     job_failed: dramatiq.Actor[Any, Any]
 
-    def chain_for(
-        self, spec: JobSpec, *, from_step: StepName | None = None, attempts_base: dict[str, int] | None = None
-    ) -> dramatiq.pipeline:
-        """The pipeline of messages that runs ``spec`` (from ``from_step`` on, for a retry).
-
-        ``attempts_base``: each step's attempts before a retry, so deliveries counted before it are
-        not mistaken for deliveries that killed their worker.
-        """
+    def chain_for(self, spec: JobSpec, *, from_step: StepName | None = None) -> dramatiq.pipeline:
+        """The pipeline of messages that runs ``spec`` (from ``from_step`` on, for a retry)."""
         steps: list[StepName] = ["generate", "split", "seam_blur", "merge"]
         if spec.kind == "process":
             steps = steps[1:]
         if from_step is not None:
             steps = steps[steps.index(from_step) :]
-        base = attempts_base or {}
-        messages = [
-            getattr(self, step).message_with_options(
-                args=(spec.job_id,), pipe_ignore=True, **{ATTEMPTS_BASE_OPTION: base.get(step, 0)}
-            )
-            for step in steps
-        ]
+        messages = [getattr(self, step).message_with_options(args=(spec.job_id,), pipe_ignore=True) for step in steps]
         return dramatiq.pipeline(messages)
 
     def enqueue(self, specs: Sequence[JobSpec]) -> None:
@@ -106,15 +92,8 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
         def run(job_id: str) -> None:
             message = CurrentMessage.get_current_message()
             retries = int(message.options.get("retries", 0)) if message is not None else 0
-            base = int(message.options.get(ATTEMPTS_BASE_OPTION, 0)) if message is not None else 0
             try:
-                outcome = run_step(
-                    context,
-                    job_id,
-                    step,
-                    retries_left=max(settings.max_retries - retries, 0),
-                    failures_so_far=retries + base,
-                )
+                outcome = run_step(context, job_id, step, retries_left=max(settings.max_retries - retries, 0))
             except PipelineError as exc:
                 if exc.transient:
                     # Expected and already logged with the job id: retry with backoff, no traceback.

@@ -60,6 +60,8 @@ def _limit_text(row: Row) -> str:
 def _met_text(row: Row, error: str | None = None) -> str:
     if error is not None:
         return "ERROR"
+    if row.unavailable:
+        return "skipped"
     if not row.judged:
         return "(info)"
     met = row.met
@@ -73,7 +75,7 @@ def print_table(rows: list[Row], errors: dict[str, str]) -> None:
             row.target,
             row.name,
             _fmt(row.measured, row.unit),
-            _fmt(row.baseline, row.unit),
+            _fmt(row.baseline, row.unit) if row.baseline is not None or not row.unavailable else row.unavailable,
             "–" if row.ratio is None else f"{row.ratio:.3f}×",
             _limit_text(row),
             _met_text(row),

@@ -56,6 +56,8 @@ class Row:
     limit_on: str = "ratio"
     judged: bool = True
     note: str = ""
+    #: Why there is no baseline (e.g. "no Node.js"), shown in the table instead of it.
+    unavailable: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
     @property

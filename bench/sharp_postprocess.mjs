@@ -42,6 +42,7 @@ async function postprocess(input, band, sigma) {
       const blurred = await sharp(png).extract(strip).blur(sigma).png().toBuffer();
       overlays.push({ input: blurred, left: strip.left, top: strip.top });
     }
+    // (composite() adds an alpha channel; kept, as the straightforward code does: sharp writes RGBA.)
     const blurredPart = await sharp(png).composite(overlays).png().toBuffer();
     encodedParts.push({ input: blurredPart, left: part.left, top: part.top });
   }

@@ -55,15 +55,15 @@ def _write_inputs(folder: Path, size: int, count: int) -> list[Path]:
     return paths
 
 
-def ensure_sharp() -> str | None:
-    """Install sharp into bench/.node (npm registry) if needed; return why it is unavailable, or None."""
+def ensure_sharp() -> tuple[str, str] | None:
+    """Install sharp into bench/.node (npm registry) if needed; None, or (short, long) why it is unavailable."""
     if shutil.which("node") is None:
-        return "Node.js not found: no sharp baseline"
+        return "no Node.js", "Node.js not found: no sharp baseline (install node and npm to compare)"
     if (NODE_DIR / "node_modules" / "sharp" / "package.json").exists():
         return None
     npm = shutil.which("npm")
     if npm is None:
-        return "npm not found: no sharp baseline"
+        return "no npm", "npm not found: sharp cannot be installed, no sharp baseline"
     proc = subprocess.run(
         [npm, "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund", "--loglevel=error", "sharp"],
         capture_output=True,
@@ -73,7 +73,7 @@ def ensure_sharp() -> str | None:
     )
     if proc.returncode != 0:
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
-        return f"npm install sharp failed ({' '.join(last)[:120]}): no sharp baseline"
+        return "no sharp", f"npm install sharp failed ({' '.join(last)[:120]}): no sharp baseline"
     return None
 
 
@@ -175,7 +175,8 @@ def run(folder: Path, *, tiny: bool) -> list[Row]:
     for size, (count, repeats) in plan.items():
         theirs = sharp.get(size)
         judged = size == JUDGED_SIZE
-        note = unavailable or (theirs["version"] if judged and theirs else "")
+        short, why = unavailable or ("", "")
+        note = why or (theirs["version"] if judged and theirs else "")
         rows.append(
             Row(
                 target="1",
@@ -187,6 +188,7 @@ def run(folder: Path, *, tiny: bool) -> list[Row]:
                 limit=TIME_LIMIT,
                 judged=judged,
                 note=note,
+                unavailable=short,
                 details={"images": count, "repeats": repeats, "ours": ours[size], "sharp": theirs},
             )
         )
@@ -199,7 +201,8 @@ def run(folder: Path, *, tiny: bool) -> list[Row]:
                 baseline=sum(theirs["bytes"]) / count / 1e6 if theirs else None,
                 baseline_name="sharp's default PNG of the same images",
                 limit=SIZE_LIMIT,
-                note=unavailable or "",
+                note=why,
+                unavailable=short,
             )
         )
     return rows

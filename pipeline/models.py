@@ -211,6 +211,8 @@ class ErrorInfo(BaseModel):
     message: str
     transient: bool = False
     at: float
+    #: For ``WorkerDied``: how many deliveries of this step in a row ended without any outcome.
+    deaths: int = 0
 
 
 class JobRecord(BaseModel):

@@ -79,49 +79,29 @@ class StepOutcome:
     skipped: bool = False
 
 
-def run_step(
-    ctx: StepContext,
-    job_id: str,
-    step: StepName,
-    *,
-    retries_left: int | None = None,
-    failures_so_far: int | None = None,
-) -> StepOutcome:
+def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int | None = None) -> StepOutcome:
     """Run one step of one job, recording its attempt, timing and any error in the status store.
 
     ``retries_left`` is how many more deliveries the caller's retry policy allows (None: unknown).
     A transient failure with none left marks the job failed here, with the reason.
 
-    ``failures_so_far`` is how many earlier deliveries of this step ended in an error (the broker's
-    retry count). Deliveries beyond those and the current one ended without any outcome: the worker
-    died (killed, out of memory, segfault). After ``MAX_DELIVERIES`` of those the job is failed as
-    quarantined instead of being run again, so a poison job cannot take workers down forever.
+    A delivery whose previous attempt of the same step ended without any outcome (no finish, no
+    error: the worker died, killed or out of memory) is counted; after ``MAX_DELIVERIES`` such
+    deaths in a row the job is failed as quarantined instead of run again, so a poison job cannot
+    take workers down forever (Dramatiq's own retry count never sees these deaths).
 
     Raises:
         PipelineError: the step failed. A permanent error has already marked the job failed; a
             transient one is recorded as the last error and should be retried.
         Exception: anything unexpected (recorded as the last error, treated as transient).
     """
+    if _quarantined(ctx, job_id, step):
+        return StepOutcome(ran=False)
     record = ctx.store.start_step(job_id, step, now=ctx.clock())
     if record is None:
         logger.info("job %s: %s not needed (job is finished or past this step)", job_id, step)
         return StepOutcome(ran=False)
     attempt = record.steps[step].attempts
-    if failures_so_far is not None:
-        crashes = attempt - 1 - failures_so_far
-        if crashes >= ctx.settings.max_deliveries:
-            error = ErrorInfo(
-                step=step,
-                type="Quarantined",
-                message=(
-                    f"quarantined: {crashes} deliveries of {step} ended without an outcome (the worker died "
-                    "each time); not running it again"
-                ),
-                at=ctx.clock(),
-            )
-            ctx.store.mark_failed(job_id, error, now=ctx.clock())
-            logger.error("job %s: %s quarantined after %d deliveries that killed their worker", job_id, step, crashes)
-            return StepOutcome(ran=False)
     logger.info("job %s: %s started (attempt %d)", job_id, step, attempt)
     try:
         skipped, result = _STEPS[step](ctx, record)
@@ -150,6 +130,35 @@ def _files(ctx: StepContext, record: JobRecord) -> JobFiles:
     output_dir = Path(record.spec.output_dir) if record.spec.output_dir else ctx.settings.output_dir
     # Absolute, so the paths in the status store and sidecar mean the same from any folder.
     return JobFiles(output_dir.absolute(), record.job_id)
+
+
+def _quarantined(ctx: StepContext, job_id: str, step: StepName) -> bool:
+    """Count a death of the previous delivery of ``step``; True (job failed) past MAX_DELIVERIES."""
+    before = ctx.store.get(job_id)
+    previous = before.steps.get(step)
+    if before.state.terminal or previous is None or previous.started_at is None or previous.finished_at is not None:
+        return False
+    last = before.error
+    if last is not None and last.step == step and last.at >= previous.started_at and last.type != "WorkerDied":
+        return False  # the previous attempt failed with an error: an outcome, not a death
+    deaths = (last.deaths if last is not None and last.type == "WorkerDied" and last.step == step else 0) + 1
+    now = ctx.clock()
+    if deaths >= ctx.settings.max_deliveries:
+        message = f"quarantined: {deaths} deliveries of {step} ended without an outcome (the worker died each time)"
+        ctx.store.mark_failed(job_id, ErrorInfo(step=step, type="Quarantined", message=message, at=now), now=now)
+        logger.error("job %s: %s quarantined after %d deliveries that killed their worker", job_id, step, deaths)
+        return True
+    died = ErrorInfo(
+        step=step,
+        type="WorkerDied",
+        message=f"delivery of {step} ended without an outcome (the worker died); running it again",
+        transient=True,
+        at=now,
+        deaths=deaths,
+    )
+    ctx.store.record_error(job_id, died)
+    logger.warning("job %s: the previous delivery of %s died with its worker (%d in a row)", job_id, step, deaths)
+    return False
 
 
 def _record_failure(

@@ -1,0 +1,53 @@
+"""Poison jobs: deliveries that end without any outcome (the worker died) are counted, then quarantined."""
+
+from __future__ import annotations
+
+import time
+
+from pipeline import steps
+from pipeline.jobs import GenerationRequest, build_step_params, plan_generate
+from pipeline.models import ErrorInfo, JobState
+from pipeline.settings import Settings
+from pipeline.steps import StepContext
+from pipeline.store import open_store
+
+
+def _job(settings: Settings) -> tuple[StepContext, str]:
+    store = open_store(settings)
+    params = build_step_params(settings, grid=None, band_px=None, sigma=None)
+    (spec,) = plan_generate(settings, GenerationRequest(prompt="poison"), params, now=time.time())
+    store.create_jobs([spec])
+    return StepContext(settings=settings, store=store), spec.job_id
+
+
+def test_deliveries_that_kill_the_worker_are_quarantined_after_max(settings: Settings) -> None:
+    ctx, job_id = _job(settings)
+    # Given three deliveries of generate that each started and then died with their worker
+    for expected_deaths in (0, 1, 2):
+        assert not steps._quarantined(ctx, job_id, "generate")
+        error = ctx.store.get(job_id).error
+        assert (error.deaths if error else 0) == expected_deaths
+        ctx.store.start_step(job_id, "generate", now=time.time())
+    # When the fourth delivery arrives
+    assert steps._quarantined(ctx, job_id, "generate")
+    # Then the job is failed as quarantined, with the reason
+    record = ctx.store.get(job_id)
+    assert record.state is JobState.FAILED
+    assert record.error is not None and record.error.type == "Quarantined"
+    assert "3 deliveries of generate ended without an outcome" in record.error.message
+
+
+def test_deliveries_that_failed_or_finished_are_not_deaths(settings: Settings) -> None:
+    ctx, job_id = _job(settings)
+    for _ in range(5):
+        assert not steps._quarantined(ctx, job_id, "generate")
+        ctx.store.start_step(job_id, "generate", now=time.time())
+        # each delivery ends with an outcome: an error the retry policy handles
+        ctx.store.record_error(
+            job_id, ErrorInfo(step="generate", type="SDServerError", message="500", transient=True, at=time.time())
+        )
+    assert not steps._quarantined(ctx, job_id, "generate")
+    ctx.store.start_step(job_id, "generate", now=time.time())
+    ctx.store.finish_step(job_id, "generate", now=time.time())
+    assert not steps._quarantined(ctx, job_id, "generate")
+    assert ctx.store.get(job_id).state is JobState.GENERATING
