@@ -128,13 +128,13 @@ def _measure(big: tuple[str, str], small: tuple[str, str], repeats: int) -> tupl
 def run(folder: Path, *, tiny: bool) -> list[Row]:
     del folder
     count, repeats = (2_000, 5) if tiny else (100_000, 21)
-    small = max(count // 100, 100)  # at least two pages of `jobs`
+    small_count = max(count // 100, 100)  # at least two pages of `jobs`
     with private_redis() as url:
         big_url, small_url = url, url.rsplit("/", 1)[0] + "/1"
         started = time.perf_counter()
         big_ids = _fill(big_url, count)
         fill_s = time.perf_counter() - started
-        small_ids = _fill(small_url, small)
+        small_ids = _fill(small_url, small_count)
         # A job from the middle of the id order: a prefix search must not depend on where it sits.
         big, small = _measure(
             (big_url, sorted(big_ids)[len(big_ids) // 2]), (small_url, sorted(small_ids)[len(small_ids) // 2]), repeats
@@ -154,7 +154,7 @@ def run(folder: Path, *, tiny: bool) -> list[Row]:
                 unit="ms",
                 measured=big[key],
                 baseline=small[key],
-                baseline_name=f"same, {small:,} jobs",
+                baseline_name=f"same, {small_count:,} jobs",
                 limit=LIMIT_MS,
                 limit_on="measured",
                 details={"all_big_ms": big, "all_small_ms": small, "fill_s": round(fill_s, 1), "repeats": repeats},

@@ -136,6 +136,9 @@ def batch(
                 f"{plan.succeeded} already done, {plan.in_flight} still running",
                 err=True,
             )
+            # The planned jobs are in the store now: keep only the batch record while waiting, so a
+            # long wait holds about the manifest's worth of memory, not every job spec.
+            del rows, plan
             if not wait:
                 return
             _wait_and_finish(runtime, settings, batch_id, json_output=json_output)

@@ -155,7 +155,7 @@ def plan_resume(
             if fingerprint is not None and fingerprint in done_fingerprints:
                 plan.succeeded += 1
                 continue
-            moved = spec.model_copy(update={"batch_id": target.batch_id})
+            moved = spec if spec.batch_id == target.batch_id else spec.model_copy(update={"batch_id": target.batch_id})
             plan.new_specs.append(moved)
             job_ids.append(moved.job_id)
         new_rows.append(BatchRow(line=line, params=params, job_ids=job_ids))
