@@ -221,7 +221,11 @@ def retry(
             for record in requeued:
                 echo(f"job {record.job_id} requeued")
             if not requeued:
-                err_console.print("nothing to retry: no failed or cancelled job matched")
+                err_console.print(
+                    "nothing to retry: the job is not failed or cancelled"
+                    if job_id is not None
+                    else "nothing to retry: the batch has no failed job"
+                )
                 raise typer.Exit(RET_USAGE if job_id is not None else RET_OK)
             if runtime.embedded:
                 final = wait_for_jobs(store, [r.job_id for r in requeued], live=err_console.is_terminal)

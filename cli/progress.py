@@ -15,6 +15,8 @@ __all__ = ["watch_batch"]
 
 #: Seconds between two reads of the batch's counts.
 POLL_INTERVAL_S = 0.5
+#: Without a terminal (cron, systemd), seconds between two plain progress lines.
+PLAIN_LINE_INTERVAL_S = 30.0
 #: Seconds between reconnection attempts while the status store is unreachable.
 STORE_RETRY_S = 1.0
 
@@ -25,6 +27,7 @@ _DONE = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 def watch_batch(store: StatusStore, batch_id: str, total: int, *, live: bool) -> tuple[dict[JobState, int], float]:
     """Show the batch's progress until every job is terminal; return the final counts and elapsed seconds."""
     started = time.monotonic()
+    last_line = started
     outage_since: float | None = None
     progress = Progress(
         TextColumn(f"batch {batch_id[:8]}"),
@@ -58,9 +61,13 @@ def watch_batch(store: StatusStore, batch_id: str, total: int, *, live: bool) ->
             progress.update(task, total=total)
             elapsed = time.monotonic() - started
             running = sum(counts[state] for state in _RUNNING)
-            detail = f"failed {counts[JobState.FAILED]} · running {running} · queued {counts[JobState.QUEUED]}"
+            detail = f"failed {counts[JobState.FAILED]} · in progress {running} · queued {counts[JobState.QUEUED]}"
             rate = f"{done / elapsed * 60:.1f}/min" if elapsed > 1 else ""
             progress.update(task, completed=done, detail=detail, rate=rate)
+            if not live and time.monotonic() - last_line >= PLAIN_LINE_INTERVAL_S:
+                # cron, systemd, CI: no live bar, so a plain progress line now and then
+                err_console.print(f"batch {batch_id[:8]}: {done}/{total} done · {detail}", markup=False)
+                last_line = time.monotonic()
             if done >= total:
                 return counts, elapsed
             time.sleep(POLL_INTERVAL_S)

@@ -41,7 +41,7 @@ def add(
     cron: Annotated[str, typer.Option("--cron", help='Cron expression, e.g. "0 2 * * *" (5 fields).')],
     tz: Annotated[str, typer.Option("--tz", help="Time zone the cron is read in, e.g. Europe/Berlin.")] = "UTC",
     grace_s: Annotated[
-        float, typer.Option("--grace-s", min=0, help="A run missed by less than this still fires once.")
+        float, typer.Option("--grace-s", min=0, help="A run missed by less than this still fires once (at least 60 s).")
     ] = DEFAULT_GRACE_S,
     allow_overlap: Annotated[
         bool, typer.Option("--allow-overlap", help="Fire even while the previous run's batch is still running.")

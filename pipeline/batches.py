@@ -61,7 +61,10 @@ def build_manifest(batch: BatchRecord, records: dict[str, JobRecord], *, now: fl
             if record is not None and record.error is not None and record.state is not JobState.SUCCEEDED:
                 entry["error"] = f"{record.error.step}: {record.error.message}"
             jobs.append(entry)
-        rows.append({"line": row.line, "params": row.params, "jobs": jobs})
+        entry_row: dict[str, Any] = {"line": row.line, "params": row.params, "jobs": jobs}
+        if row.already_rendered:
+            entry_row["already_rendered"] = row.already_rendered  # --skip-existing: rendered by an earlier batch
+        rows.append(entry_row)
     return {
         "batch_id": batch.batch_id,
         "source": batch.source,
@@ -139,6 +142,7 @@ def plan_resume(
     new_rows = []
     for line, params, specs in rows:
         job_ids = []
+        already = 0
         for spec in specs:
             fingerprint = spec.fingerprint
             matches = existing.get(fingerprint or "", [])
@@ -154,11 +158,12 @@ def plan_resume(
                 continue
             if fingerprint is not None and fingerprint in done_fingerprints:
                 plan.succeeded += 1
+                already += 1
                 continue
             moved = spec if spec.batch_id == target.batch_id else spec.model_copy(update={"batch_id": target.batch_id})
             plan.new_specs.append(moved)
             job_ids.append(moved.job_id)
-        new_rows.append(BatchRow(line=line, params=params, job_ids=job_ids))
+        new_rows.append(BatchRow(line=line, params=params, job_ids=job_ids, already_rendered=already))
     target.rows = new_rows
     plan.superseded = sorted(
         record.job_id for left in existing.values() for record in left if record.state in _IN_FLIGHT

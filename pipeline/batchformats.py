@@ -275,7 +275,7 @@ def _jsonl_rows(text: str) -> Iterator[RawRow | RowProblem]:
 
 
 def _csv_rows(file_name: str, text: str) -> Iterator[RawRow | RowProblem]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # an unterminated quote is an error
     columns: list[str] | None = None
     end = 0  # physical line the previous record ended on
     try:

@@ -240,6 +240,8 @@ class BatchRow(BaseModel):
     #: The row's own parameters, as written (defaults from flags applied), for the manifest.
     params: dict[str, Any]
     job_ids: list[str]
+    #: Jobs of this row not run because an identical job already succeeded (``--skip-existing``).
+    already_rendered: int = 0
 
 
 class BatchRecord(BaseModel):

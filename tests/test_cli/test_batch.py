@@ -94,10 +94,12 @@ def test_batch_skip_existing_skips_rows_already_rendered(sdpipe: Invoke, tmp_pat
     path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "same", "seed": 1}, {"prompt": "other", "seed": 2}])
     assert sdpipe("batch", str(path), "--sd-url", url, *SMALL).exit_code == 0
     _jsonl(path, [{"prompt": "same", "seed": 1}, {"prompt": "other", "seed": 2}, {"prompt": "new", "seed": 3}])
-    again = sdpipe("batch", str(path), "--sd-url", url, "--skip-existing", *SMALL)
+    again = sdpipe("batch", str(path), "--sd-url", url, "--skip-existing", "--json", *SMALL)
     assert again.exit_code == 0, again.output
     assert "1 new job(s), 0 retried, 2 already done" in again.stderr
     assert _mock_calls(url) == 3
+    manifest = json.loads(again.stdout[again.stdout.index("{") :])
+    assert [row.get("already_rendered", 0) for row in manifest["rows"]] == [1, 1, 0]
 
 
 def test_retry_job_failed_in_merge_does_not_call_sd_again(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
