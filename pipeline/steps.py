@@ -118,8 +118,10 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
     now = ctx.clock()
     ctx.store.finish_step(job_id, step, now=now, skipped=skipped)
     if result is not None:
-        ctx.store.mark_succeeded(job_id, result, now=now)
+        # Intermediates go first: once a job reads as succeeded, its work folder is gone. (A crash
+        # in between is safe: a redelivered merge finds this job's sidecar and image and skips.)
         _files(ctx, record).remove_work_dir()
+        ctx.store.mark_succeeded(job_id, result, now=now)
         logger.info("job %s: succeeded -> %s", job_id, result["image"])
     else:
         logger.info("job %s: %s %s", job_id, step, "skipped (output exists)" if skipped else "done")
