@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from actors import Runtime, open_runtime
-from cli.common import load, wait_for_jobs
+from cli.common import (
+    BandDefault,
+    CfgDefault,
+    CountDefault,
+    FormatDefault,
+    GridDefault,
+    HeightDefault,
+    NegativeDefault,
+    SamplerDefault,
+    SchedulerDefault,
+    SeedDefault,
+    SigmaDefault,
+    StepsDefault,
+    WidthDefault,
+    load,
+    row_defaults,
+    wait_for_jobs,
+)
 from cli.output import (
     RET_FAILED,
     RET_OK,
@@ -38,21 +55,19 @@ __all__ = ["batch", "cancel", "retry"]
 def batch(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="Prompts: .txt, .jsonl, .csv, .yaml/.yml.")],
-    negative: Annotated[str | None, typer.Option("--negative", "-n", help="Default negative prompt.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Default seed (-1 random).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Default sampling steps.")] = None,
-    cfg: Annotated[float | None, typer.Option("--cfg", help="Default CFG scale.")] = None,
-    width: Annotated[int | None, typer.Option(help="Default width.")] = None,
-    height: Annotated[int | None, typer.Option(help="Default height.")] = None,
-    sampler: Annotated[str | None, typer.Option(help="Default sampler.")] = None,
-    scheduler: Annotated[str | None, typer.Option(help="Default scheduler.")] = None,
-    count: Annotated[int | None, typer.Option(help="Default images per row.")] = None,
-    grid: Annotated[str | None, typer.Option("--grid", help="Default split grid ROWSxCOLS.")] = None,
-    band_px: Annotated[int | None, typer.Option("--band-px", help="Default blend band in pixels.")] = None,
-    sigma: Annotated[float | None, typer.Option("--sigma", help="Default Gaussian sigma.")] = None,
-    output_format: Annotated[
-        Literal["png", "webp", "jpeg"] | None, typer.Option("--format", help="Default output format.")
-    ] = None,
+    negative: NegativeDefault = None,
+    seed: SeedDefault = None,
+    steps: StepsDefault = None,
+    cfg: CfgDefault = None,
+    width: WidthDefault = None,
+    height: HeightDefault = None,
+    sampler: SamplerDefault = None,
+    scheduler: SchedulerDefault = None,
+    count: CountDefault = None,
+    grid: GridDefault = None,
+    band_px: BandDefault = None,
+    sigma: SigmaDefault = None,
+    output_format: FormatDefault = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default OUTPUT_DIR).")] = None,
     sd_url: Annotated[str | None, typer.Option("--sd-url", help="SD server URL, or mock://.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; enqueue nothing.")] = False,
@@ -66,25 +81,21 @@ def batch(
     json_output: Annotated[bool, typer.Option("--json", help="Print the manifest (or plan) as JSON.")] = False,
 ) -> None:
     """Render every row of a prompt file as one batch (validated first: nothing is enqueued on errors)."""
-    defaults = {
-        key: value
-        for key, value in {
-            "negative": negative,
-            "seed": seed,
-            "steps": steps,
-            "cfg": cfg,
-            "width": width,
-            "height": height,
-            "sampler": sampler,
-            "scheduler": scheduler,
-            "count": count,
-            "grid": grid,
-            "band_px": band_px,
-            "sigma": sigma,
-            "format": output_format,
-        }.items()
-        if value is not None
-    }
+    defaults = row_defaults(
+        negative=negative,
+        seed=seed,
+        steps=steps,
+        cfg=cfg,
+        width=width,
+        height=height,
+        sampler=sampler,
+        scheduler=scheduler,
+        count=count,
+        grid=grid,
+        band_px=band_px,
+        sigma=sigma,
+        format=output_format,
+    )
     with cli_errors():
         settings = load(ctx, sd_api_url=sd_url, output_dir=out)
         if not wait and not settings.redis_mode and not dry_run:

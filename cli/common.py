@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.live import Live
@@ -19,7 +19,7 @@ from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings, load_settings
 from pipeline.store import StatusStore
 
-__all__ = ["load", "wait_for_jobs"]
+__all__ = ["load", "row_defaults", "wait_for_jobs"]
 
 #: Seconds between reconnection attempts while the status store is unreachable.
 STORE_RETRY_S = 1.0
@@ -61,3 +61,26 @@ def wait_for_jobs(store: StatusStore, job_ids: Sequence[str], *, live: bool) -> 
                     outage_since = time.monotonic()
                     err_console.print(f"[yellow]waiting:[/yellow] {exc.message}; still waiting…", markup=True)
                 time.sleep(STORE_RETRY_S)
+
+
+# Batch-row defaults given as flags (``batch``, ``schedule add``): the keys of a batch row.
+NegativeDefault = Annotated[str | None, typer.Option("--negative", "-n", help="Default negative prompt.")]
+SeedDefault = Annotated[int | None, typer.Option("--seed", help="Default seed (-1 random).")]
+StepsDefault = Annotated[int | None, typer.Option("--steps", help="Default sampling steps.")]
+CfgDefault = Annotated[float | None, typer.Option("--cfg", help="Default CFG scale.")]
+WidthDefault = Annotated[int | None, typer.Option("--width", help="Default width.")]
+HeightDefault = Annotated[int | None, typer.Option("--height", help="Default height.")]
+SamplerDefault = Annotated[str | None, typer.Option("--sampler", help="Default sampler.")]
+SchedulerDefault = Annotated[str | None, typer.Option("--scheduler", help="Default SD scheduler.")]
+CountDefault = Annotated[int | None, typer.Option("--count", help="Default images per row.")]
+GridDefault = Annotated[str | None, typer.Option("--grid", help="Default split grid ROWSxCOLS.")]
+BandDefault = Annotated[int | None, typer.Option("--band-px", help="Default blend band in pixels.")]
+SigmaDefault = Annotated[float | None, typer.Option("--sigma", help="Default Gaussian sigma.")]
+FormatDefault = Annotated[
+    Literal["png", "webp", "jpeg"] | None, typer.Option("--format", help="Default output format.")
+]
+
+
+def row_defaults(**flags: Any) -> dict[str, Any]:
+    """The batch-row defaults the user gave (flags left out are not defaults)."""
+    return {key: value for key, value in flags.items() if value is not None}

@@ -9,14 +9,30 @@ import time
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from actors import Runtime, open_runtime
-from cli.common import load
+from cli.common import (
+    BandDefault,
+    CfgDefault,
+    CountDefault,
+    FormatDefault,
+    GridDefault,
+    HeightDefault,
+    NegativeDefault,
+    SamplerDefault,
+    SchedulerDefault,
+    SeedDefault,
+    SigmaDefault,
+    StepsDefault,
+    WidthDefault,
+    load,
+    row_defaults,
+)
 from cli.output import cli_errors, console, echo, err_console, print_json
 from cli.progress import watch_batch
 from pipeline.batchfile import BatchFileError, read_batch_file
@@ -47,42 +63,36 @@ def add(
         bool, typer.Option("--allow-overlap", help="Fire even while the previous run's batch is still running.")
     ] = False,
     replace: Annotated[bool, typer.Option("--replace", help="Replace a schedule of the same name.")] = False,
-    negative: Annotated[str | None, typer.Option("--negative", "-n", help="Default negative prompt.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Default seed.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Default sampling steps.")] = None,
-    cfg: Annotated[float | None, typer.Option("--cfg", help="Default CFG scale.")] = None,
-    width: Annotated[int | None, typer.Option(help="Default width.")] = None,
-    height: Annotated[int | None, typer.Option(help="Default height.")] = None,
-    sampler: Annotated[str | None, typer.Option(help="Default sampler.")] = None,
-    scheduler_name: Annotated[str | None, typer.Option("--scheduler", help="Default SD scheduler.")] = None,
-    count: Annotated[int | None, typer.Option(help="Default images per row.")] = None,
-    grid: Annotated[str | None, typer.Option("--grid", help="Default split grid.")] = None,
-    band_px: Annotated[int | None, typer.Option("--band-px", help="Default blend band.")] = None,
-    sigma: Annotated[float | None, typer.Option("--sigma", help="Default sigma.")] = None,
-    output_format: Annotated[
-        Literal["png", "webp", "jpeg"] | None, typer.Option("--format", help="Default output format.")
-    ] = None,
+    negative: NegativeDefault = None,
+    seed: SeedDefault = None,
+    steps: StepsDefault = None,
+    cfg: CfgDefault = None,
+    width: WidthDefault = None,
+    height: HeightDefault = None,
+    sampler: SamplerDefault = None,
+    scheduler_name: SchedulerDefault = None,
+    count: CountDefault = None,
+    grid: GridDefault = None,
+    band_px: BandDefault = None,
+    sigma: SigmaDefault = None,
+    output_format: FormatDefault = None,
 ) -> None:
     """Add a schedule: render FILE as a batch at every occurrence of --cron."""
-    options = {
-        key: value
-        for key, value in {
-            "negative": negative,
-            "seed": seed,
-            "steps": steps,
-            "cfg": cfg,
-            "width": width,
-            "height": height,
-            "sampler": sampler,
-            "scheduler": scheduler_name,
-            "count": count,
-            "grid": grid,
-            "band_px": band_px,
-            "sigma": sigma,
-            "format": output_format,
-        }.items()
-        if value is not None
-    }
+    options = row_defaults(
+        negative=negative,
+        seed=seed,
+        steps=steps,
+        cfg=cfg,
+        width=width,
+        height=height,
+        sampler=sampler,
+        scheduler=scheduler_name,
+        count=count,
+        grid=grid,
+        band_px=band_px,
+        sigma=sigma,
+        format=output_format,
+    )
     with cli_errors():
         settings = load(ctx)
         validate_cron(cron)
