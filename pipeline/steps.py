@@ -143,8 +143,12 @@ def _quarantined(ctx: StepContext, job_id: str, step: StepName) -> bool:
     last = before.error
     if last is not None and last.step == step and last.at >= previous.started_at and last.type != "WorkerDied":
         return False  # the previous attempt failed with an error: an outcome, not a death
-    deaths = (last.deaths if last is not None and last.type == "WorkerDied" and last.step == step else 0) + 1
     now = ctx.clock()
+    if now - previous.started_at < ctx.settings.broker_heartbeat_timeout_ms / 1000:
+        # A dead worker's message comes back only after its heartbeat expired, so one arriving
+        # sooner is a duplicate of an attempt that may still be running, not a death.
+        return False
+    deaths = (last.deaths if last is not None and last.type == "WorkerDied" and last.step == step else 0) + 1
     if deaths >= ctx.settings.max_deliveries:
         message = f"quarantined: {deaths} deliveries of {step} ended without an outcome (the worker died each time)"
         ctx.store.mark_failed(job_id, ErrorInfo(step=step, type="Quarantined", message=message, at=now), now=now)

@@ -12,12 +12,13 @@ from pipeline.steps import StepContext
 from pipeline.store import open_store
 
 
-def _job(settings: Settings) -> tuple[StepContext, str]:
+def _job(settings: Settings, clock_offset_s: float = 3600.0) -> tuple[StepContext, str]:
     store = open_store(settings)
     params = build_step_params(settings, grid=None, band_px=None, sigma=None)
     (spec,) = plan_generate(settings, GenerationRequest(prompt="poison"), params, now=time.time())
     store.create_jobs([spec])
-    return StepContext(settings=settings, store=store), spec.job_id
+    # the context's clock runs an hour ahead: every earlier delivery is older than the heartbeat
+    return StepContext(settings=settings, store=store, clock=lambda: time.time() + clock_offset_s), spec.job_id
 
 
 def test_deliveries_that_kill_the_worker_are_quarantined_after_max(settings: Settings) -> None:
@@ -51,3 +52,12 @@ def test_deliveries_that_failed_or_finished_are_not_deaths(settings: Settings) -
     ctx.store.finish_step(job_id, "generate", now=time.time())
     assert not steps._quarantined(ctx, job_id, "generate")
     assert ctx.store.get(job_id).state is JobState.GENERATING
+
+
+def test_a_delivery_sooner_than_the_heartbeat_is_a_duplicate_not_a_death(settings: Settings) -> None:
+    ctx, job_id = _job(settings, clock_offset_s=0.0)
+    for _ in range(5):
+        # each delivery arrives while the previous one may still be running (no heartbeat expiry)
+        assert not steps._quarantined(ctx, job_id, "generate")
+        ctx.store.start_step(job_id, "generate", now=time.time())
+    assert ctx.store.get(job_id).error is None
