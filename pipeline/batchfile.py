@@ -302,6 +302,21 @@ class _Planner:
             step_params = self._step_params(None, None, None)  # check the rest against the settings' own
             if not isinstance(step_params, StepParams):
                 return issues
+        # Check every generation field at once (plan_generate stops at its first problem).
+        draft = {
+            "prompt": "-",
+            "seed": values.get("seed", -1),
+            "steps": values.get("steps", self.settings.steps),
+            "cfg_scale": values.get("cfg", self.settings.cfg_scale),
+            "width": values.get("width", self.settings.width),
+            "height": values.get("height", self.settings.height),
+            "sampler_name": values.get("sampler", self.settings.sampler),
+            "scheduler": values.get("scheduler", self.settings.scheduler),
+        }
+        try:
+            GenerationParams.model_validate(draft)
+        except ValidationError as exc:
+            issues.extend(_pydantic_issue(error) for error in exc.errors(include_url=False))
         request = GenerationRequest(
             prompt=values.get("prompt", "-"),
             negative_prompt=values.get("negative", ""),
@@ -327,7 +342,11 @@ class _Planner:
                 now=self.now,
             )
         except InputError as exc:
-            return issues + [issue for issue in _issues_from(exc, values) if steps_ok or issue.local]
+            known = {issue.field for issue in issues}
+            more = [
+                issue for issue in _issues_from(exc, values) if (steps_ok or issue.local) and issue.field not in known
+            ]
+            return issues + more
         if issues:
             return issues
         generation = specs[0].generation
@@ -406,6 +425,9 @@ def _pydantic_issue(error: Any) -> FieldIssue:
     }
     if "ge" in bounds and "le" in bounds:
         message = f"must be between {bounds['ge']} and {bounds['le']} (got {shown})"
+    elif "ge" in bounds and error.get("type") == "greater_than_equal":
+        unit = " pixels" if field in ("width", "height") else ""
+        message = f"must be at least {bounds['ge']}{unit} (got {shown})"
     else:
         message = f"{str(error.get('msg', 'invalid')).removeprefix('Value error, ')} (got {shown})"
     return FieldIssue(field, message)

@@ -633,3 +633,12 @@ def test_read_batch_file_csv_round_trips_any_prompt_with_its_line(
 
     assert [row.params["prompt"] for row in rows] == [prompt.strip() for prompt in prompts]
     assert [row.line for row in rows] == expected_lines
+
+
+def test_read_batch_file_lists_every_bad_field_of_a_row(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "multi.jsonl"
+    path.write_text('{"prompt": "a", "steps": 0, "seed": -5}\n{"prompt": "b", "width": 4, "steps": 900, "cfg": 200}\n')
+    with pytest.raises(BatchFileError) as info:
+        read_batch_file(path, settings, defaults={}, batch_id="b", now=0.0)
+    found = {(problem.line, problem.field) for problem in info.value.problems}
+    assert found == {(1, "seed"), (1, "steps"), (2, "steps"), (2, "cfg"), (2, "width")}
