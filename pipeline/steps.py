@@ -269,12 +269,11 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | 
     sidecar_path = files.sidecar(spec.output_name)
     # Done only if the sidecar is this job's and the image is the one it describes: a named output
     # may hold an earlier job's render, which this job must replace, not adopt.
-    if sidecar_path.exists() and image_path.exists():
-        existing = read_json(sidecar_path)
-        if existing.get("job_id") == record.job_id:
-            data = image_path.read_bytes()
-            if hashlib.sha256(data).hexdigest() == existing["output"]["sha256"]:
-                return True, existing["output"]
+    existing = read_json(sidecar_path) if sidecar_path.exists() else None
+    ours = existing is not None and existing.get("job_id") == record.job_id
+    if ours and existing is not None and image_path.exists():
+        if hashlib.sha256(image_path.read_bytes()).hexdigest() == existing["output"]["sha256"]:
+            return True, existing["output"]
     manifest = read_json(files.blurred_dir / _MANIFEST)
     tiles = []
     for box_dict in manifest["tiles"]:
@@ -293,6 +292,11 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | 
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
     }
+    if ours and existing is not None and existing["output"]["sha256"] == output["sha256"]:
+        # A delivery that died between the two writes left this job's sidecar: the encoding is
+        # deterministic, so only the image is missing. Write it alone; no file is written twice.
+        atomic_write_bytes(image_path, data)
+        return False, existing["output"]
     # Sidecar first: it names the job and the image's hash, so a redelivery after a crash between
     # the two writes knows whether the image on disk is this job's.
     atomic_write_json(sidecar_path, _sidecar(ctx, record, output, infotext))
