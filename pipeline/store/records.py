@@ -8,13 +8,16 @@ the same thing in the same words.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from pipeline.errors import JobNotFound, ScheduleNotFound
-from pipeline.models import ScheduleRecord, ScheduleRun
+from pipeline.models import BatchRecord, ScheduleRecord, ScheduleRun
 
 __all__ = [
     "BATCH_HINT",
     "SCHEDULE_HINT",
+    "BatchScheduleRecords",
+    "DelegatedBatchesSchedules",
     "batch_not_found",
     "fire_time_ms",
     "pick_batch_match",
@@ -73,3 +76,50 @@ def schedule_with_runs(stored: str | bytes, runs: Sequence[str | bytes]) -> Sche
     return ScheduleRecord.model_validate_json(stored).model_copy(
         update={"runs": [ScheduleRun.model_validate_json(run) for run in runs]}
     )
+
+
+class BatchScheduleRecords(Protocol):
+    """What a backend's record module offers (:class:`~pipeline.store.redis_records.RedisRecords`,
+    :class:`~pipeline.store.sqlite_records.SqliteRecords`)."""
+
+    def save_batch(self, batch: BatchRecord) -> None: ...
+    def get_batch(self, batch_id: str) -> BatchRecord: ...
+    def save_schedule(self, schedule: ScheduleRecord) -> None: ...
+    def get_schedule(self, name: str) -> ScheduleRecord: ...
+    def list_schedules(self) -> list[ScheduleRecord]: ...
+    def delete_schedule(self, name: str) -> bool: ...
+    def claim_fire(self, name: str, fire_time: float) -> bool: ...
+    def add_schedule_run(self, name: str, run: ScheduleRun) -> None: ...
+
+
+class DelegatedBatchesSchedules:
+    """Mixin for a store: the batch and schedule part of ``StatusStore``, served by ``_batches_schedules``.
+
+    Listed before ``StatusStore`` in a store's bases, so these satisfy its abstract methods.
+    """
+
+    _batches_schedules: BatchScheduleRecords
+
+    def save_batch(self, batch: BatchRecord) -> None:
+        self._batches_schedules.save_batch(batch)
+
+    def get_batch(self, batch_id: str) -> BatchRecord:
+        return self._batches_schedules.get_batch(batch_id)
+
+    def save_schedule(self, schedule: ScheduleRecord) -> None:
+        self._batches_schedules.save_schedule(schedule)
+
+    def get_schedule(self, name: str) -> ScheduleRecord:
+        return self._batches_schedules.get_schedule(name)
+
+    def list_schedules(self) -> list[ScheduleRecord]:
+        return self._batches_schedules.list_schedules()
+
+    def delete_schedule(self, name: str) -> bool:
+        return self._batches_schedules.delete_schedule(name)
+
+    def claim_fire(self, name: str, fire_time: float) -> bool:
+        return self._batches_schedules.claim_fire(name, fire_time)
+
+    def add_schedule_run(self, name: str, run: ScheduleRun) -> None:
+        self._batches_schedules.add_schedule_run(name, run)

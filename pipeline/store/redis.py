@@ -44,13 +44,10 @@ from redis.retry import Retry
 
 from pipeline.errors import ConfigError, StoreUnavailable
 from pipeline.models import (
-    BatchRecord,
     ErrorInfo,
     JobRecord,
     JobSpec,
     JobState,
-    ScheduleRecord,
-    ScheduleRun,
     StepName,
     StepRecord,
 )
@@ -65,6 +62,7 @@ from pipeline.store.base import (
     ordered_steps,
     pick_prefix_match,
 )
+from pipeline.store.records import DelegatedBatchesSchedules
 from pipeline.store.redis_records import RedisRecords
 from pipeline.store.redis_scripts import (
     CREATE_LUA,
@@ -96,7 +94,7 @@ _AUTH_HINT = "check REDIS_PASSWORD or the password in REDIS_URL"
 _REFUSALS = ("NOAUTH", "WRONGPASS", "NOPERM")
 
 
-class RedisStatusStore(StatusStore):
+class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
     """Status store in Redis; see the module docstring for the key layout.
 
     Args:
@@ -200,32 +198,6 @@ class RedisStatusStore(StatusStore):
             return None
         logger.info("job %s: requeued", job_id)
         return _record(dict(zip(reply[0::2], reply[1::2], strict=True)))
-
-    # -- batches and schedules (see redis_records) ----------------------------------------------
-
-    def save_batch(self, batch: BatchRecord) -> None:
-        self._batches_schedules.save_batch(batch)
-
-    def get_batch(self, batch_id: str) -> BatchRecord:
-        return self._batches_schedules.get_batch(batch_id)
-
-    def save_schedule(self, schedule: ScheduleRecord) -> None:
-        self._batches_schedules.save_schedule(schedule)
-
-    def get_schedule(self, name: str) -> ScheduleRecord:
-        return self._batches_schedules.get_schedule(name)
-
-    def list_schedules(self) -> list[ScheduleRecord]:
-        return self._batches_schedules.list_schedules()
-
-    def delete_schedule(self, name: str) -> bool:
-        return self._batches_schedules.delete_schedule(name)
-
-    def claim_fire(self, name: str, fire_time: float) -> bool:
-        return self._batches_schedules.claim_fire(name, fire_time)
-
-    def add_schedule_run(self, name: str, run: ScheduleRun) -> None:
-        self._batches_schedules.add_schedule_run(name, run)
 
     # -- reads --------------------------------------------------------------------------------
 

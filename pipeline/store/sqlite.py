@@ -34,13 +34,10 @@ from typing import Any
 
 from pipeline.errors import StoreUnavailable
 from pipeline.models import (
-    BatchRecord,
     ErrorInfo,
     JobRecord,
     JobSpec,
     JobState,
-    ScheduleRecord,
-    ScheduleRun,
     StepName,
     StepRecord,
 )
@@ -55,6 +52,7 @@ from pipeline.store.base import (
     ordered_steps,
     pick_prefix_match,
 )
+from pipeline.store.records import DelegatedBatchesSchedules
 from pipeline.store.sqlite_records import RECORDS_SCHEMA, SqliteRecords
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT_S", "SqliteStatusStore"]
@@ -108,7 +106,7 @@ _ADD_FINGERPRINT = "ALTER TABLE jobs ADD COLUMN fingerprint TEXT"
 _FINGERPRINT_INDEX = "CREATE INDEX IF NOT EXISTS jobs_fingerprint_state ON jobs (fingerprint, state)"
 
 
-class SqliteStatusStore(StatusStore):
+class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
     """Status store in the SQLite file at ``path`` (created with its schema if missing; the folder must exist).
 
     Raises:
@@ -226,32 +224,6 @@ class SqliteStatusStore(StatusStore):
             record = self._load(conn, [job_id])[0]
         logger.info("job %s: requeued", job_id)
         return record
-
-    # -- batches and schedules (see sqlite_records) ---------------------------------------------
-
-    def save_batch(self, batch: BatchRecord) -> None:
-        self._batches_schedules.save_batch(batch)
-
-    def get_batch(self, batch_id: str) -> BatchRecord:
-        return self._batches_schedules.get_batch(batch_id)
-
-    def save_schedule(self, schedule: ScheduleRecord) -> None:
-        self._batches_schedules.save_schedule(schedule)
-
-    def get_schedule(self, name: str) -> ScheduleRecord:
-        return self._batches_schedules.get_schedule(name)
-
-    def list_schedules(self) -> list[ScheduleRecord]:
-        return self._batches_schedules.list_schedules()
-
-    def delete_schedule(self, name: str) -> bool:
-        return self._batches_schedules.delete_schedule(name)
-
-    def claim_fire(self, name: str, fire_time: float) -> bool:
-        return self._batches_schedules.claim_fire(name, fire_time)
-
-    def add_schedule_run(self, name: str, run: ScheduleRun) -> None:
-        self._batches_schedules.add_schedule_run(name, run)
 
     # -- reads --------------------------------------------------------------------------------
 
