@@ -25,6 +25,7 @@ from cli.common import (
     SigmaDefault,
     StepsDefault,
     WidthDefault,
+    check_submission,
     load,
     row_defaults,
     wait_for_jobs,
@@ -46,7 +47,7 @@ from pipeline.batchfile import BatchFileError, describe_plan, read_batch_file
 from pipeline.errors import InputError
 from pipeline.jobs import new_id
 from pipeline.models import JobState
-from pipeline.settings import Settings, strip_credentials
+from pipeline.settings import Settings
 from pipeline.storage import check_output_dir
 
 __all__ = ["batch", "cancel", "retry"]
@@ -98,17 +99,9 @@ def batch(
     )
     with cli_errors():
         settings = load(ctx, sd_api_url=sd_url, output_dir=out)
-        if not wait and not settings.redis_mode and not dry_run:
-            raise InputError(
-                "--no-wait needs Redis mode: embedded jobs run inside this process",
-                hint="set REDIS_URL and run `sdpipe worker`, or drop --no-wait",
-            )
+        check_submission(settings, wait=wait or dry_run, sd_url=sd_url)
         if resume and skip_existing:
             raise InputError("--resume and --skip-existing do not go together", hint="use one of them")
-        if sd_url is not None and settings.redis_mode and strip_credentials(sd_url) != sd_url:
-            raise InputError(
-                "--sd-url must not carry credentials in Redis mode", hint="set SD_API_AUTH on the workers instead"
-            )
         now = time.time()
         batch_id = resume or new_id()
         try:

@@ -13,13 +13,13 @@ from rich.live import Live
 from rich.text import Text
 
 from cli.output import err_console, jobs_table
-from pipeline.errors import StoreUnavailable
+from pipeline.errors import InputError, StoreUnavailable
 from pipeline.jobs import watch_jobs
 from pipeline.models import JobRecord, JobState
-from pipeline.settings import Settings, load_settings
+from pipeline.settings import Settings, load_settings, strip_credentials
 from pipeline.store import StatusStore
 
-__all__ = ["load", "row_defaults", "wait_for_jobs"]
+__all__ = ["check_submission", "load", "row_defaults", "wait_for_jobs"]
 
 #: Seconds between reconnection attempts while the status store is unreachable.
 STORE_RETRY_S = 1.0
@@ -40,6 +40,25 @@ def load(ctx: typer.Context, **overrides: Any) -> Settings:
     env_file: Path | None = (ctx.obj or {}).get("env_file")
     given = {name: value for name, value in overrides.items() if value is not None}
     return load_settings(env_file, **given)
+
+
+def check_submission(settings: Settings, *, wait: bool, sd_url: str | None) -> None:
+    """What every submitting command refuses before doing anything.
+
+    Raises:
+        InputError: ``--no-wait`` in embedded mode (the jobs run inside this process), or
+            credentials in ``--sd-url`` in Redis mode (they would travel in messages).
+    """
+    if not wait and not settings.redis_mode:
+        raise InputError(
+            "--no-wait needs Redis mode: embedded jobs run inside this process",
+            hint="set REDIS_URL and run `sdpipe worker`, or drop --no-wait",
+        )
+    if sd_url is not None and settings.redis_mode and strip_credentials(sd_url) != sd_url:
+        raise InputError(
+            "--sd-url must not carry credentials in Redis mode: they would travel in messages",
+            hint="set SD_API_AUTH on the workers and give --sd-url without user:pass@",
+        )
 
 
 def wait_for_jobs(store: StatusStore, job_ids: Sequence[str], *, live: bool) -> list[JobRecord]:

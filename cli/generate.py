@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import typer
 
 from actors import open_runtime
-from cli.common import load, wait_for_jobs
+from cli.common import check_submission, load, wait_for_jobs
 from cli.output import (
     RET_OK,
     cli_errors,
@@ -20,10 +20,9 @@ from cli.output import (
     job_row,
     print_json,
 )
-from pipeline.errors import InputError
 from pipeline.jobs import GenerationRequest, build_step_params, new_id, parse_overrides, plan_generate, plan_process
 from pipeline.models import JobRecord, JobSpec, JobState
-from pipeline.settings import Settings, strip_credentials
+from pipeline.settings import Settings
 from pipeline.storage import check_output_dir
 from pipeline.store import StatusStore
 
@@ -75,12 +74,7 @@ def generate(
     """Render PROMPT on the SD server, then split, seam-blur and merge each image."""
     with cli_errors():
         settings = load(ctx, sd_api_url=sd_url, output_dir=out)
-        _check_wait(settings, wait)
-        if sd_url is not None and settings.redis_mode and strip_credentials(sd_url) != sd_url:
-            raise InputError(
-                "--sd-url must not carry credentials in Redis mode: they would travel in messages",
-                hint="set SD_API_AUTH on the workers and give --sd-url without user:pass@",
-            )
+        check_submission(settings, wait=wait, sd_url=sd_url)
         step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
         request = GenerationRequest(
             prompt=prompt,
@@ -123,7 +117,7 @@ def process(
     """Split, seam-blur and merge existing images (their PNG parameters are kept)."""
     with cli_errors():
         settings = load(ctx, output_dir=out)
-        _check_wait(settings, wait)
+        check_submission(settings, wait=wait, sd_url=None)
         step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
         plans = plan_process(
             settings,
@@ -138,14 +132,6 @@ def process(
         for plan in plans:
             plan.ingest()
         _submit_and_report(settings, [plan.spec for plan in plans], wait=wait, json_output=json_output)
-
-
-def _check_wait(settings: Settings, wait: bool) -> None:
-    if not wait and not settings.redis_mode:
-        raise InputError(
-            "--no-wait needs Redis mode: embedded jobs run inside this process",
-            hint="set REDIS_URL and run `sdpipe worker`, or drop --no-wait",
-        )
 
 
 def _submit_and_report(settings: Settings, specs: list[JobSpec], *, wait: bool, json_output: bool) -> None:

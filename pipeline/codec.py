@@ -33,6 +33,7 @@ __all__ = [
     "DecodedImage",
     "decode_image",
     "encode_image",
+    "read_image_bytes",
     "read_image_file",
     "sniff_format",
 ]
@@ -141,12 +142,12 @@ def decode_image(data: bytes, *, max_pixels: int, max_bytes: int, what: str = "i
     return DecodedImage(array=array, mode=mode, format=fmt, width=width, height=height, infotext=infotext)
 
 
-def read_image_file(path: Path, *, max_pixels: int, max_bytes: int) -> DecodedImage:
-    """Read and decode an image file, checking its size on disk before reading it.
+def read_image_bytes(path: Path, *, max_bytes: int) -> bytes:
+    """Read an image file's bytes, checking its size on disk before reading it.
 
     Raises:
         InputError: the file is missing, a directory, or unreadable.
-        ImageError: see :func:`decode_image`.
+        ImageError: the file is larger than ``max_bytes``.
     """
     try:
         if path.is_dir():
@@ -157,13 +158,18 @@ def read_image_file(path: Path, *, max_pixels: int, max_bytes: int) -> DecodedIm
                 f"{path} is {_size_text(size)}, more than the {_size_text(max_bytes)} limit",
                 hint="use a smaller image or raise the size limit",
             )
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError as exc:
         raise InputError(f"no such file: {path}", hint="check the path and the current directory") from exc
     except PermissionError as exc:
         raise InputError(f"cannot read {path}: permission denied", hint="check the file's permissions") from exc
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}", hint="check the path") from exc
+
+
+def read_image_file(path: Path, *, max_pixels: int, max_bytes: int) -> DecodedImage:
+    """Read and decode an image file (see :func:`read_image_bytes` and :func:`decode_image`)."""
+    data = read_image_bytes(path, max_bytes=max_bytes)
     return decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes, what=str(path))
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipeline import seams
-from pipeline.codec import read_image_file
+from pipeline.codec import decode_image, read_image_bytes
 from pipeline.errors import InputError
 from pipeline.models import GenerationParams, JobRecord, JobSpec, StepParams, parse_grid, validation_message
 from pipeline.settings import OutputFormat, Settings, strip_credentials
@@ -257,7 +257,8 @@ def plan_process(
         raise InputError("no input images", hint="name one or more files: sdpipe process photo.png")
     plans = []
     for path in paths:
-        decoded = read_image_file(path, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes)
+        data = read_image_bytes(path, max_bytes=settings.max_image_bytes)
+        decoded = decode_image(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes, what=str(path))
         try:
             seams.validate_geometry(decoded.width, decoded.height, step_params)
         except InputError as exc:
@@ -274,7 +275,7 @@ def plan_process(
             output_dir=str(output_dir),
             created_at=now,
         )
-        plans.append(ProcessPlan(spec=spec, data=path.read_bytes()))
+        plans.append(ProcessPlan(spec=spec, data=data))
     return plans
 
 
