@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from rich.live import Live
 from rich.text import Text
 
 from cli.output import err_console, jobs_table
+from cli.progress import StoreOutage
 from pipeline.errors import InputError, StoreUnavailable
 from pipeline.jobs import watch_jobs
 from pipeline.models import JobRecord, JobState
@@ -21,8 +21,6 @@ from pipeline.store import StatusStore
 
 __all__ = ["check_submission", "load", "row_defaults", "wait_for_jobs"]
 
-#: Seconds between reconnection attempts while the status store is unreachable.
-STORE_RETRY_S = 1.0
 #: Above this many jobs the live display shows counts per state instead of one row per job.
 TABLE_MAX_JOBS = 12
 
@@ -64,22 +62,17 @@ def check_submission(settings: Settings, *, wait: bool, sd_url: str | None) -> N
 def wait_for_jobs(store: StatusStore, job_ids: Sequence[str], *, live: bool) -> list[JobRecord]:
     """Wait until every job is terminal, showing each job's step; survives a store outage."""
     records: list[JobRecord] = []
-    outage_since: float | None = None
+    outage = StoreOutage()
     with Live(console=err_console, refresh_per_second=4, transient=False, auto_refresh=live) as display:
         while True:
             try:
                 for records in watch_jobs(store, job_ids):
-                    if outage_since is not None:
-                        err_console.print(f"status store back after {time.monotonic() - outage_since:.0f}s")
-                        outage_since = None
+                    outage.up()
                     if live:
                         display.update(jobs_table(records) if len(records) <= TABLE_MAX_JOBS else _summary(records))
                 return records
             except StoreUnavailable as exc:
-                if outage_since is None:
-                    outage_since = time.monotonic()
-                    err_console.print(f"[yellow]waiting:[/yellow] {exc.message}; still waiting…", markup=True)
-                time.sleep(STORE_RETRY_S)
+                outage.down(exc)
 
 
 # Batch-row defaults given as flags (``batch``, ``schedule add``): the keys of a batch row.

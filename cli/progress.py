@@ -11,7 +11,7 @@ from pipeline.errors import StoreUnavailable
 from pipeline.models import JobState
 from pipeline.store import StatusStore
 
-__all__ = ["watch_batch"]
+__all__ = ["StoreOutage", "watch_batch"]
 
 #: Seconds between two reads of the batch's counts.
 POLL_INTERVAL_S = 0.5
@@ -24,11 +24,31 @@ _RUNNING = (JobState.GENERATING, JobState.SPLITTING, JobState.BLURRING, JobState
 _DONE = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
+class StoreOutage:
+    """Reports a status-store outage once when it starts and once when it ends; waiters keep waiting."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+
+    def down(self, exc: StoreUnavailable) -> None:
+        """Note the outage (printed the first time) and pause before the caller tries again."""
+        if self._since is None:
+            self._since = time.monotonic()
+            err_console.print(f"waiting: {exc.message}; still waiting…", markup=False)
+        time.sleep(STORE_RETRY_S)
+
+    def up(self) -> None:
+        """The store answered: report how long it was away, if it was."""
+        if self._since is not None:
+            err_console.print(f"status store back after {time.monotonic() - self._since:.0f}s")
+            self._since = None
+
+
 def watch_batch(store: StatusStore, batch_id: str, total: int, *, live: bool) -> tuple[dict[JobState, int], float]:
     """Show the batch's progress until every job is terminal; return the final counts and elapsed seconds."""
     started = time.monotonic()
     last_line = started
-    outage_since: float | None = None
+    outage = StoreOutage()
     progress = Progress(
         TextColumn(f"batch {batch_id[:8]}"),
         BarColumn(),
@@ -48,14 +68,9 @@ def watch_batch(store: StatusStore, batch_id: str, total: int, *, live: bool) ->
             try:
                 counts = store.count_by_state(batch_id=batch_id)
             except StoreUnavailable as exc:
-                if outage_since is None:
-                    outage_since = time.monotonic()
-                    err_console.print(f"waiting: {exc.message}; still waiting…", markup=False)
-                time.sleep(STORE_RETRY_S)
+                outage.down(exc)
                 continue
-            if outage_since is not None:
-                err_console.print(f"status store back after {time.monotonic() - outage_since:.0f}s")
-                outage_since = None
+            outage.up()
             done = sum(counts[state] for state in _DONE)
             total = max(total, sum(counts.values()))  # a resumed batch also holds superseded jobs
             progress.update(task, total=total)
