@@ -26,7 +26,15 @@ from pipeline.infotext import insert_params
 from pipeline.models import ErrorInfo, JobRecord, StepName
 from pipeline.sd_client import SDClient
 from pipeline.settings import Settings
-from pipeline.storage import JobFiles, atomic_save_array, atomic_write_bytes, atomic_write_json, load_array, read_json
+from pipeline.storage import (
+    JobFiles,
+    atomic_save_array,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_array,
+    read_json,
+    remove_stale_temps,
+)
 from pipeline.store.base import StatusStore
 
 __all__ = ["StepContext", "StepOutcome", "run_step"]
@@ -274,6 +282,8 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | 
     if ours and existing is not None and image_path.exists():
         if hashlib.sha256(image_path.read_bytes()).hexdigest() == existing["output"]["sha256"]:
             return True, existing["output"]
+    for path in (image_path, sidecar_path):  # left by a delivery killed mid-write
+        remove_stale_temps(path)
     manifest = read_json(files.blurred_dir / _MANIFEST)
     tiles = []
     for box_dict in manifest["tiles"]:

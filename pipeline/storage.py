@@ -23,6 +23,7 @@ each step reads the previous step's files from the job's work folder.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
@@ -47,6 +48,7 @@ __all__ = [
     "default_output_name",
     "load_array",
     "read_json",
+    "remove_stale_temps",
     "safe_output_stem",
     "slugify",
 ]
@@ -89,6 +91,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove temporary files a killed writer of ``path`` left (SIGKILL skips :func:`atomic_write_bytes`'s
+    cleanup). Call it only from the one delivery that now owns ``path``."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -18,6 +18,7 @@ from pipeline.storage import (
     check_output_dir,
     default_output_name,
     load_array,
+    remove_stale_temps,
     safe_output_stem,
     slugify,
 )
@@ -110,3 +111,11 @@ def test_job_files_paths_stay_under_output_dir(tmp_path: Path) -> None:
     for path in (files.source, files.sd_info, files.tiles_dir, files.image("n", "png"), files.sidecar("n")):
         assert path.resolve().is_relative_to(tmp_path.resolve())
     assert files.image("n", "jpeg").name == "n.jpg"
+
+
+def test_remove_stale_temps_clears_a_killed_writers_leftovers_only(tmp_path: Path) -> None:
+    target = tmp_path / "out[1].png"
+    (tmp_path / ".out[1].png.abc123.tmp").write_bytes(b"half")
+    (tmp_path / ".other.png.abc123.tmp").write_bytes(b"not ours")
+    remove_stale_temps(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.png.abc123.tmp"]
