@@ -75,6 +75,22 @@ DEFAULT_RETRY_MAX_BACKOFF_MS = 60_000
 DEFAULT_BROKER_HEARTBEAT_TIMEOUT_MS = 20_000
 #: Deliveries of one step that killed their worker (no outcome recorded) before the job is quarantined.
 DEFAULT_MAX_DELIVERIES = 3
+#: Failed calls in a row after which an SD server is benched (taken out of the pool for a cool-down).
+DEFAULT_SD_FAILURE_THRESHOLD = 3
+#: First cool-down of a benched SD server; it doubles on each failed probe, up to the maximum.
+DEFAULT_SD_COOLDOWN_MIN_S = 10.0
+DEFAULT_SD_COOLDOWN_MAX_S = 300.0
+#: Lifetime of an SD server slot lease. A live holder renews it; a killed worker's slot frees after this.
+DEFAULT_SD_SLOT_LEASE_S = 30.0
+#: Jobs waiting in the queues above which ``generate``/``batch`` refuse or wait. 0: unlimited.
+DEFAULT_MAX_QUEUE_DEPTH = 0
+#: ``sdpipe serve``: address and port of the HTTP API.
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_PORT = 3000
+#: Largest upload the HTTP API accepts, in bytes.
+DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+#: Longest an HTTP request with ``?wait=true`` (or ``POST /api/files``) blocks before answering.
+DEFAULT_API_WAIT_TIMEOUT_S = 300.0
 
 OutputFormat = Literal["png", "webp", "jpeg"]
 
@@ -131,6 +147,22 @@ class Settings(BaseSettings):
     max_deliveries: Annotated[int, Field(ge=1)] = DEFAULT_MAX_DELIVERIES
     broker_heartbeat_timeout_ms: Annotated[int, Field(ge=1000)] = DEFAULT_BROKER_HEARTBEAT_TIMEOUT_MS
 
+    # SD server pool (several comma-separated SD_API_URL entries)
+    sd_failure_threshold: Annotated[int, Field(ge=1)] = DEFAULT_SD_FAILURE_THRESHOLD
+    sd_cooldown_min_s: Annotated[float, Field(gt=0)] = DEFAULT_SD_COOLDOWN_MIN_S
+    sd_cooldown_max_s: Annotated[float, Field(gt=0)] = DEFAULT_SD_COOLDOWN_MAX_S
+    sd_slot_lease_s: Annotated[float, Field(ge=1)] = DEFAULT_SD_SLOT_LEASE_S
+    max_queue_depth: Annotated[int, Field(ge=0)] = DEFAULT_MAX_QUEUE_DEPTH
+    metrics_port: Annotated[int, Field(gt=0, lt=65536)] | None = None
+
+    # HTTP API (sdpipe serve)
+    api_host: str = DEFAULT_API_HOST
+    port: Annotated[int, Field(gt=0, lt=65536)] = DEFAULT_PORT
+    api_token: SecretStr | None = None
+    enable_documentation: bool = False
+    max_upload_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_UPLOAD_BYTES
+    api_wait_timeout_s: Annotated[float, Field(gt=0)] = DEFAULT_API_WAIT_TIMEOUT_S
+
     # Output
     output_dir: Path = Path("./outputs")
     output_format: OutputFormat = "png"
@@ -180,6 +212,8 @@ class Settings(BaseSettings):
     def _check_backoff(self) -> Settings:
         if self.retry_max_backoff_ms < self.retry_min_backoff_ms:
             raise ValueError("RETRY_MAX_BACKOFF_MS must be >= RETRY_MIN_BACKOFF_MS")
+        if self.sd_cooldown_max_s < self.sd_cooldown_min_s:
+            raise ValueError("SD_COOLDOWN_MAX_S must be >= SD_COOLDOWN_MIN_S")
         return self
 
     @property
