@@ -5,6 +5,7 @@ Never imports Dramatiq: ``actors`` wraps these in actors, ``cli`` calls both.
 
 from __future__ import annotations
 
+from pipeline.backends import Backend, parse_backends
 from pipeline.codec import DecodedImage, decode_image, encode_image, read_image_file, sniff_format
 from pipeline.errors import (
     PERMANENT_ERRORS,
@@ -13,7 +14,9 @@ from pipeline.errors import (
     InputError,
     JobCancelled,
     JobNotFound,
+    NoFreeSlot,
     PipelineError,
+    QueueFull,
     ScheduleNotFound,
     SDAuthError,
     SDBadImage,
@@ -41,6 +44,8 @@ from pipeline.models import (
     StepRecord,
     parse_grid,
 )
+from pipeline.pool import SDPool
+from pipeline.pool_state import BackendStatus
 from pipeline.sd_client import SDClient
 from pipeline.seams import TileBox, cut_positions, merge, seam_blur_reference, seam_blur_tile, split, validate_geometry
 from pipeline.settings import Settings, load_settings, mask_url
@@ -60,7 +65,9 @@ __all__ = [
     "InputError",
     "JobCancelled",
     "JobNotFound",
+    "NoFreeSlot",
     "PipelineError",
+    "QueueFull",
     "SDAuthError",
     "SDBadImage",
     "SDError",
@@ -83,8 +90,12 @@ __all__ = [
     "StepParams",
     "StepRecord",
     "parse_grid",
-    # SD server
+    # SD server and pool
+    "Backend",
+    "BackendStatus",
     "MockSDServer",
+    "SDPool",
+    "parse_backends",
     "SDClient",
     "get_mock_server",
     "run_forever",

@@ -11,6 +11,8 @@ so the actors never inspect messages or status codes::
     ├── ScheduleNotFound          no schedule with that name (permanent)
     ├── JobCancelled              the job was cancelled while a step ran (permanent)
     ├── StoreUnavailable          the status store (Redis) cannot be reached (transient)
+    ├── QueueFull                 more jobs queued than MAX_QUEUE_DEPTH allows (permanent: refused)
+    ├── NoFreeSlot                every SD server the job may use is busy (transient; waits, costs no retry)
     └── SDError                   anything the SD server did
         ├── SDTransientError      worth retrying (transient)
         │   ├── SDUnavailable     connection refused / reset / DNS
@@ -34,7 +36,9 @@ __all__ = [
     "InputError",
     "JobCancelled",
     "JobNotFound",
+    "NoFreeSlot",
     "PipelineError",
+    "QueueFull",
     "SDAuthError",
     "SDBadImage",
     "SDError",
@@ -96,6 +100,19 @@ class JobCancelled(PipelineError):
 
 class StoreUnavailable(PipelineError):
     """The status store (Redis) cannot be reached."""
+
+    transient = True
+
+
+class QueueFull(PipelineError):
+    """A submission was refused: the queues hold more jobs than ``MAX_QUEUE_DEPTH`` allows."""
+
+
+class NoFreeSlot(PipelineError):
+    """No SD server the job may use has a free slot: all are busy.
+
+    Not a failure of the job: the generate message goes back to the queue without spending a retry.
+    """
 
     transient = True
 
@@ -171,5 +188,6 @@ PERMANENT_ERRORS: tuple[type[PipelineError], ...] = (
     JobNotFound,
     ScheduleNotFound,
     JobCancelled,
+    QueueFull,
     SDPermanentError,
 )

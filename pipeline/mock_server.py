@@ -90,6 +90,8 @@ class _Stats:
     failures: int = 0
     interrupts: int = 0
     max_concurrent: int = 0
+    #: Most txt2img requests held at once, running or waiting on the lock (what a pool must cap).
+    max_in_flight: int = 0
     prompts: Counter[str] = field(default_factory=Counter)
     served: deque[str] = field(default_factory=lambda: deque(maxlen=_SERVED_HISTORY))
     faults: Counter[str] = field(default_factory=Counter)
@@ -220,6 +222,7 @@ class MockSDServer:
                 "failures": self._stats.failures,
                 "interrupts": self._stats.interrupts,
                 "max_concurrent": self._stats.max_concurrent,
+                "max_in_flight": self._stats.max_in_flight,
                 "active": self._active,
                 "queued": self._waiting,
                 "prompts": dict(self._stats.prompts),
@@ -232,7 +235,7 @@ class MockSDServer:
     def reset(self) -> dict[str, Any]:
         """Zero the counters and forget the requests (a generation in progress keeps running); returns ``{}``."""
         with self._lock:
-            self._stats = _Stats(max_concurrent=self._active)
+            self._stats = _Stats(max_concurrent=self._active, max_in_flight=self._active + self._waiting)
         return {}
 
     def close(self) -> None:
@@ -270,6 +273,7 @@ class MockSDServer:
             ticket = self._next_ticket
             self._next_ticket += 1
             self._waiting += 1
+            self._stats.max_in_flight = max(self._stats.max_in_flight, self._waiting + self._active)
             self._tasks.enqueue(task_id)
             self._turn.wait_for(lambda: self._now_serving == ticket)
             self._tasks.start(task_id)

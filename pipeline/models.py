@@ -213,6 +213,8 @@ class ErrorInfo(BaseModel):
     at: float
     #: For ``WorkerDied``: how many deliveries of this step in a row ended without any outcome.
     deaths: int = 0
+    #: For SD errors: the server (URL without credentials) that failed; a retry prefers another.
+    backend: str | None = None
 
 
 class JobRecord(BaseModel):

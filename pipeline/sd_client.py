@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -45,7 +46,7 @@ import httpx
 from pipeline import sd_response
 from pipeline.errors import ConfigError, SDError, SDNotFound, SDPermanentError, SDTimeout, SDUnavailable
 from pipeline.models import GenerationParams, SDResult
-from pipeline.settings import Settings
+from pipeline.settings import Settings, split_sd_entry
 
 __all__ = ["HEALTH_TIMEOUT_S", "WRITE_TIMEOUT_S", "SDClient", "sd_task_id"]
 
@@ -114,7 +115,7 @@ class SDClient:
     def __init__(
         self, settings: Settings, *, base_url: str | None = None, transport: httpx.BaseTransport | None = None
     ) -> None:
-        raw = (base_url if base_url is not None else settings.sd_api_url).split(",")[0].strip()
+        raw, _ = split_sd_entry((base_url if base_url is not None else settings.sd_api_url).split(",")[0])
         self._max_pixels = settings.max_pixels
         self._secrets: list[str] = []
         auth: tuple[str, str] | None = None
@@ -172,10 +173,14 @@ class SDClient:
         return self._url
 
     # -- public calls -------------------------------------------------------------------------------
-    def txt2img(self, params: GenerationParams, *, job_id: str) -> SDResult:
+    def txt2img(
+        self, params: GenerationParams, *, job_id: str, on_answer: Callable[[], None] | None = None
+    ) -> SDResult:
         """Generate one image (``POST /sdapi/v1/txt2img``, named ``force_task_id=sdpipe-<job_id>``) and check it.
 
         On a read timeout the server's current job is interrupted first if it is this one (see above).
+        ``on_answer`` is called as soon as the server has answered 200, before the answer is checked
+        and decoded: the server is free from then on (the pool hands its slot to the next job).
 
         Raises:
             SDTransientError: unreachable, timed out, or a 5xx/429 (retry later).
@@ -197,6 +202,8 @@ class SDClient:
             if isinstance(exc.__cause__, httpx.ReadTimeout):  # sent, so it may be running: stop it if ours
                 self._stop_abandoned(task_id, job_id)
             raise
+        if on_answer is not None:
+            on_answer()
         body = sd_response.json_body(response, self._url, _TXT2IMG)
         return sd_response.build_result(
             body,

@@ -35,6 +35,7 @@ __all__ = [
     "load_settings",
     "mask_url",
     "settings_env",
+    "split_sd_entry",
     "strip_credentials",
 ]
 
@@ -92,7 +93,15 @@ DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 #: Longest an HTTP request with ``?wait=true`` (or ``POST /api/files``) blocks before answering.
 DEFAULT_API_WAIT_TIMEOUT_S = 300.0
 
+#: Concurrent requests one SD server gets unless its ``SD_API_URL`` entry says ``;max=N``. An
+#: AUTOMATIC1111 server renders one job at a time; more requests only wait on its lock.
+DEFAULT_MAX_SLOTS = 1
+#: The largest ``;max=N`` accepted.
+MAX_SLOTS_LIMIT = 64
+
 OutputFormat = Literal["png", "webp", "jpeg"]
+
+_MAX_RE = re.compile(r";\s*max\s*=\s*([^;,]*?)\s*$", re.IGNORECASE)
 
 _GRID_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9._\-:\[\]]+$")
@@ -104,6 +113,25 @@ def strip_credentials(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[1], parts.path, parts.query, parts.fragment))
+
+
+def split_sd_entry(entry: str) -> tuple[str, int]:
+    """Split one ``SD_API_URL`` entry into its URL and its ``;max=N`` slot cap (default 1).
+
+    Raises:
+        ValueError: ``max`` is not a whole number between 1 and ``MAX_SLOTS_LIMIT``.
+    """
+    entry = entry.strip()
+    match = _MAX_RE.search(entry)
+    if match is None:
+        return entry, DEFAULT_MAX_SLOTS
+    url = entry[: match.start()].strip()
+    if not match[1].isdigit() or not 1 <= int(match[1]) <= MAX_SLOTS_LIMIT:
+        raise ValueError(
+            f"{mask_url(url)!r} has max={match[1]!r}; expected a whole number 1..{MAX_SLOTS_LIMIT}, "
+            "e.g. http://gpu1:7860;max=2"
+        )
+    return url, int(match[1])
 
 
 def mask_url(url: str) -> str:
@@ -193,8 +221,10 @@ class Settings(BaseSettings):
     @field_validator("sd_api_url")
     @classmethod
     def _check_sd_url(cls, value: str) -> str:
-        for entry in value.split(","):
-            entry = entry.strip()
+        for raw in value.split(","):
+            if not raw.strip():
+                raise ValueError("has an empty entry; separate servers with single commas")
+            entry, _ = split_sd_entry(raw)
             if entry.startswith("mock://"):
                 continue
             parts = urlsplit(entry)

@@ -399,13 +399,9 @@ def test_render_handles_odd_sizes(width: int, height: int) -> None:
     assert render("p", 0, width, height).shape == (height, width, 3)
 
 
-def test_render_1024_is_fast_and_4096_works() -> None:
-    timings = []
-    for _ in range(2):
-        started = time.perf_counter()
-        render("speed", 3, 1024, 1024)
-        timings.append(time.perf_counter() - started)
-    assert min(timings) < 0.15
+def test_render_large_sizes_are_detailed() -> None:
+    # Speed is measured in bench/ (never as a timed test): here only that large renders work.
+    assert render("speed", 3, 1024, 1024)[::128, ::128].std() > 10
     big = render("big", 3, 4096, 4096)
     assert big.shape == (4096, 4096, 3) and big[::512, ::512].std() > 10
 
