@@ -14,6 +14,7 @@ from cli.generate import generate, process
 from cli.jobs import jobs, status
 from cli.output import err_console, setup_logging, state
 from cli.schedule import schedule_app, scheduler
+from cli.serve import serve
 from cli.worker import mock_sd, worker
 
 __all__ = ["app", "main"]
@@ -51,6 +52,7 @@ app.command()(retry)
 app.command()(cancel)
 app.add_typer(schedule_app, name="schedule")
 app.command()(scheduler)
+app.command()(serve)
 
 
 def main() -> None:

@@ -1,0 +1,102 @@
+"""The FastAPI application of ``sdpipe serve``: one runtime per process, routes, errors, limits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+
+from actors import Runtime, open_runtime
+from cli.api import routes_files, routes_jobs
+from cli.api.deps import runtime_of, settings_of
+from cli.api.errors import ApiError, ErrorBody, install_error_handlers
+from cli.api.schemas import Health, Readiness
+from cli.api.uploads import BodyLimitMiddleware, body_limit
+from pipeline.errors import SDError
+from pipeline.settings import Settings, mask_url
+
+__all__ = ["API_VERSION", "create_app", "readiness"]
+
+logger = logging.getLogger(__name__)
+
+#: Version of the HTTP API (in the OpenAPI document).
+API_VERSION = "1.0.0"
+
+
+def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
+    """The API over ``settings``.
+
+    ``runtime``: an open runtime to use (the caller closes it). None: the app opens its own at startup
+    (embedded mode: with in-process workers, so the server works standalone) and closes it at shutdown.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = runtime is None
+        app.state.runtime = await run_in_threadpool(open_runtime, settings) if runtime is None else runtime
+        mode = "embedded" if app.state.runtime.embedded else "Redis"
+        logger.info("sdpipe API ready (%s mode, SD %s)", mode, mask_url(settings.sd_api_url))
+        try:
+            yield
+        finally:
+            opened: Runtime = app.state.runtime
+            app.state.runtime = None
+            if own:
+                await run_in_threadpool(opened.close)
+
+    docs = settings.enable_documentation
+    app = FastAPI(
+        title="sdpipe",
+        version=API_VERSION,
+        description="Stable Diffusion pipeline: txt2img -> split -> seam-blur -> merge, on Dramatiq workers.",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.settings = settings
+    app.state.runtime = None
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=body_limit(settings))
+    app.include_router(routes_files.router)
+    app.include_router(routes_jobs.router)
+
+    @app.get("/healthz", tags=["health"], response_model=Health)
+    def healthz() -> Health:
+        """The process is up."""
+        return Health(status="ok")
+
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        response_model=Readiness,
+        responses={503: {"model": ErrorBody, "description": "the status store or every SD server is not ready"}},
+    )
+    def readyz(request: Request) -> Readiness:
+        """The status store (Redis) answers and at least one SD server is ready."""
+        return readiness(runtime_of(request), settings_of(request))
+
+    return app
+
+
+def readiness(runtime: Runtime, settings: Settings) -> Readiness:
+    """Ping the store, then ask the SD servers (of a comma-separated SD_API_URL) until one is ready.
+
+    Raises:
+        StoreUnavailable: the store does not answer.
+        ApiError: 503 when no SD server is ready.
+    """
+    runtime.store.ping()
+    urls = [url.strip() for url in settings.sd_api_url.split(",") if url.strip()]
+    problems = []
+    for index, url in enumerate(urls):
+        try:
+            state = runtime.context.sd_client(None if index == 0 else url).check_ready()
+        except SDError as exc:
+            problems.append(f"{mask_url(url)}: {exc.message}")
+            continue
+        return Readiness(status="ready", store="ok", sd=f"{mask_url(url)} {state}")
+    raise ApiError(503, "not_ready", "no SD server is ready: " + "; ".join(problems), hint="see `sdpipe doctor`")

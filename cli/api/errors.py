@@ -1,0 +1,213 @@
+"""The HTTP API's one error shape, ``{"error": {"code", "message", "hint"}}``, and its handlers.
+
+Every error a client sees has that shape::
+
+    ApiError (HTTPException)      raised by the routes: status, code, message, hint
+    PipelineError                 sdpipe's core errors, mapped to a status by type (see status_for)
+    RequestValidationError        FastAPI's own request checks: 422, code "invalid_request"
+    HTTPException                 Starlette's (404 route, 405 method...): code from the status
+    anything else                 500, code "internal": logged with its traceback, never sent
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from pipeline.batchfile import BatchFileError
+from pipeline.errors import (
+    ConfigError,
+    ImageError,
+    InputError,
+    JobNotFound,
+    PipelineError,
+    QueueFull,
+    ScheduleNotFound,
+    SDError,
+    SDPermanentError,
+    StoreUnavailable,
+)
+from pipeline.uploads import UploadProblem, UploadRejected
+
+__all__ = [
+    "ERROR_RESPONSES",
+    "ApiError",
+    "ErrorBody",
+    "ErrorDetail",
+    "error_response",
+    "install_error_handlers",
+    "status_for",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable machine code, one line for people, and how to fix it."""
+
+    code: str
+    message: str
+    hint: str | None = None
+    #: For a batch: every bad row (``line``, ``field``, ``message``).
+    problems: list[dict[str, Any]] | None = None
+    #: The job concerned, when there is one (e.g. a wait that timed out).
+    job_id: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+class ApiError(HTTPException):
+    """An error a route answers with on purpose (the base of the API's errors)."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        *,
+        hint: str | None = None,
+        job_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(status_code=status_code, detail=message, headers=headers)
+        self.code = code
+        self.message = message
+        self.hint = hint
+        self.job_id = job_id
+
+
+#: HTTP status of each core error type (the first match in order wins).
+STATUS_BY_ERROR: tuple[tuple[type[PipelineError], int, str], ...] = (
+    (QueueFull, 429, "queue_full"),
+    (JobNotFound, 404, "not_found"),
+    (ScheduleNotFound, 404, "not_found"),
+    (StoreUnavailable, 503, "store_unavailable"),
+    (InputError, 422, "invalid_input"),
+    (ImageError, 422, "invalid_image"),
+    (ConfigError, 500, "server_misconfigured"),
+    (SDPermanentError, 502, "sd_rejected"),
+    (SDError, 503, "sd_unavailable"),
+)
+_UPLOAD_STATUS = {
+    UploadProblem.EMPTY: 422,
+    UploadProblem.TOO_LARGE: 413,
+    UploadProblem.UNSUPPORTED_TYPE: 415,
+    UploadProblem.TOO_MANY_PIXELS: 413,
+    UploadProblem.UNREADABLE: 422,
+}
+_CODE_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "unavailable",
+    504: "timeout",
+}
+
+
+def status_for(exc: PipelineError) -> tuple[int, str]:
+    """The HTTP status and error code for a core error."""
+    if isinstance(exc, UploadRejected):
+        return _UPLOAD_STATUS[exc.problem], exc.problem.value
+    if isinstance(exc, BatchFileError):
+        return 422, "invalid_batch"
+    for cls, status, code in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return status, code
+    return 500, "internal"
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    *,
+    hint: str | None = None,
+    problems: list[dict[str, Any]] | None = None,
+    job_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """A JSON response in the API's error shape."""
+    body = ErrorBody(
+        error=ErrorDetail(code=code, message=message, hint=hint, problems=problems, job_id=job_id)
+    ).model_dump(mode="json", exclude_none=True)
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if isinstance(exc, ApiError):
+        return error_response(
+            exc.status_code, exc.code, exc.message, hint=exc.hint, job_id=exc.job_id, headers=exc.headers
+        )
+    code = _CODE_BY_STATUS.get(exc.status_code, "internal" if exc.status_code >= 500 else "bad_request")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    return error_response(exc.status_code, code, message, headers=exc.headers)
+
+
+async def _pipeline_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PipelineError)
+    status, code = status_for(exc)
+    if status >= 500:
+        logger.warning("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    problems = None
+    if isinstance(exc, BatchFileError):
+        problems = [{"line": p.line, "field": p.field, "message": p.message} for p in exc.problems]
+    return error_response(status, code, exc.message, hint=exc.hint, problems=problems)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {"loc": [str(part) for part in error.get("loc", ())], "message": str(error.get("msg", "invalid"))}
+        for error in exc.errors()
+    ]
+    first = problems[0] if problems else {"loc": [], "message": "invalid request"}
+    where = ".".join(first["loc"])
+    message = f"{where}: {first['message']}" if where else str(first["message"])
+    return error_response(422, "invalid_request", message, hint="see /docs for the request format", problems=problems)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal", "internal server error", hint="the server log has the details")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error in the one shape; nothing (no trace) beyond it reaches the client."""
+    app.add_exception_handler(HTTPException, _api_error)
+    app.add_exception_handler(PipelineError, _pipeline_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def _documented(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+#: OpenAPI ``responses`` shared by every ``/api`` route (routes add their own on top).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _documented("missing or wrong bearer token"),
+    413: _documented("request body too large"),
+    422: _documented("invalid request"),
+    429: _documented("the queues are full (MAX_QUEUE_DEPTH): try again later"),
+    500: _documented("internal error (no details are sent)"),
+    503: _documented("the status store (Redis) is unavailable"),
+}

@@ -1,0 +1,151 @@
+"""``POST /api/files`` (the original blocking endpoint) and ``POST /api/files/async``: an uploaded
+image through split, seam-blur and merge, as ``sdpipe process`` does with a local file."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from cli.api.auth import require_token
+from cli.api.deps import MEDIA_TYPES, image_response, runtime_of, settings_of, wait_for
+from cli.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
+from cli.api.schemas import JobAccepted, job_view
+from cli.api.uploads import save_upload
+from pipeline.errors import PipelineError
+from pipeline.jobs import ProcessPlan, build_step_params, new_id, plan_process
+from pipeline.models import JobSpec, JobState
+from pipeline.settings import OutputFormat
+from pipeline.storage import check_output_dir, default_output_name
+
+__all__ = ["router"]
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api", tags=["files"], dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
+
+#: Longest client file name kept (in the job's sidecar, as its source).
+_SOURCE_NAME_MAX_CHARS = 200
+
+_UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": "the upload is over MAX_UPLOAD_BYTES, or has more than MAX_PIXELS"},
+    415: {"model": ErrorBody, "description": "the upload is not a PNG, JPEG or WebP image (sniffed from its bytes)"},
+    422: {"model": ErrorBody, "description": "bad form fields (grid, band_px, sigma), or an unreadable image"},
+}
+FileField = Annotated[UploadFile, File(description="the image: PNG, JPEG or WebP")]
+GridField = Annotated[str | None, Form(description="split grid ROWSxCOLS (default GRID)")]
+BandField = Annotated[int | None, Form(description="blend band on each side of a cut, in pixels (default BAND_PX)")]
+SigmaField = Annotated[float | None, Form(allow_inf_nan=False, description="Gaussian sigma in pixels (default SIGMA)")]
+FormatField = Annotated[OutputFormat | None, Form(description="output format (default OUTPUT_FORMAT)")]
+
+
+def _submit_upload(
+    request: Request,
+    file: UploadFile,
+    *,
+    grid: str | None,
+    band_px: int | None,
+    sigma: float | None,
+    output_format: OutputFormat | None,
+) -> JobSpec:
+    """Check the form and the upload, save it on the shared disk, plan it as one process job (the job's
+    work folder gets its copy) and submit it."""
+    settings = settings_of(request)
+    runtime = runtime_of(request)
+    step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
+    check_output_dir(settings.output_dir)
+    saved = save_upload(file.file, settings)
+    now = time.time()
+    shown = (file.filename or "upload")[:_SOURCE_NAME_MAX_CHARS]
+    try:
+        plan = plan_process(
+            settings,
+            [saved.path],
+            step_params,
+            output_dir=settings.output_dir.absolute(),
+            output_format=output_format,
+            batch_id=new_id(),
+            now=now,
+        )[0]
+        # Name the output and the sidecar's source after the client's file, not the upload id.
+        label = shown.rsplit(".", 1)[0] or "upload"
+        spec = plan.spec.model_copy(
+            update={
+                "source_name": shown,
+                "output_name": default_output_name(now, plan.spec.job_id, label),
+            }
+        )
+        ProcessPlan(spec=spec, data=plan.data).ingest()
+    except PipelineError as exc:  # name the client's file, never the server's path
+        for text in (str(saved.path), saved.path.name):
+            exc.message = exc.message.replace(text, shown)
+        raise
+    finally:
+        saved.path.unlink(missing_ok=True)  # the job's work folder holds its copy now
+    runtime.submit([spec], as_batch=True)
+    logger.info("job %s: upload %s queued (%s)", spec.job_id, saved.upload_id, spec.step_params.grid)
+    return spec
+
+
+@router.post(
+    "/files",
+    summary="Process an uploaded image and answer with the result (blocking)",
+    response_class=Response,
+    responses={
+        **_UPLOAD_ERRORS,
+        200: {
+            "description": "the merged image; JSON metadata with its URL when the request accepts application/json",
+            "content": {
+                **{media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()},
+                "application/json": {"schema": {"$ref": "#/components/schemas/JobView"}},
+            },
+        },
+        409: {"model": ErrorBody, "description": "the job failed or was cancelled"},
+        504: {"model": ErrorBody, "description": "not finished within API_WAIT_TIMEOUT_S (the job keeps running)"},
+    },
+)
+def process_file(
+    request: Request,
+    file: FileField,
+    grid: GridField = None,
+    band_px: BandField = None,
+    sigma: SigmaField = None,
+    format: FormatField = None,
+) -> Response:
+    """Split, seam-blur and merge the upload; wait for it (at most API_WAIT_TIMEOUT_S)."""
+    spec = _submit_upload(request, file, grid=grid, band_px=band_px, sigma=sigma, output_format=format)
+    settings = settings_of(request)
+    record = wait_for(runtime_of(request), [spec.job_id], timeout_s=settings.api_wait_timeout_s)[0]
+    if record.state is not JobState.SUCCEEDED:
+        reason = f"{record.error.step}: {record.error.message}" if record.error else record.state.value
+        raise ApiError(409, "job_failed", f"job {record.job_id} {record.state.value}: {reason}", job_id=record.job_id)
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse(job_view(request, record).model_dump(mode="json"))
+    return image_response(request, record)
+
+
+@router.post(
+    "/files/async",
+    summary="Queue an uploaded image for processing",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=_UPLOAD_ERRORS,
+)
+def process_file_async(
+    request: Request,
+    file: FileField,
+    grid: GridField = None,
+    band_px: BandField = None,
+    sigma: SigmaField = None,
+    format: FormatField = None,
+) -> JobAccepted:
+    """Split, seam-blur and merge the upload on the workers; answer at once with the job's status URL."""
+    spec = _submit_upload(request, file, grid=grid, band_px=band_px, sigma=sigma, output_format=format)
+    return JobAccepted(
+        job_id=spec.job_id,
+        state=JobState.QUEUED,
+        status_url=str(request.url_for("get_job", job_id=spec.job_id)),
+    )

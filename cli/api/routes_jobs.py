@@ -1,0 +1,230 @@
+"""Generation, batches and jobs: ``sdpipe generate``/``batch``/``jobs``/``status``/``retry``/``cancel`` over HTTP."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from cli.api.auth import require_token
+from cli.api.deps import MEDIA_TYPES, image_response, runtime_of, settings_of, wait_for
+from cli.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
+from cli.api.schemas import (
+    BatchAccepted,
+    BatchBody,
+    BatchView,
+    CancelResult,
+    GenerateAccepted,
+    GenerateBody,
+    JobList,
+    JobsDone,
+    JobView,
+    RetryResult,
+    job_view,
+)
+from pipeline.batches import batch_records, build_manifest, retry_step
+from pipeline.batchfile import BatchFileError, PlannedRow, read_batch_file
+from pipeline.jobs import GenerationRequest, build_step_params, new_id, plan_generate
+from pipeline.models import JobState
+from pipeline.settings import Settings
+from pipeline.storage import check_output_dir
+from pipeline.store import DEFAULT_LIST_LIMIT
+
+__all__ = ["MAX_LIST_LIMIT", "plan_batch_rows", "router"]
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
+
+#: Most jobs one ``GET /api/jobs`` returns.
+MAX_LIST_LIMIT = 1000
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no such job or batch"}}
+_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "the job is not in a state for this"}
+}
+_TIMEOUT: dict[int | str, dict[str, Any]] = {
+    504: {"model": ErrorBody, "description": "not finished within API_WAIT_TIMEOUT_S (the jobs keep running)"}
+}
+
+
+@router.post(
+    "/generate",
+    tags=["generate"],
+    summary="Render prompts on the SD server, then split, seam-blur and merge",
+    status_code=202,
+    response_model=GenerateAccepted,
+    responses={200: {"model": JobsDone, "description": "with ?wait=true: every job ended"}, **_TIMEOUT},
+)
+def generate(
+    request: Request,
+    body: GenerateBody,
+    wait: Annotated[bool, Query(description="block until every job ended (at most API_WAIT_TIMEOUT_S)")] = False,
+) -> Response:
+    """Queue ``count`` generation jobs (one batch), as ``sdpipe generate`` does."""
+    settings = settings_of(request)
+    runtime = runtime_of(request)
+    step_params = build_step_params(settings, grid=body.grid, band_px=body.band_px, sigma=body.sigma)
+    generation = GenerationRequest(
+        prompt=body.prompt,
+        negative_prompt=body.negative,
+        seed=body.seed,
+        steps=body.steps,
+        cfg_scale=body.cfg,
+        width=body.width,
+        height=body.height,
+        sampler=body.sampler,
+        scheduler=body.scheduler,
+        override_settings=body.override_settings or None,
+    )
+    batch_id = new_id()
+    specs = plan_generate(
+        settings,
+        generation,
+        step_params,
+        count=body.count,
+        output_format=body.format,
+        batch_id=batch_id,
+        now=time.time(),
+    )
+    check_output_dir(settings.output_dir)
+    runtime.submit(specs, as_batch=True)
+    job_ids = [spec.job_id for spec in specs]
+    logger.info("batch %s: %d generation job(s) queued", batch_id, len(job_ids))
+    if wait:
+        records = wait_for(runtime, job_ids, timeout_s=settings.api_wait_timeout_s)
+        done = JobsDone(batch_id=batch_id, jobs=[job_view(request, record) for record in records])
+        return JSONResponse(done.model_dump(mode="json"))
+    accepted = GenerateAccepted(
+        batch_id=batch_id,
+        job_ids=job_ids,
+        status_urls=[str(request.url_for("get_job", job_id=job_id)) for job_id in job_ids],
+    )
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
+
+
+def plan_batch_rows(settings: Settings, body: BatchBody, *, batch_id: str, now: float) -> list[PlannedRow]:
+    """Check and plan a JSON batch exactly as the rows of a ``.jsonl`` batch file (row N is line N).
+
+    Raises:
+        BatchFileError: every problem of every row (nothing is planned).
+        InputError: a bad value in ``defaults``.
+    """
+    with tempfile.TemporaryDirectory(prefix="sdpipe-batch-") as folder:
+        path = Path(folder) / "rows.jsonl"
+        with path.open("w", encoding="utf-8") as handle:
+            for row in body.rows:
+                handle.write(json.dumps({"prompt": row} if isinstance(row, str) else row) + "\n")
+        try:
+            return read_batch_file(path, settings, defaults=body.defaults, batch_id=batch_id, now=now)
+        except BatchFileError as exc:
+            error = BatchFileError("the batch", exc.problems)
+            error.hint = "fix the rows listed (line N is row N of the request) and send the batch again"
+            raise error from None
+
+
+@router.post(
+    "/batches",
+    tags=["batches"],
+    summary="Queue a batch of rows (as in batch files)",
+    status_code=202,
+    response_model=BatchAccepted,
+    responses={422: {"model": ErrorBody, "description": "bad rows: error.problems lists every one"}},
+)
+def create_batch(request: Request, body: BatchBody) -> BatchAccepted:
+    """Validate every row (nothing is queued when one is bad), then queue the batch."""
+    settings = settings_of(request)
+    runtime = runtime_of(request)
+    now = time.time()
+    batch_id = new_id()
+    rows = plan_batch_rows(settings, body, batch_id=batch_id, now=now)
+    check_output_dir(settings.output_dir)
+    plan = runtime.submit_rows(rows, batch_id=batch_id, source=None, now=now)
+    job_ids = [spec.job_id for spec in plan.new_specs]
+    logger.info("batch %s: %d row(s), %d job(s) queued", batch_id, len(rows), len(job_ids))
+    return BatchAccepted(
+        batch_id=batch_id,
+        jobs=len(job_ids),
+        job_ids=job_ids,
+        status_url=str(request.url_for("get_batch", batch_id=batch_id)),
+    )
+
+
+@router.get("/batches/{batch_id}", tags=["batches"], response_model=BatchView, responses=_NOT_FOUND)
+def get_batch(request: Request, batch_id: str) -> BatchView:
+    """A batch (id or unique prefix) and its manifest: rows, their jobs, states, outputs and errors."""
+    store = runtime_of(request).store
+    batch = store.get_batch(batch_id)
+    return BatchView.model_validate(build_manifest(batch, batch_records(store, batch)))
+
+
+@router.get("/jobs", tags=["jobs"], response_model=JobList, responses=_NOT_FOUND)
+def list_jobs(
+    request: Request,
+    state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
+    batch: Annotated[str | None, Query(description="only jobs of this batch (id or unique prefix)")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT, description="at most this many")] = DEFAULT_LIST_LIMIT,
+) -> JobList:
+    """Jobs, newest first."""
+    store = runtime_of(request).store
+    batch_id = store.get_batch(batch).batch_id if batch is not None else None
+    records = store.list_jobs(state=state, batch_id=batch_id, limit=limit)
+    return JobList(jobs=[job_view(request, record) for record in records])
+
+
+@router.get("/jobs/{job_id}", tags=["jobs"], response_model=JobView, responses=_NOT_FOUND)
+def get_job(request: Request, job_id: str) -> JobView:
+    """One job (id or unique prefix): state, steps with attempts and timings, last error, result."""
+    store = runtime_of(request).store
+    return job_view(request, store.get(store.resolve_id(job_id)))
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    tags=["jobs"],
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the output image, with a strong ETag",
+            "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()},
+        },
+        304: {"description": "not modified (If-None-Match matched the ETag)"},
+        **_NOT_FOUND,
+        409: {"model": ErrorBody, "description": "the job has not succeeded"},
+    },
+)
+def get_job_result(request: Request, job_id: str) -> Response:
+    """The job's image (only the file its record names)."""
+    store = runtime_of(request).store
+    return image_response(request, store.get(store.resolve_id(job_id)))
+
+
+@router.post("/jobs/{job_id}/retry", tags=["jobs"], response_model=RetryResult, responses={**_NOT_FOUND, **_CONFLICT})
+def retry_job(request: Request, job_id: str) -> RetryResult:
+    """Requeue a failed or cancelled job from the step that failed (a saved SD image is not requested again)."""
+    runtime = runtime_of(request)
+    record = runtime.store.get(runtime.store.resolve_id(job_id))
+    requeued = runtime.retry([record]) if record.state in (JobState.FAILED, JobState.CANCELLED) else []
+    if not requeued:
+        raise ApiError(
+            409,
+            "not_retryable",
+            f"job {record.job_id} is {record.state.value}: only failed or cancelled jobs are retried",
+            job_id=record.job_id,
+        )
+    fresh = requeued[0]
+    return RetryResult(job_id=fresh.job_id, state=fresh.state, from_step=retry_step(fresh))
+
+
+@router.post("/jobs/{job_id}/cancel", tags=["jobs"], response_model=CancelResult, responses=_NOT_FOUND)
+def cancel_job(request: Request, job_id: str) -> CancelResult:
+    """Stop a queued job from running (a running SD call finishes; the job then stops, cancelled)."""
+    runtime = runtime_of(request)
+    full_id = runtime.store.resolve_id(job_id)
+    cancelled = runtime.cancel([full_id]) > 0
+    return CancelResult(job_id=full_id, cancelled=cancelled, state=runtime.store.get(full_id).state)

@@ -1,0 +1,197 @@
+"""Request and response bodies of the HTTP API (documented in the OpenAPI schema at ``/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.models import ErrorInfo, GenerationParams, JobRecord, JobState, StepParams, StepRecord
+from pipeline.settings import OutputFormat
+
+__all__ = [
+    "MAX_BATCH_ROWS",
+    "BatchAccepted",
+    "BatchBody",
+    "BatchView",
+    "CancelResult",
+    "GenerateAccepted",
+    "GenerateBody",
+    "Health",
+    "JobAccepted",
+    "JobList",
+    "JobView",
+    "JobsDone",
+    "Readiness",
+    "RetryResult",
+    "job_view",
+]
+
+#: Most rows one ``POST /api/batches`` may carry (bigger batches: several requests, or a batch file).
+MAX_BATCH_ROWS = 10_000
+
+
+class GenerateBody(BaseModel):
+    """``POST /api/generate``: the fields of ``sdpipe generate`` (null or absent: the server's setting)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    prompt: str
+    negative: str = ""
+    seed: int = Field(-1, description="-1 for random; with count N: seed … seed+N-1")
+    steps: int | None = None
+    cfg: float | None = None
+    width: int | None = None
+    height: int | None = None
+    sampler: str | None = None
+    scheduler: str | None = None
+    count: int = Field(1, description="number of jobs, one image each")
+    override_settings: dict[str, Any] | None = Field(None, description="A1111 override_settings")
+    grid: str | None = Field(None, description="split grid ROWSxCOLS, e.g. 2x2")
+    band_px: int | None = None
+    sigma: float | None = None
+    format: OutputFormat | None = None
+
+
+class BatchBody(BaseModel):
+    """``POST /api/batches``: rows as in a batch file (an object per row, or a plain prompt), plus defaults.
+
+    Rows are checked exactly like the rows of a ``.jsonl`` batch file; ``line`` in a problem is the
+    row's position, from 1.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows: Annotated[list[dict[str, Any] | str], Field(min_length=1, max_length=MAX_BATCH_ROWS)]
+    defaults: dict[str, Any] = Field(default_factory=dict, description="values for every row (a row overrides)")
+
+
+class JobView(BaseModel):
+    """A job as the API shows it."""
+
+    job_id: str
+    batch_id: str | None
+    state: JobState
+    kind: Literal["generate", "process"]
+    created_at: float
+    updated_at: float
+    generation: GenerationParams | None
+    step_params: StepParams
+    output_format: OutputFormat
+    steps: dict[str, StepRecord]
+    error: ErrorInfo | None
+    #: On success: ``width``, ``height``, ``bytes``, ``sha256`` of the output image.
+    result: dict[str, Any] | None
+    sd_info: dict[str, Any] | None
+    status_url: str
+    result_url: str | None
+
+
+class JobAccepted(BaseModel):
+    """A queued job."""
+
+    job_id: str
+    state: JobState
+    status_url: str
+
+
+class GenerateAccepted(BaseModel):
+    """Queued generation jobs (one batch)."""
+
+    batch_id: str
+    job_ids: list[str]
+    status_urls: list[str]
+
+
+class JobsDone(BaseModel):
+    """Jobs waited for until each ended (``?wait=true``)."""
+
+    batch_id: str | None
+    jobs: list[JobView]
+
+
+class JobList(BaseModel):
+    """Jobs, newest first."""
+
+    jobs: list[JobView]
+
+
+class BatchAccepted(BaseModel):
+    """A queued batch."""
+
+    batch_id: str
+    jobs: int
+    job_ids: list[str]
+    status_url: str
+
+
+class BatchView(BaseModel):
+    """A batch's manifest: every row with its parameters and its jobs' states, outputs or errors."""
+
+    model_config = ConfigDict(extra="allow")
+
+    batch_id: str
+    source: str | None
+    schedule: str | None
+    created_at: float
+    written_at: float
+    counts: dict[str, int]
+    jobs: int
+    rows: list[dict[str, Any]]
+
+
+class RetryResult(BaseModel):
+    """A job requeued from the step that failed."""
+
+    job_id: str
+    state: JobState
+    from_step: str
+
+
+class CancelResult(BaseModel):
+    """Whether a cancel stopped the job (False: it had already ended)."""
+
+    job_id: str
+    cancelled: bool
+    state: JobState
+
+
+class Health(BaseModel):
+    """The process answers."""
+
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """The status store and an SD server answer."""
+
+    status: Literal["ready"]
+    store: str
+    sd: str
+
+
+def job_view(request: Request, record: JobRecord) -> JobView:
+    """``record`` for a client: server paths left out, links to its status and its image added."""
+    spec = record.spec
+    result = None
+    if record.result is not None:
+        result = {key: value for key, value in record.result.items() if key not in ("image", "sidecar")}
+    succeeded = record.state is JobState.SUCCEEDED and record.result is not None
+    return JobView(
+        job_id=record.job_id,
+        batch_id=record.batch_id,
+        state=record.state,
+        kind=spec.kind,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        generation=spec.generation,
+        step_params=spec.step_params,
+        output_format=spec.output_format,
+        steps=record.steps,
+        error=record.error,
+        result=result,
+        sd_info=record.sd_info,
+        status_url=str(request.url_for("get_job", job_id=record.job_id)),
+        result_url=str(request.url_for("get_job_result", job_id=record.job_id)) if succeeded else None,
+    )

@@ -1,0 +1,74 @@
+"""``sdpipe serve``: the HTTP API (FastAPI on uvicorn), from the ``api`` extra, imported only here."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+import typer
+
+from cli.common import load
+from cli.output import RET_USAGE, cli_errors, echo, state
+from pipeline.errors import InputError
+from pipeline.storage import check_output_dir
+from pipeline.store import open_store
+
+__all__ = ["EXTRA_MISSING", "is_loopback", "serve"]
+
+#: The one line printed (exit code 2) when FastAPI or uvicorn is not installed.
+EXTRA_MISSING = "install the API extra: pip install 'sdpipe[api]'"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine (``localhost``, ``127.x``, ``::1``)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to listen on (default API_HOST, 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port (default PORT, 3000).")] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback address without API_TOKEN (anyone may submit).")
+    ] = False,
+) -> None:
+    """Serve the HTTP API (uploads, generation, batches, jobs) until stopped."""
+    with cli_errors():
+        settings = load(ctx, api_host=host, port=port)
+        if settings.api_token is None and not is_loopback(settings.api_host) and not insecure:
+            raise InputError(
+                f"refusing to serve on {settings.api_host} without API_TOKEN: anyone who reaches it could submit jobs",
+                hint="set API_TOKEN, listen on 127.0.0.1, or pass --insecure",
+            )
+        try:
+            import uvicorn
+
+            from cli.api import create_app
+        except ImportError:
+            echo(f"error: {EXTRA_MISSING}", err=True)
+            raise typer.Exit(RET_USAGE) from None
+        check_output_dir(settings.output_dir)
+        store = open_store(settings)  # fail fast, in one line, when Redis is down
+        try:
+            store.ping()
+        finally:
+            store.close()
+        app = create_app(settings)
+        mode = "Redis" if settings.redis_mode else "embedded"
+        auth = "bearer token" if settings.api_token is not None else "no token"
+        echo(f"sdpipe API on http://{settings.api_host}:{settings.port} ({mode} mode, {auth})", err=True)
+        uvicorn.run(
+            app,
+            host=settings.api_host,
+            port=settings.port,
+            log_config=None,  # keep sdpipe's logging set-up (--verbose)
+            access_log=state.verbose,
+            server_header=False,
+        )

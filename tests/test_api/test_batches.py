@@ -1,0 +1,71 @@
+"""``POST /api/batches`` and ``GET /api/batches/{id}``: rows checked exactly like batch-file rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.batchfile import BatchFileError, read_batch_file
+from tests.helpers import wait_until
+from tests.test_api.conftest import ApiServer, assert_error
+
+BAD_ROWS: list[object] = [
+    {"prompt": "fine", "width": 96, "height": 64},
+    {"prompt": "b", "steps": 900},
+    {"promt": "typo"},
+    "a plain prompt",
+    {"prompt": "c", "name": "../escape"},
+    {"prompt": "d", "cfg": "high", "seed": True},
+]
+
+
+def test_batches_queue_rows_and_show_the_manifest(api: ApiServer) -> None:
+    rows = ["a fox", {"prompt": "a lighthouse", "seed": 3, "count": 2, "name": "lighthouse"}]
+    response = api.client.post("/api/batches", json={"rows": rows, "defaults": {"width": 96, "height": 64}})
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert accepted["jobs"] == 3 and len(accepted["job_ids"]) == 3
+
+    def finished() -> bool:
+        return api.client.get(accepted["status_url"]).json()["counts"] == {"succeeded": 3}
+
+    assert wait_until(finished, timeout_s=30)
+    manifest = api.client.get(f"/api/batches/{accepted['batch_id'][:8]}").json()
+    assert manifest["batch_id"] == accepted["batch_id"]
+    assert [row["line"] for row in manifest["rows"]] == [1, 2]
+    assert manifest["rows"][1]["params"]["name"] == "lighthouse"
+    assert [job["state"] for job in manifest["rows"][1]["jobs"]] == ["succeeded", "succeeded"]
+    listed = api.client.get("/api/jobs", params={"batch": accepted["batch_id"]}).json()["jobs"]
+    assert sorted(job["job_id"] for job in listed) == sorted(accepted["job_ids"])
+
+
+def test_batches_bad_rows_are_all_listed_like_a_batch_file(api: ApiServer, tmp_path: Path) -> None:
+    # When a batch has several bad rows
+    response = api.client.post("/api/batches", json={"rows": BAD_ROWS})
+    # Then it is one 422 listing every problem, and nothing is queued
+    error = assert_error(response, 422, "invalid_batch")
+    assert api.client.get("/api/jobs").json()["jobs"] == []
+    # and the problems are exactly those of the same rows in a .jsonl batch file (row N = line N)
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"prompt": r} if isinstance(r, str) else r) + "\n" for r in BAD_ROWS))
+    with pytest.raises(BatchFileError) as raised:
+        read_batch_file(path, api.settings, defaults={}, batch_id="b", now=0.0)
+    expected = [{"line": p.line, "field": p.field, "message": p.message} for p in raised.value.problems]
+    assert [{k: p.get(k) for k in ("line", "field", "message")} for p in error["problems"]] == expected
+    assert {p["line"] for p in error["problems"]} == {2, 3, 5, 6}
+
+
+def test_batches_bad_default_is_422(api: ApiServer) -> None:
+    response = api.client.post("/api/batches", json={"rows": ["x"], "defaults": {"steps": 0}})
+    error = assert_error(response, 422, "invalid_input")
+    assert "steps" in error["message"]
+
+
+def test_batches_body_shape_is_checked(api: ApiServer) -> None:
+    assert_error(api.client.post("/api/batches", json={"rows": []}), 422, "invalid_request")
+    assert_error(api.client.post("/api/batches", json={"rows": [3]}), 422, "invalid_request")
+    assert_error(
+        api.client.post("/api/batches", content=b"{not json", headers={"Content-Type": "application/json"}), 422
+    )

@@ -1,0 +1,80 @@
+"""One JSON error shape for every failure; no stack trace ever reaches a client."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_api.conftest import ApiServer, StartApi, assert_error
+
+
+def test_errors_unknown_route_and_method_use_the_shape(api: ApiServer) -> None:
+    assert_error(api.client.get("/api/nothing"), 404, "not_found")
+    assert_error(api.client.delete("/api/jobs"), 405, "method_not_allowed")
+
+
+def test_errors_unexpected_exception_is_500_without_details(api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a store that fails in a way nobody planned for
+    runtime = api.server.config.app.state.runtime  # type: ignore[union-attr]
+
+    def explode(**kwargs: object) -> None:
+        raise RuntimeError("secret internals at /srv/sdpipe")
+
+    monkeypatch.setattr(runtime.store, "list_jobs", explode)
+    # Then the client sees a 500 in the error shape and nothing of the exception
+    response = api.client.get("/api/jobs")
+    error = assert_error(response, 500, "internal")
+    assert "secret" not in response.text and "RuntimeError" not in response.text
+    assert error["message"] == "internal server error"
+
+
+def test_errors_store_unavailable_is_503(start_api: StartApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.errors import StoreUnavailable
+
+    api = start_api()
+    runtime = api.server.config.app.state.runtime  # type: ignore[union-attr]
+
+    def down() -> None:
+        raise StoreUnavailable("cannot reach Redis at redis://127.0.0.1:1", hint="is redis-server running?")
+
+    monkeypatch.setattr(runtime.store, "ping", down)
+    assert_error(api.client.get("/readyz"), 503, "store_unavailable")
+    assert api.client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_errors_readyz_is_503_when_no_sd_server_answers(start_api: StartApi) -> None:
+    api = start_api(sd_api_url="http://127.0.0.1:9", sd_connect_timeout_s=0.5)
+    error = assert_error(api.client.get("/readyz"), 503, "not_ready")
+    assert "127.0.0.1:9" in error["message"]
+
+
+def test_errors_docs_are_off_unless_enabled(start_api: StartApi) -> None:
+    api = start_api(enable_documentation=False)
+    assert_error(api.client.get("/docs"), 404)
+    assert_error(api.client.get("/openapi.json"), 404)
+
+
+def test_errors_status_for_maps_core_errors() -> None:
+    from cli.api.errors import status_for
+    from pipeline.batchfile import BatchFileError
+    from pipeline.errors import ImageError, InputError, JobNotFound, SDAuthError, SDUnavailable, StoreUnavailable
+    from pipeline.uploads import UploadProblem, UploadRejected
+
+    assert status_for(JobNotFound("x")) == (404, "not_found")
+    assert status_for(InputError("x")) == (422, "invalid_input")
+    assert status_for(BatchFileError("f", [])) == (422, "invalid_batch")
+    assert status_for(ImageError("x")) == (422, "invalid_image")
+    assert status_for(StoreUnavailable("x")) == (503, "store_unavailable")
+    assert status_for(SDAuthError("x")) == (502, "sd_rejected")
+    assert status_for(SDUnavailable("x")) == (503, "sd_unavailable")
+    assert status_for(UploadRejected(UploadProblem.UNSUPPORTED_TYPE, "x")) == (415, "unsupported_media_type")
+    assert status_for(UploadRejected(UploadProblem.TOO_MANY_PIXELS, "x")) == (413, "too_many_pixels")
+
+
+def test_errors_full_queue_is_429_and_nothing_is_queued(start_api: StartApi, redis_url: str) -> None:
+    # Redis mode and no worker: jobs stay queued; MAX_QUEUE_DEPTH=2
+    api = start_api(redis_url=redis_url, max_queue_depth=2)
+    body = {"prompt": "a lighthouse", "width": 64, "height": 64}
+    assert api.client.post("/api/generate", json={**body, "count": 2}).status_code == 202
+    error = assert_error(api.client.post("/api/generate", json=body), 429, "queue_full")
+    assert "MAX_QUEUE_DEPTH=2" in error["message"]
+    assert len(api.client.get("/api/jobs").json()["jobs"]) == 2

@@ -1,0 +1,156 @@
+"""``POST /api/files`` and ``/api/files/async`` over HTTP: the merged image, and every bad upload as a 4xx."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import numpy as np
+from PIL import Image
+
+from pipeline.seams import cut_positions
+from tests.helpers import wait_until
+from tests.test_api.conftest import ApiServer, StartApi, assert_error, noise_image, png_bytes
+
+WIDTH, HEIGHT, BAND_PX = 160, 120, 10
+
+
+def far_from_cuts(width: int, height: int, rows: int, cols: int, band_px: int) -> np.ndarray:
+    """True where a pixel is ``band_px`` or more from every inner cut."""
+    mask = np.ones((height, width), dtype=bool)
+    for c in cut_positions(width, cols)[1:-1]:
+        mask[:, max(0, c - band_px) : c + band_px] = False
+    for c in cut_positions(height, rows)[1:-1]:
+        mask[max(0, c - band_px) : c + band_px, :] = False
+    return mask
+
+
+def test_files_returns_merged_image_equal_to_upload_away_from_seams(api: ApiServer) -> None:
+    # Given a detailed PNG
+    source = noise_image(WIDTH, HEIGHT, seed=3)
+    # When it is uploaded with a 2x3 grid
+    response = api.client.post(
+        "/api/files",
+        files={"file": ("photo.png", png_bytes(source), "image/png")},
+        data={"grid": "2x3", "band_px": str(BAND_PX), "sigma": "3"},
+    )
+    # Then the answer is the merged PNG, the same size, with an ETag
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["etag"].startswith('"')
+    with Image.open(io.BytesIO(response.content)) as image:
+        merged = np.asarray(image.convert("RGB"))
+    assert merged.shape == source.shape
+    # and pixels away from the seams equal the upload's, while the seams are blurred
+    far = far_from_cuts(WIDTH, HEIGHT, 2, 3, BAND_PX)
+    assert np.array_equal(merged[far], source[far])
+    assert not np.array_equal(merged[~far], source[~far])
+
+
+def test_files_answers_json_with_result_url_when_asked(api: ApiServer) -> None:
+    # When the client accepts JSON
+    response = api.client.post(
+        "/api/files",
+        files={"file": ("photo.jpg", png_bytes(noise_image(64, 64), "JPEG"), "image/jpeg")},
+        data={"format": "webp"},
+        headers={"Accept": "application/json"},
+    )
+    # Then it gets the job with a URL to its image
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["state"] == "succeeded" and job["kind"] == "process"
+    assert job["output_format"] == "webp"
+    assert "image" not in job["result"]  # no server paths
+    image = api.client.get(job["result_url"])
+    assert image.status_code == 200
+    assert image.headers["content-type"] == "image/webp"
+
+
+def test_files_async_returns_202_and_the_job_completes(api: ApiServer) -> None:
+    response = api.client.post("/api/files/async", files={"file": ("a.png", png_bytes(noise_image(96, 80)))})
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert accepted["state"] == "queued"
+    assert wait_until(lambda: api.client.get(accepted["status_url"]).json()["state"] == "succeeded", timeout_s=30)
+
+
+def test_files_upload_over_max_upload_bytes_is_413(start_api: StartApi) -> None:
+    api = start_api(max_upload_bytes=10_000)
+    big = png_bytes(noise_image(100, 100))  # ~30 kB of noise
+    assert len(big) > 10_000
+    error = assert_error(api.client.post("/api/files", files={"file": ("big.png", big)}), 413, "upload_too_large")
+    assert "MAX_UPLOAD_BYTES" in error["message"]
+
+
+def test_files_chunked_body_over_limit_is_413_without_content_length(start_api: StartApi) -> None:
+    # Given a body sent chunked (no Content-Length to trust) far over the limit
+    api = start_api(max_upload_bytes=10_000)
+    boundary = b"sdpipe-test"
+    head = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
+
+    def body() -> Iterator[bytes]:
+        yield head + b"\x89PNG\r\n\x1a\n"
+        for _ in range(200):
+            yield b"\0" * 1024
+
+    response = api.client.post(
+        "/api/files", content=body(), headers={"Content-Type": f"multipart/form-data; boundary={boundary.decode()}"}
+    )
+    # Then the server stops reading and answers 413
+    assert_error(response, 413, "upload_too_large")
+
+
+def test_files_non_image_with_lying_content_type_is_415(api: ApiServer) -> None:
+    response = api.client.post("/api/files", files={"file": ("cat.png", b"<html>not an image</html>", "image/png")})
+    error = assert_error(response, 415, "unsupported_media_type")
+    assert "PNG, JPEG or WebP" in error["message"]
+
+
+def test_files_gif_is_415(api: ApiServer) -> None:
+    gif = png_bytes(noise_image(32, 32), "GIF")
+    assert_error(api.client.post("/api/files", files={"file": ("a.gif", gif, "image/gif")}), 415)
+
+
+def test_files_too_many_pixels_is_413_before_decoding(start_api: StartApi) -> None:
+    api = start_api(max_pixels=50 * 50)
+    response = api.client.post("/api/files", files={"file": ("a.png", png_bytes(noise_image(64, 64)))})
+    error = assert_error(response, 413, "too_many_pixels")
+    assert "64x64" in error["message"]
+
+
+def test_files_truncated_image_is_422(api: ApiServer) -> None:
+    data = png_bytes(noise_image(64, 64))
+    response = api.client.post("/api/files", files={"file": ("a.png", data[: len(data) // 2])})
+    assert_error(response, 422, "invalid_image")
+
+
+def test_files_empty_upload_is_422(api: ApiServer) -> None:
+    assert_error(api.client.post("/api/files", files={"file": ("a.png", b"")}), 422, "empty_upload")
+
+
+def test_files_bad_grid_is_422_naming_the_grid(api: ApiServer) -> None:
+    response = api.client.post(
+        "/api/files", files={"file": ("a.png", png_bytes(noise_image(64, 64)))}, data={"grid": "3"}
+    )
+    error = assert_error(response, 422, "invalid_input")
+    assert "grid" in error["message"]
+
+
+def test_files_grid_too_fine_for_the_image_is_422_naming_the_client_file(api: ApiServer) -> None:
+    response = api.client.post(
+        "/api/files", files={"file": ("mine.png", png_bytes(noise_image(16, 16)))}, data={"grid": "8x8"}
+    )
+    error = assert_error(response, 422, "invalid_input")
+    assert error["message"].startswith("mine.png: ")
+    assert ".sdpipe" not in error["message"]
+
+
+def test_files_missing_file_field_is_422(api: ApiServer) -> None:
+    error = assert_error(api.client.post("/api/files", data={"grid": "2x2"}), 422, "invalid_request")
+    assert "file" in error["message"]
+
+
+def test_files_upload_is_not_left_in_the_uploads_folder(api: ApiServer) -> None:
+    api.client.post("/api/files", files={"file": ("a.png", png_bytes(noise_image(64, 64)))})
+    uploads = api.settings.output_dir / ".sdpipe" / "uploads"
+    assert not uploads.exists() or list(uploads.iterdir()) == []

@@ -1,0 +1,122 @@
+"""Generation, jobs, results, retry and cancel over HTTP (embedded mode, mock SD server)."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from tests.helpers import wait_until
+from tests.test_api.conftest import ApiServer, StartApi, assert_error
+
+SMALL = {"width": 96, "height": 64, "band_px": 8}
+
+
+def test_generate_returns_202_with_job_ids_and_status_urls(api: ApiServer) -> None:
+    response = api.client.post("/api/generate", json={"prompt": "a lighthouse at dusk", "count": 2, **SMALL})
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert len(accepted["job_ids"]) == 2
+    assert all(url.endswith(job_id) for url, job_id in zip(accepted["status_urls"], accepted["job_ids"], strict=True))
+    for url in accepted["status_urls"]:
+        assert wait_until(lambda url=url: api.client.get(url).json()["state"] == "succeeded", timeout_s=30)
+
+
+def test_generate_wait_answers_with_finished_jobs(api: ApiServer) -> None:
+    response = api.client.post(
+        "/api/generate", params={"wait": "true"}, json={"prompt": "a fox", "seed": 7, "count": 2, **SMALL}
+    )
+    assert response.status_code == 200, response.text
+    done = response.json()
+    assert [job["state"] for job in done["jobs"]] == ["succeeded", "succeeded"]
+    assert [job["generation"]["seed"] for job in done["jobs"]] == [7, 8]
+    assert all(job["batch_id"] == done["batch_id"] for job in done["jobs"])
+    # the image is the merged one, at the size asked for
+    image = api.client.get(done["jobs"][0]["result_url"])
+    with Image.open(io.BytesIO(image.content)) as im:
+        assert im.size == (96, 64)
+        assert "Seam grid: 2x2" in im.info["parameters"]
+
+
+def test_generate_wait_times_out_with_504_naming_the_job(start_api: StartApi) -> None:
+    api = start_api(sd_api_url="mock://?latency_ms=1000", api_wait_timeout_s=0.3)
+    response = api.client.post("/api/generate", params={"wait": "true"}, json={"prompt": "slow", **SMALL})
+    error = assert_error(response, 504, "timeout")
+    assert len(error["job_id"]) == 32
+
+
+def test_generate_bad_request_is_422_in_the_error_shape(api: ApiServer) -> None:
+    assert_error(api.client.post("/api/generate", json={"prompt": "  "}), 422, "invalid_input")
+    assert_error(api.client.post("/api/generate", json={"prompt": "x", "width": 999_999}), 422, "invalid_input")
+    assert_error(api.client.post("/api/generate", json={"prompt": "x", "grid": "0x2"}), 422, "invalid_input")
+    error = assert_error(api.client.post("/api/generate", json={"prompt": "x", "sed": 1}), 422, "invalid_request")
+    assert "sed" in error["message"]
+
+
+def test_jobs_get_list_and_filter(api: ApiServer) -> None:
+    done = api.client.post("/api/generate", params={"wait": "true"}, json={"prompt": "a fox", **SMALL}).json()
+    job_id = done["jobs"][0]["job_id"]
+    # a unique prefix resolves
+    assert api.client.get(f"/api/jobs/{job_id[:10]}").json()["job_id"] == job_id
+    listed = api.client.get("/api/jobs", params={"state": "succeeded", "batch": done["batch_id"], "limit": 5})
+    assert [job["job_id"] for job in listed.json()["jobs"]] == [job_id]
+    assert api.client.get("/api/jobs", params={"state": "failed"}).json()["jobs"] == []
+    assert_error(api.client.get("/api/jobs", params={"state": "bogus"}), 422, "invalid_request")
+    assert_error(api.client.get("/api/jobs", params={"limit": 0}), 422, "invalid_request")
+
+
+def test_jobs_unknown_id_is_404(api: ApiServer) -> None:
+    assert_error(api.client.get("/api/jobs/ffffffff"), 404, "not_found")
+    assert_error(api.client.get("/api/jobs/ffffffff/result"), 404, "not_found")
+    assert_error(api.client.post("/api/jobs/ffffffff/retry"), 404, "not_found")
+    assert_error(api.client.post("/api/jobs/ffffffff/cancel"), 404, "not_found")
+    assert_error(api.client.get("/api/batches/ffffffff"), 404, "not_found")
+
+
+def test_jobs_result_has_strong_etag_and_if_none_match_gives_304(api: ApiServer) -> None:
+    done = api.client.post("/api/generate", params={"wait": "true"}, json={"prompt": "a fox", **SMALL}).json()
+    url = done["jobs"][0]["result_url"]
+    first = api.client.get(url)
+    assert first.status_code == 200
+    etag = first.headers["etag"]
+    assert etag.startswith('"') and not etag.startswith("W/")
+    assert etag.strip('"') == done["jobs"][0]["result"]["sha256"]
+    again = api.client.get(url, headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    assert api.client.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
+
+
+def test_jobs_failed_job_has_no_result_409_and_retries(start_api: StartApi) -> None:
+    # Given a job that fails at once (the SD server sends an image that does not decode)
+    api = start_api(sd_api_url="mock://?faults=garbage:1")
+    done = api.client.post("/api/generate", params={"wait": "true"}, json={"prompt": "x", **SMALL}).json()
+    job = done["jobs"][0]
+    assert job["state"] == "failed" and job["error"]["step"] == "generate"
+    assert job["result_url"] is None
+    # Then its result is a 409, and a retry requeues it from the step that failed
+    error = assert_error(api.client.get(f"/api/jobs/{job['job_id']}/result"), 409, "no_result")
+    assert "failed" in error["message"]
+    retried = api.client.post(f"/api/jobs/{job['job_id']}/retry")
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["from_step"] == "generate"
+    assert wait_until(lambda: api.client.get(f"/api/jobs/{job['job_id']}").json()["state"] == "failed", timeout_s=30)
+    assert api.client.get(f"/api/jobs/{job['job_id']}").json()["steps"]["generate"]["attempts"] == 2
+
+
+def test_jobs_retry_of_succeeded_job_is_409(api: ApiServer) -> None:
+    done = api.client.post("/api/generate", params={"wait": "true"}, json={"prompt": "a fox", **SMALL}).json()
+    assert_error(api.client.post(f"/api/jobs/{done['jobs'][0]['job_id']}/retry"), 409, "not_retryable")
+
+
+def test_jobs_cancel_stops_queued_jobs(start_api: StartApi) -> None:
+    # Given slow renders with one worker thread: the last jobs wait in the queue
+    api = start_api(sd_api_url="mock://?latency_ms=1000", worker_threads=1)
+    accepted = api.client.post("/api/generate", json={"prompt": "x", "count": 3, **SMALL}).json()
+    last = accepted["job_ids"][-1]
+    # When the last is cancelled
+    response = api.client.post(f"/api/jobs/{last}/cancel")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"job_id": last, "cancelled": True, "state": "cancelled"}
+    # Then cancelling again changes nothing, and its result is a 409
+    assert api.client.post(f"/api/jobs/{last}/cancel").json()["cancelled"] is False
+    assert_error(api.client.get(f"/api/jobs/{last}/result"), 409, "no_result")
