@@ -42,6 +42,11 @@ def serve(
     """Serve the HTTP API (uploads, generation, batches, jobs) until stopped."""
     with cli_errors():
         settings = load(ctx, api_host=host, port=port)
+        if settings.api_token is not None and not settings.api_token.get_secret_value().strip():
+            raise InputError(
+                "API_TOKEN is set but empty: no request could authenticate",
+                hint="set API_TOKEN to a long random value (e.g. openssl rand -hex 32), or unset it",
+            )
         if settings.api_token is None and not is_loopback(settings.api_host) and not insecure:
             raise InputError(
                 f"refusing to serve on {settings.api_host} without API_TOKEN: anyone who reaches it could submit jobs",

@@ -1,14 +1,19 @@
 """Checking an uploaded image before anything is planned on it: size, sniffed format, pixel count.
 
 The HTTP API (``POST /api/files``) streams an upload to a temporary file, then calls
-:func:`check_upload` on it. Nothing here trusts what the client said: the format comes from the
-file's magic bytes (never the ``Content-Type`` header or the file name), and the pixel count from the
-image header (Pillow's :func:`PIL.Image.open` reads the header only) before any full decode.
+:func:`check_upload` on it, and stages an accepted one at :func:`upload_path` for the length of the
+request (:func:`remove_stale_uploads` removes what a killed server left there). Nothing here
+trusts what the client said: the format comes from the file's magic bytes (never the
+``Content-Type`` header or the file name), and the pixel count from the image header (Pillow's
+:func:`PIL.Image.open` reads the header only) before any full decode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -21,15 +26,19 @@ from pipeline.storage import STATE_DIR_NAME
 
 __all__ = [
     "SNIFF_BYTES",
+    "STALE_UPLOAD_AGE_S",
     "UPLOAD_EXTENSIONS",
     "UploadFormat",
     "UploadInfo",
     "UploadProblem",
     "UploadRejected",
     "check_upload",
+    "remove_stale_uploads",
     "sniff_upload",
     "upload_path",
 ]
+
+logger = logging.getLogger(__name__)
 
 UploadFormat = Literal["png", "jpeg", "webp"]
 #: How many leading bytes :func:`sniff_upload` looks at.
@@ -37,6 +46,11 @@ SNIFF_BYTES = 16
 #: File extension of each accepted upload format.
 UPLOAD_EXTENSIONS: dict[UploadFormat, str] = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _PIL_FORMATS: dict[UploadFormat, str] = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+#: A staged upload older than this was left by a killed server (a live one is removed within its
+#: request, seconds after it is written), so :func:`remove_stale_uploads` may delete it.
+STALE_UPLOAD_AGE_S = 3600.0
+#: Folder of staged uploads, under ``OUTPUT_DIR/.sdpipe/``.
+_UPLOADS_DIR_NAME = "uploads"
 
 
 class UploadProblem(enum.StrEnum):
@@ -134,5 +148,30 @@ def check_upload(handle: BinaryIO, *, max_bytes: int, max_pixels: int) -> Upload
 
 
 def upload_path(output_dir: Path, upload_id: str, info: UploadInfo) -> Path:
-    """Where an accepted upload is kept: ``OUTPUT_DIR/.sdpipe/uploads/<id>.<ext>`` (the shared disk)."""
-    return output_dir / STATE_DIR_NAME / "uploads" / f"{upload_id}.{info.extension}"
+    """Where an accepted upload is staged during its request: ``OUTPUT_DIR/.sdpipe/uploads/<id>.<ext>``."""
+    return output_dir / STATE_DIR_NAME / _UPLOADS_DIR_NAME / f"{upload_id}.{info.extension}"
+
+
+def remove_stale_uploads(
+    output_dir: Path, *, older_than_s: float = STALE_UPLOAD_AGE_S, now: float | None = None
+) -> int:
+    """Delete staged uploads older than ``older_than_s`` (left by a server that was killed mid-request).
+
+    Safe while other servers share ``OUTPUT_DIR``: their staged files are seconds old. Returns how
+    many files were removed.
+    """
+    folder = output_dir / STATE_DIR_NAME / _UPLOADS_DIR_NAME
+    cutoff = (time.time() if now is None else now) - older_than_s
+    removed = 0
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        return 0
+    for path in entries:
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    if removed:
+        logger.info("removed %d stale upload(s) from %s", removed, folder)
+    return removed

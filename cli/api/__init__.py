@@ -6,7 +6,7 @@ from __future__ import annotations
 from cli.api.app import API_VERSION, create_app, readiness
 from cli.api.auth import require_token
 from cli.api.errors import ERROR_RESPONSES, ApiError, ErrorBody, ErrorDetail, error_response, status_for
-from cli.api.uploads import BodyLimitMiddleware, save_upload
+from cli.api.uploads import BodyLimitMiddleware, staged_upload
 
 __all__ = [
     # Application
@@ -23,5 +23,5 @@ __all__ = [
     # Auth and uploads
     "BodyLimitMiddleware",
     "require_token",
-    "save_upload",
+    "staged_upload",
 ]

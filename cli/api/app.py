@@ -11,12 +11,14 @@ from starlette.concurrency import run_in_threadpool
 
 from actors import Runtime, open_runtime
 from cli.api import routes_files, routes_jobs
+from cli.api.auth import TokenGateMiddleware
 from cli.api.deps import runtime_of, settings_of
 from cli.api.errors import ApiError, ErrorBody, install_error_handlers
 from cli.api.schemas import Health, Readiness
 from cli.api.uploads import BodyLimitMiddleware, body_limit
 from pipeline.errors import SDError
 from pipeline.settings import Settings, mask_url
+from pipeline.uploads import remove_stale_uploads
 
 __all__ = ["API_VERSION", "create_app", "readiness"]
 
@@ -36,6 +38,10 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = runtime is None
+        try:
+            await run_in_threadpool(remove_stale_uploads, settings.output_dir.absolute())
+        except OSError as exc:
+            logger.warning("cannot clean staged uploads under %s: %s", settings.output_dir, exc)
         app.state.runtime = await run_in_threadpool(open_runtime, settings) if runtime is None else runtime
         mode = "embedded" if app.state.runtime.embedded else "Redis"
         logger.info("sdpipe API ready (%s mode, SD %s)", mode, mask_url(settings.sd_api_url))
@@ -61,11 +67,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.state.runtime = None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=body_limit(settings))
+    app.add_middleware(TokenGateMiddleware, settings=settings)  # added last: runs first, before any body is read
     app.include_router(routes_files.router)
     app.include_router(routes_jobs.router)
 
     @app.get("/healthz", tags=["health"], response_model=Health)
-    def healthz() -> Health:
+    async def healthz() -> Health:  # async: answers even when every pool thread is busy
         """The process is up."""
         return Health(status="ok")
 
@@ -75,7 +82,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         response_model=Readiness,
         responses={503: {"model": ErrorBody, "description": "the status store or every SD server is not ready"}},
     )
-    def readyz(request: Request) -> Readiness:
+    def readyz(request: Request) -> Readiness:  # sync: the checks block (in the thread pool)
         """The status store (Redis) answers and at least one SD server is ready."""
         return readiness(runtime_of(request), settings_of(request))
 
@@ -85,18 +92,25 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
 def readiness(runtime: Runtime, settings: Settings) -> Readiness:
     """Ping the store, then ask the SD servers (of a comma-separated SD_API_URL) until one is ready.
 
+    ``/readyz`` needs no token, so the answer names no server: which one failed, and why, goes to
+    the log (servers are numbered in SD_API_URL order).
+
     Raises:
         StoreUnavailable: the store does not answer.
         ApiError: 503 when no SD server is ready.
     """
     runtime.store.ping()
     urls = [url.strip() for url in settings.sd_api_url.split(",") if url.strip()]
-    problems = []
     for index, url in enumerate(urls):
         try:
             state = runtime.context.sd_client(None if index == 0 else url).check_ready()
         except SDError as exc:
-            problems.append(f"{mask_url(url)}: {exc.message}")
+            logger.warning("readyz: SD server %d (%s) not ready: %s", index + 1, mask_url(url), exc.message)
             continue
-        return Readiness(status="ready", store="ok", sd=f"{mask_url(url)} {state}")
-    raise ApiError(503, "not_ready", "no SD server is ready: " + "; ".join(problems), hint="see `sdpipe doctor`")
+        return Readiness(status="ready", store="ok", sd=f"server {index + 1} of {len(urls)}: {state}")
+    raise ApiError(
+        503,
+        "not_ready",
+        f"none of the {len(urls)} SD server(s) is ready",
+        hint="the server log names them; see `sdpipe doctor`",
+    )

@@ -1,4 +1,10 @@
-"""Bearer-token authentication of the ``/api`` routes (``API_TOKEN``; none set: the API is open)."""
+"""Bearer-token authentication of the ``/api`` routes (``API_TOKEN``; none set: the API is open).
+
+Two layers check the same token: :class:`TokenGateMiddleware` refuses an ``/api`` request before
+its body is read (FastAPI parses a body, a 50 MB upload included, before it runs any dependency),
+and the :func:`require_token` dependency on each ``/api`` router declares the scheme in the OpenAPI
+document and still guards every route should the gate's path test ever miss one.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +13,33 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cli.api.errors import ApiError
+from cli.api.errors import ApiError, error_response
 from pipeline.settings import Settings
 
-__all__ = ["require_token"]
+__all__ = ["TokenGateMiddleware", "check_token", "require_token"]
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
-#: Declares the scheme in the OpenAPI document; the check itself is :func:`require_token`'s.
+#: Declares the scheme in the OpenAPI document; the check itself is :func:`check_token`'s.
 _BEARER = HTTPBearer(auto_error=False, description="API_TOKEN, when the server has one")
+#: Path prefix of the authenticated routes.
+API_PREFIX = "/api"
 
 
-def require_token(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
-) -> None:
-    """FastAPI dependency: when ``API_TOKEN`` is set, the request must carry ``Authorization: Bearer <token>``.
+def check_token(settings: Settings, authorization: str | None) -> None:
+    """Check an ``Authorization`` header value against ``API_TOKEN`` (in constant time).
 
     Raises:
-        ApiError: 401 with ``WWW-Authenticate: Bearer`` when the header is missing or the token is wrong.
+        ApiError: 401 with ``WWW-Authenticate: Bearer`` when the header is missing, not a bearer
+            token, or the token is wrong.
     """
-    settings: Settings = request.app.state.settings
     if settings.api_token is None:
         return
     expected = settings.api_token.get_secret_value().encode()
-    given = credentials.credentials.strip() if credentials is not None else ""
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    given = given.strip() if scheme.lower() == "bearer" else ""
     if not given:
         raise ApiError(
             401,
@@ -41,3 +50,41 @@ def require_token(
         )
     if not hmac.compare_digest(given.encode(), expected):
         raise ApiError(401, "unauthorized", "the bearer token is wrong", hint="check API_TOKEN", headers=_CHALLENGE)
+
+
+def require_token(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+) -> None:
+    """FastAPI dependency: when ``API_TOKEN`` is set, the request must carry ``Authorization: Bearer <token>``.
+
+    Raises:
+        ApiError: as :func:`check_token`.
+    """
+    check_token(request.app.state.settings, request.headers.get("authorization"))
+
+
+def _is_api_path(scope: Scope) -> bool:
+    """Whether the router will see an ``/api`` path (the path less ``root_path``, as Starlette routes)."""
+    path: str = scope.get("path", "")
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path + "/"):
+        path = path[len(root_path) :]
+    return path == API_PREFIX or path.startswith(API_PREFIX + "/")
+
+
+class TokenGateMiddleware:
+    """Answer 401 to an unauthenticated ``/api`` request at once, without reading its body."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _is_api_path(scope):
+            try:
+                check_token(self.settings, Headers(scope=scope).get("authorization"))
+            except ApiError as exc:
+                response = error_response(exc.status_code, exc.code, exc.message, hint=exc.hint, headers=exc.headers)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -9,14 +10,25 @@ from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from actors import Runtime
 from cli.api.errors import ApiError
-from pipeline.jobs import watch_jobs
+from pipeline.errors import InputError
+from pipeline.jobs import DEFAULT_POLL_INTERVAL_S, watch_jobs
 from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings
+from pipeline.storage import check_output_dir, read_json
 
-__all__ = ["MEDIA_TYPES", "image_response", "runtime_of", "settings_of", "succeeded_image", "wait_for"]
+__all__ = [
+    "MEDIA_TYPES",
+    "ensure_output_dir",
+    "image_response",
+    "runtime_of",
+    "settings_of",
+    "succeeded_image",
+    "wait_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,36 +50,63 @@ def runtime_of(request: Request) -> Runtime:
     return runtime
 
 
-def wait_for(runtime: Runtime, job_ids: Sequence[str], *, timeout_s: float) -> list[JobRecord]:
-    """The jobs' records once every one has ended, polling the status store.
+def ensure_output_dir(settings: Settings) -> None:
+    """:func:`pipeline.storage.check_output_dir`, as a server problem: a 503 that names no server path.
 
     Raises:
-        ApiError: 504 when ``timeout_s`` passes first (the jobs keep running; the error names them).
+        ApiError: 503 when OUTPUT_DIR is not a writable folder (the log has the path and the reason).
+    """
+    try:
+        check_output_dir(settings.output_dir)
+    except InputError as exc:
+        logger.error("OUTPUT_DIR unusable: %s", exc.message)
+        raise ApiError(
+            503, "storage_unavailable", "the server cannot write its output folder", hint="see the server log"
+        ) from None
+
+
+async def wait_for(request: Request, runtime: Runtime, job_ids: Sequence[str], *, timeout_s: float) -> list[JobRecord]:
+    """The jobs' records once every one has ended, polling the status store (:func:`pipeline.jobs.watch_jobs`).
+
+    The wait holds no thread: each poll reads the store in the thread pool, and the pauses are
+    ``asyncio.sleep``. It also ends when the client goes away (the jobs keep running).
+
+    Raises:
+        ApiError: 504 when ``timeout_s`` passes first, or the client disconnected (the jobs keep
+            running; the error names the first unfinished one).
         StoreUnavailable: the store stopped answering.
     """
     deadline = time.monotonic() + timeout_s
-    records: list[JobRecord] = []
-    for records in watch_jobs(runtime.store, job_ids):
+    watch = watch_jobs(runtime.store, job_ids, poll_interval_s=0)
+    while True:
+        records: list[JobRecord] | None = await run_in_threadpool(next, watch, None)
+        assert records is not None  # watch_jobs ends only after yielding all-terminal records
         if all(record.state.terminal for record in records):
-            break
-        if time.monotonic() >= deadline:
-            pending = [record.job_id for record in records if not record.state.terminal]
-            logger.info("wait for job(s) %s timed out after %.1f s", ", ".join(pending), timeout_s)
+            return records
+        pending = [record.job_id for record in records if not record.state.terminal]
+        gone = await request.is_disconnected()
+        if gone or time.monotonic() >= deadline:
+            why = "the client disconnected" if gone else f"timed out after {timeout_s:g} s"
+            logger.info("wait for job(s) %s: %s; they keep running", ", ".join(pending), why)
             raise ApiError(
                 504,
                 "timeout",
-                f"{len(pending)} job(s) not finished after {timeout_s:g} s; they keep running",
+                f"{len(pending)} job(s) not finished ({why}); they keep running",
                 hint="poll the status URL of each job",
                 job_id=pending[0],
             )
-    return records
+        await asyncio.sleep(min(DEFAULT_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
 
 
 def succeeded_image(record: JobRecord) -> Path:
-    """The output image the job record names.
+    """The output image the job record names, if it is still that job's image.
+
+    A later job with the same output name (a batch row's ``name``) replaces the file; its sidecar,
+    written first, then names that job. Serving the file would answer with another job's image
+    under this job's ETag, so that is a 404.
 
     Raises:
-        ApiError: 409 when the job has not succeeded, 404 when its file is gone.
+        ApiError: 409 when the job has not succeeded, 404 when its file is gone or was replaced.
     """
     if record.state is not JobState.SUCCEEDED or not record.result or not record.result.get("image"):
         reason = ""
@@ -81,21 +120,39 @@ def succeeded_image(record: JobRecord) -> Path:
             job_id=record.job_id,
         )
     path = Path(str(record.result["image"]))
-    if not path.is_file():
+    sidecar = record.result.get("sidecar")
+    try:
+        owner = read_json(Path(str(sidecar))).get("job_id") if sidecar else record.job_id
+    except (OSError, ValueError, AttributeError):
+        owner = None
+    if owner != record.job_id or not path.is_file():
         raise ApiError(
-            404, "result_missing", f"the image of job {record.job_id} is no longer on disk", job_id=record.job_id
+            404,
+            "result_missing",
+            f"the image of job {record.job_id} is gone (removed, or replaced by a later job of the same name)",
+            job_id=record.job_id,
         )
     return path
 
 
+def _matches(etag: str, if_none_match: str) -> bool:
+    """``If-None-Match`` against our strong tag: weak comparison (RFC 9110 13.1.2), ``*`` matches."""
+    if if_none_match.strip() == "*":
+        return True
+    return etag in {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+
+
 def image_response(request: Request, record: JobRecord) -> Response:
-    """The job's image with a strong ETag (its sha256); ``If-None-Match`` with that tag gives 304."""
+    """The job's image with a strong ETag (its sha256); ``If-None-Match`` with that tag gives 304.
+
+    Reads the disk: call it in the thread pool.
+    """
     path = succeeded_image(record)
     assert record.result is not None
-    digest = record.result.get("sha256") or f"{record.job_id}-{path.stat().st_size}-{path.stat().st_mtime_ns}"
+    stat = path.stat()
+    digest = record.result.get("sha256") or f"{record.job_id}-{stat.st_size}-{stat.st_mtime_ns}"
     etag = f'"{digest}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=0, must-revalidate"}
-    wanted = request.headers.get("if-none-match", "")
-    if etag in {tag.strip() for tag in wanted.split(",")} or wanted.strip() == "*":
+    if _matches(etag, request.headers.get("if-none-match", "")):
         return Response(status_code=304, headers=headers)
-    return FileResponse(path, media_type=MEDIA_TYPES[record.spec.output_format], headers=headers)
+    return FileResponse(path, media_type=MEDIA_TYPES[record.spec.output_format], headers=headers, stat_result=stat)

@@ -3,7 +3,9 @@
 Every error a client sees has that shape::
 
     ApiError (HTTPException)      raised by the routes: status, code, message, hint
-    PipelineError                 sdpipe's core errors, mapped to a status by type (see status_for)
+    PipelineError                 sdpipe's core errors, mapped to a status by type (see status_for);
+                                  a 5xx one is logged and answered with a fixed message (its own
+                                  names servers: Redis host, paths)
     RequestValidationError        FastAPI's own request checks: 422, code "invalid_request"
     HTTPException                 Starlette's (404 route, 405 method...): code from the status
     anything else                 500, code "internal": logged with its traceback, never sent
@@ -106,6 +108,14 @@ _UPLOAD_STATUS = {
     UploadProblem.TOO_MANY_PIXELS: 413,
     UploadProblem.UNREADABLE: 422,
 }
+#: What a client reads for a core error that is the server's problem (the log has the details).
+_SERVER_MESSAGES = {
+    "store_unavailable": "the status store (Redis) is unavailable",
+    "server_misconfigured": "the server is misconfigured",
+    "sd_rejected": "the SD server refused the request",
+    "sd_unavailable": "no SD server is available",
+    "internal": "internal server error",
+}
 _CODE_BY_STATUS = {
     400: "bad_request",
     401: "unauthorized",
@@ -167,10 +177,12 @@ async def _pipeline_error(request: Request, exc: Exception) -> JSONResponse:
     status, code = status_for(exc)
     if status >= 500:
         logger.warning("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return error_response(status, code, _SERVER_MESSAGES[code], hint="the server log has the details")
     problems = None
     if isinstance(exc, BatchFileError):
         problems = [{"line": p.line, "field": p.field, "message": p.message} for p in exc.problems]
-    return error_response(status, code, exc.message, hint=exc.hint, problems=problems)
+    hint = "try again later" if isinstance(exc, QueueFull) else exc.hint  # not the CLI's --wait-for-room
+    return error_response(status, code, exc.message, hint=hint, problems=problems)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -209,5 +221,5 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: _documented("invalid request"),
     429: _documented("the queues are full (MAX_QUEUE_DEPTH): try again later"),
     500: _documented("internal error (no details are sent)"),
-    503: _documented("the status store (Redis) is unavailable"),
+    503: _documented("the status store (Redis) or the output folder is unavailable, or the server is starting"),
 }

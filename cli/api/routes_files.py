@@ -5,21 +5,23 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from cli.api.auth import require_token
-from cli.api.deps import MEDIA_TYPES, image_response, runtime_of, settings_of, wait_for
+from cli.api.deps import MEDIA_TYPES, ensure_output_dir, image_response, runtime_of, settings_of, wait_for
 from cli.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from cli.api.schemas import JobAccepted, job_view
-from cli.api.uploads import save_upload
-from pipeline.errors import PipelineError
+from cli.api.uploads import staged_upload
+from pipeline.errors import PipelineError, QueueFull
 from pipeline.jobs import ProcessPlan, build_step_params, new_id, plan_process
 from pipeline.models import JobSpec, JobState
 from pipeline.settings import OutputFormat
-from pipeline.storage import check_output_dir, default_output_name
+from pipeline.storage import JobFiles, default_output_name
 
 __all__ = ["router"]
 
@@ -51,41 +53,46 @@ def _submit_upload(
     sigma: float | None,
     output_format: OutputFormat | None,
 ) -> JobSpec:
-    """Check the form and the upload, save it on the shared disk, plan it as one process job (the job's
-    work folder gets its copy) and submit it."""
+    """Check the form and the upload, stage it on disk, plan it as one process job (the job's work
+    folder gets its copy) and submit it. Blocking: run it in the thread pool.
+
+    Nothing is left behind on failure: the staged file always goes, and the work folder too when the
+    queue turns the job away (no record names it then).
+    """
     settings = settings_of(request)
     runtime = runtime_of(request)
     step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
-    check_output_dir(settings.output_dir)
-    saved = save_upload(file.file, settings)
+    ensure_output_dir(settings)
+    runtime.make_room(1)  # a full queue refuses before anything is written
     now = time.time()
     shown = (file.filename or "upload")[:_SOURCE_NAME_MAX_CHARS]
-    try:
-        plan = plan_process(
-            settings,
-            [saved.path],
-            step_params,
-            output_dir=settings.output_dir.absolute(),
-            output_format=output_format,
-            batch_id=new_id(),
-            now=now,
-        )[0]
+    with staged_upload(file.file, settings) as saved:
+        try:
+            plan = plan_process(
+                settings,
+                [saved.path],
+                step_params,
+                output_dir=settings.output_dir.absolute(),
+                output_format=output_format,
+                batch_id=new_id(),
+                now=now,
+            )[0]
+        except PipelineError as exc:  # name the client's file, never the server's path
+            for text in (str(saved.path), saved.path.name):
+                exc.message = exc.message.replace(text, shown)
+            raise
         # Name the output and the sidecar's source after the client's file, not the upload id.
         label = shown.rsplit(".", 1)[0] or "upload"
         spec = plan.spec.model_copy(
-            update={
-                "source_name": shown,
-                "output_name": default_output_name(now, plan.spec.job_id, label),
-            }
+            update={"source_name": shown, "output_name": default_output_name(now, plan.spec.job_id, label)}
         )
         ProcessPlan(spec=spec, data=plan.data).ingest()
-    except PipelineError as exc:  # name the client's file, never the server's path
-        for text in (str(saved.path), saved.path.name):
-            exc.message = exc.message.replace(text, shown)
+    try:
+        runtime.submit([spec], as_batch=True)
+    except QueueFull:  # another submitter took the room: nothing recorded, so nothing may stay on disk
+        assert spec.output_dir is not None
+        JobFiles(Path(spec.output_dir), spec.job_id).remove_work_dir()
         raise
-    finally:
-        saved.path.unlink(missing_ok=True)  # the job's work folder holds its copy now
-    runtime.submit([spec], as_batch=True)
     logger.info("job %s: upload %s queued (%s)", spec.job_id, saved.upload_id, spec.step_params.grid)
     return spec
 
@@ -107,7 +114,7 @@ def _submit_upload(
         504: {"model": ErrorBody, "description": "not finished within API_WAIT_TIMEOUT_S (the job keeps running)"},
     },
 )
-def process_file(
+async def process_file(
     request: Request,
     file: FileField,
     grid: GridField = None,
@@ -116,15 +123,17 @@ def process_file(
     format: FormatField = None,
 ) -> Response:
     """Split, seam-blur and merge the upload; wait for it (at most API_WAIT_TIMEOUT_S)."""
-    spec = _submit_upload(request, file, grid=grid, band_px=band_px, sigma=sigma, output_format=format)
+    spec = await run_in_threadpool(
+        _submit_upload, request, file, grid=grid, band_px=band_px, sigma=sigma, output_format=format
+    )
     settings = settings_of(request)
-    record = wait_for(runtime_of(request), [spec.job_id], timeout_s=settings.api_wait_timeout_s)[0]
+    record = (await wait_for(request, runtime_of(request), [spec.job_id], timeout_s=settings.api_wait_timeout_s))[0]
     if record.state is not JobState.SUCCEEDED:
         reason = f"{record.error.step}: {record.error.message}" if record.error else record.state.value
         raise ApiError(409, "job_failed", f"job {record.job_id} {record.state.value}: {reason}", job_id=record.job_id)
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse(job_view(request, record).model_dump(mode="json"))
-    return image_response(request, record)
+    return await run_in_threadpool(image_response, request, record)
 
 
 @router.post(

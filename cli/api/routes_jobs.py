@@ -11,9 +11,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from cli.api.auth import require_token
-from cli.api.deps import MEDIA_TYPES, image_response, runtime_of, settings_of, wait_for
+from cli.api.deps import MEDIA_TYPES, ensure_output_dir, image_response, runtime_of, settings_of, wait_for
 from cli.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from cli.api.schemas import (
     BatchAccepted,
@@ -31,9 +32,8 @@ from cli.api.schemas import (
 from pipeline.batches import batch_records, build_manifest, retry_step
 from pipeline.batchfile import BatchFileError, PlannedRow, read_batch_file
 from pipeline.jobs import GenerationRequest, build_step_params, new_id, plan_generate
-from pipeline.models import JobState
+from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings
-from pipeline.storage import check_output_dir
 from pipeline.store import DEFAULT_LIST_LIMIT
 
 __all__ = ["MAX_LIST_LIMIT", "plan_batch_rows", "router"]
@@ -61,12 +61,28 @@ _TIMEOUT: dict[int | str, dict[str, Any]] = {
     response_model=GenerateAccepted,
     responses={200: {"model": JobsDone, "description": "with ?wait=true: every job ended"}, **_TIMEOUT},
 )
-def generate(
+async def generate(
     request: Request,
     body: GenerateBody,
     wait: Annotated[bool, Query(description="block until every job ended (at most API_WAIT_TIMEOUT_S)")] = False,
 ) -> Response:
     """Queue ``count`` generation jobs (one batch), as ``sdpipe generate`` does."""
+    batch_id, job_ids = await run_in_threadpool(_submit_generate, request, body)
+    if wait:
+        timeout_s = settings_of(request).api_wait_timeout_s
+        records = await wait_for(request, runtime_of(request), job_ids, timeout_s=timeout_s)
+        done = JobsDone(batch_id=batch_id, jobs=[job_view(request, record) for record in records])
+        return JSONResponse(done.model_dump(mode="json"))
+    accepted = GenerateAccepted(
+        batch_id=batch_id,
+        job_ids=job_ids,
+        status_urls=[str(request.url_for("get_job", job_id=job_id)) for job_id in job_ids],
+    )
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
+
+
+def _submit_generate(request: Request, body: GenerateBody) -> tuple[str, list[str]]:
+    """Plan and submit the jobs of a ``POST /api/generate`` (blocking: run it in the thread pool)."""
     settings = settings_of(request)
     runtime = runtime_of(request)
     step_params = build_step_params(settings, grid=body.grid, band_px=body.band_px, sigma=body.sigma)
@@ -92,20 +108,11 @@ def generate(
         batch_id=batch_id,
         now=time.time(),
     )
-    check_output_dir(settings.output_dir)
+    ensure_output_dir(settings)
     runtime.submit(specs, as_batch=True)
     job_ids = [spec.job_id for spec in specs]
     logger.info("batch %s: %d generation job(s) queued", batch_id, len(job_ids))
-    if wait:
-        records = wait_for(runtime, job_ids, timeout_s=settings.api_wait_timeout_s)
-        done = JobsDone(batch_id=batch_id, jobs=[job_view(request, record) for record in records])
-        return JSONResponse(done.model_dump(mode="json"))
-    accepted = GenerateAccepted(
-        batch_id=batch_id,
-        job_ids=job_ids,
-        status_urls=[str(request.url_for("get_job", job_id=job_id)) for job_id in job_ids],
-    )
-    return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
+    return batch_id, job_ids
 
 
 def plan_batch_rows(settings: Settings, body: BatchBody, *, batch_id: str, now: float) -> list[PlannedRow]:
@@ -143,7 +150,7 @@ def create_batch(request: Request, body: BatchBody) -> BatchAccepted:
     now = time.time()
     batch_id = new_id()
     rows = plan_batch_rows(settings, body, batch_id=batch_id, now=now)
-    check_output_dir(settings.output_dir)
+    ensure_output_dir(settings)
     plan = runtime.submit_rows(rows, batch_id=batch_id, source=None, now=now)
     job_ids = [spec.job_id for spec in plan.new_specs]
     logger.info("batch %s: %d row(s), %d job(s) queued", batch_id, len(rows), len(job_ids))
@@ -157,10 +164,26 @@ def create_batch(request: Request, body: BatchBody) -> BatchAccepted:
 
 @router.get("/batches/{batch_id}", tags=["batches"], response_model=BatchView, responses=_NOT_FOUND)
 def get_batch(request: Request, batch_id: str) -> BatchView:
-    """A batch (id or unique prefix) and its manifest: rows, their jobs, states, outputs and errors."""
+    """A batch (id or unique prefix) and its manifest: rows, their jobs, states, result URLs and errors."""
     store = runtime_of(request).store
     batch = store.get_batch(batch_id)
-    return BatchView.model_validate(build_manifest(batch, batch_records(store, batch)))
+    records = batch_records(store, batch)
+    return BatchView.model_validate(_for_client(request, build_manifest(batch, records), records))
+
+
+def _for_client(request: Request, manifest: dict[str, Any], records: dict[str, JobRecord]) -> dict[str, Any]:
+    """The manifest without server paths (as :func:`job_view`): each output becomes its job's
+    ``result_url``, and a source file (a batch file, a ``process`` input) keeps its name only."""
+    if manifest.get("source"):
+        manifest["source"] = Path(str(manifest["source"])).name
+    for row in manifest["rows"]:
+        if isinstance(row["params"].get("source"), str):
+            row["params"] = {**row["params"], "source": Path(row["params"]["source"]).name}
+        for job in row["jobs"]:
+            job.pop("sidecar", None)
+            if job.pop("output", None) is not None and job["job_id"] in records:
+                job["result_url"] = str(request.url_for("get_job_result", job_id=job["job_id"]))
+    return manifest
 
 
 @router.get("/jobs", tags=["jobs"], response_model=JobList, responses=_NOT_FOUND)

@@ -1,10 +1,13 @@
-"""Uploads: a hard cap on every request body (streamed, not trusting Content-Length), and saving an
-accepted image where every worker sees it (``OUTPUT_DIR/.sdpipe/uploads/<id>.<ext>``)."""
+"""Uploads: a hard cap on every request body (streamed, not trusting Content-Length), and staging an
+accepted image on disk (``OUTPUT_DIR/.sdpipe/uploads/<id>.<ext>``) while it is planned and copied
+into its job's work folder."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -14,10 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cli.api.errors import ApiError, error_response
 from pipeline.jobs import new_id
 from pipeline.settings import Settings
-from pipeline.storage import atomic_write_bytes
 from pipeline.uploads import UploadInfo, UploadProblem, check_upload, upload_path
 
-__all__ = ["FORM_OVERHEAD_BYTES", "BodyLimitMiddleware", "SavedUpload", "body_limit", "save_upload"]
+__all__ = ["FORM_OVERHEAD_BYTES", "BodyLimitMiddleware", "SavedUpload", "body_limit", "staged_upload"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,16 +85,27 @@ class SavedUpload:
     info: UploadInfo
 
 
-def save_upload(handle: BinaryIO, settings: Settings) -> SavedUpload:
-    """Check an uploaded file (size, sniffed format, header pixels) and save it atomically under
-    ``OUTPUT_DIR/.sdpipe/uploads/``.
+@contextlib.contextmanager
+def staged_upload(handle: BinaryIO, settings: Settings) -> Iterator[SavedUpload]:
+    """Check an uploaded file (size, sniffed format, header pixels), stage it under
+    ``OUTPUT_DIR/.sdpipe/uploads/`` and remove it when the block ends, whatever happens in it.
+
+    The copy streams (the upload is never read into memory here) and is not fsynced: the staged file
+    only lives for the request; the job's durable copy is its work folder's (written atomically). A
+    process killed meanwhile leaves it behind: :func:`pipeline.uploads.remove_stale_uploads` at
+    startup removes such files.
 
     Raises:
-        UploadRejected: the checks of :func:`pipeline.uploads.check_upload`.
+        UploadRejected: the checks of :func:`pipeline.uploads.check_upload` (nothing is written).
     """
     info = check_upload(handle, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
     upload_id = new_id()
     path = upload_path(settings.output_dir.absolute(), upload_id, info)
-    atomic_write_bytes(path, handle.read())
-    logger.info("upload %s: %s %dx%d, %d bytes", upload_id, info.format, info.width, info.height, info.size_bytes)
-    return SavedUpload(upload_id=upload_id, path=path, info=info)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("xb") as staged:
+            shutil.copyfileobj(handle, staged)
+        logger.info("upload %s: %s %dx%d, %d bytes", upload_id, info.format, info.width, info.height, info.size_bytes)
+        yield SavedUpload(upload_id=upload_id, path=path, info=info)
+    finally:
+        path.unlink(missing_ok=True)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 import httpx
 import numpy as np
 import pytest
@@ -46,15 +48,25 @@ def start_api(settings: Settings) -> Iterator[StartApi]:
     """Start the app on uvicorn with ``settings`` plus overrides (e.g. ``api_token="t"``); stopped at teardown."""
     servers: list[ApiServer] = []
 
-    def start(*, headers: dict[str, str] | None = None, **overrides: Any) -> ApiServer:
+    def start(*, headers: dict[str, str] | None = None, pool_threads: int | None = None, **overrides: Any) -> ApiServer:
+        """``pool_threads``: size of the server's thread pool (what sync routes and blocking calls run on)."""
         merged = Settings(  # validated, like settings read from the environment
             _env_file=None,  # type: ignore[call-arg]
             **{**settings.model_dump(), "enable_documentation": True, **overrides},
         )
+        app = create_app(merged)
+        if pool_threads is not None:
+            opened = app.router.lifespan_context
+
+            @asynccontextmanager
+            async def lifespan(app_: Any) -> AsyncIterator[Any]:
+                anyio.to_thread.current_default_thread_limiter().total_tokens = pool_threads
+                async with opened(app_) as state:
+                    yield state
+
+            app.router.lifespan_context = lifespan
         port = free_port()
-        config = uvicorn.Config(
-            create_app(merged), host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
-        )
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
         thread.start()

@@ -37,6 +37,11 @@ def test_batches_queue_rows_and_show_the_manifest(api: ApiServer) -> None:
     assert [row["line"] for row in manifest["rows"]] == [1, 2]
     assert manifest["rows"][1]["params"]["name"] == "lighthouse"
     assert [job["state"] for job in manifest["rows"][1]["jobs"]] == ["succeeded", "succeeded"]
+    # and it names no server path: each job links to its image instead
+    assert str(api.settings.output_dir.absolute()) not in json.dumps(manifest)
+    job = manifest["rows"][1]["jobs"][0]
+    assert "output" not in job and "sidecar" not in job
+    assert api.client.get(job["result_url"]).status_code == 200
     listed = api.client.get("/api/jobs", params={"batch": accepted["batch_id"]}).json()["jobs"]
     assert sorted(job["job_id"] for job in listed) == sorted(accepted["job_ids"])
 

@@ -41,10 +41,41 @@ def test_errors_store_unavailable_is_503(start_api: StartApi, monkeypatch: pytes
     assert api.client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_errors_readyz_is_503_when_no_sd_server_answers(start_api: StartApi) -> None:
-    api = start_api(sd_api_url="http://127.0.0.1:9", sd_connect_timeout_s=0.5)
-    error = assert_error(api.client.get("/readyz"), 503, "not_ready")
-    assert "127.0.0.1:9" in error["message"]
+def test_errors_readyz_is_503_when_no_sd_server_answers_naming_no_server(start_api: StartApi) -> None:
+    # /readyz needs no token: it must not tell anyone where the SD servers are
+    api = start_api(sd_api_url="http://127.0.0.1:9", sd_connect_timeout_s=0.5, api_token="t")
+    response = api.client.get("/readyz")
+    error = assert_error(response, 503, "not_ready")
+    assert "1 SD server" in error["message"]
+    assert "127.0.0.1" not in response.text
+
+
+def test_errors_server_side_failures_name_no_server_internals(
+    start_api: StartApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cli.api.deps
+    from pipeline.errors import InputError, StoreUnavailable
+
+    # Given a store that is down, and an OUTPUT_DIR that cannot be written
+    api = start_api()
+    runtime = api.server.config.app.state.runtime  # type: ignore[union-attr]
+
+    def down(**kwargs: object) -> None:
+        raise StoreUnavailable("cannot reach Redis at redis://db.internal:6379/0")
+
+    monkeypatch.setattr(runtime.store, "list_jobs", down)
+    response = api.client.get("/api/jobs")
+    assert_error(response, 503, "store_unavailable")
+    assert "db.internal" not in response.text
+
+    def unwritable(path: object) -> None:
+        raise InputError(f"OUTPUT_DIR {path} is not writable (read-only file system)")
+
+    monkeypatch.setattr(cli.api.deps, "check_output_dir", unwritable)
+    response = api.client.post("/api/generate", json={"prompt": "x", "width": 64, "height": 64, "band_px": 4})
+    # Then each is a 503 in the error shape, without the Redis host or the server's path
+    assert_error(response, 503, "storage_unavailable")
+    assert str(api.settings.output_dir) not in response.text
 
 
 def test_errors_docs_are_off_unless_enabled(start_api: StartApi) -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline.seams import cut_positions
+from pipeline.settings import Settings
+from pipeline.uploads import STALE_UPLOAD_AGE_S
 from tests.helpers import wait_until
 from tests.test_api.conftest import ApiServer, StartApi, assert_error, noise_image, png_bytes
 
@@ -150,7 +154,49 @@ def test_files_missing_file_field_is_422(api: ApiServer) -> None:
     assert "file" in error["message"]
 
 
-def test_files_upload_is_not_left_in_the_uploads_folder(api: ApiServer) -> None:
-    api.client.post("/api/files", files={"file": ("a.png", png_bytes(noise_image(64, 64)))})
+def _staged(api: ApiServer) -> list[str]:
     uploads = api.settings.output_dir / ".sdpipe" / "uploads"
-    assert not uploads.exists() or list(uploads.iterdir()) == []
+    return sorted(path.name for path in uploads.iterdir()) if uploads.exists() else []
+
+
+@pytest.mark.parametrize(
+    ("size", "data", "status"),
+    [(64, {}, 200), (16, {"grid": "8x8"}, 422), (64, {"band_px": "0"}, 422)],
+    ids=["succeeded", "refused-after-staging", "refused-before-staging"],
+)
+def test_files_upload_is_not_left_in_the_uploads_folder(
+    api: ApiServer, size: int, data: dict[str, str], status: int
+) -> None:
+    response = api.client.post("/api/files", files={"file": ("a.png", png_bytes(noise_image(size, size)))}, data=data)
+    assert response.status_code == status, response.text
+    assert _staged(api) == []
+
+
+def test_files_full_queue_is_429_and_leaves_nothing_on_disk(start_api: StartApi, redis_url: str) -> None:
+    # Given Redis mode with no worker (jobs stay queued) and MAX_QUEUE_DEPTH=1, already reached
+    api = start_api(redis_url=redis_url, max_queue_depth=1)
+    image = png_bytes(noise_image(64, 64))
+    first = api.client.post("/api/files/async", files={"file": ("a.png", image)})
+    assert first.status_code == 202, first.text
+    # When another upload comes
+    error = assert_error(api.client.post("/api/files/async", files={"file": ("b.png", image)}), 429, "queue_full")
+    # Then it is refused, and neither its staged file nor a work folder stays behind
+    assert "--wait-for-room" not in error.get("hint", "")
+    work = api.settings.output_dir / ".sdpipe" / "work"
+    assert [path.name for path in work.iterdir()] == [first.json()["job_id"]]
+    assert _staged(api) == []
+
+
+def test_files_stale_staged_uploads_are_removed_at_startup(start_api: StartApi, settings: Settings) -> None:
+    # Given staged uploads a killed server left, one old and one that a live server may be using
+    uploads = settings.output_dir / ".sdpipe" / "uploads"
+    uploads.mkdir(parents=True)
+    old, fresh = uploads / "old.png", uploads / "fresh.png"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    stamp = old.stat().st_mtime - STALE_UPLOAD_AGE_S - 60
+    os.utime(old, (stamp, stamp))
+    # When the server starts
+    start_api()
+    # Then the old one is gone and the fresh one kept
+    assert sorted(path.name for path in uploads.iterdir()) == ["fresh.png"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
@@ -17,7 +15,7 @@ from schemathesis.specs.openapi.checks import (
 from tests.test_api.conftest import StartApi
 
 TOKEN = "fuzz-token"
-#: Generated requests per operation; the whole run stays well under 90 s.
+#: Generated requests per operation.
 MAX_EXAMPLES = 50
 CHECKS = [
     not_a_server_error,
@@ -52,7 +50,6 @@ def test_fuzz_openapi_schema_finds_no_5xx_and_no_schema_violation(start_api: Sta
     )
     auth = {"Authorization": f"Bearer {TOKEN}"}
     schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
-    started = time.monotonic()
     operations = 0
     # When every operation is called with generated requests (fixed seed: the same run every time)
     for result in schema.get_all_operations():
@@ -73,4 +70,3 @@ def test_fuzz_openapi_schema_finds_no_5xx_and_no_schema_violation(start_api: Sta
 
         call()
     assert operations >= 12
-    assert time.monotonic() - started < 90

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import logging
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
+import pytest
 from PIL import Image
 
 from tests.helpers import wait_until
@@ -83,6 +87,7 @@ def test_jobs_result_has_strong_etag_and_if_none_match_gives_304(api: ApiServer)
     assert etag.strip('"') == done["jobs"][0]["result"]["sha256"]
     again = api.client.get(url, headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.content == b""
+    assert api.client.get(url, headers={"If-None-Match": f'"other", W/{etag}'}).status_code == 304  # weak compare
     assert api.client.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
 
 
@@ -120,3 +125,45 @@ def test_jobs_cancel_stops_queued_jobs(start_api: StartApi) -> None:
     # Then cancelling again changes nothing, and its result is a 409
     assert api.client.post(f"/api/jobs/{last}/cancel").json()["cancelled"] is False
     assert_error(api.client.get(f"/api/jobs/{last}/result"), 409, "no_result")
+
+
+def test_jobs_result_replaced_by_a_later_job_of_the_same_name_is_404(api: ApiServer) -> None:
+    # Given two batches whose rows write the same output name, the second after the first
+    body = {"rows": [{"prompt": "a fox", "name": "same"}], "defaults": SMALL}
+    ids = []
+    for _ in range(2):
+        accepted = api.client.post("/api/batches", json=body).json()
+        ids.append(accepted["job_ids"][0])
+        assert wait_until(lambda: api.client.get(f"/api/jobs/{ids[-1]}").json()["state"] == "succeeded", timeout_s=30)
+    # Then the first job's result is gone (never the second's image under the first's ETag)
+    assert_error(api.client.get(f"/api/jobs/{ids[0]}/result"), 404, "result_missing")
+    second = api.client.get(f"/api/jobs/{ids[1]}/result")
+    assert second.status_code == 200
+    assert second.headers["etag"].strip('"') == api.client.get(f"/api/jobs/{ids[1]}").json()["result"]["sha256"]
+
+
+def test_generate_waits_hold_no_pool_thread(start_api: StartApi) -> None:
+    # Given a server with 2 pool threads and SD renders of 3 s
+    api = start_api(sd_api_url="mock://?latency_ms=3000", pool_threads=2)
+    body = {"prompt": "slow", **SMALL}
+    with ThreadPoolExecutor(3) as pool:
+        # When 3 clients wait for their generation
+        waits = [
+            pool.submit(httpx.post, f"{api.url}/api/generate", params={"wait": "true"}, json=body, timeout=60)
+            for _ in range(3)
+        ]
+        # Then a route that needs a pool thread still answers while all of them wait
+        assert wait_until(lambda: len(api.client.get("/api/jobs").json()["jobs"]) == 3, timeout_s=30)
+        assert not any(wait.done() for wait in waits), "a route waited for a wait to end"
+        assert [wait.result().status_code for wait in waits] == [200, 200, 200]
+
+
+def test_generate_wait_ends_when_the_client_disconnects(start_api: StartApi, caplog: pytest.LogCaptureFixture) -> None:
+    # Given a wait on a slow render
+    api = start_api(sd_api_url="mock://?latency_ms=5000")
+    caplog.set_level(logging.INFO, logger="cli.api.deps")
+    # When the client gives up and closes its connection
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{api.url}/api/generate", params={"wait": "true"}, json={"prompt": "x", **SMALL}, timeout=0.5)
+    # Then the server stops waiting for it (the job keeps running)
+    assert wait_until(lambda: "the client disconnected" in caplog.text, timeout_s=30)

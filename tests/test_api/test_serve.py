@@ -32,6 +32,14 @@ def test_serve_refuses_public_host_without_token(monkeypatch: pytest.MonkeyPatch
     assert "Traceback" not in result.output
 
 
+def test_serve_refuses_an_empty_api_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OUTPUT_DIR", "outputs")
+    monkeypatch.setenv("API_TOKEN", "  ")
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 2
+    assert "API_TOKEN is set but empty" in result.output
+
+
 def test_serve_without_the_api_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn -> ImportError
     result = CliRunner().invoke(app, ["serve"])
