@@ -5,8 +5,9 @@ Measured: a private redis-server, ``sdpipe mock-sd`` over HTTP at zero latency, 
 CPU time (utime + stime from /proc) of the whole worker process tree over the run is divided by N.
 
 Baseline, in this process: the same image work called directly in a loop on the mock's images for
-the same jobs (fetched beforehand): decode the SD PNG, split, ``seam_blur_tile`` each tile, merge,
-encode the PNG with its infotext, hash it, and write the image and a JSON sidecar atomically.
+the same jobs (fetched beforehand, kept as the base64 text the server sent): decode the SD image
+from that base64 PNG, split, ``seam_blur_tile`` each tile, merge, encode the PNG with its infotext,
+hash it, and write the image and a JSON sidecar atomically.
 CPU from ``time.process_time()``, median of rounds.
 
 Target: worker CPU per job ÷ direct CPU per job ≤ 1.25.
@@ -14,6 +15,7 @@ Target: worker CPU per job ÷ direct CPU per job ≤ 1.25.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 from pathlib import Path
@@ -30,7 +32,7 @@ DIRECT_IMAGES = 20
 
 
 def _direct_cpu_per_job(
-    settings: Settings, images: list[tuple[bytes, str]], folder: Path, *, rounds: int, per_round: int
+    settings: Settings, images: list[tuple[str, str]], folder: Path, *, rounds: int, per_round: int
 ) -> float:
     """CPU seconds per image of the image work alone, called directly (median of ``rounds``)."""
     from pipeline import seams
@@ -41,7 +43,8 @@ def _direct_cpu_per_job(
     params = specs(settings, 1, size=SIZE)[0].step_params
     folder.mkdir(parents=True, exist_ok=True)
 
-    def one(index: int, data: bytes, infotext: str) -> None:
+    def one(index: int, b64: str, infotext: str) -> None:
+        data = base64.b64decode(b64, validate=True)
         decoded = decode_image(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes)
         width, height = decoded.width, decoded.height
         tiles = seams.split(decoded.array, params)
@@ -88,7 +91,7 @@ def run(folder: Path, *, tiny: bool) -> list[Row]:
             for spec in batches[0][:DIRECT_IMAGES]:
                 assert spec.generation is not None
                 result = client.txt2img(spec.generation, job_id=spec.job_id)
-                images.append((result.image_bytes, result.infotext or ""))
+                images.append((base64.b64encode(result.image_bytes).decode(), result.infotext or ""))
         finally:
             client.close()
 

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipeline import seams
-from pipeline.codec import decode_image, read_image_bytes
+from pipeline.codec import probe_image, read_image_bytes
 from pipeline.errors import InputError
 from pipeline.models import GenerationParams, JobRecord, JobSpec, StepParams, parse_grid, validation_message
 from pipeline.settings import OutputFormat, Settings, strip_credentials
@@ -247,7 +247,7 @@ def plan_process(
     batch_id: str | None = None,
     now: float,
 ) -> list[ProcessPlan]:
-    """Validate every input image (bounded decode, geometry) before any job exists.
+    """Validate every input image (limits, format, size and a complete container; geometry) before any job exists.
 
     Raises:
         InputError: a missing file, a directory, or a grid that does not fit an image.
@@ -258,9 +258,10 @@ def plan_process(
     plans = []
     for path in paths:
         data = read_image_bytes(path, max_bytes=settings.max_image_bytes)
-        decoded = decode_image(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes, what=str(path))
+        # From the header and container only: the split step decodes the pixels, once.
+        header = probe_image(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes, what=str(path))
         try:
-            seams.validate_geometry(decoded.width, decoded.height, step_params)
+            seams.validate_geometry(header.width, header.height, step_params)
         except InputError as exc:
             raise InputError(f"{path.name}: {exc.message}", hint=exc.hint) from exc
         job_id = new_id()

@@ -26,6 +26,7 @@ from PIL import Image
 
 from pipeline.errors import SDAuthError, SDBadImage, SDError, SDNotFound, SDRequestRejected, SDServerError
 from pipeline.models import SDResult
+from pipeline.png import png_chunks_problem
 
 __all__ = [
     "MAX_SERVER_MESSAGE_CHARS",
@@ -187,11 +188,14 @@ def sniff_format(data: bytes) -> str | None:
 def _decode_image(value: Any, url: str) -> tuple[bytes, str]:
     if not isinstance(value, str):
         raise SDBadImage(f"the SD server at {url} sent images[0] as {type(value).__name__}, not base64", url=url)
-    text = "".join(_DATA_URL_RE.sub("", value.strip(), count=1).split())  # tolerate a data: prefix, wrapped lines
     try:
-        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise SDBadImage(f"the SD server at {url} sent an image that is not valid base64: {exc}", url=url) from exc
+        data = base64.b64decode(value, validate=True)  # what A1111 sends: no copy of the text first
+    except (binascii.Error, ValueError):
+        text = "".join(_DATA_URL_RE.sub("", value.strip(), count=1).split())  # a data: prefix, wrapped lines
+        try:
+            data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise SDBadImage(f"the SD server at {url} sent an image that is not valid base64: {exc}", url=url) from exc
     image_format = sniff_format(data)
     if image_format is None:
         raise SDBadImage(
@@ -208,11 +212,13 @@ def _verify_image(data: bytes, image_format: str, url: str, max_pixels: int) -> 
             embedded = image.info.get("parameters")
             if width * height > max_pixels:
                 raise SDBadImage(f"the SD server at {url} sent a {width}x{height} image, over MAX_PIXELS", url=url)
-            # PNG verify() checks every chunk's CRC up to IEND; JPEG/WEBP have no verify, so decode them.
-            if image_format == "png":
-                image.verify()
-            else:
+            # PNG: every chunk's CRC up to IEND, as Pillow's verify() checks, but without its per-chunk
+            # file reads (the split step decodes the pixels). JPEG/WEBP have no such check: decode them.
+            if image_format != "png":
                 image.load()
+        problem = png_chunks_problem(data) if image_format == "png" else None
+        if problem is not None:
+            raise ValueError(problem)
     except SDBadImage:
         raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...

@@ -14,36 +14,38 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline import seams
+from pipeline.backends import Backend
 from pipeline.codec import decode_image, encode_image
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, SDError
 from pipeline.infotext import insert_params
-from pipeline.models import ErrorInfo, JobRecord, StepName
+from pipeline.models import ErrorInfo, JobRecord, StepName, StepRecord
+from pipeline.pool import PoolObserver, SDPool, open_pool_state
 from pipeline.sd_client import SDClient
 from pipeline.settings import Settings
 from pipeline.storage import (
     JobFiles,
-    atomic_save_array,
+    atomic_save_arrays,
     atomic_write_bytes,
     atomic_write_json,
-    load_array,
+    load_arrays,
     read_json,
     remove_stale_temps,
 )
 from pipeline.store.base import StatusStore
 
-__all__ = ["StepContext", "StepOutcome", "run_step"]
+__all__ = ["StepContext", "StepOutcome", "run_step", "sd_slot"]
 
 logger = logging.getLogger(__name__)
 
 #: Version written into sidecars.
 SDPIPE_VERSION = "0.1.0"
-_MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -54,8 +56,20 @@ class StepContext:
     store: StatusStore
     clock: Callable[[], float] = time.time
     sd_client_factory: Callable[[Settings], SDClient] = SDClient
+    pool_observer: PoolObserver | None = None
     _clients: dict[str | None, SDClient] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _pool: SDPool | None = field(default=None, init=False, repr=False)
+
+    @property
+    def pool(self) -> SDPool:
+        """The SD server pool (opened on first use): slots, health and dispatch of txt2img calls."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = SDPool(
+                    self.settings, open_pool_state(self.settings), self.sd_client, observer=self.pool_observer
+                )
+            return self._pool
 
     def sd_client(self, base_url: str | None = None) -> SDClient:
         """The shared client for ``base_url`` (None: ``SD_API_URL``); httpx clients are thread-safe."""
@@ -69,6 +83,10 @@ class StepContext:
             return client
 
     def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         with self._lock:
             for client in self._clients.values():
                 client.close()
@@ -103,18 +121,26 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
             transient one is recorded as the last error and should be retried.
         Exception: anything unexpected (recorded as the last error, treated as transient).
     """
-    if _quarantined(ctx, job_id, step):
-        return StepOutcome(ran=False)
-    record = ctx.store.start_step(job_id, step, now=ctx.clock())
-    if record is None:
+    started, previous = ctx.store.start_step_after(job_id, step, now=ctx.clock())
+    if started is None:
         logger.info("job %s: %s not needed (job is finished or past this step)", job_id, step)
+        return StepOutcome(ran=False)
+    record = _unless_quarantined(ctx, started, step, previous)
+    if record is None:
         return StepOutcome(ran=False)
     attempt = record.steps[step].attempts
     logger.info("job %s: %s started (attempt %d)", job_id, step, attempt)
     try:
         skipped, result = _STEPS[step](ctx, record)
     except PipelineError as exc:
-        error = ErrorInfo(step=step, type=type(exc).__name__, message=str(exc), transient=exc.transient, at=ctx.clock())
+        error = ErrorInfo(
+            step=step,
+            type=type(exc).__name__,
+            message=str(exc),
+            transient=exc.transient,
+            at=ctx.clock(),
+            backend=exc.url if isinstance(exc, SDError) else None,
+        )
         _record_failure(ctx, job_id, step, attempt, error, retries_left)
         raise
     except Exception as exc:
@@ -142,26 +168,30 @@ def _files(ctx: StepContext, record: JobRecord) -> JobFiles:
     return JobFiles(output_dir.absolute(), record.job_id)
 
 
-def _quarantined(ctx: StepContext, job_id: str, step: StepName) -> bool:
-    """Count a death of the previous delivery of ``step``; True (job failed) past MAX_DELIVERIES."""
-    before = ctx.store.get(job_id)
-    previous = before.steps.get(step)
-    if before.state.terminal or previous is None or previous.started_at is None or previous.finished_at is not None:
-        return False
-    last = before.error
+def _unless_quarantined(
+    ctx: StepContext, record: JobRecord, step: StepName, previous: StepRecord | None
+) -> JobRecord | None:
+    """Count a death of the previous delivery of ``step`` (``previous``: the step before this start).
+
+    Returns the record to run the step with (its error the new ``WorkerDied`` if a death was
+    counted), or None past MAX_DELIVERIES deaths in a row: the job is then failed as quarantined.
+    """
+    if previous is None or previous.started_at is None or previous.finished_at is not None:
+        return record
+    job_id, last = record.job_id, record.error
     if last is not None and last.step == step and last.at >= previous.started_at and last.type != "WorkerDied":
-        return False  # the previous attempt failed with an error: an outcome, not a death
+        return record  # the previous attempt failed with an error: an outcome, not a death
     now = ctx.clock()
     if now - previous.started_at < ctx.settings.broker_heartbeat_timeout_ms / 1000:
         # A dead worker's message comes back only after its heartbeat expired, so one arriving
         # sooner is a duplicate of an attempt that may still be running, not a death.
-        return False
+        return record
     deaths = (last.deaths if last is not None and last.type == "WorkerDied" and last.step == step else 0) + 1
     if deaths >= ctx.settings.max_deliveries:
         message = f"quarantined: {deaths} deliveries of {step} ended without an outcome (the worker died each time)"
         ctx.store.mark_failed(job_id, ErrorInfo(step=step, type="Quarantined", message=message, at=now), now=now)
         logger.error("job %s: %s quarantined after %d deliveries that killed their worker", job_id, step, deaths)
-        return True
+        return None
     died = ErrorInfo(
         step=step,
         type="WorkerDied",
@@ -172,7 +202,7 @@ def _quarantined(ctx: StepContext, job_id: str, step: StepName) -> bool:
     )
     ctx.store.record_error(job_id, died)
     logger.warning("job %s: the previous delivery of %s died with its worker (%d in a row)", job_id, step, deaths)
-    return False
+    return record.model_copy(update={"error": died})
 
 
 def _record_failure(
@@ -203,7 +233,7 @@ def _generate(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any]
     generation = record.spec.generation
     if generation is None:
         raise ConfigError(f"job {record.job_id} has no generation parameters and no source image")
-    result = ctx.sd_client(record.spec.backend_url).txt2img(generation, job_id=record.job_id)
+    result = ctx.pool.txt2img(record.job_id, generation, pinned=record.spec.backend_url, avoid=_failed_backend(record))
     sd_info: dict[str, Any] = {
         "seed": result.seed,
         "model_name": result.model_name,
@@ -221,10 +251,31 @@ def _generate(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any]
     return False, None
 
 
+def _failed_backend(record: JobRecord) -> str | None:
+    """The server this job's last generate attempt failed on: a retry prefers another."""
+    error = record.error
+    return error.backend if error is not None and error.step == "generate" else None
+
+
+@contextmanager
+def sd_slot(ctx: StepContext, job_id: str) -> Iterator[Backend | None]:
+    """Hold a slot on an SD server for the generate step of ``job_id`` around the step's run.
+
+    Taken before the step starts, so a delivery that waits for a slot (and goes back to the queue
+    with :class:`~pipeline.errors.NoFreeSlot`) records no attempt. Yields None, holding nothing,
+    when the step will make no SD call (the job is finished or its image is already saved).
+    """
+    record = ctx.store.get(job_id)
+    if record.state.terminal or _files(ctx, record).source.exists():
+        yield None
+        return
+    with ctx.pool.slot(job_id, pinned=record.spec.backend_url, avoid=_failed_backend(record)) as backend:
+        yield backend
+
+
 def _split(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | None]:
     files = _files(ctx, record)
-    manifest_path = files.tiles_dir / _MANIFEST
-    if manifest_path.exists():
+    if files.tiles.exists():
         return True, None
     params = record.spec.step_params
     decoded = decode_image(
@@ -234,39 +285,31 @@ def _split(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | 
         what=f"source image of job {record.job_id[:8]}",
     )
     seams.validate_geometry(decoded.width, decoded.height, params)
-    boxes = []
-    for box, tile in seams.split(decoded.array, params):
-        atomic_save_array(files.tiles_dir / JobFiles.tile_name(box.row, box.col), tile)
-        boxes.append(box.to_dict())
+    tiles = seams.split(decoded.array, params)
     manifest = {
         "width": decoded.width,
         "height": decoded.height,
         "mode": decoded.mode,
         "source_format": decoded.format,
         "infotext": decoded.infotext,
-        "tiles": boxes,
+        "tiles": [box.to_dict() for box, _ in tiles],
     }
-    atomic_write_json(manifest_path, manifest)
+    # One file for the manifest and every tile: its presence means the step is done.
+    atomic_save_arrays(files.tiles, manifest, [tile for _, tile in tiles])
     return False, None
 
 
 def _seam_blur(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | None]:
     files = _files(ctx, record)
-    done_path = files.blurred_dir / _MANIFEST
-    if done_path.exists():
+    if files.blurred.exists():
         return True, None
-    manifest = read_json(files.tiles_dir / _MANIFEST)
+    manifest, tiles = load_arrays(files.tiles)
     params = record.spec.step_params
-    for box_dict in manifest["tiles"]:
-        box = seams.TileBox.from_dict(box_dict)
-        name = JobFiles.tile_name(box.row, box.col)
-        out_path = files.blurred_dir / name
-        if out_path.exists():
-            continue
-        tile = load_array(files.tiles_dir / name)
-        blurred = seams.seam_blur_tile(tile, box, manifest["width"], manifest["height"], params)
-        atomic_save_array(out_path, blurred)
-    atomic_write_json(done_path, manifest)
+    blurred = [
+        seams.seam_blur_tile(tile, seams.TileBox.from_dict(box), manifest["width"], manifest["height"], params)
+        for box, tile in zip(manifest["tiles"], tiles, strict=True)
+    ]
+    atomic_save_arrays(files.blurred, manifest, blurred)
     return False, None
 
 
@@ -282,13 +325,14 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | 
     if ours and existing is not None and image_path.exists():
         if hashlib.sha256(image_path.read_bytes()).hexdigest() == existing["output"]["sha256"]:
             return True, existing["output"]
-    for path in (image_path, sidecar_path):  # left by a delivery killed mid-write
-        remove_stale_temps(path)
-    manifest = read_json(files.blurred_dir / _MANIFEST)
-    tiles = []
-    for box_dict in manifest["tiles"]:
-        box = seams.TileBox.from_dict(box_dict)
-        tiles.append((box, load_array(files.blurred_dir / JobFiles.tile_name(box.row, box.col))))
+    merge_step = record.steps.get("merge")
+    if merge_step is not None and merge_step.attempts > 1:
+        # Only an earlier delivery of this merge can have left temporary files (killed mid-write).
+        # A first delivery skips the scan: it lists OUTPUT_DIR, which grows with every image kept.
+        for path in (image_path, sidecar_path):
+            remove_stale_temps(path)
+    manifest, arrays = load_arrays(files.blurred)
+    tiles = [(seams.TileBox.from_dict(box), tile) for box, tile in zip(manifest["tiles"], arrays, strict=True)]
     width, height = manifest["width"], manifest["height"]
     merged = seams.merge(tiles, width, height)
     infotext = _output_infotext(record, manifest)

@@ -11,10 +11,13 @@ Layout under ``OUTPUT_DIR``::
     .sdpipe/work/<job id>/         intermediates, removed when the job succeeds (kept on failure)
         sd.json                    what the SD server said (written before source.img)
         source.img                 the image as received or ingested (its presence = step done)
-        tiles/r<row>c<col>.npy     split output: raw arrays with halos
-        tiles/manifest.json        split done marker: size, mode, infotext, tile boxes
-        blurred/r<row>c<col>.npy   seam-blur output
-        blurred/manifest.json      seam-blur done marker
+        tiles.arrays               split output: the manifest (size, mode, infotext, tile boxes)
+                                   and every tile's raw pixels with halos, in one file
+        blurred.arrays             seam-blur output, the same way
+
+Each step writes one intermediate file (one atomic write, one fsync), whose presence means the step
+is done: :func:`atomic_save_arrays` / :func:`load_arrays` (a JSON header, then raw C-order bytes:
+no image re-encoding, no per-tile files).
 
 Workers on several machines must see the same ``OUTPUT_DIR`` (a shared filesystem such as NFS):
 each step reads the previous step's files from the job's work folder.
@@ -26,12 +29,15 @@ import contextlib
 import glob
 import io
 import json
+import math
 import os
 import re
 import shutil
+import struct
 import tempfile
 import time
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +48,13 @@ from pipeline.errors import InputError
 __all__ = [
     "JobFiles",
     "atomic_save_array",
+    "atomic_save_arrays",
     "atomic_write_bytes",
     "atomic_write_json",
     "check_output_dir",
     "default_output_name",
     "load_array",
+    "load_arrays",
     "read_json",
     "remove_stale_temps",
     "safe_output_stem",
@@ -57,6 +65,8 @@ __all__ = [
 STATE_DIR_NAME = ".sdpipe"
 #: Longest prompt slug in a default output name, in characters.
 SLUG_MAX_CHARS = 48
+#: First bytes of an intermediate arrays file (:func:`atomic_save_arrays`).
+ARRAYS_MAGIC = b"SDPIPE-ARRAYS-1\n"
 #: Extension of each output format.
 FORMAT_EXTENSIONS = {"png": ".png", "webp": ".webp", "jpeg": ".jpg"}
 
@@ -76,14 +86,19 @@ def _read_umask() -> int:
 FILE_MODE = 0o666 & ~_read_umask()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def atomic_write_bytes(path: Path, data: bytes | Sequence[bytes | memoryview]) -> None:
+    """Write ``data`` (bytes, or pieces written one after another) to ``path`` atomically: temp file
+    in the same folder, fsync, rename."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except FileNotFoundError:  # the first file of its folder
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for piece in (data,) if isinstance(data, bytes) else data:
+                handle.write(piece)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -121,6 +136,46 @@ def atomic_save_array(path: Path, array: np.ndarray) -> None:
 def load_array(path: Path) -> np.ndarray:
     """Load an array saved by :func:`atomic_save_array`."""
     return np.load(path, allow_pickle=False)  # type: ignore[no-any-return]
+
+
+def atomic_save_arrays(path: Path, meta: dict[str, Any], arrays: Sequence[np.ndarray]) -> None:
+    """Save ``meta`` (JSON) and ``arrays`` in one file, atomically: see :func:`load_arrays`.
+
+    Layout: :data:`ARRAYS_MAGIC`, the header's length (uint32, little-endian), the header (UTF-8 JSON:
+    ``{"meta": ..., "arrays": [{"dtype", "shape"}, ...]}``), then each array's raw C-order bytes.
+    """
+    contiguous = [np.ascontiguousarray(array) for array in arrays]
+    header = {"meta": meta, "arrays": [{"dtype": a.dtype.str, "shape": list(a.shape)} for a in contiguous]}
+    header_bytes = json.dumps(header, ensure_ascii=False).encode()
+    prefix = ARRAYS_MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes
+    atomic_write_bytes(path, [prefix, *(a.data.cast("B") for a in contiguous)])
+
+
+def load_arrays(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """The ``meta`` and arrays saved by :func:`atomic_save_arrays`; the arrays are writable views of one buffer.
+
+    Raises:
+        ValueError: the file is not such a file, or is cut short.
+    """
+    buffer = bytearray(path.stat().st_size)
+    with path.open("rb", buffering=0) as handle:
+        read = handle.readinto(buffer)
+    start = len(ARRAYS_MAGIC) + 4
+    if read != len(buffer) or len(buffer) < start or not buffer.startswith(ARRAYS_MAGIC):
+        raise ValueError(f"{path} is not an sdpipe arrays file")
+    (header_len,) = struct.unpack_from("<I", buffer, len(ARRAYS_MAGIC))
+    header = json.loads(buffer[start : start + header_len])
+    offset = start + header_len
+    arrays = []
+    for entry in header["arrays"]:
+        dtype = np.dtype(entry["dtype"])
+        shape = tuple(int(n) for n in entry["shape"])
+        count = math.prod(shape)
+        if offset + count * dtype.itemsize > len(buffer):
+            raise ValueError(f"{path} is cut short")
+        arrays.append(np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape))
+        offset += count * dtype.itemsize
+    return header["meta"], arrays
 
 
 def slugify(text: str, max_chars: int = SLUG_MAX_CHARS) -> str:
@@ -194,16 +249,14 @@ class JobFiles:
         return self.work_dir / "source.img"
 
     @property
-    def tiles_dir(self) -> Path:
-        return self.work_dir / "tiles"
+    def tiles(self) -> Path:
+        """The split step's output (manifest and tiles, :func:`atomic_save_arrays`)."""
+        return self.work_dir / "tiles.arrays"
 
     @property
-    def blurred_dir(self) -> Path:
-        return self.work_dir / "blurred"
-
-    @staticmethod
-    def tile_name(row: int, col: int) -> str:
-        return f"r{row}c{col}.npy"
+    def blurred(self) -> Path:
+        """The seam-blur step's output (manifest and blurred tiles)."""
+        return self.work_dir / "blurred.arrays"
 
     def image(self, output_name: str, output_format: str) -> Path:
         return self.output_dir / (output_name + FORMAT_EXTENSIONS[output_format])

@@ -136,6 +136,19 @@ class StatusStore(abc.ABC):
         is terminal or already past this step (the caller then does nothing).
         """
 
+    def start_step_after(
+        self, job_id: str, step: StepName, *, now: float
+    ) -> tuple[JobRecord | None, StepRecord | None]:
+        """:meth:`start_step`, also returning ``step``'s record as it was before this start (None: never started;
+        ``(None, None)`` when the start is refused).
+
+        What a new delivery needs to tell whether the previous one died (started, never finished).
+        This default reads the job first; a store may do both in one round trip.
+        """
+        previous = self.get(job_id).steps.get(step)
+        record = self.start_step(job_id, step, now=now)
+        return (record, previous) if record is not None else (None, None)
+
     @abc.abstractmethod
     def finish_step(self, job_id: str, step: StepName, *, now: float, skipped: bool = False) -> None:
         """Record that ``step`` ended well (``finished_at``, ``duration_s``; ``skipped`` if its output existed)."""

@@ -162,14 +162,29 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
         return [stored[spec.job_id] if spec.job_id in stored else new_record(spec) for spec in specs]
 
     def start_step(self, job_id: str, step: StepName, *, now: float) -> JobRecord | None:
+        return self.start_step_after(job_id, step, now=now)[0]
+
+    def start_step_after(
+        self, job_id: str, step: StepName, *, now: float
+    ) -> tuple[JobRecord | None, StepRecord | None]:
+        # One round trip: the move script reads the step's previous start and finish before it counts.
         state = JobState.for_step(step)
         reply = self._run(self._move, job_id, self._ns, job_id, state.value, str(state.rank), _num(now), step)
         if reply == 0:
             logger.info("job %s: not starting %s (terminal or already past it)", job_id, step)
-            return None
-        record = _record(dict(zip(reply[0::2], reply[1::2], strict=True)))  # HGETALL as a flat list
+            return None, None
+        fields, started_at, finished_at = reply
+        record = _record(dict(zip(fields[0::2], fields[1::2], strict=True)))  # HGETALL as a flat list
         logger.debug("job %s: %s attempt %d", job_id, step, record.steps[step].attempts)
-        return record
+        previous = None
+        if started_at is not None or finished_at is not None:
+            attempts = record.steps[step].attempts - 1
+            previous = StepRecord(
+                attempts=attempts,
+                started_at=None if started_at is None else float(started_at),
+                finished_at=None if finished_at is None else float(finished_at),
+            )
+        return record, previous
 
     def finish_step(self, job_id: str, step: StepName, *, now: float, skipped: bool = False) -> None:
         self._run(self._finish_step, job_id, step, _num(now), "1" if skipped else "0")

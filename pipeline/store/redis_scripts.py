@@ -43,7 +43,8 @@ return flags
 #: moving to succeeded adds its spec's fingerprint (if any) to ns:fp:succeeded. KEYS[1] job.
 #: ARGV: ns, id, new state, new rank, now, then a step name (start_step) or "" and an optional
 #: field and value (the terminal moves). Returns -1 (no job), 0 (refused: terminal or past that
-#: rank), the job's fields (HGETALL) after a step start, or 1.
+#: rank), after a step start {the job's fields (HGETALL), the step's started_at and finished_at
+#: before this start (nil if unset)}, or 1.
 MOVE_LUA = """
 local key, ns, id, new, now, step = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6]
 local current = redis.call('HMGET', key, 'state', 'rank', 'created_at', 'batch_id')
@@ -68,10 +69,11 @@ if step == '' then
     return 1
 end
 step = 'step:' .. step .. ':'
+local before = redis.call('HMGET', key, step .. 'started_at', step .. 'finished_at')
 redis.call('HINCRBY', key, step .. 'attempts', 1)
 redis.call('HSET', key, step .. 'started_at', now)
 redis.call('HDEL', key, step .. 'finished_at', step .. 'duration_s', step .. 'skipped')
-return redis.call('HGETALL', key)
+return {redis.call('HGETALL', key), before[1], before[2]}
 """
 #: Moves a failed or cancelled job back to queued and its id between the state indexes, keeping its
 #: steps and error. KEYS[1] job. ARGV: ns, id, now. Returns -1 (no job), 0 (refused: any other

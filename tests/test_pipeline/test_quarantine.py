@@ -21,16 +21,25 @@ def _job(settings: Settings, clock_offset_s: float = 3600.0) -> tuple[StepContex
     return StepContext(settings=settings, store=store, clock=lambda: time.time() + clock_offset_s), spec.job_id
 
 
+def _deliver(ctx: StepContext, job_id: str) -> bool:
+    """One delivery of generate as run_step begins it: start (one store call), then the death count.
+
+    True if the step would run; False if the job was quarantined.
+    """
+    started, previous = ctx.store.start_step_after(job_id, "generate", now=time.time())
+    assert started is not None
+    return steps._unless_quarantined(ctx, started, "generate", previous) is not None
+
+
 def test_deliveries_that_kill_the_worker_are_quarantined_after_max(settings: Settings) -> None:
     ctx, job_id = _job(settings)
     # Given three deliveries of generate that each started and then died with their worker
     for expected_deaths in (0, 1, 2):
-        assert not steps._quarantined(ctx, job_id, "generate")
+        assert _deliver(ctx, job_id)
         error = ctx.store.get(job_id).error
         assert (error.deaths if error else 0) == expected_deaths
-        ctx.store.start_step(job_id, "generate", now=time.time())
     # When the fourth delivery arrives
-    assert steps._quarantined(ctx, job_id, "generate")
+    assert not _deliver(ctx, job_id)
     # Then the job is failed as quarantined, with the reason
     record = ctx.store.get(job_id)
     assert record.state is JobState.FAILED
@@ -38,26 +47,35 @@ def test_deliveries_that_kill_the_worker_are_quarantined_after_max(settings: Set
     assert "3 deliveries of generate ended without an outcome" in record.error.message
 
 
+def test_a_counted_death_is_the_error_the_step_runs_with(settings: Settings) -> None:
+    ctx, job_id = _job(settings)
+    ctx.store.start_step(job_id, "generate", now=time.time())  # a delivery that died
+    started, previous = ctx.store.start_step_after(job_id, "generate", now=time.time())
+    assert started is not None and previous is not None and previous.finished_at is None
+    record = steps._unless_quarantined(ctx, started, "generate", previous)
+    assert record is not None and record.error is not None and record.error.type == "WorkerDied"
+    assert record.steps["generate"].attempts == 2
+
+
 def test_deliveries_that_failed_or_finished_are_not_deaths(settings: Settings) -> None:
     ctx, job_id = _job(settings)
     for _ in range(5):
-        assert not steps._quarantined(ctx, job_id, "generate")
-        ctx.store.start_step(job_id, "generate", now=time.time())
+        assert _deliver(ctx, job_id)
         # each delivery ends with an outcome: an error the retry policy handles
         ctx.store.record_error(
             job_id, ErrorInfo(step="generate", type="SDServerError", message="500", transient=True, at=time.time())
         )
-    assert not steps._quarantined(ctx, job_id, "generate")
-    ctx.store.start_step(job_id, "generate", now=time.time())
+    assert _deliver(ctx, job_id)
     ctx.store.finish_step(job_id, "generate", now=time.time())
-    assert not steps._quarantined(ctx, job_id, "generate")
-    assert ctx.store.get(job_id).state is JobState.GENERATING
+    assert _deliver(ctx, job_id)
+    record = ctx.store.get(job_id)
+    assert record.state is JobState.GENERATING
+    assert record.error is not None and record.error.type == "SDServerError"
 
 
 def test_a_delivery_sooner_than_the_heartbeat_is_a_duplicate_not_a_death(settings: Settings) -> None:
     ctx, job_id = _job(settings, clock_offset_s=0.0)
     for _ in range(5):
         # each delivery arrives while the previous one may still be running (no heartbeat expiry)
-        assert not steps._quarantined(ctx, job_id, "generate")
-        ctx.store.start_step(job_id, "generate", now=time.time())
+        assert _deliver(ctx, job_id)
     assert ctx.store.get(job_id).error is None

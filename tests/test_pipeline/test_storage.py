@@ -14,10 +14,12 @@ from pipeline.storage import (
     FILE_MODE,
     JobFiles,
     atomic_save_array,
+    atomic_save_arrays,
     atomic_write_bytes,
     check_output_dir,
     default_output_name,
     load_array,
+    load_arrays,
     remove_stale_temps,
     safe_output_stem,
     slugify,
@@ -50,6 +52,37 @@ def test_array_round_trip_is_exact(tmp_path: Path) -> None:
     array = np.random.default_rng(1).integers(0, 256, size=(17, 9, 3), dtype=np.uint8)
     atomic_save_array(tmp_path / "t.npy", array)
     assert np.array_equal(load_array(tmp_path / "t.npy"), array)
+
+
+def test_arrays_file_round_trips_meta_and_arrays_exactly(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    arrays = [rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in ((17, 9, 3), (5, 4), (3, 2, 4))]
+    arrays.append(rng.random((2, 3)).astype(np.float32))
+    meta = {"width": 9, "infotext": "猫, Steps: 20", "tiles": [{"row": 0}]}
+    atomic_save_arrays(tmp_path / "t.arrays", meta, [arrays[0][:, ::2], *arrays[1:]])  # a non-contiguous view too
+    loaded_meta, loaded = load_arrays(tmp_path / "t.arrays")
+    assert loaded_meta == meta
+    assert [a.dtype for a in loaded] == [np.uint8, np.uint8, np.uint8, np.float32]
+    assert all(np.array_equal(a, b) for a, b in zip(loaded, [arrays[0][:, ::2], *arrays[1:]], strict=True))
+    loaded[0][0, 0] = 1  # writable: steps may work on them in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.arrays"]
+
+
+def test_arrays_file_cut_short_or_foreign_is_refused(tmp_path: Path) -> None:
+    atomic_save_arrays(tmp_path / "t.arrays", {}, [np.zeros((8, 8), dtype=np.uint8)])
+    data = (tmp_path / "t.arrays").read_bytes()
+    (tmp_path / "cut.arrays").write_bytes(data[:-1])
+    with pytest.raises(ValueError, match="cut short"):
+        load_arrays(tmp_path / "cut.arrays")
+    (tmp_path / "other.arrays").write_bytes(b"\x93NUMPY" + data[7:])
+    with pytest.raises(ValueError, match="not an sdpipe arrays file"):
+        load_arrays(tmp_path / "other.arrays")
+
+
+def test_atomic_write_bytes_creates_missing_folders_and_writes_pieces(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "c.bin"
+    atomic_write_bytes(target, [b"ab", memoryview(b"cd"), b""])
+    assert target.read_bytes() == b"abcd"
 
 
 def test_slugify_is_ascii_and_bounded() -> None:
@@ -108,7 +141,7 @@ def test_check_output_dir_refuses_unwritable_path(tmp_path: Path) -> None:
 
 def test_job_files_paths_stay_under_output_dir(tmp_path: Path) -> None:
     files = JobFiles(tmp_path, "job1")
-    for path in (files.source, files.sd_info, files.tiles_dir, files.image("n", "png"), files.sidecar("n")):
+    for path in (files.source, files.sd_info, files.tiles, files.blurred, files.image("n", "png"), files.sidecar("n")):
         assert path.resolve().is_relative_to(tmp_path.resolve())
     assert files.image("n", "jpeg").name == "n.jpg"
 

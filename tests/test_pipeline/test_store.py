@@ -154,6 +154,19 @@ def test_start_step_redelivered_counts_another_attempt(store: StatusStore, job: 
     assert (step.finished_at, step.duration_s, step.skipped) == (None, None, False)
 
 
+def test_start_step_after_returns_the_step_as_it_was_before_this_start(store: StatusStore, job: str) -> None:
+    record, previous = store.start_step_after(job, "split", now=T0 + 1)
+    assert record is not None and previous is None  # never started before
+    record, previous = store.start_step_after(job, "split", now=T0 + 2)  # the first delivery never finished
+    assert record is not None and record.steps["split"].attempts == 2
+    assert previous is not None and (previous.started_at, previous.finished_at) == (T0 + 1, None)
+    store.finish_step(job, "split", now=T0 + 3)
+    record, previous = store.start_step_after(job, "split", now=T0 + 4)
+    assert previous is not None and (previous.started_at, previous.finished_at) == (T0 + 2, T0 + 3)
+    store.mark_cancelled(job, now=T0 + 5)
+    assert store.start_step_after(job, "split", now=T0 + 6) == (None, None)
+
+
 def test_start_step_backwards_is_refused(store: StatusStore, job: str) -> None:
     store.start_step(job, "generate", now=T0 + 1)
     store.start_step(job, "seam_blur", now=T0 + 2)

