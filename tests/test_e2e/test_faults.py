@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from pipeline.models import JobState
 from pipeline.store import RedisStatusStore
 from tests.helpers import RedisServer, free_port, wait_until
 from tests.test_e2e.conftest import SDPIPE, Proc, child_pids, mock_stats, run_sdpipe, start_mock, start_worker
@@ -196,7 +197,12 @@ def test_redis_restart_mid_batch_completes_and_cli_reports_outage(
         cli = subprocess.Popen(
             [*SDPIPE, "batch", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        time.sleep(3)
+        # mid-batch: submitted (whatever the CLI's start-up takes on this machine) and partly done
+        store = RedisStatusStore.from_url(server.url)
+        try:
+            assert wait_until(lambda: store.count_by_state()[JobState.SUCCEEDED] >= 2, timeout_s=60)
+        finally:
+            store.close()
         server.stop()
         down_at = time.monotonic()
         time.sleep(4)
