@@ -8,6 +8,7 @@ the same actors, the same middleware (retries, time limits, pipelines), the same
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,9 +23,10 @@ from actors.broker import BROKER_NAMESPACE, CLI_ENQUEUE_PATIENCE_S, build_broker
 from actors.steps import StepActors, declare_actors
 from pipeline.batches import ResumePlan, plan_resume, retry_step
 from pipeline.batchfile import PlannedRow, read_batch_file
-from pipeline.errors import StoreUnavailable
+from pipeline.errors import PipelineError, QueueFull, StoreUnavailable
 from pipeline.jobs import new_id
-from pipeline.models import BatchRecord, BatchRow, JobRecord, JobSpec
+from pipeline.models import BatchRecord, BatchRow, JobRecord, JobSpec, JobState
+from pipeline.pool import PoolObserver
 from pipeline.settings import Settings, mask_url
 from pipeline.steps import StepContext
 from pipeline.store import StatusStore, open_store
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: How long an idle embedded worker thread waits for a message before checking again.
 EMBEDDED_WORKER_TIMEOUT_MS = 100
+#: How often a submission waiting for room in the queue (``--wait-for-room``) looks again.
+ROOM_POLL_S = 1.0
 
 
 @dataclass
@@ -47,20 +51,78 @@ class Runtime:
     context: StepContext
     actors: StepActors
     worker: dramatiq.Worker | None = field(default=None)
+    #: Embedded: the jobs this process submitted (its in-memory queue is the only one they are in).
+    _submitted: set[str] = field(default_factory=set, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def embedded(self) -> bool:
         return not self.settings.redis_mode
 
-    def submit(self, specs: Sequence[JobSpec], *, as_batch: bool = False) -> None:
+    def queue_depth(self) -> int:
+        """Jobs waiting for their first step (state ``queued``), from every submitter.
+
+        Embedded: only this process's own jobs. Its queue lives in memory, so queued jobs another
+        (ended) process left in the database can never run and take no room.
+        """
+        if not self.embedded:
+            return self.store.count_by_state()[JobState.QUEUED]
+        with self._lock:
+            tracked = list(self._submitted)
+        waiting = {job_id for job_id in tracked if self.store.get(job_id).state is JobState.QUEUED}
+        with self._lock:
+            self._submitted -= set(tracked) - waiting  # forget the jobs that left the queue
+        return len(waiting)
+
+    def make_room(self, count: int, *, wait: bool = False, on_wait: Callable[[int], None] | None = None) -> None:
+        """Backpressure: return once ``count`` more jobs fit under ``MAX_QUEUE_DEPTH`` (0: unlimited).
+
+        A submission larger than the whole limit fits only into an empty queue, so a big batch file
+        still runs, alone. ``wait``: poll until there is room (``on_wait(depth)`` is called once,
+        to say so) instead of refusing.
+
+        Raises:
+            QueueFull: no room and not ``wait``; nothing was submitted.
+        """
+        limit = self.settings.max_queue_depth
+        if limit == 0 or count == 0:
+            return
+        told = False
+        while True:
+            depth = self.queue_depth()
+            if depth + count <= limit or (count > limit and depth == 0):
+                return
+            if not wait:
+                raise QueueFull(
+                    f"the queue holds {depth} job(s); {count} more would pass MAX_QUEUE_DEPTH={limit}",
+                    hint="try again later, pass --wait-for-room, or raise MAX_QUEUE_DEPTH",
+                )
+            if on_wait is not None and not told:
+                on_wait(depth)
+                told = True
+            time.sleep(ROOM_POLL_S)
+
+    def submit(
+        self,
+        specs: Sequence[JobSpec],
+        *,
+        as_batch: bool = False,
+        wait_for_room: bool = False,
+        on_wait: Callable[[int], None] | None = None,
+    ) -> None:
         """Record ``specs`` in the status store, then enqueue their pipelines.
 
         ``as_batch``: also record the specs' batch (one row per job), as ``generate``/``process`` do,
-        so ``status --batch`` and ``jobs --batch`` know it.
+        so ``status --batch`` and ``jobs --batch`` know it. ``wait_for_room``, ``on_wait``: see :meth:`make_room`.
 
         Raises:
+            QueueFull: the queue is too deep (``MAX_QUEUE_DEPTH``) and not ``wait_for_room``.
             StoreUnavailable: Redis cannot be reached (nothing was enqueued).
         """
+        self.make_room(len(specs), wait=wait_for_room, on_wait=on_wait)
+        self._record_and_enqueue(specs, as_batch=as_batch)
+
+    def _record_and_enqueue(self, specs: Sequence[JobSpec], *, as_batch: bool) -> None:
         if as_batch and specs and specs[0].batch_id is not None:
             rows = [
                 BatchRow(
@@ -72,6 +134,7 @@ class Runtime:
             ]
             self.store.save_batch(BatchRecord(batch_id=specs[0].batch_id, created_at=specs[0].created_at, rows=rows))
         self.store.create_jobs(specs)
+        self._track([spec.job_id for spec in specs])
         self._enqueue_or_raise(lambda: self.actors.enqueue(specs))
         logger.info("enqueued %d job(s)", len(specs))
 
@@ -94,11 +157,16 @@ class Runtime:
         skip_existing: bool = False,
         schedule: str | None = None,
         now: float,
+        wait_for_room: bool = False,
+        on_wait: Callable[[int], None] | None = None,
     ) -> ResumePlan:
         """Submit the planned rows of a batch file as batch ``batch_id``.
 
         With ``resume`` the batch exists: rows already succeeded (or still running) are left alone and
         failed ones retried; with ``skip_existing`` rows whose exact job succeeded before are skipped.
+
+        Raises:
+            QueueFull: the queue is too deep (``MAX_QUEUE_DEPTH``) and not ``wait_for_room``.
         """
         existing = self.store.get_batch(batch_id) if resume else None
         plan = plan_resume(
@@ -111,7 +179,7 @@ class Runtime:
             schedule=schedule,
             now=now,
         )
-        self.submit_plan(plan)
+        self.submit_plan(plan, wait_for_room=wait_for_room, on_wait=on_wait)
         return plan
 
     def submit_file(self, path: Path, *, defaults: Mapping[str, Any], schedule: str | None = None) -> ResumePlan:
@@ -126,17 +194,23 @@ class Runtime:
         rows = read_batch_file(path, self.settings, defaults=defaults, batch_id=batch_id, now=now)
         return self.submit_rows(rows, batch_id=batch_id, source=str(path.absolute()), schedule=schedule, now=now)
 
-    def submit_plan(self, plan: ResumePlan) -> None:
+    def submit_plan(
+        self, plan: ResumePlan, *, wait_for_room: bool = False, on_wait: Callable[[int], None] | None = None
+    ) -> None:
         """Enqueue a batch plan: its new jobs, and its failed jobs again from the step that failed.
 
         Jobs of the batch that no row matches any more (rows edited before ``--resume``) and that
         have not finished are cancelled: the batch is what the file says now.
+
+        Raises:
+            QueueFull: the queue is too deep (``MAX_QUEUE_DEPTH``) and not ``wait_for_room``.
         """
+        self.make_room(len(plan.new_specs) + len(plan.retry), wait=wait_for_room, on_wait=on_wait)
         self.store.save_batch(plan.batch)
         if plan.superseded:
             self.cancel(plan.superseded)
         if plan.new_specs:
-            self.submit(plan.new_specs)
+            self._record_and_enqueue(plan.new_specs, as_batch=False)
         self.retry(plan.retry)
 
     def retry(self, records: Sequence[JobRecord]) -> list[JobRecord]:
@@ -148,6 +222,7 @@ class Runtime:
             if fresh is None:
                 continue
             step = retry_step(fresh)
+            self._track([fresh.job_id])
             chain = self.actors.chain_for(fresh.spec, from_step=step)
             self._enqueue_or_raise(chain.run)
             logger.info("job %s: requeued from %s", fresh.job_id, step)
@@ -177,13 +252,35 @@ class Runtime:
         own = self.broker.broker_id.encode()  # type: ignore[attr-defined]
         return sum(1 for broker_id in alive if broker_id != own)
 
+    def _track(self, job_ids: Sequence[str]) -> None:
+        if self.embedded:
+            with self._lock:
+                self._submitted.update(job_ids)
+
     def close(self) -> None:
+        """Stop (embedded: the in-process workers; jobs they never started are marked cancelled,
+        since their queue dies with this process) and close every connection."""
         if self.worker is not None:
             self.worker.stop()
             self.worker = None
+            self._cancel_unstarted()
         self.broker.close()
         self.context.close()
         self.store.close()
+
+    def _cancel_unstarted(self) -> None:
+        with self._lock:
+            tracked, self._submitted = self._submitted, set()
+        now = time.time()
+        cancelled = 0
+        for job_id in tracked:
+            try:
+                if self.store.get(job_id).state is JobState.QUEUED:
+                    cancelled += self.store.mark_cancelled(job_id, now=now)
+            except PipelineError:  # the store is gone too: nothing more to tidy
+                logger.warning("embedded runtime stopped; could not mark job %s cancelled", job_id)
+        if cancelled:
+            logger.info("embedded runtime stopped: %d job(s) that never started marked cancelled", cancelled)
 
     def __enter__(self) -> Runtime:
         return self
@@ -195,12 +292,16 @@ class Runtime:
 
 
 def open_runtime(
-    settings: Settings, *, start_embedded_worker: bool = True, enqueue_patience_s: float = CLI_ENQUEUE_PATIENCE_S
+    settings: Settings,
+    *,
+    start_embedded_worker: bool = True,
+    enqueue_patience_s: float = CLI_ENQUEUE_PATIENCE_S,
+    pool_observer: PoolObserver | None = None,
 ) -> Runtime:
     """Open everything for ``settings``; in embedded mode also start the in-process workers.
 
     ``enqueue_patience_s``: how long enqueues wait out a Redis outage (short for commands, long
-    for worker processes).
+    for worker processes). ``pool_observer``: receives the SD pool's events (metrics).
 
     Raises:
         StoreUnavailable: Redis mode and Redis cannot be reached.
@@ -209,7 +310,7 @@ def open_runtime(
     store = open_store(settings)
     try:
         store.ping()
-        context = StepContext(settings=settings, store=store)
+        context = StepContext(settings=settings, store=store, pool_observer=pool_observer)
         actors = declare_actors(broker, context)
     except BaseException:
         store.close()

@@ -11,16 +11,18 @@ retries run out, ``on_retry_exhausted`` (not ``on_failure``, which fires on ever
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from pipeline.errors import PERMANENT_ERRORS, PipelineError
+from pipeline.errors import PERMANENT_ERRORS, NoFreeSlot, PipelineError
 from pipeline.models import ErrorInfo, JobSpec, StepName
-from pipeline.steps import StepContext, run_step
+from pipeline.steps import StepContext, run_step, sd_slot
 
 __all__ = [
     "IMAGES_QUEUE",
@@ -42,6 +44,13 @@ QUEUES = (SD_QUEUE, IMAGES_QUEUE)
 JOB_FAILED_ACTOR = "sdpipe_job_failed"
 #: Time limit of the image steps (a 8192² image takes seconds, not minutes).
 IMAGE_STEP_TIME_LIMIT_MS = 600_000
+#: A worker thread picks image steps before generations (lower runs first): threads that free up
+#: while every SD slot is taken finish images instead of queueing behind the GPUs.
+IMAGES_PRIORITY = 0
+GENERATE_PRIORITY = 10
+#: A generation that found every SD server busy goes back to the queue after this long (ms, random
+#: within the range so waiters do not return in step).
+REQUEUE_DELAY_MS = (500, 1500)
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,16 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
             message = CurrentMessage.get_current_message()
             retries = int(message.options.get("retries", 0)) if message is not None else 0
             try:
-                outcome = run_step(context, job_id, step, retries_left=max(settings.max_retries - retries, 0))
+                with sd_slot(context, job_id) if step == "generate" else nullcontext():
+                    outcome = run_step(context, job_id, step, retries_left=max(settings.max_retries - retries, 0))
+            except NoFreeSlot as exc:
+                if message is None:
+                    raise dramatiq.Retry(str(exc)) from exc
+                # Every server is busy: not a failure. Back to the queue, retry budget untouched.
+                broker.enqueue(message, delay=random.randint(*REQUEUE_DELAY_MS))
+                _drop_continuation()
+                logger.info("%s", exc.message)
+                return
             except PipelineError as exc:
                 if exc.transient:
                     # Expected and already logged with the job id: retry with backoff, no traceback.
@@ -104,7 +122,12 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
 
         run.__name__ = f"sdpipe_{step}"
         decorate = dramatiq.actor(
-            broker=broker, actor_name=f"sdpipe_{step}", queue_name=queue, time_limit=time_limit_ms, **retry_options
+            broker=broker,
+            actor_name=f"sdpipe_{step}",
+            queue_name=queue,
+            time_limit=time_limit_ms,
+            priority=GENERATE_PRIORITY if step == "generate" else IMAGES_PRIORITY,
+            **retry_options,
         )
         return decorate(run)
 

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dramatiq import cli as dramatiq_cli
 
 from actors.broker import WORKER_ENQUEUE_PATIENCE_S
 from actors.runtime import Runtime, open_runtime
 from actors.steps import QUEUES
-from pipeline.settings import load_settings, mask_url
+from pipeline.settings import Settings, load_settings, mask_url
+
+if TYPE_CHECKING:
+    from actors.metrics import WorkerMetrics
 
 __all__ = ["WORKER_SHUTDOWN_TIMEOUT_MS", "run_workers", "setup"]
 
@@ -54,12 +62,54 @@ def setup() -> None:
     global _runtime
     _return_freed_memory()
     settings = load_settings()
-    _runtime = open_runtime(settings, start_embedded_worker=False, enqueue_patience_s=WORKER_ENQUEUE_PATIENCE_S)
+    metrics: WorkerMetrics | None = None
+    if settings.metrics_port is not None:  # only then is anything of Prometheus imported
+        from actors.metrics import worker_metrics
+
+        metrics = worker_metrics()
+    _runtime = open_runtime(
+        settings, start_embedded_worker=False, enqueue_patience_s=WORKER_ENQUEUE_PATIENCE_S, pool_observer=metrics
+    )
+    if metrics is not None:
+        from actors.metrics import install
+
+        install(_runtime.broker, metrics)
+    pool = _runtime.context.pool
+    for key, problem in pool.check_all().items():
+        if problem is not None:  # benched, not fatal: the others take its jobs and a probe brings it back
+            logger.warning("SD server %s is down (%s): benched until it answers", key, problem)
+    pool.start()
     logger.info("worker ready: Redis %s, SD %s", settings.redis_dsn_masked(), mask_url(settings.sd_api_url))
 
 
-def run_workers(*, processes: int, threads: int, queues: Sequence[str] = QUEUES, verbose: bool = False) -> int:
-    """Run Dramatiq worker processes until stopped; returns Dramatiq's exit code."""
+def _prepare_metrics_dir(port: int) -> Path:
+    """Before forking: a fresh directory for this run's metrics, exported with the port to every child.
+
+    Dramatiq's Prometheus middleware reads ``dramatiq_prom_db``/``dramatiq_prom_port`` and
+    prometheus_client ``PROMETHEUS_MULTIPROC_DIR`` when imported, which only the children do (see
+    :mod:`actors.metrics`). Fresh, because multiprocess counters sum every file in the directory:
+    an earlier run's files would be counted again.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="sdpipe-metrics-"))
+    os.environ["dramatiq_prom_db"] = os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    os.environ["dramatiq_prom_port"] = str(port)
+    return directory
+
+
+def run_workers(
+    *,
+    processes: int,
+    threads: int,
+    queues: Sequence[str] = QUEUES,
+    verbose: bool = False,
+    settings: Settings | None = None,
+) -> int:
+    """Run Dramatiq worker processes until stopped; returns Dramatiq's exit code.
+
+    ``settings``: what the processes will read (default: loaded again, as each process does);
+    with ``METRICS_PORT`` set, an extra process serves Prometheus metrics on that port.
+    """
+    settings = settings if settings is not None else load_settings()
     argv = [
         "actors.worker:setup",
         "--processes",
@@ -74,4 +124,9 @@ def run_workers(*, processes: int, threads: int, queues: Sequence[str] = QUEUES,
     if verbose:
         argv.append("--verbose")
     args = dramatiq_cli.make_argument_parser().parse_args(argv)  # type: ignore[no-untyped-call]
-    return int(dramatiq_cli.main(args) or 0)  # type: ignore[no-untyped-call]
+    metrics_dir = _prepare_metrics_dir(settings.metrics_port) if settings.metrics_port is not None else None
+    try:
+        return int(dramatiq_cli.main(args) or 0)  # type: ignore[no-untyped-call]
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -9,6 +9,8 @@
 3. throughput against a slow GPU (mock at 500 ms/image): wall time ÷ N × 500 ms
 4. memory: a 4096² job's peak RSS over idle ÷ decoded size; RSS growth over 500 jobs
 5. ``sdpipe jobs`` / ``status`` with 100,000 jobs in Redis: store calls and whole commands, ms
+6. (issue 6) a pool of 3 mock SD servers at 300 ms/image, 60 jobs on 6 threads: wall time ÷ 60 × 300 ms / 3,
+   and the most requests one server held at once (must be 1)
 
 Prints one table (target, measured, baseline, ratio, limit, met?) and a JSON line; writes the figures
 atomically to bench/results.json (``--tiny``: to a file in the temp folder, unless ``--out``). Exit
@@ -29,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import t1_postprocess, t2_overhead, t3_throughput, t4_memory, t5_store_scale
+from bench import t1_postprocess, t2_overhead, t3_throughput, t4_memory, t5_store_scale, t6_pool
 from bench._common import Row
 
 TARGETS: dict[str, tuple[str, Callable[..., list[Row]]]] = {
@@ -38,6 +40,7 @@ TARGETS: dict[str, tuple[str, Callable[..., list[Row]]]] = {
     "3": ("throughput against a slow GPU", t3_throughput.run),
     "4": ("worker memory", t4_memory.run),
     "5": ("store scale: jobs / status", t5_store_scale.run),
+    "6": ("SD server pool (issue 6)", t6_pool.run),
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from rich.text import Text
 
 from cli.common import load
 from cli.output import RET_OK, RET_UNREACHABLE, RET_USAGE, cli_errors, console, exit_code_for
+from pipeline.backends import Backend, parse_backends
 from pipeline.errors import PipelineError
 from pipeline.sd_client import SDClient
 from pipeline.settings import Settings, mask_url
@@ -22,10 +24,13 @@ __all__ = ["doctor"]
 
 def doctor(
     ctx: typer.Context,
-    sd_url: Annotated[str | None, typer.Option("--sd-url", help="SD server URL to check (default SD_API_URL).")] = None,
+    sd_url: Annotated[
+        str | None, typer.Option("--sd-url", help="SD server URL(s) to check, comma-separated (default SD_API_URL).")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder to check (default OUTPUT_DIR).")] = None,
 ) -> None:
-    """Check settings, Redis, the SD server and the output folder; exit non-zero when one fails."""
+    """Check settings, Redis, every SD server and the output folder; exit non-zero when one fails
+    (for the SD servers: when none is ready)."""
     with cli_errors():
         settings = load(ctx, sd_api_url=sd_url, output_dir=out)
     console.print(_settings_table(settings))
@@ -33,7 +38,7 @@ def doctor(
     checks.add_column()
     checks.add_column(overflow="fold")
     worst = RET_OK
-    for name, check in (("output folder", _check_output), ("status store", _check_store), ("SD server", _check_sd)):
+    for name, check in (("output folder", _check_output), ("status store", _check_store)):
         try:
             detail = check(settings)
         except PipelineError as exc:
@@ -41,6 +46,7 @@ def doctor(
             worst = max(worst, exit_code_for(exc))
         else:
             checks.add_row(Text(f"✓ {name}", style="green"), Text(detail))
+    worst = max(worst, _check_pool(settings, checks))
     console.print(checks)
     if worst != RET_OK:
         raise typer.Exit(worst if worst in (RET_USAGE, RET_UNREACHABLE) else RET_USAGE)
@@ -81,6 +87,34 @@ def _check_store(settings: Settings) -> str:
     return f"Redis at {settings.redis_dsn_masked()} answers" if settings.redis_mode else "embedded SQLite store opens"
 
 
-def _check_sd(settings: Settings) -> str:
-    with SDClient(settings) as client:
-        return f"{client.url}: {client.check_ready()}"
+def _check_pool(settings: Settings, checks: Table) -> int:
+    """One row per server of the pool; the exit code is non-zero only when no server is ready
+    (workers bench the others and send their jobs to the ready ones)."""
+    try:
+        backends = parse_backends(settings.sd_api_url)
+    except PipelineError as exc:
+        checks.add_row(Text("✗ SD server", style="red"), Text(str(exc)))
+        return exit_code_for(exc)
+    # At once: servers that are down then cost one connect timeout, not one each.
+    with ThreadPoolExecutor(max_workers=min(len(backends), 8)) as executor:
+        outcomes = list(executor.map(lambda backend: _check_sd(settings, backend), backends))
+    ready = sum(1 for outcome in outcomes if isinstance(outcome, str))
+    for backend, outcome in zip(backends, outcomes, strict=True):
+        name = f"SD server {backend.key}"
+        if isinstance(outcome, str):
+            checks.add_row(Text(f"✓ {name}", style="green"), Text(outcome))
+            continue
+        note = " - workers bench it and send its jobs to the others" if ready else ""
+        checks.add_row(Text(f"✗ {name}", style="red"), Text(f"{outcome}{note}"))
+    if ready:
+        return RET_OK
+    return max(exit_code_for(outcome) for outcome in outcomes if isinstance(outcome, PipelineError))
+
+
+def _check_sd(settings: Settings, backend: Backend) -> str | PipelineError:
+    """``check_ready`` of one server: its one-line state, or the error."""
+    try:
+        with SDClient(settings, base_url=backend.url) as client:
+            return client.check_ready()
+    except PipelineError as exc:
+        return exc

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from cli.backends import backends
 from cli.batch import batch, cancel, retry
 from cli.doctor import doctor
 from cli.generate import generate, process
@@ -53,6 +54,7 @@ app.command()(cancel)
 app.add_typer(schedule_app, name="schedule")
 app.command()(scheduler)
 app.command()(serve)
+app.command()(backends)
 
 
 def main() -> None:

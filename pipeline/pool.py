@@ -44,8 +44,9 @@ logger = logging.getLogger(__name__)
 
 #: Longest a delivery waits in its thread for a free slot before its message goes back to the queue.
 SLOT_WAIT_S = 5.0
-#: Longest single sleep while waiting: slots freed by an expired lease or a probe wake no one.
-_WAKE_S = 0.25
+#: Longest single sleep while waiting: a slot freed by an expired lease wakes no one (a release
+#: or a probe that brings a server back does). Short enough for that, long enough to cost nothing.
+_WAKE_S = 1.0
 #: How often the background thread looks for leases to renew and benched servers to probe.
 MAINTENANCE_INTERVAL_S = 1.0
 #: How long one process owns the probe of a benched server (longer than a probe's timeout).
@@ -167,7 +168,7 @@ class SDPool:
         started = time.perf_counter()
         try:
             result = self._client_for(backend.url).txt2img(
-                generation, job_id=job_id, on_answer=lambda: self._release_early(job_id)
+                generation, job_id=job_id, on_answer=lambda: self._answered(job_id, time.perf_counter() - started)
             )
         except SDTransientError as exc:
             self._failed(backend.key, exc, job_id=job_id, bench=is_out_of_memory(exc))
@@ -176,16 +177,16 @@ class SDPool:
         except PipelineError:
             self._observe(backend.key, time.perf_counter() - started, "rejected")
             raise
-        self.state.record_success(backend.key, result.elapsed_s)
         self._observe(backend.key, result.elapsed_s, "ok")
         return result
 
-    def _release_early(self, job_id: str) -> None:
-        """The server answered: give its slot to the next job now, not after this one's checks and writes."""
+    def _answered(self, job_id: str, elapsed_s: float) -> None:
+        """The server answered 200: it is healthy, and its slot goes to the next job now, not after
+        this one's checks and writes (one call to the pool state for both)."""
         with self._lock:
             held = self._held.pop(job_id, None)
         if held is not None:
-            self.state.release(held.backend.key, held.holder)
+            self.state.release(held.backend.key, held.holder, answered_s=elapsed_s)
 
     def _failed(self, key: str, exc: PipelineError, *, job_id: str | None, bench: bool) -> None:
         if self.state.record_failure(key, exc.message, bench=bench, policy=self.policy):

@@ -87,11 +87,16 @@ return 0
 """
 )
 
-# KEYS: slots, freed; ARGV: holder, server key, keep
+# KEYS: slots, freed, health; ARGV: holder, server key, keep, answered seconds ('' if none)
 _RELEASE = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   redis.call('RPUSH', KEYS[2], ARGV[2])
   redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+end
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[3], 'fails', 0, 'benched', '0', 'cooldown_ms', 0)
+  redis.call('HINCRBY', KEYS[3], 'done', 1)
+  redis.call('HINCRBYFLOAT', KEYS[3], 'total_s', ARGV[4])
 end
 return 0
 """
@@ -215,8 +220,11 @@ class RedisPoolState(PoolState):
     def renew(self, key: str, holder: str, *, lease_s: float) -> bool:
         return bool(self._run(self._renew, [self._slots(key)], [holder, _ms(lease_s)]))
 
-    def release(self, key: str, holder: str) -> None:
-        self._run(self._release, [self._slots(key), self._freed], [holder, key, _FREED_KEEP])
+    def release(self, key: str, holder: str, *, answered_s: float | None = None) -> None:
+        answered = "" if answered_s is None else repr(float(answered_s))
+        self._run(
+            self._release, [self._slots(key), self._freed, self._health(key)], [holder, key, _FREED_KEEP, answered]
+        )
 
     def wait_for_release(self, timeout_s: float) -> None:
         try:

@@ -83,8 +83,9 @@ class PoolState(ABC):
         False in that case: the slot may briefly have been given to another."""
 
     @abstractmethod
-    def release(self, key: str, holder: str) -> None:
-        """Give the slot back and wake one waiter."""
+    def release(self, key: str, holder: str, *, answered_s: float | None = None) -> None:
+        """Give the slot back and wake one waiter. ``answered_s``: the server just answered a call
+        in that many seconds; recorded as a success (see :meth:`record_success`) in the same step."""
 
     @abstractmethod
     def wait_for_release(self, timeout_s: float) -> None:
@@ -191,10 +192,12 @@ class MemoryPoolState(PoolState):
             health.leases[holder] = now + lease_s
             return alive
 
-    def release(self, key: str, holder: str) -> None:
+    def release(self, key: str, holder: str, *, answered_s: float | None = None) -> None:
         with self._cond:
             self._get(key).leases.pop(holder, None)
             self._cond.notify()
+        if answered_s is not None:
+            self.record_success(key, answered_s)
 
     def wait_for_release(self, timeout_s: float) -> None:
         with self._cond:

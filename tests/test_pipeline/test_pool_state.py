@@ -177,3 +177,15 @@ def test_pool_state_avoided_server_is_used_only_without_alternative(
     first, second = servers(1, 1)
     assert state.acquire([first, second], "h0", lease_s=LEASE_S, avoid=first.key) == second.key
     assert state.acquire([first, second], "h1", lease_s=LEASE_S, avoid=first.key) == first.key
+
+
+def test_pool_state_release_after_an_answer_records_the_success(
+    state: PoolState, servers: Callable[..., list[Backend]]
+) -> None:
+    (server,) = servers(1)
+    state.record_failure(server.key, "boom", bench=False, policy=POLICY)
+    assert state.acquire([server], "h", lease_s=LEASE_S, avoid=None) == server.key
+    state.release(server.key, "h", answered_s=0.75)
+    status = state.status([server])[0]
+    assert status.in_use == 0 and status.done == 1 and status.consecutive_failures == 0
+    assert status.mean_s == pytest.approx(0.75)

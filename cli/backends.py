@@ -1,0 +1,171 @@
+"""``sdpipe backends``: each SD server of the pool with its health, slots, jobs done and failures."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+from cli.common import load
+from cli.output import cli_errors, console, print_json
+from pipeline.backends import Backend, parse_backends
+from pipeline.errors import SDUnavailable
+from pipeline.pool import SDPool, open_pool_state
+from pipeline.pool_state import BackendStatus
+from pipeline.sd_client import SDClient
+from pipeline.settings import Settings
+
+__all__ = ["backends"]
+
+#: What ``backends`` says in embedded mode, where each process has its own pool state.
+_EMBEDDED_NOTE = "embedded mode: processes share no pool state; showing a live probe of each server"
+#: Longest last error shown (``--json`` has it whole).
+ERROR_WIDTH = 100
+
+
+class _Clients:
+    """One SD client per server URL, built on first use (probes run in threads) and closed together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._clients: dict[str, SDClient] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, url: str) -> SDClient:
+        with self._lock:
+            client = self._clients.get(url)
+            if client is None:
+                client = self._clients[url] = SDClient(self._settings, base_url=url)
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+
+
+def backends(
+    ctx: typer.Context,
+    probe: Annotated[bool, typer.Option("--probe", help="Also ask each server now (GET /sdapi/v1/progress).")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show each SD server of SD_API_URL: health, slots in use, jobs done, failures, mean seconds per image."""
+    with cli_errors():
+        settings = load(ctx)
+        configured = parse_backends(settings.sd_api_url)
+        shared = settings.redis_mode
+        # Pool state from Redis when workers share one; embedded processes share nothing: ask the servers.
+        statuses, answers = _read(settings, configured, shared=shared, probe=probe or not shared)
+        rows = [_row(backend, statuses.get(backend.key), answers, now=time.time()) for backend in configured]
+        if json_output:
+            print_json(rows)
+        else:
+            if not shared:
+                console.print(Text(_EMBEDDED_NOTE, style="dim"))
+            console.print(_table(rows, shared=shared))
+            for line in _notes(rows):
+                console.print(line)
+        if answers and all(problem is not None for problem in answers.values()):
+            raise SDUnavailable(
+                f"no SD server answers ({len(configured)} configured)",
+                hint="are they running with --api? check SD_API_URL",
+            )
+
+
+def _read(
+    settings: Settings, configured: Sequence[Backend], *, shared: bool, probe: bool
+) -> tuple[dict[str, BackendStatus], dict[str, str | None]]:
+    """The shared pool state of each server (Redis mode), and each one's live answer (``probe``)."""
+    clients = _Clients(settings)
+    # Embedded, open_pool_state is this process's own (empty) memory: only its probe is used.
+    pool = SDPool(settings, open_pool_state(settings), clients)
+    try:
+        statuses = {status.key: status for status in pool.status()} if shared else {}
+        answers: dict[str, str | None] = {}
+        if probe:  # at once, so dead servers cost one connect timeout, not one each
+            with ThreadPoolExecutor(max_workers=min(len(configured), 8)) as executor:
+                answers = dict(zip((b.key for b in configured), executor.map(pool.probe, configured), strict=True))
+        return statuses, answers
+    finally:
+        pool.close()
+        clients.close()
+
+
+def _health(status: BackendStatus, now: float) -> str:
+    if status.healthy:
+        return "healthy"
+    if status.benched_until is not None and status.benched_until > now:
+        return f"benched, back in {math.ceil(status.benched_until - now)} s"
+    return "benched, probing"
+
+
+def _row(
+    backend: Backend, status: BackendStatus | None, answers: dict[str, str | None], *, now: float
+) -> dict[str, Any]:
+    """One server as ``--json`` prints it (counters None when there is no shared state)."""
+    row: dict[str, Any] = {
+        "key": backend.key,
+        "health": _health(status, now) if status is not None else None,
+        "healthy": status.healthy if status is not None else None,
+        "benched_until": status.benched_until if status is not None else None,
+        "in_use": status.in_use if status is not None else None,
+        "max_slots": backend.max_slots,
+        "done": status.done if status is not None else None,
+        "failures": status.failures if status is not None else None,
+        "consecutive_failures": status.consecutive_failures if status is not None else None,
+        "mean_s": round(status.mean_s, 3) if status is not None and status.mean_s is not None else None,
+        "last_error": status.last_error if status is not None else None,
+        "last_error_at": status.last_error_at if status is not None else None,
+    }
+    if backend.key in answers:
+        row["probe"] = answers[backend.key] or "answers"
+        row["answers"] = answers[backend.key] is None
+    return row
+
+
+def _table(rows: Sequence[dict[str, Any]], *, shared: bool) -> Table:
+    """The numbers per server (from the shared state); embedded, only the configured slots."""
+    table = Table(title="SD servers", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    columns = ["server", "health", "slots", "done", "failed", "in a row", "s/image"] if shared else ["server", "slots"]
+    for column in columns:
+        numeric = column in ("done", "failed", "in a row", "s/image")
+        table.add_column(column, overflow="fold", no_wrap=column == "health", justify="right" if numeric else "left")
+    for row in rows:
+        if not shared:
+            table.add_row(Text(row["key"]), f"max {row['max_slots']}")
+            continue
+        table.add_row(
+            Text(row["key"]),
+            Text(row["health"], style="green" if row["healthy"] else "red"),
+            f"{row['in_use']}/{row['max_slots']}",
+            str(row["done"]),
+            str(row["failures"]),
+            str(row["consecutive_failures"]),
+            f"{row['mean_s']:.2f}" if row["mean_s"] is not None else "-",
+        )
+    return table
+
+
+def _notes(rows: Sequence[dict[str, Any]]) -> list[Text]:
+    """Under the table, one line each: a server's last error (cut short), its live answer."""
+    lines = []
+    for row in rows:
+        if row.get("last_error"):
+            error = (
+                row["last_error"]
+                if len(row["last_error"]) <= ERROR_WIDTH
+                else row["last_error"][: ERROR_WIDTH - 1] + "…"
+            )
+            lines.append(Text.assemble((row["key"], "bold"), " last error: ", (error, "red")))
+        if "probe" in row:
+            answer = Text("answers", style="green") if row["answers"] else Text(row["probe"], style="red")
+            lines.append(Text.assemble((row["key"], "bold"), " probe now: ", answer))
+    return lines
