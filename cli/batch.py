@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,10 +25,12 @@ from cli.common import (
     SeedDefault,
     SigmaDefault,
     StepsDefault,
+    WaitForRoomOption,
     WidthDefault,
     check_submission,
     load,
     row_defaults,
+    submit_when_room,
     wait_for_jobs,
 )
 from cli.output import (
@@ -36,7 +39,6 @@ from cli.output import (
     RET_USAGE,
     cli_errors,
     console,
-    deferred_interrupt,
     echo,
     err_console,
     print_json,
@@ -79,6 +81,7 @@ def batch(
         bool, typer.Option("--skip-existing", help="Skip rows whose exact job already succeeded (any batch).")
     ] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Show progress until the batch ends.")] = True,
+    wait_for_room: WaitForRoomOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the manifest (or plan) as JSON.")] = False,
 ) -> None:
     """Render every row of a prompt file as one batch (validated first: nothing is enqueued on errors)."""
@@ -126,15 +129,21 @@ def batch(
             if resume:
                 batch_id = runtime.store.get_batch(resume).batch_id  # a prefix resolves to the full id
             echo(f"batch {batch_id}")
-            with deferred_interrupt():  # all of it enqueued, or none: Ctrl-C waits for the end of submission
-                plan = runtime.submit_rows(
+            # All of it enqueued, or none: Ctrl-C waits for the end of the submission (not of a wait for room).
+            plan = submit_when_room(
+                runtime,
+                sum(len(row.specs) for row in rows),
+                partial(
+                    runtime.submit_rows,
                     rows,
                     batch_id=batch_id,
                     source=str(file.absolute()),
                     resume=resume is not None,
                     skip_existing=skip_existing,
                     now=now,
-                )
+                ),
+                wait_for_room=wait_for_room,
+            )
             echo(
                 f"batch {batch_id}: {len(plan.new_specs)} new job(s), {len(plan.retry)} retried, "
                 f"{plan.succeeded} already done, {plan.in_flight} still running",

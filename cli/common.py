@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.live import Live
 from rich.text import Text
 
-from cli.output import err_console, jobs_table
+from actors import Runtime
+from cli.output import deferred_interrupt, echo, err_console, jobs_table
 from cli.progress import StoreOutage
-from pipeline.errors import InputError, StoreUnavailable
+from pipeline.errors import InputError, QueueFull, StoreUnavailable
 from pipeline.jobs import watch_jobs
 from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings, load_settings, strip_credentials
 from pipeline.store import StatusStore
 
-__all__ = ["check_submission", "load", "row_defaults", "wait_for_jobs"]
+__all__ = ["WaitForRoomOption", "check_submission", "load", "row_defaults", "submit_when_room", "wait_for_jobs"]
+
+WaitForRoomOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait-for-room", help="When more than MAX_QUEUE_DEPTH jobs are queued, wait for room instead of refusing."
+    ),
+]
+
+_T = TypeVar("_T")
 
 #: Above this many jobs the live display shows counts per state instead of one row per job.
 TABLE_MAX_JOBS = 12
@@ -31,6 +41,28 @@ def _summary(records: Sequence[JobRecord]) -> Text:
     parts = [f"{done}/{len(records)} done"]
     parts += [f"{counts[state]} {state.value}" for state in JobState if counts[state]]
     return Text(" · ".join(parts))
+
+
+def submit_when_room(runtime: Runtime, count: int, submit: Callable[[], _T], *, wait_for_room: bool) -> _T:
+    """Run ``submit`` (whole, Ctrl-C deferred) once ``count`` jobs fit under MAX_QUEUE_DEPTH.
+
+    Without ``wait_for_room`` a full queue refuses (QueueFull). With it, the wait itself stays
+    interruptible, and a submission that lost the room to another submitter waits again.
+    """
+    limit = runtime.settings.max_queue_depth
+
+    def notice(depth: int) -> None:
+        echo(f"the queue holds {depth} job(s) (MAX_QUEUE_DEPTH={limit}): waiting for room for {count}…", err=True)
+
+    while True:
+        if wait_for_room:
+            runtime.make_room(count, wait=True, on_wait=notice)
+        try:
+            with deferred_interrupt():
+                return submit()
+        except QueueFull:
+            if not wait_for_room:
+                raise
 
 
 def load(ctx: typer.Context, **overrides: Any) -> Settings:

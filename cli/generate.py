@@ -9,11 +9,10 @@ from typing import Annotated, Literal
 import typer
 
 from actors import open_runtime
-from cli.common import check_submission, load, wait_for_jobs
+from cli.common import WaitForRoomOption, check_submission, load, submit_when_room, wait_for_jobs
 from cli.output import (
     RET_OK,
     cli_errors,
-    deferred_interrupt,
     echo,
     err_console,
     exit_code_for_jobs,
@@ -69,6 +68,7 @@ def generate(
         str | None, typer.Option("--sd-url", help="SD server URL, or mock:// (default SD_API_URL).")
     ] = None,
     wait: WaitOption = True,
+    wait_for_room: WaitForRoomOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Render PROMPT on the SD server, then split, seam-blur and merge each image."""
@@ -100,7 +100,7 @@ def generate(
             now=time.time(),
         )
         check_output_dir(settings.output_dir)
-        _submit_and_report(settings, specs, wait=wait, json_output=json_output)
+        _submit_and_report(settings, specs, wait=wait, json_output=json_output, wait_for_room=wait_for_room)
 
 
 def process(
@@ -112,6 +112,7 @@ def process(
     output_format: FormatOption = None,
     out: OutOption = None,
     wait: WaitOption = True,
+    wait_for_room: WaitForRoomOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Split, seam-blur and merge existing images (their PNG parameters are kept)."""
@@ -131,13 +132,16 @@ def process(
         check_output_dir(settings.output_dir)
         for plan in plans:
             plan.ingest()
-        _submit_and_report(settings, [plan.spec for plan in plans], wait=wait, json_output=json_output)
+        _submit_and_report(
+            settings, [plan.spec for plan in plans], wait=wait, json_output=json_output, wait_for_room=wait_for_room
+        )
 
 
-def _submit_and_report(settings: Settings, specs: list[JobSpec], *, wait: bool, json_output: bool) -> None:
+def _submit_and_report(
+    settings: Settings, specs: list[JobSpec], *, wait: bool, json_output: bool, wait_for_room: bool
+) -> None:
     with open_runtime(settings) as runtime:
-        with deferred_interrupt():
-            runtime.submit(specs, as_batch=True)
+        submit_when_room(runtime, len(specs), lambda: runtime.submit(specs, as_batch=True), wait_for_room=wait_for_room)
         ids = [spec.job_id for spec in specs]
         if not json_output:
             if len(ids) > 1 and specs[0].batch_id:
