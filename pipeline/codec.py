@@ -110,14 +110,7 @@ def decode_image(data: bytes, *, max_pixels: int, max_bytes: int, what: str = "i
         ImageError: too many bytes, too many pixels (checked from the header, before decoding),
             an unknown format, truncated or corrupt data.
     """
-    if len(data) > max_bytes:
-        raise ImageError(
-            f"{what} is {_size_text(len(data))}, more than the {_size_text(max_bytes)} limit",
-            hint="use a smaller image or raise the size limit",
-        )
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise ImageError(f"{what} is not a PNG, JPEG, WebP or GIF image", hint="give an image in one of these formats")
+    fmt = _checked_format(data, max_bytes=max_bytes, what=what)
     try:
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[fmt]]) as im:
             width, height = im.size
@@ -137,6 +130,23 @@ def decode_image(data: bytes, *, max_pixels: int, max_bytes: int, what: str = "i
     return DecodedImage(array=array, mode=mode, format=fmt, width=width, height=height, infotext=infotext)
 
 
+def _checked_format(data: bytes, *, max_bytes: int, what: str) -> str:
+    """The sniffed format of ``data``, once it is within ``max_bytes``.
+
+    Raises:
+        ImageError: too many bytes, or not a format sdpipe reads.
+    """
+    if len(data) > max_bytes:
+        raise ImageError(
+            f"{what} is {_size_text(len(data))}, more than the {_size_text(max_bytes)} limit",
+            hint="use a smaller image or raise the size limit",
+        )
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageError(f"{what} is not a PNG, JPEG, WebP or GIF image", hint="give an image in one of these formats")
+    return fmt
+
+
 def probe_image(data: bytes, *, max_pixels: int, max_bytes: int, what: str = "image") -> ImageHeader:
     """Check image bytes as :func:`decode_image` would, from the header and container only, without decoding.
 
@@ -150,14 +160,7 @@ def probe_image(data: bytes, *, max_pixels: int, max_bytes: int, what: str = "im
     Raises:
         ImageError: as :func:`decode_image`.
     """
-    if len(data) > max_bytes:
-        raise ImageError(
-            f"{what} is {_size_text(len(data))}, more than the {_size_text(max_bytes)} limit",
-            hint="use a smaller image or raise the size limit",
-        )
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise ImageError(f"{what} is not a PNG, JPEG, WebP or GIF image", hint="give an image in one of these formats")
+    fmt = _checked_format(data, max_bytes=max_bytes, what=what)
     try:
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[fmt]]) as im:
             width, height = im.size
