@@ -32,7 +32,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pipeline.backends import Backend, backends_for, parse_backends
-from pipeline.errors import NoFreeSlot, PipelineError, SDServerError, SDTransientError, SDUnavailable
+from pipeline.errors import (
+    NoFreeSlot,
+    PipelineError,
+    SDServerError,
+    SDTransientError,
+    SDUnavailable,
+    StoreUnavailable,
+)
 from pipeline.models import GenerationParams, SDResult
 from pipeline.pool_state import BackendStatus, HealthPolicy, PoolState
 from pipeline.sd_client import SDClient
@@ -105,9 +112,11 @@ class SDPool:
         self.policy = HealthPolicy.from_settings(settings)
         self.backends = parse_backends(settings.sd_api_url)
         self._client_for = client_for
-        self._held: dict[str, _Held] = {}  # job id -> the slot this process holds for it
+        # (job id, thread) -> the slot that thread holds for the job: two deliveries of one job
+        # (a duplicate) may run in two threads of this process, each with its own slot.
+        self._held: dict[tuple[str, int], _Held] = {}
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
 
     # -- slots ----------------------------------------------------------------------------------
@@ -138,14 +147,15 @@ class SDPool:
             self.state.wait_for_release(min(remaining, _WAKE_S))
         backend = next(b for b in candidates if b.key == key)
         logger.debug("job %s: slot on %s", job_id, backend.key)
+        held_key = (job_id, threading.get_ident())
         with self._lock:
-            self._held[job_id] = _Held(backend, holder, time.monotonic())
+            self._held[held_key] = _Held(backend, holder, time.monotonic())
         try:
             yield backend
         finally:
             with self._lock:
-                self._held.pop(job_id, None)
-            self.state.release(backend.key, holder)
+                self._held.pop(held_key, None)
+            self._release(backend.key, holder, job_id=job_id)
 
     # -- calls ----------------------------------------------------------------------------------
     def txt2img(
@@ -158,7 +168,7 @@ class SDPool:
             SDError: the call failed (``exc.url`` names the server); NoFreeSlot: see :meth:`slot`.
         """
         with self._lock:
-            held = self._held.get(job_id)
+            held = self._held.get((job_id, threading.get_ident()))
         if held is None:
             with self.slot(job_id, pinned=pinned, avoid=avoid) as backend:
                 return self._call(backend, job_id, generation)
@@ -184,9 +194,17 @@ class SDPool:
         """The server answered 200: it is healthy, and its slot goes to the next job now, not after
         this one's checks and writes (one call to the pool state for both)."""
         with self._lock:
-            held = self._held.pop(job_id, None)
+            held = self._held.pop((job_id, threading.get_ident()), None)
         if held is not None:
-            self.state.release(held.backend.key, held.holder, answered_s=elapsed_s)
+            self._release(held.backend.key, held.holder, job_id=job_id, answered_s=elapsed_s)
+
+    def _release(self, key: str, holder: str, *, job_id: str, answered_s: float | None = None) -> None:
+        """Give a slot back; a store outage is logged, not raised: the lease expires by itself, and
+        the call's own outcome (an image already answered, or its real error) must not be lost."""
+        try:
+            self.state.release(key, holder, answered_s=answered_s)
+        except StoreUnavailable as exc:
+            logger.warning("job %s: could not release the slot on %s (%s); its lease will expire", job_id, key, exc)
 
     def _failed(self, key: str, exc: PipelineError, *, job_id: str | None, bench: bool) -> None:
         if self.state.record_failure(key, exc.message, bench=bench, policy=self.policy):
@@ -240,18 +258,35 @@ class SDPool:
 
     # -- background: lease renewal and probes ---------------------------------------------------------
     def start(self) -> None:
-        """Start the thread that renews held leases and probes benched servers (idempotent)."""
-        with self._lock:
-            if self._thread is not None:
-                return
-            self._thread = threading.Thread(target=self._maintain, name="sdpipe-pool", daemon=True)
-            self._thread.start()
+        """Start the threads that renew held leases and probe benched servers (idempotent).
 
-    def _maintain(self) -> None:
-        while not self._stop.wait(MAINTENANCE_INTERVAL_S):
+        Two threads: a probe may take seconds per benched server (its timeouts), and renewals
+        must never wait for it, or leases of calls still running expire and their slots are given
+        to others (more requests on a server than its ``max``).
+        """
+        with self._lock:
+            if self._threads:
+                return
+            # Renew often enough that a lease never runs out between two looks (lease_s may be 1 s).
+            renew_every = min(MAINTENANCE_INTERVAL_S, self.settings.sd_slot_lease_s / 4)
+            self._threads = [
+                threading.Thread(
+                    target=self._maintain, args=(self._renew_due, renew_every), name="sdpipe-pool-renew", daemon=True
+                ),
+                threading.Thread(
+                    target=self._maintain,
+                    args=(self.probe_benched, MAINTENANCE_INTERVAL_S),
+                    name="sdpipe-pool-probe",
+                    daemon=True,
+                ),
+            ]
+            for thread in self._threads:
+                thread.start()
+
+    def _maintain(self, task: Callable[[], None], interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
             try:
-                self._renew_due()
-                self.probe_benched()
+                task()
             except Exception:
                 logger.warning("SD pool maintenance failed; trying again", exc_info=True)
 
@@ -259,9 +294,17 @@ class SDPool:
         lease_s = self.settings.sd_slot_lease_s
         now = time.monotonic()
         with self._lock:
-            due = [(job_id, held) for job_id, held in self._held.items() if now - held.renewed_at >= lease_s / 3]
-        for job_id, held in due:
-            if not self.state.renew(held.backend.key, held.holder, lease_s=lease_s):
+            due = [(k, held) for k, held in self._held.items() if now - held.renewed_at >= lease_s / 3]
+        for (job_id, _), held in due:
+            alive = self.state.renew(held.backend.key, held.holder, lease_s=lease_s)
+            with self._lock:
+                still_held = any(h is held for h in self._held.values())
+            if not still_held:
+                # Released while we renewed: the renewal may have re-created the lease of a slot
+                # nobody holds any more (it would stay taken for a whole lease). Give it back.
+                self._release(held.backend.key, held.holder, job_id=job_id)
+                continue
+            if not alive:
                 logger.warning(
                     "job %s: slot lease on %s had expired (a long pause?); re-taken", job_id, held.backend.key
                 )
@@ -269,9 +312,9 @@ class SDPool:
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
         self.state.close()
 
 

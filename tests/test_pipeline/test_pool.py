@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from pipeline.backends import Backend, backends_for, parse_backends
-from pipeline.errors import ConfigError, NoFreeSlot, SDServerError, SDUnavailable
+from pipeline.errors import ConfigError, NoFreeSlot, SDServerError, SDUnavailable, StoreUnavailable
 from pipeline.mock_sd import get_mock_server
 from pipeline.models import GenerationParams
 from pipeline.pool import SDPool, is_out_of_memory
@@ -211,3 +212,110 @@ def test_sd_pool_with_its_only_server_benched_still_tries_it(tag: str) -> None:
     with pytest.raises(SDUnavailable, match="cannot reach"):
         pool.txt2img("job", params())
     pool.close()
+
+
+class _RenewRacesRelease(MemoryPoolState):
+    """A renewal that runs while its holder releases the slot (the maintenance thread's race)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.during_renew: Any = None
+
+    def renew(self, key: str, holder: str, *, lease_s: float) -> bool:
+        if self.during_renew is not None:
+            self.during_renew()
+        return super().renew(key, holder, lease_s=lease_s)
+
+
+def test_sd_pool_renewal_racing_a_release_does_not_keep_the_slot_taken(tag: str) -> None:
+    settings = make_settings(f"mock://gpu-{tag}")
+    state = _RenewRacesRelease()
+    pool = SDPool(settings, state, lambda url: SDClient(settings, base_url=url))
+    pool._stop.set()  # no background thread: drive the renewal by hand
+    try:
+        slot = pool.slot("job-1")
+        slot.__enter__()
+        for held in pool._held.values():
+            held.renewed_at -= settings.sd_slot_lease_s  # due for renewal
+        state.during_renew = lambda: slot.__exit__(None, None, None)
+        pool._renew_due()
+        assert pool.status()[0].in_use == 0
+        with pool.slot("job-2", wait_s=0):  # the server is free, not held by a ghost lease
+            pass
+    finally:
+        pool.close()
+
+
+def test_sd_pool_two_deliveries_of_one_job_keep_their_own_slots(tag: str) -> None:
+    pool = open_pool(make_settings(f"mock://a-{tag},mock://b-{tag}"))
+    entered, done = threading.Barrier(2), threading.Barrier(2)
+    used: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def delivery(name: str) -> None:
+        try:
+            with pool.slot("same-job") as backend:
+                entered.wait(5)
+                result = pool.txt2img("same-job", params())
+                used[name] = backend.key
+                assert result.backend_url == backend.key  # rendered on the server of its own slot
+                done.wait(5)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=delivery, args=(name,)) for name in ("first", "second")]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert not errors
+        assert sorted(used.values()) == sorted(b.key for b in pool.backends)
+        assert [s.in_use for s in pool.status()] == [0, 0]
+    finally:
+        pool.close()
+
+
+class _ReleaseFails(MemoryPoolState):
+    def release(self, key: str, holder: str, *, answered_s: float | None = None) -> None:
+        super().release(key, holder)
+        raise StoreUnavailable("cannot reach Redis")
+
+
+def test_sd_pool_store_outage_at_release_does_not_lose_the_rendered_image(tag: str) -> None:
+    settings = make_settings(f"mock://gpu-{tag}")
+    pool = SDPool(settings, _ReleaseFails(), lambda url: SDClient(settings, base_url=url))
+    try:
+        with pool.slot("job-1"):
+            result = pool.txt2img("job-1", params())
+        assert result.image_bytes
+    finally:
+        pool.close()
+
+
+class _HangingProbe:
+    """A server that takes seconds to (not) answer its liveness probe."""
+
+    def __init__(self, hang_s: float) -> None:
+        self.hang_s = hang_s
+
+    def progress(self) -> dict[str, Any]:
+        time.sleep(self.hang_s)
+        raise SDUnavailable("probe timed out", url="mock://down")
+
+
+def test_sd_pool_slow_probe_does_not_let_running_leases_expire(tag: str) -> None:
+    settings = make_settings(f"mock://up-{tag},mock://down-{tag}", sd_slot_lease_s=3.0, sd_cooldown_min_s=0.1)
+    state = MemoryPoolState()
+    hanging = _HangingProbe(5.0)
+    pool = SDPool(settings, state, lambda url: hanging)  # type: ignore[arg-type,return-value]
+    state.record_failure(f"mock://down-{tag}", "down", bench=True, policy=pool.policy)
+    try:
+        with pool.slot("job-1") as backend:
+            assert backend.key == f"mock://up-{tag}"
+            time.sleep(4.5)  # a call longer than the lease, while the other server's probe hangs
+            in_use = {s.key: s.in_use for s in pool.status()}
+            assert in_use[backend.key] == 1, "the running call's lease expired: its slot is free for another"
+    finally:
+        hanging.hang_s = 0
+        pool.close()
