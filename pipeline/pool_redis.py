@@ -16,7 +16,8 @@ clocks disagree still agree on leases and cool-downs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -200,14 +201,19 @@ class RedisPoolState(PoolState):
     def _health(key: str) -> str:
         return f"{POOL_PREFIX}health:{key}"
 
-    def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    @contextmanager
+    def _reaching_redis(self) -> Iterator[None]:
         try:
-            return script(keys=list(keys), args=list(args))
+            yield
         except redis.RedisError as exc:
             raise StoreUnavailable(
                 f"cannot reach Redis at {self._dsn_masked} for the SD pool: {exc}",
                 hint="is redis-server running? check REDIS_URL",
             ) from exc
+
+    def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        with self._reaching_redis():
+            return script(keys=list(keys), args=list(args))
 
     def acquire(self, backends: Sequence[Backend], holder: str, *, lease_s: float, avoid: str | None) -> str | None:
         keys = [k for b in backends for k in (self._slots(b.key), self._health(b.key))] + [POOL_PREFIX + "turn"]
@@ -227,24 +233,12 @@ class RedisPoolState(PoolState):
         )
 
     def wait_for_release(self, timeout_s: float) -> None:
-        try:
+        with self._reaching_redis():
             self._client.blpop([self._freed], timeout=max(timeout_s, 0.01))
-        except redis.RedisError as exc:
-            raise StoreUnavailable(
-                f"cannot reach Redis at {self._dsn_masked} for the SD pool: {exc}",
-                hint="is redis-server running? check REDIS_URL",
-            ) from exc
 
     def record_success(self, key: str, elapsed_s: float) -> None:
-        health = self._health(key)
-        try:
-            pipe = self._client.pipeline(transaction=True)
-            pipe.hset(health, mapping={"fails": 0, "benched": "0", "cooldown_ms": 0})
-            pipe.hincrby(health, "done", 1)
-            pipe.hincrbyfloat(health, "total_s", elapsed_s)
-            pipe.execute()
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"cannot reach Redis at {self._dsn_masked} for the SD pool: {exc}") from exc
+        # The release script's success half: no holder by that name, so no slot is given back.
+        self.release(key, "", answered_s=elapsed_s)
 
     def record_failure(self, key: str, error: str, *, bench: bool, policy: HealthPolicy) -> bool:
         args = [
