@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.jobs import GenerationRequest, build_step_params, new_id, plan_generate
-from pipeline.models import JobSpec
+from pipeline.models import JobRecord, JobSpec
 from pipeline.settings import Settings, load_settings
 from pipeline.store import StatusStore
 
-__all__ = ["redis_settings", "specs", "wait_batch"]
+if TYPE_CHECKING:
+    from actors import Runtime
+
+__all__ = ["TimedRun", "redis_settings", "specs", "timed_runs", "wait_batch"]
 
 
 def redis_settings(redis_url: str, sd_url: str, output_dir: Path) -> Settings:
@@ -52,3 +56,31 @@ def wait_batch(
     if summary.get("succeeded", 0) != count:
         raise RuntimeError(f"not every job succeeded: {summary}")
     return summary
+
+
+@dataclass(frozen=True)
+class TimedRun:
+    """One timed batch: wall time from submitting to the last job succeeded, and its jobs."""
+
+    wall_s: float
+    submitted_epoch: float
+    records: list[JobRecord]
+
+
+def timed_runs(runtime: Runtime, *, jobs: int, runs: int, size: int, warm: int, timeout_s: float) -> list[TimedRun]:
+    """Warm the workers up with ``warm`` jobs, then ``runs`` times submit ``jobs`` at once and time
+    them until the last one succeeded (a new batch and new seeds each time)."""
+    settings = runtime.settings
+    warm_specs = specs(settings, warm, size=size, seed=1)
+    runtime.submit(warm_specs)
+    wait_batch(runtime.store, warm_specs[0].batch_id or "", warm, timeout_s=120)
+    timed = []
+    for index in range(runs):
+        batch = specs(settings, jobs, size=size, seed=100 + index * jobs)
+        batch_id = batch[0].batch_id or ""
+        started_at, submitted_epoch = time.perf_counter(), time.time()
+        runtime.submit(batch)
+        wait_batch(runtime.store, batch_id, jobs, timeout_s=timeout_s)
+        wall_s = time.perf_counter() - started_at
+        timed.append(TimedRun(wall_s, submitted_epoch, runtime.store.list_jobs(batch_id=batch_id, limit=jobs)))
+    return timed

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import Row, median, services
-from bench._jobs import redis_settings, specs, wait_batch
+from bench._jobs import redis_settings, specs, timed_runs
 from bench._redis import private_redis
 from pipeline.models import JobRecord
 
@@ -45,24 +45,15 @@ def run(folder: Path, *, tiny: bool) -> list[Row]:
     from pipeline.sd_client import SDClient
 
     jobs, latency_ms, runs = (4, 100, 1) if tiny else (40, 500, 3)
-    walls: list[float] = []
-    measured_runs: list[tuple[list[JobRecord], float]] = []
     with private_redis() as url, services(folder, url) as started:
         mock = started.mock_sd(latency_ms=latency_ms)
         started.worker(mock, processes=2)
         settings = redis_settings(url, mock, started.output_dir)
         with open_runtime(settings) as runtime:
-            warm = specs(settings, 2, size=SIZE, seed=1)
-            runtime.submit(warm)
-            wait_batch(runtime.store, warm[0].batch_id or "", len(warm), timeout_s=120)
-            for index in range(runs):
-                batch = specs(settings, jobs, size=SIZE, seed=100 + index * jobs)
-                started_at, submitted_epoch = time.perf_counter(), time.time()
-                runtime.submit(batch)
-                timeout_s = jobs * latency_ms / 1000 * 3 + 60
-                wait_batch(runtime.store, batch[0].batch_id or "", jobs, timeout_s=timeout_s)
-                walls.append(time.perf_counter() - started_at)
-                measured_runs.append((runtime.store.list_jobs(batch_id=batch[0].batch_id, limit=jobs), submitted_epoch))
+            timeout_s = jobs * latency_ms / 1000 * 3 + 60
+            timed = timed_runs(runtime, jobs=jobs, runs=runs, size=SIZE, warm=2, timeout_s=timeout_s)
+        walls = [run.wall_s for run in timed]
+        measured_runs = [(run.records, run.submitted_epoch) for run in timed]
 
         # The server's own time per image, nothing else running (after the runs: it must not delay them).
         client = SDClient(settings)

@@ -13,13 +13,12 @@ Target: wall time ≤ 1.1 × N × 300 ms / 3.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
 
 from bench._common import Row, median, services
-from bench._jobs import redis_settings, specs, wait_batch
+from bench._jobs import redis_settings, timed_runs
 from bench._redis import private_redis
 
 LIMIT = 1.1
@@ -31,7 +30,6 @@ def run(folder: Path, *, tiny: bool) -> list[Row]:
     from actors import open_runtime
 
     jobs, latency_ms, runs = (6, 100, 1) if tiny else (60, 300, 3)
-    walls: list[float] = []
     in_flight: dict[str, int] = {}
     with private_redis() as url, services(folder, url) as started:
         mocks = [started.mock_sd(latency_ms=latency_ms) for _ in range(SERVERS)]
@@ -39,15 +37,11 @@ def run(folder: Path, *, tiny: bool) -> list[Row]:
         started.worker(pool_url, processes=2, threads=3)
         settings = redis_settings(url, pool_url, started.output_dir)
         with open_runtime(settings) as runtime:
-            warm = specs(settings, 2 * SERVERS, size=SIZE, seed=1)
-            runtime.submit(warm)
-            wait_batch(runtime.store, warm[0].batch_id or "", len(warm), timeout_s=120)
-            for index in range(runs):
-                batch = specs(settings, jobs, size=SIZE, seed=100 + index * jobs)
-                started_at = time.perf_counter()
-                runtime.submit(batch)
-                wait_batch(runtime.store, batch[0].batch_id or "", jobs, timeout_s=jobs * latency_ms / 1000 + 120)
-                walls.append(time.perf_counter() - started_at)
+            timeout_s = jobs * latency_ms / 1000 + 120
+            walls = [
+                r.wall_s
+                for r in timed_runs(runtime, jobs=jobs, runs=runs, size=SIZE, warm=2 * SERVERS, timeout_s=timeout_s)
+            ]
         for mock in mocks:
             in_flight[mock] = int(httpx.get(f"{mock}/mock/stats", timeout=10).json()["max_in_flight"])
 
