@@ -295,10 +295,11 @@ class SDPool:
         now = time.monotonic()
         with self._lock:
             due = [(k, held) for k, held in self._held.items() if now - held.renewed_at >= lease_s / 3]
-        for (job_id, _), held in due:
+        for held_key, held in due:
+            job_id = held_key[0]
             alive = self.state.renew(held.backend.key, held.holder, lease_s=lease_s)
             with self._lock:
-                still_held = any(h is held for h in self._held.values())
+                still_held = self._held.get(held_key) is held
             if not still_held:
                 # Released while we renewed: the renewal may have re-created the lease of a slot
                 # nobody holds any more (it would stay taken for a whole lease). Give it back.
