@@ -347,9 +347,10 @@ class SDClient:
             logger.warning("job %s: %s %s -> %s after %.2fs", job, method, path, type(exc).__name__, elapsed_s)
             raise self._transport_error(exc, method, path, timeout) from exc
         elapsed_s = time.perf_counter() - started
-        logger.info("job %s: %s %s -> %d in %.2fs", job, method, path, response.status_code, elapsed_s)
         if response.status_code >= 300:
+            logger.info("job %s: %s %s -> %d in %.2fs", job, method, path, response.status_code, elapsed_s)
             raise sd_response.status_error(response, self._url, method, path, sampler=sampler, scrub=self._scrub)
+        logger.debug("job %s: %s %s -> %d in %.2fs", job, method, path, response.status_code, elapsed_s)
         return response
 
     def _transport_error(self, exc: httpx.HTTPError, method: str, path: str, timeout: httpx.Timeout) -> Exception:

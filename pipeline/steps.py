@@ -129,7 +129,7 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
     if record is None:
         return StepOutcome(ran=False)
     attempt = record.steps[step].attempts
-    logger.info("job %s: %s started (attempt %d)", job_id, step, attempt)
+    logger.debug("job %s: %s started (attempt %d)", job_id, step, attempt)
     try:
         skipped, result = _STEPS[step](ctx, record)
     except PipelineError as exc:
@@ -158,7 +158,7 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
         ctx.store.mark_succeeded(job_id, result, now=now)
         logger.info("job %s: succeeded -> %s", job_id, result["image"])
     else:
-        logger.info("job %s: %s %s", job_id, step, "skipped (output exists)" if skipped else "done")
+        logger.debug("job %s: %s %s", job_id, step, "skipped (output exists)" if skipped else "done")
     return StepOutcome(ran=True, skipped=skipped)
 
 

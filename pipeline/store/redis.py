@@ -296,7 +296,7 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
         if self._run(self._move, job_id, *args) == 0:
             logger.info("job %s: already terminal, not marking it %s", job_id, state)
             return False
-        logger.info("job %s: %s", job_id, state)
+        logger.debug("job %s: %s", job_id, state)
         return True
 
     def _fetch(self, ids: Sequence[str]) -> list[JobRecord]:

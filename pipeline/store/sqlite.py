@@ -360,7 +360,7 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
                 self._require(conn, job_id)
                 logger.info("job %s: already terminal, not marking it %s", job_id, state)
                 return False
-        logger.info("job %s: %s", job_id, state)
+        logger.debug("job %s: %s", job_id, state)
         return True
 
     def _load(self, conn: sqlite3.Connection, ids: Sequence[str]) -> list[JobRecord]:
