@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -225,12 +225,15 @@ class Services:
             raise RuntimeError(f"mock-sd exited:\n{proc.output()}")
         return f"http://127.0.0.1:{port}"
 
-    def worker(self, sd_url: str, *, processes: int, threads: int | None = None) -> int:
+    def worker(
+        self, sd_url: str, *, processes: int, threads: int | None = None, extra_env: Mapping[str, str] | None = None
+    ) -> int:
         """Start ``sdpipe worker``; wait until its processes are ready; return the top process's pid."""
         args = ["worker", "--processes", str(processes)]
         if threads is not None:
             args += ["--threads", str(threads)]
         env = child_env(REDIS_URL=self.redis_url, SD_API_URL=sd_url, OUTPUT_DIR=str(self.output_dir))
+        env.update(extra_env or {})
         proc = self._spawn(args, env, f"worker-{len(self._procs)}")
         ready = wait_until(
             lambda: proc.output().count("Worker process is ready") >= processes or proc.popen.poll() is not None,
