@@ -160,7 +160,7 @@ def install() -> None:
     from dramatiq.brokers import redis as dramatiq_redis
 
     import actors.steps
-    from pipeline import codec, sd_response, seams, steps, storage
+    from pipeline import codec, png, sd_response, seams, steps, storage
     from pipeline.pool import SDPool
     from pipeline.pool_redis import RedisPoolState
     from pipeline.sd_client import SDClient
@@ -170,6 +170,7 @@ def install() -> None:
     for module in (codec, steps):  # steps imported them by name: replace them there too
         _put(module, "decode_image", _timed(IMAGE_DECODE, codec.decode_image))
         _put(module, "encode_image", _timed(IMAGE_ENCODE, codec.encode_image))
+    _replace(png, "_deflate_band", IMAGE_ENCODE)  # also in the encoder's pool threads (large images)
     for name in ("split", "seam_blur_tile", "merge"):
         _replace(seams, name, IMAGE_SEAMS)
     for module in (storage, steps):

@@ -1,6 +1,6 @@
 """Where target 2's worker CPU goes, per job and by category, beside the direct loop's (not a judged target).
 
-    uv run python -m bench.t2_breakdown [--jobs 200]
+    uv run python -m bench.t2_breakdown [--jobs 200] [--size 512]
 
 The setup of target 2 (private redis-server, ``sdpipe mock-sd`` at zero latency over HTTP,
 ``sdpipe worker --processes 2``, 512² jobs after a warm-up), with :mod:`bench._breakdown`'s wrappers
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 WARM_JOBS = 10
 
 
-def _worker_breakdown(folder: Path, jobs: int) -> tuple[dict[str, float], float, list[tuple[str, str]]]:
+def _worker_breakdown(folder: Path, jobs: int, size: int) -> tuple[dict[str, float], float, list[tuple[str, str]]]:
     """Per-job CPU ms by category in the workers, the process tree's total, and SD images for the direct loop."""
     from actors import open_runtime
     from pipeline.sd_client import SDClient
@@ -45,7 +45,7 @@ def _worker_breakdown(folder: Path, jobs: int) -> tuple[dict[str, float], float,
             mock, processes=2, extra_env={_breakdown.ENV_DIR: str(totals_dir), "PYTHONPATH": path.rstrip(os.pathsep)}
         )
         settings = redis_settings(url, mock, started.output_dir)
-        batch = specs(settings, jobs, size=SIZE, seed=5000)
+        batch = specs(settings, jobs, size=size, seed=5000)
         client = SDClient(settings)
         try:
             images = []
@@ -56,7 +56,7 @@ def _worker_breakdown(folder: Path, jobs: int) -> tuple[dict[str, float], float,
         finally:
             client.close()
         with open_runtime(settings) as runtime:
-            warm = specs(settings, WARM_JOBS, size=SIZE, seed=1)
+            warm = specs(settings, WARM_JOBS, size=size, seed=1)
             runtime.submit(warm)
             wait_batch(runtime.store, warm[0].batch_id or "", len(warm), timeout_s=120)
             tree = descendants(top)
@@ -92,15 +92,20 @@ def _direct_breakdown(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.t2_breakdown", description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=200, help="jobs in the measured batch (default 200)")
+    parser.add_argument("--size", type=int, default=SIZE, help=f"image side in pixels (default {SIZE}, target 2's)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    if not 64 <= args.size <= 2048 or args.size % 8:
+        parser.error("--size must be a multiple of 8 from 64 to 2048 (what the mock renders)")
     with tempfile.TemporaryDirectory(prefix="sdpipe-breakdown-") as tmp:
         folder = Path(tmp)
-        worker, worker_total, images = _worker_breakdown(folder / "worker", args.jobs)
+        worker, worker_total, images = _worker_breakdown(folder / "worker", args.jobs, args.size)
         direct, direct_total = _direct_breakdown(folder / "direct", images, folder / "direct-out")
     width = max(len(c) for c in _breakdown.CATEGORIES) + 2
-    print(f"CPU ms per {SIZE}² job: {args.jobs} jobs, Redis mode, 2 worker processes; direct loop in one process\n")
+    print(
+        f"CPU ms per {args.size}² job: {args.jobs} jobs, Redis mode, 2 worker processes; direct loop in one process\n"
+    )
     print(f"{'':{width}}{'worker':>8}{'direct':>8}{'extra':>8}")
     for category in _breakdown.CATEGORIES:
         w, d = worker.get(category, 0.0), direct.get(category, 0.0)
