@@ -38,23 +38,34 @@ _runtime: Runtime | None = None
 
 
 def _return_freed_memory() -> None:
-    """Make glibc give large freed buffers back to the OS instead of keeping them per thread.
+    """Tune glibc's allocator for image steps: huge buffers go back to the OS, ordinary ones are reused.
 
-    Image steps allocate and free 10-50 MB arrays; glibc raises its mmap threshold after the first
-    such free, and the buffers then stay in the worker threads' arenas (measured: peak RSS of a
-    4096² job 8.4x the decoded image; with a fixed 1 MB threshold, 5.3x, back to idle after).
+    Left alone, glibc raises its mmap threshold after the first large free, and a 4096² job's
+    10-50 MB buffers then stay in the worker threads' arenas (peak RSS 8.4x the decoded image).
+    Fixed thresholds fix that, but not too low: at 1 MB, every array of a 1024² image (3 MB) was a
+    fresh mmap, page-faulted in on first touch and unmapped on free, and the heaps were trimmed
+    after each job (trim threshold 128 KB once the mmap threshold is set), so a 1024² job's worker
+    CPU was 1.8x the same image work in a plain loop (``python -m bench.t2_breakdown --size 1024``).
+    With :data:`_MMAP_THRESHOLD_BYTES` and :data:`_TRIM_THRESHOLD_BYTES`: 1.4x, and a 4096² job's
+    peak RSS 4.8x the decoded image, back to idle after (bench target 4).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
     except (OSError, AttributeError):  # not glibc: nothing to tune
         logger.debug("mallopt unavailable; leaving the allocator as it is")
 
 
-#: glibc's ``mallopt`` parameter number for M_MMAP_THRESHOLD.
+#: glibc's ``mallopt`` parameter numbers for M_TRIM_THRESHOLD and M_MMAP_THRESHOLD.
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-#: Allocations from this size up are mmapped and returned to the OS when freed.
-_MMAP_THRESHOLD_BYTES = 1 << 20
+#: Allocations from this size up are mmapped and returned to the OS when freed: a 2048² image's
+#: 12 MB arrays and larger. Below it (up to a 1536² image's 7 MB), freed blocks are reused.
+_MMAP_THRESHOLD_BYTES = 8 << 20
+#: Free memory at the top of a thread's heap beyond this goes back to the OS: a few jobs' worth of
+#: reusable blocks stay, so the next job of the same size does not page-fault them in again.
+_TRIM_THRESHOLD_BYTES = 16 << 20
 
 
 def setup() -> None:
