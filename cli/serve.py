@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Annotated
 
 import typer
@@ -13,7 +14,7 @@ from pipeline.errors import InputError
 from pipeline.storage import check_output_dir
 from pipeline.store import open_store
 
-__all__ = ["EXTRA_MISSING", "is_loopback", "serve"]
+__all__ = ["EXTRA_MISSING", "is_loopback", "listen", "serve"]
 
 #: The one line printed (exit code 2) when FastAPI or uvicorn is not installed.
 EXTRA_MISSING = "install the API extra: pip install 'sdpipe[api]'"
@@ -27,6 +28,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port``, bound before anything says the API is up.
+
+    Raises:
+        InputError: the address is taken, not ours, or does not resolve.
+    """
+    try:
+        family = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        return socket.create_server((host.strip("[]"), port), family=family)
+    except OSError as exc:
+        raise InputError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="stop what uses that port, or choose another --port or --host",
+        ) from exc
 
 
 def serve(
@@ -66,10 +83,12 @@ def serve(
         finally:
             store.close()
         app = create_app(settings)
+        # Bound here, not by uvicorn: a taken port is then one `error:` line, not a silent exit 3.
+        sock = listen(settings.api_host, settings.port)
         mode = "Redis" if settings.redis_mode else "embedded"
         auth = "bearer token" if settings.api_token is not None else "no token"
         echo(f"sdpipe API on http://{settings.api_host}:{settings.port} ({mode} mode, {auth})", err=True)
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             host=settings.api_host,
             port=settings.port,
@@ -77,3 +96,4 @@ def serve(
             access_log=state.verbose,
             server_header=False,
         )
+        uvicorn.Server(config).run(sockets=[sock])

@@ -47,6 +47,21 @@ def test_serve_without_the_api_extra_says_how_to_install_it(monkeypatch: pytest.
     assert result.output.strip() == f"error: {EXTRA_MISSING}"
 
 
+def test_serve_on_a_taken_port_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    # Given a port something else listens on
+    import socket
+
+    monkeypatch.setenv("OUTPUT_DIR", str(tmp_path))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--port", str(port)])
+    # Then serve refuses before announcing anything, with the reason and the fix
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert "choose another --port" in result.output
+    assert "sdpipe API on" not in result.output and "Traceback" not in result.output
+
+
 def test_serve_plain_cli_does_not_import_fastapi() -> None:
     import subprocess
 
