@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "WEBP_QUALITY",
     "DecodedImage",
     "ImageHeader",
+    "decode_failure_reason",
     "decode_image",
     "probe_image",
     "encode_image",
@@ -37,6 +39,9 @@ __all__ = [
     "read_image_file",
     "sniff_format",
 ]
+
+#: A Python object's default repr, which means nothing to a user reading an error.
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +130,7 @@ def decode_image(data: bytes, *, max_pixels: int, max_bytes: int, what: str = "i
     except ImageError:
         raise
     except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error, ...
-        raise _undecodable(what, fmt, _one_line(exc)) from exc
+        raise _undecodable(what, fmt, decode_failure_reason(exc)) from exc
     mode = "L" if array.ndim == 2 else {3: "RGB", 4: "RGBA"}[array.shape[2]]
     return DecodedImage(array=array, mode=mode, format=fmt, width=width, height=height, infotext=infotext)
 
@@ -165,7 +170,7 @@ def probe_image(data: bytes, *, max_pixels: int, max_bytes: int, what: str = "im
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[fmt]]) as im:
             width, height = im.size
     except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error, ...
-        raise _undecodable(what, fmt, _one_line(exc)) from exc
+        raise _undecodable(what, fmt, decode_failure_reason(exc)) from exc
     if width * height > max_pixels:
         raise ImageError(
             f"{what} is {width}x{height} px, more than MAX_PIXELS ({max_pixels:,})",
@@ -361,6 +366,8 @@ def _size_text(size_bytes: int) -> str:
     return f"{size_bytes / (1024 * 1024):.1f} MiB"
 
 
-def _one_line(exc: Exception) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+def decode_failure_reason(exc: Exception) -> str:
+    """Pillow's reason for not decoding, in one line of at most 200 characters, without the Python
+    object reprs it puts in some ("cannot identify image file <_io.BytesIO object at 0x7f…>")."""
+    text = " ".join(_OBJECT_REPR.sub("", str(exc)).split()) or type(exc).__name__
     return text[:200]

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import httpx
 from PIL import Image
 
+from pipeline.codec import decode_failure_reason
 from pipeline.errors import SDAuthError, SDBadImage, SDError, SDNotFound, SDRequestRejected, SDServerError
 from pipeline.models import SDResult
 from pipeline.png import png_chunks_problem
@@ -222,7 +223,8 @@ def _verify_image(data: bytes, image_format: str, url: str, max_pixels: int) -> 
     except SDBadImage:
         raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...
-        raise SDBadImage(f"the server's image does not decode ({image_format}): {exc}", url=url) from exc
+        reason = decode_failure_reason(exc)
+        raise SDBadImage(f"the server's image does not decode ({image_format}): {reason}", url=url) from exc
     return width, height, embedded if isinstance(embedded, str) else None
 
 

@@ -25,6 +25,7 @@ from pipeline.errors import (
     SDTimeout,
     SDUnavailable,
 )
+from pipeline.mock_faults import garbage_image_base64
 from pipeline.models import GenerationParams
 from pipeline.sd_client import HEALTH_TIMEOUT_S, SDClient
 from pipeline.settings import Settings
@@ -205,6 +206,15 @@ def test_txt2img_raises_bad_image(sd_api: respx.MockRouter, client: SDClient, bo
     with pytest.raises(SDBadImage, match=words) as caught:
         client.txt2img(params(), job_id="j")
     assert not caught.value.transient
+
+
+def test_txt2img_undecodable_image_error_names_no_python_object(sd_api: respx.MockRouter, client: SDClient) -> None:
+    # Pillow says "cannot identify image file <_io.BytesIO object at 0x7f…>": the repr means nothing to a user
+    sd_api.post(TXT2IMG).respond(200, json=ok_body(garbage_image_base64()))  # the mock's "garbage" fault
+    with pytest.raises(SDBadImage) as caught:
+        client.txt2img(params(), job_id="j")
+    assert "does not decode (png): cannot identify image file" in caught.value.message
+    assert " object at 0x" not in str(caught.value)
 
 
 def test_txt2img_non_json_200_is_bad_image(sd_api: respx.MockRouter, client: SDClient) -> None:
