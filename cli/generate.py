@@ -155,7 +155,7 @@ def _submit_and_report(
             )
         if not wait:
             if json_output:
-                print_json([{"job_id": job_id, "state": "queued"} for job_id in ids])
+                print_json([{"job_id": spec.job_id, "batch_id": spec.batch_id, "state": "queued"} for spec in specs])
             return
         try:
             records = wait_for_jobs(runtime.store, ids, live=not json_output and err_console.is_terminal)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.store import RedisStatusStore
 from tests.test_cli.conftest import Invoke
 
 
@@ -34,6 +35,22 @@ def test_generate_json_output_lists_succeeded_jobs(sdpipe: Invoke) -> None:
     (job,) = json.loads(result.stdout)
     assert job["state"] == "succeeded"
     assert Path(job["result"]["image"]).exists()
+
+
+def test_generate_no_wait_json_lists_the_queued_jobs_with_their_batch(sdpipe: Invoke, redis_url: str) -> None:
+    # Redis mode with no worker: the jobs stay queued, and the JSON says which batch they form
+    env = {"REDIS_URL": redis_url, "SD_API_URL": "mock://"}
+    size = ("--width", "64", "--height", "64")
+    result = sdpipe("generate", "a cat", "--count", "2", *size, "--no-wait", "--json", env=env)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [row["state"] for row in rows] == ["queued", "queued"]
+    assert rows[0]["batch_id"] and rows[0]["batch_id"] == rows[1]["batch_id"]
+    store = RedisStatusStore.from_url(redis_url)
+    try:
+        assert {job.job_id for job in store.list_jobs(batch_id=rows[0]["batch_id"])} == {r["job_id"] for r in rows}
+    finally:
+        store.close()
 
 
 def test_generate_webp_format_writes_webp(sdpipe: Invoke) -> None:
