@@ -14,6 +14,7 @@ from cli.common import load
 from cli.output import cli_errors, console, echo, job_row, jobs_table, print_json
 from pipeline.batches import batch_records, build_manifest, write_manifest
 from pipeline.errors import InputError, JobNotFound
+from pipeline.jobs import current_output
 from pipeline.models import JobRecord, JobState
 from pipeline.store import DEFAULT_LIST_LIMIT, open_store
 
@@ -161,6 +162,11 @@ def _detail(record: JobRecord) -> Table:
         else:  # an error a retry got past
             table.add_row("retried after", Text(text, style="yellow"))
     if record.result:
-        table.add_row("image", Text(str(record.result.get("image"))))
+        image = str(record.result.get("image"))
+        if record.state is JobState.SUCCEEDED and current_output(record) is None:
+            gone = f"{image} (gone: removed, or replaced by a later job of the same name)"
+            table.add_row("image", Text(gone, style="yellow"))
+        else:
+            table.add_row("image", Text(image))
         table.add_row("sidecar", Text(str(record.result.get("sidecar"))))
     return table

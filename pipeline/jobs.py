@@ -24,10 +24,11 @@ from pipeline.codec import probe_image, read_image_bytes
 from pipeline.errors import InputError
 from pipeline.models import GenerationParams, JobRecord, JobSpec, StepParams, parse_grid, validation_message
 from pipeline.settings import OutputFormat, Settings, strip_credentials
-from pipeline.storage import JobFiles, atomic_write_bytes, default_output_name, safe_output_stem
+from pipeline.storage import JobFiles, atomic_write_bytes, default_output_name, read_json, safe_output_stem
 from pipeline.store.base import StatusStore
 
 __all__ = [
+    "current_output",
     "GenerationRequest",
     "ProcessPlan",
     "build_step_params",
@@ -295,3 +296,20 @@ def watch_jobs(
         if all(record.state.terminal for record in records):
             return
         time.sleep(poll_interval_s)
+
+
+def current_output(record: JobRecord) -> Path | None:
+    """The image a succeeded job wrote, if it is still that job's image.
+
+    None when the job has no result, its file is gone, or a later job with the same output name (a
+    batch row's ``name``) replaced it: that job's sidecar, written before its image, names it.
+    """
+    if not record.result or not record.result.get("image"):
+        return None
+    path = Path(str(record.result["image"]))
+    sidecar = record.result.get("sidecar")
+    try:
+        owner = read_json(Path(str(sidecar))).get("job_id") if sidecar else record.job_id
+    except (OSError, ValueError, AttributeError):
+        owner = None
+    return path if owner == record.job_id and path.is_file() else None

@@ -15,10 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from actors import Runtime
 from cli.api.errors import ApiError
 from pipeline.errors import InputError
-from pipeline.jobs import DEFAULT_POLL_INTERVAL_S, watch_jobs
+from pipeline.jobs import DEFAULT_POLL_INTERVAL_S, current_output, watch_jobs
 from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings
-from pipeline.storage import check_output_dir, read_json
+from pipeline.storage import check_output_dir
 
 __all__ = [
     "MEDIA_TYPES",
@@ -119,13 +119,8 @@ def succeeded_image(record: JobRecord) -> Path:
             hint="a job has an image once it has succeeded",
             job_id=record.job_id,
         )
-    path = Path(str(record.result["image"]))
-    sidecar = record.result.get("sidecar")
-    try:
-        owner = read_json(Path(str(sidecar))).get("job_id") if sidecar else record.job_id
-    except (OSError, ValueError, AttributeError):
-        owner = None
-    if owner != record.job_id or not path.is_file():
+    path = current_output(record)
+    if path is None:
         raise ApiError(
             404,
             "result_missing",

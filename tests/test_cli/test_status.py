@@ -25,6 +25,18 @@ def test_status_shows_steps_and_result(sdpipe: Invoke) -> None:
     assert as_json["steps"]["generate"]["attempts"] == 1
 
 
+def test_status_says_when_a_later_job_replaced_the_image(sdpipe: Invoke) -> None:
+    # Given a job whose output a later job of the same name has taken (its sidecar now names that job)
+    (job,) = _generate(sdpipe)
+    result = job["result"]
+    assert isinstance(result, dict)
+    sidecar = Path(str(result["sidecar"]))
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "job_id": "f" * 32}))
+    # Then status does not present that file as this job's image
+    shown = " ".join(sdpipe("status", str(job["job_id"])).stdout.split())
+    assert "(gone: removed, or replaced by a later job of the same name)" in shown
+
+
 def test_status_unknown_job_exit_2(sdpipe: Invoke) -> None:
     _generate(sdpipe)
     result = sdpipe("status", "deadbeef")
