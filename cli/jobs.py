@@ -98,7 +98,9 @@ def _batch_detail(manifest: dict[str, Any]) -> Table:
     if manifest.get("schedule"):
         table.add_row("schedule", Text(str(manifest["schedule"])))
     table.add_row("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(manifest["created_at"])))
-    table.add_row("rows", str(len(manifest["rows"])))
+    from_file = bool(manifest.get("source"))
+    if from_file:  # a generate --count batch has no file, so no rows or lines to speak of
+        table.add_row("rows", str(len(manifest["rows"])))
     table.add_row("jobs", str(manifest["jobs"]))
     for state, count in manifest["counts"].items():
         table.add_row(f"  {state}", str(count))
@@ -106,9 +108,9 @@ def _batch_detail(manifest: dict[str, Any]) -> Table:
         (row["line"], job) for row in manifest["rows"] for job in row["jobs"] if job["state"] in ("failed", "cancelled")
     ]
     for line, job in failed[:10]:
-        table.add_row(
-            f"  line {line}", Text(f"{job['job_id'][:8]} {job['state']}: {job.get('error', '')}", style="red")
-        )
+        reason = f": {job['error']}" if job.get("error") else ""
+        where = f"  line {line}" if from_file else ""
+        table.add_row(where, Text(f"{job['job_id'][:8]} {job['state']}{reason}", style="red"))
     if len(failed) > 10:
         table.add_row("", f"… and {len(failed) - 10} more (see the manifest)")
     return table

@@ -37,6 +37,17 @@ def test_status_says_when_a_later_job_replaced_the_image(sdpipe: Invoke) -> None
     assert "(gone: removed, or replaced by a later job of the same name)" in shown
 
 
+def test_status_of_a_generate_batch_speaks_of_jobs_not_file_lines(sdpipe: Invoke) -> None:
+    # Given a --count batch (no batch file) whose jobs failed: the mock sends images that do not decode
+    failed = _generate(sdpipe, "--count", "2", "--sd-url", "mock://?faults=garbage:1")
+    shown = sdpipe("status", "--batch", str(failed[0]["batch_id"])).stdout
+    lines = [line.strip() for line in shown.splitlines()]
+    # Then no file rows or line numbers are shown, and each failure carries its reason
+    assert not any(line.startswith(("rows", "line ")) for line in lines)
+    failures = [line for line in lines if " failed" in line]
+    assert len(failures) == 2 and all(": generate: " in line or "does not decode" in line for line in failures)
+
+
 def test_status_unknown_job_exit_2(sdpipe: Invoke) -> None:
     _generate(sdpipe)
     result = sdpipe("status", "deadbeef")
