@@ -48,14 +48,15 @@ def _split(entry: str) -> tuple[str, int]:
     try:
         return split_sd_entry(entry)
     except ValueError as exc:
-        raise ConfigError(f"invalid SD_API_URL entry: {exc}", hint="write e.g. http://gpu1:7860;max=2") from exc
+        raise ConfigError(str(exc), hint="fix the entry in SD_API_URL (or --sd-url)") from exc
 
 
 def parse_backends(sd_api_url: str) -> list[Backend]:
     """The servers named by ``sd_api_url``, in order.
 
     Raises:
-        ConfigError: an entry is empty, its ``max`` is malformed, or two entries name one server.
+        ConfigError: an entry is empty, has an option other than ``;max=N``, its ``max`` is malformed,
+            or two entries name one server.
     """
     backends: list[Backend] = []
     seen: set[str] = set()

@@ -38,6 +38,7 @@ __all__ = [
     "get_mock_server",
     "make_http_server",
     "mock_transport",
+    "parse_mock_url",
     "run_forever",
     "serve",
 ]
@@ -244,6 +245,40 @@ _SHARED: dict[tuple[object, ...], MockSDServer] = {}
 _SHARED_LOCK = threading.Lock()
 
 
+def _url_options(url: str) -> tuple[str, dict[str, Any]]:
+    parts = urlsplit(url.strip())
+    if parts.scheme != "mock":
+        raise ValueError(f"{url!r} is not a mock:// URL")
+    options: dict[str, Any] = {}
+    for name, raw in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in _URL_OPTIONS:
+            raise ValueError(f"unknown mock:// option {name!r}; the options are {', '.join(_URL_OPTIONS)}")
+        parser = _URL_OPTIONS[name]
+        try:
+            options[name] = parser(raw)
+        except ValueError as exc:
+            reason = "not a whole number" if parser is int else "not a number" if parser is float else str(exc)
+            raise ValueError(f"mock:// option {name}={raw!r}: {reason}") from None
+    return parts.netloc, options
+
+
+def parse_mock_url(url: str) -> tuple[str, dict[str, Any]]:
+    """The name and the options of a ``mock://[name][?option=value&...]`` URL, checked in full.
+
+    A URL accepted here builds a server: settings validation calls this, so a bad ``mock://`` entry
+    is refused before any job is created. The options are listed under :func:`get_mock_server`.
+
+    Raises:
+        ValueError: not a ``mock://`` URL, an unknown option, a malformed value, or a value out of range.
+    """
+    name, options = _url_options(url)
+    try:
+        MockSDServer(**options)  # the server's own checks: ranges, fail_rate against a 500 fault
+    except ValueError as exc:
+        raise ValueError(f"{url.strip()!r}: {exc}") from None
+    return name, options
+
+
 def get_mock_server(url: str) -> MockSDServer:
     """The per-process mock behind a ``mock://[name][?option=value&...]`` URL.
 
@@ -256,19 +291,8 @@ def get_mock_server(url: str) -> MockSDServer:
     Raises:
         ValueError: not a ``mock://`` URL, an unknown option, or a malformed value.
     """
-    parts = urlsplit(url.strip())
-    if parts.scheme != "mock":
-        raise ValueError(f"{url!r} is not a mock:// URL")
-    options: dict[str, Any] = {}
-    for name, raw in parse_qsl(parts.query, keep_blank_values=True):
-        if name not in _URL_OPTIONS:
-            raise ValueError(f"unknown mock:// option {name!r}; use {', '.join(_URL_OPTIONS)}")
-        try:
-            options[name] = _URL_OPTIONS[name](raw)
-        except ValueError as exc:
-            reason = str(exc) if name in ("faults", "nowebui") else "not a number"
-            raise ValueError(f"mock:// option {name}={raw!r}: {reason}") from None
-    key = (parts.netloc, *sorted(options.items()))
+    name, options = _url_options(url)
+    key = (name, *sorted(options.items()))
     with _SHARED_LOCK:
         if key not in _SHARED:
             _SHARED[key] = MockSDServer(**options)

@@ -26,6 +26,7 @@ from pipeline.backends import Backend
 from pipeline.errors import StoreUnavailable
 from pipeline.pool_state import BackendStatus, HealthPolicy, PoolState
 from pipeline.settings import Settings, mask_url
+from pipeline.store.redis import missing_database
 
 __all__ = ["POOL_PREFIX", "RedisPoolState"]
 
@@ -206,6 +207,9 @@ class RedisPoolState(PoolState):
         try:
             yield
         except redis.RedisError as exc:
+            missing = missing_database(exc, f"{self._dsn_masked} has no such database")
+            if missing is not None:
+                raise missing from exc
             raise StoreUnavailable(
                 f"cannot reach Redis at {self._dsn_masked} for the SD pool: {exc}",
                 hint="is redis-server running? check REDIS_URL",

@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import ConfigError
+from pipeline.mock_sd import parse_mock_url
 
 __all__ = [
     "DEFAULT_BAND_PX",
@@ -101,7 +102,12 @@ MAX_SLOTS_LIMIT = 64
 
 OutputFormat = Literal["png", "webp", "jpeg"]
 
-_MAX_RE = re.compile(r";\s*max\s*=\s*([^;,]*?)\s*$", re.IGNORECASE)
+#: The last ``;name=value`` option of an ``SD_API_URL`` entry. A value holds no ``@`` or ``/``, so a
+#: ``;`` inside credentials or a path is not an option; a ``mock://`` fault plan's ``;reset:0.1``
+#: items have no ``=``.
+_OPTION_RE = re.compile(r";\s*([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*([^;,@/]*?)\s*$")
+#: The database part of a ``redis://`` URL: empty, ``/`` or ``/N``.
+_REDIS_DB_PATH_RE = re.compile(r"^(/\d*)?$")
 
 _GRID_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9._\-:\[\]]+$")
@@ -119,19 +125,29 @@ def split_sd_entry(entry: str) -> tuple[str, int]:
     """Split one ``SD_API_URL`` entry into its URL and its ``;max=N`` slot cap (default 1).
 
     Raises:
-        ValueError: ``max`` is not a whole number between 1 and ``MAX_SLOTS_LIMIT``.
+        ValueError: an option other than ``max``, ``max`` given twice, or ``max`` not a whole number
+            between 1 and ``MAX_SLOTS_LIMIT``.
     """
-    entry = entry.strip()
-    match = _MAX_RE.search(entry)
-    if match is None:
-        return entry, DEFAULT_MAX_SLOTS
-    url = entry[: match.start()].strip()
-    if not match[1].isdigit() or not 1 <= int(match[1]) <= MAX_SLOTS_LIMIT:
-        raise ValueError(
-            f"{mask_url(url)!r} has max={match[1]!r}; expected a whole number 1..{MAX_SLOTS_LIMIT}, "
-            "e.g. http://gpu1:7860;max=2"
-        )
-    return url, int(match[1])
+    url = entry.strip()
+    max_slots: int | None = None
+    while (match := _OPTION_RE.search(url)) is not None:
+        url = url[: match.start()].strip()
+        name, value = match[1], match[2]
+        if name.lower() != "max":
+            example = "mock://?seed=3&latency_ms=50;max=2" if url.startswith("mock://") else "http://gpu1:7860;max=2"
+            raise ValueError(
+                f"unknown option {name!r} in SD_API_URL entry {mask_url(url)!r}; the only option is ;max=N, "
+                f"e.g. {example}"
+            )
+        if max_slots is not None:
+            raise ValueError(f"SD_API_URL entry {mask_url(url)!r} gives ;max twice; give it once")
+        if not value.isdigit() or not 1 <= int(value) <= MAX_SLOTS_LIMIT:
+            raise ValueError(
+                f"SD_API_URL entry {mask_url(url)!r} has max={value!r}; expected a whole number "
+                f"1..{MAX_SLOTS_LIMIT}, e.g. http://gpu1:7860;max=2"
+            )
+        max_slots = int(value)
+    return url, DEFAULT_MAX_SLOTS if max_slots is None else max_slots
 
 
 def mask_url(url: str) -> str:
@@ -226,6 +242,7 @@ class Settings(BaseSettings):
                 raise ValueError("has an empty entry; separate servers with single commas")
             entry, _ = split_sd_entry(raw)
             if entry.startswith("mock://"):
+                parse_mock_url(entry)  # raises ValueError naming the bad option and the valid ones
                 continue
             parts = urlsplit(entry)
             try:
@@ -237,6 +254,34 @@ class Settings(BaseSettings):
                     f"{mask_url(entry)!r} is not an http(s) URL; use e.g. http://localhost:7860 or mock://"
                 )
         return value.strip()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        """Refuse a REDIS_URL whose scheme or database is malformed (redis-py would silently use DB 0).
+
+        Only the server knows how many databases it has: an index out of range is refused when connecting.
+        """
+        if value is None:
+            return None
+        url = value.get_secret_value()
+        example = "e.g. redis://localhost:6379/0"
+        try:
+            parts = urlsplit(url.strip())
+        except ValueError:
+            raise ValueError(f"{mask_url(url)!r} is not a Redis URL; use {example}") from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"{mask_url(url)!r} is not a Redis URL; use {example}")
+        path = unquote(parts.path)
+        if parts.scheme != "unix" and not _REDIS_DB_PATH_RE.match(path):
+            raise ValueError(
+                f"{mask_url(url)!r} names database {path.removeprefix('/')!r}; the database is /N with N a "
+                f"whole number >= 0, {example}"
+            )
+        for db in parse_qs(parts.query).get("db", []):
+            if not db.isdigit():
+                raise ValueError(f"{mask_url(url)!r} names database {db!r}; db=N takes a whole number >= 0, {example}")
+        return value
 
     @model_validator(mode="after")
     def _check_backoff(self) -> Settings:
@@ -275,9 +320,14 @@ class Settings(BaseSettings):
 def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
     """Read the settings once (environment, then ``env_file`` or ``./.env``), applying ``overrides``.
 
+    Only an ``env_file`` given explicitly must exist: a missing ``./.env`` just means no file.
+
     Raises:
-        ConfigError: a setting is malformed; the message names it and what is expected.
+        ConfigError: ``env_file`` cannot be read, or a setting is malformed; the message names it
+            and what is expected.
     """
+    if env_file is not None:
+        _check_env_file(env_file)
     try:
         if env_file is not None:
             return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
@@ -287,6 +337,20 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         name = ".".join(str(p) for p in err["loc"]).upper() or "settings"
         message = str(err["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"invalid setting {name}: {message}", hint="fix it in the environment or .env") from exc
+
+
+def _check_env_file(env_file: Path) -> None:
+    """Refuse an explicitly given env file that is missing or unreadable (pydantic-settings skips it)."""
+    hint = "check the path given to --env-file, or leave it out to read ./.env"
+    try:
+        with env_file.open("rb"):
+            pass
+    except FileNotFoundError:
+        raise ConfigError(f"env file {env_file} does not exist", hint=hint) from None
+    except IsADirectoryError:
+        raise ConfigError(f"env file {env_file} is a directory, not a file", hint=hint) from None
+    except OSError as exc:
+        raise ConfigError(f"env file {env_file} cannot be read: {exc.strerror or exc}", hint=hint) from None
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -73,7 +73,7 @@ from pipeline.store.redis_scripts import (
     with_constants,
 )
 
-__all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "DEFAULT_HEALTH_CHECK_INTERVAL_S", "RedisStatusStore"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "DEFAULT_HEALTH_CHECK_INTERVAL_S", "RedisStatusStore", "missing_database"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,17 @@ _UNREACHABLE_HINT = "is redis-server running? check REDIS_URL"
 _AUTH_HINT = "check REDIS_PASSWORD or the password in REDIS_URL"
 #: Error replies that mean "wrong or missing credentials" (or an ACL user without the rights).
 _REFUSALS = ("NOAUTH", "WRONGPASS", "NOPERM")
+#: What Redis answers SELECT with an index at or above its ``databases`` setting (on connecting).
+_NO_SUCH_DB = "DB index is out of range"
+_NO_SUCH_DB_HINT = "use a database below the server's `databases` setting (16 by default) in REDIS_URL"
+
+
+def missing_database(exc: BaseException, what: str) -> ConfigError | None:
+    """The error to raise when ``exc`` is Redis refusing REDIS_URL's database (``/N`` at or above the
+    server's ``databases`` setting), else None; ``what`` completes "Redis at …"."""
+    if isinstance(exc, redis.ResponseError) and _NO_SUCH_DB in str(exc):
+        return ConfigError(f"Redis at {what}", hint=_NO_SUCH_DB_HINT)
+    return None
 
 
 class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
@@ -110,6 +121,7 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
         password = kwargs.get("password")
         self._password: str | None = str(password) if password else None
         self._where = _describe(kwargs)
+        self._db = kwargs.get("db", 0)
         self._create = client.register_script(with_constants(CREATE_LUA))
         self._move = client.register_script(with_constants(MOVE_LUA))
         self._finish_step = client.register_script(FINISH_STEP_LUA)
@@ -311,10 +323,14 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
-        """Turn redis-py's connection and login failures into :class:`StoreUnavailable`."""
+        """Turn redis-py's connection and login failures into :class:`StoreUnavailable`, and a database
+        index the server does not have (REDIS_URL's ``/N``) into :class:`ConfigError`."""
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            missing = missing_database(exc, f"{self._where} has no database {self._db}")
+            if missing is not None:
+                raise missing from exc
             refused = isinstance(exc, redis.AuthenticationError) or str(exc).startswith(_REFUSALS)
             if isinstance(exc, redis.ResponseError) and not refused:
                 raise
