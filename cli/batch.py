@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
@@ -36,19 +36,19 @@ from cli.common import (
 from cli.output import (
     RET_FAILED,
     RET_OK,
-    RET_USAGE,
     cli_errors,
     console,
     echo,
     err_console,
     print_json,
+    report_jobs,
 )
 from cli.progress import watch_batch
 from pipeline.batches import batch_records, build_manifest, write_manifest
 from pipeline.batchfile import BatchFileError, describe_plan, read_batch_file
 from pipeline.errors import InputError
 from pipeline.jobs import new_id
-from pipeline.models import JobState
+from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings
 from pipeline.storage import check_output_dir
 
@@ -82,7 +82,14 @@ def batch(
     ] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Show progress until the batch ends.")] = True,
     wait_for_room: WaitForRoomOption = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the manifest (or plan) as JSON.")] = False,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print only JSON on stdout: the manifest; with --no-wait the batch id and the jobs it queued; "
+            "with --dry-run the plan.",
+        ),
+    ] = False,
 ) -> None:
     """Render every row of a prompt file as one batch (validated first: nothing is enqueued on errors)."""
     defaults = row_defaults(
@@ -128,7 +135,6 @@ def batch(
         with open_runtime(settings) as runtime:
             if resume:
                 batch_id = runtime.store.get_batch(resume).batch_id  # a prefix resolves to the full id
-            echo(f"batch {batch_id}")
             # All of it enqueued, or none: Ctrl-C waits for the end of the submission (not of a wait for room).
             plan = submit_when_room(
                 runtime,
@@ -144,16 +150,22 @@ def batch(
                 ),
                 wait_for_room=wait_for_room,
             )
+            # Only now does the batch exist: a refused submission (QueueFull) names no batch.
+            if not json_output:
+                echo(f"batch {batch_id}")
             echo(
                 f"batch {batch_id}: {len(plan.new_specs)} new job(s), {len(plan.retry)} retried, "
                 f"{plan.succeeded} already done, {plan.in_flight} still running",
                 err=True,
             )
+            if not wait:
+                if json_output:
+                    queued = [spec.job_id for spec in plan.new_specs] + [record.job_id for record in plan.retry]
+                    print_json({"batch_id": batch_id, "jobs": [{"job_id": j, "state": "queued"} for j in queued]})
+                return
             # The planned jobs are in the store now: keep only the batch record while waiting, so a
             # long wait holds about the manifest's worth of memory, not every job spec.
             del rows, plan
-            if not wait:
-                return
             _wait_and_finish(runtime, settings, batch_id, json_output=json_output)
 
 
@@ -211,17 +223,31 @@ def _print_plan(plan: list[dict[str, Any]], *, json_output: bool) -> None:
     console.print(f"{len(plan)} row(s), {jobs} job(s), {jobs} SD call(s)")
 
 
+#: The states ``retry`` re-enqueues (``Runtime.retry`` / ``StatusStore.requeue`` take only these).
+_RETRYABLE = (JobState.FAILED, JobState.CANCELLED)
+
+
 def retry(
     ctx: typer.Context,
     job_id: Annotated[str | None, typer.Argument(help="Job id (or unique prefix) to retry.")] = None,
-    batch_id: Annotated[str | None, typer.Option("--batch", help="Retry jobs of this batch.")] = None,
-    failed: Annotated[bool, typer.Option("--failed", help="With --batch: its failed jobs.")] = False,
+    batch_id: Annotated[str | None, typer.Option("--batch", help="Retry jobs of this batch (with --failed).")] = None,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="With --batch (required there): retry its failed and cancelled jobs.")
+    ] = False,
 ) -> None:
-    """Re-enqueue failed (or cancelled) jobs from the step that failed; saved SD images are reused."""
+    """Re-enqueue failed (or cancelled) jobs from the step that failed; saved SD images are reused.
+
+    Embedded mode runs them and prints each output path; the exit code follows the rule of `sdpipe generate`.
+    """
     with cli_errors():
         settings = load(ctx)
         if (job_id is None) == (batch_id is None) or (batch_id is not None and not failed):
             raise InputError("give a JOB_ID, or --batch ID --failed", hint="e.g. sdpipe retry --batch 3f2a --failed")
+        if failed and job_id is not None:
+            raise InputError(
+                "--failed goes with --batch: a JOB_ID is retried on its own",
+                hint=f"drop --failed: `sdpipe retry {job_id}`",
+            )
         with open_runtime(settings) as runtime:
             store = runtime.store
             if job_id is not None:
@@ -229,25 +255,32 @@ def retry(
             else:
                 assert batch_id is not None
                 found = store.get_batch(batch_id)
-                records = store.list_jobs(state=JobState.FAILED, batch_id=found.batch_id, limit=len(found.job_ids))
+                # The batch's rows as they are now (jobs superseded by a --resume of an edited file stay out).
+                by_id = batch_records(store, found)
+                records = [by_id[job] for job in found.job_ids if job in by_id and by_id[job].state in _RETRYABLE]
             requeued = runtime.retry(records)
             for record in requeued:
                 echo(f"job {record.job_id} requeued")
             if not requeued:
-                err_console.print(
-                    "nothing to retry: the job is not failed or cancelled"
-                    if job_id is not None
-                    else "nothing to retry: the batch has no failed job"
-                )
-                raise typer.Exit(RET_USAGE if job_id is not None else RET_OK)
+                if job_id is not None:
+                    _refuse_retry(store.get(records[0].job_id))
+                err_console.print("nothing to retry: the batch has no failed or cancelled job")
+                raise typer.Exit(RET_OK)
             if runtime.embedded:
                 final = wait_for_jobs(store, [r.job_id for r in requeued], live=err_console.is_terminal)
-                bad = [r for r in final if r.state is not JobState.SUCCEEDED]
-                for record in bad:
-                    reason = f"{record.error.step}: {record.error.message}" if record.error else record.state.value
-                    echo(f"job {record.job_id} {record.state.value}: {reason}", err=True)
-                if bad:
-                    raise typer.Exit(RET_FAILED)
+                report_jobs(final)
+
+
+def _refuse_retry(record: JobRecord) -> NoReturn:
+    """A job that is not failed or cancelled cannot be retried: say why and what to do instead."""
+    short = record.job_id[:8]
+    if record.state.terminal:
+        hint = f"it needs no retry; see `sdpipe status {short}`"
+    else:
+        hint = f"it has not ended: wait for it, or `sdpipe cancel {short}` first"
+    raise InputError(
+        f"job {record.job_id} is {record.state.value}: only failed or cancelled jobs can be retried", hint=hint
+    )
 
 
 def cancel(

@@ -11,16 +11,14 @@ import typer
 from actors import open_runtime
 from cli.common import WaitForRoomOption, check_submission, load, submit_when_room, wait_for_jobs
 from cli.output import (
-    RET_OK,
     cli_errors,
     echo,
     err_console,
-    exit_code_for_jobs,
-    job_row,
     print_json,
+    report_jobs,
 )
 from pipeline.jobs import GenerationRequest, build_step_params, new_id, parse_overrides, plan_generate, plan_process
-from pipeline.models import JobRecord, JobSpec, JobState
+from pipeline.models import JobSpec
 from pipeline.settings import Settings
 from pipeline.storage import check_output_dir
 from pipeline.store import StatusStore
@@ -162,7 +160,7 @@ def _submit_and_report(
         except KeyboardInterrupt:
             _on_interrupt(runtime.embedded, runtime.store, ids)
             raise
-    _report(records, json_output=json_output)
+    report_jobs(records, json_output=json_output)
 
 
 def _on_interrupt(embedded: bool, store: StatusStore, ids: list[str]) -> None:
@@ -174,19 +172,3 @@ def _on_interrupt(embedded: bool, store: StatusStore, ids: list[str]) -> None:
         )
     else:
         err_console.print("detached: the jobs keep running on the workers; see `sdpipe jobs`")
-
-
-def _report(records: list[JobRecord], *, json_output: bool) -> None:
-    if json_output:
-        print_json([job_row(record) for record in records])
-    else:
-        for record in records:
-            if record.state is JobState.SUCCEEDED and record.result:
-                echo(str(record.result["image"]))
-        for record in records:
-            if record.state is not JobState.SUCCEEDED:
-                reason = f"{record.error.step}: {record.error.message}" if record.error else "no error recorded"
-                echo(f"job {record.job_id} {record.state.value}: {reason}", err=True)
-    code = exit_code_for_jobs(records)
-    if code != RET_OK:
-        raise typer.Exit(code)

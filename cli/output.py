@@ -29,6 +29,7 @@ from pipeline.errors import (
 from pipeline.models import JobRecord, JobState
 
 __all__ = [
+    "report_jobs",
     "RET_FAILED",
     "RET_OK",
     "RET_UNREACHABLE",
@@ -153,6 +154,24 @@ def cli_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(130) from None
+
+
+def report_jobs(records: Sequence[JobRecord], *, json_output: bool = False) -> None:
+    """Finished jobs as ``generate`` reports them: output paths on stdout (or JSON rows), failures on
+    stderr, and its exit code (:func:`exit_code_for_jobs`)."""
+    if json_output:
+        print_json([job_row(record) for record in records])
+    else:
+        for record in records:
+            if record.state is JobState.SUCCEEDED and record.result:
+                echo(str(record.result["image"]))
+        for record in records:
+            if record.state is not JobState.SUCCEEDED:
+                reason = f"{record.error.step}: {record.error.message}" if record.error else record.state.value
+                echo(f"job {record.job_id} {record.state.value}: {reason}", err=True)
+    code = exit_code_for_jobs(records)
+    if code != RET_OK:
+        raise typer.Exit(code)
 
 
 def echo(text: str, *, err: bool = False) -> None:

@@ -131,6 +131,63 @@ def test_retry_and_cancel_need_a_target(sdpipe: Invoke) -> None:
     assert sdpipe("cancel").exit_code == 2
 
 
+def _failed_job(sdpipe: Invoke, url: str) -> str:
+    """A job that failed on ``url`` (no retries), and its id."""
+    result = sdpipe("generate", "x", "--sd-url", url, *SMALL, env={"MAX_RETRIES": "0"})
+    assert result.exit_code != 0, result.output
+    return str(result.stdout.split()[1])
+
+
+def test_retry_failed_flag_with_a_job_id_is_refused(sdpipe: Invoke) -> None:
+    job_id = _failed_job(sdpipe, "mock://retry-flag?fail_rate=1.0")
+    result = sdpipe("retry", job_id, "--failed", env={"SD_API_URL": "mock://retry-flag-up"})
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: --failed goes with --batch") and "Traceback" not in result.output
+    assert result.stdout == ""  # nothing requeued
+    assert json.loads(sdpipe("status", job_id, "--json").stdout)["state"] == "failed"
+
+
+def test_retry_unreachable_sd_exits_3_like_generate(sdpipe: Invoke) -> None:
+    # Given a job that failed because nobody listens on the SD server's port (generate: exit 3)
+    job_id = _failed_job(sdpipe, "http://127.0.0.1:9")
+    # When it is retried and the server is still unreachable
+    result = sdpipe("retry", job_id[:8], env={"SD_API_URL": "http://127.0.0.1:9", "MAX_RETRIES": "0"})
+    # Then retry follows generate's exit-code rule: 3, with the reason in one line
+    assert result.exit_code == 3, result.output
+    (error_line,) = result.stderr.strip().splitlines()
+    assert error_line.startswith(f"job {job_id} failed: generate: cannot reach the SD server at http://127.0.0.1:9")
+
+
+def test_retry_that_succeeds_prints_the_output_path(sdpipe: Invoke, out_dir: Path) -> None:
+    job_id = _failed_job(sdpipe, "mock://retry-down?fail_rate=1.0")
+    result = sdpipe("retry", job_id, env={"SD_API_URL": "mock://retry-up"})
+    assert result.exit_code == 0, result.output
+    requeued, image = result.stdout.strip().splitlines()
+    assert requeued == f"job {job_id} requeued"
+    assert Path(image).parent == out_dir.absolute() and Path(image).is_file()
+
+
+def test_retry_of_a_succeeded_job_is_refused_with_an_error_line(sdpipe: Invoke) -> None:
+    done = sdpipe("generate", "x", "--sd-url", "mock://", *SMALL)
+    assert done.exit_code == 0, done.output
+    job_id = done.stdout.split()[1]
+    result = sdpipe("retry", job_id)
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: job {job_id} is succeeded: only failed or cancelled jobs can be retried")
+    assert result.stdout == ""
+
+
+def test_batch_json_prints_only_the_manifest(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "a fox", "seed": 1}, {"prompt": "a cat", "seed": 2}])
+    result = sdpipe("batch", str(path), "--sd-url", "mock://", "--json", *SMALL)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)  # the whole of stdout is one JSON document
+    assert manifest["counts"] == {"succeeded": 2}
+    assert (out_dir / "batches" / f"{manifest['batch_id']}.json").is_file()
+
+
 def test_schedule_add_list_show_run_remove(sdpipe: Invoke, tmp_path: Path) -> None:
     path = tmp_path / "nightly.txt"
     path.write_text("a lighthouse at dusk\n")
@@ -192,3 +249,19 @@ def test_resume_after_editing_a_row_renders_the_new_row(sdpipe: Invoke, tmp_path
     assert _mock_calls(url) == 3
     listed = json.loads(sdpipe("jobs", "--batch", batch_id[:8], "--json").stdout)
     assert len(listed) == 3  # the superseded job stays in the batch's history
+
+
+def test_retry_batch_leaves_out_jobs_of_rows_edited_away(sdpipe: Invoke, tmp_path: Path) -> None:
+    # Given a batch whose two rows failed, then a --resume after editing row 2 away
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "keep", "seed": 1}, {"prompt": "gone", "seed": 2}])
+    failing = sdpipe("batch", str(path), "--sd-url", "mock://edit-down?fail_rate=1.0", *SMALL, env={"MAX_RETRIES": "0"})
+    batch_id = failing.stdout.split()[1]
+    _jsonl(path, [{"prompt": "keep", "seed": 1}])
+    resumed = sdpipe("batch", str(path), "--sd-url", "mock://edit-up", "--resume", batch_id, *SMALL)
+    assert resumed.exit_code == 0, resumed.output
+    # When the batch is retried
+    result = sdpipe("retry", "--batch", batch_id, "--failed", env={"SD_API_URL": "mock://edit-up"})
+    # Then the failed job of the row no longer in the file is not rendered again
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == "nothing to retry: the batch has no failed or cancelled job"
+    assert _mock_calls("mock://edit-up") == 1
