@@ -301,4 +301,9 @@ def cancel(
                 assert batch_id is not None
                 ids = store.get_batch(batch_id).job_ids
             cancelled = runtime.cancel(ids)
-        echo(f"cancelled {cancelled} job(s)")
+            ended = len(ids) - cancelled
+            if job_id is not None and ended:
+                state = store.get(ids[0]).state.value
+                echo(f"job {ids[0]} had already ended ({state}): nothing to cancel", err=True)
+        others = f"; {ended} had already ended" if batch_id is not None and ended else ""
+        echo(f"cancelled {cancelled} job(s){others}")

@@ -131,6 +131,14 @@ def test_retry_and_cancel_need_a_target(sdpipe: Invoke) -> None:
     assert sdpipe("cancel").exit_code == 2
 
 
+def test_cancel_of_a_finished_job_says_it_had_already_ended(sdpipe: Invoke) -> None:
+    (job,) = json.loads(sdpipe("generate", "x", "--sd-url", "mock://", *SMALL, "--json").stdout)
+    result = sdpipe("cancel", job["job_id"][:8])
+    assert result.exit_code == 0  # nothing to do is not a failure: cancelling stays idempotent
+    assert result.stdout.strip() == "cancelled 0 job(s)"
+    assert f"job {job['job_id']} had already ended (succeeded): nothing to cancel" in result.stderr
+
+
 def _failed_job(sdpipe: Invoke, url: str) -> str:
     """A job that failed on ``url`` (no retries), and its id."""
     result = sdpipe("generate", "x", "--sd-url", url, *SMALL, env={"MAX_RETRIES": "0"})
