@@ -234,13 +234,22 @@ def retry(
     failed: Annotated[
         bool, typer.Option("--failed", help="With --batch (required there): retry its failed and cancelled jobs.")
     ] = False,
+    sd_url: Annotated[
+        str | None,
+        typer.Option("--sd-url", help="Embedded mode: the SD server to retry on, or mock:// (default SD_API_URL)."),
+    ] = None,
 ) -> None:
     """Re-enqueue failed (or cancelled) jobs from the step that failed; saved SD images are reused.
 
     Embedded mode runs them and prints each output path; the exit code follows the rule of `sdpipe generate`.
     """
     with cli_errors():
-        settings = load(ctx)
+        settings = load(ctx, sd_api_url=sd_url)
+        if sd_url is not None and settings.redis_mode:
+            raise InputError(
+                "--sd-url applies to embedded retries: in Redis mode the workers choose the SD server",
+                hint="drop --sd-url (a job pinned to a server when it was submitted stays pinned to it)",
+            )
         if (job_id is None) == (batch_id is None) or (batch_id is not None and not failed):
             raise InputError("give a JOB_ID, or --batch ID --failed", hint="e.g. sdpipe retry --batch 3f2a --failed")
         if failed and job_id is not None:

@@ -131,6 +131,15 @@ def test_retry_and_cancel_need_a_target(sdpipe: Invoke) -> None:
     assert sdpipe("cancel").exit_code == 2
 
 
+def test_retry_in_embedded_mode_takes_the_sd_server_to_retry_on(sdpipe: Invoke) -> None:
+    # Given a job that failed on an unreachable server
+    job_id = _failed_job(sdpipe, "http://127.0.0.1:9")
+    # When it is retried on a server that answers, it succeeds there
+    result = sdpipe("retry", job_id, "--sd-url", "mock://")
+    assert result.exit_code == 0, result.output
+    assert Path(result.stdout.strip().splitlines()[-1]).is_file()
+
+
 def test_cancel_of_a_finished_job_says_it_had_already_ended(sdpipe: Invoke) -> None:
     (job,) = json.loads(sdpipe("generate", "x", "--sd-url", "mock://", *SMALL, "--json").stdout)
     result = sdpipe("cancel", job["job_id"][:8])

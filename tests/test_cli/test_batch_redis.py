@@ -73,3 +73,9 @@ def test_retry_batch_with_nothing_failed_or_cancelled_says_so(
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     assert result.stderr.strip() == "nothing to retry: the batch has no failed or cancelled job"
+
+
+def test_retry_sd_url_in_redis_mode_is_refused(sdpipe: Invoke, env: dict[str, str]) -> None:
+    result = sdpipe("retry", "deadbeef", "--sd-url", "mock://", env=env)
+    assert result.exit_code == 2
+    assert "--sd-url applies to embedded retries" in result.stderr and "Traceback" not in result.output
