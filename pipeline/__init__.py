@@ -9,6 +9,7 @@ from pipeline.backends import Backend, parse_backends
 from pipeline.codec import DecodedImage, decode_image, encode_image, read_image_file, sniff_format
 from pipeline.errors import (
     PERMANENT_ERRORS,
+    AmbiguousId,
     ConfigError,
     ImageError,
     InputError,
@@ -60,6 +61,7 @@ __all__ = [
     "mask_url",
     # Errors
     "PERMANENT_ERRORS",
+    "AmbiguousId",
     "ConfigError",
     "ImageError",
     "InputError",

@@ -8,6 +8,7 @@ so the actors never inspect messages or status codes::
     ├── InputError                bad user input: prompt, size, grid, file (permanent)
     ├── ImageError                an image that cannot be decoded or is too large (permanent)
     ├── JobNotFound               no job (or batch) with that id in the status store (permanent)
+    │   └── AmbiguousId           a short id that several jobs (or batches) start with
     ├── ScheduleNotFound          no schedule with that name (permanent)
     ├── JobCancelled              the job was cancelled while a step ran (permanent)
     ├── StoreUnavailable          the status store (Redis) cannot be reached (transient)
@@ -30,6 +31,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AmbiguousId",
     "PERMANENT_ERRORS",
     "ConfigError",
     "ImageError",
@@ -88,6 +90,10 @@ class ImageError(PipelineError):
 
 class JobNotFound(PipelineError):
     """The status store has no job with that id."""
+
+
+class AmbiguousId(JobNotFound):
+    """A short id that several jobs (or batches) start with: not one of them is meant for sure."""
 
 
 class ScheduleNotFound(PipelineError):

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 
 from pipeline.batchfile import BatchFileError
 from pipeline.errors import (
+    AmbiguousId,
     ConfigError,
     ImageError,
     InputError,
@@ -92,6 +93,7 @@ class ApiError(HTTPException):
 #: HTTP status of each core error type (the first match in order wins).
 STATUS_BY_ERROR: tuple[tuple[type[PipelineError], int, str], ...] = (
     (QueueFull, 429, "queue_full"),
+    (AmbiguousId, 400, "ambiguous_id"),
     (JobNotFound, 404, "not_found"),
     (ScheduleNotFound, 404, "not_found"),
     (StoreUnavailable, 503, "store_unavailable"),

@@ -44,7 +44,10 @@ router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], respons
 
 #: Most jobs one ``GET /api/jobs`` returns.
 MAX_LIST_LIMIT = 1000
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no such job or batch"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a short id that several jobs (or batches) start with"},
+    404: {"model": ErrorBody, "description": "no such job or batch"},
+}
 _CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "the job is not in a state for this"}
 }

@@ -15,7 +15,7 @@ import abc
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pipeline.errors import JobNotFound
+from pipeline.errors import AmbiguousId, JobNotFound
 from pipeline.models import (
     STEP_NAMES,
     BatchRecord,
@@ -77,7 +77,7 @@ def pick_prefix_match(prefix: str, candidates: Iterable[str]) -> str:
     if not matches:
         raise JobNotFound(f"no job matches {prefix!r}", hint=_LIST_HINT)
     if len(matches) > 1:
-        raise JobNotFound(f"{prefix!r} matches several jobs; give more characters", hint=_LIST_HINT)
+        raise AmbiguousId(f"{prefix!r} matches several jobs; give more characters", hint=_LIST_HINT)
     return matches[0]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from pipeline.errors import JobNotFound, ScheduleNotFound
+from pipeline.errors import AmbiguousId, JobNotFound, ScheduleNotFound
 from pipeline.models import BatchRecord, ScheduleRecord, ScheduleRun
 
 __all__ = [
@@ -52,7 +52,7 @@ def pick_batch_match(prefix: str, candidates: Iterable[str]) -> str:
     if not matches:
         raise batch_not_found(prefix)
     if len(matches) > 1:
-        raise JobNotFound(f"{prefix!r} matches several batches; give more characters", hint=BATCH_HINT)
+        raise AmbiguousId(f"{prefix!r} matches several batches; give more characters", hint=BATCH_HINT)
     return matches[0]
 
 

@@ -77,6 +77,16 @@ def test_jobs_unknown_id_is_404(api: ApiServer) -> None:
     assert_error(api.client.get("/api/batches/ffffffff"), 404, "not_found")
 
 
+def test_jobs_short_id_of_several_jobs_is_400_not_404(api: ApiServer) -> None:
+    # Given 17 jobs: two of them start with the same hex digit
+    done = api.client.post("/api/generate", params={"wait": "true"}, json={"prompt": "a", "count": 17, **SMALL})
+    firsts = [job["job_id"][0] for job in done.json()["jobs"]]
+    shared = next(digit for digit in firsts if firsts.count(digit) > 1)
+    # Then that digit names no job for sure: a bad request (give more characters), not a missing job
+    body = assert_error(api.client.get(f"/api/jobs/{shared}"), 400, "ambiguous_id")
+    assert "matches several jobs" in body["message"]
+
+
 def test_jobs_result_has_strong_etag_and_if_none_match_gives_304(api: ApiServer) -> None:
     done = api.client.post("/api/generate", params={"wait": "true"}, json={"prompt": "a fox", **SMALL}).json()
     url = done["jobs"][0]["result_url"]
