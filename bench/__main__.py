@@ -6,6 +6,7 @@
 
 1. post-processing one image through ``sdpipe process`` (embedded) vs sharp (Node), 512²…4096², and output size
 2. orchestration overhead: worker CPU per job in Redis mode ÷ the same image work called directly
+   (512², judged; 1024², reported); ``python -m bench.t2_breakdown`` shows where that CPU goes
 3. throughput against a slow GPU (mock at 500 ms/image): wall time ÷ N × 500 ms
 4. memory: a 4096² job's peak RSS over idle ÷ decoded size; RSS growth over 500 jobs
 5. ``sdpipe jobs`` / ``status`` with 100,000 jobs in Redis: store calls and whole commands, ms
