@@ -9,7 +9,7 @@ from __future__ import annotations
 from actors.broker import BROKER_NAMESPACE, MAINTENANCE_CHANCE, build_broker
 from actors.runtime import Runtime, open_runtime
 from actors.steps import IMAGES_QUEUE, JOB_FAILED_ACTOR, QUEUES, SD_QUEUE, StepActors, declare_actors
-from actors.worker import run_workers, setup
+from actors.worker import check_metrics_port, run_workers, setup
 
 __all__ = [
     # Broker
@@ -27,6 +27,7 @@ __all__ = [
     "Runtime",
     "open_runtime",
     # Worker processes
+    "check_metrics_port",
     "run_workers",
     "setup",
 ]

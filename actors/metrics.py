@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from http.server import ThreadingHTTPServer
@@ -215,8 +216,13 @@ class ScrapeCollector:
 def serve_metrics() -> int:
     """The exposition process (a Dramatiq fork function): serve ``/metrics`` until stopped.
 
-    Returns an exit code: 1 when the port cannot be bound (the workers keep running).
+    Returns an exit code: 1 when the port cannot be bound, after asking ``sdpipe worker`` to stop:
+    running without the metrics that were asked for would go unnoticed (or, with a stale process
+    on the port, serve another worker's figures).
     """
+    from actors.worker import die_with_parent
+
+    die_with_parent()
     directory = _use_multiprocess_dir()
     from prometheus_client import CollectorRegistry, MetricsHandler
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -228,7 +234,8 @@ def serve_metrics() -> int:
     try:
         server = ThreadingHTTPServer((host, port), MetricsHandler.factory(registry))
     except OSError as exc:
-        logger.error("cannot serve metrics on %s:%d: %s (is METRICS_PORT in use?)", host, port, exc)
+        logger.error("cannot serve metrics on %s:%d: %s (is METRICS_PORT in use?); stopping", host, port, exc)
+        os.kill(os.getppid(), signal.SIGTERM)  # Dramatiq's master: it stops the workers gracefully
         return 1
     store = open_store(settings, create=False)
     pool_state = open_pool_state(settings)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
 import os
 import shutil
+import signal
+import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,12 +25,13 @@ from dramatiq import cli as dramatiq_cli
 from actors.broker import WORKER_ENQUEUE_PATIENCE_S
 from actors.runtime import Runtime, open_runtime
 from actors.steps import QUEUES
+from pipeline.errors import ConfigError
 from pipeline.settings import Settings, load_settings, mask_url
 
 if TYPE_CHECKING:
     from actors.metrics import WorkerMetrics
 
-__all__ = ["WORKER_SHUTDOWN_TIMEOUT_MS", "run_workers", "setup"]
+__all__ = ["WORKER_SHUTDOWN_TIMEOUT_MS", "check_metrics_port", "die_with_parent", "run_workers", "setup"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +72,32 @@ _MMAP_THRESHOLD_BYTES = 8 << 20
 _TRIM_THRESHOLD_BYTES = 16 << 20
 
 
+def die_with_parent() -> None:
+    """Get SIGTERM (a graceful stop) when the ``sdpipe worker`` process that forked this one dies.
+
+    Dramatiq's master stops its children when it is stopped, but a ``kill -9`` of the master left
+    them running unsupervised: still taking jobs, and holding METRICS_PORT against the next
+    ``sdpipe worker``. Linux's parent-death signal closes that gap; elsewhere nothing changes.
+    """
+    parent = multiprocessing.parent_process()
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux/glibc
+        logger.debug("prctl unavailable; this process will not follow its parent's death")
+        return
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+#: Linux's ``prctl`` option number for PR_SET_PDEATHSIG.
+_PR_SET_PDEATHSIG = 1
+
+
 def setup() -> None:
     """Entry point Dramatiq calls in each worker process (``actors.worker:setup``)."""
     global _runtime
+    die_with_parent()
     _return_freed_memory()
     settings = load_settings()
     metrics: WorkerMetrics | None = None
@@ -105,6 +132,26 @@ def _prepare_metrics_dir(port: int) -> Path:
     os.environ["dramatiq_prom_db"] = os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     os.environ["dramatiq_prom_port"] = str(port)
     return directory
+
+
+def check_metrics_port(settings: Settings) -> None:
+    """Refuse to start when METRICS_PORT is set and taken (e.g. by a worker left from an earlier run).
+
+    Raises:
+        ConfigError: the port cannot be bound.
+    """
+    port = settings.metrics_port
+    if port is None:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the metrics server does
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            raise ConfigError(
+                f"METRICS_PORT {port} is not free: {exc.strerror or exc}",
+                hint="stop what listens there (`ss -ltnp` names it), or choose another METRICS_PORT",
+            ) from exc
 
 
 def run_workers(

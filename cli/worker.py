@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from actors import QUEUES, run_workers
+from actors import QUEUES, check_metrics_port, run_workers
 from cli.common import load
 from cli.output import cli_errors, err_console, state
 from pipeline.errors import InputError
@@ -43,6 +43,7 @@ def worker(
         if unknown or not wanted:
             raise InputError(f"unknown queue(s): {', '.join(unknown) or '(none given)'}", hint="use sd, images or both")
         check_output_dir(settings.output_dir)
+        check_metrics_port(settings)
         store = open_store(settings)
         try:
             store.ping()
