@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pipeline.errors import InputError
 
 __all__ = [
+    "MAX_PROMPT_CHARS",
     "STEP_NAMES",
     "BatchRecord",
     "BatchRow",
@@ -106,13 +107,19 @@ def parse_grid(text: str) -> tuple[int, int]:
     return rows, cols
 
 
+#: Longest prompt (and negative prompt), in characters. A1111 reads any length (75 tokens per CLIP
+#: chunk, chunks joined), but tens of thousands of characters are a file pasted by mistake, and the
+#: prompt is kept in the status store, the sidecar, the PNG and every listing of the job.
+MAX_PROMPT_CHARS = 20_000
+
+
 class GenerationParams(BaseModel):
     """One txt2img request, every field explicit (A1111's API defaults differ from its UI's)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    prompt: str
-    negative_prompt: str = ""
+    prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+    negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] = ""
     seed: Annotated[int, Field(ge=-1, le=4294967294)] = -1
     steps: Annotated[int, Field(ge=1, le=500)]
     cfg_scale: Annotated[float, Field(ge=0, le=100)]

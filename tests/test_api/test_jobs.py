@@ -10,6 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from pipeline.models import MAX_PROMPT_CHARS
 from tests.helpers import wait_until
 from tests.test_api.conftest import ApiServer, StartApi, assert_error
 
@@ -55,6 +56,12 @@ def test_generate_bad_request_is_422_in_the_error_shape(api: ApiServer) -> None:
     assert_error(api.client.post("/api/generate", json={"prompt": "x", "grid": "0x2"}), 422, "invalid_input")
     error = assert_error(api.client.post("/api/generate", json={"prompt": "x", "sed": 1}), 422, "invalid_request")
     assert "sed" in error["message"]
+
+
+def test_generate_prompt_longer_than_the_cap_is_422(api: ApiServer) -> None:
+    body = {"prompt": "a" * (MAX_PROMPT_CHARS + 1), **SMALL}
+    error = assert_error(api.client.post("/api/generate", json=body), 422)
+    assert "prompt" in error["message"] and str(MAX_PROMPT_CHARS) in error["message"]
 
 
 def test_jobs_get_list_and_filter(api: ApiServer) -> None:

@@ -73,6 +73,7 @@ def test_generate_webp_format_writes_webp(sdpipe: Invoke) -> None:
         (["generate", "x", "--grid", "2x2", "--band-px", "200"], "band_px"),
         (["generate", "x", "--sigma", "0"], "sigma"),
         (["generate", "x", "--count", "0"], "count"),
+        (["generate", "a" * 20_001], "at most 20000 characters"),
         (["generate", "x", "--no-wait"], "--no-wait needs Redis"),
         (["generate", "x", "--sd-url", "gpu-box:7860"], "SD_API_URL"),
         (["process", "missing.png"], "missing.png"),
