@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from actors import Runtime
 from cli.api.errors import ApiError
-from pipeline.errors import InputError
+from pipeline.errors import InputError, StoreUnavailable
 from pipeline.jobs import DEFAULT_POLL_INTERVAL_S, current_output, watch_jobs
 from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings
@@ -65,35 +65,56 @@ def ensure_output_dir(settings: Settings) -> None:
         ) from None
 
 
-async def wait_for(request: Request, runtime: Runtime, job_ids: Sequence[str], *, timeout_s: float) -> list[JobRecord]:
+async def wait_for(
+    request: Request, runtime: Runtime, job_ids: Sequence[str], *, timeout_s: float, batch_id: str | None = None
+) -> list[JobRecord]:
     """The jobs' records once every one has ended, polling the status store (:func:`pipeline.jobs.watch_jobs`).
 
     The wait holds no thread: each poll reads the store in the thread pool, and the pauses are
-    ``asyncio.sleep``. It also ends when the client goes away (the jobs keep running).
+    ``asyncio.sleep``. It also ends when the client goes away (the jobs keep running). A status
+    store that stops answering is waited out, like the CLI does, until the deadline.
 
     Raises:
-        ApiError: 504 when ``timeout_s`` passes first, or the client disconnected (the jobs keep
-            running; the error names the first unfinished one).
-        StoreUnavailable: the store stopped answering.
+        ApiError: 504 when ``timeout_s`` passes first or the client disconnected, 503 when the store
+            was still unavailable at the deadline. Either way the jobs keep running, and the error
+            names every unfinished one (``job_ids``, ``batch_id``): a client must not submit again.
     """
     deadline = time.monotonic() + timeout_s
-    watch = watch_jobs(runtime.store, job_ids, poll_interval_s=0)
+    pending = list(job_ids)
+    watch = None
     while True:
-        records: list[JobRecord] | None = await run_in_threadpool(next, watch, None)
-        assert records is not None  # watch_jobs ends only after yielding all-terminal records
-        if all(record.state.terminal for record in records):
-            return records
-        pending = [record.job_id for record in records if not record.state.terminal]
+        outage: StoreUnavailable | None = None
+        try:
+            if watch is None:
+                watch = watch_jobs(runtime.store, job_ids, poll_interval_s=0)
+            records: list[JobRecord] | None = await run_in_threadpool(next, watch, None)
+            assert records is not None  # watch_jobs ends only after yielding all-terminal records
+            if all(record.state.terminal for record in records):
+                return records
+            pending = [record.job_id for record in records if not record.state.terminal]
+        except StoreUnavailable as exc:
+            outage, watch = exc, None  # the generator ended with the error: start a new one
         gone = await request.is_disconnected()
         if gone or time.monotonic() >= deadline:
             why = "the client disconnected" if gone else f"timed out after {timeout_s:g} s"
             logger.info("wait for job(s) %s: %s; they keep running", ", ".join(pending), why)
+            if outage is not None and not gone:
+                raise ApiError(
+                    503,
+                    "store_unavailable",
+                    f"the status store (Redis) is unavailable; {len(pending)} job(s) were queued and keep running",
+                    hint="poll the jobs' status once it is back; do not submit them again",
+                    job_ids=pending,
+                    batch_id=batch_id,
+                ) from outage
             raise ApiError(
                 504,
                 "timeout",
                 f"{len(pending)} job(s) not finished ({why}); they keep running",
                 hint="poll the status URL of each job",
                 job_id=pending[0],
+                job_ids=pending,
+                batch_id=batch_id,
             )
         await asyncio.sleep(min(DEFAULT_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
 

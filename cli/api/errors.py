@@ -62,6 +62,10 @@ class ErrorDetail(BaseModel):
     problems: list[dict[str, Any]] | None = None
     #: The job concerned, when there is one (e.g. a wait that timed out).
     job_id: str | None = None
+    #: A wait that ended without an answer: the jobs already queued, still unfinished (poll them).
+    job_ids: list[str] | None = None
+    #: ... and their batch.
+    batch_id: str | None = None
 
 
 class ErrorBody(BaseModel):
@@ -81,6 +85,8 @@ class ApiError(HTTPException):
         *,
         hint: str | None = None,
         job_id: str | None = None,
+        job_ids: list[str] | None = None,
+        batch_id: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(status_code=status_code, detail=message, headers=headers)
@@ -88,6 +94,8 @@ class ApiError(HTTPException):
         self.message = message
         self.hint = hint
         self.job_id = job_id
+        self.job_ids = job_ids
+        self.batch_id = batch_id
 
 
 #: HTTP status of each core error type (the first match in order wins).
@@ -154,12 +162,15 @@ def error_response(
     hint: str | None = None,
     problems: list[dict[str, Any]] | None = None,
     job_id: str | None = None,
+    job_ids: list[str] | None = None,
+    batch_id: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """A JSON response in the API's error shape."""
-    body = ErrorBody(
-        error=ErrorDetail(code=code, message=message, hint=hint, problems=problems, job_id=job_id)
-    ).model_dump(mode="json", exclude_none=True)
+    detail = ErrorDetail(
+        code=code, message=message, hint=hint, problems=problems, job_id=job_id, job_ids=job_ids, batch_id=batch_id
+    )
+    body = ErrorBody(error=detail).model_dump(mode="json", exclude_none=True)
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
@@ -167,7 +178,14 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if isinstance(exc, ApiError):
         return error_response(
-            exc.status_code, exc.code, exc.message, hint=exc.hint, job_id=exc.job_id, headers=exc.headers
+            exc.status_code,
+            exc.code,
+            exc.message,
+            hint=exc.hint,
+            job_id=exc.job_id,
+            job_ids=exc.job_ids,
+            batch_id=exc.batch_id,
+            headers=exc.headers,
         )
     code = _CODE_BY_STATUS.get(exc.status_code, "internal" if exc.status_code >= 500 else "bad_request")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")

@@ -73,7 +73,7 @@ async def generate(
     batch_id, job_ids = await run_in_threadpool(_submit_generate, request, body)
     if wait:
         timeout_s = settings_of(request).api_wait_timeout_s
-        records = await wait_for(request, runtime_of(request), job_ids, timeout_s=timeout_s)
+        records = await wait_for(request, runtime_of(request), job_ids, timeout_s=timeout_s, batch_id=batch_id)
         done = JobsDone(batch_id=batch_id, jobs=[job_view(request, record) for record in records])
         return JSONResponse(done.model_dump(mode="json"))
     accepted = GenerateAccepted(

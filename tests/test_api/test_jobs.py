@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
 
-from pipeline.models import MAX_PROMPT_CHARS
+from cli.api import deps
+from pipeline.errors import StoreUnavailable
+from pipeline.models import MAX_PROMPT_CHARS, JobRecord
 from tests.helpers import wait_until
 from tests.test_api.conftest import ApiServer, StartApi, assert_error
 
@@ -48,6 +52,39 @@ def test_generate_wait_times_out_with_504_naming_the_job(start_api: StartApi) ->
     response = api.client.post("/api/generate", params={"wait": "true"}, json={"prompt": "slow", **SMALL})
     error = assert_error(response, 504, "timeout")
     assert len(error["job_id"]) == 32
+    # Every unfinished job and the batch are named, so a client polls them instead of submitting again
+    assert error["job_ids"] == [error["job_id"]] and len(error["batch_id"]) == 32
+
+
+def _flaky_watch(monkeypatch: pytest.MonkeyPatch, outages: int | None) -> None:
+    """The API's waits find the status store down ``outages`` times (None: for good), then up."""
+    real = deps.watch_jobs
+    failures = {"left": outages}
+
+    def watch(*args: Any, **kwargs: Any) -> Iterator[list[JobRecord]]:
+        if failures["left"] is None or failures["left"] > 0:
+            if failures["left"] is not None:
+                failures["left"] -= 1
+            raise StoreUnavailable("cannot reach Redis (test)")
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(deps, "watch_jobs", watch)
+
+
+def test_generate_wait_rides_out_a_short_store_outage(api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    _flaky_watch(monkeypatch, outages=3)
+    response = api.client.post("/api/generate", params={"wait": "true"}, json={"prompt": "x", "count": 2, **SMALL})
+    assert response.status_code == 200, response.text
+    assert [job["state"] for job in response.json()["jobs"]] == ["succeeded", "succeeded"]
+
+
+def test_generate_wait_503_names_the_queued_jobs(start_api: StartApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    api = start_api(api_wait_timeout_s=0.5)
+    _flaky_watch(monkeypatch, outages=None)
+    response = api.client.post("/api/generate", params={"wait": "true"}, json={"prompt": "x", "count": 2, **SMALL})
+    error = assert_error(response, 503, "store_unavailable")
+    assert len(error["job_ids"]) == 2 and len(error["batch_id"]) == 32
+    assert "do not submit them again" in error["hint"]
 
 
 def test_generate_bad_request_is_422_in_the_error_shape(api: ApiServer) -> None:
