@@ -41,6 +41,7 @@ from pipeline.uploads import UploadProblem, UploadRejected
 
 __all__ = [
     "ERROR_RESPONSES",
+    "QUEUE_FULL_RETRY_AFTER_S",
     "ApiError",
     "ErrorBody",
     "ErrorDetail",
@@ -97,6 +98,9 @@ class ApiError(HTTPException):
         self.job_ids = job_ids
         self.batch_id = batch_id
 
+
+#: What a 429 (queues full) asks a client to wait before it submits again (``Retry-After``), in seconds.
+QUEUE_FULL_RETRY_AFTER_S = 10
 
 #: HTTP status of each core error type (the first match in order wins).
 STATUS_BY_ERROR: tuple[tuple[type[PipelineError], int, str], ...] = (
@@ -201,8 +205,11 @@ async def _pipeline_error(request: Request, exc: Exception) -> JSONResponse:
     problems = None
     if isinstance(exc, BatchFileError):
         problems = [{"line": p.line, "field": p.field, "message": p.message} for p in exc.problems]
-    hint = "try again later" if isinstance(exc, QueueFull) else exc.hint  # not the CLI's --wait-for-room
-    return error_response(status, code, exc.message, hint=hint, problems=problems)
+    if isinstance(exc, QueueFull):  # not the CLI's hint (--wait-for-room): say when to come back
+        hint = f"try again in {QUEUE_FULL_RETRY_AFTER_S} s or later"
+        headers = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}
+        return error_response(status, code, exc.message, hint=hint, headers=headers)
+    return error_response(status, code, exc.message, hint=exc.hint, problems=problems)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -239,7 +246,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: _documented("missing or wrong bearer token"),
     413: _documented("request body too large"),
     422: _documented("invalid request"),
-    429: _documented("the queues are full (MAX_QUEUE_DEPTH): try again later"),
+    429: _documented("the queues are full (MAX_QUEUE_DEPTH): try again after Retry-After seconds"),
     500: _documented("internal error (no details are sent)"),
     503: _documented("the status store (Redis) or the output folder is unavailable, or the server is starting"),
 }

@@ -102,10 +102,14 @@ def test_errors_status_for_maps_core_errors() -> None:
 
 
 def test_errors_full_queue_is_429_and_nothing_is_queued(start_api: StartApi, redis_url: str) -> None:
+    from cli.api.errors import QUEUE_FULL_RETRY_AFTER_S
+
     # Redis mode and no worker: jobs stay queued; MAX_QUEUE_DEPTH=2
     api = start_api(redis_url=redis_url, max_queue_depth=2)
     body = {"prompt": "a lighthouse", "width": 64, "height": 64}
     assert api.client.post("/api/generate", json={**body, "count": 2}).status_code == 202
-    error = assert_error(api.client.post("/api/generate", json=body), 429, "queue_full")
+    refused = api.client.post("/api/generate", json=body)
+    error = assert_error(refused, 429, "queue_full")
     assert "MAX_QUEUE_DEPTH=2" in error["message"]
+    assert refused.headers["Retry-After"] == str(QUEUE_FULL_RETRY_AFTER_S)  # when to come back
     assert len(api.client.get("/api/jobs").json()["jobs"]) == 2
