@@ -38,7 +38,15 @@ from cli.progress import watch_batch
 from pipeline.batchfile import BatchFileError, read_batch_file
 from pipeline.errors import InputError, JobNotFound, ScheduleNotFound
 from pipeline.models import ScheduleRecord, ScheduleRun
-from pipeline.schedules import FireFn, Scheduler, next_fire_time, parse_timezone, validate_cron
+from pipeline.schedules import (
+    MIN_GRACE_S,
+    FireFn,
+    Scheduler,
+    effective_grace_s,
+    next_fire_time,
+    parse_timezone,
+    validate_cron,
+)
 from pipeline.store import open_store
 
 __all__ = ["schedule_app", "scheduler"]
@@ -191,7 +199,9 @@ def show(
     info.add_row("file", Text(record.file))
     info.add_row("next run", _when(next_fire_time(record, time.time()), record.timezone))
     info.add_row("overlap", "allowed" if record.allow_overlap else "skipped while the previous batch runs")
-    info.add_row("grace", f"{record.grace_s:.0f} s")
+    grace_s = effective_grace_s(record)
+    asked = "" if grace_s == record.grace_s else f" ({record.grace_s:.0f} s asked; the minimum is {MIN_GRACE_S:.0f} s)"
+    info.add_row("grace", f"{grace_s:.0f} s{asked}")
     if record.options:
         info.add_row("defaults", Text(", ".join(f"{k}={v}" for k, v in record.options.items())))
     console.print(info)

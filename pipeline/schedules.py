@@ -40,6 +40,7 @@ __all__ = [
     "MIN_GRACE_S",
     "FireFn",
     "Scheduler",
+    "effective_grace_s",
     "next_fire_time",
     "parse_timezone",
     "previous_fire_time",
@@ -57,6 +58,11 @@ MAX_WAIT_S = 60.0
 MIN_GRACE_S = 60.0
 _CRON_HINT = 'use 5 fields "minute hour day-of-month month day-of-week", e.g. "0 2 * * *" for 02:00 daily'
 _ACTIVE_STATES = tuple(state for state in JobState if not state.terminal)
+
+
+def effective_grace_s(schedule: ScheduleRecord) -> float:
+    """How late an occurrence may be handled and still fire: the schedule's grace, at least :data:`MIN_GRACE_S`."""
+    return max(schedule.grace_s, MIN_GRACE_S)
 
 
 def parse_timezone(name: str) -> ZoneInfo:
@@ -238,7 +244,7 @@ class Scheduler:
 
         name = schedule.name
         lateness = now - occurrence
-        grace = max(schedule.grace_s, MIN_GRACE_S)
+        grace = effective_grace_s(schedule)
         if not manual and lateness > grace:
             when = datetime.fromtimestamp(occurrence, parse_timezone(schedule.timezone)).isoformat(timespec="seconds")
             reason = (

@@ -227,6 +227,14 @@ def test_schedule_add_list_show_run_remove(sdpipe: Invoke, tmp_path: Path) -> No
     assert sdpipe("schedule", "show", "nightly").exit_code == 2
 
 
+def test_schedule_show_gives_the_grace_the_scheduler_applies(sdpipe: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("x\n")
+    assert sdpipe("schedule", "add", "n", str(path), "--cron", "0 2 * * *", "--grace-s", "0").exit_code == 0
+    shown = " ".join(sdpipe("schedule", "show", "n").stdout.split())
+    assert "grace 60 s (0 s asked; the minimum is 60 s)" in shown
+
+
 def test_schedule_add_refuses_bad_cron_tz_and_file(sdpipe: Invoke, tmp_path: Path) -> None:
     path = tmp_path / "p.txt"
     path.write_text("x\n")
