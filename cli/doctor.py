@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from actors import open_runtime
 from cli.common import load
 from cli.output import RET_OK, RET_UNREACHABLE, RET_USAGE, cli_errors, console, exit_code_for
 from pipeline.backends import Backend, parse_backends
@@ -29,8 +30,8 @@ def doctor(
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder to check (default OUTPUT_DIR).")] = None,
 ) -> None:
-    """Check settings, Redis, every SD server and the output folder; exit non-zero when one fails
-    (for the SD servers: when none is ready)."""
+    """Check settings, Redis, every SD server, the output folder and (Redis mode) that a worker runs;
+    exit non-zero when one fails (for the SD servers: when none is ready)."""
     with cli_errors():
         settings = load(ctx, sd_api_url=sd_url, output_dir=out)
     console.print(_settings_table(settings))
@@ -47,6 +48,8 @@ def doctor(
         else:
             checks.add_row(Text(f"✓ {name}", style="green"), Text(detail))
     worst = max(worst, _check_pool(settings, checks))
+    if settings.redis_mode and worst == RET_OK:
+        worst = max(worst, _check_workers(settings, checks))
     console.print(checks)
     if worst != RET_OK:
         raise typer.Exit(worst if worst in (RET_USAGE, RET_UNREACHABLE) else RET_USAGE)
@@ -109,6 +112,22 @@ def _check_pool(settings: Settings, checks: Table) -> int:
     if ready:
         return RET_OK
     return max(exit_code_for(outcome) for outcome in outcomes if isinstance(outcome, PipelineError))
+
+
+def _check_workers(settings: Settings, checks: Table) -> int:
+    """Redis mode: whether any ``sdpipe worker`` is alive (a recent heartbeat); without one, jobs
+    wait in Redis however healthy everything else is."""
+    with open_runtime(settings, start_embedded_worker=False) as runtime:
+        alive = runtime.live_workers()
+    if alive:
+        checks.add_row(Text("✓ workers", style="green"), Text(f"{alive} worker process(es) alive"))
+        return RET_OK
+    window_s = settings.broker_heartbeat_timeout_ms / 1000
+    checks.add_row(
+        Text("✗ workers", style="red"),
+        Text(f"no sdpipe worker has sent a heartbeat in {window_s:g} s: jobs wait in Redis until `sdpipe worker` runs"),
+    )
+    return RET_UNREACHABLE
 
 
 def _check_sd(settings: Settings, backend: Backend) -> str | PipelineError:

@@ -47,3 +47,12 @@ def test_doctor_pool_bad_entry_exit_2(sdpipe: Invoke) -> None:
     result = sdpipe("doctor", env={"SD_API_URL": "mock://a,mock://a"})
     assert result.exit_code == 2, result.output
     assert "names 'mock://a' twice" in _flat(result.output)
+
+
+def test_doctor_redis_mode_without_any_worker_exit_3(sdpipe: Invoke, redis_url: str) -> None:
+    # Everything answers, but no `sdpipe worker` runs: jobs would wait in Redis for ever
+    result = sdpipe("doctor", env={"SD_API_URL": "mock://", "REDIS_URL": redis_url})
+    assert result.exit_code == 3, result.output
+    flat = _flat(result.stdout)
+    assert "✓ status store" in flat and "✓ SD server mock://" in flat
+    assert "✗ workers no sdpipe worker has sent a heartbeat" in flat
