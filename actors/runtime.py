@@ -3,11 +3,18 @@
 Embedded mode (no Redis configured) also starts in-process worker threads on the
 :class:`~dramatiq.brokers.stub.StubBroker`, so ``sdpipe generate`` works with nothing else running:
 the same actors, the same middleware (retries, time limits, pipelines), the same code paths.
+
+Several embedded processes may share one ``OUTPUT_DIR``. Each holds a shared ``flock`` on
+``OUTPUT_DIR/.sdpipe/embedded.lock`` while open; one that finds no other holder (an exclusive lock
+is free) knows every unfinished job in the store belongs to a process that died (its queue was in
+its memory) and marks them failed (``Interrupted``), so ``sdpipe retry`` can run them again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,13 +32,16 @@ from pipeline.batches import ResumePlan, plan_resume, retry_step
 from pipeline.batchfile import PlannedRow, read_batch_file
 from pipeline.errors import PipelineError, QueueFull, StoreUnavailable
 from pipeline.jobs import new_id
-from pipeline.models import BatchRecord, BatchRow, JobRecord, JobSpec, JobState
+from pipeline.models import STEP_NAMES, BatchRecord, BatchRow, ErrorInfo, JobRecord, JobSpec, JobState, StepName
 from pipeline.pool import PoolObserver
 from pipeline.settings import Settings, mask_url
 from pipeline.steps import StepContext
 from pipeline.store import StatusStore, open_store
 
-__all__ = ["EMBEDDED_WORKER_TIMEOUT_MS", "Runtime", "open_runtime"]
+if sys.platform != "win32":
+    import fcntl
+
+__all__ = ["EMBEDDED_LOCK_PATH", "EMBEDDED_WORKER_TIMEOUT_MS", "Runtime", "open_runtime"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +49,10 @@ logger = logging.getLogger(__name__)
 EMBEDDED_WORKER_TIMEOUT_MS = 100
 #: How often a submission waiting for room in the queue (``--wait-for-room``) looks again.
 ROOM_POLL_S = 1.0
+#: Held (shared) by every open embedded runtime, relative to ``OUTPUT_DIR``; see :func:`_hold_embedded_lock`.
+EMBEDDED_LOCK_PATH = ".sdpipe/embedded.lock"
+#: How many orphaned jobs :func:`_fail_orphans` reads per query.
+_ORPHAN_PAGE = 500
 
 
 @dataclass
@@ -54,6 +68,8 @@ class Runtime:
     #: Embedded: the jobs this process submitted (its in-memory queue is the only one they are in).
     _submitted: set[str] = field(default_factory=set, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    #: Embedded: the descriptor of ``EMBEDDED_LOCK_PATH``, locked shared while this runtime is open.
+    _embedded_lock_fd: int | None = field(default=None, init=False, repr=False)
 
     @property
     def embedded(self) -> bool:
@@ -260,13 +276,19 @@ class Runtime:
     def close(self) -> None:
         """Stop (embedded: the in-process workers; jobs they never started are marked cancelled,
         since their queue dies with this process) and close every connection."""
-        if self.worker is not None:
-            self.worker.stop()
-            self.worker = None
-            self._cancel_unstarted()
-        self.broker.close()
-        self.context.close()
-        self.store.close()
+        try:
+            if self.worker is not None:
+                self.worker.stop()
+                self.worker = None
+                self._cancel_unstarted()
+            self.broker.close()
+            self.context.close()
+            self.store.close()
+        finally:
+            # Last: while held, no other process takes this one's unfinished jobs for orphans.
+            fd, self._embedded_lock_fd = self._embedded_lock_fd, None
+            if fd is not None:
+                os.close(fd)  # releases the flock
 
     def _cancel_unstarted(self) -> None:
         with self._lock:
@@ -317,6 +339,12 @@ def open_runtime(
         broker.close()
         raise
     runtime = Runtime(settings=settings, broker=broker, store=store, context=context, actors=actors)
+    if runtime.embedded:
+        try:
+            runtime._embedded_lock_fd = _hold_embedded_lock(settings.output_dir / EMBEDDED_LOCK_PATH, store)
+        except BaseException:
+            runtime.close()
+            raise
     if runtime.embedded and start_embedded_worker:
         broker.emit_after("process_boot")
         worker = dramatiq.Worker(
@@ -325,3 +353,89 @@ def open_runtime(
         worker.start()
         runtime.worker = worker
     return runtime
+
+
+def _hold_embedded_lock(path: Path, store: StatusStore) -> int | None:
+    """Lock ``path`` shared for as long as the returned descriptor stays open (None: no lock).
+
+    First, if an exclusive lock is free, no other embedded process is alive on this ``OUTPUT_DIR``:
+    every unfinished job in ``store`` was left by one that died, and is marked failed
+    (:func:`_fail_orphans`). The OS drops a dead process's lock, so a kill -9 cannot leave it held.
+    """
+    if sys.platform == "win32":
+        logger.debug("no fcntl on this platform: jobs of a killed embedded process are not recovered")
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        logger.warning("cannot open %s (%s): jobs of a killed embedded process are not recovered", path, exc)
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another embedded process is open: its jobs may be running
+            pass
+        else:
+            try:
+                _fail_orphans(store)
+            except PipelineError as exc:
+                logger.warning("could not mark the jobs of an ended embedded process failed: %s", exc)
+        # Downgrades the exclusive lock, or waits out another process's brief recovery.
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _fail_orphans(store: StatusStore) -> int:
+    """Mark every unfinished job in ``store`` failed with an ``Interrupted`` error; return how many.
+
+    Only called when no other embedded process is alive: the queue those jobs were in died with the
+    process that held it, so nothing would ever run them.
+    """
+    now = time.time()
+    failed = 0
+    for state in JobState:
+        if state.terminal:
+            continue
+        while True:
+            records = store.list_jobs(state=state, limit=_ORPHAN_PAGE)
+            marked = sum(store.mark_failed(record.job_id, _interrupted(record, now), now=now) for record in records)
+            failed += marked
+            if len(records) < _ORPHAN_PAGE or not marked:  # the last page, or nothing left that moves
+                break
+    if failed:
+        logger.warning(
+            "%d job(s) left unfinished by an sdpipe process that ended (killed or crashed) marked failed "
+            "(Interrupted); `sdpipe retry <id>` runs them again",
+            failed,
+        )
+    return failed
+
+
+def _interrupted(record: JobRecord, now: float) -> ErrorInfo:
+    step = _current_step(record)
+    return ErrorInfo(
+        step=step,
+        type="Interrupted",
+        message=(
+            f"the sdpipe process running it ended before it finished (killed or crashed); "
+            f"`sdpipe retry {record.job_id}` runs it again from {step}"
+        ),
+        transient=True,
+        at=now,
+    )
+
+
+def _current_step(record: JobRecord) -> StepName:
+    """The step an unfinished job was at: its state's, or (queued) the first one not finished."""
+    for step in STEP_NAMES:
+        if JobState.for_step(step) is record.state:
+            return step
+    steps = [step for step in STEP_NAMES if not (step == "generate" and record.spec.kind == "process")]
+    for step in steps:
+        info = record.steps.get(step)
+        if info is None or info.finished_at is None:
+            return step
+    return steps[-1]
