@@ -195,12 +195,18 @@ def list_jobs(
     state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
     batch: Annotated[str | None, Query(description="only jobs of this batch (id or unique prefix)")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT, description="at most this many")] = DEFAULT_LIST_LIMIT,
+    offset: Annotated[int, Query(ge=0, description="skip this many first (the next page: next_offset)")] = 0,
 ) -> JobList:
-    """Jobs, newest first."""
+    """Jobs, newest first, a page at a time (``next_offset`` is set while more may follow).
+
+    New jobs enter at the front and shift the pages of an unfiltered listing; a batch's listing is
+    stable once the batch is submitted.
+    """
     store = runtime_of(request).store
     batch_id = store.get_batch(batch).batch_id if batch is not None else None
-    records = store.list_jobs(state=state, batch_id=batch_id, limit=limit)
-    return JobList(jobs=[job_view(request, record) for record in records])
+    records = store.list_jobs(state=state, batch_id=batch_id, limit=limit, offset=offset)
+    next_offset = offset + len(records) if len(records) == limit else None
+    return JobList(jobs=[job_view(request, record) for record in records], next_offset=next_offset)
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"], response_model=JobView, responses=_NOT_FOUND)

@@ -115,6 +115,8 @@ class JobList(BaseModel):
     """Jobs, newest first."""
 
     jobs: list[JobView]
+    #: The ``offset`` of the next page, while this page was full (the next may be empty).
+    next_offset: int | None = None
 
 
 class BatchAccepted(BaseModel):

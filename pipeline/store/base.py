@@ -175,9 +175,15 @@ class StatusStore(abc.ABC):
 
     @abc.abstractmethod
     def list_jobs(
-        self, *, state: JobState | None = None, batch_id: str | None = None, limit: int = DEFAULT_LIST_LIMIT
+        self,
+        *,
+        state: JobState | None = None,
+        batch_id: str | None = None,
+        limit: int = DEFAULT_LIST_LIMIT,
+        offset: int = 0,
     ) -> list[JobRecord]:
-        """Newest first, filtered by state and/or batch, served from indexes (no full scans)."""
+        """Newest first, filtered by state and/or batch, served from indexes (no full scans);
+        ``offset`` skips that many first (a page of a long listing)."""
 
     @abc.abstractmethod
     def count_by_state(self, *, batch_id: str | None = None) -> dict[JobState, int]:

@@ -241,12 +241,18 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
         return pick_prefix_match(prefix, map(_text, found))
 
     def list_jobs(
-        self, *, state: JobState | None = None, batch_id: str | None = None, limit: int = DEFAULT_LIST_LIMIT
+        self,
+        *,
+        state: JobState | None = None,
+        batch_id: str | None = None,
+        limit: int = DEFAULT_LIST_LIMIT,
+        offset: int = 0,
     ) -> list[JobRecord]:
         if limit <= 0:
             return []
+        start = max(offset, 0)
         with self._guard():
-            found = cast(list[Any], self._client.zrevrange(self._index(state, batch_id), 0, limit - 1))
+            found = cast(list[Any], self._client.zrevrange(self._index(state, batch_id), start, start + limit - 1))
         # A job may move between reading the index and reading its hash: show only those still matching.
         return [
             record

@@ -240,11 +240,16 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
             return pick_prefix_match(prefix, [str(row[0]) for row in rows])
 
     def list_jobs(
-        self, *, state: JobState | None = None, batch_id: str | None = None, limit: int = DEFAULT_LIST_LIMIT
+        self,
+        *,
+        state: JobState | None = None,
+        batch_id: str | None = None,
+        limit: int = DEFAULT_LIST_LIMIT,
+        offset: int = 0,
     ) -> list[JobRecord]:
         if limit <= 0:
             return []
-        sql, params = _list_query(state, batch_id, limit)
+        sql, params = _list_query(state, batch_id, limit, max(offset, 0))
         with self._transaction(write=False) as conn:
             return self._records(conn, conn.execute(sql, params).fetchall())
 
@@ -394,12 +399,13 @@ def _has_fingerprint_index(conn: sqlite3.Connection) -> bool:
     return found.fetchone() is not None
 
 
-def _list_query(state: JobState | None, batch_id: str | None, limit: int) -> tuple[str, tuple[Any, ...]]:
+def _list_query(state: JobState | None, batch_id: str | None, limit: int, offset: int) -> tuple[str, tuple[Any, ...]]:
     """The ``list_jobs`` query: newest first, ties by id, along one of the indexes."""
     conditions = [name for name, value in (("state = ?", state), ("batch_id = ?", batch_id)) if value is not None]
     params = tuple(value for value in (state.value if state else None, batch_id) if value is not None)
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    return f"SELECT * FROM jobs {where} ORDER BY created_at DESC, job_id DESC LIMIT ?", (*params, limit)
+    order = "ORDER BY created_at DESC, job_id DESC LIMIT ? OFFSET ?"
+    return f"SELECT * FROM jobs {where} {order}", (*params, limit, offset)
 
 
 def _record(row: sqlite3.Row, steps: dict[str, StepRecord]) -> JobRecord:

@@ -113,6 +113,18 @@ def test_jobs_get_list_and_filter(api: ApiServer) -> None:
     assert_error(api.client.get("/api/jobs", params={"limit": 0}), 422, "invalid_request")
 
 
+def test_jobs_list_pages_through_a_batch_with_next_offset(api: ApiServer) -> None:
+    done = api.client.post("/api/generate", params={"wait": "true"}, json={"prompt": "a", "count": 5, **SMALL})
+    batch_id, made = done.json()["batch_id"], {job["job_id"] for job in done.json()["jobs"]}
+    seen: list[str] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = api.client.get("/api/jobs", params={"batch": batch_id, "limit": 2, "offset": offset}).json()
+        seen += [job["job_id"] for job in page["jobs"]]
+        offset = page["next_offset"]
+    assert sorted(seen) == sorted(made) and len(seen) == 5  # every job once, over three pages
+
+
 def test_jobs_unknown_id_is_404(api: ApiServer) -> None:
     assert_error(api.client.get("/api/jobs/ffffffff"), 404, "not_found")
     assert_error(api.client.get("/api/jobs/ffffffff/result"), 404, "not_found")

@@ -139,7 +139,7 @@ class FakeStore(StatusStore):
         raise NotImplementedError
 
     def list_jobs(
-        self, *, state: JobState | None = None, batch_id: str | None = None, limit: int = 50
+        self, *, state: JobState | None = None, batch_id: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[JobRecord]:
         raise NotImplementedError
 

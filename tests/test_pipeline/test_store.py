@@ -292,6 +292,14 @@ def test_list_jobs_newest_first_ties_by_id(store: StatusStore) -> None:
     assert store.list_jobs(limit=0) == []
 
 
+def test_list_jobs_pages_with_offset(store: StatusStore) -> None:
+    store.create_jobs([make_spec(f"j{i}", created_at=T0 + i, batch_id="b1" if i % 2 else "b2") for i in range(7)])
+
+    pages = [[r.job_id for r in store.list_jobs(limit=3, offset=offset)] for offset in (0, 3, 6, 9)]
+    assert pages == [["j6", "j5", "j4"], ["j3", "j2", "j1"], ["j0"], []]
+    assert [r.job_id for r in store.list_jobs(batch_id="b1", limit=2, offset=1)] == ["j3", "j1"]
+
+
 def test_list_jobs_filters_follow_transitions(store: StatusStore) -> None:
     store.create_jobs([make_spec(f"j{i}", created_at=T0 + i, batch_id="b1" if i % 2 else "b2") for i in range(6)])
     store.start_step("j1", "generate", now=T0 + 10)
