@@ -15,7 +15,7 @@ from cli.output import cli_errors, console, echo, job_row, jobs_table, print_jso
 from pipeline.batches import batch_records, build_manifest, write_manifest
 from pipeline.errors import InputError, JobNotFound
 from pipeline.jobs import current_output
-from pipeline.models import JobRecord, JobState
+from pipeline.models import STEP_NAMES, JobRecord, JobState
 from pipeline.store import DEFAULT_LIST_LIMIT, open_store
 
 __all__ = ["jobs", "status"]
@@ -116,13 +116,24 @@ def _batch_detail(manifest: dict[str, Any]) -> Table:
     return table
 
 
+def _waiting_note(record: JobRecord) -> str:
+    """For a job whose current step is done: it waits for the next step to be picked up."""
+    if record.state.terminal:
+        return ""
+    for name in STEP_NAMES:
+        step = record.steps.get(name)
+        if JobState.for_step(name) is record.state and step is not None and step.finished_at is not None:
+            return f" ({name} done; the next step waits for a worker on the images queue)"
+    return ""
+
+
 def _detail(record: JobRecord) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     spec = record.spec
     table.add_row("job", record.job_id)
-    table.add_row("state", record.state.value)
+    table.add_row("state", record.state.value + _waiting_note(record))
     if record.batch_id:
         table.add_row("batch", record.batch_id)
     if spec.generation is not None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+from pipeline.jobs import GenerationRequest, build_step_params, plan_generate
+from pipeline.settings import load_settings
+from pipeline.store import open_store
 from tests.test_cli.conftest import Invoke
 
 
@@ -46,6 +50,23 @@ def test_status_of_a_generate_batch_speaks_of_jobs_not_file_lines(sdpipe: Invoke
     assert not any(line.startswith(("rows", "line ")) for line in lines)
     failures = [line for line in lines if " failed" in line]
     assert len(failures) == 2 and all(": generate: " in line or "does not decode" in line for line in failures)
+
+
+def test_status_says_a_job_whose_step_is_done_waits_for_the_next(sdpipe: Invoke, out_dir: Path) -> None:
+    # Given a job whose SD image is saved, no image worker having picked up its split yet
+    settings = load_settings(output_dir=out_dir, sd_api_url="mock://")
+    params = build_step_params(settings, grid="2x2", band_px=8, sigma=2.0)
+    (spec,) = plan_generate(settings, GenerationRequest(prompt="x"), params, now=time.time())
+    store = open_store(settings)
+    try:
+        store.create_jobs([spec])
+        store.start_step(spec.job_id, "generate", now=time.time())
+        store.finish_step(spec.job_id, "generate", now=time.time())
+    finally:
+        store.close()
+    # Then status does not suggest the GPU is still at work on it
+    shown = " ".join(sdpipe("status", spec.job_id).stdout.split())
+    assert "generating (generate done; the next step waits for a worker on the images queue)" in shown
 
 
 def test_status_unknown_job_exit_2(sdpipe: Invoke) -> None:
