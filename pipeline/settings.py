@@ -151,11 +151,20 @@ def split_sd_entry(entry: str) -> tuple[str, int]:
 
 
 def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (user names are kept)."""
+    """Return ``url`` with any password replaced by ``***`` (user names are kept).
+
+    A password with an unencoded ``/``, ``?`` or ``#`` ends the URL's host part early for a URL
+    parser; such a URL is masked from ``://`` up to its last ``@`` instead.
+    """
     try:
         parts = urlsplit(url)
         if "@" not in parts.netloc:
-            return url
+            _, sep, rest = url.partition("://")
+            credentials = rest.rpartition("@")[0] if sep else ""
+            if ":" not in credentials:
+                return url
+            user = credentials.split(":", 1)[0]
+            return f"{url[: len(url) - len(rest)]}{user + ':' if user else ''}***@{rest.rpartition('@')[2]}"
         host = parts.netloc.rsplit("@", 1)[1]
     except ValueError:
         return "***"
@@ -273,14 +282,13 @@ class Settings(BaseSettings):
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"{mask_url(url)!r} is not a Redis URL; use {example}")
         path = unquote(parts.path)
+        # The message names no part of the URL: with a /, ? or # in the password, that part is secret.
+        encode = "a password with / ? or # must be percent-encoded (%2F, %3F, %23)"
         if parts.scheme != "unix" and not _REDIS_DB_PATH_RE.match(path):
-            raise ValueError(
-                f"{mask_url(url)!r} names database {path.removeprefix('/')!r}; the database is /N with N a "
-                f"whole number >= 0, {example}"
-            )
+            raise ValueError(f"its database part is not /N with N a whole number >= 0 ({encode}), {example}")
         for db in parse_qs(parts.query).get("db", []):
             if not db.isdigit():
-                raise ValueError(f"{mask_url(url)!r} names database {db!r}; db=N takes a whole number >= 0, {example}")
+                raise ValueError(f"its db= is not a whole number >= 0 ({encode}), {example}")
         return value
 
     @model_validator(mode="after")

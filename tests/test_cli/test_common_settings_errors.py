@@ -19,7 +19,7 @@ def _assert_config_error(result: object, fragment: str) -> None:
 
 def test_redis_url_non_numeric_database_exits_2(sdpipe: Invoke) -> None:
     result = sdpipe("jobs", env={"REDIS_URL": "redis://127.0.0.1:9/abc"})
-    _assert_config_error(result, "REDIS_URL: 'redis://127.0.0.1:9/abc' names database 'abc'")
+    _assert_config_error(result, "invalid setting REDIS_URL: its database part is not /N")
 
 
 def test_redis_url_database_out_of_range_exits_2(sdpipe: Invoke, redis_url: str) -> None:

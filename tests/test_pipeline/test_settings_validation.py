@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.settings import load_settings, split_sd_entry
+from pipeline.settings import load_settings, mask_url, split_sd_entry
 
 # -- --env-file ------------------------------------------------------------------------------------
 
@@ -37,10 +37,12 @@ def test_load_settings_without_env_file_needs_no_dotenv(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "fragment"),
     [
-        ("redis://127.0.0.1:6379/abc", "names database 'abc'"),
-        ("redis://:hunter2@127.0.0.1:6379/-1", "names database '-1'"),
-        ("redis://127.0.0.1:6379/1/2", "names database '1/2'"),
-        ("redis://127.0.0.1:6379?db=x", "names database 'x'"),
+        ("redis://127.0.0.1:6379/abc", "database part is not /N"),
+        ("redis://:hunter2@127.0.0.1:6379/-1", "database part is not /N"),
+        ("redis://127.0.0.1:6379/1/2", "database part is not /N"),
+        ("redis://127.0.0.1:6379?db=x", "db= is not a whole number"),
+        # a / in the password moves the rest into the path: the message must not echo it
+        ("redis://:hun/ter2hunter2@127.0.0.1:6379/0", "must be percent-encoded"),
         ("http://127.0.0.1:6379/0", "is not a Redis URL"),
     ],
 )
@@ -49,7 +51,7 @@ def test_redis_url_malformed_database_raises_config_error(url: str, fragment: st
         load_settings(redis_url=url)
     message = str(info.value)
     assert "REDIS_URL" in message and fragment in message
-    assert "hunter2" not in message and "\n" not in message
+    assert "hunter2" not in message and "ter2" not in message and "\n" not in message
 
 
 @pytest.mark.parametrize(
@@ -137,3 +139,17 @@ def test_sd_api_url_bad_mock_option_raises_config_error(url: str, fragments: lis
 def test_sd_api_url_good_mock_options_are_accepted() -> None:
     url = "mock://a?latency_ms=5&seed=3&faults=500:0.2;reset:0.1&nowebui=1;max=2"
     assert load_settings(sd_api_url=url).sd_api_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:Ab3/xYzSecret@redis:6379/0", "redis://***@redis:6379/0"),
+        ("redis://me:pa#ss?word@cache:6380/1", "redis://me:***@cache:6380/1"),
+        ("http://user:pw@gpu:7860", "http://user:***@gpu:7860"),
+        ("http://gpu:7860/path@x", "http://gpu:7860/path@x"),
+    ],
+)
+def test_mask_url_hides_passwords_a_url_parser_misreads(url: str, masked: str) -> None:
+    # An unencoded / ? or # in a password ends the host part early for urlsplit
+    assert mask_url(url) == masked
