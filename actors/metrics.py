@@ -27,6 +27,7 @@ calls, be stale by the refresh period, and need a merge rule (``mostrecent``) ac
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -235,7 +236,8 @@ def serve_metrics() -> int:
         server = ThreadingHTTPServer((host, port), MetricsHandler.factory(registry))
     except OSError as exc:
         logger.error("cannot serve metrics on %s:%d: %s (is METRICS_PORT in use?); stopping", host, port, exc)
-        os.kill(os.getppid(), signal.SIGTERM)  # Dramatiq's master: it stops the workers gracefully
+        master = multiprocessing.parent_process()  # Dramatiq's (not a forkserver's): it stops the workers
+        os.kill(master.pid if master is not None and master.pid else os.getppid(), signal.SIGTERM)
         return 1
     store = open_store(settings, create=False)
     pool_state = open_pool_state(settings)
