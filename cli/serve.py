@@ -36,9 +36,14 @@ def listen(host: str, port: int) -> socket.socket:
     Raises:
         InputError: the address is taken, not ours, or does not resolve.
     """
+    address = host.strip("[]")
+    # As uvicorn binds: IPv6 for an address with a colon (``::`` also takes IPv4), else IPv4.
+    ipv6 = ":" in address
     try:
-        family = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-        return socket.create_server((host.strip("[]"), port), family=family)
+        if ipv6:
+            dual = address == "::" and socket.has_dualstack_ipv6()
+            return socket.create_server((address, port), family=socket.AF_INET6, dualstack_ipv6=dual)
+        return socket.create_server((address, port), family=socket.AF_INET)
     except OSError as exc:
         raise InputError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}",
