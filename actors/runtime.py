@@ -17,7 +17,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +27,7 @@ from typing import Any
 import dramatiq
 import redis
 
-from actors.broker import BROKER_NAMESPACE, CLI_ENQUEUE_PATIENCE_S, build_broker
+from actors.broker import CLI_ENQUEUE_PATIENCE_S, build_broker
 from actors.steps import StepActors, declare_actors
 from pipeline.batches import ResumePlan, plan_resume, retry_step
 from pipeline.batchfile import PlannedRow, read_batch_file
@@ -41,7 +42,14 @@ from pipeline.store import StatusStore, open_store
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["EMBEDDED_LOCK_PATH", "EMBEDDED_WORKER_TIMEOUT_MS", "Runtime", "open_runtime"]
+__all__ = [
+    "EMBEDDED_LOCK_PATH",
+    "EMBEDDED_WORKER_TIMEOUT_MS",
+    "WORKERS_KEY",
+    "WORKER_BEAT_S",
+    "Runtime",
+    "open_runtime",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +59,12 @@ EMBEDDED_WORKER_TIMEOUT_MS = 100
 ROOM_POLL_S = 1.0
 #: Held (shared) by every open embedded runtime, relative to ``OUTPUT_DIR``; see :func:`_hold_embedded_lock`.
 EMBEDDED_LOCK_PATH = ".sdpipe/embedded.lock"
+#: Sorted set of the live ``sdpipe worker`` processes (member host:pid, score: last beat in ms).
+WORKERS_KEY = "sdpipe:workers"
+#: How often each worker process beats (:meth:`Runtime.worker_beat`), in seconds.
+WORKER_BEAT_S = 5.0
+#: An entry this old is removed at the next beat of any worker (a process that died long ago).
+WORKER_ENTRY_KEEP_MS = 3_600_000
 #: How many orphaned jobs :func:`_fail_orphans` reads per query.
 _ORPHAN_PAGE = 500
 
@@ -252,21 +266,39 @@ class Runtime:
         return sum(self.store.mark_cancelled(job_id, now=now) for job_id in job_ids)
 
     def live_workers(self) -> int:
-        """How many worker processes sent a heartbeat to Redis lately (embedded: the in-process one)."""
+        """How many ``sdpipe worker`` processes beat lately (:meth:`worker_beat`; embedded: the in-process one).
+
+        Not Dramatiq's own heartbeats: every process that enqueues (a CLI, the API, the scheduler)
+        writes those too, and would pass for a worker.
+        """
         if self.embedded:
             return 1 if self.worker is not None else 0
-        client = self.broker.client  # type: ignore[attr-defined]
         since_ms = int(time.time() * 1000) - self.settings.broker_heartbeat_timeout_ms
+        with self._reaching_redis():
+            return int(self.broker.client.zcount(WORKERS_KEY, since_ms, "+inf"))  # type: ignore[attr-defined]
+
+    def worker_beat(self, member: str, *, gone: bool = False) -> None:
+        """Record that worker process ``member`` (host:pid) is alive, or (``gone``) that it stopped."""
+        now_ms = int(time.time() * 1000)
+        client = self.broker.client  # type: ignore[attr-defined]
+        with self._reaching_redis():
+            if gone:
+                client.zrem(WORKERS_KEY, member)
+                return
+            pipe = client.pipeline(transaction=False)
+            pipe.zadd(WORKERS_KEY, {member: now_ms})
+            pipe.zremrangebyscore(WORKERS_KEY, "-inf", now_ms - WORKER_ENTRY_KEEP_MS)  # long-dead entries
+            pipe.execute()
+
+    @contextmanager
+    def _reaching_redis(self) -> Iterator[None]:
         try:
-            alive = client.zrangebyscore(f"{BROKER_NAMESPACE}:__heartbeats__", since_ms, "+inf")
+            yield
         except redis.RedisError as exc:
             raise StoreUnavailable(
                 f"cannot reach Redis at {mask_url(self.settings.redis_dsn())}: {exc}",
                 hint="is redis-server running? check REDIS_URL",
             ) from exc
-        # This process's own broker heartbeats too when it enqueues: do not count it.
-        own = self.broker.broker_id.encode()  # type: ignore[attr-defined]
-        return sum(1 for broker_id in alive if broker_id != own)
 
     def _track(self, job_ids: Sequence[str]) -> None:
         if self.embedded:
@@ -367,13 +399,16 @@ def _hold_embedded_lock(path: Path, store: StatusStore) -> int | None:
         return None
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        logger.warning("cannot open %s (%s): jobs of a killed embedded process are not recovered", path, exc)
-        return None
+    except OSError:
+        try:  # a lock file another user created: flock works on a read-only descriptor too
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            logger.warning("cannot open %s (%s): jobs of a killed embedded process are not recovered", path, exc)
+            return None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # another embedded process is open: its jobs may be running
+        except BlockingIOError:  # another embedded process is open: its jobs may be running
             pass
         else:
             try:
@@ -382,6 +417,10 @@ def _hold_embedded_lock(path: Path, store: StatusStore) -> int | None:
                 logger.warning("could not mark the jobs of an ended embedded process failed: %s", exc)
         # Downgrades the exclusive lock, or waits out another process's brief recovery.
         fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError as exc:  # a filesystem without flock (ENOLCK, EOPNOTSUPP): run, but recover nothing
+        os.close(fd)
+        logger.warning("cannot lock %s (%s): jobs of a killed embedded process are not recovered", path, exc)
+        return None
     except BaseException:
         os.close(fd)
         raise

@@ -8,6 +8,8 @@ exit codes, and logging from every process.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -16,6 +18,8 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,9 +27,9 @@ from typing import TYPE_CHECKING
 from dramatiq import cli as dramatiq_cli
 
 from actors.broker import WORKER_ENQUEUE_PATIENCE_S
-from actors.runtime import Runtime, open_runtime
+from actors.runtime import WORKER_BEAT_S, Runtime, open_runtime
 from actors.steps import QUEUES
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, StoreUnavailable
 from pipeline.settings import Settings, load_settings, mask_url
 
 if TYPE_CHECKING:
@@ -86,7 +90,7 @@ def die_with_parent() -> None:
     except (OSError, AttributeError):  # not Linux/glibc
         logger.debug("prctl unavailable; this process will not follow its parent's death")
         return
-    if parent is not None and os.getppid() != parent.pid:  # it died before prctl took effect
+    if parent is not None and not parent.is_alive():  # it died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -117,7 +121,29 @@ def setup() -> None:
         if problem is not None:  # benched, not fatal: the others take its jobs and a probe brings it back
             logger.warning("SD server %s is down (%s): benched until it answers", key, problem)
     pool.start()
+    _start_beating(_runtime)
     logger.info("worker ready: Redis %s, SD %s", settings.redis_dsn_masked(), mask_url(settings.sd_api_url))
+
+
+def _start_beating(runtime: Runtime) -> None:
+    """Tell Redis this worker process is alive every ``WORKER_BEAT_S`` (what ``doctor`` and
+    ``generate`` read), and that it stopped when it exits normally."""
+    member = f"{socket.gethostname()}:{os.getpid()}"
+
+    def beat_forever() -> None:
+        while True:
+            try:
+                runtime.worker_beat(member)
+            except StoreUnavailable as exc:  # Dramatiq's consumers report the outage; retry next beat
+                logger.debug("worker beat not recorded: %s", exc)
+            time.sleep(WORKER_BEAT_S)
+
+    def gone() -> None:
+        with contextlib.suppress(StoreUnavailable):
+            runtime.worker_beat(member, gone=True)
+
+    threading.Thread(target=beat_forever, name="sdpipe-worker-beat", daemon=True).start()
+    atexit.register(gone)
 
 
 def _prepare_metrics_dir(port: int) -> Path:

@@ -117,8 +117,12 @@ def _check_pool(settings: Settings, checks: Table) -> int:
 def _check_workers(settings: Settings, checks: Table) -> int:
     """Redis mode: whether any ``sdpipe worker`` is alive (a recent heartbeat); without one, jobs
     wait in Redis however healthy everything else is."""
-    with open_runtime(settings, start_embedded_worker=False) as runtime:
-        alive = runtime.live_workers()
+    try:
+        with open_runtime(settings, start_embedded_worker=False) as runtime:
+            alive = runtime.live_workers()
+    except PipelineError as exc:
+        checks.add_row(Text("✗ workers", style="red"), Text(str(exc)))
+        return exit_code_for(exc)
     if alive:
         checks.add_row(Text("✓ workers", style="green"), Text(f"{alive} worker process(es) alive"))
         return RET_OK
