@@ -197,15 +197,17 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT, description="at most this many")] = DEFAULT_LIST_LIMIT,
     offset: Annotated[int, Query(ge=0, description="skip this many first (the next page: next_offset)")] = 0,
 ) -> JobList:
-    """Jobs, newest first, a page at a time (``next_offset`` is set while more may follow).
+    """Jobs, newest first, a page at a time: ``next_offset`` is set while a page has jobs, and an
+    empty page ends the listing. (A page may hold fewer than ``limit`` jobs while more follow: a job
+    that changes state between the index read and its own is left out.)
 
-    New jobs enter at the front and shift the pages of an unfiltered listing; a batch's listing is
-    stable once the batch is submitted.
+    New jobs enter at the front and shift the pages of an unfiltered listing, and jobs changing
+    state shift those of a state filter; a batch's listing is stable once the batch is submitted.
     """
     store = runtime_of(request).store
     batch_id = store.get_batch(batch).batch_id if batch is not None else None
     records = store.list_jobs(state=state, batch_id=batch_id, limit=limit, offset=offset)
-    next_offset = offset + len(records) if len(records) == limit else None
+    next_offset = offset + limit if records else None
     return JobList(jobs=[job_view(request, record) for record in records], next_offset=next_offset)
 
 

@@ -115,7 +115,7 @@ class JobList(BaseModel):
     """Jobs, newest first."""
 
     jobs: list[JobView]
-    #: The ``offset`` of the next page, while this page was full (the next may be empty).
+    #: The ``offset`` of the next page, while this page had jobs (an empty page ends the listing).
     next_offset: int | None = None
 
 

@@ -399,7 +399,9 @@ def _has_fingerprint_index(conn: sqlite3.Connection) -> bool:
     return found.fetchone() is not None
 
 
-def _list_query(state: JobState | None, batch_id: str | None, limit: int, offset: int) -> tuple[str, tuple[Any, ...]]:
+def _list_query(
+    state: JobState | None, batch_id: str | None, limit: int, offset: int = 0
+) -> tuple[str, tuple[Any, ...]]:
     """The ``list_jobs`` query: newest first, ties by id, along one of the indexes."""
     conditions = [name for name, value in (("state = ?", state), ("batch_id = ?", batch_id)) if value is not None]
     params = tuple(value for value in (state.value if state else None, batch_id) if value is not None)
