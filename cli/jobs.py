@@ -123,7 +123,7 @@ def _waiting_note(record: JobRecord) -> str:
     for name in STEP_NAMES:
         step = record.steps.get(name)
         if JobState.for_step(name) is record.state and step is not None and step.finished_at is not None:
-            return f" ({name} done; the next step waits for a worker on the images queue)"
+            return f" ({name} done; the next step waits for a worker thread to pick it up)"
     return ""
 
 

@@ -66,7 +66,7 @@ def test_status_says_a_job_whose_step_is_done_waits_for_the_next(sdpipe: Invoke,
         store.close()
     # Then status does not suggest the GPU is still at work on it
     shown = " ".join(sdpipe("status", spec.job_id).stdout.split())
-    assert "generating (generate done; the next step waits for a worker on the images queue)" in shown
+    assert "generating (generate done; the next step waits for a worker thread to pick it up)" in shown
 
 
 def test_status_unknown_job_exit_2(sdpipe: Invoke) -> None:
