@@ -54,7 +54,7 @@ def _return_freed_memory() -> None:
     fresh mmap, page-faulted in on first touch and unmapped on free, and the heaps were trimmed
     after each job (trim threshold 128 KB once the mmap threshold is set), so a 1024² job's worker
     CPU was 1.8x the same image work in a plain loop (``python -m bench.t2_breakdown --size 1024``).
-    With :data:`_MMAP_THRESHOLD_BYTES` and :data:`_TRIM_THRESHOLD_BYTES`: 1.4x, and a 4096² job's
+    With :data:`_MMAP_THRESHOLD_BYTES` and :data:`_TRIM_THRESHOLD_BYTES`: 1.3-1.4x, and a 4096² job's
     peak RSS 4.8x the decoded image, back to idle after (bench target 4).
     """
     try:
