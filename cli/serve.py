@@ -14,8 +14,10 @@ from pipeline.errors import InputError
 from pipeline.storage import check_output_dir
 from pipeline.store import open_store
 
-__all__ = ["EXTRA_MISSING", "is_loopback", "listen", "serve"]
+__all__ = ["EXTRA_MISSING", "MIN_TOKEN_CHARS", "is_loopback", "listen", "serve"]
 
+#: A shorter API_TOKEN gets a warning when the server starts (guessable).
+MIN_TOKEN_CHARS = 16
 #: The one line printed (exit code 2) when FastAPI or uvicorn is not installed.
 EXTRA_MISSING = "install the API extra: pip install 'sdpipe[api]'"
 
@@ -68,6 +70,13 @@ def serve(
             raise InputError(
                 "API_TOKEN is set but empty: no request could authenticate",
                 hint="set API_TOKEN to a long random value (e.g. openssl rand -hex 32), or unset it",
+            )
+        token = settings.api_token.get_secret_value() if settings.api_token is not None else None
+        if token is not None and len(token.strip()) < MIN_TOKEN_CHARS:
+            echo(
+                f"warning: API_TOKEN has {len(token.strip())} characters: anyone who can guess it can submit jobs; "
+                "use a long random value (e.g. openssl rand -hex 32)",
+                err=True,
             )
         if settings.api_token is None and not is_loopback(settings.api_host) and not insecure:
             raise InputError(

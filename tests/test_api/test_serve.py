@@ -40,6 +40,16 @@ def test_serve_refuses_an_empty_api_token(monkeypatch: pytest.MonkeyPatch) -> No
     assert "API_TOKEN is set but empty" in result.output
 
 
+def test_serve_warns_about_a_short_api_token(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    # A short token still works (tests and local set-ups use them) but the operator is told
+    monkeypatch.setenv("OUTPUT_DIR", str(tmp_path))
+    monkeypatch.setenv("API_TOKEN", "abc")
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # stop right after the checks: no server is started
+    result = CliRunner().invoke(app, ["serve"])
+    assert "warning: API_TOKEN has 3 characters" in result.output
+    assert "openssl rand -hex 32" in result.output
+
+
 def test_serve_without_the_api_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn -> ImportError
     result = CliRunner().invoke(app, ["serve"])
