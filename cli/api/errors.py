@@ -14,6 +14,7 @@ Every error a client sees has that shape::
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -209,7 +210,18 @@ async def _pipeline_error(request: Request, exc: Exception) -> JSONResponse:
         hint = f"try again in {QUEUE_FULL_RETRY_AFTER_S} s or later"
         headers = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}
         return error_response(status, code, exc.message, hint=hint, headers=headers)
-    return error_response(status, code, exc.message, hint=exc.hint, problems=problems)
+    return error_response(status, code, exc.message, hint=_for_http(exc.hint, status), problems=problems)
+
+
+#: A hint written for the command line: a CLI option, an ``sdpipe`` command, "command-line options".
+_CLI_HINT = re.compile(r"(?:^|[\s`(])--[a-z]|\bsdpipe [a-z]|command-line")
+
+
+def _for_http(hint: str | None, status: int) -> str | None:
+    """The core error's hint, unless it speaks of CLI options or commands (meaningless over HTTP)."""
+    if hint is None or not _CLI_HINT.search(hint):
+        return hint
+    return "GET /api/jobs lists the jobs" if status == 404 else "see /docs for the request format"
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
