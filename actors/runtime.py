@@ -33,7 +33,7 @@ from pipeline.batches import ResumePlan, plan_resume, retry_step
 from pipeline.batchfile import PlannedRow, read_batch_file
 from pipeline.errors import PipelineError, QueueFull, StoreUnavailable
 from pipeline.jobs import new_id
-from pipeline.models import STEP_NAMES, BatchRecord, BatchRow, ErrorInfo, JobRecord, JobSpec, JobState, StepName
+from pipeline.models import BatchRecord, BatchRow, ErrorInfo, JobRecord, JobSpec, JobState, StepName
 from pipeline.pool import PoolObserver
 from pipeline.settings import Settings, mask_url
 from pipeline.steps import StepContext
@@ -468,13 +468,5 @@ def _interrupted(record: JobRecord, now: float) -> ErrorInfo:
 
 
 def _current_step(record: JobRecord) -> StepName:
-    """The step an unfinished job was at: its state's, or (queued) the first one not finished."""
-    for step in STEP_NAMES:
-        if JobState.for_step(step) is record.state:
-            return step
-    steps = [step for step in STEP_NAMES if not (step == "generate" and record.spec.kind == "process")]
-    for step in steps:
-        info = record.steps.get(step)
-        if info is None or info.finished_at is None:
-            return step
-    return steps[-1]
+    """The step an unfinished job was at: its state's, or (queued) where its retry would start."""
+    return record.state.step or retry_step(record)

@@ -15,7 +15,7 @@ from cli.output import cli_errors, console, echo, job_row, jobs_table, print_jso
 from pipeline.batches import batch_records, build_manifest, write_manifest
 from pipeline.errors import InputError, JobNotFound
 from pipeline.jobs import current_output
-from pipeline.models import STEP_NAMES, JobRecord, JobState
+from pipeline.models import JobRecord, JobState
 from pipeline.store import DEFAULT_LIST_LIMIT, open_store
 
 __all__ = ["jobs", "status"]
@@ -118,13 +118,11 @@ def _batch_detail(manifest: dict[str, Any]) -> Table:
 
 def _waiting_note(record: JobRecord) -> str:
     """For a job whose current step is done: it waits for the next step to be picked up."""
-    if record.state.terminal:
+    name = record.state.step
+    step = record.steps.get(name) if name is not None else None
+    if step is None or step.finished_at is None:
         return ""
-    for name in STEP_NAMES:
-        step = record.steps.get(name)
-        if JobState.for_step(name) is record.state and step is not None and step.finished_at is not None:
-            return f" ({name} done; the next step waits for a worker thread to pick it up)"
-    return ""
+    return f" ({name} done; the next step waits for a worker thread to pick it up)"
 
 
 def _detail(record: JobRecord) -> Table:

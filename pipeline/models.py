@@ -71,6 +71,11 @@ class JobState(enum.StrEnum):
         """The state a job is in while ``step`` runs."""
         return _STEP_STATE[step]
 
+    @property
+    def step(self) -> StepName | None:
+        """The step a job in this state last started (None: queued or ended)."""
+        return _STATE_STEP.get(self)
+
 
 _RANK = {
     JobState.QUEUED: 0,
@@ -88,6 +93,7 @@ _STEP_STATE: dict[StepName, JobState] = {
     "seam_blur": JobState.BLURRING,
     "merge": JobState.MERGING,
 }
+_STATE_STEP: dict[JobState, StepName] = {state: step for step, state in _STEP_STATE.items()}
 
 
 def parse_grid(text: str) -> tuple[int, int]:
