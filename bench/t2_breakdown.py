@@ -14,7 +14,6 @@ higher than target 2's.
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import tempfile
 import time
@@ -24,7 +23,7 @@ from bench import _breakdown
 from bench._common import cpu_seconds, descendants, services
 from bench._jobs import redis_settings, specs, wait_batch
 from bench._redis import private_redis
-from bench.t2_overhead import DIRECT_IMAGES, SIZE, _direct_cpu_per_job
+from bench.t2_overhead import SIZE, _direct_cpu_per_job, direct_images
 
 REPO = Path(__file__).resolve().parent.parent
 #: Jobs before the measured batch (imports, first connections, caches).
@@ -34,7 +33,6 @@ WARM_JOBS = 10
 def _worker_breakdown(folder: Path, jobs: int, size: int) -> tuple[dict[str, float], float, list[tuple[str, str]]]:
     """Per-job CPU ms by category in the workers, the process tree's total, and SD images for the direct loop."""
     from actors import open_runtime
-    from pipeline.sd_client import SDClient
 
     totals_dir = folder / "totals"
     totals_dir.mkdir(parents=True)
@@ -46,15 +44,7 @@ def _worker_breakdown(folder: Path, jobs: int, size: int) -> tuple[dict[str, flo
         )
         settings = redis_settings(url, mock, started.output_dir)
         batch = specs(settings, jobs, size=size, seed=5000)
-        client = SDClient(settings)
-        try:
-            images = []
-            for spec in batch[:DIRECT_IMAGES]:
-                assert spec.generation is not None
-                result = client.txt2img(spec.generation, job_id=spec.job_id)
-                images.append((base64.b64encode(result.image_bytes).decode(), result.infotext or ""))
-        finally:
-            client.close()
+        images = direct_images(settings, batch)
         with open_runtime(settings) as runtime:
             warm = specs(settings, WARM_JOBS, size=size, seed=1)
             runtime.submit(warm)

@@ -23,6 +23,7 @@ from pathlib import Path
 from bench._common import Row, cpu_seconds, descendants, median, services
 from bench._jobs import redis_settings, specs, wait_batch
 from bench._redis import private_redis
+from pipeline.models import JobSpec
 from pipeline.settings import Settings
 
 LIMIT = 1.25
@@ -73,12 +74,25 @@ def _direct_cpu_per_job(
     return median(per_job)
 
 
+def direct_images(settings: Settings, jobs: list[JobSpec]) -> list[tuple[str, str]]:
+    """The SD images of the first ``DIRECT_IMAGES`` jobs, as the server sent them (base64 text, infotext),
+    fetched once for the direct loop (not timed)."""
+    from pipeline.sd_client import SDClient
+
+    with SDClient(settings) as client:
+        images = []
+        for spec in jobs[:DIRECT_IMAGES]:
+            assert spec.generation is not None
+            result = client.txt2img(spec.generation, job_id=spec.job_id)
+            images.append((base64.b64encode(result.image_bytes).decode(), result.infotext or ""))
+    return images
+
+
 def _measure(
     folder: Path, *, size: int, jobs: int, runs: int, direct_rounds: int, per_round: int
 ) -> tuple[list[float], list[float], list[float], list[dict[int, float]]]:
     """Worker CPU ms per job of each run, direct CPU ms per job after each, wall times, CPU by pid."""
     from actors import open_runtime
-    from pipeline.sd_client import SDClient
 
     worker_ms: list[float] = []
     direct_ms: list[float] = []
@@ -91,16 +105,7 @@ def _measure(
         settings = redis_settings(url, mock, started.output_dir)
         batches = [specs(settings, jobs, size=size, seed=1000 + run * jobs) for run in range(runs)]
 
-        # The SD images of the measured jobs, fetched once for the direct loop (not timed).
-        client = SDClient(settings)
-        try:
-            images = []
-            for spec in batches[0][:DIRECT_IMAGES]:
-                assert spec.generation is not None
-                result = client.txt2img(spec.generation, job_id=spec.job_id)
-                images.append((base64.b64encode(result.image_bytes).decode(), result.infotext or ""))
-        finally:
-            client.close()
+        images = direct_images(settings, batches[0])
 
         with open_runtime(settings) as runtime:
             warm = specs(settings, 6, size=size, seed=1)
