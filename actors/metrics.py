@@ -9,7 +9,7 @@ Process model (Dramatiq's CLI master forks every process; prometheus_client's mu
   per-process files, then), so the master imports neither, nor this module.
 - **each worker process** (:func:`~actors.worker.setup`): :func:`worker_metrics` creates sdpipe's
   metrics (the SD request histogram and benched counter, fed as the pool's
-  :class:`~pipeline.pool.PoolObserver`; step retries, counted by :class:`RetryMetrics`) and
+  :class:`~pipeline.sd.pool.pool.PoolObserver`; step retries, counted by :class:`RetryMetrics`) and
   :func:`install` adds Dramatiq's own :class:`~dramatiq.middleware.prometheus.Prometheus`
   middleware. Every value is written to this process's files in the shared directory.
 - **one exposition process**: Dramatiq's CLI starts a process for each function a middleware lists
@@ -40,11 +40,11 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import prometheus as dramatiq_prometheus
 
 from actors.steps import JOB_FAILED_ACTOR
-from pipeline.backends import parse_backends
 from pipeline.errors import PipelineError
 from pipeline.models import JobState
-from pipeline.pool import open_pool_state
-from pipeline.pool_state import BackendStatus
+from pipeline.sd.backends import parse_backends
+from pipeline.sd.pool.pool import open_pool_state
+from pipeline.sd.pool.state import BackendStatus
 from pipeline.settings import load_settings
 from pipeline.store import open_store
 

@@ -29,14 +29,14 @@ import redis
 
 from actors.broker import CLI_ENQUEUE_PATIENCE_S, build_broker
 from actors.steps import StepActors, declare_actors
-from pipeline.batches import ResumePlan, plan_resume, retry_step
-from pipeline.batchfile import PlannedRow, read_batch_file
+from pipeline.batches.files import PlannedRow, read_batch_file
+from pipeline.batches.manifests import ResumePlan, plan_resume, retry_step
 from pipeline.errors import PipelineError, QueueFull, StoreUnavailable
-from pipeline.jobs import new_id
+from pipeline.jobs.planning import new_id
+from pipeline.jobs.steps import StepContext
 from pipeline.models import BatchRecord, BatchRow, ErrorInfo, JobRecord, JobSpec, JobState, StepName
-from pipeline.pool import PoolObserver
+from pipeline.sd.pool.pool import PoolObserver
 from pipeline.settings import Settings, mask_url
-from pipeline.steps import StepContext
 from pipeline.store import StatusStore, open_store
 
 if sys.platform != "win32":

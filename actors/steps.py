@@ -1,9 +1,9 @@
 """The step actors: ``generate`` (queue ``sd``), ``split``, ``seam_blur``, ``merge`` (queue ``images``).
 
-Each actor is a thin shell over :func:`pipeline.steps.run_step`; messages carry the job id only.
+Each actor is a thin shell over :func:`pipeline.jobs.steps.run_step`; messages carry the job id only.
 Retries: transient errors retry with exponential backoff (raised as ``dramatiq.Retry``, so
 Dramatiq does not log an expected outage as a crash with a traceback); permanent errors (``PERMANENT_ERRORS``)
-fail at once through ``throws``, after :func:`~pipeline.steps.run_step` marked the job failed; when
+fail at once through ``throws``, after :func:`~pipeline.jobs.steps.run_step` marked the job failed; when
 retries run out, ``on_retry_exhausted`` (not ``on_failure``, which fires on every attempt) sends
 ``sdpipe_job_failed``, which marks the job failed with its last error.
 """
@@ -21,8 +21,8 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from pipeline.errors import PERMANENT_ERRORS, NoFreeSlot, PipelineError
+from pipeline.jobs.steps import StepContext, run_step, sd_slot
 from pipeline.models import ErrorInfo, JobSpec, StepName
-from pipeline.steps import StepContext, run_step, sd_slot
 
 __all__ = [
     "IMAGES_QUEUE",

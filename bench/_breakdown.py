@@ -160,10 +160,13 @@ def install() -> None:
     from dramatiq.brokers import redis as dramatiq_redis
 
     import actors.steps
-    from pipeline import codec, png, sd_response, seams, steps, storage
-    from pipeline.pool import SDPool
-    from pipeline.pool_redis import RedisPoolState
-    from pipeline.sd_client import SDClient
+    from pipeline.images import codec, png, seams
+    from pipeline.jobs import files as storage
+    from pipeline.jobs import steps
+    from pipeline.sd import response as sd_response
+    from pipeline.sd.client import SDClient
+    from pipeline.sd.pool.pool import SDPool
+    from pipeline.sd.pool.redis_state import RedisPoolState
     from pipeline.store.redis import RedisStatusStore
 
     _replace(base64, "b64decode", IMAGE_DECODE)

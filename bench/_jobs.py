@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.jobs import GenerationRequest, build_step_params, new_id, plan_generate
+from pipeline.jobs.planning import GenerationRequest, build_step_params, new_id, plan_generate
 from pipeline.models import JobRecord, JobSpec
 from pipeline.settings import Settings, load_settings
 from pipeline.store import StatusStore

@@ -19,8 +19,8 @@ import redis
 
 from actors import open_runtime
 from bench._redis import private_redis
-from pipeline.batchfile import read_batch_file
-from pipeline.jobs import new_id
+from pipeline.batches.files import read_batch_file
+from pipeline.jobs.planning import new_id
 from pipeline.settings import load_settings
 
 

@@ -1,9 +1,9 @@
 """Target 1: post-processing one image through ``sdpipe process``'s code path (embedded), vs sharp.
 
 Ours: one embedded :class:`~actors.Runtime` for all images (start-up excluded); per image, what
-``sdpipe process`` does after start-up: :func:`~pipeline.jobs.plan_process` (read and validate the
+``sdpipe process`` does after start-up: :func:`~pipeline.jobs.planning.plan_process` (read and validate the
 file), ``ingest``, ``Runtime.submit``, then wait until the job is terminal (the status store polled
-every 2 ms). The same PNG files (detailed images from :func:`pipeline.mock_render.render` with an
+every 2 ms). The same PNG files (detailed images from :func:`pipeline.sd.mock.render.render` with an
 A1111 infotext, as the SD server sends them; a few different ones per size, since PNG speed and
 size depend on the content) go to ``bench/sharp_postprocess.mjs``: the original service's operation
 written the straightforward way with sharp, in one Node process per size. Sizes alternate between
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import Row, median
-from pipeline.mock_render import encode_image as sd_encode
-from pipeline.mock_render import format_infotext, render
+from pipeline.sd.mock.render import encode_image as sd_encode
+from pipeline.sd.mock.render import format_infotext, render
 
 BENCH_DIR = Path(__file__).resolve().parent
 NODE_DIR = BENCH_DIR / ".node"
@@ -98,7 +98,7 @@ class _Ours:
 
     def __init__(self, folder: Path) -> None:
         from actors import open_runtime
-        from pipeline.jobs import build_step_params
+        from pipeline.jobs.planning import build_step_params
         from pipeline.settings import load_settings
 
         self.settings = load_settings(
@@ -114,7 +114,7 @@ class _Ours:
 
     def one(self, path: Path) -> tuple[float, float, dict[str, float], int]:
         """Process one file; return (total ms, plan+ingest ms, step durations in ms, output bytes)."""
-        from pipeline.jobs import plan_process
+        from pipeline.jobs.planning import plan_process
 
         started = time.perf_counter()
         plans = plan_process(self.settings, [path], self.params, output_dir=self.output_dir, now=time.time())

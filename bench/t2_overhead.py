@@ -38,10 +38,10 @@ def _direct_cpu_per_job(
     settings: Settings, images: list[tuple[str, str]], folder: Path, *, rounds: int, per_round: int
 ) -> float:
     """CPU seconds per image of the image work alone, called directly (median of ``rounds``)."""
-    from pipeline import seams
-    from pipeline.codec import decode_image, encode_image
-    from pipeline.infotext import insert_params
-    from pipeline.storage import atomic_write_bytes, atomic_write_json
+    from pipeline.images import seams
+    from pipeline.images.codec import decode_image, encode_image
+    from pipeline.images.infotext import insert_params
+    from pipeline.jobs.files import atomic_write_bytes, atomic_write_json
 
     params = specs(settings, 1, size=SIZE)[0].step_params
     folder.mkdir(parents=True, exist_ok=True)
@@ -77,7 +77,7 @@ def _direct_cpu_per_job(
 def direct_images(settings: Settings, jobs: list[JobSpec]) -> list[tuple[str, str]]:
     """The SD images of the first ``DIRECT_IMAGES`` jobs, as the server sent them (base64 text, infotext),
     fetched once for the direct loop (not timed)."""
-    from pipeline.sd_client import SDClient
+    from pipeline.sd.client import SDClient
 
     with SDClient(settings) as client:
         images = []

@@ -42,7 +42,7 @@ def _timeline(records: list[JobRecord], submitted_epoch: float, server_s: float)
 
 def run(folder: Path, *, tiny: bool) -> list[Row]:
     from actors import open_runtime
-    from pipeline.sd_client import SDClient
+    from pipeline.sd.client import SDClient
 
     jobs, latency_ms, runs = (4, 100, 1) if tiny else (40, 500, 3)
     with private_redis() as url, services(folder, url) as started:

@@ -27,9 +27,9 @@ CHUNK = 5_000
 
 def _fill(url: str, count: int) -> list[str]:
     """``count`` queued jobs in 10 batches; returns their ids."""
-    from pipeline.jobs import GenerationRequest, build_step_params, new_id, plan_generate
+    from pipeline.jobs.files import default_output_name
+    from pipeline.jobs.planning import GenerationRequest, build_step_params, new_id, plan_generate
     from pipeline.settings import load_settings
-    from pipeline.storage import default_output_name
     from pipeline.store import RedisStatusStore
 
     settings = load_settings(redis_url=url, sd_api_url="mock://")

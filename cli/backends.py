@@ -16,11 +16,11 @@ from rich.text import Text
 
 from cli.common import load
 from cli.output import cli_errors, console, print_json
-from pipeline.backends import Backend, parse_backends
 from pipeline.errors import SDUnavailable
-from pipeline.pool import SDPool, open_pool_state
-from pipeline.pool_state import BackendStatus
-from pipeline.sd_client import SDClient
+from pipeline.sd.backends import Backend, parse_backends
+from pipeline.sd.client import SDClient
+from pipeline.sd.pool.pool import SDPool, open_pool_state
+from pipeline.sd.pool.state import BackendStatus
 from pipeline.settings import Settings
 
 __all__ = ["backends"]

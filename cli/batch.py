@@ -44,13 +44,13 @@ from cli.output import (
     report_jobs,
 )
 from cli.progress import watch_batch
-from pipeline.batches import batch_records, build_manifest, write_manifest
-from pipeline.batchfile import BatchFileError, describe_plan, read_batch_file
+from pipeline.batches.files import BatchFileError, describe_plan, read_batch_file
+from pipeline.batches.manifests import batch_records, build_manifest, write_manifest
 from pipeline.errors import InputError
-from pipeline.jobs import new_id
+from pipeline.jobs.files import check_output_dir
+from pipeline.jobs.planning import new_id
 from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings
-from pipeline.storage import check_output_dir
 
 __all__ = ["batch", "cancel", "retry"]
 

@@ -15,7 +15,7 @@ from actors import Runtime
 from cli.output import deferred_interrupt, echo, err_console, jobs_table
 from cli.progress import StoreOutage
 from pipeline.errors import InputError, QueueFull, StoreUnavailable
-from pipeline.jobs import watch_jobs
+from pipeline.jobs.planning import watch_jobs
 from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings, load_settings, strip_credentials
 from pipeline.store import StatusStore

@@ -13,11 +13,11 @@ from rich.text import Text
 from actors import open_runtime
 from cli.common import load
 from cli.output import RET_OK, RET_UNREACHABLE, RET_USAGE, cli_errors, console, exit_code_for
-from pipeline.backends import Backend, parse_backends
 from pipeline.errors import PipelineError
-from pipeline.sd_client import SDClient
+from pipeline.jobs.files import check_output_dir
+from pipeline.sd.backends import Backend, parse_backends
+from pipeline.sd.client import SDClient
 from pipeline.settings import Settings, mask_url
-from pipeline.storage import check_output_dir
 from pipeline.store import open_store
 
 __all__ = ["doctor"]

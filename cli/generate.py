@@ -17,10 +17,17 @@ from cli.output import (
     print_json,
     report_jobs,
 )
-from pipeline.jobs import GenerationRequest, build_step_params, new_id, parse_overrides, plan_generate, plan_process
+from pipeline.jobs.files import check_output_dir
+from pipeline.jobs.planning import (
+    GenerationRequest,
+    build_step_params,
+    new_id,
+    parse_overrides,
+    plan_generate,
+    plan_process,
+)
 from pipeline.models import JobSpec
 from pipeline.settings import Settings
-from pipeline.storage import check_output_dir
 from pipeline.store import StatusStore
 
 __all__ = ["generate", "process"]

@@ -12,9 +12,9 @@ from rich.text import Text
 
 from cli.common import load
 from cli.output import cli_errors, console, echo, job_row, jobs_table, print_json
-from pipeline.batches import batch_records, build_manifest, write_manifest
+from pipeline.batches.manifests import batch_records, build_manifest, write_manifest
 from pipeline.errors import InputError, JobNotFound
-from pipeline.jobs import current_output
+from pipeline.jobs.planning import current_output
 from pipeline.models import JobRecord, JobState
 from pipeline.store import DEFAULT_LIST_LIMIT, open_store
 

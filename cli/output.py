@@ -85,7 +85,7 @@ class _QuietFilter(logging.Filter):
         return record.levelno >= logging.CRITICAL or record.name.startswith(_USER_FACING_LOGGERS)
 
 
-_USER_FACING_LOGGERS = ("pipeline.jobs", "pipeline.schedules", "cli")
+_USER_FACING_LOGGERS = ("pipeline.jobs.planning", "pipeline.batches.schedules", "cli")
 
 
 def setup_logging(verbose: bool) -> None:

@@ -35,10 +35,8 @@ from cli.common import (
 )
 from cli.output import cli_errors, console, echo, err_console, print_json
 from cli.progress import watch_batch
-from pipeline.batchfile import BatchFileError, read_batch_file
-from pipeline.errors import InputError, JobNotFound, ScheduleNotFound
-from pipeline.models import ScheduleRecord, ScheduleRun
-from pipeline.schedules import (
+from pipeline.batches.files import BatchFileError, read_batch_file
+from pipeline.batches.schedules import (
     MIN_GRACE_S,
     FireFn,
     Scheduler,
@@ -47,6 +45,8 @@ from pipeline.schedules import (
     parse_timezone,
     validate_cron,
 )
+from pipeline.errors import InputError, JobNotFound, ScheduleNotFound
+from pipeline.models import ScheduleRecord, ScheduleRun
 from pipeline.store import open_store
 
 __all__ = ["schedule_app", "scheduler"]
@@ -271,7 +271,7 @@ def scheduler(ctx: typer.Context) -> None:
 
             signal.signal(signal.SIGTERM, _stop)
             signal.signal(signal.SIGINT, _stop)
-            logging.getLogger("pipeline.schedules").setLevel(logging.INFO)
+            logging.getLogger("pipeline.batches.schedules").setLevel(logging.INFO)
             count = len(runtime.store.list_schedules())
             err_console.print(f"sdpipe scheduler: {count} schedule(s); Ctrl-C to stop")
             fired: list[str] = []

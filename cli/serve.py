@@ -11,7 +11,7 @@ import typer
 from cli.common import load
 from cli.output import RET_USAGE, cli_errors, echo, state
 from pipeline.errors import InputError
-from pipeline.storage import check_output_dir
+from pipeline.jobs.files import check_output_dir
 from pipeline.store import open_store
 
 __all__ = ["EXTRA_MISSING", "MIN_TOKEN_CHARS", "is_loopback", "listen", "serve"]

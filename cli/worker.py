@@ -13,10 +13,10 @@ from actors import QUEUES, check_metrics_port, run_workers
 from cli.common import load
 from cli.output import cli_errors, err_console, state
 from pipeline.errors import InputError
-from pipeline.mock_faults import DEFAULT_HANG_MS, FAULT_KINDS
-from pipeline.mock_sd import FaultPlan, run_forever
+from pipeline.jobs.files import check_output_dir
+from pipeline.sd.mock.faults import DEFAULT_HANG_MS, FAULT_KINDS
+from pipeline.sd.mock.http import FaultPlan, run_forever
 from pipeline.settings import settings_env
-from pipeline.storage import check_output_dir
 from pipeline.store import open_store
 
 __all__ = ["mock_sd", "worker"]

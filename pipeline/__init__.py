@@ -1,139 +1,30 @@
-"""sdpipe's pure core: settings, SD client, mock server, image steps, status store, storage.
+"""sdpipe's pure core. It never imports Dramatiq, Typer, Rich or FastAPI: ``actors`` wraps it in
+actors, ``cli`` (with ``cli.api``) parses, calls it and renders.
 
-Never imports Dramatiq: ``actors`` wraps these in actors, ``cli`` calls both.
+Its concepts, one entry each::
+
+    settings   the one typed Settings, read once by the CLI and passed down
+    errors     the error tree; transient or permanent is a property of the type
+    models     what travels between the parts: requests, job specs, job records, SD results
+    sd/        the SD servers: client, response reading, backends; pool/ (slots, health), mock/ (the mock server)
+    images/    codec, PNG encoder, A1111 infotext, split / seam-blur / merge
+    jobs/      planning requests into job specs, the steps, a job's files, uploads
+    batches/   batch files and formats, manifests and resume, cron schedules
+    store/     the status store: Redis (shared) or SQLite (embedded)
+
+Callers import a name from the subpackage or module that owns it; importing this package loads
+nothing else (``import pipeline.errors`` costs no numpy, PIL, httpx or Redis client).
 """
 
 from __future__ import annotations
 
-from pipeline.backends import Backend, parse_backends
-from pipeline.codec import DecodedImage, decode_image, encode_image, read_image_file, sniff_format
-from pipeline.errors import (
-    PERMANENT_ERRORS,
-    AmbiguousId,
-    ConfigError,
-    ImageError,
-    InputError,
-    JobCancelled,
-    JobNotFound,
-    NoFreeSlot,
-    PipelineError,
-    QueueFull,
-    ScheduleNotFound,
-    SDAuthError,
-    SDBadImage,
-    SDError,
-    SDNotFound,
-    SDPermanentError,
-    SDRequestRejected,
-    SDServerError,
-    SDTimeout,
-    SDTransientError,
-    SDUnavailable,
-    StoreUnavailable,
-)
-from pipeline.infotext import build_infotext, insert_params, parse_infotext
-from pipeline.jobs import GenerationRequest, ProcessPlan, build_step_params, plan_generate, plan_process, watch_jobs
-from pipeline.mock_sd import MockSDServer, get_mock_server, run_forever
-from pipeline.models import (
-    ErrorInfo,
-    GenerationParams,
-    JobRecord,
-    JobSpec,
-    JobState,
-    SDResult,
-    StepParams,
-    StepRecord,
-    parse_grid,
-)
-from pipeline.pool import SDPool
-from pipeline.pool_state import BackendStatus
-from pipeline.sd_client import SDClient
-from pipeline.seams import TileBox, cut_positions, merge, seam_blur_reference, seam_blur_tile, split, validate_geometry
-from pipeline.settings import Settings, load_settings, mask_url
-from pipeline.steps import StepContext, StepOutcome, run_step
-from pipeline.storage import JobFiles, atomic_write_bytes, atomic_write_json, check_output_dir
-from pipeline.store import RedisStatusStore, SqliteStatusStore, StatusStore, open_store
+import importlib
+from types import ModuleType
 
-__all__ = [
-    # Settings
-    "Settings",
-    "load_settings",
-    "mask_url",
-    # Errors
-    "PERMANENT_ERRORS",
-    "AmbiguousId",
-    "ConfigError",
-    "ImageError",
-    "InputError",
-    "JobCancelled",
-    "JobNotFound",
-    "NoFreeSlot",
-    "PipelineError",
-    "QueueFull",
-    "SDAuthError",
-    "SDBadImage",
-    "SDError",
-    "SDNotFound",
-    "SDPermanentError",
-    "SDRequestRejected",
-    "SDServerError",
-    "SDTimeout",
-    "SDTransientError",
-    "SDUnavailable",
-    "ScheduleNotFound",
-    "StoreUnavailable",
-    # Models
-    "ErrorInfo",
-    "GenerationParams",
-    "JobRecord",
-    "JobSpec",
-    "JobState",
-    "SDResult",
-    "StepParams",
-    "StepRecord",
-    "parse_grid",
-    # SD server and pool
-    "Backend",
-    "BackendStatus",
-    "MockSDServer",
-    "SDPool",
-    "parse_backends",
-    "SDClient",
-    "get_mock_server",
-    "run_forever",
-    # Image steps and codec
-    "DecodedImage",
-    "TileBox",
-    "build_infotext",
-    "cut_positions",
-    "decode_image",
-    "encode_image",
-    "insert_params",
-    "merge",
-    "parse_infotext",
-    "read_image_file",
-    "seam_blur_reference",
-    "seam_blur_tile",
-    "sniff_format",
-    "split",
-    "validate_geometry",
-    # Jobs and steps
-    "GenerationRequest",
-    "ProcessPlan",
-    "StepContext",
-    "StepOutcome",
-    "build_step_params",
-    "plan_generate",
-    "plan_process",
-    "run_step",
-    "watch_jobs",
-    # Storage and status
-    "JobFiles",
-    "RedisStatusStore",
-    "SqliteStatusStore",
-    "StatusStore",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "check_output_dir",
-    "open_store",
-]
+__all__ = ["batches", "errors", "images", "jobs", "models", "sd", "settings", "store"]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import ConfigError
-from pipeline.mock_sd import parse_mock_url
+from pipeline.sd.mock.http import parse_mock_url
 
 __all__ = [
     "DEFAULT_BAND_PX",

@@ -6,8 +6,21 @@ import importlib
 
 import pytest
 
+PACKAGES = [
+    "pipeline",
+    "pipeline.sd",
+    "pipeline.sd.pool",
+    "pipeline.sd.mock",
+    "pipeline.images",
+    "pipeline.jobs",
+    "pipeline.batches",
+    "pipeline.store",
+    "actors",
+    "cli",
+]
 
-@pytest.mark.parametrize("package", ["pipeline", "pipeline.store", "actors", "cli"])
+
+@pytest.mark.parametrize("package", PACKAGES)
 def test_package_all_names_exist_and_are_unique(package: str) -> None:
     module = importlib.import_module(package)
     names = list(module.__all__)
@@ -16,12 +29,14 @@ def test_package_all_names_exist_and_are_unique(package: str) -> None:
     assert missing == []
 
 
-def test_pipeline_all_lists_every_error_type() -> None:
-    import pipeline
+def test_errors_all_lists_every_error_type() -> None:
     from pipeline import errors
 
-    error_types = {name for name in errors.__all__ if name != "PERMANENT_ERRORS"}
-    assert error_types <= set(pipeline.__all__)
+    def walk(cls: type[errors.PipelineError]) -> list[type[errors.PipelineError]]:
+        return [cls, *(sub for child in cls.__subclasses__() for sub in walk(child))]
+
+    defined_here = {cls.__name__ for cls in walk(errors.PipelineError) if cls.__module__ == errors.__name__}
+    assert defined_here <= set(errors.__all__)
 
 
 def test_permanent_errors_cover_every_non_transient_error() -> None:

@@ -17,8 +17,8 @@ from cli.api.errors import ApiError, ErrorBody, install_error_handlers
 from cli.api.schemas import Health, Readiness
 from cli.api.uploads import BodyLimitMiddleware, body_limit
 from pipeline.errors import SDError
+from pipeline.jobs.uploads import remove_stale_uploads
 from pipeline.settings import Settings, mask_url
-from pipeline.uploads import remove_stale_uploads
 
 __all__ = ["API_VERSION", "create_app", "readiness"]
 

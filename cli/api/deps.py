@@ -15,10 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from actors import Runtime
 from cli.api.errors import ApiError
 from pipeline.errors import InputError, StoreUnavailable
-from pipeline.jobs import DEFAULT_POLL_INTERVAL_S, current_output, watch_jobs
+from pipeline.jobs.files import check_output_dir
+from pipeline.jobs.planning import DEFAULT_POLL_INTERVAL_S, current_output, watch_jobs
 from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings
-from pipeline.storage import check_output_dir
 
 __all__ = [
     "MEDIA_TYPES",
@@ -51,7 +51,7 @@ def runtime_of(request: Request) -> Runtime:
 
 
 def ensure_output_dir(settings: Settings) -> None:
-    """:func:`pipeline.storage.check_output_dir`, as a server problem: a 503 that names no server path.
+    """:func:`pipeline.jobs.files.check_output_dir`, as a server problem: a 503 that names no server path.
 
     Raises:
         ApiError: 503 when OUTPUT_DIR is not a writable folder (the log has the path and the reason).
@@ -68,7 +68,7 @@ def ensure_output_dir(settings: Settings) -> None:
 async def wait_for(
     request: Request, runtime: Runtime, job_ids: Sequence[str], *, timeout_s: float, batch_id: str | None = None
 ) -> list[JobRecord]:
-    """The jobs' records once every one has ended, polling the status store (:func:`pipeline.jobs.watch_jobs`).
+    """The jobs' records once every one has ended, polling the status store (:func:`pipeline.jobs.planning.watch_jobs`).
 
     The wait holds no thread: each poll reads the store in the thread pool, and the pauses are
     ``asyncio.sleep``. It also ends when the client goes away (the jobs keep running). A status

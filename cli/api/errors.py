@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from pipeline.batchfile import BatchFileError
+from pipeline.batches.files import BatchFileError
 from pipeline.errors import (
     AmbiguousId,
     ConfigError,
@@ -38,7 +38,7 @@ from pipeline.errors import (
     SDPermanentError,
     StoreUnavailable,
 )
-from pipeline.uploads import UploadProblem, UploadRejected
+from pipeline.jobs.uploads import UploadProblem, UploadRejected
 
 __all__ = [
     "ERROR_RESPONSES",

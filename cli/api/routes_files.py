@@ -18,10 +18,10 @@ from cli.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from cli.api.schemas import JobAccepted, job_view
 from cli.api.uploads import staged_upload
 from pipeline.errors import PipelineError, QueueFull
-from pipeline.jobs import ProcessPlan, build_step_params, new_id, plan_process
+from pipeline.jobs.files import JobFiles, default_output_name
+from pipeline.jobs.planning import ProcessPlan, build_step_params, new_id, plan_process
 from pipeline.models import JobSpec, JobState
 from pipeline.settings import OutputFormat
-from pipeline.storage import JobFiles, default_output_name
 
 __all__ = ["router"]
 

@@ -29,9 +29,9 @@ from cli.api.schemas import (
     RetryResult,
     job_view,
 )
-from pipeline.batches import batch_records, build_manifest, retry_step
-from pipeline.batchfile import BatchFileError, PlannedRow, read_batch_file
-from pipeline.jobs import GenerationRequest, build_step_params, new_id, plan_generate
+from pipeline.batches.files import BatchFileError, PlannedRow, read_batch_file
+from pipeline.batches.manifests import batch_records, build_manifest, retry_step
+from pipeline.jobs.planning import GenerationRequest, build_step_params, new_id, plan_generate
 from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings
 from pipeline.store import DEFAULT_LIST_LIMIT

@@ -15,9 +15,9 @@ from typing import BinaryIO
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cli.api.errors import ApiError, error_response
-from pipeline.jobs import new_id
+from pipeline.jobs.planning import new_id
+from pipeline.jobs.uploads import UploadInfo, UploadProblem, check_upload, upload_path
 from pipeline.settings import Settings
-from pipeline.uploads import UploadInfo, UploadProblem, check_upload, upload_path
 
 __all__ = ["FORM_OVERHEAD_BYTES", "BodyLimitMiddleware", "SavedUpload", "body_limit", "staged_upload"]
 
@@ -92,11 +92,11 @@ def staged_upload(handle: BinaryIO, settings: Settings) -> Iterator[SavedUpload]
 
     The copy streams (the upload is never read into memory here) and is not fsynced: the staged file
     only lives for the request; the job's durable copy is its work folder's (written atomically). A
-    process killed meanwhile leaves it behind: :func:`pipeline.uploads.remove_stale_uploads` at
+    process killed meanwhile leaves it behind: :func:`pipeline.jobs.uploads.remove_stale_uploads` at
     startup removes such files.
 
     Raises:
-        UploadRejected: the checks of :func:`pipeline.uploads.check_upload` (nothing is written).
+        UploadRejected: the checks of :func:`pipeline.jobs.uploads.check_upload` (nothing is written).
     """
     info = check_upload(handle, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
     upload_id = new_id()

@@ -6,11 +6,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from pipeline._lazy import lazy_exports
 from pipeline.errors import JobNotFound, StoreUnavailable
-from pipeline.settings import Settings
 from pipeline.store.base import DEFAULT_LIST_LIMIT, StatusStore
-from pipeline.store.redis import RedisStatusStore
-from pipeline.store.sqlite import SqliteStatusStore
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
+    from pipeline.store.redis import RedisStatusStore
+    from pipeline.store.sqlite import SqliteStatusStore
 
 __all__ = [
     # Interface
@@ -22,6 +27,9 @@ __all__ = [
     # Factory
     "open_store",
 ]
+
+# The two implementations load on first use: a CLI in embedded mode never imports the Redis client.
+__getattr__, __dir__ = lazy_exports(__name__, {".redis": ["RedisStatusStore"], ".sqlite": ["SqliteStatusStore"]})
 
 #: Where embedded mode keeps its state, relative to ``OUTPUT_DIR``.
 EMBEDDED_STORE_PATH = ".sdpipe/status.sqlite3"
@@ -39,6 +47,8 @@ def open_store(settings: Settings, *, create: bool = True) -> StatusStore:
         StoreUnavailable: the SQLite file cannot be created or opened.
     """
     if settings.redis_mode:
+        from pipeline.store.redis import RedisStatusStore
+
         return RedisStatusStore.from_url(settings.redis_dsn())
     path = settings.output_dir / EMBEDDED_STORE_PATH
     if not create and not path.exists():
@@ -52,4 +62,6 @@ def open_store(settings: Settings, *, create: bool = True) -> StatusStore:
         raise StoreUnavailable(
             f"cannot create {path.parent}: {exc.strerror or exc}", hint="check that OUTPUT_DIR is writable"
         ) from exc
+    from pipeline.store.sqlite import SqliteStatusStore
+
     return SqliteStatusStore(path)

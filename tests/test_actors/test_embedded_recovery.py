@@ -15,7 +15,7 @@ import pytest
 
 from actors import Runtime, open_runtime
 from pipeline.errors import PipelineError
-from pipeline.jobs import GenerationRequest, build_step_params, plan_generate
+from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
 from pipeline.models import JobRecord, JobSpec, JobState
 from pipeline.settings import Settings
 from pipeline.store import open_store

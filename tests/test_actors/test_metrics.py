@@ -19,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from actors import Runtime, open_runtime
 from actors.metrics import RetryMetrics, ScrapeCollector, WorkerMetrics, install, serve_metrics
 from pipeline.errors import InputError, StoreUnavailable
-from pipeline.jobs import GenerationRequest, build_step_params, plan_generate
+from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
 from pipeline.models import JobRecord, JobState
-from pipeline.pool_state import BackendStatus
+from pipeline.sd.pool.state import BackendStatus
 from pipeline.settings import Settings
 
 Wait = Callable[[Runtime, list[str]], list[JobRecord]]

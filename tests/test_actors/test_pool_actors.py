@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from actors import Runtime, open_runtime
-from pipeline.jobs import GenerationRequest, build_step_params, plan_generate
-from pipeline.mock_sd import get_mock_server
+from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
 from pipeline.models import JobRecord, JobState
+from pipeline.sd.mock.http import get_mock_server
 from pipeline.settings import Settings
 from pipeline.store import open_store
 

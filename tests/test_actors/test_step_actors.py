@@ -15,10 +15,10 @@ import respx
 from PIL import Image
 
 from actors import Runtime
-from pipeline.infotext import parse_infotext
-from pipeline.jobs import GenerationRequest, build_step_params, plan_generate, plan_process
+from pipeline.images.infotext import parse_infotext
+from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate, plan_process
+from pipeline.jobs.steps import run_step
 from pipeline.models import JobRecord, JobState
-from pipeline.steps import run_step
 from tests.test_actors.conftest import SD_URL, sd_png_response
 
 Wait = Callable[[Runtime, list[str]], list[JobRecord]]
@@ -160,7 +160,8 @@ def test_process_job_keeps_input_parameters(runtime: Runtime, wait_terminal: Wai
 
 def test_pipeline_package_never_imports_dramatiq() -> None:
     code = (
-        "import sys, pipeline, pipeline.steps, pipeline.jobs, pipeline.store, pipeline.sd_client, pipeline.mock_sd;"
+        "import sys, pipeline, pipeline.jobs.steps, pipeline.jobs.planning, pipeline.store;"
+        "import pipeline.sd.client, pipeline.sd.mock.http;"
         "sys.exit('dramatiq' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from actors import open_runtime
-from pipeline.jobs import GenerationRequest, build_step_params, plan_generate
+from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
 from pipeline.settings import load_settings
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.batchfile import BatchFileError, read_batch_file
+from pipeline.batches.files import BatchFileError, read_batch_file
 from tests.helpers import wait_until
 from tests.test_api.conftest import ApiServer, assert_error
 

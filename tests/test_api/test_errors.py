@@ -86,9 +86,9 @@ def test_errors_docs_are_off_unless_enabled(start_api: StartApi) -> None:
 
 def test_errors_status_for_maps_core_errors() -> None:
     from cli.api.errors import status_for
-    from pipeline.batchfile import BatchFileError
+    from pipeline.batches.files import BatchFileError
     from pipeline.errors import ImageError, InputError, JobNotFound, SDAuthError, SDUnavailable, StoreUnavailable
-    from pipeline.uploads import UploadProblem, UploadRejected
+    from pipeline.jobs.uploads import UploadProblem, UploadRejected
 
     assert status_for(JobNotFound("x")) == (404, "not_found")
     assert status_for(InputError("x")) == (422, "invalid_input")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.seams import cut_positions
+from pipeline.images.seams import cut_positions
+from pipeline.jobs.uploads import STALE_UPLOAD_AGE_S
 from pipeline.settings import Settings
-from pipeline.uploads import STALE_UPLOAD_AGE_S
 from tests.helpers import wait_until
 from tests.test_api.conftest import ApiServer, StartApi, assert_error, noise_image, png_bytes
 

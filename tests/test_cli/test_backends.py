@@ -6,9 +6,9 @@ import json
 
 import redis
 
-from pipeline.backends import parse_backends
-from pipeline.pool_redis import RedisPoolState
-from pipeline.pool_state import HealthPolicy
+from pipeline.sd.backends import parse_backends
+from pipeline.sd.pool.redis_state import RedisPoolState
+from pipeline.sd.pool.state import HealthPolicy
 from tests.helpers import free_port, wait_until
 from tests.test_cli.conftest import Invoke
 

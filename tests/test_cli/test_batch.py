@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.mock_sd import get_mock_server
+from pipeline.sd.mock.http import get_mock_server
 from tests.test_cli.conftest import Invoke
 
 SMALL = ["--width", "64", "--height", "64"]

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.jobs import GenerationRequest, build_step_params, plan_generate
+from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
 from pipeline.settings import load_settings
 from pipeline.store import open_store
 from tests.test_cli.conftest import Invoke

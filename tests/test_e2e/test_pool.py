@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline.backends import parse_backends
 from pipeline.models import JobState
-from pipeline.pool_redis import RedisPoolState
+from pipeline.sd.backends import parse_backends
+from pipeline.sd.pool.redis_state import RedisPoolState
 from pipeline.store import RedisStatusStore
 from tests.helpers import free_port, port_open, wait_until
 from tests.test_e2e.conftest import Proc, child_pids, mock_stats, run_sdpipe, start_mock, start_worker

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.infotext import parse_infotext
+from pipeline.images.infotext import parse_infotext
+from pipeline.images.seams import cut_positions
 from pipeline.models import GenerationParams
-from pipeline.sd_client import SDClient
-from pipeline.seams import cut_positions
+from pipeline.sd.client import SDClient
 from pipeline.settings import Settings
 from tests.helpers import wait_until
 from tests.test_e2e.conftest import Proc, mock_stats, run_sdpipe

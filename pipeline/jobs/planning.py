@@ -1,0 +1,315 @@
+"""Turning what a user asked for into validated job specs, before anything is enqueued.
+
+All checks that can fail on user input run here, so a bad request stops with one clear line and
+nothing enqueued or written (except, for ``process``, each input's copy in its job's work folder,
+written atomically once every input has been validated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from pipeline.errors import InputError
+from pipeline.images import seams
+from pipeline.images.codec import probe_image, read_image_bytes
+from pipeline.jobs.files import JobFiles, atomic_write_bytes, default_output_name, read_json, safe_output_stem
+from pipeline.models import GenerationParams, JobRecord, JobSpec, StepParams, parse_grid, validation_message
+from pipeline.settings import OutputFormat, Settings, strip_credentials
+from pipeline.store.base import StatusStore
+
+__all__ = [
+    "current_output",
+    "GenerationRequest",
+    "ProcessPlan",
+    "build_step_params",
+    "fingerprint",
+    "new_id",
+    "parse_overrides",
+    "plan_generate",
+    "plan_process",
+    "watch_jobs",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Most jobs one ``generate --count`` may create.
+MAX_COUNT = 10_000
+#: Largest seed A1111 accepts; seeds beyond it wrap for ``--count``.
+MAX_SEED = 4294967294
+_WARNED_SIZES: set[tuple[int, int]] = set()
+#: How often a waiting CLI reads the status store, in seconds.
+DEFAULT_POLL_INTERVAL_S = 0.25
+
+
+def fingerprint(
+    generation: GenerationParams, step_params: StepParams, output_format: str, output_name: str | None
+) -> str:
+    """A stable hash of everything that decides a job's output (for ``batch --skip-existing``).
+
+    ``output_name`` counts only when the user chose it; default names contain the job id.
+    """
+    canonical = json.dumps(
+        {
+            "generation": generation.model_dump(mode="json"),
+            "steps": step_params.model_dump(mode="json"),
+            "format": output_format,
+            "name": output_name,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def new_id() -> str:
+    """A new job or batch id (32 hex digits; shown shortened to 8)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What the user asked for; None means "the setting's default"."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = -1
+    steps: int | None = None
+    cfg_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    sampler: str | None = None
+    scheduler: str | None = None
+    override_settings: dict[str, Any] | None = None
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any] | None:
+    """``KEY=VALUE`` pairs for A1111's ``override_settings``; VALUE is JSON when it parses, else a string.
+
+    >>> parse_overrides(["CLIP_stop_at_last_layers=2", "sd_model_checkpoint=sdxl.safetensors"])
+    {'CLIP_stop_at_last_layers': 2, 'sd_model_checkpoint': 'sdxl.safetensors'}
+
+    Raises:
+        InputError: an item without ``=`` or with an empty key.
+    """
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"override {item!r} is not KEY=VALUE", hint="e.g. --override CLIP_stop_at_last_layers=2")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        overrides[key.strip()] = value
+    return overrides or None
+
+
+def build_step_params(settings: Settings, *, grid: str | None, band_px: int | None, sigma: float | None) -> StepParams:
+    """Step parameters from flags, falling back to the settings.
+
+    Raises:
+        InputError: a malformed grid, ``band_px < 1`` or ``sigma <= 0``.
+    """
+    rows, cols = parse_grid(grid if grid is not None else settings.grid)
+    band = settings.band_px if band_px is None else band_px
+    sig = settings.sigma if sigma is None else sigma
+    if band < 1:
+        raise InputError(f"band_px must be at least 1 (got {band})", hint="use e.g. --band-px 16")
+    if not sig > 0:
+        raise InputError(f"sigma must be greater than 0 (got {sig})", hint="use e.g. --sigma 4")
+    return StepParams(rows=rows, cols=cols, band_px=band, sigma=sig)
+
+
+def _generation_params(settings: Settings, request: GenerationRequest, seed: int) -> GenerationParams:
+    if not request.prompt.strip():
+        raise InputError("the prompt is empty", hint='give a prompt, e.g. sdpipe generate "a lighthouse at dusk"')
+    width = settings.width if request.width is None else request.width
+    height = settings.height if request.height is None else request.height
+    for name, value in (("width", width), ("height", height)):
+        if value < 8:
+            raise InputError(f"{name} must be at least 8 pixels (got {value})", hint=f"use e.g. --{name} 512")
+    if width * height > settings.max_pixels:
+        raise InputError(
+            f"{width}x{height} is {width * height:,} pixels, over MAX_PIXELS ({settings.max_pixels:,})",
+            hint="choose a smaller --width/--height or raise MAX_PIXELS",
+        )
+    if (width % 8 or height % 8) and (width, height) not in _WARNED_SIZES:
+        _WARNED_SIZES.add((width, height))  # once per size per process, not once per job of a batch
+        logger.warning(
+            "%dx%d is not a multiple of 8: the SD server will return %dx%d (A1111 floors the size)",
+            width,
+            height,
+            width // 8 * 8,
+            height // 8 * 8,
+        )
+    try:
+        return GenerationParams(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            seed=seed,
+            steps=settings.steps if request.steps is None else request.steps,
+            cfg_scale=settings.cfg_scale if request.cfg_scale is None else request.cfg_scale,
+            width=width,
+            height=height,
+            sampler_name=settings.sampler if request.sampler is None else request.sampler,
+            scheduler=settings.scheduler if request.scheduler is None else request.scheduler,
+            override_settings=request.override_settings,
+        )
+    except ValidationError as exc:
+        raise InputError(f"invalid generation parameter {validation_message(exc)}") from exc
+
+
+def plan_generate(
+    settings: Settings,
+    request: GenerationRequest,
+    step_params: StepParams,
+    *,
+    count: int = 1,
+    output_format: OutputFormat | None = None,
+    name: str | None = None,
+    batch_id: str | None = None,
+    output_dir: Path | None = None,
+    backend_url: str | None = None,
+    now: float,
+) -> list[JobSpec]:
+    """``count`` generate jobs with seeds ``seed … seed+count-1`` (all random when ``seed`` is -1).
+
+    ``backend_url`` pins the jobs to one SD server (credentials are dropped: workers use their own
+    ``SD_API_AUTH``); None lets each worker use its ``SD_API_URL``.
+
+    Raises:
+        InputError: anything wrong with the request, found before any job exists.
+    """
+    if not 1 <= count <= MAX_COUNT:
+        raise InputError(f"count must be between 1 and {MAX_COUNT} (got {count})", hint="use e.g. --count 4")
+    if not -1 <= request.seed <= MAX_SEED:
+        raise InputError(f"seed must be -1 (random) or 0..{MAX_SEED} (got {request.seed})")
+    stem = safe_output_stem(name) if name is not None else None
+    specs = []
+    for index in range(count):
+        seed = -1 if request.seed == -1 else (request.seed + index) % (MAX_SEED + 1)
+        generation = _generation_params(settings, request, seed)
+        if index == 0:
+            seams.validate_geometry(generation.width // 8 * 8, generation.height // 8 * 8, step_params)
+        job_id = new_id()
+        if stem is None:
+            output_name = default_output_name(now, job_id, request.prompt)
+        else:
+            output_name = stem if count == 1 else f"{stem}-{index + 1}"
+        chosen_format = output_format or settings.output_format
+        specs.append(
+            JobSpec(
+                job_id=job_id,
+                kind="generate",
+                batch_id=batch_id,
+                generation=generation,
+                step_params=step_params,
+                output_format=chosen_format,
+                output_name=output_name,
+                fingerprint=fingerprint(generation, step_params, chosen_format, None if stem is None else output_name),
+                backend_url=strip_credentials(backend_url) if backend_url is not None else None,
+                output_dir=str(output_dir) if output_dir is not None else None,
+                created_at=now,
+            )
+        )
+    return specs
+
+
+@dataclass(frozen=True)
+class ProcessPlan:
+    """A validated ``process`` job and the bytes to ingest into its work folder."""
+
+    spec: JobSpec
+    data: bytes
+
+    def ingest(self) -> None:
+        """Copy the input into the job's work folder (atomically), where the split step reads it."""
+        assert self.spec.output_dir is not None
+        atomic_write_bytes(JobFiles(Path(self.spec.output_dir), self.spec.job_id).source, self.data)
+
+
+def plan_process(
+    settings: Settings,
+    paths: Sequence[Path],
+    step_params: StepParams,
+    *,
+    output_dir: Path,
+    output_format: OutputFormat | None = None,
+    batch_id: str | None = None,
+    now: float,
+) -> list[ProcessPlan]:
+    """Validate every input image (limits, format, size and a complete container; geometry) before any job exists.
+
+    Raises:
+        InputError: a missing file, a directory, or a grid that does not fit an image.
+        ImageError: a file that is not an image, is truncated, or is over the limits.
+    """
+    if not paths:
+        raise InputError("no input images", hint="name one or more files: sdpipe process photo.png")
+    plans = []
+    for path in paths:
+        data = read_image_bytes(path, max_bytes=settings.max_image_bytes)
+        # From the header and container only: the split step decodes the pixels, once.
+        header = probe_image(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes, what=str(path))
+        try:
+            seams.validate_geometry(header.width, header.height, step_params)
+        except InputError as exc:
+            raise InputError(f"{path.name}: {exc.message}", hint=exc.hint) from exc
+        job_id = new_id()
+        spec = JobSpec(
+            job_id=job_id,
+            kind="process",
+            batch_id=batch_id,
+            step_params=step_params,
+            output_format=output_format or settings.output_format,
+            output_name=default_output_name(now, job_id, path.stem),
+            source_name=str(path),
+            output_dir=str(output_dir),
+            created_at=now,
+        )
+        plans.append(ProcessPlan(spec=spec, data=data))
+    return plans
+
+
+def watch_jobs(
+    store: StatusStore, job_ids: Sequence[str], *, poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+) -> Iterator[list[JobRecord]]:
+    """Yield the jobs' records every ``poll_interval_s`` until all of them are terminal (last yield included).
+
+    A store outage does not end the watch: :class:`StoreUnavailable` is raised to the caller, who
+    may report it and call again.
+    """
+    pending = list(job_ids)
+    while True:
+        records = [store.get(job_id) for job_id in pending]
+        yield records
+        if all(record.state.terminal for record in records):
+            return
+        time.sleep(poll_interval_s)
+
+
+def current_output(record: JobRecord) -> Path | None:
+    """The image a succeeded job wrote, if it is still that job's image.
+
+    None when the job has no result, its file is gone, or a later job with the same output name (a
+    batch row's ``name``) replaced it: that job's sidecar, written before its image, names it.
+    """
+    if not record.result or not record.result.get("image"):
+        return None
+    path = Path(str(record.result["image"]))
+    sidecar = record.result.get("sidecar")
+    try:
+        owner = read_json(Path(str(sidecar))).get("job_id") if sidecar else record.job_id
+    except (OSError, ValueError, AttributeError):
+        owner = None
+    return path if owner == record.job_id and path.is_file() else None

@@ -1,0 +1,423 @@
+"""The four steps of a job (generate, split, seam_blur, merge) and the one way to run a step.
+
+Actors call :func:`run_step` with a job id; this module knows nothing of Dramatiq. Every step is
+idempotent, because Dramatiq delivers at least once:
+
+- a step whose output already exists does nothing (and says so: ``skipped``);
+- ``generate`` never calls the SD server once the job's image is saved;
+- the status store's conditional transitions drop a redelivered step of a job that moved on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError, PipelineError, SDError
+from pipeline.images import seams
+from pipeline.images.codec import decode_image, encode_image
+from pipeline.images.infotext import insert_params
+from pipeline.jobs.files import (
+    JobFiles,
+    atomic_save_arrays,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_arrays,
+    read_json,
+    remove_stale_temps,
+)
+from pipeline.models import ErrorInfo, JobRecord, StepName, StepRecord
+from pipeline.sd.backends import Backend
+from pipeline.sd.client import SDClient
+from pipeline.sd.pool.pool import PoolObserver, SDPool, open_pool_state
+from pipeline.settings import Settings
+from pipeline.store.base import StatusStore
+
+__all__ = ["StepContext", "StepOutcome", "run_step", "sd_slot"]
+
+logger = logging.getLogger(__name__)
+
+#: Version written into sidecars.
+SDPIPE_VERSION = "0.1.0"
+
+
+@dataclass
+class StepContext:
+    """What a step needs: settings, the status store and (lazily) one SD client shared by threads."""
+
+    settings: Settings
+    store: StatusStore
+    clock: Callable[[], float] = time.time
+    sd_client_factory: Callable[[Settings], SDClient] = SDClient
+    pool_observer: PoolObserver | None = None
+    _clients: dict[str | None, SDClient] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _pool: SDPool | None = field(default=None, init=False, repr=False)
+
+    @property
+    def pool(self) -> SDPool:
+        """The SD server pool (opened on first use): slots, health and dispatch of txt2img calls."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = SDPool(
+                    self.settings, open_pool_state(self.settings), self.sd_client, observer=self.pool_observer
+                )
+            return self._pool
+
+    def sd_client(self, base_url: str | None = None) -> SDClient:
+        """The shared client for ``base_url`` (None: ``SD_API_URL``); httpx clients are thread-safe."""
+        with self._lock:
+            client = self._clients.get(base_url)
+            if client is None:
+                settings = self.settings
+                if base_url is not None:
+                    settings = settings.model_copy(update={"sd_api_url": base_url})
+                client = self._clients[base_url] = self.sd_client_factory(settings)
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """How a delivery of a step ended.
+
+    ``ran`` is False when the job was terminal or already past the step (a duplicate delivery):
+    the caller must then not continue the pipeline.
+    """
+
+    ran: bool
+    skipped: bool = False
+
+
+def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int | None = None) -> StepOutcome:
+    """Run one step of one job, recording its attempt, timing and any error in the status store.
+
+    ``retries_left`` is how many more deliveries the caller's retry policy allows (None: unknown).
+    A transient failure with none left marks the job failed here, with the reason.
+
+    A delivery whose previous attempt of the same step ended without any outcome (no finish, no
+    error: the worker died, killed or out of memory) is counted; after ``MAX_DELIVERIES`` such
+    deaths in a row the job is failed as quarantined instead of run again, so a poison job cannot
+    take workers down forever (Dramatiq's own retry count never sees these deaths).
+
+    Raises:
+        PipelineError: the step failed. A permanent error has already marked the job failed; a
+            transient one is recorded as the last error and should be retried.
+        Exception: anything unexpected (recorded as the last error, treated as transient).
+    """
+    started, previous = ctx.store.start_step_after(job_id, step, now=ctx.clock())
+    if started is None:
+        logger.info("job %s: %s not needed (job is finished or past this step)", job_id, step)
+        return StepOutcome(ran=False)
+    record = _unless_quarantined(ctx, started, step, previous)
+    if record is None:
+        return StepOutcome(ran=False)
+    attempt = record.steps[step].attempts
+    logger.debug("job %s: %s started (attempt %d)", job_id, step, attempt)
+    try:
+        skipped, result = _STEPS[step](ctx, record)
+    except PipelineError as exc:
+        error = ErrorInfo(
+            step=step,
+            type=type(exc).__name__,
+            message=str(exc),
+            transient=exc.transient,
+            at=ctx.clock(),
+            backend=exc.url if isinstance(exc, SDError) else None,
+        )
+        _record_failure(ctx, job_id, step, attempt, error, retries_left)
+        raise
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        error = ErrorInfo(step=step, type=type(exc).__name__, message=message, transient=True, at=ctx.clock())
+        logger.exception("job %s: %s attempt %d failed unexpectedly", job_id, step, attempt)
+        _record_failure(ctx, job_id, step, attempt, error, retries_left)
+        raise
+    now = ctx.clock()
+    ctx.store.finish_step(job_id, step, now=now, skipped=skipped)
+    if result is not None:
+        # Intermediates go first: once a job reads as succeeded, its work folder is gone. (A crash
+        # in between is safe: a redelivered merge finds this job's sidecar and image and skips.)
+        _files(ctx, record).remove_work_dir()
+        ctx.store.mark_succeeded(job_id, result, now=now)
+        logger.info("job %s: succeeded -> %s", job_id, result["image"])
+    else:
+        logger.debug("job %s: %s %s", job_id, step, "skipped (output exists)" if skipped else "done")
+    return StepOutcome(ran=True, skipped=skipped)
+
+
+def _files(ctx: StepContext, record: JobRecord) -> JobFiles:
+    output_dir = Path(record.spec.output_dir) if record.spec.output_dir else ctx.settings.output_dir
+    # Absolute, so the paths in the status store and sidecar mean the same from any folder.
+    return JobFiles(output_dir.absolute(), record.job_id)
+
+
+def _unless_quarantined(
+    ctx: StepContext, record: JobRecord, step: StepName, previous: StepRecord | None
+) -> JobRecord | None:
+    """Count a death of the previous delivery of ``step`` (``previous``: the step before this start).
+
+    Returns the record to run the step with (its error the new ``WorkerDied`` if a death was
+    counted), or None past MAX_DELIVERIES deaths in a row: the job is then failed as quarantined.
+    """
+    if previous is None or previous.started_at is None or previous.finished_at is not None:
+        return record
+    job_id, last = record.job_id, record.error
+    if last is not None and last.step == step and last.at >= previous.started_at and last.type != "WorkerDied":
+        return record  # the previous attempt failed with an error: an outcome, not a death
+    now = ctx.clock()
+    if now - previous.started_at < ctx.settings.broker_heartbeat_timeout_ms / 1000:
+        # A dead worker's message comes back only after its heartbeat expired, so one arriving
+        # sooner is a duplicate of an attempt that may still be running, not a death.
+        return record
+    deaths = (last.deaths if last is not None and last.type == "WorkerDied" and last.step == step else 0) + 1
+    if deaths >= ctx.settings.max_deliveries:
+        message = f"quarantined: {deaths} deliveries of {step} ended without an outcome (the worker died each time)"
+        ctx.store.mark_failed(job_id, ErrorInfo(step=step, type="Quarantined", message=message, at=now), now=now)
+        logger.error("job %s: %s quarantined after %d deliveries that killed their worker", job_id, step, deaths)
+        return None
+    died = ErrorInfo(
+        step=step,
+        type="WorkerDied",
+        message=f"delivery of {step} ended without an outcome (the worker died); running it again",
+        transient=True,
+        at=now,
+        deaths=deaths,
+    )
+    ctx.store.record_error(job_id, died)
+    logger.warning("job %s: the previous delivery of %s died with its worker (%d in a row)", job_id, step, deaths)
+    return record.model_copy(update={"error": died})
+
+
+def _record_failure(
+    ctx: StepContext, job_id: str, step: StepName, attempt: int, error: ErrorInfo, retries_left: int | None
+) -> None:
+    if not error.transient:
+        ctx.store.mark_failed(job_id, error, now=ctx.clock())
+        logger.error("job %s: %s failed: %s", job_id, step, error.message)
+    elif retries_left == 0:
+        final = error.model_copy(update={"message": f"{error.message} (gave up after {attempt} attempts)"})
+        ctx.store.mark_failed(job_id, final, now=ctx.clock())
+        logger.error("job %s: %s failed after %d attempts: %s", job_id, step, attempt, error.message)
+    else:
+        ctx.store.record_error(job_id, error)
+        logger.warning("job %s: %s attempt %d failed, will retry: %s", job_id, step, attempt, error.message)
+
+
+# Each step returns (skipped, result): result is set by the last step only.
+_StepFn = Callable[[StepContext, JobRecord], tuple[bool, dict[str, Any] | None]]
+
+
+def _generate(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | None]:
+    files = _files(ctx, record)
+    if files.source.exists():
+        # The image is saved: never pay for it twice. Re-store what the server said (idempotent).
+        ctx.store.set_sd_info(record.job_id, read_json(files.sd_info))
+        return True, None
+    generation = record.spec.generation
+    if generation is None:
+        raise ConfigError(f"job {record.job_id} has no generation parameters and no source image")
+    result = ctx.pool.txt2img(record.job_id, generation, pinned=record.spec.backend_url, avoid=_failed_backend(record))
+    sd_info: dict[str, Any] = {
+        "seed": result.seed,
+        "model_name": result.model_name,
+        "model_hash": result.model_hash,
+        "version": result.version,
+        "infotext": result.infotext,
+        "format": result.format,
+        "backend_url": result.backend_url,
+        "elapsed_s": round(result.elapsed_s, 3),
+    }
+    # sd.json first, then the image: the image's presence means both are complete.
+    atomic_write_json(files.sd_info, sd_info)
+    atomic_write_bytes(files.source, result.image_bytes)
+    ctx.store.set_sd_info(record.job_id, sd_info)
+    return False, None
+
+
+def _failed_backend(record: JobRecord) -> str | None:
+    """The server this job's last generate attempt failed on: a retry prefers another."""
+    error = record.error
+    return error.backend if error is not None and error.step == "generate" else None
+
+
+@contextmanager
+def sd_slot(ctx: StepContext, job_id: str) -> Iterator[Backend | None]:
+    """Hold a slot on an SD server for the generate step of ``job_id`` around the step's run.
+
+    Taken before the step starts, so a delivery that waits for a slot (and goes back to the queue
+    with :class:`~pipeline.errors.NoFreeSlot`) records no attempt. Yields None, holding nothing,
+    when the step will make no SD call (the job is finished or its image is already saved).
+    """
+    record = ctx.store.get(job_id)
+    if record.state.terminal or _files(ctx, record).source.exists():
+        yield None
+        return
+    with ctx.pool.slot(job_id, pinned=record.spec.backend_url, avoid=_failed_backend(record)) as backend:
+        yield backend
+
+
+def _split(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | None]:
+    files = _files(ctx, record)
+    if files.tiles.exists():
+        return True, None
+    params = record.spec.step_params
+    decoded = decode_image(
+        files.source.read_bytes(),
+        max_pixels=ctx.settings.max_pixels,
+        max_bytes=ctx.settings.max_image_bytes,
+        what=f"source image of job {record.job_id[:8]}",
+    )
+    seams.validate_geometry(decoded.width, decoded.height, params)
+    tiles = seams.split(decoded.array, params)
+    manifest = {
+        "width": decoded.width,
+        "height": decoded.height,
+        "mode": decoded.mode,
+        "source_format": decoded.format,
+        "infotext": decoded.infotext,
+        "tiles": [box.to_dict() for box, _ in tiles],
+    }
+    # One file for the manifest and every tile: its presence means the step is done.
+    atomic_save_arrays(files.tiles, manifest, [tile for _, tile in tiles])
+    return False, None
+
+
+def _seam_blur(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | None]:
+    files = _files(ctx, record)
+    if files.blurred.exists():
+        return True, None
+    manifest, tiles = load_arrays(files.tiles)
+    params = record.spec.step_params
+    blurred = [
+        seams.seam_blur_tile(tile, seams.TileBox.from_dict(box), manifest["width"], manifest["height"], params)
+        for box, tile in zip(manifest["tiles"], tiles, strict=True)
+    ]
+    atomic_save_arrays(files.blurred, manifest, blurred)
+    return False, None
+
+
+def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | None]:
+    files = _files(ctx, record)
+    spec = record.spec
+    image_path = files.image(spec.output_name, spec.output_format)
+    sidecar_path = files.sidecar(spec.output_name)
+    # Done only if the sidecar is this job's and the image is the one it describes: a named output
+    # may hold an earlier job's render, which this job must replace, not adopt.
+    existing = read_json(sidecar_path) if sidecar_path.exists() else None
+    ours = existing is not None and existing.get("job_id") == record.job_id
+    if ours and existing is not None and image_path.exists():
+        if hashlib.sha256(image_path.read_bytes()).hexdigest() == existing["output"]["sha256"]:
+            return True, existing["output"]
+    merge_step = record.steps.get("merge")
+    if merge_step is not None and merge_step.attempts > 1:
+        # Only an earlier delivery of this merge can have left temporary files (killed mid-write).
+        # A first delivery skips the scan: it lists OUTPUT_DIR, which grows with every image kept.
+        for path in (image_path, sidecar_path):
+            remove_stale_temps(path)
+    manifest, arrays = load_arrays(files.blurred)
+    tiles = [(seams.TileBox.from_dict(box), tile) for box, tile in zip(manifest["tiles"], arrays, strict=True)]
+    width, height = manifest["width"], manifest["height"]
+    merged = seams.merge(tiles, width, height)
+    infotext = _output_infotext(record, manifest)
+    data = encode_image(merged, format=spec.output_format, infotext=infotext)
+    output = {
+        "image": str(image_path),
+        "sidecar": str(sidecar_path),
+        "format": spec.output_format,
+        "width": width,
+        "height": height,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    if ours and existing is not None and existing["output"]["sha256"] == output["sha256"]:
+        # A delivery that died between the two writes left this job's sidecar: the encoding is
+        # deterministic, so only the image is missing. Write it alone; no file is written twice.
+        atomic_write_bytes(image_path, data)
+        return False, existing["output"]
+    # Sidecar first: it names the job and the image's hash, so a redelivery after a crash between
+    # the two writes knows whether the image on disk is this job's.
+    atomic_write_json(sidecar_path, _sidecar(ctx, record, output, infotext))
+    atomic_write_bytes(image_path, data)
+    return False, output
+
+
+def _output_infotext(record: JobRecord, manifest: dict[str, Any]) -> str | None:
+    """The SD image's infotext (or the input's), with our seam settings added before ``Version``.
+
+    None for an input that had none (a photo): a params-only text would make A1111 tools take it for
+    an SD render with an empty prompt. The sidecar records the seam settings either way.
+    """
+    base = (record.sd_info or {}).get("infotext") or manifest.get("infotext")
+    if not base:
+        return None
+    params = record.spec.step_params
+    return insert_params(base, {"Seam grid": params.grid, "Seam band": params.band_px, "Seam sigma": params.sigma})
+
+
+def _sidecar(ctx: StepContext, record: JobRecord, output: dict[str, Any], infotext: str | None) -> dict[str, Any]:
+    spec = record.spec
+    sd_info = record.sd_info or {}
+    now = ctx.clock()
+    steps: dict[str, Any] = {}
+    for name, step in record.steps.items():
+        duration = step.duration_s
+        if name == "merge" and step.started_at is not None:
+            duration = now - step.started_at
+        steps[name] = {
+            "attempts": step.attempts,
+            "duration_s": round(duration, 4) if duration is not None else None,
+            "skipped": step.skipped,
+        }
+    generation = spec.generation
+    return {
+        "job_id": spec.job_id,
+        "batch_id": spec.batch_id,
+        "kind": spec.kind,
+        "prompt": generation.prompt if generation else None,
+        "negative_prompt": generation.negative_prompt if generation else None,
+        "parameters": generation.to_payload() if generation else None,
+        "seed": sd_info.get("seed"),
+        "model_name": sd_info.get("model_name"),
+        "model_hash": sd_info.get("model_hash"),
+        "sd_version": sd_info.get("version"),
+        "backend_url": sd_info.get("backend_url") or spec.backend_url,
+        "source": spec.source_name,
+        "grid": spec.step_params.grid,
+        "band_px": spec.step_params.band_px,
+        "sigma": spec.step_params.sigma,
+        "steps": steps,
+        "output": output,
+        "infotext": infotext,
+        "created_at": _iso(spec.created_at),
+        "finished_at": _iso(now),
+        "sdpipe_version": SDPIPE_VERSION,
+    }
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}Z"
+
+
+_STEPS: dict[str, _StepFn] = {
+    "generate": _generate,
+    "split": _split,
+    "seam_blur": _seam_blur,
+    "merge": _merge,
+}

@@ -1,0 +1,70 @@
+"""A faithful mock of AUTOMATIC1111's ``/sdapi/v1`` API (v1.10), for tests, CI and demos.
+
+- :mod:`~pipeline.sd.mock.http`: the transports: a real HTTP server (``sdpipe mock-sd``) and an
+  in-process httpx transport (``SD_API_URL=mock://``).
+- :mod:`~pipeline.sd.mock.server`: :class:`MockSDServer`, the state and routes both transports serve.
+- :mod:`~pipeline.sd.mock.txt2img`: what A1111's txt2img accepts and answers (request model, samplers, info).
+- :mod:`~pipeline.sd.mock.faults`: fault plans (500s, resets, hangs, garbage) and task bookkeeping.
+- :mod:`~pipeline.sd.mock.render`: deterministic, detailed images and their A1111-style encoding.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipeline._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from pipeline.sd.mock.faults import (
+        FAULT_KINDS,
+        FaultPlan,
+    )
+    from pipeline.sd.mock.http import (
+        DEFAULT_MOCK_PORT,
+        get_mock_server,
+        make_http_server,
+        mock_transport,
+        parse_mock_url,
+        run_forever,
+        serve,
+    )
+    from pipeline.sd.mock.render import (
+        render,
+    )
+    from pipeline.sd.mock.server import (
+        MockResponse,
+        MockSDServer,
+    )
+
+__all__ = [
+    "DEFAULT_MOCK_PORT",
+    "get_mock_server",
+    "make_http_server",
+    "mock_transport",
+    "parse_mock_url",
+    "run_forever",
+    "serve",
+    "MockResponse",
+    "MockSDServer",
+    "FAULT_KINDS",
+    "FaultPlan",
+    "render",
+]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".http": [
+            "DEFAULT_MOCK_PORT",
+            "get_mock_server",
+            "make_http_server",
+            "mock_transport",
+            "parse_mock_url",
+            "run_forever",
+            "serve",
+        ],
+        ".server": ["MockResponse", "MockSDServer"],
+        ".faults": ["FAULT_KINDS", "FaultPlan"],
+        ".render": ["render"],
+    },
+)

@@ -1,0 +1,432 @@
+"""The mock SD server's state and routes: :class:`MockSDServer`, served by :mod:`pipeline.sd.mock.http`.
+
+One instance answers every request of both transports (real HTTP and the in-process ``mock://``
+transport), one generation at a time in FIFO order; see :mod:`pipeline.sd.mock.http` for what it copies
+from A1111, :mod:`pipeline.sd.mock.txt2img` for the txt2img details and :mod:`pipeline.sd.mock.faults` for
+fault injection and task tracking.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import random
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from secrets import compare_digest
+from typing import Any
+
+from pipeline.sd.mock import txt2img as t2i
+from pipeline.sd.mock.faults import (
+    DEFAULT_HANG_MS,
+    FAULT_KINDS,
+    REQUEST_HISTORY,
+    FaultPlan,
+    Hang,
+    TaskBoard,
+    garbage_image_base64,
+    request_record,
+)
+
+__all__ = ["MockResponse", "MockSDServer"]
+
+logger = logging.getLogger(__name__)
+
+#: Prompts remembered in service order by ``/mock/stats`` (``served``).
+_SERVED_HISTORY = 1000
+
+_Handler = Callable[["_Request"], "MockResponse"]
+
+
+@dataclass(frozen=True)
+class MockResponse:
+    """One HTTP answer of the mock: status, headers and body bytes.
+
+    ``abort`` replaces the answer by a transport failure: ``reset`` (the connection is dropped) or
+    ``timeout`` (in-process only: the caller's read timeout ran out first).
+    """
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    abort: str | None = None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class _Request:
+    query: str
+    headers: Mapping[str, str]
+    body: bytes
+    read_timeout_s: float | None = None
+
+
+def _respond(status: int, payload: Any) -> MockResponse:
+    return MockResponse(
+        status, {"content-type": "application/json"}, json.dumps(payload, separators=(",", ":")).encode()
+    )
+
+
+def _http_exception(status: int, detail: str) -> MockResponse:
+    return _respond(status, {"error": "HTTPException", "detail": detail, "body": "", "errors": ""})
+
+
+def _abort(kind: str) -> MockResponse:
+    return MockResponse(0, {}, b"", abort=kind)
+
+
+@dataclass
+class _Stats:
+    requests: int = 0
+    completed: int = 0
+    images: int = 0
+    failures: int = 0
+    interrupts: int = 0
+    max_concurrent: int = 0
+    #: Most txt2img requests held at once, running or waiting on the lock (what a pool must cap).
+    max_in_flight: int = 0
+    prompts: Counter[str] = field(default_factory=Counter)
+    served: deque[str] = field(default_factory=lambda: deque(maxlen=_SERVED_HISTORY))
+    faults: Counter[str] = field(default_factory=Counter)
+    log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUEST_HISTORY))
+
+
+class MockSDServer:
+    """The mock's request handler and state; thread-safe, one generation at a time in FIFO order.
+
+    Args:
+        latency_ms: simulated generation time per batch (``n_iter`` batches per request).
+        fail_rate: probability that a txt2img answers 500 ``OutOfMemoryError`` (an alias for
+            ``faults="500:P"``; may be combined with a plan that does not name ``500``).
+        faults: a :class:`FaultPlan` or its text, e.g. ``"500:0.2,reset:0.1,hang:0.05,garbage:0.05"``.
+        hang_ms: how long a ``hang`` fault holds its request before answering normally.
+        api_auth: ``user:pass[,user2:pass2]`` like A1111's ``--api-auth``; None disables auth.
+        seed: seeds the fault and random-seed generators, so runs repeat; None (the default) draws
+            them from the OS, so ``seed: -1`` gives a new image on every run, as on a real server.
+        models: checkpoint file names listed by ``/sd-models`` (the first one is loaded); may be empty.
+        nowebui: API only, like A1111's ``--nowebui``: every ``/internal/*`` route answers 404.
+
+    ``models`` and ``options`` (the ``/options`` dict) are plain attributes a test may adjust.
+
+    Raises:
+        ValueError: a negative time, ``fail_rate`` outside [0, 1], or an invalid fault plan.
+    """
+
+    def __init__(
+        self,
+        *,
+        latency_ms: int = 0,
+        fail_rate: float = 0.0,
+        faults: str | FaultPlan | None = None,
+        hang_ms: int = DEFAULT_HANG_MS,
+        api_auth: str | None = None,
+        seed: int | None = None,
+        models: tuple[str, ...] = t2i.DEFAULT_MODEL_FILES,
+        nowebui: bool = False,
+    ) -> None:
+        if latency_ms < 0 or hang_ms < 0 or not 0.0 <= fail_rate <= 1.0:
+            raise ValueError("latency_ms and hang_ms must be >= 0 and fail_rate within [0, 1]")
+        plan = FaultPlan.coerce(faults)
+        if fail_rate and plan.rate("500"):
+            raise ValueError(f"fail_rate is an alias for the fault 500:P, and the plan {plan} already has 500")
+        #: What each txt2img request may meet; one draw per request from the seeded generator.
+        self.faults = plan.with_rate("500", fail_rate) if fail_rate else plan
+        self.latency_ms = latency_ms
+        self.hang_ms = hang_ms
+        self.nowebui = nowebui
+        self._credentials = [tuple(pair.split(":", 1)) for pair in api_auth.split(",")] if api_auth else []
+        self.models = [t2i.model_entry(name) for name in models]
+        self.options = t2i.default_options(self.models[0] if self.models else None)
+        self._fault_rng = random.Random(seed)
+        self._seed_rng = random.Random(None if seed is None else seed + 1)
+        self._lock = threading.Lock()
+        self._turn = threading.Condition(self._lock)
+        self._next_ticket = 0
+        self._now_serving = 0
+        self._waiting = 0
+        self._active = 0
+        self._stats = _Stats()
+        self._job: t2i.JobState | None = None
+        self._interrupted = False
+        self._tasks = TaskBoard()
+        self._closed = False
+        self._routes: dict[str, dict[str, _Handler]] = {
+            "/sdapi/v1/txt2img": {"POST": self._txt2img},
+            "/sdapi/v1/progress": {"GET": self._progress},
+            "/sdapi/v1/interrupt": {"POST": self._interrupt},
+            "/sdapi/v1/skip": {"POST": lambda req: _respond(200, None)},
+            "/sdapi/v1/options": {"GET": self._get_options, "POST": self._set_options},
+            "/sdapi/v1/sd-models": {"GET": lambda req: _respond(200, self.models)},
+            "/sdapi/v1/samplers": {"GET": lambda req: _respond(200, t2i.samplers_payload())},
+            "/sdapi/v1/schedulers": {"GET": lambda req: _respond(200, t2i.schedulers_payload())},
+            "/internal/ping": {"GET": lambda req: _respond(200, {})},
+            "/internal/progress": {"POST": self._internal_progress},
+            "/mock/stats": {"GET": lambda req: _respond(200, self.stats())},
+            "/mock/reset": {"POST": lambda req: _respond(200, self.reset())},
+        }
+
+    # -- the one entry point ------------------------------------------------------------------------
+    def handle(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        read_timeout_s: float | None = None,
+    ) -> MockResponse:
+        """Answer one HTTP request the way A1111 v1.10 would (plus ``/mock/stats`` and ``/mock/reset``).
+
+        ``read_timeout_s`` is how long the caller waits for the answer (in-process transport): a hang
+        longer than that comes back as ``abort="timeout"`` and goes on in the background.
+        """
+        started = time.perf_counter()
+        request = _Request(query, {key.lower(): value for key, value in headers.items()}, body, read_timeout_s)
+        methods = self._routes.get(path)
+        if methods is None or (self.nowebui and path.startswith("/internal/")):
+            response = _respond(404, {"detail": "Not Found"})
+        elif method.upper() not in methods:
+            response = _respond(405, {"detail": "Method Not Allowed"})
+        elif path.startswith("/sdapi/") and (denied := self._check_auth(request.headers)) is not None:
+            response = denied
+        else:
+            try:
+                response = methods[method.upper()](request)
+            except Exception as exc:  # A1111's handler turns any exception into this 500 body.
+                logger.warning("mock SD: %s %s failed: %s: %s", method, path, type(exc).__name__, exc)
+                response = _respond(500, {"error": type(exc).__name__, "detail": "", "body": "", "errors": str(exc)})
+        response.headers["x-process-time"] = f"{time.perf_counter() - started:.4f}"
+        return response
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since start or the last :meth:`reset` (what ``GET /mock/stats`` returns).
+
+        Besides the counters: ``faults`` (injected, per kind), ``hanging`` (requests held by a hang
+        right now) and ``requests``, the last 10,000 txt2img requests that passed validation, each
+        ``{"prompt", "seed", "task_id", "at", "outcome"}`` (``at``: arrival, ``time.time()``; outcomes in
+        :data:`pipeline.sd.mock.faults.OUTCOMES`).
+        """
+        with self._lock:
+            return {
+                "txt2img_requests": self._stats.requests,
+                "txt2img_completed": self._stats.completed,
+                "images": self._stats.images,
+                "failures": self._stats.failures,
+                "interrupts": self._stats.interrupts,
+                "max_concurrent": self._stats.max_concurrent,
+                "max_in_flight": self._stats.max_in_flight,
+                "active": self._active,
+                "queued": self._waiting,
+                "prompts": dict(self._stats.prompts),
+                "served": list(self._stats.served),
+                "faults": {kind: self._stats.faults[kind] for kind in FAULT_KINDS},
+                "hanging": len(self._tasks.live_hangs()),
+                "requests": [dict(record) for record in self._stats.log],
+            }
+
+    def reset(self) -> dict[str, Any]:
+        """Zero the counters and forget the requests (a generation in progress keeps running); returns ``{}``."""
+        with self._lock:
+            self._stats = _Stats(max_concurrent=self._active, max_in_flight=self._active + self._waiting)
+        return {}
+
+    def close(self) -> None:
+        """End every hanging request without an answer; later hangs end at once. Idempotent.
+
+        Closing the HTTP server of :func:`serve` / :func:`make_http_server` calls this.
+        """
+        with self._lock:
+            self._closed = True
+            self._tasks.end_hangs("shutdown")
+
+    # -- auth, FIFO ---------------------------------------------------------------------------------
+    def _check_auth(self, headers: Mapping[str, str]) -> MockResponse | None:
+        if not self._credentials:
+            return None
+        scheme, _, param = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic" or not param:
+            return _http_exception(401, "Not authenticated")  # A1111 drops WWW-Authenticate.
+        try:
+            user, sep, password = base64.b64decode(param).decode("ascii").partition(":")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return _http_exception(401, "Invalid authentication credentials")
+        if not sep:
+            return _http_exception(401, "Invalid authentication credentials")
+        for known_user, known_password in self._credentials:
+            if compare_digest(user.encode(), known_user.encode()) and compare_digest(
+                password.encode(), known_password.encode()
+            ):
+                return None
+        return _http_exception(401, "Incorrect username or password")
+
+    def _acquire_turn(self, task_id: str) -> None:
+        # A ticket queue, not a bare Lock: a Lock wakes waiters in no particular order, A1111's is FIFO.
+        with self._turn:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._waiting += 1
+            self._stats.max_in_flight = max(self._stats.max_in_flight, self._waiting + self._active)
+            self._tasks.enqueue(task_id)
+            self._turn.wait_for(lambda: self._now_serving == ticket)
+            self._tasks.start(task_id)
+            self._waiting -= 1
+            self._active += 1
+            self._stats.max_concurrent = max(self._stats.max_concurrent, self._active)
+
+    def _release_turn(self, task_id: str, *, completed: bool) -> None:
+        with self._turn:
+            self._tasks.finish(task_id, completed=completed)
+            self._active -= 1
+            self._now_serving += 1
+            self._turn.notify_all()
+
+    # -- routes -------------------------------------------------------------------------------------
+    def _txt2img(self, request: _Request) -> MockResponse:
+        with self._lock:
+            self._stats.requests += 1
+        values, rejection = t2i.parse_request(request.headers, request.body)
+        if rejection is not None:
+            return _respond(rejection[0], rejection[1])
+        with self._lock:
+            task_id = str(values["force_task_id"] or self._tasks.new_task_id())
+            fault = self.faults.draw(self._fault_rng.random())
+            record = request_record(values["prompt"], values["seed"], task_id, fault or "ok")
+            self._stats.log.append(record)
+            if fault is not None:
+                self._stats.faults[fault] += 1
+        if fault == "reset":
+            return _abort("reset")
+        if fault == "hang" and (cut := self._hang(task_id, record, request.read_timeout_s)) is not None:
+            return cut
+        self._acquire_turn(task_id)
+        completed = False
+        try:
+            payload = self._generate(values, record, fail=fault == "500")
+            completed = True
+        except Exception:
+            with self._lock:
+                self._stats.failures += 1
+                record["outcome"] = "500" if fault == "500" else "error"
+            raise
+        finally:
+            self._release_turn(task_id, completed=completed)
+        if fault == "garbage" and payload["images"]:
+            payload["images"][0] = garbage_image_base64()
+        return _respond(200, payload)
+
+    def _hang(self, task_id: str, record: dict[str, Any], read_timeout_s: float | None) -> MockResponse | None:
+        """Hold a request outside the FIFO lock; None once ``hang_ms`` passed (answer it normally)."""
+        hang_s = self.hang_ms / 1000
+        caller_gives_up_first = read_timeout_s is not None and read_timeout_s < hang_s
+        with self._lock:
+            hang = Hang(task_id, record, deadline=time.monotonic() + hang_s)
+            if self._closed:
+                return _abort("reset")
+            self._tasks.add_hang(hang)
+        hang.ended.wait(read_timeout_s if read_timeout_s is not None and caller_gives_up_first else hang_s)
+        with self._lock:
+            if hang.ended.is_set():  # interrupted, or the server shuts down: the connection just drops
+                return _abort("reset")
+            if caller_gives_up_first:  # in-process: the hang goes on without its caller, as on a server
+                hang.detached = True
+                return _abort("timeout")
+            self._tasks.remove_hang(hang)
+        return None
+
+    def _generate(self, values: dict[str, Any], record: dict[str, Any], *, fail: bool) -> dict[str, Any]:
+        plan = t2i.plan_generation(values, self.options, self.models, self._seed_rng)
+        job = t2i.JobState(n_iter=plan.n_iter, steps=plan.steps, latency_s=self.latency_ms / 1000)
+        with self._lock:
+            self._job = job
+            self._interrupted = False  # A1111 resets the flag when the next job starts.
+            self._stats.prompts[plan.prompt] += 1
+            self._stats.served.append(plan.prompt)
+        try:
+            images: list[str] = []
+            for batch in range(plan.n_iter):
+                with self._lock:
+                    job.start_batch(batch)
+                # latency_ms is the whole time per batch, as a GPU's is: rendering and encoding
+                # happen inside it, so a 500 ms server serves an image every 500 ms, not 530.
+                deadline = time.monotonic() + self.latency_ms / 1000
+                rendered = [] if fail else plan.render_batch(batch)
+                self._sleep_until(deadline)
+                if fail:
+                    raise t2i.OutOfMemoryError(t2i.OOM_MESSAGE)
+                images += rendered
+                if self._interrupted:  # the current batch comes back, the remaining ones are skipped
+                    record["outcome"] = "interrupted"
+                    break
+        finally:
+            with self._lock:
+                self._job = None
+        payload = plan.response(images)
+        with self._lock:
+            self._stats.completed += 1
+            self._stats.images += len(images)
+            if plan.overrides_persist:
+                self.options.update(plan.persisted_options)
+        return payload
+
+    def _sleep_until(self, deadline: float) -> None:
+        while not self._interrupted and (left_s := deadline - time.monotonic()) > 0:
+            time.sleep(min(left_s, t2i.TICK_S))
+
+    def _progress(self, request: _Request) -> MockResponse:
+        with self._lock:
+            return _respond(200, t2i.progress_payload(self._job, self._interrupted))
+
+    def _interrupt(self, request: _Request) -> MockResponse:
+        # A1111's interrupt names no task: it stops the current generation, and here every hanging
+        # request too (each one stands for a stuck "current" job).
+        with self._lock:
+            self._interrupted = True
+            self._stats.interrupts += 1
+            self._tasks.end_hangs("interrupted")
+        return _respond(200, {})
+
+    def _internal_progress(self, request: _Request) -> MockResponse:
+        try:
+            data = json.loads(request.body) if request.body else None
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            error = {"loc": ["body"], "msg": "field required", "type": "value_error.missing"}
+            return _respond(422, {"detail": [error]})
+        task_id = data.get("id_task")
+        with self._lock:
+            running = None
+            if self._job is not None:
+                progress = t2i.progress_payload(self._job, self._interrupted)
+                running = (progress["progress"], progress["eta_relative"])
+            return _respond(200, self._tasks.progress(task_id if isinstance(task_id, str) else "", running))
+
+    def _get_options(self, request: _Request) -> MockResponse:
+        with self._lock:
+            return _respond(200, self.options)
+
+    def _set_options(self, request: _Request) -> MockResponse:
+        try:
+            changes = json.loads(request.body) if request.body else None
+        except ValueError:
+            changes = None
+        if not isinstance(changes, dict):
+            error = {"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}
+            return _respond(422, {"detail": [error]})
+        checkpoint = changes.get("sd_model_checkpoint")
+        if checkpoint is not None:
+            model = t2i.find_model(self.models, str(checkpoint))
+            if model is None:
+                raise RuntimeError(f"model {checkpoint!r} not found")
+            changes["sd_model_checkpoint"] = model["title"]
+        with self._lock:
+            self.options.update(changes)
+        return _respond(200, None)

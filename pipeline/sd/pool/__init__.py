@@ -1,0 +1,55 @@
+"""The SD server pool: which server renders a job, how many requests each gets, and their health.
+
+- :mod:`~pipeline.sd.pool.pool`: :class:`SDPool`, the leases, retries and benching around one SD call.
+- :mod:`~pipeline.sd.pool.state`: the shared state's interface and its in-memory implementation
+  (embedded mode: one process by design).
+- :mod:`~pipeline.sd.pool.redis_state`: the same state in Redis, shared by workers on every machine.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipeline._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from pipeline.sd.pool.pool import (
+        SLOT_WAIT_S,
+        PoolObserver,
+        SDPool,
+        is_out_of_memory,
+        open_pool_state,
+    )
+    from pipeline.sd.pool.redis_state import (
+        POOL_PREFIX,
+        RedisPoolState,
+    )
+    from pipeline.sd.pool.state import (
+        BackendStatus,
+        HealthPolicy,
+        MemoryPoolState,
+        PoolState,
+    )
+
+__all__ = [
+    "SLOT_WAIT_S",
+    "PoolObserver",
+    "SDPool",
+    "is_out_of_memory",
+    "open_pool_state",
+    "BackendStatus",
+    "HealthPolicy",
+    "MemoryPoolState",
+    "PoolState",
+    "POOL_PREFIX",
+    "RedisPoolState",
+]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".pool": ["SLOT_WAIT_S", "PoolObserver", "SDPool", "is_out_of_memory", "open_pool_state"],
+        ".state": ["BackendStatus", "HealthPolicy", "MemoryPoolState", "PoolState"],
+        ".redis_state": ["POOL_PREFIX", "RedisPoolState"],
+    },
+)

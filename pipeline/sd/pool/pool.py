@@ -1,0 +1,330 @@
+"""The SD server pool: which server renders a job, how many requests each gets, and their health.
+
+An AUTOMATIC1111 server renders one job at a time; requests beyond that wait on its lock with
+their connections open and time out behind proxies (``a1111-contract.md`` §2.3). So each server has
+``max`` slots (default 1) enforced across every worker on every machine through leases in the
+shared :class:`~pipeline.sd.pool.state.PoolState`, and a generation goes to a healthy server with a
+free slot:
+
+- **Dispatch**: the server with the largest share of free slots, equal ones in turn; a job retried
+  after a transient failure prefers another server than the one that failed it.
+- **Waiting**: with no free slot, a delivery waits in its thread (woken when a slot is released)
+  for up to :data:`SLOT_WAIT_S`, then raises :class:`~pipeline.errors.NoFreeSlot`; the actor puts
+  the message back in the queue without spending a retry.
+- **Health**: ``SD_FAILURE_THRESHOLD`` transient failures in a row, or an out-of-memory answer,
+  bench a server for a cool-down (``SD_COOLDOWN_MIN_S``, doubling per failed probe up to
+  ``SD_COOLDOWN_MAX_S``); a background probe (``GET /sdapi/v1/progress``) brings it back. A server
+  down when a worker starts is benched at once, not fatal. When every server is benched a call
+  goes to the one due back first: the job meets the real error and its retries decide.
+- **Leases** are renewed by a background thread while a call runs, so a killed worker's slot frees
+  within ``SD_SLOT_LEASE_S``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from pipeline.errors import (
+    NoFreeSlot,
+    PipelineError,
+    SDServerError,
+    SDTransientError,
+    SDUnavailable,
+    StoreUnavailable,
+)
+from pipeline.models import GenerationParams, SDResult
+from pipeline.sd.backends import Backend, backends_for, parse_backends
+from pipeline.sd.client import SDClient
+from pipeline.sd.pool.state import BackendStatus, HealthPolicy, PoolState
+from pipeline.settings import Settings
+
+__all__ = ["SLOT_WAIT_S", "PoolObserver", "SDPool", "is_out_of_memory", "open_pool_state"]
+
+logger = logging.getLogger(__name__)
+
+#: Longest a delivery waits in its thread for a free slot before its message goes back to the queue.
+SLOT_WAIT_S = 5.0
+#: Longest single sleep while waiting: a slot freed by an expired lease wakes no one (a release
+#: or a probe that brings a server back does). Short enough for that, long enough to cost nothing.
+_WAKE_S = 1.0
+#: How often the background thread looks for leases to renew and benched servers to probe.
+MAINTENANCE_INTERVAL_S = 1.0
+#: How long one process owns the probe of a benched server (longer than a probe's timeout).
+PROBE_CLAIM_S = 15.0
+
+
+class PoolObserver(Protocol):
+    """Receives the pool's events (for metrics)."""
+
+    def sd_call(self, backend: str, elapsed_s: float, outcome: str) -> None:
+        """A txt2img call ended: ``outcome`` is ``ok``, ``failed`` (transient) or ``rejected`` (permanent)."""
+
+    def benched(self, backend: str) -> None:
+        """A server was taken out of the pool for a cool-down."""
+
+
+def is_out_of_memory(exc: PipelineError) -> bool:
+    """Whether the server said it ran out of (GPU) memory: it must rest before the next job."""
+    if not isinstance(exc, SDServerError):
+        return False
+    text = f"{exc.server_message or ''} {exc.message}".lower()
+    return "outofmemory" in text or "out of memory" in text
+
+
+@dataclass
+class _Held:
+    backend: Backend
+    holder: str
+    renewed_at: float
+
+
+class SDPool:
+    """Dispatches txt2img calls over the servers of ``SD_API_URL``.
+
+    Args:
+        settings: the pool (``SD_API_URL``), lease and health settings.
+        state: where slots and health live (Redis, or memory in embedded mode).
+        client_for: the SD client of a server URL (shared, thread-safe).
+        observer: receives call outcomes and benchings (metrics), optional.
+        slot_wait_s: how long :meth:`slot` waits in its thread before raising NoFreeSlot.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: PoolState,
+        client_for: Callable[[str], SDClient],
+        *,
+        observer: PoolObserver | None = None,
+        slot_wait_s: float = SLOT_WAIT_S,
+    ) -> None:
+        self.settings = settings
+        self.slot_wait_s = slot_wait_s
+        self.state = state
+        self.observer = observer
+        self.policy = HealthPolicy.from_settings(settings)
+        self.backends = parse_backends(settings.sd_api_url)
+        self._client_for = client_for
+        # (job id, thread) -> the slot that thread holds for the job: two deliveries of one job
+        # (a duplicate) may run in two threads of this process, each with its own slot.
+        self._held: dict[tuple[str, int], _Held] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+
+    # -- slots ----------------------------------------------------------------------------------
+    @contextmanager
+    def slot(
+        self, job_id: str, *, pinned: str | None = None, avoid: str | None = None, wait_s: float | None = None
+    ) -> Iterator[Backend]:
+        """Hold a slot on a server for ``job_id`` (only ``pinned`` if given) while the block runs.
+
+        Raises:
+            NoFreeSlot: every usable server stayed busy for ``wait_s`` (default ``slot_wait_s``).
+        """
+        wait_s = self.slot_wait_s if wait_s is None else wait_s
+        candidates = backends_for(self.settings, pinned)
+        holder = f"{job_id}:{secrets.token_hex(4)}"
+        deadline = time.monotonic() + wait_s
+        self.start()
+        while True:
+            key = self.state.acquire(candidates, holder, lease_s=self.settings.sd_slot_lease_s, avoid=avoid)
+            if key is not None:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NoFreeSlot(
+                    f"job {job_id[:8]}: all {len(candidates)} SD server(s) busy for {wait_s:g} s; requeued",
+                    hint="add servers to SD_API_URL or raise their ;max=N",
+                )
+            self.state.wait_for_release(min(remaining, _WAKE_S))
+        backend = next(b for b in candidates if b.key == key)
+        logger.debug("job %s: slot on %s", job_id, backend.key)
+        held_key = (job_id, threading.get_ident())
+        with self._lock:
+            self._held[held_key] = _Held(backend, holder, time.monotonic())
+        try:
+            yield backend
+        finally:
+            with self._lock:
+                self._held.pop(held_key, None)
+            self._release(backend.key, holder, job_id=job_id)
+
+    # -- calls ----------------------------------------------------------------------------------
+    def txt2img(
+        self, job_id: str, generation: GenerationParams, *, pinned: str | None = None, avoid: str | None = None
+    ) -> SDResult:
+        """Render one image on the server whose slot this thread holds for ``job_id`` (see
+        :meth:`slot`), or on one taken now; record the outcome in the server's health.
+
+        Raises:
+            SDError: the call failed (``exc.url`` names the server); NoFreeSlot: see :meth:`slot`.
+        """
+        with self._lock:
+            held = self._held.get((job_id, threading.get_ident()))
+        if held is None:
+            with self.slot(job_id, pinned=pinned, avoid=avoid) as backend:
+                return self._call(backend, job_id, generation)
+        return self._call(held.backend, job_id, generation)
+
+    def _call(self, backend: Backend, job_id: str, generation: GenerationParams) -> SDResult:
+        started = time.perf_counter()
+        try:
+            result = self._client_for(backend.url).txt2img(
+                generation, job_id=job_id, on_answer=lambda: self._answered(job_id, time.perf_counter() - started)
+            )
+        except SDTransientError as exc:
+            self._failed(backend.key, exc, job_id=job_id, bench=is_out_of_memory(exc))
+            self._observe(backend.key, time.perf_counter() - started, "failed")
+            raise
+        except PipelineError:
+            self._observe(backend.key, time.perf_counter() - started, "rejected")
+            raise
+        self._observe(backend.key, result.elapsed_s, "ok")
+        return result
+
+    def _answered(self, job_id: str, elapsed_s: float) -> None:
+        """The server answered 200: it is healthy, and its slot goes to the next job now, not after
+        this one's checks and writes (one call to the pool state for both)."""
+        with self._lock:
+            held = self._held.pop((job_id, threading.get_ident()), None)
+        if held is not None:
+            self._release(held.backend.key, held.holder, job_id=job_id, answered_s=elapsed_s)
+
+    def _release(self, key: str, holder: str, *, job_id: str, answered_s: float | None = None) -> None:
+        """Give a slot back; a store outage is logged, not raised: the lease expires by itself, and
+        the call's own outcome (an image already answered, or its real error) must not be lost."""
+        try:
+            self.state.release(key, holder, answered_s=answered_s)
+        except StoreUnavailable as exc:
+            logger.warning("job %s: could not release the slot on %s (%s); its lease will expire", job_id, key, exc)
+
+    def _failed(self, key: str, exc: PipelineError, *, job_id: str | None, bench: bool) -> None:
+        if self.state.record_failure(key, exc.message, bench=bench, policy=self.policy):
+            logger.warning(
+                "job %s: SD server %s benched (%s); its jobs go to the others", job_id or "-", key, exc.message
+            )
+            if self.observer is not None:
+                self.observer.benched(key)
+
+    def _observe(self, key: str, elapsed_s: float, outcome: str) -> None:
+        if self.observer is not None:
+            self.observer.sd_call(key, elapsed_s, outcome)
+
+    # -- health -----------------------------------------------------------------------------------
+    def check_all(self) -> dict[str, str | None]:
+        """Probe every server now (a worker starting): one that is down is benched, not fatal.
+
+        Returns each server's key and its problem (None: it answered).
+        """
+        problems: dict[str, str | None] = {}
+        for backend in self.backends:
+            problems[backend.key] = self.probe(backend)
+            if problems[backend.key] is not None:
+                error = SDUnavailable(f"down at start: {problems[backend.key]}", url=backend.key)
+                self._failed(backend.key, error, job_id=None, bench=True)
+        return problems
+
+    def probe_benched(self) -> None:
+        """Probe the benched servers whose cool-down is over (one process each): back, or benched longer."""
+        by_key = {backend.key: backend for backend in self.backends}
+        for key in self.state.claim_probes(list(by_key), claim_s=PROBE_CLAIM_S):
+            problem = self.probe(by_key[key])
+            self.state.probe_result(key, ok=problem is None, error=problem, policy=self.policy)
+            if problem is None:
+                logger.info("SD server %s answers again: back in the pool", key)
+            else:
+                logger.info("SD server %s still failing (%s): benched longer", key, problem)
+
+    def probe(self, backend: Backend) -> str | None:
+        """Ask ``backend`` for its progress (cheap, takes no lock on the server): None if it answered,
+        else the problem. Changes no state."""
+        try:
+            self._client_for(backend.url).progress()
+        except PipelineError as exc:
+            return exc.message
+        return None
+
+    def status(self) -> list[BackendStatus]:
+        """Each server's health, slots in use and counters."""
+        return self.state.status(self.backends)
+
+    # -- background: lease renewal and probes ---------------------------------------------------------
+    def start(self) -> None:
+        """Start the threads that renew held leases and probe benched servers (idempotent).
+
+        Two threads: a probe may take seconds per benched server (its timeouts), and renewals
+        must never wait for it, or leases of calls still running expire and their slots are given
+        to others (more requests on a server than its ``max``).
+        """
+        with self._lock:
+            if self._threads:
+                return
+            # Renew often enough that a lease never runs out between two looks (lease_s may be 1 s).
+            renew_every = min(MAINTENANCE_INTERVAL_S, self.settings.sd_slot_lease_s / 4)
+            self._threads = [
+                threading.Thread(
+                    target=self._maintain, args=(self._renew_due, renew_every), name="sdpipe-pool-renew", daemon=True
+                ),
+                threading.Thread(
+                    target=self._maintain,
+                    args=(self.probe_benched, MAINTENANCE_INTERVAL_S),
+                    name="sdpipe-pool-probe",
+                    daemon=True,
+                ),
+            ]
+            for thread in self._threads:
+                thread.start()
+
+    def _maintain(self, task: Callable[[], None], interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                task()
+            except Exception:
+                logger.warning("SD pool maintenance failed; trying again", exc_info=True)
+
+    def _renew_due(self) -> None:
+        lease_s = self.settings.sd_slot_lease_s
+        now = time.monotonic()
+        with self._lock:
+            due = [(k, held) for k, held in self._held.items() if now - held.renewed_at >= lease_s / 3]
+        for held_key, held in due:
+            job_id = held_key[0]
+            alive = self.state.renew(held.backend.key, held.holder, lease_s=lease_s)
+            with self._lock:
+                still_held = self._held.get(held_key) is held
+            if not still_held:
+                # Released while we renewed: the renewal may have re-created the lease of a slot
+                # nobody holds any more (it would stay taken for a whole lease). Give it back.
+                self._release(held.backend.key, held.holder, job_id=job_id)
+                continue
+            if not alive:
+                logger.warning(
+                    "job %s: slot lease on %s had expired (a long pause?); re-taken", job_id, held.backend.key
+                )
+            held.renewed_at = now
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
+        self.state.close()
+
+
+def open_pool_state(settings: Settings) -> PoolState:
+    """Redis mode: the state every worker shares; embedded (one process): in memory."""
+    if settings.redis_mode:
+        from pipeline.sd.pool.redis_state import RedisPoolState
+
+        return RedisPoolState.from_settings(settings)
+    from pipeline.sd.pool.state import MemoryPoolState
+
+    return MemoryPoolState()

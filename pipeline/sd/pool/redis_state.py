@@ -1,0 +1,297 @@
+"""The SD pool's state in Redis: slot leases and health shared by workers on every machine.
+
+Keys (prefix ``sdpipe:pool:``; a server's key is its URL without credentials):
+
+- ``slots:<server>``: sorted set of lease holders scored by expiry (ms, Redis clock). Expired
+  members are purged before every count, so a killed worker's slot frees when its lease ends.
+- ``health:<server>``: hash of ``fails`` (in a row), ``benched``, ``until_ms``, ``cooldown_ms``,
+  ``done``, ``failures``, ``total_s``, ``last_error``, ``last_error_ms``, ``last_turn``.
+- ``probe:<server>``: who probes a benched server now (``SET NX PX``).
+- ``turn``: a counter ordering acquisitions, so equal servers take turns.
+- ``freed``: a list a release pushes to; waiters ``BLPOP`` it, so a freed slot is taken at once.
+
+Every decision is one Lua script on Redis's own clock (``TIME``), so workers on machines whose
+clocks disagree still agree on leases and cool-downs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from pipeline.errors import StoreUnavailable
+from pipeline.sd.backends import Backend
+from pipeline.sd.pool.state import BackendStatus, HealthPolicy, PoolState
+from pipeline.settings import Settings, mask_url
+from pipeline.store.redis import missing_database
+
+__all__ = ["POOL_PREFIX", "RedisPoolState"]
+
+#: Prefix of the pool's keys (the status store uses ``sdpipe:``, Dramatiq ``sdpipe-dramatiq:``).
+POOL_PREFIX = "sdpipe:pool:"
+#: Releases remembered for waiters; more would only wake waiters for slots already retaken.
+_FREED_KEEP = 64
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: slots1, health1, slots2, health2, ..., turn; ARGV: holder, lease_ms, avoid index (0: none), max1, max2, ...
+# ``last_turn`` orders equal servers by when each was last given a slot (a counter: ties are impossible).
+# Healthy servers first; only when none is healthy (not merely busy), the benched one due back first.
+_ACQUIRE = (
+    _NOW
+    + """
+local holder, lease, avoid = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local best, best_free, best_last, any_healthy = 0, nil, nil, false
+local fallback, fallback_until = 0, nil
+for i = 1, (#KEYS - 1) / 2 do
+  local slots, health = KEYS[2 * i - 1], KEYS[2 * i]
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  local max = tonumber(ARGV[3 + i])
+  local used = redis.call('ZCARD', slots)
+  if redis.call('HGET', health, 'benched') ~= '1' then
+    any_healthy = true
+    if used < max then
+      local free = (max - used) / max
+      if i == avoid then free = free - 2 end
+      local last = tonumber(redis.call('HGET', health, 'last_turn') or '0')
+      if best == 0 or free > best_free or (free == best_free and last < best_last) then
+        best, best_free, best_last = i, free, last
+      end
+    end
+  elseif used < max then
+    local due = tonumber(redis.call('HGET', health, 'until_ms') or '0')
+    if fallback == 0 or due < fallback_until then fallback, fallback_until = i, due end
+  end
+end
+if best == 0 and not any_healthy then best = fallback end
+if best > 0 then
+  redis.call('ZADD', KEYS[2 * best - 1], now + lease, holder)
+  redis.call('HSET', KEYS[2 * best], 'last_turn', redis.call('INCR', KEYS[#KEYS]))
+end
+return best
+"""
+)
+
+# KEYS: slots; ARGV: holder, lease_ms. Returns 1 if the lease was still alive.
+_RENEW = (
+    _NOW
+    + """
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+if expiry and tonumber(expiry) > now then return 1 end
+return 0
+"""
+)
+
+# KEYS: slots, freed, health; ARGV: holder, server key, keep, answered seconds ('' if none)
+_RELEASE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+end
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[3], 'fails', 0, 'benched', '0', 'cooldown_ms', 0)
+  redis.call('HINCRBY', KEYS[3], 'done', 1)
+  redis.call('HINCRBYFLOAT', KEYS[3], 'total_s', ARGV[4])
+end
+return 0
+"""
+
+# KEYS: health; ARGV: error, bench (0/1), threshold, cooldown min ms, cooldown max ms. Returns 1 if benched now.
+_FAILURE = (
+    _NOW
+    + """
+local h = KEYS[1]
+local fails = redis.call('HINCRBY', h, 'fails', 1)
+redis.call('HINCRBY', h, 'failures', 1)
+redis.call('HSET', h, 'last_error', ARGV[1], 'last_error_ms', now)
+if redis.call('HGET', h, 'benched') == '1' then return 0 end
+if ARGV[2] ~= '1' and fails < tonumber(ARGV[3]) then return 0 end
+local cooldown = tonumber(redis.call('HGET', h, 'cooldown_ms') or '0')
+if cooldown <= 0 then cooldown = tonumber(ARGV[4]) else cooldown = math.min(cooldown * 2, tonumber(ARGV[5])) end
+redis.call('HSET', h, 'benched', '1', 'until_ms', now + cooldown, 'cooldown_ms', cooldown)
+return 1
+"""
+)
+
+# KEYS: health1, probe1, health2, probe2, ...; ARGV: claim ms, claimer. Returns the indexes claimed.
+_CLAIM_PROBES = (
+    _NOW
+    + """
+local claimed = {}
+for i = 1, #KEYS / 2 do
+  local h = KEYS[2 * i - 1]
+  if redis.call('HGET', h, 'benched') == '1' and tonumber(redis.call('HGET', h, 'until_ms') or '0') <= now then
+    if redis.call('SET', KEYS[2 * i], ARGV[2], 'NX', 'PX', ARGV[1]) then table.insert(claimed, i) end
+  end
+end
+return claimed
+"""
+)
+
+# KEYS: health, probe, freed; ARGV: ok (0/1), error, cooldown min ms, cooldown max ms, server key, keep
+_PROBE_RESULT = (
+    _NOW
+    + """
+local h = KEYS[1]
+redis.call('DEL', KEYS[2])
+if ARGV[1] == '1' then
+  redis.call('HSET', h, 'benched', '0', 'fails', 0)
+  redis.call('RPUSH', KEYS[3], ARGV[5])
+  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
+  return 0
+end
+local cooldown = tonumber(redis.call('HGET', h, 'cooldown_ms') or '0')
+if cooldown <= 0 then cooldown = tonumber(ARGV[3]) else cooldown = math.min(cooldown * 2, tonumber(ARGV[4])) end
+redis.call('HSET', h, 'until_ms', now + cooldown, 'cooldown_ms', cooldown)
+if ARGV[2] ~= '' then redis.call('HSET', h, 'last_error', ARGV[2], 'last_error_ms', now) end
+return 0
+"""
+)
+
+# KEYS: slots1, health1, ...; returns {now, in_use1, {health1 flat}, in_use2, {health2 flat}, ...}
+_STATUS = (
+    _NOW
+    + """
+local out = {now}
+for i = 1, #KEYS / 2 do
+  table.insert(out, redis.call('ZCOUNT', KEYS[2 * i - 1], '(' .. now, '+inf'))
+  table.insert(out, redis.call('HGETALL', KEYS[2 * i]))
+end
+return out
+"""
+)
+
+
+def _ms(seconds: float) -> int:
+    return max(int(seconds * 1000), 1)
+
+
+class RedisPoolState(PoolState):
+    """The pool state in Redis, for workers on any number of machines."""
+
+    def __init__(self, client: redis.Redis, *, dsn_masked: str = "Redis") -> None:
+        self._client = client
+        self._dsn_masked = dsn_masked
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._failure = client.register_script(_FAILURE)
+        self._claim = client.register_script(_CLAIM_PROBES)
+        self._probe_result = client.register_script(_PROBE_RESULT)
+        self._status = client.register_script(_STATUS)
+        self._freed = POOL_PREFIX + "freed"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisPoolState:
+        # The socket timeout must outlast a BLPOP wait; short connects make an outage quick to report.
+        client = redis.Redis.from_url(settings.redis_dsn(), socket_connect_timeout=5.0, socket_timeout=15.0)
+        return cls(client, dsn_masked=mask_url(settings.redis_dsn()))
+
+    @staticmethod
+    def _slots(key: str) -> str:
+        return f"{POOL_PREFIX}slots:{key}"
+
+    @staticmethod
+    def _health(key: str) -> str:
+        return f"{POOL_PREFIX}health:{key}"
+
+    @contextmanager
+    def _reaching_redis(self) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as exc:
+            missing = missing_database(exc, f"{self._dsn_masked} has no such database")
+            if missing is not None:
+                raise missing from exc
+            raise StoreUnavailable(
+                f"cannot reach Redis at {self._dsn_masked} for the SD pool: {exc}",
+                hint="is redis-server running? check REDIS_URL",
+            ) from exc
+
+    def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        with self._reaching_redis():
+            return script(keys=list(keys), args=list(args))
+
+    def acquire(self, backends: Sequence[Backend], holder: str, *, lease_s: float, avoid: str | None) -> str | None:
+        keys = [k for b in backends for k in (self._slots(b.key), self._health(b.key))] + [POOL_PREFIX + "turn"]
+        avoid_index = next((i + 1 for i, b in enumerate(backends) if b.key == avoid), 0)
+        best = int(
+            self._run(self._acquire, keys, [holder, _ms(lease_s), avoid_index, *(b.max_slots for b in backends)])
+        )
+        return backends[best - 1].key if best > 0 else None
+
+    def renew(self, key: str, holder: str, *, lease_s: float) -> bool:
+        return bool(self._run(self._renew, [self._slots(key)], [holder, _ms(lease_s)]))
+
+    def release(self, key: str, holder: str, *, answered_s: float | None = None) -> None:
+        answered = "" if answered_s is None else repr(float(answered_s))
+        self._run(
+            self._release, [self._slots(key), self._freed, self._health(key)], [holder, key, _FREED_KEEP, answered]
+        )
+
+    def wait_for_release(self, timeout_s: float) -> None:
+        with self._reaching_redis():
+            self._client.blpop([self._freed], timeout=max(timeout_s, 0.01))
+
+    def record_success(self, key: str, elapsed_s: float) -> None:
+        # The release script's success half: no holder by that name, so no slot is given back.
+        self.release(key, "", answered_s=elapsed_s)
+
+    def record_failure(self, key: str, error: str, *, bench: bool, policy: HealthPolicy) -> bool:
+        args = [
+            error[:500],
+            int(bench),
+            policy.failure_threshold,
+            _ms(policy.cooldown_min_s),
+            _ms(policy.cooldown_max_s),
+        ]
+        return bool(self._run(self._failure, [self._health(key)], args))
+
+    def claim_probes(self, keys: Sequence[str], *, claim_s: float) -> list[str]:
+        redis_keys = [k for key in keys for k in (self._health(key), f"{POOL_PREFIX}probe:{key}")]
+        claimed = self._run(self._claim, redis_keys, [_ms(claim_s), "1"])
+        return [keys[int(i) - 1] for i in claimed]
+
+    def probe_result(self, key: str, *, ok: bool, error: str | None, policy: HealthPolicy) -> None:
+        keys = [self._health(key), f"{POOL_PREFIX}probe:{key}", self._freed]
+        args = [int(ok), (error or "")[:500], _ms(policy.cooldown_min_s), _ms(policy.cooldown_max_s), key, _FREED_KEEP]
+        self._run(self._probe_result, keys, args)
+
+    def status(self, backends: Sequence[Backend]) -> list[BackendStatus]:
+        keys = [k for b in backends for k in (self._slots(b.key), self._health(b.key))]
+        out = self._run(self._status, keys, [])
+        now_ms = int(out[0])
+        result = []
+        for index, backend in enumerate(backends):
+            in_use = int(out[1 + 2 * index])
+            flat = out[2 + 2 * index]
+            health = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+            benched = health.get("benched") == "1"
+            error_ms = health.get("last_error_ms")
+            result.append(
+                BackendStatus(
+                    key=backend.key,
+                    max_slots=backend.max_slots,
+                    in_use=in_use,
+                    healthy=not benched,
+                    benched_until=int(health.get("until_ms", now_ms)) / 1000 if benched else None,
+                    cooldown_s=int(health.get("cooldown_ms", 0)) / 1000,
+                    consecutive_failures=int(health.get("fails", 0)),
+                    done=int(health.get("done", 0)),
+                    failures=int(health.get("failures", 0)),
+                    total_s=float(health.get("total_s", 0.0)),
+                    last_error=health.get("last_error"),
+                    last_error_at=int(error_ms) / 1000 if error_ms else None,
+                )
+            )
+        return result
+
+    def close(self) -> None:
+        self._client.close()

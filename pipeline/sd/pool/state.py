@@ -1,0 +1,274 @@
+"""The shared state of the SD server pool: slot leases and health, and its in-process implementation.
+
+Every worker that talks to a server must see the same slots and the same health, so this state
+lives next to the status store: in Redis (:mod:`pipeline.sd.pool.redis_state`) when workers may run on several
+machines, in memory (:class:`MemoryPoolState`) in embedded mode, which is one process by design.
+
+A slot is a *lease*: a holder id with an expiry. A live holder renews it; a killed worker's lease
+simply expires, so a slot can never leak for longer than ``SD_SLOT_LEASE_S`` (unlike Dramatiq's
+``ConcurrentRateLimiter``, whose counter a SIGKILL leaves incremented).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pipeline.sd.backends import Backend
+from pipeline.settings import Settings
+
+__all__ = ["BackendStatus", "HealthPolicy", "MemoryPoolState", "PoolState"]
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    """When a server is benched, and for how long."""
+
+    failure_threshold: int
+    cooldown_min_s: float
+    cooldown_max_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HealthPolicy:
+        return cls(settings.sd_failure_threshold, settings.sd_cooldown_min_s, settings.sd_cooldown_max_s)
+
+    def next_cooldown_s(self, previous_s: float) -> float:
+        """The first cool-down is the minimum; each one after doubles, up to the maximum."""
+        return self.cooldown_min_s if previous_s <= 0 else min(previous_s * 2, self.cooldown_max_s)
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """What ``sdpipe backends`` shows of one server."""
+
+    key: str
+    max_slots: int
+    in_use: int
+    healthy: bool
+    benched_until: float | None
+    cooldown_s: float
+    consecutive_failures: int
+    done: int
+    failures: int
+    total_s: float
+    last_error: str | None
+    last_error_at: float | None
+
+    @property
+    def mean_s(self) -> float | None:
+        """Mean seconds per image over this server's successful calls."""
+        return self.total_s / self.done if self.done else None
+
+
+class PoolState(ABC):
+    """Slots and health of the pool's servers, shared by every worker that uses them."""
+
+    @abstractmethod
+    def acquire(self, backends: Sequence[Backend], holder: str, *, lease_s: float, avoid: str | None) -> str | None:
+        """Take a slot on the best server of ``backends`` with one free, for ``holder``.
+
+        Best: a healthy server with the largest share of free slots, then the one used least
+        recently (so equal servers take turns); ``avoid`` (the server a job just failed on) only if
+        no other has room. When no server is healthy at all (not merely busy), the benched one due
+        back first: a job then meets the real error and its retries decide, instead of waiting on
+        a pool that may never come back. Returns the server's key, or None when none has room.
+        """
+
+    @abstractmethod
+    def renew(self, key: str, holder: str, *, lease_s: float) -> bool:
+        """Extend ``holder``'s lease, re-taking it if it had expired (its call is still running);
+        False in that case: the slot may briefly have been given to another."""
+
+    @abstractmethod
+    def release(self, key: str, holder: str, *, answered_s: float | None = None) -> None:
+        """Give the slot back and wake one waiter. ``answered_s``: the server just answered a call
+        in that many seconds; recorded as a success (see :meth:`record_success`) in the same step."""
+
+    @abstractmethod
+    def wait_for_release(self, timeout_s: float) -> None:
+        """Block until some slot is released or ``timeout_s`` passes (waiters then try again)."""
+
+    @abstractmethod
+    def record_success(self, key: str, elapsed_s: float) -> None:
+        """A call succeeded: the server is healthy, its failure streak and cool-down reset."""
+
+    @abstractmethod
+    def record_failure(self, key: str, error: str, *, bench: bool, policy: HealthPolicy) -> bool:
+        """A call failed on the server. Bench it when ``bench`` (out of memory, down at start) or
+        when this makes ``policy.failure_threshold`` failures in a row. True if benched by this call."""
+
+    @abstractmethod
+    def claim_probes(self, keys: Sequence[str], *, claim_s: float) -> list[str]:
+        """The benched servers among ``keys`` whose cool-down is over, claimed for probing by the
+        caller for ``claim_s`` (so one process probes each, not every worker)."""
+
+    @abstractmethod
+    def probe_result(self, key: str, *, ok: bool, error: str | None, policy: HealthPolicy) -> None:
+        """A probe answered (``ok``: back in the pool) or failed (benched again, cool-down doubled)."""
+
+    @abstractmethod
+    def status(self, backends: Sequence[Backend]) -> list[BackendStatus]:
+        """The current state of each of ``backends``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+@dataclass
+class _Health:
+    fails: int = 0
+    benched: bool = False
+    until: float = 0.0
+    cooldown_s: float = 0.0
+    done: int = 0
+    failures: int = 0
+    total_s: float = 0.0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_turn: int = 0
+    probe_claim_until: float = 0.0
+    leases: dict[str, float] = field(default_factory=dict)
+
+
+class MemoryPoolState(PoolState):
+    """The pool state of one process (embedded mode): the same rules, kept under a lock."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._health: dict[str, _Health] = {}
+        self._cond = threading.Condition()
+        self._turn = 0
+
+    def _get(self, key: str) -> _Health:
+        health = self._health.get(key)
+        if health is None:
+            health = self._health[key] = _Health()
+        return health
+
+    def _purge(self, health: _Health, now: float) -> None:
+        for holder in [h for h, expiry in health.leases.items() if expiry <= now]:
+            del health.leases[holder]
+
+    def acquire(self, backends: Sequence[Backend], holder: str, *, lease_s: float, avoid: str | None) -> str | None:
+        with self._cond:
+            now = self._clock()
+            best: tuple[float, int] | None = None
+            chosen: Backend | None = None
+            fallback: tuple[float, Backend] | None = None
+            any_healthy = False
+            for backend in backends:
+                health = self._get(backend.key)
+                self._purge(health, now)
+                has_room = len(health.leases) < backend.max_slots
+                if health.benched:
+                    if has_room and (fallback is None or health.until < fallback[0]):
+                        fallback = (health.until, backend)
+                    continue
+                any_healthy = True
+                if not has_room:
+                    continue
+                free = (backend.max_slots - len(health.leases)) / backend.max_slots - (2 if backend.key == avoid else 0)
+                rank = (-free, health.last_turn)
+                if best is None or rank < best:
+                    best, chosen = rank, backend
+            if chosen is None and not any_healthy and fallback is not None:
+                chosen = fallback[1]
+            if chosen is None:
+                return None
+            health = self._get(chosen.key)
+            health.leases[holder] = now + lease_s
+            self._turn += 1
+            health.last_turn = self._turn
+            return chosen.key
+
+    def renew(self, key: str, holder: str, *, lease_s: float) -> bool:
+        with self._cond:
+            health = self._get(key)
+            now = self._clock()
+            alive = health.leases.get(holder, 0.0) > now
+            health.leases[holder] = now + lease_s
+            return alive
+
+    def release(self, key: str, holder: str, *, answered_s: float | None = None) -> None:
+        with self._cond:
+            self._get(key).leases.pop(holder, None)
+            self._cond.notify()
+        if answered_s is not None:
+            self.record_success(key, answered_s)
+
+    def wait_for_release(self, timeout_s: float) -> None:
+        with self._cond:
+            self._cond.wait(timeout_s)
+
+    def record_success(self, key: str, elapsed_s: float) -> None:
+        with self._cond:
+            health = self._get(key)
+            health.fails, health.benched, health.cooldown_s = 0, False, 0.0
+            health.done += 1
+            health.total_s += elapsed_s
+
+    def record_failure(self, key: str, error: str, *, bench: bool, policy: HealthPolicy) -> bool:
+        with self._cond:
+            health = self._get(key)
+            now = self._clock()
+            health.fails += 1
+            health.failures += 1
+            health.last_error, health.last_error_at = error, now
+            if health.benched or not (bench or health.fails >= policy.failure_threshold):
+                return False
+            health.cooldown_s = policy.next_cooldown_s(health.cooldown_s)
+            health.benched, health.until = True, now + health.cooldown_s
+            return True
+
+    def claim_probes(self, keys: Sequence[str], *, claim_s: float) -> list[str]:
+        with self._cond:
+            now = self._clock()
+            due = []
+            for key in keys:
+                health = self._get(key)
+                if health.benched and health.until <= now and health.probe_claim_until <= now:
+                    health.probe_claim_until = now + claim_s
+                    due.append(key)
+            return due
+
+    def probe_result(self, key: str, *, ok: bool, error: str | None, policy: HealthPolicy) -> None:
+        with self._cond:
+            health = self._get(key)
+            now = self._clock()
+            health.probe_claim_until = 0.0
+            if ok:
+                health.benched, health.fails = False, 0
+                self._cond.notify_all()
+                return
+            health.cooldown_s = policy.next_cooldown_s(health.cooldown_s)
+            health.until = now + health.cooldown_s
+            if error is not None:
+                health.last_error, health.last_error_at = error, now
+
+    def status(self, backends: Sequence[Backend]) -> list[BackendStatus]:
+        with self._cond:
+            now = self._clock()
+            result = []
+            for backend in backends:
+                health = self._get(backend.key)
+                self._purge(health, now)
+                result.append(
+                    BackendStatus(
+                        key=backend.key,
+                        max_slots=backend.max_slots,
+                        in_use=len(health.leases),
+                        healthy=not health.benched,
+                        benched_until=health.until if health.benched else None,
+                        cooldown_s=health.cooldown_s,
+                        consecutive_failures=health.fails,
+                        done=health.done,
+                        failures=health.failures,
+                        total_s=health.total_s,
+                        last_error=health.last_error,
+                        last_error_at=health.last_error_at,
+                    )
+                )
+            return result

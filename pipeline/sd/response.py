@@ -1,0 +1,297 @@
+"""Reading SD server answers for :class:`pipeline.sd.client.SDClient`: error bodies, JSON, images, ``info``.
+
+Split from :mod:`pipeline.sd.client` (which owns the connection and the transport-error mapping) so both
+stay small. Error bodies differ between servers; :func:`server_message` reads all of them:
+
+- A1111: ``{"error", "detail", "body", "errors"}`` (``errors`` holds ``str(exception)``; HTTPExceptions
+  leave it empty and put their message in ``detail``);
+- Forge: ``message`` instead of ``errors``, and plain ``{"detail": "..."}`` for HTTPExceptions;
+- SD.Next: A1111's shape plus ``code``;
+- FastAPI/pydantic 422 (v1 and v2): ``{"detail": [{"loc", "msg", "type"}, ...]}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+from PIL import Image
+
+from pipeline.errors import SDAuthError, SDBadImage, SDError, SDNotFound, SDRequestRejected, SDServerError
+from pipeline.images.codec import decode_failure_reason
+from pipeline.images.png import png_chunks_problem
+from pipeline.models import SDResult
+
+__all__ = [
+    "MAX_SERVER_MESSAGE_CHARS",
+    "build_result",
+    "expect",
+    "json_body",
+    "server_message",
+    "sniff_format",
+    "status_error",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Longest server message kept in an error, in characters.
+MAX_SERVER_MESSAGE_CHARS = 500
+#: Validation problems quoted from one 422 answer.
+_MAX_VALIDATION_ITEMS = 3
+#: A ``data:image/...;base64,`` prefix (A1111 never sends one; tolerated anyway).
+_DATA_URL_RE = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
+_T = TypeVar("_T", dict[str, Any], list[Any])
+
+
+def _truncate(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_SERVER_MESSAGE_CHARS else text[: MAX_SERVER_MESSAGE_CHARS - 1] + "…"
+
+
+def _validation_item(item: Any) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    loc = [str(part) for part in item.get("loc") or []]
+    if loc and loc[0] == "body":
+        loc = loc[1:]
+    return f"{'.'.join(loc) or 'body'}: {item.get('msg', 'invalid')}"
+
+
+def _message_from_body(body: Any) -> str:
+    if isinstance(body, str):
+        return body
+    if not isinstance(body, dict):
+        return ""
+    detail, error = body.get("detail"), body.get("error")
+    if isinstance(detail, list):  # FastAPI request validation, pydantic v1 or v2
+        return "; ".join(_validation_item(item) for item in detail[:_MAX_VALIDATION_ITEMS])
+    if isinstance(error, dict):  # ComfyUI-style {"error": {"message": ...}}
+        return str(error.get("message") or error.get("type") or "")
+    text = next((str(body[key]) for key in ("errors", "message") if body.get(key)), "")
+    detail_text = str(detail) if detail else ""
+    if error and error != "HTTPException":
+        return f"{error}: {text or detail_text}" if text or detail_text else str(error)
+    return detail_text or text
+
+
+def server_message(response: httpx.Response) -> str:
+    """The server's own explanation from an error answer, on one line (its reason phrase if none)."""
+    try:
+        message = _message_from_body(response.json())
+    except ValueError:
+        message = response.text.strip()
+    return _truncate(message) or response.reason_phrase
+
+
+def status_error(
+    response: httpx.Response,
+    url: str,
+    method: str,
+    path: str,
+    *,
+    sampler: str | None = None,
+    scrub: Callable[[str], str] = str,
+) -> SDError:
+    """The error type and message for a non-2xx answer (see :mod:`pipeline.sd.client`)."""
+    status = response.status_code
+    message = scrub(server_message(response))
+    where = f"{method} {path}"
+    extra: dict[str, Any] = {"url": url, "status_code": status, "server_message": message}
+    if status == 401:
+        return SDAuthError(
+            f"the SD server at {url} refused {where} (401): {message}",
+            hint="set SD_API_AUTH=user:pass to the server's --api-auth",
+            **extra,
+        )
+    if status == 404:
+        if "sampler" in message.lower():
+            return SDNotFound(
+                f"the SD server at {url} does not know sampler {sampler!r} (404): {message}",
+                hint='send the sampler without a scheduler suffix, e.g. "DPM++ 2M" with scheduler "Karras"',
+                **extra,
+            )
+        if message.lower() in ("not found", "") or not _is_json(response):
+            return SDNotFound(
+                f"the SD server at {url} has no {path} (404 Not Found)",
+                hint="start the server with --api (or --nowebui, port 7861)",
+                **extra,
+            )
+        return SDNotFound(f"the SD server at {url} answered {where} with 404: {message}", **extra)
+    if status == 429 or status >= 500:
+        return SDServerError(f"the SD server at {url} failed {where} ({status}): {message}", **extra)
+    if status < 400:
+        location = scrub(response.headers.get("location", "?"))
+        return SDRequestRejected(
+            f"the SD server at {url} redirected {where} ({status}) to {location}",
+            hint="set SD_API_URL to the address the API really answers on",
+            **extra,
+        )
+    return SDRequestRejected(f"the SD server at {url} rejected {where} ({status}): {message}", **extra)
+
+
+def _is_json(response: httpx.Response) -> bool:
+    try:
+        response.json()
+    except ValueError:
+        return False
+    return True
+
+
+def json_body(response: httpx.Response, url: str, path: str) -> Any:
+    """The JSON of a 200 txt2img answer; anything else is :class:`SDBadImage` (a non-A1111 responder)."""
+    try:
+        return response.json()
+    except ValueError as exc:
+        kind = response.headers.get("content-type", "no content type")
+        raise SDBadImage(
+            f"the SD server at {url} answered POST {path} with a non-JSON body ({kind}): "
+            f"{_truncate(response.text[:200])!r}",
+            url=url,
+            status_code=response.status_code,
+            hint="is SD_API_URL an A1111-compatible API (and not a proxy or login page)?",
+        ) from exc
+
+
+def expect(response: httpx.Response, url: str, path: str, kind: type[_T]) -> _T:
+    """The JSON of a 200 health answer, which must be a ``kind`` (dict or list); else :class:`SDNotFound`."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, kind):
+        raise SDNotFound(
+            f"the SD server at {url} answered GET {path} with something that is not an A1111 {kind.__name__}",
+            url=url,
+            status_code=response.status_code,
+            hint="is SD_API_URL an A1111-compatible API started with --api?",
+        )
+    return body
+
+
+def sniff_format(data: bytes) -> str | None:
+    """``png``, ``jpeg`` or ``webp`` from the magic bytes, or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def _decode_image(value: Any, url: str) -> tuple[bytes, str]:
+    if not isinstance(value, str):
+        raise SDBadImage(f"the SD server at {url} sent images[0] as {type(value).__name__}, not base64", url=url)
+    try:
+        data = base64.b64decode(value, validate=True)  # what A1111 sends: no copy of the text first
+    except (binascii.Error, ValueError):
+        text = "".join(_DATA_URL_RE.sub("", value.strip(), count=1).split())  # a data: prefix, wrapped lines
+        try:
+            data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise SDBadImage(f"the SD server at {url} sent an image that is not valid base64: {exc}", url=url) from exc
+    image_format = sniff_format(data)
+    if image_format is None:
+        raise SDBadImage(
+            f"the SD server at {url} sent an image that is not PNG, JPEG or WEBP (starts with {data[:8]!r})", url=url
+        )
+    return data, image_format
+
+
+def _verify_image(data: bytes, image_format: str, url: str, max_pixels: int) -> tuple[int, int, str | None]:
+    """Size and embedded ``parameters`` text of an image, after checking that it decodes."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            embedded = image.info.get("parameters")
+            if width * height > max_pixels:
+                raise SDBadImage(f"the SD server at {url} sent a {width}x{height} image, over MAX_PIXELS", url=url)
+            # PNG: every chunk's CRC up to IEND, as Pillow's verify() checks, but without its per-chunk
+            # file reads (the split step decodes the pixels). JPEG/WEBP have no such check: decode them.
+            if image_format != "png":
+                image.load()
+        problem = png_chunks_problem(data) if image_format == "png" else None
+        if problem is not None:
+            raise ValueError(problem)
+    except SDBadImage:
+        raise
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...
+        reason = decode_failure_reason(exc)
+        raise SDBadImage(f"the server's image does not decode ({image_format}): {reason}", url=url) from exc
+    return width, height, embedded if isinstance(embedded, str) else None
+
+
+def _parse_info(raw: Any, job_id: str) -> dict[str, Any]:
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, dict):  # some forks send the object itself
+        return raw
+    if isinstance(raw, str):
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return parsed
+    logger.warning("job %s: the SD server's info is not a JSON object; ignoring it", job_id)
+    return {}
+
+
+def _first_int(values: Any) -> int | None:
+    if isinstance(values, list) and values and isinstance(values[0], int) and not isinstance(values[0], bool):
+        return values[0]
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def build_result(
+    body: Any, *, requested_seed: int, backend_url: str, elapsed_s: float, max_pixels: int, job_id: str
+) -> SDResult:
+    """An :class:`SDResult` from a 200 txt2img body: the first image (decoded, sniffed, verified) and ``info``.
+
+    Raises:
+        SDBadImage: no image, bad base64, unknown format, an image that does not decode or is too large.
+    """
+    images = body.get("images") if isinstance(body, dict) else None
+    if not isinstance(images, list):
+        raise SDBadImage(f"the SD server at {backend_url} answered txt2img without an images list", url=backend_url)
+    if not images:
+        raise SDBadImage(
+            f"the SD server at {backend_url} returned no image",
+            url=backend_url,
+            hint="the job may have been interrupted on the server (POST /sdapi/v1/interrupt)",
+        )
+    info = _parse_info(body.get("info"), job_id)
+    # A grid (save_images with several images) comes first; our requests never ask for one, but be exact.
+    first = info.get("index_of_first_image")
+    index = first if isinstance(first, int) and 0 <= first < len(images) else 0
+    data, image_format = _decode_image(images[index], backend_url)
+    width, height, embedded = _verify_image(data, image_format, backend_url, max_pixels)
+    infotexts = info.get("infotexts")
+    infotext = infotexts[index] if isinstance(infotexts, list) and len(infotexts) > index else None
+    seed = _first_int(info.get("all_seeds"))
+    if seed is None:
+        seed = _first_int([info.get("seed")])
+    return SDResult(
+        image_bytes=data,
+        format=image_format,
+        info=info,
+        seed=requested_seed if seed is None else seed,
+        infotext=_text(infotext) or embedded,
+        model_name=_text(info.get("sd_model_name")),
+        model_hash=_text(info.get("sd_model_hash")),
+        version=_text(info.get("version")),
+        backend_url=backend_url,
+        elapsed_s=elapsed_s,
+        extra={"width": width, "height": height, "images_returned": len(images)},
+    )
