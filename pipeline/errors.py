@@ -62,15 +62,32 @@ class PipelineError(Exception):
     Args:
         message: one line saying what went wrong.
         hint: one short sentence saying how to fix it, shown after the message.
+        field: the setting, option or request field at fault (``"seed"``, ``"SD_API_URL"``).
+        value: the value given (never a secret).
+        limit: the bound it broke, when there is one.
+        expected: what would have been accepted (``"an integer"``, ``"one of: png, jpeg, webp"``).
     """
 
     #: Whether retrying the same operation later may succeed.
     transient: ClassVar[bool] = False
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        field: str | None = None,
+        value: object = None,
+        limit: object = None,
+        expected: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.field = field
+        self.value = value
+        self.limit = limit
+        self.expected = expected
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
