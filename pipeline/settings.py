@@ -16,7 +16,6 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import ConfigError
-from pipeline.sd.mock.http import parse_mock_url
 
 __all__ = [
     "DEFAULT_BAND_PX",
@@ -251,6 +250,10 @@ class Settings(BaseSettings):
                 raise ValueError("has an empty entry; separate servers with single commas")
             entry, _ = split_sd_entry(raw)
             if entry.startswith("mock://"):
+                # Imported here, like in pipeline.sd.client: only a mock:// URL loads the mock (a contract
+                # in pyproject.toml's [tool.importlinter] allows exactly these two lazy imports).
+                from pipeline.sd.mock.http import parse_mock_url
+
                 parse_mock_url(entry)  # raises ValueError naming the bad option and the valid ones
                 continue
             parts = urlsplit(entry)

@@ -6,7 +6,8 @@
 - :mod:`~pipeline.sd.response`: reading answers (error bodies of A1111, Forge and SD.Next, images, ``info``).
 - :mod:`pipeline.sd.pool`: slots, health and the choice of server, shared by every worker.
 - :mod:`pipeline.sd.mock`: the mock A1111 server (``sdpipe mock-sd``, ``mock://``); nothing outside it
-  imports it except where ``mock://`` is resolved, lazily.
+  imports it except ``sdpipe mock-sd`` (:mod:`cli.worker`) and, lazily, where ``mock://`` is resolved
+  (the client and the settings' URL check): a contract in pyproject.toml's ``[tool.importlinter]``.
 """
 
 from __future__ import annotations

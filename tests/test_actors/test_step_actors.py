@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -156,12 +154,3 @@ def test_process_job_keeps_input_parameters(runtime: Runtime, wait_terminal: Wai
     assert text.index("Seam grid: 2x3") < text.index("Version: v1.10.1")
     # pixels far from the cuts are the input's
     assert np.array_equal(out[:20, :20], pixels[:20, :20])
-
-
-def test_pipeline_package_never_imports_dramatiq() -> None:
-    code = (
-        "import sys, pipeline, pipeline.jobs.steps, pipeline.jobs.planning, pipeline.store;"
-        "import pipeline.sd.client, pipeline.sd.mock.http;"
-        "sys.exit('dramatiq' in sys.modules)"
-    )
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
