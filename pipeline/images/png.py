@@ -162,11 +162,6 @@ def idat_payloads(array: NDArray[np.uint8]) -> list[bytes]:
     return payloads
 
 
-def zlib_stream(array: NDArray[np.uint8]) -> bytes:
-    """The whole zlib stream of ``array``'s Up-filtered scanlines (what the IDAT chunks hold together)."""
-    return b"".join(idat_payloads(array))
-
-
 def encode_png(array: NDArray[np.uint8], *, text: dict[str, str] | None = None) -> bytes:
     """Encode a uint8 (H, W), (H, W, 3) or (H, W, 4) array as an 8-bit PNG with optional text chunks.
 

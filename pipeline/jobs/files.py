@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import io
 import json
 import math
 import os
@@ -47,13 +46,11 @@ from pipeline.errors import InputError
 
 __all__ = [
     "JobFiles",
-    "atomic_save_array",
     "atomic_save_arrays",
     "atomic_write_bytes",
     "atomic_write_json",
     "check_output_dir",
     "default_output_name",
-    "load_array",
     "load_arrays",
     "read_json",
     "remove_stale_temps",
@@ -124,18 +121,6 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def read_json(path: Path) -> Any:
     """Read a JSON file written by :func:`atomic_write_json`."""
     return json.loads(path.read_bytes())
-
-
-def atomic_save_array(path: Path, array: np.ndarray) -> None:
-    """Save a raw ``.npy`` array atomically (cheap intermediates: no image re-encoding)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_array(path: Path) -> np.ndarray:
-    """Load an array saved by :func:`atomic_save_array`."""
-    return np.load(path, allow_pickle=False)  # type: ignore[no-any-return]
 
 
 def atomic_save_arrays(path: Path, meta: dict[str, Any], arrays: Sequence[np.ndarray]) -> None:

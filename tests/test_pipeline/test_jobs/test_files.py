@@ -13,12 +13,10 @@ from pipeline.errors import InputError
 from pipeline.jobs.files import (
     FILE_MODE,
     JobFiles,
-    atomic_save_array,
     atomic_save_arrays,
     atomic_write_bytes,
     check_output_dir,
     default_output_name,
-    load_array,
     load_arrays,
     remove_stale_temps,
     safe_output_stem,
@@ -46,12 +44,6 @@ def test_atomic_write_failure_keeps_old_file(tmp_path: Path, monkeypatch: pytest
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
-
-
-def test_array_round_trip_is_exact(tmp_path: Path) -> None:
-    array = np.random.default_rng(1).integers(0, 256, size=(17, 9, 3), dtype=np.uint8)
-    atomic_save_array(tmp_path / "t.npy", array)
-    assert np.array_equal(load_array(tmp_path / "t.npy"), array)
 
 
 def test_arrays_file_round_trips_meta_and_arrays_exactly(tmp_path: Path) -> None:
