@@ -62,22 +62,29 @@ def job_not_found(job_id: str) -> JobNotFound:
     return JobNotFound(f"no job {job_id!r}", hint=_LIST_HINT)
 
 
-def pick_prefix_match(prefix: str, candidates: Iterable[str]) -> str:
-    """``resolve_id``'s answer, given the first two ids at or after ``prefix`` in id order.
+def pick_prefix_match(
+    prefix: str, candidates: Iterable[str], *, noun: str = "job", nouns: str = "jobs", hint: str = _LIST_HINT
+) -> str:
+    """``resolve_id``'s answer (or ``get_batch``'s, with ``noun="batch"``), given the first two ids at
+    or after ``prefix`` in id order.
 
     Ids sharing a prefix are contiguous in that order and start at the prefix itself, so an exact
     id comes first and two candidates tell "one" from "several". An empty prefix matches nothing.
 
+    Args:
+        noun, nouns, hint: what the ids name, for the errors ("no job matches ...", "... matches
+            several jobs") and the hint shown with them.
+
     Raises:
         JobNotFound: no candidate, or more than one, starts with ``prefix``.
     """
-    matches = [job_id for job_id in candidates if prefix and job_id.startswith(prefix)]
+    matches = [found for found in candidates if prefix and found.startswith(prefix)]
     if matches and matches[0] == prefix:
         return prefix
     if not matches:
-        raise JobNotFound(f"no job matches {prefix!r}", hint=_LIST_HINT)
+        raise JobNotFound(f"no {noun} matches {prefix!r}", hint=hint)
     if len(matches) > 1:
-        raise AmbiguousId(f"{prefix!r} matches several jobs; give more characters", hint=_LIST_HINT)
+        raise AmbiguousId(f"{prefix!r} matches several {nouns}; give more characters", hint=hint)
     return matches[0]
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from pipeline.errors import AmbiguousId, JobNotFound, ScheduleNotFound
+from pipeline.errors import JobNotFound, ScheduleNotFound
 from pipeline.models import BatchRecord, ScheduleRecord, ScheduleRun
+from pipeline.store.base import pick_prefix_match
 
 __all__ = [
     "BATCH_HINT",
@@ -38,22 +39,12 @@ def batch_not_found(batch_id: str) -> JobNotFound:
 
 
 def pick_batch_match(prefix: str, candidates: Iterable[str]) -> str:
-    """``get_batch``'s id, given the first two batch ids at or after ``prefix`` in id order.
-
-    The same rule as :func:`~pipeline.store.base.pick_prefix_match` for jobs: an exact id wins, one
-    id starting with ``prefix`` is the answer, an empty prefix matches nothing.
+    """``get_batch``'s id: :func:`~pipeline.store.base.pick_prefix_match`'s rule, in the words of batches.
 
     Raises:
         JobNotFound: no candidate, or more than one, starts with ``prefix``.
     """
-    matches = [batch_id for batch_id in candidates if prefix and batch_id.startswith(prefix)]
-    if matches and matches[0] == prefix:
-        return prefix
-    if not matches:
-        raise batch_not_found(prefix)
-    if len(matches) > 1:
-        raise AmbiguousId(f"{prefix!r} matches several batches; give more characters", hint=BATCH_HINT)
-    return matches[0]
+    return pick_prefix_match(prefix, candidates, noun="batch", nouns="batches", hint=BATCH_HINT)
 
 
 def schedule_not_found(name: str) -> ScheduleNotFound:
