@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.live import Live
@@ -17,7 +17,7 @@ from cli.progress import StoreOutage
 from pipeline.errors import InputError, QueueFull, StoreUnavailable
 from pipeline.jobs.planning import watch_jobs
 from pipeline.models import JobRecord, JobState
-from pipeline.settings import Settings, load_settings, strip_credentials
+from pipeline.settings import OutputFormat, Settings, load_settings, strip_credentials
 from pipeline.store import StatusStore
 
 __all__ = ["WaitForRoomOption", "check_submission", "load", "row_defaults", "submit_when_room", "wait_for_jobs"]
@@ -120,9 +120,7 @@ CountDefault = Annotated[int | None, typer.Option("--count", help="Default image
 GridDefault = Annotated[str | None, typer.Option("--grid", help="Default split grid ROWSxCOLS.")]
 BandDefault = Annotated[int | None, typer.Option("--band-px", help="Default blend band in pixels.")]
 SigmaDefault = Annotated[float | None, typer.Option("--sigma", help="Default Gaussian sigma.")]
-FormatDefault = Annotated[
-    Literal["png", "webp", "jpeg"] | None, typer.Option("--format", help="Default output format.")
-]
+FormatDefault = Annotated[OutputFormat | None, typer.Option("--format", help="Default output format.")]
 
 
 def row_defaults(**flags: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
@@ -27,14 +27,12 @@ from pipeline.jobs.planning import (
     plan_process,
 )
 from pipeline.models import JobSpec
-from pipeline.settings import Settings
+from pipeline.settings import OutputFormat, Settings
 from pipeline.store import StatusStore
 
 __all__ = ["generate", "process"]
 
-FormatOption = Annotated[
-    Literal["png", "webp", "jpeg"] | None, typer.Option("--format", help="Output format (default OUTPUT_FORMAT).")
-]
+FormatOption = Annotated[OutputFormat | None, typer.Option("--format", help="Output format (default OUTPUT_FORMAT).")]
 GridOption = Annotated[str | None, typer.Option("--grid", help="Split grid ROWSxCOLS (default GRID, 2x2).")]
 BandOption = Annotated[
     int | None, typer.Option("--band-px", help="Blend band on each side of a cut, in pixels (default BAND_PX).")

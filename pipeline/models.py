@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.errors import InputError
+from pipeline.settings import OutputFormat
 
 __all__ = [
     "MAX_PROMPT_CHARS",
@@ -190,7 +191,7 @@ class JobSpec(BaseModel):
     batch_id: str | None = None
     generation: GenerationParams | None = None
     step_params: StepParams
-    output_format: Literal["png", "webp", "jpeg"] = "png"
+    output_format: OutputFormat = "png"
     #: Final file name without extension, relative to OUTPUT_DIR (fixed at creation: idempotent).
     output_name: str
     #: For ``process`` jobs: the input file the user named (for the sidecar only).

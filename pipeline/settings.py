@@ -99,6 +99,7 @@ DEFAULT_MAX_SLOTS = 1
 #: The largest ``;max=N`` accepted.
 MAX_SLOTS_LIMIT = 64
 
+#: The formats a final image can be written in (the one spelling: CLI options, API schemas and job specs use it).
 OutputFormat = Literal["png", "webp", "jpeg"]
 
 #: The last ``;name=value`` option of an ``SD_API_URL`` entry. A value holds no ``@`` or ``/``, so a

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
@@ -39,7 +39,7 @@ __all__ = [
 #: Most jobs one row may ask for with ``count``.
 MAX_ROW_COUNT = 1000
 
-_FORMATS: tuple[OutputFormat, ...] = ("png", "webp", "jpeg")
+_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
 #: Characters a row's ``name`` may keep; others become ``-``.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 #: GenerationParams fields and the row key that sets each.
