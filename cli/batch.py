@@ -48,7 +48,7 @@ from pipeline.batches.files import BatchFileError, describe_plan, read_batch_fil
 from pipeline.batches.manifests import batch_records, build_manifest, write_manifest
 from pipeline.errors import InputError
 from pipeline.jobs.files import check_output_dir
-from pipeline.jobs.planning import new_id
+from pipeline.jobs.planning import new_id, travelling_overrides
 from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings
 
@@ -114,6 +114,7 @@ def batch(
             raise InputError("--resume and --skip-existing do not go together", hint="use one of them")
         now = time.time()
         batch_id = resume or new_id()
+        output_dir, backend_url = travelling_overrides(settings, out=out, sd_url=sd_url)
         try:
             rows = read_batch_file(
                 file,
@@ -121,8 +122,8 @@ def batch(
                 defaults=defaults,
                 batch_id=batch_id,
                 now=now,
-                output_dir=settings.output_dir.absolute() if (out is not None and settings.redis_mode) else None,
-                backend_url=sd_url if settings.redis_mode else None,
+                output_dir=output_dir,
+                backend_url=backend_url,
             )
         except BatchFileError as exc:
             for problem in exc.problems:

@@ -25,6 +25,7 @@ from pipeline.jobs.planning import (
     parse_overrides,
     plan_generate,
     plan_process,
+    travelling_overrides,
 )
 from pipeline.models import JobSpec
 from pipeline.settings import OutputFormat, Settings
@@ -91,14 +92,15 @@ def generate(
             scheduler=scheduler,
             override_settings=parse_overrides(override or []),
         )
+        output_dir, backend_url = travelling_overrides(settings, out=out, sd_url=sd_url)
         specs = plan_generate(
             settings,
             request,
             step_params,
             count=count,
             output_format=output_format,
-            output_dir=settings.output_dir.absolute() if (out is not None and settings.redis_mode) else None,
-            backend_url=sd_url if settings.redis_mode else None,
+            output_dir=output_dir,
+            backend_url=backend_url,
             batch_id=new_id(),
             now=time.time(),
         )

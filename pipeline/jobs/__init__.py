@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         new_id,
         plan_generate,
         plan_process,
+        travelling_overrides,
         watch_jobs,
     )
     from pipeline.jobs.steps import (
@@ -53,6 +54,7 @@ __all__ = [
     "new_id",
     "plan_generate",
     "plan_process",
+    "travelling_overrides",
     "watch_jobs",
     "StepContext",
     "StepOutcome",
@@ -81,6 +83,7 @@ __getattr__, __dir__ = lazy_exports(
             "new_id",
             "plan_generate",
             "plan_process",
+            "travelling_overrides",
             "watch_jobs",
         ],
         ".steps": ["StepContext", "StepOutcome", "run_step"],

@@ -37,6 +37,7 @@ __all__ = [
     "parse_overrides",
     "plan_generate",
     "plan_process",
+    "travelling_overrides",
     "watch_jobs",
 ]
 
@@ -167,6 +168,19 @@ def _generation_params(settings: Settings, request: GenerationRequest, seed: int
         )
     except ValidationError as exc:
         raise InputError(f"invalid generation parameter {validation_message(exc)}") from exc
+
+
+def travelling_overrides(settings: Settings, *, out: Path | None, sd_url: str | None) -> tuple[Path | None, str | None]:
+    """The ``output_dir`` and ``backend_url`` that jobs submitted with ``--out`` / ``--sd-url`` carry.
+
+    In Redis mode the workers run on their own settings, so what the submitting command overrode
+    travels in each job spec: ``--out`` as the absolute ``settings.output_dir`` (which already holds
+    it), ``--sd-url`` as the server the jobs are pinned to. Embedded mode runs the jobs on these very
+    settings: nothing travels, (None, None).
+    """
+    if not settings.redis_mode:
+        return None, None
+    return (settings.output_dir.absolute() if out is not None else None), sd_url
 
 
 def plan_generate(
