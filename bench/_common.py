@@ -1,40 +1,34 @@
 """What the benchmark targets share: result rows, /proc readings, and the processes they start.
 
 Every process started here (redis-server, ``sdpipe mock-sd``, ``sdpipe worker``) is started by the
-benchmark, on a free port, in a temp folder, and stopped by its own pid when the target ends.
+benchmark, on a free port, in a temp folder, and stopped by its own pid when the target ends. Ports,
+waiting and background processes come from :mod:`tests.procs`, which the tests use too.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import statistics
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.procs import SDPIPE, Proc, free_port, port_open, wait_until
+
 __all__ = [
-    "SDPIPE",
     "Row",
     "Services",
     "child_env",
     "cpu_seconds",
     "descendants",
-    "free_port",
     "median",
     "read_status_kb",
     "reset_peak_rss",
-    "wait_until",
 ]
 
-#: How to run the sdpipe CLI in a child process (the same interpreter and virtualenv as the benchmark).
-SDPIPE = [sys.executable, "-m", "cli"]
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -84,29 +78,6 @@ class Row:
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-    except OSError:
-        return False
-    return True
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
 
 
 # -- /proc --------------------------------------------------------------------------------------------
@@ -176,24 +147,6 @@ def child_env(**values: str) -> dict[str, str]:
     return env
 
 
-@dataclass
-class _Proc:
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self, timeout_s: float = 30) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
 class Services:
     """``sdpipe mock-sd`` and ``sdpipe worker`` processes of one target, in one temp folder."""
 
@@ -201,13 +154,13 @@ class Services:
         self.folder = folder
         self.redis_url = redis_url
         self.output_dir = folder / "outputs"
-        self._procs: list[_Proc] = []
+        self._procs: list[Proc] = []
 
-    def _spawn(self, args: Sequence[str], env: dict[str, str], name: str) -> _Proc:
+    def _spawn(self, args: Sequence[str], env: dict[str, str], name: str) -> Proc:
         log = self.folder / f"{name}.log"
         with log.open("wb") as handle:
             popen = subprocess.Popen([*SDPIPE, *args], env=env, stdout=handle, stderr=subprocess.STDOUT)
-        proc = _Proc(popen, log)
+        proc = Proc(popen, log)
         self._procs.append(proc)
         return proc
 
@@ -219,7 +172,7 @@ class Services:
             child_env(),
             f"mock-sd-{port}",
         )
-        if not wait_until(lambda: port_open(port) or proc.popen.poll() is not None, timeout_s=30):
+        if not wait_until(lambda: port_open(port) or proc.popen.poll() is not None, timeout_s=30, interval_s=0.01):
             raise RuntimeError(f"mock-sd did not start:\n{proc.output()}")
         if proc.popen.poll() is not None:
             raise RuntimeError(f"mock-sd exited:\n{proc.output()}")

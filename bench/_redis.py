@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.procs import RedisServer, RedisUnavailable, free_port
 
 
 @contextmanager
 def private_redis() -> Iterator[str]:
     """Start redis-server on a free port in a temp folder; yield its URL; stop it afterwards."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = _free_port()
     with tempfile.TemporaryDirectory(prefix="sdpipe-bench-redis-") as folder:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", folder],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        server = RedisServer(port=free_port(), directory=Path(folder))
         try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
+            server.start()
+        except RedisUnavailable as exc:
+            raise SystemExit(f"{exc} (apt-get install redis-server)") from None
+        try:
+            yield server.url
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            server.stop()

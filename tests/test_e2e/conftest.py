@@ -3,40 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.helpers import free_port, port_open, wait_until
-
-SDPIPE = [sys.executable, "-m", "cli"]
-
-
-@dataclass
-class Proc:
-    """A background ``sdpipe`` process with its log file."""
-
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self, timeout_s: float = 30) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        return self.popen.returncode
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+from tests.procs import SDPIPE, Proc
 
 
 @pytest.fixture
