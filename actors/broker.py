@@ -3,8 +3,8 @@
 Redis mode: a :class:`~dramatiq.brokers.redis.RedisBroker` whose heartbeat and maintenance are tuned
 so that the messages of a killed worker come back within about a minute (heartbeat timeout
 ``BROKER_HEARTBEAT_TIMEOUT_MS``, default 20 s, plus a maintenance pass) (the defaults can take many
-minutes: see ``dramatiq-notes.md`` §2). Embedded mode: a :class:`~dramatiq.brokers.stub.StubBroker`
-served by in-process worker threads, running the same actors.
+minutes: see docs/dramatiq.md, "Recovering a dead worker's messages"). Embedded mode: a
+:class:`~dramatiq.brokers.stub.StubBroker` served by in-process worker threads, running the same actors.
 
 The broker is built and set (``dramatiq.set_broker``) before any actor is declared, and actors are
 declared against it explicitly, so nothing binds to an accidental default broker.

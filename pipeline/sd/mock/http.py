@@ -2,7 +2,7 @@
 
 One request handler, :class:`MockSDServer` (:mod:`pipeline.sd.mock.server`), serves both transports: a real HTTP server
 (:func:`serve`, :func:`run_forever` behind ``sdpipe mock-sd``) and an in-process httpx transport
-(:func:`mock_transport`, what ``SD_API_URL=mock://`` uses). It copies what the contract (§8) lists:
+(:func:`mock_transport`, what ``SD_API_URL=mock://`` uses). It copies what docs/a1111-api.md lists:
 ``{}`` accepted, unknown keys ignored, pydantic-v1 type errors as 422, one generation at a time in
 arrival order, A1111 500 bodies, 401 without ``WWW-Authenticate``, a progress payload that drops
 back to 0, ``info`` as a JSON string, seeds ``seed+i``, sizes floored to multiples of 8 and the
@@ -10,7 +10,7 @@ infotext in each PNG, and the UI's ``POST /internal/progress`` for requests name
 (absent with ``nowebui``). Faults are injected per txt2img request from a :class:`FaultPlan` (see
 :mod:`pipeline.sd.mock.faults`), and ``/mock/stats`` lists every request with its outcome. Not emulated:
 gzip, saved files and grids, scripts (any ``script_name`` is "not found"), img2img and the other
-routes of §3.
+routes.
 """
 
 from __future__ import annotations

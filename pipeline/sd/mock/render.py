@@ -6,7 +6,7 @@ grain. Neighbouring pixels always differ, so split/seam-blur/merge steps have so
 the same inputs always give the same pixels. Work is done in strips of rows in float32, so a 4096²
 image needs little more memory than its output array.
 
-:func:`format_infotext` writes A1111's ``parameters`` text (contract §4) and :func:`encode_image`
+:func:`format_infotext` writes A1111's ``parameters`` text (docs/a1111-api.md, "Infotext") and :func:`encode_image`
 stores it the way A1111 does: a PNG text chunk, or EXIF UserComment for JPEG/WEBP.
 """
 
@@ -148,7 +148,7 @@ def format_infotext(prompt: str, negative_prompt: str, params: Mapping[str, obje
     """A1111's infotext: prompt, optional ``Negative prompt:`` line, then the ``Key: value`` line.
 
     Keys whose value is None are left out; values holding ``,``, ``:`` or a newline are JSON-quoted;
-    a key equal to its value is written bare (contract §4).
+    a key equal to its value is written bare (docs/a1111-api.md, "Infotext").
     """
     pairs = [
         key if key == value else f"{key}: {_infotext_value(value)}"

@@ -2,7 +2,7 @@
 
 Split from :mod:`pipeline.sd.mock.server` (the server state and routes; :mod:`pipeline.sd.mock.http` holds the
 transports) so each stays readable. Everything here is pure apart from the seed generator it is handed;
-see the contract doc (``a1111-contract.md`` §1, §2.1, §2.4, §3, §4) for the behaviour copied.
+see docs/a1111-api.md ("What the mock copies") for the behaviour copied.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The SD server pool: which server renders a job, how many requests each gets, and their health.
 
 An AUTOMATIC1111 server renders one job at a time; requests beyond that wait on its lock with
-their connections open and time out behind proxies (``a1111-contract.md`` §2.3). So each server has
+their connections open and time out behind proxies (docs/a1111-api.md, "One generation at a time"). So each server has
 ``max`` slots (default 1) enforced across every worker on every machine through leases in the
 shared :class:`~pipeline.sd.pool.state.PoolState`, and a generation goes to a healthy server with a
 free slot:
