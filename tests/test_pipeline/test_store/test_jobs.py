@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -363,8 +364,24 @@ def test_resolve_id_prefers_exact_then_unique_prefix(store: StatusStore) -> None
         store.resolve_id("")
 
 
-def test_ping_answers(store: StatusStore) -> None:
+def test_ping_answers_while_the_store_is_reachable_and_raises_once_it_is_not(
+    store: StatusStore, tmp_path: Path
+) -> None:
+    # Given a reachable store, ping answers
     store.ping()
+    # When the same kind of store has lost its backing (Redis not answering, the SQLite folder gone)
+    if isinstance(store, RedisStatusStore):
+        gone: StatusStore = RedisStatusStore.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    else:
+        folder = tmp_path / "gone"
+        folder.mkdir()
+        gone = SqliteStatusStore(folder / "status.sqlite3")
+        gone.close()
+        shutil.rmtree(folder)
+    # Then ping says so
+    with pytest.raises(StoreUnavailable):
+        gone.ping()
+    gone.close()
 
 
 # -- concurrency and scale ------------------------------------------------------------------------
