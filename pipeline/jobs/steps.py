@@ -11,6 +11,7 @@ idempotent, because Dramatiq delivers at least once:
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import logging
 import threading
 import time
@@ -44,8 +45,8 @@ __all__ = ["StepContext", "StepOutcome", "run_step", "sd_slot"]
 
 logger = logging.getLogger(__name__)
 
-#: Version written into sidecars.
-SDPIPE_VERSION = "0.1.0"
+#: Version written into sidecars: the installed package's, so pyproject.toml is the one place it is set.
+SDPIPE_VERSION = importlib.metadata.version("sdpipe")
 
 
 @dataclass

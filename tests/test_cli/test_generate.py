@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,15 @@ def test_generate_override_settings_reach_the_server(sdpipe: Invoke) -> None:
     assert sidecar["parameters"]["override_settings"] == {"CLIP_stop_at_last_layers": 2}
     # the mock honours it like A1111: Clip skip appears in the infotext
     assert "Clip skip: 2" in sidecar["infotext"]
+
+
+def test_generate_sidecar_names_the_sdpipe_version_of_pyproject(sdpipe: Invoke) -> None:
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    result = sdpipe("generate", "a cat", "--sd-url", "mock://", "--json", "--width", "64", "--height", "64")
+    assert result.exit_code == 0, result.output
+    (job,) = json.loads(result.stdout)
+    sidecar = json.loads(Path(job["result"]["sidecar"]).read_text())
+    assert sidecar["sdpipe_version"] == pyproject["project"]["version"]
 
 
 def test_generate_malformed_override_is_refused(sdpipe: Invoke) -> None:
