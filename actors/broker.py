@@ -13,17 +13,15 @@ declared against it explicitly, so nothing binds to an accidental default broker
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import dramatiq
-import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import dq_name
 from dramatiq.middleware import CurrentMessage
 
-from pipeline.errors import ConfigError
+from pipeline.connections import RedisSettings, create_client, outage_retry
 from pipeline.settings import Settings
 
 __all__ = [
@@ -54,8 +52,6 @@ MAINTENANCE_CHANCE = 200_000
 WORKER_ENQUEUE_PATIENCE_S = 600.0
 #: The same for a CLI: short, so a command against a dead Redis says so quickly.
 CLI_ENQUEUE_PATIENCE_S = 5.0
-#: Longest pause between two enqueue attempts during an outage, in seconds.
-_ENQUEUE_RETRY_MAX_S = 5.0
 
 
 #: Longest pause between two polls of an empty queue, in ms. Dramatiq backs off up to its worker
@@ -75,47 +71,52 @@ class _PatientRedisBroker(RedisBroker):
     def __init__(self, *, enqueue_patience_s: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]
         self.enqueue_patience_s = enqueue_patience_s
+        self._enqueue_retry = outage_retry(enqueue_patience_s)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> dramatiq.Consumer:
         idle_poll_ms = DELAY_QUEUE_POLL_MAX_MS if queue_name == dq_name(queue_name) else CONSUMER_POLL_MAX_MS
         return super().consume(queue_name, prefetch, min(timeout, idle_poll_ms))
 
     def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
-        deadline = time.monotonic() + self.enqueue_patience_s
-        pause_s = 0.1
-        while True:
-            try:
-                return super().enqueue(message, delay=delay)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if time.monotonic() + pause_s > deadline:
-                    raise
-                logger.warning("cannot enqueue %s (%s); retrying in %.1f s", message.actor_name, exc, pause_s)
-                time.sleep(pause_s)
-                pause_s = min(pause_s * 2, _ENQUEUE_RETRY_MAX_S)
+        retries = self._enqueue_retry.get_retries()
+
+        def failed(exc: Exception, failures: int) -> None:
+            if failures <= retries:
+                logger.warning(
+                    "cannot enqueue %s of message %s (%s); retry %d of %d",
+                    message.actor_name,
+                    message.message_id,
+                    exc,
+                    failures,
+                    retries,
+                )
+
+        return self._enqueue_retry.call_with_retry(
+            lambda: super(_PatientRedisBroker, self).enqueue(message, delay=delay), failed, with_failure_count=True
+        )
 
 
 def build_broker(settings: Settings, *, enqueue_patience_s: float = WORKER_ENQUEUE_PATIENCE_S) -> dramatiq.Broker:
     """Build the broker for ``settings`` (Redis mode or embedded) and make it the global one.
 
-    ``enqueue_patience_s`` is how long an enqueue waits out a Redis outage before raising.
+    ``enqueue_patience_s`` is how long an enqueue waits out a Redis outage before raising. The Redis
+    client comes from :func:`pipeline.connections.create_client`, with every connection option of
+    the settings (Dramatiq's own URL handling would drop them).
+
+    Raises:
+        ConfigError: REDIS_URL is not a Redis URL.
     """
     broker: dramatiq.Broker
     if settings.redis_mode:
-        try:
-            broker = _PatientRedisBroker(
-                enqueue_patience_s=enqueue_patience_s,
-                url=settings.redis_dsn(),
-                namespace=BROKER_NAMESPACE,
-                heartbeat_timeout=settings.broker_heartbeat_timeout_ms,
-                maintenance_chance=MAINTENANCE_CHANCE,
-                socket_connect_timeout=5,
-                health_check_interval=30,
-            )
-        except ValueError as exc:
-            raise ConfigError(
-                f"invalid Redis URL {settings.redis_dsn_masked()}: {exc}", hint="check REDIS_URL"
-            ) from exc
-        logger.debug("broker: Redis at %s", settings.redis_dsn_masked())
+        redis_settings = RedisSettings.from_settings(settings)
+        broker = _PatientRedisBroker(
+            enqueue_patience_s=enqueue_patience_s,
+            client=create_client(redis_settings),
+            namespace=BROKER_NAMESPACE,
+            heartbeat_timeout=settings.broker_heartbeat_timeout_ms,
+            maintenance_chance=MAINTENANCE_CHANCE,
+        )
+        logger.debug("broker: Redis at %s", redis_settings.url_masked)
     else:
         broker = StubBroker()
         logger.debug("broker: embedded (in-process)")

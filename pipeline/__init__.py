@@ -4,6 +4,7 @@ actors, ``cli`` (with ``cli.api``) parses, calls it and renders.
 Its concepts, one entry each::
 
     settings   the one typed Settings, read once by the CLI and passed down
+    connections the one factory of Redis clients (broker, status store, SD pool) and their options
     errors     the error tree; transient or permanent is a property of the type
     models     what travels between the parts: requests, job specs, job records, SD results
     sd/        the SD servers: client, response reading, backends; pool/ (slots, health), mock/ (the mock server)
@@ -21,7 +22,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["batches", "errors", "images", "jobs", "models", "sd", "settings", "store"]
+__all__ = ["batches", "connections", "errors", "images", "jobs", "models", "sd", "settings", "store"]
 
 
 def __getattr__(name: str) -> ModuleType:

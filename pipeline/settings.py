@@ -23,6 +23,10 @@ __all__ = [
     "DEFAULT_GRID",
     "DEFAULT_HEIGHT",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_REDIS_CONNECT_TIMEOUT_S",
+    "DEFAULT_REDIS_HEALTH_CHECK_INTERVAL_S",
+    "DEFAULT_REDIS_RETRIES",
+    "DEFAULT_REDIS_SOCKET_TIMEOUT_S",
     "DEFAULT_SAMPLER",
     "DEFAULT_SCHEDULER",
     "DEFAULT_SD_API_URL",
@@ -45,6 +49,18 @@ DEFAULT_SD_API_URL = "http://localhost:7860"
 DEFAULT_SD_TIMEOUT_S = 300.0
 #: Connect timeout: a server that does not accept within this is down, not busy.
 DEFAULT_SD_CONNECT_TIMEOUT_S = 5.0
+#: Redis connections (broker, status store, SD pool): a server that does not accept a TCP
+#: connection within this is unreachable.
+DEFAULT_REDIS_CONNECT_TIMEOUT_S = 5.0
+#: Longest wait for a Redis reply (beyond a blocking command's own wait): a hung server is reported,
+#: not waited on forever.
+DEFAULT_REDIS_SOCKET_TIMEOUT_S = 15.0
+#: A pooled Redis connection idle for this long is PINGed before reuse, so a connection a server or
+#: a firewall dropped is noticed before a command is sent on it.
+DEFAULT_REDIS_HEALTH_CHECK_INTERVAL_S = 30
+#: Retries of a Redis command after a connection error or timeout (redis-py's default of 10 makes a
+#: dead server slow to report).
+DEFAULT_REDIS_RETRIES = 2
 #: Worker processes started by ``sdpipe worker``.
 DEFAULT_WORKERS_COUNT = 2
 #: Threads per worker process.
@@ -190,6 +206,10 @@ class Settings(BaseSettings):
     redis_port: Annotated[int, Field(gt=0, lt=65536)] = 6379
     redis_password: SecretStr | None = None
     redis_db: Annotated[int, Field(ge=0)] = 0
+    redis_connect_timeout_s: Annotated[float, Field(gt=0)] = DEFAULT_REDIS_CONNECT_TIMEOUT_S
+    redis_socket_timeout_s: Annotated[float, Field(gt=0)] = DEFAULT_REDIS_SOCKET_TIMEOUT_S
+    redis_health_check_interval_s: Annotated[int, Field(ge=0)] = DEFAULT_REDIS_HEALTH_CHECK_INTERVAL_S
+    redis_retries: Annotated[int, Field(ge=0)] = DEFAULT_REDIS_RETRIES
 
     # Workers
     workers_count: Annotated[int, Field(ge=1)] = DEFAULT_WORKERS_COUNT

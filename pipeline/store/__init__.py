@@ -47,9 +47,10 @@ def open_store(settings: Settings, *, create: bool = True) -> StatusStore:
         StoreUnavailable: the SQLite file cannot be created or opened.
     """
     if settings.redis_mode:
+        from pipeline.connections import RedisSettings
         from pipeline.store.redis import RedisStatusStore
 
-        return RedisStatusStore.from_url(settings.redis_dsn())
+        return RedisStatusStore.open(RedisSettings.from_settings(settings))
     path = settings.output_dir / EMBEDDED_STORE_PATH
     if not create and not path.exists():
         raise JobNotFound(

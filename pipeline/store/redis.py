@@ -38,10 +38,9 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import Script
-from redis.retry import Retry
 
+from pipeline.connections import RedisSettings, create_client
 from pipeline.errors import ConfigError, StoreUnavailable
 from pipeline.models import (
     ErrorInfo,
@@ -51,7 +50,6 @@ from pipeline.models import (
     StepName,
     StepRecord,
 )
-from pipeline.settings import mask_url
 from pipeline.store.base import (
     DEFAULT_LIST_LIMIT,
     TERMINAL_RANK,
@@ -73,16 +71,10 @@ from pipeline.store.redis_scripts import (
     with_constants,
 )
 
-__all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "DEFAULT_HEALTH_CHECK_INTERVAL_S", "RedisStatusStore", "missing_database"]
+__all__ = ["RedisStatusStore", "missing_database"]
 
 logger = logging.getLogger(__name__)
 
-#: Seconds to wait for a TCP connection before calling Redis unreachable.
-DEFAULT_CONNECT_TIMEOUT_S = 5.0
-#: Seconds a pooled connection may sit idle before it is PINGed again on reuse.
-DEFAULT_HEALTH_CHECK_INTERVAL_S = 30
-#: Retries of a command after a connection error (redis-py's default of 10 makes a dead server slow to report).
-_RETRIES = 2
 #: Jobs per create-script call: bounds how long one call holds Redis while a batch is recorded.
 _CREATE_CHUNK = 500
 #: Fingerprints per SMISMEMBER in ``succeeded_fingerprints`` (all chunks go in one round trip).
@@ -131,25 +123,30 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sdpipe") -> RedisStatusStore:
-        """Connect lazily to ``url`` (``redis://[[user]:password@]host[:port][/db]``) with sdpipe's timeouts.
+        """Connect lazily to ``url`` (``redis://[[user]:password@]host[:port][/db]``) with the default
+        connection options (see :meth:`open`).
 
         Raises:
             ConfigError: ``url`` is not a Redis URL.
         """
-        try:
-            client = redis.Redis.from_url(
-                url,
-                socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
-                health_check_interval=DEFAULT_HEALTH_CHECK_INTERVAL_S,
-                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), _RETRIES),
-            )
-        except ValueError as exc:
-            raise ConfigError(
-                f"{mask_url(url)!r} is not a Redis URL", hint="use redis://[:password@]host:port/db in REDIS_URL"
-            ) from exc
-        store = cls(client, namespace=namespace)
+        return cls.open(RedisSettings(url=url), namespace=namespace)
+
+    @classmethod
+    def open(cls, redis_settings: RedisSettings, *, namespace: str = "sdpipe") -> RedisStatusStore:
+        """Connect lazily with a client from :func:`pipeline.connections.create_client` (timeouts,
+        health checks and retries of ``redis_settings``); the store closes it.
+
+        Raises:
+            ConfigError: the URL is not a Redis URL.
+        """
+        store = cls(create_client(redis_settings), namespace=namespace)
         store._owns_client = True
         return store
+
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis client the store uses."""
+        return self._client
 
     # -- writes -------------------------------------------------------------------------------
 

@@ -320,7 +320,11 @@ class SDPool:
 
 
 def open_pool_state(settings: Settings) -> PoolState:
-    """Redis mode: the state every worker shares; embedded (one process): in memory."""
+    """Redis mode: the state every worker shares; embedded (one process): in memory.
+
+    Raises:
+        ConfigError: REDIS_URL is not a Redis URL.
+    """
     if settings.redis_mode:
         from pipeline.sd.pool.redis_state import RedisPoolState
 

@@ -22,16 +22,20 @@ from typing import Any
 
 import redis
 
+from pipeline.connections import RedisSettings, create_client
 from pipeline.errors import StoreUnavailable
 from pipeline.sd.backends import Backend
 from pipeline.sd.pool.state import BackendStatus, HealthPolicy, PoolState
-from pipeline.settings import Settings, mask_url
+from pipeline.settings import Settings
 from pipeline.store.redis import missing_database
 
 __all__ = ["POOL_PREFIX", "RedisPoolState"]
 
 #: Prefix of the pool's keys (the status store uses ``sdpipe:``, Dramatiq ``sdpipe-dramatiq:``).
 POOL_PREFIX = "sdpipe:pool:"
+#: Longest :meth:`RedisPoolState.wait_for_release` (one BLPOP), in seconds; the pool waits at most
+#: a second at a time anyway. The client's reply timeout is extended by it.
+_LONGEST_WAIT_S = 5.0
 #: Releases remembered for waiters; more would only wake waiters for slots already retaken.
 _FREED_KEEP = 64
 
@@ -190,9 +194,20 @@ class RedisPoolState(PoolState):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisPoolState:
-        # The socket timeout must outlast a BLPOP wait; short connects make an outage quick to report.
-        client = redis.Redis.from_url(settings.redis_dsn(), socket_connect_timeout=5.0, socket_timeout=15.0)
-        return cls(client, dsn_masked=mask_url(settings.redis_dsn()))
+        """The pool state on the Redis of ``settings``, with a client from
+        :func:`pipeline.connections.create_client` whose reply timeout outlasts a BLPOP wait.
+
+        Raises:
+            ConfigError: REDIS_URL is not a Redis URL.
+        """
+        redis_settings = RedisSettings.from_settings(settings)
+        client = create_client(redis_settings, blocking_s=_LONGEST_WAIT_S)
+        return cls(client, dsn_masked=redis_settings.url_masked)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis client the pool state uses."""
+        return self._client
 
     @staticmethod
     def _slots(key: str) -> str:
@@ -238,7 +253,7 @@ class RedisPoolState(PoolState):
 
     def wait_for_release(self, timeout_s: float) -> None:
         with self._reaching_redis():
-            self._client.blpop([self._freed], timeout=max(timeout_s, 0.01))
+            self._client.blpop([self._freed], timeout=min(max(timeout_s, 0.01), _LONGEST_WAIT_S))
 
     def record_success(self, key: str, elapsed_s: float) -> None:
         # The release script's success half: no holder by that name, so no slot is given back.
