@@ -300,12 +300,20 @@ def watch_jobs(
 ) -> Iterator[list[JobRecord]]:
     """Yield the jobs' records every ``poll_interval_s`` until all of them are terminal (last yield included).
 
+    Each poll is one batched read (:meth:`StatusStore.get_many`) of the jobs not yet terminal; a
+    terminal job never changes again, so its last record is reused.
+
     A store outage does not end the watch: :class:`StoreUnavailable` is raised to the caller, who
     may report it and call again.
+
+    Raises:
+        JobNotFound: a job id has no job.
     """
-    pending = list(job_ids)
+    latest: dict[str, JobRecord] = {}
     while True:
-        records = [store.get(job_id) for job_id in pending]
+        unfinished = [job_id for job_id in job_ids if job_id not in latest or not latest[job_id].state.terminal]
+        latest.update((record.job_id, record) for record in store.get_many(unfinished))
+        records = [latest[job_id] for job_id in job_ids]
         yield records
         if all(record.state.terminal for record in records):
             return

@@ -126,6 +126,16 @@ class StatusStore(abc.ABC):
             JobNotFound: no job has that id.
         """
 
+    def get_many(self, job_ids: Sequence[str]) -> list[JobRecord]:
+        """Return the jobs, one record per id in ``job_ids`` and in that order, read in one round trip.
+
+        This default calls :meth:`get` once per id; both stores override it with one batched read.
+
+        Raises:
+            JobNotFound: an id has no job (the first such id is named).
+        """
+        return [self.get(job_id) for job_id in job_ids]
+
     @abc.abstractmethod
     def resolve_id(self, prefix: str) -> str:
         """Return the one job id that starts with ``prefix`` (ids are shown shortened).

@@ -232,6 +232,21 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
             raise job_not_found(job_id)
         return _record(fields)
 
+    def get_many(self, job_ids: Sequence[str]) -> list[JobRecord]:
+        # One pipeline of HGETALLs: one round trip however many jobs.
+        unique = list(dict.fromkeys(job_ids))
+        pipe = self._client.pipeline(transaction=False)
+        for job_id in unique:
+            pipe.hgetall(self._key("job", job_id))
+        with self._guard():
+            replies = cast(list[dict[Any, Any]], pipe.execute())
+        found = dict(zip(unique, replies, strict=True))
+        missing = next((job_id for job_id in unique if not found[job_id]), None)
+        if missing is not None:
+            raise job_not_found(missing)
+        records = {job_id: _record(fields) for job_id, fields in found.items()}
+        return [records[job_id] for job_id in job_ids]
+
     def resolve_id(self, prefix: str) -> str:
         with self._guard():
             found = cast(list[Any], self._client.zrangebylex(self._key("ids"), f"[{prefix}", "+", start=0, num=2))

@@ -234,6 +234,16 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
             raise job_not_found(job_id)
         return records[0]
 
+    def get_many(self, job_ids: Sequence[str]) -> list[JobRecord]:
+        # One read transaction: the jobs and their steps in chunks of _IN_CHUNK ids.
+        unique = list(dict.fromkeys(job_ids))
+        with self._transaction(write=False) as conn:
+            records = {record.job_id: record for record in self._load(conn, unique)}
+        missing = next((job_id for job_id in unique if job_id not in records), None)
+        if missing is not None:
+            raise job_not_found(missing)
+        return [records[job_id] for job_id in job_ids]
+
     def resolve_id(self, prefix: str) -> str:
         with self._transaction(write=False) as conn:
             rows = conn.execute("SELECT job_id FROM jobs WHERE job_id >= ? ORDER BY job_id LIMIT 2", (prefix,))

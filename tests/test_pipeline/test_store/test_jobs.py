@@ -128,6 +128,41 @@ def test_get_unknown_id_raises_job_not_found(store: StatusStore) -> None:
         store.get("nope")
 
 
+def test_get_many_returns_one_record_per_id_in_the_order_given(store: StatusStore) -> None:
+    store.create_jobs([make_spec("j1"), make_spec("j2", batch_id="b"), make_spec("j3")])
+    store.start_step("j2", "generate", now=T0 + 1)
+    store.mark_succeeded("j3", {"image": "out/j3.png"}, now=T0 + 2)
+
+    records = store.get_many(["j3", "j1", "j2", "j1"])
+
+    assert [record.job_id for record in records] == ["j3", "j1", "j2", "j1"]
+    assert records == [store.get("j3"), store.get("j1"), store.get("j2"), store.get("j1")]
+    assert records[2].steps["generate"].attempts == 1 and records[0].result == {"image": "out/j3.png"}
+
+
+def test_get_many_of_no_ids_returns_empty_list(store: StatusStore) -> None:
+    assert store.get_many([]) == []
+
+
+def test_get_many_with_an_unknown_id_raises_job_not_found_naming_it(store: StatusStore) -> None:
+    store.create_jobs([make_spec("j1")])
+
+    with pytest.raises(JobNotFound, match="no job 'nope'"):
+        store.get_many(["j1", "nope"])
+
+
+def test_get_many_reads_more_ids_than_one_query_chunk(store: StatusStore) -> None:
+    ids = [f"job-{index:04d}" for index in range(1_200)]
+    store.create_jobs([make_spec(job_id, created_at=T0 + index) for index, job_id in enumerate(ids)])
+    store.start_step(ids[-1], "split", now=T0 + 2_000)
+
+    records = store.get_many(ids[::-1])
+
+    assert [record.job_id for record in records] == ids[::-1]
+    assert records[0].state is JobState.SPLITTING
+    assert {record.state for record in records[1:]} == {JobState.QUEUED}
+
+
 # -- transitions ----------------------------------------------------------------------------------
 
 
