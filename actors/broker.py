@@ -13,6 +13,7 @@ declared against it explicitly, so nothing binds to an accidental default broker
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import dramatiq
@@ -78,21 +79,30 @@ class _PatientRedisBroker(RedisBroker):
         return super().consume(queue_name, prefetch, min(timeout, idle_poll_ms))
 
     def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        # The Retry's count bounds the attempts by their pauses; the deadline also bounds them when
+        # each attempt is slow (a server that drops packets costs a connect timeout per attempt).
+        deadline = time.monotonic() + self.enqueue_patience_s
         retries = self._enqueue_retry.get_retries()
+        failures = 0
 
-        def failed(exc: Exception, failures: int) -> None:
-            if failures <= retries:
-                logger.warning(
-                    "cannot enqueue %s of message %s (%s); retry %d of %d",
-                    message.actor_name,
-                    message.message_id,
-                    exc,
-                    failures,
-                    retries,
-                )
+        def failed(exc: Exception) -> None:
+            nonlocal failures
+            failures += 1
+            if failures > retries:
+                return  # the Retry raises exc itself
+            if time.monotonic() >= deadline:
+                raise exc
+            logger.warning(
+                "cannot enqueue %s of message %s (%s); retry %d of %d",
+                message.actor_name,
+                message.message_id,
+                exc,
+                failures,
+                retries,
+            )
 
         return self._enqueue_retry.call_with_retry(
-            lambda: super(_PatientRedisBroker, self).enqueue(message, delay=delay), failed, with_failure_count=True
+            lambda: super(_PatientRedisBroker, self).enqueue(message, delay=delay), failed
         )
 
 

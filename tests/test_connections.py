@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import dramatiq
 import pytest
@@ -150,6 +151,26 @@ def test_broker_enqueue_retries_then_raises_when_redis_stays_down(
         dramatiq.set_broker(StubBroker())
     warnings = [record.getMessage() for record in caplog.records if "cannot enqueue" in record.getMessage()]
     assert [text.rsplit(";", 1)[1] for text in warnings] == [" retry 1 of 2", " retry 2 of 2"]
+
+
+def test_broker_enqueue_stops_retrying_at_its_deadline_when_attempts_are_slow(
+    settings: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a broker patient for 600 s whose first failed attempt took longer than that (a clock jump)
+    down = settings.model_copy(update={"redis_url": SecretStr(f"redis://127.0.0.1:{free_port()}/0")})
+    broker = build_broker(down, enqueue_patience_s=600.0)
+    actor = dramatiq.actor(lambda: None, actor_name="noop", broker=broker)
+    clock = iter([0.0, 601.0])
+    monkeypatch.setattr("actors.broker.time", SimpleNamespace(monotonic=lambda: next(clock)))
+    caplog.set_level(logging.WARNING, logger="actors.broker")
+    try:
+        # When a message is sent, Then the error is raised after that one attempt, without a retry
+        with pytest.raises(redis.ConnectionError):
+            actor.send()
+    finally:
+        broker.close()
+        dramatiq.set_broker(StubBroker())
+    assert [record for record in caplog.records if "cannot enqueue" in record.getMessage()] == []
 
 
 def test_importing_connections_does_not_import_redis() -> None:
