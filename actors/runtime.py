@@ -125,7 +125,9 @@ class Runtime:
             if not wait:
                 raise QueueFull(
                     f"the queue holds {depth} job(s); {count} more would pass MAX_QUEUE_DEPTH={limit}",
-                    hint="try again later, pass --wait-for-room, or raise MAX_QUEUE_DEPTH",
+                    field="MAX_QUEUE_DEPTH",
+                    value=depth + count,
+                    limit=limit,
                 )
             if on_wait is not None and not told:
                 on_wait(depth)
@@ -174,7 +176,7 @@ class Runtime:
         except redis.RedisError as exc:
             raise StoreUnavailable(
                 f"cannot enqueue on Redis at {mask_url(self.settings.redis_dsn())}: {exc}",
-                hint="is redis-server running? check REDIS_URL",
+                field="REDIS_URL",
             ) from exc
 
     def submit_rows(
@@ -297,7 +299,7 @@ class Runtime:
         except redis.RedisError as exc:
             raise StoreUnavailable(
                 f"cannot reach Redis at {mask_url(self.settings.redis_dsn())}: {exc}",
-                hint="is redis-server running? check REDIS_URL",
+                field="REDIS_URL",
             ) from exc
 
     def _track(self, job_ids: Sequence[str]) -> None:

@@ -176,7 +176,8 @@ def check_metrics_port(settings: Settings) -> None:
         except OSError as exc:
             raise ConfigError(
                 f"METRICS_PORT {port} is not free: {exc.strerror or exc}",
-                hint="stop what listens there (`ss -ltnp` names it), or choose another METRICS_PORT",
+                field="METRICS_PORT",
+                value=port,
             ) from exc
 
 

@@ -76,7 +76,6 @@ def backends(
         if answers and all(problem is not None for problem in answers.values()):
             raise SDUnavailable(
                 f"no SD server answers ({len(configured)} configured)",
-                hint="are they running with --api? check SD_API_URL",
             )
 
 

@@ -111,7 +111,7 @@ def batch(
         settings = load(ctx, sd_api_url=sd_url, output_dir=out)
         check_submission(settings, wait=wait or dry_run, sd_url=sd_url)
         if resume and skip_existing:
-            raise InputError("--resume and --skip-existing do not go together", hint="use one of them")
+            raise InputError("--resume and --skip-existing do not go together", field="--resume")
         now = time.time()
         batch_id = resume or new_id()
         output_dir, backend_url = travelling_overrides(settings, out=out, sd_url=sd_url)
@@ -249,14 +249,15 @@ def retry(
         if sd_url is not None and settings.redis_mode:
             raise InputError(
                 "--sd-url applies to embedded retries: in Redis mode the workers choose the SD server",
-                hint="drop --sd-url (a job pinned to a server when it was submitted stays pinned to it)",
+                field="--sd-url",
             )
         if (job_id is None) == (batch_id is None) or (batch_id is not None and not failed):
-            raise InputError("give a JOB_ID, or --batch ID --failed", hint="e.g. sdpipe retry --batch 3f2a --failed")
+            raise InputError("give a JOB_ID, or --batch ID --failed", field="--failed")
         if failed and job_id is not None:
             raise InputError(
                 "--failed goes with --batch: a JOB_ID is retried on its own",
-                hint=f"drop --failed: `sdpipe retry {job_id}`",
+                field="--failed",
+                value=job_id,
             )
         with open_runtime(settings) as runtime:
             store = runtime.store
@@ -283,13 +284,11 @@ def retry(
 
 def _refuse_retry(record: JobRecord) -> NoReturn:
     """A job that is not failed or cancelled cannot be retried: say why and what to do instead."""
-    short = record.job_id[:8]
-    if record.state.terminal:
-        hint = f"it needs no retry; see `sdpipe status {short}`"
-    else:
-        hint = f"it has not ended: wait for it, or `sdpipe cancel {short}` first"
     raise InputError(
-        f"job {record.job_id} is {record.state.value}: only failed or cancelled jobs can be retried", hint=hint
+        f"job {record.job_id} is {record.state.value}: only failed or cancelled jobs can be retried",
+        field="state",
+        value=record.state.value,
+        expected="failed or cancelled",
     )
 
 
@@ -302,7 +301,7 @@ def cancel(
     with cli_errors():
         settings = load(ctx)
         if (job_id is None) == (batch_id is None):
-            raise InputError("give a JOB_ID or --batch ID", hint="e.g. sdpipe cancel --batch 3f2a")
+            raise InputError("give a JOB_ID or --batch ID", field="JOB_ID")
         with open_runtime(settings, start_embedded_worker=False) as runtime:
             store = runtime.store
             if job_id is not None:

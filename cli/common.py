@@ -82,12 +82,13 @@ def check_submission(settings: Settings, *, wait: bool, sd_url: str | None) -> N
     if not wait and not settings.redis_mode:
         raise InputError(
             "--no-wait needs Redis mode: embedded jobs run inside this process",
-            hint="set REDIS_URL and run `sdpipe worker`, or drop --no-wait",
+            field="--no-wait",
         )
     if sd_url is not None and settings.redis_mode and strip_credentials(sd_url) != sd_url:
         raise InputError(
             "--sd-url must not carry credentials in Redis mode: they would travel in messages",
-            hint="set SD_API_AUTH on the workers and give --sd-url without user:pass@",
+            field="--sd-url",
+            expected="a URL without user:pass@",
         )
 
 

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from actors import open_runtime
 from cli.common import load
+from cli.errors import render
 from cli.output import RET_OK, RET_UNREACHABLE, RET_USAGE, cli_errors, console, exit_code_for
 from pipeline.errors import PipelineError
 from pipeline.jobs.files import check_output_dir
@@ -43,7 +44,7 @@ def doctor(
         try:
             detail = check(settings)
         except PipelineError as exc:
-            checks.add_row(Text(f"✗ {name}", style="red"), Text(str(exc)))
+            checks.add_row(Text(f"✗ {name}", style="red"), Text(render(exc)))
             worst = max(worst, exit_code_for(exc))
         else:
             checks.add_row(Text(f"✓ {name}", style="green"), Text(detail))
@@ -96,7 +97,7 @@ def _check_pool(settings: Settings, checks: Table) -> int:
     try:
         backends = parse_backends(settings.sd_api_url)
     except PipelineError as exc:
-        checks.add_row(Text("✗ SD server", style="red"), Text(str(exc)))
+        checks.add_row(Text("✗ SD server", style="red"), Text(render(exc)))
         return exit_code_for(exc)
     # At once: servers that are down then cost one connect timeout, not one each.
     with ThreadPoolExecutor(max_workers=min(len(backends), 8)) as executor:
@@ -108,7 +109,7 @@ def _check_pool(settings: Settings, checks: Table) -> int:
             checks.add_row(Text(f"✓ {name}", style="green"), Text(outcome))
             continue
         note = " - workers bench it and send its jobs to the others" if ready else ""
-        checks.add_row(Text(f"✗ {name}", style="red"), Text(f"{outcome}{note}"))
+        checks.add_row(Text(f"✗ {name}", style="red"), Text(f"{render(outcome)}{note}"))
     if ready:
         return RET_OK
     return max(exit_code_for(outcome) for outcome in outcomes if isinstance(outcome, PipelineError))
@@ -121,7 +122,7 @@ def _check_workers(settings: Settings, checks: Table) -> int:
         with open_runtime(settings, start_embedded_worker=False) as runtime:
             alive = runtime.live_workers()
     except PipelineError as exc:
-        checks.add_row(Text("✗ workers", style="red"), Text(str(exc)))
+        checks.add_row(Text("✗ workers", style="red"), Text(render(exc)))
         return exit_code_for(exc)
     if alive:
         checks.add_row(Text("✓ workers", style="green"), Text(f"{alive} worker process(es) alive"))

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.common import load
+from cli.errors import record_hint
 from cli.output import cli_errors, console, echo, job_row, jobs_table, print_json
 from pipeline.batches.manifests import batch_records, build_manifest, write_manifest
 from pipeline.errors import InputError, JobNotFound
@@ -33,7 +34,7 @@ def status(
     """Show one job (state, steps with attempts and timings, last error, result), or a batch with --batch."""
     with cli_errors():
         if (job_id is None) == (batch is None):
-            raise InputError("give a JOB_ID or --batch ID", hint="`sdpipe jobs` lists the jobs")
+            raise InputError("give a JOB_ID or --batch ID", field="JOB_ID")
         settings = load(ctx, output_dir=out)
         store = open_store(settings, create=False)
         try:
@@ -167,7 +168,8 @@ def _detail(record: JobRecord) -> Table:
         skipped = " (skipped: output existed)" if step.skipped else ""
         table.add_row(f"  {name}", f"{step.attempts} attempt(s), {duration}{skipped}")
     if record.error is not None:
-        text = f"{record.error.step}: {record.error.type}: {record.error.message}"
+        hint = record_hint(record.error)
+        text = f"{record.error.step}: {record.error.type}: {record.error.message}" + (f" ({hint})" if hint else "")
         if record.state is JobState.FAILED:
             table.add_row("error", Text(text, style="red"))
         else:  # an error a retry got past

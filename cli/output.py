@@ -17,16 +17,18 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.errors import (
-    ConfigError,
-    PipelineError,
-    SDAuthError,
-    SDNotFound,
-    SDTimeout,
-    SDUnavailable,
-    StoreUnavailable,
+from cli.errors import (
+    RET_FAILED,
+    RET_OK,
+    RET_UNREACHABLE,
+    RET_USAGE,
+    exit_code_for,
+    exit_code_of_type,
+    record_hint,
+    render,
 )
-from pipeline.models import JobRecord, JobState
+from pipeline.errors import PipelineError, error_type
+from pipeline.models import ErrorInfo, JobRecord, JobState
 
 __all__ = [
     "report_jobs",
@@ -47,15 +49,6 @@ __all__ = [
     "setup_logging",
     "state",
 ]
-
-#: Exit codes.
-RET_OK = 0
-#: A job failed.
-RET_FAILED = 1
-#: Bad usage or input (also Click's own code for usage errors).
-RET_USAGE = 2
-#: Redis or the SD server cannot be reached.
-RET_UNREACHABLE = 3
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -102,33 +95,19 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger("dramatiq").setLevel(logging.ERROR)
 
 
-#: Error types (by name, as the status store records them) that mean "could not reach".
-UNREACHABLE_ERRORS = frozenset({SDUnavailable.__name__, SDTimeout.__name__, StoreUnavailable.__name__})
-
-
-def exit_code_for(exc: PipelineError) -> int:
-    """3 for anything unreachable (Redis, the SD server), 2 for bad input or settings."""
-    if type(exc).__name__ in UNREACHABLE_ERRORS:
-        return RET_UNREACHABLE
-    return RET_USAGE
-
-
-#: Error types that mean "the settings are wrong" (credentials, API not enabled): exit 2, like bad input.
-CONFIG_ERRORS = frozenset({SDAuthError.__name__, SDNotFound.__name__, ConfigError.__name__})
-
-
 def exit_code_for_jobs(records: Sequence[JobRecord]) -> int:
     """0 if all succeeded; 3 if every other job failed on an unreachable server; 2 if every other job
-    failed on the settings (SD credentials, API not enabled); else 1."""
+    failed on the settings (SD credentials, API not enabled); else 1 (see :data:`cli.errors.EXIT_CODES`)."""
     unsuccessful = [record for record in records if record.state is not JobState.SUCCEEDED]
     if not unsuccessful:
         return RET_OK
-    types = {r.error.type if (r.state is JobState.FAILED and r.error) else "" for r in unsuccessful}
-    if types <= UNREACHABLE_ERRORS:
-        return RET_UNREACHABLE
-    if types <= CONFIG_ERRORS:
-        return RET_USAGE
-    return RET_FAILED
+    codes = {
+        exit_code_of_type(error_type(r.error.type), RET_FAILED)
+        if (r.state is JobState.FAILED and r.error)
+        else RET_FAILED
+        for r in unsuccessful
+    }
+    return codes.pop() if len(codes) == 1 else RET_FAILED
 
 
 @contextlib.contextmanager
@@ -149,7 +128,7 @@ def cli_errors() -> Iterator[None]:
     except PipelineError as exc:
         if state.verbose:
             err_console.print_exception()
-        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+        err_console.print(Text.assemble(("error: ", "bold red"), render(exc)), soft_wrap=True)
         raise typer.Exit(exit_code_for(exc)) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -167,11 +146,17 @@ def report_jobs(records: Sequence[JobRecord], *, json_output: bool = False) -> N
                 echo(str(record.result["image"]))
         for record in records:
             if record.state is not JobState.SUCCEEDED:
-                reason = f"{record.error.step}: {record.error.message}" if record.error else record.state.value
+                reason = _failure(record.error) if record.error else record.state.value
                 echo(f"job {record.job_id} {record.state.value}: {reason}", err=True)
     code = exit_code_for_jobs(records)
     if code != RET_OK:
         raise typer.Exit(code)
+
+
+def _failure(error: ErrorInfo) -> str:
+    """A job's recorded error as the CLI shows it: step, message, and how to fix it."""
+    hint = record_hint(error)
+    return f"{error.step}: {error.message}" + (f" ({hint})" if hint else "")
 
 
 def echo(text: str, *, err: bool = False) -> None:

@@ -106,7 +106,7 @@ def add(
         validate_cron(cron)
         parse_timezone(tz)
         if not name.strip() or len(name) > 100:
-            raise InputError(f"schedule name {name!r} is empty or too long", hint="use a short name like nightly")
+            raise InputError(f"schedule name {name!r} is empty or too long", field="name", value=name, limit=100)
         # Check the file now (it is read again, and validated again, at every run).
         try:
             read_batch_file(file, settings, defaults=options, batch_id="check", now=time.time())
@@ -122,7 +122,7 @@ def add(
                 except ScheduleNotFound:
                     pass
                 else:
-                    raise InputError(f"schedule {name!r} exists", hint="use --replace, or another name")
+                    raise InputError(f"schedule {name!r} exists", field="schedule", value=name)
             record = ScheduleRecord(
                 name=name,
                 cron=cron,
@@ -227,7 +227,7 @@ def remove(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Schedul
         store = open_store(load(ctx))
         try:
             if not store.delete_schedule(name):
-                raise ScheduleNotFound(f"no schedule named {name!r}", hint="`sdpipe schedule list` shows them")
+                raise ScheduleNotFound(f"no schedule named {name!r}", field="name", value=name)
         finally:
             store.close()
     echo(f"schedule {name} removed")

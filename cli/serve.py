@@ -49,7 +49,8 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         raise InputError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            hint="stop what uses that port, or choose another --port or --host",
+            field="port",
+            value=port,
         ) from exc
 
 
@@ -69,7 +70,8 @@ def serve(
         if settings.api_token is not None and not settings.api_token.get_secret_value().strip():
             raise InputError(
                 "API_TOKEN is set but empty: no request could authenticate",
-                hint="set API_TOKEN to a long random value (e.g. openssl rand -hex 32), or unset it",
+                field="API_TOKEN",
+                value="",
             )
         token = settings.api_token.get_secret_value() if settings.api_token is not None else None
         if token is not None and len(token.strip()) < MIN_TOKEN_CHARS:
@@ -81,7 +83,8 @@ def serve(
         if settings.api_token is None and not is_loopback(settings.api_host) and not insecure:
             raise InputError(
                 f"refusing to serve on {settings.api_host} without API_TOKEN: anyone who reaches it could submit jobs",
-                hint="set API_TOKEN, listen on 127.0.0.1, or pass --insecure",
+                field="API_HOST",
+                value=settings.api_host,
             )
         try:
             import uvicorn

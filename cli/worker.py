@@ -36,12 +36,16 @@ def worker(
         if not settings.redis_mode:
             raise InputError(
                 "sdpipe worker needs Redis: embedded mode runs its workers inside `sdpipe generate`",
-                hint="set REDIS_URL (e.g. redis://localhost:6379/0)",
+                field="REDIS_URL",
             )
         wanted = [q.strip() for q in queues.split(",") if q.strip()]
         unknown = sorted(set(wanted) - set(QUEUES))
         if unknown or not wanted:
-            raise InputError(f"unknown queue(s): {', '.join(unknown) or '(none given)'}", hint="use sd, images or both")
+            raise InputError(
+                f"unknown queue(s): {', '.join(unknown) or '(none given)'}",
+                field="--queues",
+                expected="sd, images or both",
+            )
         check_output_dir(settings.output_dir)
         check_metrics_port(settings)
         store = open_store(settings)
@@ -100,7 +104,8 @@ def mock_sd(
         except ValueError as exc:
             raise InputError(
                 f"invalid --faults {faults!r}: {exc}",
-                hint="use e.g. --faults 500:0.2,reset:0.1,hang:0.05,garbage:0.05; --fail-rate P is the same as 500:P",
+                field="faults",
+                value=faults,
             ) from None
         run_forever(
             host,

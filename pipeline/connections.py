@@ -124,7 +124,8 @@ def create_client(redis_settings: RedisSettings, *, blocking_s: float = 0.0) -> 
         # redis-py's reasons name the scheme or the query option at fault, never the password.
         raise ConfigError(
             f"{redis_settings.url_masked!r} is not a Redis URL: {exc}",
-            hint="use redis://[:password@]host:port/db in REDIS_URL",
+            field="REDIS_URL",
+            expected="redis://[:password@]host:port/db",
         ) from exc
 
 

@@ -1,38 +1,52 @@
 """sdpipe's error hierarchy for the pure core.
 
 Whether an error is worth retrying is a property of its type (:attr:`PipelineError.transient`),
-so the actors never inspect messages or status codes::
+so the actors never inspect messages or status codes. Errors carry data (``field``, ``value``,
+``limit``, ``expected``; ``url`` and ``status_code`` for the SD server's), never wording for one
+front end: the CLI (``cli/errors.py``) and the HTTP API (``cli/api/errors.py``) each say how to fix
+an error from its type (:attr:`PipelineError.code`) and that data::
 
-    PipelineError
-    ├── ConfigError               bad settings (permanent)
-    ├── InputError                bad user input: prompt, size, grid, file (permanent)
-    ├── ImageError                an image that cannot be decoded or is too large (permanent)
-    ├── JobNotFound               no job (or batch) with that id in the status store (permanent)
-    │   └── AmbiguousId           a short id that several jobs (or batches) start with
-    ├── ScheduleNotFound          no schedule with that name (permanent)
-    ├── JobCancelled              the job was cancelled while a step ran (permanent)
-    ├── StoreUnavailable          the status store (Redis) cannot be reached (transient)
-    ├── QueueFull                 more jobs queued than MAX_QUEUE_DEPTH allows (permanent: refused)
-    ├── NoFreeSlot                every SD server the job may use is busy (transient; waits, costs no retry)
-    └── SDError                   anything the SD server did
-        ├── SDTransientError      worth retrying (transient)
-        │   ├── SDUnavailable     connection refused / reset / DNS
-        │   ├── SDTimeout         connect or read timeout
-        │   └── SDServerError     5xx (OutOfMemoryError, NansException, ...), 429, 503
-        └── SDPermanentError      retrying cannot help (permanent)
-            ├── SDRequestRejected 422 and other 4xx
-            ├── SDAuthError       401 (hint: SD_API_AUTH)
-            ├── SDNotFound        404 (hint: start the server with --api)
-            └── SDBadImage        a 200 answer whose image does not decode
+    PipelineError                 code
+    ├── ConfigError               invalid_config       bad settings (permanent)
+    ├── InputError                invalid_input        bad user input: prompt, size, grid, file (permanent)
+    │   └── BatchFileError        invalid_batch        rows of a batch file are invalid; .problems lists them
+    ├── ImageError                invalid_image        an image that cannot be decoded or is too large (permanent)
+    │   └── UploadRejected        upload_rejected      an uploaded file refused; .problem says which check
+    ├── JobNotFound               job_not_found        no job (or batch) with that id in the status store
+    │   └── AmbiguousId           ambiguous_id         a short id that several jobs (or batches) start with
+    ├── ScheduleNotFound          schedule_not_found   no schedule with that name (permanent)
+    ├── JobCancelled              job_cancelled        the job was cancelled while a step ran (permanent)
+    ├── StoreUnavailable          store_unavailable    the status store (Redis) cannot be reached (transient)
+    ├── QueueFull                 queue_full           more jobs queued than MAX_QUEUE_DEPTH allows (refused)
+    ├── NoFreeSlot                no_free_slot         every SD server the job may use is busy (transient;
+    │                                                  waits, costs no retry)
+    └── SDError                   sd_error             anything the SD server did (.url, .status_code)
+        ├── SDTransientError      sd_transient         worth retrying (transient)
+        │   ├── SDUnavailable     sd_unreachable       connection refused / reset / DNS
+        │   ├── SDTimeout         sd_timeout           connect or read timeout
+        │   └── SDServerError     sd_server_error      5xx (OutOfMemoryError, NansException, ...), 429, 503
+        └── SDPermanentError      sd_rejected          retrying cannot help (permanent)
+            ├── SDRequestRejected sd_request_rejected  422 and other 4xx
+            ├── SDAuthError       sd_auth              401: SD_API_AUTH is wrong
+            ├── SDNotFound        sd_not_found         404: no such route (API not enabled) or sampler
+            └── SDBadImage        sd_bad_image         a 200 answer whose image does not decode
+
+This module imports nothing heavy (no numpy, PIL, httpx or Redis client): any part may import it.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import enum
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from pipeline.batches.formats import RowProblem
 
 __all__ = [
     "AmbiguousId",
     "PERMANENT_ERRORS",
+    "BatchFileError",
     "ConfigError",
     "ImageError",
     "InputError",
@@ -53,6 +67,9 @@ __all__ = [
     "SDUnavailable",
     "ScheduleNotFound",
     "StoreUnavailable",
+    "UploadProblem",
+    "UploadRejected",
+    "error_type",
 ]
 
 
@@ -60,14 +77,15 @@ class PipelineError(Exception):
     """Base class of every error sdpipe's core raises on purpose.
 
     Args:
-        message: one line saying what went wrong.
-        hint: one short sentence saying how to fix it, shown after the message.
+        message: one line saying what went wrong (no advice: front ends add their own, from the data).
         field: the setting, option or request field at fault (``"seed"``, ``"SD_API_URL"``).
         value: the value given (never a secret).
         limit: the bound it broke, when there is one.
         expected: what would have been accepted (``"an integer"``, ``"one of: png, jpeg, webp"``).
     """
 
+    #: A stable machine name of the error type (front ends key their wording on it).
+    code: ClassVar[str] = "error"
     #: Whether retrying the same operation later may succeed.
     transient: ClassVar[bool] = False
 
@@ -75,7 +93,6 @@ class PipelineError(Exception):
         self,
         message: str,
         *,
-        hint: str | None = None,
         field: str | None = None,
         value: object = None,
         limit: object = None,
@@ -83,52 +100,106 @@ class PipelineError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.hint = hint
         self.field = field
         self.value = value
         self.limit = limit
         self.expected = expected
 
     def __str__(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message
+        return self.message
 
 
 class ConfigError(PipelineError):
     """A setting is malformed or inconsistent."""
 
+    code = "invalid_config"
+
 
 class InputError(PipelineError):
     """User input (prompt, size, grid, file, name) is invalid."""
+
+    code = "invalid_input"
+
+
+class BatchFileError(InputError):
+    """Rows of a batch file are invalid; :attr:`problems` lists every one (nothing was enqueued)."""
+
+    code = "invalid_batch"
+
+    def __init__(self, file_name: str, problems: Sequence[RowProblem]) -> None:
+        self.file_name = file_name
+        self.problems = list(problems)
+        lines = len({problem.line for problem in self.problems})
+        super().__init__(f"{file_name}: {lines} bad row{'' if lines == 1 else 's'} (nothing was enqueued)")
+
+    def __reduce__(self) -> tuple[type[BatchFileError], tuple[str, list[RowProblem]]]:
+        return BatchFileError, (self.file_name, self.problems)  # picklable despite its own arguments
 
 
 class ImageError(PipelineError):
     """An image cannot be decoded, is truncated, or exceeds the size limits."""
 
+    code = "invalid_image"
+
+
+class UploadProblem(enum.StrEnum):
+    """Why an upload was refused (the HTTP layer picks its status code from this)."""
+
+    EMPTY = "empty_upload"
+    TOO_LARGE = "upload_too_large"
+    UNSUPPORTED_TYPE = "unsupported_media_type"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    UNREADABLE = "unreadable_image"
+
+
+class UploadRejected(ImageError):
+    """An uploaded file is not an image sdpipe accepts; :attr:`problem` says which check failed."""
+
+    code = "upload_rejected"
+
+    def __init__(self, problem: UploadProblem, message: str, *, limit: object = None) -> None:
+        super().__init__(message, limit=limit)
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[type[UploadRejected], tuple[UploadProblem, str]]:
+        return UploadRejected, (self.problem, self.message)
+
 
 class JobNotFound(PipelineError):
-    """The status store has no job with that id."""
+    """The status store has no job with that id (``field`` is ``"batch_id"`` for a batch)."""
+
+    code = "job_not_found"
 
 
 class AmbiguousId(JobNotFound):
     """A short id that several jobs (or batches) start with: not one of them is meant for sure."""
 
+    code = "ambiguous_id"
+
 
 class ScheduleNotFound(PipelineError):
     """The status store has no schedule with that name."""
+
+    code = "schedule_not_found"
 
 
 class JobCancelled(PipelineError):
     """The job was cancelled; its remaining steps do not run."""
 
+    code = "job_cancelled"
+
 
 class StoreUnavailable(PipelineError):
-    """The status store (Redis) cannot be reached."""
+    """The status store (Redis) cannot be reached (``field="REDIS_PASSWORD"``: it refused the password)."""
 
+    code = "store_unavailable"
     transient = True
 
 
 class QueueFull(PipelineError):
-    """A submission was refused: the queues hold more jobs than ``MAX_QUEUE_DEPTH`` allows."""
+    """A submission was refused: the queues hold more jobs than ``MAX_QUEUE_DEPTH`` allows (``limit``)."""
+
+    code = "queue_full"
 
 
 class NoFreeSlot(PipelineError):
@@ -137,6 +208,7 @@ class NoFreeSlot(PipelineError):
     Not a failure of the job: the generate message goes back to the queue without spending a retry.
     """
 
+    code = "no_free_slot"
     transient = True
 
 
@@ -148,7 +220,11 @@ class SDError(PipelineError):
         url: the server URL, without credentials.
         status_code: the HTTP status, when there was an answer.
         server_message: the server's own error text (``errors``/``detail``/``message``).
+        field, value, limit, expected: as for :class:`PipelineError` (``field="sampler"``,
+            ``field="read_timeout"``...).
     """
+
+    code = "sd_error"
 
     def __init__(
         self,
@@ -157,9 +233,12 @@ class SDError(PipelineError):
         url: str | None = None,
         status_code: int | None = None,
         server_message: str | None = None,
-        hint: str | None = None,
+        field: str | None = None,
+        value: object = None,
+        limit: object = None,
+        expected: str | None = None,
     ) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message, field=field, value=value, limit=limit, expected=expected)
         self.url = url
         self.status_code = status_code
         self.server_message = server_message
@@ -168,39 +247,57 @@ class SDError(PipelineError):
 class SDTransientError(SDError):
     """An SD failure that may succeed when tried again."""
 
+    code = "sd_transient"
     transient = True
 
 
 class SDUnavailable(SDTransientError):
-    """The SD server cannot be reached (refused, reset, unknown host)."""
+    """The SD server cannot be reached (refused, reset, unknown host); ``field="connection"``: lost mid-call."""
+
+    code = "sd_unreachable"
 
 
 class SDTimeout(SDTransientError):
-    """The SD server did not answer within the timeout."""
+    """The SD server did not answer within the timeout (``field``: which one, ``limit``: its seconds)."""
+
+    code = "sd_timeout"
 
 
 class SDServerError(SDTransientError):
     """The SD server answered 5xx, 429 or 503."""
 
+    code = "sd_server_error"
+
 
 class SDPermanentError(SDError):
     """An SD failure that retrying cannot fix."""
 
+    code = "sd_rejected"
+
 
 class SDRequestRejected(SDPermanentError):
-    """The SD server rejected the request (422 or another 4xx)."""
+    """The SD server rejected the request (422 or another 4xx; ``field="location"``: a redirect)."""
+
+    code = "sd_request_rejected"
 
 
 class SDAuthError(SDPermanentError):
     """The SD server wants other credentials (401)."""
 
+    code = "sd_auth"
+
 
 class SDNotFound(SDPermanentError):
-    """The SD server has no such route (404): usually the API is not enabled."""
+    """The SD server has no such route (404, ``field="route"``: usually the API is not enabled) or
+    sampler (``field="sampler"``)."""
+
+    code = "sd_not_found"
 
 
 class SDBadImage(SDPermanentError):
     """The SD server answered 200 but its image does not decode."""
+
+    code = "sd_bad_image"
 
 
 #: Every error type that retrying cannot fix: actors list these in ``throws`` so they fail at once.
@@ -214,3 +311,15 @@ PERMANENT_ERRORS: tuple[type[PipelineError], ...] = (
     QueueFull,
     SDPermanentError,
 )
+
+
+def error_type(name: str) -> type[PipelineError] | None:
+    """The error class a job record names (``ErrorInfo.type``), or None for another one
+    (``RetriesExhausted``, ``Interrupted``, a built-in exception...)."""
+    pending: list[type[PipelineError]] = [PipelineError]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == name:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return None

@@ -105,12 +105,12 @@ def parse_grid(text: str) -> tuple[int, int]:
     """
     match = _GRID_RE.match(text)
     if not match:
-        raise InputError(f"grid {text!r} is not ROWSxCOLS", hint="use e.g. --grid 2x2")
+        raise InputError(f"grid {text!r} is not ROWSxCOLS", field="grid", value=text, expected="ROWSxCOLS")
     rows, cols = int(match[1]), int(match[2])
     if rows < 1 or cols < 1:
-        raise InputError(f"grid {text!r} has an empty side", hint="rows and columns must be at least 1")
+        raise InputError(f"grid {text!r} has an empty side", field="grid", value=text, limit=1)
     if rows * cols < 2:
-        raise InputError(f"grid {text!r} has no inner cut", hint="use at least 1x2 or 2x1")
+        raise InputError(f"grid {text!r} has no inner cut", field="grid", value=text, limit=2)
     return rows, cols
 
 
@@ -229,6 +229,8 @@ class ErrorInfo(BaseModel):
     deaths: int = 0
     #: For SD errors: the server (URL without credentials) that failed; a retry prefers another.
     backend: str | None = None
+    #: The setting or field at fault (``PipelineError.field``): front ends word the fix from type and field.
+    field: str | None = None
 
 
 class JobRecord(BaseModel):

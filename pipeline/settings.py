@@ -333,7 +333,7 @@ class Settings(BaseSettings):
         if self.redis_url is not None:
             return self.redis_url.get_secret_value()
         if self.redis_host is None:
-            raise ConfigError("Redis is not configured", hint="set REDIS_URL or REDIS_HOST")
+            raise ConfigError("Redis is not configured", field="REDIS_URL")
         auth = ""
         if self.redis_password is not None:
             auth = ":" + quote(self.redis_password.get_secret_value(), safe="") + "@"
@@ -368,21 +368,24 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"]).upper() or "settings"
         message = str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"invalid setting {name}: {message}", hint="fix it in the environment or .env") from exc
+        raise ConfigError(f"invalid setting {name}: {message}", field=name) from exc
 
 
 def _check_env_file(env_file: Path) -> None:
     """Refuse an explicitly given env file that is missing or unreadable (pydantic-settings skips it)."""
-    hint = "check the path given to --env-file, or leave it out to read ./.env"
     try:
         with env_file.open("rb"):
             pass
     except FileNotFoundError:
-        raise ConfigError(f"env file {env_file} does not exist", hint=hint) from None
+        raise ConfigError(f"env file {env_file} does not exist", field="env_file", value=str(env_file)) from None
     except IsADirectoryError:
-        raise ConfigError(f"env file {env_file} is a directory, not a file", hint=hint) from None
+        raise ConfigError(
+            f"env file {env_file} is a directory, not a file", field="env_file", value=str(env_file)
+        ) from None
     except OSError as exc:
-        raise ConfigError(f"env file {env_file} cannot be read: {exc.strerror or exc}", hint=hint) from None
+        raise ConfigError(
+            f"env file {env_file} cannot be read: {exc.strerror or exc}", field="env_file", value=str(env_file)
+        ) from None
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -3,9 +3,10 @@
 Every error a client sees has that shape::
 
     ApiError (HTTPException)      raised by the routes: status, code, message, hint
-    PipelineError                 sdpipe's core errors, mapped to a status by type (see status_for);
-                                  a 5xx one is logged and answered with a fixed message (its own
-                                  names servers: Redis host, paths)
+    PipelineError                 sdpipe's core errors, mapped to a status by type (see status_for),
+                                  their hint worded for HTTP from type and data (API_HINTS: request
+                                  fields and routes, never CLI options); a 5xx one is logged and
+                                  answered with a fixed message (its own names servers: Redis host, paths)
     RequestValidationError        FastAPI's own request checks: 422, code "invalid_request"
     HTTPException                 Starlette's (404 route, 405 method...): code from the status
     anything else                 500, code "internal": logged with its traceback, never sent
@@ -14,8 +15,7 @@ Every error a client sees has that shape::
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,9 +24,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from pipeline.batches.files import BatchFileError
+from cli.errors import lookup_hint
 from pipeline.errors import (
     AmbiguousId,
+    BatchFileError,
     ConfigError,
     ImageError,
     InputError,
@@ -37,15 +38,18 @@ from pipeline.errors import (
     SDError,
     SDPermanentError,
     StoreUnavailable,
+    UploadProblem,
+    UploadRejected,
 )
-from pipeline.jobs.uploads import UploadProblem, UploadRejected
 
 __all__ = [
+    "API_HINTS",
     "ERROR_RESPONSES",
     "QUEUE_FULL_RETRY_AFTER_S",
     "ApiError",
     "ErrorBody",
     "ErrorDetail",
+    "api_hint",
     "error_response",
     "install_error_handlers",
     "status_for",
@@ -206,22 +210,49 @@ async def _pipeline_error(request: Request, exc: Exception) -> JSONResponse:
     problems = None
     if isinstance(exc, BatchFileError):
         problems = [{"line": p.line, "field": p.field, "message": p.message} for p in exc.problems]
-    if isinstance(exc, QueueFull):  # not the CLI's hint (--wait-for-room): say when to come back
-        hint = f"try again in {QUEUE_FULL_RETRY_AFTER_S} s or later"
-        headers = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}
-        return error_response(status, code, exc.message, hint=hint, headers=headers)
-    return error_response(status, code, exc.message, hint=_for_http(exc.hint, status), problems=problems)
+    headers = {"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)} if isinstance(exc, QueueFull) else None
+    return error_response(status, code, exc.message, hint=api_hint(exc), problems=problems, headers=headers)
 
 
-#: A hint written for the command line: a CLI option, an ``sdpipe`` command, "command-line options".
-_CLI_HINT = re.compile(r"(?:^|[\s`(])--[a-z]|\bsdpipe [a-z]|command-line")
+_DOCS = "see /docs for the request format"
+_JOBS = "GET /api/jobs lists the jobs"
+_UPLOAD_HINTS = {
+    UploadProblem.EMPTY: "send a PNG, JPEG or WebP image",
+    UploadProblem.UNSUPPORTED_TYPE: "send a PNG, JPEG or WebP image",
+    UploadProblem.TOO_LARGE: "send a smaller image",
+    UploadProblem.TOO_MANY_PIXELS: "send a smaller image",
+    UploadProblem.UNREADABLE: "the file may be truncated or corrupt",
+}
+
+#: The API's hint per (error code, field) of a core error it answers 4xx with (``None``: any field):
+#: request fields and routes, never CLI options (``cli/errors.py`` words the same errors for the CLI).
+API_HINTS: dict[tuple[str, str | None], str | Callable[[PipelineError], str | None]] = {
+    ("invalid_input", None): lambda e: (
+        "check the batch's defaults" if (e.field or "").startswith("defaults.") else _DOCS
+    ),
+    ("invalid_input", "name"): lambda e: f"use {e.expected}" if e.expected else _DOCS,
+    ("invalid_input", "MAX_PIXELS"): "send a smaller width and height",
+    ("invalid_input", "cron"): (
+        'use 5 fields "minute hour day-of-month month day-of-week", e.g. "0 2 * * *" for 02:00 daily'
+    ),
+    ("invalid_input", "timezone"): lambda e: (
+        f"did you mean {e.expected!r}?" if e.expected else "use an IANA name such as Europe/Berlin or UTC"
+    ),
+    ("invalid_batch", None): "fix the rows listed (line N is row N of the request) and send the batch again",
+    ("invalid_image", None): "the file may be truncated or corrupt",
+    ("invalid_image", "MAX_PIXELS"): "send a smaller image",
+    ("invalid_image", "bytes"): "send a smaller image",
+    ("invalid_image", "format"): "send a PNG, JPEG or WebP image",
+    ("upload_rejected", None): lambda e: _UPLOAD_HINTS.get(e.problem) if isinstance(e, UploadRejected) else None,
+    ("job_not_found", None): _JOBS,
+    ("ambiguous_id", None): "give more characters of the id",
+    ("queue_full", None): f"try again in {QUEUE_FULL_RETRY_AFTER_S} s or later",
+}
 
 
-def _for_http(hint: str | None, status: int) -> str | None:
-    """The core error's hint, unless it speaks of CLI options or commands (meaningless over HTTP)."""
-    if hint is None or not _CLI_HINT.search(hint):
-        return hint
-    return "GET /api/jobs lists the jobs" if status == 404 else "see /docs for the request format"
+def api_hint(exc: PipelineError) -> str | None:
+    """How a client fixes ``exc``, in HTTP terms (or None)."""
+    return lookup_hint(API_HINTS, exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

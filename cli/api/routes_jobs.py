@@ -133,9 +133,7 @@ def plan_batch_rows(settings: Settings, body: BatchBody, *, batch_id: str, now: 
         try:
             return read_batch_file(path, settings, defaults=body.defaults, batch_id=batch_id, now=now)
         except BatchFileError as exc:
-            error = BatchFileError("the batch", exc.problems)
-            error.hint = "fix the rows listed (line N is row N of the request) and send the batch again"
-            raise error from None
+            raise BatchFileError("the batch", exc.problems) from None
 
 
 @router.post(

@@ -21,7 +21,7 @@ from typing import Any, get_args
 from pydantic import ValidationError
 
 from pipeline.batches.formats import ROW_KEYS, FieldIssue, RowProblem, check_values, parse_batch_file
-from pipeline.errors import InputError
+from pipeline.errors import BatchFileError, InputError
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
 from pipeline.models import GenerationParams, JobSpec, StepParams, parse_grid
 from pipeline.settings import OutputFormat, Settings
@@ -73,22 +73,6 @@ _MESSAGE_KEYS = (
 _COMBINATION_WORDS = ("MAX_PIXELS", "tile", "image is")
 
 
-class BatchFileError(InputError):
-    """Rows of a batch file are invalid; :attr:`problems` lists every one (nothing was enqueued)."""
-
-    def __init__(self, file_name: str, problems: Sequence[RowProblem]) -> None:
-        self.file_name = file_name
-        self.problems = list(problems)
-        lines = len({problem.line for problem in self.problems})
-        super().__init__(
-            f"{file_name}: {lines} bad row{'' if lines == 1 else 's'} (nothing was enqueued)",
-            hint="fix the lines listed and run the command again",
-        )
-
-    def __reduce__(self) -> tuple[type[BatchFileError], tuple[str, list[RowProblem]]]:
-        return BatchFileError, (self.file_name, self.problems)  # picklable despite its own arguments
-
-
 @dataclass(frozen=True)
 class PlannedRow:
     """One valid row and the jobs it becomes."""
@@ -128,7 +112,7 @@ def read_batch_file(
     base, issues = planner.check_defaults(defaults, text_values=True)
     if issues:
         field, message, _ = issues[0]
-        raise InputError(f"default {field}: {message}", hint="check the command-line options")
+        raise InputError(f"default {field}: {message}", field=f"defaults.{field}")
     problems: list[RowProblem] = []
     if parsed.defaults:
         file_defaults, issues = planner.check_defaults(parsed.defaults, text_values=False)
@@ -157,19 +141,25 @@ def read_batch_file(
                 planned.append(PlannedRow(line=raw.line, params=outcome[0], specs=outcome[1]))
         problems.extend(RowProblem(raw.line, issue.field, issue.message) for issue in _unique(issues))
     if not seen_rows:
-        raise InputError(f"{path.name} has no rows", hint=_EMPTY_HINTS.get(path.suffix.lower(), "add some rows"))
+        raise InputError(
+            f"{path.name} has no rows",
+            field="rows",
+            limit=1,
+            expected=_EMPTY_EXPECTED.get(path.suffix.lower(), "some rows"),
+        )
     if problems:
         problems.sort(key=lambda problem: problem.line)
         raise BatchFileError(path.name, problems)
     return planned
 
 
-_EMPTY_HINTS = {
-    ".txt": "write one prompt per line",
-    ".jsonl": 'write one JSON object per line, e.g. {"prompt": "a lighthouse at dusk"}',
-    ".csv": "write a header row (e.g. prompt,seed) and one row per job",
-    ".yaml": "write a list of jobs, e.g. - prompt: a lighthouse at dusk",
-    ".yml": "write a list of jobs, e.g. - prompt: a lighthouse at dusk",
+#: What an empty batch file of each kind should hold.
+_EMPTY_EXPECTED = {
+    ".txt": "one prompt per line",
+    ".jsonl": 'one JSON object per line, e.g. {"prompt": "a lighthouse at dusk"}',
+    ".csv": "a header row (e.g. prompt,seed) and one row per job",
+    ".yaml": "a list of jobs, e.g. - prompt: a lighthouse at dusk",
+    ".yml": "a list of jobs, e.g. - prompt: a lighthouse at dusk",
 }
 
 

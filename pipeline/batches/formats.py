@@ -70,7 +70,7 @@ _KEY_ALIASES = {
 
 #: File extensions sdpipe reads as batch files.
 BATCH_EXTENSIONS = (".txt", ".jsonl", ".csv", ".yaml", ".yml")
-_EXTENSIONS_TEXT = "use .txt, .jsonl, .csv, .yaml or .yml"
+_EXTENSIONS_TEXT = ".txt, .jsonl, .csv, .yaml or .yml"
 #: The C loader is PyYAML's SafeLoader compiled (same safe constructors); the Python one otherwise.
 _Loader = yaml.SafeLoader | yaml.CSafeLoader
 _YAML_LOADER: type[_Loader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -210,22 +210,35 @@ def parse_batch_file(path: Path) -> ParsedFile:
 
 def _read_text(path: Path) -> str:
     if not path.exists():
-        raise InputError(f"batch file {path} does not exist", hint="check the path")
+        raise InputError(f"batch file {path} does not exist", field="path", value=str(path))
     if path.is_dir():
-        raise InputError(f"batch file {path} is a folder, not a file", hint="name a file such as prompts.txt")
+        raise InputError(
+            f"batch file {path} is a folder, not a file",
+            field="path",
+            value=str(path),
+            expected="a file such as prompts.txt",
+        )
     if path.suffix.lower() not in BATCH_EXTENSIONS:
-        raise InputError(f"batch file {path.name} has an unknown extension {path.suffix!r}", hint=_EXTENSIONS_TEXT)
+        raise InputError(
+            f"batch file {path.name} has an unknown extension {path.suffix!r}",
+            field="extension",
+            value=path.suffix,
+            expected=_EXTENSIONS_TEXT,
+        )
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise InputError(f"cannot read batch file {path}: {exc.strerror or exc}", hint="check its permissions") from exc
+        raise InputError(
+            f"cannot read batch file {path}: {exc.strerror or exc}", field="permissions", value=str(path)
+        ) from exc
     try:
         return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise InputError(
             f"{path.name} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})",
-            hint="save the file as UTF-8",
+            field="encoding",
+            expected="UTF-8",
         ) from exc
 
 
@@ -288,7 +301,8 @@ def _csv_rows(file_name: str, text: str) -> Iterator[RawRow | RowProblem]:
                 if "prompt" not in columns:
                     raise InputError(
                         f"{file_name}: the header (line {start}) has no 'prompt' column",
-                        hint="the first row must name the columns, e.g. prompt,steps,seed",
+                        field="header",
+                        expected="a first row naming the columns, e.g. prompt,steps,seed",
                     )
                 seen: set[str] = set()
                 for index, column in enumerate(columns):
@@ -310,7 +324,7 @@ def _csv_rows(file_name: str, text: str) -> Iterator[RawRow | RowProblem]:
             yield RawRow(start, values)
     except csv.Error as exc:
         raise InputError(
-            f"{file_name}: line {reader.line_num} is not valid CSV ({exc})", hint="check its quotes"
+            f"{file_name}: line {reader.line_num} is not valid CSV ({exc})", field="syntax", value="csv"
         ) from exc
 
 
@@ -341,7 +355,7 @@ def _has_alias_items(jobs: yaml.SequenceNode) -> bool:
 
 
 def _yaml_file(file_name: str, text: str, loader_class: type[_Loader] = _YAML_LOADER) -> ParsedFile:
-    shape_hint = "write a list of jobs (- prompt: ...), or a mapping with 'defaults:' and 'jobs:'"
+    shape = "a list of jobs (- prompt: ...), or a mapping with 'defaults:' and 'jobs:'"
     loader = loader_class(text)
     try:
         try:
@@ -350,9 +364,7 @@ def _yaml_file(file_name: str, text: str, loader_class: type[_Loader] = _YAML_LO
             mark = getattr(exc, "problem_mark", None)
             where = f" on line {mark.line + 1}" if mark is not None else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise InputError(
-                f"{file_name} is not valid YAML{where} ({problem})", hint="check its indentation and quotes"
-            ) from exc
+            raise InputError(f"{file_name} is not valid YAML{where} ({problem})", field="syntax", value="yaml") from exc
         parsed = ParsedFile(rows=iter(()))
         if root is None:
             return parsed  # empty: reported by the caller
@@ -362,7 +374,9 @@ def _yaml_file(file_name: str, text: str, loader_class: type[_Loader] = _YAML_LO
             if unknown or "jobs" not in parts:
                 found = f"found {', '.join(unknown)}" if unknown else "no 'jobs' key"
                 raise InputError(
-                    f"{file_name}: a YAML mapping must have 'jobs' (and 'defaults'); {found}", hint=shape_hint
+                    f"{file_name}: a YAML mapping must have 'jobs' (and 'defaults'); {found}",
+                    field="jobs",
+                    expected=shape,
                 )
             defaults_node = parts.get("defaults")
             if defaults_node is not None:
@@ -373,7 +387,9 @@ def _yaml_file(file_name: str, text: str, loader_class: type[_Loader] = _YAML_LO
         if not isinstance(jobs_node, yaml.SequenceNode):
             if isinstance(jobs_node, yaml.ScalarNode) and loader.construct_document(jobs_node) is None:
                 return parsed  # "jobs:" with nothing under it: empty
-            raise InputError(f"{file_name}: expected a list of jobs, found {_node_kind(jobs_node)}", hint=shape_hint)
+            raise InputError(
+                f"{file_name}: expected a list of jobs, found {_node_kind(jobs_node)}", field="jobs", expected=shape
+            )
         if not isinstance(loader, _AliasLineLoader) and _has_alias_items(jobs_node):
             return _yaml_file(file_name, text, _AliasLineLoader)
         alias_lines = loader.alias_lines if isinstance(loader, _AliasLineLoader) else {}
@@ -394,7 +410,8 @@ def _yaml_defaults(file_name: str, loader: _Loader, node: yaml.Node) -> tuple[di
     if not isinstance(node, yaml.MappingNode):
         raise InputError(
             f"{file_name}: 'defaults' (line {node.start_mark.line + 1}) must be a mapping, found {_node_kind(node)}",
-            hint="e.g. defaults: {steps: 30, grid: 2x2}",
+            field="defaults",
+            expected="a mapping, e.g. defaults: {steps: 30, grid: 2x2}",
         )
     for key, _ in node.value:
         if key.tag != _YAML_MERGE_TAG:
@@ -404,7 +421,8 @@ def _yaml_defaults(file_name: str, loader: _Loader, node: yaml.Node) -> tuple[di
     except (yaml.YAMLError, ValueError) as exc:
         raise InputError(
             f"{file_name}: cannot read 'defaults' (line {lines[None]}): {getattr(exc, 'problem', None) or exc}",
-            hint="use plain keys and values, e.g. defaults: {steps: 30, grid: 2x2}",
+            field="defaults",
+            expected="plain keys and values, e.g. defaults: {steps: 30, grid: 2x2}",
         ) from exc
     return {str(key): value for key, value in values.items()}, lines
 

@@ -56,7 +56,7 @@ FireFn = Callable[[ScheduleRecord, float], str]
 MAX_WAIT_S = 60.0
 #: An occurrence handled within this many seconds is on time, whatever the schedule's grace window.
 MIN_GRACE_S = 60.0
-_CRON_HINT = 'use 5 fields "minute hour day-of-month month day-of-week", e.g. "0 2 * * *" for 02:00 daily'
+_CRON_FIELDS = '5 fields "minute hour day-of-month month day-of-week"'
 _ACTIVE_STATES = tuple(state for state in JobState if not state.terminal)
 
 
@@ -69,14 +69,15 @@ def parse_timezone(name: str) -> ZoneInfo:
     """The IANA time zone ``name`` (e.g. ``Europe/Berlin``).
 
     Raises:
-        InputError: no such zone (the hint suggests close names).
+        InputError: no such zone (``expected`` is the closest name, if one is close).
     """
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         close = difflib.get_close_matches(name, available_timezones(), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else "use an IANA name such as Europe/Berlin or UTC"
-        raise InputError(f"unknown time zone {name!r}", hint=hint) from None
+        raise InputError(
+            f"unknown time zone {name!r}", field="timezone", value=name, expected=close[0] if close else None
+        ) from None
 
 
 def validate_cron(expr: str) -> None:
@@ -87,13 +88,17 @@ def validate_cron(expr: str) -> None:
     """
     fields = expr.split()
     if len(fields) != 5:
-        raise InputError(f"cron expression {expr!r} has {len(fields)} fields, not 5", hint=_CRON_HINT)
+        raise InputError(
+            f"cron expression {expr!r} has {len(fields)} fields, not 5", field="cron", value=expr, expected=_CRON_FIELDS
+        )
     if not croniter.is_valid(expr):
-        raise InputError(f"invalid cron expression {expr!r}", hint=_CRON_HINT)
+        raise InputError(f"invalid cron expression {expr!r}", field="cron", value=expr, expected=_CRON_FIELDS)
     try:
         croniter(expr, 0.0).get_next(float)
     except CroniterError:
-        raise InputError(f"cron expression {expr!r} never fires", hint=_CRON_HINT) from None
+        raise InputError(
+            f"cron expression {expr!r} never fires", field="cron", value=expr, expected=_CRON_FIELDS
+        ) from None
 
 
 def _cron(schedule: ScheduleRecord, start: float) -> croniter:
@@ -213,7 +218,7 @@ class Scheduler:
             return ScheduleRun(fire_time=now, at=now, status="skipped", reason="already fired at this instant")
         run = self._handle_claimed(name, now, now, manual=True)
         if run is None:
-            raise ScheduleNotFound(f"no schedule {name!r}", hint="`sdpipe schedule list` lists the schedules")
+            raise ScheduleNotFound(f"no schedule {name!r}", field="name", value=name)
         return run
 
     def _handle_claimed(self, name: str, occurrence: float, now: float, *, manual: bool) -> ScheduleRun | None:

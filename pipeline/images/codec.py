@@ -122,7 +122,9 @@ def decode_image(data: bytes, *, max_pixels: int, max_bytes: int, what: str = "i
             if width * height > max_pixels:
                 raise ImageError(
                     f"{what} is {width}x{height} px, more than MAX_PIXELS ({max_pixels:,})",
-                    hint="use a smaller image or raise MAX_PIXELS",
+                    field="MAX_PIXELS",
+                    value=width * height,
+                    limit=max_pixels,
                 )
             im.load()
             infotext = _read_infotext(im)
@@ -144,11 +146,15 @@ def _checked_format(data: bytes, *, max_bytes: int, what: str) -> str:
     if len(data) > max_bytes:
         raise ImageError(
             f"{what} is {_size_text(len(data))}, more than the {_size_text(max_bytes)} limit",
-            hint="use a smaller image or raise the size limit",
+            field="bytes",
+            value=len(data),
+            limit=max_bytes,
         )
     fmt = sniff_format(data)
     if fmt is None:
-        raise ImageError(f"{what} is not a PNG, JPEG, WebP or GIF image", hint="give an image in one of these formats")
+        raise ImageError(
+            f"{what} is not a PNG, JPEG, WebP or GIF image", field="format", expected="PNG, JPEG, WebP or GIF"
+        )
     return fmt
 
 
@@ -174,7 +180,9 @@ def probe_image(data: bytes, *, max_pixels: int, max_bytes: int, what: str = "im
     if width * height > max_pixels:
         raise ImageError(
             f"{what} is {width}x{height} px, more than MAX_PIXELS ({max_pixels:,})",
-            hint="use a smaller image or raise MAX_PIXELS",
+            field="MAX_PIXELS",
+            value=width * height,
+            limit=max_pixels,
         )
     problem = _container_problem(data, fmt)
     if problem is not None:
@@ -184,7 +192,7 @@ def probe_image(data: bytes, *, max_pixels: int, max_bytes: int, what: str = "im
 
 def _undecodable(what: str, fmt: str, problem: str) -> ImageError:
     message = f"{what} cannot be decoded as {fmt.upper()}: {problem}"
-    return ImageError(message, hint="the file may be truncated or corrupt")
+    return ImageError(message, field="data", value=fmt)
 
 
 def _container_problem(data: bytes, fmt: str) -> str | None:
@@ -208,20 +216,22 @@ def read_image_bytes(path: Path, *, max_bytes: int) -> bytes:
     """
     try:
         if path.is_dir():
-            raise InputError(f"{path} is a directory", hint="give the path of an image file")
+            raise InputError(f"{path} is a directory", field="path", value=str(path), expected="an image file")
         size = path.stat().st_size
         if size > max_bytes:
             raise ImageError(
                 f"{path} is {_size_text(size)}, more than the {_size_text(max_bytes)} limit",
-                hint="use a smaller image or raise the size limit",
+                field="bytes",
+                value=size,
+                limit=max_bytes,
             )
         return path.read_bytes()
     except FileNotFoundError as exc:
-        raise InputError(f"no such file: {path}", hint="check the path and the current directory") from exc
+        raise InputError(f"no such file: {path}", field="path", value=str(path)) from exc
     except PermissionError as exc:
-        raise InputError(f"cannot read {path}: permission denied", hint="check the file's permissions") from exc
+        raise InputError(f"cannot read {path}: permission denied", field="permissions", value=str(path)) from exc
     except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}", hint="check the path") from exc
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}", field="path", value=str(path)) from exc
 
 
 def read_image_file(path: Path, *, max_pixels: int, max_bytes: int) -> DecodedImage:
@@ -253,7 +263,9 @@ def encode_image(array: NDArray[np.uint8], *, format: str, infotext: str | None)
             if len(exif) > _JPEG_MAX_EXIF_BYTES:
                 raise ImageError(
                     f"the infotext ({len(infotext)} characters) does not fit in a JPEG's EXIF segment",
-                    hint="write PNG or WebP instead",
+                    field="format",
+                    value="jpeg",
+                    expected="png or webp",
                 )
             options["exif"] = exif
         im = im.convert("RGB") if im.mode == "RGBA" else im

@@ -132,15 +132,16 @@ def validate_geometry(width: int, height: int, params: StepParams) -> None:
     """
     rows, cols, band, sigma = params.rows, params.cols, params.band_px, params.sigma
     if width < 1 or height < 1:
-        raise InputError(f"image is {width}x{height} px", hint="the image must have at least one pixel")
+        raise InputError(f"image is {width}x{height} px", field="image", value=f"{width}x{height}", limit=1)
     if not sigma > 0 or not math.isfinite(sigma):
-        raise InputError(f"sigma {sigma} is not a positive number", hint="use e.g. --sigma 4")
+        raise InputError(f"sigma {sigma} is not a positive number", field="sigma", value=sigma, limit=0)
     if band < 1:
-        raise InputError(f"band_px {band} is below 1", hint="use e.g. --band-px 16")
+        raise InputError(f"band_px {band} is below 1", field="band_px", value=band, limit=1)
     if rows < 1 or cols < 1 or cols > width or rows > height:
         raise InputError(
             f"grid {rows}x{cols} has more tiles than the {width}x{height} px image has pixels",
-            hint="use a coarser --grid",
+            field="grid",
+            value=f"{rows}x{cols}",
         )
     tile_w = min(b - a for a, b in _pairs(cut_positions(width, cols)))
     tile_h = min(b - a for a, b in _pairs(cut_positions(height, rows)))
@@ -149,12 +150,15 @@ def validate_geometry(width: int, height: int, params: StepParams) -> None:
     if max_band < 1:
         raise InputError(
             f"grid {rows}x{cols} is too fine for a {width}x{height} px image (tiles are {tile_w}x{tile_h} px)",
-            hint="use a coarser --grid",
+            field="grid",
+            value=f"{rows}x{cols}",
         )
     if band > max_band:
         raise InputError(
             f"band_px {band} is larger than half a tile (tiles are {tile_w}x{tile_h} px)",
-            hint=f"use --band-px {max_band} or less, or a coarser --grid",
+            field="band_px",
+            value=band,
+            limit=max_band,
         )
 
 

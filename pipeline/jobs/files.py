@@ -187,11 +187,19 @@ def safe_output_stem(name: str) -> str:
         if stem.lower().endswith(ext):
             stem = stem[: -len(ext)]
     if not stem or stem in (".", "..") or stem.startswith(".") or "/" in stem or "\\" in stem:
-        raise InputError(f"output name {name!r} would leave OUTPUT_DIR", hint="use a plain file name without / or ..")
+        raise InputError(
+            f"output name {name!r} would leave OUTPUT_DIR",
+            field="name",
+            value=name,
+            expected="a plain file name without / or ..",
+        )
     if not _STEM_OK.match(stem) or len(stem) > 200:
         raise InputError(
             f"output name {name!r} has characters that are not allowed",
-            hint="use letters, digits, spaces, '.', '_' and '-' (at most 200)",
+            field="name",
+            value=name,
+            limit=200,
+            expected="letters, digits, spaces, '.', '_' and '-' (at most 200)",
         )
     return stem
 
@@ -204,7 +212,9 @@ def check_output_dir(output_dir: Path) -> Path:
     """
     path = output_dir.expanduser().absolute()
     if path.exists() and not path.is_dir():
-        raise InputError(f"OUTPUT_DIR {path} is a file, not a folder", hint="set OUTPUT_DIR or --out to a folder")
+        raise InputError(
+            f"OUTPUT_DIR {path} is a file, not a folder", field="OUTPUT_DIR", value=str(path), expected="a folder"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".sdpipe-probe-", delete=True)
@@ -212,7 +222,9 @@ def check_output_dir(output_dir: Path) -> Path:
     except OSError as exc:
         raise InputError(
             f"OUTPUT_DIR {path} is not writable ({exc.strerror or exc})",
-            hint="choose another folder with --out or OUTPUT_DIR, or fix its permissions",
+            field="OUTPUT_DIR",
+            value=str(path),
+            expected="a writable folder",
         ) from exc
     return path
 

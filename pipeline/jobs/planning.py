@@ -106,7 +106,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any] | None:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise InputError(f"override {item!r} is not KEY=VALUE", hint="e.g. --override CLIP_stop_at_last_layers=2")
+            raise InputError(f"override {item!r} is not KEY=VALUE", field="override", value=item, expected="KEY=VALUE")
         try:
             value: Any = json.loads(raw)
         except ValueError:
@@ -125,24 +125,26 @@ def build_step_params(settings: Settings, *, grid: str | None, band_px: int | No
     band = settings.band_px if band_px is None else band_px
     sig = settings.sigma if sigma is None else sigma
     if band < 1:
-        raise InputError(f"band_px must be at least 1 (got {band})", hint="use e.g. --band-px 16")
+        raise InputError(f"band_px must be at least 1 (got {band})", field="band_px", value=band, limit=1)
     if not sig > 0:
-        raise InputError(f"sigma must be greater than 0 (got {sig})", hint="use e.g. --sigma 4")
+        raise InputError(f"sigma must be greater than 0 (got {sig})", field="sigma", value=sig, limit=0)
     return StepParams(rows=rows, cols=cols, band_px=band, sigma=sig)
 
 
 def _generation_params(settings: Settings, request: GenerationRequest, seed: int) -> GenerationParams:
     if not request.prompt.strip():
-        raise InputError("the prompt is empty", hint='give a prompt, e.g. sdpipe generate "a lighthouse at dusk"')
+        raise InputError("the prompt is empty", field="prompt", value=request.prompt)
     width = settings.width if request.width is None else request.width
     height = settings.height if request.height is None else request.height
     for name, value in (("width", width), ("height", height)):
         if value < 8:
-            raise InputError(f"{name} must be at least 8 pixels (got {value})", hint=f"use e.g. --{name} 512")
+            raise InputError(f"{name} must be at least 8 pixels (got {value})", field=name, value=value, limit=8)
     if width * height > settings.max_pixels:
         raise InputError(
             f"{width}x{height} is {width * height:,} pixels, over MAX_PIXELS ({settings.max_pixels:,})",
-            hint="choose a smaller --width/--height or raise MAX_PIXELS",
+            field="MAX_PIXELS",
+            value=width * height,
+            limit=settings.max_pixels,
         )
     if (width % 8 or height % 8) and (width, height) not in _WARNED_SIZES:
         _WARNED_SIZES.add((width, height))  # once per size per process, not once per job of a batch
@@ -205,9 +207,16 @@ def plan_generate(
         InputError: anything wrong with the request, found before any job exists.
     """
     if not 1 <= count <= MAX_COUNT:
-        raise InputError(f"count must be between 1 and {MAX_COUNT} (got {count})", hint="use e.g. --count 4")
+        raise InputError(
+            f"count must be between 1 and {MAX_COUNT} (got {count})", field="count", value=count, limit=MAX_COUNT
+        )
     if not -1 <= request.seed <= MAX_SEED:
-        raise InputError(f"seed must be -1 (random) or 0..{MAX_SEED} (got {request.seed})")
+        raise InputError(
+            f"seed must be -1 (random) or 0..{MAX_SEED} (got {request.seed})",
+            field="seed",
+            value=request.seed,
+            limit=MAX_SEED,
+        )
     stem = safe_output_stem(name) if name is not None else None
     specs = []
     for index in range(count):
@@ -269,7 +278,7 @@ def plan_process(
         ImageError: a file that is not an image, is truncated, or is over the limits.
     """
     if not paths:
-        raise InputError("no input images", hint="name one or more files: sdpipe process photo.png")
+        raise InputError("no input images", field="images")
     plans = []
     for path in paths:
         data = read_image_bytes(path, max_bytes=settings.max_image_bytes)
@@ -278,7 +287,9 @@ def plan_process(
         try:
             seams.validate_geometry(header.width, header.height, step_params)
         except InputError as exc:
-            raise InputError(f"{path.name}: {exc.message}", hint=exc.hint) from exc
+            raise InputError(
+                f"{path.name}: {exc.message}", field=exc.field, value=exc.value, limit=exc.limit, expected=exc.expected
+            ) from exc
         job_id = new_id()
         spec = JobSpec(
             job_id=job_id,

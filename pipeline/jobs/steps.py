@@ -141,6 +141,7 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
             transient=exc.transient,
             at=ctx.clock(),
             backend=exc.url if isinstance(exc, SDError) else None,
+            field=exc.field,
         )
         _record_failure(ctx, job_id, step, attempt, error, retries_left)
         raise

@@ -11,7 +11,6 @@ trusts what the client said: the format comes from the file's magic bytes (never
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import BinaryIO, Literal
 
 from PIL import Image
 
-from pipeline.errors import ImageError
+from pipeline.errors import UploadProblem, UploadRejected
 from pipeline.images.codec import sniff_format
 from pipeline.jobs.files import STATE_DIR_NAME
 
@@ -53,27 +52,6 @@ STALE_UPLOAD_AGE_S = 3600.0
 _UPLOADS_DIR_NAME = "uploads"
 
 
-class UploadProblem(enum.StrEnum):
-    """Why an upload was refused (the HTTP layer picks its status code from this)."""
-
-    EMPTY = "empty_upload"
-    TOO_LARGE = "upload_too_large"
-    UNSUPPORTED_TYPE = "unsupported_media_type"
-    TOO_MANY_PIXELS = "too_many_pixels"
-    UNREADABLE = "unreadable_image"
-
-
-class UploadRejected(ImageError):
-    """An uploaded file is not an image sdpipe accepts; :attr:`problem` says which check failed."""
-
-    def __init__(self, problem: UploadProblem, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.problem = problem
-
-    def __reduce__(self) -> tuple[type[UploadRejected], tuple[UploadProblem, str]]:
-        return UploadRejected, (self.problem, self.message)
-
-
 @dataclass(frozen=True)
 class UploadInfo:
     """What :func:`check_upload` found: the sniffed format and the size from the header."""
@@ -95,7 +73,7 @@ def sniff_upload(head: bytes) -> UploadFormat:
         UploadRejected: empty, or anything else (GIF included: the API takes what SD servers produce).
     """
     if not head:
-        raise UploadRejected(UploadProblem.EMPTY, "the uploaded file is empty", hint="send a PNG, JPEG or WebP image")
+        raise UploadRejected(UploadProblem.EMPTY, "the uploaded file is empty")
     found = sniff_format(head)
     for fmt in _PIL_FORMATS:
         if found == fmt:
@@ -103,7 +81,6 @@ def sniff_upload(head: bytes) -> UploadFormat:
     raise UploadRejected(
         UploadProblem.UNSUPPORTED_TYPE,
         "the uploaded file is not a PNG, JPEG or WebP image (checked from its content, not its name or type)",
-        hint="send a PNG, JPEG or WebP image",
     )
 
 
@@ -122,7 +99,6 @@ def check_upload(handle: BinaryIO, *, max_bytes: int, max_pixels: int) -> Upload
         raise UploadRejected(
             UploadProblem.TOO_LARGE,
             f"the upload is {size:,} bytes, more than MAX_UPLOAD_BYTES ({max_bytes:,})",
-            hint="send a smaller image",
         )
     handle.seek(0)
     fmt = sniff_upload(handle.read(SNIFF_BYTES))
@@ -134,7 +110,6 @@ def check_upload(handle: BinaryIO, *, max_bytes: int, max_pixels: int) -> Upload
         raise UploadRejected(
             UploadProblem.UNREADABLE,
             f"the uploaded {fmt.upper()} image has an unreadable header",
-            hint="the file may be truncated or corrupt",
         ) from exc
     finally:
         handle.seek(0)
@@ -142,7 +117,7 @@ def check_upload(handle: BinaryIO, *, max_bytes: int, max_pixels: int) -> Upload
         raise UploadRejected(
             UploadProblem.TOO_MANY_PIXELS,
             f"the uploaded image is {width}x{height} px, more than MAX_PIXELS ({max_pixels:,})",
-            hint="send a smaller image",
+            limit=max_pixels,
         )
     return UploadInfo(format=fmt, width=width, height=height, size_bytes=size)
 

@@ -48,7 +48,7 @@ def _split(entry: str) -> tuple[str, int]:
     try:
         return split_sd_entry(entry)
     except ValueError as exc:
-        raise ConfigError(str(exc), hint="fix the entry in SD_API_URL (or --sd-url)") from exc
+        raise ConfigError(str(exc), field="SD_API_URL") from exc
 
 
 def parse_backends(sd_api_url: str) -> list[Backend]:
@@ -62,11 +62,11 @@ def parse_backends(sd_api_url: str) -> list[Backend]:
     seen: set[str] = set()
     for entry in sd_api_url.split(","):
         if not entry.strip():
-            raise ConfigError("SD_API_URL has an empty entry", hint="separate servers with single commas")
+            raise ConfigError("SD_API_URL has an empty entry", field="SD_API_URL", value="")
         url, max_slots = _split(entry)
         key = backend_key(url)
         if key in seen:
-            raise ConfigError(f"SD_API_URL names {key!r} twice", hint="list each server once; use ;max=N for slots")
+            raise ConfigError(f"SD_API_URL names {key!r} twice", field="SD_API_URL", value=key, limit=1)
         seen.add(key)
         backends.append(Backend(url=url, key=key, max_slots=max_slots))
     return backends

@@ -66,12 +66,12 @@ _TASK_PROGRESS = "/internal/progress"
 _INTERRUPT = "/sdapi/v1/interrupt"
 #: ``user:pass@`` after a URL scheme, wherever it appears in a text.
 _USERINFO_RE = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@\s]*@")
-#: Name and hint per httpx timeout.
-_TIMEOUT_HINTS: dict[type[httpx.TimeoutException], tuple[str, str]] = {
-    httpx.ConnectTimeout: ("connect", "is the host up? raise SD_CONNECT_TIMEOUT_S if it is just slow to accept"),
-    httpx.ReadTimeout: ("read", "raise SD_TIMEOUT_S if the server is just slow; the job may still run on the server"),
-    httpx.WriteTimeout: ("write", "the server stopped reading the request; it may be overloaded"),
-    httpx.PoolTimeout: ("pool", "too many concurrent calls share this client; raise SD_CONNECT_TIMEOUT_S"),
+#: Name of each httpx timeout (``SDTimeout.field`` is ``<name>_timeout``, or ``health_timeout``).
+_TIMEOUT_NAMES: dict[type[httpx.TimeoutException], str] = {
+    httpx.ConnectTimeout: "connect",
+    httpx.ReadTimeout: "read",
+    httpx.WriteTimeout: "write",
+    httpx.PoolTimeout: "pool",
 }
 
 #: What broke, per transport error that happens after the connection was made.
@@ -94,7 +94,7 @@ def sd_task_id(job_id: str) -> str:
 def _split_auth(value: str, source: str) -> tuple[str, str]:
     user, sep, password = value.partition(":")
     if not sep or not user:
-        raise ConfigError(f"{source} is not user:pass", hint="set it to the server's --api-auth, e.g. user:pass")
+        raise ConfigError(f"{source} is not user:pass", field="SD_API_AUTH", expected="user:pass")
     return user, password
 
 
@@ -127,7 +127,9 @@ class SDClient:
             try:
                 server = mock_sd.get_mock_server(raw)
             except ValueError as exc:
-                raise ConfigError(f"invalid SD_API_URL: {exc}", hint="use e.g. mock://?latency_ms=200") from exc
+                raise ConfigError(
+                    f"invalid SD_API_URL: {exc}", field="SD_API_URL", expected="mock://?latency_ms=200"
+                ) from exc
             transport = transport or mock_sd.mock_transport(server)
             self._url, httpx_base = raw, _MOCK_HOST
         else:
@@ -135,12 +137,15 @@ class SDClient:
                 parsed = httpx.URL(raw)
             except httpx.InvalidURL as exc:
                 raise ConfigError(
-                    f"SD_API_URL {_strip_userinfo(raw)!r} is not a valid URL", hint="use e.g. http://localhost:7860"
+                    f"SD_API_URL {_strip_userinfo(raw)!r} is not a valid URL",
+                    field="SD_API_URL",
+                    expected="http://localhost:7860",
                 ) from exc
             if parsed.scheme not in ("http", "https") or not parsed.host:
                 raise ConfigError(
                     f"SD_API_URL {_strip_userinfo(raw)!r} is not an http(s) URL",
-                    hint="use e.g. http://localhost:7860 or mock://",
+                    field="SD_API_URL",
+                    expected="http://localhost:7860 or mock://",
                 )
             if parsed.userinfo:
                 # Credentials in the URL are specific to this server: they win over SD_API_AUTH.
@@ -234,7 +239,7 @@ class SDClient:
             raise SDPermanentError(
                 f"the SD server at {self._url} has no model loaded (GET {path} returned [])",
                 url=self._url,
-                hint="put a checkpoint in models/Stable-diffusion and restart the server",
+                field="sd_model_checkpoint",
             )
         return [m for m in models if isinstance(m, dict)]
 
@@ -358,19 +363,17 @@ class SDClient:
     def _transport_error(self, exc: httpx.HTTPError, method: str, path: str, timeout: httpx.Timeout) -> Exception:
         where, detail = f"{method} {path}", self._scrub(str(exc))
         if isinstance(exc, httpx.TimeoutException):
-            name, hint = next(
-                (v for k, v in _TIMEOUT_HINTS.items() if isinstance(exc, k)), _TIMEOUT_HINTS[httpx.ReadTimeout]
-            )
+            name = next((v for k, v in _TIMEOUT_NAMES.items() if isinstance(exc, k)), "read")
             seconds = getattr(timeout, name) or 0.0
-            if timeout is self._health_timeout and name == "read":
-                hint = "the server may be saturated: a long request queue blocks even /progress"
+            health = timeout is self._health_timeout and name == "read"
             return SDTimeout(
                 f"the SD server at {self._url} did not answer {where} within the {name} timeout ({seconds:g} s)",
                 url=self._url,
-                hint=hint,
+                field="health_timeout" if health else f"{name}_timeout",
+                limit=seconds,
             )
         if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
-            return ConfigError(f"cannot send {where} to {self._url}: {detail}", hint="check SD_API_URL")
+            return ConfigError(f"cannot send {where} to {self._url}: {detail}", field="SD_API_URL")
         if isinstance(exc, httpx.ConnectError):
             lowered = detail.lower()
             reason = detail or "connection failed"
@@ -381,7 +384,6 @@ class SDClient:
             return SDUnavailable(
                 f"cannot reach the SD server at {self._url}: {reason}",
                 url=self._url,
-                hint="is it running? set SD_API_URL or --sd-url",
             )
         reason = type(exc).__name__
         for kind, text in _LOST_REASONS.items():
@@ -392,5 +394,5 @@ class SDClient:
             f"lost the connection to the SD server at {self._url} during {where}: {reason}"
             + (f" ({detail})" if detail else ""),
             url=self._url,
-            hint="the server may have crashed or a proxy cut the call; the job may still run on the server",
+            field="connection",
         )

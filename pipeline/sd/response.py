@@ -107,20 +107,22 @@ def status_error(
     if status == 401:
         return SDAuthError(
             f"the SD server at {url} refused {where} (401): {message}",
-            hint="set SD_API_AUTH=user:pass to the server's --api-auth",
+            field="SD_API_AUTH",
             **extra,
         )
     if status == 404:
         if "sampler" in message.lower():
             return SDNotFound(
                 f"the SD server at {url} does not know sampler {sampler!r} (404): {message}",
-                hint='send the sampler without a scheduler suffix, e.g. "DPM++ 2M" with scheduler "Karras"',
+                field="sampler_name",
+                value=sampler,
                 **extra,
             )
         if message.lower() in ("not found", "") or not _is_json(response):
             return SDNotFound(
                 f"the SD server at {url} has no {path} (404 Not Found)",
-                hint="start the server with --api (or --nowebui, port 7861)",
+                field="route",
+                value=path,
                 **extra,
             )
         return SDNotFound(f"the SD server at {url} answered {where} with 404: {message}", **extra)
@@ -130,7 +132,8 @@ def status_error(
         location = scrub(response.headers.get("location", "?"))
         return SDRequestRejected(
             f"the SD server at {url} redirected {where} ({status}) to {location}",
-            hint="set SD_API_URL to the address the API really answers on",
+            field="location",
+            value=location,
             **extra,
         )
     return SDRequestRejected(f"the SD server at {url} rejected {where} ({status}): {message}", **extra)
@@ -155,7 +158,9 @@ def json_body(response: httpx.Response, url: str, path: str) -> Any:
             f"{_truncate(response.text[:200])!r}",
             url=url,
             status_code=response.status_code,
-            hint="is SD_API_URL an A1111-compatible API (and not a proxy or login page)?",
+            field="content_type",
+            value=kind,
+            expected="application/json",
         ) from exc
 
 
@@ -170,7 +175,9 @@ def expect(response: httpx.Response, url: str, path: str, kind: type[_T]) -> _T:
             f"the SD server at {url} answered GET {path} with something that is not an A1111 {kind.__name__}",
             url=url,
             status_code=response.status_code,
-            hint="is SD_API_URL an A1111-compatible API started with --api?",
+            field="route",
+            value=path,
+            expected=f"an A1111 {kind.__name__}",
         )
     return body
 
@@ -269,7 +276,8 @@ def build_result(
         raise SDBadImage(
             f"the SD server at {backend_url} returned no image",
             url=backend_url,
-            hint="the job may have been interrupted on the server (POST /sdapi/v1/interrupt)",
+            field="images",
+            limit=1,
         )
     info = _parse_info(body.get("info"), job_id)
     # A grid (save_images with several images) comes first; our requests never ask for one, but be exact.

@@ -55,13 +55,14 @@ def open_store(settings: Settings, *, create: bool = True) -> StatusStore:
     if not create and not path.exists():
         raise JobNotFound(
             f"no sdpipe jobs under {settings.output_dir.absolute()}",
-            hint="run `sdpipe generate` first, or point --out / OUTPUT_DIR at the folder it wrote to",
+            field="OUTPUT_DIR",
+            value=str(settings.output_dir.absolute()),
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreUnavailable(
-            f"cannot create {path.parent}: {exc.strerror or exc}", hint="check that OUTPUT_DIR is writable"
+            f"cannot create {path.parent}: {exc.strerror or exc}", field="OUTPUT_DIR", value=str(path.parent)
         ) from exc
     from pipeline.store.sqlite import SqliteStatusStore
 

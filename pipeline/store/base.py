@@ -54,16 +54,15 @@ TERMINAL_STATES: tuple[JobState, ...] = tuple(state for state in JobState if sta
 #: The rank shared by the terminal states; a job at this rank never moves again.
 TERMINAL_RANK = JobState.SUCCEEDED.rank
 #: Shown with every :class:`~pipeline.errors.JobNotFound` the stores raise.
-_LIST_HINT = "`sdpipe jobs` lists the jobs"
 
 
 def job_not_found(job_id: str) -> JobNotFound:
     """The error both stores raise for an unknown id."""
-    return JobNotFound(f"no job {job_id!r}", hint=_LIST_HINT)
+    return JobNotFound(f"no job {job_id!r}", field="job_id", value=job_id)
 
 
 def pick_prefix_match(
-    prefix: str, candidates: Iterable[str], *, noun: str = "job", nouns: str = "jobs", hint: str = _LIST_HINT
+    prefix: str, candidates: Iterable[str], *, noun: str = "job", nouns: str = "jobs", field: str = "job_id"
 ) -> str:
     """``resolve_id``'s answer (or ``get_batch``'s, with ``noun="batch"``), given the first two ids at
     or after ``prefix`` in id order.
@@ -72,8 +71,8 @@ def pick_prefix_match(
     id comes first and two candidates tell "one" from "several". An empty prefix matches nothing.
 
     Args:
-        noun, nouns, hint: what the ids name, for the errors ("no job matches ...", "... matches
-            several jobs") and the hint shown with them.
+        noun, nouns: what the ids name, for the errors ("no job matches ...", "... matches several jobs").
+        field: the errors' ``field`` (``job_id``, ``batch_id``): front ends word the fix from it.
 
     Raises:
         JobNotFound: no candidate, or more than one, starts with ``prefix``.
@@ -82,9 +81,9 @@ def pick_prefix_match(
     if matches and matches[0] == prefix:
         return prefix
     if not matches:
-        raise JobNotFound(f"no {noun} matches {prefix!r}", hint=hint)
+        raise JobNotFound(f"no {noun} matches {prefix!r}", field=field, value=prefix)
     if len(matches) > 1:
-        raise AmbiguousId(f"{prefix!r} matches several {nouns}; give more characters", hint=hint)
+        raise AmbiguousId(f"{prefix!r} matches several {nouns}; give more characters", field=field, value=prefix)
     return matches[0]
 
 

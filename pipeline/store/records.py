@@ -15,8 +15,6 @@ from pipeline.models import BatchRecord, ScheduleRecord, ScheduleRun
 from pipeline.store.base import pick_prefix_match
 
 __all__ = [
-    "BATCH_HINT",
-    "SCHEDULE_HINT",
     "BatchScheduleRecords",
     "DelegatedBatchesSchedules",
     "batch_not_found",
@@ -27,15 +25,10 @@ __all__ = [
     "schedule_with_runs",
 ]
 
-#: Shown with every "no such batch" :class:`~pipeline.errors.JobNotFound`.
-BATCH_HINT = "`sdpipe jobs` shows each job's batch; `sdpipe jobs --batch ID` lists one batch"
-#: Shown with every :class:`~pipeline.errors.ScheduleNotFound`.
-SCHEDULE_HINT = "`sdpipe schedule list` shows them"
-
 
 def batch_not_found(batch_id: str) -> JobNotFound:
     """The error both stores raise when no batch matches ``batch_id``."""
-    return JobNotFound(f"no batch matches {batch_id!r}", hint=BATCH_HINT)
+    return JobNotFound(f"no batch matches {batch_id!r}", field="batch_id", value=batch_id)
 
 
 def pick_batch_match(prefix: str, candidates: Iterable[str]) -> str:
@@ -44,12 +37,12 @@ def pick_batch_match(prefix: str, candidates: Iterable[str]) -> str:
     Raises:
         JobNotFound: no candidate, or more than one, starts with ``prefix``.
     """
-    return pick_prefix_match(prefix, candidates, noun="batch", nouns="batches", hint=BATCH_HINT)
+    return pick_prefix_match(prefix, candidates, noun="batch", nouns="batches", field="batch_id")
 
 
 def schedule_not_found(name: str) -> ScheduleNotFound:
     """The error both stores raise for an unknown schedule name."""
-    return ScheduleNotFound(f"no schedule {name!r}", hint=SCHEDULE_HINT)
+    return ScheduleNotFound(f"no schedule {name!r}", field="name", value=name)
 
 
 def fire_time_ms(fire_time: float) -> int:

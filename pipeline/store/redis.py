@@ -79,21 +79,17 @@ logger = logging.getLogger(__name__)
 _CREATE_CHUNK = 500
 #: Fingerprints per SMISMEMBER in ``succeeded_fingerprints`` (all chunks go in one round trip).
 _FINGERPRINT_CHUNK = 2000
-#: Hints shown with StoreUnavailable when Redis does not answer / refuses our credentials.
-_UNREACHABLE_HINT = "is redis-server running? check REDIS_URL"
-_AUTH_HINT = "check REDIS_PASSWORD or the password in REDIS_URL"
 #: Error replies that mean "wrong or missing credentials" (or an ACL user without the rights).
 _REFUSALS = ("NOAUTH", "WRONGPASS", "NOPERM")
 #: What Redis answers SELECT with an index at or above its ``databases`` setting (on connecting).
 _NO_SUCH_DB = "DB index is out of range"
-_NO_SUCH_DB_HINT = "use a database below the server's `databases` setting (16 by default) in REDIS_URL"
 
 
 def missing_database(exc: BaseException, what: str) -> ConfigError | None:
     """The error to raise when ``exc`` is Redis refusing REDIS_URL's database (``/N`` at or above the
     server's ``databases`` setting), else None; ``what`` completes "Redis at …"."""
     if isinstance(exc, redis.ResponseError) and _NO_SUCH_DB in str(exc):
-        return ConfigError(f"Redis at {what}", hint=_NO_SUCH_DB_HINT)
+        return ConfigError(f"Redis at {what}", field="REDIS_DB")
     return None
 
 
@@ -353,8 +349,8 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
             if isinstance(exc, redis.ResponseError) and not refused:
                 raise
             message = f"Redis at {self._where} refused access" if refused else f"cannot reach Redis at {self._where}"
-            hint = _AUTH_HINT if refused else _UNREACHABLE_HINT
-            raise StoreUnavailable(f"{message}: {self._reason(exc)}", hint=hint) from exc
+            field = "REDIS_PASSWORD" if refused else "REDIS_URL"
+            raise StoreUnavailable(f"{message}: {self._reason(exc)}", field=field) from exc
 
     def _reason(self, exc: BaseException) -> str:
         """The cause in a few words (``Connection refused``), on one line, never with the password."""

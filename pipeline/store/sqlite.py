@@ -337,7 +337,8 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
                 raise
             raise StoreUnavailable(
                 f"cannot use the status store {self._path}: {exc}",
-                hint="check that OUTPUT_DIR is writable, on a local disk, and not full",
+                field="OUTPUT_DIR",
+                value=str(self._path),
             ) from exc
 
     @contextmanager

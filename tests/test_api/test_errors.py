@@ -34,7 +34,7 @@ def test_errors_store_unavailable_is_503(start_api: StartApi, monkeypatch: pytes
     runtime = api.server.config.app.state.runtime  # type: ignore[union-attr]
 
     def down() -> None:
-        raise StoreUnavailable("cannot reach Redis at redis://127.0.0.1:1", hint="is redis-server running?")
+        raise StoreUnavailable("cannot reach Redis at redis://127.0.0.1:1")
 
     monkeypatch.setattr(runtime.store, "ping", down)
     assert_error(api.client.get("/readyz"), 503, "store_unavailable")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.errors import hint_for
 from pipeline.errors import ConfigError
 from pipeline.settings import load_settings, mask_url, split_sd_entry
 
@@ -18,7 +19,7 @@ def test_load_settings_missing_env_file_raises_config_error_naming_it(tmp_path: 
     with pytest.raises(ConfigError) as info:
         load_settings(missing)
     assert str(info.value.message) == f"env file {missing} does not exist"
-    assert info.value.hint is not None and "--env-file" in info.value.hint
+    assert hint_for(info.value) is not None and "--env-file" in hint_for(info.value)
 
 
 def test_load_settings_env_file_that_is_a_directory_raises_config_error(tmp_path: Path) -> None:

@@ -213,13 +213,11 @@ def run_forever(
             seed=seed,
         )
     except ValueError as exc:
-        raise InputError(f"invalid mock SD option: {exc}", hint="e.g. --faults 500:0.2,reset:0.1") from exc
+        raise InputError(f"invalid mock SD option: {exc}", field="faults") from exc
     try:
         httpd = make_http_server(server, host, port)
     except OSError as exc:
-        raise InputError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint="choose another --port or --host"
-        ) from exc
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", field="port", value=port) from exc
     if on_ready is not None:
         on_ready(f"http://{host}:{httpd.server_address[1]}")
     logger.info(

@@ -142,7 +142,7 @@ class SDPool:
             if remaining <= 0:
                 raise NoFreeSlot(
                     f"job {job_id[:8]}: all {len(candidates)} SD server(s) busy for {wait_s:g} s; requeued",
-                    hint="add servers to SD_API_URL or raise their ;max=N",
+                    limit=len(candidates),
                 )
             self.state.wait_for_release(min(remaining, _WAKE_S))
         backend = next(b for b in candidates if b.key == key)

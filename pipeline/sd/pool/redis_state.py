@@ -227,7 +227,6 @@ class RedisPoolState(PoolState):
                 raise missing from exc
             raise StoreUnavailable(
                 f"cannot reach Redis at {self._dsn_masked} for the SD pool: {exc}",
-                hint="is redis-server running? check REDIS_URL",
             ) from exc
 
     def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from cli.errors import hint_for
 from pipeline.batches.files import (
     MAX_ROW_COUNT,
     ROW_KEYS,
@@ -244,7 +245,7 @@ def test_read_batch_file_fifty_rows_with_three_bad_rows_names_exactly_those(tmp_
     ]
     assert str(error.problems[0]) == "line 10, steps: must be between 1 and 500 (got 900)"
     assert error.message == "prompts.jsonl: 3 bad rows (nothing was enqueued)"
-    assert error.hint
+    assert hint_for(error)
 
 
 def test_read_batch_file_unknown_key_suggests_the_closest(tmp_path: Path, settings: Settings) -> None:
@@ -485,7 +486,7 @@ def test_read_batch_file_unknown_extension_is_input_error(tmp_path: Path, settin
 
     with pytest.raises(InputError) as caught:
         read(path, settings)
-    assert caught.value.hint == "use .txt, .jsonl, .csv, .yaml or .yml"
+    assert hint_for(caught.value) == "use .txt, .jsonl, .csv, .yaml or .yml"
 
 
 def test_read_batch_file_missing_file_and_folder_are_input_errors(tmp_path: Path, settings: Settings) -> None:

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cli.errors import hint_for
 from pipeline.batches.schedules import (
     MAX_WAIT_S,
     Scheduler,
@@ -334,7 +335,7 @@ def test_validate_cron_rejects_with_one_line_and_example(expr: str, message: str
         validate_cron(expr)
     assert message in caught.value.message
     assert "\n" not in str(caught.value)
-    assert caught.value.hint is not None and '"0 2 * * *"' in caught.value.hint
+    assert hint_for(caught.value) is not None and '"0 2 * * *"' in hint_for(caught.value)
 
 
 def test_parse_timezone_returns_zone_and_suggests_close_name() -> None:
@@ -342,7 +343,7 @@ def test_parse_timezone_returns_zone_and_suggests_close_name() -> None:
     with pytest.raises(InputError) as caught:
         parse_timezone("Europe/Berln")
     assert caught.value.message == "unknown time zone 'Europe/Berln'"
-    assert caught.value.hint == "did you mean 'Europe/Berlin'?"
+    assert hint_for(caught.value) == "did you mean 'Europe/Berlin'?"
 
 
 @pytest.mark.parametrize("name", ["", "Nowhere/Xyzzy12345", "../etc/passwd"])
@@ -513,7 +514,7 @@ class FakeBatchFileError(InputError):
     """Stands in for pipeline.batches.files.BatchFileError: an InputError listing every bad row."""
 
     def __init__(self, message: str, problems: list[str]) -> None:
-        super().__init__(message, hint="fix the rows")
+        super().__init__(message)
         self.problems = problems
 
 
@@ -526,7 +527,7 @@ def test_scheduler_fire_raising_records_failed_and_next_schedule_fires(
         fail={
             "a-bad-file": FakeBatchFileError("/data/prompts.txt is invalid", ["line 3: steps", "line 9: prompt"]),
             "b-crash": RuntimeError("boom"),
-            "c-store": StoreUnavailable("cannot reach Redis", hint="is redis-server running?"),
+            "c-store": StoreUnavailable("cannot reach Redis"),
         }
     )
     with caplog.at_level(logging.ERROR, logger="pipeline.batches.schedules"):
@@ -534,9 +535,9 @@ def test_scheduler_fire_raising_records_failed_and_next_schedule_fires(
 
     assert [name for name, _ in fire.calls] == ["a-bad-file", "b-crash", "c-store", "d-good"]
     assert [(r.status, r.reason) for r in runs] == [
-        ("failed", "/data/prompts.txt is invalid (fix the rows): line 3: steps; line 9: prompt"),
+        ("failed", "/data/prompts.txt is invalid: line 3: steps; line 9: prompt"),
         ("failed", "unexpected error: RuntimeError: boom"),
-        ("failed", "cannot reach Redis (is redis-server running?)"),
+        ("failed", "cannot reach Redis"),
         ("fired", None),
     ]
     assert fake.get_schedule("a-bad-file").runs[0].status == "failed"
@@ -544,12 +545,11 @@ def test_scheduler_fire_raising_records_failed_and_next_schedule_fires(
     logged = [(r.getMessage(), r.exc_info is not None) for r in caplog.records]
     assert logged == [
         (
-            "schedule a-bad-file failed to fire: /data/prompts.txt is invalid (fix the rows): "
-            "line 3: steps; line 9: prompt",
+            "schedule a-bad-file failed to fire: /data/prompts.txt is invalid: line 3: steps; line 9: prompt",
             False,
         ),
         ("schedule b-crash failed to fire", True),  # logger.exception: the traceback is logged
-        ("schedule c-store failed to fire: cannot reach Redis (is redis-server running?)", False),
+        ("schedule c-store failed to fire: cannot reach Redis", False),
     ]
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from cli.errors import hint_for
 from pipeline.errors import ImageError, InputError
 from pipeline.images.codec import decode_image, encode_image, read_image_file, sniff_format
 
@@ -173,7 +174,7 @@ def test_decode_image_refuses_a_bomb_without_decoding(monkeypatch: pytest.Monkey
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
     with pytest.raises(ImageError, match="100000x100000 px") as info:
         decode_image(png_header_only(100_000, 100_000), max_pixels=10**8, max_bytes=10**6, what="upload.png")
-    assert "upload.png" in info.value.message and info.value.hint
+    assert "upload.png" in info.value.message and hint_for(info.value)
 
 
 def test_decode_image_enforces_its_own_limit_without_pillow_warnings() -> None:
@@ -197,7 +198,7 @@ def test_decode_image_rejects_truncated_png() -> None:
     data = encode_image(pixels, format="png", infotext=None)
     with pytest.raises(ImageError, match="image cannot be decoded as PNG") as info:
         decode_image(data[: len(data) // 2], **LIMITS)
-    assert info.value.hint == "the file may be truncated or corrupt"
+    assert hint_for(info.value) == "the file may be truncated or corrupt"
 
 
 @pytest.mark.parametrize(
@@ -255,7 +256,7 @@ def test_read_image_file_decodes_a_file(tmp_path: Path) -> None:
 def test_read_image_file_reports_missing_file_and_directory(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such file: photo.png") as info:
         read_image_file(Path("photo.png"), **LIMITS)
-    assert info.value.hint
+    assert hint_for(info.value)
     (tmp_path / "shots").mkdir()
     with pytest.raises(InputError, match="shots is a directory"):
         read_image_file(Path("shots"), **LIMITS)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cli.errors import hint_for
 from pipeline.errors import InputError
 from pipeline.images import seams
 from pipeline.images.seams import (
@@ -257,7 +258,7 @@ def test_validate_geometry_rejects_a_band_wider_than_half_a_tile() -> None:
     with pytest.raises(InputError) as info:
         validate_geometry(128, 128, StepParams(rows=2, cols=2, band_px=40))
     assert info.value.message == "band_px 40 is larger than half a tile (tiles are 64x64 px)"
-    assert info.value.hint == "use --band-px 32 or less, or a coarser --grid"
+    assert hint_for(info.value) == "use --band-px 32 or less, or a coarser --grid"
 
 
 def test_validate_geometry_checks_only_axes_with_cuts() -> None:
@@ -270,7 +271,7 @@ def test_validate_geometry_checks_only_axes_with_cuts() -> None:
 def test_validate_geometry_rejects_more_tiles_than_pixels() -> None:
     with pytest.raises(InputError, match="more tiles than") as info:
         validate_geometry(3, 100, StepParams(rows=2, cols=4, band_px=1))
-    assert info.value.hint == "use a coarser --grid"
+    assert hint_for(info.value) == "use a coarser --grid"
 
 
 def test_validate_geometry_rejects_one_pixel_tiles() -> None:

@@ -14,6 +14,7 @@ import pytest
 import respx
 from PIL import Image, PngImagePlugin
 
+from cli.errors import hint_for
 from pipeline.errors import (
     ConfigError,
     SDAuthError,
@@ -273,7 +274,7 @@ def test_txt2img_maps_401_to_auth_error_with_hint(sd_api: respx.MockRouter, clie
     sd_api.post(TXT2IMG).respond(401, json=body)
     with pytest.raises(SDAuthError, match="Not authenticated") as caught:
         client.txt2img(params(), job_id="j")
-    assert caught.value.hint is not None and "SD_API_AUTH=user:pass" in caught.value.hint
+    assert hint_for(caught.value) is not None and "SD_API_AUTH=user:pass" in hint_for(caught.value)
     assert not caught.value.transient
 
 
@@ -281,7 +282,7 @@ def test_txt2img_maps_404_not_found_to_api_hint(sd_api: respx.MockRouter, client
     sd_api.post(TXT2IMG).respond(404, json={"detail": "Not Found"})
     with pytest.raises(SDNotFound, match="has no /sdapi/v1/txt2img") as caught:
         client.txt2img(params(), job_id="j")
-    assert caught.value.hint is not None and "--api" in caught.value.hint and "7861" in caught.value.hint
+    assert hint_for(caught.value) is not None and "--api" in hint_for(caught.value) and "7861" in hint_for(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -298,7 +299,7 @@ def test_txt2img_maps_404_sampler_not_found_to_sampler_hint(
     sd_api.post(TXT2IMG).respond(404, json=body)
     with pytest.raises(SDNotFound, match="sampler 'DPM\\+\\+ 2M Karras'.*Sampler not found") as caught:
         client.txt2img(params(sampler_name="DPM++ 2M Karras"), job_id="j")
-    hint = caught.value.hint or ""
+    hint = hint_for(caught.value) or ""
     assert "scheduler" in hint and "--api" not in hint
 
 
@@ -367,7 +368,7 @@ def test_txt2img_maps_timeouts_naming_the_timeout(
     sd_api.post(TXT2IMG).mock(side_effect=exc)
     with pytest.raises(SDTimeout, match=words) as caught:
         client.txt2img(params(), job_id="j")
-    assert hint in (caught.value.hint or "")
+    assert hint in (hint_for(caught.value) or "")
     assert caught.value.transient and caught.value.__cause__ is not None
 
 
@@ -398,7 +399,7 @@ def test_client_connect_refused_on_a_closed_port_says_so() -> None:
     with SDClient(make_settings(sd_api_url=f"http://127.0.0.1:{free_port()}")) as sd:
         with pytest.raises(SDUnavailable, match="connection refused") as caught:
             sd.progress()
-    assert "SD_API_URL" in (caught.value.hint or "")
+    assert "SD_API_URL" in (hint_for(caught.value) or "")
 
 
 @pytest.mark.parametrize("url", ["http://sd.test:notaport", "ftp://sd.test/", "mock://?latency_ms=slow"])
@@ -475,7 +476,7 @@ def test_progress_read_timeout_hints_at_saturation(sd_api: respx.MockRouter, cli
     sd_api.get("/sdapi/v1/progress").mock(side_effect=httpx.ReadTimeout("timed out"))
     with pytest.raises(SDTimeout, match="read timeout \\(5 s\\)") as caught:
         client.progress()
-    assert "saturated" in (caught.value.hint or "")
+    assert "saturated" in (hint_for(caught.value) or "")
 
 
 def test_models_empty_list_raises_permanent_error(sd_api: respx.MockRouter, client: SDClient) -> None:

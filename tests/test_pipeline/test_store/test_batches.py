@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from cli.errors import hint_for
 from pipeline.errors import JobNotFound, StoreUnavailable
 from pipeline.models import BatchRecord, BatchRow, JobState
 from pipeline.store import RedisStatusStore, SqliteStatusStore, StatusStore
@@ -184,7 +185,7 @@ def test_get_batch_ambiguous_prefix_raises_job_not_found(store: StatusStore) -> 
     with pytest.raises(JobNotFound, match="'ab' matches several batches; give more characters") as caught:
         store.get_batch("ab")
 
-    assert caught.value.hint is not None and "sdpipe jobs --batch" in caught.value.hint
+    assert hint_for(caught.value) is not None and "sdpipe jobs --batch" in hint_for(caught.value)
 
 
 @pytest.mark.parametrize("asked", ["zz", "ab011", "abc", "zz-b", ""])
@@ -196,7 +197,7 @@ def test_get_batch_unknown_raises_job_not_found(store: StatusStore, asked: str) 
     with pytest.raises(JobNotFound, match=f"no batch matches {asked!r}") as caught:
         store.get_batch(asked)
 
-    assert caught.value.hint is not None and "sdpipe jobs" in caught.value.hint
+    assert hint_for(caught.value) is not None and "sdpipe jobs" in hint_for(caught.value)
 
 
 def test_get_batch_unusual_ids_round_trip(store: StatusStore) -> None:

@@ -14,6 +14,7 @@ import redis
 from pydantic import SecretStr
 
 import pipeline.store
+from cli.errors import hint_for
 from pipeline.errors import ConfigError, JobNotFound, StoreUnavailable
 from pipeline.models import STEP_NAMES, ErrorInfo, JobSpec, JobState, StepParams
 from pipeline.settings import Settings
@@ -530,7 +531,7 @@ def test_redis_unreachable_raises_store_unavailable_without_password() -> None:
 
     text = str(caught.value)
     assert caught.value.message == f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0: Connection refused"
-    assert caught.value.hint == "is redis-server running? check REDIS_URL"
+    assert hint_for(caught.value) == "is redis-server running? check REDIS_URL"
     assert "\n" not in text and "hunter2" not in text and "hunter2" not in repr(caught.value)
     assert caught.value.transient
 
@@ -547,7 +548,7 @@ def test_redis_bad_password_raises_store_unavailable(tmp_path: Path, password: s
             store.get("job-1")
 
         assert caught.value.message.startswith(f"Redis at redis://{':***@' if password else ''}127.0.0.1:")
-        assert caught.value.hint == "check REDIS_PASSWORD or the password in REDIS_URL"
+        assert hint_for(caught.value) == "check REDIS_PASSWORD or the password in REDIS_URL"
         assert "wrong-password" not in str(caught.value) and "right-password" not in str(caught.value)
         store.close()
     finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from cli.errors import hint_for
 from pipeline.errors import ScheduleNotFound, StoreUnavailable
 from pipeline.models import ScheduleRecord, ScheduleRun, ScheduleRunStatus
 from pipeline.store import RedisStatusStore, SqliteStatusStore, StatusStore
@@ -92,7 +93,7 @@ def test_get_schedule_unknown_raises_schedule_not_found(store: StatusStore) -> N
     with pytest.raises(ScheduleNotFound, match="no schedule 'night'") as caught:
         store.get_schedule("night")
 
-    assert caught.value.hint == "`sdpipe schedule list` shows them"
+    assert hint_for(caught.value) == "`sdpipe schedule list` shows them"
 
 
 def test_list_schedules_sorted_by_name_with_runs(store: StatusStore) -> None:
