@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+import httpx
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -41,6 +42,7 @@ __all__ = [
     "settings_env",
     "split_sd_entry",
     "strip_credentials",
+    "strip_credentials_in_text",
 ]
 
 #: Where the SD server listens by default (A1111 with ``--api``).
@@ -129,12 +131,58 @@ _GRID_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9._\-:\[\]]+$")
 
 
+#: Where a URL's authority (``user:password@host:port``) ends.
+_AUTHORITY_END_RE = re.compile(r"[/?#]")
+#: A URL inside a text (a server's error message): scheme, ``://`` and everything up to a blank.
+_URL_IN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def _split_credentials(url: str) -> tuple[str, str, str] | None:
+    """``url`` as ``(scheme://, userinfo, host and the rest)``, or None when it carries no credentials.
+
+    The one parser behind :func:`strip_credentials` and :func:`mask_url`. When ``httpx.URL`` finds
+    credentials, they run to the last ``@`` of the authority, so an unencoded ``@`` in a password
+    stays in the password (``http://user:p@ss@gpu:7860`` is host ``gpu``). A password with an
+    unencoded ``/``, ``?`` or ``#`` ends the authority early (the URL does not parse, or seems to
+    have a path with an ``@``): then everything up to the last ``@`` is taken as credentials if it
+    holds a ``:``, since a leak costs more than a vague URL.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return None
+    try:
+        userinfo_found = bool(httpx.URL(url).userinfo)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        userinfo_found = False
+    if userinfo_found:
+        userinfo = _AUTHORITY_END_RE.split(rest, maxsplit=1)[0].rpartition("@")[0]
+    else:
+        userinfo = rest.rpartition("@")[0]
+        if ":" not in userinfo:
+            return None
+    return f"{scheme}://", userinfo, rest[len(userinfo) + 1 :]
+
+
 def strip_credentials(url: str) -> str:
-    """Return ``url`` without any ``user:password@`` part."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    """``url`` without its ``user:password@`` part: for keys and records (``http://gpu:7860``)."""
+    parts = _split_credentials(url)
+    return url if parts is None else parts[0] + parts[2]
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, the user name kept: for display
+    (``http://user:***@gpu:7860``)."""
+    parts = _split_credentials(url)
+    if parts is None:
         return url
-    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[1], parts.path, parts.query, parts.fragment))
+    prefix, userinfo, rest = parts
+    user = userinfo.partition(":")[0]
+    return f"{prefix}{user}:***@{rest}" if user else f"{prefix}***@{rest}"
+
+
+def strip_credentials_in_text(text: str) -> str:
+    """``text`` with every URL in it passed through :func:`strip_credentials` (a server's error message)."""
+    return _URL_IN_TEXT_RE.sub(lambda match: strip_credentials(match[0]), text)
 
 
 def split_sd_entry(entry: str) -> tuple[str, int]:
@@ -164,29 +212,6 @@ def split_sd_entry(entry: str) -> tuple[str, int]:
             )
         max_slots = int(value)
     return url, DEFAULT_MAX_SLOTS if max_slots is None else max_slots
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (user names are kept).
-
-    A password with an unencoded ``/``, ``?`` or ``#`` ends the URL's host part early for a URL
-    parser; such a URL is masked from ``://`` up to its last ``@`` instead.
-    """
-    try:
-        parts = urlsplit(url)
-        if "@" not in parts.netloc:
-            _, sep, rest = url.partition("://")
-            credentials = rest.rpartition("@")[0] if sep else ""
-            if ":" not in credentials:
-                return url
-            user = credentials.split(":", 1)[0]
-            return f"{url[: len(url) - len(rest)]}{user + ':' if user else ''}***@{rest.rpartition('@')[2]}"
-        host = parts.netloc.rsplit("@", 1)[1]
-    except ValueError:
-        return "***"
-    user = quote(parts.username or "", safe="")
-    netloc = f"{user}:***@{host}" if user else f"***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class Settings(BaseSettings):

@@ -35,7 +35,6 @@ Credentials (in the URL or ``SD_API_AUTH``) go into the Authorization header onl
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -46,7 +45,7 @@ import httpx
 from pipeline.errors import ConfigError, SDError, SDNotFound, SDPermanentError, SDTimeout, SDUnavailable
 from pipeline.models import GenerationParams, SDResult
 from pipeline.sd import response as sd_response
-from pipeline.settings import Settings, split_sd_entry
+from pipeline.settings import Settings, mask_url, split_sd_entry, strip_credentials, strip_credentials_in_text
 
 __all__ = ["HEALTH_TIMEOUT_S", "WRITE_TIMEOUT_S", "SDClient", "sd_task_id"]
 
@@ -64,8 +63,6 @@ _TXT2IMG = "/sdapi/v1/txt2img"
 #: The UI's per-task status route (absent under ``--nowebui``), and the interrupt route.
 _TASK_PROGRESS = "/internal/progress"
 _INTERRUPT = "/sdapi/v1/interrupt"
-#: ``user:pass@`` after a URL scheme, wherever it appears in a text.
-_USERINFO_RE = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@\s]*@")
 #: Name of each httpx timeout (``SDTimeout.field`` is ``<name>_timeout``, or ``health_timeout``).
 _TIMEOUT_NAMES: dict[type[httpx.TimeoutException], str] = {
     httpx.ConnectTimeout: "connect",
@@ -80,10 +77,6 @@ _LOST_REASONS: dict[type[httpx.TransportError], str] = {
     httpx.ReadError: "the connection broke while reading the answer",
     httpx.WriteError: "the connection broke while sending the request",
 }
-
-
-def _strip_userinfo(url: str) -> str:
-    return _USERINFO_RE.sub(r"\1", url)
 
 
 def sd_task_id(job_id: str) -> str:
@@ -137,13 +130,13 @@ class SDClient:
                 parsed = httpx.URL(raw)
             except httpx.InvalidURL as exc:
                 raise ConfigError(
-                    f"SD_API_URL {_strip_userinfo(raw)!r} is not a valid URL",
+                    f"SD_API_URL {mask_url(raw)!r} is not a valid URL",
                     field="SD_API_URL",
                     expected="http://localhost:7860",
                 ) from exc
             if parsed.scheme not in ("http", "https") or not parsed.host:
                 raise ConfigError(
-                    f"SD_API_URL {_strip_userinfo(raw)!r} is not an http(s) URL",
+                    f"SD_API_URL {mask_url(raw)!r} is not an http(s) URL",
                     field="SD_API_URL",
                     expected="http://localhost:7860 or mock://",
                 )
@@ -151,7 +144,8 @@ class SDClient:
                 # Credentials in the URL are specific to this server: they win over SD_API_AUTH.
                 auth = (parsed.username, parsed.password)
                 self._secrets += [parsed.userinfo.decode("ascii", "replace"), parsed.password]
-            self._url = httpx_base = str(parsed.copy_with(userinfo=b"")).rstrip("/")
+            httpx_base = str(parsed.copy_with(userinfo=b"")).rstrip("/")
+            self._url = strip_credentials(raw).rstrip("/")  # as backend_key has it: records compare the two
         if auth is None and settings.sd_api_auth is not None:
             secret = settings.sd_api_auth.get_secret_value()
             auth = _split_auth(secret, "SD_API_AUTH")
@@ -332,7 +326,7 @@ class SDClient:
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return _strip_userinfo(text)
+        return strip_credentials_in_text(text)
 
     def _request(
         self,

@@ -9,7 +9,13 @@ import pytest
 
 from cli.errors import hint_for
 from pipeline.errors import ConfigError
-from pipeline.settings import load_settings, mask_url, split_sd_entry
+from pipeline.settings import (
+    load_settings,
+    mask_url,
+    split_sd_entry,
+    strip_credentials,
+    strip_credentials_in_text,
+)
 
 # -- --env-file ------------------------------------------------------------------------------------
 
@@ -156,3 +162,18 @@ def test_sd_api_url_good_mock_options_are_accepted() -> None:
 def test_mask_url_hides_passwords_a_url_parser_misreads(url: str, masked: str) -> None:
     # An unencoded / ? or # in a password ends the host part early for urlsplit
     assert mask_url(url) == masked
+
+
+@pytest.mark.parametrize(
+    ("url", "stripped", "masked"),
+    [
+        ("http://user:p@ss@gpu:7860", "http://gpu:7860", "http://user:***@gpu:7860"),
+        ("http://user:pw@gpu:7860/sd/", "http://gpu:7860/sd/", "http://user:***@gpu:7860/sd/"),
+        ("redis://:Ab3/xYzSecret@redis:6379/0", "redis://redis:6379/0", "redis://***@redis:6379/0"),
+        ("http://gpu:7860", "http://gpu:7860", "http://gpu:7860"),
+    ],
+)
+def test_strip_and_mask_credentials_agree_on_the_host(url: str, stripped: str, masked: str) -> None:
+    assert strip_credentials(url) == stripped
+    assert mask_url(url) == masked
+    assert strip_credentials_in_text(f"cannot reach {url}: refused") == f"cannot reach {stripped}: refused"
