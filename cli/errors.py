@@ -62,8 +62,9 @@ Hint = str | Callable[[PipelineError], str | None]
 
 
 def _band_px(exc: PipelineError) -> str:
-    if exc.limit is not None and exc.limit != 1 and exc.value is not None:  # above half a tile
-        return f"use --band-px {exc.limit} or less, or a coarser --grid"
+    value, limit = exc.value, exc.limit
+    if isinstance(value, int) and isinstance(limit, int) and value > limit:  # wider than half a tile
+        return f"use --band-px {limit} or less, or a coarser --grid"
     return "use e.g. --band-px 16"
 
 
@@ -164,9 +165,7 @@ HINTS: dict[tuple[str, str | None], Hint] = {
     ),
     ("invalid_input", "faults"): _FAULTS_EXAMPLE,
     ("invalid_input", "port"): "stop what uses that port, or choose another --port or --host",
-    ("invalid_input", "name"): lambda e: (
-        "use a short name like nightly" if e.limit is not None and not e.expected else f"use {e.expected}"
-    ),
+    ("invalid_input", "name"): lambda e: f"use {e.expected}" if e.expected else "use a short name like nightly",
     ("invalid_input", "schedule"): "use --replace, or another name",
     ("invalid_input", "REDIS_URL"): "set REDIS_URL (e.g. redis://localhost:6379/0)",
     ("invalid_input", "API_TOKEN"): "set API_TOKEN to a long random value (e.g. openssl rand -hex 32), or unset it",

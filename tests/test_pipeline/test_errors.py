@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from cli.api.errors import api_hint
-from cli.errors import exit_code_for, hint_for, render
+from cli.errors import exit_code_for, hint_for, record_hint, render
 from pipeline.errors import (
     PERMANENT_ERRORS,
     BatchFileError,
@@ -19,6 +19,7 @@ from pipeline.errors import (
     UploadRejected,
     error_type,
 )
+from pipeline.models import ErrorInfo
 
 
 def test_errors_import_loads_no_heavy_library() -> None:
@@ -73,3 +74,11 @@ def test_errors_error_type_finds_a_recorded_type_by_name() -> None:
     assert error_type("SDTimeout") is SDTimeout
     assert error_type("RetriesExhausted") is None
     assert all(error_type(cls.__name__) is cls for cls in PERMANENT_ERRORS)
+
+
+def test_errors_cli_words_a_recorded_error_from_its_type_and_field() -> None:
+    auth = ErrorInfo(step="generate", type="SDAuthError", message="refused (401)", at=0.0, field="SD_API_AUTH")
+    sampler = ErrorInfo(step="generate", type="SDNotFound", message="no sampler", at=0.0, field="sampler_name")
+    assert "SD_API_AUTH=user:pass" in (record_hint(auth) or "")
+    assert "scheduler" in (record_hint(sampler) or "")
+    assert record_hint(ErrorInfo(step="generate", type="RetriesExhausted", message="kept failing", at=0.0)) is None
