@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import Row, median
+from pipeline.images.infotext import build_infotext
 from pipeline.sd.mock.render import encode_image as sd_encode
-from pipeline.sd.mock.render import format_infotext, render
+from pipeline.sd.mock.render import render
 
 BENCH_DIR = Path(__file__).resolve().parent
 NODE_DIR = BENCH_DIR / ".node"
@@ -49,7 +50,7 @@ def _write_inputs(folder: Path, size: int, count: int) -> list[Path]:
         params |= {"Size": f"{size}x{size}", "Model": "v1-5-pruned-emaonly", "Version": "v1.10.1"}
         path = folder / f"sd-{size}-{index}.png"
         path.write_bytes(
-            sd_encode(render(prompt, size + index, size, size), infotext=format_infotext(prompt, "", params))
+            sd_encode(render(prompt, size + index, size, size), infotext=build_infotext(prompt, "", params))
         )
         paths.append(path)
     return paths

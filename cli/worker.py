@@ -15,7 +15,7 @@ from cli.output import cli_errors, err_console, state
 from pipeline.errors import InputError
 from pipeline.jobs.files import check_output_dir
 from pipeline.sd.mock.faults import DEFAULT_HANG_MS, FAULT_KINDS
-from pipeline.sd.mock.http import FaultPlan, run_forever
+from pipeline.sd.mock.http import FaultPlan, parse_models, run_forever
 from pipeline.settings import settings_env
 from pipeline.store import open_store
 
@@ -94,6 +94,16 @@ def mock_sd(
     seed: Annotated[
         int | None, typer.Option(help="Seed the mock's random seeds and faults, for repeatable runs.")
     ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="Checkpoint file names the mock lists, comma-separated (the first is loaded), "
+            "e.g. sd_xl_base_1.0.safetensors,sd_xl_refiner_1.0.safetensors.",
+        ),
+    ] = None,
+    model_load_ms: Annotated[
+        int, typer.Option(min=0, help="Time loading another checkpoint takes, in milliseconds.")
+    ] = 0,
 ) -> None:
     """Serve an AUTOMATIC1111-compatible mock SD API (one generation at a time, like the real one)."""
     with cli_errors():
@@ -107,6 +117,10 @@ def mock_sd(
                 field="faults",
                 value=faults,
             ) from None
+        try:
+            checkpoints = parse_models(models) if models is not None else None
+        except ValueError as exc:
+            raise InputError(f"invalid --models {models!r}: {exc}", field="models", value=models) from None
         run_forever(
             host,
             port,
@@ -116,5 +130,7 @@ def mock_sd(
             nowebui=nowebui,
             api_auth=api_auth,
             seed=seed,
+            models=checkpoints,
+            model_load_ms=model_load_ms,
             on_ready=lambda url: err_console.print(f"mock SD API on {url}, faults {plan} (Ctrl-C to stop)"),
         )

@@ -3,7 +3,12 @@
 - :mod:`~pipeline.sd.mock.http`: the transports: a real HTTP server (``sdpipe mock-sd``) and an
   in-process httpx transport (``SD_API_URL=mock://``).
 - :mod:`~pipeline.sd.mock.server`: :class:`MockSDServer`, the state and routes both transports serve.
-- :mod:`~pipeline.sd.mock.txt2img`: what A1111's txt2img accepts and answers (request model, samplers, info).
+- :mod:`~pipeline.sd.mock.request`: A1111's txt2img request model (validation, ``/openapi.json``).
+- :mod:`~pipeline.sd.mock.txt2img`: how a txt2img runs and what it answers (sizes, seeds, info, infotexts).
+- :mod:`~pipeline.sd.mock.catalog`: checkpoints, samplers, schedulers, upscalers and styles, A1111's names.
+- :mod:`~pipeline.sd.mock.checkpoints`: the loaded checkpoint, ``/options`` and ``override_settings``.
+- :mod:`~pipeline.sd.mock.scripts`: ``script_name``/``alwayson_scripts``, ControlNet and ADetailer.
+- :mod:`~pipeline.sd.mock.pnginfo`: ``POST /png-info``.
 - :mod:`~pipeline.sd.mock.faults`: fault plans (500s, resets, hangs, garbage) and task bookkeeping.
 - :mod:`~pipeline.sd.mock.render`: deterministic, detailed images and their A1111-style encoding.
 """
@@ -25,6 +30,7 @@ if TYPE_CHECKING:
         make_http_server,
         mock_transport,
         parse_mock_url,
+        parse_models,
         run_forever,
         serve,
     )
@@ -42,6 +48,7 @@ __all__ = [
     "make_http_server",
     "mock_transport",
     "parse_mock_url",
+    "parse_models",
     "run_forever",
     "serve",
     "MockResponse",
@@ -60,6 +67,7 @@ __getattr__, __dir__ = lazy_exports(
             "make_http_server",
             "mock_transport",
             "parse_mock_url",
+            "parse_models",
             "run_forever",
             "serve",
         ],

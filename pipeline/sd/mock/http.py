@@ -9,13 +9,14 @@ back to 0, ``info`` as a JSON string, seeds ``seed+i``, sizes floored to multipl
 infotext in each PNG, and the UI's ``POST /internal/progress`` for requests named by ``force_task_id``
 (absent with ``nowebui``). Faults are injected per txt2img request from a :class:`FaultPlan` (see
 :mod:`pipeline.sd.mock.faults`), and ``/mock/stats`` lists every request with its outcome. Not emulated:
-gzip, saved files and grids, scripts (any ``script_name`` is "not found"), img2img and the other
-routes.
+gzip, saved files, img2img and the other routes. The txt2img request itself (hires fix, styles,
+checkpoints, ControlNet and ADetailer scripts, grids) follows A1111: see :mod:`pipeline.sd.mock.txt2img`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import struct
 import threading
@@ -39,6 +40,7 @@ __all__ = [
     "make_http_server",
     "mock_transport",
     "parse_mock_url",
+    "parse_models",
     "run_forever",
     "serve",
 ]
@@ -58,6 +60,18 @@ def _url_bool(raw: str) -> bool:
     raise ValueError("not a boolean (use 1 or 0)")
 
 
+def parse_models(text: str) -> tuple[str, ...]:
+    """Checkpoint file names from ``a,b,c`` (``;`` also separates, as in a ``mock://`` URL).
+
+    Raises:
+        ValueError: no name at all.
+    """
+    names = tuple(name.strip() for name in re.split(r"[,;]", text) if name.strip())
+    if not names:
+        raise ValueError("no checkpoint names (use e.g. a.safetensors;b.safetensors)")
+    return names
+
+
 #: Query parameters a ``mock://`` URL may carry, and their parsers.
 _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "latency_ms": int,
@@ -66,6 +80,8 @@ _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "faults": FaultPlan.parse,
     "hang_ms": int,
     "nowebui": _url_bool,
+    "models": parse_models,
+    "model_load_ms": int,
 }
 
 
@@ -193,6 +209,8 @@ def run_forever(
     nowebui: bool = False,
     api_auth: str | None = None,
     seed: int | None = None,
+    models: tuple[str, ...] | None = None,
+    model_load_ms: int = 0,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve a mock A1111 API in the foreground until KeyboardInterrupt (``sdpipe mock-sd``).
@@ -211,6 +229,8 @@ def run_forever(
             nowebui=nowebui,
             api_auth=api_auth,
             seed=seed,
+            model_load_ms=model_load_ms,
+            **({"models": models} if models is not None else {}),
         )
     except ValueError as exc:
         raise InputError(f"invalid mock SD option: {exc}", field="faults") from exc
@@ -281,8 +301,10 @@ def get_mock_server(url: str) -> MockSDServer:
     """The per-process mock behind a ``mock://[name][?option=value&...]`` URL.
 
     Options: ``latency_ms``, ``fail_rate``, ``seed``, ``faults`` (a fault plan; separate its items with
-    ``;`` or ``%2C``, since a plain comma ends an ``SD_API_URL`` entry), ``hang_ms`` and ``nowebui``
-    (``1``/``0``), e.g. ``mock://?faults=500:0.2;reset:0.1&seed=3``. The same URL (same name and
+    ``;`` or ``%2C``, since a plain comma ends an ``SD_API_URL`` entry), ``hang_ms``, ``nowebui``
+    (``1``/``0``), ``models`` (checkpoint file names, separated the same way; the first is loaded) and
+    ``model_load_ms``, e.g. ``mock://?faults=500:0.2;reset:0.1&seed=3`` or
+    ``mock://?models=base.safetensors;refiner.safetensors&model_load_ms=200``. The same URL (same name and
     options) always gives the same instance, so counters persist across clients; a different name
     (``mock://gpu1``) gives a separate server.
 

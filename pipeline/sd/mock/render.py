@@ -6,22 +6,21 @@ grain. Neighbouring pixels always differ, so split/seam-blur/merge steps have so
 the same inputs always give the same pixels. Work is done in strips of rows in float32, so a 4096²
 image needs little more memory than its output array.
 
-:func:`format_infotext` writes A1111's ``parameters`` text (docs/a1111-api.md, "Infotext") and :func:`encode_image`
-stores it the way A1111 does: a PNG text chunk, or EXIF UserComment for JPEG/WEBP.
+:func:`encode_image` stores an infotext the way A1111 does (a PNG text chunk, or the EXIF UserComment of
+JPEG/WEBP) through :mod:`pipeline.images.codec`, the encoder sdpipe writes its own images with; the
+infotext itself is written by :func:`pipeline.images.infotext.build_infotext`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
-from collections.abc import Mapping
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, PngImagePlugin
 
-__all__ = ["LOSSY_QUALITY", "PNG_COMPRESS_LEVEL", "encode_image", "format_infotext", "render"]
+from pipeline.images import codec
+
+__all__ = ["LOSSY_QUALITY", "encode_image", "render"]
 
 #: Rows rendered per strip: bounds the float32 temporaries for very large images.
 _STRIP_ROWS = 256
@@ -41,12 +40,8 @@ _PALETTE_SIZE = 5
 _CONTOUR_EVERY = 24
 #: Brightness factor of the contour lines.
 _CONTOUR_SHADE = 0.55
-#: zlib level of the PNGs: the mock must not be the bottleneck of a pipeline test.
-PNG_COMPRESS_LEVEL = 1
 #: Quality of JPEG/WEBP output (A1111's ``jpeg_quality`` setting defaults to 80).
 LOSSY_QUALITY = 80
-#: EXIF IFD holding UserComment, and the UserComment tag.
-_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
 
 
 def _seed_int(*parts: object) -> int:
@@ -137,54 +132,19 @@ def render(prompt: str, seed: int, width: int, height: int) -> NDArray[np.uint8]
     return out
 
 
-def _infotext_value(value: object) -> str:
-    text = str(value)
-    if any(char in text for char in ",:\n"):
-        return json.dumps(text, ensure_ascii=False)
-    return text
-
-
-def format_infotext(prompt: str, negative_prompt: str, params: Mapping[str, object]) -> str:
-    """A1111's infotext: prompt, optional ``Negative prompt:`` line, then the ``Key: value`` line.
-
-    Keys whose value is None are left out; values holding ``,``, ``:`` or a newline are JSON-quoted;
-    a key equal to its value is written bare (docs/a1111-api.md, "Infotext").
-    """
-    pairs = [
-        key if key == value else f"{key}: {_infotext_value(value)}"
-        for key, value in params.items()
-        if value is not None
-    ]
-    negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
-    return f"{prompt}{negative}\n{', '.join(pairs)}".strip()
-
-
 def encode_image(pixels: NDArray[np.uint8], *, infotext: str | None, image_format: str = "png") -> bytes:
-    """Encode pixels the way A1111 saves them, with the infotext as metadata.
+    """Encode pixels the way A1111's API does (``encode_pil_to_base64``), with the infotext as metadata.
 
     Args:
         pixels: an ``(H, W, 3)`` uint8 array.
-        infotext: written as the PNG ``parameters`` text chunk (tEXt, or iTXt beyond Latin-1), or as
-            EXIF UserComment for JPEG/WEBP; None writes no metadata.
-        image_format: ``png``, ``jpg``/``jpeg`` or ``webp`` (A1111's ``samples_format``).
+        infotext: written as the PNG ``parameters`` text chunk (tEXt, or iTXt beyond Latin-1), or as the
+            EXIF UserComment (``UNICODE`` + UTF-16-BE, as piexif writes it) of JPEG/WEBP; None writes none.
+        image_format: A1111's ``samples_format``: ``png``, ``jpg``/``jpeg`` or ``webp``, any case.
 
     Raises:
         ValueError: an unknown ``image_format``.
     """
-    image = Image.fromarray(pixels, "RGB")
-    buffer = io.BytesIO()
     fmt = image_format.lower()
-    if fmt == "png":
-        info = PngImagePlugin.PngInfo()
-        if infotext is not None:
-            info.add_text("parameters", infotext)
-        image.save(buffer, "PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
-    elif fmt in ("jpg", "jpeg", "webp"):
-        exif = Image.Exif()
-        if infotext is not None:
-            exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = b"UNICODE\0" + infotext.encode("utf-16-be")
-        pil_format = "WEBP" if fmt == "webp" else "JPEG"
-        image.save(buffer, pil_format, quality=LOSSY_QUALITY, exif=exif.tobytes())
-    else:
+    if fmt not in ("png", "jpg", "jpeg", "webp"):
         raise ValueError(f"unknown image format {image_format!r}")
-    return buffer.getvalue()
+    return codec.encode_image(pixels, format="jpeg" if fmt == "jpg" else fmt, infotext=infotext, quality=LOSSY_QUALITY)

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from secrets import compare_digest
 from typing import Any
 
+from pipeline.sd.mock import catalog, pnginfo
 from pipeline.sd.mock import txt2img as t2i
+from pipeline.sd.mock.checkpoints import Checkpoints
 from pipeline.sd.mock.faults import (
     DEFAULT_HANG_MS,
     FAULT_KINDS,
@@ -32,6 +34,8 @@ from pipeline.sd.mock.faults import (
     garbage_image_base64,
     request_record,
 )
+from pipeline.sd.mock.request import openapi_document, parse_request
+from pipeline.sd.mock.scripts import ScriptEffects, ScriptError, apply_scripts, scripts_payload
 
 __all__ = ["MockResponse", "MockSDServer"]
 
@@ -111,6 +115,8 @@ class MockSDServer:
         seed: seeds the fault and random-seed generators, so runs repeat; None (the default) draws
             them from the OS, so ``seed: -1`` gives a new image on every run, as on a real server.
         models: checkpoint file names listed by ``/sd-models`` (the first one is loaded); may be empty.
+        model_load_ms: how long loading another checkpoint takes (``override_settings``, ``/options``,
+            refiner, hires checkpoint); every load is counted in ``/mock/stats``.
         nowebui: API only, like A1111's ``--nowebui``: every ``/internal/*`` route answers 404.
 
     ``models`` and ``options`` (the ``/options`` dict) are plain attributes a test may adjust.
@@ -128,11 +134,12 @@ class MockSDServer:
         hang_ms: int = DEFAULT_HANG_MS,
         api_auth: str | None = None,
         seed: int | None = None,
-        models: tuple[str, ...] = t2i.DEFAULT_MODEL_FILES,
+        models: tuple[str, ...] = catalog.DEFAULT_MODEL_FILES,
+        model_load_ms: int = 0,
         nowebui: bool = False,
     ) -> None:
-        if latency_ms < 0 or hang_ms < 0 or not 0.0 <= fail_rate <= 1.0:
-            raise ValueError("latency_ms and hang_ms must be >= 0 and fail_rate within [0, 1]")
+        if latency_ms < 0 or hang_ms < 0 or model_load_ms < 0 or not 0.0 <= fail_rate <= 1.0:
+            raise ValueError("latency_ms, hang_ms and model_load_ms must be >= 0 and fail_rate within [0, 1]")
         plan = FaultPlan.coerce(faults)
         if fail_rate and plan.rate("500"):
             raise ValueError(f"fail_rate is an alias for the fault 500:P, and the plan {plan} already has 500")
@@ -142,11 +149,13 @@ class MockSDServer:
         self.hang_ms = hang_ms
         self.nowebui = nowebui
         self._credentials = [tuple(pair.split(":", 1)) for pair in api_auth.split(",")] if api_auth else []
-        self.models = [t2i.model_entry(name) for name in models]
-        self.options = t2i.default_options(self.models[0] if self.models else None)
         self._fault_rng = random.Random(seed)
         self._seed_rng = random.Random(None if seed is None else seed + 1)
         self._lock = threading.Lock()
+        #: Checkpoints listed and loaded, and the ``/options`` dict.
+        self.checkpoints = Checkpoints(models, model_load_ms, self._lock)
+        self.models = self.checkpoints.models
+        self.options = self.checkpoints.options
         self._turn = threading.Condition(self._lock)
         self._next_ticket = 0
         self._now_serving = 0
@@ -164,8 +173,17 @@ class MockSDServer:
             "/sdapi/v1/skip": {"POST": lambda req: _respond(200, None)},
             "/sdapi/v1/options": {"GET": self._get_options, "POST": self._set_options},
             "/sdapi/v1/sd-models": {"GET": lambda req: _respond(200, self.models)},
-            "/sdapi/v1/samplers": {"GET": lambda req: _respond(200, t2i.samplers_payload())},
-            "/sdapi/v1/schedulers": {"GET": lambda req: _respond(200, t2i.schedulers_payload())},
+            "/sdapi/v1/samplers": {"GET": lambda req: _respond(200, catalog.samplers_payload())},
+            "/sdapi/v1/schedulers": {"GET": lambda req: _respond(200, catalog.schedulers_payload())},
+            "/sdapi/v1/upscalers": {"GET": lambda req: _respond(200, catalog.upscalers_payload())},
+            "/sdapi/v1/latent-upscale-modes": {
+                "GET": lambda req: _respond(200, [{"name": name} for name in catalog.LATENT_UPSCALE_MODES])
+            },
+            "/sdapi/v1/prompt-styles": {"GET": lambda req: _respond(200, _styles_payload())},
+            "/sdapi/v1/scripts": {"GET": lambda req: _respond(200, scripts_payload())},
+            "/sdapi/v1/png-info": {"POST": self._png_info},
+            "/sdapi/v1/refresh-checkpoints": {"POST": lambda req: _respond(200, None)},
+            "/openapi.json": {"GET": lambda req: _respond(200, openapi_document(self._routes))},
             "/internal/ping": {"GET": lambda req: _respond(200, {})},
             "/internal/progress": {"POST": self._internal_progress},
             "/mock/stats": {"GET": lambda req: _respond(200, self.stats())},
@@ -200,6 +218,8 @@ class MockSDServer:
         else:
             try:
                 response = methods[method.upper()](request)
+            except t2i.HTTPError as exc:  # A1111's HTTPException: the detail, no errors text
+                response = _http_exception(exc.status, exc.detail)
             except Exception as exc:  # A1111's handler turns any exception into this 500 body.
                 logger.warning("mock SD: %s %s failed: %s: %s", method, path, type(exc).__name__, exc)
                 response = _respond(500, {"error": type(exc).__name__, "detail": "", "body": "", "errors": str(exc)})
@@ -211,8 +231,11 @@ class MockSDServer:
 
         Besides the counters: ``faults`` (injected, per kind), ``hanging`` (requests held by a hang
         right now) and ``requests``, the last 10,000 txt2img requests that passed validation, each
-        ``{"prompt", "seed", "task_id", "at", "outcome"}`` (``at``: arrival, ``time.time()``; outcomes in
-        :data:`pipeline.sd.mock.faults.OUTCOMES`).
+        ``{"prompt", "seed", "task_id", "at", "outcome", "body", "model", "model_loads"}`` (``at``: arrival,
+        ``time.time()``; outcomes in :data:`pipeline.sd.mock.faults.OUTCOMES`; ``body``: the JSON body as
+        received; ``model``: the checkpoint it ran on; ``model_loads``: the loads it caused). ``model_loads``
+        counts every checkpoint load, ``model_load_log`` lists them (``{"model", "at"}``) and
+        ``loaded_model`` is the one loaded now.
         """
         with self._lock:
             return {
@@ -230,12 +253,16 @@ class MockSDServer:
                 "faults": {kind: self._stats.faults[kind] for kind in FAULT_KINDS},
                 "hanging": len(self._tasks.live_hangs()),
                 "requests": [dict(record) for record in self._stats.log],
+                "model_loads": self.checkpoints.load_count,
+                "model_load_log": list(self.checkpoints.load_log),
+                "loaded_model": self.checkpoints.loaded["title"] if self.checkpoints.loaded else None,
             }
 
     def reset(self) -> dict[str, Any]:
         """Zero the counters and forget the requests (a generation in progress keeps running); returns ``{}``."""
         with self._lock:
             self._stats = _Stats(max_concurrent=self._active, max_in_flight=self._active + self._waiting)
+            self.checkpoints.reset_counts()
         return {}
 
     def close(self) -> None:
@@ -267,38 +294,55 @@ class MockSDServer:
                 return None
         return _http_exception(401, "Incorrect username or password")
 
-    def _acquire_turn(self, task_id: str) -> None:
+    def _acquire_turn(self, task_id: str | None) -> None:
         # A ticket queue, not a bare Lock: a Lock wakes waiters in no particular order, A1111's is FIFO.
+        # task_id None: a model load from /options, which waits on the same queue lock.
         with self._turn:
             ticket = self._next_ticket
             self._next_ticket += 1
-            self._waiting += 1
-            self._stats.max_in_flight = max(self._stats.max_in_flight, self._waiting + self._active)
-            self._tasks.enqueue(task_id)
+            if task_id is not None:
+                self._waiting += 1
+                self._stats.max_in_flight = max(self._stats.max_in_flight, self._waiting + self._active)
+                self._tasks.enqueue(task_id)
             self._turn.wait_for(lambda: self._now_serving == ticket)
-            self._tasks.start(task_id)
-            self._waiting -= 1
-            self._active += 1
-            self._stats.max_concurrent = max(self._stats.max_concurrent, self._active)
+            if task_id is not None:
+                self._tasks.start(task_id)
+                self._waiting -= 1
+                self._active += 1
+                self._stats.max_concurrent = max(self._stats.max_concurrent, self._active)
 
-    def _release_turn(self, task_id: str, *, completed: bool) -> None:
+    def _release_turn(self, task_id: str | None, *, completed: bool) -> None:
         with self._turn:
-            self._tasks.finish(task_id, completed=completed)
-            self._active -= 1
+            if task_id is not None:
+                self._tasks.finish(task_id, completed=completed)
+                self._active -= 1
             self._now_serving += 1
             self._turn.notify_all()
+
+    def _queued(self, work: Callable[[], object]) -> object:
+        """Run ``work`` holding the FIFO turn, like A1111's ``wrap_queued_call``."""
+        self._acquire_turn(None)
+        try:
+            return work()
+        finally:
+            self._release_turn(None, completed=True)
 
     # -- routes -------------------------------------------------------------------------------------
     def _txt2img(self, request: _Request) -> MockResponse:
         with self._lock:
             self._stats.requests += 1
-        values, rejection = t2i.parse_request(request.headers, request.body)
+        values, body, rejection = parse_request(request.headers, request.body)
         if rejection is not None:
             return _respond(rejection[0], rejection[1])
+        try:
+            effects = apply_scripts(values["script_name"], values["alwayson_scripts"] or {})
+        except ScriptError as exc:
+            return _http_exception(422, str(exc))
         with self._lock:
             task_id = str(values["force_task_id"] or self._tasks.new_task_id())
             fault = self.faults.draw(self._fault_rng.random())
             record = request_record(values["prompt"], values["seed"], task_id, fault or "ok")
+            record |= {"body": body, "model": None, "model_loads": 0}
             self._stats.log.append(record)
             if fault is not None:
                 self._stats.faults[fault] += 1
@@ -308,8 +352,9 @@ class MockSDServer:
             return cut
         self._acquire_turn(task_id)
         completed = False
+        loads_before = self.checkpoints.load_count
         try:
-            payload = self._generate(values, record, fail=fault == "500")
+            payload = self._process(values, effects, record, fail=fault == "500")
             completed = True
         except Exception:
             with self._lock:
@@ -317,6 +362,7 @@ class MockSDServer:
                 record["outcome"] = "500" if fault == "500" else "error"
             raise
         finally:
+            record["model_loads"] = self.checkpoints.load_count - loads_before
             self._release_turn(task_id, completed=completed)
         if fault == "garbage" and payload["images"]:
             payload["images"][0] = garbage_image_base64()
@@ -341,40 +387,73 @@ class MockSDServer:
             self._tasks.remove_hang(hang)
         return None
 
-    def _generate(self, values: dict[str, Any], record: dict[str, Any], *, fail: bool) -> dict[str, Any]:
-        plan = t2i.plan_generation(values, self.options, self.models, self._seed_rng)
+    def _process(
+        self, values: dict[str, Any], effects: ScriptEffects, record: dict[str, Any], *, fail: bool
+    ) -> dict[str, Any]:
+        """``process_images``: the request's settings overrides around the generation, then the encoding."""
+        if not self.models:
+            raise FileNotFoundError(
+                "No checkpoints found. When searching for checkpoints, looked at: models/Stable-diffusion"
+            )
+        overrides = values["override_settings"] or {}
+        restore = values["override_settings_restore_afterwards"] is not False
+        with self._lock:
+            samples_format = str(self.options["samples_format"])
+        if not restore and "samples_format" in overrides:
+            samples_format = str(overrides["samples_format"])  # the API encodes after the overrides are undone
+        with self.checkpoints.overrides(overrides, restore=restore):
+            with self._lock:
+                options = dict(self.options)
+            model = self.checkpoints.loaded or self.checkpoints.selected()
+            record["model"] = model["title"]
+            plan = t2i.plan_generation(values, options, self.models, model, effects, self._seed_rng)
+            known_format = samples_format.lower() in t2i.IMAGE_FORMATS
+            image_format = samples_format if values["send_images"] and known_format else None
+            images, count, grid = self._generate(plan, record, image_format, fail=fail)
+        if values["send_images"] and not known_format:
+            raise t2i.HTTPError(500, "Invalid image format")
+        return plan.response(images, count, grid=grid)
+
+    def _generate(
+        self, plan: t2i.GenerationPlan, record: dict[str, Any], image_format: str | None, *, fail: bool
+    ) -> tuple[list[str], int, bool]:
         job = t2i.JobState(n_iter=plan.n_iter, steps=plan.steps, latency_s=self.latency_ms / 1000)
         with self._lock:
             self._job = job
             self._interrupted = False  # A1111 resets the flag when the next job starts.
-            self._stats.prompts[plan.prompt] += 1
-            self._stats.served.append(plan.prompt)
+            self._stats.prompts[plan.prompts[0]] += 1
+            self._stats.served.append(plan.prompts[0])
+        images: list[str] = []
+        pixels: list[Any] = []
+        generated = 0
         try:
-            images: list[str] = []
             for batch in range(plan.n_iter):
                 with self._lock:
                     job.start_batch(batch)
+                self.checkpoints.ensure_loaded(self.checkpoints.selected())  # back from a refiner
                 # latency_ms is the whole time per batch, as a GPU's is: rendering and encoding
                 # happen inside it, so a 500 ms server serves an image every 500 ms, not 530.
                 deadline = time.monotonic() + self.latency_ms / 1000
-                rendered = [] if fail else plan.render_batch(batch)
+                encoded, rendered = ([], []) if fail else plan.render_batch(batch, image_format)
+                for title in plan.batch_models:  # hires checkpoint, refiner: loads during the batch
+                    self.checkpoints.ensure_loaded(self.checkpoints.find(title) or self.models[0], write_option=False)
                 self._sleep_until(deadline)
                 if fail:
                     raise t2i.OutOfMemoryError(t2i.OOM_MESSAGE)
-                images += rendered
+                images += encoded
+                pixels += rendered
+                generated += plan.batch_size
                 if self._interrupted:  # the current batch comes back, the remaining ones are skipped
                     record["outcome"] = "interrupted"
                     break
         finally:
             with self._lock:
                 self._job = None
-        payload = plan.response(images)
+        grid, maps = plan.extra_images(pixels, image_format)
         with self._lock:
             self._stats.completed += 1
             self._stats.images += len(images)
-            if plan.overrides_persist:
-                self.options.update(plan.persisted_options)
-        return payload
+        return [*([grid] if grid else []), *images, *maps], generated, grid is not None
 
     def _sleep_until(self, deadline: float) -> None:
         while not self._interrupted and (left_s := deadline - time.monotonic()) > 0:
@@ -421,12 +500,18 @@ class MockSDServer:
         if not isinstance(changes, dict):
             error = {"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}
             return _respond(422, {"detail": [error]})
-        checkpoint = changes.get("sd_model_checkpoint")
-        if checkpoint is not None:
-            model = t2i.find_model(self.models, str(checkpoint))
-            if model is None:
-                raise RuntimeError(f"model {checkpoint!r} not found")
-            changes["sd_model_checkpoint"] = model["title"]
-        with self._lock:
-            self.options.update(changes)
+        self.checkpoints.set_options(changes, self._queued)
         return _respond(200, None)
+
+    def _png_info(self, request: _Request) -> MockResponse:
+        try:
+            return _respond(200, pnginfo.png_info(request.body))
+        except pnginfo.InvalidImage:
+            return _http_exception(500, "Invalid encoded image")
+        except ValueError:
+            error = {"loc": ["body", "image"], "msg": "field required", "type": "value_error.missing"}
+            return _respond(422, {"detail": [error]})
+
+
+def _styles_payload() -> list[dict[str, str]]:
+    return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in catalog.DEFAULT_STYLES]

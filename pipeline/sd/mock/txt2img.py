@@ -1,49 +1,51 @@
-"""What the mock SD server knows about A1111 v1.10's txt2img: request model, samplers, info, progress.
+"""How the mock SD server runs one txt2img: A1111 v1.10's ``process_images`` as far as a client can see it.
 
-Split from :mod:`pipeline.sd.mock.server` (the server state and routes; :mod:`pipeline.sd.mock.http` holds the
-transports) so each stays readable. Everything here is pure apart from the seed generator it is handed;
-see docs/a1111-api.md ("What the mock copies") for the behaviour copied.
+:func:`plan_generation` resolves a validated request (:mod:`pipeline.sd.mock.request`) against the loaded
+checkpoint and the settings in force: styles, seeds and variation seeds, sampler and schedule, hires size,
+refiner, scripts, then ``info`` and one infotext per image, written as ``create_infotext`` writes them
+(key order, ``extra_generation_params``, null keys left out) with :func:`pipeline.images.infotext.build_infotext`.
+It raises what A1111 raises for the same request. :class:`GenerationPlan` renders and encodes the
+images; the server (:mod:`pipeline.sd.mock.server`) owns the state: options, the loaded model, the lock.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.sd.mock.render import encode_image, format_infotext, render
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.images.infotext import build_infotext
+from pipeline.sd.mock import catalog
+from pipeline.sd.mock.render import encode_image, render
+from pipeline.sd.mock.scripts import ScriptEffects
 
 __all__ = [
-    "DEFAULT_MODEL_FILES",
+    "IMAGE_FORMATS",
     "MAX_BATCH_PIXELS",
     "MOCK_VERSION",
     "OOM_MESSAGE",
     "TICK_S",
     "GenerationPlan",
+    "HTTPError",
     "JobState",
     "OutOfMemoryError",
-    "default_options",
-    "find_model",
-    "model_entry",
-    "parse_request",
     "plan_generation",
     "progress_payload",
-    "samplers_payload",
-    "schedulers_payload",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Version string the mock reports in ``info`` and infotexts.
 MOCK_VERSION = "v1.10.1"
-#: Checkpoints the mock lists by default (the first one is loaded).
-DEFAULT_MODEL_FILES = ("v1-5-pruned-emaonly.safetensors",)
 #: Largest ``batch_size × width × height`` the mock "GPU" holds; beyond it: 500 OutOfMemoryError.
 MAX_BATCH_PIXELS = 4096 * 4096 * 4
 #: The ``errors`` text of the mock's OutOfMemoryError (as reported in DrCyanide/cyanic-sd-krita#20).
@@ -53,230 +55,27 @@ OOM_MESSAGE = (
 )
 #: How often a simulated generation wakes up to notice an interrupt, in seconds.
 TICK_S = 0.01
+#: ``samples_format`` values ``encode_pil_to_base64`` knows (lowercased); anything else is a 500.
+IMAGE_FORMATS = ("png", "jpg", "jpeg", "webp")
 #: Upper bound of a random seed (exclusive), as A1111's ``get_fixed_seed``.
 _SEED_RANGE = 4294967294
-#: Real sha256 of the default checkpoint, so its short hash is the familiar one.
-_KNOWN_SHA256 = {"v1-5-pruned-emaonly.safetensors": "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa"}
-#: v1.10's samplers, in its order: an unknown name is replaced by the first one.
-_SAMPLERS = (
-    "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a", "Euler",
-    "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++", "PLMS", "UniPC",
-    "LCM",
-)  # fmt: skip
-#: v1.10's schedulers as (name, label); the first one is the default.
-_SCHEDULERS = (
-    ("automatic", "Automatic"), ("uniform", "Uniform"), ("karras", "Karras"), ("exponential", "Exponential"),
-    ("polyexponential", "Polyexponential"), ("sgm_uniform", "SGM Uniform"), ("kl_optimal", "KL Optimal"),
-    ("align_your_steps", "Align Your Steps"), ("simple", "Simple"), ("normal", "Normal"), ("ddim", "DDIM"),
-    ("beta", "Beta"),
-)  # fmt: skip
-#: Built-in always-on scripts of v1.10; any other ``alwayson_scripts`` key is a 422.
-_ALWAYSON_SCRIPTS = frozenset({"extra options", "hypertile", "refiner", "seed", "sampler", "comments"})
-
-
-def _fields(kind: str, default: Any, names: str) -> dict[str, tuple[str, Any]]:
-    return dict.fromkeys(names.split(), (kind, default))
-
-
-#: The txt2img request model (v1.10): field -> (pydantic v1 type, API default). Every field is Optional.
-_FIELDS: dict[str, tuple[str, Any]] = {
-    **_fields("str", "", "prompt negative_prompt hr_prompt hr_negative_prompt"),
-    **_fields("str", "Euler", "sampler_index"),
-    **_fields(
-        "str",
-        None,
-        "sampler_name scheduler refiner_checkpoint hr_upscaler hr_checkpoint_name hr_sampler_name hr_scheduler "
-        "force_task_id script_name firstpass_image infotext",
-    ),
-    **_fields("list[str]", None, "styles"),
-    **_fields("list", [], "script_args"),
-    **_fields("int", -1, "seed subseed seed_resize_from_h seed_resize_from_w"),
-    **_fields("int", 1, "batch_size n_iter"),
-    **_fields("int", 50, "steps"),
-    **_fields("int", 512, "width height"),
-    **_fields("int", 0, "hr_second_pass_steps hr_resize_x hr_resize_y firstphase_width firstphase_height"),
-    **_fields("float", 0.0, "subseed_strength"),
-    **_fields("float", 7.0, "cfg_scale"),
-    **_fields("float", 2.0, "hr_scale"),
-    **_fields("float", None, "eta denoising_strength s_min_uncond s_churn s_tmax s_tmin s_noise refiner_switch_at"),
-    **_fields("bool", None, "restore_faces tiling"),
-    **_fields("bool", False, "do_not_save_samples do_not_save_grid disable_extra_networks enable_hr save_images"),
-    **_fields("bool", True, "override_settings_restore_afterwards send_images"),
-    **_fields("dict", None, "override_settings comments"),
-    **_fields("dict", {}, "alwayson_scripts"),
-}
-#: pydantic v1's message and type per field type.
-_TYPE_ERRORS = {
-    "int": ("value is not a valid integer", "type_error.integer"),
-    "float": ("value is not a valid float", "type_error.float"),
-    "str": ("str type expected", "type_error.str"),
-    "bool": ("value could not be parsed to a boolean", "type_error.bool"),
-    "list": ("value is not a valid list", "type_error.list"),
-    "list[str]": ("value is not a valid list", "type_error.list"),
-    "dict": ("value is not a valid dict", "type_error.dict"),
-}
-#: What pydantic v1 accepts as true and false for a bool field (strings compared lowercased).
-_TRUE = frozenset({1, "1", "on", "t", "true", "y", "yes"})
-_FALSE = frozenset({0, "0", "off", "f", "false", "n", "no"})
 #: Message of the TypeError A1111 raises when a numeric field is null (benrugg/AI-Render#140).
 _NULL_NUMBER = "'<' not supported between instances of 'int' and 'NoneType'"
+#: The latent is 1/8 of the image on each side (``opt_f``).
+_LATENT_PX = 8
 
 
 class OutOfMemoryError(RuntimeError):
     """torch's ``OutOfMemoryError``, as the mock "GPU" raises it (the class name is what A1111 reports)."""
 
 
-def model_entry(filename: str) -> dict[str, Any]:
-    """An ``/sd-models`` entry for a checkpoint file name."""
-    sha256 = _KNOWN_SHA256.get(filename) or hashlib.sha256(filename.encode()).hexdigest()
-    return {
-        "title": f"{filename} [{sha256[:10]}]",
-        "model_name": filename.rsplit(".", 1)[0],
-        "hash": sha256[:10],
-        "sha256": sha256,
-        "filename": f"/stable-diffusion-webui/models/Stable-diffusion/{filename}",
-        "config": None,
-    }
+class HTTPError(Exception):
+    """An ``HTTPException`` A1111's own code raises: answered ``{"error": "HTTPException", "detail": ...}``."""
 
-
-def find_model(models: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
-    """The model a checkpoint alias names (title, file name, model name, short hash or sha256), or None."""
-    for model in models:
-        aliases = {model["title"], model["model_name"], model["filename"].rsplit("/", 1)[-1], model["hash"]}
-        if name in aliases or name == model["sha256"]:
-            return model
-    return None
-
-
-def default_options(model: dict[str, Any] | None) -> dict[str, Any]:
-    """The part of A1111's flat ``/options`` dict the mock honours, with v1.10 defaults."""
-    return {
-        "sd_model_checkpoint": model["title"] if model else None,
-        "sd_checkpoint_hash": model["sha256"] if model else None,
-        "samples_format": "png",
-        "enable_pnginfo": True,
-        "return_grid": True,
-        "jpeg_quality": 80,
-        "CLIP_stop_at_last_layers": 1,
-        "sd_vae": "Automatic",
-        "eta_noise_seed_delta": 0,
-        "randn_source": "GPU",
-    }
-
-
-def samplers_payload() -> list[dict[str, Any]]:
-    """``GET /samplers``."""
-    return [{"name": name, "aliases": [_alias(name)], "options": {}} for name in _SAMPLERS]
-
-
-def _alias(name: str) -> str:
-    return "k_" + name.lower().replace("++", "pp").replace(" ", "_")
-
-
-def schedulers_payload() -> list[dict[str, Any]]:
-    """``GET /schedulers``."""
-    return [
-        {"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
-        for name, label in _SCHEDULERS
-    ]
-
-
-def _resolve_sampler(sampler: str | None, scheduler: str | None) -> tuple[str, str]:
-    """v1.10's ``get_sampler_and_scheduler``: split a scheduler suffix, autocorrect unknown samplers."""
-    labels = {key: label for name, label in _SCHEDULERS for key in (name, label)}
-    label = labels.get(scheduler or "", _SCHEDULERS[0][1])
-    name = sampler or _SAMPLERS[0]
-    for key, key_label in labels.items():
-        if name.endswith(" " + key):
-            name, label = name[: -len(key) - 1], key_label
-            break
-    if name not in _SAMPLERS:
-        logger.warning("mock SD: Sampler Scheduler autocorrection: %r -> %r", name, _SAMPLERS[0])
-        name = _SAMPLERS[0]
-    return name, label
-
-
-def _coerce(kind: str, value: Any) -> Any:
-    """pydantic v1's lax coercion for one Optional field; raises ValueError when it would fail."""
-    if value is None:
-        return None
-    try:
-        if kind == "int":
-            return int(value)
-        if kind == "float":
-            return float(value)
-        if kind == "str" and isinstance(value, str | int | float):
-            return value if isinstance(value, str) else str(value)
-        if kind == "bool":
-            key = value.lower() if isinstance(value, str) else value
-            if key in _TRUE or key in _FALSE:
-                return key in _TRUE
-        if kind.startswith("list") and isinstance(value, list):
-            return value
-        if kind == "dict" and isinstance(value, dict):
-            return value
-    except (TypeError, ValueError, OverflowError):
-        pass
-    raise ValueError(kind)
-
-
-def _validation_errors(data: Mapping[str, Any], values: dict[str, Any]) -> list[dict[str, Any]]:
-    errors: list[dict[str, Any]] = []
-    for name, (kind, default) in _FIELDS.items():
-        if name not in data:
-            values[name] = json.loads(json.dumps(default))  # a fresh copy of mutable defaults
-            continue
-        try:
-            values[name] = _coerce(kind, data[name])
-        except ValueError:
-            msg, err_type = _TYPE_ERRORS[kind]
-            errors.append({"loc": ["body", name], "msg": msg, "type": err_type})
-            continue
-        if kind == "list[str]" and values[name] is not None:
-            for index, item in enumerate(values[name]):
-                if not isinstance(item, str | int | float):
-                    msg, err_type = _TYPE_ERRORS["str"]
-                    errors.append({"loc": ["body", name, index], "msg": msg, "type": err_type})
-    return errors
-
-
-def parse_request(headers: Mapping[str, str], body: bytes) -> tuple[dict[str, Any], tuple[int, Any] | None]:
-    """Validate a txt2img body as FastAPI 0.94 + pydantic 1.10 would.
-
-    Returns:
-        The coerced request with every default filled in, and ``(status, body)`` when it is rejected.
-    """
-    missing = (422, {"detail": [{"loc": ["body"], "msg": "field required", "type": "value_error.missing"}]})
-    if not body:
-        return {}, missing
-    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-    data: Any = body
-    if not content_type or content_type == "application/json" or content_type.endswith("+json"):
-        try:
-            data = json.loads(body)
-        except json.JSONDecodeError as exc:
-            ctx = {"msg": exc.msg, "doc": exc.doc, "pos": exc.pos, "lineno": exc.lineno, "colno": exc.colno}
-            err = {"loc": ["body", exc.pos], "msg": str(exc), "type": "value_error.jsondecode", "ctx": ctx}
-            return {}, (422, {"detail": [err]})
-        except ValueError:
-            return {}, (400, {"detail": "There was an error parsing the body"})
-    if data is None:
-        return {}, missing
-    if not isinstance(data, dict):
-        return {}, (422, {"detail": [{"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}]})
-    values: dict[str, Any] = {}
-    errors = _validation_errors(data, values)
-    if errors:
-        return {}, (422, {"detail": errors})
-    detail = None
-    if values["script_name"]:
-        detail = f"Script '{values['script_name']}' not found"
-    for name in values["alwayson_scripts"] or {}:
-        if name.lower() not in _ALWAYSON_SCRIPTS:
-            detail = f"always on script {name} not found"
-    if detail is not None:
-        return {}, (422, {"error": "HTTPException", "detail": detail, "body": "", "errors": ""})
-    return values, None
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
 
 
 @dataclass
@@ -327,53 +126,136 @@ def progress_payload(job: JobState | None, interrupted: bool) -> dict[str, Any]:
 
 @dataclass
 class GenerationPlan:
-    """One accepted txt2img request with everything resolved: seeds, sizes, model, infotexts."""
+    """One accepted txt2img request with everything resolved: seeds, sizes, models, infotexts."""
 
     values: dict[str, Any]
-    prompt: str
+    prompts: list[str]
     n_iter: int
     batch_size: int
     steps: int
     image_size: tuple[int, int]
-    image_format: str
     all_seeds: list[int]
     info: dict[str, Any]
     render_seeds: list[int]
-    overrides_persist: bool = False
-    persisted_options: dict[str, Any] = field(default_factory=dict)
+    #: Checkpoints (titles) loaded in turn during each batch after the main one: hires checkpoint, refiner.
+    batch_models: list[str] = field(default_factory=list)
+    #: ControlNet modules whose detect maps follow the real images.
+    detect_maps: list[str] = field(default_factory=list)
+    #: Whether a grid goes first (``save_images``, two images or more, ``return_grid``).
+    wants_grid: bool = False
 
-    def render_batch(self, batch: int) -> list[str]:
-        """Render and encode the images of batch ``batch`` (base64), unless ``send_images`` is false."""
-        if not self.values["send_images"]:
-            return []
+    def render_batch(self, batch: int, image_format: str | None) -> tuple[list[str], list[NDArray[np.uint8]]]:
+        """Render batch ``batch``: its images base64-encoded as ``image_format``, and their pixels.
+
+        Nothing is rendered when ``image_format`` is None (``send_images`` false, or an unknown format).
+        """
         width, height = self.image_size
-        encoded = []
+        encoded: list[str] = []
+        pixels: list[NDArray[np.uint8]] = []
+        if image_format is None:
+            return encoded, pixels
         for k in range(batch * self.batch_size, (batch + 1) * self.batch_size):
-            pixels = render(self.prompt, self.render_seeds[k], width, height)
-            data = encode_image(pixels, infotext=self.info["infotexts"][k], image_format=self.image_format)
-            encoded.append(base64.b64encode(data).decode("ascii"))
-        return encoded
+            array = render(self.prompts[k], self.render_seeds[k], width, height)
+            pixels.append(array)
+            encoded.append(_b64(array, self.info["infotexts"][k], image_format))
+        return encoded, pixels
 
-    def response(self, images: list[str]) -> dict[str, Any]:
-        """The 200 body: images, the request echoed with defaults, and ``info`` as a JSON string."""
-        count = len(images) if self.values["send_images"] else len(self.info["infotexts"])
-        info = self.info | {"infotexts": self.info["infotexts"][:count]}
+    def extra_images(self, pixels: list[NDArray[np.uint8]], image_format: str | None) -> tuple[str | None, list[str]]:
+        """The grid (when wanted and at least 2 images came out) and the detect maps, base64-encoded."""
+        if image_format is None:
+            return None, []
+        grid = None
+        if self.wants_grid and len(pixels) >= 2:
+            grid = _b64(_grid(pixels, self.batch_size), self.grid_infotext, image_format)
+        width, height = self.image_size
+        maps = [
+            _b64(render(f"detected map: {module}", self.all_seeds[0], width, height), None, image_format)
+            for module in self.detect_maps
+        ]
+        return grid, maps
+
+    @property
+    def grid_infotext(self) -> str:
+        """``create_infotext(use_main_prompt=True)``: the first image's text describes the grid."""
+        return str(self.info["infotexts"][0])
+
+    def response(self, images: list[str], count: int, *, grid: bool) -> dict[str, Any]:
+        """The 200 body: images, the request echoed with defaults, and ``info`` as a JSON string.
+
+        ``count`` is how many real images were generated (fewer after an interrupt); ``grid`` whether a grid
+        went first (then ``index_of_first_image`` is 1 and its infotext comes first).
+        """
+        infotexts = self.info["infotexts"][:count]
+        info = self.info | {"infotexts": [self.grid_infotext, *infotexts] if grid else infotexts}
+        info["index_of_first_image"] = 1 if grid else 0
         return {"images": images, "parameters": self.values, "info": json.dumps(info)}
+
+
+def _b64(pixels: NDArray[np.uint8], infotext: str | None, image_format: str) -> str:
+    return base64.b64encode(encode_image(pixels, infotext=infotext, image_format=image_format)).decode("ascii")
+
+
+def _grid(pixels: list[NDArray[np.uint8]], batch_size: int) -> NDArray[np.uint8]:
+    """``images.image_grid`` with the default ``n_rows=-1``: round(sqrt(n)) rows."""
+    rows = min(len(pixels), max(1, round(math.sqrt(len(pixels)))))
+    cols = math.ceil(len(pixels) / rows)
+    height, width = pixels[0].shape[:2]
+    grid = np.zeros((height * rows, width * cols, 3), dtype=np.uint8)
+    for i, array in enumerate(pixels):
+        row, col = divmod(i, cols)
+        grid[row * height : (row + 1) * height, col * width : (col + 1) * width] = array
+    return grid
 
 
 def _fixed_seed(seed: int | None, rng: random.Random) -> int:
     return rng.randrange(_SEED_RANGE) if seed is None or seed == -1 else seed
 
 
+def hires_size(values: Mapping[str, Any], width: int, height: int) -> tuple[tuple[int, int], dict[str, Any]]:
+    """``calculate_target_resolution`` then the latent crop: the final image size, and its infotext key."""
+    resize_x, resize_y, scale = values["hr_resize_x"] or 0, values["hr_resize_y"] or 0, values["hr_scale"]
+    truncate_x = truncate_y = 0
+    if not resize_x and not resize_y:
+        key: dict[str, Any] = {"Hires upscale": scale}
+        to_x, to_y = int(width * scale), int(height * scale)
+    else:
+        key = {"Hires resize": f"{resize_x}x{resize_y}"}
+        if not resize_y:
+            to_x, to_y = resize_x, resize_x * height // width
+        elif not resize_x:
+            to_x, to_y = resize_y * width // height, resize_y
+        else:
+            if width / height < resize_x / resize_y:
+                to_x, to_y = resize_x, resize_x * height // width
+            else:
+                to_x, to_y = resize_y * width // height, resize_y
+            truncate_x, truncate_y = (to_x - resize_x) // _LATENT_PX, (to_y - resize_y) // _LATENT_PX
+    out = ((to_x // _LATENT_PX - truncate_x) * _LATENT_PX, (to_y // _LATENT_PX - truncate_y) * _LATENT_PX)
+    return out, key
+
+
 def plan_generation(
-    values: dict[str, Any], options: Mapping[str, Any], models: list[dict[str, Any]], rng: random.Random
+    values: dict[str, Any],
+    options: Mapping[str, Any],
+    models: list[dict[str, Any]],
+    model: dict[str, Any],
+    effects: ScriptEffects,
+    rng: random.Random,
 ) -> GenerationPlan:
-    """Resolve a validated request the way A1111's processing does, raising what it would raise.
+    """Resolve a validated request the way A1111's ``process_images`` does, raising what it would raise.
+
+    Args:
+        values: the validated request.
+        options: the settings in force during the request (its ``override_settings`` applied).
+        models: the checkpoints the server lists.
+        model: the loaded checkpoint.
+        effects: what the request's scripts add (:func:`pipeline.sd.mock.scripts.apply_scripts`).
+        rng: draws the seeds of ``-1``.
 
     Raises:
-        AssertionError: ``prompt`` is null.
+        AssertionError: ``prompt`` is null, or ``hr_sampler_name`` names no sampler.
         TypeError: a numeric field is null, or ``enable_hr`` without ``denoising_strength``.
-        FileNotFoundError: the mock has no checkpoint.
+        Exception: an unknown hires upscaler, refiner or hires checkpoint (A1111 raises a bare Exception).
         RuntimeError: an empty latent (width or height below 8, batch_size below 1).
         OutOfMemoryError: the batch is too large for the mock "GPU".
         IndexError: ``n_iter`` below 1 (no image, so no first seed).
@@ -383,69 +265,124 @@ def plan_generation(
     for name in ("steps", "width", "height", "batch_size", "n_iter", "cfg_scale", "subseed_strength"):
         if values[name] is None:
             raise TypeError(_NULL_NUMBER)
-    if not models:
-        raise FileNotFoundError(
-            "No checkpoints found. When searching for checkpoints, looked at: models/Stable-diffusion"
-        )
-    overrides = values["override_settings"] or {}
-    model = find_model(models, str(overrides.get("sd_model_checkpoint"))) or find_model(
-        models, str(options["sd_model_checkpoint"])
-    )
-    model = model or models[0]
-    clip_skip = int(overrides.get("CLIP_stop_at_last_layers", options["CLIP_stop_at_last_layers"]))
-    width, height, batch_size, n_iter = values["width"], values["height"], values["batch_size"], values["n_iter"]
-    out_w, out_h = width, height
+    width, height = values["width"], values["height"]
+    if values["firstphase_width"] or values["firstphase_height"]:
+        width, height = values["firstphase_width"] or 0, values["firstphase_height"] or 0
+    batch_size, n_iter, count = values["batch_size"], values["n_iter"], values["batch_size"] * values["n_iter"]
+    styles = values["styles"] or []
+    prompts = [catalog.apply_styles(values["prompt"], styles, catalog.DEFAULT_STYLES)] * count
+    negative = catalog.apply_styles(values["negative_prompt"] or "", styles, catalog.DEFAULT_STYLES, negative=True)
+    refiner = None
+    if values["refiner_checkpoint"] not in (None, "", "None", "none"):
+        refiner = catalog.closest_model(models, values["refiner_checkpoint"])
+        if refiner is None:
+            raise Exception(f"Could not find checkpoint with name {values['refiner_checkpoint']}")
+    sampler, scheduler = catalog.resolve_sampler(values["sampler_name"] or values["sampler_index"], values["scheduler"])
+    seed, subseed = _fixed_seed(values["seed"], rng), _fixed_seed(values["subseed"], rng)
+    varied = values["subseed_strength"] != 0
+    all_seeds = [seed if varied else seed + i for i in range(count)]
+    all_subseeds = [subseed + i for i in range(count)]
+    restore_faces = bool(options["face_restoration"] if values["restore_faces"] is None else values["restore_faces"])
+    tiling = bool(options["tiling"] if values["tiling"] is None else values["tiling"])
+    clip_skip = int(options["CLIP_stop_at_last_layers"])
+
+    extra: dict[str, Any] = dict(effects.before)
+    schedule = catalog.scheduler_label(sampler, scheduler)
+    out_w, out_h = width // _LATENT_PX * _LATENT_PX, height // _LATENT_PX * _LATENT_PX
+    batch_models: list[str] = []
+    second_pass_model = model
     if values["enable_hr"]:
-        if values["denoising_strength"] is None:
+        if values["denoising_strength"] is None:  # the second pass multiplies it by the steps
             raise TypeError("unsupported operand type(s) for *: 'NoneType' and 'float'")
-        out_w, out_h = values["hr_resize_x"], values["hr_resize_y"]
-        if not out_w and not out_h:
-            out_w, out_h = int(width * values["hr_scale"]), int(height * values["hr_scale"])
-        out_w, out_h = out_w or out_h * width // height, out_h or out_w * height // width
-    out_w, out_h = out_w // 8 * 8, out_h // 8 * 8
-    if out_w < 8 or out_h < 8 or batch_size < 1:
+        extra["Denoising strength"] = values["denoising_strength"]
+        if values["hr_checkpoint_name"] and values["hr_checkpoint_name"] != "Use same checkpoint":
+            hr_model = catalog.closest_model(models, values["hr_checkpoint_name"])
+            if hr_model is None:
+                raise Exception(f"Could not find checkpoint with name {values['hr_checkpoint_name']}")
+            extra["Hires checkpoint"] = catalog.model_short_title(hr_model)
+            second_pass_model = hr_model
+        hr_sampler = values["hr_sampler_name"]
+        if hr_sampler is not None and hr_sampler != sampler:
+            extra["Hires sampler"] = hr_sampler
+        extra["Hires prompt"] = None  # A1111 writes them only when they differ from the prompts
+        extra["Hires negative prompt"] = None
+        hr_prompt = catalog.apply_styles(values["hr_prompt"] or values["prompt"], styles, catalog.DEFAULT_STYLES)
+        if hr_prompt != prompts[0]:
+            extra["Hires prompt"] = hr_prompt
+        hr_negative = catalog.apply_styles(
+            values["hr_negative_prompt"] or values["negative_prompt"] or "",
+            styles,
+            catalog.DEFAULT_STYLES,
+            negative=True,
+        )
+        if hr_negative != negative:
+            extra["Hires negative prompt"] = hr_negative
+        extra["Hires schedule type"] = None
+        upscaler = values["hr_upscaler"]
+        if upscaler is not None and upscaler not in catalog.upscaler_names():
+            raise Exception(f"could not find upscaler named {upscaler}")
+        (out_w, out_h), size_key = hires_size(values, width, height)
+        extra |= size_key
+        if values["hr_second_pass_steps"]:
+            extra["Hires steps"] = values["hr_second_pass_steps"]
+        if upscaler is not None:
+            extra["Hires upscaler"] = upscaler
+        if hr_sampler is not None and catalog.find_sampler(hr_sampler) != hr_sampler:
+            raise AssertionError(f"bad sampler name: {hr_sampler}")
+        hr_schedule = catalog.scheduler_label(hr_sampler or sampler, values["hr_scheduler"] or scheduler)
+        if schedule is not None:
+            extra["Schedule type"] = schedule
+        if hr_schedule is not None and hr_schedule != extra.get("Schedule type"):
+            extra["Hires schedule type"] = hr_schedule
+        if second_pass_model is not model:
+            batch_models.append(second_pass_model["title"])
+    elif schedule is not None:
+        extra["Schedule type"] = schedule
+    if out_w < _LATENT_PX or out_h < _LATENT_PX or batch_size < 1:
         raise RuntimeError(f"cannot generate {batch_size} image(s) of {width}x{height}: the latent would be empty")
     if batch_size * out_w * out_h > MAX_BATCH_PIXELS:
         raise OutOfMemoryError(OOM_MESSAGE)
-    count = batch_size * n_iter
-    sampler, scheduler = _resolve_sampler(values["sampler_name"] or values["sampler_index"], values["scheduler"])
-    seed, subseed = _fixed_seed(values["seed"], rng), _fixed_seed(values["subseed"], rng)
-    varied = values["subseed_strength"] > 0
-    all_seeds = [seed if varied else seed + i for i in range(count)]
-    all_subseeds = [subseed + i for i in range(count)]
-    prompt, negative = values["prompt"], values["negative_prompt"] or ""
-    hires: dict[str, Any] = {}
-    if values["enable_hr"]:
-        resized = values["hr_resize_x"] or values["hr_resize_y"]
-        hires = {"Hires resize": f"{out_w}x{out_h}"} if resized else {"Hires upscale": values["hr_scale"]}
-        hires |= {"Hires steps": values["hr_second_pass_steps"] or None, "Hires upscaler": values["hr_upscaler"]}
+    refined_from = second_pass_model if values["enable_hr"] else model
+    if refiner is not None and refiner["title"] != refined_from["title"]:
+        extra["Refiner"] = catalog.model_short_title(refiner)
+        extra["Refiner switch at"] = values["refiner_switch_at"]
+        batch_models.append(refiner["title"])
+    extra |= effects.after
+
+    base: dict[str, Any] = {
+        "Steps": values["steps"],
+        "Sampler": sampler,
+        "Schedule type": scheduler,
+        "CFG scale": values["cfg_scale"],
+        "Seed": None,
+        "Face restoration": options["face_restoration_model"] if restore_faces else None,
+        "Size": f"{width}x{height}",
+        "Model hash": model["hash"] if options["add_model_hash_to_info"] else None,
+        "Model": catalog.model_name_for_extra(model) if options["add_model_name_to_info"] else None,
+        "Variation seed": None,
+        "Variation seed strength": values["subseed_strength"] if varied else None,
+        "Seed resize from": None,
+        "Denoising strength": None,
+        "Clip skip": clip_skip if clip_skip > 1 else None,
+        "RNG": options["randn_source"] if options["randn_source"] != "GPU" else None,
+        "Tiling": "True" if tiling else None,
+    }
+    resize_w, resize_h = values["seed_resize_from_w"], values["seed_resize_from_h"]
+    if resize_w is not None and resize_h is not None and resize_w > 0 and resize_h > 0:
+        base["Seed resize from"] = f"{resize_w}x{resize_h}"
+    base |= extra
+    base["Version"] = MOCK_VERSION if options["add_version_to_infotext"] else None
     infotexts = [
-        format_infotext(
-            prompt,
+        build_infotext(
+            prompts[k],
             negative,
-            {
-                "Steps": values["steps"],
-                "Sampler": sampler,
-                "Schedule type": scheduler,
-                "CFG scale": values["cfg_scale"],
-                "Seed": all_seeds[k],
-                "Size": f"{width}x{height}",
-                "Model hash": model["hash"],
-                "Model": model["model_name"],
-                "Variation seed": all_subseeds[k] if varied else None,
-                "Variation seed strength": values["subseed_strength"] if varied else None,
-                "Denoising strength": values["denoising_strength"],
-                "Clip skip": clip_skip if clip_skip > 1 else None,
-                "Tiling": True if values["tiling"] else None,
-                **hires,
-                "Version": MOCK_VERSION,
-            },
+            base | {"Seed": all_seeds[k], "Variation seed": all_subseeds[k] if varied else None},
         )
         for k in range(count)
     ]
     info = {
-        "prompt": prompt,
-        "all_prompts": [prompt] * count,
+        "prompt": prompts[0],
+        "all_prompts": prompts,
         "negative_prompt": negative,
         "all_negative_prompts": [negative] * count,
         "seed": all_seeds[0],
@@ -459,37 +396,35 @@ def plan_generation(
         "cfg_scale": values["cfg_scale"],
         "steps": values["steps"],
         "batch_size": batch_size,
-        "restore_faces": bool(values["restore_faces"]),
-        "face_restoration_model": None,
-        "sd_model_name": model["model_name"],
+        "restore_faces": restore_faces,
+        "face_restoration_model": options["face_restoration_model"] if restore_faces else None,
+        "sd_model_name": catalog.model_name_for_extra(model),
         "sd_model_hash": model["hash"],
         "sd_vae_name": None,
         "sd_vae_hash": None,
-        "seed_resize_from_w": values["seed_resize_from_w"],
-        "seed_resize_from_h": values["seed_resize_from_h"],
+        "seed_resize_from_w": resize_w,
+        "seed_resize_from_h": resize_h,
         "denoising_strength": values["denoising_strength"],
-        "extra_generation_params": {"Schedule type": scheduler, **{k: v for k, v in hires.items() if v is not None}},
+        "extra_generation_params": extra,
         "index_of_first_image": 0,
         "infotexts": infotexts,
-        "styles": values["styles"] or [],
+        "styles": styles,
         "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
         "clip_skip": clip_skip,
         "is_using_inpainting_conditioning": False,
         "version": MOCK_VERSION,
     }
-    persist = not values["override_settings_restore_afterwards"] and bool(overrides)
-    persisted = overrides | ({"sd_model_checkpoint": model["title"]} if "sd_model_checkpoint" in overrides else {})
     return GenerationPlan(
         values=values,
-        prompt=prompt,
+        prompts=prompts,
         n_iter=n_iter,
         batch_size=batch_size,
         steps=values["steps"],
         image_size=(out_w, out_h),
-        image_format=str(overrides.get("samples_format", options["samples_format"])),
         all_seeds=all_seeds,
         info=info,
         render_seeds=[s ^ (sub << 32) if varied else s for s, sub in zip(all_seeds, all_subseeds, strict=True)],
-        overrides_persist=persist,
-        persisted_options=persisted if persist else {},
+        batch_models=batch_models,
+        detect_maps=list(effects.detect_maps),
+        wants_grid=bool(values["save_images"]) and count >= 2 and bool(options["return_grid"]),
     )

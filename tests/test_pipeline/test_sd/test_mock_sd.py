@@ -22,7 +22,7 @@ from pipeline.errors import ConfigError, SDAuthError, SDServerError
 from pipeline.models import GenerationParams
 from pipeline.sd.client import SDClient
 from pipeline.sd.mock.http import MockSDServer, get_mock_server, serve
-from pipeline.sd.mock.render import encode_image, format_infotext, render
+from pipeline.sd.mock.render import encode_image, render
 from pipeline.sd.mock.txt2img import OOM_MESSAGE
 from pipeline.settings import Settings
 from tests.helpers import free_port, wait_until
@@ -169,7 +169,8 @@ def test_mock_http_empty_body_uses_api_defaults(start_mock: StartMock, http: htt
     assert (info["steps"], info["sampler_name"], info["cfg_scale"]) == (50, "Euler", 7.0)
     assert decode(answer["images"][0]).size == (512, 512)
     assert 0 <= info["seed"] < 4294967294 and answer["parameters"]["seed"] == -1
-    assert info["extra_generation_params"] == {"Schedule type": "Automatic"}
+    # Euler has no schedule of its own: A1111 writes the base "Schedule type: Automatic" and no extra param.
+    assert info["extra_generation_params"] == {} and "Schedule type: Automatic," in info["infotexts"][0]
     assert len(info["job_timestamp"]) == 14 and info["index_of_first_image"] == 0 and info["styles"] == []
 
 
@@ -302,9 +303,14 @@ def test_mock_http_lists_models_options_samplers_schedulers(start_mock: StartMoc
     assert "Karras" in [s["label"] for s in http.get(f"{url}/sdapi/v1/schedulers").json()]
     unknown = http.post(f"{url}/sdapi/v1/options", json={"sd_model_checkpoint": "nope.ckpt"})
     assert (unknown.status_code, unknown.json()["errors"]) == (500, "model 'nope.ckpt' not found")
-    known = http.post(f"{url}/sdapi/v1/options", json={"sd_model_checkpoint": "v1-5-pruned-emaonly", "x": 1})
+    known = http.post(
+        f"{url}/sdapi/v1/options", json={"sd_model_checkpoint": "v1-5-pruned-emaonly", "jpeg_quality": 90}
+    )
     assert (known.status_code, known.json()) == (200, None)
-    assert http.get(f"{url}/sdapi/v1/options").json()["x"] == 1
+    assert http.get(f"{url}/sdapi/v1/options").json()["jpeg_quality"] == 90
+    # A1111's opts.set looks every key up: one it does not know is a 500 KeyError.
+    no_setting = http.post(f"{url}/sdapi/v1/options", json={"x": 1})
+    assert (no_setting.status_code, no_setting.json()["error"], no_setting.json()["errors"]) == (500, "KeyError", "'x'")
 
 
 def test_mock_http_same_request_gives_identical_images(start_mock: StartMock, http: httpx.Client) -> None:
@@ -374,11 +380,12 @@ def test_mock_url_with_unknown_option_is_a_config_error() -> None:
 
 
 @pytest.mark.parametrize(("samples_format", "pil_format"), [("webp", "WEBP"), ("jpg", "JPEG")])
-def test_mock_samples_format_override_gives_lossy_images_with_exif_infotext(
-    samples_format: str, pil_format: str
-) -> None:
-    with SDClient(make_settings("mock://formats")) as client:
-        result = client.txt2img(params(override_settings={"samples_format": samples_format}), job_id="j")
+def test_mock_samples_format_option_gives_lossy_images_with_exif_infotext(samples_format: str, pil_format: str) -> None:
+    url = f"mock://formats-{samples_format}"
+    body = json.dumps({"samples_format": samples_format}).encode()
+    assert get_mock_server(url).handle("POST", "/sdapi/v1/options", "", {}, body).status == 200
+    with SDClient(make_settings(url)) as client:
+        result = client.txt2img(params(), job_id="j")
     image = Image.open(io.BytesIO(result.image_bytes))
     assert image.format == pil_format and result.format == {"jpg": "jpeg"}.get(samples_format, samples_format)
     comment = image.getexif().get_ifd(0x8769)[0x9286]
@@ -404,20 +411,6 @@ def test_render_large_sizes_are_detailed() -> None:
     assert render("speed", 3, 1024, 1024)[::128, ::128].std() > 10
     big = render("big", 3, 4096, 4096)
     assert big.shape == (4096, 4096, 3) and big[::512, ::512].std() > 10
-
-
-def test_format_infotext_quotes_drops_nulls_and_omits_empty_negative() -> None:
-    params_line = {
-        "Steps": 20,
-        "CFG scale": 7.0,
-        "Lora hashes": "add_detail: 7c6bad76eb54",
-        "VAE": None,
-        "Tiling": "Tiling",
-    }
-    assert format_infotext("a, b", "", params_line) == (
-        'a, b\nSteps: 20, CFG scale: 7.0, Lora hashes: "add_detail: 7c6bad76eb54", Tiling'
-    )
-    assert format_infotext("", "ugly", {"Steps": 1}) == "Negative prompt: ugly\nSteps: 1"
 
 
 def test_encode_image_writes_non_latin1_infotext_as_itxt() -> None:
