@@ -292,8 +292,6 @@ def plan_generation(
     batch_models: list[str] = []
     second_pass_model = model
     if values["enable_hr"]:
-        if values["denoising_strength"] is None:  # the second pass multiplies it by the steps
-            raise TypeError("unsupported operand type(s) for *: 'NoneType' and 'float'")
         extra["Denoising strength"] = values["denoising_strength"]
         if values["hr_checkpoint_name"] and values["hr_checkpoint_name"] != "Use same checkpoint":
             hr_model = catalog.closest_model(models, values["hr_checkpoint_name"])
@@ -328,7 +326,9 @@ def plan_generation(
         if upscaler is not None:
             extra["Hires upscaler"] = upscaler
         if hr_sampler is not None and catalog.find_sampler(hr_sampler) != hr_sampler:
-            raise AssertionError(f"bad sampler name: {hr_sampler}")
+            raise AssertionError(f"bad sampler name: {hr_sampler}")  # the second pass creates its sampler
+        if values["denoising_strength"] is None:  # the second pass multiplies it by the steps
+            raise TypeError("unsupported operand type(s) for *: 'NoneType' and 'float'")
         hr_schedule = catalog.scheduler_label(hr_sampler or sampler, values["hr_scheduler"] or scheduler)
         if schedule is not None:
             extra["Schedule type"] = schedule

@@ -7,8 +7,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -45,29 +44,6 @@ def params(**overrides: Any) -> GenerationParams:
         "scheduler": "Automatic",
     }
     return GenerationParams(**(fields | overrides))
-
-
-@pytest.fixture
-def start_mock() -> Iterator[StartMock]:
-    """Mock servers over real HTTP on free ports, shut down (ending any hang) after the test."""
-    servers: list[ThreadingHTTPServer] = []
-
-    def start(**config: Any) -> tuple[MockSDServer, str]:
-        mock = MockSDServer(**config)
-        httpd = serve(mock, "127.0.0.1", free_port())
-        servers.append(httpd)
-        return mock, f"http://127.0.0.1:{httpd.server_address[1]}"
-
-    yield start
-    for httpd in servers:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10) as client:
-        yield client
 
 
 def outcomes(mock: MockSDServer) -> list[str]:

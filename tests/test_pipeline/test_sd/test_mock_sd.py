@@ -8,9 +8,8 @@ import io
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -21,11 +20,11 @@ from PIL import Image
 from pipeline.errors import ConfigError, SDAuthError, SDServerError
 from pipeline.models import GenerationParams
 from pipeline.sd.client import SDClient
-from pipeline.sd.mock.http import MockSDServer, get_mock_server, serve
+from pipeline.sd.mock.http import MockSDServer, get_mock_server
 from pipeline.sd.mock.render import encode_image, render
 from pipeline.sd.mock.txt2img import OOM_MESSAGE
 from pipeline.settings import Settings
-from tests.helpers import free_port, wait_until
+from tests.helpers import wait_until
 
 StartMock = Callable[..., tuple[MockSDServer, str]]
 
@@ -50,29 +49,6 @@ def params(**overrides: Any) -> GenerationParams:
 
 def decode(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64)))
-
-
-@pytest.fixture
-def start_mock() -> Iterator[StartMock]:
-    """Start mock servers over real HTTP on free ports; all are shut down after the test."""
-    servers: list[ThreadingHTTPServer] = []
-
-    def start(**config: Any) -> tuple[MockSDServer, str]:
-        mock = MockSDServer(**config)
-        httpd = serve(mock, "127.0.0.1", free_port())
-        servers.append(httpd)
-        return mock, f"http://127.0.0.1:{httpd.server_address[1]}"
-
-    yield start
-    for httpd in servers:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=20) as client:
-        yield client
 
 
 def post_in_thread(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[threading.Thread, list[Any]]:
