@@ -25,6 +25,7 @@ hanging request counts as active: the server claims to work on it), then *comple
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import math
 import re
@@ -38,12 +39,14 @@ from typing import Any
 __all__ = [
     "DEFAULT_HANG_MS",
     "FAULT_KINDS",
+    "LOGGED_STRING_CHARS",
     "OUTCOMES",
     "REQUEST_HISTORY",
     "FaultPlan",
     "Hang",
     "TaskBoard",
     "garbage_image_base64",
+    "loggable",
     "request_record",
 ]
 
@@ -58,6 +61,8 @@ OUTCOMES = ("ok", *FAULT_KINDS, "interrupted", "error")
 DEFAULT_HANG_MS = 60_000
 #: txt2img requests remembered by ``/mock/stats`` (``requests``), the most recent ones.
 REQUEST_HISTORY = 10_000
+#: Longest string a logged request body keeps as is (longer ones are summarised by :func:`loggable`).
+LOGGED_STRING_CHARS = 4096
 #: Completed task ids ``/internal/progress`` remembers (A1111 keeps the last 16).
 FINISHED_TASKS = 16
 #: Separators between the items of a plan: ``,`` or ``;`` (a comma ends an ``SD_API_URL`` entry).
@@ -172,9 +177,29 @@ def garbage_image_base64() -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def request_record(prompt: Any, seed: Any, task_id: str, outcome: str) -> dict[str, Any]:
-    """One entry of ``/mock/stats`` ``requests``; ``at`` is the arrival time (``time.time()``)."""
-    return {"prompt": prompt, "seed": seed, "task_id": task_id, "at": time.time(), "outcome": outcome}
+def loggable(body: Any) -> Any:
+    """``body`` as the request log keeps it: strings over :data:`LOGGED_STRING_CHARS` (base64 images of
+    ControlNet units...) become ``<N chars, sha256 XXXXXXXXXXXXXXXX>``, so 10,000 logged requests stay small."""
+    if isinstance(body, str) and len(body) > LOGGED_STRING_CHARS:
+        return f"<{len(body)} chars, sha256 {hashlib.sha256(body.encode()).hexdigest()[:16]}>"
+    if isinstance(body, dict):
+        return {key: loggable(value) for key, value in body.items()}
+    if isinstance(body, list):
+        return [loggable(value) for value in body]
+    return body
+
+
+def request_record(prompt: Any, seed: Any, task_id: str, outcome: str, body: Any = None) -> dict[str, Any]:
+    """One entry of ``/mock/stats`` ``requests``; ``at`` is the arrival time (``time.time()``), ``body`` the
+    JSON body as received (see :func:`loggable`)."""
+    return {
+        "prompt": prompt,
+        "seed": seed,
+        "task_id": task_id,
+        "at": time.time(),
+        "outcome": outcome,
+        "body": loggable(body),
+    }
 
 
 @dataclass(eq=False)

@@ -231,11 +231,11 @@ class MockSDServer:
 
         Besides the counters: ``faults`` (injected, per kind), ``hanging`` (requests held by a hang
         right now) and ``requests``, the last 10,000 txt2img requests that passed validation, each
-        ``{"prompt", "seed", "task_id", "at", "outcome", "body", "model", "model_loads"}`` (``at``: arrival,
-        ``time.time()``; outcomes in :data:`pipeline.sd.mock.faults.OUTCOMES`; ``body``: the JSON body as
-        received; ``model``: the checkpoint it ran on; ``model_loads``: the loads it caused). ``model_loads``
-        counts every checkpoint load, ``model_load_log`` lists them (``{"model", "at"}``) and
-        ``loaded_model`` is the one loaded now.
+        ``{"prompt", "seed", "task_id", "at", "outcome", "body", "model", "model_loads"}``: ``at`` is the
+        arrival (``time.time()``), outcomes are in :data:`pipeline.sd.mock.faults.OUTCOMES`, ``body`` is
+        the JSON body as received (strings over 4 KiB summarised), ``model`` the checkpoint it ran on and
+        ``model_loads`` the loads it caused. ``model_loads`` counts every checkpoint load,
+        ``model_load_log`` lists them (``{"model", "at"}``) and ``loaded_model`` is the one loaded now.
         """
         with self._lock:
             return {
@@ -341,8 +341,8 @@ class MockSDServer:
         with self._lock:
             task_id = str(values["force_task_id"] or self._tasks.new_task_id())
             fault = self.faults.draw(self._fault_rng.random())
-            record = request_record(values["prompt"], values["seed"], task_id, fault or "ok")
-            record |= {"body": body, "model": None, "model_loads": 0}
+            record = request_record(values["prompt"], values["seed"], task_id, fault or "ok", body)
+            record |= {"model": None, "model_loads": 0}
             self._stats.log.append(record)
             if fault is not None:
                 self._stats.faults[fault] += 1

@@ -76,6 +76,13 @@ def test_request_log_keeps_the_body_exactly_as_received(mock: MockSDServer) -> N
     assert mock.stats()["requests"][-1]["body"] == body
 
 
+def test_request_log_summarises_long_strings_such_as_images(mock: MockSDServer) -> None:
+    image = "A" * 10_000
+    txt2img(mock, alwayson_scripts={"ControlNet": {"args": [{"module": "none", "image": image}]}})
+    logged = mock.stats()["requests"][-1]["body"]["alwayson_scripts"]["ControlNet"]["args"][0]
+    assert logged["module"] == "none" and logged["image"].startswith("<10000 chars, sha256 ")
+
+
 # -- hires fix ----------------------------------------------------------------------------------------
 def test_hires_scale_doubles_the_image_and_writes_the_hires_keys(mock: MockSDServer) -> None:
     info, (image,) = txt2img(mock, enable_hr=True, hr_scale=2, denoising_strength=0.5, hr_upscaler="Latent")
