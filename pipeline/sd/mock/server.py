@@ -396,7 +396,7 @@ class MockSDServer:
                 "No checkpoints found. When searching for checkpoints, looked at: models/Stable-diffusion"
             )
         overrides = values["override_settings"] or {}
-        restore = values["override_settings_restore_afterwards"] is not False
+        restore = bool(values["override_settings_restore_afterwards"])  # an explicit null keeps them, as in A1111
         with self._lock:
             samples_format = str(self.options["samples_format"])
         if not restore and "samples_format" in overrides:
@@ -435,9 +435,10 @@ class MockSDServer:
                 # happen inside it, so a 500 ms server serves an image every 500 ms, not 530.
                 deadline = time.monotonic() + self.latency_ms / 1000
                 encoded, rendered = ([], []) if fail else plan.render_batch(batch, image_format)
+                loading_since = time.monotonic()
                 for title in plan.batch_models:  # hires checkpoint, refiner: loads during the batch
                     self.checkpoints.ensure_loaded(self.checkpoints.find(title) or self.models[0], write_option=False)
-                self._sleep_until(deadline)
+                self._sleep_until(deadline + time.monotonic() - loading_since)  # loads add to the batch time
                 if fail:
                     raise t2i.OutOfMemoryError(t2i.OOM_MESSAGE)
                 images += encoded

@@ -59,8 +59,9 @@ def test_an_override_switches_for_one_request_and_the_next_one_reloads(mock: Moc
     assert [load["model"] for load in stats["model_load_log"]] == [mock.models[1]["title"], mock.models[0]["title"]]
 
 
-def test_an_override_without_restore_stays_in_force(mock: MockSDServer) -> None:
-    txt2img(mock, override_settings={"sd_model_checkpoint": "other"}, override_settings_restore_afterwards=False)
+@pytest.mark.parametrize("restore", [False, None])  # A1111 tests it for truth: null keeps the override too
+def test_an_override_without_restore_stays_in_force(mock: MockSDServer, restore: bool | None) -> None:
+    txt2img(mock, override_settings={"sd_model_checkpoint": "other"}, override_settings_restore_afterwards=restore)
     assert loaded_in(txt2img(mock)) == ("other", "other")
     assert mock.options["sd_model_checkpoint"] == mock.models[1]["title"] and mock.stats()["model_loads"] == 1
 
