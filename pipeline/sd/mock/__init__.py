@@ -9,6 +9,7 @@
 - :mod:`~pipeline.sd.mock.checkpoints`: the loaded checkpoint, ``/options`` and ``override_settings``.
 - :mod:`~pipeline.sd.mock.scripts`: ``script_name``/``alwayson_scripts``, ControlNet and ADetailer.
 - :mod:`~pipeline.sd.mock.pnginfo`: ``POST /png-info``.
+- :mod:`~pipeline.sd.mock.turns`: the FIFO queue lock (one generation at a time, in arrival order).
 - :mod:`~pipeline.sd.mock.faults`: fault plans (500s, resets, hangs, garbage) and task bookkeeping.
 - :mod:`~pipeline.sd.mock.render`: deterministic, detailed images and their A1111-style encoding.
 """

@@ -9,7 +9,8 @@ request from its seeded generator, so a run with the same ``seed`` repeats. The 
 ``hang``     no answer for ``hang_ms``, then a normal one; the request waits outside the FIFO lock
              (like a request stuck in a proxy) and ends early, without an answer, on an interrupt or
              when the server shuts down
-``garbage``  200 with well-formed JSON whose ``images[0]`` starts with the PNG magic but does not decode
+``garbage``  200 with well-formed JSON whose first real image (``images[index_of_first_image]``) starts with
+             the PNG magic but does not decode
 ===========  ======================================================================================
 
 In-process (``mock://``), ``reset`` raises :class:`httpx.ReadError`, and a hang longer than the caller's

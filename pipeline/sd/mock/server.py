@@ -36,6 +36,7 @@ from pipeline.sd.mock.faults import (
 )
 from pipeline.sd.mock.request import openapi_document, parse_request
 from pipeline.sd.mock.scripts import ScriptEffects, ScriptError, apply_scripts, scripts_payload
+from pipeline.sd.mock.turns import Turns
 
 __all__ = ["MockResponse", "MockSDServer"]
 
@@ -93,9 +94,6 @@ class _Stats:
     images: int = 0
     failures: int = 0
     interrupts: int = 0
-    max_concurrent: int = 0
-    #: Most txt2img requests held at once, running or waiting on the lock (what a pool must cap).
-    max_in_flight: int = 0
     prompts: Counter[str] = field(default_factory=Counter)
     served: deque[str] = field(default_factory=lambda: deque(maxlen=_SERVED_HISTORY))
     faults: Counter[str] = field(default_factory=Counter)
@@ -156,15 +154,11 @@ class MockSDServer:
         self.checkpoints = Checkpoints(models, model_load_ms, self._lock)
         self.models = self.checkpoints.models
         self.options = self.checkpoints.options
-        self._turn = threading.Condition(self._lock)
-        self._next_ticket = 0
-        self._now_serving = 0
-        self._waiting = 0
-        self._active = 0
         self._stats = _Stats()
         self._job: t2i.JobState | None = None
         self._interrupted = False
         self._tasks = TaskBoard()
+        self._turns = Turns(self._lock, self._tasks)
         self._closed = False
         self._routes: dict[str, dict[str, _Handler]] = {
             "/sdapi/v1/txt2img": {"POST": self._txt2img},
@@ -244,10 +238,10 @@ class MockSDServer:
                 "images": self._stats.images,
                 "failures": self._stats.failures,
                 "interrupts": self._stats.interrupts,
-                "max_concurrent": self._stats.max_concurrent,
-                "max_in_flight": self._stats.max_in_flight,
-                "active": self._active,
-                "queued": self._waiting,
+                "max_concurrent": self._turns.max_concurrent,
+                "max_in_flight": self._turns.max_in_flight,
+                "active": self._turns.active,
+                "queued": self._turns.waiting,
                 "prompts": dict(self._stats.prompts),
                 "served": list(self._stats.served),
                 "faults": {kind: self._stats.faults[kind] for kind in FAULT_KINDS},
@@ -261,7 +255,8 @@ class MockSDServer:
     def reset(self) -> dict[str, Any]:
         """Zero the counters and forget the requests (a generation in progress keeps running); returns ``{}``."""
         with self._lock:
-            self._stats = _Stats(max_concurrent=self._active, max_in_flight=self._active + self._waiting)
+            self._stats = _Stats()
+            self._turns.reset_peaks()
             self.checkpoints.reset_counts()
         return {}
 
@@ -274,7 +269,7 @@ class MockSDServer:
             self._closed = True
             self._tasks.end_hangs("shutdown")
 
-    # -- auth, FIFO ---------------------------------------------------------------------------------
+    # -- auth ---------------------------------------------------------------------------------
     def _check_auth(self, headers: Mapping[str, str]) -> MockResponse | None:
         if not self._credentials:
             return None
@@ -293,39 +288,6 @@ class MockSDServer:
             ):
                 return None
         return _http_exception(401, "Incorrect username or password")
-
-    def _acquire_turn(self, task_id: str | None) -> None:
-        # A ticket queue, not a bare Lock: a Lock wakes waiters in no particular order, A1111's is FIFO.
-        # task_id None: a model load from /options, which waits on the same queue lock.
-        with self._turn:
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            if task_id is not None:
-                self._waiting += 1
-                self._stats.max_in_flight = max(self._stats.max_in_flight, self._waiting + self._active)
-                self._tasks.enqueue(task_id)
-            self._turn.wait_for(lambda: self._now_serving == ticket)
-            if task_id is not None:
-                self._tasks.start(task_id)
-                self._waiting -= 1
-                self._active += 1
-                self._stats.max_concurrent = max(self._stats.max_concurrent, self._active)
-
-    def _release_turn(self, task_id: str | None, *, completed: bool) -> None:
-        with self._turn:
-            if task_id is not None:
-                self._tasks.finish(task_id, completed=completed)
-                self._active -= 1
-            self._now_serving += 1
-            self._turn.notify_all()
-
-    def _queued(self, work: Callable[[], object]) -> object:
-        """Run ``work`` holding the FIFO turn, like A1111's ``wrap_queued_call``."""
-        self._acquire_turn(None)
-        try:
-            return work()
-        finally:
-            self._release_turn(None, completed=True)
 
     # -- routes -------------------------------------------------------------------------------------
     def _txt2img(self, request: _Request) -> MockResponse:
@@ -350,7 +312,7 @@ class MockSDServer:
             return _abort("reset")
         if fault == "hang" and (cut := self._hang(task_id, record, request.read_timeout_s)) is not None:
             return cut
-        self._acquire_turn(task_id)
+        self._turns.acquire(task_id)
         completed = False
         loads_before = self.checkpoints.load_count
         try:
@@ -363,9 +325,10 @@ class MockSDServer:
             raise
         finally:
             record["model_loads"] = self.checkpoints.load_count - loads_before
-            self._release_turn(task_id, completed=completed)
-        if fault == "garbage" and payload["images"]:
-            payload["images"][0] = garbage_image_base64()
+            self._turns.release(task_id, completed=completed)
+        first = json.loads(payload["info"])["index_of_first_image"]
+        if fault == "garbage" and len(payload["images"]) > first:  # the first real image, not a grid
+            payload["images"][first] = garbage_image_base64()
         return _respond(200, payload)
 
     def _hang(self, task_id: str, record: dict[str, Any], read_timeout_s: float | None) -> MockResponse | None:
@@ -501,7 +464,7 @@ class MockSDServer:
         if not isinstance(changes, dict):
             error = {"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}
             return _respond(422, {"detail": [error]})
-        self.checkpoints.set_options(changes, self._queued)
+        self.checkpoints.set_options(changes, self._turns.run)
         return _respond(200, None)
 
     def _png_info(self, request: _Request) -> MockResponse:

@@ -334,7 +334,7 @@ def plan_generation(
             extra["Schedule type"] = schedule
         if hr_schedule is not None and hr_schedule != extra.get("Schedule type"):
             extra["Hires schedule type"] = hr_schedule
-        if second_pass_model is not model:
+        if second_pass_model["title"] != model["title"]:
             batch_models.append(second_pass_model["title"])
     elif schedule is not None:
         extra["Schedule type"] = schedule
