@@ -276,6 +276,16 @@ def test_save_images_with_a_batch_puts_the_grid_first(mock: MockSDServer) -> Non
     assert len(txt2img(mock, batch_size=2)[1]) == 2  # no grid without save_images
 
 
+def test_a_garbage_fault_corrupts_the_first_real_image_not_the_grid() -> None:
+    mock = MockSDServer(seed=1, faults="garbage:1")
+    status, answer = call(mock, "POST", "/sdapi/v1/txt2img", SMALL | {"batch_size": 2, "save_images": True})
+    grid, first, second = (base64.b64decode(b64) for b64 in answer["images"])
+    assert status == 200 and json.loads(answer["info"])["index_of_first_image"] == 1
+    assert Image.open(io.BytesIO(grid)).size == (128, 64) and Image.open(io.BytesIO(second)).size == (64, 64)
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(first)).load()
+
+
 @pytest.mark.parametrize("samples_format", ["jpg", "webp"])
 def test_lossy_formats_carry_the_infotext_in_exif_that_png_info_reads(mock: MockSDServer, samples_format: str) -> None:
     assert call(mock, "POST", "/sdapi/v1/options", {"samples_format": samples_format}) == (200, None)
