@@ -131,6 +131,8 @@ def test_split_sd_entry_bad_option_raises_value_error(entry: str, fragment: str)
         ("mock://?bogus=1", ["unknown mock:// option 'bogus'", "latency_ms, fail_rate, seed, faults"]),
         ("mock://?faults=boom:0.5", ["faults='boom:0.5'", "unknown fault kind"]),
         ("mock://?latency_ms=-5", ["latency_ms and hang_ms must be >= 0"]),
+        ("mock://?model_load_ms=-1", ["model_load_ms must be >= 0"]),
+        ("mock://?models=;", ["models=';'", "no checkpoint names"]),
         ("http://gpu1:7860,mock://a?fail_rate=2", ["fail_rate"]),
     ],
 )

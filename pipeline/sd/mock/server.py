@@ -136,8 +136,10 @@ class MockSDServer:
         model_load_ms: int = 0,
         nowebui: bool = False,
     ) -> None:
-        if latency_ms < 0 or hang_ms < 0 or model_load_ms < 0 or not 0.0 <= fail_rate <= 1.0:
-            raise ValueError("latency_ms, hang_ms and model_load_ms must be >= 0 and fail_rate within [0, 1]")
+        if latency_ms < 0 or hang_ms < 0 or not 0.0 <= fail_rate <= 1.0:
+            raise ValueError("latency_ms and hang_ms must be >= 0 and fail_rate within [0, 1]")
+        if model_load_ms < 0:
+            raise ValueError("model_load_ms must be >= 0")
         plan = FaultPlan.coerce(faults)
         if fail_rate and plan.rate("500"):
             raise ValueError(f"fail_rate is an alias for the fault 500:P, and the plan {plan} already has 500")
