@@ -28,6 +28,8 @@ __all__ = [
     "ScriptEffects",
     "ScriptError",
     "apply_scripts",
+    "extensions_payload",
+    "script_info_payload",
     "scripts_payload",
 ]
 
@@ -103,6 +105,33 @@ def scripts_payload() -> dict[str, list[str]]:
     """``GET /sdapi/v1/scripts``: script names (lowercased titles) per tab."""
     names = [title.lower() for title in (*_SELECTABLE, *_ALWAYSON)]
     return {"txt2img": names, "img2img": [*names, "img2img alternative test", "sd upscale"]}
+
+
+def script_info_payload() -> list[dict[str, Any]]:
+    """``GET /sdapi/v1/script-info``: each txt2img script (the mock lists no UI arguments)."""
+    return [
+        {"name": title.lower(), "is_alwayson": title in _ALWAYSON, "is_img2img": False, "args": []}
+        for title in (*_SELECTABLE, *_ALWAYSON)
+    ]
+
+
+def extensions_payload() -> list[dict[str, Any]]:
+    """``GET /sdapi/v1/extensions``: the two extensions the mock pretends to have installed."""
+    return [
+        {
+            "name": name,
+            "remote": remote,
+            "branch": "main",
+            "commit_hash": commit,
+            "commit_date": 1730000000,
+            "version": commit[:8],
+            "enabled": True,
+        }
+        for name, remote, commit in (
+            ("sd-webui-controlnet", "https://github.com/Mikubill/sd-webui-controlnet.git", "56cec5b2" * 5),
+            ("adetailer", "https://github.com/Bing-su/adetailer.git", "a7d96113" * 5),
+        )
+    ]
 
 
 def _index(name: str, titles: tuple[str, ...]) -> int:

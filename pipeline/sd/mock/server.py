@@ -35,13 +35,25 @@ from pipeline.sd.mock.faults import (
     request_record,
 )
 from pipeline.sd.mock.request import openapi_document, parse_request
-from pipeline.sd.mock.scripts import ScriptEffects, ScriptError, apply_scripts, scripts_payload
+from pipeline.sd.mock.scripts import (
+    ScriptEffects,
+    ScriptError,
+    apply_scripts,
+    extensions_payload,
+    script_info_payload,
+    scripts_payload,
+)
 from pipeline.sd.mock.turns import Turns
 
 __all__ = ["MockResponse", "MockSDServer"]
 
 logger = logging.getLogger(__name__)
 
+#: ``GET /face-restorers``: A1111's two, as a fresh install lists them.
+_FACE_RESTORERS = [
+    {"name": "CodeFormer", "cmd_dir": "/stable-diffusion-webui/models/Codeformer"},
+    {"name": "GFPGAN", "cmd_dir": None},
+]
 #: Prompts remembered in service order by ``/mock/stats`` (``served``).
 _SERVED_HISTORY = 1000
 
@@ -177,6 +189,11 @@ class MockSDServer:
             },
             "/sdapi/v1/prompt-styles": {"GET": lambda req: _respond(200, _styles_payload())},
             "/sdapi/v1/scripts": {"GET": lambda req: _respond(200, scripts_payload())},
+            "/sdapi/v1/script-info": {"GET": lambda req: _respond(200, script_info_payload())},
+            "/sdapi/v1/extensions": {"GET": lambda req: _respond(200, extensions_payload())},
+            "/sdapi/v1/face-restorers": {"GET": lambda req: _respond(200, _FACE_RESTORERS)},
+            "/sdapi/v1/sd-vae": {"GET": lambda req: _respond(200, [])},
+            "/sdapi/v1/embeddings": {"GET": lambda req: _respond(200, {"loaded": {}, "skipped": {}})},
             "/sdapi/v1/png-info": {"POST": self._png_info},
             "/sdapi/v1/refresh-checkpoints": {"POST": lambda req: _respond(200, None)},
             "/openapi.json": {"GET": lambda req: _respond(200, openapi_document(self._routes))},

@@ -224,6 +224,15 @@ def test_scripts_are_listed_and_unknown_ones_are_a1111s_422(mock: MockSDServer) 
     assert txt2img(mock, script_name="x/y/z plot", script_args=[])[0]["infotexts"]  # runs as a plain generation
 
 
+def test_resource_routes_answer_in_a1111_shapes(mock: MockSDServer) -> None:
+    info = {script["name"]: script for script in call(mock, "GET", "/sdapi/v1/script-info")[1]}
+    assert info["controlnet"]["is_alwayson"] and not info["x/y/z plot"]["is_alwayson"]
+    assert {ext["name"] for ext in call(mock, "GET", "/sdapi/v1/extensions")[1]} == {"sd-webui-controlnet", "adetailer"}
+    assert [r["name"] for r in call(mock, "GET", "/sdapi/v1/face-restorers")[1]] == ["CodeFormer", "GFPGAN"]
+    assert call(mock, "GET", "/sdapi/v1/sd-vae") == (200, [])
+    assert call(mock, "GET", "/sdapi/v1/embeddings") == (200, {"loaded": {}, "skipped": {}})
+
+
 def test_controlnet_units_write_their_keys_and_append_detect_maps(mock: MockSDServer) -> None:
     unit = {"module": "canny", "model": "control_v11p_sd15_canny [d14c016b]", "image": "", "control_mode": 0}
     off = {"module": "depth", "model": "control_depth", "enabled": False}
