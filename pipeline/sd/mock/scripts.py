@@ -9,10 +9,11 @@ script ... not found" branch after it can never run). A selectable script among 
 The mock runs a selectable script as a plain generation. For the extensions it reads the args as they
 take them and writes their infotext keys as they do:
 
-- ControlNet (``sd-webui-controlnet``): ``args`` is a list of units (dicts of ``ControlNetUnit`` fields;
-  ``input_image`` is the legacy name of ``image``); each enabled unit writes ``ControlNet N`` (its
-  ``serialize_unit`` text, quoted by A1111) and, unless its module is ``none`` or ``save_detected_map`` is
-  false, appends a detect map after the real images, with no infotext of its own.
+- ControlNet (``sd-webui-controlnet``): ``args`` is a list of units (dicts of ``ControlNetUnit`` fields);
+  each enabled unit writes ``ControlNet N`` (its ``serialize_unit`` text, quoted by A1111) and, unless
+  its module is ``none`` or ``save_detected_map`` is false, appends a detect map after the real images,
+  with no infotext of its own. Unlike the extension, the mock neither decodes ``image`` nor checks
+  module and model names: a unit without an image is accepted.
 - ADetailer: ``args`` is ``[enable?, skip_img2img?, {ad_model...}, ...]`` (leading booleans optional);
   each tab with a model other than ``None`` writes ``ADetailer model`` and its settings, with the suffix
   `` 2nd``, `` 3rd``... for later tabs, then ``ADetailer version``.
@@ -62,6 +63,9 @@ _CN_ENUMS = {
     "control_mode": ("Balanced", "My prompt is more important", "ControlNet is more important"),
     "hr_option": ("Both", "Low res only", "High res only"),
 }
+#: Preprocessor slider defaults (resolution, threshold A, threshold B) the unit's validator puts in place of
+#: -1 or out-of-range values; only the common ``canny`` is known to the mock.
+_CN_SLIDERS = {"canny": (512, 100.0, 200.0)}
 #: Legacy enum names the extension still accepts.
 _CN_LEGACY = {"Scale to Fit (Inner Fit)": "Crop and Resize", "Envelope (Outer Fit)": "Resize and Fill"}
 #: ADetailer's args and their infotext labels, in its order: (arg, label, default, left out when equal to).
@@ -180,6 +184,10 @@ def _controlnet(units: list[Any], effects: ScriptEffects) -> None:
             continue
         if unit.get("enabled", True) in (True, "true", 1):
             values = {name: _cn_value(name, unit.get(name, default)) for name, default in _CN_FIELDS}
+            sliders = _CN_SLIDERS.get(str(values["module"]))
+            for name, fallback in zip(("processor_res", "threshold_a", "threshold_b"), sliders or (), strict=False):
+                if values[name] == -1:
+                    values[name] = fallback
             text = ", ".join(
                 f"{' '.join(word.capitalize() for word in name.split('_'))}: {value}"
                 for name, value in values.items()

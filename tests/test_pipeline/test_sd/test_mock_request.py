@@ -241,6 +241,7 @@ def test_controlnet_units_write_their_keys_and_append_detect_maps(mock: MockSDSe
     assert "parameters" in images[0].info and "parameters" not in images[1].info  # the map has no infotext
     written = params(info)["ControlNet 0"]
     assert written.startswith("Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 1.0, ")
+    assert "Processor Res: 512, Threshold A: 100.0, Threshold B: 200.0" in written  # canny's own defaults
     assert "Control Mode: Balanced" in written and "ControlNet 1" not in params(info)
 
 
