@@ -104,6 +104,15 @@ def mock_sd(
     model_load_ms: Annotated[
         int, typer.Option(min=0, help="Time loading another checkpoint takes, in milliseconds.")
     ] = 0,
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            "--record",
+            help="Write every request and its answer to FILE as JSON lines, as they are answered "
+            "(the format of GET /mock/requests; see docs/mock-control-api.md).",
+            metavar="FILE",
+        ),
+    ] = None,
 ) -> None:
     """Serve an AUTOMATIC1111-compatible mock SD API (one generation at a time, like the real one)."""
     with cli_errors():
@@ -132,5 +141,6 @@ def mock_sd(
             seed=seed,
             models=checkpoints,
             model_load_ms=model_load_ms,
+            record=record,
             on_ready=lambda url: err_console.print(f"mock SD API on {url}, faults {plan} (Ctrl-C to stop)"),
         )

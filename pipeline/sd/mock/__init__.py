@@ -12,6 +12,10 @@
 - :mod:`~pipeline.sd.mock.turns`: the FIFO queue lock (one generation at a time, in arrival order).
 - :mod:`~pipeline.sd.mock.faults`: fault plans (500s, resets, hangs, garbage) and task bookkeeping.
 - :mod:`~pipeline.sd.mock.render`: deterministic, detailed images and their A1111-style encoding.
+- :mod:`~pipeline.sd.mock.control`: the request log, queued answers and the ``/mock/*`` control routes.
+- :mod:`~pipeline.sd.mock.kit`: :func:`start_mock_sd` and :class:`MockSD`, the mock as other projects' test tool.
+- :mod:`~pipeline.sd.mock.pytest_plugin`: the pytest plugin ``sdpipe`` (fixtures ``sd_server``,
+  ``sd_server_factory``), registered by the ``pytest11`` entry point; never imported from here.
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ from typing import TYPE_CHECKING
 from pipeline._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from pipeline.sd.mock.control import (
+        CONTROL_API_VERSION,
+        MockControl,
+        QueuedAnswer,
+    )
     from pipeline.sd.mock.faults import (
         FAULT_KINDS,
         FaultPlan,
@@ -34,6 +43,12 @@ if TYPE_CHECKING:
         parse_models,
         run_forever,
         serve,
+    )
+    from pipeline.sd.mock.kit import (
+        MockAnswer,
+        MockRequest,
+        MockSD,
+        start_mock_sd,
     )
     from pipeline.sd.mock.render import (
         render,
@@ -57,6 +72,13 @@ __all__ = [
     "FAULT_KINDS",
     "FaultPlan",
     "render",
+    "CONTROL_API_VERSION",
+    "MockControl",
+    "QueuedAnswer",
+    "MockAnswer",
+    "MockRequest",
+    "MockSD",
+    "start_mock_sd",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -75,5 +97,7 @@ __getattr__, __dir__ = lazy_exports(
         ".server": ["MockResponse", "MockSDServer"],
         ".faults": ["FAULT_KINDS", "FaultPlan"],
         ".render": ["render"],
+        ".control": ["CONTROL_API_VERSION", "MockControl", "QueuedAnswer"],
+        ".kit": ["MockAnswer", "MockRequest", "MockSD", "start_mock_sd"],
     },
 )

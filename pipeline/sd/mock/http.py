@@ -22,12 +22,14 @@ import struct
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
 
 from pipeline.errors import InputError
+from pipeline.sd.mock.control import RequestRecorder
 from pipeline.sd.mock.faults import DEFAULT_HANG_MS, FaultPlan
 from pipeline.sd.mock.server import MockResponse, MockSDServer
 
@@ -212,13 +214,16 @@ def run_forever(
     models: tuple[str, ...] | None = None,
     model_load_ms: int = 0,
     on_ready: Callable[[str], None] | None = None,
+    record: Path | None = None,
 ) -> None:
     """Serve a mock A1111 API in the foreground until KeyboardInterrupt (``sdpipe mock-sd``).
 
-    The options are :class:`MockSDServer`'s; ``on_ready`` is called with the server's URL once it listens.
+    The options are :class:`MockSDServer`'s; ``on_ready`` is called with the server's URL once it listens;
+    ``record`` names a file that receives the request log as JSON lines (see :class:`RequestRecorder`).
 
     Raises:
-        InputError: an invalid option (fault plan, negative time), or the address cannot be bound.
+        InputError: an invalid option (fault plan, negative time), the address cannot be bound, or
+            ``record`` cannot be written.
     """
     try:
         server = MockSDServer(
@@ -238,6 +243,15 @@ def run_forever(
         httpd = make_http_server(server, host, port)
     except OSError as exc:
         raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", field="port", value=port) from exc
+    try:
+        recorder = RequestRecorder(record) if record is not None else None
+    except OSError as exc:
+        httpd.server_close()
+        raise InputError(
+            f"cannot write the request log --record {record}: {exc.strerror or exc}", field="record", value=str(record)
+        ) from exc
+    if recorder is not None:
+        server.control.add_sink(recorder)
     if on_ready is not None:
         on_ready(f"http://{host}:{httpd.server_address[1]}")
     logger.info(
@@ -256,6 +270,8 @@ def run_forever(
         logger.info("mock A1111 API stopped")
     finally:
         httpd.server_close()
+        if recorder is not None:
+            recorder.close()
 
 
 # -- mock:// ------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from secrets import compare_digest
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.sd.mock import catalog, pnginfo
 from pipeline.sd.mock import txt2img as t2i
@@ -44,6 +44,9 @@ from pipeline.sd.mock.scripts import (
     scripts_payload,
 )
 from pipeline.sd.mock.turns import Turns
+
+if TYPE_CHECKING:
+    from pipeline.sd.mock.control import MockControl
 
 __all__ = ["MockResponse", "MockSDServer"]
 
@@ -83,6 +86,8 @@ class _Request:
     headers: Mapping[str, str]
     body: bytes
     read_timeout_s: float | None = None
+    #: What :mod:`pipeline.sd.mock.control` and the route tell each other (queued answer, fault met).
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def _respond(status: int, payload: Any) -> MockResponse:
@@ -202,6 +207,11 @@ class MockSDServer:
             "/mock/stats": {"GET": lambda req: _respond(200, self.stats())},
             "/mock/reset": {"POST": lambda req: _respond(200, self.reset())},
         }
+        from pipeline.sd.mock.control import MockControl  # it imports this module
+
+        #: The request log, queued answers and the /mock/* control routes (docs/mock-control-api.md).
+        self.control: MockControl = MockControl(self)
+        self._routes |= self.control.routes()
 
     # -- the one entry point ------------------------------------------------------------------------
     def handle(
@@ -230,13 +240,14 @@ class MockSDServer:
             response = denied
         else:
             try:
-                response = methods[method.upper()](request)
+                response = self.control.answer(path, request, methods[method.upper()])
             except t2i.HTTPError as exc:  # A1111's HTTPException: the detail, no errors text
                 response = _http_exception(exc.status, exc.detail)
             except Exception as exc:  # A1111's handler turns any exception into this 500 body.
                 logger.warning("mock SD: %s %s failed: %s: %s", method, path, type(exc).__name__, exc)
                 response = _respond(500, {"error": type(exc).__name__, "detail": "", "body": "", "errors": str(exc)})
         response.headers["x-process-time"] = f"{time.perf_counter() - started:.4f}"
+        self.control.log(method, path, request, response, time.perf_counter() - started)
         return response
 
     def stats(self) -> dict[str, Any]:
@@ -287,6 +298,7 @@ class MockSDServer:
         with self._lock:
             self._closed = True
             self._tasks.end_hangs("shutdown")
+        self.control.close()
 
     # -- auth ---------------------------------------------------------------------------------
     def _check_auth(self, headers: Mapping[str, str]) -> MockResponse | None:
@@ -321,7 +333,7 @@ class MockSDServer:
             return _http_exception(422, str(exc))
         with self._lock:
             task_id = str(values["force_task_id"] or self._tasks.new_task_id())
-            fault = self.faults.draw(self._fault_rng.random())
+            fault = self.control.fault(request, self.faults.draw(self._fault_rng.random()))
             record = request_record(values["prompt"], values["seed"], task_id, fault or "ok", body)
             record |= {"model": None, "model_loads": 0}
             self._stats.log.append(record)
