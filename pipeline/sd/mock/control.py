@@ -162,6 +162,8 @@ class MockControl:
         self._seq = itertools.count(1)
         self._queued: deque[QueuedAnswer] = deque()
         self._initial_plan = server.faults
+        self._initial_models = [dict(model) for model in server.models]
+        self._initial_options = dict(server.options)
         self._sinks: list[Callable[[dict[str, Any]], None]] = []
         self._closed = threading.Event()
 
@@ -285,12 +287,17 @@ class MockControl:
         return {"mock_api": CONTROL_API_VERSION, "plan": str(self._server.faults), "queued": queued}
 
     def reset(self) -> None:
-        """Back to the start: counters and log empty, no queued answers, the fault plan the server began with."""
+        """Back to the start: counters and log empty, no queued answers, and the fault plan, checkpoints and
+        ``/options`` the server began with (a generation in progress keeps running)."""
         self._server.reset()
         with self._lock:
             self._log.clear()
             self._queued.clear()
-        self._server.faults = self._initial_plan
+        server = self._server
+        server.faults = self._initial_plan
+        server.models[:] = [dict(model) for model in self._initial_models]
+        server.options.clear()
+        server.options.update(self._initial_options)
 
     def add_sink(self, sink: Callable[[dict[str, Any]], None]) -> None:
         """Call ``sink`` with each new log entry (from the thread that answered the request)."""

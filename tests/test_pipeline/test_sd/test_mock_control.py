@@ -141,6 +141,15 @@ def test_set_model_loads_a_checkpoint_the_mock_did_not_list(sd_server: MockSD, h
     assert info["sd_model_name"] == "sdxl_base"
 
 
+def test_reset_restores_the_checkpoints_and_options(sd_server: MockSD, http: httpx.Client) -> None:
+    before = http.get(f"{sd_server.url}/sdapi/v1/options").json()
+    sd_server.set_model("sdxl_base.safetensors")
+    http.post(f"{sd_server.url}/sdapi/v1/options", json={"samples_format": "jpg"})
+    sd_server.reset()
+    assert http.get(f"{sd_server.url}/sdapi/v1/options").json() == before
+    assert len(http.get(f"{sd_server.url}/sdapi/v1/sd-models").json()) == 1
+
+
 # -- the HTTP control API (docs/mock-control-api.md) ---------------------------------------------------
 def test_http_faults_route_queues_answers_and_changes_the_plan(sd_server: MockSD, http: httpx.Client) -> None:
     posted = http.post(f"{sd_server.url}/mock/faults", json={"next": ["500", "reset"], "plan": "hang:0.1"})
