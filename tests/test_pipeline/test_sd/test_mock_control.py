@@ -16,7 +16,9 @@ import pytest
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.sd.mock.control import CONTROL_API_VERSION, QueuedAnswer
+from pipeline.sd.mock.http import mock_transport
 from pipeline.sd.mock.kit import MockSD
+from pipeline.sd.mock.server import MockSDServer
 
 TXT2IMG = "/sdapi/v1/txt2img"
 SMALL = {"prompt": "a cat", "width": 64, "height": 64, "steps": 2, "seed": 1}
@@ -209,3 +211,21 @@ def test_control_routes_need_no_auth_and_are_not_logged(sd_server_factory: type[
     assert http.get(f"{server.url}/mock/requests").status_code == 200
     assert http.post(f"{server.url}{TXT2IMG}", json=SMALL).status_code == 401
     assert [(r.route, r.answer.status) for r in server.requests] == [(TXT2IMG, 401)]
+
+
+def test_queued_answers_reach_in_process_callers_as_transport_errors() -> None:
+    server = MockSDServer(hang_ms=5000)
+    server.control.queue(["reset", "hang"], route="/sdapi/v1/options")
+    with httpx.Client(
+        transport=mock_transport(server), base_url="http://mock", timeout=httpx.Timeout(5, read=0.1)
+    ) as c:
+        with pytest.raises(httpx.ReadError):
+            c.get("/sdapi/v1/options")
+        with pytest.raises(httpx.ReadTimeout):
+            c.get("/sdapi/v1/options")
+        assert c.get("/sdapi/v1/options").status_code == 200
+    assert [(r["answer"]["status"], r["answer"]["fault"]) for r in server.control.requests()] == [
+        (None, "reset"),
+        (None, "hang"),
+        (200, None),
+    ]
