@@ -9,6 +9,7 @@ The pytest plugin (:mod:`pipeline.sd.mock.pytest_plugin`) hands these out as the
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,8 +53,9 @@ class MockRequest:
 
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> MockRequest:
-        """A request from its ``GET /mock/requests`` form."""
-        return cls(**{**entry, "answer": MockAnswer(**entry["answer"])})
+        """A request from its ``GET /mock/requests`` form (fields a later version adds are ignored)."""
+        answer = MockAnswer(**{f.name: entry["answer"][f.name] for f in dataclasses.fields(MockAnswer)})
+        return cls(**{f.name: entry[f.name] for f in dataclasses.fields(cls) if f.name != "answer"}, answer=answer)
 
     def matches(self, route: str | None = None, **fields: Any) -> bool:
         """True if it went to ``route`` (any, if None) and its JSON body has each of ``fields``."""
