@@ -17,7 +17,6 @@ Python tests use them through :class:`pipeline.sd.mock.kit.MockSD` (the pytest f
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import threading
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from pipeline.sd.mock.faults import FAULT_KINDS, REQUEST_HISTORY, FaultPlan
+from pipeline.sd.mock.faults import FAULT_KINDS, REQUEST_HISTORY, FaultPlan, loggable
 from pipeline.sd.mock.server import MockResponse, MockSDServer, _Request
 
 __all__ = [
@@ -48,8 +47,6 @@ CONTROL_API_VERSION = 1
 TXT2IMG = "/sdapi/v1/txt2img"
 #: Named answers that can be queued; besides these, any status code 400-599 (as ``"503"`` or ``503``).
 ANSWER_KINDS = ("ok", *FAULT_KINDS, "422")
-#: Longest string a logged body keeps as is; longer ones (base64 images) become a short summary.
-LOGGED_STRING_CHARS = 4096
 #: Where ``request.notes`` carries the queued answer kind to the txt2img route, and the fault it met back.
 _QUEUED, _FAULT = "queued", "fault"
 
@@ -132,24 +129,14 @@ def _problem(detail: str) -> MockResponse:
     return _json(422, {"detail": detail})
 
 
-def _summarised(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > LOGGED_STRING_CHARS:
-        return f"<{len(value)} chars, sha256 {hashlib.sha256(value.encode()).hexdigest()[:16]}>"
-    if isinstance(value, dict):
-        return {key: _summarised(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_summarised(item) for item in value]
-    return value
-
-
 def _body(raw: bytes) -> Any:
     """A logged body: its JSON (long strings summarised), else its text (cut), else None when empty."""
     if not raw:
         return None
     try:
-        return _summarised(json.loads(raw))
+        return loggable(json.loads(raw))
     except ValueError:
-        return _summarised(raw.decode("utf-8", "replace"))
+        return loggable(raw.decode("utf-8", "replace"))
 
 
 class MockControl:
@@ -298,6 +285,7 @@ class MockControl:
         server.models[:] = [dict(model) for model in self._initial_models]
         server.options.clear()
         server.options.update(self._initial_options)
+        server.checkpoints.loaded = server.checkpoints.find(self._initial_options.get("sd_model_checkpoint"))
 
     def add_sink(self, sink: Callable[[dict[str, Any]], None]) -> None:
         """Call ``sink`` with each new log entry (from the thread that answered the request)."""

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.sd.mock import txt2img as t2i
+from pipeline.sd.mock import catalog
 from pipeline.sd.mock.control import TXT2IMG
 from pipeline.sd.mock.faults import FaultPlan
 from pipeline.sd.mock.http import serve
@@ -145,16 +145,15 @@ class MockSD:
             self.server.control.set_plan(new_plan)
 
     def set_model(self, name: str) -> None:
-        """Make ``name`` the loaded checkpoint (added to ``/sd-models`` if the mock does not list it).
-
-        The same as a client's ``POST /sdapi/v1/options {"sd_model_checkpoint": name}``, without a request.
-        """
-        server = self.server
-        model = t2i.find_model(server.models, name)
+        """Load the checkpoint ``name`` (a file name, title or alias; added to ``/sd-models`` if the mock
+        does not list it) and select it, as a client's ``POST /sdapi/v1/options`` would, without a request:
+        the load takes ``model_load_ms`` and counts in ``stats()["model_loads"]``."""
+        checkpoints = self.server.checkpoints
+        model = checkpoints.find(name)
         if model is None:
-            model = t2i.model_entry(name)
-            server.models.append(model)
-        server.options["sd_model_checkpoint"] = model["title"]
+            model = catalog.model_entry(name)
+            checkpoints.models.append(model)
+        checkpoints.ensure_loaded(model)
 
     def reset(self) -> None:
         """Back to the start: no logged requests, zero counters, no queued answers, the initial fault plan."""
@@ -172,7 +171,8 @@ def start_mock_sd(*, host: str = "127.0.0.1", port: int = 0, **options: Any) -> 
     Args:
         host, port: where to listen; port 0 (the default) picks a free one.
         options: :class:`~pipeline.sd.mock.server.MockSDServer`'s: ``latency_ms``, ``faults`` (a plan),
-            ``fail_rate``, ``hang_ms``, ``models``, ``api_auth`` (``"user:pass"``), ``nowebui``, ``seed``.
+            ``fail_rate``, ``hang_ms``, ``models``, ``model_load_ms``, ``api_auth`` (``"user:pass"``),
+            ``nowebui``, ``seed``.
 
     Raises:
         ValueError: an invalid option. OSError: the address cannot be bound.

@@ -10,7 +10,8 @@ Fixtures (each gives :class:`pipeline.sd.mock.kit.MockSD` objects):
   and :meth:`~pipeline.sd.mock.kit.MockSD.reset` before each test. ``@pytest.mark.sd_server(**options)``
   gives a test its own server with those options, whatever the scope.
 - ``sd_server_factory``: ``sd_server_factory(**options)`` starts another server per call (options:
-  ``latency_ms``, ``faults``, ``fail_rate``, ``hang_ms``, ``models``, ``api_auth``, ``nowebui``, ``seed``);
+  ``latency_ms``, ``faults``, ``fail_rate``, ``hang_ms``, ``models``, ``model_load_ms``, ``api_auth``,
+  ``nowebui``, ``seed``);
   all stop after the test.
 - ``sd_server_session``: the shared server itself, started at first use, never reset for you.
 """
@@ -49,7 +50,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "sd_server(**options): this test's sd_server gets its own mock server with these options "
-        "(latency_ms, faults, fail_rate, hang_ms, models, api_auth, nowebui, seed)",
+        "(latency_ms, faults, fail_rate, hang_ms, models, model_load_ms, api_auth, nowebui, seed)",
     )
 
 

@@ -143,6 +143,17 @@ def test_set_model_loads_a_checkpoint_the_mock_did_not_list(sd_server: MockSD, h
     assert info["sd_model_name"] == "sdxl_base"
 
 
+def test_set_model_is_a_counted_load_and_reset_forgets_it(sd_server_factory: type[MockSD], http: httpx.Client) -> None:
+    server = sd_server_factory(models=("base.safetensors", "refiner.safetensors"), model_load_ms=50)
+    server.set_model("refiner")
+    assert server.stats()["model_loads"] == 1 and server.stats()["loaded_model"].startswith("refiner.safetensors")
+    assert server.requests == []  # not a request of the client's
+    server.reset()
+    assert server.stats()["model_loads"] == 0 and server.stats()["loaded_model"].startswith("base.safetensors")
+    info = json.loads(txt2img(http, server).json()["info"])
+    assert info["sd_model_name"] == "base" and server.stats()["model_loads"] == 0
+
+
 def test_reset_restores_the_checkpoints_and_options(sd_server: MockSD, http: httpx.Client) -> None:
     before = http.get(f"{sd_server.url}/sdapi/v1/options").json()
     sd_server.set_model("sdxl_base.safetensors")
