@@ -225,12 +225,11 @@ class MockControl:
                 "duration_s": round(duration_s, 6),
             },
         }
-        with self._lock:
+        with self._lock:  # sinks inside the lock: a recording lists the entries in seq order
             entry["seq"] = next(self._seq)
             self._log.append(entry)
-            sinks = list(self._sinks)
-        for sink in sinks:
-            sink(entry)
+            for sink in self._sinks:
+                sink(entry)
 
     def close(self) -> None:
         """End every request held by a queued ``hang`` (the server shuts down)."""
@@ -288,7 +287,7 @@ class MockControl:
         server.checkpoints.loaded = server.checkpoints.find(self._initial_options.get("sd_model_checkpoint"))
 
     def add_sink(self, sink: Callable[[dict[str, Any]], None]) -> None:
-        """Call ``sink`` with each new log entry (from the thread that answered the request)."""
+        """Call ``sink`` with each new log entry, in ``seq`` order (under the log's lock: keep it quick)."""
         with self._lock:
             self._sinks.append(sink)
 
