@@ -7,6 +7,11 @@ for each inner cut line, a pixel whose centre lies at distance ``d`` from the li
 is copied unchanged. The Gaussian is separable, truncated at ``ceil(3 * sigma)`` pixels, computed in
 float32, with the image borders mirrored (``numpy.pad(mode="reflect")``).
 
+An image with alpha (LA or RGBA: the last channel) is blended premultiplied: colour times alpha
+and alpha are mixed as above, then the colour is divided by the new alpha. A transparent pixel
+therefore lends no colour to its neighbours (transparent white beside opaque red stays red, with
+falling alpha, instead of turning pink); where the new alpha is 0 the original colour is kept.
+
 The tiled path (:func:`split` -> :func:`seam_blur_tile` per tile -> :func:`merge`) reproduces the
 reference bit for bit: each tile carries a halo of :func:`halo_px` pixels of its neighbours, and both
 paths share the same float32 arithmetic element by element. A tile computes only its seam bands.
@@ -236,7 +241,7 @@ def seam_blur_tile(tile: _U8, box: TileBox, width: int, height: int, params: Ste
         xs = _reflect_index(np.arange(box.x0 + rx0 - radius, box.x0 + rx1 + radius), width) - box.hx0
         if ys.min() < 0 or ys.max() >= tile.shape[0] or xs.min() < 0 or xs.max() >= tile.shape[1]:
             raise ValueError(f"the halo of tile {box} is smaller than the Gaussian radius {radius} px")
-        window = tile.take(ys, axis=0).take(xs, axis=1).astype(np.float32)
+        window = _premultiplied(tile.take(ys, axis=0).take(xs, axis=1).astype(np.float32))
         blurred = _blur_window(window, kernel)
         weight = np.maximum(wy[ry0:ry1, None], wx[None, rx0:rx1])
         top, left = box.y0 - box.hy0, box.x0 - box.hx0
@@ -287,7 +292,7 @@ def seam_blur_reference(image: _U8, params: StepParams) -> _U8:
     kernel = _gaussian_kernel(params.sigma)
     radius = len(kernel) // 2
     padding = [(radius, radius), (radius, radius)] + [(0, 0)] * (image.ndim - 2)
-    blurred = _blur_window(np.pad(image, padding, mode="reflect").astype(np.float32), kernel)
+    blurred = _blur_window(_premultiplied(np.pad(image, padding, mode="reflect").astype(np.float32)), kernel)
     wy = _line_weights(np.arange(height), cut_positions(height, params.rows)[1:-1], params.band_px)
     wx = _line_weights(np.arange(width), cut_positions(width, params.cols)[1:-1], params.band_px)
     return _blend(image, blurred, np.maximum(wy[:, None], wx[None, :]))
@@ -327,9 +332,31 @@ def _line_weights(positions: NDArray[np.int_], cuts: Sequence[int], band_px: int
     return weight.astype(np.float32)
 
 
+def _has_alpha(array: np.ndarray) -> bool:
+    """LA and RGBA arrays: the last channel is alpha."""
+    return array.ndim == 3 and array.shape[2] in (2, 4)
+
+
+def _premultiplied(values: _F32) -> _F32:
+    """Colour channels times alpha / 255 for arrays with alpha; others unchanged (the same array)."""
+    if not _has_alpha(values):
+        return values
+    out = values.copy()
+    out[..., :-1] *= values[..., -1:] / np.float32(255)
+    return out
+
+
 def _blend(original: _U8, blurred: _F32, weight: _F32) -> _U8:
+    """``(1 - w) * original + w * blurred``; with alpha, ``blurred`` is premultiplied and so is the mix."""
     w = weight if original.ndim == 2 else weight[..., None]
-    mixed = (1 - w) * original.astype(np.float32) + w * blurred
+    source = original.astype(np.float32)
+    mixed = (1 - w) * _premultiplied(source) + w * blurred
+    if _has_alpha(original):
+        alpha = mixed[..., -1:]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            colour = mixed[..., :-1] * (np.float32(255) / alpha)
+        # No alpha left: no colour to recover; keep the pixel's own (it is invisible either way).
+        mixed[..., :-1] = np.where(alpha > 0, colour, source[..., :-1])
     result = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
     # Pixels outside every band are copied, never recomputed.
     return np.where(w > 0, result, original)

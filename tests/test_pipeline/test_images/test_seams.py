@@ -64,6 +64,27 @@ def cases(draw: st.DrawFn, max_extra_px: int = 24) -> tuple[np.ndarray, StepPara
     return image, StepParams(rows=rows, cols=cols, band_px=band, sigma=sigma)
 
 
+@st.composite
+def alpha_cases(draw: st.DrawFn) -> tuple[np.ndarray, StepParams]:
+    """An RGBA (or LA) case whose alpha varies the ways real cut-outs do: noise, hard 0/255 regions
+    (fully transparent beside opaque), and soft ramps."""
+    image, params = draw(cases())
+    height, width = image.shape[:2]
+    channels = draw(st.sampled_from([2, 4]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    colour = rng.integers(0, 256, (height, width, channels - 1), dtype=np.uint8)
+    kind = draw(st.sampled_from(["noise", "hard", "ramp", "sparse"]))
+    if kind == "noise":
+        alpha = rng.integers(0, 256, (height, width), dtype=np.uint8)
+    elif kind == "hard":
+        alpha = np.where(rng.random((height, width)) < 0.5, 0, 255).astype(np.uint8)
+    elif kind == "ramp":
+        alpha = np.broadcast_to(np.linspace(0, 255, width).astype(np.uint8), (height, width)).copy()
+    else:
+        alpha = np.where(rng.random((height, width)) < 0.9, 0, rng.integers(1, 256, (height, width))).astype(np.uint8)
+    return np.dstack([colour, alpha]), params
+
+
 def test_cut_positions_floor_for_odd_sizes() -> None:
     assert cut_positions(7, 2) == [0, 3, 7]
     assert cut_positions(1023, 4) == [0, 255, 511, 767, 1023]
@@ -113,6 +134,75 @@ def test_seam_blur_tiles_match_reference_at_default_band_and_sigma(
     far = far_from_cuts(height, width, params)
     assert np.array_equal(tiled[far], image[far])
     assert not np.array_equal(tiled[~far], image[~far])
+
+
+@settings(deadline=None, max_examples=40)
+@given(case=alpha_cases())
+def test_seam_blur_tiles_match_reference_with_varying_alpha(case: tuple[np.ndarray, StepParams]) -> None:
+    image, params = case
+    assert np.array_equal(run_tiled(image, params), seam_blur_reference(image, params))
+
+
+@settings(deadline=None, max_examples=40)
+@given(case=alpha_cases(), seed=st.integers(0, 2**16))
+def test_seam_blur_takes_no_colour_from_transparent_pixels(case: tuple[np.ndarray, StepParams], seed: int) -> None:
+    # Given the same image twice, differing only in the colour of its fully transparent pixels
+    image, params = case
+    repainted = image.copy()
+    clear = image[..., -1] == 0
+    repainted[..., :-1][clear] = np.random.default_rng(seed).integers(0, 256, (int(clear.sum()), image.shape[2] - 1))
+    first, second = run_tiled(image, params), run_tiled(repainted, params)
+    # Then alpha is the same, and so is every colour that can be seen (alpha above 0)
+    assert np.array_equal(first[..., -1], second[..., -1])
+    visible = first[..., -1] > 0
+    assert np.array_equal(first[visible], second[visible])
+
+
+def test_seam_blur_leaves_no_fringe_between_transparent_white_and_opaque_red() -> None:
+    # Given transparent white beside opaque red, cut on the boundary
+    image = np.zeros((64, 64, 4), dtype=np.uint8)
+    image[:, :32] = (255, 255, 255, 0)
+    image[:, 32:] = (255, 0, 0, 255)
+    params = StepParams(rows=1, cols=2, band_px=8, sigma=3.0)
+    out = run_tiled(image, params)
+    # Then the seam fades the alpha, and every pixel that shows stays pure red (before: 255,141,141)
+    seam = out[:, 24:40]
+    assert seam[..., 3].min() == 0 and seam[..., 3].max() == 255 and 0 < seam[0, 4:12, 3].min()
+    assert np.array_equal(seam[seam[..., 3] > 0][:, :3], np.tile([255, 0, 0], (int((seam[..., 3] > 0).sum()), 1)))
+
+
+def test_seam_blur_reference_matches_premultiplied_formula_with_alpha() -> None:
+    # Given an RGBA image and a float64 evaluation of the premultiplied blend
+    rng = np.random.default_rng(9)
+    image = rng.integers(0, 256, (13, 17, 4), dtype=np.uint8)
+    image[..., 3][rng.random((13, 17)) < 0.3] = 0
+    params = StepParams(rows=2, cols=3, band_px=2, sigma=1.3)
+    radius = math.ceil(3 * params.sigma)
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-(offsets**2) / (2 * params.sigma**2))
+    kernel /= kernel.sum()
+    values = image.astype(np.float64)
+    premultiplied = np.dstack([values[..., :3] * values[..., 3:] / 255, values[..., 3]])
+    padded = np.pad(premultiplied, [(radius, radius), (radius, radius), (0, 0)], mode="reflect")
+    expected = values.copy()
+    for y in range(13):
+        for x in range(17):
+            ds = [abs(x + 0.5 - c) for c in cut_positions(17, 3)[1:-1]]
+            ds += [abs(y + 0.5 - c) for c in cut_positions(13, 2)[1:-1]]
+            t = min(1.0, min(ds) / params.band_px)
+            w = 1 - (3 * t * t - 2 * t**3)
+            if w == 0:
+                continue
+            window = padded[y : y + 2 * radius + 1, x : x + 2 * radius + 1]
+            mixed = (1 - w) * premultiplied[y, x] + w * np.einsum("i,j,ijc->c", kernel, kernel, window)
+            expected[y, x, 3] = mixed[3]
+            if mixed[3] > 0:
+                expected[y, x, :3] = mixed[:3] * 255 / mixed[3]
+    # Then the oracle agrees within 1 per channel where the pixel shows (and exactly in alpha's rounding)
+    got = seam_blur_reference(image, params).astype(np.int16)
+    shown = np.rint(expected[..., 3]) > 0
+    assert np.abs(got[..., 3] - np.rint(expected[..., 3])).max() <= 1
+    assert np.abs(got[shown] - np.rint(expected[shown])).max() <= 1
 
 
 def test_seam_blur_tiles_match_reference_when_kernel_exceeds_image() -> None:
