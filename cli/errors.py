@@ -179,10 +179,12 @@ HINTS: dict[tuple[str, str | None], Hint] = {
     ("invalid_input", "JOB_ID"): "`sdpipe jobs` lists the jobs",
     ("invalid_input", "state"): _retry_state,
     ("invalid_batch", None): "fix the lines listed and run the command again",
+    ("invalid_inputs", None): "fix or leave out the files listed and run the command again",
     # images
     ("invalid_image", None): "the file may be truncated or corrupt",
     ("invalid_image", "MAX_PIXELS"): "use a smaller image or raise MAX_PIXELS",
     ("invalid_image", "bytes"): "use a smaller image or raise the size limit",
+    ("invalid_image", "first_frame"): "pass --first-frame to process its first frame",
     ("invalid_image", "format"): lambda e: (
         "write PNG or WebP instead" if e.value == "jpeg" else "give an image in one of these formats"
     ),

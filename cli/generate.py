@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from actors import open_runtime
 from cli.common import WaitForRoomOption, check_submission, load, submit_when_room, wait_for_jobs
@@ -17,6 +18,7 @@ from cli.output import (
     print_json,
     report_jobs,
 )
+from pipeline.errors import InputsRejected
 from pipeline.jobs.files import check_output_dir
 from pipeline.jobs.planning import (
     GenerationRequest,
@@ -110,7 +112,13 @@ def generate(
 
 def process(
     ctx: typer.Context,
-    images: Annotated[list[Path], typer.Argument(help="Image files to split, seam-blur and merge.")],
+    images: Annotated[
+        list[Path],
+        typer.Argument(help="Image files, folders (their images) or quoted patterns ('shots/*.png')."),
+    ],
+    first_frame: Annotated[
+        bool, typer.Option("--first-frame", help="Process the first frame of an animated GIF/WebP/PNG (else refused).")
+    ] = False,
     grid: GridOption = None,
     band_px: BandOption = None,
     sigma: SigmaOption = None,
@@ -125,15 +133,25 @@ def process(
         settings = load(ctx, output_dir=out)
         check_submission(settings, wait=wait, sd_url=None)
         step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
-        plans = plan_process(
-            settings,
-            images,
-            step_params,
-            output_dir=settings.output_dir.absolute(),
-            output_format=output_format,
-            batch_id=new_id(),
-            now=time.time(),
-        )
+        try:
+            plans = plan_process(
+                settings,
+                images,
+                step_params,
+                output_dir=settings.output_dir.absolute(),
+                output_format=output_format,
+                batch_id=new_id(),
+                first_frame=first_frame,
+                now=time.time(),
+            )
+        except InputsRejected as exc:
+            for problem in exc.problems:
+                echo(f"  {problem}", err=True)
+            raise
+        for plan in plans:
+            for note in plan.notes:
+                # Text, not markup: a file name may hold "[" (shots/[ab].png).
+                err_console.print(Text.assemble(("warning: ", "yellow"), note), soft_wrap=True)
         check_output_dir(settings.output_dir)
         for plan in plans:
             plan.ingest()

@@ -9,7 +9,8 @@ an error from its type (:attr:`PipelineError.code`) and that data::
     PipelineError                 code
     ├── ConfigError               invalid_config       bad settings (permanent)
     ├── InputError                invalid_input        bad user input: prompt, size, grid, file (permanent)
-    │   └── BatchFileError        invalid_batch        rows of a batch file are invalid; .problems lists them
+    │   ├── BatchFileError        invalid_batch        rows of a batch file are invalid; .problems lists them
+    │   └── InputsRejected        invalid_inputs       several inputs of process are unusable; .problems lists them
     ├── ImageError                invalid_image        an image that cannot be decoded or is too large (permanent)
     │   └── UploadRejected        upload_rejected      an uploaded file refused; .problem says which check
     ├── JobNotFound               job_not_found        no job (or batch) with that id in the status store
@@ -50,6 +51,7 @@ __all__ = [
     "ConfigError",
     "ImageError",
     "InputError",
+    "InputsRejected",
     "JobCancelled",
     "JobNotFound",
     "NoFreeSlot",
@@ -134,6 +136,25 @@ class BatchFileError(InputError):
 
     def __reduce__(self) -> tuple[type[BatchFileError], tuple[str, list[RowProblem]]]:
         return BatchFileError, (self.file_name, self.problems)  # picklable despite its own arguments
+
+
+class InputsRejected(InputError):
+    """Several inputs of ``process`` are unusable; :attr:`problems` has one line for each (nothing was queued)."""
+
+    code = "invalid_inputs"
+
+    def __init__(self, problems: Sequence[str], total: int) -> None:
+        self.problems = list(problems)
+        self.total = total
+        super().__init__(
+            f"{len(self.problems)} of {total} inputs cannot be processed (nothing was queued)",
+            field="images",
+            value=len(self.problems),
+            limit=total,
+        )
+
+    def __reduce__(self) -> tuple[type[InputsRejected], tuple[list[str], int]]:
+        return InputsRejected, (self.problems, self.total)  # picklable despite its own arguments
 
 
 class ImageError(PipelineError):

@@ -217,8 +217,8 @@ async def _pipeline_error(request: Request, exc: Exception) -> JSONResponse:
 _DOCS = "see /docs for the request format"
 _JOBS = "GET /api/jobs lists the jobs"
 _UPLOAD_HINTS = {
-    UploadProblem.EMPTY: "send a PNG, JPEG or WebP image",
-    UploadProblem.UNSUPPORTED_TYPE: "send a PNG, JPEG or WebP image",
+    UploadProblem.EMPTY: "send a PNG, JPEG, WebP or GIF image",
+    UploadProblem.UNSUPPORTED_TYPE: "send a PNG, JPEG, WebP or GIF image",
     UploadProblem.TOO_LARGE: "send a smaller image",
     UploadProblem.TOO_MANY_PIXELS: "send a smaller image",
     UploadProblem.UNREADABLE: "the file may be truncated or corrupt",
@@ -242,7 +242,8 @@ API_HINTS: dict[tuple[str, str | None], str | Callable[[PipelineError], str | No
     ("invalid_image", None): "the file may be truncated or corrupt",
     ("invalid_image", "MAX_PIXELS"): "send a smaller image",
     ("invalid_image", "bytes"): "send a smaller image",
-    ("invalid_image", "format"): "send a PNG, JPEG or WebP image",
+    ("invalid_image", "format"): "send a PNG, JPEG, WebP or GIF image",
+    ("invalid_image", "first_frame"): "send first_frame=true to process its first frame",
     ("upload_rejected", None): lambda e: _UPLOAD_HINTS.get(e.problem) if isinstance(e, UploadRejected) else None,
     ("job_not_found", None): _JOBS,
     ("ambiguous_id", None): "give more characters of the id",

@@ -34,14 +34,24 @@ _SOURCE_NAME_MAX_CHARS = 200
 
 _UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "the upload is over MAX_UPLOAD_BYTES, or has more than MAX_PIXELS"},
-    415: {"model": ErrorBody, "description": "the upload is not a PNG, JPEG or WebP image (sniffed from its bytes)"},
-    422: {"model": ErrorBody, "description": "bad form fields (grid, band_px, sigma), or an unreadable image"},
+    415: {
+        "model": ErrorBody,
+        "description": "the upload is not a PNG, JPEG, WebP or GIF image (sniffed from its bytes)",
+    },
+    422: {
+        "model": ErrorBody,
+        "description": "bad form fields (grid, band_px, sigma), an unreadable image, or an animation without "
+        "first_frame=true",
+    },
 }
-FileField = Annotated[UploadFile, File(description="the image: PNG, JPEG or WebP")]
+FileField = Annotated[UploadFile, File(description="the image: PNG, JPEG, WebP or GIF")]
 GridField = Annotated[str | None, Form(description="split grid ROWSxCOLS (default GRID)")]
 BandField = Annotated[int | None, Form(description="blend band on each side of a cut, in pixels (default BAND_PX)")]
 SigmaField = Annotated[float | None, Form(allow_inf_nan=False, description="Gaussian sigma in pixels (default SIGMA)")]
 FormatField = Annotated[OutputFormat | None, Form(description="output format (default OUTPUT_FORMAT)")]
+FirstFrameField = Annotated[
+    bool, Form(description="process the first frame of an animated GIF/WebP/PNG (refused with 422 otherwise)")
+]
 
 
 def _submit_upload(
@@ -52,6 +62,7 @@ def _submit_upload(
     band_px: int | None,
     sigma: float | None,
     output_format: OutputFormat | None,
+    first_frame: bool,
 ) -> JobSpec:
     """Check the form and the upload, stage it on disk, plan it as one process job (the job's work
     folder gets its copy) and submit it. Blocking: run it in the thread pool.
@@ -75,6 +86,7 @@ def _submit_upload(
                 output_dir=settings.output_dir.absolute(),
                 output_format=output_format,
                 batch_id=new_id(),
+                first_frame=first_frame,
                 now=now,
             )[0]
         except PipelineError as exc:  # name the client's file, never the server's path
@@ -93,6 +105,8 @@ def _submit_upload(
         assert spec.output_dir is not None
         JobFiles(Path(spec.output_dir), spec.job_id).remove_work_dir()
         raise
+    for note in plan.notes:
+        logger.info("job %s: %s", spec.job_id, note.replace(str(saved.path), shown))
     logger.info("job %s: upload %s queued (%s)", spec.job_id, saved.upload_id, spec.step_params.grid)
     return spec
 
@@ -121,10 +135,18 @@ async def process_file(
     band_px: BandField = None,
     sigma: SigmaField = None,
     format: FormatField = None,
+    first_frame: FirstFrameField = False,
 ) -> Response:
     """Split, seam-blur and merge the upload; wait for it (at most API_WAIT_TIMEOUT_S)."""
     spec = await run_in_threadpool(
-        _submit_upload, request, file, grid=grid, band_px=band_px, sigma=sigma, output_format=format
+        _submit_upload,
+        request,
+        file,
+        grid=grid,
+        band_px=band_px,
+        sigma=sigma,
+        output_format=format,
+        first_frame=first_frame,
     )
     settings = settings_of(request)
     record = (await wait_for(request, runtime_of(request), [spec.job_id], timeout_s=settings.api_wait_timeout_s))[0]
@@ -150,9 +172,12 @@ def process_file_async(
     band_px: BandField = None,
     sigma: SigmaField = None,
     format: FormatField = None,
+    first_frame: FirstFrameField = False,
 ) -> JobAccepted:
     """Split, seam-blur and merge the upload on the workers; answer at once with the job's status URL."""
-    spec = _submit_upload(request, file, grid=grid, band_px=band_px, sigma=sigma, output_format=format)
+    spec = _submit_upload(
+        request, file, grid=grid, band_px=band_px, sigma=sigma, output_format=format, first_frame=first_frame
+    )
     return JobAccepted(
         job_id=spec.job_id,
         state=JobState.QUEUED,

@@ -5,6 +5,9 @@ width x height from the header (Pillow opens lazily). sdpipe's own ``max_pixels`
 decompression-bomb guard, so importing this module sets ``PIL.Image.MAX_IMAGE_PIXELS = None``: Pillow
 would otherwise warn (or raise) on its own fixed limit, from inside ``Image.open``, before our check.
 
+EXIF orientation (tag 0x0112) is applied on decode (Pillow's ``ImageOps.exif_transpose``): a photo
+stored 384x256 with Orientation=6 decodes, probes and is written as the 256x384 image it shows.
+
 The infotext travels the way A1111 writes and reads it: a PNG ``parameters`` text chunk, or the EXIF
 UserComment (tag 0x9286 in the Exif IFD) of JPEG and WebP as ``b"UNICODE\\0"`` + UTF-16-BE.
 """
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline.errors import ImageError, InputError
 from pipeline.images.png import encode_png, png_chunks_problem
@@ -54,7 +57,8 @@ JPEG_QUALITY = 95
 #: WebP (lossy) quality of written files.
 WEBP_QUALITY = 95
 
-#: EXIF tags: the Exif IFD pointer in IFD0, and UserComment inside it.
+#: EXIF tags: Orientation in IFD0, the Exif IFD pointer in IFD0, and UserComment inside it.
+_ORIENTATION_TAG = 0x0112
 _EXIF_IFD_TAG = 0x8769
 _USER_COMMENT_TAG = 0x9286
 #: The largest EXIF payload a JPEG APP1 segment holds, in bytes.
@@ -84,6 +88,12 @@ class DecodedImage:
     height: int
     #: A1111 generation parameters found in the file's metadata, or None.
     infotext: str | None
+    #: The EXIF orientation the file had (1..8; 1: none), already applied to ``array``.
+    orientation: int = 1
+    #: Frames in the file (an animation has more than one; ``array`` is the first).
+    frames: int = 1
+    #: Bits per channel in the file (16 for a 16-bit PNG; ``array`` always has 8).
+    bit_depth: int = 8
 
 
 @dataclass(frozen=True)
@@ -92,8 +102,15 @@ class ImageHeader:
 
     #: The sniffed container format: ``png``, ``jpeg``, ``webp`` or ``gif``.
     format: str
+    #: The size as shown, EXIF orientation applied (a rotated photo's sides swapped).
     width: int
     height: int
+    #: The EXIF orientation (1..8; 1: none).
+    orientation: int = 1
+    #: Frames in the file: more than one for an animated GIF, WebP or PNG (APNG).
+    frames: int = 1
+    #: Bits per channel in the file: 16 for a 16-bit PNG, else 8.
+    bit_depth: int = 8
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -109,7 +126,7 @@ def sniff_format(data: bytes) -> str | None:
 def decode_image(data: bytes, *, max_pixels: int, max_bytes: int, what: str = "image") -> DecodedImage:
     """Decode PNG/JPEG/WebP/GIF bytes (first frame) into an L, RGB or RGBA array, refusing bombs.
 
-    EXIF orientation is not applied: pixels are returned as stored.
+    EXIF orientation is applied: pixels are returned as the image is shown, and the size with them.
 
     Raises:
         ImageError: too many bytes, too many pixels (checked from the header, before decoding),
@@ -128,13 +145,54 @@ def decode_image(data: bytes, *, max_pixels: int, max_bytes: int, what: str = "i
                 )
             im.load()
             infotext = _read_infotext(im)
-            array = _to_array(im)
+            orientation = _orientation(im)
+            frames = _frames(im)
+            shown = ImageOps.exif_transpose(im) if orientation != 1 else im
+            array = _to_array(shown)
     except ImageError:
         raise
     except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error, ...
         raise _undecodable(what, fmt, decode_failure_reason(exc)) from exc
     mode = "L" if array.ndim == 2 else {3: "RGB", 4: "RGBA"}[array.shape[2]]
-    return DecodedImage(array=array, mode=mode, format=fmt, width=width, height=height, infotext=infotext)
+    height, width = array.shape[:2]
+    return DecodedImage(
+        array=array,
+        mode=mode,
+        format=fmt,
+        width=width,
+        height=height,
+        infotext=infotext,
+        orientation=orientation,
+        frames=frames,
+        bit_depth=_bit_depth(data, fmt),
+    )
+
+
+def _frames(im: Image.Image) -> int:
+    """Frames in ``im``: Pillow reads APNG's and WebP's count from the header; a GIF's frames are
+    counted (skipping their pixel data) only once a second frame is known to exist."""
+    return int(getattr(im, "n_frames", 1)) if getattr(im, "is_animated", False) else 1
+
+
+def _bit_depth(data: bytes, fmt: str) -> int:
+    """Bits per channel: a PNG's IHDR says (byte 24); JPEG, WebP and GIF as sdpipe reads them have 8."""
+    return max(8, data[24]) if fmt == "png" and len(data) > 24 else 8
+
+
+def _orientation(im: Image.Image, *, lazy: bool = False) -> int:
+    """The EXIF orientation of ``im`` (1..8), 1 when absent, invalid or unreadable.
+
+    ``lazy``: only EXIF already read with the header (a PNG's ``eXIf`` after its pixel data would
+    otherwise make Pillow decode the whole image).
+    """
+    if lazy and im.format == "PNG" and "exif" not in im.info:
+        return 1
+    try:
+        value = im.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception as exc:  # a broken EXIF block must not make the pixels unreadable
+        logger.debug("ignoring unreadable EXIF: %s", exc)
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _checked_format(data: bytes, *, max_bytes: int, what: str) -> str:
@@ -175,6 +233,8 @@ def probe_image(data: bytes, *, max_pixels: int, max_bytes: int, what: str = "im
     try:
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[fmt]]) as im:
             width, height = im.size
+            orientation = _orientation(im, lazy=True)
+            frames = _frames(im)
     except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error, ...
         raise _undecodable(what, fmt, decode_failure_reason(exc)) from exc
     if width * height > max_pixels:
@@ -187,7 +247,16 @@ def probe_image(data: bytes, *, max_pixels: int, max_bytes: int, what: str = "im
     problem = _container_problem(data, fmt)
     if problem is not None:
         raise _undecodable(what, fmt, problem)
-    return ImageHeader(format=fmt, width=width, height=height)
+    if orientation >= 5:  # 5..8 turn the image by a quarter: its sides swap
+        width, height = height, width
+    return ImageHeader(
+        format=fmt,
+        width=width,
+        height=height,
+        orientation=orientation,
+        frames=frames,
+        bit_depth=_bit_depth(data, fmt),
+    )
 
 
 def _undecodable(what: str, fmt: str, problem: str) -> ImageError:

@@ -7,6 +7,7 @@ written atomically once every input has been validated).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -19,19 +20,21 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipeline.errors import InputError
+from pipeline.errors import ImageError, InputError, InputsRejected, PipelineError
 from pipeline.images import seams
-from pipeline.images.codec import probe_image, read_image_bytes
+from pipeline.images.codec import ImageHeader, probe_image, read_image_bytes
 from pipeline.jobs.files import JobFiles, atomic_write_bytes, default_output_name, read_json, safe_output_stem
 from pipeline.models import GenerationParams, JobRecord, JobSpec, StepParams, parse_grid, validation_message
 from pipeline.settings import OutputFormat, Settings, strip_credentials
 from pipeline.store.base import StatusStore
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "current_output",
     "GenerationRequest",
     "ProcessPlan",
     "build_step_params",
+    "expand_image_paths",
     "fingerprint",
     "new_id",
     "parse_overrides",
@@ -50,6 +53,9 @@ MAX_SEED = 4294967294
 _WARNED_SIZES: set[tuple[int, int]] = set()
 #: How often a waiting CLI reads the status store, in seconds.
 DEFAULT_POLL_INTERVAL_S = 0.25
+#: File extensions ``process DIR`` picks up (case-insensitive); the format is still sniffed from the bytes.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+_GLOB_MAGIC = frozenset("*?[")
 
 
 def fingerprint(
@@ -254,11 +260,45 @@ class ProcessPlan:
 
     spec: JobSpec
     data: bytes
+    #: What the user should be told about this input (a 16-bit image reduced to 8 bits), one line each.
+    notes: tuple[str, ...] = ()
 
     def ingest(self) -> None:
         """Copy the input into the job's work folder (atomically), where the split step reads it."""
         assert self.spec.output_dir is not None
         atomic_write_bytes(JobFiles(Path(self.spec.output_dir), self.spec.job_id).source, self.data)
+
+
+def expand_image_paths(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """The files ``process`` was given: a folder stands for its image files (by extension, sorted, not
+    recursive, hidden ones skipped), a path with ``*``, ``?`` or ``[`` that is no file for the files it
+    matches (quoted globs: ``process 'shots/*.png'``); anything else is kept as given. Each file once.
+
+    Returns the files and a problem line for each folder or pattern that yields none.
+    """
+    files: list[Path] = []
+    problems: list[str] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(
+                entry
+                for entry in path.iterdir()
+                if entry.suffix.lower() in IMAGE_EXTENSIONS and not entry.name.startswith(".") and entry.is_file()
+            )
+            if not found:
+                problems.append(f"{path}: the folder has no {', '.join(IMAGE_EXTENSIONS)} files")
+            files.extend(found)
+        elif not path.exists() and _GLOB_MAGIC & set(str(path)):
+            matched = sorted(Path(name) for name in glob.glob(str(path)) if Path(name).is_file())
+            if not matched:
+                problems.append(f"{path}: no file matches this pattern")
+            files.extend(matched)
+        else:
+            files.append(path)
+    unique: dict[Path, Path] = {}
+    for file in files:
+        unique.setdefault(file.absolute(), file)
+    return list(unique.values()), problems
 
 
 def plan_process(
@@ -269,27 +309,33 @@ def plan_process(
     output_dir: Path,
     output_format: OutputFormat | None = None,
     batch_id: str | None = None,
+    first_frame: bool = False,
     now: float,
 ) -> list[ProcessPlan]:
-    """Validate every input image (limits, format, size and a complete container; geometry) before any job exists.
+    """Validate every input image (limits, format, size and a complete container; geometry; animation)
+    before any job exists. Folders and glob patterns are expanded (:func:`expand_image_paths`).
+
+    The image rule, the same for ``sdpipe process`` and ``POST /api/files``: an animation (GIF, WebP,
+    APNG with more than one frame) is refused unless ``first_frame`` asks for its first frame; a
+    16-bit PNG is processed in 8 bits per channel, and the plan's ``notes`` say so.
 
     Raises:
-        InputError: a missing file, a directory, or a grid that does not fit an image.
+        InputError: a missing file, a folder or pattern without images, a grid that does not fit an
+            image, an animation without ``first_frame``.
         ImageError: a file that is not an image, is truncated, or is over the limits.
+        InputsRejected: more than one input is unusable: every problem is listed.
     """
     if not paths:
         raise InputError("no input images", field="images")
+    files, problems = expand_image_paths(paths)
+    failures: list[PipelineError] = []
     plans = []
-    for path in paths:
-        data = read_image_bytes(path, max_bytes=settings.max_image_bytes)
-        # From the header and container only: the split step decodes the pixels, once.
-        header = probe_image(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes, what=str(path))
+    for path in files:
         try:
-            seams.validate_geometry(header.width, header.height, step_params)
-        except InputError as exc:
-            raise InputError(
-                f"{path.name}: {exc.message}", field=exc.field, value=exc.value, limit=exc.limit, expected=exc.expected
-            ) from exc
+            data, header = _checked_input(settings, path, step_params, first_frame=first_frame)
+        except PipelineError as exc:
+            failures.append(exc)
+            continue
         job_id = new_id()
         spec = JobSpec(
             job_id=job_id,
@@ -302,8 +348,40 @@ def plan_process(
             output_dir=str(output_dir),
             created_at=now,
         )
-        plans.append(ProcessPlan(spec=spec, data=data))
+        notes: tuple[str, ...] = ()
+        if header.bit_depth > 8:
+            kind = f"{header.bit_depth}-bit {header.format.upper()}"
+            notes = (f"{path}: {kind} processed and written in 8 bits per channel",)
+        plans.append(ProcessPlan(spec=spec, data=data, notes=notes))
+    if len(failures) == 1 and not problems:
+        raise failures[0]
+    if failures or problems:
+        raise InputsRejected([*problems, *(exc.message for exc in failures)], total=len(files) + len(problems))
     return plans
+
+
+def _checked_input(
+    settings: Settings, path: Path, step_params: StepParams, *, first_frame: bool
+) -> tuple[bytes, ImageHeader]:
+    """One input's bytes and header, once every check of :func:`plan_process` passed."""
+    data = read_image_bytes(path, max_bytes=settings.max_image_bytes)
+    # From the header and container only: the split step decodes the pixels, once.
+    header = probe_image(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes, what=str(path))
+    if header.frames > 1 and not first_frame:
+        kind = {"png": "APNG"}.get(header.format, header.format.upper())
+        raise ImageError(
+            f"{path} is an animated {kind} ({header.frames} frames): sdpipe processes still images",
+            field="first_frame",
+            value=header.frames,
+            expected="a still image, or first_frame",
+        )
+    try:
+        seams.validate_geometry(header.width, header.height, step_params)
+    except InputError as exc:
+        raise InputError(
+            f"{path.name}: {exc.message}", field=exc.field, value=exc.value, limit=exc.limit, expected=exc.expected
+        ) from exc
+    return data, header
 
 
 def watch_jobs(

@@ -293,6 +293,9 @@ def _split(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | 
         "height": decoded.height,
         "mode": decoded.mode,
         "source_format": decoded.format,
+        "orientation": decoded.orientation,
+        "frames": decoded.frames,
+        "bit_depth": decoded.bit_depth,
         "infotext": decoded.infotext,
         "tiles": [box.to_dict() for box, _ in tiles],
     }
@@ -355,7 +358,7 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | 
         return False, existing["output"]
     # Sidecar first: it names the job and the image's hash, so a redelivery after a crash between
     # the two writes knows whether the image on disk is this job's.
-    atomic_write_json(sidecar_path, _sidecar(ctx, record, output, infotext))
+    atomic_write_json(sidecar_path, _sidecar(ctx, record, output, infotext, manifest))
     atomic_write_bytes(image_path, data)
     return False, output
 
@@ -373,7 +376,9 @@ def _output_infotext(record: JobRecord, manifest: dict[str, Any]) -> str | None:
     return insert_params(base, {"Seam grid": params.grid, "Seam band": params.band_px, "Seam sigma": params.sigma})
 
 
-def _sidecar(ctx: StepContext, record: JobRecord, output: dict[str, Any], infotext: str | None) -> dict[str, Any]:
+def _sidecar(
+    ctx: StepContext, record: JobRecord, output: dict[str, Any], infotext: str | None, manifest: dict[str, Any]
+) -> dict[str, Any]:
     spec = record.spec
     sd_info = record.sd_info or {}
     now = ctx.clock()
@@ -401,6 +406,7 @@ def _sidecar(ctx: StepContext, record: JobRecord, output: dict[str, Any], infote
         "sd_version": sd_info.get("version"),
         "backend_url": sd_info.get("backend_url") or spec.backend_url,
         "source": spec.source_name,
+        "input_image": _input_image(manifest),
         "grid": spec.step_params.grid,
         "band_px": spec.step_params.band_px,
         "sigma": spec.step_params.sigma,
@@ -410,6 +416,23 @@ def _sidecar(ctx: StepContext, record: JobRecord, output: dict[str, Any], infote
         "created_at": _iso(spec.created_at),
         "finished_at": _iso(now),
         "sdpipe_version": SDPIPE_VERSION,
+    }
+
+
+def _input_image(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the image rules did to the input (README "Image rules"): EXIF orientation applied, the
+    first frame of an animation kept, a 16-bit image reduced to 8 bits per channel."""
+    orientation = int(manifest.get("orientation", 1))
+    frames = int(manifest.get("frames", 1))
+    bit_depth = int(manifest.get("bit_depth", 8))
+    return {
+        "format": manifest.get("source_format"),
+        "exif_orientation": orientation,
+        "orientation_applied": orientation != 1,
+        "frames": frames,
+        "first_frame_only": frames > 1,
+        "bit_depth": bit_depth,
+        "reduced_to_8_bit": bit_depth > 8,
     }
 
 

@@ -39,12 +39,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-UploadFormat = Literal["png", "jpeg", "webp"]
+UploadFormat = Literal["png", "jpeg", "webp", "gif"]
 #: How many leading bytes :func:`sniff_upload` looks at.
 SNIFF_BYTES = 16
 #: File extension of each accepted upload format.
-UPLOAD_EXTENSIONS: dict[UploadFormat, str] = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-_PIL_FORMATS: dict[UploadFormat, str] = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+UPLOAD_EXTENSIONS: dict[UploadFormat, str] = {"png": "png", "jpeg": "jpg", "webp": "webp", "gif": "gif"}
+_PIL_FORMATS: dict[UploadFormat, str] = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP", "gif": "GIF"}
 #: A staged upload older than this was left by a killed server (a live one is removed within its
 #: request, seconds after it is written), so :func:`remove_stale_uploads` may delete it.
 STALE_UPLOAD_AGE_S = 3600.0
@@ -67,10 +67,10 @@ class UploadInfo:
 
 
 def sniff_upload(head: bytes) -> UploadFormat:
-    """The format of an upload from its first bytes: PNG, JPEG or WebP.
+    """The format of an upload from its first bytes: PNG, JPEG, WebP or GIF (what ``sdpipe process`` reads).
 
     Raises:
-        UploadRejected: empty, or anything else (GIF included: the API takes what SD servers produce).
+        UploadRejected: empty, or anything else.
     """
     if not head:
         raise UploadRejected(UploadProblem.EMPTY, "the uploaded file is empty")
@@ -80,7 +80,7 @@ def sniff_upload(head: bytes) -> UploadFormat:
             return fmt
     raise UploadRejected(
         UploadProblem.UNSUPPORTED_TYPE,
-        "the uploaded file is not a PNG, JPEG or WebP image (checked from its content, not its name or type)",
+        "the uploaded file is not a PNG, JPEG, WebP or GIF image (checked from its content, not its name or type)",
     )
 
 
@@ -90,7 +90,7 @@ def check_upload(handle: BinaryIO, *, max_bytes: int, max_pixels: int) -> Upload
     Only the header is parsed; the image is never fully decoded here.
 
     Raises:
-        UploadRejected: empty, over ``max_bytes``, not PNG/JPEG/WebP, an unreadable header, or more
+        UploadRejected: empty, over ``max_bytes``, not PNG/JPEG/WebP/GIF, an unreadable header, or more
             than ``max_pixels`` pixels.
     """
     handle.seek(0, 2)

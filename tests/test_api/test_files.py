@@ -107,12 +107,43 @@ def test_files_chunked_body_over_limit_is_413_without_content_length(start_api: 
 def test_files_non_image_with_lying_content_type_is_415(api: ApiServer) -> None:
     response = api.client.post("/api/files", files={"file": ("cat.png", b"<html>not an image</html>", "image/png")})
     error = assert_error(response, 415, "unsupported_media_type")
-    assert "PNG, JPEG or WebP" in error["message"]
+    assert "PNG, JPEG, WebP or GIF" in error["message"]
 
 
-def test_files_gif_is_415(api: ApiServer) -> None:
-    gif = png_bytes(noise_image(32, 32), "GIF")
-    assert_error(api.client.post("/api/files", files={"file": ("a.gif", gif, "image/gif")}), 415)
+def test_files_takes_a_still_gif_as_process_does(api: ApiServer) -> None:
+    gif = png_bytes(noise_image(96, 80), "GIF")
+    response = api.client.post("/api/files", files={"file": ("a.gif", gif, "image/gif")})
+    assert response.status_code == 200, response.text
+    with Image.open(io.BytesIO(response.content)) as image:
+        assert image.size == (96, 80)
+
+
+def test_files_refuses_an_animated_gif_unless_first_frame(api: ApiServer) -> None:
+    # Given an animated GIF
+    frames = [Image.new("RGB", (96, 80), (60 * i, 0, 0)) for i in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    upload = {"file": ("anim.gif", buffer.getvalue(), "image/gif")}
+    # Then it is refused with the same rule as sdpipe process, naming the way out
+    error = assert_error(api.client.post("/api/files", files=upload), 422, "invalid_image")
+    assert error["message"].startswith("anim.gif is an animated GIF (3 frames)")
+    assert error["hint"] == "send first_frame=true to process its first frame" and ".sdpipe" not in error["message"]
+    # and processed when the first frame is asked for
+    response = api.client.post("/api/files", files=upload, data={"first_frame": "true"})
+    assert response.status_code == 200, response.text
+
+
+def test_files_applies_exif_orientation(api: ApiServer) -> None:
+    # Given a photo stored 384x256 with Orientation=6 (shown 256x384)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(noise_image(384, 256)).save(buffer, "JPEG", exif=exif)
+    response = api.client.post("/api/files", files={"file": ("photo.jpg", buffer.getvalue(), "image/jpeg")})
+    # Then the merged image stands as shown
+    assert response.status_code == 200, response.text
+    with Image.open(io.BytesIO(response.content)) as image:
+        assert image.size == (256, 384)
 
 
 def test_files_too_many_pixels_is_413_before_decoding(start_api: StartApi) -> None:

@@ -6,6 +6,7 @@ import json
 import socket
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,10 +146,78 @@ def test_process_not_an_image_is_refused(sdpipe: Invoke, tmp_path: Path) -> None
     assert "Traceback" not in result.output
 
 
-def test_process_directory_is_refused(sdpipe: Invoke, tmp_path: Path) -> None:
+def test_process_folder_without_images_is_refused(sdpipe: Invoke, tmp_path: Path) -> None:
     result = sdpipe("process", str(tmp_path))
     assert result.exit_code == 2
-    assert "directory" in result.stderr
+    assert "the folder has no .png" in result.stderr
+
+
+def _outputs(result: Any) -> list[Path]:
+    return [Path(line) for line in result.stdout.strip().splitlines() if not line.startswith("job ")]
+
+
+def test_process_applies_exif_orientation_and_records_it(sdpipe: Invoke, tmp_path: Path) -> None:
+    # Given a photo stored 384x256 whose EXIF says to turn it (Orientation=6: shown 256x384)
+    pixels = np.zeros((256, 384, 3), dtype=np.uint8)
+    pixels[:32, :32] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    # When it is processed
+    result = sdpipe("process", str(tmp_path / "photo.jpg"))
+    assert result.exit_code == 0, result.output
+    (output,) = _outputs(result)
+    # Then the output stands upright, and the sidecar says the orientation was applied
+    with Image.open(output) as image:
+        assert image.size == (256, 384)
+        assert image.convert("RGB").getpixel((250, 5))[0] > 200
+    sidecar = json.loads(output.with_suffix(".json").read_text())
+    assert sidecar["input_image"]["exif_orientation"] == 6 and sidecar["input_image"]["orientation_applied"]
+
+
+def test_process_reports_every_bad_input_then_exits_2(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    Image.new("RGB", (64, 64)).save(tmp_path / "good.png")
+    (tmp_path / "a.png").write_text("not an image")
+    (tmp_path / "b.png").write_text("nor this")
+    result = sdpipe("process", str(tmp_path / "good.png"), str(tmp_path / "a.png"), str(tmp_path / "b.png"))
+    assert result.exit_code == 2
+    assert "a.png" in result.stderr and "b.png" in result.stderr
+    assert "2 of 3 inputs cannot be processed" in result.stderr
+    assert not out_dir.exists() or not any(out_dir.glob("*.png"))
+
+
+def test_process_takes_a_folder_and_a_quoted_glob(sdpipe: Invoke, tmp_path: Path) -> None:
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for name in ("a.png", "b.png", "c.jpg"):
+        Image.new("RGB", (64, 64), (9, 9, 9)).save(shots / name)
+    result = sdpipe("process", str(shots))
+    assert result.exit_code == 0, result.output
+    assert len(_outputs(result)) == 3
+    result = sdpipe("process", str(shots / "*.png"))
+    assert result.exit_code == 0, result.output
+    assert len(_outputs(result)) == 2
+
+
+def test_process_refuses_an_animated_gif_unless_first_frame(sdpipe: Invoke, tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (64, 64), (60 * i, 0, 0)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    refused = sdpipe("process", str(tmp_path / "anim.gif"))
+    assert refused.exit_code == 2
+    assert "animated GIF (3 frames)" in refused.stderr and "--first-frame" in refused.stderr
+    result = sdpipe("process", str(tmp_path / "anim.gif"), "--first-frame")
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads(_outputs(result)[0].with_suffix(".json").read_text())
+    assert sidecar["input_image"]["frames"] == 3 and sidecar["input_image"]["first_frame_only"]
+
+
+def test_process_warns_that_a_16_bit_png_is_reduced(sdpipe: Invoke, tmp_path: Path) -> None:
+    Image.fromarray(np.full((64, 64), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    result = sdpipe("process", str(tmp_path / "deep.png"))
+    assert result.exit_code == 0, result.output
+    assert "16-bit PNG processed and written in 8 bits per channel" in result.stderr
+    sidecar = json.loads(_outputs(result)[0].with_suffix(".json").read_text())
+    assert sidecar["input_image"]["bit_depth"] == 16 and sidecar["input_image"]["reduced_to_8_bit"]
 
 
 def test_generate_override_settings_reach_the_server(sdpipe: Invoke) -> None:

@@ -13,7 +13,7 @@ from PIL import Image, ImageFile
 
 from cli.errors import hint_for
 from pipeline.errors import ImageError, InputError
-from pipeline.images.codec import decode_image, encode_image, read_image_file, sniff_format
+from pipeline.images.codec import decode_image, encode_image, probe_image, read_image_file, sniff_format
 
 LIMITS = {"max_pixels": 4096 * 4096, "max_bytes": 64 * 1024 * 1024}
 INFOTEXT = "a cat, photo\nNegative prompt: blurry\nSteps: 20, Sampler: Euler, CFG scale: 7.0, Seed: 1, Size: 64x48"
@@ -279,3 +279,43 @@ def test_read_image_file_names_the_file_when_it_does_not_decode(tmp_path: Path) 
     path.write_text("hello")
     with pytest.raises(ImageError, match=r"notes\.png is not a PNG"):
         read_image_file(path, **LIMITS)
+
+
+def rotated_jpeg(orientation: int) -> bytes:
+    """A photo stored 384x256 (red top-left corner) whose EXIF says how to turn it for display."""
+    pixels = np.zeros((256, 384, 3), dtype=np.uint8)
+    pixels[:32, :32] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return pil_bytes(Image.fromarray(pixels), "JPEG", exif=exif, quality=95)
+
+
+def test_decode_image_applies_exif_orientation() -> None:
+    # Given a photo stored 384x256 with Orientation=6 (turn 90 degrees clockwise to show)
+    decoded = decode_image(rotated_jpeg(6), max_pixels=10**7, max_bytes=10**7)
+    # Then it decodes as shown: 256 wide, 384 high, the stored top-left corner now top-right
+    assert (decoded.width, decoded.height, decoded.array.shape) == (256, 384, (384, 256, 3))
+    assert decoded.orientation == 6
+    assert decoded.array[5, -5, 0] > 200 and decoded.array[5, 5, 0] < 50
+
+
+def test_probe_image_reports_the_shown_size_of_a_rotated_photo() -> None:
+    header = probe_image(rotated_jpeg(8), max_pixels=10**7, max_bytes=10**7)
+    assert (header.width, header.height, header.orientation) == (256, 384, 8)
+    assert probe_image(rotated_jpeg(3), max_pixels=10**7, max_bytes=10**7).width == 384
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_probe_and_decode_count_the_frames_of_an_animation(fmt: str) -> None:
+    frames = [Image.new("RGB", (32, 32), (60 * i, 0, 0)) for i in range(3)]
+    data = pil_bytes(frames[0], fmt, save_all=True, append_images=frames[1:])
+    assert probe_image(data, max_pixels=10**6, max_bytes=10**6).frames == 3
+    assert decode_image(data, max_pixels=10**6, max_bytes=10**6).frames == 3
+    assert probe_image(pil_bytes(frames[0], fmt), max_pixels=10**6, max_bytes=10**6).frames == 1
+
+
+def test_probe_image_reports_a_16_bit_png() -> None:
+    data = pil_bytes(Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)), "PNG")
+    assert probe_image(data, max_pixels=10**6, max_bytes=10**6).bit_depth == 16
+    assert decode_image(data, max_pixels=10**6, max_bytes=10**6).bit_depth == 16
+    assert probe_image(pil_bytes(Image.new("RGB", (8, 8)), "PNG"), max_pixels=10**6, max_bytes=10**6).bit_depth == 8
