@@ -20,6 +20,7 @@ from cli.common import (
     GridDefault,
     HeightDefault,
     NegativeDefault,
+    QualityDefault,
     SamplerDefault,
     SchedulerDefault,
     SeedDefault,
@@ -71,6 +72,7 @@ def batch(
     band_px: BandDefault = None,
     sigma: SigmaDefault = None,
     output_format: FormatDefault = None,
+    quality: QualityDefault = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default OUTPUT_DIR).")] = None,
     sd_url: Annotated[str | None, typer.Option("--sd-url", help="SD server URL, or mock://.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; enqueue nothing.")] = False,
@@ -106,6 +108,7 @@ def batch(
         band_px=band_px,
         sigma=sigma,
         format=output_format,
+        quality=quality,
     )
     with cli_errors():
         settings = load(ctx, sd_api_url=sd_url, output_dir=out)

@@ -122,6 +122,9 @@ GridDefault = Annotated[str | None, typer.Option("--grid", help="Default split g
 BandDefault = Annotated[int | None, typer.Option("--band-px", help="Default blend band in pixels.")]
 SigmaDefault = Annotated[float | None, typer.Option("--sigma", help="Default Gaussian sigma.")]
 FormatDefault = Annotated[OutputFormat | None, typer.Option("--format", help="Default output format.")]
+QualityDefault = Annotated[
+    int | None, typer.Option("--quality", help="Default JPEG/WebP quality, 1..100 (default OUTPUT_QUALITY).")
+]
 
 
 def row_defaults(**flags: Any) -> dict[str, Any]:

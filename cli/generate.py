@@ -36,6 +36,9 @@ from pipeline.store import StatusStore
 __all__ = ["generate", "process"]
 
 FormatOption = Annotated[OutputFormat | None, typer.Option("--format", help="Output format (default OUTPUT_FORMAT).")]
+QualityOption = Annotated[
+    int | None, typer.Option("--quality", help="JPEG/WebP quality, 1..100 (default OUTPUT_QUALITY).")
+]
 GridOption = Annotated[str | None, typer.Option("--grid", help="Split grid ROWSxCOLS (default GRID, 2x2).")]
 BandOption = Annotated[
     int | None, typer.Option("--band-px", help="Blend band on each side of a cut, in pixels (default BAND_PX).")
@@ -69,6 +72,7 @@ def generate(
     band_px: BandOption = None,
     sigma: SigmaOption = None,
     output_format: FormatOption = None,
+    quality: QualityOption = None,
     out: OutOption = None,
     sd_url: Annotated[
         str | None, typer.Option("--sd-url", help="SD server URL, or mock:// (default SD_API_URL).")
@@ -101,6 +105,7 @@ def generate(
             step_params,
             count=count,
             output_format=output_format,
+            quality=quality,
             output_dir=output_dir,
             backend_url=backend_url,
             batch_id=new_id(),
@@ -123,6 +128,7 @@ def process(
     band_px: BandOption = None,
     sigma: SigmaOption = None,
     output_format: FormatOption = None,
+    quality: QualityOption = None,
     out: OutOption = None,
     wait: WaitOption = True,
     wait_for_room: WaitForRoomOption = False,
@@ -140,6 +146,7 @@ def process(
                 step_params,
                 output_dir=settings.output_dir.absolute(),
                 output_format=output_format,
+                quality=quality,
                 batch_id=new_id(),
                 first_frame=first_frame,
                 now=time.time(),

@@ -192,6 +192,8 @@ class JobSpec(BaseModel):
     generation: GenerationParams | None = None
     step_params: StepParams
     output_format: OutputFormat = "png"
+    #: JPEG/WebP quality (1..100) of the final image; None (records from before it existed): 95.
+    output_quality: int | None = None
     #: Final file name without extension, relative to OUTPUT_DIR (fixed at creation: idempotent).
     output_name: str
     #: For ``process`` jobs: the input file the user named (for the sidecar only).

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_GRID",
     "DEFAULT_HEIGHT",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_OUTPUT_QUALITY",
     "DEFAULT_REDIS_CONNECT_TIMEOUT_S",
     "DEFAULT_REDIS_HEALTH_CHECK_INTERVAL_S",
     "DEFAULT_REDIS_RETRIES",
@@ -82,6 +83,8 @@ DEFAULT_SAMPLER = "Euler a"
 DEFAULT_SCHEDULER = "Automatic"
 #: Largest image (width x height) sdpipe requests, decodes or writes.
 DEFAULT_MAX_PIXELS = 8192 * 8192
+#: JPEG/WebP quality of written images (1..100; PNG is lossless).
+DEFAULT_OUTPUT_QUALITY = 95
 #: Largest image file sdpipe reads, in bytes.
 DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024
 #: Retries of a transient failure per step, and the backoff between them.
@@ -264,6 +267,7 @@ class Settings(BaseSettings):
     # Output
     output_dir: Path = Path("./outputs")
     output_format: OutputFormat = "png"
+    output_quality: Annotated[int, Field(ge=1, le=100)] = DEFAULT_OUTPUT_QUALITY
     max_pixels: Annotated[int, Field(gt=0)] = DEFAULT_MAX_PIXELS
     max_image_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_IMAGE_BYTES
 

@@ -49,6 +49,7 @@ GridField = Annotated[str | None, Form(description="split grid ROWSxCOLS (defaul
 BandField = Annotated[int | None, Form(description="blend band on each side of a cut, in pixels (default BAND_PX)")]
 SigmaField = Annotated[float | None, Form(allow_inf_nan=False, description="Gaussian sigma in pixels (default SIGMA)")]
 FormatField = Annotated[OutputFormat | None, Form(description="output format (default OUTPUT_FORMAT)")]
+QualityField = Annotated[int | None, Form(description="JPEG/WebP quality, 1..100 (default OUTPUT_QUALITY)")]
 FirstFrameField = Annotated[
     bool, Form(description="process the first frame of an animated GIF/WebP/PNG (refused with 422 otherwise)")
 ]
@@ -62,6 +63,7 @@ def _submit_upload(
     band_px: int | None,
     sigma: float | None,
     output_format: OutputFormat | None,
+    quality: int | None,
     first_frame: bool,
 ) -> JobSpec:
     """Check the form and the upload, stage it on disk, plan it as one process job (the job's work
@@ -85,6 +87,7 @@ def _submit_upload(
                 step_params,
                 output_dir=settings.output_dir.absolute(),
                 output_format=output_format,
+                quality=quality,
                 batch_id=new_id(),
                 first_frame=first_frame,
                 now=now,
@@ -135,6 +138,7 @@ async def process_file(
     band_px: BandField = None,
     sigma: SigmaField = None,
     format: FormatField = None,
+    quality: QualityField = None,
     first_frame: FirstFrameField = False,
 ) -> Response:
     """Split, seam-blur and merge the upload; wait for it (at most API_WAIT_TIMEOUT_S)."""
@@ -146,6 +150,7 @@ async def process_file(
         band_px=band_px,
         sigma=sigma,
         output_format=format,
+        quality=quality,
         first_frame=first_frame,
     )
     settings = settings_of(request)
@@ -172,11 +177,19 @@ def process_file_async(
     band_px: BandField = None,
     sigma: SigmaField = None,
     format: FormatField = None,
+    quality: QualityField = None,
     first_frame: FirstFrameField = False,
 ) -> JobAccepted:
     """Split, seam-blur and merge the upload on the workers; answer at once with the job's status URL."""
     spec = _submit_upload(
-        request, file, grid=grid, band_px=band_px, sigma=sigma, output_format=format, first_frame=first_frame
+        request,
+        file,
+        grid=grid,
+        band_px=band_px,
+        sigma=sigma,
+        output_format=format,
+        quality=quality,
+        first_frame=first_frame,
     )
     return JobAccepted(
         job_id=spec.job_id,

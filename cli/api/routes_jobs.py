@@ -108,6 +108,7 @@ def _submit_generate(request: Request, body: GenerateBody) -> tuple[str, list[st
         step_params,
         count=body.count,
         output_format=body.format,
+        quality=body.quality,
         batch_id=batch_id,
         now=time.time(),
     )

@@ -52,6 +52,7 @@ class GenerateBody(BaseModel):
     band_px: int | None = None
     sigma: float | None = None
     format: OutputFormat | None = None
+    quality: int | None = Field(None, description="JPEG/WebP quality, 1..100 (default OUTPUT_QUALITY)")
 
 
 class BatchBody(BaseModel):

@@ -67,6 +67,7 @@ _MESSAGE_KEYS = (
     ("grid", "grid"),
     ("band_px", "band_px"),
     ("sigma", "sigma"),
+    ("quality", "quality"),
     ("image is", "size"),
 )
 #: Messages about a combination of values (size x grid x band, size vs MAX_PIXELS), not one value.
@@ -325,6 +326,7 @@ class _Planner:
                 step_params,
                 count=count,
                 output_format=output_format,
+                quality=values.get("quality"),
                 name=name,
                 batch_id=self.batch_id,
                 output_dir=self.output_dir,
@@ -356,6 +358,7 @@ class _Planner:
             "band_px": step_params.band_px,
             "sigma": step_params.sigma,
             "format": specs[0].output_format,
+            "quality": specs[0].output_quality,
             "name": name,
         }
         return params, specs

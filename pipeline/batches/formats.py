@@ -51,6 +51,7 @@ ROW_KEYS = (
     "band_px",
     "sigma",
     "format",
+    "quality",
     "name",
 )
 #: Names people reach for (A1111's API, other tools) and the key sdpipe uses instead.
@@ -76,7 +77,7 @@ _Loader = yaml.SafeLoader | yaml.CSafeLoader
 _YAML_LOADER: type[_Loader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _YAML_MERGE_TAG = "tag:yaml.org,2002:merge"
 _FLOAT_KEYS = frozenset({"cfg", "sigma"})
-_INT_KEYS = frozenset({"seed", "steps", "width", "height", "count", "band_px"})
+_INT_KEYS = frozenset({"seed", "steps", "width", "height", "count", "band_px", "quality"})
 
 
 def unknown_key(key: object) -> str:

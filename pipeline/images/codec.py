@@ -312,8 +312,8 @@ def read_image_file(path: Path, *, max_pixels: int, max_bytes: int) -> DecodedIm
 def encode_image(array: NDArray[np.uint8], *, format: str, infotext: str | None, quality: int | None = None) -> bytes:
     """Encode an L/RGB/RGBA array as ``png``, ``jpeg`` or ``webp``, embedding ``infotext`` A1111-style.
 
-    JPEG drops the alpha channel; WebP stores L as RGB. ``quality`` (JPEG and WebP) defaults to
-    :data:`JPEG_QUALITY` / :data:`WEBP_QUALITY`.
+    JPEG drops the alpha channel; WebP stores L as RGB. ``quality`` (1..100) is JPEG's and WebP's
+    (None: :data:`JPEG_QUALITY`, :data:`WEBP_QUALITY`); PNG is lossless and ignores it.
 
     Raises:
         ValueError: an unknown format or an array that is not uint8 L/RGB/RGBA.
@@ -339,11 +339,11 @@ def encode_image(array: NDArray[np.uint8], *, format: str, infotext: str | None,
                 )
             options["exif"] = exif
         im = im.convert("RGB") if im.mode == "RGBA" else im
-        im.save(buffer, "JPEG", quality=quality or JPEG_QUALITY, **options)
+        im.save(buffer, "JPEG", quality=JPEG_QUALITY if quality is None else quality, **options)
     elif format == "webp":
         if infotext:
             options["exif"] = _exif_with_user_comment(infotext)
-        im.save(buffer, "WEBP", quality=quality or WEBP_QUALITY, **options)
+        im.save(buffer, "WEBP", quality=WEBP_QUALITY if quality is None else quality, **options)
     else:
         raise ValueError(f"cannot encode {format!r}: use png, jpeg or webp")
     return buffer.getvalue()

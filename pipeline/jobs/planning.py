@@ -37,6 +37,7 @@ __all__ = [
     "expand_image_paths",
     "fingerprint",
     "new_id",
+    "output_quality",
     "parse_overrides",
     "plan_generate",
     "plan_process",
@@ -59,18 +60,25 @@ _GLOB_MAGIC = frozenset("*?[")
 
 
 def fingerprint(
-    generation: GenerationParams, step_params: StepParams, output_format: str, output_name: str | None
+    generation: GenerationParams,
+    step_params: StepParams,
+    output_format: str,
+    output_name: str | None,
+    quality: int | None = None,
 ) -> str:
     """A stable hash of everything that decides a job's output (for ``batch --skip-existing``).
 
     ``output_name`` counts only when the user chose it; default names contain the job id.
+    ``quality`` counts for JPEG and WebP only (PNG is lossless), so PNG fingerprints are unchanged.
     """
+    lossy = {"quality": quality} if output_format != "png" and quality is not None else {}
     canonical = json.dumps(
         {
             "generation": generation.model_dump(mode="json"),
             "steps": step_params.model_dump(mode="json"),
             "format": output_format,
             "name": output_name,
+            **lossy,
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -178,6 +186,20 @@ def _generation_params(settings: Settings, request: GenerationRequest, seed: int
         raise InputError(f"invalid generation parameter {validation_message(exc)}") from exc
 
 
+def output_quality(settings: Settings, quality: int | None) -> int:
+    """The JPEG/WebP quality a job gets: ``quality`` (``--quality``), else ``OUTPUT_QUALITY``.
+
+    Raises:
+        InputError: not within 1..100.
+    """
+    chosen = settings.output_quality if quality is None else quality
+    if not 1 <= chosen <= 100:
+        raise InputError(
+            f"quality must be between 1 and 100 (got {chosen})", field="quality", value=chosen, expected="1..100"
+        )
+    return chosen
+
+
 def travelling_overrides(settings: Settings, *, out: Path | None, sd_url: str | None) -> tuple[Path | None, str | None]:
     """The ``output_dir`` and ``backend_url`` that jobs submitted with ``--out`` / ``--sd-url`` carry.
 
@@ -198,6 +220,7 @@ def plan_generate(
     *,
     count: int = 1,
     output_format: OutputFormat | None = None,
+    quality: int | None = None,
     name: str | None = None,
     batch_id: str | None = None,
     output_dir: Path | None = None,
@@ -224,6 +247,7 @@ def plan_generate(
             limit=MAX_SEED,
         )
     stem = safe_output_stem(name) if name is not None else None
+    chosen_quality = output_quality(settings, quality)
     specs = []
     for index in range(count):
         seed = -1 if request.seed == -1 else (request.seed + index) % (MAX_SEED + 1)
@@ -244,8 +268,11 @@ def plan_generate(
                 generation=generation,
                 step_params=step_params,
                 output_format=chosen_format,
+                output_quality=chosen_quality,
                 output_name=output_name,
-                fingerprint=fingerprint(generation, step_params, chosen_format, None if stem is None else output_name),
+                fingerprint=fingerprint(
+                    generation, step_params, chosen_format, None if stem is None else output_name, chosen_quality
+                ),
                 backend_url=strip_credentials(backend_url) if backend_url is not None else None,
                 output_dir=str(output_dir) if output_dir is not None else None,
                 created_at=now,
@@ -308,6 +335,7 @@ def plan_process(
     *,
     output_dir: Path,
     output_format: OutputFormat | None = None,
+    quality: int | None = None,
     batch_id: str | None = None,
     first_frame: bool = False,
     now: float,
@@ -327,6 +355,7 @@ def plan_process(
     """
     if not paths:
         raise InputError("no input images", field="images")
+    chosen_quality = output_quality(settings, quality)
     files, problems = expand_image_paths(paths)
     failures: list[PipelineError] = []
     plans = []
@@ -343,6 +372,7 @@ def plan_process(
             batch_id=batch_id,
             step_params=step_params,
             output_format=output_format or settings.output_format,
+            output_quality=chosen_quality,
             output_name=default_output_name(now, job_id, path.stem),
             source_name=str(path),
             output_dir=str(output_dir),

@@ -341,11 +341,12 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | 
     width, height = manifest["width"], manifest["height"]
     merged = seams.merge(tiles, width, height)
     infotext = _output_infotext(record, manifest)
-    data = encode_image(merged, format=spec.output_format, infotext=infotext)
+    data = encode_image(merged, format=spec.output_format, infotext=infotext, quality=spec.output_quality)
     output = {
         "image": str(image_path),
         "sidecar": str(sidecar_path),
         "format": spec.output_format,
+        **({"quality": spec.output_quality} if spec.output_format != "png" and spec.output_quality else {}),
         "width": width,
         "height": height,
         "bytes": len(data),

@@ -231,3 +231,13 @@ def test_files_stale_staged_uploads_are_removed_at_startup(start_api: StartApi, 
     start_api()
     # Then the old one is gone and the fresh one kept
     assert sorted(path.name for path in uploads.iterdir()) == ["fresh.png"]
+
+
+def test_files_quality_field_sets_the_jpeg_quality(api: ApiServer) -> None:
+    upload = {"file": ("a.png", png_bytes(noise_image(96, 80)))}
+    low = api.client.post("/api/files", files=upload, data={"format": "jpeg", "quality": "20"})
+    high = api.client.post("/api/files", files=upload, data={"format": "jpeg", "quality": "95"})
+    assert low.status_code == high.status_code == 200, low.text
+    assert len(low.content) < len(high.content) / 2
+    error = assert_error(api.client.post("/api/files", files=upload, data={"quality": "0"}), 422, "invalid_input")
+    assert "quality" in error["message"]

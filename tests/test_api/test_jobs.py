@@ -236,3 +236,14 @@ def test_generate_wait_ends_when_the_client_disconnects(start_api: StartApi, cap
         httpx.post(f"{api.url}/api/generate", params={"wait": "true"}, json={"prompt": "x", **SMALL}, timeout=0.5)
     # Then the server stops waiting for it (the job keeps running)
     assert wait_until(lambda: "the client disconnected" in caplog.text, timeout_s=30)
+
+
+def test_generate_quality_sets_the_webp_quality(api: ApiServer) -> None:
+    sizes = []
+    for quality in (20, 95):
+        body = {"prompt": "a fox", "seed": 7, "format": "webp", "quality": quality, **SMALL}
+        response = api.client.post("/api/generate", params={"wait": "true"}, json=body)
+        assert response.status_code == 200, response.text
+        sizes.append(len(api.client.get(response.json()["jobs"][0]["result_url"]).content))
+    assert sizes[0] < sizes[1]
+    assert api.client.post("/api/generate", json={"prompt": "a fox", "quality": 0}).status_code == 422

@@ -257,3 +257,25 @@ def test_mock_sd_port_in_use_is_one_line_exit_2(sdpipe: Invoke) -> None:
     assert result.exit_code == 2, result.output
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_generate_quality_sets_the_jpeg_quality(sdpipe: Invoke) -> None:
+    sizes = {}
+    for quality in ("20", "95"):
+        args = ("generate", "a cat", "--sd-url", "mock://", "--format", "jpeg", "--quality", quality)
+        result = sdpipe(*args, "--seed", "3", "--width", "128", "--height", "128")
+        assert result.exit_code == 0, result.output
+        (output,) = _outputs(result)
+        sizes[quality] = output.stat().st_size
+        assert json.loads(output.with_suffix(".json").read_text())["output"]["quality"] == int(quality)
+    assert sizes["20"] < sizes["95"] / 2
+
+
+def test_output_quality_setting_and_its_range(sdpipe: Invoke, tmp_path: Path) -> None:
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    result = sdpipe("process", str(tmp_path / "a.png"), "--format", "webp", env={"OUTPUT_QUALITY": "30"})
+    assert result.exit_code == 0, result.output
+    assert json.loads(_outputs(result)[0].with_suffix(".json").read_text())["output"]["quality"] == 30
+    refused = sdpipe("process", str(tmp_path / "a.png"), "--quality", "101")
+    assert refused.exit_code == 2
+    assert "quality must be between 1 and 100 (got 101)" in refused.stderr

@@ -643,3 +643,18 @@ def test_read_batch_file_lists_every_bad_field_of_a_row(settings: Settings, tmp_
         read_batch_file(path, settings, defaults={}, batch_id="b", now=0.0)
     found = {(problem.line, problem.field) for problem in info.value.problems}
     assert found == {(1, "seed"), (1, "steps"), (2, "steps"), (2, "cfg"), (2, "width")}
+
+
+def test_read_batch_file_rows_set_the_jpeg_webp_quality(tmp_path: Path, settings: Settings) -> None:
+    # Given rows with and without a quality, and one out of range
+    path = write(
+        tmp_path,
+        "q.jsonl",
+        jsonl({"prompt": "a", "format": "webp", "quality": 50}, {"prompt": "b", "format": "jpeg"}),
+    )
+    rows = read(path, settings, defaults={"quality": 70})
+    # Then the row's own wins over the flag's, which wins over OUTPUT_QUALITY
+    assert [row.specs[0].output_quality for row in rows] == [50, 70]
+    assert rows[0].params["quality"] == 50
+    bad = write(tmp_path, "bad.jsonl", jsonl({"prompt": "a", "quality": 0}, {"prompt": "b", "quality": "high"}))
+    assert problems_of(bad, settings) == [(1, "quality"), (2, "quality")]

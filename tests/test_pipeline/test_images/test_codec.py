@@ -319,3 +319,12 @@ def test_probe_image_reports_a_16_bit_png() -> None:
     assert probe_image(data, max_pixels=10**6, max_bytes=10**6).bit_depth == 16
     assert decode_image(data, max_pixels=10**6, max_bytes=10**6).bit_depth == 16
     assert probe_image(pil_bytes(Image.new("RGB", (8, 8)), "PNG"), max_pixels=10**6, max_bytes=10**6).bit_depth == 8
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_encode_image_lossy_quality_is_settable(fmt: str) -> None:
+    pixels = np.random.default_rng(4).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    low = encode_image(pixels, format=fmt, infotext=None, quality=20)
+    default = encode_image(pixels, format=fmt, infotext=None)
+    assert len(low) < len(default) / 2
+    assert low == pil_bytes(Image.fromarray(pixels), fmt.upper(), quality=20)
