@@ -73,6 +73,17 @@ def batch(
     sigma: SigmaDefault = None,
     output_format: FormatDefault = None,
     quality: QualityDefault = None,
+    name_template: Annotated[
+        str | None,
+        typer.Option(
+            "--name-template",
+            help="Output names of rows without a name: {date} {time} {job} {batch} {seed} {model} {prompt} "
+            "{row}, / for folders (default OUTPUT_NAME).",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace files of the same name instead of adding a -0001 counter.")
+    ] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default OUTPUT_DIR).")] = None,
     sd_url: Annotated[str | None, typer.Option("--sd-url", help="SD server URL, or mock://.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; enqueue nothing.")] = False,
@@ -127,6 +138,8 @@ def batch(
                 now=now,
                 output_dir=output_dir,
                 backend_url=backend_url,
+                name_template=name_template,
+                overwrite=overwrite,
             )
         except BatchFileError as exc:
             for problem in exc.problems:

@@ -36,6 +36,17 @@ from pipeline.store import StatusStore
 __all__ = ["generate", "process"]
 
 FormatOption = Annotated[OutputFormat | None, typer.Option("--format", help="Output format (default OUTPUT_FORMAT).")]
+NameTemplateOption = Annotated[
+    str | None,
+    typer.Option(
+        "--name-template",
+        help="Output name: {date} {time} {job} {batch} {seed} {model} {prompt} {row}, / for folders "
+        "(default OUTPUT_NAME).",
+    ),
+]
+OverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Replace a file of the same name instead of adding a -0001 counter.")
+]
 QualityOption = Annotated[
     int | None, typer.Option("--quality", help="JPEG/WebP quality, 1..100 (default OUTPUT_QUALITY).")
 ]
@@ -73,6 +84,8 @@ def generate(
     sigma: SigmaOption = None,
     output_format: FormatOption = None,
     quality: QualityOption = None,
+    name_template: NameTemplateOption = None,
+    overwrite: OverwriteOption = False,
     out: OutOption = None,
     sd_url: Annotated[
         str | None, typer.Option("--sd-url", help="SD server URL, or mock:// (default SD_API_URL).")
@@ -106,6 +119,8 @@ def generate(
             count=count,
             output_format=output_format,
             quality=quality,
+            name_template=name_template,
+            overwrite=overwrite,
             output_dir=output_dir,
             backend_url=backend_url,
             batch_id=new_id(),
@@ -129,6 +144,8 @@ def process(
     sigma: SigmaOption = None,
     output_format: FormatOption = None,
     quality: QualityOption = None,
+    name_template: NameTemplateOption = None,
+    overwrite: OverwriteOption = False,
     out: OutOption = None,
     wait: WaitOption = True,
     wait_for_room: WaitForRoomOption = False,
@@ -149,6 +166,8 @@ def process(
                 quality=quality,
                 batch_id=new_id(),
                 first_frame=first_frame,
+                name_template=name_template,
+                overwrite=overwrite,
                 now=time.time(),
             )
         except InputsRejected as exc:

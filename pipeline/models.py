@@ -194,8 +194,12 @@ class JobSpec(BaseModel):
     output_format: OutputFormat = "png"
     #: JPEG/WebP quality (1..100) of the final image; None (records from before it existed): 95.
     output_quality: int | None = None
-    #: Final file name without extension, relative to OUTPUT_DIR (fixed at creation: idempotent).
+    #: Final file name without extension, relative to OUTPUT_DIR (fixed at creation: idempotent). May
+    #: hold ``{seed}`` / ``{model}`` placeholders, filled in at merge (pipeline.jobs.naming), and a
+    #: ``-0001`` counter is added there when another file has the name, unless ``overwrite``.
     output_name: str
+    #: Replace an existing file of the same name (``--overwrite``) instead of adding a counter.
+    overwrite: bool = False
     #: For ``process`` jobs: the input file the user named (for the sidecar only).
     source_name: str | None = None
     #: SD server chosen by the submitter (``--sd-url`` in Redis mode), without credentials: the

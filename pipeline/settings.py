@@ -16,7 +16,8 @@ import httpx
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError
+from pipeline.jobs.naming import DEFAULT_NAME_TEMPLATE, check_name_template
 
 __all__ = [
     "DEFAULT_BAND_PX",
@@ -268,6 +269,9 @@ class Settings(BaseSettings):
     output_dir: Path = Path("./outputs")
     output_format: OutputFormat = "png"
     output_quality: Annotated[int, Field(ge=1, le=100)] = DEFAULT_OUTPUT_QUALITY
+    #: The naming template of outputs (pipeline.jobs.naming: {date}, {time}, {job}, {batch}, {seed},
+    #: {model}, {prompt}, {row}, and / for folders).
+    output_name: str = DEFAULT_NAME_TEMPLATE
     max_pixels: Annotated[int, Field(gt=0)] = DEFAULT_MAX_PIXELS
     max_image_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_IMAGE_BYTES
 
@@ -291,6 +295,14 @@ class Settings(BaseSettings):
         if not match or int(match[1]) < 1 or int(match[2]) < 1:
             raise ValueError("expected ROWSxCOLS with both at least 1, e.g. 2x2")
         return f"{int(match[1])}x{int(match[2])}"
+
+    @field_validator("output_name")
+    @classmethod
+    def _check_output_name(cls, value: str) -> str:
+        try:
+            return check_name_template(value)
+        except InputError as exc:
+            raise ValueError(exc.message.removeprefix(f"OUTPUT_NAME {value!r}: ")) from None
 
     @field_validator("sd_api_url")
     @classmethod

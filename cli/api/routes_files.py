@@ -18,7 +18,7 @@ from cli.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from cli.api.schemas import JobAccepted, job_view
 from cli.api.uploads import staged_upload
 from pipeline.errors import PipelineError, QueueFull
-from pipeline.jobs.files import JobFiles, default_output_name
+from pipeline.jobs.files import JobFiles
 from pipeline.jobs.planning import ProcessPlan, build_step_params, new_id, plan_process
 from pipeline.models import JobSpec, JobState
 from pipeline.settings import OutputFormat
@@ -79,6 +79,8 @@ def _submit_upload(
     runtime.make_room(1)  # a full queue refuses before anything is written
     now = time.time()
     shown = (file.filename or "upload")[:_SOURCE_NAME_MAX_CHARS]
+    # Name the output ({prompt} of OUTPUT_NAME) after the client's file, not the upload id.
+    label = shown.rsplit(".", 1)[0] or "upload"
     with staged_upload(file.file, settings) as saved:
         try:
             plan = plan_process(
@@ -90,17 +92,15 @@ def _submit_upload(
                 quality=quality,
                 batch_id=new_id(),
                 first_frame=first_frame,
+                label=label,
                 now=now,
             )[0]
         except PipelineError as exc:  # name the client's file, never the server's path
             for text in (str(saved.path), saved.path.name):
                 exc.message = exc.message.replace(text, shown)
             raise
-        # Name the output and the sidecar's source after the client's file, not the upload id.
-        label = shown.rsplit(".", 1)[0] or "upload"
-        spec = plan.spec.model_copy(
-            update={"source_name": shown, "output_name": default_output_name(now, plan.spec.job_id, label)}
-        )
+        # The sidecar's source is the client's file, not the upload id.
+        spec = plan.spec.model_copy(update={"source_name": shown})
         ProcessPlan(spec=spec, data=plan.data).ingest()
     try:
         runtime.submit([spec], as_batch=True)

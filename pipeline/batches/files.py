@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from pipeline.batches.formats import ROW_KEYS, FieldIssue, RowProblem, check_values, parse_batch_file
 from pipeline.errors import BatchFileError, InputError
+from pipeline.jobs.naming import check_name_template
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
 from pipeline.models import GenerationParams, JobSpec, StepParams, parse_grid
 from pipeline.settings import OutputFormat, Settings
@@ -95,12 +96,15 @@ def read_batch_file(
     now: float,
     output_dir: Path | None = None,
     backend_url: str | None = None,
+    name_template: str | None = None,
+    overwrite: bool = False,
 ) -> list[PlannedRow]:
     """Read, check and plan every row of ``path``; return them in file order.
 
     ``defaults`` (keys of :data:`ROW_KEYS`; None means unset) are the command-line values; the
     file's own ``defaults`` and then each row override them. ``batch_id``, ``now``, ``output_dir``
-    and ``backend_url`` go into every job spec as in :func:`plan_generate`.
+    and ``backend_url`` go into every job spec as in :func:`plan_generate`, and so do ``name_template``
+    (``{row}`` is the row's line) and ``overwrite``.
 
     Raises:
         InputError: the file is missing, a folder, of an unknown type, unreadable, not UTF-8, empty or
@@ -108,7 +112,17 @@ def read_batch_file(
         BatchFileError: one or more rows are invalid; every problem is listed.
     """
     parsed = parse_batch_file(path)
-    planner = _Planner(settings, batch_id=batch_id, now=now, output_dir=output_dir, backend_url=backend_url)
+    if name_template is not None:
+        check_name_template(name_template, field="--name-template")
+    planner = _Planner(
+        settings,
+        batch_id=batch_id,
+        now=now,
+        output_dir=output_dir,
+        backend_url=backend_url,
+        name_template=name_template,
+        overwrite=overwrite,
+    )
 
     base, issues = planner.check_defaults(defaults, text_values=True)
     if issues:
@@ -133,7 +147,7 @@ def read_batch_file(
         values = {**base, **own}
         if "prompt" not in values and not any(issue.field == "prompt" for issue in issues):
             issues.append(FieldIssue("prompt", "no prompt given"))
-        outcome = planner.plan(values)
+        outcome = planner.plan(values, line=raw.line)
         if isinstance(outcome, list):
             issues.extend(outcome)
         else:
@@ -229,8 +243,18 @@ class _Planner:
     """Plans one merged row at a time; step parameters are cached (most rows share them)."""
 
     def __init__(
-        self, settings: Settings, *, batch_id: str, now: float, output_dir: Path | None, backend_url: str | None
+        self,
+        settings: Settings,
+        *,
+        batch_id: str,
+        now: float,
+        output_dir: Path | None,
+        backend_url: str | None,
+        name_template: str | None = None,
+        overwrite: bool = False,
     ) -> None:
+        self.name_template = name_template
+        self.overwrite = overwrite
         self.settings = settings
         self.batch_id = batch_id
         self.now = now
@@ -262,7 +286,9 @@ class _Planner:
                 values.pop(str(issue.field), None)
         return values, issues
 
-    def plan(self, values: Mapping[str, Any]) -> tuple[dict[str, Any], list[JobSpec]] | list[FieldIssue]:
+    def plan(
+        self, values: Mapping[str, Any], *, line: int | None = None
+    ) -> tuple[dict[str, Any], list[JobSpec]] | list[FieldIssue]:
         """The row's parameters and job specs, or everything found wrong with it."""
         issues: list[FieldIssue] = []
         count = values.get("count", 1)
@@ -328,6 +354,9 @@ class _Planner:
                 output_format=output_format,
                 quality=values.get("quality"),
                 name=name,
+                name_template=self.name_template,
+                row=line,
+                overwrite=self.overwrite,
                 batch_id=self.batch_id,
                 output_dir=self.output_dir,
                 backend_url=self.backend_url,

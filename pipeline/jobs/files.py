@@ -5,11 +5,12 @@ fsync, rename), so a crash leaves either the old file or the new one, never half
 
 Layout under ``OUTPUT_DIR``::
 
-    <name>.png / .webp / .jpg      final image
-    <name>.json                    its sidecar
+    <name>.png / .webp / .jpg      final image (<name> from OUTPUT_NAME; may hold folders: 20261207/fox-7)
+    <name>.json                    its sidecar (first written as the claim of <name>: see claim_output_name)
     .sdpipe/status.sqlite3         embedded-mode status store
     .sdpipe/work/<job id>/         intermediates, removed when the job succeeds (kept on failure)
         sd.json                    what the SD server said (written before source.img)
+        output_name                the output name this job claimed (fixed once)
         source.img                 the image as received or ingested (its presence = step done)
         tiles.arrays               split output: the manifest (size, mode, infotext, tile boxes)
                                    and every tile's raw pixels with halos, in one file
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import json
 import math
 import os
@@ -35,7 +37,6 @@ import shutil
 import struct
 import tempfile
 import time
-import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InputError
+from pipeline.jobs.naming import check_output_name, slugify
 
 __all__ = [
     "JobFiles",
@@ -50,6 +52,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "check_output_dir",
+    "claim_output_name",
     "default_output_name",
     "load_arrays",
     "read_json",
@@ -60,14 +63,11 @@ __all__ = [
 
 #: Folder under OUTPUT_DIR for sdpipe's own files (status database, work folders).
 STATE_DIR_NAME = ".sdpipe"
-#: Longest prompt slug in a default output name, in characters.
-SLUG_MAX_CHARS = 48
 #: First bytes of an intermediate arrays file (:func:`atomic_save_arrays`).
 ARRAYS_MAGIC = b"SDPIPE-ARRAYS-1\n"
 #: Extension of each output format.
 FORMAT_EXTENSIONS = {"png": ".png", "webp": ".webp", "jpeg": ".jpg"}
 
-_SLUG_STRIP = re.compile(r"[^a-z0-9]+")
 _STEM_OK = re.compile(r"^[A-Za-z0-9._ -]+$")
 
 
@@ -163,13 +163,6 @@ def load_arrays(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
     return header["meta"], arrays
 
 
-def slugify(text: str, max_chars: int = SLUG_MAX_CHARS) -> str:
-    """A lowercase ASCII slug of ``text`` for file names (``"A lighthouse, dusk!"`` -> ``a-lighthouse-dusk``)."""
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
-    slug = _SLUG_STRIP.sub("-", ascii_text).strip("-")
-    return slug[:max_chars].rstrip("-") or "image"
-
-
 def default_output_name(created_at: float, job_id: str, label: str) -> str:
     """``<YYYYmmdd-HHMMSS>-<job id prefix>-<slug of label>``, from the job's creation time (local, as A1111)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(created_at))
@@ -255,6 +248,11 @@ class JobFiles:
         """The seam-blur step's output (manifest and blurred tiles)."""
         return self.work_dir / "blurred.arrays"
 
+    @property
+    def claimed_name(self) -> Path:
+        """The output name this job claimed (:func:`claim_output_name`), once it has."""
+        return self.work_dir / "output_name"
+
     def image(self, output_name: str, output_format: str) -> Path:
         return self.output_dir / (output_name + FORMAT_EXTENSIONS[output_format])
 
@@ -264,3 +262,66 @@ class JobFiles:
     def remove_work_dir(self) -> None:
         """Delete the intermediates (after success)."""
         shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+#: Digits of the counter that keeps outputs apart: ``same.png``, ``same-0001.png``, ``same-0002.png``.
+COUNTER_DIGITS = 4
+
+
+def claim_output_name(files: JobFiles, name: str, output_format: str, *, overwrite: bool = False) -> str:
+    """The output name (without extension) this job writes: ``name``, or ``name-0001``, ``name-0002``...
+    when an earlier file has it, never another job's or a file sdpipe did not write (A1111's rule).
+
+    Fixed once per job: the first call records the name in the job's work folder and every later
+    delivery or retry of the job reads it back, so a re-run never makes a second file. A name is
+    claimed by creating its sidecar exclusively (``O_EXCL``) with the job's id, so two jobs merging
+    at once cannot take the same one; the claim is replaced by the full sidecar on merge. With
+    ``overwrite`` the name is used as it is, replacing what is there.
+
+    Raises:
+        InputError: the name would leave OUTPUT_DIR (through ``..``, an absolute path or a symlink).
+    """
+    try:
+        return files.claimed_name.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        pass
+    check_output_name(name)
+    root = files.output_dir.resolve()
+    if not (files.output_dir / name).parent.resolve().is_relative_to(root):
+        raise InputError(f"output name {name!r} leads outside OUTPUT_DIR", field="name", value=name)
+    chosen = name
+    if not overwrite:
+        for counter in itertools.count():
+            chosen = name if counter == 0 else f"{name}-{counter:0{COUNTER_DIGITS}d}"
+            if _take_name(files, chosen, output_format):
+                break
+    atomic_write_bytes(files.claimed_name, chosen.encode())
+    return chosen
+
+
+def _take_name(files: JobFiles, name: str, output_format: str) -> bool:
+    """Whether ``name`` is (now) this job's: its sidecar names the job, or it was free and is claimed."""
+    sidecar = files.sidecar(name)
+    if sidecar.exists():
+        return _sidecar_owner(sidecar) == files.job_id
+    if files.image(name, output_format).exists():
+        return False  # a file sdpipe did not write (or whose sidecar is gone): never replaced unasked
+    sidecar.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(sidecar, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:  # another job claimed it between the check and here
+        return _sidecar_owner(sidecar) == files.job_id
+    claim = {"job_id": files.job_id, "claimed": True, "note": "reserved for this job; replaced when it succeeds"}
+    with os.fdopen(fd, "wb") as handle:
+        handle.write((json.dumps(claim) + "\n").encode())
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
+
+
+def _sidecar_owner(sidecar: Path) -> str | None:
+    try:
+        owner = read_json(sidecar).get("job_id")
+    except (OSError, ValueError, AttributeError):
+        return None  # unreadable, half-written by its claimant, or not ours: taken
+    return owner if isinstance(owner, str) else None

@@ -23,7 +23,8 @@ from pydantic import ValidationError
 from pipeline.errors import ImageError, InputError, InputsRejected, PipelineError
 from pipeline.images import seams
 from pipeline.images.codec import ImageHeader, probe_image, read_image_bytes
-from pipeline.jobs.files import JobFiles, atomic_write_bytes, default_output_name, read_json, safe_output_stem
+from pipeline.jobs.files import JobFiles, atomic_write_bytes, read_json, safe_output_stem
+from pipeline.jobs.naming import NameFields, check_name_template, check_output_name, expand_name, resolve_late_tokens
 from pipeline.models import GenerationParams, JobRecord, JobSpec, StepParams, parse_grid, validation_message
 from pipeline.settings import OutputFormat, Settings, strip_credentials
 from pipeline.store.base import StatusStore
@@ -200,6 +201,17 @@ def output_quality(settings: Settings, quality: int | None) -> int:
     return chosen
 
 
+def _output_name(template: str, fields: NameFields) -> str:
+    """The name of one job from a checked template; its late tokens stay for merge time.
+
+    Raises:
+        InputError: the expanded name would leave OUTPUT_DIR or is too long.
+    """
+    name = expand_name(template, fields)
+    check_output_name(resolve_late_tokens(name, seed=0, model="model"))
+    return name
+
+
 def travelling_overrides(settings: Settings, *, out: Path | None, sd_url: str | None) -> tuple[Path | None, str | None]:
     """The ``output_dir`` and ``backend_url`` that jobs submitted with ``--out`` / ``--sd-url`` carry.
 
@@ -222,12 +234,18 @@ def plan_generate(
     output_format: OutputFormat | None = None,
     quality: int | None = None,
     name: str | None = None,
+    name_template: str | None = None,
+    row: int | None = None,
+    overwrite: bool = False,
     batch_id: str | None = None,
     output_dir: Path | None = None,
     backend_url: str | None = None,
     now: float,
 ) -> list[JobSpec]:
     """``count`` generate jobs with seeds ``seed … seed+count-1`` (all random when ``seed`` is -1).
+
+    Each is named by ``name`` (a batch row's; ``name-1``, ``name-2``... with ``count``) or else by
+    ``name_template`` (None: ``OUTPUT_NAME``), with ``{row}`` the batch ``row`` or the job's position.
 
     ``backend_url`` pins the jobs to one SD server (credentials are dropped: workers use their own
     ``SD_API_AUTH``); None lets each worker use its ``SD_API_URL``.
@@ -247,6 +265,10 @@ def plan_generate(
             limit=MAX_SEED,
         )
     stem = safe_output_stem(name) if name is not None else None
+    template = check_name_template(
+        settings.output_name if name_template is None else name_template,
+        field="OUTPUT_NAME" if name_template is None else "--name-template",
+    )
     chosen_quality = output_quality(settings, quality)
     specs = []
     for index in range(count):
@@ -256,7 +278,15 @@ def plan_generate(
             seams.validate_geometry(generation.width // 8 * 8, generation.height // 8 * 8, step_params)
         job_id = new_id()
         if stem is None:
-            output_name = default_output_name(now, job_id, request.prompt)
+            fields = NameFields(
+                created_at=now,
+                job_id=job_id,
+                prompt_label=request.prompt,
+                batch_id=batch_id,
+                seed=seed,
+                row=index + 1 if row is None else row,
+            )
+            output_name = _output_name(template, fields)
         else:
             output_name = stem if count == 1 else f"{stem}-{index + 1}"
         chosen_format = output_format or settings.output_format
@@ -270,6 +300,7 @@ def plan_generate(
                 output_format=chosen_format,
                 output_quality=chosen_quality,
                 output_name=output_name,
+                overwrite=overwrite,
                 fingerprint=fingerprint(
                     generation, step_params, chosen_format, None if stem is None else output_name, chosen_quality
                 ),
@@ -338,6 +369,9 @@ def plan_process(
     quality: int | None = None,
     batch_id: str | None = None,
     first_frame: bool = False,
+    name_template: str | None = None,
+    label: str | None = None,
+    overwrite: bool = False,
     now: float,
 ) -> list[ProcessPlan]:
     """Validate every input image (limits, format, size and a complete container; geometry; animation)
@@ -346,6 +380,9 @@ def plan_process(
     The image rule, the same for ``sdpipe process`` and ``POST /api/files``: an animation (GIF, WebP,
     APNG with more than one frame) is refused unless ``first_frame`` asks for its first frame; a
     16-bit PNG is processed in 8 bits per channel, and the plan's ``notes`` say so.
+
+    Outputs are named by ``name_template`` (None: ``OUTPUT_NAME``) with ``{prompt}`` the input's file
+    name (or ``label``), ``{row}`` its position, ``{seed}`` and ``{model}`` ``none``.
 
     Raises:
         InputError: a missing file, a folder or pattern without images, a grid that does not fit an
@@ -356,16 +393,29 @@ def plan_process(
     if not paths:
         raise InputError("no input images", field="images")
     chosen_quality = output_quality(settings, quality)
+    template = check_name_template(
+        settings.output_name if name_template is None else name_template,
+        field="OUTPUT_NAME" if name_template is None else "--name-template",
+    )
     files, problems = expand_image_paths(paths)
     failures: list[PipelineError] = []
     plans = []
-    for path in files:
+    for position, path in enumerate(files, start=1):
+        job_id = new_id()
+        fields = NameFields(
+            created_at=now,
+            job_id=job_id,
+            prompt_label=path.stem if label is None else label,
+            batch_id=batch_id,
+            row=position,
+            no_generation=True,
+        )
         try:
             data, header = _checked_input(settings, path, step_params, first_frame=first_frame)
+            output_name = _output_name(template, fields)
         except PipelineError as exc:
             failures.append(exc)
             continue
-        job_id = new_id()
         spec = JobSpec(
             job_id=job_id,
             kind="process",
@@ -373,7 +423,8 @@ def plan_process(
             step_params=step_params,
             output_format=output_format or settings.output_format,
             output_quality=chosen_quality,
-            output_name=default_output_name(now, job_id, path.stem),
+            output_name=output_name,
+            overwrite=overwrite,
             source_name=str(path),
             output_dir=str(output_dir),
             created_at=now,

@@ -30,10 +30,12 @@ from pipeline.jobs.files import (
     atomic_save_arrays,
     atomic_write_bytes,
     atomic_write_json,
+    claim_output_name,
     load_arrays,
     read_json,
     remove_stale_temps,
 )
+from pipeline.jobs.naming import resolve_late_tokens
 from pipeline.models import ErrorInfo, JobRecord, StepName, StepRecord
 from pipeline.sd.backends import Backend
 from pipeline.sd.client import SDClient
@@ -321,15 +323,22 @@ def _seam_blur(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any
 def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | None]:
     files = _files(ctx, record)
     spec = record.spec
-    image_path = files.image(spec.output_name, spec.output_format)
-    sidecar_path = files.sidecar(spec.output_name)
-    # Done only if the sidecar is this job's and the image is the one it describes: a named output
-    # may hold an earlier job's render, which this job must replace, not adopt.
+    sd_info = record.sd_info or {}
+    # {seed} of a random seed and {model} come from what the server said (saved once with the image),
+    # then the name is claimed once: another job's file, or one sdpipe did not write, is never replaced
+    # (a counter suffix instead) unless the job was made with --overwrite.
+    wanted = resolve_late_tokens(spec.output_name, seed=sd_info.get("seed"), model=sd_info.get("model_name"))
+    name = claim_output_name(files, wanted, spec.output_format, overwrite=spec.overwrite)
+    image_path = files.image(name, spec.output_format)
+    sidecar_path = files.sidecar(name)
+    # Done only if the sidecar is this job's and the image is the one it describes: with --overwrite
+    # the name may hold an earlier job's render, which this job must replace, not adopt.
     existing = read_json(sidecar_path) if sidecar_path.exists() else None
     ours = existing is not None and existing.get("job_id") == record.job_id
-    if ours and existing is not None and image_path.exists():
-        if hashlib.sha256(image_path.read_bytes()).hexdigest() == existing["output"]["sha256"]:
-            return True, existing["output"]
+    done = existing.get("output") if ours and existing is not None else None
+    if done is not None and image_path.exists():
+        if hashlib.sha256(image_path.read_bytes()).hexdigest() == done["sha256"]:
+            return True, done
     merge_step = record.steps.get("merge")
     if merge_step is not None and merge_step.attempts > 1:
         # Only an earlier delivery of this merge can have left temporary files (killed mid-write).
@@ -352,11 +361,11 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | 
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
     }
-    if ours and existing is not None and existing["output"]["sha256"] == output["sha256"]:
+    if done is not None and done["sha256"] == output["sha256"]:
         # A delivery that died between the two writes left this job's sidecar: the encoding is
         # deterministic, so only the image is missing. Write it alone; no file is written twice.
         atomic_write_bytes(image_path, data)
-        return False, existing["output"]
+        return False, done
     # Sidecar first: it names the job and the image's hash, so a redelivery after a crash between
     # the two writes knows whether the image on disk is this job's.
     atomic_write_json(sidecar_path, _sidecar(ctx, record, output, infotext, manifest))

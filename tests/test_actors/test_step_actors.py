@@ -9,11 +9,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import respx
 from PIL import Image
 
 from actors import Runtime
 from pipeline.images.infotext import parse_infotext
+from pipeline.jobs import steps
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate, plan_process
 from pipeline.jobs.steps import run_step
 from pipeline.models import JobRecord, JobState
@@ -154,3 +156,38 @@ def test_process_job_keeps_input_parameters(runtime: Runtime, wait_terminal: Wai
     assert text.index("Seam grid: 2x3") < text.index("Version: v1.10.1")
     # pixels far from the cuts are the input's
     assert np.array_equal(out[:20, :20], pixels[:20, :20])
+
+
+def test_merge_run_again_after_a_crash_keeps_its_claimed_name(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a job named "same" while same.png belongs to an earlier job
+    output_dir = runtime.settings.output_dir.absolute()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "same.json").write_text(json.dumps({"job_id": "e" * 32}))
+    (output_dir / "same.png").write_bytes(b"earlier")
+    params = build_step_params(runtime.settings, grid="2x2", band_px=8, sigma=2.0)
+    request = GenerationRequest(prompt="x", seed=3, width=64, height=64)
+    (spec,) = plan_generate(runtime.settings, request, params, name="same", now=time.time())
+    runtime.store.create_jobs([spec])
+    for step in ("generate", "split", "seam_blur"):
+        run_step(runtime.context, spec.job_id, step)  # type: ignore[arg-type]
+    # When its merge dies after claiming same-0001 (writing the image fails once)
+    real_write = steps.atomic_write_bytes
+
+    def failing_write(path: Path, data: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(steps, "atomic_write_bytes", failing_write)
+    with pytest.raises(OSError):
+        run_step(runtime.context, spec.job_id, "merge")
+    monkeypatch.setattr(steps, "atomic_write_bytes", real_write)
+    # and the earlier job's files are removed before the merge runs again
+    (output_dir / "same.png").unlink()
+    (output_dir / "same.json").unlink()
+    run_step(runtime.context, spec.job_id, "merge")
+    # Then the job wrote exactly one image, under the name it claimed first
+    record = runtime.store.get(spec.job_id)
+    assert record.state is JobState.SUCCEEDED
+    assert sorted(p.name for p in output_dir.glob("*.png")) == ["same-0001.png"]
+    assert Path(str(record.result["image"])).name == "same-0001.png"  # type: ignore[index]

@@ -196,7 +196,7 @@ def test_jobs_cancel_stops_queued_jobs(start_api: StartApi) -> None:
     assert_error(api.client.get(f"/api/jobs/{last}/result"), 409, "no_result")
 
 
-def test_jobs_result_replaced_by_a_later_job_of_the_same_name_is_404(api: ApiServer) -> None:
+def test_jobs_results_of_two_jobs_of_the_same_name_are_both_kept(api: ApiServer) -> None:
     # Given two batches whose rows write the same output name, the second after the first
     body = {"rows": [{"prompt": "a fox", "name": "same"}], "defaults": SMALL}
     ids = []
@@ -204,11 +204,12 @@ def test_jobs_result_replaced_by_a_later_job_of_the_same_name_is_404(api: ApiSer
         accepted = api.client.post("/api/batches", json=body).json()
         ids.append(accepted["job_ids"][0])
         assert wait_until(lambda: api.client.get(f"/api/jobs/{ids[-1]}").json()["state"] == "succeeded", timeout_s=30)
-    # Then the first job's result is gone (never the second's image under the first's ETag)
-    assert_error(api.client.get(f"/api/jobs/{ids[0]}/result"), 404, "result_missing")
-    second = api.client.get(f"/api/jobs/{ids[1]}/result")
-    assert second.status_code == 200
-    assert second.headers["etag"].strip('"') == api.client.get(f"/api/jobs/{ids[1]}").json()["result"]["sha256"]
+    # Then each job still serves its own image (the second was written as same-0001, not over the first)
+    for job_id in ids:
+        result = api.client.get(f"/api/jobs/{job_id}/result")
+        assert result.status_code == 200
+        assert result.headers["etag"].strip('"') == api.client.get(f"/api/jobs/{job_id}").json()["result"]["sha256"]
+    assert (api.settings.output_dir / "same.png").is_file() and (api.settings.output_dir / "same-0001.png").is_file()
 
 
 def test_generate_waits_hold_no_pool_thread(start_api: StartApi) -> None:

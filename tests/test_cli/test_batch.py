@@ -104,10 +104,11 @@ def test_batch_skip_existing_skips_rows_already_rendered(sdpipe: Invoke, tmp_pat
 
 def test_retry_job_failed_in_merge_does_not_call_sd_again(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
     url = "mock://retry-merge"
-    # Given a job whose final file cannot be written (a folder has its name), so merge fails
+    # Given a job whose final file cannot be written (a folder has its name, and --overwrite asks for
+    # that very name rather than hero-0001.png), so merge fails
     (out_dir / "hero.png").mkdir(parents=True)
     path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "hero", "name": "hero", "seed": 3}])
-    failed = sdpipe("batch", str(path), "--sd-url", url, *SMALL, env={"MAX_RETRIES": "0"})
+    failed = sdpipe("batch", str(path), "--sd-url", url, "--overwrite", *SMALL, env={"MAX_RETRIES": "0"})
     assert failed.exit_code == 1
     (job,) = json.loads(sdpipe("jobs", "--state", "failed", "--json").stdout)
     assert job["error"]["step"] == "merge"
@@ -246,18 +247,35 @@ def test_schedule_add_refuses_bad_cron_tz_and_file(sdpipe: Invoke, tmp_path: Pat
     assert missing.exit_code == 2
 
 
-def test_named_row_rendered_again_replaces_the_old_output(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+def test_named_row_rendered_again_gets_a_counter_and_keeps_the_old_output(
+    sdpipe: Invoke, tmp_path: Path, out_dir: Path
+) -> None:
     # Given a named output from an earlier render
+    first = _jsonl(tmp_path / "a.jsonl", [{"prompt": "a red fox", "seed": 1, "name": "same"}])
+    assert sdpipe("batch", str(first), "--sd-url", "mock://", *SMALL).exit_code == 0
+    old = (out_dir / "same.png").read_bytes()
+    # When another job renders to the same name (before: it replaced same.png, both jobs pointing at it)
+    second = _jsonl(tmp_path / "b.jsonl", [{"prompt": "a blue whale", "seed": 99, "name": "same"}])
+    result = sdpipe("batch", str(second), "--sd-url", "mock://", "--json", *SMALL)
+    assert result.exit_code == 0, result.output
+    # Then the old file is untouched and the new job wrote same-0001.png, as A1111 numbers its files
+    assert (out_dir / "same.png").read_bytes() == old
+    assert json.loads((out_dir / "same.json").read_text())["prompt"] == "a red fox"
+    assert json.loads((out_dir / "same-0001.json").read_text())["prompt"] == "a blue whale"
+    manifest = json.loads(result.stdout[result.stdout.index("{") :])
+    assert manifest["rows"][0]["jobs"][0]["output"].endswith("same-0001.png")
+
+
+def test_named_row_with_overwrite_replaces_the_old_output(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
     first = _jsonl(tmp_path / "a.jsonl", [{"prompt": "a red fox", "seed": 1, "name": "catalogue-item"}])
     assert sdpipe("batch", str(first), "--sd-url", "mock://", *SMALL).exit_code == 0
     old = (out_dir / "catalogue-item.png").read_bytes()
-    # When another job renders to the same name
     second = _jsonl(tmp_path / "b.jsonl", [{"prompt": "a blue whale", "seed": 99, "name": "catalogue-item"}])
-    assert sdpipe("batch", str(second), "--sd-url", "mock://", *SMALL).exit_code == 0
-    # Then the file and its sidecar are the new job's
+    assert sdpipe("batch", str(second), "--sd-url", "mock://", "--overwrite", *SMALL).exit_code == 0
     sidecar = json.loads((out_dir / "catalogue-item.json").read_text())
     assert sidecar["prompt"] == "a blue whale"
     assert (out_dir / "catalogue-item.png").read_bytes() != old
+    assert not (out_dir / "catalogue-item-0001.png").exists()
 
 
 def test_resume_after_editing_a_row_renders_the_new_row(sdpipe: Invoke, tmp_path: Path) -> None:
@@ -290,3 +308,10 @@ def test_retry_batch_leaves_out_jobs_of_rows_edited_away(sdpipe: Invoke, tmp_pat
     assert result.exit_code == 0, result.output
     assert result.stderr.strip() == "nothing to retry: the batch has no failed or cancelled job"
     assert _mock_calls("mock://edit-up") == 1
+
+
+def test_batch_name_template_numbers_outputs_by_row(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "a fox", "seed": 1}, {"prompt": "東京の夜景", "seed": 2}])
+    result = sdpipe("batch", str(path), "--sd-url", "mock://", "--name-template", "rows/{row}-{prompt}-{seed}", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out_dir / "rows").glob("*.png")) == ["1-a-fox-1.png", "2-東京の夜景-2.png"]

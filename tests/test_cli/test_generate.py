@@ -15,6 +15,8 @@ from PIL import Image
 from pipeline.store import RedisStatusStore
 from tests.test_cli.conftest import Invoke
 
+TINY = ("--width", "64", "--height", "64")
+
 
 def test_generate_mock_embedded_prints_job_ids_then_paths(sdpipe: Invoke, out_dir: Path) -> None:
     result = sdpipe("generate", "a lighthouse at dusk", "--sd-url", "mock://", "--count", "2", "--seed", "7")
@@ -279,3 +281,41 @@ def test_output_quality_setting_and_its_range(sdpipe: Invoke, tmp_path: Path) ->
     refused = sdpipe("process", str(tmp_path / "a.png"), "--quality", "101")
     assert refused.exit_code == 2
     assert "quality must be between 1 and 100 (got 101)" in refused.stderr
+
+
+def test_generate_name_template_makes_date_folders_and_fills_the_random_seed(sdpipe: Invoke, out_dir: Path) -> None:
+    # When a random-seed job is named with a date folder and {seed}
+    template = "{date:%Y-%m-%d}/{prompt}-{seed}"
+    result = sdpipe("generate", "a red fox", "--sd-url", "mock://", "--name-template", template, *TINY)
+    assert result.exit_code == 0, result.output
+    (output,) = _outputs(result)
+    # Then it sits in today's folder, named with the seed the server used (known only after generation)
+    sidecar = json.loads(output.with_suffix(".json").read_text())
+    assert output.parent.parent == out_dir.absolute()
+    assert output.name == f"a-red-fox-{sidecar['seed']}.png" and sidecar["seed"] >= 0
+
+
+def test_generate_non_latin_prompt_keeps_its_letters_in_the_name(sdpipe: Invoke) -> None:
+    result = sdpipe("generate", "東京の夜景", "--sd-url", "mock://", *TINY)
+    assert result.exit_code == 0, result.output
+    (output,) = _outputs(result)
+    assert output.name.endswith("-東京の夜景.png")
+
+
+def test_generate_name_template_outside_output_dir_is_refused(sdpipe: Invoke, out_dir: Path) -> None:
+    result = sdpipe("generate", "a fox", "--sd-url", "mock://", "--name-template", "../{prompt}")
+    assert result.exit_code == 2
+    assert "--name-template '../{prompt}'" in result.stderr and "OUTPUT_DIR" in result.stderr
+    assert not out_dir.exists() or not any(out_dir.rglob("*.png"))
+    bad_setting = sdpipe("generate", "a fox", "--sd-url", "mock://", env={"OUTPUT_NAME": "/abs/{job}"})
+    assert bad_setting.exit_code == 2 and "OUTPUT_NAME" in bad_setting.stderr
+
+
+def test_process_twice_with_one_name_keeps_both_outputs(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(tmp_path / "shot.png")
+    for _ in range(2):
+        assert sdpipe("process", str(tmp_path / "shot.png"), "--name-template", "{prompt}").exit_code == 0
+    assert sorted(path.name for path in out_dir.glob("*.png")) == ["shot-0001.png", "shot.png"]
+    again = sdpipe("process", str(tmp_path / "shot.png"), "--name-template", "{prompt}", "--overwrite")
+    assert again.exit_code == 0
+    assert sorted(path.name for path in out_dir.glob("*.png")) == ["shot-0001.png", "shot.png"]
