@@ -24,6 +24,7 @@ from cli.common import (
     GridDefault,
     HeightDefault,
     NegativeDefault,
+    QualityDefault,
     SamplerDefault,
     SchedulerDefault,
     SeedDefault,
@@ -84,6 +85,7 @@ def add(
     band_px: BandDefault = None,
     sigma: SigmaDefault = None,
     output_format: FormatDefault = None,
+    quality: QualityDefault = None,
 ) -> None:
     """Add a schedule: render FILE as a batch at every occurrence of --cron."""
     options = row_defaults(
@@ -100,6 +102,7 @@ def add(
         band_px=band_px,
         sigma=sigma,
         format=output_format,
+        quality=quality,
     )
     with cli_errors():
         settings = load(ctx)

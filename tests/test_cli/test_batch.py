@@ -315,3 +315,14 @@ def test_batch_name_template_numbers_outputs_by_row(sdpipe: Invoke, tmp_path: Pa
     result = sdpipe("batch", str(path), "--sd-url", "mock://", "--name-template", "rows/{row}-{prompt}-{seed}", *SMALL)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (out_dir / "rows").glob("*.png")) == ["1-a-fox-1.png", "2-東京の夜景-2.png"]
+
+
+def test_schedule_add_keeps_the_quality_for_its_runs(sdpipe: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("a lighthouse at dusk\n")
+    args = ("--cron", "0 2 * * *", "--format", "webp", "--quality", "40", *SMALL)
+    assert sdpipe("schedule", "add", "q", str(path), *args).exit_code == 0
+    (listed,) = json.loads(sdpipe("schedule", "list", "--json").stdout)
+    assert listed["options"] == {"width": 64, "height": 64, "format": "webp", "quality": 40}
+    refused = sdpipe("schedule", "add", "r", str(path), "--cron", "0 2 * * *", "--quality", "0")
+    assert refused.exit_code == 2 and "quality" in refused.stderr
