@@ -12,7 +12,7 @@ The formats themselves (``.txt``, ``.jsonl``, ``.csv``, ``.yaml``) are parsed in
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from pipeline.batches.formats import ROW_KEYS, FieldIssue, RowProblem, check_values, parse_batch_file
 from pipeline.errors import BatchFileError, InputError
-from pipeline.jobs.naming import check_name_template
+from pipeline.jobs.naming import check_name_template, is_name_char
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
 from pipeline.models import GenerationParams, JobSpec, StepParams, parse_grid
 from pipeline.settings import OutputFormat, Settings
@@ -41,8 +41,6 @@ __all__ = [
 MAX_ROW_COUNT = 1000
 
 _FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
-#: Characters a row's ``name`` may keep; others become ``-``.
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 #: GenerationParams fields and the row key that sets each.
 _PARAM_KEYS = {
     "prompt": "prompt",
@@ -209,7 +207,14 @@ def _clean_name(name: str) -> str:
         raise ValueError("is empty")
     if "/" in text or "\\" in text or text.startswith("."):
         raise ValueError(f"name {name!r} would leave OUTPUT_DIR")
-    return _NAME_UNSAFE.sub("-", text)
+    # Letters of every script are kept (pipeline.jobs.naming.is_name_char); each run of others becomes "-".
+    kept: list[str] = []
+    for char in unicodedata.normalize("NFC", text):
+        if is_name_char(char):
+            kept.append(char)
+        elif not kept or kept[-1] != "\0":
+            kept.append("\0")
+    return "".join(kept).replace("\0", "-")
 
 
 def _claim_names(outcome: tuple[dict[str, Any], list[JobSpec]], line: int, used: dict[str, int]) -> list[FieldIssue]:

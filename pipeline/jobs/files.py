@@ -32,7 +32,6 @@ import itertools
 import json
 import math
 import os
-import re
 import shutil
 import struct
 import tempfile
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.jobs.naming import check_output_name, slugify
+from pipeline.jobs.naming import check_output_name, is_name_char, slugify
 
 __all__ = [
     "JobFiles",
@@ -67,8 +66,6 @@ STATE_DIR_NAME = ".sdpipe"
 ARRAYS_MAGIC = b"SDPIPE-ARRAYS-1\n"
 #: Extension of each output format.
 FORMAT_EXTENSIONS = {"png": ".png", "webp": ".webp", "jpeg": ".jpg"}
-
-_STEM_OK = re.compile(r"^[A-Za-z0-9._ -]+$")
 
 
 def _read_umask() -> int:
@@ -186,7 +183,7 @@ def safe_output_stem(name: str) -> str:
             value=name,
             expected="a plain file name without / or ..",
         )
-    if not _STEM_OK.match(stem) or len(stem) > 200:
+    if not all(is_name_char(char) for char in stem) or len(stem) > 200:
         raise InputError(
             f"output name {name!r} has characters that are not allowed",
             field="name",

@@ -40,6 +40,7 @@ __all__ = [
     "check_name_template",
     "check_output_name",
     "expand_name",
+    "is_name_char",
     "resolve_late_tokens",
     "slugify",
 ]
@@ -77,6 +78,12 @@ class NameFields:
     row: int | None = None
     #: True for ``process`` jobs: no SD server, so ``{seed}`` and ``{model}`` are ``none`` at once.
     no_generation: bool = False
+
+
+def is_name_char(char: str) -> bool:
+    """Whether ``char`` may appear in a file name sdpipe writes: a letter or digit of any script (with
+    its combining marks), ``-``, ``_``, ``.`` or a space (``/`` separates folders in templates only)."""
+    return char.isalnum() or char in _SEPARATORS or unicodedata.category(char).startswith("M")
 
 
 def slugify(text: str, max_chars: int = SLUG_MAX_CHARS) -> str:
@@ -132,7 +139,7 @@ def check_name_template(template: str, *, field: str = "OUTPUT_NAME") -> str:
         literal += "x"  # a token stands for a non-empty name part
     if not template.strip():
         raise refuse("is empty")
-    bad = sorted({char for char in literal if not (char.isalnum() or char in _SEPARATORS or char == "/")})
+    bad = sorted({char for char in literal if not (is_name_char(char) or char == "/")})
     if bad:
         raise refuse(f"has characters that are not allowed ({''.join(bad)!r}; braces only around tokens)")
     _check_segments(literal, refuse)
@@ -161,7 +168,7 @@ def expand_name(template: str, fields: NameFields) -> str:
         out.append(text)
         if name in _DEFAULT_FORMATS:
             stamp = time.strftime(spec or _DEFAULT_FORMATS[name], local)
-            out.append("".join(c if c.isalnum() or c in _SEPARATORS or c == "/" else "-" for c in stamp))
+            out.append("".join(c if is_name_char(c) or c == "/" else "-" for c in stamp))
         elif name is not None:
             out.append(values[name])
     return "".join(out)

@@ -436,6 +436,8 @@ def plan_process(
         plans.append(ProcessPlan(spec=spec, data=data, notes=notes))
     if len(failures) == 1 and not problems:
         raise failures[0]
+    if len(problems) == 1 and not failures and not plans:
+        raise InputError(problems[0], field="images", value=str(paths[0]), expected="image files")
     if failures or problems:
         raise InputsRejected([*problems, *(exc.message for exc in failures)], total=len(files) + len(problems))
     return plans

@@ -374,13 +374,19 @@ def test_read_batch_file_name_odd_characters_are_replaced(tmp_path: Path, settin
     path = write(
         tmp_path,
         "prompts.jsonl",
-        jsonl({"prompt": "a", "name": "cat: *night* v1..2"}, {"prompt": "b", "name": "été.png"}),
+        jsonl(
+            {"prompt": "a", "name": "cat: *night* v1..2"},
+            {"prompt": "b", "name": "été.png"},
+            {"prompt": "c", "name": "東京の夜景 #1"},
+        ),
     )
 
-    first, second = read(path, settings)
+    first, second, third = read(path, settings)
 
     assert first.specs[0].output_name == "cat- -night- v1..2"
-    assert second.specs[0].output_name == "-t-"  # the extension is dropped: the format decides it
+    # Letters of every script are kept (before: "-t-" and "----- -1"); the extension is dropped: the format decides it
+    assert second.specs[0].output_name == "été"
+    assert third.specs[0].output_name == "東京の夜景 -1"
 
 
 def test_read_batch_file_duplicate_names_are_a_problem_on_the_later_row(tmp_path: Path, settings: Settings) -> None:
