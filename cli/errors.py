@@ -142,7 +142,7 @@ HINTS: dict[tuple[str, str | None], Hint] = {
     ("invalid_input", "grid"): _grid,
     ("invalid_input", "band_px"): _band_px,
     ("invalid_input", "sigma"): "use e.g. --sigma 4",
-    ("invalid_input", "quality"): "use e.g. --quality 90 (1..100)",
+    ("invalid_input", "quality"): "use e.g. --quality 90",
     ("invalid_input", "override"): "e.g. --override CLIP_stop_at_last_layers=2",
     ("invalid_input", "image"): "the image must have at least one pixel",
     ("invalid_input", "images"): "name one or more files: sdpipe process photo.png",

@@ -285,7 +285,12 @@ def claim_output_name(files: JobFiles, name: str, output_format: str, *, overwri
     check_output_name(name)
     root = files.output_dir.resolve()
     if not (files.output_dir / name).parent.resolve().is_relative_to(root):
-        raise InputError(f"output name {name!r} leads outside OUTPUT_DIR", field="name", value=name)
+        raise InputError(
+            f"output name {name!r} leads outside OUTPUT_DIR (through a symlinked folder)",
+            field="--name-template",
+            value=name,
+            expected="folders inside OUTPUT_DIR",
+        )
     chosen = name
     if not overwrite:
         for counter in itertools.count():
