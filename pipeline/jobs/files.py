@@ -271,9 +271,9 @@ def claim_output_name(files: JobFiles, name: str, output_format: str, *, overwri
 
     Fixed once per job: the first call records the name in the job's work folder and every later
     delivery or retry of the job reads it back, so a re-run never makes a second file. A name is
-    claimed by creating its sidecar exclusively (``O_EXCL``) with the job's id, so two jobs merging
-    at once cannot take the same one; the claim is replaced by the full sidecar on merge. With
-    ``overwrite`` the name is used as it is, replacing what is there.
+    claimed by creating its sidecar exclusively (a hard link of a complete file) with the job's id,
+    so two jobs merging at once cannot take the same one; the claim is replaced by the full sidecar
+    on merge. With ``overwrite`` the name is used as it is, replacing what is there.
 
     Raises:
         InputError: the name would leave OUTPUT_DIR (through ``..``, an absolute path or a symlink).
@@ -308,16 +308,24 @@ def _take_name(files: JobFiles, name: str, output_format: str) -> bool:
         return _sidecar_owner(sidecar) == files.job_id
     if files.image(name, output_format).exists():
         return False  # a file sdpipe did not write (or whose sidecar is gone): never replaced unasked
+    claim = {"job_id": files.job_id, "claimed": True, "note": "reserved for this job; replaced when it succeeds"}
+    # Written whole to a temporary file, then hard-linked to the name: the link either creates the
+    # sidecar, complete, or fails because it exists (exclusive like O_EXCL, also on NFS), so a
+    # worker killed meanwhile never leaves an empty claim that would hold the name for nobody.
     sidecar.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".tmp", dir=sidecar.parent)
     try:
-        fd = os.open(sidecar, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write((json.dumps(claim) + "\n").encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, sidecar)
     except FileExistsError:  # another job claimed it between the check and here
         return _sidecar_owner(sidecar) == files.job_id
-    claim = {"job_id": files.job_id, "claimed": True, "note": "reserved for this job; replaced when it succeeds"}
-    with os.fdopen(fd, "wb") as handle:
-        handle.write((json.dumps(claim) + "\n").encode())
-        handle.flush()
-        os.fsync(handle.fileno())
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     return True
 
 
