@@ -27,7 +27,7 @@ an error from its type (:attr:`PipelineError.code`) and that data::
         │   ├── SDTimeout         sd_timeout           connect or read timeout
         │   └── SDServerError     sd_server_error      5xx (OutOfMemoryError, NansException, ...), 429, 503
         └── SDPermanentError      sd_rejected          retrying cannot help (permanent)
-            ├── SDRequestRejected sd_request_rejected  422 and other 4xx
+            ├── SDRequestRejected sd_request_rejected  422 and other 4xx; a 500 for a mistake in the request
             ├── SDAuthError       sd_auth              401: SD_API_AUTH is wrong
             ├── SDNotFound        sd_not_found         404: no such route (API not enabled) or sampler
             └── SDBadImage        sd_bad_image         a 200 answer whose image does not decode

@@ -9,6 +9,8 @@ what happened                                             raised
 refused / reset / DNS / closed without answer             :class:`SDUnavailable`
 connect, read, write or pool timeout                      :class:`SDTimeout`
 5xx (OutOfMemoryError, NansException...), 429             :class:`SDServerError`
+5xx that is a mistake of the request (KeyError...)        :class:`SDRequestRejected`
+200 with no image and no ``info`` (SD.Next, no model)     :class:`SDServerError`
 401                                                       :class:`SDAuthError`
 404 (API off, or 1.9's "Sampler not found")               :class:`SDNotFound`
 422 and other 4xx, redirects                              :class:`SDRequestRejected`

@@ -8,6 +8,14 @@ stay small. Error bodies differ between servers; :func:`server_message` reads al
 - Forge: ``message`` instead of ``errors``, and plain ``{"detail": "..."}`` for HTTPExceptions;
 - SD.Next: A1111's shape plus ``code``;
 - FastAPI/pydantic 422 (v1 and v2): ``{"detail": [{"loc", "msg", "type"}, ...]}``.
+
+A1111 answers 500 for several mistakes of the request itself, which no retry can fix and which say
+nothing about the server's health (:func:`is_request_mistake`): an unknown ``override_settings`` key
+(``KeyError``), another ``KeyError``/``ValueError`` raised while reading the request, an unknown
+``samples_format`` (``HTTPException`` "Invalid image format") and an unknown hires upscaler
+(``Exception`` "could not find upscaler named ..."). They are :class:`SDRequestRejected`: the job
+fails at once with the server's message, and the pool does not bench the server. ``OutOfMemoryError``,
+``NansException`` and every other 5xx stay :class:`SDServerError` (transient).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ __all__ = [
     "MAX_SERVER_MESSAGE_CHARS",
     "build_result",
     "expect",
+    "is_request_mistake",
     "json_body",
     "server_message",
     "sniff_format",
@@ -48,6 +57,10 @@ _MAX_VALIDATION_ITEMS = 3
 #: A ``data:image/...;base64,`` prefix (A1111 never sends one; tolerated anyway).
 _DATA_URL_RE = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 _T = TypeVar("_T", dict[str, Any], list[Any])
+#: Exception classes A1111 reports (500 ``error``) for a mistake in the request: permanent.
+_REQUEST_MISTAKE_ERRORS = frozenset({"KeyError", "ValueError"})
+#: Words of a 500 message (any exception class) that name a mistake in the request: permanent.
+_REQUEST_MISTAKE_WORDS = ("invalid image format", "could not find upscaler named")
 
 
 def _truncate(text: str) -> str:
@@ -126,6 +139,11 @@ def status_error(
                 **extra,
             )
         return SDNotFound(f"the SD server at {url} answered {where} with 404: {message}", **extra)
+    if status >= 500 and is_request_mistake(response):
+        return SDRequestRejected(
+            f"the SD server at {url} refused the request ({status}, a mistake in the request, not retried): {message}",
+            **extra,
+        )
     if status == 429 or status >= 500:
         return SDServerError(f"the SD server at {url} failed {where} ({status}): {message}", **extra)
     if status < 400:
@@ -137,6 +155,20 @@ def status_error(
             **extra,
         )
     return SDRequestRejected(f"the SD server at {url} rejected {where} ({status}): {message}", **extra)
+
+
+def is_request_mistake(response: httpx.Response) -> bool:
+    """Whether a 5xx answer is A1111 failing on the request itself (see the module docstring)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    if not isinstance(body, dict):
+        return False
+    if body.get("error") in _REQUEST_MISTAKE_ERRORS:
+        return True
+    text = " ".join(str(body.get(key) or "") for key in ("detail", "errors", "message")).lower()
+    return any(words in text for words in _REQUEST_MISTAKE_WORDS)
 
 
 def _is_json(response: httpx.Response) -> bool:
@@ -272,6 +304,14 @@ def build_result(
     images = body.get("images") if isinstance(body, dict) else None
     if not isinstance(images, list):
         raise SDBadImage(f"the SD server at {backend_url} answered txt2img without an images list", url=backend_url)
+    info = _parse_info(body.get("info"), job_id)
+    if not images and not info:
+        # SD.Next answers so while no model is loaded (yet): worth a later, bounded, retry.
+        raise SDServerError(
+            f"the SD server at {backend_url} returned no image and no info (is a model loaded?)",
+            url=backend_url,
+            status_code=200,
+        )
     if not images:
         raise SDBadImage(
             f"the SD server at {backend_url} returned no image",
@@ -279,7 +319,6 @@ def build_result(
             field="images",
             limit=1,
         )
-    info = _parse_info(body.get("info"), job_id)
     # A grid (save_images with several images) comes first; our requests never ask for one, but be exact.
     first = info.get("index_of_first_image")
     index = first if isinstance(first, int) and 0 <= first < len(images) else 0

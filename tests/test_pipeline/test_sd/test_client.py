@@ -197,7 +197,7 @@ def test_txt2img_logs_one_debug_line_with_job_id_and_nothing_at_info(
         (ok_body(b"GIF89a" + b"\0" * 32), "not PNG, JPEG or WEBP"),
         (ok_body(image_bytes()[:60]), "does not decode"),
         (ok_body(image_bytes("JPEG")[:200]), "does not decode"),
-        ({"images": [], "parameters": {}, "info": "{}"}, "no image"),
+        ({"images": [], "parameters": {}, "info": '{"seed": 1}'}, "no image"),
         ({"detail": "odd"}, "without an images list"),
     ],
     ids=["bad-base64", "unknown-format", "truncated-png", "truncated-jpeg", "empty-images", "no-images-key"],
@@ -632,3 +632,37 @@ def test_only_a_read_timeout_asks_about_the_task(loose_api: respx.MockRouter, ex
     with SDClient(make_settings()) as sd, pytest.raises((SDTimeout, SDUnavailable)):
         sd.txt2img(params(), job_id="j")
     assert progress.call_count == 0
+
+
+# -- 500s that are mistakes of the request ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "server_message"),
+    [
+        ({"error": "KeyError", "detail": "", "body": "", "errors": "'sd_model_checkpointt'"}, "'sd_model_checkpointt'"),
+        ({"error": "HTTPException", "detail": "Invalid image format", "body": "", "errors": ""}, "image format"),
+        (
+            {"error": "Exception", "detail": "", "body": "", "errors": "could not find upscaler named Lanczoz"},
+            "could not find upscaler named Lanczoz",
+        ),
+        ({"error": "ValueError", "detail": "", "body": "", "message": "bad value for hr_scale"}, "bad value"),
+    ],
+    ids=["unknown-override-key", "invalid-samples-format", "unknown-upscaler", "forge-value-error"],
+)
+def test_txt2img_maps_500_request_mistakes_to_permanent_rejection(
+    sd_api: respx.MockRouter, client: SDClient, body: dict[str, Any], server_message: str
+) -> None:
+    route = sd_api.post(TXT2IMG).respond(500, json=body)
+    with pytest.raises(SDRequestRejected) as caught:
+        client.txt2img(params(), job_id="j")
+    assert not caught.value.transient
+    assert caught.value.status_code == 500
+    assert server_message in str(caught.value)
+    assert route.call_count == 1
+
+
+def test_txt2img_no_image_and_no_info_is_transient(sd_api: respx.MockRouter, client: SDClient) -> None:
+    # SD.Next while no model is loaded: 200, no image, empty info
+    sd_api.post(TXT2IMG).respond(200, json={"images": [], "parameters": {}, "info": ""})
+    with pytest.raises(SDServerError, match="no image and no info") as caught:
+        client.txt2img(params(), job_id="j")
+    assert caught.value.transient
