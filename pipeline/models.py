@@ -7,17 +7,20 @@ Messages between actors carry only a job id; everything else is in the status st
 from __future__ import annotations
 
 import enum
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.errors import InputError
 from pipeline.settings import OutputFormat
 
 __all__ = [
+    "FIXED_FIELDS",
     "MAX_PROMPT_CHARS",
+    "RESERVED_FIELDS",
     "STEP_NAMES",
     "BatchRecord",
     "BatchRow",
@@ -120,10 +123,23 @@ def parse_grid(text: str) -> tuple[int, int]:
 MAX_PROMPT_CHARS = 20_000
 
 
-class GenerationParams(BaseModel):
-    """One txt2img request, every field explicit (A1111's API defaults differ from its UI's)."""
+#: Fields of a txt2img request that sdpipe sets itself: one job, one image, sent back, named after the job.
+FIXED_FIELDS: dict[str, Any] = {"batch_size": 1, "n_iter": 1, "send_images": True}
+#: Fields a request may not set: sdpipe names every task after its job.
+RESERVED_FIELDS = frozenset({"force_task_id"})
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+
+class GenerationParams(BaseModel):
+    """One AUTOMATIC1111 v1.10 txt2img request (``StableDiffusionTxt2ImgProcessingAPI``), for one image.
+
+    The fields sdpipe itself reads are typed (prompt, seed, size, steps, sampler, scheduler, cfg, the
+    hires size); every other field (``alwayson_scripts``, ``styles``, ``refiner_checkpoint``,
+    ``hr_upscaler``, ``script_args``, Forge's and SD.Next's own...) is kept as written, under its A1111
+    name, and sent unchanged. ``batch_size``/``n_iter`` stay 1 (a job is one image: ask for more
+    jobs), ``send_images`` stays true and ``force_task_id`` is sdpipe's.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
 
     prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
     negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] = ""
@@ -135,6 +151,10 @@ class GenerationParams(BaseModel):
     sampler_name: str
     scheduler: str
     override_settings: dict[str, Any] | None = None
+    enable_hr: bool | None = None
+    hr_scale: Annotated[float, Field(gt=0, le=16)] | None = None
+    hr_resize_x: Annotated[int, Field(ge=0)] | None = None
+    hr_resize_y: Annotated[int, Field(ge=0)] | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -143,8 +163,51 @@ class GenerationParams(BaseModel):
             raise ValueError("the prompt is empty")
         return value
 
+    @model_validator(mode="after")
+    def _one_image_and_plain_values(self) -> GenerationParams:
+        for key, value in (self.__pydantic_extra__ or {}).items():
+            if key in RESERVED_FIELDS:
+                raise ValueError(f"{key} is set by sdpipe (each task is named after its job)")
+            if key in FIXED_FIELDS and value is not None and value != FIXED_FIELDS[key]:
+                if key == "send_images":
+                    raise ValueError("send_images must stay true: sdpipe needs the image")
+                raise ValueError(f"{key} must be 1 (one job is one image): ask for more jobs with count")
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                raise ValueError(f"{key}: not a JSON value (got {type(value).__name__})") from None
+        return self
+
+    @property
+    def extra_fields(self) -> dict[str, Any]:
+        """The A1111 fields sdpipe passes through as written (not None)."""
+        return {key: value for key, value in (self.__pydantic_extra__ or {}).items() if value is not None}
+
+    @property
+    def checkpoint(self) -> str | None:
+        """The checkpoint asked for (``override_settings.sd_model_checkpoint``), if any."""
+        value = (self.override_settings or {}).get("sd_model_checkpoint")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """The size the server returns: the first pass floored to 8, or the hires size (as A1111 computes it)."""
+        width, height = self.width, self.height
+        if self.enable_hr:
+            x, y = self.hr_resize_x or 0, self.hr_resize_y or 0
+            if x == 0 and y == 0:
+                scale = 2.0 if self.hr_scale is None else self.hr_scale
+                width, height = int(width * scale), int(height * scale)
+            elif y == 0:
+                width, height = x, x * height // width
+            elif x == 0:
+                width, height = y * width // height, y
+            else:
+                width, height = x, y
+        return width // 8 * 8, height // 8 * 8
+
     def to_payload(self) -> dict[str, Any]:
-        """The JSON body of ``POST /sdapi/v1/txt2img`` for one image."""
+        """The JSON body of ``POST /sdapi/v1/txt2img`` for one image: every field given, as given."""
         payload: dict[str, Any] = {
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
@@ -155,14 +218,17 @@ class GenerationParams(BaseModel):
             "height": self.height,
             "sampler_name": self.sampler_name,
             "scheduler": self.scheduler,
-            "batch_size": 1,
-            "n_iter": 1,
-            "send_images": True,
+            **FIXED_FIELDS,
             "save_images": False,
         }
+        for key in ("enable_hr", "hr_scale", "hr_resize_x", "hr_resize_y"):
+            value = getattr(self, key)
+            if value is not None:
+                payload[key] = value
+        payload.update(self.extra_fields)
         if self.override_settings:
             payload["override_settings"] = self.override_settings
-            payload["override_settings_restore_afterwards"] = True
+            payload.setdefault("override_settings_restore_afterwards", True)
         return payload
 
 

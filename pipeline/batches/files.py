@@ -20,10 +20,11 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
-from pipeline.batches.formats import ROW_KEYS, FieldIssue, RowProblem, check_values, parse_batch_file
+from pipeline.batches.formats import RowProblem, parse_batch_file
+from pipeline.batches.rows import ROW_KEYS, FieldIssue, check_row
 from pipeline.errors import BatchFileError, InputError
 from pipeline.jobs.naming import check_name_template, is_name_char
-from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
+from pipeline.jobs.planning import GenerationRequest, RequestChecker, build_step_params, plan_generate
 from pipeline.models import GenerationParams, JobSpec, StepParams, parse_grid
 from pipeline.settings import OutputFormat, Settings
 
@@ -53,6 +54,8 @@ _PARAM_KEYS = {
     "sampler_name": "sampler",
     "scheduler": "scheduler",
 }
+#: The row key of a GenerationParams field named by an InputError's ``field``.
+_ROW_KEY_OF = {"sampler_name": "sampler", "sd_model_checkpoint": "model", "cfg_scale": "cfg"}
 #: Words in an InputError from plan_generate / build_step_params and the row key they are about;
 #: the earliest one in the message wins. "size" stands for width or height (MAX_PIXELS).
 _MESSAGE_KEYS = (
@@ -96,20 +99,23 @@ def read_batch_file(
     backend_url: str | None = None,
     name_template: str | None = None,
     overwrite: bool = False,
+    checker: RequestChecker | None = None,
 ) -> list[PlannedRow]:
     """Read, check and plan every row of ``path``; return them in file order.
 
-    ``defaults`` (keys of :data:`ROW_KEYS`; None means unset) are the command-line values; the
-    file's own ``defaults`` and then each row override them. ``batch_id``, ``now``, ``output_dir``
-    and ``backend_url`` go into every job spec as in :func:`plan_generate`, and so do ``name_template``
-    (``{row}`` is the row's line) and ``overwrite``.
+    ``defaults`` (keys of a :class:`~pipeline.batches.rows.JobRow`; None means unset) are the
+    command-line values; the file's own ``defaults`` and then each row override them. ``batch_id``,
+    ``now``, ``output_dir`` and ``backend_url`` go into every job spec as in :func:`plan_generate`, and
+    so do ``name_template`` (``{row}`` is the row's line) and ``overwrite``. ``checker`` checks field
+    names, the checkpoint, sampler and scheduler against the SD server.
 
     Raises:
         InputError: the file is missing, a folder, of an unknown type, unreadable, not UTF-8, empty or
             malformed as a whole; or ``defaults`` holds a bad value.
         BatchFileError: one or more rows are invalid; every problem is listed.
     """
-    parsed = parse_batch_file(path)
+    known_fields = checker.known_fields() if checker is not None else None
+    parsed = parse_batch_file(path, known_fields=known_fields)
     if name_template is not None:
         check_name_template(name_template, field="--name-template")
     planner = _Planner(
@@ -120,6 +126,7 @@ def read_batch_file(
         backend_url=backend_url,
         name_template=name_template,
         overwrite=overwrite,
+        checker=checker,
     )
 
     base, issues = planner.check_defaults(defaults, text_values=True)
@@ -141,7 +148,9 @@ def read_batch_file(
         if isinstance(raw, RowProblem):
             problems.append(raw)
             continue
-        own, issues = check_values(raw.values, text_values=parsed.text_values)
+        own, issues = check_row(
+            raw.values, text_values=parsed.text_values, known_fields=known_fields, check_keys=not parsed.text_values
+        )
         values = {**base, **own}
         if "prompt" not in values and not any(issue.field == "prompt" for issue in issues):
             issues.append(FieldIssue("prompt", "no prompt given"))
@@ -257,10 +266,12 @@ class _Planner:
         backend_url: str | None,
         name_template: str | None = None,
         overwrite: bool = False,
+        checker: RequestChecker | None = None,
     ) -> None:
         self.name_template = name_template
         self.overwrite = overwrite
         self.settings = settings
+        self.checker = checker
         self.batch_id = batch_id
         self.now = now
         self.output_dir = output_dir
@@ -273,7 +284,8 @@ class _Planner:
         Only problems of one value are reported here (steps 900, format gif...); combinations that
         depend on a row (grid vs that row's size) are left to the rows.
         """
-        values, issues = check_values(raw, text_values=text_values)
+        known = self.checker.known_fields() if self.checker is not None else None
+        values, issues = check_row(raw, text_values=text_values, known_fields=known)
         for _ in ROW_KEYS:  # each round drops at least one value
             probe = {"prompt": "defaults", **values}
             if isinstance(probe.get("count"), int) and 1 <= probe["count"] <= MAX_ROW_COUNT:
@@ -324,8 +336,10 @@ class _Planner:
             step_params = self._step_params(None, None, None)  # check the rest against the settings' own
             if not isinstance(step_params, StepParams):
                 return issues
+        extra = {key: value for key, value in values.items() if key not in ROW_KEYS}
         # Check every generation field at once (plan_generate stops at its first problem).
         draft = {
+            **extra,
             "prompt": "-",
             "seed": values.get("seed", -1),
             "steps": values.get("steps", self.settings.steps),
@@ -349,6 +363,8 @@ class _Planner:
             height=values.get("height"),
             sampler=values.get("sampler"),
             scheduler=values.get("scheduler"),
+            params=extra or None,
+            model=values.get("model"),
         )
         try:
             specs = plan_generate(
@@ -365,6 +381,7 @@ class _Planner:
                 batch_id=self.batch_id,
                 output_dir=self.output_dir,
                 backend_url=self.backend_url,
+                checker=self.checker,
                 now=self.now,
             )
         except InputError as exc:
@@ -394,6 +411,8 @@ class _Planner:
             "format": specs[0].output_format,
             "quality": specs[0].output_quality,
             "name": name,
+            "model": values.get("model"),
+            **extra,
         }
         return params, specs
 
@@ -431,6 +450,8 @@ def _issues_from(exc: InputError, values: Mapping[str, Any]) -> list[FieldIssue]
     cause = exc.__cause__
     if isinstance(cause, ValidationError):
         return [_pydantic_issue(error) for error in cause.errors(include_url=False)]
+    if exc.field is not None:
+        return [FieldIssue(_ROW_KEY_OF.get(exc.field, exc.field), exc.message, exc.field != "hr_scale")]
     field = _field_of(exc.message)
     if field == "size":
         field = "height" if "height" in values and "width" not in values else "width"
@@ -440,7 +461,7 @@ def _issues_from(exc: InputError, values: Mapping[str, Any]) -> list[FieldIssue]
 
 def _pydantic_issue(error: Any) -> FieldIssue:
     loc = str(error["loc"][0]) if error.get("loc") else ""
-    field = _PARAM_KEYS.get(loc)
+    field = _PARAM_KEYS.get(loc, loc or None)
     got = error.get("input")
     shown = repr(got) if isinstance(got, str) else got
     info = GenerationParams.model_fields.get(loc)

@@ -1,7 +1,7 @@
 """Parsing batch files (``.txt``, ``.jsonl``, ``.csv``, ``.yaml``/``.yml``) into rows with line numbers.
 
 Each row comes out as the mapping of keys it wrote (or as a :class:`RowProblem` when the row as a
-whole is unreadable); :func:`check_values` then checks its keys and the types of its values.
+whole is unreadable); :func:`pipeline.batches.rows.check_row` then checks its keys and the types of its values.
 :mod:`pipeline.batches.files` merges defaults, checks ranges and plans the jobs. Text, JSON lines and
 CSV are read lazily, so a large file is never held as a list of rows.
 """
@@ -9,17 +9,16 @@ CSV are read lazily, so a large file is never held as a list of rows.
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import json
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import yaml
 
+from pipeline.batches.rows import ROW_KEYS, FieldIssue, check_row, describe_value, key_problem, unknown_key
 from pipeline.errors import InputError
 
 __all__ = [
@@ -29,45 +28,11 @@ __all__ = [
     "ParsedFile",
     "RawRow",
     "RowProblem",
-    "check_values",
+    "check_row",
     "describe_value",
     "parse_batch_file",
     "unknown_key",
 ]
-
-#: Keys a row (or a defaults mapping) may set.
-ROW_KEYS = (
-    "prompt",
-    "negative",
-    "seed",
-    "steps",
-    "cfg",
-    "width",
-    "height",
-    "sampler",
-    "scheduler",
-    "count",
-    "grid",
-    "band_px",
-    "sigma",
-    "format",
-    "quality",
-    "name",
-)
-#: Names people reach for (A1111's API, other tools) and the key sdpipe uses instead.
-_KEY_ALIASES = {
-    "negative_prompt": "negative",
-    "cfg_scale": "cfg",
-    "sampler_name": "sampler",
-    "n": "count",
-    "n_iter": "count",
-    "batch_size": "count",
-    "output_format": "format",
-    "output_name": "name",
-    "filename": "name",
-    "size": "width",
-    "band": "band_px",
-}
 
 #: File extensions sdpipe reads as batch files.
 BATCH_EXTENSIONS = (".txt", ".jsonl", ".csv", ".yaml", ".yml")
@@ -76,17 +41,6 @@ _EXTENSIONS_TEXT = ".txt, .jsonl, .csv, .yaml or .yml"
 _Loader = yaml.SafeLoader | yaml.CSafeLoader
 _YAML_LOADER: type[_Loader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _YAML_MERGE_TAG = "tag:yaml.org,2002:merge"
-_FLOAT_KEYS = frozenset({"cfg", "sigma"})
-_INT_KEYS = frozenset({"seed", "steps", "width", "height", "count", "band_px", "quality"})
-
-
-def unknown_key(key: object) -> str:
-    """The message for a key that is not in :data:`ROW_KEYS`, suggesting the closest known one."""
-    text = str(key)
-    guess = _KEY_ALIASES.get(text.lower()) or next(iter(difflib.get_close_matches(text.lower(), ROW_KEYS, n=1)), None)
-    if guess is not None:
-        return f"unknown key {text!r} (did you mean {guess!r}?)"
-    return f"unknown key {text!r} (known keys: {', '.join(ROW_KEYS)})"
 
 
 @dataclass(frozen=True)
@@ -117,7 +71,8 @@ class ParsedFile:
 
     #: Rows in file order; a :class:`RowProblem` stands for a row that could not be read at all.
     rows: Iterator[RawRow | RowProblem]
-    #: Values are text to convert (CSV cells), rather than typed JSON/YAML values.
+    #: Values are text to convert (CSV cells), rather than typed JSON/YAML values; their keys (the
+    #: header's columns) were checked already.
     text_values: bool = False
     #: The YAML file's ``defaults`` mapping (empty for other formats).
     defaults: dict[str, Any] = field(default_factory=dict)
@@ -125,72 +80,7 @@ class ParsedFile:
     default_lines: dict[str | None, int] = field(default_factory=dict)
 
 
-class FieldIssue(NamedTuple):
-    """A problem with one key of a row (field None: the row as a whole)."""
-
-    field: str | None
-    message: str
-    #: False when the message is about a combination of values (grid vs size, MAX_PIXELS, names).
-    local: bool = True
-
-
-def check_values(raw: Mapping[Any, Any], *, text_values: bool) -> tuple[dict[str, Any], list[FieldIssue]]:
-    """The known keys of a row with values of their type; None (an empty CSV cell) means "not set".
-
-    With ``text_values`` (CSV cells, command-line values) text such as ``"20"`` is converted;
-    otherwise (JSON, YAML) a value must already have its type, except that a whole number may
-    stand for a decimal one. True/false are never numbers.
-    """
-    values: dict[str, Any] = {}
-    issues: list[FieldIssue] = []
-    for key, value in raw.items():
-        if key not in ROW_KEYS:
-            issues.append(FieldIssue(str(key), unknown_key(key)))
-        elif value is not None:
-            try:
-                values[key] = _convert(key, value, text_values=text_values)
-            except ValueError as exc:
-                issues.append(FieldIssue(key, str(exc)))
-    return values, issues
-
-
-def _convert(key: str, value: Any, *, text_values: bool) -> Any:
-    """``value`` as the type of ``key``; text is converted only when ``text_values`` (CSV, flags).
-
-    Raises:
-        ValueError: the message for the row problem.
-    """
-    if key in _INT_KEYS:
-        if isinstance(value, str) and text_values:
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise ValueError(f"expected a whole number (got {value!r})") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected a whole number, got {describe_value(value)}")
-        return value
-    if key in _FLOAT_KEYS:
-        if isinstance(value, str) and text_values:
-            try:
-                number = float(value.strip())
-            except ValueError:
-                raise ValueError(f"expected a number (got {value!r})") from None
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected a number, got {describe_value(value)}")
-        else:
-            try:
-                number = float(value)
-            except OverflowError:
-                raise ValueError("the number is too large") from None
-        if not math.isfinite(number):
-            raise ValueError(f"must be a finite number (got {value!r})")
-        return number
-    if not isinstance(value, str):
-        raise ValueError(f"expected text, got {describe_value(value)}")
-    return value
-
-
-def parse_batch_file(path: Path) -> ParsedFile:
+def parse_batch_file(path: Path, *, known_fields: Collection[str] | None = None) -> ParsedFile:
     """Open ``path`` and return its rows.
 
     Raises:
@@ -205,7 +95,7 @@ def parse_batch_file(path: Path) -> ParsedFile:
     if suffix == ".jsonl":
         return ParsedFile(rows=_jsonl_rows(text))
     if suffix == ".csv":
-        return ParsedFile(rows=_csv_rows(path.name, text), text_values=True)
+        return ParsedFile(rows=_csv_rows(path.name, text, known_fields), text_values=True)
     return _yaml_file(path.name, text)
 
 
@@ -288,7 +178,7 @@ def _jsonl_rows(text: str) -> Iterator[RawRow | RowProblem]:
             yield RowProblem(number, None, f"expected a JSON object {{...}}, got {describe_value(value)}")
 
 
-def _csv_rows(file_name: str, text: str) -> Iterator[RawRow | RowProblem]:
+def _csv_rows(file_name: str, text: str, known_fields: Collection[str] | None) -> Iterator[RawRow | RowProblem]:
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # an unterminated quote is an error
     columns: list[str] | None = None
     end = 0  # physical line the previous record ended on
@@ -309,12 +199,12 @@ def _csv_rows(file_name: str, text: str) -> Iterator[RawRow | RowProblem]:
                 for index, column in enumerate(columns):
                     if not column:
                         yield RowProblem(start, None, f"column {index + 1} of the header has no name")
-                    elif column not in ROW_KEYS:
-                        yield RowProblem(start, column, unknown_key(column).replace("key", "column", 1))
+                    elif (problem := key_problem(column, known_fields)) is not None:
+                        yield RowProblem(start, column, problem.replace("key", "column", 1))
+                        columns[index] = ""
                     elif column in seen:
                         yield RowProblem(start, column, "this column appears twice in the header")
                     seen.add(column)
-                columns = [column if column in ROW_KEYS else "" for column in columns]
                 continue
             if len(record) > len(columns):
                 yield RowProblem(start, None, f"{len(record)} cells, but the header names {len(columns)} columns")
@@ -468,20 +358,3 @@ def _node_kind(node: yaml.Node) -> str:
     if isinstance(node, yaml.SequenceNode):
         return "a list"
     return f"the value {node.value!r}"
-
-
-def describe_value(value: Any) -> str:
-    """A JSON/YAML value as a message names it: ``null``, ``the number 3``, ``a list``..."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f"the text {value!r}"
-    if isinstance(value, int | float):
-        return f"the number {value!r}"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__

@@ -7,16 +7,17 @@ written atomically once every input has been validated).
 
 from __future__ import annotations
 
+import difflib
 import glob
 import hashlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -34,6 +35,7 @@ __all__ = [
     "current_output",
     "GenerationRequest",
     "ProcessPlan",
+    "RequestChecker",
     "build_step_params",
     "expand_image_paths",
     "fingerprint",
@@ -53,6 +55,12 @@ MAX_COUNT = 10_000
 #: Largest seed A1111 accepts; seeds beyond it wrap for ``--count``.
 MAX_SEED = 4294967294
 _WARNED_SIZES: set[tuple[int, int]] = set()
+_HIRES_FIELDS = ("enable_hr", "hr_scale", "hr_resize_x", "hr_resize_y")
+#: A1111 fields that GenerationRequest sets itself (under sdpipe's names): ``params`` cannot set them.
+_REQUEST_FIELDS = frozenset(
+    {"prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "sampler_name", "scheduler"}
+    | {"override_settings"}
+)
 #: How often a waiting CLI reads the status store, in seconds.
 DEFAULT_POLL_INTERVAL_S = 0.25
 #: File extensions ``process DIR`` picks up (case-insensitive); the format is still sniffed from the bytes.
@@ -73,9 +81,12 @@ def fingerprint(
     ``quality`` counts for JPEG and WebP only (PNG is lossless), so PNG fingerprints are unchanged.
     """
     lossy = {"quality": quality} if output_format != "png" and quality is not None else {}
+    # Typed hires fields left unset are left out, so jobs planned before they existed keep their fingerprint;
+    # every pass-through field counts.
+    unset = {key for key in _HIRES_FIELDS if getattr(generation, key) is None}
     canonical = json.dumps(
         {
-            "generation": generation.model_dump(mode="json"),
+            "generation": generation.model_dump(mode="json", exclude=unset),
             "steps": step_params.model_dump(mode="json"),
             "format": output_format,
             "name": output_name,
@@ -106,6 +117,44 @@ class GenerationRequest:
     sampler: str | None = None
     scheduler: str | None = None
     override_settings: dict[str, Any] | None = None
+    #: Any other A1111 txt2img field, by its A1111 name, sent as written (``enable_hr``, ``styles``,
+    #: ``alwayson_scripts``...). The fields above win over the same name here.
+    params: Mapping[str, Any] | None = None
+    #: A checkpoint (title, model name or hash): sent as ``override_settings.sd_model_checkpoint``.
+    model: str | None = None
+
+
+class RequestChecker(Protocol):
+    """Checks a request against the SD server that will render it (see :mod:`pipeline.sd.catalog`)."""
+
+    def known_fields(self) -> frozenset[str] | None:
+        """The names of the server's txt2img request fields, or None when it does not publish them."""
+
+    def check(self, generation: GenerationParams) -> GenerationParams:
+        """``generation`` with its checkpoint, sampler and scheduler as the server names them.
+
+        Raises:
+            InputError: a name the server does not know (``field`` says which), closest ones named.
+        """
+
+
+def check_field_names(names: Sequence[str], known: frozenset[str] | None) -> None:
+    """Refuse a request field the server's txt2img request does not have (None: it did not say).
+
+    Raises:
+        InputError: the first unknown name, with the closest known one.
+    """
+    if known is None:
+        return
+    for name in names:
+        if name not in known:
+            guess = next(iter(difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)), None)
+            suggestion = f"; did you mean {guess!r}?" if guess else ""
+            raise InputError(
+                f"unknown field {name!r}{suggestion} (not in the SD server's txt2img request)",
+                field=name,
+                expected=f"did you mean {guess!r}?" if guess else "a field of the server's /openapi.json txt2img",
+            )
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any] | None:
@@ -161,6 +210,10 @@ def _generation_params(settings: Settings, request: GenerationRequest, seed: int
             value=width * height,
             limit=settings.max_pixels,
         )
+    overrides = dict(request.params.get("override_settings") or {}) if request.params else {}
+    overrides.update(request.override_settings or {})
+    if request.model is not None:
+        overrides["sd_model_checkpoint"] = request.model
     if (width % 8 or height % 8) and (width, height) not in _WARNED_SIZES:
         _WARNED_SIZES.add((width, height))  # once per size per process, not once per job of a batch
         logger.warning(
@@ -171,7 +224,8 @@ def _generation_params(settings: Settings, request: GenerationRequest, seed: int
             height // 8 * 8,
         )
     try:
-        return GenerationParams(
+        generation = GenerationParams(
+            **{k: v for k, v in (request.params or {}).items() if v is not None and k not in _REQUEST_FIELDS},
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
             seed=seed,
@@ -181,10 +235,20 @@ def _generation_params(settings: Settings, request: GenerationRequest, seed: int
             height=height,
             sampler_name=settings.sampler if request.sampler is None else request.sampler,
             scheduler=settings.scheduler if request.scheduler is None else request.scheduler,
-            override_settings=request.override_settings,
+            override_settings=overrides or None,
         )
     except ValidationError as exc:
         raise InputError(f"invalid generation parameter {validation_message(exc)}") from exc
+    out_width, out_height = generation.output_size
+    if out_width * out_height > settings.max_pixels:
+        raise InputError(
+            f"hires fix makes {out_width}x{out_height}, {out_width * out_height:,} pixels, over MAX_PIXELS "
+            f"({settings.max_pixels:,})",
+            field="hr_scale",
+            value=generation.hr_scale,
+            limit=settings.max_pixels,
+        )
+    return generation
 
 
 def output_quality(settings: Settings, quality: int | None) -> int:
@@ -240,6 +304,7 @@ def plan_generate(
     batch_id: str | None = None,
     output_dir: Path | None = None,
     backend_url: str | None = None,
+    checker: RequestChecker | None = None,
     now: float,
 ) -> list[JobSpec]:
     """``count`` generate jobs with seeds ``seed … seed+count-1`` (all random when ``seed`` is -1).
@@ -248,7 +313,8 @@ def plan_generate(
     ``name_template`` (None: ``OUTPUT_NAME``), with ``{row}`` the batch ``row`` or the job's position.
 
     ``backend_url`` pins the jobs to one SD server (credentials are dropped: workers use their own
-    ``SD_API_AUTH``); None lets each worker use its ``SD_API_URL``.
+    ``SD_API_AUTH``); None lets each worker use its ``SD_API_URL``. ``checker`` checks the field
+    names, checkpoint, sampler and scheduler against the server, once for all ``count`` jobs.
 
     Raises:
         InputError: anything wrong with the request, found before any job exists.
@@ -271,11 +337,17 @@ def plan_generate(
     )
     chosen_quality = output_quality(settings, quality)
     specs = []
+    first: GenerationParams | None = None
     for index in range(count):
         seed = -1 if request.seed == -1 else (request.seed + index) % (MAX_SEED + 1)
-        generation = _generation_params(settings, request, seed)
-        if index == 0:
-            seams.validate_geometry(generation.width // 8 * 8, generation.height // 8 * 8, step_params)
+        if first is None:
+            generation = first = _generation_params(settings, request, seed)
+            if checker is not None:
+                check_field_names(sorted(generation.extra_fields), checker.known_fields())
+                generation = first = checker.check(generation)
+            seams.validate_geometry(*generation.output_size, step_params)
+        else:
+            generation = first.model_copy(update={"seed": seed})
         job_id = new_id()
         if stem is None:
             fields = NameFields(
