@@ -3,6 +3,8 @@
 - :mod:`~pipeline.sd.backends`: the servers named by ``SD_API_URL`` (credentials, slots per server).
 - :mod:`~pipeline.sd.client`: a synchronous client of ``/sdapi/v1``; every failure leaves it as a
   :mod:`pipeline.errors` type, transient or permanent by type.
+- :mod:`~pipeline.sd.catalog`: a server's checkpoints, samplers, schedulers and request fields, checked
+  before enqueue.
 - :mod:`~pipeline.sd.response`: reading answers (error bodies of A1111, Forge and SD.Next, images, ``info``).
 - :mod:`pipeline.sd.pool`: slots, health and the choice of server, shared by every worker.
 - :mod:`pipeline.sd.mock`: the mock A1111 server (``sdpipe mock-sd``, ``mock://``); nothing outside it
@@ -23,6 +25,10 @@ if TYPE_CHECKING:
         backends_for,
         parse_backends,
     )
+    from pipeline.sd.catalog import (
+        ServerCatalog,
+        checkpoint_matches,
+    )
     from pipeline.sd.client import (
         HEALTH_TIMEOUT_S,
         SDClient,
@@ -34,6 +40,8 @@ __all__ = [
     "backend_key",
     "backends_for",
     "parse_backends",
+    "ServerCatalog",
+    "checkpoint_matches",
     "HEALTH_TIMEOUT_S",
     "SDClient",
     "sd_task_id",
@@ -43,6 +51,7 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         ".backends": ["Backend", "backend_key", "backends_for", "parse_backends"],
+        ".catalog": ["ServerCatalog", "checkpoint_matches"],
         ".client": ["HEALTH_TIMEOUT_S", "SDClient", "sd_task_id"],
     },
 )

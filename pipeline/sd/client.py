@@ -223,6 +223,18 @@ class SDClient:
         response = self._request("GET", path, params={"skip_current_image": "true"}, timeout=self._health_timeout)
         return sd_response.expect(response, self._url, path, dict)
 
+    def get_json(self, path: str) -> Any:
+        """``GET path`` with the short timeout: its JSON (lists such as ``/sdapi/v1/samplers``, ``/openapi.json``).
+
+        Raises:
+            SDError: the server did not answer 2xx with JSON (:class:`SDNotFound` for a non-JSON answer).
+        """
+        response = self._request("GET", path, timeout=self._health_timeout)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise SDNotFound(f"the SD server at {self._url} answered GET {path} with no JSON", url=self._url) from exc
+
     def models(self) -> list[dict[str, Any]]:
         """``GET /sdapi/v1/sd-models`` (readiness).
 

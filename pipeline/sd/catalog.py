@@ -1,0 +1,193 @@
+"""What an SD server offers (checkpoints, samplers, schedulers, its txt2img request fields), checked before enqueue.
+
+A1111 1.10 silently replaces an unknown sampler by its first one and silently ignores an unknown
+``override_settings.sd_model_checkpoint``: a typo renders the wrong image and nobody is told. So every
+request is checked against the server's own lists before any job exists (:class:`ServerCatalog`, a
+:class:`~pipeline.jobs.planning.RequestChecker`):
+
+- ``model`` (a checkpoint title, model name, file name or hash; case-insensitive) becomes the title of
+  ``GET /sdapi/v1/sd-models``, sent as ``override_settings.sd_model_checkpoint``;
+- ``sampler_name`` and ``scheduler`` (names, labels and aliases; case-insensitive) become the server's
+  own names (``"euler a"`` is sent as ``Euler a``);
+- field names are checked against the server's txt2img request schema (``/openapi.json``).
+
+A name that matches none is an :class:`~pipeline.errors.InputError` naming the closest ones. A list
+the server does not serve (``/openapi.json`` off, no ``/schedulers`` before 1.9, the server down while
+jobs are queued for later) is skipped with one warning per server and list: the names go as written.
+Lists are cached per server for :data:`CATALOG_TTL_S`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pipeline.errors import InputError, SDError
+from pipeline.models import GenerationParams
+from pipeline.sd.client import SDClient
+
+__all__ = ["CATALOG_TTL_S", "ServerCatalog", "checkpoint_matches"]
+
+logger = logging.getLogger(__name__)
+
+#: How long one server's lists are reused, in seconds (new checkpoints show up after this).
+CATALOG_TTL_S = 60.0
+#: Closest names an error lists.
+_CLOSEST = 3
+_TXT2IMG = "/sdapi/v1/txt2img"
+
+_cache: dict[tuple[str, str], tuple[float, Any]] = {}
+_warned: set[tuple[str, str]] = set()
+_lock = threading.Lock()
+
+
+def _closest(name: str, choices: Iterable[str]) -> list[str]:
+    options = sorted(set(choices))
+    lowered = {option.lower(): option for option in options}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=_CLOSEST, cutoff=0.3)
+    return [lowered[key] for key in close] or options[:_CLOSEST]
+
+
+def _norm(text: str) -> str:
+    return text.strip().casefold()
+
+
+def checkpoint_matches(asked: str, model_name: str | None, model_hash: str | None) -> bool:
+    """Whether the checkpoint the server used (infotext ``Model`` / ``Model hash``) is the one ``asked`` names.
+
+    ``asked`` is an ``sd_model_checkpoint`` as sent: a title (``name.safetensors [hash]``), a file name,
+    a model name or a hash.
+    """
+    text = _norm(asked)
+    title_hash = text.rsplit("[", 1)[1].rstrip("]").strip() if text.endswith("]") and "[" in text else None
+    if model_hash and _norm(model_hash) in {title_hash, text} | ({text[:10]} if len(text) >= 10 else set()):
+        return True
+    if model_hash and title_hash:
+        return False  # both hashes known, and they differ
+    stem = text.rsplit("[", 1)[0].strip() if title_hash else text
+    stem = stem.replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in (".safetensors", ".ckpt", ".gguf", ".pt", ".bin"):
+        stem = stem.removesuffix(suffix)
+    return model_name is not None and _norm(model_name) == stem
+
+
+class ServerCatalog:
+    """The checkpoints, samplers, schedulers and txt2img fields of one SD server (cached per server)."""
+
+    def __init__(self, client: SDClient, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._client = client
+        self._clock = clock
+
+    def _list(self, path: str) -> Any:
+        """The JSON of ``GET path``, cached; None (warned once) when the server does not serve it."""
+        key = (self._client.url, path)
+        now = self._clock()
+        with _lock:
+            hit = _cache.get(key)
+        if hit is not None and now - hit[0] < CATALOG_TTL_S:
+            return hit[1]
+        try:
+            value = self._client.get_json(path)
+        except SDError as exc:
+            with _lock:
+                first = key not in _warned
+                _warned.add(key)
+            if first:
+                logger.warning(
+                    "the SD server at %s does not serve %s (%s): names are sent as written, unchecked",
+                    self._client.url,
+                    path,
+                    exc.message,
+                )
+            value = None
+        with _lock:
+            _cache[key] = (now, value)
+        return value
+
+    def known_fields(self) -> frozenset[str] | None:
+        """The property names of the server's txt2img request schema (``/openapi.json``), or None."""
+        spec = self._list("/openapi.json")
+        try:
+            body = spec["paths"][_TXT2IMG]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            if "$ref" in body:
+                body = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[-1]]
+            properties = body["properties"]
+        except (KeyError, TypeError, AttributeError):
+            return None
+        return frozenset(properties) if isinstance(properties, dict) else None
+
+    def check(self, generation: GenerationParams) -> GenerationParams:
+        """``generation`` with the server's names for its checkpoint, sampler and scheduler.
+
+        Raises:
+            InputError: a checkpoint, sampler or scheduler the server does not have (``field`` says which).
+        """
+        update: dict[str, Any] = {}
+        sampler = self._resolve("sampler_name", generation.sampler_name, self._list("/sdapi/v1/samplers"))
+        if sampler is not None:
+            update["sampler_name"] = sampler
+        scheduler = self._resolve("scheduler", generation.scheduler, self._list("/sdapi/v1/schedulers"))
+        if scheduler is not None:
+            update["scheduler"] = scheduler
+        checkpoint = generation.checkpoint
+        if checkpoint is not None:
+            title = self._resolve_model(checkpoint)
+            if title is not None:
+                update["override_settings"] = {**(generation.override_settings or {}), "sd_model_checkpoint": title}
+        return generation.model_copy(update=update) if update else generation
+
+    def _resolve(self, field: str, name: str, entries: Any) -> str | None:
+        if not isinstance(entries, list) or not entries:
+            return None
+        names: dict[str, str] = {}
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                continue
+            # A scheduler is sent by its label (what infotexts show): A1111 takes either.
+            label = entry.get("label")
+            canonical: str = label if isinstance(label, str) and label else entry["name"]
+            for alias in [entry["name"], entry.get("label"), *(entry.get("aliases") or [])]:
+                if isinstance(alias, str):
+                    names.setdefault(_norm(alias), canonical)
+        found = names.get(_norm(name))
+        if found is not None:
+            return found
+        what = "sampler" if field == "sampler_name" else "scheduler"
+        shown = sorted(set(names.values()))
+        closest = _closest(name, shown)
+        raise InputError(
+            f"the SD server at {self._client.url} has no {what} {name!r}; closest: {', '.join(closest)}",
+            field=field,
+            value=name,
+            expected="one of: " + ", ".join(shown),
+        )
+
+    def _resolve_model(self, name: str) -> str | None:
+        entries = self._list("/sdapi/v1/sd-models")
+        if not isinstance(entries, list) or not entries:
+            return None
+        wanted = _norm(name)
+        titles: list[str] = []
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("title"), str):
+                continue
+            title: str = entry["title"]
+            titles.append(title)
+            filename = str(entry.get("filename") or "").replace("\\", "/").rsplit("/", 1)[-1]
+            keys = {title, title.rsplit(" [", 1)[0], entry.get("model_name"), entry.get("hash"), filename}
+            sha256 = entry.get("sha256")
+            if any(isinstance(key, str) and key and _norm(key) == wanted for key in keys) or (
+                isinstance(sha256, str) and len(wanted) >= 10 and sha256.lower().startswith(wanted)
+            ):
+                return title
+        raise InputError(
+            f"the SD server at {self._client.url} has no checkpoint {name!r}; closest: "
+            + ", ".join(_closest(name, titles)),
+            field="sd_model_checkpoint",
+            value=name,
+            expected="a checkpoint title, model name or hash from /sdapi/v1/sd-models",
+        )
