@@ -30,7 +30,6 @@ from cli.common import (
     WidthDefault,
     check_submission,
     load,
-    row_defaults,
     submit_when_room,
     wait_for_jobs,
 )
@@ -45,6 +44,27 @@ from cli.output import (
     report_jobs,
 )
 from cli.progress import watch_batch
+from cli.request_options import (
+    ClipSkipOption,
+    DenoiseOption,
+    HiresOption,
+    HrScaleOption,
+    HrStepsOption,
+    HrUpscalerOption,
+    ModelOption,
+    OverrideOption,
+    ParamOption,
+    RefinerOption,
+    RefinerSwitchOption,
+    RequestOption,
+    ScriptOption,
+    StylesOption,
+    SubseedOption,
+    SubseedStrengthOption,
+    apply_flags,
+    open_checker,
+    request_fields,
+)
 from pipeline.batches.files import BatchFileError, describe_plan, read_batch_file
 from pipeline.batches.manifests import batch_records, build_manifest, write_manifest
 from pipeline.errors import InputError
@@ -84,6 +104,22 @@ def batch(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace files of the same name instead of adding a -0001 counter.")
     ] = False,
+    hires: HiresOption = None,
+    hr_scale: HrScaleOption = None,
+    hr_upscaler: HrUpscalerOption = None,
+    hr_steps: HrStepsOption = None,
+    denoise: DenoiseOption = None,
+    styles: StylesOption = None,
+    refiner: RefinerOption = None,
+    refiner_switch_at: RefinerSwitchOption = None,
+    model: ModelOption = None,
+    clip_skip: ClipSkipOption = None,
+    subseed: SubseedOption = None,
+    subseed_strength: SubseedStrengthOption = None,
+    override: OverrideOption = None,
+    param: ParamOption = None,
+    script: ScriptOption = None,
+    request_file: RequestOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default OUTPUT_DIR).")] = None,
     sd_url: Annotated[str | None, typer.Option("--sd-url", help="SD server URL, or mock://.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; enqueue nothing.")] = False,
@@ -105,7 +141,27 @@ def batch(
     ] = False,
 ) -> None:
     """Render every row of a prompt file as one batch (validated first: nothing is enqueued on errors)."""
-    defaults = row_defaults(
+    with cli_errors():
+        request_defaults = request_fields(
+            request=request_file,
+            hires=hires,
+            hr_scale=hr_scale,
+            hr_upscaler=hr_upscaler,
+            hr_steps=hr_steps,
+            denoise=denoise,
+            styles=styles,
+            refiner=refiner,
+            refiner_switch_at=refiner_switch_at,
+            model=model,
+            clip_skip=clip_skip,
+            subseed=subseed,
+            subseed_strength=subseed_strength,
+            override=override,
+            param=param,
+            script=script,
+        )
+    defaults = apply_flags(
+        request_defaults,
         negative=negative,
         seed=seed,
         steps=steps,
@@ -130,17 +186,19 @@ def batch(
         batch_id = resume or new_id()
         output_dir, backend_url = travelling_overrides(settings, out=out, sd_url=sd_url)
         try:
-            rows = read_batch_file(
-                file,
-                settings,
-                defaults=defaults,
-                batch_id=batch_id,
-                now=now,
-                output_dir=output_dir,
-                backend_url=backend_url,
-                name_template=name_template,
-                overwrite=overwrite,
-            )
+            with open_checker(settings) as checker:
+                rows = read_batch_file(
+                    file,
+                    settings,
+                    defaults=defaults,
+                    batch_id=batch_id,
+                    now=now,
+                    output_dir=output_dir,
+                    backend_url=backend_url,
+                    name_template=name_template,
+                    overwrite=overwrite,
+                    checker=checker,
+                )
         except BatchFileError as exc:
             for problem in exc.problems:
                 echo(f"  {problem}", err=True)

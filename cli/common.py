@@ -20,7 +20,7 @@ from pipeline.models import JobRecord, JobState
 from pipeline.settings import OutputFormat, Settings, load_settings, strip_credentials
 from pipeline.store import StatusStore
 
-__all__ = ["WaitForRoomOption", "check_submission", "load", "row_defaults", "submit_when_room", "wait_for_jobs"]
+__all__ = ["WaitForRoomOption", "check_submission", "load", "submit_when_room", "wait_for_jobs"]
 
 WaitForRoomOption = Annotated[
     bool,
@@ -126,7 +126,3 @@ QualityDefault = Annotated[
     int | None, typer.Option("--quality", help="Default JPEG/WebP quality, 1..100 (default OUTPUT_QUALITY).")
 ]
 
-
-def row_defaults(**flags: Any) -> dict[str, Any]:
-    """The batch-row defaults the user gave (flags left out are not defaults)."""
-    return {key: value for key, value in flags.items() if value is not None}

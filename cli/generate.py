@@ -18,17 +18,32 @@ from cli.output import (
     print_json,
     report_jobs,
 )
+from cli.request_options import (
+    ClipSkipOption,
+    DenoiseOption,
+    HiresOption,
+    HrScaleOption,
+    HrStepsOption,
+    HrUpscalerOption,
+    ModelOption,
+    OverrideOption,
+    ParamOption,
+    RefinerOption,
+    RefinerSwitchOption,
+    RequestOption,
+    ScriptOption,
+    StylesOption,
+    SubseedOption,
+    SubseedStrengthOption,
+    apply_flags,
+    checked_row,
+    open_checker,
+    request_fields,
+)
+from pipeline.batches.rows import generation_request
 from pipeline.errors import InputsRejected
 from pipeline.jobs.files import check_output_dir
-from pipeline.jobs.planning import (
-    GenerationRequest,
-    build_step_params,
-    new_id,
-    parse_overrides,
-    plan_generate,
-    plan_process,
-    travelling_overrides,
-)
+from pipeline.jobs.planning import build_step_params, new_id, plan_generate, plan_process, travelling_overrides
 from pipeline.models import JobSpec
 from pipeline.settings import OutputFormat, Settings
 from pipeline.store import StatusStore
@@ -62,9 +77,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 
 def generate(
     ctx: typer.Context,
-    prompt: Annotated[str, typer.Argument(help="What to render.")],
-    negative: Annotated[str, typer.Option("--negative", "-n", help="Negative prompt.")] = "",
-    seed: Annotated[int, typer.Option(help="Seed; -1 for random. With --count N: seed … seed+N-1.")] = -1,
+    prompt: Annotated[str | None, typer.Argument(help="What to render (or the prompt of --request).")] = None,
+    negative: Annotated[str | None, typer.Option("--negative", "-n", help="Negative prompt.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed; -1 for random. With --count N: seed … seed+N-1.")] = None,
     steps: Annotated[int | None, typer.Option(help="Sampling steps (default STEPS).")] = None,
     cfg: Annotated[float | None, typer.Option("--cfg", help="CFG scale (default CFG_SCALE).")] = None,
     width: Annotated[int | None, typer.Option(help="Width in pixels (default WIDTH).")] = None,
@@ -72,13 +87,22 @@ def generate(
     sampler: Annotated[str | None, typer.Option(help="Sampler name, e.g. 'Euler a' (default SAMPLER).")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Scheduler, e.g. Karras (default SCHEDULER).")] = None,
     count: Annotated[int, typer.Option(help="Number of jobs (one image each).")] = 1,
-    override: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--override",
-            help="A1111 override_settings KEY=VALUE (repeatable), e.g. sd_model_checkpoint=sdxl.safetensors.",
-        ),
-    ] = None,
+    hires: HiresOption = None,
+    hr_scale: HrScaleOption = None,
+    hr_upscaler: HrUpscalerOption = None,
+    hr_steps: HrStepsOption = None,
+    denoise: DenoiseOption = None,
+    styles: StylesOption = None,
+    refiner: RefinerOption = None,
+    refiner_switch_at: RefinerSwitchOption = None,
+    model: ModelOption = None,
+    clip_skip: ClipSkipOption = None,
+    subseed: SubseedOption = None,
+    subseed_strength: SubseedStrengthOption = None,
+    override: OverrideOption = None,
+    param: ParamOption = None,
+    script: ScriptOption = None,
+    request_file: RequestOption = None,
     grid: GridOption = None,
     band_px: BandOption = None,
     sigma: SigmaOption = None,
@@ -99,33 +123,54 @@ def generate(
         settings = load(ctx, sd_api_url=sd_url, output_dir=out)
         check_submission(settings, wait=wait, sd_url=sd_url)
         step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
-        request = GenerationRequest(
+        fields = request_fields(
+            request=request_file,
+            hires=hires,
+            hr_scale=hr_scale,
+            hr_upscaler=hr_upscaler,
+            hr_steps=hr_steps,
+            denoise=denoise,
+            styles=styles,
+            refiner=refiner,
+            refiner_switch_at=refiner_switch_at,
+            model=model,
+            clip_skip=clip_skip,
+            subseed=subseed,
+            subseed_strength=subseed_strength,
+            override=override,
+            param=param,
+            script=script,
+        )
+        fields = apply_flags(
+            fields,
             prompt=prompt,
-            negative_prompt=negative,
+            negative=negative,
             seed=seed,
             steps=steps,
-            cfg_scale=cfg,
+            cfg=cfg,
             width=width,
             height=height,
             sampler=sampler,
             scheduler=scheduler,
-            override_settings=parse_overrides(override or []),
         )
         output_dir, backend_url = travelling_overrides(settings, out=out, sd_url=sd_url)
-        specs = plan_generate(
-            settings,
-            request,
-            step_params,
-            count=count,
-            output_format=output_format,
-            quality=quality,
-            name_template=name_template,
-            overwrite=overwrite,
-            output_dir=output_dir,
-            backend_url=backend_url,
-            batch_id=new_id(),
-            now=time.time(),
-        )
+        with open_checker(settings) as checker:
+            request = generation_request(checked_row(fields, checker))
+            specs = plan_generate(
+                settings,
+                request,
+                step_params,
+                count=count,
+                output_format=output_format,
+                quality=quality,
+                name_template=name_template,
+                overwrite=overwrite,
+                output_dir=output_dir,
+                backend_url=backend_url,
+                batch_id=new_id(),
+                checker=checker,
+                now=time.time(),
+            )
         check_output_dir(settings.output_dir)
         _submit_and_report(settings, specs, wait=wait, json_output=json_output, wait_for_room=wait_for_room)
 

@@ -32,10 +32,30 @@ from cli.common import (
     StepsDefault,
     WidthDefault,
     load,
-    row_defaults,
 )
 from cli.output import cli_errors, console, echo, err_console, print_json
 from cli.progress import watch_batch
+from cli.request_options import (
+    ClipSkipOption,
+    DenoiseOption,
+    HiresOption,
+    HrScaleOption,
+    HrStepsOption,
+    HrUpscalerOption,
+    ModelOption,
+    OverrideOption,
+    ParamOption,
+    RefinerOption,
+    RefinerSwitchOption,
+    RequestOption,
+    ScriptOption,
+    StylesOption,
+    SubseedOption,
+    SubseedStrengthOption,
+    apply_flags,
+    open_checker,
+    request_fields,
+)
 from pipeline.batches.files import BatchFileError, read_batch_file
 from pipeline.batches.schedules import (
     MIN_GRACE_S,
@@ -86,9 +106,45 @@ def add(
     sigma: SigmaDefault = None,
     output_format: FormatDefault = None,
     quality: QualityDefault = None,
+    hires: HiresOption = None,
+    hr_scale: HrScaleOption = None,
+    hr_upscaler: HrUpscalerOption = None,
+    hr_steps: HrStepsOption = None,
+    denoise: DenoiseOption = None,
+    styles: StylesOption = None,
+    refiner: RefinerOption = None,
+    refiner_switch_at: RefinerSwitchOption = None,
+    model: ModelOption = None,
+    clip_skip: ClipSkipOption = None,
+    subseed: SubseedOption = None,
+    subseed_strength: SubseedStrengthOption = None,
+    override: OverrideOption = None,
+    param: ParamOption = None,
+    script: ScriptOption = None,
+    request_file: RequestOption = None,
 ) -> None:
     """Add a schedule: render FILE as a batch at every occurrence of --cron."""
-    options = row_defaults(
+    with cli_errors():
+        request_defaults = request_fields(
+            request=request_file,
+            hires=hires,
+            hr_scale=hr_scale,
+            hr_upscaler=hr_upscaler,
+            hr_steps=hr_steps,
+            denoise=denoise,
+            styles=styles,
+            refiner=refiner,
+            refiner_switch_at=refiner_switch_at,
+            model=model,
+            clip_skip=clip_skip,
+            subseed=subseed,
+            subseed_strength=subseed_strength,
+            override=override,
+            param=param,
+            script=script,
+        )
+    options = apply_flags(
+        request_defaults,
         negative=negative,
         seed=seed,
         steps=steps,
@@ -112,7 +168,8 @@ def add(
             raise InputError(f"schedule name {name!r} is empty or too long", field="name", value=name, limit=100)
         # Check the file now (it is read again, and validated again, at every run).
         try:
-            read_batch_file(file, settings, defaults=options, batch_id="check", now=time.time())
+            with open_checker(settings) as checker:
+                read_batch_file(file, settings, defaults=options, batch_id="check", now=time.time(), checker=checker)
         except BatchFileError as exc:
             for problem in exc.problems:
                 echo(f"  {problem}", err=True)

@@ -21,10 +21,10 @@ from typing import Any, get_args
 from pydantic import ValidationError
 
 from pipeline.batches.formats import RowProblem, parse_batch_file
-from pipeline.batches.rows import ROW_KEYS, FieldIssue, check_row
+from pipeline.batches.rows import ROW_KEYS, FieldIssue, check_row, generation_request
 from pipeline.errors import BatchFileError, InputError
 from pipeline.jobs.naming import check_name_template, is_name_char
-from pipeline.jobs.planning import GenerationRequest, RequestChecker, build_step_params, plan_generate
+from pipeline.jobs.planning import RequestChecker, build_step_params, plan_generate
 from pipeline.models import GenerationParams, JobSpec, StepParams, parse_grid
 from pipeline.settings import OutputFormat, Settings
 
@@ -353,19 +353,7 @@ class _Planner:
             GenerationParams.model_validate(draft)
         except ValidationError as exc:
             issues.extend(_pydantic_issue(error) for error in exc.errors(include_url=False))
-        request = GenerationRequest(
-            prompt=values.get("prompt", "-"),
-            negative_prompt=values.get("negative", ""),
-            seed=values.get("seed", -1),
-            steps=values.get("steps"),
-            cfg_scale=values.get("cfg"),
-            width=values.get("width"),
-            height=values.get("height"),
-            sampler=values.get("sampler"),
-            scheduler=values.get("scheduler"),
-            params=extra or None,
-            model=values.get("model"),
-        )
+        request = generation_request({"prompt": "-", **values})
         try:
             specs = plan_generate(
                 self.settings,

@@ -22,6 +22,8 @@ from typing import Annotated, Any, NamedTuple
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline.jobs.planning import GenerationRequest
+
 __all__ = [
     "A1111_FIELDS",
     "A1111_NAMES",
@@ -31,6 +33,7 @@ __all__ = [
     "check_row",
     "close_key",
     "describe_value",
+    "generation_request",
     "key_problem",
     "unknown_key",
 ]
@@ -63,6 +66,8 @@ _REFUSED = {
     "n_iter": "a job is one image: use count for more images",
     "force_task_id": "sdpipe names each task after its job",
 }
+#: Keys that may only say what sdpipe sends anyway (1).
+_ONE_IMAGE = frozenset({"batch_size", "n_iter"})
 #: How close a name must be to one of sdpipe's keys to be taken for a typo of it (``sede``: 0.75).
 _TYPO_CUTOFF = 0.75
 #: A1111 v1.10's txt2img request fields (``StableDiffusionTxt2ImgProcessingAPI``): never taken for a
@@ -179,6 +184,8 @@ def check_row(
     given: dict[str, Any] = {}
     for key, value in raw.items():
         name = str(key)
+        if name in _ONE_IMAGE and value in (None, 1, "1"):
+            continue  # what sdpipe sends anyway (a pasted A1111 body has them)
         problem = key_problem(name, known_fields) if check_keys else None
         if problem is None and name in _REFUSED:
             problem = f"not allowed ({_REFUSED[name]})"
@@ -204,6 +211,25 @@ def check_row(
             issues.append(FieldIssue(where, _message(error)))
         row = JobRow.model_validate({k: v for k, v in given.items() if k not in bad}, strict=not text_values)
     return row.model_dump(exclude_none=True), issues
+
+
+def generation_request(values: Mapping[str, Any]) -> GenerationRequest:
+    """The request a checked row (see :func:`check_row`) asks for: the same for a batch row, ``generate``
+    and ``POST /api/generate``. Keys that are not sdpipe's go to the server as written."""
+    extra = {key: value for key, value in values.items() if key not in ROW_KEYS}
+    return GenerationRequest(
+        prompt=values.get("prompt", ""),
+        negative_prompt=values.get("negative", ""),
+        seed=values.get("seed", -1),
+        steps=values.get("steps"),
+        cfg_scale=values.get("cfg"),
+        width=values.get("width"),
+        height=values.get("height"),
+        sampler=values.get("sampler"),
+        scheduler=values.get("scheduler"),
+        params=extra or None,
+        model=values.get("model"),
+    )
 
 
 def _json_or_text(text: str, *, typed: bool) -> Any:

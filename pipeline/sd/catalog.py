@@ -97,7 +97,9 @@ class ServerCatalog:
                 first = key not in _warned
                 _warned.add(key)
             if first:
-                logger.warning(
+                # Only the field list is worth a warning: without it a misspelt field is sent unchecked.
+                log = logger.warning if path == "/openapi.json" else logger.info
+                log(
                     "the SD server at %s does not serve %s (%s): names are sent as written, unchecked",
                     self._client.url,
                     path,

@@ -75,6 +75,8 @@ def test_sd_answering_401_is_exit_2_with_auth_hint(sdpipe: Invoke) -> None:
     body = {"error": "HTTPException", "detail": "Not authenticated", "body": "", "errors": ""}
     with respx.mock(base_url="http://sd.test:7860") as sd:
         route = sd.post("/sdapi/v1/txt2img").mock(return_value=httpx.Response(401, json=body))
+        sd.get("/openapi.json").respond(200, json={})  # not behind --api-auth
+        sd.get(path__startswith="/sdapi/v1/").respond(401, json=body)  # the lists checked before enqueue
         result = sdpipe("generate", "x", "--sd-url", "http://sd.test:7860", "--width", "64", "--height", "64")
     assert result.exit_code == 2, result.output
     assert route.call_count == 1  # permanent: no retry

@@ -1,0 +1,250 @@
+"""The A1111 request flags ``generate``, ``batch`` and ``schedule add`` share (for ``batch`` and ``schedule
+add`` they are defaults of every row): hires fix, styles, refiner, checkpoint, clip skip, variations,
+any field (``--param``), an ``alwayson_scripts`` entry (``--script``) and a whole request (``--request``).
+
+Each command lists the same annotated parameters; :func:`request_fields` turns them into the keys of a
+batch row (A1111 names, plus ``model``), which every entry point then checks the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.batches.rows import A1111_NAMES, check_row
+from pipeline.errors import InputError
+from pipeline.jobs.planning import parse_overrides
+from pipeline.sd.catalog import ServerCatalog
+from pipeline.sd.client import SDClient
+from pipeline.settings import Settings
+
+__all__ = [
+    "ClipSkipOption",
+    "DenoiseOption",
+    "HiresOption",
+    "HrScaleOption",
+    "HrStepsOption",
+    "HrUpscalerOption",
+    "ModelOption",
+    "OverrideOption",
+    "ParamOption",
+    "RefinerOption",
+    "RefinerSwitchOption",
+    "RequestOption",
+    "ScriptOption",
+    "StylesOption",
+    "SubseedOption",
+    "SubseedStrengthOption",
+    "apply_flags",
+    "checked_row",
+    "open_checker",
+    "request_fields",
+]
+
+_PANEL = "A1111 request"
+HiresOption = Annotated[
+    bool | None,
+    typer.Option("--hires", help="Hires fix (enable_hr): a second pass at --hr-scale.", rich_help_panel=_PANEL),
+]
+HrScaleOption = Annotated[
+    float | None, typer.Option("--hr-scale", help="Hires scale (hr_scale), e.g. 2.", rich_help_panel=_PANEL)
+]
+HrUpscalerOption = Annotated[
+    str | None, typer.Option("--hr-upscaler", help="Hires upscaler (hr_upscaler), e.g. Latent.", rich_help_panel=_PANEL)
+]
+HrStepsOption = Annotated[
+    int | None, typer.Option("--hr-steps", help="Hires pass steps (hr_second_pass_steps).", rich_help_panel=_PANEL)
+]
+DenoiseOption = Annotated[
+    float | None, typer.Option("--denoise", help="Denoising strength of the hires pass.", rich_help_panel=_PANEL)
+]
+StylesOption = Annotated[
+    list[str] | None, typer.Option("--styles", help="A saved style (repeatable).", rich_help_panel=_PANEL)
+]
+RefinerOption = Annotated[
+    str | None, typer.Option("--refiner", help="Refiner checkpoint (refiner_checkpoint).", rich_help_panel=_PANEL)
+]
+RefinerSwitchOption = Annotated[
+    float | None,
+    typer.Option("--refiner-switch-at", help="Fraction of steps before the refiner.", rich_help_panel=_PANEL),
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model", help="Checkpoint: title, model name or hash (sd_model_checkpoint).", rich_help_panel=_PANEL
+    ),
+]
+ClipSkipOption = Annotated[
+    int | None, typer.Option("--clip-skip", help="Clip skip (CLIP_stop_at_last_layers).", rich_help_panel=_PANEL)
+]
+SubseedOption = Annotated[int | None, typer.Option("--subseed", help="Variation seed.", rich_help_panel=_PANEL)]
+SubseedStrengthOption = Annotated[
+    float | None, typer.Option("--subseed-strength", help="Variation strength, 0 to 1.", rich_help_panel=_PANEL)
+]
+OverrideOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--override", help="override_settings KEY=VALUE (repeatable; VALUE is JSON or text).", rich_help_panel=_PANEL
+    ),
+]
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param", help="Any A1111 txt2img field KEY=JSON (repeatable), e.g. tiling=true.", rich_help_panel=_PANEL
+    ),
+]
+ScriptOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--script",
+        help="An alwayson_scripts entry NAME=JSON or NAME=@file.json (repeatable); a list is its args.",
+        rich_help_panel=_PANEL,
+    ),
+]
+RequestOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--request", help="An A1111 txt2img request body (JSON file); flags override it.", rich_help_panel=_PANEL
+    ),
+]
+
+
+def _read_json_file(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}", field=what, value=str(path)) from exc
+    except ValueError as exc:
+        raise InputError(f"{what} {path} is not JSON: {exc}", field=what, value=str(path)) from exc
+
+
+def _params(items: list[str]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--param {item!r} is not KEY=JSON", field="--param", value=item, expected="KEY=JSON")
+        try:
+            fields[key.strip()] = json.loads(raw)
+        except ValueError:
+            fields[key.strip()] = raw  # plain text, e.g. --param hr_upscaler=Latent
+    return fields
+
+
+def _scripts(items: list[str]) -> dict[str, Any]:
+    scripts: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--script {item!r} is not NAME=JSON or NAME=@file.json", field="--script", value=item)
+        value = _read_json_file(Path(raw[1:]), "--script file") if raw.startswith("@") else None
+        if value is None:
+            try:
+                value = json.loads(raw)
+            except ValueError as exc:
+                raise InputError(f"--script {name}: not JSON ({exc})", field="--script", value=item) from exc
+        if isinstance(value, list):
+            value = {"args": value}
+        if not isinstance(value, dict):
+            raise InputError(
+                f'--script {name}: expected an object {{"args": [...]}} or a list of args',
+                field="--script",
+                value=item,
+                expected='{"args": [...]}',
+            )
+        scripts[name.strip()] = value
+    return scripts
+
+
+def request_fields(
+    *,
+    request: Path | None = None,
+    hires: bool | None = None,
+    hr_scale: float | None = None,
+    hr_upscaler: str | None = None,
+    hr_steps: int | None = None,
+    denoise: float | None = None,
+    styles: list[str] | None = None,
+    refiner: str | None = None,
+    refiner_switch_at: float | None = None,
+    model: str | None = None,
+    clip_skip: int | None = None,
+    subseed: int | None = None,
+    subseed_strength: float | None = None,
+    override: list[str] | None = None,
+    param: list[str] | None = None,
+    script: list[str] | None = None,
+) -> dict[str, Any]:
+    """The flags as the keys of a batch row: ``--request``'s body first, then ``--param``, then each flag.
+
+    Raises:
+        InputError: an unreadable ``--request`` or ``--script`` file, a malformed ``--param``/``--script``.
+    """
+    fields: dict[str, Any] = {}
+    if request is not None:
+        body = _read_json_file(request, "--request")
+        if not isinstance(body, dict):
+            raise InputError(f"--request {request}: expected a JSON object (an A1111 txt2img body)", field="--request")
+        fields.update(body)
+    fields.update(_params(param or []))
+    flags = {
+        "enable_hr": hires,
+        "hr_scale": hr_scale,
+        "hr_upscaler": hr_upscaler,
+        "hr_second_pass_steps": hr_steps,
+        "denoising_strength": denoise,
+        "styles": styles or None,
+        "refiner_checkpoint": refiner,
+        "refiner_switch_at": refiner_switch_at,
+        "model": model,
+        "subseed": subseed,
+        "subseed_strength": subseed_strength,
+    }
+    fields.update({key: value for key, value in flags.items() if value is not None})
+    overrides = dict(parse_overrides(override or []) or {})
+    if clip_skip is not None:
+        overrides["CLIP_stop_at_last_layers"] = clip_skip
+    if overrides:
+        fields["override_settings"] = {**(fields.get("override_settings") or {}), **overrides}
+    scripts = _scripts(script or [])
+    if scripts:
+        fields["alwayson_scripts"] = {**(fields.get("alwayson_scripts") or {}), **scripts}
+    return fields
+
+
+@contextmanager
+def open_checker(settings: Settings) -> Iterator[ServerCatalog]:
+    """A checker of requests against the first SD server of ``SD_API_URL``."""
+    with SDClient(settings) as client:
+        yield ServerCatalog(client)
+
+
+def apply_flags(fields: dict[str, Any], **flags: Any) -> dict[str, Any]:
+    """``fields`` (a row, a ``--request`` body) with the flags given (not None) on top, under sdpipe's names."""
+    merged = dict(fields)
+    for key, value in flags.items():
+        if value is None:
+            continue
+        for a1111, own in A1111_NAMES.items():
+            if own == key:
+                merged.pop(a1111, None)  # --negative wins over the body's negative_prompt
+        merged[key] = value
+    return merged
+
+
+def checked_row(fields: dict[str, Any], checker: ServerCatalog | None) -> dict[str, Any]:
+    """The keys of one request checked as a batch row is (the first problem raised).
+
+    Raises:
+        InputError: an unknown or refused key, or a value of the wrong type.
+    """
+    values, issues = check_row(fields, text_values=False, known_fields=checker.known_fields() if checker else None)
+    if issues:
+        field, message, _ = issues[0]
+        raise InputError(f"{field}: {message}" if field else message, field=field)
+    return values
