@@ -125,4 +125,3 @@ FormatDefault = Annotated[OutputFormat | None, typer.Option("--format", help="De
 QualityDefault = Annotated[
     int | None, typer.Option("--quality", help="Default JPEG/WebP quality, 1..100 (default OUTPUT_QUALITY).")
 ]
-

@@ -29,9 +29,11 @@ from cli.api.schemas import (
     RetryResult,
     job_view,
 )
+from cli.request_options import checked_row, open_checker
 from pipeline.batches.files import BatchFileError, PlannedRow, read_batch_file
 from pipeline.batches.manifests import batch_records, build_manifest, retry_step
-from pipeline.jobs.planning import GenerationRequest, build_step_params, new_id, plan_generate
+from pipeline.batches.rows import generation_request
+from pipeline.jobs.planning import build_step_params, new_id, plan_generate
 from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings
 from pipeline.store import DEFAULT_LIST_LIMIT
@@ -89,29 +91,24 @@ def _submit_generate(request: Request, body: GenerateBody) -> tuple[str, list[st
     settings = settings_of(request)
     runtime = runtime_of(request)
     step_params = build_step_params(settings, grid=body.grid, band_px=body.band_px, sigma=body.sigma)
-    generation = GenerationRequest(
-        prompt=body.prompt,
-        negative_prompt=body.negative,
-        seed=body.seed,
-        steps=body.steps,
-        cfg_scale=body.cfg,
-        width=body.width,
-        height=body.height,
-        sampler=body.sampler,
-        scheduler=body.scheduler,
-        override_settings=body.override_settings or None,
+    fields = body.model_dump(
+        exclude_none=True, exclude={"count", "grid", "band_px", "sigma", "format", "quality", "name"}
     )
     batch_id = new_id()
-    specs = plan_generate(
-        settings,
-        generation,
-        step_params,
-        count=body.count,
-        output_format=body.format,
-        quality=body.quality,
-        batch_id=batch_id,
-        now=time.time(),
-    )
+    with open_checker(settings) as checker:
+        generation = generation_request(checked_row(fields, checker))
+        specs = plan_generate(
+            settings,
+            generation,
+            step_params,
+            count=body.count,
+            output_format=body.format,
+            quality=body.quality,
+            name=body.name,
+            batch_id=batch_id,
+            checker=checker,
+            now=time.time(),
+        )
     ensure_output_dir(settings)
     runtime.submit(specs, as_batch=True)
     job_ids = [spec.job_id for spec in specs]
@@ -132,7 +129,10 @@ def plan_batch_rows(settings: Settings, body: BatchBody, *, batch_id: str, now: 
             for row in body.rows:
                 handle.write(json.dumps({"prompt": row} if isinstance(row, str) else row) + "\n")
         try:
-            return read_batch_file(path, settings, defaults=body.defaults, batch_id=batch_id, now=now)
+            with open_checker(settings) as checker:
+                return read_batch_file(
+                    path, settings, defaults=body.defaults, batch_id=batch_id, now=now, checker=checker
+                )
         except BatchFileError as exc:
             raise BatchFileError("the batch", exc.problems) from None
 

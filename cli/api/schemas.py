@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from pipeline.batches.rows import JobRow
 from pipeline.models import ErrorInfo, GenerationParams, JobRecord, JobState, StepParams, StepRecord
 from pipeline.settings import OutputFormat
 
@@ -32,27 +33,20 @@ __all__ = [
 MAX_BATCH_ROWS = 10_000
 
 
-class GenerateBody(BaseModel):
-    """``POST /api/generate``: the fields of ``sdpipe generate`` (null or absent: the server's setting)."""
+class GenerateBody(JobRow):
+    """``POST /api/generate``: the keys of a batch row (sdpipe's, and any A1111 txt2img field by its A1111
+    name, sent as written), plus ``count``. Null or absent: the server's setting."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, populate_by_name=True)
 
-    prompt: str
-    negative: str = ""
-    seed: int = Field(-1, description="-1 for random; with count N: seed … seed+N-1")
-    steps: int | None = None
-    cfg: float | None = None
-    width: int | None = None
-    height: int | None = None
-    sampler: str | None = None
-    scheduler: str | None = None
+    prompt: str  # required here
     count: int = Field(1, description="number of jobs, one image each")
-    override_settings: dict[str, Any] | None = Field(None, description="A1111 override_settings")
-    grid: str | None = Field(None, description="split grid ROWSxCOLS, e.g. 2x2")
-    band_px: int | None = None
-    sigma: float | None = None
     format: OutputFormat | None = None
     quality: int | None = Field(None, description="JPEG/WebP quality, 1..100 (default OUTPUT_QUALITY)")
+
+
+#: A batch row: typed in the OpenAPI schema as a :class:`JobRow`, checked as a ``.jsonl`` line is.
+RowObject = Annotated[dict[str, Any], WithJsonSchema(JobRow.model_json_schema())]
 
 
 class BatchBody(BaseModel):
@@ -64,8 +58,8 @@ class BatchBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rows: Annotated[list[dict[str, Any] | str], Field(min_length=1, max_length=MAX_BATCH_ROWS)]
-    defaults: dict[str, Any] = Field(default_factory=dict, description="values for every row (a row overrides)")
+    rows: Annotated[list[RowObject | str], Field(min_length=1, max_length=MAX_BATCH_ROWS)]
+    defaults: RowObject = Field(default_factory=dict, description="values for every row (a row overrides)")
 
 
 class JobView(BaseModel):
