@@ -153,11 +153,10 @@ def _detail(record: JobRecord) -> Table:
         info = record.sd_info
         table.add_row(
             "sd",
-            Text(
-                f"seed {info.get('seed')}, model {info.get('model_name')} [{info.get('model_hash')}], "
-                f"{info.get('version')}, {info.get('backend_url')}"
-            ),
+            Text(f"seed {info.seed}, model {info.model_name} [{info.model_hash}], {info.version}, {info.backend_url}"),
         )
+        for warning in info.warnings:
+            table.add_row("sd warning", Text(warning, style="yellow"))
     for name, step in record.steps.items():
         if step.duration_s is not None:
             duration = f"{step.duration_s:.3f}s"
@@ -175,11 +174,11 @@ def _detail(record: JobRecord) -> Table:
         else:  # an error a retry got past
             table.add_row("retried after", Text(text, style="yellow"))
     if record.result:
-        image = str(record.result.get("image"))
+        image = str(record.result.image)
         if record.state is JobState.SUCCEEDED and current_output(record) is None:
             gone = f"{image} (gone: removed, or replaced by a later job of the same name)"
             table.add_row("image", Text(gone, style="yellow"))
         else:
             table.add_row("image", Text(image))
-        table.add_row("sidecar", Text(str(record.result.get("sidecar"))))
+        table.add_row("sidecar", Text(str(record.result.sidecar)))
     return table

@@ -143,7 +143,7 @@ def report_jobs(records: Sequence[JobRecord], *, json_output: bool = False) -> N
     else:
         for record in records:
             if record.state is JobState.SUCCEEDED and record.result:
-                echo(str(record.result["image"]))
+                echo(str(record.result.image))
         for record in records:
             if record.state is not JobState.SUCCEEDED:
                 reason = _failure(record.error) if record.error else record.state.value
@@ -193,7 +193,7 @@ def jobs_table(records: Sequence[JobRecord], *, title: str | None = None) -> Tab
         what = spec.generation.prompt if spec.generation else (spec.source_name or "")
         attempts = " ".join(f"{name}:{step.attempts}" for name, step in record.steps.items())
         if record.state is JobState.SUCCEEDED and record.result:
-            outcome = Text(str(record.result.get("image", "")))
+            outcome = Text(str(record.result.image or ""))
         elif record.error is not None:
             outcome = Text(f"{record.error.step}: {record.error.message}", style="red")
         else:

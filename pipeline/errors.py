@@ -30,7 +30,8 @@ an error from its type (:attr:`PipelineError.code`) and that data::
             ├── SDRequestRejected sd_request_rejected  422 and other 4xx; a 500 for a mistake in the request
             ├── SDAuthError       sd_auth              401: SD_API_AUTH is wrong
             ├── SDNotFound        sd_not_found         404: no such route (API not enabled) or sampler
-            └── SDBadImage        sd_bad_image         a 200 answer whose image does not decode
+            ├── SDBadImage        sd_bad_image         a 200 answer whose image does not decode
+            └── SDWrongCheckpoint sd_wrong_checkpoint  a 200 answer rendered with another checkpoint than asked
 
 This module imports nothing heavy (no numpy, PIL, httpx or Redis client): any part may import it.
 """
@@ -67,6 +68,7 @@ __all__ = [
     "SDTimeout",
     "SDTransientError",
     "SDUnavailable",
+    "SDWrongCheckpoint",
     "ScheduleNotFound",
     "StoreUnavailable",
     "UploadProblem",
@@ -319,6 +321,12 @@ class SDBadImage(SDPermanentError):
     """The SD server answered 200 but its image does not decode."""
 
     code = "sd_bad_image"
+
+
+class SDWrongCheckpoint(SDPermanentError):
+    """The SD server rendered with another checkpoint than the one asked for (A1111 ignores unknown ones)."""
+
+    code = "sd_wrong_checkpoint"
 
 
 #: Every error type that retrying cannot fix: actors list these in ``throws`` so they fail at once.

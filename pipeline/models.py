@@ -31,8 +31,10 @@ __all__ = [
     "GenerationParams",
     "JobKind",
     "JobRecord",
+    "JobResult",
     "JobSpec",
     "JobState",
+    "SDInfo",
     "SDResult",
     "StepName",
     "StepParams",
@@ -305,6 +307,46 @@ class ErrorInfo(BaseModel):
     field: str | None = None
 
 
+class SDInfo(BaseModel):
+    """What the SD server said about a job's image (the generate step's record of it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    #: The seed and variation seed of this image, and every one the server used for the request.
+    seed: int | None = None
+    subseed: int | None = None
+    all_seeds: list[int] = Field(default_factory=list)
+    all_subseeds: list[int] = Field(default_factory=list)
+    model_name: str | None = None
+    model_hash: str | None = None
+    sampler: str | None = None
+    version: str | None = None
+    #: The server's own infotext of this image (``info.infotexts``).
+    infotext: str | None = None
+    format: str | None = None
+    #: Size of the image the server returned (the hires size with hires fix).
+    width: int | None = None
+    height: int | None = None
+    backend_url: str | None = None
+    elapsed_s: float | None = None
+    #: What the server did differently from what was asked (a replaced sampler...).
+    warnings: list[str] = Field(default_factory=list)
+
+
+class JobResult(BaseModel):
+    """A succeeded job's output: where the image and its sidecar are, and what the image is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    image: str | None = None
+    sidecar: str | None = None
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+
+
 class JobRecord(BaseModel):
     """A job as the status store holds it."""
 
@@ -316,10 +358,10 @@ class JobRecord(BaseModel):
     updated_at: float
     steps: dict[str, StepRecord] = Field(default_factory=dict)
     error: ErrorInfo | None = None
-    #: Set on success: ``image`` and ``sidecar`` paths, ``width``, ``height``, ``bytes``, ``sha256``.
-    result: dict[str, Any] | None = None
-    #: What the SD server said about the generation: ``seed``, ``model_name``, ``model_hash``, ``version``.
-    sd_info: dict[str, Any] | None = None
+    #: Set on success: where the output is and what it is.
+    result: JobResult | None = None
+    #: What the SD server said about the generation (seed used, model, version, its infotext).
+    sd_info: SDInfo | None = None
 
 
 class BatchRow(BaseModel):
@@ -398,7 +440,7 @@ class SDResult:
     info: dict[str, Any]
     #: The seed actually used (``info.all_seeds[0]``), or the requested one when ``info`` lacks it.
     seed: int
-    #: A1111 infotext for this image (``info.infotexts[0]``), or None.
+    #: A1111 infotext for this image (``info.infotexts[index_of_first_image]``), or None.
     infotext: str | None
     model_name: str | None
     model_hash: str | None
@@ -407,6 +449,14 @@ class SDResult:
     backend_url: str
     elapsed_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    #: This image's variation seed, and every seed and variation seed the server used.
+    subseed: int | None = None
+    all_seeds: list[int] = field(default_factory=list)
+    all_subseeds: list[int] = field(default_factory=list)
+    #: The sampler the server says it used (infotext ``Sampler``).
+    sampler: str | None = None
+    #: What the server did differently from what was asked (a replaced sampler...).
+    warnings: list[str] = field(default_factory=list)
 
 
 def validation_message(exc: Exception) -> str:

@@ -129,7 +129,7 @@ def succeeded_image(record: JobRecord) -> Path:
     Raises:
         ApiError: 409 when the job has not succeeded, 404 when its file is gone or was replaced.
     """
-    if record.state is not JobState.SUCCEEDED or not record.result or not record.result.get("image"):
+    if record.state is not JobState.SUCCEEDED or not record.result or not record.result.image:
         reason = ""
         if record.state is JobState.FAILED and record.error is not None:
             reason = f": {record.error.step}: {record.error.message}"
@@ -166,7 +166,7 @@ def image_response(request: Request, record: JobRecord) -> Response:
     path = succeeded_image(record)
     assert record.result is not None
     stat = path.stat()
-    digest = record.result.get("sha256") or f"{record.job_id}-{stat.st_size}-{stat.st_mtime_ns}"
+    digest = record.result.sha256 or f"{record.job_id}-{stat.st_size}-{stat.st_mtime_ns}"
     etag = f'"{digest}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=0, must-revalidate"}
     if _matches(etag, request.headers.get("if-none-match", "")):

@@ -8,7 +8,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from pipeline.batches.rows import JobRow
-from pipeline.models import ErrorInfo, GenerationParams, JobRecord, JobState, StepParams, StepRecord
+from pipeline.models import ErrorInfo, GenerationParams, JobRecord, JobState, SDInfo, StepParams, StepRecord
 from pipeline.settings import OutputFormat
 
 __all__ = [
@@ -78,7 +78,7 @@ class JobView(BaseModel):
     error: ErrorInfo | None
     #: On success: ``width``, ``height``, ``bytes``, ``sha256`` of the output image.
     result: dict[str, Any] | None
-    sd_info: dict[str, Any] | None
+    sd_info: SDInfo | None
     status_url: str
     result_url: str | None
 
@@ -173,7 +173,7 @@ def job_view(request: Request, record: JobRecord) -> JobView:
     spec = record.spec
     result = None
     if record.result is not None:
-        result = {key: value for key, value in record.result.items() if key not in ("image", "sidecar")}
+        result = record.result.model_dump(exclude={"image", "sidecar"}, exclude_none=True)
     succeeded = record.state is JobState.SUCCEEDED and record.result is not None
     return JobView(
         job_id=record.job_id,

@@ -56,8 +56,8 @@ def build_manifest(batch: BatchRecord, records: dict[str, JobRecord], *, now: fl
             counts[state] += 1
             entry: dict[str, Any] = {"job_id": job_id, "state": state}
             if record is not None and record.result:
-                entry["output"] = record.result.get("image")
-                entry["sidecar"] = record.result.get("sidecar")
+                entry["output"] = record.result.image
+                entry["sidecar"] = record.result.sidecar
             if record is not None and record.error is not None and record.state is not JobState.SUCCEEDED:
                 entry["error"] = f"{record.error.step}: {record.error.message}"
             jobs.append(entry)

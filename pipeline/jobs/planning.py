@@ -570,10 +570,10 @@ def current_output(record: JobRecord) -> Path | None:
     None when the job has no result, its file is gone, or a later job with the same output name (a
     batch row's ``name``) replaced it: that job's sidecar, written before its image, names it.
     """
-    if not record.result or not record.result.get("image"):
+    if not record.result or not record.result.image:
         return None
-    path = Path(str(record.result["image"]))
-    sidecar = record.result.get("sidecar")
+    path = Path(record.result.image)
+    sidecar = record.result.sidecar
     try:
         owner = read_json(Path(str(sidecar))).get("job_id") if sidecar else record.job_id
     except (OSError, ValueError, AttributeError):

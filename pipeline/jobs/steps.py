@@ -36,7 +36,7 @@ from pipeline.jobs.files import (
     remove_stale_temps,
 )
 from pipeline.jobs.naming import resolve_late_tokens
-from pipeline.models import ErrorInfo, JobRecord, StepName, StepRecord
+from pipeline.models import ErrorInfo, JobRecord, JobResult, SDInfo, StepName, StepRecord
 from pipeline.sd.backends import Backend
 from pipeline.sd.client import SDClient
 from pipeline.sd.pool.pool import PoolObserver, SDPool, open_pool_state
@@ -160,7 +160,7 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
         # in between is safe: a redelivered merge finds this job's sidecar and image and skips.)
         _files(ctx, record).remove_work_dir()
         ctx.store.mark_succeeded(job_id, result, now=now)
-        logger.info("job %s: succeeded -> %s", job_id, result["image"])
+        logger.info("job %s: succeeded -> %s", job_id, result.image)
     else:
         logger.debug("job %s: %s %s", job_id, step, "skipped (output exists)" if skipped else "done")
     return StepOutcome(ran=True, skipped=skipped)
@@ -225,31 +225,40 @@ def _record_failure(
 
 
 # Each step returns (skipped, result): result is set by the last step only.
-_StepFn = Callable[[StepContext, JobRecord], tuple[bool, dict[str, Any] | None]]
+_StepFn = Callable[[StepContext, JobRecord], tuple[bool, JobResult | None]]
 
 
-def _generate(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | None]:
+def _generate(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]:
     files = _files(ctx, record)
     if files.source.exists():
         # The image is saved: never pay for it twice. Re-store what the server said (idempotent).
-        ctx.store.set_sd_info(record.job_id, read_json(files.sd_info))
+        ctx.store.set_sd_info(record.job_id, SDInfo.model_validate(read_json(files.sd_info)))
         return True, None
     generation = record.spec.generation
     if generation is None:
         raise ConfigError(f"job {record.job_id} has no generation parameters and no source image")
     result = ctx.pool.txt2img(record.job_id, generation, pinned=record.spec.backend_url, avoid=_failed_backend(record))
-    sd_info: dict[str, Any] = {
-        "seed": result.seed,
-        "model_name": result.model_name,
-        "model_hash": result.model_hash,
-        "version": result.version,
-        "infotext": result.infotext,
-        "format": result.format,
-        "backend_url": result.backend_url,
-        "elapsed_s": round(result.elapsed_s, 3),
-    }
+    sd_info = SDInfo(
+        seed=result.seed,
+        subseed=result.subseed,
+        all_seeds=result.all_seeds,
+        all_subseeds=result.all_subseeds,
+        model_name=result.model_name,
+        model_hash=result.model_hash,
+        sampler=result.sampler,
+        version=result.version,
+        infotext=result.infotext,
+        format=result.format,
+        width=result.extra.get("width"),
+        height=result.extra.get("height"),
+        backend_url=result.backend_url,
+        elapsed_s=round(result.elapsed_s, 3),
+        warnings=result.warnings,
+    )
+    for warning in result.warnings:
+        logger.warning("job %s: %s", record.job_id, warning)
     # sd.json first, then the image: the image's presence means both are complete.
-    atomic_write_json(files.sd_info, sd_info)
+    atomic_write_json(files.sd_info, sd_info.model_dump(mode="json"))
     atomic_write_bytes(files.source, result.image_bytes)
     ctx.store.set_sd_info(record.job_id, sd_info)
     return False, None
@@ -277,7 +286,7 @@ def sd_slot(ctx: StepContext, job_id: str) -> Iterator[Backend | None]:
         yield backend
 
 
-def _split(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | None]:
+def _split(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]:
     files = _files(ctx, record)
     if files.tiles.exists():
         return True, None
@@ -306,7 +315,7 @@ def _split(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | 
     return False, None
 
 
-def _seam_blur(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | None]:
+def _seam_blur(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]:
     files = _files(ctx, record)
     if files.blurred.exists():
         return True, None
@@ -320,14 +329,14 @@ def _seam_blur(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any
     return False, None
 
 
-def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | None]:
+def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]:
     files = _files(ctx, record)
     spec = record.spec
-    sd_info = record.sd_info or {}
+    sd_info = record.sd_info or SDInfo()
     # {seed} of a random seed and {model} come from what the server said (saved once with the image),
     # then the name is claimed once: another job's file, or one sdpipe did not write, is never replaced
     # (a counter suffix instead) unless the job was made with --overwrite.
-    wanted = resolve_late_tokens(spec.output_name, seed=sd_info.get("seed"), model=sd_info.get("model_name"))
+    wanted = resolve_late_tokens(spec.output_name, seed=sd_info.seed, model=sd_info.model_name)
     name = claim_output_name(files, wanted, spec.output_format, overwrite=spec.overwrite)
     image_path = files.image(name, spec.output_format)
     sidecar_path = files.sidecar(name)
@@ -338,7 +347,7 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | 
     done = existing.get("output") if ours and existing is not None else None
     if done is not None and image_path.exists():
         if hashlib.sha256(image_path.read_bytes()).hexdigest() == done["sha256"]:
-            return True, done
+            return True, JobResult.model_validate(done)
     merge_step = record.steps.get("merge")
     if merge_step is not None and merge_step.attempts > 1:
         # Only an earlier delivery of this merge can have left temporary files (killed mid-write).
@@ -365,12 +374,12 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, dict[str, Any] | 
         # A delivery that died between the two writes left this job's sidecar: the encoding is
         # deterministic, so only the image is missing. Write it alone; no file is written twice.
         atomic_write_bytes(image_path, data)
-        return False, done
+        return False, JobResult.model_validate(done)
     # Sidecar first: it names the job and the image's hash, so a redelivery after a crash between
     # the two writes knows whether the image on disk is this job's.
     atomic_write_json(sidecar_path, _sidecar(ctx, record, output, infotext, manifest))
     atomic_write_bytes(image_path, data)
-    return False, output
+    return False, JobResult.model_validate(output)
 
 
 def _output_infotext(record: JobRecord, manifest: dict[str, Any]) -> str | None:
@@ -379,7 +388,7 @@ def _output_infotext(record: JobRecord, manifest: dict[str, Any]) -> str | None:
     None for an input that had none (a photo): a params-only text would make A1111 tools take it for
     an SD render with an empty prompt. The sidecar records the seam settings either way.
     """
-    base = (record.sd_info or {}).get("infotext") or manifest.get("infotext")
+    base = (record.sd_info.infotext if record.sd_info else None) or manifest.get("infotext")
     if not base:
         return None
     params = record.spec.step_params
@@ -390,7 +399,7 @@ def _sidecar(
     ctx: StepContext, record: JobRecord, output: dict[str, Any], infotext: str | None, manifest: dict[str, Any]
 ) -> dict[str, Any]:
     spec = record.spec
-    sd_info = record.sd_info or {}
+    sd_info = record.sd_info or SDInfo()
     now = ctx.clock()
     steps: dict[str, Any] = {}
     for name, step in record.steps.items():
@@ -409,12 +418,18 @@ def _sidecar(
         "kind": spec.kind,
         "prompt": generation.prompt if generation else None,
         "negative_prompt": generation.negative_prompt if generation else None,
+        # The whole request as sent (no credential is ever part of it; the task id is the job's).
         "parameters": generation.to_payload() if generation else None,
-        "seed": sd_info.get("seed"),
-        "model_name": sd_info.get("model_name"),
-        "model_hash": sd_info.get("model_hash"),
-        "sd_version": sd_info.get("version"),
-        "backend_url": sd_info.get("backend_url") or spec.backend_url,
+        "seed": sd_info.seed,
+        "subseed": sd_info.subseed,
+        "all_seeds": sd_info.all_seeds,
+        "all_subseeds": sd_info.all_subseeds,
+        "model_name": sd_info.model_name,
+        "model_hash": sd_info.model_hash,
+        "sampler": sd_info.sampler,
+        "sd_version": sd_info.version,
+        "sd_warnings": sd_info.warnings,
+        "backend_url": sd_info.backend_url or spec.backend_url,
         "source": spec.source_name,
         "input_image": _input_image(manifest),
         "grid": spec.step_params.grid,

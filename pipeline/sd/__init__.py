@@ -25,10 +25,7 @@ if TYPE_CHECKING:
         backends_for,
         parse_backends,
     )
-    from pipeline.sd.catalog import (
-        ServerCatalog,
-        checkpoint_matches,
-    )
+    from pipeline.sd.catalog import ServerCatalog
     from pipeline.sd.client import (
         HEALTH_TIMEOUT_S,
         SDClient,
@@ -41,7 +38,6 @@ __all__ = [
     "backends_for",
     "parse_backends",
     "ServerCatalog",
-    "checkpoint_matches",
     "HEALTH_TIMEOUT_S",
     "SDClient",
     "sd_task_id",
@@ -51,7 +47,7 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         ".backends": ["Backend", "backend_key", "backends_for", "parse_backends"],
-        ".catalog": ["ServerCatalog", "checkpoint_matches"],
+        ".catalog": ["ServerCatalog"],
         ".client": ["HEALTH_TIMEOUT_S", "SDClient", "sd_task_id"],
     },
 )

@@ -30,7 +30,7 @@ from pipeline.errors import InputError, SDError
 from pipeline.models import GenerationParams
 from pipeline.sd.client import SDClient
 
-__all__ = ["CATALOG_TTL_S", "ServerCatalog", "checkpoint_matches"]
+__all__ = ["CATALOG_TTL_S", "ServerCatalog"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,25 +54,6 @@ def _closest(name: str, choices: Iterable[str]) -> list[str]:
 
 def _norm(text: str) -> str:
     return text.strip().casefold()
-
-
-def checkpoint_matches(asked: str, model_name: str | None, model_hash: str | None) -> bool:
-    """Whether the checkpoint the server used (infotext ``Model`` / ``Model hash``) is the one ``asked`` names.
-
-    ``asked`` is an ``sd_model_checkpoint`` as sent: a title (``name.safetensors [hash]``), a file name,
-    a model name or a hash.
-    """
-    text = _norm(asked)
-    title_hash = text.rsplit("[", 1)[1].rstrip("]").strip() if text.endswith("]") and "[" in text else None
-    if model_hash and _norm(model_hash) in {title_hash, text} | ({text[:10]} if len(text) >= 10 else set()):
-        return True
-    if model_hash and title_hash:
-        return False  # both hashes known, and they differ
-    stem = text.rsplit("[", 1)[0].strip() if title_hash else text
-    stem = stem.replace("\\", "/").rsplit("/", 1)[-1]
-    for suffix in (".safetensors", ".ckpt", ".gguf", ".pt", ".bin"):
-        stem = stem.removesuffix(suffix)
-    return model_name is not None and _norm(model_name) == stem
 
 
 class ServerCatalog:

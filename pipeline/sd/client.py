@@ -208,7 +208,7 @@ class SDClient:
         if on_answer is not None:
             on_answer()
         body = sd_response.json_body(response, self._url, _TXT2IMG)
-        return sd_response.build_result(
+        result = sd_response.build_result(
             body,
             requested_seed=params.seed,
             backend_url=self._url,
@@ -216,6 +216,7 @@ class SDClient:
             max_pixels=self._max_pixels,
             job_id=job_id,
         )
+        return sd_response.check_against_request(result, params)
 
     def progress(self) -> dict[str, Any]:
         """``GET /sdapi/v1/progress?skip_current_image=true`` with a short timeout (liveness)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import io
 import json
 import logging
@@ -32,14 +33,25 @@ from typing import Any, TypeVar
 import httpx
 from PIL import Image
 
-from pipeline.errors import SDAuthError, SDBadImage, SDError, SDNotFound, SDRequestRejected, SDServerError
+from pipeline.errors import (
+    SDAuthError,
+    SDBadImage,
+    SDError,
+    SDNotFound,
+    SDRequestRejected,
+    SDServerError,
+    SDWrongCheckpoint,
+)
 from pipeline.images.codec import decode_failure_reason
+from pipeline.images.infotext import parse_infotext
 from pipeline.images.png import png_chunks_problem
-from pipeline.models import SDResult
+from pipeline.models import GenerationParams, SDResult
 
 __all__ = [
     "MAX_SERVER_MESSAGE_CHARS",
     "build_result",
+    "check_against_request",
+    "checkpoint_matches",
     "expect",
     "is_request_mistake",
     "json_body",
@@ -289,8 +301,62 @@ def _first_int(values: Any) -> int | None:
     return None
 
 
+def _ints(values: Any) -> list[int]:
+    if not isinstance(values, list):
+        return []
+    return [value for value in values if isinstance(value, int) and not isinstance(value, bool)]
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def checkpoint_matches(asked: str, model_name: str | None, model_hash: str | None) -> bool:
+    """Whether the checkpoint the server used (infotext ``Model`` / ``Model hash``) is the one ``asked`` names.
+
+    ``asked`` is an ``sd_model_checkpoint`` as sent: a title (``name.safetensors [hash]``), a file name,
+    a model name or a hash.
+    """
+    text = asked.strip().casefold()
+    title_hash = text.rsplit("[", 1)[1].rstrip("]").strip() if text.endswith("]") and "[" in text else None
+    if model_hash and model_hash.strip().casefold() in {title_hash, text} | ({text[:10]} if len(text) >= 10 else set()):
+        return True
+    if model_hash and title_hash:
+        return False  # both hashes known, and they differ
+    stem = text.rsplit("[", 1)[0].strip() if title_hash else text
+    stem = stem.replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in (".safetensors", ".ckpt", ".gguf", ".pt", ".bin"):
+        stem = stem.removesuffix(suffix)
+    return model_name is not None and model_name.strip().casefold() == stem
+
+
+def check_against_request(result: SDResult, params: GenerationParams) -> SDResult:
+    """``result`` with a warning for each thing the server did differently from ``params``.
+
+    A1111 1.10 silently replaces a sampler it does not know by its first one, and silently ignores
+    an ``sd_model_checkpoint`` it does not know: the infotext (``Sampler``, ``Model``, ``Model hash``)
+    says what it really used.
+
+    Raises:
+        SDWrongCheckpoint: the image was rendered with another checkpoint than the one asked for.
+    """
+    asked = params.checkpoint
+    if asked is not None and (result.model_name or result.model_hash):
+        if not checkpoint_matches(asked, result.model_name, result.model_hash):
+            used = f"{result.model_name or '?'} [{result.model_hash or '?'}]"
+            raise SDWrongCheckpoint(
+                f"the SD server at {result.backend_url} rendered with checkpoint {used}, not {asked!r} "
+                "(it ignores a checkpoint it cannot load)",
+                url=result.backend_url,
+                status_code=200,
+            )
+    warnings = list(result.warnings)
+    if result.sampler is not None and result.sampler.casefold() != params.sampler_name.casefold():
+        warnings.append(
+            f"the SD server used sampler {result.sampler!r}, not {params.sampler_name!r} "
+            "(A1111 replaces a sampler it does not know)"
+        )
+    return dataclasses.replace(result, warnings=warnings) if warnings != result.warnings else result
 
 
 def build_result(
@@ -326,19 +392,29 @@ def build_result(
     width, height, embedded = _verify_image(data, image_format, backend_url, max_pixels)
     infotexts = info.get("infotexts")
     infotext = infotexts[index] if isinstance(infotexts, list) and len(infotexts) > index else None
+    infotext = _text(infotext) or embedded
+    # all_seeds and all_subseeds list the real images only (no grid): the first is this image's.
     seed = _first_int(info.get("all_seeds"))
     if seed is None:
         seed = _first_int([info.get("seed")])
+    subseed = _first_int(info.get("all_subseeds"))
+    if subseed is None:
+        subseed = _first_int([info.get("subseed")])
+    said = parse_infotext(infotext) if infotext else {}
     return SDResult(
         image_bytes=data,
         format=image_format,
         info=info,
         seed=requested_seed if seed is None else seed,
-        infotext=_text(infotext) or embedded,
-        model_name=_text(info.get("sd_model_name")),
-        model_hash=_text(info.get("sd_model_hash")),
+        infotext=infotext,
+        model_name=_text(said.get("Model")) or _text(info.get("sd_model_name")),
+        model_hash=_text(said.get("Model hash")) or _text(info.get("sd_model_hash")),
         version=_text(info.get("version")),
         backend_url=backend_url,
         elapsed_s=elapsed_s,
         extra={"width": width, "height": height, "images_returned": len(images)},
+        subseed=subseed,
+        all_seeds=_ints(info.get("all_seeds")),
+        all_subseeds=_ints(info.get("all_subseeds")),
+        sampler=_text(said.get("Sampler")) or _text(info.get("sampler_name")),
     )

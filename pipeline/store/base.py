@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from pipeline.errors import AmbiguousId, JobNotFound
 from pipeline.models import (
@@ -21,10 +20,12 @@ from pipeline.models import (
     BatchRecord,
     ErrorInfo,
     JobRecord,
+    JobResult,
     JobSpec,
     JobState,
     ScheduleRecord,
     ScheduleRun,
+    SDInfo,
     StepName,
     StepRecord,
 )
@@ -174,11 +175,11 @@ class StatusStore(abc.ABC):
         """Store ``error`` as the job's last error without changing its state (a retry will follow)."""
 
     @abc.abstractmethod
-    def set_sd_info(self, job_id: str, sd_info: dict[str, Any]) -> None:
+    def set_sd_info(self, job_id: str, sd_info: SDInfo) -> None:
         """Store what the SD server said about the generation (seed used, model, version, server)."""
 
     @abc.abstractmethod
-    def mark_succeeded(self, job_id: str, result: dict[str, Any], *, now: float) -> bool:
+    def mark_succeeded(self, job_id: str, result: JobResult, *, now: float) -> bool:
         """Move a non-terminal job to ``succeeded`` with its result; False if it was already terminal."""
 
     @abc.abstractmethod

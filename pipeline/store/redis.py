@@ -45,8 +45,10 @@ from pipeline.errors import ConfigError, StoreUnavailable
 from pipeline.models import (
     ErrorInfo,
     JobRecord,
+    JobResult,
     JobSpec,
     JobState,
+    SDInfo,
     StepName,
     StepRecord,
 )
@@ -199,11 +201,11 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
         self._run(self._set_fields, job_id, "error", error.model_dump_json(), "updated_at", _num(error.at))
         logger.debug("job %s: error in %s recorded: %s", job_id, error.step, error.type)
 
-    def set_sd_info(self, job_id: str, sd_info: dict[str, Any]) -> None:
-        self._run(self._set_fields, job_id, "sd_info", json.dumps(sd_info))
+    def set_sd_info(self, job_id: str, sd_info: SDInfo) -> None:
+        self._run(self._set_fields, job_id, "sd_info", sd_info.model_dump_json())
 
-    def mark_succeeded(self, job_id: str, result: dict[str, Any], *, now: float) -> bool:
-        return self._finish_job(job_id, JobState.SUCCEEDED, now, "result", json.dumps(result))
+    def mark_succeeded(self, job_id: str, result: JobResult, *, now: float) -> bool:
+        return self._finish_job(job_id, JobState.SUCCEEDED, now, "result", result.model_dump_json(exclude_none=True))
 
     def mark_failed(self, job_id: str, error: ErrorInfo, *, now: float) -> bool:
         return self._finish_job(job_id, JobState.FAILED, now, "error", error.model_dump_json())

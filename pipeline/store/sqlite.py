@@ -36,8 +36,10 @@ from pipeline.errors import StoreUnavailable
 from pipeline.models import (
     ErrorInfo,
     JobRecord,
+    JobResult,
     JobSpec,
     JobState,
+    SDInfo,
     StepName,
     StepRecord,
 )
@@ -198,11 +200,11 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
         self._update(job_id, "error = ?, updated_at = ?", error.model_dump_json(), error.at)
         logger.debug("job %s: error in %s recorded: %s", job_id, error.step, error.type)
 
-    def set_sd_info(self, job_id: str, sd_info: dict[str, Any]) -> None:
-        self._update(job_id, "sd_info = ?", json.dumps(sd_info))
+    def set_sd_info(self, job_id: str, sd_info: SDInfo) -> None:
+        self._update(job_id, "sd_info = ?", sd_info.model_dump_json())
 
-    def mark_succeeded(self, job_id: str, result: dict[str, Any], *, now: float) -> bool:
-        return self._end(job_id, JobState.SUCCEEDED, now, "result", json.dumps(result))
+    def mark_succeeded(self, job_id: str, result: JobResult, *, now: float) -> bool:
+        return self._end(job_id, JobState.SUCCEEDED, now, "result", result.model_dump_json(exclude_none=True))
 
     def mark_failed(self, job_id: str, error: ErrorInfo, *, now: float) -> bool:
         return self._end(job_id, JobState.FAILED, now, "error", error.model_dump_json())

@@ -41,9 +41,9 @@ def test_generate_job_writes_image_sidecar_and_succeeds(runtime: Runtime, wait_t
     for seed, record in zip((7, 8), records, strict=True):
         assert record.state is JobState.SUCCEEDED, record.error
         assert record.result is not None
-        image_path = Path(record.result["image"])
-        sidecar = json.loads(Path(record.result["sidecar"]).read_text())
-        assert sidecar["seed"] == seed == record.sd_info["seed"]  # type: ignore[index]
+        image_path = Path(record.result.image)
+        sidecar = json.loads(Path(record.result.sidecar).read_text())
+        assert sidecar["seed"] == seed == record.sd_info.seed
         with Image.open(image_path) as image:
             assert image.size == (128, 96)
             params = parse_infotext(image.info["parameters"])
@@ -149,7 +149,7 @@ def test_process_job_keeps_input_parameters(runtime: Runtime, wait_terminal: Wai
     assert record.state is JobState.SUCCEEDED, record.error
     assert "generate" not in record.steps
     assert record.result is not None
-    with Image.open(record.result["image"]) as image:
+    with Image.open(record.result.image) as image:
         text = image.info["parameters"]
         out = np.asarray(image)
     assert parse_infotext(text)["Seed"] == "99"

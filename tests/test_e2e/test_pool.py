@@ -79,9 +79,7 @@ def test_pool_three_servers_get_one_request_each_at_a_time(
     assert sum(int(str(s["txt2img_completed"])) for s in stats.values()) == JOBS
     # (How long the run takes against the GPUs' own time is measured in bench/, target 6: never a timed test.)
     # And every sidecar names the server that rendered its image (no credentials)
-    rendered = Counter(
-        json.loads(Path(str(r.result["sidecar"])).read_text())["backend_url"] for r in records if r.result
-    )
+    rendered = Counter(json.loads(Path(str(r.result.sidecar)).read_text())["backend_url"] for r in records if r.result)
     assert set(rendered) == set(urls)
     store.close()
 
@@ -107,7 +105,7 @@ def test_pool_killed_server_is_benched_and_its_jobs_finish_elsewhere(
     assert Counter(r.state for r in records) == {JobState.SUCCEEDED: JOBS}, workers.output()
     # And after the kill, images came from the other servers only
     late = [r for r in records if (r.steps["generate"].finished_at or 0) > killed_at + 1]
-    assert late and all(r.sd_info and r.sd_info["backend_url"] != victim for r in late)
+    assert late and all(r.sd_info and r.sd_info.backend_url != victim for r in late)
     # And the dead server is benched, as `sdpipe backends` shows
     status = _pool_status(redis_url, env["SD_API_URL"])
     assert not status[victim].healthy

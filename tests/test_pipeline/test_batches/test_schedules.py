@@ -34,10 +34,12 @@ from pipeline.models import (
     BatchRecord,
     ErrorInfo,
     JobRecord,
+    JobResult,
     JobSpec,
     JobState,
     ScheduleRecord,
     ScheduleRun,
+    SDInfo,
     StepName,
     StepParams,
 )
@@ -126,10 +128,10 @@ class FakeStore(StatusStore):
     def record_error(self, job_id: str, error: ErrorInfo) -> None:
         raise NotImplementedError
 
-    def set_sd_info(self, job_id: str, sd_info: dict[str, Any]) -> None:
+    def set_sd_info(self, job_id: str, sd_info: SDInfo) -> None:
         raise NotImplementedError
 
-    def mark_succeeded(self, job_id: str, result: dict[str, Any], *, now: float) -> bool:
+    def mark_succeeded(self, job_id: str, result: JobResult, *, now: float) -> bool:
         raise NotImplementedError
 
     def mark_failed(self, job_id: str, error: ErrorInfo, *, now: float) -> bool:
@@ -762,7 +764,7 @@ def test_scheduler_real_store_overlap_uses_job_states(store_pair: tuple[StatusSt
     scheduler.tick()
     clock.now += MINUTE
     assert [r.status for r in scheduler.tick()] == ["skipped"]  # the first batch's job is queued
-    store.mark_succeeded(job_ids[0], {}, now=clock.now)
+    store.mark_succeeded(job_ids[0], JobResult(), now=clock.now)
     clock.now += MINUTE
     assert [r.status for r in scheduler.tick()] == ["fired"]
     assert [r.status for r in store.get_schedule("nightly").runs] == ["fired", "skipped", "fired"]

@@ -13,8 +13,9 @@ from pipeline.errors import InputError
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
 from pipeline.models import GenerationParams
 from pipeline.sd import catalog as catalog_module
-from pipeline.sd.catalog import ServerCatalog, checkpoint_matches
+from pipeline.sd.catalog import ServerCatalog
 from pipeline.sd.client import SDClient
+from pipeline.sd.response import checkpoint_matches
 from pipeline.settings import Settings
 
 BASE = "http://catalog.test:7860"

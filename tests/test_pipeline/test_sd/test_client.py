@@ -25,6 +25,7 @@ from pipeline.errors import (
     SDServerError,
     SDTimeout,
     SDUnavailable,
+    SDWrongCheckpoint,
 )
 from pipeline.models import GenerationParams
 from pipeline.sd.client import HEALTH_TIMEOUT_S, SDClient
@@ -666,3 +667,74 @@ def test_txt2img_no_image_and_no_info_is_transient(sd_api: respx.MockRouter, cli
     with pytest.raises(SDServerError, match="no image and no info") as caught:
         client.txt2img(params(), job_id="j")
     assert caught.value.transient
+
+
+# -- what the server really did -----------------------------------------------------------------------
+def info_with(infotext: str, **fields: Any) -> str:
+    return json.dumps({"seed": 7, "all_seeds": [7], "infotexts": [infotext], **fields})
+
+
+SDXL_TITLE = "sdxl_base.safetensors [31e35c80fc]"
+
+
+def test_txt2img_other_checkpoint_than_asked_fails_permanently(sd_api: respx.MockRouter, client: SDClient) -> None:
+    # A1111 ignores an sd_model_checkpoint it cannot load and renders with the loaded model
+    infotext = "p\nSteps: 20, Sampler: Euler a, Seed: 7, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly"
+    sd_api.post(TXT2IMG).respond(200, json=ok_body(info=info_with(infotext)))
+
+    with pytest.raises(SDWrongCheckpoint) as caught:
+        client.txt2img(params(override_settings={"sd_model_checkpoint": SDXL_TITLE}), job_id="j")
+
+    assert not caught.value.transient
+    assert "v1-5-pruned-emaonly [6ce0161689]" in str(caught.value) and SDXL_TITLE in str(caught.value)
+
+
+def test_txt2img_checkpoint_asked_and_used_passes(sd_api: respx.MockRouter, client: SDClient) -> None:
+    infotext = "p\nSteps: 20, Sampler: Euler a, Seed: 7, Model hash: 31e35c80fc, Model: sdxl_base"
+    sd_api.post(TXT2IMG).respond(200, json=ok_body(info=info_with(infotext)))
+
+    result = client.txt2img(params(override_settings={"sd_model_checkpoint": SDXL_TITLE}), job_id="j")
+
+    assert (result.model_name, result.model_hash, result.warnings) == ("sdxl_base", "31e35c80fc", [])
+
+
+def test_txt2img_replaced_sampler_is_a_warning(sd_api: respx.MockRouter, client: SDClient) -> None:
+    infotext = "p\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Automatic, Seed: 7, Model: v1-5"
+    sd_api.post(TXT2IMG).respond(200, json=ok_body(info=info_with(infotext)))
+
+    result = client.txt2img(params(sampler_name="Eulr a"), job_id="j")
+
+    assert result.sampler == "DPM++ 2M"
+    assert result.warnings == [
+        "the SD server used sampler 'DPM++ 2M', not 'Eulr a' (A1111 replaces a sampler it does not know)"
+    ]
+
+
+def test_txt2img_takes_the_first_real_image_past_grid_and_detect_maps(
+    sd_api: respx.MockRouter, client: SDClient
+) -> None:
+    grid = base64.b64encode(image_bytes()).decode()
+    real = base64.b64encode(sized_png_bytes(96, 64)).decode()
+    detect_map = base64.b64encode(image_bytes()).decode()
+    info = json.dumps(
+        {
+            "all_seeds": [11],
+            "all_subseeds": [99],
+            "subseed_strength": 0.3,
+            "index_of_first_image": 1,
+            "infotexts": ["grid", "real\nSteps: 20, Sampler: Euler a, Seed: 11, Variation seed: 99", "map"],
+        }
+    )
+    sd_api.post(TXT2IMG).respond(200, json={"images": [grid, real, detect_map], "parameters": {}, "info": info})
+
+    result = client.txt2img(params(), job_id="j")
+
+    assert (result.extra["width"], result.extra["height"]) == (96, 64)
+    assert result.infotext is not None and result.infotext.startswith("real")
+    assert (result.seed, result.subseed, result.all_seeds, result.all_subseeds) == (11, 99, [11], [99])
+
+
+def sized_png_bytes(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (1, 2, 3)).save(buffer, "PNG")
+    return buffer.getvalue()

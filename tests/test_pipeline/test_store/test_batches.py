@@ -12,7 +12,7 @@ import redis
 
 from cli.errors import hint_for
 from pipeline.errors import JobNotFound, StoreUnavailable
-from pipeline.models import BatchRecord, BatchRow, JobState
+from pipeline.models import BatchRecord, BatchRow, JobResult, JobState
 from pipeline.store import RedisStatusStore, SqliteStatusStore, StatusStore
 from tests.helpers import free_port
 from tests.test_pipeline.test_store.test_jobs import BACKENDS, T0, make_error, make_spec, open_backend
@@ -49,7 +49,7 @@ def ended(store: StatusStore, job_id: str, state: JobState) -> None:
         return
     store.start_step(job_id, "generate", now=T0 + 1)
     if state is JobState.SUCCEEDED:
-        store.mark_succeeded(job_id, {"image": f"{job_id}.png"}, now=T0 + 2)
+        store.mark_succeeded(job_id, JobResult(image=f"{job_id}.png"), now=T0 + 2)
     elif state is JobState.FAILED:
         store.mark_failed(job_id, make_error(at=T0 + 2), now=T0 + 2)
     elif state is JobState.CANCELLED:
@@ -125,7 +125,7 @@ def test_succeeded_fingerprints_only_counts_succeeded_jobs(store: StatusStore) -
     ended(store, "twin", JobState.SUCCEEDED)
     store.requeue("j-cancelled", now=T0 + 3)
     store.start_step("j-cancelled", "merge", now=T0 + 4)
-    store.mark_succeeded("j-cancelled", {}, now=T0 + 5)
+    store.mark_succeeded("j-cancelled", JobResult(), now=T0 + 5)
     assert store.succeeded_fingerprints(asked) == {"fp-succeeded", "fp-failed", "fp-cancelled"}
 
 
@@ -136,7 +136,7 @@ def test_succeeded_fingerprints_empty_input_returns_empty_set(store: StatusStore
 def test_succeeded_fingerprints_many_inputs_stay_fast(store: StatusStore) -> None:
     store.create_jobs([make_spec(f"j{i}", fingerprint=f"fp{i:05}") for i in range(1000)])
     for i in range(0, 1000, 10):
-        store.mark_succeeded(f"j{i}", {}, now=T0 + 1)
+        store.mark_succeeded(f"j{i}", JobResult(), now=T0 + 1)
     asked = [f"fp{i:05}" for i in range(MANY)]
 
     began = time.perf_counter()
@@ -233,8 +233,8 @@ def test_redis_requeue_and_fingerprints_keep_indexes_in_sync(redis_url: str) -> 
     store.mark_failed("j1", make_error(), now=T0 + 1)
 
     store.requeue("j1", now=T0 + 2)
-    store.mark_succeeded("j1", {}, now=T0 + 3)
-    store.mark_succeeded("j2", {}, now=T0 + 3)
+    store.mark_succeeded("j1", JobResult(), now=T0 + 3)
+    store.mark_succeeded("j2", JobResult(), now=T0 + 3)
     store.save_batch(make_batch("b"))
 
     assert client.zrange("t:state:failed", 0, -1) == client.zrange("t:batch-state:failed:b", 0, -1) == []
@@ -291,7 +291,7 @@ def test_sqlite_file_without_fingerprint_column_is_upgraded(tmp_path: Path) -> N
     # Then old jobs read as before and new ones are indexed by fingerprint
     assert store.get("old").state is JobState.SUCCEEDED
     store.create_jobs([make_spec("new", fingerprint="fp")])
-    store.mark_succeeded("new", {}, now=T0 + 1)
+    store.mark_succeeded("new", JobResult(), now=T0 + 1)
     assert store.succeeded_fingerprints(["fp", "other"]) == {"fp"}
     with store._transaction(write=False) as conn:
         plan = " | ".join(

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 import pipeline.store
 from cli.errors import hint_for
 from pipeline.errors import ConfigError, JobNotFound, StoreUnavailable
-from pipeline.models import STEP_NAMES, ErrorInfo, JobSpec, JobState, StepParams
+from pipeline.models import STEP_NAMES, ErrorInfo, JobResult, JobSpec, JobState, SDInfo, StepParams
 from pipeline.settings import Settings
 from pipeline.store import (
     DEFAULT_LIST_LIMIT,
@@ -219,7 +219,7 @@ def test_start_step_backwards_is_refused(store: StatusStore, job: str) -> None:
 @pytest.mark.parametrize("end", ["succeeded", "failed", "cancelled"])
 def test_start_step_on_terminal_job_is_refused(store: StatusStore, job: str, end: str) -> None:
     finish: dict[str, Callable[[], bool]] = {
-        "succeeded": lambda: store.mark_succeeded(job, {"image": "x.png"}, now=T0 + 1),
+        "succeeded": lambda: store.mark_succeeded(job, JobResult(image="x.png"), now=T0 + 1),
         "failed": lambda: store.mark_failed(job, make_error(), now=T0 + 1),
         "cancelled": lambda: store.mark_cancelled(job, now=T0 + 1),
     }
@@ -263,22 +263,22 @@ def test_record_error_keeps_state(store: StatusStore, job: str) -> None:
 def test_set_sd_info_stores_dict(store: StatusStore, job: str) -> None:
     info = {"seed": 4294967294, "model_name": "sd_xl", "version": "v1.10.1", "nested": {"a": [1, 2.5]}}
 
-    store.set_sd_info(job, info)
+    store.set_sd_info(job, SDInfo(**info))
 
-    assert store.get(job).sd_info == info
+    assert store.get(job).sd_info == SDInfo(**info)
 
 
 def test_mark_succeeded_sets_result_once(store: StatusStore, job: str) -> None:
     store.start_step(job, "merge", now=T0 + 1)
 
-    assert store.mark_succeeded(job, {"image": "out/job-1.png", "bytes": 10}, now=T0 + 2)
+    assert store.mark_succeeded(job, JobResult(image="out/job-1.png", bytes=10), now=T0 + 2)
     assert not store.mark_failed(job, make_error(), now=T0 + 3)
     assert not store.mark_cancelled(job, now=T0 + 3)
-    assert not store.mark_succeeded(job, {"image": "other.png"}, now=T0 + 3)
+    assert not store.mark_succeeded(job, JobResult(image="other.png"), now=T0 + 3)
 
     record = store.get(job)
     assert record.state is JobState.SUCCEEDED
-    assert record.result == {"image": "out/job-1.png", "bytes": 10}
+    assert record.result == JobResult(image="out/job-1.png", bytes=10)
     assert record.error is None
     assert record.updated_at == T0 + 2
 
@@ -304,8 +304,8 @@ def test_mark_cancelled_works_from_queued(store: StatusStore, job: str) -> None:
         lambda s: s.start_step("nope", "generate", now=T0),
         lambda s: s.finish_step("nope", "generate", now=T0),
         lambda s: s.record_error("nope", make_error()),
-        lambda s: s.set_sd_info("nope", {}),
-        lambda s: s.mark_succeeded("nope", {}, now=T0),
+        lambda s: s.set_sd_info("nope", SDInfo()),
+        lambda s: s.mark_succeeded("nope", JobResult(), now=T0),
         lambda s: s.mark_failed("nope", make_error(), now=T0),
         lambda s: s.mark_cancelled("nope", now=T0),
     ],
@@ -370,7 +370,7 @@ def test_count_by_state_includes_zeros_and_follows_transitions(store: StatusStor
     store.create_jobs([make_spec(f"j{i}", batch_id="b1" if i < 3 else None) for i in range(5)])
     store.start_step("j0", "split", now=T0 + 1)
     store.start_step("j0", "merge", now=T0 + 2)
-    store.mark_succeeded("j0", {}, now=T0 + 3)
+    store.mark_succeeded("j0", JobResult(), now=T0 + 3)
     store.mark_cancelled("j3", now=T0 + 3)
     store.mark_cancelled("j3", now=T0 + 4)
 
@@ -440,7 +440,7 @@ def test_concurrent_transitions_never_move_backwards(store: StatusStore, job: st
         try:
             for call in range(calls_each):
                 if seed < 2 and call == calls_each // 2:
-                    if store.mark_succeeded(job, {"by": seed}, now=T0 + call):
+                    if store.mark_succeeded(job, JobResult(by=seed), now=T0 + call):
                         winners.append(seed)
                         ended.set()
                     continue
@@ -479,7 +479,7 @@ def test_concurrent_transitions_never_move_backwards(store: StatusStore, job: st
     assert len(seen_ranks) > 1 and seen_ranks == sorted(seen_ranks)
     assert len(winners) == 1 and late_starts == []
     record = store.get(job)
-    assert record.state is JobState.SUCCEEDED and record.result == {"by": winners[0]}
+    assert record.state is JobState.SUCCEEDED and record.result == JobResult(by=winners[0])
     assert {name: step.attempts for name, step in record.steps.items()} == {
         name: started.count(name) for name in set(started)
     }
@@ -602,7 +602,7 @@ def test_sqlite_second_instance_reads_jobs(tmp_path: Path) -> None:
     writer = SqliteStatusStore(path)
     writer.create_jobs([make_spec("j1", batch_id="b")])
     writer.start_step("j1", "generate", now=T0 + 1)
-    writer.mark_succeeded("j1", {"image": "j1.png"}, now=T0 + 2)
+    writer.mark_succeeded("j1", JobResult(image="j1.png"), now=T0 + 2)
     expected = writer.get("j1")
     writer.close()
 
