@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.errors import JobNotFound
 from pipeline.jobs.planning import watch_jobs
-from pipeline.models import ErrorInfo, JobRecord, JobSpec, JobState, StepParams
+from pipeline.models import ErrorInfo, JobRecord, JobResult, JobSpec, JobState, StepParams
 from pipeline.store.sqlite import SqliteStatusStore
 
 T0 = 1_700_000_000.0
@@ -49,7 +49,7 @@ def store(tmp_path: Path) -> CountingStore:
 
 def test_watch_jobs_reads_only_unfinished_jobs_in_one_batch_per_poll(store: CountingStore) -> None:
     # Given job a already ended
-    store.mark_succeeded("a", {}, now=T0 + 1)
+    store.mark_succeeded("a", JobResult(), now=T0 + 1)
     watch = watch_jobs(store, ["a", "b", "c"], poll_interval_s=0)
 
     first = next(watch)

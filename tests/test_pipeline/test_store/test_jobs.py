@@ -132,13 +132,13 @@ def test_get_unknown_id_raises_job_not_found(store: StatusStore) -> None:
 def test_get_many_returns_one_record_per_id_in_the_order_given(store: StatusStore) -> None:
     store.create_jobs([make_spec("j1"), make_spec("j2", batch_id="b"), make_spec("j3")])
     store.start_step("j2", "generate", now=T0 + 1)
-    store.mark_succeeded("j3", {"image": "out/j3.png"}, now=T0 + 2)
+    store.mark_succeeded("j3", JobResult(image="out/j3.png"), now=T0 + 2)
 
     records = store.get_many(["j3", "j1", "j2", "j1"])
 
     assert [record.job_id for record in records] == ["j3", "j1", "j2", "j1"]
     assert records == [store.get("j3"), store.get("j1"), store.get("j2"), store.get("j1")]
-    assert records[2].steps["generate"].attempts == 1 and records[0].result == {"image": "out/j3.png"}
+    assert records[2].steps["generate"].attempts == 1 and records[0].result == JobResult(image="out/j3.png")
 
 
 def test_get_many_of_no_ids_returns_empty_list(store: StatusStore) -> None:
