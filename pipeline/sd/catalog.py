@@ -167,9 +167,10 @@ class ServerCatalog:
                 isinstance(sha256, str) and len(wanted) >= 10 and sha256.lower().startswith(wanted)
             ):
                 return title
+        by_stem = {title.rsplit(" [", 1)[0].rsplit(".", 1)[0]: title for title in titles}
         raise InputError(
             f"the SD server at {self._client.url} has no checkpoint {name!r}; closest: "
-            + ", ".join(_closest(name, titles)),
+            + ", ".join(by_stem[stem] for stem in _closest(name, by_stem)),
             field="sd_model_checkpoint",
             value=name,
             expected="a checkpoint title, model name or hash from /sdapi/v1/sd-models",

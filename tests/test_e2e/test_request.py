@@ -82,11 +82,12 @@ def test_jsonl_batch_with_hires_scripts_styles_refiner_variation_and_two_checkpo
     for row in (HIRES_ROW, SCRIPTS_ROW):
         body = bodies[row["prompt"]]
         for key, value in row.items():
-            if key != "model":
+            if key not in ("model", "override_settings"):
                 assert body[key] == value, key
-        assert body["override_settings"]["sd_model_checkpoint"].startswith(
-            f"{row['model'].split('.')[0]}.safetensors ["
-        )
+        overrides = body["override_settings"]
+        assert {k: v for k, v in overrides.items() if k != "sd_model_checkpoint"} == row.get("override_settings", {})
+        stem = str(row["model"]).split(".")[0]
+        assert overrides["sd_model_checkpoint"].startswith(f"{stem}.safetensors [")
         assert body["batch_size"] == 1 and body["n_iter"] == 1
     # Each image is the size asked (hires: 2x) and its infotext says what was asked
     hires_job, scripts_job = (row["jobs"][0] for row in manifest["rows"])
@@ -94,7 +95,7 @@ def test_jsonl_batch_with_hires_scripts_styles_refiner_variation_and_two_checkpo
         assert image.size == (128, 128)
     hires = parse_infotext(_infotext(Path(hires_job["output"])))
     assert (hires["Hires upscale"], hires["Hires upscaler"], hires["Denoising strength"]) == ("2.0", "Latent", "0.5")
-    assert (hires["Model"], hires["Seam grid"]) == ("base", "1x2")
+    assert (hires["Model"], hires["Seam grid-1"], hires["Seam grid-2"]) == ("base", "1", "2")
     with Image.open(scripts_job["output"]) as image:
         assert image.size == (64, 64)
     text = _infotext(Path(scripts_job["output"]))
