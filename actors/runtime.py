@@ -35,6 +35,8 @@ from pipeline.errors import PipelineError, QueueFull, StoreUnavailable
 from pipeline.jobs.planning import new_id
 from pipeline.jobs.steps import StepContext
 from pipeline.models import BatchRecord, BatchRow, ErrorInfo, JobRecord, JobSpec, JobState, StepName
+from pipeline.sd.catalog import ServerCatalog
+from pipeline.sd.client import SDClient
 from pipeline.sd.pool.pool import PoolObserver
 from pipeline.settings import Settings, mask_url
 from pipeline.store import StatusStore, open_store
@@ -223,7 +225,10 @@ class Runtime:
         """
         now = time.time()
         batch_id = new_id()
-        rows = read_batch_file(path, self.settings, defaults=defaults, batch_id=batch_id, now=now)
+        # The file may have changed since the schedule was added: its names are checked again.
+        with SDClient(self.settings) as client:
+            checker = ServerCatalog(client)
+            rows = read_batch_file(path, self.settings, defaults=defaults, batch_id=batch_id, now=now, checker=checker)
         return self.submit_rows(rows, batch_id=batch_id, source=str(path.absolute()), schedule=schedule, now=now)
 
     def submit_plan(
