@@ -13,7 +13,8 @@ A1111 answers 500 for several mistakes of the request itself, which no retry can
 nothing about the server's health (:func:`is_request_mistake`): an unknown ``override_settings`` key
 (``KeyError``), another ``KeyError``/``ValueError`` raised while reading the request, an unknown
 ``samples_format`` (``HTTPException`` "Invalid image format") and an unknown hires upscaler
-(``Exception`` "could not find upscaler named ..."). They are :class:`SDRequestRejected`: the job
+(``Exception`` "could not find upscaler named ...") and an unknown refiner or hires checkpoint
+(``Exception`` "Could not find checkpoint with name ..."). They are :class:`SDRequestRejected`: the job
 fails at once with the server's message, and the pool does not bench the server. ``OutOfMemoryError``,
 ``NansException`` and every other 5xx stay :class:`SDServerError` (transient).
 """
@@ -72,7 +73,11 @@ _T = TypeVar("_T", dict[str, Any], list[Any])
 #: Exception classes A1111 reports (500 ``error``) for a mistake in the request: permanent.
 _REQUEST_MISTAKE_ERRORS = frozenset({"KeyError", "ValueError"})
 #: Words of a 500 message (any exception class) that name a mistake in the request: permanent.
-_REQUEST_MISTAKE_WORDS = ("invalid image format", "could not find upscaler named")
+_REQUEST_MISTAKE_WORDS = (
+    "invalid image format",
+    "could not find upscaler named",
+    "could not find checkpoint with name",
+)
 
 
 def _truncate(text: str) -> str:

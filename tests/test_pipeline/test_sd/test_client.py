@@ -646,8 +646,12 @@ def test_only_a_read_timeout_asks_about_the_task(loose_api: respx.MockRouter, ex
             "could not find upscaler named Lanczoz",
         ),
         ({"error": "ValueError", "detail": "", "body": "", "message": "bad value for hr_scale"}, "bad value"),
+        (
+            {"error": "Exception", "detail": "", "body": "", "errors": "Could not find checkpoint with name refinr"},
+            "Could not find checkpoint",
+        ),
     ],
-    ids=["unknown-override-key", "invalid-samples-format", "unknown-upscaler", "forge-value-error"],
+    ids=["unknown-override-key", "invalid-samples-format", "unknown-upscaler", "forge-value-error", "unknown-refiner"],
 )
 def test_txt2img_maps_500_request_mistakes_to_permanent_rejection(
     sd_api: respx.MockRouter, client: SDClient, body: dict[str, Any], server_message: str
