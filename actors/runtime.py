@@ -35,8 +35,7 @@ from pipeline.errors import PipelineError, QueueFull, StoreUnavailable
 from pipeline.jobs.planning import new_id
 from pipeline.jobs.steps import StepContext
 from pipeline.models import BatchRecord, BatchRow, ErrorInfo, JobRecord, JobSpec, JobState, StepName
-from pipeline.sd.catalog import ServerCatalog
-from pipeline.sd.client import SDClient
+from pipeline.sd.catalog import open_catalog
 from pipeline.sd.pool.pool import PoolObserver
 from pipeline.settings import Settings, mask_url
 from pipeline.store import StatusStore, open_store
@@ -226,8 +225,7 @@ class Runtime:
         now = time.time()
         batch_id = new_id()
         # The file may have changed since the schedule was added: its names are checked again.
-        with SDClient(self.settings) as client:
-            checker = ServerCatalog(client)
+        with open_catalog(self.settings) as checker:
             rows = read_batch_file(path, self.settings, defaults=defaults, batch_id=batch_id, now=now, checker=checker)
         return self.submit_rows(rows, batch_id=batch_id, source=str(path.absolute()), schedule=schedule, now=now)
 

@@ -62,7 +62,6 @@ from cli.request_options import (
     SubseedOption,
     SubseedStrengthOption,
     apply_flags,
-    open_checker,
     request_fields,
 )
 from pipeline.batches.files import BatchFileError, describe_plan, read_batch_file
@@ -71,6 +70,7 @@ from pipeline.errors import InputError
 from pipeline.jobs.files import check_output_dir
 from pipeline.jobs.planning import new_id, travelling_overrides
 from pipeline.models import JobRecord, JobState
+from pipeline.sd.catalog import open_catalog
 from pipeline.settings import Settings
 
 __all__ = ["batch", "cancel", "retry"]
@@ -186,7 +186,7 @@ def batch(
         batch_id = resume or new_id()
         output_dir, backend_url = travelling_overrides(settings, out=out, sd_url=sd_url)
         try:
-            with open_checker(settings) as checker:
+            with open_catalog(settings) as checker:
                 rows = read_batch_file(
                     file,
                     settings,

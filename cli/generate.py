@@ -36,15 +36,14 @@ from cli.request_options import (
     SubseedOption,
     SubseedStrengthOption,
     apply_flags,
-    checked_row,
-    open_checker,
     request_fields,
 )
-from pipeline.batches.rows import generation_request
+from pipeline.batches.rows import check_request, generation_request
 from pipeline.errors import InputsRejected
 from pipeline.jobs.files import check_output_dir
 from pipeline.jobs.planning import build_step_params, new_id, plan_generate, plan_process, travelling_overrides
 from pipeline.models import JobSpec
+from pipeline.sd.catalog import open_catalog
 from pipeline.settings import OutputFormat, Settings
 from pipeline.store import StatusStore
 
@@ -154,8 +153,8 @@ def generate(
             scheduler=scheduler,
         )
         output_dir, backend_url = travelling_overrides(settings, out=out, sd_url=sd_url)
-        with open_checker(settings) as checker:
-            request = generation_request(checked_row(fields, checker))
+        with open_catalog(settings) as checker:
+            request = generation_request(check_request(fields, known_fields=checker.known_fields()))
             specs = plan_generate(
                 settings,
                 request,

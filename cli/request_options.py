@@ -9,19 +9,14 @@ batch row (A1111 names, plus ``model``), which every entry point then checks the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from pipeline.batches.rows import A1111_NAMES, check_row
+from pipeline.batches.rows import A1111_NAMES
 from pipeline.errors import InputError
 from pipeline.jobs.planning import parse_overrides
-from pipeline.sd.catalog import ServerCatalog
-from pipeline.sd.client import SDClient
-from pipeline.settings import Settings
 
 __all__ = [
     "ClipSkipOption",
@@ -41,8 +36,6 @@ __all__ = [
     "SubseedOption",
     "SubseedStrengthOption",
     "apply_flags",
-    "checked_row",
-    "open_checker",
     "request_fields",
 ]
 
@@ -217,13 +210,6 @@ def request_fields(
     return fields
 
 
-@contextmanager
-def open_checker(settings: Settings) -> Iterator[ServerCatalog]:
-    """A checker of requests against the first SD server of ``SD_API_URL``."""
-    with SDClient(settings) as client:
-        yield ServerCatalog(client)
-
-
 def apply_flags(fields: dict[str, Any], **flags: Any) -> dict[str, Any]:
     """``fields`` (a row, a ``--request`` body) with the flags given (not None) on top, under sdpipe's names."""
     merged = dict(fields)
@@ -235,16 +221,3 @@ def apply_flags(fields: dict[str, Any], **flags: Any) -> dict[str, Any]:
                 merged.pop(a1111, None)  # --negative wins over the body's negative_prompt
         merged[key] = value
     return merged
-
-
-def checked_row(fields: dict[str, Any], checker: ServerCatalog | None) -> dict[str, Any]:
-    """The keys of one request checked as a batch row is (the first problem raised).
-
-    Raises:
-        InputError: an unknown or refused key, or a value of the wrong type.
-    """
-    values, issues = check_row(fields, text_values=False, known_fields=checker.known_fields() if checker else None)
-    if issues:
-        field, message, _ = issues[0]
-        raise InputError(f"{field}: {message}" if field else message, field=field)
-    return values

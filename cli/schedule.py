@@ -53,7 +53,6 @@ from cli.request_options import (
     SubseedOption,
     SubseedStrengthOption,
     apply_flags,
-    open_checker,
     request_fields,
 )
 from pipeline.batches.files import BatchFileError, read_batch_file
@@ -68,6 +67,7 @@ from pipeline.batches.schedules import (
 )
 from pipeline.errors import InputError, JobNotFound, ScheduleNotFound
 from pipeline.models import ScheduleRecord, ScheduleRun
+from pipeline.sd.catalog import open_catalog
 from pipeline.store import open_store
 
 __all__ = ["schedule_app", "scheduler"]
@@ -168,7 +168,7 @@ def add(
             raise InputError(f"schedule name {name!r} is empty or too long", field="name", value=name, limit=100)
         # Check the file now (it is read again, and validated again, at every run).
         try:
-            with open_checker(settings) as checker:
+            with open_catalog(settings) as checker:
                 read_batch_file(file, settings, defaults=options, batch_id="check", now=time.time(), checker=checker)
         except BatchFileError as exc:
             for problem in exc.problems:

@@ -29,12 +29,12 @@ from cli.api.schemas import (
     RetryResult,
     job_view,
 )
-from cli.request_options import checked_row, open_checker
 from pipeline.batches.files import BatchFileError, PlannedRow, read_batch_file
 from pipeline.batches.manifests import batch_records, build_manifest, retry_step
-from pipeline.batches.rows import generation_request
+from pipeline.batches.rows import check_request, generation_request
 from pipeline.jobs.planning import build_step_params, new_id, plan_generate
 from pipeline.models import JobRecord, JobState
+from pipeline.sd.catalog import open_catalog
 from pipeline.settings import Settings
 from pipeline.store import DEFAULT_LIST_LIMIT
 
@@ -95,8 +95,8 @@ def _submit_generate(request: Request, body: GenerateBody) -> tuple[str, list[st
         exclude_none=True, exclude={"count", "grid", "band_px", "sigma", "format", "quality", "name"}
     )
     batch_id = new_id()
-    with open_checker(settings) as checker:
-        generation = generation_request(checked_row(fields, checker))
+    with open_catalog(settings) as checker:
+        generation = generation_request(check_request(fields, known_fields=checker.known_fields()))
         specs = plan_generate(
             settings,
             generation,
@@ -129,7 +129,7 @@ def plan_batch_rows(settings: Settings, body: BatchBody, *, batch_id: str, now: 
             for row in body.rows:
                 handle.write(json.dumps({"prompt": row} if isinstance(row, str) else row) + "\n")
         try:
-            with open_checker(settings) as checker:
+            with open_catalog(settings) as checker:
                 return read_batch_file(
                     path, settings, defaults=body.defaults, batch_id=batch_id, now=now, checker=checker
                 )

@@ -22,6 +22,7 @@ from typing import Annotated, Any, NamedTuple
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline.errors import InputError
 from pipeline.jobs.planning import GenerationRequest
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "ROW_KEYS",
     "FieldIssue",
     "JobRow",
+    "check_request",
     "check_row",
     "close_key",
     "describe_value",
@@ -211,6 +213,19 @@ def check_row(
             issues.append(FieldIssue(where, _message(error)))
         row = JobRow.model_validate({k: v for k, v in given.items() if k not in bad}, strict=not text_values)
     return row.model_dump(exclude_none=True), issues
+
+
+def check_request(fields: Mapping[Any, Any], *, known_fields: Collection[str] | None) -> dict[str, Any]:
+    """The keys of one request (``generate``'s flags, ``POST /api/generate``) checked as a batch row's are.
+
+    Raises:
+        InputError: the first unknown or refused key, or value of the wrong type.
+    """
+    values, issues = check_row(fields, text_values=False, known_fields=known_fields)
+    if issues:
+        field, message, _ = issues[0]
+        raise InputError(f"{field}: {message}" if field else message, field=field)
+    return values
 
 
 def generation_request(values: Mapping[str, Any]) -> GenerationRequest:

@@ -23,14 +23,16 @@ import difflib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pipeline.errors import InputError, SDError
 from pipeline.models import GenerationParams
 from pipeline.sd.client import SDClient
+from pipeline.settings import Settings
 
-__all__ = ["CATALOG_TTL_S", "ServerCatalog"]
+__all__ = ["CATALOG_TTL_S", "ServerCatalog", "open_catalog"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,3 +177,10 @@ class ServerCatalog:
             value=name,
             expected="a checkpoint title, model name or hash from /sdapi/v1/sd-models",
         )
+
+
+@contextmanager
+def open_catalog(settings: Settings) -> Iterator[ServerCatalog]:
+    """The catalog of the first SD server of ``settings.sd_api_url`` (its client closed on exit)."""
+    with SDClient(settings) as client:
+        yield ServerCatalog(client)
