@@ -56,6 +56,8 @@ _PARAM_KEYS = {
 }
 #: The row key of a GenerationParams field named by an InputError's ``field``.
 _ROW_KEY_OF = {"sampler_name": "sampler", "sd_model_checkpoint": "model", "cfg_scale": "cfg"}
+#: Fields of the InputErrors of the request checks (the server's lists, the hires size), by field.
+_REQUEST_CHECK_FIELDS = frozenset({"sampler_name", "scheduler", "sd_model_checkpoint", "hr_scale"})
 #: Words in an InputError from plan_generate / build_step_params and the row key they are about;
 #: the earliest one in the message wins. "size" stands for width or height (MAX_PIXELS).
 _MESSAGE_KEYS = (
@@ -438,8 +440,9 @@ def _issues_from(exc: InputError, values: Mapping[str, Any]) -> list[FieldIssue]
     cause = exc.__cause__
     if isinstance(cause, ValidationError):
         return [_pydantic_issue(error) for error in cause.errors(include_url=False)]
-    if exc.field is not None:
-        return [FieldIssue(_ROW_KEY_OF.get(exc.field, exc.field), exc.message, exc.field != "hr_scale")]
+    if exc.field in _REQUEST_CHECK_FIELDS or exc.message.startswith("unknown field"):
+        checked = str(exc.field)
+        return [FieldIssue(_ROW_KEY_OF.get(checked, checked), exc.message, checked != "hr_scale")]
     field = _field_of(exc.message)
     if field == "size":
         field = "height" if "height" in values and "width" not in values else "width"
