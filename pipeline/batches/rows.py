@@ -224,7 +224,8 @@ def check_request(fields: Mapping[Any, Any], *, known_fields: Collection[str] | 
     values, issues = check_row(fields, text_values=False, known_fields=known_fields)
     if issues:
         field, message, _ = issues[0]
-        raise InputError(f"{field}: {message}" if field else message, field=field)
+        expected = "an output file name without a folder" if field == "name" else None
+        raise InputError(f"{field}: {message}" if field else message, field=field, expected=expected)
     return values
 
 

@@ -153,7 +153,7 @@ def check_field_names(names: Sequence[str], known: frozenset[str] | None) -> Non
             raise InputError(
                 f"unknown field {name!r}{suggestion} (not in the SD server's txt2img request)",
                 field=name,
-                expected=f"did you mean {guess!r}?" if guess else "a field of the server's /openapi.json txt2img",
+                expected=repr(guess) if guess else "a field of the server's txt2img request (its /openapi.json)",
             )
 
 
