@@ -66,7 +66,6 @@ A1111_NAMES = {"negative_prompt": "negative", "cfg_scale": "cfg", "sampler_name"
 _REFUSED = {
     "batch_size": "a job is one image: use count for more images",
     "n_iter": "a job is one image: use count for more images",
-    "force_task_id": "sdpipe names each task after its job",
 }
 #: Keys that may only say what sdpipe sends anyway (1).
 _ONE_IMAGE = frozenset({"batch_size", "n_iter"})
@@ -186,8 +185,8 @@ def check_row(
     given: dict[str, Any] = {}
     for key, value in raw.items():
         name = str(key)
-        if name in _ONE_IMAGE and value in (None, 1, "1"):
-            continue  # what sdpipe sends anyway (a pasted A1111 body has them)
+        if (name in _ONE_IMAGE and value in (None, 1, "1")) or name == "force_task_id":
+            continue  # what sdpipe sends anyway, or sets itself (a pasted A1111 body has them)
         problem = key_problem(name, known_fields) if check_keys else None
         if problem is None and name in _REFUSED:
             problem = f"not allowed ({_REFUSED[name]})"

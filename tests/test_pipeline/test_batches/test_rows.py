@@ -99,3 +99,38 @@ def test_check_row_sdpipe_and_a1111_names_are_one_key() -> None:
 
     assert issues == [("negative", "given twice (as 'negative' and as its A1111 name)", True)]
     assert values == {"negative": "a"}
+
+
+def test_a_pasted_a1111_body_is_a_row_as_it_is(tmp_path: Path, settings: Settings) -> None:
+    # What an API script sends A1111, pasted whole: the fields sdpipe sets itself are left to it
+    body = {
+        "prompt": "a harbour",
+        "negative_prompt": "",
+        "seed": 3,
+        "sampler_name": "Euler a",
+        "sampler_index": "Euler",
+        "batch_size": 1,
+        "n_iter": 1,
+        "steps": 12,
+        "cfg_scale": 7,
+        "width": 64,
+        "height": 64,
+        "restore_faces": False,
+        "send_images": True,
+        "save_images": False,
+        "force_task_id": "task(abc)",
+        "script_args": [],
+        "alwayson_scripts": {},
+        "override_settings_restore_afterwards": False,
+    }
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(body) + "\n")
+
+    (planned,) = read(path, settings)
+
+    payload = planned.specs[0].generation.to_payload()  # type: ignore[union-attr]
+    assert {key: payload[key] for key in body if key != "force_task_id"} == {
+        **{key: value for key, value in body.items() if key != "force_task_id"},
+        "cfg_scale": 7.0,
+    }
+    assert "force_task_id" not in payload  # the client names the task after the job
