@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
+from pipeline.models import SDInfo
 from pipeline.settings import load_settings
 from pipeline.store import open_store
 from tests.test_cli.conftest import Invoke
@@ -133,3 +134,20 @@ def test_doctor_unreachable_sd_exit_3_masks_secret(sdpipe: Invoke) -> None:
     assert "topsecret" not in result.output
     assert "hunter2" not in result.output
     assert "***" in result.output
+
+
+def test_status_shows_what_the_server_did_differently(sdpipe: Invoke, out_dir: Path) -> None:
+    # Given a job the server rendered with another sampler than the one asked for
+    settings = load_settings(output_dir=out_dir, sd_api_url="mock://")
+    params = build_step_params(settings, grid="2x2", band_px=8, sigma=2.0)
+    (spec,) = plan_generate(settings, GenerationRequest(prompt="x"), params, now=time.time())
+    warning = "the SD server used sampler 'DPM++ 2M', not 'Eulr a' (A1111 replaces a sampler it does not know)"
+    store = open_store(settings)
+    try:
+        store.create_jobs([spec])
+        store.set_sd_info(spec.job_id, SDInfo(seed=3, sampler="DPM++ 2M", warnings=[warning]))
+    finally:
+        store.close()
+    # Then status says so
+    shown = " ".join(sdpipe("status", spec.job_id).stdout.split())
+    assert f"sd warning {warning}" in shown
