@@ -265,3 +265,5 @@ def test_generate_passes_a1111_fields_through_and_schema_allows_them(api: ApiSer
     schema = api.client.get("/openapi.json").json()["components"]["schemas"]
     assert schema["GenerateBody"]["additionalProperties"] is True
     assert schema["GenerateBody"]["properties"]["steps"]["anyOf"][0]["type"] == "integer"
+    row = schema["BatchBody"]["properties"]["rows"]["items"]["anyOf"][0]  # a batch row is typed the same way
+    assert row["additionalProperties"] is True and row["properties"]["model"]["anyOf"][0]["type"] == "string"
