@@ -287,7 +287,7 @@ class _Planner:
         depend on a row (grid vs that row's size) are left to the rows.
         """
         known = self.checker.known_fields() if self.checker is not None else None
-        values, issues = check_row(raw, text_values=text_values, known_fields=known)
+        values, issues = check_row(raw, text_values=text_values, known_fields=known, json_text=False)
         for _ in ROW_KEYS:  # each round drops at least one value
             probe = {"prompt": "defaults", **values}
             if isinstance(probe.get("count"), int) and 1 <= probe["count"] <= MAX_ROW_COUNT:

@@ -171,6 +171,7 @@ def check_row(
     text_values: bool,
     known_fields: Collection[str] | None = None,
     check_keys: bool = True,
+    json_text: bool | None = None,
 ) -> tuple[dict[str, Any], list[FieldIssue]]:
     """The keys of a row with values of their type; None (an empty CSV cell) means "not set".
 
@@ -179,7 +180,8 @@ def check_row(
     values) text such as ``"20"`` is converted, and pass-through text that is JSON is read as JSON;
     otherwise (JSON, YAML) a value must already have its type, except that a whole number may stand
     for a decimal one. True/false are never numbers. ``check_keys`` False: names were checked already
-    (a CSV header).
+    (a CSV header). ``json_text`` (default: ``text_values``) reads pass-through text as JSON: CSV
+    cells, whose every value is text; not command-line defaults, whose text is meant as text.
     """
     issues: list[FieldIssue] = []
     given: dict[str, Any] = {}
@@ -199,8 +201,9 @@ def check_row(
             continue
         if value is None:
             continue
-        if text_values and isinstance(value, str) and field not in _TEXT_KEYS:
-            value = _json_or_text(value, typed=field in JobRow.model_fields)
+        typed = field in JobRow.model_fields
+        if text_values and isinstance(value, str) and field not in _TEXT_KEYS and (typed or json_text is not False):
+            value = _json_or_text(value, typed=typed)
         given[field] = value
     try:
         row = JobRow.model_validate(given, strict=not text_values)

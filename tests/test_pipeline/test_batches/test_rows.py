@@ -134,3 +134,13 @@ def test_a_pasted_a1111_body_is_a_row_as_it_is(tmp_path: Path, settings: Setting
         "cfg_scale": 7.0,
     }
     assert "force_task_id" not in payload  # the client names the task after the job
+
+
+def test_command_line_defaults_text_stays_text(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "rows.txt"
+    path.write_text("a fox\n")
+
+    (planned,) = read_batch_file(path, settings, defaults={"hr_prompt": "[1]", "steps": "12"}, batch_id="b", now=0.0)
+
+    payload = planned.specs[0].generation.to_payload()  # type: ignore[union-attr]
+    assert (payload["hr_prompt"], payload["steps"]) == ("[1]", 12)
