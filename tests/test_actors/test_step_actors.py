@@ -190,4 +190,4 @@ def test_merge_run_again_after_a_crash_keeps_its_claimed_name(
     record = runtime.store.get(spec.job_id)
     assert record.state is JobState.SUCCEEDED
     assert sorted(p.name for p in output_dir.glob("*.png")) == ["same-0001.png"]
-    assert Path(str(record.result["image"])).name == "same-0001.png"  # type: ignore[index]
+    assert Path(str(record.result.image)).name == "same-0001.png"  # type: ignore[union-attr]
