@@ -12,9 +12,10 @@ request is checked against the server's own lists before any job exists (:class:
 - field names are checked against the server's txt2img request schema (``/openapi.json``).
 
 A name that matches none is an :class:`~pipeline.errors.InputError` naming the closest ones. A list
-the server does not serve (``/openapi.json`` off, no ``/schedulers`` before 1.9, the server down while
-jobs are queued for later) is skipped with one warning per server and list: the names go as written.
-Lists are cached per server for :data:`CATALOG_TTL_S`.
+the server does not serve (``/openapi.json`` off, no ``/schedulers`` before 1.9) is skipped, the field
+list with one warning per server: the names go as written. A server that does not answer at all (down
+while jobs are queued for later) is asked once per submission, with a warning, and nothing is
+checked. Lists are cached per server for :data:`CATALOG_TTL_S`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pipeline.errors import InputError, SDError
+from pipeline.errors import InputError, SDError, SDTransientError
 from pipeline.models import GenerationParams
 from pipeline.sd.client import SDClient
 from pipeline.settings import Settings
@@ -64,6 +65,8 @@ class ServerCatalog:
     def __init__(self, client: SDClient, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
         self._clock = clock
+        #: The server did not answer (down, timed out, 5xx): the other lists are not asked for either.
+        self._unreachable = False
 
     def _list(self, path: str) -> Any:
         """The JSON of ``GET path``, cached; None (warned once) when the server does not serve it."""
@@ -73,8 +76,19 @@ class ServerCatalog:
             hit = _cache.get(key)
         if hit is not None and now - hit[0] < CATALOG_TTL_S:
             return hit[1]
+        if self._unreachable:
+            return None
         try:
             value = self._client.get_json(path)
+        except SDTransientError as exc:
+            # Jobs may be queued while the server is down: names go as written, checked next time.
+            self._unreachable = True
+            logger.warning(
+                "cannot reach the SD server at %s to check names (%s): they are sent as written, unchecked",
+                self._client.url,
+                exc.message,
+            )
+            return None
         except SDError as exc:
             with _lock:
                 first = key not in _warned

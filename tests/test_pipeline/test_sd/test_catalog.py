@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import respx
 
@@ -154,3 +155,17 @@ def test_catalog_without_openapi_warns_once_and_sends_names_as_written(
 )
 def test_checkpoint_matches_compares_hash_then_name(asked: str, name: str, model_hash: str | None, same: bool) -> None:
     assert checkpoint_matches(asked, name, model_hash) is same
+
+
+def test_catalog_of_a_server_that_is_down_asks_once_and_checks_nothing(
+    catalog: ServerCatalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    with respx.mock(base_url=BASE, assert_all_called=False) as router:
+        route = router.route().mock(side_effect=httpx.ConnectError("Connection refused"))
+        with caplog.at_level(logging.WARNING, logger="pipeline.sd.catalog"):
+            assert catalog.known_fields() is None
+            asked = params(sampler_name="anything", override_settings={"sd_model_checkpoint": "any"})
+            assert catalog.check(asked) == asked
+
+    assert route.call_count == 1  # not once per list: a dead server would cost a timeout each
+    assert "cannot reach the SD server" in caplog.text
