@@ -1,6 +1,7 @@
 """Batches and schedules: batch files, their manifests and re-runs, and cron schedules that fire them.
 
 - :mod:`~pipeline.batches.formats`: ``.txt``, ``.jsonl``, ``.csv``, ``.yaml`` files -> rows with line numbers.
+- :mod:`~pipeline.batches.rows`: the keys of a row (sdpipe's and any A1111 txt2img field): one model, one check.
 - :mod:`~pipeline.batches.files`: every row checked and planned before anything is enqueued.
 - :mod:`~pipeline.batches.manifests`: manifests, and how ``--resume``/``--skip-existing`` reuse work.
 - :mod:`~pipeline.batches.schedules`: cron arithmetic and the exactly-once scheduler loop.
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
         plan_resume,
         write_manifest,
     )
+    from pipeline.batches.rows import (
+        JobRow,
+        check_request,
+        generation_request,
+    )
     from pipeline.batches.schedules import (
         Scheduler,
         effective_grace_s,
@@ -44,6 +50,9 @@ __all__ = [
     "PlannedRow",
     "describe_plan",
     "read_batch_file",
+    "JobRow",
+    "check_request",
+    "generation_request",
     "ResumePlan",
     "build_manifest",
     "plan_resume",
@@ -60,6 +69,7 @@ __getattr__, __dir__ = lazy_exports(
     {
         ".formats": ["BATCH_EXTENSIONS", "parse_batch_file"],
         ".files": ["BatchFileError", "PlannedRow", "describe_plan", "read_batch_file"],
+        ".rows": ["JobRow", "check_request", "generation_request"],
         ".manifests": ["ResumePlan", "build_manifest", "plan_resume", "write_manifest"],
         ".schedules": ["Scheduler", "effective_grace_s", "next_fire_time", "parse_timezone", "validate_cron"],
     },

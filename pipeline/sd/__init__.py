@@ -25,7 +25,7 @@ if TYPE_CHECKING:
         backends_for,
         parse_backends,
     )
-    from pipeline.sd.catalog import ServerCatalog
+    from pipeline.sd.catalog import ServerCatalog, open_catalog
     from pipeline.sd.client import (
         HEALTH_TIMEOUT_S,
         SDClient,
@@ -38,6 +38,7 @@ __all__ = [
     "backends_for",
     "parse_backends",
     "ServerCatalog",
+    "open_catalog",
     "HEALTH_TIMEOUT_S",
     "SDClient",
     "sd_task_id",
@@ -47,7 +48,7 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         ".backends": ["Backend", "backend_key", "backends_for", "parse_backends"],
-        ".catalog": ["ServerCatalog"],
+        ".catalog": ["ServerCatalog", "open_catalog"],
         ".client": ["HEALTH_TIMEOUT_S", "SDClient", "sd_task_id"],
     },
 )
