@@ -129,6 +129,9 @@ MAX_PROMPT_CHARS = 20_000
 FIXED_FIELDS: dict[str, Any] = {"batch_size": 1, "n_iter": 1, "send_images": True}
 #: Fields a request may not set: sdpipe names every task after its job.
 RESERVED_FIELDS = frozenset({"force_task_id"})
+#: ``denoising_strength`` sent with ``enable_hr`` when none is given: the A1111 UI's hires default.
+#: A1111's API has none and answers 500 (``TypeError``: None * float) to hires without it.
+DEFAULT_HIRES_DENOISE = 0.7
 
 
 class GenerationParams(BaseModel):
@@ -164,6 +167,13 @@ class GenerationParams(BaseModel):
         if not value.strip():
             raise ValueError("the prompt is empty")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hires_denoise(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("enable_hr") and data.get("denoising_strength") is None:
+            return {**data, "denoising_strength": DEFAULT_HIRES_DENOISE}
+        return data
 
     @model_validator(mode="after")
     def _one_image_and_plain_values(self) -> GenerationParams:

@@ -11,7 +11,8 @@ stay small. Error bodies differ between servers; :func:`server_message` reads al
 
 A1111 answers 500 for several mistakes of the request itself, which no retry can fix and which say
 nothing about the server's health (:func:`is_request_mistake`): an unknown ``override_settings`` key
-(``KeyError``), another ``KeyError``/``ValueError`` raised while reading the request, an unknown
+(``KeyError``), another ``KeyError``/``ValueError``/``TypeError`` raised while reading the request
+(hires without ``denoising_strength`` is a ``TypeError``: None * float), an unknown
 ``samples_format`` (``HTTPException`` "Invalid image format") and an unknown hires upscaler
 (``Exception`` "could not find upscaler named ...") and an unknown refiner or hires checkpoint
 (``Exception`` "Could not find checkpoint with name ..."). They are :class:`SDRequestRejected`: the job
@@ -71,7 +72,7 @@ _MAX_VALIDATION_ITEMS = 3
 _DATA_URL_RE = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 _T = TypeVar("_T", dict[str, Any], list[Any])
 #: Exception classes A1111 reports (500 ``error``) for a mistake in the request: permanent.
-_REQUEST_MISTAKE_ERRORS = frozenset({"KeyError", "ValueError"})
+_REQUEST_MISTAKE_ERRORS = frozenset({"KeyError", "ValueError", "TypeError"})
 #: Words of a 500 message (any exception class) that name a mistake in the request: permanent.
 _REQUEST_MISTAKE_WORDS = (
     "invalid image format",

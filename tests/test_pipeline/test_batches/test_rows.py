@@ -70,6 +70,17 @@ def test_csv_cells_of_pass_through_fields_are_json_where_they_parse(tmp_path: Pa
     assert payload["alwayson_scripts"] == {"ADetailer": {"args": [True]}}
 
 
+def test_hires_row_without_denoise_sends_the_ui_default(tmp_path: Path, settings: Settings) -> None:
+    # A1111's API has no default: enable_hr without denoising_strength is a 500 TypeError there.
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "enable_hr": True}) + "\n" + json.dumps({"prompt": "b"}) + "\n")
+
+    hires, plain = (row.specs[0].generation.to_payload() for row in read(path, settings))  # type: ignore[union-attr]
+
+    assert hires["denoising_strength"] == 0.7
+    assert "denoising_strength" not in plain
+
+
 def test_row_batch_size_and_n_iter_are_refused_for_count(tmp_path: Path, settings: Settings) -> None:
     path = tmp_path / "rows.jsonl"
     path.write_text(json.dumps({"prompt": "a", "batch_size": 4}) + "\n" + json.dumps({"prompt": "b", "n_iter": 2}))

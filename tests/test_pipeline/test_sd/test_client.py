@@ -650,8 +650,19 @@ def test_only_a_read_timeout_asks_about_the_task(loose_api: respx.MockRouter, ex
             {"error": "Exception", "detail": "", "body": "", "errors": "Could not find checkpoint with name refinr"},
             "Could not find checkpoint",
         ),
+        (
+            {"error": "TypeError", "detail": "", "body": "", "errors": "unsupported operand type(s) for *"},
+            "unsupported operand",
+        ),
     ],
-    ids=["unknown-override-key", "invalid-samples-format", "unknown-upscaler", "forge-value-error", "unknown-refiner"],
+    ids=[
+        "unknown-override-key",
+        "invalid-samples-format",
+        "unknown-upscaler",
+        "forge-value-error",
+        "unknown-refiner",
+        "hires-without-denoise",
+    ],
 )
 def test_txt2img_maps_500_request_mistakes_to_permanent_rejection(
     sd_api: respx.MockRouter, client: SDClient, body: dict[str, Any], server_message: str
