@@ -70,8 +70,10 @@ from pipeline.errors import InputError
 from pipeline.jobs.files import check_output_dir
 from pipeline.jobs.planning import new_id, travelling_overrides
 from pipeline.models import JobRecord, JobState
+from pipeline.sd.backends import parse_backends
 from pipeline.sd.catalog import open_catalog
 from pipeline.settings import Settings
+from pipeline.store import open_store
 
 __all__ = ["batch", "cancel", "retry"]
 
@@ -311,7 +313,9 @@ def retry(
     ] = False,
     sd_url: Annotated[
         str | None,
-        typer.Option("--sd-url", help="Embedded mode: the SD server to retry on, or mock:// (default SD_API_URL)."),
+        typer.Option(
+            "--sd-url", help="Embedded mode: the SD server to retry on, or mock:// (default: the job's own server)."
+        ),
     ] = None,
 ) -> None:
     """Re-enqueue failed (or cancelled) jobs from the step that failed; saved SD images are reused.
@@ -333,6 +337,8 @@ def retry(
                 field="--failed",
                 value=job_id,
             )
+        if not settings.redis_mode and sd_url is None:
+            settings = _own_server(ctx, settings, job_id=job_id, batch_id=batch_id)
         with open_runtime(settings) as runtime:
             store = runtime.store
             if job_id is not None:
@@ -354,6 +360,38 @@ def retry(
             if runtime.embedded:
                 final = wait_for_jobs(store, [r.job_id for r in requeued], live=err_console.is_terminal)
                 report_jobs(final)
+
+
+def _own_server(ctx: typer.Context, settings: Settings, *, job_id: str | None, batch_id: str | None) -> Settings:
+    """Embedded retry without ``--sd-url``: the settings with the SD server the jobs were made on.
+
+    A job made with ``--sd-url`` records its server (without credentials); one that records none
+    ran on ``SD_API_URL``. A server already in ``SD_API_URL`` keeps that entry (and its credentials).
+    """
+    store = open_store(settings)
+    try:
+        if job_id is not None:
+            servers = {store.get(store.resolve_id(job_id)).spec.backend_url}
+        else:
+            assert batch_id is not None
+            found = store.get_batch(batch_id)
+            servers = {record.spec.backend_url for record in store.get_many(found.job_ids)}
+    finally:
+        store.close()
+    servers.discard(None)
+    if not servers:
+        return settings
+    if len(servers) > 1:
+        raise InputError(
+            f"the jobs were made on {len(servers)} different SD servers: say which to retry on",
+            field="--sd-url",
+        )
+    (server,) = servers
+    assert server is not None
+    known = {backend.key for backend in parse_backends(settings.sd_api_url)}
+    if all(backend.key in known for backend in parse_backends(server)):
+        return settings
+    return load(ctx, sd_api_url=server)
 
 
 def _refuse_retry(record: JobRecord) -> NoReturn:

@@ -282,10 +282,11 @@ def travelling_overrides(settings: Settings, *, out: Path | None, sd_url: str | 
     In Redis mode the workers run on their own settings, so what the submitting command overrode
     travels in each job spec: ``--out`` as the absolute ``settings.output_dir`` (which already holds
     it), ``--sd-url`` as the server the jobs are pinned to. Embedded mode runs the jobs on these very
-    settings: nothing travels, (None, None).
+    settings, so ``--out`` stays out; ``--sd-url`` is still recorded (not pinned: see
+    :func:`pipeline.jobs.steps.pinned_backend`), so an embedded ``sdpipe retry`` finds the job's server.
     """
     if not settings.redis_mode:
-        return None, None
+        return None, sd_url
     return (settings.output_dir.absolute() if out is not None else None), sd_url
 
 

@@ -237,7 +237,9 @@ def _generate(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | No
     generation = record.spec.generation
     if generation is None:
         raise ConfigError(f"job {record.job_id} has no generation parameters and no source image")
-    result = ctx.pool.txt2img(record.job_id, generation, pinned=record.spec.backend_url, avoid=_failed_backend(record))
+    result = ctx.pool.txt2img(
+        record.job_id, generation, pinned=pinned_backend(ctx, record), avoid=_failed_backend(record)
+    )
     sd_info = SDInfo(
         seed=result.seed,
         subseed=result.subseed,
@@ -264,6 +266,14 @@ def _generate(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | No
     return False, None
 
 
+def pinned_backend(ctx: StepContext, record: JobRecord) -> str | None:
+    """The server a job must use: its spec's ``backend_url`` in Redis mode (``--sd-url`` travelled
+    to workers with their own ``SD_API_URL``). Embedded jobs run on the settings of the process that
+    runs them, which already name the server (an embedded ``retry`` chooses it: the job's own
+    server unless ``--sd-url`` says otherwise), so their recorded server pins nothing."""
+    return record.spec.backend_url if ctx.settings.redis_mode else None
+
+
 def _failed_backend(record: JobRecord) -> str | None:
     """The server this job's last generate attempt failed on: a retry prefers another."""
     error = record.error
@@ -282,7 +292,7 @@ def sd_slot(ctx: StepContext, job_id: str) -> Iterator[Backend | None]:
     if record.state.terminal or _files(ctx, record).source.exists():
         yield None
         return
-    with ctx.pool.slot(job_id, pinned=record.spec.backend_url, avoid=_failed_backend(record)) as backend:
+    with ctx.pool.slot(job_id, pinned=pinned_backend(ctx, record), avoid=_failed_backend(record)) as backend:
         yield backend
 
 

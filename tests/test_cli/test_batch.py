@@ -179,7 +179,7 @@ def test_retry_unreachable_sd_exits_3_like_generate(sdpipe: Invoke) -> None:
 
 def test_retry_that_succeeds_prints_the_output_path(sdpipe: Invoke, out_dir: Path) -> None:
     job_id = _failed_job(sdpipe, "mock://retry-down?fail_rate=1.0")
-    result = sdpipe("retry", job_id, env={"SD_API_URL": "mock://retry-up"})
+    result = sdpipe("retry", job_id, "--sd-url", "mock://retry-up")
     assert result.exit_code == 0, result.output
     requeued, image = result.stdout.strip().splitlines()
     assert requeued == f"job {job_id} requeued"
@@ -326,3 +326,15 @@ def test_schedule_add_keeps_the_quality_for_its_runs(sdpipe: Invoke, tmp_path: P
     assert listed["options"] == {"width": 64, "height": 64, "format": "webp", "quality": 40}
     refused = sdpipe("schedule", "add", "r", str(path), "--cron", "0 2 * * *", "--quality", "0")
     assert refused.exit_code == 2 and "quality" in refused.stderr
+
+
+def test_retry_in_embedded_mode_uses_the_jobs_own_sd_server(sdpipe: Invoke) -> None:
+    # Given a job made with --sd-url on a server that failed it once (SD_API_URL is another server)
+    url = "mock://own-server?fail_rate=1.0"
+    job_id = _failed_job(sdpipe, url)
+    calls = _mock_calls(url)
+    # When it is retried without --sd-url
+    result = sdpipe("retry", job_id, env={"SD_API_URL": "http://127.0.0.1:9", "MAX_RETRIES": "0"})
+    # Then the retry went to the job's own server, not to SD_API_URL
+    assert _mock_calls(url) == calls + 1
+    assert "127.0.0.1:9" not in result.output

@@ -8,9 +8,12 @@ from pipeline.jobs.planning import travelling_overrides
 from pipeline.settings import Settings
 
 
-def test_travelling_overrides_are_none_in_embedded_mode(settings: Settings, tmp_path: Path) -> None:
+def test_travelling_overrides_in_embedded_mode_record_only_the_sd_url(settings: Settings, tmp_path: Path) -> None:
     embedded = settings.model_copy(update={"output_dir": tmp_path / "elsewhere"})
-    assert travelling_overrides(embedded, out=tmp_path / "elsewhere", sd_url="http://gpu1:7860") == (None, None)
+    assert travelling_overrides(embedded, out=tmp_path / "elsewhere", sd_url="http://gpu1:7860") == (
+        None,
+        "http://gpu1:7860",
+    )
 
 
 def test_travelling_overrides_carry_out_as_absolute_path_and_sd_url_in_redis_mode(
