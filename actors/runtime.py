@@ -31,7 +31,7 @@ from actors.broker import CLI_ENQUEUE_PATIENCE_S, build_broker
 from actors.steps import StepActors, declare_actors
 from pipeline.batches.files import PlannedRow, read_batch_file
 from pipeline.batches.manifests import ResumePlan, plan_resume, retry_step
-from pipeline.errors import PipelineError, QueueFull, StoreUnavailable
+from pipeline.errors import PipelineError, QueueFull, SDUnavailable, StoreUnavailable
 from pipeline.jobs.planning import new_id
 from pipeline.jobs.steps import StepContext
 from pipeline.models import BatchRecord, BatchRow, ErrorInfo, JobRecord, JobSpec, JobState, StepName
@@ -263,6 +263,25 @@ class Runtime:
             logger.info("job %s: requeued from %s", fresh.job_id, step)
             requeued.append(fresh)
         return requeued
+
+    def check_sd_reachable(self) -> None:
+        """Embedded mode, before the first job: refuse at once when every SD server refuses
+        connections, instead of running each job through its retries (about a minute) to say so.
+
+        Redis mode checks nothing here: the workers reach the servers from their own network, and
+        a server down when they start is benched, not fatal.
+
+        Raises:
+            SDUnavailable: no SD server accepts a connection (nothing was submitted).
+        """
+        if not self.embedded:
+            return
+        error = self.context.pool.all_unreachable()
+        if error is None:
+            return
+        servers = len(self.context.pool.backends)
+        message = error.message if servers == 1 else f"none of the {servers} SD servers accepts a connection; {error}"
+        raise SDUnavailable(message, url=error.url)
 
     def cancel(self, job_ids: Sequence[str]) -> int:
         """Mark unfinished jobs cancelled: queued ones never start, a running SD call finishes and

@@ -210,6 +210,7 @@ def batch(
             return
         check_output_dir(settings.output_dir)
         with open_runtime(settings) as runtime:
+            runtime.check_sd_reachable()
             if resume:
                 batch_id = runtime.store.get_batch(resume).batch_id  # a prefix resolves to the full id
             # All of it enqueued, or none: Ctrl-C waits for the end of the submission (not of a wait for room).

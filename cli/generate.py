@@ -171,7 +171,9 @@ def generate(
                 now=time.time(),
             )
         check_output_dir(settings.output_dir)
-        _submit_and_report(settings, specs, wait=wait, json_output=json_output, wait_for_room=wait_for_room)
+        _submit_and_report(
+            settings, specs, wait=wait, json_output=json_output, wait_for_room=wait_for_room, calls_sd=True
+        )
 
 
 def process(
@@ -231,9 +233,17 @@ def process(
 
 
 def _submit_and_report(
-    settings: Settings, specs: list[JobSpec], *, wait: bool, json_output: bool, wait_for_room: bool
+    settings: Settings,
+    specs: list[JobSpec],
+    *,
+    wait: bool,
+    json_output: bool,
+    wait_for_room: bool,
+    calls_sd: bool = False,
 ) -> None:
     with open_runtime(settings) as runtime:
+        if calls_sd:
+            runtime.check_sd_reachable()
         submit_when_room(runtime, len(specs), lambda: runtime.submit(specs, as_batch=True), wait_for_room=wait_for_room)
         ids = [spec.job_id for spec in specs]
         if not json_output:

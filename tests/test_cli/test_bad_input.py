@@ -74,6 +74,7 @@ def test_batch_row_name_leaving_output_dir(sdpipe: Invoke, tmp_path: Path, out_d
 def test_sd_answering_401_is_exit_2_with_auth_hint(sdpipe: Invoke) -> None:
     body = {"error": "HTTPException", "detail": "Not authenticated", "body": "", "errors": ""}
     with respx.mock(base_url="http://sd.test:7860") as sd:
+        sd.get("/sdapi/v1/progress").mock(return_value=httpx.Response(401, json=body))  # --api-auth guards all
         route = sd.post("/sdapi/v1/txt2img").mock(return_value=httpx.Response(401, json=body))
         sd.get("/openapi.json").respond(200, json={})  # not behind --api-auth
         sd.get(path__startswith="/sdapi/v1/").respond(401, json=body)  # the lists checked before enqueue

@@ -133,8 +133,8 @@ def test_retry_and_cancel_need_a_target(sdpipe: Invoke) -> None:
 
 
 def test_retry_in_embedded_mode_takes_the_sd_server_to_retry_on(sdpipe: Invoke) -> None:
-    # Given a job that failed on an unreachable server
-    job_id = _failed_job(sdpipe, "http://127.0.0.1:9")
+    # Given a job that failed on a server answering 500
+    job_id = _failed_job(sdpipe, "mock://failing?fail_rate=1.0")
     # When it is retried on a server that answers, it succeeds there
     result = sdpipe("retry", job_id, "--sd-url", "mock://")
     assert result.exit_code == 0, result.output
@@ -167,10 +167,10 @@ def test_retry_failed_flag_with_a_job_id_is_refused(sdpipe: Invoke) -> None:
 
 
 def test_retry_unreachable_sd_exits_3_like_generate(sdpipe: Invoke) -> None:
-    # Given a job that failed because nobody listens on the SD server's port (generate: exit 3)
-    job_id = _failed_job(sdpipe, "http://127.0.0.1:9")
-    # When it is retried and the server is still unreachable
-    result = sdpipe("retry", job_id[:8], env={"SD_API_URL": "http://127.0.0.1:9", "MAX_RETRIES": "0"})
+    # Given a failed job
+    job_id = _failed_job(sdpipe, "mock://failing?fail_rate=1.0")
+    # When it is retried on a server nobody listens on
+    result = sdpipe("retry", job_id[:8], "--sd-url", "http://127.0.0.1:9", env={"MAX_RETRIES": "0"})
     # Then retry follows generate's exit-code rule: 3, with the reason in one line
     assert result.exit_code == 3, result.output
     (error_line,) = result.stderr.strip().splitlines()
@@ -338,3 +338,13 @@ def test_retry_in_embedded_mode_uses_the_jobs_own_sd_server(sdpipe: Invoke) -> N
     # Then the retry went to the job's own server, not to SD_API_URL
     assert _mock_calls(url) == calls + 1
     assert "127.0.0.1:9" not in result.output
+
+
+def test_batch_when_the_sd_server_refuses_connections_enqueues_nothing_exit_3(
+    sdpipe: Invoke, tmp_path: Path, out_dir: Path
+) -> None:
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": f"r{i}"} for i in range(3)])
+    result = sdpipe("batch", str(path), "--sd-url", "http://127.0.0.1:9", *SMALL)
+    assert result.exit_code == 3, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot reach the SD server at http://127.0.0.1:9")
+    assert json.loads(sdpipe("jobs", "--json").stdout) == []

@@ -95,18 +95,27 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     assert not out_dir.exists()
 
 
-def test_generate_unreachable_sd_retries_then_fails_exit_3(sdpipe: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given an SD server nobody listens on, and one retry allowed
-    monkeypatch.setenv("MAX_RETRIES", "1")
+def test_generate_when_the_sd_server_refuses_connections_says_so_at_once_exit_3(sdpipe: Invoke) -> None:
+    # Given an SD server nobody listens on (and the default retries)
     result = sdpipe("generate", "x", "--sd-url", "http://127.0.0.1:9", "--width", "64", "--height", "64")
-    # Then the job was retried, failed, and the CLI says why in one line: exit 3 (unreachable)
+    # Then the CLI says so before submitting anything, in one line: exit 3 (unreachable)
     assert result.exit_code == 3, result.output
-    (job_line,) = result.stdout.strip().splitlines()
-    job_id = job_line.split()[1]
+    assert result.stdout == ""
     (error_line,) = result.stderr.strip().splitlines()
-    assert error_line.startswith(f"job {job_id} failed: generate: cannot reach the SD server at http://127.0.0.1:9")
-    assert "gave up after 2 attempts" in error_line
+    assert error_line.startswith("error: cannot reach the SD server at http://127.0.0.1:9: connection refused")
     assert "Traceback" not in result.output
+    assert json.loads(sdpipe("jobs", "--json").stdout) == []
+
+
+def test_generate_when_every_server_of_the_pool_refuses_connections_names_how_many(sdpipe: Invoke) -> None:
+    result = sdpipe("generate", "x", "--sd-url", "http://127.0.0.1:9,http://127.0.0.1:7", "--width", "64")
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith("error: none of the 2 SD servers accepts a connection; cannot reach")
+
+
+def test_generate_with_one_server_of_the_pool_up_runs(sdpipe: Invoke) -> None:
+    result = sdpipe("generate", "x", "--sd-url", "http://127.0.0.1:9,mock://", "--width", "64", "--height", "64")
+    assert result.exit_code == 0, result.output
 
 
 def test_generate_job_failure_exit_1(sdpipe: Invoke) -> None:

@@ -232,6 +232,24 @@ class SDPool:
                 self._failed(backend.key, error, job_id=None, bench=True)
         return problems
 
+    def all_unreachable(self) -> SDUnavailable | None:
+        """Probe every server once: when each one refuses connections (or its host is unknown), the
+        first one's error; else None (one answered, or failed otherwise: a timeout, a 5xx, whose
+        jobs' retries decide). Changes no state."""
+        first: SDUnavailable | None = None
+        for backend in self.backends:
+            try:
+                self._client_for(backend.url).progress()
+            except SDUnavailable as exc:
+                if exc.field is not None:  # connected, then lost: something listens there
+                    return None
+                first = first or exc
+            except PipelineError:
+                return None
+            else:
+                return None
+        return first
+
     def probe_benched(self) -> None:
         """Probe the benched servers whose cool-down is over (one process each): back, or benched longer."""
         by_key = {backend.key: backend for backend in self.backends}
