@@ -11,11 +11,12 @@ free slot:
 - **Waiting**: with no free slot, a delivery waits in its thread (woken when a slot is released)
   for up to :data:`SLOT_WAIT_S`, then raises :class:`~pipeline.errors.NoFreeSlot`; the actor puts
   the message back in the queue without spending a retry.
-- **Health**: ``SD_FAILURE_THRESHOLD`` transient failures in a row, or an out-of-memory answer,
-  bench a server for a cool-down (``SD_COOLDOWN_MIN_S``, doubling per failed probe up to
-  ``SD_COOLDOWN_MAX_S``); a background probe (``GET /sdapi/v1/progress``) brings it back. A server
-  down when a worker starts is benched at once, not fatal. When every server is benched a call
-  goes to the one due back first: the job meets the real error and its retries decide.
+- **Health**: ``SD_FAILURE_THRESHOLD`` transient failures in a row, or an out-of-memory answer
+  while another healthy server can take the work (a lone one only pauses), bench a server for a
+  cool-down (``SD_COOLDOWN_MIN_S``, doubling per failed probe up to ``SD_COOLDOWN_MAX_S``); a
+  background probe (``GET /sdapi/v1/progress``) brings it back. A server down when a worker starts
+  is benched at once, not fatal. When every server is benched a call goes to the one due back
+  first: the job meets the real error and its retries decide.
 - **Leases** are renewed by a background thread while a call runs, so a killed worker's slot frees
   within ``SD_SLOT_LEASE_S``.
 """
@@ -181,14 +182,29 @@ class SDPool:
                 generation, job_id=job_id, on_answer=lambda: self._answered(job_id, time.perf_counter() - started)
             )
         except SDTransientError as exc:
-            self._failed(backend.key, exc, job_id=job_id, bench=is_out_of_memory(exc))
+            out_of_memory = is_out_of_memory(exc)
+            bench = out_of_memory and self._others_healthy(backend.key)
+            self._failed(backend.key, exc, job_id=job_id, bench=bench)
             self._observe(backend.key, time.perf_counter() - started, "failed")
+            if out_of_memory and not bench:
+                logger.info(
+                    "job %s: SD server %s out of memory, and no other server to take its jobs: pausing it %g s",
+                    job_id,
+                    backend.key,
+                    self.policy.oom_pause_s,
+                )
+                self._stop.wait(self.policy.oom_pause_s)  # the slot stays held: nothing reaches it meanwhile
             raise
         except PipelineError:
             self._observe(backend.key, time.perf_counter() - started, "rejected")
             raise
         self._observe(backend.key, result.elapsed_s, "ok")
         return result
+
+    def _others_healthy(self, key: str) -> bool:
+        """Whether a healthy server other than ``key`` can take its work (an out-of-memory answer
+        benches ``key`` only then)."""
+        return any(status.healthy for status in self.state.status(self.backends) if status.key != key)
 
     def _answered(self, job_id: str, elapsed_s: float) -> None:
         """The server answered 200: it is healthy, and its slot goes to the next job now, not after

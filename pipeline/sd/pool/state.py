@@ -20,16 +20,26 @@ from dataclasses import dataclass, field
 from pipeline.sd.backends import Backend
 from pipeline.settings import Settings
 
-__all__ = ["BackendStatus", "HealthPolicy", "MemoryPoolState", "PoolState"]
+__all__ = ["DEFAULT_OOM_PAUSE_S", "BackendStatus", "HealthPolicy", "MemoryPoolState", "PoolState"]
+
+
+#: How long a lone server (no other healthy one to take its jobs) rests after an out-of-memory answer.
+DEFAULT_OOM_PAUSE_S = 1.0
 
 
 @dataclass(frozen=True)
 class HealthPolicy:
-    """When a server is benched, and for how long."""
+    """When a server is benched, and for how long.
+
+    An out-of-memory answer benches a server only when another healthy one can take its work; a
+    lone server only pauses (``oom_pause_s``, its slot held): benched, its jobs would wait out a
+    cool-down and probes for a server that rendered the next image fine.
+    """
 
     failure_threshold: int
     cooldown_min_s: float
     cooldown_max_s: float
+    oom_pause_s: float = DEFAULT_OOM_PAUSE_S
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HealthPolicy:

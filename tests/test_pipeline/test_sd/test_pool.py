@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -173,6 +174,23 @@ def test_sd_pool_out_of_memory_benches_the_server_and_others_take_the_jobs(tag: 
     assert not sick_status.healthy and sick_status.failures == 1 and well_status.done == 3
     assert recorder.benched_servers == [sick]
     assert recorder.calls[0] == (sick, "failed") and recorder.calls[1:] == [(well, "ok")] * 3
+    pool.close()
+
+
+def test_sd_pool_out_of_memory_on_the_only_server_pauses_it_without_benching(tag: str) -> None:
+    # Given a lone server whose first answer is 500 OutOfMemoryError (no pause, for the test)
+    url = f"mock://lone-{tag}"
+    get_mock_server(url).control.queue(["500"])
+    recorder = Recorder()
+    pool = open_pool(make_settings(url), observer=recorder)
+    pool.policy = dataclasses.replace(pool.policy, oom_pause_s=0.0)
+    with pytest.raises(SDServerError) as raised:
+        pool.txt2img("job0", params(0))
+    assert is_out_of_memory(raised.value)
+    # Then it is not benched (nobody else could take its jobs): the next job renders on it
+    (status,) = pool.status()
+    assert status.healthy and status.failures == 1 and recorder.benched_servers == []
+    assert pool.txt2img("job1", params(1)).backend_url == url
     pool.close()
 
 
