@@ -40,6 +40,7 @@ from cli.output import (
     console,
     echo,
     err_console,
+    one_line,
     print_json,
     report_jobs,
 )
@@ -268,8 +269,32 @@ def _wait_and_finish(runtime: Runtime, settings: Settings, batch_id: str, *, jso
     else:
         console.print(_summary_table(batch_id, counts, elapsed_s))
         echo(f"manifest {path}")
+        _print_failed_rows(batch_id, manifest)
     row_states = [job["state"] for row in manifest["rows"] for job in row["jobs"]]
     raise typer.Exit(RET_OK if all(state == "succeeded" for state in row_states) else RET_FAILED)
+
+
+#: How many failed jobs a batch's summary lists (the manifest and ``status --batch`` have every one).
+FAILED_ROWS_SHOWN = 10
+
+
+def _print_failed_rows(batch_id: str, manifest: dict[str, Any]) -> None:
+    """On stderr: each failed or cancelled job (row line, job, why; one line each, the first
+    :data:`FAILED_ROWS_SHOWN`), then the command that retries them."""
+    failed = [
+        (row["line"], job)
+        for row in manifest["rows"]
+        for job in row["jobs"]
+        if job["state"] in (JobState.FAILED.value, JobState.CANCELLED.value)
+    ]
+    if not failed:
+        return
+    for line, job in failed[:FAILED_ROWS_SHOWN]:
+        reason = job.get("error") or job["state"]
+        echo(one_line(f"line {line}: job {job['job_id'][:8]} {job['state']}: {reason}"), err=True)
+    if len(failed) > FAILED_ROWS_SHOWN:
+        echo(f"… and {len(failed) - FAILED_ROWS_SHOWN} more (the manifest lists every one)", err=True)
+    echo(f"retry them: sdpipe retry --batch {batch_id} --failed", err=True)
 
 
 def _summary_table(batch_id: str, counts: dict[JobState, int], elapsed_s: float) -> Table:

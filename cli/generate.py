@@ -39,10 +39,10 @@ from cli.request_options import (
     request_fields,
 )
 from pipeline.batches.rows import check_request, generation_request
-from pipeline.errors import InputsRejected
+from pipeline.errors import InputsRejected, StoreUnavailable
 from pipeline.jobs.files import check_output_dir
 from pipeline.jobs.planning import build_step_params, new_id, plan_generate, plan_process, travelling_overrides
-from pipeline.models import JobSpec
+from pipeline.models import JobSpec, JobState
 from pipeline.sd.catalog import open_catalog
 from pipeline.settings import OutputFormat, Settings
 from pipeline.store import StatusStore
@@ -269,6 +269,14 @@ def _submit_and_report(
 
 
 def _on_interrupt(embedded: bool, store: StatusStore, ids: list[str]) -> None:
+    # What already finished is not lost with the rest: its paths, as a completed run prints them.
+    try:
+        records = store.get_many(ids)
+    except StoreUnavailable:
+        records = []
+    for record in records:
+        if record.state is JobState.SUCCEEDED and record.result:
+            echo(str(record.result["image"]))
     if embedded:
         now = time.time()
         cancelled = sum(store.mark_cancelled(job_id, now=now) for job_id in ids)

@@ -45,6 +45,7 @@ __all__ = [
     "exit_code_for_jobs",
     "job_row",
     "jobs_table",
+    "one_line",
     "print_json",
     "setup_logging",
     "state",
@@ -157,6 +158,14 @@ def _failure(error: ErrorInfo) -> str:
     """A job's recorded error as the CLI shows it: step, message, and how to fix it."""
     hint = record_hint(error)
     return f"{error.step}: {error.message}" + (f" ({hint})" if hint else "")
+
+
+def one_line(text: str, width: int | None = None) -> str:
+    """``text`` on one line (line breaks become spaces), cut with ``…`` to ``width`` characters
+    (default: the terminal's width, 80 without a terminal): long errors stay one line."""
+    width = width or err_console.width
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: max(width - 1, 1)] + "…"
 
 
 def echo(text: str, *, err: bool = False) -> None:

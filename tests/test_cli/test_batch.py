@@ -348,3 +348,17 @@ def test_batch_when_the_sd_server_refuses_connections_enqueues_nothing_exit_3(
     assert result.exit_code == 3, result.output
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot reach the SD server at http://127.0.0.1:9")
     assert json.loads(sdpipe("jobs", "--json").stdout) == []
+
+
+def test_batch_with_failures_names_each_failed_row_and_the_retry_command(sdpipe: Invoke, tmp_path: Path) -> None:
+    # Given a batch whose second row cannot be rendered (its output name is taken by a folder)
+    (tmp_path / "outputs" / "taken.png").mkdir(parents=True)
+    rows = [{"prompt": "fine", "seed": 1}, {"prompt": "blocked", "name": "taken", "seed": 2}]
+    path = _jsonl(tmp_path / "p.jsonl", rows)
+    result = sdpipe("batch", str(path), "--sd-url", "mock://", "--overwrite", *SMALL, env={"MAX_RETRIES": "0"})
+    assert result.exit_code == 1
+    batch_id = result.stdout.splitlines()[0].split()[1]
+    # Then the summary says which row failed, why, and how to retry it
+    failures = [line for line in result.stderr.splitlines() if line.startswith("line ")]
+    assert len(failures) == 1 and failures[0].startswith("line 2: job ") and " failed: merge: " in failures[0]
+    assert f"retry them: sdpipe retry --batch {batch_id} --failed" in result.stderr.splitlines()

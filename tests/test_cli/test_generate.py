@@ -328,3 +328,22 @@ def test_process_twice_with_one_name_keeps_both_outputs(sdpipe: Invoke, tmp_path
     again = sdpipe("process", str(tmp_path / "shot.png"), "--name-template", "{prompt}", "--overwrite")
     assert again.exit_code == 0
     assert sorted(path.name for path in out_dir.glob("*.png")) == ["shot-0001.png", "shot.png"]
+
+
+def test_generate_interrupted_prints_the_results_already_finished(
+    sdpipe: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cli.generate
+
+    real_wait = cli.generate.wait_for_jobs
+
+    def wait_then_interrupt(store: Any, job_ids: list[str], *, live: bool) -> Any:
+        real_wait(store, job_ids[:1], live=live)  # the first job has finished when Ctrl-C comes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.generate, "wait_for_jobs", wait_then_interrupt)
+    result = sdpipe("generate", "x", "--count", "2", "--sd-url", "mock://?latency_ms=300", "--width", "64")
+    assert result.exit_code == 130
+    first_job = result.stdout.splitlines()[0].split()[1]
+    record = json.loads(sdpipe("status", first_job, "--json").stdout)
+    assert record["result"]["image"] in result.stdout.splitlines()
