@@ -20,7 +20,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from pipeline.errors import PERMANENT_ERRORS, NoFreeSlot, PipelineError
+from pipeline.errors import PERMANENT_ERRORS, JobNotFound, NoFreeSlot, PipelineError
 from pipeline.jobs.steps import StepContext, run_step, sd_slot
 from pipeline.models import ErrorInfo, JobSpec, StepName
 
@@ -135,7 +135,11 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
         job_id = str(message_data["args"][0])
         step = str(message_data["actor_name"]).removeprefix("sdpipe_")
         store = context.store
-        last = store.get(job_id).error
+        try:
+            last = store.get(job_id).error
+        except JobNotFound:
+            logger.warning("job %s: %s", job_id, store.records_gone(job_id).message)
+            return
         if last is None:
             last = ErrorInfo(step=step, type="RetriesExhausted", message="the step kept failing", at=context.clock())
         # Normally run_step already marked the job failed on its last attempt; this is the safety net

@@ -19,7 +19,7 @@ from pipeline.jobs.files import check_output_dir
 from pipeline.sd.backends import Backend, parse_backends
 from pipeline.sd.client import SDClient
 from pipeline.settings import Settings, mask_url
-from pipeline.store import open_store
+from pipeline.store import RedisStatusStore, open_store
 
 __all__ = ["doctor"]
 
@@ -48,6 +48,8 @@ def doctor(
             worst = max(worst, exit_code_for(exc))
         else:
             checks.add_row(Text(f"✓ {name}", style="green"), Text(detail))
+    if settings.redis_mode and worst == RET_OK:
+        _check_persistence(settings, checks)
     worst = max(worst, _check_pool(settings, checks))
     if settings.redis_mode and worst == RET_OK:
         worst = max(worst, _check_workers(settings, checks))
@@ -89,6 +91,31 @@ def _check_store(settings: Settings) -> str:
     finally:
         store.close()
     return f"Redis at {settings.redis_dsn_masked()} answers" if settings.redis_mode else "embedded SQLite store opens"
+
+
+def _check_persistence(settings: Settings, checks: Table) -> None:
+    """Redis mode: warn (the exit code stays) when Redis keeps neither an AOF nor RDB snapshots:
+    a restart then loses every queued job and its record."""
+    store = open_store(settings)
+    try:
+        assert isinstance(store, RedisStatusStore)
+        kept = store.persistence()
+    except PipelineError:
+        return  # the store check already reported it
+    finally:
+        store.close()
+    if kept is None:
+        checks.add_row(Text("? Redis persistence", style="yellow"), Text("unknown: Redis does not allow CONFIG GET"))
+    elif not any(kept):
+        checks.add_row(
+            Text("⚠ Redis persistence", style="yellow"),
+            Text(
+                "Redis keeps neither an AOF nor RDB snapshots: a restart loses every queued job "
+                "(set appendonly yes, or a save schedule)"
+            ),
+        )
+    else:
+        checks.add_row(Text("✓ Redis persistence", style="green"), Text("AOF" if kept[0] else "RDB snapshots (`save`)"))
 
 
 def _check_pool(settings: Settings, checks: Table) -> int:

@@ -192,6 +192,9 @@ HINTS: dict[tuple[str, str | None], Hint] = {
     # the status store and the queues
     ("job_not_found", None): "`sdpipe jobs` lists the jobs",
     ("job_not_found", "batch_id"): "`sdpipe jobs` shows each job's batch; `sdpipe jobs --batch ID` lists one batch",
+    ("job_not_found", "persistence"): (
+        "enable Redis persistence (appendonly yes) so queued jobs survive a restart; `sdpipe doctor` checks it"
+    ),
     ("job_not_found", "OUTPUT_DIR"): (
         "run `sdpipe generate` first, or point --out / OUTPUT_DIR at the folder it wrote to"
     ),

@@ -71,6 +71,8 @@ def watch_batch(store: StatusStore, batch_id: str, total: int, *, live: bool) ->
                 outage.down(exc)
                 continue
             outage.up()
+            if total and not any(counts.values()):  # the batch's jobs were recorded: the store lost them
+                raise store.records_gone(batch_id, kind="batch")
             done = sum(counts[state] for state in _DONE)
             total = max(total, sum(counts.values()))  # a resumed batch also holds superseded jobs
             progress.update(task, total=total)

@@ -246,6 +246,7 @@ API_HINTS: dict[tuple[str, str | None], str | Callable[[PipelineError], str | No
     ("invalid_image", "first_frame"): "send first_frame=true to process its first frame",
     ("upload_rejected", None): lambda e: _UPLOAD_HINTS.get(e.problem) if isinstance(e, UploadRejected) else None,
     ("job_not_found", None): _JOBS,
+    ("job_not_found", "persistence"): "the server's Redis lost its jobs; submit them again (its operator: enable AOF)",
     ("ambiguous_id", None): "give more characters of the id",
     ("queue_full", None): f"try again in {QUEUE_FULL_RETRY_AFTER_S} s or later",
 }

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from pipeline.errors import ImageError, InputError, InputsRejected, PipelineError
+from pipeline.errors import ImageError, InputError, InputsRejected, JobNotFound, PipelineError
 from pipeline.images import seams
 from pipeline.images.codec import ImageHeader, probe_image, read_image_bytes
 from pipeline.jobs.files import JobFiles, atomic_write_bytes, read_json, safe_output_stem
@@ -552,12 +552,17 @@ def watch_jobs(
     may report it and call again.
 
     Raises:
-        JobNotFound: a job id has no job.
+        JobNotFound: a job id has no job; the callers submitted them, so the store lost them
+            (``field="persistence"``: Redis restarted without persistence).
     """
     latest: dict[str, JobRecord] = {}
     while True:
         unfinished = [job_id for job_id in job_ids if job_id not in latest or not latest[job_id].state.terminal]
-        latest.update((record.job_id, record) for record in store.get_many(unfinished))
+        try:
+            fresh = store.get_many(unfinished)
+        except JobNotFound as exc:
+            raise store.records_gone(str(exc.value)) from exc
+        latest.update((record.job_id, record) for record in fresh)
         records = [latest[job_id] for job_id in job_ids]
         yield records
         if all(record.state.terminal for record in records):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, PipelineError, SDError
+from pipeline.errors import ConfigError, JobNotFound, PipelineError, SDError
 from pipeline.images import seams
 from pipeline.images.codec import decode_image, encode_image
 from pipeline.images.infotext import insert_params
@@ -124,9 +124,13 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
             transient one is recorded as the last error and should be retried.
         Exception: anything unexpected (recorded as the last error, treated as transient).
     """
-    started, previous = ctx.store.start_step_after(job_id, step, now=ctx.clock())
+    try:
+        started, previous = ctx.store.start_step_after(job_id, step, now=ctx.clock())
+    except JobNotFound:
+        _drop_lost_job(ctx, job_id, step)
+        return StepOutcome(ran=False)
     if started is None:
-        logger.info("job %s: %s not needed (job is finished or past this step)", job_id, step)
+        logger.debug("job %s: %s not needed (job is finished or past this step)", job_id, step)
         return StepOutcome(ran=False)
     record = _unless_quarantined(ctx, started, step, previous)
     if record is None:
@@ -164,6 +168,21 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
     else:
         logger.debug("job %s: %s %s", job_id, step, "skipped (output exists)" if skipped else "done")
     return StepOutcome(ran=True, skipped=skipped)
+
+
+def _drop_lost_job(ctx: StepContext, job_id: str, step: str) -> None:
+    """A message for a job the store has no record of (Redis restarted without persistence, or was
+    flushed): nothing can run it, so say why (WARNING) and remove its work folder under OUTPUT_DIR."""
+    files = JobFiles(ctx.settings.output_dir, job_id)
+    had_files = files.work_dir.exists()
+    files.remove_work_dir()
+    logger.warning(
+        "job %s: %s dropped: %s%s",
+        job_id,
+        step,
+        ctx.store.records_gone(job_id).message,
+        "; its work folder was removed" if had_files else "",
+    )
 
 
 def _files(ctx: StepContext, record: JobRecord) -> JobFiles:
@@ -288,7 +307,11 @@ def sd_slot(ctx: StepContext, job_id: str) -> Iterator[Backend | None]:
     with :class:`~pipeline.errors.NoFreeSlot`) records no attempt. Yields None, holding nothing,
     when the step will make no SD call (the job is finished or its image is already saved).
     """
-    record = ctx.store.get(job_id)
+    try:
+        record = ctx.store.get(job_id)
+    except JobNotFound:  # its record is lost: run_step drops the message, no SD call
+        yield None
+        return
     if record.state.terminal or _files(ctx, record).source.exists():
         yield None
         return

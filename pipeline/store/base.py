@@ -114,6 +114,18 @@ def ordered_steps(steps: dict[str, StepRecord]) -> dict[str, StepRecord]:
 class StatusStore(abc.ABC):
     """Where sdpipe keeps the state of every job."""
 
+    #: Why records of jobs known to exist would be missing (see :meth:`records_gone`).
+    records_lost_reason: str = "the status store was emptied"
+
+    def records_gone(self, job_id: str, *, kind: str = "job") -> JobNotFound:
+        """The error for a job (``kind="batch"``: a batch) known to have existed, submitted or sent to
+        a worker, whose record this store no longer has: ``field="persistence"``, with the likeliest reason."""
+        return JobNotFound(
+            f"job records are gone: {self.records_lost_reason}; {kind} {job_id} was among them",
+            field="persistence",
+            value=job_id,
+        )
+
     @abc.abstractmethod
     def create_jobs(self, specs: Iterable[JobSpec]) -> list[JobRecord]:
         """Record new jobs in state ``queued`` (one round trip for many). Existing ids are left as they are."""

@@ -103,6 +103,8 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
         namespace: prefix of every key, so several deployments can share one database.
     """
 
+    records_lost_reason = "Redis restarted without persistence (or was flushed)"
+
     def __init__(self, client: redis.Redis, *, namespace: str = "sdpipe") -> None:
         self._client = client
         self._ns = namespace
@@ -146,6 +148,21 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
         """The Redis client the store uses."""
         return self._client
 
+    def persistence(self) -> tuple[bool, bool] | None:
+        """Whether Redis writes an append-only file and RDB snapshots (``appendonly``, ``save``);
+        None when it does not say (``CONFIG`` disabled or renamed, as managed services do).
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached.
+        """
+        with self._guard():
+            try:
+                aof = cast(dict[Any, Any], self._client.config_get("appendonly"))
+                rdb = cast(dict[Any, Any], self._client.config_get("save"))
+            except redis.ResponseError:  # CONFIG disabled, renamed, or not allowed (ACL)
+                return None
+        return _text(aof.get("appendonly", "")) == "yes", bool(_text(rdb.get("save", "")).strip())
+
     # -- writes -------------------------------------------------------------------------------
 
     def create_jobs(self, specs: Iterable[JobSpec]) -> list[JobRecord]:
@@ -178,7 +195,7 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
         state = JobState.for_step(step)
         reply = self._run(self._move, job_id, self._ns, job_id, state.value, str(state.rank), _num(now), step)
         if reply == 0:
-            logger.info("job %s: not starting %s (terminal or already past it)", job_id, step)
+            logger.debug("job %s: not starting %s (terminal or already past it)", job_id, step)
             return None, None
         fields, started_at, finished_at = reply
         record = _record(dict(zip(fields[0::2], fields[1::2], strict=True)))  # HGETALL as a flat list

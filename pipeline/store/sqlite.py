@@ -115,6 +115,8 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
         StoreUnavailable: the file cannot be opened or written.
     """
 
+    records_lost_reason = "the status database under OUTPUT_DIR/.sdpipe was replaced or deleted"
+
     def __init__(self, path: Path) -> None:
         self._path = Path(path)
         self._local = threading.local()

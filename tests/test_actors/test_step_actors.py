@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -191,3 +192,18 @@ def test_merge_run_again_after_a_crash_keeps_its_claimed_name(
     assert record.state is JobState.SUCCEEDED
     assert sorted(p.name for p in output_dir.glob("*.png")) == ["same-0001.png"]
     assert Path(str(record.result.image)).name == "same-0001.png"  # type: ignore[union-attr]
+
+
+def test_step_of_a_job_whose_record_is_gone_is_dropped_with_a_warning_and_its_work_folder_removed(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a message for a job the store lost (Redis restarted without persistence), with a work folder
+    work = runtime.settings.output_dir / ".sdpipe" / "work" / "gone-1"
+    work.mkdir(parents=True)
+    (work / "tiles.arrays").write_bytes(b"x")
+    with caplog.at_level(logging.INFO, logger="pipeline.jobs.steps"):
+        outcome = run_step(runtime.context, "gone-1", "split")
+    # Then the step does not run, says why at WARNING, and the orphaned work folder is gone
+    assert not outcome.ran and not work.exists()
+    (line,) = [record for record in caplog.records if record.name == "pipeline.jobs.steps"]
+    assert line.levelno == logging.WARNING and "job records are gone" in line.getMessage()

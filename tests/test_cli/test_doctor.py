@@ -56,3 +56,11 @@ def test_doctor_redis_mode_without_any_worker_exit_3(sdpipe: Invoke, redis_url: 
     flat = _flat(result.stdout)
     assert "✓ status store" in flat and "✓ SD server mock://" in flat
     assert "✗ workers no sdpipe worker has sent a heartbeat" in flat
+
+
+def test_doctor_warns_when_redis_keeps_neither_aof_nor_rdb(sdpipe: Invoke, redis_url: str) -> None:
+    # The test Redis runs with --save "" --appendonly no: a restart would lose every queued job
+    result = sdpipe("doctor", env={"SD_API_URL": "mock://", "REDIS_URL": redis_url})
+    flat = _flat(result.stdout)
+    assert "⚠ Redis persistence Redis keeps neither an AOF nor RDB snapshots" in flat
+    assert "appendonly yes" in flat

@@ -16,6 +16,7 @@ from pydantic import SecretStr
 import pipeline.store
 from cli.errors import hint_for
 from pipeline.errors import ConfigError, JobNotFound, StoreUnavailable
+from pipeline.jobs.planning import watch_jobs
 from pipeline.models import STEP_NAMES, ErrorInfo, JobResult, JobSpec, JobState, SDInfo, StepParams
 from pipeline.settings import Settings
 from pipeline.store import (
@@ -694,3 +695,16 @@ def test_store_package_exports_are_complete() -> None:
         "open_store",
     ]
     assert all(hasattr(pipeline.store, name) for name in pipeline.store.__all__)
+
+
+def test_watch_jobs_whose_records_redis_lost_says_redis_restarted_without_persistence(redis_url: str) -> None:
+    store = RedisStatusStore.from_url(redis_url)
+    store.create_jobs([make_spec("lost-1")])
+    store.client.flushdb()  # what a restart without persistence leaves
+    with pytest.raises(JobNotFound) as raised:
+        next(watch_jobs(store, ["lost-1"]))
+    assert raised.value.message == (
+        "job records are gone: Redis restarted without persistence (or was flushed); job lost-1 was among them"
+    )
+    assert "appendonly yes" in (hint_for(raised.value) or "")
+    store.close()
