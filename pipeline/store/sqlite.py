@@ -174,7 +174,7 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
             ).rowcount
             if not moved:
                 self._require(conn, job_id)
-                logger.info("job %s: not starting %s (terminal or already past it)", job_id, step)
+                logger.debug("job %s: not starting %s (terminal or already past it)", job_id, step)
                 return None
             conn.execute(
                 "INSERT INTO steps (job_id, step, attempts, started_at) VALUES (?, ?, 1, ?)"
