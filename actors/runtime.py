@@ -226,7 +226,15 @@ class Runtime:
         batch_id = new_id()
         # The file may have changed since the schedule was added: its names are checked again.
         with open_catalog(self.settings) as checker:
-            rows = read_batch_file(path, self.settings, defaults=defaults, batch_id=batch_id, now=now, checker=checker)
+            rows = read_batch_file(
+                path,
+                self.settings,
+                defaults=defaults,
+                batch_id=batch_id,
+                now=now,
+                checker=checker,
+                defaults_over_file=schedule is not None,
+            )
         return self.submit_rows(rows, batch_id=batch_id, source=str(path.absolute()), schedule=schedule, now=now)
 
     def submit_plan(

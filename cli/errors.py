@@ -159,7 +159,8 @@ HINTS: dict[tuple[str, str | None], Hint] = {
     ),
     ("invalid_input", "rows"): lambda e: f"write {e.expected}" if e.expected else "add some rows",
     ("invalid_input", "cron"): (
-        'use 5 fields "minute hour day-of-month month day-of-week", e.g. "0 2 * * *" for 02:00 daily'
+        'use 5 fields "minute hour day-of-month month day-of-week", e.g. "0 2 * * *" for 02:00 daily, '
+        "or @hourly, @daily, @weekly, @monthly"
     ),
     ("invalid_input", "timezone"): lambda e: (
         f"did you mean {e.expected!r}?" if e.expected else "use an IANA name such as Europe/Berlin or UTC"

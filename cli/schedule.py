@@ -75,6 +75,9 @@ __all__ = ["schedule_app", "scheduler"]
 #: Default grace window for missed occurrences, in seconds.
 DEFAULT_GRACE_S = 3600.0
 
+#: How a schedule's run picks each value (``schedule show`` says it).
+SCHEDULE_PRECEDENCE = "settings < the file's defaults < these flags < the row"
+
 schedule_app = typer.Typer(help="Cron schedules that render a batch file.", no_args_is_help=True)
 
 
@@ -83,7 +86,9 @@ def add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Schedule name.")],
     file: Annotated[Path, typer.Argument(help="Batch file, read again at every run.")],
-    cron: Annotated[str, typer.Option("--cron", help='Cron expression, e.g. "0 2 * * *" (5 fields).')],
+    cron: Annotated[
+        str, typer.Option("--cron", help='Cron expression, e.g. "0 2 * * *" (5 fields), or @hourly, @daily, @weekly.')
+    ],
     tz: Annotated[str, typer.Option("--tz", help="Time zone the cron is read in, e.g. Europe/Berlin.")] = "UTC",
     grace_s: Annotated[
         float, typer.Option("--grace-s", min=0, help="A run missed by less than this still fires once (at least 60 s).")
@@ -169,7 +174,15 @@ def add(
         # Check the file now (it is read again, and validated again, at every run).
         try:
             with open_catalog(settings) as checker:
-                read_batch_file(file, settings, defaults=options, batch_id="check", now=time.time(), checker=checker)
+                read_batch_file(
+                    file,
+                    settings,
+                    defaults=options,
+                    batch_id="check",
+                    now=time.time(),
+                    checker=checker,
+                    defaults_over_file=True,
+                )
         except BatchFileError as exc:
             for problem in exc.problems:
                 echo(f"  {problem}", err=True)
@@ -264,6 +277,7 @@ def show(
     info.add_row("grace", f"{grace_s:.0f} s{asked}")
     if record.options:
         info.add_row("defaults", Text(", ".join(f"{k}={v}" for k, v in record.options.items())))
+    info.add_row("precedence", Text(SCHEDULE_PRECEDENCE))
     console.print(info)
     runs = Table(title="runs (newest first)")
     for column in ("occurrence", "acted", "status", "batch", "reason"):

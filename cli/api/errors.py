@@ -233,7 +233,8 @@ API_HINTS: dict[tuple[str, str | None], str | Callable[[PipelineError], str | No
     ("invalid_input", "name"): lambda e: f"use {e.expected}" if e.expected else _DOCS,
     ("invalid_input", "MAX_PIXELS"): "send a smaller width and height",
     ("invalid_input", "cron"): (
-        'use 5 fields "minute hour day-of-month month day-of-week", e.g. "0 2 * * *" for 02:00 daily'
+        'use 5 fields "minute hour day-of-month month day-of-week", e.g. "0 2 * * *" for 02:00 daily, '
+        "or @hourly, @daily, @weekly, @monthly"
     ),
     ("invalid_input", "timezone"): lambda e: (
         f"did you mean {e.expected!r}?" if e.expected else "use an IANA name such as Europe/Berlin or UTC"

@@ -3,8 +3,9 @@
 A row becomes ``count`` job specs through :func:`pipeline.jobs.planning.plan_generate`, the same path as
 ``sdpipe generate``, so a batch row and a ``generate`` call with the same values make the same jobs
 (and fingerprints). Values come from, lowest first: the settings, the command-line defaults, the
-file's own ``defaults`` (YAML), the row. A bad row does not stop the reading: every problem of every
-row is collected and raised at once as :class:`BatchFileError`, and no row is returned.
+file's own ``defaults`` (YAML), the row (a schedule's flags come after the file's ``defaults``). A
+bad row does not stop the reading: every problem of every row is collected and raised at once as
+:class:`BatchFileError`, and no row is returned.
 
 The formats themselves (``.txt``, ``.jsonl``, ``.csv``, ``.yaml``) are parsed in
 :mod:`pipeline.batches.formats`.
@@ -102,14 +103,17 @@ def read_batch_file(
     name_template: str | None = None,
     overwrite: bool = False,
     checker: RequestChecker | None = None,
+    defaults_over_file: bool = False,
 ) -> list[PlannedRow]:
     """Read, check and plan every row of ``path``; return them in file order.
 
     ``defaults`` (keys of a :class:`~pipeline.batches.rows.JobRow`; None means unset) are the
-    command-line values; the file's own ``defaults`` and then each row override them. ``batch_id``,
-    ``now``, ``output_dir`` and ``backend_url`` go into every job spec as in :func:`plan_generate`, and
-    so do ``name_template`` (``{row}`` is the row's line) and ``overwrite``. ``checker`` checks field
-    names, the checkpoint, sampler and scheduler against the SD server.
+    command-line values; the file's own ``defaults`` and then each row override them
+    (``defaults_over_file``, a schedule's flags: the file's defaults, then the flags, then each row).
+    ``batch_id``, ``now``, ``output_dir`` and ``backend_url`` go into every job spec as in
+    :func:`plan_generate`, and so do ``name_template`` (``{row}`` is the row's line) and
+    ``overwrite``. ``checker`` checks field names, the checkpoint, sampler and scheduler against
+    the SD server.
 
     Raises:
         InputError: the file is missing, a folder, of an unknown type, unreadable, not UTF-8, empty or
@@ -140,7 +144,8 @@ def read_batch_file(
         file_defaults, issues = planner.check_defaults(parsed.defaults, text_values=False)
         lines = parsed.default_lines
         problems.extend(RowProblem(lines.get(i.field, lines.get(None, 1)), i.field, i.message) for i in issues)
-        base.update(file_defaults)
+        # batch: the file's defaults over the flags; a schedule's flags (defaults_over_file) over the file's
+        base = {**base, **file_defaults} if not defaults_over_file else {**file_defaults, **base}
 
     planned: list[PlannedRow] = []
     used_names: dict[str, int] = {}  # output name (casefolded) -> line that writes it

@@ -36,6 +36,7 @@ from pipeline.models import JobState, ScheduleRecord, ScheduleRun, ScheduleRunSt
 from pipeline.store.base import StatusStore
 
 __all__ = [
+    "CRON_MACROS",
     "MAX_WAIT_S",
     "MIN_GRACE_S",
     "FireFn",
@@ -56,7 +57,9 @@ FireFn = Callable[[ScheduleRecord, float], str]
 MAX_WAIT_S = 60.0
 #: An occurrence handled within this many seconds is on time, whatever the schedule's grace window.
 MIN_GRACE_S = 60.0
-_CRON_FIELDS = '5 fields "minute hour day-of-month month day-of-week"'
+#: The ``@`` macros croniter reads (each fires: a 5-field expression stands behind it).
+CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_CRON_FIELDS = '5 fields "minute hour day-of-month month day-of-week", or @hourly, @daily, @weekly, @monthly'
 _ACTIVE_STATES = tuple(state for state in JobState if not state.terminal)
 
 
@@ -81,12 +84,15 @@ def parse_timezone(name: str) -> ZoneInfo:
 
 
 def validate_cron(expr: str) -> None:
-    """Check that ``expr`` is a 5-field cron expression that fires at least once.
+    """Check that ``expr`` is a 5-field cron expression, or one of croniter's macros
+    (:data:`CRON_MACROS`: ``@hourly`` ...), that fires at least once.
 
     Raises:
         InputError: wrong number of fields, a field croniter rejects, or a date that never occurs.
     """
     fields = expr.split()
+    if expr.strip() in CRON_MACROS:
+        return
     if len(fields) != 5:
         raise InputError(
             f"cron expression {expr!r} has {len(fields)} fields, not 5", field="cron", value=expr, expected=_CRON_FIELDS

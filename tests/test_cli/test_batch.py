@@ -362,3 +362,29 @@ def test_batch_with_failures_names_each_failed_row_and_the_retry_command(sdpipe:
     failures = [line for line in result.stderr.splitlines() if line.startswith("line ")]
     assert len(failures) == 1 and failures[0].startswith("line 2: job ") and " failed: merge: " in failures[0]
     assert f"retry them: sdpipe retry --batch {batch_id} --failed" in result.stderr.splitlines()
+
+
+def test_schedule_add_accepts_a_cron_macro(sdpipe: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("x\n")
+    added = sdpipe("schedule", "add", "hourly", str(path), "--cron", "@hourly")
+    assert added.exit_code == 0, added.output
+    (listed,) = json.loads(sdpipe("schedule", "list", "--json").stdout)
+    assert listed["cron"] == "@hourly"
+
+
+def test_schedule_flags_win_over_the_yaml_files_defaults_and_show_says_so(sdpipe: Invoke, tmp_path: Path) -> None:
+    # Given a YAML file whose defaults set steps 30, and a schedule added with --steps 12
+    path = tmp_path / "p.yaml"
+    path.write_text("defaults:\n  steps: 30\n  cfg: 5\njobs:\n  - a lighthouse\n  - prompt: a fox\n    steps: 9\n")
+    assert sdpipe("schedule", "add", "s", str(path), "--cron", "0 2 * * *", "--steps", "12", *SMALL).exit_code == 0
+    # When it runs
+    ran = sdpipe("schedule", "run", "s", env={"SD_API_URL": "mock://"})
+    assert ran.exit_code == 0, ran.output
+    batch_id = json.loads(sdpipe("schedule", "show", "s", "--json").stdout)["runs"][0]["batch_id"]
+    manifest = json.loads(sdpipe("status", "--batch", batch_id, "--json").stdout)
+    # Then the flag beat the file's defaults, the file's other defaults still apply, and the row beat both
+    assert [row["params"]["steps"] for row in manifest["rows"]] == [12, 9]
+    assert manifest["rows"][0]["params"]["cfg"] == 5
+    shown = " ".join(sdpipe("schedule", "show", "s").stdout.split())
+    assert "precedence settings < the file's defaults < these flags < the row" in shown

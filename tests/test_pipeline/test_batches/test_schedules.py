@@ -310,8 +310,11 @@ def test_previous_and_next_fire_time_bracket_any_instant(at: float, cron: str) -
     assert next_fire_time(schedule, previous) == following  # nothing in between
 
 
-@pytest.mark.parametrize("expr", ["0 2 * * *", "*/5 * * * MON-FRI", "0 0 L * *", "  15 3 1 * *  "])
-def test_validate_cron_accepts_five_field_expressions(expr: str) -> None:
+@pytest.mark.parametrize(
+    "expr",
+    ["0 2 * * *", "*/5 * * * MON-FRI", "0 0 L * *", "  15 3 1 * *  ", "@hourly", "@daily", "@weekly", "@monthly"],
+)
+def test_validate_cron_accepts_five_field_expressions_and_macros(expr: str) -> None:
     validate_cron(expr)  # no InputError: accepted
 
     # and what it accepts is a schedule that fires
@@ -326,7 +329,7 @@ def test_validate_cron_accepts_five_field_expressions(expr: str) -> None:
     [
         ("* * * *", "has 4 fields, not 5"),
         ("0 2 * * * *", "has 6 fields, not 5"),
-        ("@daily", "has 1 fields, not 5"),
+        ("@reboot", "has 1 fields, not 5"),
         ("61 * * * *", "invalid cron expression '61 * * * *'"),
         ("0 2 * * funday", "invalid cron expression"),
         ("0 2 30 2 *", "never fires"),
