@@ -55,6 +55,32 @@ FirstFrameField = Annotated[
 ]
 
 
+#: The form fields both routes read (the parameters of :func:`process_file`).
+_FORM_FIELDS = ("file", "grid", "band_px", "sigma", "format", "quality", "first_frame")
+
+
+async def known_form_fields(request: Request) -> None:
+    """Refuse, with a 400 naming the field, a form field the routes do not read (``sigmaa=9`` would be
+    silently dropped) and a second ``file`` part (only the first would be processed)."""
+    form = await request.form()  # Starlette caches it: the routes' own fields read the same parse
+    unknown = sorted({key for key in form if key not in _FORM_FIELDS})
+    if unknown:
+        raise ApiError(
+            400,
+            "unknown_field",
+            f"unknown form field {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
+            hint="the fields are " + ", ".join(_FORM_FIELDS),
+        )
+    files = len(form.getlist("file"))
+    if files > 1:
+        raise ApiError(
+            400,
+            "duplicate_field",
+            f"the form has {files} 'file' parts: one image per request",
+            hint="send each image in its own request",
+        )
+
+
 def _submit_upload(
     request: Request,
     file: UploadFile,
@@ -118,6 +144,7 @@ def _submit_upload(
     "/files",
     summary="Process an uploaded image and answer with the result (blocking)",
     response_class=Response,
+    dependencies=[Depends(known_form_fields)],
     responses={
         **_UPLOAD_ERRORS,
         200: {
@@ -127,6 +154,7 @@ def _submit_upload(
                 "application/json": {"schema": {"$ref": "#/components/schemas/JobView"}},
             },
         },
+        400: {"model": ErrorBody, "description": "an unknown form field, or more than one file part"},
         409: {"model": ErrorBody, "description": "the job failed or was cancelled"},
         504: {"model": ErrorBody, "description": "not finished within API_WAIT_TIMEOUT_S (the job keeps running)"},
     },
@@ -168,7 +196,11 @@ async def process_file(
     summary="Queue an uploaded image for processing",
     status_code=202,
     response_model=JobAccepted,
-    responses=_UPLOAD_ERRORS,
+    dependencies=[Depends(known_form_fields)],
+    responses={
+        **_UPLOAD_ERRORS,
+        400: {"model": ErrorBody, "description": "an unknown form field, or more than one file part"},
+    },
 )
 def process_file_async(
     request: Request,

@@ -241,3 +241,20 @@ def test_files_quality_field_sets_the_jpeg_quality(api: ApiServer) -> None:
     assert len(low.content) < len(high.content) / 2
     error = assert_error(api.client.post("/api/files", files=upload, data={"quality": "0"}), 422, "invalid_input")
     assert "quality" in error["message"]
+
+
+@pytest.mark.parametrize("route", ["/api/files", "/api/files/async"])
+def test_files_unknown_form_field_is_400_naming_it(api: ApiServer, route: str) -> None:
+    response = api.client.post(
+        route, files={"file": ("a.png", png_bytes(noise_image(64, 64)))}, data={"sigmaa": "9", "grid": "2x2"}
+    )
+    error = assert_error(response, 400, "unknown_field")
+    assert error["message"] == "unknown form field 'sigmaa'"
+    assert "sigma" in error["hint"]
+
+
+def test_files_second_file_part_is_400(api: ApiServer) -> None:
+    image = png_bytes(noise_image(64, 64))
+    response = api.client.post("/api/files", files=[("file", ("a.png", image)), ("file", ("b.png", image))])
+    error = assert_error(response, 400, "duplicate_field")
+    assert "'file'" in error["message"]
