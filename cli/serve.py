@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
+import sys
 from typing import Annotated
 
 import typer
 
 from cli.common import load
-from cli.output import RET_USAGE, cli_errors, echo, state
+from cli.output import RET_USAGE, cli_errors, echo
 from pipeline.errors import InputError
 from pipeline.jobs.files import check_output_dir
 from pipeline.store import open_store
@@ -52,6 +54,27 @@ def listen(host: str, port: int) -> socket.socket:
             field="port",
             value=port,
         ) from exc
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to the ``sys.stderr`` of the moment (not the one at set-up: a test runner swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _log_access_to_stderr() -> None:
+    """The API's access lines (:mod:`cli.api.access_log`), always at INFO, each with its local time
+    and UTC offset, on stderr: whatever ``--verbose`` says about the rest."""
+    from cli.api.access_log import ACCESS_LOGGER
+
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"))
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.handlers[:] = [handler]
+    access.setLevel(logging.INFO)
+    access.propagate = False
 
 
 def serve(
@@ -100,6 +123,7 @@ def serve(
         finally:
             store.close()
         app = create_app(settings)
+        _log_access_to_stderr()
         # Bound here, not by uvicorn: a taken port is then one `error:` line, not a silent exit 3.
         sock = listen(settings.api_host, settings.port)
         mode = "Redis" if settings.redis_mode else "embedded"
@@ -110,7 +134,7 @@ def serve(
             host=settings.api_host,
             port=settings.port,
             log_config=None,  # keep sdpipe's logging set-up (--verbose)
-            access_log=state.verbose,
+            access_log=False,  # sdpipe's own access log (cli.api.access_log) has the job ids
             server_header=False,
         )
         uvicorn.Server(config).run(sockets=[sock])

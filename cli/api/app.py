@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from actors import Runtime, open_runtime
 from cli.api import routes_files, routes_jobs
+from cli.api.access_log import AccessLogMiddleware
 from cli.api.auth import TokenGateMiddleware
 from cli.api.deps import runtime_of, settings_of
 from cli.api.errors import ApiError, ErrorBody, install_error_handlers
@@ -67,7 +68,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.state.runtime = None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=body_limit(settings))
-    app.add_middleware(TokenGateMiddleware, settings=settings)  # added last: runs first, before any body is read
+    app.add_middleware(TokenGateMiddleware, settings=settings)  # runs before any body is read
+    app.add_middleware(AccessLogMiddleware)  # added last: runs first, so refused requests are logged too
     app.include_router(routes_files.router)
     app.include_router(routes_jobs.router)
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from cli.api.access_log import note_jobs
 from cli.api.auth import require_token
 from cli.api.deps import MEDIA_TYPES, ensure_output_dir, image_response, runtime_of, settings_of, wait_for
 from cli.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
@@ -137,6 +138,7 @@ def _submit_upload(
     for note in plan.notes:
         logger.info("job %s: %s", spec.job_id, note.replace(str(saved.path), shown))
     logger.info("job %s: upload %s queued (%s)", spec.job_id, saved.upload_id, spec.step_params.grid)
+    note_jobs(request, [spec.job_id])
     return spec
 
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from cli.api.access_log import note_jobs
 from cli.api.auth import require_token
 from cli.api.deps import MEDIA_TYPES, ensure_output_dir, image_response, runtime_of, settings_of, wait_for
 from cli.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
@@ -113,6 +114,7 @@ def _submit_generate(request: Request, body: GenerateBody) -> tuple[str, list[st
     runtime.submit(specs, as_batch=True)
     job_ids = [spec.job_id for spec in specs]
     logger.info("batch %s: %d generation job(s) queued", batch_id, len(job_ids))
+    note_jobs(request, job_ids)
     return batch_id, job_ids
 
 
@@ -156,6 +158,7 @@ def create_batch(request: Request, body: BatchBody) -> BatchAccepted:
     plan = runtime.submit_rows(rows, batch_id=batch_id, source=None, now=now)
     job_ids = [spec.job_id for spec in plan.new_specs]
     logger.info("batch %s: %d row(s), %d job(s) queued", batch_id, len(rows), len(job_ids))
+    note_jobs(request, job_ids)
     return BatchAccepted(
         batch_id=batch_id,
         jobs=len(job_ids),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 
@@ -107,3 +108,7 @@ def test_serve_runs_standalone_in_embedded_mode(monkeypatch: pytest.MonkeyPatch,
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode in (0, -signal.SIGTERM), stderr  # uvicorn re-raises the signal after shutdown
     assert "sdpipe API on http://0.0.0.0:" in stderr
+    # and it wrote an access log: local time with its offset, method, path, status, duration, job
+    job_id = response.json()["jobs"][0]["job_id"]
+    access = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} POST /api/generate 200 \d+\.\d ms job=" + job_id
+    assert re.search(access, stderr), stderr

@@ -1,0 +1,60 @@
+"""The API's access log: one line per request, with method, path, status, duration and the job."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from tests.test_api.conftest import ApiServer, StartApi
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def access_log() -> Iterator[list[logging.LogRecord]]:
+    """The access lines logged while the test runs (caught on the logger itself: `sdpipe serve`
+    stops it propagating, to give it a handler of its own)."""
+    access = logging.getLogger("cli.api.access")
+    level, collect = access.level, _Collect()
+    access.addHandler(collect)
+    access.setLevel(logging.INFO)
+    yield collect.records
+    access.removeHandler(collect)
+    access.setLevel(level)
+
+
+def _lines(records: list[logging.LogRecord]) -> list[str]:
+    return [record.getMessage() for record in records if record.name == "cli.api.access"]
+
+
+def test_access_log_names_method_path_status_time_and_the_job(
+    api: ApiServer, access_log: list[logging.LogRecord]
+) -> None:
+    created = api.client.post("/api/generate", json={"prompt": "x", "width": 64, "height": 64})
+    assert created.status_code == 202, created.text
+    job_id = created.json()["job_ids"][0]
+    assert api.client.get(f"/api/jobs/{job_id}").status_code == 200
+    assert api.client.get("/api/jobs/nope").status_code == 404
+    lines = _lines(access_log)
+    assert re.fullmatch(rf"POST /api/generate 202 \d+\.\d ms job={job_id}", lines[0]), lines
+    assert re.fullmatch(rf"GET /api/jobs/{job_id} 200 \d+\.\d ms job={job_id}", lines[1]), lines
+    assert re.fullmatch(r"GET /api/jobs/nope 404 \d+\.\d ms job=nope", lines[2]), lines
+
+
+def test_access_log_has_refused_requests_and_never_the_token(
+    start_api: StartApi, access_log: list[logging.LogRecord]
+) -> None:
+    api = start_api(api_token="a-long-secret-token-1234")
+    assert api.client.get("/api/jobs?token=a-long-secret-token-1234").status_code == 401
+    (line,) = _lines(access_log)
+    assert re.fullmatch(r"GET /api/jobs 401 \d+\.\d ms", line)
