@@ -12,6 +12,7 @@ from cli.backends import backends
 from cli.batch import batch, cancel, retry
 from cli.doctor import doctor
 from cli.generate import generate, process
+from cli.help import polish_help
 from cli.jobs import jobs, status
 from cli.output import err_console, setup_logging, state
 from cli.schedule import schedule_app, scheduler
@@ -55,6 +56,7 @@ app.add_typer(schedule_app, name="schedule")
 app.command()(scheduler)
 app.command()(serve)
 app.command()(backends)
+polish_help(app)
 
 
 def main() -> None:

@@ -213,7 +213,10 @@ def add(
 
 
 @schedule_app.command("list")
-def list_(ctx: typer.Context, json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
+def list_(
+    ctx: typer.Context,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the schedules as JSON on stdout.")] = False,
+) -> None:
     """List schedules with their next fire time and last run."""
     with cli_errors():
         try:
@@ -252,7 +255,9 @@ def list_(ctx: typer.Context, json_output: Annotated[bool, typer.Option("--json"
 def show(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Schedule name.")],
-    json_output: Annotated[bool, typer.Option("--json")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the schedule and its runs as JSON on stdout.")
+    ] = False,
 ) -> None:
     """Show a schedule and its last runs (batch ids, skips and failures with their reasons)."""
     with cli_errors():
