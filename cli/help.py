@@ -65,7 +65,7 @@ def polish_help(app: typer.Typer) -> None:
     """Readable type names in every help (process-wide), and ``app``'s commands' docstrings, its
     sub-apps' included, as flowing paragraphs."""
     TyperOption.display_type_rich = _option_display  # type: ignore[method-assign]
-    TyperArgument.display_type_rich = _argument_display  # type: ignore[method-assign]
+    TyperArgument.display_type_rich = _argument_display  # type: ignore[method-assign,assignment]
     pending = [app]
     while pending:
         current = pending.pop()
