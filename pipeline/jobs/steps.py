@@ -434,6 +434,7 @@ def _sidecar(
     spec = record.spec
     sd_info = record.sd_info or SDInfo()
     now = ctx.clock()
+    # "timings", not "steps": that is the sampling steps of the parameters (and of A1111's infotext)
     steps: dict[str, Any] = {}
     for name, step in record.steps.items():
         duration = step.duration_s
@@ -468,7 +469,7 @@ def _sidecar(
         "grid": spec.step_params.grid,
         "band_px": spec.step_params.band_px,
         "sigma": spec.step_params.sigma,
-        "steps": steps,
+        "timings": steps,
         "output": output,
         "infotext": infotext,
         "created_at": _iso(spec.created_at),

@@ -45,6 +45,9 @@ def test_generate_job_writes_image_sidecar_and_succeeds(runtime: Runtime, wait_t
         image_path = Path(record.result.image)
         sidecar = json.loads(Path(record.result.sidecar).read_text())
         assert sidecar["seed"] == seed == record.sd_info.seed
+        # the step timings are "timings": "steps" is a sampling parameter (parameters.steps)
+        assert set(sidecar["timings"]) == {"generate", "split", "seam_blur", "merge"} and "steps" not in sidecar
+        assert sidecar["parameters"]["steps"] == record.spec.generation.steps  # type: ignore[union-attr]
         with Image.open(image_path) as image:
             assert image.size == (128, 96)
             params = parse_infotext(image.info["parameters"])

@@ -86,7 +86,7 @@ def test_generate_count_8_in_redis_mode(
             seam = np.abs(np.diff(merged[:, cx - 2 : cx + 2].astype(int), axis=1)).mean()
             raw = np.abs(np.diff(sd_pixels[:, cx - 2 : cx + 2].astype(int), axis=1)).mean()
             assert seam < raw * 0.8, (seam, raw)
-            assert sidecar["steps"]["generate"]["attempts"] == 1
+            assert sidecar["timings"]["generate"]["attempts"] == 1
             assert sidecar["backend_url"] == mock_sd
     assert sorted(seeds) == list(range(100, 108))
     # And the mock rendered each job exactly once (+8 for our own checks above)
