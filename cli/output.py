@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import signal
 import sys
 import time
@@ -28,6 +29,7 @@ from cli.errors import (
     render,
 )
 from pipeline.errors import PipelineError, error_type
+from pipeline.jobs.files import iso_time
 from pipeline.models import ErrorInfo, JobRecord, JobState
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "err_console",
     "exit_code_for",
     "exit_code_for_jobs",
+    "iso_times",
     "job_row",
     "jobs_table",
     "one_line",
@@ -176,9 +179,28 @@ def echo(text: str, *, err: bool = False) -> None:
 
 
 def print_json(data: Any) -> None:
-    """Machine-readable output on stdout."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """Machine-readable output on stdout, its timestamps in ISO 8601 UTC (:func:`iso_times`)."""
+    sys.stdout.write(json.dumps(iso_times(data), indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+#: The keys whose numbers are moments (epoch seconds): ``at``, ``*_at``, ``*fire_time``, ``*_until``.
+_TIME_KEY_RE = re.compile(r"(?:^|_)at$|fire_time$|_until$")
+
+
+def iso_times(data: Any) -> Any:
+    """``data`` (JSON-able) with every moment (:data:`_TIME_KEY_RE` keys) as ``iso_time``, as in
+    sidecars; durations (``duration_s``, ``elapsed_s``) stay numbers."""
+    if isinstance(data, dict):
+        return {
+            key: iso_time(value)
+            if _TIME_KEY_RE.search(str(key)) and isinstance(value, int | float) and not isinstance(value, bool)
+            else iso_times(value)
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [iso_times(item) for item in data]
+    return data
 
 
 def _ago(ts: float | None) -> str:

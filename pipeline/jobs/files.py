@@ -53,6 +53,7 @@ __all__ = [
     "check_output_dir",
     "claim_output_name",
     "default_output_name",
+    "iso_time",
     "load_arrays",
     "read_json",
     "remove_stale_temps",
@@ -113,6 +114,12 @@ def remove_stale_temps(path: Path) -> None:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented UTF-8 JSON, atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode())
+
+
+def iso_time(ts: float) -> str:
+    """Epoch seconds as sdpipe writes moments (sidecars, ``--json``): ISO 8601, UTC, milliseconds,
+    e.g. ``2026-12-07T13:20:01.123Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}Z"
 
 
 def read_json(path: Path) -> Any:

@@ -31,6 +31,7 @@ from pipeline.jobs.files import (
     atomic_write_bytes,
     atomic_write_json,
     claim_output_name,
+    iso_time,
     load_arrays,
     read_json,
     remove_stale_temps,
@@ -472,8 +473,8 @@ def _sidecar(
         "timings": steps,
         "output": output,
         "infotext": infotext,
-        "created_at": _iso(spec.created_at),
-        "finished_at": _iso(now),
+        "created_at": iso_time(spec.created_at),
+        "finished_at": iso_time(now),
         "sdpipe_version": SDPIPE_VERSION,
     }
 
@@ -493,10 +494,6 @@ def _input_image(manifest: dict[str, Any]) -> dict[str, Any]:
         "bit_depth": bit_depth,
         "reduced_to_8_bit": bit_depth > 8,
     }
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}Z"
 
 
 _STEPS: dict[str, _StepFn] = {

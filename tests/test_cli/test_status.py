@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -151,3 +152,16 @@ def test_status_shows_what_the_server_did_differently(sdpipe: Invoke, out_dir: P
     # Then status says so
     shown = " ".join(sdpipe("status", spec.job_id).stdout.split())
     assert f"sd warning {warning}" in shown
+
+
+def test_json_output_gives_moments_in_iso_8601_utc_like_sidecars(sdpipe: Invoke) -> None:
+    (job,) = json.loads(sdpipe("generate", "x", "--sd-url", "mock://", "--width", "64", "--json").stdout)
+    iso = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    for shown in (job, json.loads(sdpipe("status", job["job_id"], "--json").stdout)):
+        assert re.fullmatch(iso, shown["created_at"]) and re.fullmatch(iso, shown["updated_at"])
+        assert re.fullmatch(iso, shown["steps"]["merge"]["finished_at"])
+        assert isinstance(shown["steps"]["merge"]["duration_s"], float)  # durations stay numbers
+    sidecar = json.loads(Path(job["result"]["sidecar"]).read_text())
+    assert sidecar["created_at"] == job["spec"]["created_at"]  # the same moment, written the same way
+    manifest = json.loads(sdpipe("status", "--batch", job["batch_id"], "--json").stdout)
+    assert re.fullmatch(iso, manifest["created_at"]) and re.fullmatch(iso, manifest["written_at"])
