@@ -50,6 +50,7 @@ __all__ = [
     "ErrorBody",
     "ErrorDetail",
     "api_hint",
+    "default_hint",
     "error_response",
     "install_error_handlers",
     "status_for",
@@ -175,12 +176,45 @@ def error_response(
     batch_id: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """A JSON response in the API's error shape."""
+    """A JSON response in the API's error shape; one without a hint of its own gets its code's or
+    its status's (:func:`default_hint`): every error says how to go on."""
     detail = ErrorDetail(
-        code=code, message=message, hint=hint, problems=problems, job_id=job_id, job_ids=job_ids, batch_id=batch_id
+        code=code,
+        message=message,
+        hint=hint or default_hint(status_code, code),
+        problems=problems,
+        job_id=job_id,
+        job_ids=job_ids,
+        batch_id=batch_id,
     )
     body = ErrorBody(error=detail).model_dump(mode="json", exclude_none=True)
     return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+#: The hint of an error raised without one, by code, then by status (then :data:`_DOCS`).
+_HINTS_BY_CODE = {
+    "job_failed": "GET /api/jobs/{id} has its error; POST /api/jobs/{id}/retry runs it again",
+}
+_HINTS_BY_STATUS = {
+    401: "send Authorization: Bearer <API_TOKEN>",
+    403: "send Authorization: Bearer <API_TOKEN>",
+    404: "see /docs for the routes",
+    405: "see /docs for each route's methods",
+    406: "accept application/json",
+    409: "GET /api/jobs/{id} shows the job's state",
+    413: "send a smaller body",
+    415: "send the content type /docs gives for the route",
+    504: "the jobs keep running: poll GET /api/jobs/{id}",
+}
+
+
+def default_hint(status_code: int, code: str) -> str:
+    """The hint of an error that brought none."""
+    if code in _HINTS_BY_CODE:
+        return _HINTS_BY_CODE[code]
+    if status_code >= 500:
+        return _HINTS_BY_STATUS.get(status_code, "the server log has the details; try again later")
+    return _HINTS_BY_STATUS.get(status_code, _DOCS)
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
@@ -264,10 +298,21 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         {"loc": [str(part) for part in error.get("loc", ())], "message": str(error.get("msg", "invalid"))}
         for error in exc.errors()
     ]
+    broken = next((error for error in exc.errors() if error.get("type") == "json_invalid"), None)
+    if broken is not None:  # FastAPI's "body.0: JSON decode error" names a character, not the problem
+        reason = str((broken.get("ctx") or {}).get("error") or "").strip()
+        position = broken.get("loc", ("body", None))[-1]
+        detail = f": {reason} at character {position}" if reason and isinstance(position, int) else ""
+        return error_response(
+            422,
+            "invalid_request",
+            f"the body is not valid JSON{detail}",
+            hint='send a JSON object with Content-Type: application/json, e.g. {"prompt": "a lighthouse"}',
+        )
     first = problems[0] if problems else {"loc": [], "message": "invalid request"}
     where = ".".join(first["loc"])
     message = f"{where}: {first['message']}" if where else str(first["message"])
-    return error_response(422, "invalid_request", message, hint="see /docs for the request format", problems=problems)
+    return error_response(422, "invalid_request", message, hint=_DOCS, problems=problems)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -114,6 +114,7 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     assert set(body) == {"error"}
     error: dict[str, Any] = body["error"]
     assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error.get("hint"), str) and error["hint"], error  # every error says how to go on
     assert "Traceback" not in response.text
     if code is not None:
         assert error["code"] == code, error

@@ -113,3 +113,16 @@ def test_errors_full_queue_is_429_and_nothing_is_queued(start_api: StartApi, red
     assert "MAX_QUEUE_DEPTH=2" in error["message"]
     assert refused.headers["Retry-After"] == str(QUEUE_FULL_RETRY_AFTER_S)  # when to come back
     assert len(api.client.get("/api/jobs").json()["jobs"]) == 2
+
+
+def test_errors_of_routing_have_a_hint(api: ApiServer) -> None:
+    assert assert_error(api.client.get("/api/nothing"), 404, "not_found")["hint"] == "see /docs for the routes"
+    assert "methods" in assert_error(api.client.delete("/api/jobs"), 405, "method_not_allowed")["hint"]
+
+
+@pytest.mark.parametrize("body", [b'{"prompt": "x",}', b"not json", b"[1, 2"])
+def test_errors_invalid_json_says_the_body_is_not_valid_json(api: ApiServer, body: bytes) -> None:
+    response = api.client.post("/api/generate", content=body, headers={"Content-Type": "application/json"})
+    error = assert_error(response, 422, "invalid_request")
+    assert error["message"].startswith("the body is not valid JSON"), error
+    assert "application/json" in error["hint"]
