@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -36,6 +37,7 @@ from cli.common import (
 from cli.output import (
     RET_FAILED,
     RET_OK,
+    WIDE_COLUMNS,
     cli_errors,
     console,
     echo,
@@ -66,7 +68,7 @@ from cli.request_options import (
     request_fields,
 )
 from pipeline.batches.files import BatchFileError, describe_plan, read_batch_file
-from pipeline.batches.manifests import batch_records, build_manifest, write_manifest
+from pipeline.batches.manifests import batch_records, build_manifest, retry_step, write_manifest
 from pipeline.errors import InputError
 from pipeline.jobs.files import check_output_dir
 from pipeline.jobs.planning import new_id, travelling_overrides
@@ -77,6 +79,9 @@ from pipeline.settings import Settings
 from pipeline.store import open_store
 
 __all__ = ["batch", "cancel", "retry"]
+
+#: How many rows of a ``--dry-run`` plan are shown without ``--all`` (about a screenful).
+PLAN_ROWS_SHOWN = 20
 
 
 def batch(
@@ -126,6 +131,9 @@ def batch(
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default OUTPUT_DIR).")] = None,
     sd_url: Annotated[str | None, typer.Option("--sd-url", help="SD server URL, or mock://.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; enqueue nothing.")] = False,
+    all_rows: Annotated[
+        bool, typer.Option("--all", help=f"With --dry-run: every row of the plan, not the first {PLAN_ROWS_SHOWN}.")
+    ] = False,
     resume: Annotated[
         str | None, typer.Option("--resume", help="Batch id to resume: re-run only rows not yet succeeded.")
     ] = None,
@@ -207,7 +215,7 @@ def batch(
                 echo(f"  {problem}", err=True)
             raise
         if dry_run:
-            _print_plan(describe_plan(rows), json_output=json_output)
+            _print_plan(describe_plan(rows), json_output=json_output, all_rows=all_rows)
             return
         check_output_dir(settings.output_dir)
         with open_runtime(settings) as runtime:
@@ -311,21 +319,42 @@ def _summary_table(batch_id: str, counts: dict[JobState, int], elapsed_s: float)
     return table
 
 
-def _print_plan(plan: list[dict[str, Any]], *, json_output: bool) -> None:
-    if json_output:
-        print_json({"rows": plan, "jobs": sum(int(row["count"]) for row in plan)})
-        return
-    columns = ("line", "prompt", "count", "seeds", "size", "steps", "cfg", "sampler", "grid", "format")
-    table = Table(title="plan (nothing enqueued)")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in plan:
-        table.add_row(*(Text(str(row.get(column, ""))) for column in columns))
-    console.print(table)
+#: The plan's columns, and those kept below :data:`WIDE_COLUMNS` (the rest is in ``--json``).
+_PLAN_COLUMNS = ("line", "prompt", "count", "seeds", "size", "steps", "cfg", "sampler", "grid", "format")
+_NARROW_PLAN_COLUMNS = ("line", "prompt", "count", "seeds", "size", "steps", "sampler")
+
+
+def _print_plan(plan: list[dict[str, Any]], *, json_output: bool, all_rows: bool = False) -> None:
     jobs = sum(int(row["count"]) for row in plan)
+    if json_output:
+        print_json({"rows": plan, "jobs": jobs})
+        return
+    columns = _PLAN_COLUMNS if console.width >= WIDE_COLUMNS else _NARROW_PLAN_COLUMNS
+    shown = plan if all_rows else plan[:PLAN_ROWS_SHOWN]
+    table = Table(title="plan (nothing enqueued)", pad_edge=False, collapse_padding=True)
+    for column in columns:
+        # Only the prompt gives way when narrow (Rich narrows wrapping columns); no cell wraps.
+        table.add_column(column, no_wrap=column != "prompt", min_width=len(column))
+    for row in shown:
+        table.add_row(*(_plan_cell(column, row.get(column, "")) for column in columns))
+    console.print(table)
+    if len(shown) < len(plan):
+        console.print(f"… and {len(plan) - len(shown)} more row(s): --all shows every one, --json the whole plan")
     console.print(f"{len(plan)} row(s), {jobs} job(s), {jobs} SD call(s)")
 
 
+def _plan_cell(column: str, value: Any) -> Text:
+    if column == "seeds" and isinstance(value, list) and value and all(seed == -1 for seed in value):
+        value = "random"
+    elif column == "seeds" and isinstance(value, list) and len(value) > 3:
+        value = f"{value[0]}…{value[-1]}"  # --count 50 gives 50 consecutive seeds
+    elif isinstance(value, list):
+        value = ",".join(str(item) for item in value)
+    return Text(" ".join(str(value).split()), no_wrap=True, overflow="ellipsis")
+
+
+#: Up to this many jobs ``retry --batch`` names each one it requeued; beyond, one summary line.
+REQUEUED_LINES_SHOWN = 10
 #: The states ``retry`` re-enqueues (``Runtime.retry`` / ``StatusStore.requeue`` take only these).
 _RETRYABLE = (JobState.FAILED, JobState.CANCELLED)
 
@@ -376,8 +405,13 @@ def retry(
                 by_id = batch_records(store, found)
                 records = [by_id[job] for job in found.job_ids if job in by_id and by_id[job].state in _RETRYABLE]
             requeued = runtime.retry(records)
-            for record in requeued:
-                echo(f"job {record.job_id} requeued")
+            if batch_id is not None and len(requeued) > REQUEUED_LINES_SHOWN:
+                steps = Counter(retry_step(record) for record in requeued)
+                where = ", ".join(f"{count} from {step}" for step, count in steps.most_common())
+                echo(f"batch {store.get_batch(batch_id).batch_id}: {len(requeued)} job(s) requeued ({where})")
+            else:
+                for record in requeued:
+                    echo(f"job {record.job_id} requeued")
             if not requeued:
                 if job_id is not None:
                     _refuse_retry(store.get(records[0].job_id))

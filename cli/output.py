@@ -38,6 +38,7 @@ __all__ = [
     "RET_OK",
     "RET_UNREACHABLE",
     "RET_USAGE",
+    "WIDE_COLUMNS",
     "cli_errors",
     "deferred_interrupt",
     "console",
@@ -203,10 +204,10 @@ def iso_times(data: Any) -> Any:
     return data
 
 
-def _ago(ts: float | None) -> str:
+def _ago(ts: float | None, *, short: bool = False) -> str:
     if ts is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    return time.strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 def job_row(record: JobRecord) -> dict[str, Any]:
@@ -214,28 +215,43 @@ def job_row(record: JobRecord) -> dict[str, Any]:
     return record.model_dump(mode="json")
 
 
-def jobs_table(records: Sequence[JobRecord], *, title: str | None = None) -> Table:
-    """A table of jobs: id, state, current step and attempts, prompt or source, result or error."""
-    table = Table(title=title, show_lines=False)
-    for column in ("job", "state", "attempts", "created", "what", "result / error"):
-        table.add_column(column, overflow="fold")
+def _cell(text: str, style: str = "") -> Text:
+    """A table cell on one line whatever its column's width: line breaks flattened, cut with "…"."""
+    return Text(" ".join(text.split()), style=style, no_wrap=True, overflow="ellipsis")
+
+
+#: Below this many columns ``jobs_table`` drops the attempts column and shortens the creation time.
+WIDE_COLUMNS = 110
+
+
+def jobs_table(records: Sequence[JobRecord], *, title: str | None = None, width: int | None = None) -> Table:
+    """A table of jobs, one line each whatever the width: id, state, (attempts), created, prompt or
+    source, result or error (cut with ``…``: ``sdpipe status`` has the whole text). ``width``: the
+    terminal's (default: stdout's)."""
+    wide = (width or console.width) >= WIDE_COLUMNS
+    table = Table(title=title, show_lines=False, pad_edge=False, collapse_padding=True)
+    table.add_column("job", no_wrap=True, min_width=8)
+    table.add_column("state", no_wrap=True, min_width=max(len(state.value) for state in JobState))
+    if wide:
+        table.add_column("attempts", no_wrap=True, overflow="ellipsis", max_width=30)
+    table.add_column("created", no_wrap=True, min_width=19 if wide else 11)
+    # These two give way when the table is too wide (Rich narrows only wrapping columns); their
+    # cells never wrap: one line, cut with "…".
+    table.add_column("what", min_width=8)
+    table.add_column("result / error", min_width=10)
     for record in records:
         spec = record.spec
         what = spec.generation.prompt if spec.generation else (spec.source_name or "")
-        attempts = " ".join(f"{name}:{step.attempts}" for name, step in record.steps.items())
         if record.state is JobState.SUCCEEDED and record.result:
-            outcome = Text(str(record.result.image or ""))
+            outcome = _cell(str(record.result.image or ""))
         elif record.error is not None:
-            outcome = Text(f"{record.error.step}: {record.error.message}", style="red")
+            outcome = _cell(f"{record.error.step}: {record.error.message}", style="red")
         else:
-            outcome = Text("")
+            outcome = _cell("")
         style = _STATE_STYLES.get(record.state, "cyan")
-        table.add_row(
-            record.job_id[:8],
-            f"[{style}]{record.state.value}[/{style}]",
-            attempts or "-",
-            _ago(record.created_at),
-            Text(what[:60]),
-            outcome,
-        )
+        cells: list[str | Text] = [record.job_id[:8], Text(record.state.value, style=style)]
+        if wide:
+            cells.append(" ".join(f"{name}:{step.attempts}" for name, step in record.steps.items()) or "-")
+        cells += [_ago(record.created_at, short=not wide), _cell(what), outcome]
+        table.add_row(*cells)
     return table

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import time
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from cli.output import err_console
 from pipeline.errors import StoreUnavailable
@@ -17,6 +25,11 @@ __all__ = ["StoreOutage", "watch_batch"]
 POLL_INTERVAL_S = 0.5
 #: Without a terminal (cron, systemd), seconds between two plain progress lines.
 PLAIN_LINE_INTERVAL_S = 30.0
+#: Below this terminal width the bar is narrower and leaves out the queued count, the rate and the
+#: elapsed time, so the whole line fits (80 columns with 10,000 jobs).
+WIDE_BAR_COLUMNS = 120
+#: The bar's own width in a narrow terminal, in characters.
+NARROW_BAR_CHARS = 16
 #: Seconds between reconnection attempts while the status store is unreachable.
 STORE_RETRY_S = 1.0
 
@@ -49,21 +62,19 @@ def watch_batch(store: StatusStore, batch_id: str, total: int, *, live: bool) ->
     started = time.monotonic()
     last_line = started
     outage = StoreOutage()
-    progress = Progress(
+    wide = err_console.width >= WIDE_BAR_COLUMNS
+    columns: list[ProgressColumn] = [
         TextColumn(f"batch {batch_id[:8]}"),
-        BarColumn(),
+        BarColumn(bar_width=None if wide else NARROW_BAR_CHARS),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=err_console,
-        disable=not live,
-        transient=False,
-    )
+        TextColumn("{task.fields[detail]}" if wide else "{task.fields[short]}"),
+    ]
+    if wide:
+        columns += [TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
+    columns += [TextColumn("ETA"), TimeRemainingColumn()]
+    progress = Progress(*columns, console=err_console, disable=not live, transient=False)
     with progress:
-        task = progress.add_task("batch", total=total, detail="", rate="")
+        task = progress.add_task("batch", total=total, detail="", short="", rate="")
         while True:
             try:
                 counts = store.count_by_state(batch_id=batch_id)
@@ -79,8 +90,9 @@ def watch_batch(store: StatusStore, batch_id: str, total: int, *, live: bool) ->
             elapsed = time.monotonic() - started
             running = sum(counts[state] for state in _RUNNING)
             detail = f"failed {counts[JobState.FAILED]} · in progress {running} · queued {counts[JobState.QUEUED]}"
+            short = f"failed {counts[JobState.FAILED]} · running {running}"
             rate = f"{done / elapsed * 60:.1f}/min" if elapsed > 1 else ""
-            progress.update(task, completed=done, detail=detail, rate=rate)
+            progress.update(task, completed=done, detail=detail, short=short, rate=rate)
             if not live and time.monotonic() - last_line >= PLAIN_LINE_INTERVAL_S:
                 # cron, systemd, CI: no live bar, so a plain progress line now and then
                 err_console.print(f"batch {batch_id[:8]}: {done}/{total} done · {detail}", markup=False)

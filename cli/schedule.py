@@ -235,18 +235,19 @@ def list_(
     if not schedules:
         console.print("no schedules")
         return
-    table = Table()
+    table = Table(pad_edge=False, collapse_padding=True)
     for column in ("name", "cron", "tz", "file", "next run", "last run"):
-        table.add_column(column, overflow="fold")
+        # Only the file and the last run give way when narrow (Rich narrows wrapping columns); no cell wraps.
+        table.add_column(column, no_wrap=column not in ("file", "last run"), min_width=4)
     for record in schedules:
         last = record.runs[0] if record.runs else None
         table.add_row(
             record.name,
             record.cron,
             record.timezone,
-            Text(record.file),
+            _cell(record.file),
             _when(next_fire_time(record, now), record.timezone),
-            Text(_run_text(last, record.timezone)) if last else "-",
+            _cell(_run_text(last, record.timezone)) if last else "-",
         )
     console.print(table)
 
@@ -375,6 +376,11 @@ def _fire(runtime: Runtime) -> FireFn:
         return plan.batch.batch_id
 
     return fire
+
+
+def _cell(text: str) -> Text:
+    """One line, cut with "…" (a long path, a long reason): ``schedule show`` has the whole text."""
+    return Text(" ".join(text.split()), no_wrap=True, overflow="ellipsis")
 
 
 def _when(ts: float | None, tz: str) -> str:

@@ -388,3 +388,47 @@ def test_schedule_flags_win_over_the_yaml_files_defaults_and_show_says_so(sdpipe
     assert manifest["rows"][0]["params"]["cfg"] == 5
     shown = " ".join(sdpipe("schedule", "show", "s").stdout.split())
     assert "precedence settings < the file's defaults < these flags < the row" in shown
+
+
+def test_batch_dry_run_at_80_columns_summarises_a_long_plan_and_breaks_no_word(sdpipe: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("".join(f"a lighthouse at dusk number {i} seen from a small boat on the sea\n" for i in range(30)))
+    result = sdpipe("batch", str(path), "--dry-run", "--count", "4", "--seed", "7", env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), result.stdout
+    rows = [line for line in lines if "lighthouse" in line]
+    assert len(rows) == 20  # a screenful, one line per row
+    assert all("512x512" in row and "7…10" in row and "Euler a" in row for row in rows[:1])
+    assert "sampler" in lines[1] or any("sampler" in line for line in lines[:4])  # headers whole
+    assert "… and 10 more row(s): --all shows every one" in result.stdout
+    assert "30 row(s), 120 job(s), 120 SD call(s)" in result.stdout
+    every = sdpipe("batch", str(path), "--dry-run", "--all", env={"COLUMNS": "80"})
+    assert len([line for line in every.stdout.splitlines() if "lighthouse" in line]) == 30
+
+
+def test_schedule_list_at_80_columns_breaks_no_word(sdpipe: Invoke, tmp_path: Path) -> None:
+    folder = tmp_path / "a-rather-long-folder-name-for-the-nightly-prompt-files"
+    folder.mkdir()
+    path = folder / "nightly-prompts.txt"
+    path.write_text("x\n")
+    cron = ("--cron", "0 2 * * *", "--tz", "Europe/Berlin")
+    assert sdpipe("schedule", "add", "nightly", str(path), *cron).exit_code == 0
+    listing = sdpipe("schedule", "list", env={"COLUMNS": "80"})
+    lines = listing.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), listing.stdout
+    (row,) = [line for line in lines if "nightly" in line]  # one line
+    assert "Europe/Berlin" in row and "0 2 * * *" in row
+
+
+def test_retry_batch_of_many_jobs_prints_one_summary_line(sdpipe: Invoke, tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": f"r{i}", "seed": i} for i in range(12)])
+    failed = sdpipe("batch", str(path), "--sd-url", "mock://many?fail_rate=1.0", *SMALL, env={"MAX_RETRIES": "0"})
+    assert failed.exit_code == 1
+    batch_id = failed.stdout.splitlines()[0].split()[1]
+    result = sdpipe("retry", "--batch", batch_id[:8], "--failed", "--sd-url", "mock://many-up")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"batch {batch_id}: 12 job(s) requeued (12 from generate)"
+    assert not any(line.endswith(" requeued") and line.startswith("job ") for line in lines)
+    assert len(lines) == 13  # and, embedded, the 12 output paths as generate prints them

@@ -165,3 +165,24 @@ def test_json_output_gives_moments_in_iso_8601_utc_like_sidecars(sdpipe: Invoke)
     assert sidecar["created_at"] == job["spec"]["created_at"]  # the same moment, written the same way
     manifest = json.loads(sdpipe("status", "--batch", job["batch_id"], "--json").stdout)
     assert re.fullmatch(iso, manifest["created_at"]) and re.fullmatch(iso, manifest["written_at"])
+
+
+def test_jobs_at_80_columns_shows_one_line_per_job_and_status_the_whole_error(sdpipe: Invoke) -> None:
+    long_prompt = "a lighthouse at dusk, " * 8
+    failed = sdpipe(
+        "generate", long_prompt, "--sd-url", "mock://?fail_rate=1.0", "--width", "64", env={"MAX_RETRIES": "0"}
+    )
+    assert failed.exit_code == 1
+    job_id = failed.stdout.split()[1]
+    assert sdpipe("generate", long_prompt, "--sd-url", "mock://", "--width", "64").exit_code == 0
+    listing = sdpipe("jobs", env={"COLUMNS": "80"})
+    assert listing.exit_code == 0, listing.output
+    lines = listing.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), listing.stdout
+    rows = [line for line in lines if "lighthouse" in line]
+    assert len(rows) == 2  # one line per job: no wrapped prompt, path or error
+    (failed_row,) = [line for line in rows if job_id[:8] in line]
+    assert "generate: the SD ser" in failed_row and failed_row.rstrip("│ ").endswith("…")
+    # the whole error is in `status`
+    shown = " ".join(sdpipe("status", job_id, env={"COLUMNS": "80"}).stdout.split())
+    assert "reserved in total by PyTorch" in shown
