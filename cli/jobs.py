@@ -111,7 +111,8 @@ def _batch_detail(manifest: dict[str, Any]) -> Table:
     for line, job in failed[:10]:
         reason = f": {job['error']}" if job.get("error") else ""
         where = f"  line {line}" if from_file else ""
-        table.add_row(where, Text(f"{job['job_id'][:8]} {job['state']}{reason}", style="red"))
+        failure = " ".join(f"{job['job_id'][:8]} {job['state']}{reason}".split())  # one line: `status JOB` has it all
+        table.add_row(where, Text(failure, style="red", no_wrap=True, overflow="ellipsis"))
     if len(failed) > 10:
         table.add_row("", f"… and {len(failed) - 10} more (see the manifest)")
     return table

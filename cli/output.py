@@ -152,7 +152,7 @@ def report_jobs(records: Sequence[JobRecord], *, json_output: bool = False) -> N
         for record in records:
             if record.state is not JobState.SUCCEEDED:
                 reason = _failure(record.error) if record.error else record.state.value
-                echo(f"job {record.job_id} {record.state.value}: {reason}", err=True)
+                echo(" ".join(f"job {record.job_id} {record.state.value}: {reason}".split()), err=True)
     code = exit_code_for_jobs(records)
     if code != RET_OK:
         raise typer.Exit(code)
