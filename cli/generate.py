@@ -276,7 +276,7 @@ def _on_interrupt(embedded: bool, store: StatusStore, ids: list[str]) -> None:
         records = []
     for record in records:
         if record.state is JobState.SUCCEEDED and record.result:
-            echo(str(record.result["image"]))
+            echo(str(record.result.image))
     if embedded:
         now = time.time()
         cancelled = sum(store.mark_cancelled(job_id, now=now) for job_id in ids)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import signal
 import sys
 import time
@@ -185,17 +184,26 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-#: The keys whose numbers are moments (epoch seconds): ``at``, ``*_at``, ``*fire_time``, ``*_until``.
-_TIME_KEY_RE = re.compile(r"(?:^|_)at$|fire_time$|_until$")
+#: The keys whose numbers are moments (epoch seconds) in sdpipe's own records (jobs, steps, errors,
+#: batches, schedules and their runs, backends); only these are converted.
+_TIME_KEYS = frozenset(
+    {"at", "created_at", "updated_at", "started_at", "finished_at", "written_at", "fire_time", "next_fire_time"}
+    | {"benched_until", "last_error_at"}
+)
+#: Subtrees that are the user's or the SD server's own data (a row's parameters, the A1111 request):
+#: their keys (``refiner_switch_at``...) are never taken for moments.
+_VERBATIM_KEYS = frozenset({"generation", "params", "parameters", "override_settings", "alwayson_scripts"})
 
 
 def iso_times(data: Any) -> Any:
-    """``data`` (JSON-able) with every moment (:data:`_TIME_KEY_RE` keys) as ``iso_time``, as in
+    """``data`` (JSON-able) with every moment (:data:`_TIME_KEYS`) as ``iso_time``, as in
     sidecars; durations (``duration_s``, ``elapsed_s``) stay numbers."""
     if isinstance(data, dict):
         return {
             key: iso_time(value)
-            if _TIME_KEY_RE.search(str(key)) and isinstance(value, int | float) and not isinstance(value, bool)
+            if key in _TIME_KEYS and isinstance(value, int | float) and not isinstance(value, bool)
+            else value
+            if key in _VERBATIM_KEYS
             else iso_times(value)
             for key, value in data.items()
         }

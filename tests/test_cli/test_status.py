@@ -186,3 +186,9 @@ def test_jobs_at_80_columns_shows_one_line_per_job_and_status_the_whole_error(sd
     # the whole error is in `status`
     shown = " ".join(sdpipe("status", job_id, env={"COLUMNS": "80"}).stdout.split())
     assert "reserved in total by PyTorch" in shown
+
+
+def test_json_output_leaves_parameters_alone_even_when_their_name_ends_in_at(sdpipe: Invoke) -> None:
+    args = ("--refiner", "refiner.safetensors", "--refiner-switch-at", "0.8")
+    (job,) = json.loads(sdpipe("generate", "x", "--sd-url", "mock://", "--width", "64", *args, "--json").stdout)
+    assert job["spec"]["generation"]["refiner_switch_at"] == 0.8
