@@ -70,6 +70,8 @@ def test_watch_jobs_reads_only_unfinished_jobs_in_one_batch_per_poll(store: Coun
     assert next(watch, None) is None
 
 
-def test_watch_jobs_unknown_id_raises_job_not_found(store: CountingStore) -> None:
-    with pytest.raises(JobNotFound, match="no job 'zzz'"):
+def test_watch_jobs_unknown_id_raises_job_not_found_saying_the_records_are_gone(store: CountingStore) -> None:
+    # The caller watches jobs it submitted: one the store does not have was lost with its records
+    with pytest.raises(JobNotFound, match="job records are gone: .*; job zzz was among them") as raised:
         next(watch_jobs(store, ["a", "zzz"], poll_interval_s=0))
+    assert raised.value.field == "persistence" and raised.value.value == "zzz"
