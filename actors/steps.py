@@ -21,7 +21,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from pipeline.errors import PERMANENT_ERRORS, JobNotFound, NoFreeSlot, PipelineError
-from pipeline.jobs.steps import StepContext, run_step, sd_slot
+from pipeline.jobs.steps import StepContext, drop_lost_job, run_step, sd_slot
 from pipeline.models import ErrorInfo, JobSpec, StepName
 
 __all__ = [
@@ -111,6 +111,11 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
                 broker.enqueue(message, delay=random.randint(*REQUEUE_DELAY_MS))
                 _drop_continuation()
                 logger.info("%s", exc.message)
+                return
+            except JobNotFound:
+                # The record went while the step ran (Redis restarted without persistence)
+                drop_lost_job(context, job_id, step)
+                _drop_continuation()
                 return
             except PipelineError as exc:
                 if exc.transient:

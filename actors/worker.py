@@ -29,7 +29,8 @@ from dramatiq import cli as dramatiq_cli
 from actors.broker import WORKER_ENQUEUE_PATIENCE_S
 from actors.runtime import WORKER_BEAT_S, Runtime, open_runtime
 from actors.steps import QUEUES
-from pipeline.errors import ConfigError, StoreUnavailable
+from pipeline.errors import ConfigError, PipelineError, StoreUnavailable
+from pipeline.jobs.steps import remove_orphaned_work
 from pipeline.settings import Settings, load_settings, mask_url
 
 if TYPE_CHECKING:
@@ -116,6 +117,10 @@ def setup() -> None:
         from actors.metrics import install
 
         install(_runtime.broker, metrics)
+    try:  # Redis restarted without persistence: folders of jobs no record names any more
+        remove_orphaned_work(_runtime.context)
+    except PipelineError as exc:
+        logger.warning("could not look for orphaned work folders: %s", exc)
     pool = _runtime.context.pool
     for key, problem in pool.check_all().items():
         if problem is not None:  # benched, not fatal: the others take its jobs and a probe brings it back

@@ -26,6 +26,7 @@ from pipeline.images import seams
 from pipeline.images.codec import decode_image, encode_image
 from pipeline.images.infotext import insert_params
 from pipeline.jobs.files import (
+    STATE_DIR_NAME,
     JobFiles,
     atomic_save_arrays,
     atomic_write_bytes,
@@ -44,7 +45,19 @@ from pipeline.sd.pool.pool import PoolObserver, SDPool, open_pool_state
 from pipeline.settings import Settings
 from pipeline.store.base import StatusStore
 
-__all__ = ["StepContext", "StepOutcome", "run_step", "sd_slot"]
+__all__ = [
+    "ORPHAN_WORK_AGE_S",
+    "StepContext",
+    "StepOutcome",
+    "drop_lost_job",
+    "remove_orphaned_work",
+    "run_step",
+    "sd_slot",
+]
+
+#: A work folder whose job has no record is removed (``remove_orphaned_work``) once it is this old:
+#: a ``process`` job's folder is written just before its record is created.
+ORPHAN_WORK_AGE_S = 3600.0
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +141,7 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
     try:
         started, previous = ctx.store.start_step_after(job_id, step, now=ctx.clock())
     except JobNotFound:
-        _drop_lost_job(ctx, job_id, step)
+        drop_lost_job(ctx, job_id, step)
         return StepOutcome(ran=False)
     if started is None:
         logger.debug("job %s: %s not needed (job is finished or past this step)", job_id, step)
@@ -171,7 +184,7 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
     return StepOutcome(ran=True, skipped=skipped)
 
 
-def _drop_lost_job(ctx: StepContext, job_id: str, step: str) -> None:
+def drop_lost_job(ctx: StepContext, job_id: str, step: str) -> None:
     """A message for a job the store has no record of (Redis restarted without persistence, or was
     flushed): nothing can run it, so say why (WARNING) and remove its work folder under OUTPUT_DIR."""
     files = JobFiles(ctx.settings.output_dir, job_id)
@@ -184,6 +197,37 @@ def _drop_lost_job(ctx: StepContext, job_id: str, step: str) -> None:
         ctx.store.records_gone(job_id).message,
         "; its work folder was removed" if had_files else "",
     )
+
+
+def remove_orphaned_work(ctx: StepContext, *, older_than_s: float = ORPHAN_WORK_AGE_S) -> int:
+    """Remove the work folders under OUTPUT_DIR whose job the store no longer has (Redis restarted
+    without persistence: the records and the queued messages are gone, the folders stay), once
+    older than ``older_than_s``; returns how many. A worker does it when it starts."""
+    work = ctx.settings.output_dir / STATE_DIR_NAME / "work"
+    try:
+        folders = [path for path in work.iterdir() if path.is_dir()]
+    except OSError:  # no work folder yet
+        return 0
+    removed = 0
+    now = ctx.clock()
+    for folder in folders:
+        try:
+            if now - folder.stat().st_mtime < older_than_s:
+                continue
+            ctx.store.get(folder.name)
+        except JobNotFound:
+            JobFiles(ctx.settings.output_dir, folder.name).remove_work_dir()
+            removed += 1
+        except OSError:  # removed meanwhile
+            continue
+    if removed:
+        logger.warning(
+            "removed %d work folder(s) under %s whose jobs' records are gone (%s)",
+            removed,
+            work,
+            ctx.store.records_lost_reason,
+        )
+    return removed
 
 
 def _files(ctx: StepContext, record: JobRecord) -> JobFiles:

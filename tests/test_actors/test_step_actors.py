@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -210,3 +211,26 @@ def test_step_of_a_job_whose_record_is_gone_is_dropped_with_a_warning_and_its_wo
     assert not outcome.ran and not work.exists()
     (line,) = [record for record in caplog.records if record.name == "pipeline.jobs.steps"]
     assert line.levelno == logging.WARNING and "job records are gone" in line.getMessage()
+
+
+def test_remove_orphaned_work_removes_old_folders_of_jobs_without_records(runtime: Runtime) -> None:
+    # Given work folders: an old one whose job the store lost, an old one of a known job, a fresh orphan
+    (spec,) = plan_generate(
+        runtime.settings,
+        GenerationRequest(prompt="kept"),
+        build_step_params(runtime.settings, grid=None, band_px=None, sigma=None),
+        now=time.time(),
+    )
+    runtime.store.create_jobs([spec])
+    work = runtime.settings.output_dir / ".sdpipe" / "work"
+    folders = {name: work / name for name in ("lost-old", spec.job_id, "lost-fresh")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+        (folder / "source.img").write_bytes(b"x")
+    hours_ago = time.time() - 2 * 3600
+    for name in ("lost-old", spec.job_id):
+        os.utime(folders[name], (hours_ago, hours_ago))
+    # When a worker starts and looks for them
+    assert steps.remove_orphaned_work(runtime.context) == 1
+    # Then only the old orphan is gone (a fresh one may be a process job about to be recorded)
+    assert not folders["lost-old"].exists() and folders[spec.job_id].exists() and folders["lost-fresh"].exists()
