@@ -8,7 +8,7 @@ Process model (Dramatiq's CLI master forks every process; prometheus_client's mu
   prometheus_client read them at import (the latter picks its value class, in memory or
   per-process files, then), so the master imports neither, nor this module.
 - **each worker process** (:func:`~actors.worker.setup`): :func:`worker_metrics` creates sdpipe's
-  metrics (the SD request histogram and benched counter, fed as the pool's
+  metrics (the SD request histogram, benched and checkpoint-load counters, fed as the pool's
   :class:`~pipeline.sd.pool.pool.PoolObserver`; step retries, counted by :class:`RetryMetrics`) and
   :func:`install` adds Dramatiq's own :class:`~dramatiq.middleware.prometheus.Prometheus`
   middleware. Every value is written to this process's files in the shared directory.
@@ -107,6 +107,12 @@ class WorkerMetrics:
         self.sd_benched = prom.Counter(
             "sdpipe_sd_benched", "Times an SD server was benched for a cool-down.", ["backend"], registry=registry
         )
+        self.sd_model_loads = prom.Counter(
+            "sdpipe_sd_model_loads",
+            "Checkpoint loads per SD server and checkpoint: the pool's switches, and changes seen in answers.",
+            ["backend", "model"],
+            registry=registry,
+        )
         self.step_retries = prom.Counter(
             "sdpipe_step_retries",
             "Step deliveries that failed and go back to the queue for a retry (not the last, exhausted one).",
@@ -119,6 +125,9 @@ class WorkerMetrics:
 
     def benched(self, backend: str) -> None:
         self.sd_benched.labels(backend).inc()
+
+    def model_loaded(self, backend: str, model: str) -> None:
+        self.sd_model_loads.labels(backend, model).inc()
 
     def step_retry(self, step: str) -> None:
         self.step_retries.labels(step).inc()

@@ -1,4 +1,5 @@
-"""``sdpipe backends``: each SD server of the pool with its health, slots, jobs done and failures."""
+"""``sdpipe backends``: each SD server of the pool with its health, slots, jobs done, failures, its
+loaded checkpoint and the load times measured per checkpoint."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from rich.text import Text
 
 from cli.common import load
 from cli.output import cli_errors, console, print_json
-from pipeline.errors import SDUnavailable
+from pipeline.errors import PipelineError, SDUnavailable
 from pipeline.sd.backends import Backend, parse_backends
 from pipeline.sd.client import SDClient
 from pipeline.sd.pool.pool import SDPool, open_pool_state
@@ -57,14 +58,18 @@ def backends(
     probe: Annotated[bool, typer.Option("--probe", help="Also ask each server now (GET /sdapi/v1/progress).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show each SD server of SD_API_URL: health, slots in use, jobs done, failures, mean seconds per image."""
+    """Show each SD server of SD_API_URL: health, slots in use, jobs done, failures, mean seconds per image,
+    the checkpoint it has loaded and how long its checkpoint loads took."""
     with cli_errors():
         settings = load(ctx)
         configured = parse_backends(settings.sd_api_url)
         shared = settings.redis_mode
         # Pool state from Redis when workers share one; embedded processes share nothing: ask the servers.
-        statuses, answers = _read(settings, configured, shared=shared, probe=probe or not shared)
+        statuses, answers, loaded = _read(settings, configured, shared=shared, probe=probe or not shared)
         rows = [_row(backend, statuses.get(backend.key), answers, now=time.time()) for backend in configured]
+        for row in rows:
+            if row["key"] in loaded:  # a live answer wins over the state's last sighting
+                row["model"] = loaded[row["key"]]
         if json_output:
             print_json(rows)
         else:
@@ -81,21 +86,37 @@ def backends(
 
 def _read(
     settings: Settings, configured: Sequence[Backend], *, shared: bool, probe: bool
-) -> tuple[dict[str, BackendStatus], dict[str, str | None]]:
-    """The shared pool state of each server (Redis mode), and each one's live answer (``probe``)."""
+) -> tuple[dict[str, BackendStatus], dict[str, str | None], dict[str, str]]:
+    """The shared pool state of each server (Redis mode), each one's live answer and loaded
+    checkpoint (``probe``; the checkpoint only from those whose ``/options`` answer)."""
     clients = _Clients(settings)
     # Embedded, open_pool_state is this process's own (empty) memory: only its probe is used.
     pool = SDPool(settings, open_pool_state(settings), clients)
     try:
         statuses = {status.key: status for status in pool.status()} if shared else {}
         answers: dict[str, str | None] = {}
+        loaded: dict[str, str] = {}
         if probe:  # at once, so dead servers cost one connect timeout, not one each
             with ThreadPoolExecutor(max_workers=min(len(configured), 8)) as executor:
                 answers = dict(zip((b.key for b in configured), executor.map(pool.probe, configured), strict=True))
-        return statuses, answers
+                alive = [b for b in configured if answers[b.key] is None]
+                for backend, model in zip(alive, executor.map(_checkpoint_of(clients), alive), strict=True):
+                    if model is not None:
+                        loaded[backend.key] = model
+        return statuses, answers, loaded
     finally:
         pool.close()
         clients.close()
+
+
+def _checkpoint_of(clients: _Clients) -> Any:
+    def read(backend: Backend) -> str | None:
+        try:
+            return clients(backend.url).loaded_checkpoint()[0]
+        except PipelineError:  # optional: forks trim /options
+            return None
+
+    return read
 
 
 def _health(status: BackendStatus, now: float) -> str:
@@ -123,6 +144,11 @@ def _row(
         "mean_s": round(status.mean_s, 3) if status is not None and status.mean_s is not None else None,
         "last_error": status.last_error if status is not None else None,
         "last_error_at": status.last_error_at if status is not None else None,
+        "model": status.model if status is not None else None,
+        "model_hash": status.model_hash if status is not None else None,
+        "loading": status.loading if status is not None else None,
+        "model_loads": status.model_loads if status is not None else None,
+        "load_s": {k: round(v, 3) for k, v in sorted(status.load_s.items())} if status is not None else {},
     }
     if backend.key in answers:
         row["probe"] = answers[backend.key] or "answers"
@@ -133,13 +159,17 @@ def _row(
 def _table(rows: Sequence[dict[str, Any]], *, shared: bool) -> Table:
     """The numbers per server (from the shared state); embedded, only the configured slots."""
     table = Table(title="SD servers", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    columns = ["server", "health", "slots", "done", "failed", "in a row", "s/image"] if shared else ["server", "slots"]
+    columns = (
+        ["server", "health", "slots", "done", "failed", "in a row", "s/image", "checkpoint", "loads"]
+        if shared
+        else ["server", "slots", "checkpoint"]
+    )
     for column in columns:
-        numeric = column in ("done", "failed", "in a row", "s/image")
+        numeric = column in ("done", "failed", "in a row", "s/image", "loads")
         table.add_column(column, overflow="fold", no_wrap=column == "health", justify="right" if numeric else "left")
     for row in rows:
         if not shared:
-            table.add_row(Text(row["key"]), f"max {row['max_slots']}")
+            table.add_row(Text(row["key"]), f"max {row['max_slots']}", _model_text(row))
             continue
         table.add_row(
             Text(row["key"]),
@@ -149,8 +179,16 @@ def _table(rows: Sequence[dict[str, Any]], *, shared: bool) -> Table:
             str(row["failures"]),
             str(row["consecutive_failures"]),
             f"{row['mean_s']:.2f}" if row["mean_s"] is not None else "-",
+            _model_text(row),
+            str(row["model_loads"]),
         )
     return table
+
+
+def _model_text(row: dict[str, Any]) -> Text:
+    if not row.get("model"):
+        return Text("-", style="dim")
+    return Text(row["model"] + (" (loading)" if row.get("loading") else ""))
 
 
 def _notes(rows: Sequence[dict[str, Any]]) -> list[Text]:
@@ -164,6 +202,9 @@ def _notes(rows: Sequence[dict[str, Any]]) -> list[Text]:
                 else row["last_error"][: ERROR_WIDTH - 1] + "…"
             )
             lines.append(Text.assemble((row["key"], "bold"), " last error: ", (error, "red")))
+        if row.get("load_s"):
+            times = ", ".join(f"{model} {seconds:.1f} s" for model, seconds in row["load_s"].items())
+            lines.append(Text.assemble((row["key"], "bold"), f" checkpoint load times: {times}"))
         if "probe" in row:
             answer = Text("answers", style="green") if row["answers"] else Text(row["probe"], style="red")
             lines.append(Text.assemble((row["key"], "bold"), " probe now: ", answer))

@@ -105,6 +105,8 @@ DEFAULT_SD_COOLDOWN_MIN_S = 10.0
 DEFAULT_SD_COOLDOWN_MAX_S = 300.0
 #: Lifetime of an SD server slot lease. A live holder renews it; a killed worker's slot frees after this.
 DEFAULT_SD_SLOT_LEASE_S = 30.0
+#: Longest a job naming a checkpoint waits for a busy server that has it loaded while another is free.
+DEFAULT_MODEL_AFFINITY_WAIT_S = 5.0
 #: Jobs waiting in the queues above which ``generate``/``batch`` refuse or wait. 0: unlimited.
 DEFAULT_MAX_QUEUE_DEPTH = 0
 #: ``sdpipe serve``: address and port of the HTTP API.
@@ -254,6 +256,9 @@ class Settings(BaseSettings):
     sd_cooldown_min_s: Annotated[float, Field(gt=0)] = DEFAULT_SD_COOLDOWN_MIN_S
     sd_cooldown_max_s: Annotated[float, Field(gt=0)] = DEFAULT_SD_COOLDOWN_MAX_S
     sd_slot_lease_s: Annotated[float, Field(ge=1)] = DEFAULT_SD_SLOT_LEASE_S
+    #: Checkpoint-aware dispatch (issue 15); false: any free server, the checkpoint loaded per request.
+    model_affinity: bool = True
+    model_affinity_wait_s: Annotated[float, Field(ge=0)] = DEFAULT_MODEL_AFFINITY_WAIT_S
     max_queue_depth: Annotated[int, Field(ge=0)] = DEFAULT_MAX_QUEUE_DEPTH
     metrics_port: Annotated[int, Field(gt=0, lt=65536)] | None = None
 

@@ -41,6 +41,7 @@ from pipeline.jobs.naming import resolve_late_tokens
 from pipeline.models import ErrorInfo, JobRecord, JobResult, SDInfo, StepName, StepRecord
 from pipeline.sd.backends import Backend
 from pipeline.sd.client import SDClient
+from pipeline.sd.pool import affinity
 from pipeline.sd.pool.pool import PoolObserver, SDPool, open_pool_state
 from pipeline.settings import Settings
 from pipeline.store.base import StatusStore
@@ -360,7 +361,12 @@ def sd_slot(ctx: StepContext, job_id: str) -> Iterator[Backend | None]:
     if record.state.terminal or _files(ctx, record).source.exists():
         yield None
         return
-    with ctx.pool.slot(job_id, pinned=pinned_backend(ctx, record), avoid=_failed_backend(record)) as backend:
+    with ctx.pool.slot(
+        job_id,
+        pinned=pinned_backend(ctx, record),
+        avoid=_failed_backend(record),
+        model=affinity.wanted(record.spec.generation),
+    ) as backend:
         yield backend
 
 

@@ -277,6 +277,34 @@ class SDClient:
         count = f"{len(models)} model{'s' if len(models) != 1 else ''}"
         return f"ready: {count}, checkpoint {checkpoint}, {busy}"
 
+    def loaded_checkpoint(self) -> tuple[str | None, str | None]:
+        """The checkpoint the server has selected (``GET /sdapi/v1/options``: ``sd_model_checkpoint``,
+        a title) and its short hash (``sd_checkpoint_hash``, first 10 hex digits), each None if absent."""
+        path = "/sdapi/v1/options"
+        options = sd_response.expect(self._request("GET", path, timeout=self._health_timeout), self._url, path, dict)
+        title, full_hash = options.get("sd_model_checkpoint"), options.get("sd_checkpoint_hash")
+        return (
+            title if isinstance(title, str) and title else None,
+            full_hash[:10] if isinstance(full_hash, str) and full_hash else None,
+        )
+
+    def set_checkpoint(self, checkpoint: str, *, job_id: str | None = None) -> None:
+        """Load ``checkpoint`` and keep it loaded: ``POST /sdapi/v1/options`` with ``sd_model_checkpoint``.
+
+        A1111 loads it before answering (after the generation in progress: it waits on the queue
+        lock), so this takes as long as the load; it gets the generation's read timeout.
+
+        Raises:
+            SDError: the server refused (500 ``model '...' not found``) or could not be reached.
+        """
+        self._request(
+            "POST",
+            "/sdapi/v1/options",
+            job_id=job_id,
+            json={"sd_model_checkpoint": checkpoint},
+            timeout=self._timeout,
+        )
+
     def interrupt(self) -> None:
         """``POST /sdapi/v1/interrupt``: stop the server's *current* job, whoever sent it."""
         self._request("POST", "/sdapi/v1/interrupt", timeout=self._health_timeout)

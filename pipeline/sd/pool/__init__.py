@@ -4,6 +4,7 @@
 - :mod:`~pipeline.sd.pool.state`: the shared state's interface and its in-memory implementation
   (embedded mode: one process by design).
 - :mod:`~pipeline.sd.pool.redis_state`: the same state in Redis, shared by workers on every machine.
+- :mod:`~pipeline.sd.pool.affinity`: which server a job that names a checkpoint should take.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from pipeline._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from pipeline.sd.pool.affinity import Choice, checkpoint_key, choose, wanted
     from pipeline.sd.pool.pool import (
         SLOT_WAIT_S,
         PoolObserver,
@@ -32,6 +34,10 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "Choice",
+    "checkpoint_key",
+    "choose",
+    "wanted",
     "SLOT_WAIT_S",
     "PoolObserver",
     "SDPool",
@@ -48,6 +54,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        ".affinity": ["Choice", "checkpoint_key", "choose", "wanted"],
         ".pool": ["SLOT_WAIT_S", "PoolObserver", "SDPool", "is_out_of_memory", "open_pool_state"],
         ".state": ["BackendStatus", "HealthPolicy", "MemoryPoolState", "PoolState"],
         ".redis_state": ["POOL_PREFIX", "RedisPoolState"],

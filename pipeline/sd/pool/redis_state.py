@@ -5,10 +5,15 @@ Keys (prefix ``sdpipe:pool:``; a server's key is its URL without credentials):
 - ``slots:<server>``: sorted set of lease holders scored by expiry (ms, Redis clock). Expired
   members are purged before every count, so a killed worker's slot frees when its lease ends.
 - ``health:<server>``: hash of ``fails`` (in a row), ``benched``, ``until_ms``, ``cooldown_ms``,
-  ``done``, ``failures``, ``total_s``, ``last_error``, ``last_error_ms``, ``last_turn``.
+  ``done``, ``failures``, ``total_s``, ``last_error``, ``last_error_ms``, ``last_turn``, and the
+  loaded checkpoint: ``model``, ``model_hash``, ``model_ms`` (since), ``loading``, ``model_loads``.
+- ``loads:<server>``: hash of ``n:<checkpoint key>`` and ``s:<checkpoint key>``: measured loads.
+- ``wants``: sorted set of ``<checkpoint key>\t<holder>`` scored by expiry: jobs in the pool now and
+  the checkpoint each wants (how much a switch would cost the others).
 - ``probe:<server>``: who probes a benched server now (``SET NX PX``).
 - ``turn``: a counter ordering acquisitions, so equal servers take turns.
-- ``freed``: a list a release pushes to; waiters ``BLPOP`` it, so a freed slot is taken at once.
+- ``freed`` and ``freed:<server>``: lists a release pushes to; waiters ``BLPOP`` those of the servers
+  they would take, so a freed slot is taken at once by a job that wants that server.
 
 Every decision is one Lua script on Redis's own clock (``TIME``), so workers on machines whose
 clocks disagree still agree on leases and cool-downs.
@@ -25,7 +30,8 @@ import redis
 from pipeline.connections import RedisSettings, create_client
 from pipeline.errors import StoreUnavailable
 from pipeline.sd.backends import Backend
-from pipeline.sd.pool.state import BackendStatus, HealthPolicy, PoolState
+from pipeline.sd.pool.affinity import checkpoint_key
+from pipeline.sd.pool.state import BackendStatus, Claim, HealthPolicy, PoolState
 from pipeline.settings import Settings
 from pipeline.store.redis import missing_database
 
@@ -44,21 +50,37 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: slots1, health1, slots2, health2, ..., turn; ARGV: holder, lease_ms, avoid index (0: none), max1, max2, ...
+# KEYS: slots1, health1, slots2, health2, ..., turn; ARGV: holder, lease_ms, avoid index (0: none), ordered (0/1),
+# eligible, switch (0/1), exclusive (0/1), model, model key, max1, max2, ... Ordered (a Claim): the servers are
+# ranked already (checkpoint affinity): the first healthy one with room among the first ``eligible``.
 # ``last_turn`` orders equal servers by when each was last given a slot (a counter: ties are impossible).
 # Healthy servers first; only when none is healthy (not merely busy), the benched one due back first.
 _ACQUIRE = (
     _NOW
     + """
-local holder, lease, avoid = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local holder, lease, avoid, ordered = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
+local eligible, switch, exclusive = tonumber(ARGV[5]), ARGV[6] == '1', ARGV[7] == '1'
+local model, model_key = ARGV[8], ARGV[9]
 local best, best_free, best_last, any_healthy = 0, nil, nil, false
 local fallback, fallback_until = 0, nil
-for i = 1, (#KEYS - 1) / 2 do
+local count = (#KEYS - 1) / 2
+if ordered and exclusive then
+  for i = 1, count do
+    local health = KEYS[2 * i]
+    if redis.call('HGET', health, 'benched') ~= '1' and redis.call('HGET', health, 'model_key') == model_key then
+      return 0
+    end
+  end
+end
+for i = 1, count do
   local slots, health = KEYS[2 * i - 1], KEYS[2 * i]
   redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
-  local max = tonumber(ARGV[3 + i])
+  local max = tonumber(ARGV[9 + i])
   local used = redis.call('ZCARD', slots)
-  if redis.call('HGET', health, 'benched') ~= '1' then
+  if ordered then
+    if i > eligible then break end
+    if used < max and redis.call('HGET', health, 'benched') ~= '1' then best = i; break end
+  elseif redis.call('HGET', health, 'benched') ~= '1' then
     any_healthy = true
     if used < max then
       local free = (max - used) / max
@@ -73,10 +95,15 @@ for i = 1, (#KEYS - 1) / 2 do
     if fallback == 0 or due < fallback_until then fallback, fallback_until = i, due end
   end
 end
-if best == 0 and not any_healthy then best = fallback end
+if best == 0 and not any_healthy and not ordered then best = fallback end
 if best > 0 then
+  local health = KEYS[2 * best]
   redis.call('ZADD', KEYS[2 * best - 1], now + lease, holder)
-  redis.call('HSET', KEYS[2 * best], 'last_turn', redis.call('INCR', KEYS[#KEYS]))
+  redis.call('HSET', health, 'last_turn', redis.call('INCR', KEYS[#KEYS]))
+  if ordered and switch and redis.call('HGET', health, 'model_key') ~= model_key then
+    redis.call('HSET', health, 'model', model, 'model_key', model_key, 'model_hash', '')
+    redis.call('HSET', health, 'loading', '1', 'model_ms', now)
+  end
 end
 return best
 """
@@ -93,11 +120,13 @@ return 0
 """
 )
 
-# KEYS: slots, freed, health; ARGV: holder, server key, keep, answered seconds ('' if none)
+# KEYS: slots, freed, health, freed:<server>; ARGV: holder, server key, keep, answered seconds ('' if none)
 _RELEASE = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+  for _, list in ipairs({KEYS[2], KEYS[4]}) do
+    redis.call('RPUSH', list, ARGV[2])
+    redis.call('LTRIM', list, -tonumber(ARGV[3]), -1)
+  end
 end
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[3], 'fails', 0, 'benched', '0', 'cooldown_ms', 0)
@@ -139,7 +168,7 @@ return claimed
 """
 )
 
-# KEYS: health, probe, freed; ARGV: ok (0/1), error, cooldown min ms, cooldown max ms, server key, keep
+# KEYS: health, probe, freed, freed:<server>; ARGV: ok (0/1), error, cooldown min ms, cooldown max ms, server key, keep
 _PROBE_RESULT = (
     _NOW
     + """
@@ -147,8 +176,10 @@ local h = KEYS[1]
 redis.call('DEL', KEYS[2])
 if ARGV[1] == '1' then
   redis.call('HSET', h, 'benched', '0', 'fails', 0)
-  redis.call('RPUSH', KEYS[3], ARGV[5])
-  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
+  for _, list in ipairs({KEYS[3], KEYS[4]}) do
+    redis.call('RPUSH', list, ARGV[5])
+    redis.call('LTRIM', list, -tonumber(ARGV[6]), -1)
+  end
   return 0
 end
 local cooldown = tonumber(redis.call('HGET', h, 'cooldown_ms') or '0')
@@ -159,22 +190,66 @@ return 0
 """
 )
 
-# KEYS: slots1, health1, ...; returns {now, in_use1, {health1 flat}, in_use2, {health2 flat}, ...}
+# KEYS: slots1, health1, loads1, ...; returns {now, in_use1, {health1 flat}, {loads1 flat}, in_use2, ...}
 _STATUS = (
     _NOW
     + """
 local out = {now}
-for i = 1, #KEYS / 2 do
-  table.insert(out, redis.call('ZCOUNT', KEYS[2 * i - 1], '(' .. now, '+inf'))
-  table.insert(out, redis.call('HGETALL', KEYS[2 * i]))
+for i = 1, #KEYS / 3 do
+  table.insert(out, redis.call('ZCOUNT', KEYS[3 * i - 2], '(' .. now, '+inf'))
+  table.insert(out, redis.call('HGETALL', KEYS[3 * i - 1]))
+  table.insert(out, redis.call('HGETALL', KEYS[3 * i]))
 end
 return out
+"""
+)
+
+# KEYS: health; ARGV: model ('' none), hash, loading (0/1), counts a load (0/1), model key. Returns the model before.
+_SET_MODEL = (
+    _NOW
+    + """
+local before = redis.call('HGET', KEYS[1], 'model')
+redis.call('HSET', KEYS[1], 'model', ARGV[1], 'model_hash', ARGV[2], 'model_ms', now, 'loading', ARGV[3])
+redis.call('HSET', KEYS[1], 'model_key', ARGV[5])
+if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'model_loads', 1) end
+return before
+"""
+)
+
+# KEYS: health, loads; ARGV: checkpoint key, seconds
+_RECORD_LOAD = """
+redis.call('HINCRBY', KEYS[2], 'n:' .. ARGV[1], 1)
+redis.call('HINCRBYFLOAT', KEYS[2], 's:' .. ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], 'loading', '0')
+redis.call('HINCRBY', KEYS[1], 'model_loads', 1)
+return 0
+"""
+
+# KEYS: wants; ARGV: member, ttl ms
+_WANT = (
+    _NOW
+    + """
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return 0
+"""
+)
+
+# KEYS: wants; returns the live members
+_WANTS = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 )
 
 
 def _ms(seconds: float) -> int:
     return max(int(seconds * 1000), 1)
+
+
+def _decode_hash(flat: Sequence[bytes]) -> dict[str, str]:
+    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
 
 class RedisPoolState(PoolState):
@@ -190,7 +265,12 @@ class RedisPoolState(PoolState):
         self._claim = client.register_script(_CLAIM_PROBES)
         self._probe_result = client.register_script(_PROBE_RESULT)
         self._status = client.register_script(_STATUS)
+        self._set_model = client.register_script(_SET_MODEL)
+        self._record_load = client.register_script(_RECORD_LOAD)
+        self._want = client.register_script(_WANT)
+        self._wants = client.register_script(_WANTS)
         self._freed = POOL_PREFIX + "freed"
+        self._wants_key = POOL_PREFIX + "wants"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisPoolState:
@@ -217,6 +297,13 @@ class RedisPoolState(PoolState):
     def _health(key: str) -> str:
         return f"{POOL_PREFIX}health:{key}"
 
+    @staticmethod
+    def _loads(key: str) -> str:
+        return f"{POOL_PREFIX}loads:{key}"
+
+    def _freed_of(self, key: str) -> str:
+        return f"{self._freed}:{key}"
+
     @contextmanager
     def _reaching_redis(self) -> Iterator[None]:
         try:
@@ -233,12 +320,16 @@ class RedisPoolState(PoolState):
         with self._reaching_redis():
             return script(keys=list(keys), args=list(args))
 
-    def acquire(self, backends: Sequence[Backend], holder: str, *, lease_s: float, avoid: str | None) -> str | None:
+    def acquire(
+        self, backends: Sequence[Backend], holder: str, *, lease_s: float, avoid: str | None, claim: Claim | None = None
+    ) -> str | None:
         keys = [k for b in backends for k in (self._slots(b.key), self._health(b.key))] + [POOL_PREFIX + "turn"]
         avoid_index = next((i + 1 for i, b in enumerate(backends) if b.key == avoid), 0)
-        best = int(
-            self._run(self._acquire, keys, [holder, _ms(lease_s), avoid_index, *(b.max_slots for b in backends)])
-        )
+        claimed: list[Any] = [0, 0, 0, 0, "", ""]
+        if claim is not None:
+            claimed = [1, claim.eligible, int(claim.switch), int(claim.exclusive), claim.model, claim.key]
+        args = [holder, _ms(lease_s), avoid_index, *claimed, *(b.max_slots for b in backends)]
+        best = int(self._run(self._acquire, keys, args))
         return backends[best - 1].key if best > 0 else None
 
     def renew(self, key: str, holder: str, *, lease_s: float) -> bool:
@@ -246,13 +337,13 @@ class RedisPoolState(PoolState):
 
     def release(self, key: str, holder: str, *, answered_s: float | None = None) -> None:
         answered = "" if answered_s is None else repr(float(answered_s))
-        self._run(
-            self._release, [self._slots(key), self._freed, self._health(key)], [holder, key, _FREED_KEEP, answered]
-        )
+        keys = [self._slots(key), self._freed, self._health(key), self._freed_of(key)]
+        self._run(self._release, keys, [holder, key, _FREED_KEEP, answered])
 
-    def wait_for_release(self, timeout_s: float) -> None:
+    def wait_for_release(self, timeout_s: float, keys: Sequence[str] | None = None) -> None:
+        lists = [self._freed] if keys is None else [self._freed_of(key) for key in keys]
         with self._reaching_redis():
-            self._client.blpop([self._freed], timeout=min(max(timeout_s, 0.01), _LONGEST_WAIT_S))
+            self._client.blpop(lists, timeout=min(max(timeout_s, 0.01), _LONGEST_WAIT_S))
 
     def record_success(self, key: str, elapsed_s: float) -> None:
         # The release script's success half: no holder by that name, so no slot is given back.
@@ -274,19 +365,19 @@ class RedisPoolState(PoolState):
         return [keys[int(i) - 1] for i in claimed]
 
     def probe_result(self, key: str, *, ok: bool, error: str | None, policy: HealthPolicy) -> None:
-        keys = [self._health(key), f"{POOL_PREFIX}probe:{key}", self._freed]
+        keys = [self._health(key), f"{POOL_PREFIX}probe:{key}", self._freed, self._freed_of(key)]
         args = [int(ok), (error or "")[:500], _ms(policy.cooldown_min_s), _ms(policy.cooldown_max_s), key, _FREED_KEEP]
         self._run(self._probe_result, keys, args)
 
     def status(self, backends: Sequence[Backend]) -> list[BackendStatus]:
-        keys = [k for b in backends for k in (self._slots(b.key), self._health(b.key))]
+        keys = [k for b in backends for k in (self._slots(b.key), self._health(b.key), self._loads(b.key))]
         out = self._run(self._status, keys, [])
         now_ms = int(out[0])
         result = []
         for index, backend in enumerate(backends):
-            in_use = int(out[1 + 2 * index])
-            flat = out[2 + 2 * index]
-            health = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+            in_use = int(out[1 + 3 * index])
+            health = _decode_hash(out[2 + 3 * index])
+            loads = _decode_hash(out[3 + 3 * index])
             benched = health.get("benched") == "1"
             error_ms = health.get("last_error_ms")
             result.append(
@@ -303,9 +394,43 @@ class RedisPoolState(PoolState):
                     total_s=float(health.get("total_s", 0.0)),
                     last_error=health.get("last_error"),
                     last_error_at=int(error_ms) / 1000 if error_ms else None,
+                    model=health.get("model") or None,
+                    model_hash=health.get("model_hash") or None,
+                    model_since=int(health["model_ms"]) / 1000 if health.get("model_ms") else None,
+                    loading=health.get("loading") == "1",
+                    load_s={
+                        name[2:]: float(loads.get("s:" + name[2:], 0.0)) / int(count)
+                        for name, count in loads.items()
+                        if name.startswith("n:") and int(count) > 0
+                    },
+                    model_loads=int(health.get("model_loads", 0)),
                 )
             )
         return result
+
+    def set_model(
+        self, key: str, model: str | None, model_hash: str | None, *, loading: bool = False, counts_load: bool = False
+    ) -> str | None:
+        args = [model or "", model_hash or "", int(loading), int(counts_load), checkpoint_key(model) or ""]
+        before = self._run(self._set_model, [self._health(key)], args)
+        return before.decode() or None if isinstance(before, bytes) else None
+
+    def record_load(self, key: str, model: str, elapsed_s: float) -> None:
+        self._run(self._record_load, [self._health(key), self._loads(key)], [model, repr(float(elapsed_s))])
+
+    def want(self, holder: str, model: str, *, ttl_s: float) -> None:
+        self._run(self._want, [self._wants_key], [f"{model}\t{holder}", _ms(ttl_s)])
+
+    def unwant(self, holder: str, model: str) -> None:
+        with self._reaching_redis():
+            self._client.zrem(self._wants_key, f"{model}\t{holder}")
+
+    def wants(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for member in self._run(self._wants, [self._wants_key], []):
+            model = member.decode().rsplit("\t", 1)[0]
+            counts[model] = counts.get(model, 0) + 1
+        return counts
 
     def close(self) -> None:
         self._client.close()

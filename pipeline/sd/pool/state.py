@@ -18,13 +18,30 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.sd.backends import Backend
+from pipeline.sd.pool.affinity import checkpoint_key
 from pipeline.settings import Settings
 
-__all__ = ["DEFAULT_OOM_PAUSE_S", "BackendStatus", "HealthPolicy", "MemoryPoolState", "PoolState"]
+__all__ = ["DEFAULT_OOM_PAUSE_S", "BackendStatus", "Claim", "HealthPolicy", "MemoryPoolState", "PoolState"]
 
 
 #: How long a lone server (no other healthy one to take its jobs) rests after an out-of-memory answer.
 DEFAULT_OOM_PAUSE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """How a job that wants a checkpoint takes a slot: from servers ranked already (checkpoint affinity)."""
+
+    #: The checkpoint as the job sends it, and its :func:`~pipeline.sd.pool.affinity.checkpoint_key`.
+    model: str
+    key: str
+    #: Only the first ``eligible`` servers may be taken, the first with room; the others are looked at only.
+    eligible: int
+    #: The server taken will be switched to ``model``: record it as loading it, at once.
+    switch: bool = False
+    #: Take nothing when a healthy server already has ``key`` or is loading it (another job just
+    #: began that switch: wait for it rather than switch a second server).
+    exclusive: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,17 @@ class BackendStatus:
     total_s: float
     last_error: str | None
     last_error_at: float | None
+    #: The checkpoint the server has loaded as last seen (an options title or an answer's model
+    #: name; a switch sets it when it starts), its hash, and since when. None: not known yet.
+    model: str | None = None
+    model_hash: str | None = None
+    model_since: float | None = None
+    #: A switch to ``model`` is in progress.
+    loading: bool = False
+    #: Mean measured load seconds per checkpoint (by :func:`~pipeline.sd.pool.affinity.checkpoint_key`).
+    load_s: dict[str, float] = field(default_factory=dict)
+    #: Checkpoint loads seen on this server (the pool's switches and changes noticed in answers).
+    model_loads: int = 0
 
     @property
     def mean_s(self) -> float | None:
@@ -77,8 +105,13 @@ class PoolState(ABC):
     """Slots and health of the pool's servers, shared by every worker that uses them."""
 
     @abstractmethod
-    def acquire(self, backends: Sequence[Backend], holder: str, *, lease_s: float, avoid: str | None) -> str | None:
+    def acquire(
+        self, backends: Sequence[Backend], holder: str, *, lease_s: float, avoid: str | None, claim: Claim | None = None
+    ) -> str | None:
         """Take a slot on the best server of ``backends`` with one free, for ``holder``.
+
+        With a ``claim`` the servers are ranked already (see :class:`Claim`): the first eligible
+        healthy one with room, never a benched one.
 
         Best: a healthy server with the largest share of free slots, then the one used least
         recently (so equal servers take turns); ``avoid`` (the server a job just failed on) only if
@@ -98,8 +131,9 @@ class PoolState(ABC):
         in that many seconds; recorded as a success (see :meth:`record_success`) in the same step."""
 
     @abstractmethod
-    def wait_for_release(self, timeout_s: float) -> None:
-        """Block until some slot is released or ``timeout_s`` passes (waiters then try again)."""
+    def wait_for_release(self, timeout_s: float, keys: Sequence[str] | None = None) -> None:
+        """Block until a slot of ``keys`` (default: any server) is released or a server comes back,
+        or ``timeout_s`` passes (waiters then try again)."""
 
     @abstractmethod
     def record_success(self, key: str, elapsed_s: float) -> None:
@@ -123,6 +157,30 @@ class PoolState(ABC):
     def status(self, backends: Sequence[Backend]) -> list[BackendStatus]:
         """The current state of each of ``backends``."""
 
+    # -- checkpoints (issue 15) -------------------------------------------------------------------
+    @abstractmethod
+    def set_model(
+        self, key: str, model: str | None, model_hash: str | None, *, loading: bool = False, counts_load: bool = False
+    ) -> str | None:
+        """Record the checkpoint server ``key`` has loaded (``loading``: a switch to it starts now;
+        ``counts_load``: it was loaded, count it). Returns the checkpoint recorded before."""
+
+    @abstractmethod
+    def record_load(self, key: str, model: str, elapsed_s: float) -> None:
+        """A switch of server ``key`` to checkpoint key ``model`` took ``elapsed_s``; it is loaded now."""
+
+    @abstractmethod
+    def want(self, holder: str, model: str, *, ttl_s: float) -> None:
+        """``holder`` (a job in the pool) wants checkpoint key ``model``, for at most ``ttl_s``."""
+
+    @abstractmethod
+    def unwant(self, holder: str, model: str) -> None:
+        """``holder`` has its slot or gave up: it no longer counts in :meth:`wants`."""
+
+    @abstractmethod
+    def wants(self) -> dict[str, int]:
+        """How many jobs in the pool now (waiting for a slot or rendering) want each checkpoint key."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -141,6 +199,13 @@ class _Health:
     last_turn: int = 0
     probe_claim_until: float = 0.0
     leases: dict[str, float] = field(default_factory=dict)
+    model: str | None = None
+    model_hash: str | None = None
+    model_since: float | None = None
+    loading: bool = False
+    model_loads: int = 0
+    #: checkpoint key -> (loads measured, their total seconds)
+    loads: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
 class MemoryPoolState(PoolState):
@@ -151,6 +216,7 @@ class MemoryPoolState(PoolState):
         self._health: dict[str, _Health] = {}
         self._cond = threading.Condition()
         self._turn = 0
+        self._wants: dict[str, tuple[str, float]] = {}
 
     def _get(self, key: str) -> _Health:
         health = self._health.get(key)
@@ -162,9 +228,13 @@ class MemoryPoolState(PoolState):
         for holder in [h for h, expiry in health.leases.items() if expiry <= now]:
             del health.leases[holder]
 
-    def acquire(self, backends: Sequence[Backend], holder: str, *, lease_s: float, avoid: str | None) -> str | None:
+    def acquire(
+        self, backends: Sequence[Backend], holder: str, *, lease_s: float, avoid: str | None, claim: Claim | None = None
+    ) -> str | None:
         with self._cond:
             now = self._clock()
+            if claim is not None:
+                return self._take_first(backends, holder, now, lease_s, claim)
             best: tuple[float, int] | None = None
             chosen: Backend | None = None
             fallback: tuple[float, Backend] | None = None
@@ -194,6 +264,26 @@ class MemoryPoolState(PoolState):
             health.last_turn = self._turn
             return chosen.key
 
+    def _take_first(
+        self, backends: Sequence[Backend], holder: str, now: float, lease_s: float, claim: Claim
+    ) -> str | None:
+        if claim.exclusive and any(
+            not self._get(b.key).benched and checkpoint_key(self._get(b.key).model) == claim.key for b in backends
+        ):
+            return None
+        for backend in backends[: claim.eligible]:
+            health = self._get(backend.key)
+            self._purge(health, now)
+            if not health.benched and len(health.leases) < backend.max_slots:
+                health.leases[holder] = now + lease_s
+                self._turn += 1
+                health.last_turn = self._turn
+                if claim.switch and checkpoint_key(health.model) != claim.key:
+                    health.model, health.model_hash, health.loading = claim.model, None, True
+                    health.model_since = now
+                return backend.key
+        return None
+
     def renew(self, key: str, holder: str, *, lease_s: float) -> bool:
         with self._cond:
             health = self._get(key)
@@ -205,11 +295,11 @@ class MemoryPoolState(PoolState):
     def release(self, key: str, holder: str, *, answered_s: float | None = None) -> None:
         with self._cond:
             self._get(key).leases.pop(holder, None)
-            self._cond.notify()
+            self._cond.notify_all()  # waiters may want different servers: each checks its own
         if answered_s is not None:
             self.record_success(key, answered_s)
 
-    def wait_for_release(self, timeout_s: float) -> None:
+    def wait_for_release(self, timeout_s: float, keys: Sequence[str] | None = None) -> None:
         with self._cond:
             self._cond.wait(timeout_s)
 
@@ -279,6 +369,50 @@ class MemoryPoolState(PoolState):
                         total_s=health.total_s,
                         last_error=health.last_error,
                         last_error_at=health.last_error_at,
+                        model=health.model,
+                        model_hash=health.model_hash,
+                        model_since=health.model_since,
+                        loading=health.loading,
+                        load_s={model: total / n for model, (n, total) in health.loads.items() if n},
+                        model_loads=health.model_loads,
                     )
                 )
             return result
+
+    def set_model(
+        self, key: str, model: str | None, model_hash: str | None, *, loading: bool = False, counts_load: bool = False
+    ) -> str | None:
+        with self._cond:
+            health = self._get(key)
+            previous = health.model
+            health.model, health.model_hash, health.loading = model, model_hash, loading
+            health.model_since = self._clock()
+            health.model_loads += int(counts_load)
+            return previous
+
+    def record_load(self, key: str, model: str, elapsed_s: float) -> None:
+        with self._cond:
+            health = self._get(key)
+            n, total = health.loads.get(model, (0, 0.0))
+            health.loads[model] = (n + 1, total + elapsed_s)
+            health.loading = False
+            health.model_loads += 1
+
+    def want(self, holder: str, model: str, *, ttl_s: float) -> None:
+        with self._cond:
+            self._wants[holder] = (model, self._clock() + ttl_s)
+
+    def unwant(self, holder: str, model: str) -> None:
+        with self._cond:
+            self._wants.pop(holder, None)
+
+    def wants(self) -> dict[str, int]:
+        with self._cond:
+            now = self._clock()
+            counts: dict[str, int] = {}
+            for holder, (model, expiry) in list(self._wants.items()):
+                if expiry <= now:
+                    del self._wants[holder]
+                    continue
+                counts[model] = counts.get(model, 0) + 1
+            return counts

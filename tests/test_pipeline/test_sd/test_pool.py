@@ -68,12 +68,16 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
         self.benched_servers: list[str] = []
+        self.loads: list[tuple[str, str]] = []
 
     def sd_call(self, backend: str, elapsed_s: float, outcome: str) -> None:
         self.calls.append((backend, outcome))
 
     def benched(self, backend: str) -> None:
         self.benched_servers.append(backend)
+
+    def model_loaded(self, backend: str, model: str) -> None:
+        self.loads.append((backend, model))
 
 
 def test_parse_backends_reads_caps_and_hides_credentials_in_keys() -> None:
