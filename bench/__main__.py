@@ -12,6 +12,8 @@
 5. ``sdpipe jobs`` / ``status`` with 100,000 jobs in Redis: store calls and whole commands, ms
 6. (issue 6) a pool of 3 mock SD servers at 300 ms/image, 60 jobs on 6 threads: wall time ÷ 60 × 300 ms / 3,
    and the most requests one server held at once (must be 1)
+7. (issue 15) the same pool with 3 checkpoints (3 s per load), 60 jobs naming them in turn: checkpoint loads
+   (at most 6) and wall time ÷ (60 × 300 ms / 3 + 3 s), checkpoint-aware beside blind dispatch
 
 Prints one table (target, measured, baseline, ratio, limit, met?) and a JSON line; writes the figures
 atomically to bench/results.json (``--tiny``: to a file in the temp folder, unless ``--out``). Exit
@@ -32,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import t1_postprocess, t2_overhead, t3_throughput, t4_memory, t5_store_scale, t6_pool
+from bench import t1_postprocess, t2_overhead, t3_throughput, t4_memory, t5_store_scale, t6_pool, t7_checkpoints
 from bench._common import Row
 
 TARGETS: dict[str, tuple[str, Callable[..., list[Row]]]] = {
@@ -42,6 +44,7 @@ TARGETS: dict[str, tuple[str, Callable[..., list[Row]]]] = {
     "4": ("worker memory", t4_memory.run),
     "5": ("store scale: jobs / status", t5_store_scale.run),
     "6": ("SD server pool (issue 6)", t6_pool.run),
+    "7": ("checkpoint-aware dispatch (issue 15)", t7_checkpoints.run),
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

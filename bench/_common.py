@@ -164,11 +164,12 @@ class Services:
         self._procs.append(proc)
         return proc
 
-    def mock_sd(self, *, latency_ms: int = 0) -> str:
-        """Start a mock SD server over HTTP; return its URL."""
+    def mock_sd(self, *, latency_ms: int = 0, models: Sequence[str] = (), model_load_ms: int = 0) -> str:
+        """Start a mock SD server over HTTP (``models``: its checkpoints, the first loaded); return its URL."""
         port = free_port()
+        checkpoints = ["--models", ",".join(models), "--model-load-ms", str(model_load_ms)] if models else []
         proc = self._spawn(
-            ["mock-sd", "--port", str(port), "--latency-ms", str(latency_ms), "--seed", "1"],
+            ["mock-sd", "--port", str(port), "--latency-ms", str(latency_ms), "--seed", "1", *checkpoints],
             child_env(),
             f"mock-sd-{port}",
         )

@@ -166,7 +166,8 @@ def _table(rows: Sequence[dict[str, Any]], *, shared: bool) -> Table:
     )
     for column in columns:
         numeric = column in ("done", "failed", "in a row", "s/image", "loads")
-        table.add_column(column, overflow="fold", no_wrap=column == "health", justify="right" if numeric else "left")
+        no_wrap = column in ("health", "checkpoint")
+        table.add_column(column, overflow="fold", no_wrap=no_wrap, justify="right" if numeric else "left")
     for row in rows:
         if not shared:
             table.add_row(Text(row["key"]), f"max {row['max_slots']}", _model_text(row))
@@ -188,7 +189,8 @@ def _table(rows: Sequence[dict[str, Any]], *, shared: bool) -> Table:
 def _model_text(row: dict[str, Any]) -> Text:
     if not row.get("model"):
         return Text("-", style="dim")
-    return Text(row["model"] + (" (loading)" if row.get("loading") else ""))
+    name = row["model"].rsplit(" [", 1)[0] if row["model"].endswith("]") else row["model"]  # --json has the hash
+    return Text(name + (" (loading)" if row.get("loading") else ""))
 
 
 def _notes(rows: Sequence[dict[str, Any]]) -> list[Text]:

@@ -149,3 +149,25 @@ def test_worker_master_imports_no_prometheus() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_worker_metrics_count_checkpoint_loads_by_backend_and_model() -> None:
+    import uuid
+
+    from tests.test_pipeline.test_sd.test_affinity import asking
+    from tests.test_pipeline.test_sd.test_pool import make_settings, open_pool
+
+    # Given the metrics observing a pool whose one server has checkpoint a loaded
+    registry = CollectorRegistry()
+    url = f"mock://metrics-{uuid.uuid4().hex[:8]}?models=a;b&model_load_ms=1"
+    pool = open_pool(make_settings(url), observer=WorkerMetrics(registry))
+    try:
+        pool.check_all()
+        # When two jobs name b and one names a
+        for index, model in enumerate(["b", "b", "a"]):
+            pool.txt2img(f"job{index}", asking(model, index))
+    finally:
+        pool.close()
+    # Then one load of each is counted, under the server and the checkpoint
+    assert _sample(registry, "sdpipe_sd_model_loads_total", backend=url, model="b") == 1
+    assert _sample(registry, "sdpipe_sd_model_loads_total", backend=url, model="a") == 1

@@ -117,3 +117,38 @@ def test_backends_redis_unreachable_exit_3_one_line(sdpipe: Invoke) -> None:
     assert result.exit_code == 3, result.output
     assert "error:" in result.output and "Traceback" not in result.output
     assert "hunter2" not in result.output
+
+
+def test_backends_redis_shows_each_servers_checkpoint_loads_and_load_times(sdpipe: Invoke, redis_url: str) -> None:
+    # Given the shared state: the pool switched one server to b twice (2 s, then 4 s), the other loads c now
+    first, second = parse_backends("mock://ck1,mock://ck2")
+    state = _open(redis_url)
+    try:
+        state.set_model(first.key, "b.safetensors [1e6b36ed98]", "1e6b36ed98")
+        state.record_load(first.key, "b", 2.0)
+        state.record_load(first.key, "b", 4.0)
+        state.set_model(second.key, "c.safetensors", None, loading=True)
+    finally:
+        state.close()
+    env = {"REDIS_URL": redis_url, "SD_API_URL": "mock://ck1,mock://ck2"}
+    # When listing the backends
+    rows = json.loads(sdpipe("backends", "--json", env=env).stdout)
+    table = sdpipe("backends", env=env)
+    # Then each shows its checkpoint, its loads and the mean load time per checkpoint
+    assert (rows[0]["model"], rows[0]["model_hash"], rows[0]["model_loads"], rows[0]["load_s"]) == (
+        "b.safetensors [1e6b36ed98]",
+        "1e6b36ed98",
+        2,
+        {"b": 3.0},
+    )
+    assert (rows[1]["model"], rows[1]["loading"]) == ("c.safetensors", True)
+    assert table.exit_code == 0, table.output
+    text = " ".join(table.stdout.split())
+    assert "b.safetensors" in text and "c.safetensors (loading)" in text
+    assert "checkpoint load times: b 3.0 s" in text
+
+
+def test_backends_embedded_probe_reads_the_loaded_checkpoint(sdpipe: Invoke) -> None:
+    result = sdpipe("backends", "--json", env={"SD_API_URL": "mock://emb?models=x;y"})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["model"].startswith("x.safetensors [")
