@@ -36,6 +36,7 @@ from pipeline.jobs.planning import new_id
 from pipeline.jobs.steps import StepContext
 from pipeline.models import BatchRecord, BatchRow, ErrorInfo, JobRecord, JobSpec, JobState, StepName
 from pipeline.sd.catalog import open_catalog
+from pipeline.sd.pool.affinity import grouped_by_checkpoint
 from pipeline.sd.pool.pool import PoolObserver
 from pipeline.settings import Settings, mask_url
 from pipeline.store import StatusStore, open_store
@@ -192,8 +193,13 @@ class Runtime:
         now: float,
         wait_for_room: bool = False,
         on_wait: Callable[[int], None] | None = None,
+        keep_order: bool = False,
     ) -> ResumePlan:
         """Submit the planned rows of a batch file as batch ``batch_id``.
+
+        Jobs are enqueued grouped by the checkpoint they name (file order within a group), so a
+        server switches once per checkpoint; ``keep_order``: in file order. The manifest keeps
+        file order either way.
 
         With ``resume`` the batch exists: rows already succeeded (or still running) are left alone and
         failed ones retried; with ``skip_existing`` rows whose exact job succeeded before are skipped.
@@ -212,7 +218,7 @@ class Runtime:
             schedule=schedule,
             now=now,
         )
-        self.submit_plan(plan, wait_for_room=wait_for_room, on_wait=on_wait)
+        self.submit_plan(plan, wait_for_room=wait_for_room, on_wait=on_wait, keep_order=keep_order)
         return plan
 
     def submit_file(self, path: Path, *, defaults: Mapping[str, Any], schedule: str | None = None) -> ResumePlan:
@@ -238,9 +244,15 @@ class Runtime:
         return self.submit_rows(rows, batch_id=batch_id, source=str(path.absolute()), schedule=schedule, now=now)
 
     def submit_plan(
-        self, plan: ResumePlan, *, wait_for_room: bool = False, on_wait: Callable[[int], None] | None = None
+        self,
+        plan: ResumePlan,
+        *,
+        wait_for_room: bool = False,
+        on_wait: Callable[[int], None] | None = None,
+        keep_order: bool = False,
     ) -> None:
-        """Enqueue a batch plan: its new jobs, and its failed jobs again from the step that failed.
+        """Enqueue a batch plan: its new jobs, and its failed jobs again from the step that failed;
+        grouped by checkpoint unless ``keep_order`` (see :meth:`submit_rows`).
 
         Jobs of the batch that no row matches any more (rows edited before ``--resume``) and that
         have not finished are cancelled: the batch is what the file says now.
@@ -253,8 +265,13 @@ class Runtime:
         if plan.superseded:
             self.cancel(plan.superseded)
         if plan.new_specs:
-            self._record_and_enqueue(plan.new_specs, as_batch=False)
-        self.retry(plan.retry)
+            specs = plan.new_specs if keep_order else grouped_by_checkpoint(plan.new_specs)
+            self._record_and_enqueue(specs, as_batch=False)
+        if keep_order:
+            self.retry(plan.retry)
+        else:
+            by_id = {record.job_id: record for record in plan.retry}
+            self.retry([by_id[spec.job_id] for spec in grouped_by_checkpoint([r.spec for r in plan.retry])])
 
     def retry(self, records: Sequence[JobRecord]) -> list[JobRecord]:
         """Re-enqueue failed or cancelled jobs from the step that failed (an SD image already saved

@@ -142,6 +142,14 @@ def batch(
     ] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Show progress until the batch ends.")] = True,
     wait_for_room: WaitForRoomOption = False,
+    keep_order: Annotated[
+        bool,
+        typer.Option(
+            "--keep-order",
+            help="Enqueue rows in file order (default: grouped by checkpoint, so a server loads each once; "
+            "the manifest and output names keep file order either way).",
+        ),
+    ] = False,
     json_output: Annotated[
         bool,
         typer.Option(
@@ -234,6 +242,7 @@ def batch(
                     resume=resume is not None,
                     skip_existing=skip_existing,
                     now=now,
+                    keep_order=keep_order,
                 ),
                 wait_for_room=wait_for_room,
             )

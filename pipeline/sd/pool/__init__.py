@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from pipeline._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from pipeline.sd.pool.affinity import Choice, checkpoint_key, choose, wanted
+    from pipeline.sd.pool.affinity import Choice, checkpoint_key, choose, grouped_by_checkpoint, wanted
     from pipeline.sd.pool.pool import (
         SLOT_WAIT_S,
         PoolObserver,
@@ -37,6 +37,7 @@ __all__ = [
     "Choice",
     "checkpoint_key",
     "choose",
+    "grouped_by_checkpoint",
     "wanted",
     "SLOT_WAIT_S",
     "PoolObserver",
@@ -54,7 +55,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        ".affinity": ["Choice", "checkpoint_key", "choose", "wanted"],
+        ".affinity": ["Choice", "checkpoint_key", "choose", "grouped_by_checkpoint", "wanted"],
         ".pool": ["SLOT_WAIT_S", "PoolObserver", "SDPool", "is_out_of_memory", "open_pool_state"],
         ".state": ["BackendStatus", "HealthPolicy", "MemoryPoolState", "PoolState"],
         ".redis_state": ["POOL_PREFIX", "RedisPoolState"],

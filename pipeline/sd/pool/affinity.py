@@ -8,7 +8,9 @@ server's loaded checkpoint (from ``GET /sdapi/v1/options`` when it probes, from 
 2. else, while such a server exists but is busy, waits for it, unless the wait it can expect is
    clearly longer than loading the checkpoint elsewhere; never longer than ``MODEL_AFFINITY_WAIT_S``;
 3. else switches the free server whose switch costs least: first one whose loaded checkpoint no
-   waiting job wants (or another server also has), then the shortest measured load.
+   waiting job wants (or another server also has), then the shortest measured load. When every
+   free server is the only one with a checkpoint other jobs in the pool want, those go first: it
+   waits (within the same bound) instead of switching a server they would switch back.
 
 A job that names no checkpoint takes any free server and never switches one. This module is pure:
 it ranks servers from a snapshot of the shared pool state (:class:`~pipeline.sd.pool.state.BackendStatus`
@@ -23,10 +25,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # state imports checkpoint_key from here
-    from pipeline.models import GenerationParams
+    from pipeline.models import GenerationParams, JobSpec
     from pipeline.sd.pool.state import BackendStatus
 
-__all__ = ["DEFAULT_LOAD_S", "DEFAULT_RENDER_S", "Choice", "checkpoint_key", "choose", "load_estimate_s", "wanted"]
+__all__ = [
+    "DEFAULT_LOAD_S",
+    "DEFAULT_RENDER_S",
+    "Choice",
+    "checkpoint_key",
+    "choose",
+    "grouped_by_checkpoint",
+    "load_estimate_s",
+    "wanted",
+]
 
 #: Assumed checkpoint load time before any was measured (seconds): SD 1.5 from a local SSD.
 DEFAULT_LOAD_S = 10.0
@@ -64,6 +75,16 @@ def wanted(generation: GenerationParams | None) -> str | None:
         return None
     value = (generation.override_settings or {}).get("sd_model_checkpoint")
     return value if isinstance(value, str) and value.strip() else None
+
+
+def grouped_by_checkpoint(specs: Sequence[JobSpec]) -> list[JobSpec]:
+    """``specs`` in the order to enqueue them: grouped by the checkpoint each names, the groups in the
+    order of their first job, file order within a group (jobs naming none form a group too). A
+    single server then switches once per checkpoint instead of once per change of checkpoint."""
+    groups: dict[str | None, list[JobSpec]] = {}
+    for spec in specs:
+        groups.setdefault(checkpoint_key(wanted(spec.generation)), []).append(spec)
+    return [spec for group in groups.values() for spec in group]
 
 
 def load_estimate_s(status: BackendStatus, model: str, everyone: Sequence[BackendStatus]) -> float:
@@ -135,12 +156,16 @@ def choose(
         return (status.key == avoid, int(needed), load_estimate_s(status, model, statuses), *spread(status))
 
     ranked = sorted(others, key=cost)
-    if affine and waited_s < wait_bound_s:
+    if waited_s < wait_bound_s:
         best = ranked[0]
+        if cost(best)[1]:
+            # Every free server is the only one with a checkpoint other jobs wait for: they go first
+            # (each of them would switch it back).
+            return Choice([], "wait")
         # Estimates are rough: switch early only when waiting is clearly worse (twice the load), as
         # a second server loading the same checkpoint is a load nobody may need once the queue drains.
         load_s = load_estimate_s(best, model, statuses)
-        if cost(best)[1] or _expected_wait_s(affine, model, wants, now) <= SWITCH_EARLY_FACTOR * load_s:
+        if affine and _expected_wait_s(affine, model, wants, now) <= SWITCH_EARLY_FACTOR * load_s:
             return Choice([], "wait")
     return Choice([s.key for s in ranked], "switch")
 

@@ -95,6 +95,8 @@ class _Held:
     backend: Backend
     holder: str
     renewed_at: float
+    #: The checkpoint key the job wants (counted in the state's wants until it is answered).
+    want: str | None = None
 
 
 class SDPool:
@@ -179,7 +181,7 @@ class SDPool:
         logger.debug("job %s: slot on %s", job_id, backend.key)
         held_key = (job_id, threading.get_ident())
         with self._lock:
-            self._held[held_key] = _Held(backend, holder, time.monotonic())
+            self._held[held_key] = _Held(backend, holder, time.monotonic(), want)
         try:
             yield backend
         finally:
@@ -356,6 +358,8 @@ class SDPool:
             held = self._held.pop((job_id, threading.get_ident()), None)
         if held is not None:
             self._release(held.backend.key, held.holder, job_id=job_id, answered_s=elapsed_s)
+            if held.want is not None:  # rendered: it no longer holds back a switch of this server
+                self._unwant(held.holder, held.want)
 
     def _release(self, key: str, holder: str, *, job_id: str, answered_s: float | None = None) -> None:
         """Give a slot back; a store outage is logged, not raised: the lease expires by itself, and
@@ -488,6 +492,8 @@ class SDPool:
         for held_key, held in due:
             job_id = held_key[0]
             alive = self.state.renew(held.backend.key, held.holder, lease_s=lease_s)
+            if held.want is not None:
+                self.state.want(held.holder, held.want, ttl_s=lease_s)
             with self._lock:
                 still_held = self._held.get(held_key) is held
             if not still_held:

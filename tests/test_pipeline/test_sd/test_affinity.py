@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from pipeline.errors import NoFreeSlot
 from pipeline.models import GenerationParams
 from pipeline.sd.mock.http import get_mock_server
 from pipeline.sd.pool.affinity import DEFAULT_LOAD_S, checkpoint_key, choose, load_estimate_s, wanted
 from pipeline.sd.pool.pool import SDPool
+from pipeline.sd.pool.redis_state import RedisPoolState
 from pipeline.sd.pool.state import BackendStatus
+from pipeline.settings import Settings
 from tests.test_pipeline.test_sd.test_pool import Recorder, make_settings, open_pool, params
 
 NOW = 1_000_000.0
@@ -90,6 +93,14 @@ def test_choose_switches_a_server_whose_checkpoint_another_server_also_has() -> 
     choice = choose(statuses, "b", wants={"b": 1, "a": 3, "c": 3}, waited_s=0, wait_bound_s=5, now=NOW)
     assert choice.order[0] in {"s1", "s2"}
     assert choice.order[-1] == "s3"
+
+
+def test_choose_lets_jobs_for_the_only_server_of_their_checkpoint_go_first_within_the_bound() -> None:
+    statuses = [server("s1", "a")]  # one server, with a; another job in the pool wants a
+    waiting = choose(statuses, "b", wants={"b": 1, "a": 1}, waited_s=1.0, wait_bound_s=5, now=NOW)
+    past_bound = choose(statuses, "b", wants={"b": 1, "a": 1}, waited_s=5.0, wait_bound_s=5, now=NOW)
+    nobody_else = choose(statuses, "b", wants={"b": 1}, waited_s=0.0, wait_bound_s=5, now=NOW)
+    assert (waiting.reason, past_bound.reason, nobody_else.reason) == ("wait", "switch", "switch")
 
 
 def test_choose_prefers_the_shortest_measured_load() -> None:
@@ -203,10 +214,23 @@ def test_pool_without_affinity_loads_per_request_and_puts_it_back() -> None:
     assert get_mock_server(url).stats()["model_loads"] == 3
 
 
-def test_pool_job_takes_the_other_server_when_the_affine_one_stays_busy() -> None:
+@pytest.fixture(params=["memory", "redis"])
+def shared(request: pytest.FixtureRequest) -> Callable[..., SDPool]:
+    """Opens a pool on memory state or on a real Redis (as workers on several machines share it)."""
+
+    def make(settings: Settings, **kwargs: Any) -> SDPool:
+        pool = open_pool(settings, **kwargs)
+        if request.param == "redis":
+            pool.state = RedisPoolState(redis.Redis.from_url(request.getfixturevalue("redis_url")))
+        return pool
+
+    return make
+
+
+def test_pool_job_takes_the_other_server_when_the_affine_one_stays_busy(shared: Callable[..., SDPool]) -> None:
     tag = uuid.uuid4().hex[:8]
     urls = [f"mock://aff{i}-{tag}?models=a;b&model_load_ms=1" for i in range(2)]
-    pool = open_pool(make_settings(",".join(urls), model_affinity_wait_s=0.2), slot_wait_s=60)
+    pool = shared(make_settings(",".join(urls), model_affinity_wait_s=0.2), slot_wait_s=60)
     try:
         pool.check_all()
         pool.txt2img("warm", asking("b", 0), pinned=urls[1])  # server 1 has b, server 0 has a
@@ -220,10 +244,10 @@ def test_pool_job_takes_the_other_server_when_the_affine_one_stays_busy() -> Non
     assert result.model_name == "b"
 
 
-def test_pool_job_waits_for_the_affine_server_within_the_bound() -> None:
+def test_pool_job_waits_for_the_affine_server_within_the_bound(shared: Callable[..., SDPool]) -> None:
     tag = uuid.uuid4().hex[:8]
     urls = [f"mock://wait{i}-{tag}?models=a;b&model_load_ms=1" for i in range(2)]
-    pool = open_pool(make_settings(",".join(urls), model_affinity_wait_s=600), slot_wait_s=0.3)
+    pool = shared(make_settings(",".join(urls), model_affinity_wait_s=600), slot_wait_s=0.3)
     try:
         pool.check_all()
         pool.txt2img("warm", asking("b", 0), pinned=urls[1])
@@ -237,10 +261,10 @@ def test_pool_job_waits_for_the_affine_server_within_the_bound() -> None:
     assert get_mock_server(urls[0]).stats()["model_loads"] == 0
 
 
-def test_pool_two_jobs_for_a_new_checkpoint_switch_one_server_not_two() -> None:
+def test_pool_two_jobs_for_a_new_checkpoint_switch_one_server_not_two(shared: Callable[..., SDPool]) -> None:
     tag = uuid.uuid4().hex[:8]
     urls = [f"mock://two{i}-{tag}?models=a;b&model_load_ms=200&latency_ms=50" for i in range(2)]
-    pool = open_pool(make_settings(",".join(urls)), slot_wait_s=60)
+    pool = shared(make_settings(",".join(urls)), slot_wait_s=60)
     results: list[str | None] = []
     try:
         pool.check_all()
