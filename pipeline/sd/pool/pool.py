@@ -172,7 +172,12 @@ class SDPool:
                         f"job {job_id[:8]}: all {len(candidates)} SD server(s) busy for {wait_s:g} s; requeued",
                         limit=len(candidates),
                     )
-                self.state.wait_for_release(min(remaining, _WAKE_S), keys)
+                timeout_s = min(remaining, _WAKE_S)
+                if want is not None:  # look again when the wait for an affine server reaches its bound
+                    to_bound_s = self.settings.model_affinity_wait_s - (time.monotonic() - started)
+                    if to_bound_s > 0:
+                        timeout_s = min(timeout_s, to_bound_s + 0.01)
+                self.state.wait_for_release(timeout_s, keys)
         except BaseException:
             if want is not None:
                 self._unwant(holder, want)

@@ -44,6 +44,8 @@ POOL_PREFIX = "sdpipe:pool:"
 _LONGEST_WAIT_S = 5.0
 #: Releases remembered for waiters; more would only wake waiters for slots already retaken.
 _FREED_KEEP = 64
+#: The same for each server's own list: few, as a waiter for that server pops stale ones one by one.
+_FREED_KEEP_EACH = 4
 
 _NOW = """
 local t = redis.call('TIME')
@@ -120,13 +122,14 @@ return 0
 """
 )
 
-# KEYS: slots, freed, health, freed:<server>; ARGV: holder, server key, keep, answered seconds ('' if none)
+# KEYS: slots, freed, health, freed:<server>; ARGV: holder, server key, keep, answered seconds ('' if none),
+# keep of the server's own list
 _RELEASE = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  for _, list in ipairs({KEYS[2], KEYS[4]}) do
-    redis.call('RPUSH', list, ARGV[2])
-    redis.call('LTRIM', list, -tonumber(ARGV[3]), -1)
-  end
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+  redis.call('RPUSH', KEYS[4], ARGV[2])
+  redis.call('LTRIM', KEYS[4], -tonumber(ARGV[5]), -1)
 end
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[3], 'fails', 0, 'benched', '0', 'cooldown_ms', 0)
@@ -168,7 +171,8 @@ return claimed
 """
 )
 
-# KEYS: health, probe, freed, freed:<server>; ARGV: ok (0/1), error, cooldown min ms, cooldown max ms, server key, keep
+# KEYS: health, probe, freed, freed:<server>; ARGV: ok (0/1), error, cooldown min ms, cooldown max ms, server key,
+# keep, keep of the server's own list
 _PROBE_RESULT = (
     _NOW
     + """
@@ -176,10 +180,10 @@ local h = KEYS[1]
 redis.call('DEL', KEYS[2])
 if ARGV[1] == '1' then
   redis.call('HSET', h, 'benched', '0', 'fails', 0)
-  for _, list in ipairs({KEYS[3], KEYS[4]}) do
-    redis.call('RPUSH', list, ARGV[5])
-    redis.call('LTRIM', list, -tonumber(ARGV[6]), -1)
-  end
+  redis.call('RPUSH', KEYS[3], ARGV[5])
+  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
+  redis.call('RPUSH', KEYS[4], ARGV[5])
+  redis.call('LTRIM', KEYS[4], -tonumber(ARGV[7]), -1)
   return 0
 end
 local cooldown = tonumber(redis.call('HGET', h, 'cooldown_ms') or '0')
@@ -338,7 +342,7 @@ class RedisPoolState(PoolState):
     def release(self, key: str, holder: str, *, answered_s: float | None = None) -> None:
         answered = "" if answered_s is None else repr(float(answered_s))
         keys = [self._slots(key), self._freed, self._health(key), self._freed_of(key)]
-        self._run(self._release, keys, [holder, key, _FREED_KEEP, answered])
+        self._run(self._release, keys, [holder, key, _FREED_KEEP, answered, _FREED_KEEP_EACH])
 
     def wait_for_release(self, timeout_s: float, keys: Sequence[str] | None = None) -> None:
         lists = [self._freed] if keys is None else [self._freed_of(key) for key in keys]
@@ -366,7 +370,15 @@ class RedisPoolState(PoolState):
 
     def probe_result(self, key: str, *, ok: bool, error: str | None, policy: HealthPolicy) -> None:
         keys = [self._health(key), f"{POOL_PREFIX}probe:{key}", self._freed, self._freed_of(key)]
-        args = [int(ok), (error or "")[:500], _ms(policy.cooldown_min_s), _ms(policy.cooldown_max_s), key, _FREED_KEEP]
+        args = [
+            int(ok),
+            (error or "")[:500],
+            _ms(policy.cooldown_min_s),
+            _ms(policy.cooldown_max_s),
+            key,
+            _FREED_KEEP,
+            _FREED_KEEP_EACH,
+        ]
         self._run(self._probe_result, keys, args)
 
     def status(self, backends: Sequence[Backend]) -> list[BackendStatus]:
