@@ -10,11 +10,13 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
 from pipeline.models import JobState
 from pipeline.sd.backends import parse_backends
+from pipeline.sd.pool.affinity import checkpoint_key
 from pipeline.sd.pool.redis_state import RedisPoolState
 from pipeline.store import RedisStatusStore
 from tests.helpers import free_port, port_open, wait_until
@@ -136,3 +138,45 @@ def test_pool_slot_of_a_killed_worker_frees_within_its_lease(
     freed_after_s = time.monotonic() - killed
     print(f"\nslot freed {freed_after_s:.2f} s after kill -9 (lease {lease_s} s)")
     assert freed_after_s <= lease_s + 0.5
+
+
+def _submit_naming(env: dict[str, str], count: int, checkpoint: str | None, *, pinned: str | None = None) -> list[str]:
+    model = ["--override", f"sd_model_checkpoint={checkpoint}"] if checkpoint else []
+    model += ["--sd-url", pinned] if pinned else []
+    result = run_sdpipe("generate", "a lighthouse", "--count", str(count), *SIZE, *model, "--no-wait", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [line.split()[1] for line in result.stdout.splitlines() if line.startswith("job ")]
+
+
+def test_pool_checkpoints_are_shared_by_workers_and_a_change_behind_their_back_is_noticed(
+    e2e_env: dict[str, str], spawn: Callable[..., Proc], redis_url: str
+) -> None:
+    # Given two mock servers listing a, b and c (a loaded) and two worker processes sharing the pool state
+    urls = [start_mock(spawn, e2e_env, "--models", "a,b,c", "--model-load-ms", "200", name=f"m{i}") for i in range(2)]
+    env = _pool_env(e2e_env, urls)
+    workers = start_worker(spawn, env, processes=2, threads=2)
+    store = RedisStatusStore.from_url(redis_url)
+    try:
+        # When 8 jobs name b
+        job_ids = _submit_naming(env, 8, "b.safetensors")
+        _wait_done(store, job_ids, timeout_s=120)
+        records = [store.get(j) for j in job_ids]
+        assert {r.state for r in records} == {JobState.SUCCEEDED}, workers.output()
+        # Then every image is of b, and b was loaded once in all (one server settled on it)
+        assert {(r.sd_info or {}).get("model_name") for r in records} == {"b"}
+        loads = {url: int(str(mock_stats(url)["model_loads"])) for url in urls}
+        assert sum(loads.values()) == 1, loads
+        switched = next(url for url, n in loads.items() if n == 1)
+        status = _pool_status(redis_url, env["SD_API_URL"])[switched]
+        assert (checkpoint_key(getattr(status, "model", None)), getattr(status, "model_loads", None)) == ("b", 1)
+        # When someone picks c on that server's web UI, and jobs naming no checkpoint run
+        httpx.post(f"{switched}/sdapi/v1/options", json={"sd_model_checkpoint": "c.safetensors"}, timeout=30)
+        _wait_done(store, _submit_naming(env, 2, None, pinned=switched), timeout_s=60)
+        # Then the pool has seen it from the answers: that server has c now
+        assert checkpoint_key(getattr(_pool_status(redis_url, env["SD_API_URL"])[switched], "model", None)) == "c"
+        # And a job naming b still renders on b
+        (again,) = _submit_naming(env, 1, "b.safetensors")
+        _wait_done(store, [again], timeout_s=60)
+        assert (store.get(again).sd_info or {}).get("model_name") == "b"
+    finally:
+        store.close()
