@@ -355,6 +355,7 @@ def check_against_request(result: SDResult, params: GenerationParams) -> SDResul
                 "(it ignores a checkpoint it cannot load)",
                 url=result.backend_url,
                 status_code=200,
+                value=result.model_name,  # what the server has loaded: the SD pool learns it from this
             )
     warnings = list(result.warnings)
     if result.sampler is not None and result.sampler.casefold() != params.sampler_name.casefold():

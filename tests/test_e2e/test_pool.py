@@ -163,7 +163,7 @@ def test_pool_checkpoints_are_shared_by_workers_and_a_change_behind_their_back_i
         records = [store.get(j) for j in job_ids]
         assert {r.state for r in records} == {JobState.SUCCEEDED}, workers.output()
         # Then every image is of b, and b was loaded once in all (one server settled on it)
-        assert {(r.sd_info or {}).get("model_name") for r in records} == {"b"}
+        assert {r.sd_info.model_name if r.sd_info else None for r in records} == {"b"}
         loads = {url: int(str(mock_stats(url)["model_loads"])) for url in urls}
         assert sum(loads.values()) == 1, loads
         switched = next(url for url, n in loads.items() if n == 1)
@@ -177,6 +177,7 @@ def test_pool_checkpoints_are_shared_by_workers_and_a_change_behind_their_back_i
         # And a job naming b still renders on b
         (again,) = _submit_naming(env, 1, "b.safetensors")
         _wait_done(store, [again], timeout_s=60)
-        assert (store.get(again).sd_info or {}).get("model_name") == "b"
+        info = store.get(again).sd_info
+        assert info is not None and info.model_name == "b"
     finally:
         store.close()

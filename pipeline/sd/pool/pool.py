@@ -45,6 +45,7 @@ from pipeline.errors import (
     SDServerError,
     SDTransientError,
     SDUnavailable,
+    SDWrongCheckpoint,
     StoreUnavailable,
 )
 from pipeline.models import GenerationParams, SDResult
@@ -289,6 +290,10 @@ class SDPool:
                     self.policy.oom_pause_s,
                 )
                 self._stop.wait(self.policy.oom_pause_s)  # the slot stays held: nothing reaches it meanwhile
+            raise
+        except SDWrongCheckpoint as exc:  # it renders with another checkpoint than we thought: learn it
+            self._observe(backend.key, time.perf_counter() - started, "rejected")
+            self._learn(backend.key, exc.value if isinstance(exc.value, str) else None, None, job_id=job_id)
             raise
         except PipelineError:
             self._observe(backend.key, time.perf_counter() - started, "rejected")

@@ -11,10 +11,18 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline.errors import NoFreeSlot
-from pipeline.models import GenerationParams
+from pipeline.errors import NoFreeSlot, SDWrongCheckpoint
+from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
+from pipeline.models import GenerationParams, JobSpec
 from pipeline.sd.mock.http import get_mock_server
-from pipeline.sd.pool.affinity import DEFAULT_LOAD_S, checkpoint_key, choose, load_estimate_s, wanted
+from pipeline.sd.pool.affinity import (
+    DEFAULT_LOAD_S,
+    checkpoint_key,
+    choose,
+    grouped_by_checkpoint,
+    load_estimate_s,
+    wanted,
+)
 from pipeline.sd.pool.pool import SDPool
 from pipeline.sd.pool.redis_state import RedisPoolState
 from pipeline.sd.pool.state import BackendStatus
@@ -72,6 +80,20 @@ def test_wanted_reads_the_override_checkpoint_of_a_job() -> None:
     assert wanted(asking("b.safetensors [1e6b36ed98]")) == "b.safetensors [1e6b36ed98]"
     assert wanted(asking(None)) is None
     assert wanted(params().model_copy(update={"override_settings": {"CLIP_stop_at_last_layers": 2}})) is None
+
+
+def _spec(model: str | None) -> JobSpec:
+    settings = Settings(_env_file=None, sd_api_url="mock://")  # type: ignore[call-arg]
+    override = {"sd_model_checkpoint": model} if model else None
+    request = GenerationRequest(prompt="p", width=64, height=64, override_settings=override)
+    (spec,) = plan_generate(settings, request, build_step_params(settings, grid="2x2", band_px=8, sigma=2.0), now=1.0)
+    return spec
+
+
+def test_grouped_by_checkpoint_keeps_first_appearance_and_file_order_within_a_group() -> None:
+    specs = [_spec(m) for m in ["b.safetensors", None, "a", "B", "a.safetensors [163f4dbbad]", None]]
+    grouped = grouped_by_checkpoint(specs)
+    assert [specs.index(s) for s in grouped] == [0, 3, 1, 5, 2, 4]
 
 
 # -- the ranking ------------------------------------------------------------------------------------
@@ -280,3 +302,16 @@ def test_pool_two_jobs_for_a_new_checkpoint_switch_one_server_not_two(shared: Ca
         pool.close()
     assert results == ["b", "b"]
     assert sum(get_mock_server(url).stats()["model_loads"] for url in urls) == 1
+
+
+def test_pool_job_rendered_on_another_checkpoint_fails_and_the_pool_learns_it(
+    one_server: tuple[SDPool, str, Recorder],
+) -> None:
+    pool, url, _ = one_server
+    pool.txt2img("job0", asking("b", 0))
+    # a checkpoint the server does not have (deleted behind sdpipe's back): the switch fails, and
+    # A1111 drops the override and renders on whatever is loaded
+    with pytest.raises(SDWrongCheckpoint):
+        pool.txt2img("job1", asking("gone.safetensors", 1))
+    assert checkpoint_key(pool.status()[0].model) == "b"
+    assert get_mock_server(url).stats()["model_loads"] == 1
