@@ -165,14 +165,14 @@ class SDPool:
                 key, keys = self._acquire(candidates, holder, avoid, model, want, time.monotonic() - started)
                 if key is not None:
                     break
-                if keys == []:
-                    continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise NoFreeSlot(
                         f"job {job_id[:8]}: all {len(candidates)} SD server(s) busy for {wait_s:g} s; requeued",
                         limit=len(candidates),
                     )
+                if keys == []:  # look again at once (see _acquire)
+                    continue
                 timeout_s = min(remaining, _WAKE_S)
                 if want is not None:  # look again when the wait for an affine server reaches its bound
                     to_bound_s = self.settings.model_affinity_wait_s - (time.monotonic() - started)
