@@ -5,6 +5,7 @@
   (embedded mode: one process by design).
 - :mod:`~pipeline.sd.pool.redis_state`: the same state in Redis, shared by workers on every machine.
 - :mod:`~pipeline.sd.pool.affinity`: which server a job that names a checkpoint should take.
+- :mod:`~pipeline.sd.pool.checkpoints`: the pool's checkpoint half: claims, switches, what each server has loaded.
 """
 
 from __future__ import annotations

@@ -34,10 +34,9 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
 
 from pipeline.errors import (
     NoFreeSlot,
@@ -52,7 +51,8 @@ from pipeline.models import GenerationParams, SDResult
 from pipeline.sd.backends import Backend, backends_for, parse_backends
 from pipeline.sd.client import SDClient
 from pipeline.sd.pool import affinity
-from pipeline.sd.pool.state import BackendStatus, Claim, HealthPolicy, PoolState
+from pipeline.sd.pool.checkpoints import Checkpoints, PoolObserver
+from pipeline.sd.pool.state import BackendStatus, HealthPolicy, PoolState
 from pipeline.settings import Settings
 
 __all__ = ["SLOT_WAIT_S", "PoolObserver", "SDPool", "is_out_of_memory", "open_pool_state"]
@@ -68,19 +68,6 @@ _WAKE_S = 1.0
 MAINTENANCE_INTERVAL_S = 1.0
 #: How long one process owns the probe of a benched server (longer than a probe's timeout).
 PROBE_CLAIM_S = 15.0
-
-
-class PoolObserver(Protocol):
-    """Receives the pool's events (for metrics)."""
-
-    def sd_call(self, backend: str, elapsed_s: float, outcome: str) -> None:
-        """A txt2img call ended: ``outcome`` is ``ok``, ``failed`` (transient) or ``rejected`` (permanent)."""
-
-    def benched(self, backend: str) -> None:
-        """A server was taken out of the pool for a cool-down."""
-
-    def model_loaded(self, backend: str, model: str) -> None:
-        """A server loaded checkpoint ``model`` (a switch by the pool, or one seen in an answer)."""
 
 
 def is_out_of_memory(exc: PipelineError) -> bool:
@@ -127,6 +114,7 @@ class SDPool:
         self.policy = HealthPolicy.from_settings(settings)
         self.backends = parse_backends(settings.sd_api_url)
         self._client_for = client_for
+        self.checkpoints = Checkpoints(settings, self.backends, client_for, lambda: self.state, observer)
         # (job id, thread) -> the slot that thread holds for the job: two deliveries of one job
         # (a duplicate) may run in two threads of this process, each with its own slot.
         self._held: dict[tuple[str, int], _Held] = {}
@@ -162,7 +150,13 @@ class SDPool:
             self.state.want(holder, want, ttl_s=self.settings.sd_slot_lease_s)
         try:
             while True:
-                key, keys = self._acquire(candidates, holder, avoid, model, want, time.monotonic() - started)
+                if want is None or model is None:
+                    key = self.state.acquire(candidates, holder, lease_s=self.settings.sd_slot_lease_s, avoid=avoid)
+                    keys: list[str] | None = [b.key for b in candidates]
+                else:
+                    key, keys = self.checkpoints.acquire(
+                        candidates, holder, model, want, avoid=avoid, waited_s=time.monotonic() - started
+                    )
                 if key is not None:
                     break
                 remaining = deadline - time.monotonic()
@@ -181,7 +175,7 @@ class SDPool:
                 self.state.wait_for_release(timeout_s, keys)
         except BaseException:
             if want is not None:
-                self._unwant(holder, want)
+                self.checkpoints.unwant(holder, want)
             raise
         backend = next(b for b in candidates if b.key == key)
         logger.debug("job %s: slot on %s", job_id, backend.key)
@@ -195,61 +189,7 @@ class SDPool:
                 self._held.pop(held_key, None)
             self._release(backend.key, holder, job_id=job_id)
             if want is not None:
-                self._unwant(holder, want)
-
-    def _acquire(
-        self,
-        candidates: Sequence[Backend],
-        holder: str,
-        avoid: str | None,
-        model: str | None,
-        want: str | None,
-        waited_s: float,
-    ) -> tuple[str | None, list[str] | None]:
-        """One try at a slot: the key taken (or None), and the servers whose release to wait for."""
-        lease_s = self.settings.sd_slot_lease_s
-        if want is None or model is None:
-            return self.state.acquire(candidates, holder, lease_s=lease_s, avoid=avoid), [b.key for b in candidates]
-        statuses = self.state.status(candidates)
-        if not any(s.healthy for s in statuses):  # every one benched: the plain rule picks the one due back first
-            return self.state.acquire(candidates, holder, lease_s=lease_s, avoid=avoid), [b.key for b in candidates]
-        choice = affinity.choose(
-            statuses,
-            want,
-            wants=self.state.wants(),
-            waited_s=waited_s,
-            wait_bound_s=self.settings.model_affinity_wait_s,
-            avoid=avoid,
-            now=time.time(),
-        )
-        if choice.order:
-            by_key = {b.key: b for b in candidates}
-            ranked = [by_key[key] for key in choice.order]
-            switching = choice.reason == "switch"
-            claim = Claim(
-                model=model,
-                key=want,
-                eligible=len(ranked),
-                switch=switching,
-                # No server had the checkpoint when we looked: if one has it now, another job just
-                # began that switch, and this one waits for it instead of switching a second server.
-                exclusive=switching and not any(affinity.checkpoint_key(s.model) == want for s in statuses),
-            )
-            others = [b for b in candidates if b.key not in choice.order]
-            key = self.state.acquire([*ranked, *others], holder, lease_s=lease_s, avoid=None, claim=claim)
-            if key is not None:
-                return key, None
-            if claim.exclusive:
-                return None, []  # look again at once: the other job's switch is recorded now
-        # Waiting for an affine server: only its release wakes us (up to the bound, then any).
-        affine = [s.key for s in statuses if affinity.checkpoint_key(s.model) == want]
-        return None, affine if choice.reason == "wait" and affine else [b.key for b in candidates]
-
-    def _unwant(self, holder: str, want: str) -> None:
-        try:
-            self.state.unwant(holder, want)
-        except StoreUnavailable as exc:  # it expires with the lease
-            logger.debug("could not forget %s's wanted checkpoint: %s", holder, exc)
+                self.checkpoints.unwant(holder, want)
 
     # -- calls ----------------------------------------------------------------------------------
     def txt2img(
@@ -271,7 +211,7 @@ class SDPool:
     def _call(self, backend: Backend, job_id: str, generation: GenerationParams) -> SDResult:
         model = affinity.wanted(generation)
         if model is not None and self.settings.model_affinity:
-            self._switch(backend, model, job_id=job_id)
+            self.checkpoints.switch(backend, model, job_id=job_id)
         started = time.perf_counter()
         try:
             result = self._client_for(backend.url).txt2img(
@@ -293,73 +233,19 @@ class SDPool:
             raise
         except SDWrongCheckpoint as exc:  # it renders with another checkpoint than we thought: learn it
             self._observe(backend.key, time.perf_counter() - started, "rejected")
-            self._learn(backend.key, exc.value if isinstance(exc.value, str) else None, None, job_id=job_id)
+            self.checkpoints.learn(backend.key, exc.value if isinstance(exc.value, str) else None, None, job_id=job_id)
             raise
         except PipelineError:
             self._observe(backend.key, time.perf_counter() - started, "rejected")
             raise
         self._observe(backend.key, result.elapsed_s, "ok")
-        self._learn(backend.key, result.model_name, result.model_hash, job_id=job_id)
+        self.checkpoints.learn(backend.key, result.model_name, result.model_hash, job_id=job_id)
         return result
 
     def _others_healthy(self, key: str) -> bool:
         """Whether a healthy server other than ``key`` can take its work (an out-of-memory answer
         benches ``key`` only then)."""
         return any(status.healthy for status in self.state.status(self.backends) if status.key != key)
-
-    # -- checkpoints ----------------------------------------------------------------------------------
-    def _switch(self, backend: Backend, model: str, *, job_id: str) -> None:
-        """Load ``model`` on ``backend`` (whose slot this job holds) unless it is loaded already, with
-        ``POST /sdapi/v1/options`` so that it stays loaded. A failure is logged, not raised: the
-        request names its checkpoint itself, and the answer's check catches a wrong one."""
-        want = affinity.checkpoint_key(model)
-        try:
-            current = next(s for s in self.state.status([backend]) if s.key == backend.key)
-        except StoreUnavailable as exc:
-            logger.warning("job %s: cannot read the checkpoint of %s (%s); not switching", job_id, backend.key, exc)
-            return
-        if affinity.checkpoint_key(current.model) == want and not current.loading:
-            return
-        # Loading: this job's slot claimed the switch (or one died with its worker: switch again to be sure).
-        if not current.loading:
-            self.state.set_model(backend.key, model, None, loading=True)
-        logger.info("job %s: switching %s to checkpoint %s", job_id, backend.key, model)
-        started = time.perf_counter()
-        try:
-            self._client_for(backend.url).set_checkpoint(model, job_id=job_id)
-        except PipelineError as exc:
-            logger.warning("job %s: switching %s to %s failed: %s", job_id, backend.key, model, exc.message)
-            self.state.set_model(backend.key, None, None)  # unknown: the next answer says
-            return
-        elapsed_s = time.perf_counter() - started
-        self.state.record_load(backend.key, want or model, elapsed_s)
-        logger.info("job %s: %s loaded %s in %.1f s", job_id, backend.key, model, elapsed_s)
-        if self.observer is not None:
-            self.observer.model_loaded(backend.key, want or model)
-
-    def _learn(self, key: str, model_name: str | None, model_hash: str | None, *, job_id: str | None) -> None:
-        """What the server says it has loaded (an answer's ``info``, or its options when probed)."""
-        if model_name is None:
-            return
-        try:
-            status = next(s for s in self.state.status([b for b in self.backends if b.key == key]) if s.key == key)
-            if status.loading:  # a switch is under way: it records the outcome
-                return
-            if affinity.checkpoint_key(status.model) == affinity.checkpoint_key(model_name):
-                if status.model_hash is None and model_hash is not None:
-                    self.state.set_model(key, status.model, model_hash)
-                return
-            changed = status.model is not None
-            self.state.set_model(key, model_name, model_hash, counts_load=changed)
-        except (StoreUnavailable, StopIteration) as exc:
-            logger.debug("job %s: could not record the checkpoint of %s: %s", job_id or "-", key, exc)
-            return
-        if changed:
-            logger.info(
-                "job %s: SD server %s now has checkpoint %s (was %s)", job_id or "-", key, model_name, status.model
-            )
-            if self.observer is not None:
-                self.observer.model_loaded(key, affinity.checkpoint_key(model_name) or model_name)
 
     def _answered(self, job_id: str, elapsed_s: float) -> None:
         """The server answered 200: it is healthy, and its slot goes to the next job now, not after
@@ -369,7 +255,7 @@ class SDPool:
         if held is not None:
             self._release(held.backend.key, held.holder, job_id=job_id, answered_s=elapsed_s)
             if held.want is not None:  # rendered: it no longer holds back a switch of this server
-                self._unwant(held.holder, held.want)
+                self.checkpoints.unwant(held.holder, held.want)
 
     def _release(self, key: str, holder: str, *, job_id: str, answered_s: float | None = None) -> None:
         """Give a slot back; a store outage is logged, not raised: the lease expires by itself, and
@@ -404,7 +290,7 @@ class SDPool:
                 error = SDUnavailable(f"down at start: {problems[backend.key]}", url=backend.key)
                 self._failed(backend.key, error, job_id=None, bench=True)
             else:
-                self.learn_checkpoint(backend)
+                self.checkpoints.read(backend)
         return problems
 
     def all_unreachable(self) -> SDUnavailable | None:
@@ -425,22 +311,13 @@ class SDPool:
                 return None
         return first
 
-    def learn_checkpoint(self, backend: Backend) -> None:
-        """Read the server's loaded checkpoint (``GET /sdapi/v1/options``) into the pool state; never raises."""
-        try:
-            name, model_hash = self._client_for(backend.url).loaded_checkpoint()
-        except PipelineError as exc:  # optional: forks trim /options; answers tell us later
-            logger.debug("cannot read the checkpoint of %s: %s", backend.key, exc.message)
-            return
-        self._learn(backend.key, name, model_hash, job_id=None)
-
     def probe_benched(self) -> None:
         """Probe the benched servers whose cool-down is over (one process each): back, or benched longer."""
         by_key = {backend.key: backend for backend in self.backends}
         for key in self.state.claim_probes(list(by_key), claim_s=PROBE_CLAIM_S):
             problem = self.probe(by_key[key])
             if problem is None:
-                self.learn_checkpoint(by_key[key])  # restarted? it may have another checkpoint now
+                self.checkpoints.read(by_key[key])  # restarted? it may have another checkpoint now
             self.state.probe_result(key, ok=problem is None, error=problem, policy=self.policy)
             if problem is None:
                 logger.info("SD server %s answers again: back in the pool", key)
