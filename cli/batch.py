@@ -49,11 +49,14 @@ from cli.output import (
 from cli.progress import watch_batch
 from cli.request_options import (
     ClipSkipOption,
+    CombinatorialOption,
+    ContactSheetOption,
     DenoiseOption,
     HiresOption,
     HrScaleOption,
     HrStepsOption,
     HrUpscalerOption,
+    MaxPromptsOption,
     ModelOption,
     OverrideOption,
     ParamOption,
@@ -64,8 +67,12 @@ from cli.request_options import (
     StylesOption,
     SubseedOption,
     SubseedStrengthOption,
+    SweepOption,
+    TemplateOption,
+    TemplateSeedOption,
     apply_flags,
     request_fields,
+    template_fields,
 )
 from pipeline.batches.files import BatchFileError, describe_plan, read_batch_file
 from pipeline.batches.manifests import batch_records, build_manifest, retry_step, write_manifest
@@ -128,6 +135,12 @@ def batch(
     param: ParamOption = None,
     script: ScriptOption = None,
     request_file: RequestOption = None,
+    template: TemplateOption = None,
+    combinatorial: CombinatorialOption = False,
+    max_prompts: MaxPromptsOption = None,
+    template_seed: TemplateSeedOption = None,
+    sweep: SweepOption = None,
+    contact_sheet: ContactSheetOption = False,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default OUTPUT_DIR).")] = None,
     sd_url: Annotated[str | None, typer.Option("--sd-url", help="SD server URL, or mock://.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; enqueue nothing.")] = False,
@@ -178,6 +191,16 @@ def batch(
             override=override,
             param=param,
             script=script,
+        )
+        request_defaults.update(
+            template_fields(
+                template=template,
+                combinatorial=combinatorial,
+                max_prompts=max_prompts,
+                template_seed=template_seed,
+                sweep=sweep,
+                contact_sheet=contact_sheet,
+            )
         )
     defaults = apply_flags(
         request_defaults,

@@ -17,9 +17,16 @@ import typer
 from pipeline.batches.rows import A1111_NAMES
 from pipeline.errors import InputError
 from pipeline.jobs.planning import parse_overrides
+from pipeline.prompts.sweeps import parse_sweeps
 
 __all__ = [
     "ClipSkipOption",
+    "CombinatorialOption",
+    "ContactSheetOption",
+    "MaxPromptsOption",
+    "SweepOption",
+    "TemplateOption",
+    "TemplateSeedOption",
     "DenoiseOption",
     "HiresOption",
     "HrScaleOption",
@@ -37,6 +44,7 @@ __all__ = [
     "SubseedStrengthOption",
     "apply_flags",
     "request_fields",
+    "template_fields",
 ]
 
 _PANEL = "A1111 request"
@@ -105,6 +113,88 @@ RequestOption = Annotated[
         "--request", help="An A1111 txt2img request body (JSON file); flags override it.", rich_help_panel=_PANEL
     ),
 ]
+
+_TEMPLATES = "Prompt templates and sweeps"
+TemplateOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--template/--no-template",
+        help="Expand {a|b} variants and __wildcards__ (WILDCARDS_DIR) in prompts (a row's template key wins).",
+        rich_help_panel=_TEMPLATES,
+    ),
+]
+CombinatorialOption = Annotated[
+    bool,
+    typer.Option(
+        "--combinatorial", help="Every combination of a template (implies --template).", rich_help_panel=_TEMPLATES
+    ),
+]
+MaxPromptsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-prompts",
+        min=1,
+        help="Most prompts a template may make (default MAX_PROMPTS).",
+        rich_help_panel=_TEMPLATES,
+    ),
+]
+TemplateSeedOption = Annotated[
+    int | None,
+    typer.Option(
+        "--template-seed",
+        min=0,
+        help="Seed of random template picks: the same prompts each run (implies --template).",
+        rich_help_panel=_TEMPLATES,
+    ),
+]
+SweepOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--sweep",
+        help="Render every value of a field: KEY=V1,V2 (repeatable; any request field), e.g. cfg_scale=5,7,9.",
+        rich_help_panel=_TEMPLATES,
+    ),
+]
+ContactSheetOption = Annotated[
+    bool,
+    typer.Option(
+        "--contact-sheet",
+        help="After a sweep batch completes, write one labelled X/Y contact sheet beside the results.",
+        rich_help_panel=_TEMPLATES,
+    ),
+]
+
+
+def template_fields(
+    *,
+    template: bool | None = None,
+    combinatorial: bool = False,
+    max_prompts: int | None = None,
+    template_seed: int | None = None,
+    sweep: list[str] | None = None,
+    contact_sheet: bool = False,
+) -> dict[str, Any]:
+    """The template and sweep flags as keys of a batch row (see pipeline.batches.expansion).
+
+    Raises:
+        InputError: a malformed ``--sweep``, or ``--contact-sheet`` without one.
+    """
+    fields: dict[str, Any] = {}
+    if template is not None:
+        fields["template"] = template
+    if combinatorial:
+        fields["combinatorial"] = True
+    if max_prompts is not None:
+        fields["max_prompts"] = max_prompts
+    if template_seed is not None:
+        fields["template_seed"] = template_seed
+    if sweep:
+        fields["sweep"] = parse_sweeps(sweep)
+    if contact_sheet:
+        if not sweep:
+            raise InputError("--contact-sheet needs a --sweep (its X and Y axes)", field="--contact-sheet")
+        fields["contact_sheet"] = True
+    return fields
 
 
 def _read_json_file(path: Path, what: str) -> Any:

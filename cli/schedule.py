@@ -37,11 +37,13 @@ from cli.output import cli_errors, console, echo, err_console, print_json
 from cli.progress import watch_batch
 from cli.request_options import (
     ClipSkipOption,
+    CombinatorialOption,
     DenoiseOption,
     HiresOption,
     HrScaleOption,
     HrStepsOption,
     HrUpscalerOption,
+    MaxPromptsOption,
     ModelOption,
     OverrideOption,
     ParamOption,
@@ -52,8 +54,12 @@ from cli.request_options import (
     StylesOption,
     SubseedOption,
     SubseedStrengthOption,
+    SweepOption,
+    TemplateOption,
+    TemplateSeedOption,
     apply_flags,
     request_fields,
+    template_fields,
 )
 from pipeline.batches.files import BatchFileError, read_batch_file
 from pipeline.batches.schedules import (
@@ -127,6 +133,11 @@ def add(
     param: ParamOption = None,
     script: ScriptOption = None,
     request_file: RequestOption = None,
+    template: TemplateOption = None,
+    combinatorial: CombinatorialOption = False,
+    max_prompts: MaxPromptsOption = None,
+    template_seed: TemplateSeedOption = None,
+    sweep: SweepOption = None,
 ) -> None:
     """Add a schedule: render FILE as a batch at every occurrence of --cron."""
     with cli_errors():
@@ -147,6 +158,16 @@ def add(
             override=override,
             param=param,
             script=script,
+        )
+        # Without --template-seed, random template picks differ at every run; with it, each run is the same.
+        request_defaults.update(
+            template_fields(
+                template=template,
+                combinatorial=combinatorial,
+                max_prompts=max_prompts,
+                template_seed=template_seed,
+                sweep=sweep,
+            )
         )
     options = apply_flags(
         request_defaults,

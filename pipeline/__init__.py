@@ -10,6 +10,7 @@ Its concepts, one entry each::
     sd/        the SD servers: client, response reading, backends; pool/ (slots, health), mock/ (the mock server)
     images/    codec, PNG encoder, A1111 infotext, split / seam-blur / merge
     jobs/      planning requests into job specs, the steps, a job's files, uploads
+    prompts/   prompt templates (variants, wildcards) and parameter sweeps
     batches/   batch files and formats, manifests and resume, cron schedules
     store/     the status store: Redis (shared) or SQLite (embedded)
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["batches", "connections", "errors", "images", "jobs", "models", "sd", "settings", "store"]
+__all__ = ["batches", "connections", "errors", "images", "jobs", "models", "prompts", "sd", "settings", "store"]
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -288,6 +288,9 @@ class JobSpec(BaseModel):
     #: Hash of everything that decides the output (prompt, every parameter, seed, step params,
     #: format, name): ``batch --skip-existing`` skips rows whose fingerprint already succeeded.
     fingerprint: str | None = None
+    #: A prompt template's record (pipeline.prompts): the templates and the choices that made this job's
+    #: prompt, and the sweep values it took; kept in the sidecar so the result can be made again.
+    prompt_template: dict[str, Any] | None = None
     created_at: float
 
 

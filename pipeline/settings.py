@@ -87,6 +87,8 @@ DEFAULT_MAX_PIXELS = 8192 * 8192
 #: JPEG/WebP quality of written images (1..100; PNG is lossless).
 DEFAULT_OUTPUT_QUALITY = 95
 #: Largest image file sdpipe reads, in bytes.
+#: Most prompts one template expands to in combinatorial mode, unless --max-prompts says otherwise.
+DEFAULT_MAX_PROMPTS = 100
 DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024
 #: Retries of a transient failure per step, and the backoff between them.
 DEFAULT_MAX_RETRIES = 5
@@ -279,6 +281,12 @@ class Settings(BaseSettings):
     output_name: str = DEFAULT_NAME_TEMPLATE
     max_pixels: Annotated[int, Field(gt=0)] = DEFAULT_MAX_PIXELS
     max_image_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_IMAGE_BYTES
+
+    # Prompt templates
+    #: Folder of wildcard files: ``__name__`` in a template is a line of ``name.txt`` (``__a/b__``: ``a/b.txt``).
+    wildcards_dir: Path = Path("./wildcards")
+    #: Most prompts one template may expand to with ``--combinatorial`` (``--max-prompts`` overrides it).
+    max_prompts: Annotated[int, Field(ge=1)] = DEFAULT_MAX_PROMPTS
 
     # Step defaults
     grid: str = DEFAULT_GRID

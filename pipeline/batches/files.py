@@ -21,6 +21,7 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
+from pipeline.batches.expansion import RowVariant, row_variants, split_template_keys
 from pipeline.batches.formats import RowProblem, parse_batch_file
 from pipeline.batches.rows import ROW_KEYS, FieldIssue, check_row, generation_request
 from pipeline.errors import BatchFileError, InputError
@@ -135,13 +136,16 @@ def read_batch_file(
         checker=checker,
     )
 
+    template_options, defaults = split_template_keys(defaults)
     base, issues = planner.check_defaults(defaults, text_values=True)
     if issues:
         field, message, _ = issues[0]
         raise InputError(f"default {field}: {message}", field=f"defaults.{field}")
     problems: list[RowProblem] = []
     if parsed.defaults:
-        file_defaults, issues = planner.check_defaults(parsed.defaults, text_values=False)
+        file_options, file_raw = split_template_keys(parsed.defaults)
+        template_options.update(file_options)
+        file_defaults, issues = planner.check_defaults(file_raw, text_values=False)
         lines = parsed.default_lines
         problems.extend(RowProblem(lines.get(i.field, lines.get(None, 1)), i.field, i.message) for i in issues)
         # batch: the file's defaults over the flags; a schedule's flags (defaults_over_file) over the file's
@@ -155,19 +159,40 @@ def read_batch_file(
         if isinstance(raw, RowProblem):
             problems.append(raw)
             continue
+        try:
+            row_options, row_raw = split_template_keys(raw.values)
+        except InputError as exc:
+            raise InputError(f"line {raw.line}: {exc.message}", field=exc.field) from exc
         own, issues = check_row(
-            raw.values, text_values=parsed.text_values, known_fields=known_fields, check_keys=not parsed.text_values
+            row_raw, text_values=parsed.text_values, known_fields=known_fields, check_keys=not parsed.text_values
         )
         values = {**base, **own}
         if "prompt" not in values and not any(issue.field == "prompt" for issue in issues):
             issues.append(FieldIssue("prompt", "no prompt given"))
-        outcome = planner.plan(values, line=raw.line)
-        if isinstance(outcome, list):
-            issues.extend(outcome)
-        else:
+        variants = [RowVariant(values, None)]
+        if not issues:
+            try:  # a template that cannot expand stops the reading: one line, nothing planned
+                variants = row_variants(
+                    values,
+                    {**template_options, **row_options},
+                    wildcards_dir=settings.wildcards_dir,
+                    max_prompts=settings.max_prompts,
+                    known_fields=known_fields,
+                )
+            except InputError as exc:
+                raise InputError(f"line {raw.line}: {exc.message}", field=exc.field, limit=exc.limit) from exc
+        for variant in variants:
+            outcome = planner.plan(variant.values, line=raw.line)
+            if isinstance(outcome, list):
+                issues.extend(outcome)
+                continue
             issues.extend(_claim_names(outcome, raw.line, used_names))
             if not issues and not problems:  # after the first problem, rows are checked, not kept
-                planned.append(PlannedRow(line=raw.line, params=outcome[0], specs=outcome[1]))
+                params, specs = outcome
+                if variant.record is not None:
+                    params = {**params, **variant.record}
+                    specs = [spec.model_copy(update={"prompt_template": variant.record}) for spec in specs]
+                planned.append(PlannedRow(line=raw.line, params=params, specs=specs))
         problems.extend(RowProblem(raw.line, issue.field, issue.message) for issue in _unique(issues))
     if not seen_rows:
         raise InputError(

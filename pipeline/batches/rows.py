@@ -29,6 +29,7 @@ __all__ = [
     "A1111_FIELDS",
     "A1111_NAMES",
     "ROW_KEYS",
+    "TEMPLATE_KEYS",
     "FieldIssue",
     "JobRow",
     "check_request",
@@ -60,6 +61,9 @@ ROW_KEYS = (
     "name",
     "model",
 )
+#: Keys of a row (or of defaults) that say how it becomes jobs, read before the row is checked
+#: (pipeline.batches.files): prompt templates (pipeline.prompts) and parameter sweeps.
+TEMPLATE_KEYS = ("template", "combinatorial", "max_prompts", "template_seed", "sweep", "contact_sheet")
 #: A1111's name of a row key, where it differs: either name sets the key.
 A1111_NAMES = {"negative_prompt": "negative", "cfg_scale": "cfg", "sampler_name": "sampler"}
 #: Keys a row may not set, and why.
@@ -153,7 +157,7 @@ def unknown_key(key: object, known_fields: Collection[str] = ()) -> str:
 
 def key_problem(key: str, known_fields: Collection[str] | None) -> str | None:
     """Why a row may not set ``key`` (unknown, a typo, refused), or None."""
-    if key in _FIELD_OF_ALIAS or key == "override_settings":
+    if key in _FIELD_OF_ALIAS or key == "override_settings" or key in TEMPLATE_KEYS:
         return None
     if key in _REFUSED:
         return f"not allowed ({_REFUSED[key]})"
