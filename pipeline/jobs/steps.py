@@ -503,6 +503,8 @@ def _sidecar(
         "kind": spec.kind,
         "prompt": generation.prompt if generation else None,
         "negative_prompt": generation.negative_prompt if generation else None,
+        # A templated prompt: the templates and the choices that made it, and the sweep values it took.
+        **(spec.prompt_template or {}),
         # The whole request as sent (no credential is ever part of it; the task id is the job's).
         "parameters": generation.to_payload() if generation else None,
         "seed": sd_info.seed,

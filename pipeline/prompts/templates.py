@@ -10,8 +10,10 @@ says how it was made (mode, index, template seed), so a result can be made again
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,13 +104,24 @@ def _wildcard_names(node: Any) -> Iterator[str]:
             yield from _wildcard_names(item)
 
 
+@contextlib.contextmanager
+def _library() -> Iterator[None]:
+    """dynamicprompts warns about its own pyparsing calls (deprecated names): not the user's business."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
 def _parse(text: str, field: str) -> Any:
     from dynamicprompts.parser.parse import parse
+    from pyparsing import ParseBaseException
 
     _check_braces(text, field)
     try:
-        return parse(text)
-    except Exception as exc:  # pyparsing's ParseException and friends: the template is malformed
+        with _library():
+            return parse(text)
+    except ParseBaseException as exc:  # the template is malformed
         raise InputError(f"{field}: not a valid template ({exc}): {text!r}", field="template", value=text) from exc
 
 
@@ -129,7 +142,8 @@ def check_template(text: str, wildcards_dir: Path, *, field: str = "prompt", _de
     for name in dict.fromkeys(_wildcard_names(tree)):
         if not isinstance(name, str) or "${" in name:
             continue  # built from variables: only known when sampling
-        values = manager.get_all_values(name) if wildcards_dir.is_dir() else []
+        with _library():
+            values = manager.get_all_values(name) if wildcards_dir.is_dir() else []
         if not values:
             where = "" if wildcards_dir.is_dir() else f" (WILDCARDS_DIR {wildcards_dir} does not exist)"
             raise InputError(
@@ -149,8 +163,9 @@ def _combinations(text: str, wildcards_dir: Path, cap: int) -> list[str]:
 
     if not is_template(text):
         return [text]
-    generator = CombinatorialPromptGenerator(_wildcard_manager(wildcards_dir))
-    return [str(prompt) for prompt in generator.generate(text, max_prompts=cap + 1)]
+    with _library():
+        generator = CombinatorialPromptGenerator(_wildcard_manager(wildcards_dir))
+        return [str(prompt) for prompt in generator.generate(text, max_prompts=cap + 1)]
 
 
 def _samples(text: str, wildcards_dir: Path, seeds: list[int]) -> list[str]:
@@ -158,8 +173,9 @@ def _samples(text: str, wildcards_dir: Path, seeds: list[int]) -> list[str]:
 
     if not is_template(text):
         return [text] * len(seeds)
-    generator = RandomPromptGenerator(_wildcard_manager(wildcards_dir))
-    return [str(prompt) for prompt in generator.generate(text, len(seeds), seeds=seeds)]
+    with _library():
+        generator = RandomPromptGenerator(_wildcard_manager(wildcards_dir))
+        return [str(prompt) for prompt in generator.generate(text, len(seeds), seeds=seeds)]
 
 
 def expand_templates(

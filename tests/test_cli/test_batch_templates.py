@@ -1,0 +1,110 @@
+"""``sdpipe batch`` with prompt templates (``template`` column, --combinatorial, --template-seed) and --sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.sd.mock.http import get_mock_server
+from tests.test_cli.conftest import Invoke
+
+SMALL = ["--width", "64", "--height", "64"]
+TEMPLATE = "a {red|green} {car|boat} in __weather__"
+
+
+@pytest.fixture
+def wildcards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "wildcards"
+    folder.mkdir()
+    (folder / "weather.txt").write_text("rain\nfog\nsnow\n")
+    monkeypatch.setenv("WILDCARDS_DIR", str(folder))
+    return folder
+
+
+def _csv(path: Path, prompt: str) -> Path:
+    path.write_text(f'prompt,template\n"{prompt}",true\n')
+    return path
+
+
+def _sent_prompts(url: str) -> list[str]:
+    return [r["body"]["prompt"] for r in get_mock_server(url).control.requests(route="/sdapi/v1/txt2img")]
+
+
+def test_combinatorial_row_sends_each_of_twelve_prompts_as_expanded(
+    sdpipe: Invoke, tmp_path: Path, out_dir: Path, wildcards: Path
+) -> None:
+    rows = _csv(tmp_path / "rows.csv", TEMPLATE)
+    plan = sdpipe("batch", str(rows), "--combinatorial", "--dry-run", "--json")
+    assert plan.exit_code == 0, plan.output
+    planned = [row["prompt"] for row in json.loads(plan.stdout)["rows"]]
+    assert len(planned) == 12 == len(set(planned))
+    assert not out_dir.exists()
+
+    url = "mock://templates"
+    result = sdpipe("batch", str(rows), "--combinatorial", "--sd-url", url, *SMALL)
+    assert result.exit_code == 0, result.output
+    assert sorted(_sent_prompts(url)) == sorted(planned)
+    batch_id = result.stdout.splitlines()[0].split()[1]
+    manifest = json.loads((out_dir / "batches" / f"{batch_id}.json").read_text())
+    assert {row["params"]["template"]["prompt"] for row in manifest["rows"]} == {TEMPLATE}
+    sidecar = json.loads(Path(manifest["rows"][0]["jobs"][0]["sidecar"]).read_text())
+    assert sidecar["template"]["prompt"] == TEMPLATE
+    assert sidecar["template"]["choices"]["mode"] == "combinatorial"
+    assert sidecar["prompt"] in planned and sidecar["prompt"] in sidecar["infotext"]
+
+
+def test_random_templates_with_a_seed_repeat_and_without_differ(
+    sdpipe: Invoke, tmp_path: Path, wildcards: Path
+) -> None:
+    rows = _csv(tmp_path / "rows.csv", TEMPLATE)
+
+    def prompts(*flags: str) -> list[str]:
+        result = sdpipe("batch", str(rows), "--count", "8", "--dry-run", "--json", *flags)
+        assert result.exit_code == 0, result.output
+        return [row["prompt"] for row in json.loads(result.stdout)["rows"]]
+
+    assert prompts("--template-seed", "7") == prompts("--template-seed", "7")
+    assert len({tuple(prompts()) for _ in range(4)}) > 1
+
+
+@pytest.mark.parametrize(
+    ("prompt", "flags", "words"),
+    [
+        ("a {red|green", [], "unbalanced '{'"),
+        ("in __fog_banks__", [], "wildcard __fog_banks__ has no file"),
+        (TEMPLATE, ["--combinatorial", "--max-prompts", "10"], "more than 10 prompts"),
+    ],
+)
+def test_broken_template_is_one_line_exit_2_and_nothing_enqueued(
+    sdpipe: Invoke, tmp_path: Path, out_dir: Path, wildcards: Path, prompt: str, flags: list[str], words: str
+) -> None:
+    url = "mock://broken"
+    result = sdpipe("batch", str(_csv(tmp_path / "rows.csv", prompt)), "--sd-url", url, *flags)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and lines[0].startswith("error: line 2:")
+    assert _sent_prompts(url) == []
+    assert not out_dir.exists()
+
+
+def test_three_by_two_sweep_makes_six_jobs_with_their_values(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    rows = tmp_path / "p.txt"
+    rows.write_text("a lighthouse\n")
+    url = "mock://sweep"
+    result = sdpipe(
+        "batch", str(rows), "--sd-url", url, "--seed", "1", *SMALL,
+        "--sweep", "cfg_scale=5,7,9", "--sweep", "sampler_name=Euler a,DPM++ 2M",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    sent = get_mock_server(url).control.requests(route="/sdapi/v1/txt2img")
+    assert sorted((r["body"]["cfg_scale"], r["body"]["sampler_name"]) for r in sent) == [
+        (5.0, "DPM++ 2M"), (5.0, "Euler a"), (7.0, "DPM++ 2M"), (7.0, "Euler a"), (9.0, "DPM++ 2M"), (9.0, "Euler a"),
+    ]  # fmt: skip
+    batch_id = result.stdout.splitlines()[0].split()[1]
+    manifest = json.loads((out_dir / "batches" / f"{batch_id}.json").read_text())
+    assert [row["params"]["sweep"] for row in manifest["rows"]][:2] == [
+        {"cfg_scale": 5.0, "sampler_name": "Euler a"},
+        {"cfg_scale": 5.0, "sampler_name": "DPM++ 2M"},
+    ]
