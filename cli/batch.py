@@ -77,6 +77,7 @@ from cli.request_options import (
 from pipeline.batches.files import BatchFileError, describe_plan, read_batch_file
 from pipeline.batches.manifests import batch_records, build_manifest, retry_step, write_manifest
 from pipeline.errors import InputError
+from pipeline.images.contact_sheet import write_contact_sheet
 from pipeline.jobs.files import check_output_dir
 from pipeline.jobs.planning import new_id, travelling_overrides
 from pipeline.models import JobRecord, JobState
@@ -285,10 +286,12 @@ def batch(
             # The planned jobs are in the store now: keep only the batch record while waiting, so a
             # long wait holds about the manifest's worth of memory, not every job spec.
             del rows, plan
-            _wait_and_finish(runtime, settings, batch_id, json_output=json_output)
+            _wait_and_finish(runtime, settings, batch_id, json_output=json_output, contact_sheet=contact_sheet)
 
 
-def _wait_and_finish(runtime: Runtime, settings: Settings, batch_id: str, *, json_output: bool) -> None:
+def _wait_and_finish(
+    runtime: Runtime, settings: Settings, batch_id: str, *, json_output: bool, contact_sheet: bool = False
+) -> None:
     batch_record = runtime.store.get_batch(batch_id)
     total = len(batch_record.job_ids)
     try:
@@ -304,11 +307,14 @@ def _wait_and_finish(runtime: Runtime, settings: Settings, batch_id: str, *, jso
         raise
     manifest = build_manifest(batch_record, batch_records(runtime.store, batch_record))
     path = write_manifest(settings.output_dir, manifest)
+    sheet = write_contact_sheet(manifest, settings.output_dir) if contact_sheet else None
     if json_output:
         print_json(manifest)
     else:
         console.print(_summary_table(batch_id, counts, elapsed_s))
         echo(f"manifest {path}")
+        if sheet is not None:
+            echo(f"contact sheet {sheet}")
         _print_failed_rows(batch_id, manifest)
     row_states = [job["state"] for row in manifest["rows"] for job in row["jobs"]]
     raise typer.Exit(RET_OK if all(state == "succeeded" for state in row_states) else RET_FAILED)

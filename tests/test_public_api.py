@@ -14,6 +14,7 @@ PACKAGES = [
     "pipeline.images",
     "pipeline.jobs",
     "pipeline.batches",
+    "pipeline.prompts",
     "pipeline.store",
     "actors",
     "cli",

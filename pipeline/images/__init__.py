@@ -3,6 +3,7 @@
 - :mod:`~pipeline.images.codec`: bytes <-> arrays, bounded decoding, encoding with A1111 metadata.
 - :mod:`~pipeline.images.png`: a fast multi-threaded PNG encoder.
 - :mod:`~pipeline.images.infotext`: the ``parameters`` text A1111 writes into its images.
+- :mod:`~pipeline.images.contact_sheet`: a sweep batch's images on a labelled X/Y grid.
 - :mod:`~pipeline.images.seams`: split into tiles, blur across the inner cuts, merge back; pure numpy.
 """
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
         read_image_file,
         sniff_format,
     )
+    from pipeline.images.contact_sheet import build_contact_sheet, write_contact_sheet
     from pipeline.images.infotext import (
         build_infotext,
         format_value,
@@ -53,6 +55,8 @@ __all__ = [
     "read_image_file",
     "sniff_format",
     "encode_png",
+    "build_contact_sheet",
+    "write_contact_sheet",
     "build_infotext",
     "format_value",
     "insert_params",
@@ -81,6 +85,7 @@ __getattr__, __dir__ = lazy_exports(
             "sniff_format",
         ],
         ".png": ["encode_png"],
+        ".contact_sheet": ["build_contact_sheet", "write_contact_sheet"],
         ".infotext": ["build_infotext", "format_value", "insert_params", "parse_infotext"],
         ".seams": [
             "TileBox",

@@ -108,3 +108,39 @@ def test_three_by_two_sweep_makes_six_jobs_with_their_values(sdpipe: Invoke, tmp
         {"cfg_scale": 5.0, "sampler_name": "Euler a"},
         {"cfg_scale": 5.0, "sampler_name": "DPM++ 2M"},
     ]
+
+
+def test_contact_sheet_of_a_three_by_two_sweep_is_written_once_with_its_sidecar(
+    sdpipe: Invoke, tmp_path: Path, out_dir: Path
+) -> None:
+    from PIL import Image
+
+    from pipeline.images.contact_sheet import write_contact_sheet
+
+    rows = tmp_path / "p.txt"
+    rows.write_text("a lighthouse\n")
+    result = sdpipe(
+        "batch", str(rows), "--sd-url", "mock://sheet", *SMALL, "--contact-sheet",
+        "--sweep", "cfg_scale=5,7,9", "--sweep", "sampler_name=Euler a,DPM++ 2M",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    batch_id = result.stdout.splitlines()[0].split()[1]
+    sheet = out_dir / "batches" / f"{batch_id}-contact-sheet.png"
+    sidecar = json.loads(sheet.with_suffix(".json").read_text())
+    assert sidecar["x"] == {"field": "cfg_scale", "values": [5.0, 7.0, 9.0]}
+    assert sidecar["y"] == {"field": "sampler_name", "values": ["Euler a", "DPM++ 2M"]}
+    assert len(sidecar["cells"]) == 6
+    with Image.open(sheet) as image:
+        assert image.width > image.height > 2 * 256  # three columns, two rows of 256 px cells
+    before = sheet.stat().st_mtime_ns
+    manifest = json.loads((out_dir / "batches" / f"{batch_id}.json").read_text())
+    assert write_contact_sheet(manifest, out_dir) == sheet  # a second delivery keeps the first sheet
+    assert sheet.stat().st_mtime_ns == before
+
+
+def test_contact_sheet_without_a_sweep_is_refused(sdpipe: Invoke, tmp_path: Path) -> None:
+    rows = tmp_path / "p.txt"
+    rows.write_text("a lighthouse\n")
+    result = sdpipe("batch", str(rows), "--contact-sheet", "--dry-run")
+    assert result.exit_code == 2
+    assert "--contact-sheet needs a --sweep" in result.stderr

@@ -1,0 +1,122 @@
+"""The contact sheet of a sweep batch: its images on an X/Y grid, labelled with the swept values.
+
+Like A1111's X/Y/Z plot: the first sweep is the X axis (columns), the second the Y axis (rows); a
+third and further sweeps, and template expansions, give more cells for the same (x, y), which are
+laid side by side in that cell's row. The labels use the font Pillow ships (no download).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.jobs.files import atomic_write_bytes, atomic_write_json
+
+__all__ = ["CONTACT_SHEET_SUFFIX", "build_contact_sheet", "write_contact_sheet"]
+
+logger = logging.getLogger(__name__)
+
+#: The sheet's file name is ``<batch id><suffix>.png`` beside the batch's manifest.
+CONTACT_SHEET_SUFFIX = "-contact-sheet"
+#: Longest side of one cell, in pixels (images are scaled down to fit).
+_CELL_PX = 256
+_FONT_PX = 18
+_PAD_PX = 8
+
+
+def _label(key: str, value: Any) -> str:
+    return f"{key}: {value}"
+
+
+def build_contact_sheet(
+    cells: Mapping[tuple[Any, Any], Path], *, x_key: str, x_values: list[Any], y_key: str | None, y_values: list[Any]
+) -> Image.Image:
+    """The sheet: one column per X value, one row per Y value, axis labels on the top and the left."""
+    font = ImageFont.load_default(size=_FONT_PX)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def width_of(text: str) -> int:
+        left, _, right, _ = probe.textbbox((0, 0), text, font=font)
+        return int(right - left)
+
+    y_labels = [_label(y_key, v) if y_key else "" for v in y_values]
+    left_px = max((width_of(t) for t in y_labels), default=0) + 2 * _PAD_PX if y_key else _PAD_PX
+    top_px = _FONT_PX + 3 * _PAD_PX
+    sheet = Image.new(
+        "RGB",
+        (left_px + len(x_values) * (_CELL_PX + _PAD_PX), top_px + len(y_values) * (_CELL_PX + _PAD_PX)),
+        "white",
+    )
+    draw = ImageDraw.Draw(sheet)
+    for column, x in enumerate(x_values):
+        text = _label(x_key, x)
+        x0 = left_px + column * (_CELL_PX + _PAD_PX)
+        draw.text((x0 + (_CELL_PX - width_of(text)) // 2, _PAD_PX), text, fill="black", font=font)
+    for row, y in enumerate(y_values):
+        y0 = top_px + row * (_CELL_PX + _PAD_PX)
+        if y_key:
+            draw.text((_PAD_PX, y0 + _CELL_PX // 2 - _FONT_PX // 2), y_labels[row], fill="black", font=font)
+        for column, x in enumerate(x_values):
+            path = cells.get((x, y))
+            x0 = left_px + column * (_CELL_PX + _PAD_PX)
+            if path is None or not path.is_file():
+                draw.rectangle((x0, y0, x0 + _CELL_PX, y0 + _CELL_PX), outline="gray")
+                draw.text((x0 + _PAD_PX, y0 + _CELL_PX // 2), "missing", fill="gray", font=font)
+                continue
+            with Image.open(path) as image:
+                thumb = image.convert("RGB")
+                thumb.thumbnail((_CELL_PX, _CELL_PX))
+            sheet.paste(thumb, (x0 + (_CELL_PX - thumb.width) // 2, y0 + (_CELL_PX - thumb.height) // 2))
+    return sheet
+
+
+def write_contact_sheet(manifest: Mapping[str, Any], output_dir: Path) -> Path | None:
+    """Write the contact sheet of a finished sweep batch (and its sidecar) once, atomically; its path.
+
+    None when the batch has no sweep. An existing sheet is kept: writing is safe to repeat.
+    """
+    rows = [row for row in manifest["rows"] if row["params"].get("sweep")]
+    if not rows:
+        return None
+    folder = output_dir / "batches"
+    path = folder / f"{manifest['batch_id']}{CONTACT_SHEET_SUFFIX}.png"
+    if path.exists():
+        return path
+    keys = list(rows[0]["params"]["sweep"])
+    x_key, y_key = keys[0], (keys[1] if len(keys) > 1 else None)
+    x_values: list[Any] = []
+    y_values: list[Any] = []
+    cells: dict[tuple[Any, Any], Path] = {}
+    sources = []
+    for row in rows:
+        sweep = row["params"]["sweep"]
+        x, y = sweep[x_key], (sweep[y_key] if y_key else "")
+        x_values += [x] if x not in x_values else []
+        y_values += [y] if y not in y_values else []
+        done = [job for job in row["jobs"] if job.get("output")]
+        if done and (x, y) not in cells:
+            cells[(x, y)] = Path(done[0]["output"])
+            sources.append({"x": x, "y": y, "job_id": done[0]["job_id"], "image": done[0]["output"]})
+    sheet = build_contact_sheet(cells, x_key=x_key, x_values=x_values, y_key=y_key, y_values=y_values)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    # The sidecar first: a sheet on disk always has its sidecar.
+    atomic_write_json(
+        path.with_suffix(".json"),
+        {
+            "batch_id": manifest["batch_id"],
+            "kind": "contact_sheet",
+            "x": {"field": x_key, "values": x_values},
+            "y": {"field": y_key, "values": y_values} if y_key else None,
+            "cells": sources,
+            "image": str(path),
+        },
+    )
+    atomic_write_bytes(path, buffer.getvalue())
+    logger.info("batch %s: contact sheet %s", manifest["batch_id"], path)
+    return path
