@@ -136,6 +136,8 @@ def row_variants(
                 record["template"] = template
             if combo:
                 record["sweep"] = {key: typed.get(_row_key(key), value) for key, value in combo.items()}
+                if options.get("contact_sheet"):
+                    record["contact_sheet"] = True  # the worker finishing the batch writes it
             merged = {**own, **typed}
             if group_count is not None:
                 merged["count"] = group_count

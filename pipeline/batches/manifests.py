@@ -24,6 +24,7 @@ __all__ = [
     "ResumePlan",
     "batch_records",
     "build_manifest",
+    "contact_sheet_when_done",
     "plan_resume",
     "retry_step",
     "write_manifest",
@@ -75,6 +76,22 @@ def build_manifest(batch: BatchRecord, records: dict[str, JobRecord], *, now: fl
         "jobs": sum(counts.values()),
         "rows": rows,
     }
+
+
+def contact_sheet_when_done(store: StatusStore, batch_id: str, output_dir: Path) -> Path | None:
+    """The batch's contact sheet, written if every job of the batch has ended (else None).
+
+    Called after each job of a ``--contact-sheet`` batch ends, by whichever worker ends it: each checks
+    after recording its own end, so the last to finish sees the batch complete (two may: the sheet is
+    published once).
+    """
+    from pipeline.images.contact_sheet import write_contact_sheet
+
+    batch = store.get_batch(batch_id)
+    records = batch_records(store, batch)
+    if any(job not in records or not records[job].state.terminal for job in batch.job_ids):
+        return None
+    return write_contact_sheet(build_manifest(batch, records), output_dir)
 
 
 def write_manifest(output_dir: Path, manifest: dict[str, Any]) -> Path:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.jobs.files import atomic_write_bytes, atomic_write_json
+from pipeline.jobs.files import atomic_write_json
 
 __all__ = ["CONTACT_SHEET_SUFFIX", "build_contact_sheet", "write_contact_sheet"]
 
@@ -78,7 +80,8 @@ def build_contact_sheet(
 def write_contact_sheet(manifest: Mapping[str, Any], output_dir: Path) -> Path | None:
     """Write the contact sheet of a finished sweep batch (and its sidecar) once, atomically; its path.
 
-    None when the batch has no sweep. An existing sheet is kept: writing is safe to repeat.
+    None when the batch has no sweep. An existing sheet is kept: writing is safe to repeat, and two
+    workers finishing the batch's last jobs at once publish one sheet (an exclusive hard link).
     """
     rows = [row for row in manifest["rows"] if row["params"].get("sweep")]
     if not rows:
@@ -117,6 +120,22 @@ def write_contact_sheet(manifest: Mapping[str, Any], output_dir: Path) -> Path |
             "image": str(path),
         },
     )
-    atomic_write_bytes(path, buffer.getvalue())
+    _publish_once(path, buffer.getvalue())
     logger.info("batch %s: contact sheet %s", manifest["batch_id"], path)
     return path
+
+
+def _publish_once(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` complete, or whatever another writer published first (never a torn file)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # fails if the sheet exists: the first complete one stays
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)

@@ -180,6 +180,8 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
         _files(ctx, record).remove_work_dir()
         ctx.store.mark_succeeded(job_id, result, now=now)
         logger.info("job %s: succeeded -> %s", job_id, result.image)
+        if (record.spec.prompt_template or {}).get("contact_sheet") and record.spec.batch_id:
+            _contact_sheet(ctx, record)
     else:
         logger.debug("job %s: %s %s", job_id, step, "skipped (output exists)" if skipped else "done")
     return StepOutcome(ran=True, skipped=skipped)
@@ -229,6 +231,20 @@ def remove_orphaned_work(ctx: StepContext, *, older_than_s: float = ORPHAN_WORK_
             ctx.store.records_lost_reason,
         )
     return removed
+
+
+def _contact_sheet(ctx: StepContext, record: JobRecord) -> None:
+    """The batch's contact sheet if this job was its last; a failure here never fails the job."""
+    from pipeline.batches.manifests import contact_sheet_when_done
+
+    output_dir = Path(record.spec.output_dir) if record.spec.output_dir else ctx.settings.output_dir
+    try:
+        sheet = contact_sheet_when_done(ctx.store, str(record.spec.batch_id), output_dir.absolute())
+    except (PipelineError, OSError) as exc:
+        logger.warning("job %s: contact sheet of batch %s not written: %s", record.job_id, record.spec.batch_id, exc)
+        return
+    if sheet is not None:
+        logger.info("job %s: batch %s complete, contact sheet %s", record.job_id, record.spec.batch_id, sheet)
 
 
 def _files(ctx: StepContext, record: JobRecord) -> JobFiles:
