@@ -20,11 +20,13 @@ from cli.output import (
 )
 from cli.request_options import (
     ClipSkipOption,
+    CombinatorialOption,
     DenoiseOption,
     HiresOption,
     HrScaleOption,
     HrStepsOption,
     HrUpscalerOption,
+    MaxPromptsOption,
     ModelOption,
     OverrideOption,
     ParamOption,
@@ -35,13 +37,18 @@ from cli.request_options import (
     StylesOption,
     SubseedOption,
     SubseedStrengthOption,
+    SweepOption,
+    TemplateOption,
+    TemplateSeedOption,
     apply_flags,
     request_fields,
+    template_fields,
 )
-from pipeline.batches.rows import check_request, generation_request
+from pipeline.batches.expansion import plan_templated, split_template_keys
+from pipeline.batches.rows import check_request
 from pipeline.errors import InputsRejected, StoreUnavailable
 from pipeline.jobs.files import check_output_dir
-from pipeline.jobs.planning import build_step_params, new_id, plan_generate, plan_process, travelling_overrides
+from pipeline.jobs.planning import build_step_params, new_id, plan_process, travelling_overrides
 from pipeline.models import JobSpec, JobState
 from pipeline.sd.catalog import open_catalog
 from pipeline.settings import OutputFormat, Settings
@@ -102,6 +109,11 @@ def generate(
     param: ParamOption = None,
     script: ScriptOption = None,
     request_file: RequestOption = None,
+    template: TemplateOption = None,
+    combinatorial: CombinatorialOption = False,
+    max_prompts: MaxPromptsOption = None,
+    template_seed: TemplateSeedOption = None,
+    sweep: SweepOption = None,
     grid: GridOption = None,
     band_px: BandOption = None,
     sigma: SigmaOption = None,
@@ -153,13 +165,23 @@ def generate(
             scheduler=scheduler,
         )
         output_dir, backend_url = travelling_overrides(settings, out=out, sd_url=sd_url)
+        options, _ = split_template_keys(
+            template_fields(
+                template=template,
+                combinatorial=combinatorial,
+                max_prompts=max_prompts,
+                template_seed=template_seed,
+                sweep=sweep,
+            )
+        )
         with open_catalog(settings) as checker:
-            request = generation_request(check_request(fields, known_fields=checker.known_fields()))
-            specs = plan_generate(
+            specs = plan_templated(
                 settings,
-                request,
+                check_request(fields, known_fields=checker.known_fields()),
+                options,
                 step_params,
                 count=count,
+                checker=checker,
                 output_format=output_format,
                 quality=quality,
                 name_template=name_template,
@@ -167,7 +189,6 @@ def generate(
                 output_dir=output_dir,
                 backend_url=backend_url,
                 batch_id=new_id(),
-                checker=checker,
                 now=time.time(),
             )
         check_output_dir(settings.output_dir)

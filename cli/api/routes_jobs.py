@@ -30,10 +30,11 @@ from cli.api.schemas import (
     RetryResult,
     job_view,
 )
+from pipeline.batches.expansion import plan_templated, split_template_keys
 from pipeline.batches.files import BatchFileError, PlannedRow, read_batch_file
 from pipeline.batches.manifests import batch_records, build_manifest, retry_step
-from pipeline.batches.rows import check_request, generation_request
-from pipeline.jobs.planning import build_step_params, new_id, plan_generate
+from pipeline.batches.rows import check_request
+from pipeline.jobs.planning import build_step_params, new_id
 from pipeline.models import JobRecord, JobState
 from pipeline.sd.catalog import open_catalog
 from pipeline.settings import Settings
@@ -95,19 +96,20 @@ def _submit_generate(request: Request, body: GenerateBody) -> tuple[str, list[st
     fields = body.model_dump(
         exclude_none=True, exclude={"count", "grid", "band_px", "sigma", "format", "quality", "name"}
     )
+    options, fields = split_template_keys(fields)  # template, combinatorial, template_seed, sweep...
     batch_id = new_id()
     with open_catalog(settings) as checker:
-        generation = generation_request(check_request(fields, known_fields=checker.known_fields()))
-        specs = plan_generate(
+        specs = plan_templated(
             settings,
-            generation,
+            check_request(fields, known_fields=checker.known_fields()),
+            options,
             step_params,
             count=body.count,
+            checker=checker,
             output_format=body.format,
             quality=body.quality,
             name=body.name,
             batch_id=batch_id,
-            checker=checker,
             now=time.time(),
         )
     ensure_output_dir(settings)

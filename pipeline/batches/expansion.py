@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.batches.rows import TEMPLATE_KEYS, check_row
+from pipeline.batches.rows import TEMPLATE_KEYS, check_row, generation_request
 from pipeline.errors import InputError
+from pipeline.jobs.planning import RequestChecker, plan_generate
+from pipeline.models import JobSpec, StepParams
 from pipeline.prompts.sweeps import parse_sweeps, sweep_combinations
 from pipeline.prompts.templates import TemplateMode, expand_templates, is_template
+from pipeline.settings import Settings
 
-__all__ = ["RowVariant", "row_variants", "split_template_keys"]
+__all__ = ["RowVariant", "plan_templated", "row_variants", "split_template_keys"]
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off", ""})
@@ -149,3 +152,42 @@ def _row_key(key: str) -> str:
     from pipeline.batches.rows import A1111_NAMES
 
     return A1111_NAMES.get(key, key)
+
+
+def plan_templated(
+    settings: Settings,
+    values: Mapping[str, Any],
+    options: Mapping[str, Any],
+    step_params: StepParams,
+    *,
+    count: int,
+    checker: RequestChecker | None,
+    **plan: Any,
+) -> list[JobSpec]:
+    """The jobs of one checked request (``generate``, ``POST /api/generate``): every template expansion
+    times every sweep combination, each planned by :func:`~pipeline.jobs.planning.plan_generate`
+    (``plan`` are its other keyword arguments), each spec keeping its template record.
+
+    Raises:
+        InputError: a template that cannot expand, a bad sweep value, or what plan_generate refuses.
+    """
+    known = checker.known_fields() if checker is not None else None
+    specs: list[JobSpec] = []
+    variants = row_variants(
+        {**values, "count": count},
+        options,
+        wildcards_dir=settings.wildcards_dir,
+        max_prompts=settings.max_prompts,
+        known_fields=known,
+    )
+    for variant in variants:
+        planned = plan_generate(
+            settings,
+            generation_request(variant.values),
+            step_params,
+            count=variant.values["count"],
+            checker=checker,
+            **plan,
+        )
+        specs += [spec.model_copy(update={"prompt_template": variant.record}) for spec in planned]
+    return specs

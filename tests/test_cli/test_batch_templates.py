@@ -144,3 +144,35 @@ def test_contact_sheet_without_a_sweep_is_refused(sdpipe: Invoke, tmp_path: Path
     result = sdpipe("batch", str(rows), "--contact-sheet", "--dry-run")
     assert result.exit_code == 2
     assert "--contact-sheet needs a --sweep" in result.stderr
+
+
+def test_generate_expands_a_template_and_sends_each_prompt(sdpipe: Invoke, out_dir: Path, wildcards: Path) -> None:
+    url = "mock://generate-templates"
+    result = sdpipe("generate", TEMPLATE, "--combinatorial", "--sd-url", url, *SMALL)
+    assert result.exit_code == 0, result.output
+    sent = _sent_prompts(url)
+    assert len(sent) == 12 == len(set(sent))
+    sidecars = [json.loads(p.read_text()) for p in out_dir.glob("*.json")]
+    assert sorted(s["prompt"] for s in sidecars) == sorted(sent)
+    assert {s["template"]["prompt"] for s in sidecars} == {TEMPLATE}
+
+
+def test_schedule_runs_differ_without_a_template_seed_and_repeat_with_one(
+    sdpipe: Invoke, tmp_path: Path, wildcards: Path
+) -> None:
+    from pipeline.batches.files import read_batch_file
+    from pipeline.settings import Settings
+
+    rows = _csv(tmp_path / "rows.csv", TEMPLATE)
+    settings = Settings(_env_file=None, wildcards_dir=wildcards)  # type: ignore[call-arg]
+
+    def run(defaults: dict[str, object]) -> list[str]:  # what a schedule's firing reads (its stored defaults)
+        planned = read_batch_file(rows, settings, defaults={**defaults, "count": 6}, batch_id="b", now=0.0)
+        return [row.params["prompt"] for row in planned]
+
+    assert run({"template_seed": 11}) == run({"template_seed": 11})
+    assert len({tuple(run({})) for _ in range(4)}) > 1
+    added = sdpipe("schedule", "add", "nightly", str(rows), "--cron", "0 3 * * *", "--template-seed", "11")
+    assert added.exit_code == 0, added.output
+    shown = sdpipe("schedule", "show", "nightly")
+    assert "template_seed" in shown.output
