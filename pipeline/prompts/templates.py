@@ -25,6 +25,8 @@ __all__ = ["Expansion", "TemplateMode", "check_template", "expand_templates", "i
 
 #: Deepest nesting of wildcard files checked (a wildcard's lines may hold templates of their own).
 _MAX_WILDCARD_DEPTH = 8
+#: Most options of one part of a template for which the choices made are traced (beyond: not recorded).
+_MAX_PART_OPTIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,17 @@ class Expansion:
     index: int
     #: The random sampler's seed (random mode), so the same template and seed make the same prompts.
     template_seed: int | None
+    #: What each variant and wildcard of the prompt template became, in template order (``{"part":
+    #: "__weather__", "value": "fog"}``); None when it cannot be told (variables, huge parts).
+    picks: tuple[dict[str, str], ...] | None = None
 
     def record(self, *, prompt_template: str, negative_template: str, combinatorial: bool) -> dict[str, Any]:
         """What a sidecar and a manifest keep: the templates and the choices that made this expansion."""
         choices: dict[str, Any] = {"mode": "combinatorial" if combinatorial else "random", "index": self.index}
         if self.template_seed is not None:
             choices["template_seed"] = self.template_seed
+        if self.picks is not None:
+            choices["picks"] = list(self.picks)
         return {"prompt": prompt_template, "negative": negative_template, "choices": choices}
 
 
@@ -178,6 +185,70 @@ def _samples(text: str, wildcards_dir: Path, seeds: list[int]) -> list[str]:
         return [str(prompt) for prompt in generator.generate(text, len(seeds), seeds=seeds)]
 
 
+def _label(node: Any) -> str:
+    from dynamicprompts.commands import LiteralCommand, VariantCommand, WildcardCommand
+
+    if isinstance(node, WildcardCommand) and isinstance(node.wildcard, str):
+        return f"__{node.wildcard}__"
+    if isinstance(node, VariantCommand):
+        texts = [o.value.literal if isinstance(o.value, LiteralCommand) else "…" for o in node.variants]
+        return "{" + "|".join(texts) + "}"
+    return "{…}"
+
+
+def _parts(text: str, wildcards_dir: Path) -> list[tuple[str | None, list[str]]] | None:
+    """The template as parts in order: literal text (label None) or a variant/wildcard and its options."""
+    from dynamicprompts.commands import LiteralCommand, SequenceCommand, VariantCommand, WildcardCommand
+    from dynamicprompts.enums import SamplingMethod
+    from dynamicprompts.sampling_context import SamplingContext
+
+    with _library():
+        tree = _parse(text, "prompt")
+        tokens = tree.tokens if isinstance(tree, SequenceCommand) else [tree]
+        context = SamplingContext(
+            wildcard_manager=_wildcard_manager(wildcards_dir), default_sampling_method=SamplingMethod.COMBINATORIAL
+        )
+        parts: list[tuple[str | None, list[str]]] = []
+        for token in tokens:
+            if isinstance(token, LiteralCommand):
+                parts.append((None, [token.literal]))
+            elif isinstance(token, VariantCommand | WildcardCommand):
+                options = []
+                for result in context.generator_from_command(token):
+                    options.append(str(result))
+                    if len(options) > _MAX_PART_OPTIONS:
+                        return None
+                parts.append((_label(token), sorted(set(options), key=len, reverse=True)))
+            else:
+                return None  # variables, wraps: not traced
+    return parts
+
+
+def _match(parts: list[tuple[str | None, list[str]]], text: str) -> tuple[dict[str, str], ...] | None:
+    """Which option of each part makes ``text`` (the first way that does), or None."""
+
+    def walk(index: int, at: int) -> list[dict[str, str]] | None:
+        if index == len(parts):
+            return [] if at == len(text) else None
+        label, options = parts[index]
+        for option in options:
+            if text.startswith(option, at):
+                rest = walk(index + 1, at + len(option))
+                if rest is not None:
+                    return rest if label is None else [{"part": label, "value": option}, *rest]
+        return None
+
+    found = walk(0, 0)
+    return tuple(found) if found is not None else None
+
+
+def _with_picks(expansions: list[Expansion], template: str, wildcards_dir: Path) -> list[Expansion]:
+    parts = _parts(template, wildcards_dir) if is_template(template) else None
+    if parts is None:
+        return expansions
+    return [dataclasses.replace(e, picks=_match(parts, e.prompt)) for e in expansions]
+
+
 def expand_templates(
     prompt: str, negative: str, *, wildcards_dir: Path, mode: TemplateMode, count: int
 ) -> list[Expansion]:
@@ -202,10 +273,12 @@ def expand_templates(
                 limit=mode.max_prompts,
             )
         pairs = [(p, n) for p in prompts for n in negatives]
-        return [Expansion(p, n, index, None) for index, (p, n) in enumerate(pairs)]
+        made = [Expansion(p, n, index, None) for index, (p, n) in enumerate(pairs)]
+        return _with_picks(made, prompt, wildcards_dir)
     template_seed = mode.seed if mode.seed is not None else random.SystemRandom().randrange(2**31)
     # One sampler seed per image: the i-th prompt depends only on (template, template seed, i).
     seeds = [template_seed + index for index in range(count)]
     prompts = _samples(prompt, wildcards_dir, seeds)
     negatives = _samples(negative, wildcards_dir, [seed + 2**31 for seed in seeds])
-    return [Expansion(p, n, index, template_seed) for index, (p, n) in enumerate(zip(prompts, negatives, strict=True))]
+    made = [Expansion(p, n, index, template_seed) for index, (p, n) in enumerate(zip(prompts, negatives, strict=True))]
+    return _with_picks(made, prompt, wildcards_dir)

@@ -27,6 +27,9 @@ def test_combinatorial_template_makes_every_distinct_prompt(wildcards: Path) -> 
     assert len(prompts) == 12 == len(set(prompts))
     assert "a green boat in snow" in prompts
     assert [e.index for e in expansions] == list(range(12))
+    for expansion in expansions:  # the picks recorded are the ones that make the prompt
+        assert expansion.picks is not None
+        assert expansion.prompt == "a {} {} in {}".format(*(pick["value"] for pick in expansion.picks))
 
 
 def test_nested_folder_wildcards_and_counted_picks_expand(wildcards: Path) -> None:
@@ -47,11 +50,15 @@ def test_random_template_with_seed_repeats_and_records_it(wildcards: Path) -> No
     again = expand_templates(TEMPLATE, "", wildcards_dir=wildcards, mode=mode, count=5)
     assert [e.prompt for e in first] == [e.prompt for e in again]
     record = first[0].record(prompt_template=TEMPLATE, negative_template="", combinatorial=False)
-    assert record == {
-        "prompt": TEMPLATE,
-        "negative": "",
-        "choices": {"mode": "random", "index": 0, "template_seed": 42},
-    }
+    choices = record["choices"]
+    assert (record["prompt"], choices["mode"], choices["index"], choices["template_seed"]) == (
+        TEMPLATE,
+        "random",
+        0,
+        42,
+    )
+    picks = {pick["part"]: pick["value"] for pick in choices["picks"]}
+    assert f"a {picks['{red|green}']} {picks['{car|boat}']} in {picks['__weather__']}" == first[0].prompt
 
 
 def test_random_template_without_seed_varies_between_runs(wildcards: Path) -> None:
