@@ -38,6 +38,7 @@ from cli.progress import watch_batch
 from cli.request_options import (
     ClipSkipOption,
     CombinatorialOption,
+    ContactSheetOption,
     DenoiseOption,
     HiresOption,
     HrScaleOption,
@@ -138,6 +139,7 @@ def add(
     max_prompts: MaxPromptsOption = None,
     template_seed: TemplateSeedOption = None,
     sweep: SweepOption = None,
+    contact_sheet: ContactSheetOption = False,
 ) -> None:
     """Add a schedule: render FILE as a batch at every occurrence of --cron."""
     with cli_errors():
@@ -167,6 +169,7 @@ def add(
                 max_prompts=max_prompts,
                 template_seed=template_seed,
                 sweep=sweep,
+                contact_sheet=contact_sheet,
             )
         )
     options = apply_flags(

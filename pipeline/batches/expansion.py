@@ -10,6 +10,7 @@ sidecars keep.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from pipeline.prompts.sweeps import parse_sweeps, sweep_combinations
 from pipeline.prompts.templates import TemplateMode, expand_templates, is_template
 from pipeline.settings import Settings
 
-__all__ = ["RowVariant", "plan_templated", "row_variants", "split_template_keys"]
+__all__ = ["RowVariant", "batch_template_seed", "plan_templated", "row_variants", "split_template_keys"]
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off", ""})
@@ -84,6 +85,14 @@ def split_template_keys(raw: Mapping[Any, Any]) -> tuple[dict[str, Any], dict[An
     return options, rest
 
 
+def batch_template_seed(batch_id: str, line: int) -> int:
+    """The random template seed of a batch row given none: fixed by the batch id and the line.
+
+    Only the id's first 8 characters count, so ``--resume`` with an 8-character prefix picks the same.
+    """
+    return zlib.crc32(f"{batch_id[:8]}:{line}".encode()) & 0x7FFFFFFF
+
+
 def row_variants(
     values: Mapping[str, Any],
     options: Mapping[str, Any],
@@ -91,8 +100,13 @@ def row_variants(
     wildcards_dir: Path,
     max_prompts: int,
     known_fields: Collection[str] | None = None,
+    default_seed: int | None = None,
 ) -> list[RowVariant]:
     """The job groups of one checked row: each template expansion, for each combination of the sweeps.
+
+    Random picks use ``template_seed`` if the options give one, else ``default_seed`` (a batch file
+    derives it from the batch id and the line, so ``--resume`` picks the same prompts again while a new
+    batch, e.g. a schedule's next run, picks anew), else a fresh random seed.
 
     Raises:
         InputError: a template that cannot expand (unbalanced brace, missing wildcard file, more
@@ -108,7 +122,7 @@ def row_variants(
         mode = TemplateMode(
             combinatorial=combinatorial,
             max_prompts=int(options.get("max_prompts", max_prompts)),
-            seed=options.get("template_seed"),
+            seed=options.get("template_seed", default_seed),
         )
         expansions = expand_templates(prompt, negative, wildcards_dir=wildcards_dir, mode=mode, count=count)
         groups = []

@@ -21,7 +21,7 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
-from pipeline.batches.expansion import RowVariant, row_variants, split_template_keys
+from pipeline.batches.expansion import RowVariant, batch_template_seed, row_variants, split_template_keys
 from pipeline.batches.formats import RowProblem, parse_batch_file
 from pipeline.batches.rows import ROW_KEYS, FieldIssue, check_row, generation_request
 from pipeline.errors import BatchFileError, InputError
@@ -178,6 +178,7 @@ def read_batch_file(
                     wildcards_dir=settings.wildcards_dir,
                     max_prompts=settings.max_prompts,
                     known_fields=known_fields,
+                    default_seed=batch_template_seed(batch_id, raw.line),
                 )
             except InputError as exc:
                 raise InputError(f"line {raw.line}: {exc.message}", field=exc.field, limit=exc.limit) from exc

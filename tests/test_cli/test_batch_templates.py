@@ -161,13 +161,14 @@ def test_schedule_runs_differ_without_a_template_seed_and_repeat_with_one(
     sdpipe: Invoke, tmp_path: Path, wildcards: Path
 ) -> None:
     from pipeline.batches.files import read_batch_file
+    from pipeline.jobs.planning import new_id
     from pipeline.settings import Settings
 
     rows = _csv(tmp_path / "rows.csv", TEMPLATE)
     settings = Settings(_env_file=None, wildcards_dir=wildcards)  # type: ignore[call-arg]
 
-    def run(defaults: dict[str, object]) -> list[str]:  # what a schedule's firing reads (its stored defaults)
-        planned = read_batch_file(rows, settings, defaults={**defaults, "count": 6}, batch_id="b", now=0.0)
+    def run(defaults: dict[str, object]) -> list[str]:  # what a schedule's firing does: a new batch, its defaults
+        planned = read_batch_file(rows, settings, defaults={**defaults, "count": 6}, batch_id=new_id(), now=0.0)
         return [row.params["prompt"] for row in planned]
 
     assert run({"template_seed": 11}) == run({"template_seed": 11})
@@ -176,3 +177,16 @@ def test_schedule_runs_differ_without_a_template_seed_and_repeat_with_one(
     assert added.exit_code == 0, added.output
     shown = sdpipe("schedule", "show", "nightly")
     assert "template_seed" in shown.output
+
+
+def test_resume_of_a_random_template_batch_picks_the_same_prompts(
+    sdpipe: Invoke, tmp_path: Path, wildcards: Path
+) -> None:
+    rows = _csv(tmp_path / "rows.csv", TEMPLATE)
+    url = "mock://resume-templates"
+    first = sdpipe("batch", str(rows), "--count", "4", "--sd-url", url, *SMALL)
+    assert first.exit_code == 0, first.output
+    batch_id = first.stdout.splitlines()[0].split()[1]
+    again = sdpipe("batch", str(rows), "--count", "4", "--sd-url", url, "--resume", batch_id[:8], *SMALL)
+    assert again.exit_code == 0, again.output
+    assert "0 new job(s), 0 retried, 4 already done" in again.stderr
