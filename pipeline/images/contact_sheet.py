@@ -1,8 +1,9 @@
 """The contact sheet of a sweep batch: its images on an X/Y grid, labelled with the swept values.
 
-Like A1111's X/Y/Z plot: the first sweep is the X axis (columns), the second the Y axis (rows); a
-third and further sweeps, and template expansions, give more cells for the same (x, y), which are
-laid side by side in that cell's row. The labels use the font Pillow ships (no download).
+Like A1111's X/Y plot: the first sweep is the X axis (columns), the second the Y axis (rows; one row
+with a single sweep). Where more jobs share an (x, y) (a third sweep, template expansions, ``count``),
+the cell shows the first of them; the sidecar names the job each cell shows. A cell whose job failed
+reads "missing". The labels use the font Pillow ships (no download).
 """
 
 from __future__ import annotations
@@ -35,10 +36,25 @@ def _label(key: str, value: Any) -> str:
     return f"{key}: {value}"
 
 
+def _thumbnails(cells: Mapping[tuple[Any, Any], Path]) -> dict[tuple[Any, Any], Image.Image]:
+    thumbs = {}
+    for where, path in cells.items():
+        if not path.is_file():
+            continue
+        with Image.open(path) as image:
+            thumb = image.convert("RGB")
+        thumb.thumbnail((_CELL_PX, _CELL_PX))
+        thumbs[where] = thumb
+    return thumbs
+
+
 def build_contact_sheet(
     cells: Mapping[tuple[Any, Any], Path], *, x_key: str, x_values: list[Any], y_key: str | None, y_values: list[Any]
 ) -> Image.Image:
-    """The sheet: one column per X value, one row per Y value, axis labels on the top and the left."""
+    """The sheet: one column per X value, one row per Y value, axis labels on the top and the left.
+
+    Images are scaled down to fit :data:`_CELL_PX`, never up; a column is at least as wide as its label.
+    """
     font = ImageFont.load_default(size=_FONT_PX)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
@@ -46,34 +62,31 @@ def build_contact_sheet(
         left, _, right, _ = probe.textbbox((0, 0), text, font=font)
         return int(right - left)
 
+    thumbs = _thumbnails(cells)
+    x_labels = [_label(x_key, v) for v in x_values]
     y_labels = [_label(y_key, v) if y_key else "" for v in y_values]
+    cell_w = max([t.width for t in thumbs.values()] + [width_of(t) + _PAD_PX for t in x_labels] + [64])
+    cell_h = max([t.height for t in thumbs.values()] + [_FONT_PX + 2 * _PAD_PX, 64])
     left_px = max((width_of(t) for t in y_labels), default=0) + 2 * _PAD_PX if y_key else _PAD_PX
     top_px = _FONT_PX + 3 * _PAD_PX
-    sheet = Image.new(
-        "RGB",
-        (left_px + len(x_values) * (_CELL_PX + _PAD_PX), top_px + len(y_values) * (_CELL_PX + _PAD_PX)),
-        "white",
-    )
+    size = (left_px + len(x_values) * (cell_w + _PAD_PX), top_px + len(y_values) * (cell_h + _PAD_PX))
+    sheet = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(sheet)
-    for column, x in enumerate(x_values):
-        text = _label(x_key, x)
-        x0 = left_px + column * (_CELL_PX + _PAD_PX)
-        draw.text((x0 + (_CELL_PX - width_of(text)) // 2, _PAD_PX), text, fill="black", font=font)
+    for column, text in enumerate(x_labels):
+        x0 = left_px + column * (cell_w + _PAD_PX)
+        draw.text((x0 + (cell_w - width_of(text)) // 2, _PAD_PX), text, fill="black", font=font)
     for row, y in enumerate(y_values):
-        y0 = top_px + row * (_CELL_PX + _PAD_PX)
+        y0 = top_px + row * (cell_h + _PAD_PX)
         if y_key:
-            draw.text((_PAD_PX, y0 + _CELL_PX // 2 - _FONT_PX // 2), y_labels[row], fill="black", font=font)
+            draw.text((_PAD_PX, y0 + cell_h // 2 - _FONT_PX // 2), y_labels[row], fill="black", font=font)
         for column, x in enumerate(x_values):
-            path = cells.get((x, y))
-            x0 = left_px + column * (_CELL_PX + _PAD_PX)
-            if path is None or not path.is_file():
-                draw.rectangle((x0, y0, x0 + _CELL_PX, y0 + _CELL_PX), outline="gray")
-                draw.text((x0 + _PAD_PX, y0 + _CELL_PX // 2), "missing", fill="gray", font=font)
+            x0 = left_px + column * (cell_w + _PAD_PX)
+            thumb = thumbs.get((x, y))
+            if thumb is None:
+                draw.rectangle((x0, y0, x0 + cell_w - 1, y0 + cell_h - 1), outline="gray")
+                draw.text((x0 + _PAD_PX, y0 + cell_h // 2 - _FONT_PX // 2), "missing", fill="gray", font=font)
                 continue
-            with Image.open(path) as image:
-                thumb = image.convert("RGB")
-                thumb.thumbnail((_CELL_PX, _CELL_PX))
-            sheet.paste(thumb, (x0 + (_CELL_PX - thumb.width) // 2, y0 + (_CELL_PX - thumb.height) // 2))
+            sheet.paste(thumb, (x0 + (cell_w - thumb.width) // 2, y0 + (cell_h - thumb.height) // 2))
     return sheet
 
 
