@@ -221,7 +221,15 @@ class Runtime:
         self.submit_plan(plan, wait_for_room=wait_for_room, on_wait=on_wait, keep_order=keep_order)
         return plan
 
-    def submit_file(self, path: Path, *, defaults: Mapping[str, Any], schedule: str | None = None) -> ResumePlan:
+    def submit_file(
+        self,
+        path: Path,
+        *,
+        defaults: Mapping[str, Any],
+        schedule: str | None = None,
+        name_template: str | None = None,
+        overwrite: bool = False,
+    ) -> ResumePlan:
         """Read, validate and submit a batch file as a new batch (what a schedule does when it fires).
 
         Raises:
@@ -238,6 +246,8 @@ class Runtime:
                 defaults=defaults,
                 batch_id=batch_id,
                 now=now,
+                name_template=name_template,
+                overwrite=overwrite,
                 checker=checker,
                 defaults_over_file=schedule is not None,
             )

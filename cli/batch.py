@@ -22,6 +22,8 @@ from cli.common import (
     HeightDefault,
     NegativeDefault,
     QualityDefault,
+    RowNameTemplateOption,
+    RowOverwriteOption,
     SamplerDefault,
     SchedulerDefault,
     SeedDefault,
@@ -109,17 +111,8 @@ def batch(
     sigma: SigmaDefault = None,
     output_format: FormatDefault = None,
     quality: QualityDefault = None,
-    name_template: Annotated[
-        str | None,
-        typer.Option(
-            "--name-template",
-            help="Output names of rows without a name: {date} {time} {job} {batch} {seed} {model} {prompt} "
-            "{row}, / for folders (default OUTPUT_NAME).",
-        ),
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace files of the same name instead of adding a -0001 counter.")
-    ] = False,
+    name_template: RowNameTemplateOption = None,
+    overwrite: RowOverwriteOption = False,
     hires: HiresOption = None,
     hr_scale: HrScaleOption = None,
     hr_upscaler: HrUpscalerOption = None,

@@ -125,3 +125,14 @@ FormatDefault = Annotated[OutputFormat | None, typer.Option("--format", help="De
 QualityDefault = Annotated[
     int | None, typer.Option("--quality", help="Default JPEG/WebP quality, 1..100 (default OUTPUT_QUALITY).")
 ]
+RowNameTemplateOption = Annotated[
+    str | None,
+    typer.Option(
+        "--name-template",
+        help="Output names of rows without a name: {date} {time} {job} {batch} {seed} {model} {prompt} "
+        "{row}, / for folders (default OUTPUT_NAME).",
+    ),
+]
+RowOverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Replace files of the same name instead of adding a -0001 counter.")
+]

@@ -25,6 +25,8 @@ from cli.common import (
     HeightDefault,
     NegativeDefault,
     QualityDefault,
+    RowNameTemplateOption,
+    RowOverwriteOption,
     SamplerDefault,
     SchedulerDefault,
     SeedDefault,
@@ -118,6 +120,8 @@ def add(
     sigma: SigmaDefault = None,
     output_format: FormatDefault = None,
     quality: QualityDefault = None,
+    name_template: RowNameTemplateOption = None,
+    overwrite: RowOverwriteOption = False,
     hires: HiresOption = None,
     hr_scale: HrScaleOption = None,
     hr_upscaler: HrUpscalerOption = None,
@@ -204,6 +208,8 @@ def add(
                     defaults=options,
                     batch_id="check",
                     now=time.time(),
+                    name_template=name_template,
+                    overwrite=overwrite,
                     checker=checker,
                     defaults_over_file=True,
                 )
@@ -226,6 +232,8 @@ def add(
                 timezone=tz,
                 file=str(file.absolute()),
                 options=options,
+                name_template=name_template,
+                overwrite=overwrite,
                 allow_overlap=allow_overlap,
                 grace_s=grace_s,
                 created_at=time.time(),
@@ -396,7 +404,13 @@ def scheduler(ctx: typer.Context) -> None:
 
 def _fire(runtime: Runtime) -> FireFn:
     def fire(schedule: ScheduleRecord, fire_time: float) -> str:
-        plan = runtime.submit_file(Path(schedule.file), defaults=schedule.options, schedule=schedule.name)
+        plan = runtime.submit_file(
+            Path(schedule.file),
+            defaults=schedule.options,
+            schedule=schedule.name,
+            name_template=schedule.name_template,
+            overwrite=schedule.overwrite,
+        )
         return plan.batch.batch_id
 
     return fire

@@ -434,6 +434,10 @@ class ScheduleRecord(BaseModel):
     file: str
     #: Batch defaults given when the schedule was added (the same keys as a batch row).
     options: dict[str, Any] = Field(default_factory=dict)
+    #: Output names of rows without a ``name`` (``--name-template``); None: the worker's ``OUTPUT_NAME``.
+    name_template: str | None = None
+    #: Replace files of the same name instead of adding a counter (``--overwrite``).
+    overwrite: bool = False
     allow_overlap: bool = False
     #: A missed occurrence younger than this still fires once when the scheduler starts.
     grace_s: float = 3600.0

@@ -94,7 +94,8 @@ def _submit_generate(request: Request, body: GenerateBody) -> tuple[str, list[st
     runtime = runtime_of(request)
     step_params = build_step_params(settings, grid=body.grid, band_px=body.band_px, sigma=body.sigma)
     fields = body.model_dump(
-        exclude_none=True, exclude={"count", "grid", "band_px", "sigma", "format", "quality", "name"}
+        exclude_none=True,
+        exclude={"count", "grid", "band_px", "sigma", "format", "quality", "name", "name_template", "overwrite"},
     )
     options, fields = split_template_keys(fields)  # template, combinatorial, template_seed, sweep...
     batch_id = new_id()
@@ -109,6 +110,8 @@ def _submit_generate(request: Request, body: GenerateBody) -> tuple[str, list[st
             output_format=body.format,
             quality=body.quality,
             name=body.name,
+            name_template=body.name_template,
+            overwrite=body.overwrite,
             batch_id=batch_id,
             now=time.time(),
         )
@@ -135,7 +138,14 @@ def plan_batch_rows(settings: Settings, body: BatchBody, *, batch_id: str, now: 
         try:
             with open_catalog(settings) as checker:
                 return read_batch_file(
-                    path, settings, defaults=body.defaults, batch_id=batch_id, now=now, checker=checker
+                    path,
+                    settings,
+                    defaults=body.defaults,
+                    batch_id=batch_id,
+                    now=now,
+                    name_template=body.name_template,
+                    overwrite=body.overwrite,
+                    checker=checker,
                 )
         except BatchFileError as exc:
             raise BatchFileError("the batch", exc.problems) from None

@@ -29,6 +29,11 @@ __all__ = [
     "job_view",
 ]
 
+NAME_TEMPLATE_HELP = (
+    "output name: {date} {time} {job} {batch} {seed} {model} {prompt} {row}, / for folders (default OUTPUT_NAME)"
+)
+OVERWRITE_HELP = "replace a file of the same name instead of adding a -0001 counter"
+
 #: Most rows one ``POST /api/batches`` may carry (bigger batches: several requests, or a batch file).
 MAX_BATCH_ROWS = 10_000
 
@@ -43,6 +48,8 @@ class GenerateBody(JobRow):
     count: int = Field(1, description="number of jobs, one image each")
     format: OutputFormat | None = None
     quality: int | None = Field(None, description="JPEG/WebP quality, 1..100 (default OUTPUT_QUALITY)")
+    name_template: str | None = Field(None, description=NAME_TEMPLATE_HELP)
+    overwrite: bool = Field(False, description=OVERWRITE_HELP)
 
 
 #: A batch row: typed in the OpenAPI schema as a :class:`JobRow`, checked as a ``.jsonl`` line is.
@@ -60,6 +67,8 @@ class BatchBody(BaseModel):
 
     rows: Annotated[list[RowObject | str], Field(min_length=1, max_length=MAX_BATCH_ROWS)]
     defaults: RowObject = Field(default_factory=dict, description="values for every row (a row overrides)")
+    name_template: str | None = Field(None, description=NAME_TEMPLATE_HELP + " For rows without a name.")
+    overwrite: bool = Field(False, description=OVERWRITE_HELP)
 
 
 class JobView(BaseModel):

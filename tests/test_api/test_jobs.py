@@ -213,6 +213,23 @@ def test_jobs_results_of_two_jobs_of_the_same_name_are_both_kept(api: ApiServer)
     assert (api.settings.output_dir / "same.png").is_file() and (api.settings.output_dir / "same-0001.png").is_file()
 
 
+def test_generate_and_batches_take_a_name_template_and_overwrite(api: ApiServer) -> None:
+    # Given a generate body and a batch body naming their outputs with a template
+    done = api.client.post(
+        "/api/generate", params={"wait": "true"}, json={"prompt": "a fox", "name_template": "api/{seed}", **SMALL}
+    )
+    assert done.status_code == 200, done.text
+    seed = done.json()["jobs"][0]["sd_info"]["seed"]  # a random seed: the one the server used
+    body = {"rows": ["a fox"], "defaults": SMALL, "name_template": "api/b-{row}", "overwrite": True}
+    for _ in range(2):
+        job_id = api.client.post("/api/batches", json=body).json()["job_ids"][0]
+        url = f"/api/jobs/{job_id}"
+        assert wait_until(lambda url=url: api.client.get(url).json()["state"] == "succeeded", timeout_s=30)
+    # Then the files are where the templates say, and --overwrite kept one file for the two batches
+    names = sorted(path.name for path in (api.settings.output_dir / "api").glob("*.png"))
+    assert names == sorted([f"{seed}.png", "b-1.png"])
+
+
 def test_generate_waits_hold_no_pool_thread(start_api: StartApi) -> None:
     # Given a server with 2 pool threads and SD renders of 3 s
     api = start_api(sd_api_url="mock://?latency_ms=3000", pool_threads=2)

@@ -328,6 +328,33 @@ def test_schedule_add_keeps_the_quality_for_its_runs(sdpipe: Invoke, tmp_path: P
     assert refused.exit_code == 2 and "quality" in refused.stderr
 
 
+def test_schedule_runs_name_their_outputs_with_the_schedules_template(
+    sdpipe: Invoke, tmp_path: Path, out_dir: Path
+) -> None:
+    # Given a schedule added with --name-template
+    path = tmp_path / "p.txt"
+    path.write_text("a lighthouse at dusk\n")
+    args = ("--cron", "0 2 * * *", "--name-template", "nightly/{row}-{seed}", "--seed", "5", *SMALL)
+    assert sdpipe("schedule", "add", "n", str(path), *args).exit_code == 0
+    assert json.loads(sdpipe("schedule", "show", "n", "--json").stdout)["name_template"] == "nightly/{row}-{seed}"
+    # When it runs twice
+    for _ in range(2):
+        ran = sdpipe("schedule", "run", "n", env={"SD_API_URL": "mock://"})
+        assert ran.exit_code == 0, ran.output
+    # Then both runs used the template, and the second kept the first's file (a counter, no overwrite)
+    assert sorted(p.name for p in (out_dir / "nightly").glob("*.png")) == ["1-5-0001.png", "1-5.png"]
+
+
+def test_schedule_with_overwrite_replaces_its_previous_output(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("a lighthouse at dusk\n")
+    args = ("--cron", "0 2 * * *", "--name-template", "same", "--overwrite", *SMALL)
+    assert sdpipe("schedule", "add", "n", str(path), *args).exit_code == 0
+    for _ in range(2):
+        assert sdpipe("schedule", "run", "n", env={"SD_API_URL": "mock://"}).exit_code == 0
+    assert sorted(p.name for p in out_dir.glob("same*.png")) == ["same.png"]
+
+
 def test_retry_in_embedded_mode_uses_the_jobs_own_sd_server(sdpipe: Invoke) -> None:
     # Given a job made with --sd-url on a server that failed it once (SD_API_URL is another server)
     url = "mock://own-server?fail_rate=1.0"
