@@ -161,7 +161,7 @@ class Runtime:
             rows = [
                 BatchRow(
                     line=index + 1,
-                    params={"prompt": spec.generation.prompt} if spec.generation else {"source": spec.source_name},
+                    params=_row_params(spec),
                     job_ids=[spec.job_id],
                 )
                 for index, spec in enumerate(specs)
@@ -529,3 +529,12 @@ def _interrupted(record: JobRecord, now: float) -> ErrorInfo:
 def _current_step(record: JobRecord) -> StepName:
     """The step an unfinished job was at: its state's, or (queued) where its retry would start."""
     return record.state.step or retry_step(record)
+
+
+def _row_params(spec: JobSpec) -> dict[str, Any]:
+    """A ``generate``/``process`` job as a batch row of its own: its prompt (or file), and for a templated
+    or swept job the template and sweep values, so its manifest and contact sheet read like a batch file's."""
+    if spec.generation is None:
+        return {"source": spec.source_name}
+    made = {key: value for key, value in (spec.prompt_template or {}).items() if key in ("template", "sweep")}
+    return {"prompt": spec.generation.prompt, **made}

@@ -21,6 +21,7 @@ from cli.output import (
 from cli.request_options import (
     ClipSkipOption,
     CombinatorialOption,
+    ContactSheetOption,
     DenoiseOption,
     HiresOption,
     HrScaleOption,
@@ -45,6 +46,7 @@ from cli.request_options import (
     template_fields,
 )
 from pipeline.batches.expansion import plan_templated, split_template_keys
+from pipeline.batches.manifests import contact_sheet_when_done
 from pipeline.batches.rows import check_request
 from pipeline.errors import InputsRejected, StoreUnavailable
 from pipeline.jobs.files import check_output_dir
@@ -114,6 +116,7 @@ def generate(
     max_prompts: MaxPromptsOption = None,
     template_seed: TemplateSeedOption = None,
     sweep: SweepOption = None,
+    contact_sheet: ContactSheetOption = False,
     grid: GridOption = None,
     band_px: BandOption = None,
     sigma: SigmaOption = None,
@@ -172,6 +175,7 @@ def generate(
                 max_prompts=max_prompts,
                 template_seed=template_seed,
                 sweep=sweep,
+                contact_sheet=contact_sheet,
             )
         )
         with open_catalog(settings) as checker:
@@ -193,7 +197,13 @@ def generate(
             )
         check_output_dir(settings.output_dir)
         _submit_and_report(
-            settings, specs, wait=wait, json_output=json_output, wait_for_room=wait_for_room, calls_sd=True
+            settings,
+            specs,
+            wait=wait,
+            json_output=json_output,
+            wait_for_room=wait_for_room,
+            calls_sd=True,
+            contact_sheet=contact_sheet,
         )
 
 
@@ -261,6 +271,7 @@ def _submit_and_report(
     json_output: bool,
     wait_for_room: bool,
     calls_sd: bool = False,
+    contact_sheet: bool = False,
 ) -> None:
     with open_runtime(settings) as runtime:
         if calls_sd:
@@ -286,7 +297,16 @@ def _submit_and_report(
         except KeyboardInterrupt:
             _on_interrupt(runtime.embedded, runtime.store, ids)
             raise
+        # The worker ending the batch's last job wrote it (unless that job failed): this call only finds it.
+        batch_id = specs[0].batch_id if specs else None
+        sheet = (
+            contact_sheet_when_done(runtime.store, batch_id, settings.output_dir)
+            if contact_sheet and batch_id
+            else None
+        )
     report_jobs(records, json_output=json_output)
+    if sheet is not None and not json_output:
+        echo(f"contact sheet {sheet}", err=True)
 
 
 def _on_interrupt(embedded: bool, store: StatusStore, ids: list[str]) -> None:

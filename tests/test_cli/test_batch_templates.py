@@ -138,6 +138,23 @@ def test_contact_sheet_of_a_three_by_two_sweep_is_written_once_with_its_sidecar(
     assert sheet.stat().st_mtime_ns == before
 
 
+def test_generate_sweep_writes_its_contact_sheet_and_manifest_rows_carry_the_sweep(
+    sdpipe: Invoke, out_dir: Path
+) -> None:
+    # Given a generate with a 3 x 2 sweep and --contact-sheet
+    result = sdpipe(
+        "generate", "a lighthouse", "--sd-url", "mock://sheet", *SMALL, "--contact-sheet",
+        "--sweep", "cfg_scale=5,7,9", "--sweep", "sampler_name=Euler a,DPM++ 2M",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # Then it prints the sheet's path, and the sheet has the six cells on the swept axes
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("contact sheet ")]
+    sheet = Path(line.removeprefix("contact sheet "))
+    sidecar = json.loads((out_dir / "batches" / sheet.name).with_suffix(".json").read_text())
+    assert sidecar["x"] == {"field": "cfg_scale", "values": [5.0, 7.0, 9.0]}
+    assert len(sidecar["cells"]) == 6
+
+
 def test_contact_sheet_without_a_sweep_is_refused(sdpipe: Invoke, tmp_path: Path) -> None:
     rows = tmp_path / "p.txt"
     rows.write_text("a lighthouse\n")
