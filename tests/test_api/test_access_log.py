@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.procs import wait_until
 from tests.test_api.conftest import ApiServer, StartApi
 
 
@@ -33,7 +34,10 @@ def access_log() -> Iterator[list[logging.LogRecord]]:
     access.setLevel(level)
 
 
-def _lines(records: list[logging.LogRecord]) -> list[str]:
+def _lines(records: list[logging.LogRecord], count: int) -> list[str]:
+    """The access lines, once ``count`` are there: a line is logged after its answer is sent, so a
+    client can read the answer a moment before the line exists."""
+    wait_until(lambda: len([r for r in records if r.name == "cli.api.access"]) >= count, timeout_s=10)
     return [record.getMessage() for record in records if record.name == "cli.api.access"]
 
 
@@ -45,7 +49,7 @@ def test_access_log_names_method_path_status_time_and_the_job(
     job_id = created.json()["job_ids"][0]
     assert api.client.get(f"/api/jobs/{job_id}").status_code == 200
     assert api.client.get("/api/jobs/nope").status_code == 404
-    lines = _lines(access_log)
+    lines = _lines(access_log, 3)
     assert re.fullmatch(rf"POST /api/generate 202 \d+\.\d ms job={job_id}", lines[0]), lines
     assert re.fullmatch(rf"GET /api/jobs/{job_id} 200 \d+\.\d ms job={job_id}", lines[1]), lines
     assert re.fullmatch(r"GET /api/jobs/nope 404 \d+\.\d ms job=nope", lines[2]), lines
@@ -56,5 +60,5 @@ def test_access_log_has_refused_requests_and_never_the_token(
 ) -> None:
     api = start_api(api_token="a-long-secret-token-1234")
     assert api.client.get("/api/jobs?token=a-long-secret-token-1234").status_code == 401
-    (line,) = _lines(access_log)
+    (line,) = _lines(access_log, 1)
     assert re.fullmatch(r"GET /api/jobs 401 \d+\.\d ms", line)
