@@ -1,4 +1,9 @@
-"""The step actors: ``generate`` (queue ``sd``), ``split``, ``seam_blur``, ``merge`` (queue ``images``).
+"""The step actors: ``generate`` (queue ``sd``), ``split``, ``seam_blur``, ``merge`` (queue ``images``),
+and ``upscale_tile`` (queue ``sd``): one message per tile of an upscale job.
+
+An upscale job's pipeline ends at ``split`` (the first pass), whose actor then sends one
+``upscale_tile`` message per tile, so every SD server of the pool renders tiles at once; the tile
+that completes the job's set (a counter in the status store, at-least-once safe) sends ``merge``.
 
 Each actor is a thin shell over :func:`pipeline.jobs.steps.run_step`; messages carry the job id only.
 Retries: transient errors retry with exponential backoff (raised as ``dramatiq.Retry``, so
@@ -21,6 +26,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from pipeline.errors import PERMANENT_ERRORS, JobNotFound, NoFreeSlot, PipelineError
+from pipeline.jobs.renders import run_tile
 from pipeline.jobs.steps import StepContext, drop_lost_job, run_step, sd_slot
 from pipeline.models import ErrorInfo, JobSpec, StepName
 
@@ -62,12 +68,21 @@ class StepActors:
     seam_blur: dramatiq.Actor[Any, Any]
     merge: dramatiq.Actor[Any, Any]
     job_failed: dramatiq.Actor[Any, Any]
+    upscale_tile: dramatiq.Actor[Any, Any]
 
     def chain_for(self, spec: JobSpec, *, from_step: StepName | None = None) -> dramatiq.pipeline:
-        """The pipeline of messages that runs ``spec`` (from ``from_step`` on, for a retry)."""
+        """The pipeline of messages that runs ``spec`` (from ``from_step`` on, for a retry).
+
+        An upscale job's pipeline stops at ``split``: its tiles, bands and merge follow from there. A
+        retry from any later step starts again at ``split``, which sends only the renders not saved
+        yet (or, all saved, the step that follows them).
+        """
         steps: list[StepName] = ["generate", "split", "seam_blur", "merge"]
-        if spec.kind == "process":
-            steps = steps[1:]
+        if spec.upscale is not None:
+            steps = ["generate", "split"]
+            from_step = from_step if from_step in (None, "generate") else "split"
+        if spec.kind in ("process", "upscale"):
+            steps = [step for step in steps if step != "generate"]
         if from_step is not None:
             steps = steps[steps.index(from_step) :]
         messages = [getattr(self, step).message_with_options(args=(spec.job_id,), pipe_ignore=True) for step in steps]
@@ -124,6 +139,11 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
                 raise
             if not outcome.ran:
                 _drop_continuation()
+            else:
+                for index in outcome.renders:  # the fan-out: every tile (or band) its own message
+                    tile_actor.send(job_id, index, outcome.generation)
+                if outcome.then is not None:
+                    (merge_actor if outcome.then == "merge" else seam_blur_actor).send(job_id)
 
         run.__name__ = f"sdpipe_{step}"
         decorate = dramatiq.actor(
@@ -135,6 +155,44 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
             **retry_options,
         )
         return decorate(run)
+
+    def upscale_tile(job_id: str, index: int, generation: int = 0) -> None:
+        message = CurrentMessage.get_current_message()
+        retries = int(message.options.get("retries", 0)) if message is not None else 0
+        try:
+            # The slot is taken inside, once the tile's request is ready (and only if it is not saved).
+            outcome = run_tile(
+                context,
+                job_id,
+                index,
+                generation=generation,
+                attempt=retries + 1,
+                retries_left=max(settings.max_retries - retries, 0),
+            )
+        except NoFreeSlot as exc:
+            if message is None:
+                raise dramatiq.Retry(str(exc)) from exc
+            broker.enqueue(message, delay=random.randint(*REQUEUE_DELAY_MS))
+            logger.info("%s", exc.message)
+            return
+        except JobNotFound:
+            drop_lost_job(context, job_id, "upscale_tile")  # the record is gone (Redis restarted empty)
+            return
+        except PipelineError as exc:
+            if exc.transient:
+                raise dramatiq.Retry(str(exc)) from exc
+            raise
+        if outcome.complete:
+            (merge_actor if outcome.next_step == "merge" else seam_blur_actor).send(job_id)
+
+    tile_actor = dramatiq.actor(
+        broker=broker,
+        actor_name="sdpipe_upscale_tile",
+        queue_name=SD_QUEUE,
+        time_limit=settings.actor_time_limit_ms,
+        priority=GENERATE_PRIORITY,
+        **retry_options,
+    )(upscale_tile)
 
     def job_failed(message_data: dict[str, Any], retry_info: dict[str, Any]) -> None:
         job_id = str(message_data["args"][0])
@@ -154,11 +212,14 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
         if store.mark_failed(job_id, error, now=context.clock()):
             logger.error("job %s: failed in %s after %s retries: %s", job_id, step, retries, last.message)
 
+    merge_actor = make("merge", IMAGES_QUEUE, IMAGE_STEP_TIME_LIMIT_MS)
+    seam_blur_actor = make("seam_blur", IMAGES_QUEUE, IMAGE_STEP_TIME_LIMIT_MS)
     return StepActors(
         generate=make("generate", SD_QUEUE, settings.actor_time_limit_ms),
         split=make("split", IMAGES_QUEUE, IMAGE_STEP_TIME_LIMIT_MS),
-        seam_blur=make("seam_blur", IMAGES_QUEUE, IMAGE_STEP_TIME_LIMIT_MS),
-        merge=make("merge", IMAGES_QUEUE, IMAGE_STEP_TIME_LIMIT_MS),
+        seam_blur=seam_blur_actor,
+        merge=merge_actor,
+        upscale_tile=tile_actor,
         job_failed=dramatiq.actor(broker=broker, actor_name=JOB_FAILED_ACTOR, queue_name=IMAGES_QUEUE, max_retries=3)(
             job_failed
         ),

@@ -34,7 +34,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import t1_postprocess, t2_overhead, t3_throughput, t4_memory, t5_store_scale, t6_pool, t7_checkpoints
+from bench import (
+    t1_postprocess,
+    t2_overhead,
+    t3_throughput,
+    t4_memory,
+    t5_store_scale,
+    t6_pool,
+    t7_checkpoints,
+    t8_upscale,
+)
 from bench._common import Row
 
 TARGETS: dict[str, tuple[str, Callable[..., list[Row]]]] = {
@@ -45,6 +54,7 @@ TARGETS: dict[str, tuple[str, Callable[..., list[Row]]]] = {
     "5": ("store scale: jobs / status", t5_store_scale.run),
     "6": ("SD server pool (issue 6)", t6_pool.run),
     "7": ("checkpoint-aware dispatch (issue 15)", t7_checkpoints.run),
+    "8": ("distributed tiled upscaling (issue 21)", t8_upscale.run),
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

@@ -111,6 +111,13 @@ def batch(
     sigma: SigmaDefault = None,
     output_format: FormatDefault = None,
     quality: QualityDefault = None,
+    upscale: Annotated[
+        float | None, typer.Option("--upscale", help="Upscale every image by this factor (tiled img2img).")
+    ] = None,
+    upscale_denoise: Annotated[
+        float | None, typer.Option("--upscale-denoise", help="Denoising strength of the upscale's tiles (0.3).")
+    ] = None,
+    upscaler: Annotated[str | None, typer.Option("--upscaler", help="First-pass upscaler (Lanczos).")] = None,
     name_template: RowNameTemplateOption = None,
     overwrite: RowOverwriteOption = False,
     hires: HiresOption = None,
@@ -212,6 +219,9 @@ def batch(
         sigma=sigma,
         format=output_format,
         quality=quality,
+        upscale=upscale,
+        upscale_denoise=upscale_denoise,
+        upscaler=upscaler,
     )
     with cli_errors():
         settings = load(ctx, sd_api_url=sd_url, output_dir=out)

@@ -55,8 +55,9 @@ from pipeline.models import JobSpec, JobState
 from pipeline.sd.catalog import open_catalog
 from pipeline.settings import OutputFormat, Settings
 from pipeline.store import StatusStore
+from pipeline.upscale.planning import UpscaleRequest, with_upscale
 
-__all__ = ["generate", "process"]
+__all__ = ["generate", "process", "submit_and_report"]
 
 FormatOption = Annotated[OutputFormat | None, typer.Option("--format", help="Output format (default OUTPUT_FORMAT).")]
 NameTemplateOption = Annotated[
@@ -120,6 +121,15 @@ def generate(
     grid: GridOption = None,
     band_px: BandOption = None,
     sigma: SigmaOption = None,
+    upscale: Annotated[
+        float | None, typer.Option("--upscale", help="Then upscale each image by this factor with tiled img2img.")
+    ] = None,
+    upscale_denoise: Annotated[
+        float | None, typer.Option("--upscale-denoise", help="Denoising strength of the upscale's tiles (default 0.3).")
+    ] = None,
+    upscaler: Annotated[
+        str | None, typer.Option("--upscaler", help="First-pass upscaler of --upscale (default Lanczos, no SD call).")
+    ] = None,
     output_format: FormatOption = None,
     quality: QualityOption = None,
     name_template: NameTemplateOption = None,
@@ -195,8 +205,11 @@ def generate(
                 batch_id=new_id(),
                 now=time.time(),
             )
+        if upscale is not None or upscale_denoise is not None or upscaler is not None:
+            wanted = UpscaleRequest(scale=upscale or 2.0, denoise=upscale_denoise, upscaler=upscaler)
+            specs = with_upscale(settings, specs, wanted)
         check_output_dir(settings.output_dir)
-        _submit_and_report(
+        submit_and_report(
             settings,
             specs,
             wait=wait,
@@ -258,12 +271,12 @@ def process(
         check_output_dir(settings.output_dir)
         for plan in plans:
             plan.ingest()
-        _submit_and_report(
+        submit_and_report(
             settings, [plan.spec for plan in plans], wait=wait, json_output=json_output, wait_for_room=wait_for_room
         )
 
 
-def _submit_and_report(
+def submit_and_report(
     settings: Settings,
     specs: list[JobSpec],
     *,

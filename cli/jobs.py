@@ -45,6 +45,7 @@ def status(
             else:
                 assert job_id is not None
                 record = store.get(store.resolve_id(job_id))
+                tiles = store.tile_progress(record.job_id) if record.spec.upscale is not None else None
         finally:
             store.close()
     if batch is not None:
@@ -55,9 +56,9 @@ def status(
             echo(f"manifest {path}")
         return
     if json_output:
-        print_json(job_row(record))
+        print_json(job_row(record) | ({"tiles": {"done": tiles[0], "total": tiles[1]}} if tiles else {}))
         return
-    console.print(_detail(record))
+    console.print(_detail(record, tiles))
 
 
 def jobs(
@@ -127,7 +128,7 @@ def _waiting_note(record: JobRecord) -> str:
     return f" ({name} done; the next step waits for a worker thread to pick it up)"
 
 
-def _detail(record: JobRecord) -> Table:
+def _detail(record: JobRecord, tiles: tuple[int, int] | None = None) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -149,7 +150,19 @@ def _detail(record: JobRecord) -> Table:
     if spec.source_name:
         table.add_row("source", Text(spec.source_name))
     params = spec.step_params
-    table.add_row("seams", f"grid {params.grid}, band {params.band_px}px, sigma {params.sigma}")
+    if spec.upscale is not None:
+        up = spec.upscale
+        table.add_row(
+            "upscale",
+            Text(
+                f"x{up.scale:g} with {up.upscaler}, tiles {up.tile_px}px overlapping {up.overlap_px}px, "
+                f"denoise {up.denoise:g}, seam fix {up.seam_fix}"
+            ),
+        )
+        if tiles is not None:
+            table.add_row("tiles", f"{tiles[0]}/{tiles[1]} done")
+    else:
+        table.add_row("seams", f"grid {params.grid}, band {params.band_px}px, sigma {params.sigma}")
     if record.sd_info:
         info = record.sd_info
         table.add_row(

@@ -17,6 +17,7 @@ from cli.jobs import jobs, status
 from cli.output import err_console, setup_logging, state
 from cli.schedule import schedule_app, scheduler
 from cli.serve import serve
+from cli.upscale import upscale
 from cli.worker import mock_sd, worker
 
 __all__ = ["app", "main"]
@@ -44,6 +45,7 @@ def _root(
 
 app.command()(generate)
 app.command()(process)
+app.command()(upscale)
 app.command()(status)
 app.command()(jobs)
 app.command()(worker)

@@ -13,6 +13,7 @@ Its concepts, one entry each::
     prompts/   prompt templates (variants, wildcards) and parameter sweeps
     batches/   batch files and formats, manifests and resume, cron schedules
     store/     the status store: Redis (shared) or SQLite (embedded)
+    upscale/   tiled upscaling: the request, tile planning and blend weights, the first pass, tiles, merge
 
 Callers import a name from the subpackage or module that owns it; importing this package loads
 nothing else (``import pipeline.errors`` costs no numpy, PIL, httpx or Redis client).
@@ -23,7 +24,19 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["batches", "connections", "errors", "images", "jobs", "models", "prompts", "sd", "settings", "store"]
+__all__ = [
+    "batches",
+    "connections",
+    "errors",
+    "images",
+    "jobs",
+    "models",
+    "prompts",
+    "sd",
+    "settings",
+    "store",
+    "upscale",
+]
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pipeline.errors import InputError
 from pipeline.settings import OutputFormat
+from pipeline.upscale.params import UpscaleParams
 
 __all__ = [
     "FIXED_FIELDS",
@@ -46,7 +47,7 @@ StepName = Literal["generate", "split", "seam_blur", "merge"]
 #: The steps in pipeline order.
 STEP_NAMES: tuple[StepName, ...] = ("generate", "split", "seam_blur", "merge")
 
-JobKind = Literal["generate", "process"]
+JobKind = Literal["generate", "process", "upscale"]
 
 _GRID_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
@@ -269,6 +270,9 @@ class JobSpec(BaseModel):
     batch_id: str | None = None
     generation: GenerationParams | None = None
     step_params: StepParams
+    #: A tiled upscale after the image exists (``upscale`` jobs, ``generate --upscale``): first pass,
+    #: one img2img per tile, blended merge. None: the plain split -> seam-blur -> merge.
+    upscale: UpscaleParams | None = None
     output_format: OutputFormat = "png"
     #: JPEG/WebP quality (1..100) of the final image; None (records from before it existed): 95.
     output_quality: int | None = None

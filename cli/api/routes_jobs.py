@@ -39,6 +39,7 @@ from pipeline.models import JobRecord, JobState
 from pipeline.sd.catalog import open_catalog
 from pipeline.settings import Settings
 from pipeline.store import DEFAULT_LIST_LIMIT
+from pipeline.upscale.planning import UpscaleRequest, with_upscale
 
 __all__ = ["MAX_LIST_LIMIT", "plan_batch_rows", "router"]
 
@@ -115,6 +116,9 @@ def _submit_generate(request: Request, body: GenerateBody) -> tuple[str, list[st
             batch_id=batch_id,
             now=time.time(),
         )
+    if body.upscale is not None or body.upscale_denoise is not None or body.upscaler is not None:
+        wanted = UpscaleRequest(scale=body.upscale or 2.0, denoise=body.upscale_denoise, upscaler=body.upscaler)
+        specs = with_upscale(settings, specs, wanted)
     ensure_output_dir(settings)
     runtime.submit(specs, as_batch=True)
     job_ids = [spec.job_id for spec in specs]
@@ -229,7 +233,9 @@ def list_jobs(
 def get_job(request: Request, job_id: str) -> JobView:
     """One job (id or unique prefix): state, steps with attempts and timings, last error, result."""
     store = runtime_of(request).store
-    return job_view(request, store.get(store.resolve_id(job_id)))
+    record = store.get(store.resolve_id(job_id))
+    tiles = store.tile_progress(record.job_id) if record.spec.upscale is not None else None
+    return job_view(request, record, tiles=tiles)
 
 
 @router.get(

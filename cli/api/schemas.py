@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pipeline.batches.rows import JobRow
 from pipeline.models import ErrorInfo, GenerationParams, JobRecord, JobState, SDInfo, StepParams, StepRecord
 from pipeline.settings import OutputFormat
+from pipeline.upscale.params import UpscaleParams
 
 __all__ = [
     "MAX_BATCH_ROWS",
@@ -77,11 +78,14 @@ class JobView(BaseModel):
     job_id: str
     batch_id: str | None
     state: JobState
-    kind: Literal["generate", "process"]
+    kind: Literal["generate", "process", "upscale"]
     created_at: float
     updated_at: float
     generation: GenerationParams | None
     step_params: StepParams
+    upscale: UpscaleParams | None = None
+    #: An upscale job's renders (tiles, then seam-fix bands): ``{"done": N, "total": M}``.
+    tiles: dict[str, int] | None = None
     output_format: OutputFormat
     steps: dict[str, StepRecord]
     error: ErrorInfo | None
@@ -177,7 +181,7 @@ class Readiness(BaseModel):
     sd: str
 
 
-def job_view(request: Request, record: JobRecord) -> JobView:
+def job_view(request: Request, record: JobRecord, *, tiles: tuple[int, int] | None = None) -> JobView:
     """``record`` for a client: server paths left out, links to its status and its image added."""
     spec = record.spec
     result = None
@@ -193,6 +197,8 @@ def job_view(request: Request, record: JobRecord) -> JobView:
         updated_at=record.updated_at,
         generation=spec.generation,
         step_params=spec.step_params,
+        upscale=spec.upscale,
+        tiles={"done": tiles[0], "total": tiles[1]} if tiles else None,
         output_format=spec.output_format,
         steps=record.steps,
         error=record.error,

@@ -29,6 +29,7 @@ from pipeline.jobs.naming import check_name_template, is_name_char
 from pipeline.jobs.planning import RequestChecker, build_step_params, plan_generate
 from pipeline.models import GenerationParams, JobSpec, StepParams, parse_grid
 from pipeline.settings import OutputFormat, Settings
+from pipeline.upscale.planning import UpscaleRequest, with_upscale
 
 __all__ = [
     "MAX_ROW_COUNT",
@@ -411,10 +412,21 @@ class _Planner:
                 issue for issue in _issues_from(exc, values) if (steps_ok or issue.local) and issue.field not in known
             ]
             return issues + more
+        upscale_keys = ("upscale", "upscale_denoise", "upscaler")
+        if any(key in values for key in upscale_keys):
+            wanted = UpscaleRequest(
+                scale=values.get("upscale", 2.0), denoise=values.get("upscale_denoise"), upscaler=values.get("upscaler")
+            )
+            try:
+                specs = with_upscale(self.settings, specs, wanted)
+            except InputError as exc:
+                bad = {"scale": "upscale", "denoise": "upscale_denoise", "upscaler": "upscaler"}.get(exc.field or "")
+                issues.append(FieldIssue(bad or "upscale", exc.message))
         if issues:
             return issues
         generation = specs[0].generation
         assert generation is not None
+        upscale = specs[0].upscale
         params = {
             "prompt": generation.prompt,
             "negative": generation.negative_prompt,
@@ -434,6 +446,11 @@ class _Planner:
             "name": name,
             "model": values.get("model"),
             **extra,
+        }
+        params |= {
+            "upscale": upscale.scale if upscale else None,
+            "upscale_denoise": upscale.denoise if upscale else None,
+            "upscaler": upscale.upscaler if upscale else None,
         }
         return params, specs
 

@@ -103,7 +103,7 @@ def write_manifest(output_dir: Path, manifest: dict[str, Any]) -> Path:
 
 def retry_step(record: JobRecord) -> StepName:
     """The step a retry restarts from: the one that failed, else the first that did not finish."""
-    steps = [step for step in STEP_NAMES if not (step == "generate" and record.spec.kind == "process")]
+    steps = [step for step in STEP_NAMES if not (step == "generate" and record.spec.kind in ("process", "upscale"))]
     if record.error is not None and record.error.step in steps:
         return record.error.step
     for step in steps:

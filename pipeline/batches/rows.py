@@ -60,6 +60,9 @@ ROW_KEYS = (
     "quality",
     "name",
     "model",
+    "upscale",
+    "upscale_denoise",
+    "upscaler",
 )
 #: Keys of a row (or of defaults) that say how it becomes jobs, read before the row is checked
 #: (pipeline.batches.files): prompt templates (pipeline.prompts) and parameter sweeps.
@@ -92,7 +95,7 @@ A1111_FIELDS = frozenset(
     }
 )  # fmt: skip
 #: Row keys whose value is text (a CSV cell is kept as text for them, never read as JSON).
-_TEXT_KEYS = frozenset({"prompt", "negative", "sampler", "scheduler", "grid", "format", "name", "model"})
+_TEXT_KEYS = frozenset({"prompt", "negative", "sampler", "scheduler", "grid", "format", "name", "model", "upscaler"})
 
 
 class FieldIssue(NamedTuple):
@@ -134,6 +137,9 @@ class JobRow(BaseModel):
     name: str | None = Field(None, description="output file name without extension")
     model: str | None = Field(None, description="checkpoint title, model name or hash (sd_model_checkpoint)")
     override_settings: dict[str, Any] | None = None
+    upscale: float | None = Field(None, description="then upscale each image by this factor (tiled img2img)")
+    upscale_denoise: float | None = Field(None, description="denoising strength of the upscale's tiles (0.3)")
+    upscaler: str | None = Field(None, description="the upscale's first pass: Lanczos (no SD call) or a server's")
 
 
 _FIELD_OF_ALIAS = {**A1111_NAMES, **{key: key for key in ROW_KEYS}}

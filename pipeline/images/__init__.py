@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         probe_image,
         read_image_bytes,
         read_image_file,
+        read_infotext,
         sniff_format,
     )
     from pipeline.images.contact_sheet import build_contact_sheet, write_contact_sheet
@@ -53,6 +54,7 @@ __all__ = [
     "probe_image",
     "read_image_bytes",
     "read_image_file",
+    "read_infotext",
     "sniff_format",
     "encode_png",
     "build_contact_sheet",
@@ -82,6 +84,7 @@ __getattr__, __dir__ = lazy_exports(
             "probe_image",
             "read_image_bytes",
             "read_image_file",
+            "read_infotext",
             "sniff_format",
         ],
         ".png": ["encode_png"],

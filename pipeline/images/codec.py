@@ -370,6 +370,16 @@ def _exif_with_user_comment(text: str) -> bytes:
     )
 
 
+def read_infotext(data: bytes) -> str | None:
+    """The A1111 infotext of encoded image bytes, read from the metadata without decoding pixels
+    (None: none, or not an image Pillow opens)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return _read_infotext(im)
+    except Exception:  # an unreadable file has no infotext; decoding it reports the real problem
+        return None
+
+
 def _read_infotext(im: Image.Image) -> str | None:
     """A1111's order: the ``parameters`` text chunk, overridden by a non-empty EXIF UserComment; GIF comment."""
     text = im.info.get("parameters")

@@ -2,6 +2,7 @@
 
 - :mod:`~pipeline.jobs.planning`: requests -> validated job specs, before anything is enqueued.
 - :mod:`~pipeline.jobs.steps`: the four steps (generate, split, seam_blur, merge), each idempotent.
+- :mod:`~pipeline.jobs.renders`: one tile (or band) of an upscale job, as its actor runs it.
 - :mod:`~pipeline.jobs.files`: atomic writes, output names, each job's work folder.
 - :mod:`~pipeline.jobs.naming`: the ``OUTPUT_NAME`` template and the slugs in it.
 - :mod:`~pipeline.jobs.uploads`: checking an uploaded image before anything is planned on it.

@@ -55,6 +55,7 @@ __all__ = [
     "default_output_name",
     "iso_time",
     "load_arrays",
+    "map_arrays",
     "read_json",
     "remove_stale_temps",
     "safe_output_stem",
@@ -164,6 +165,34 @@ def load_arrays(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
             raise ValueError(f"{path} is cut short")
         arrays.append(np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape))
         offset += count * dtype.itemsize
+    return header["meta"], arrays
+
+
+def map_arrays(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """:func:`load_arrays` without reading the pixels: read-only memory maps of the file, so a caller
+    that needs one region of a large image reads only that region's pages.
+
+    Raises:
+        ValueError: the file is not such a file, or is cut short.
+    """
+    size = path.stat().st_size
+    start = len(ARRAYS_MAGIC) + 4
+    with path.open("rb") as handle:
+        head = handle.read(start)
+        if len(head) < start or not head.startswith(ARRAYS_MAGIC):
+            raise ValueError(f"{path} is not an sdpipe arrays file")
+        (header_len,) = struct.unpack_from("<I", head, len(ARRAYS_MAGIC))
+        header = json.loads(handle.read(header_len))
+    offset = start + header_len
+    arrays: list[np.ndarray] = []
+    for entry in header["arrays"]:
+        dtype = np.dtype(entry["dtype"])
+        shape = tuple(int(n) for n in entry["shape"])
+        length = math.prod(shape) * dtype.itemsize
+        if offset + length > size:
+            raise ValueError(f"{path} is cut short")
+        arrays.append(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape))
+        offset += length
     return header["meta"], arrays
 
 

@@ -45,12 +45,14 @@ from pipeline.sd.pool import affinity
 from pipeline.sd.pool.pool import PoolObserver, SDPool, open_pool_state
 from pipeline.settings import Settings
 from pipeline.store.base import StatusStore
+from pipeline.upscale import steps as upscale_steps
 
 __all__ = [
     "ORPHAN_WORK_AGE_S",
     "StepContext",
     "StepOutcome",
     "drop_lost_job",
+    "fanout_generation",
     "remove_orphaned_work",
     "run_step",
     "sd_slot",
@@ -121,6 +123,15 @@ class StepOutcome:
 
     ran: bool
     skipped: bool = False
+    #: The split step of an upscale job (and, with ``--seam-fix band``, its seam_blur step): the
+    #: renders (tiles, then bands) whose answers are not saved yet; the caller sends one message each.
+    renders: tuple[int, ...] = ()
+    #: The fan-out's generation (:func:`fanout_generation`): each render message carries it, so a
+    #: message from an earlier fan-out (before ``sdpipe retry``, or a duplicate delivery) knows it is stale.
+    generation: int = 0
+    #: The step the caller must send itself when every render is already saved (a retry, a band
+    #: phase without bands): ``seam_blur`` or ``merge``.
+    then: StepName | None = None
 
 
 def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int | None = None) -> StepOutcome:
@@ -184,6 +195,14 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
             _contact_sheet(ctx, record)
     else:
         logger.debug("job %s: %s %s", job_id, step, "skipped (output exists)" if skipped else "done")
+    if record.spec.upscale is not None and step in ("split", "seam_blur"):
+        files = _files(ctx, record)
+        pending, total = upscale_steps.pending_renders(record, files)
+        if pending:
+            generation = fanout_generation(record)
+            return StepOutcome(ran=True, skipped=skipped, renders=tuple(pending), generation=generation)
+        following = upscale_steps.next_step_after_renders(record, files, total)
+        return StepOutcome(ran=True, skipped=skipped, then="merge" if following == "merge" else "seam_blur")
     return StepOutcome(ran=True, skipped=skipped)
 
 
@@ -247,6 +266,12 @@ def _contact_sheet(ctx: StepContext, record: JobRecord) -> None:
         logger.info("job %s: batch %s complete, contact sheet %s", record.job_id, record.spec.batch_id, sheet)
 
 
+def fanout_generation(record: JobRecord) -> int:
+    """How many times an upscale job's renders were sent: the deliveries of ``split`` and ``seam_blur``
+    (the two steps that send them) so far. It only grows."""
+    return sum(record.steps[step].attempts for step in ("split", "seam_blur") if step in record.steps)
+
+
 def _files(ctx: StepContext, record: JobRecord) -> JobFiles:
     output_dir = Path(record.spec.output_dir) if record.spec.output_dir else ctx.settings.output_dir
     # Absolute, so the paths in the status store and sidecar mean the same from any folder.
@@ -291,7 +316,7 @@ def _unless_quarantined(
 
 
 def _record_failure(
-    ctx: StepContext, job_id: str, step: StepName, attempt: int, error: ErrorInfo, retries_left: int | None
+    ctx: StepContext, job_id: str, step: str, attempt: int, error: ErrorInfo, retries_left: int | None
 ) -> None:
     if not error.transient:
         ctx.store.mark_failed(job_id, error, now=ctx.clock())
@@ -388,6 +413,8 @@ def sd_slot(ctx: StepContext, job_id: str) -> Iterator[Backend | None]:
 
 def _split(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]:
     files = _files(ctx, record)
+    if record.spec.upscale is not None:
+        return upscale_steps.first_pass(ctx, record, files), None
     if files.tiles.exists():
         return True, None
     params = record.spec.step_params
@@ -417,6 +444,8 @@ def _split(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]
 
 def _seam_blur(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]:
     files = _files(ctx, record)
+    if record.spec.upscale is not None:  # reached only with --seam-fix band, once every tile is saved
+        return upscale_steps.band_phase(ctx, record, files)[0], None
     if files.blurred.exists():
         return True, None
     manifest, tiles = load_arrays(files.tiles)
@@ -454,10 +483,13 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]
         # A first delivery skips the scan: it lists OUTPUT_DIR, which grows with every image kept.
         for path in (image_path, sidecar_path):
             remove_stale_temps(path)
-    manifest, arrays = load_arrays(files.blurred)
-    tiles = [(seams.TileBox.from_dict(box), tile) for box, tile in zip(manifest["tiles"], arrays, strict=True)]
+    if spec.upscale is not None:
+        merged, manifest = upscale_steps.merge_upscaled(ctx, record, files)
+    else:
+        manifest, arrays = load_arrays(files.blurred)
+        tiles = [(seams.TileBox.from_dict(box), tile) for box, tile in zip(manifest["tiles"], arrays, strict=True)]
+        merged = seams.merge(tiles, manifest["width"], manifest["height"])
     width, height = manifest["width"], manifest["height"]
-    merged = seams.merge(tiles, width, height)
     infotext = _output_infotext(record, manifest)
     data = encode_image(merged, format=spec.output_format, infotext=infotext, quality=spec.output_quality)
     output = {
@@ -491,6 +523,8 @@ def _output_infotext(record: JobRecord, manifest: dict[str, Any]) -> str | None:
     base = (record.sd_info.infotext if record.sd_info else None) or manifest.get("infotext")
     if not base:
         return None
+    if record.spec.upscale is not None:
+        return insert_params(base, record.spec.upscale.infotext_params())
     params = record.spec.step_params
     return insert_params(base, {"Seam grid": params.grid, "Seam band": params.band_px, "Seam sigma": params.sigma})
 
@@ -538,6 +572,7 @@ def _sidecar(
         "grid": spec.step_params.grid,
         "band_px": spec.step_params.band_px,
         "sigma": spec.step_params.sigma,
+        **({"upscale": upscale_steps.sidecar_record(spec.upscale, manifest)} if spec.upscale is not None else {}),
         "timings": steps,
         "output": output,
         "infotext": infotext,

@@ -36,6 +36,7 @@ Credentials (in the URL or ``SD_API_AUTH``) go into the Authorization header onl
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Callable
@@ -44,7 +45,15 @@ from typing import Any
 
 import httpx
 
-from pipeline.errors import ConfigError, SDError, SDNotFound, SDPermanentError, SDTimeout, SDUnavailable
+from pipeline.errors import (
+    ConfigError,
+    SDBadImage,
+    SDError,
+    SDNotFound,
+    SDPermanentError,
+    SDTimeout,
+    SDUnavailable,
+)
 from pipeline.models import GenerationParams, SDResult
 from pipeline.sd import response as sd_response
 from pipeline.settings import Settings, mask_url, split_sd_entry, strip_credentials, strip_credentials_in_text
@@ -62,6 +71,9 @@ WRITE_TIMEOUT_S = 30.0
 _MOCK_HOST = "http://mock-sd"
 #: The generation route.
 _TXT2IMG = "/sdapi/v1/txt2img"
+#: The image-to-image route and the extras (upscaler) route.
+_IMG2IMG = "/sdapi/v1/img2img"
+_EXTRA_SINGLE = "/sdapi/v1/extra-single-image"
 #: The UI's per-task status route (absent under ``--nowebui``), and the interrupt route.
 _TASK_PROGRESS = "/internal/progress"
 _INTERRUPT = "/sdapi/v1/interrupt"
@@ -217,6 +229,73 @@ class SDClient:
             job_id=job_id,
         )
         return sd_response.check_against_request(result, params)
+
+    def img2img(
+        self, payload: dict[str, Any], *, job_id: str, seed: int, on_answer: Callable[[], None] | None = None
+    ) -> SDResult:
+        """Re-render an image (``POST /sdapi/v1/img2img`` with ``payload``, which names its ``force_task_id``).
+
+        Errors, timeouts and ``on_answer`` as :meth:`txt2img`; ``seed`` is the requested one (for a
+        server whose ``info`` lacks it).
+        """
+        started = time.perf_counter()
+        task_id = str(payload.get("force_task_id") or sd_task_id(job_id))
+        try:
+            response = self._request(
+                "POST",
+                _IMG2IMG,
+                job_id=job_id,
+                json=payload | {"force_task_id": task_id},
+                timeout=self._timeout,
+                sampler=str(payload.get("sampler_name") or ""),
+            )
+        except SDTimeout as exc:
+            if isinstance(exc.__cause__, httpx.ReadTimeout):
+                self._stop_abandoned(task_id, job_id)
+            raise
+        if on_answer is not None:
+            on_answer()
+        body = sd_response.json_body(response, self._url, _IMG2IMG)
+        return sd_response.build_result(
+            body,
+            requested_seed=seed,
+            backend_url=self._url,
+            elapsed_s=time.perf_counter() - started,
+            max_pixels=self._max_pixels,
+            job_id=job_id,
+        )
+
+    def extra_single_image(
+        self, image_b64: str, *, scale: float, upscaler: str, job_id: str, on_answer: Callable[[], None] | None = None
+    ) -> bytes:
+        """Enlarge an image by ``scale`` with the server's ``upscaler`` (``POST /sdapi/v1/extra-single-image``).
+
+        Returns the encoded image the server sent back (not yet decoded: the caller decodes it bounded).
+
+        Raises:
+            SDBadImage: the answer holds no image; others as :meth:`txt2img`.
+        """
+        payload = {
+            "image": image_b64,
+            "resize_mode": 0,
+            "upscaling_resize": scale,
+            "upscaler_1": upscaler,
+            "upscaler_2": "None",
+            "extras_upscaler_2_visibility": 0,
+            "show_extras_results": True,
+        }
+        response = self._request("POST", _EXTRA_SINGLE, job_id=job_id, json=payload, timeout=self._timeout)
+        if on_answer is not None:
+            on_answer()
+        body = sd_response.expect(response, self._url, _EXTRA_SINGLE, dict)
+        image = body.get("image")
+        try:
+            data = base64.b64decode(image) if isinstance(image, str) else b""
+        except ValueError:
+            data = b""
+        if not data:
+            raise SDBadImage(f"the SD server at {self._url} answered {_EXTRA_SINGLE} without an image", url=self._url)
+        return data
 
     def progress(self) -> dict[str, Any]:
         """``GET /sdapi/v1/progress?skip_current_image=true`` with a short timeout (liveness)."""

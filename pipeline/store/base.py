@@ -226,6 +226,24 @@ class StatusStore(abc.ABC):
             StoreUnavailable: it does not.
         """
 
+    # -- tiles of an upscale job (a counter at-least-once delivery cannot inflate) ---------------------
+
+    def set_tile_total(self, job_id: str, total: int) -> None:
+        """Record how many tiles the job's upscale has (idempotent: the plan is fixed once made)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no tile counts")
+
+    def add_tile_done(self, job_id: str, index: int) -> tuple[int, int]:
+        """Mark tile ``index`` done (again: no change) and return ``(done, total)`` atomically.
+
+        A set, not a counter: a redelivered tile is counted once, and exactly the addition that
+        completes the set sees ``done == total`` first (later re-additions see it too).
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no tile counts")
+
+    def tile_progress(self, job_id: str) -> tuple[int, int] | None:
+        """``(done, total)`` of the job's tiles, or None for a job that has none (not an upscale)."""
+        return None
+
     # -- retry, cancel, skip-existing ---------------------------------------------------------------
 
     @abc.abstractmethod

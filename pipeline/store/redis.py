@@ -307,6 +307,27 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
             counts.update(zip(counts, cast(list[int], pipe.execute()), strict=True))
         return counts
 
+    def set_tile_total(self, job_id: str, total: int) -> None:
+        with self._guard():
+            self._client.set(self._key("tiles-total", job_id), total)
+
+    def add_tile_done(self, job_id: str, index: int) -> tuple[int, int]:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.sadd(self._key("tiles", job_id), index)
+        pipe.scard(self._key("tiles", job_id))
+        pipe.get(self._key("tiles-total", job_id))
+        with self._guard():
+            _, done, total = pipe.execute()
+        return int(done), int(total or 0)
+
+    def tile_progress(self, job_id: str) -> tuple[int, int] | None:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.scard(self._key("tiles", job_id))
+        pipe.get(self._key("tiles-total", job_id))
+        with self._guard():
+            done, total = pipe.execute()
+        return None if total is None else (int(done), int(total))
+
     def ping(self) -> None:
         with self._guard():
             self._client.ping()

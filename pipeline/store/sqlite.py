@@ -101,6 +101,15 @@ CREATE TABLE IF NOT EXISTS steps (
     skipped INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, step)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS upscale_tiles (
+    job_id TEXT NOT NULL,
+    tile INTEGER NOT NULL,
+    PRIMARY KEY (job_id, tile)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS upscale_totals (
+    job_id TEXT PRIMARY KEY,
+    total INTEGER NOT NULL
+);
 """
 #: Brings a file made before the ``fingerprint`` column up to date (run after :data:`_SCHEMA`).
 _ADD_FINGERPRINT = "ALTER TABLE jobs ADD COLUMN fingerprint TEXT"
@@ -288,6 +297,24 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
             for state, count in conn.execute(f"SELECT state, COUNT(*) FROM jobs {where} GROUP BY state", params):
                 counts[JobState(state)] = int(count)
         return counts
+
+    def set_tile_total(self, job_id: str, total: int) -> None:
+        with self._transaction(write=True) as conn:
+            conn.execute("INSERT OR REPLACE INTO upscale_totals (job_id, total) VALUES (?, ?)", (job_id, total))
+
+    def add_tile_done(self, job_id: str, index: int) -> tuple[int, int]:
+        with self._transaction(write=True) as conn:
+            conn.execute("INSERT OR IGNORE INTO upscale_tiles (job_id, tile) VALUES (?, ?)", (job_id, index))
+            return self._tile_counts(conn, job_id) or (0, 0)
+
+    def tile_progress(self, job_id: str) -> tuple[int, int] | None:
+        with self._transaction(write=False) as conn:
+            return self._tile_counts(conn, job_id)
+
+    def _tile_counts(self, conn: sqlite3.Connection, job_id: str) -> tuple[int, int] | None:
+        done = conn.execute("SELECT COUNT(*) FROM upscale_tiles WHERE job_id = ?", (job_id,)).fetchone()[0]
+        total = conn.execute("SELECT total FROM upscale_totals WHERE job_id = ?", (job_id,)).fetchone()
+        return None if total is None else (int(done), int(total[0]))
 
     def ping(self) -> None:
         with self._transaction(write=False) as conn:

@@ -284,3 +284,23 @@ def test_generate_passes_a1111_fields_through_and_schema_allows_them(api: ApiSer
     assert schema["GenerateBody"]["properties"]["steps"]["anyOf"][0]["type"] == "integer"
     row = schema["BatchBody"]["properties"]["rows"]["items"]["anyOf"][0]  # a batch row is typed the same way
     assert row["additionalProperties"] is True and row["properties"]["model"]["anyOf"][0]["type"] == "string"
+
+
+def test_generate_with_upscale_renders_tiles_and_shows_them(api: ApiServer) -> None:
+    body = {"prompt": "a fox", "seed": 7, "width": 96, "height": 64, "upscale": 2, "upscale_denoise": 0.2}
+
+    response = api.client.post("/api/generate", params={"wait": "true"}, json=body)
+
+    assert response.status_code == 200, response.text
+    [job] = response.json()["jobs"]
+    assert job["state"] == "succeeded"
+    assert (job["result"]["width"], job["result"]["height"]) == (192, 128)
+    assert job["upscale"]["denoise"] == 0.2 and job["upscale"]["seed"] == 7
+    shown = api.client.get(job["status_url"]).json()
+    assert shown["tiles"]["done"] == shown["tiles"]["total"] >= 1
+
+
+def test_generate_with_a_bad_upscale_is_422(api: ApiServer) -> None:
+    response = api.client.post("/api/generate", json={"prompt": "a fox", "upscale": 20})
+
+    assert response.status_code == 422, response.text

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -66,6 +66,8 @@ class QueuedAnswer:
     kind: str
     status: int | None = None
     body: Any = None
+    #: Only for a request whose ``force_task_id`` ends with this (e.g. ``-t3``: tile 3 of an upscale).
+    task: str | None = None
 
     @classmethod
     def parse(cls, spec: object, route: str = TXT2IMG) -> QueuedAnswer:
@@ -100,7 +102,19 @@ class QueuedAnswer:
         answer: Any = self.kind if self.kind != "status" else str(self.status)
         if self.kind == "status" and self.body is not None:
             answer = {"status": self.status, "body": self.body}
-        return {"route": self.route, "answer": answer}
+        return {"route": self.route, "answer": answer} | ({"task": self.task} if self.task else {})
+
+    def matches(self, path: str, request: _Request) -> bool:
+        """Whether this answer is for ``request`` (its route, and its task if one is named)."""
+        if self.route != path:
+            return False
+        if self.task is None:
+            return True
+        try:
+            task = json.loads(request.body).get("force_task_id") if request.body else None
+        except (ValueError, AttributeError):
+            task = None
+        return isinstance(task, str) and task.endswith(self.task)
 
     def response(self) -> MockResponse:
         """The answer of a ``status`` kind (or of ``500``/``garbage`` on a route that generates nothing)."""
@@ -171,7 +185,7 @@ class MockControl:
         connection and ``hang`` holds the request for the server's ``hang_ms`` before answering.
         """
         with self._lock:
-            queued = next((item for item in self._queued if item.route == path), None)
+            queued = next((item for item in self._queued if item.matches(path, request)), None)
             if queued is not None:
                 self._queued.remove(queued)
         if queued is None:
@@ -242,13 +256,14 @@ class MockControl:
             entries = list(self._log)
         return [json.loads(json.dumps(e)) for e in entries if e["seq"] > since and route in (None, e["route"])]
 
-    def queue(self, answers: Iterable[object], route: str = TXT2IMG) -> None:
-        """Queue exact answers for the next requests to ``route``, after those already queued.
+    def queue(self, answers: Iterable[object], route: str = TXT2IMG, task: str | None = None) -> None:
+        """Queue exact answers for the next requests to ``route`` (whose ``force_task_id`` ends with
+        ``task``, if given), after those already queued.
 
         Raises:
             ValueError: an answer :meth:`QueuedAnswer.parse` refuses (nothing is queued then).
         """
-        parsed = [QueuedAnswer.parse(answer, route) for answer in answers]
+        parsed = [replace(QueuedAnswer.parse(answer, route), task=task) for answer in answers]
         with self._lock:
             self._queued.extend(parsed)
 
@@ -308,14 +323,17 @@ class MockControl:
             data = json.loads(request.body) if request.body else {}
         except ValueError:
             data = None
-        if not isinstance(data, dict) or set(data) - {"plan", "next", "route", "clear"}:
-            return _problem('the body must be a JSON object with "plan", "next", "route" and/or "clear"')
+        if not isinstance(data, dict) or set(data) - {"plan", "next", "route", "clear", "task"}:
+            return _problem('the body must be a JSON object with "plan", "next", "route", "task" and/or "clear"')
+        task = data.get("task")
+        if task is not None and (not isinstance(task, str) or not task):
+            return _problem('"task" must be a non-empty string, the end of a force_task_id (e.g. "-t3")')
         answers = data.get("next", [])
         if not isinstance(answers, list):
             return _problem('"next" must be a list of answers, e.g. ["500", "reset"]')
         try:
             plan = FaultPlan.coerce(data["plan"]) if "plan" in data else None
-            parsed = [QueuedAnswer.parse(answer, data.get("route", TXT2IMG)) for answer in answers]
+            parsed = [replace(QueuedAnswer.parse(answer, data.get("route", TXT2IMG)), task=task) for answer in answers]
         except (ValueError, TypeError, AttributeError) as exc:
             return _problem(str(exc))
         with self._lock:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from secrets import compare_digest
 from typing import TYPE_CHECKING, Any
 
-from pipeline.sd.mock import catalog, pnginfo
+from pipeline.sd.mock import catalog, img2img, pnginfo
 from pipeline.sd.mock import txt2img as t2i
 from pipeline.sd.mock.checkpoints import Checkpoints
 from pipeline.sd.mock.faults import (
@@ -115,6 +115,9 @@ class _Stats:
     served: deque[str] = field(default_factory=lambda: deque(maxlen=_SERVED_HISTORY))
     faults: Counter[str] = field(default_factory=Counter)
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUEST_HISTORY))
+    img2img_requests: int = 0
+    img2img_completed: int = 0
+    extras: int = 0
 
 
 class MockSDServer:
@@ -181,6 +184,8 @@ class MockSDServer:
         self._closed = False
         self._routes: dict[str, dict[str, _Handler]] = {
             "/sdapi/v1/txt2img": {"POST": self._txt2img},
+            "/sdapi/v1/img2img": {"POST": self._img2img},
+            "/sdapi/v1/extra-single-image": {"POST": self._extra_single_image},
             "/sdapi/v1/progress": {"GET": self._progress},
             "/sdapi/v1/interrupt": {"POST": self._interrupt},
             "/sdapi/v1/skip": {"POST": lambda req: _respond(200, None)},
@@ -265,6 +270,9 @@ class MockSDServer:
             return {
                 "txt2img_requests": self._stats.requests,
                 "txt2img_completed": self._stats.completed,
+                "img2img_requests": self._stats.img2img_requests,
+                "img2img_completed": self._stats.img2img_completed,
+                "extras": self._stats.extras,
                 "images": self._stats.images,
                 "failures": self._stats.failures,
                 "interrupts": self._stats.interrupts,
@@ -361,6 +369,45 @@ class MockSDServer:
         if fault == "garbage" and len(payload["images"]) > first:  # the first real image, not a grid
             payload["images"][first] = garbage_image_base64()
         return _respond(200, payload)
+
+    def _img2img(self, request: _Request) -> MockResponse:
+        """img2img (:mod:`pipeline.sd.mock.img2img`): one at a time on the FIFO lock, ``latency_ms`` each."""
+        with self._lock:
+            self._stats.img2img_requests += 1
+            model = self.checkpoints.loaded or (self.checkpoints.selected() if self.models else None)
+            samples_format = str(self.options["samples_format"])
+        decode_started = time.monotonic()
+        try:
+            plan = img2img.plan_img2img(request.body, model, self._seed_rng)
+        except ValueError:
+            error = {"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}
+            return _respond(422, {"detail": [error]})
+        decode_s = time.monotonic() - decode_started
+        task_id = plan.task_id or self._tasks.new_task_id()
+        self._turns.acquire(task_id)
+        completed = False
+        try:
+            # latency_ms is the whole time per image, as txt2img's: decoding the init image counts
+            # (a server that did not wait for its turn spent it right before).
+            deadline = time.monotonic() + self.latency_ms / 1000 - decode_s
+            payload = plan.response(plan.render(), samples_format)
+            self._sleep_until(deadline)
+            completed = True
+        finally:
+            self._turns.release(task_id, completed=completed)
+        with self._lock:
+            self._stats.img2img_completed += 1
+        return _respond(200, payload)
+
+    def _extra_single_image(self, request: _Request) -> MockResponse:
+        with self._lock:
+            self._stats.extras += 1
+        try:
+            body = img2img.extra_single_image(request.body)
+        except ValueError:
+            error = {"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}
+            return _respond(422, {"detail": [error]})
+        return _respond(200, body)
 
     def _hang(self, task_id: str, record: dict[str, Any], read_timeout_s: float | None) -> MockResponse | None:
         """Hold a request outside the FIFO lock; None once ``hang_ms`` passed (answer it normally)."""

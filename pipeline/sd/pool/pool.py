@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from pipeline.errors import (
     NoFreeSlot,
@@ -58,6 +59,8 @@ from pipeline.settings import Settings
 __all__ = ["SLOT_WAIT_S", "PoolObserver", "SDPool", "is_out_of_memory", "open_pool_state"]
 
 logger = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
 
 #: Longest a delivery waits in its thread for a free slot before its message goes back to the queue.
 SLOT_WAIT_S = 5.0
@@ -218,18 +221,7 @@ class SDPool:
                 generation, job_id=job_id, on_answer=lambda: self._answered(job_id, time.perf_counter() - started)
             )
         except SDTransientError as exc:
-            out_of_memory = is_out_of_memory(exc)
-            bench = out_of_memory and self._others_healthy(backend.key)
-            self._failed(backend.key, exc, job_id=job_id, bench=bench)
-            self._observe(backend.key, time.perf_counter() - started, "failed")
-            if out_of_memory and not bench:
-                logger.info(
-                    "job %s: SD server %s out of memory, and no other server to take its jobs: pausing it %g s",
-                    job_id,
-                    backend.key,
-                    self.policy.oom_pause_s,
-                )
-                self._stop.wait(self.policy.oom_pause_s)  # the slot stays held: nothing reaches it meanwhile
+            self._transient_failure(backend, exc, job_id=job_id, started=started)
             raise
         except SDWrongCheckpoint as exc:  # it renders with another checkpoint than we thought: learn it
             self._observe(backend.key, time.perf_counter() - started, "rejected")
@@ -241,6 +233,61 @@ class SDPool:
         self._observe(backend.key, result.elapsed_s, "ok")
         self.checkpoints.learn(backend.key, result.model_name, result.model_hash, job_id=job_id)
         return result
+
+    def call(
+        self,
+        job_id: str,
+        request: Callable[[SDClient, Callable[[], None]], _R],
+        *,
+        pinned: str | None = None,
+        avoid: str | None = None,
+    ) -> tuple[_R, str]:
+        """Any other SD call (img2img, extras) under the same rules as :meth:`txt2img`: on the slot this
+        thread holds for ``job_id`` (or one taken now), its outcome counted in the server's health.
+
+        ``request(client, on_answer)`` makes the call; it calls ``on_answer`` once the server answered.
+        Returns its result and the server's credential-free URL.
+
+        Raises:
+            SDError: the call failed (``exc.url`` names the server); NoFreeSlot: see :meth:`slot`.
+        """
+        with self._lock:
+            held = self._held.get((job_id, threading.get_ident()))
+        if held is None:
+            with self.slot(job_id, pinned=pinned, avoid=avoid) as backend:
+                return self._call_with(backend, job_id, request), backend.key
+        return self._call_with(held.backend, job_id, request), held.backend.key
+
+    def _call_with(self, backend: Backend, job_id: str, request: Callable[[SDClient, Callable[[], None]], _R]) -> _R:
+        started = time.perf_counter()
+        try:
+            result = request(
+                self._client_for(backend.url), lambda: self._answered(job_id, time.perf_counter() - started)
+            )
+        except SDTransientError as exc:
+            self._transient_failure(backend, exc, job_id=job_id, started=started)
+            raise
+        except PipelineError:
+            self._observe(backend.key, time.perf_counter() - started, "rejected")
+            raise
+        self._observe(backend.key, time.perf_counter() - started, "ok")
+        return result
+
+    def _transient_failure(self, backend: Backend, exc: SDTransientError, *, job_id: str, started: float) -> None:
+        """Count a transient failure. Out of memory benches the server when others can take its work,
+        else pauses it here: the slot stays held, so nothing reaches it meanwhile."""
+        out_of_memory = is_out_of_memory(exc)
+        bench = out_of_memory and self._others_healthy(backend.key)
+        self._failed(backend.key, exc, job_id=job_id, bench=bench)
+        self._observe(backend.key, time.perf_counter() - started, "failed")
+        if out_of_memory and not bench:
+            logger.info(
+                "job %s: SD server %s out of memory, and no other server to take its jobs: pausing it %g s",
+                job_id,
+                backend.key,
+                self.policy.oom_pause_s,
+            )
+            self._stop.wait(self.policy.oom_pause_s)
 
     def _others_healthy(self, key: str) -> bool:
         """Whether a healthy server other than ``key`` can take its work (an out-of-memory answer

@@ -691,3 +691,30 @@ def test_read_batch_file_rows_set_the_jpeg_webp_quality(tmp_path: Path, settings
     assert rows[0].params["quality"] == 50
     bad = write(tmp_path, "bad.jsonl", jsonl({"prompt": "a", "quality": 0}, {"prompt": "b", "quality": "high"}))
     assert problems_of(bad, settings) == [(1, "quality"), (2, "quality")]
+
+
+def test_read_batch_file_upscale_keys_upscale_the_row_jobs(tmp_path: Path, settings: Settings) -> None:
+    path = write(
+        tmp_path,
+        "up.jsonl",
+        jsonl({"prompt": "a fox", "seed": 3, "upscale": 2, "upscale_denoise": 0.2}, {"prompt": "a wolf"}),
+    )
+
+    fox, wolf = read(path, settings, {"upscaler": "R-ESRGAN 4x+"})
+
+    upscale = fox.specs[0].upscale
+    assert upscale is not None
+    assert (upscale.scale, upscale.denoise, upscale.upscaler, upscale.seed) == (2.0, 0.2, "R-ESRGAN 4x+", 3)
+    assert fox.params["upscale"] == 2.0
+    assert wolf.specs[0].upscale is not None  # the default's upscaler asks for an upscale with the default scale
+    plain = read(write(tmp_path, "plain.jsonl", jsonl({"prompt": "a fox", "seed": 3})), settings)[0]
+    assert plain.specs[0].upscale is None
+    assert plain.specs[0].fingerprint != fox.specs[0].fingerprint
+
+
+def test_read_batch_file_bad_upscale_is_a_row_problem(tmp_path: Path, settings: Settings) -> None:
+    path = write(
+        tmp_path, "up.jsonl", jsonl({"prompt": "a fox", "upscale": 20}, {"prompt": "ok", "upscale_denoise": 2})
+    )
+
+    assert problems_of(path, settings) == [(1, "upscale"), (2, "upscale_denoise")]

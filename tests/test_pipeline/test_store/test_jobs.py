@@ -708,3 +708,41 @@ def test_watch_jobs_whose_records_redis_lost_says_redis_restarted_without_persis
     )
     assert "appendonly yes" in (hint_for(raised.value) or "")
     store.close()
+
+
+# -- tiles of an upscale job ------------------------------------------------------------------------
+
+
+def test_tile_progress_is_none_for_a_job_without_tiles(store: StatusStore, job: str) -> None:
+    assert store.tile_progress(job) is None
+
+
+def test_add_tile_done_counts_each_tile_once(store: StatusStore, job: str) -> None:
+    store.set_tile_total(job, 3)
+
+    first = store.add_tile_done(job, 0)
+    again = store.add_tile_done(job, 0)  # a redelivered tile
+    store.add_tile_done(job, 2)
+    last = store.add_tile_done(job, 1)
+
+    assert (first, again, last) == ((1, 3), (1, 3), (3, 3))
+    assert store.tile_progress(job) == (3, 3)
+
+
+def test_add_tile_done_concurrently_completes_once(store: StatusStore, job: str) -> None:
+    store.set_tile_total(job, 40)
+    seen: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def add(index: int) -> None:
+        counts = store.add_tile_done(job, index)
+        with lock:
+            seen.append(counts)
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(done for done, _ in seen) == list(range(1, 41))  # each addition saw its own count

@@ -1,0 +1,142 @@
+"""What an upscale job asks for: :class:`UpscaleParams` (scale, upscaler, tiles, img2img settings).
+
+The same model travels in a :class:`~pipeline.models.JobSpec` (``upscale``), is built by the CLI
+(``sdpipe upscale``, ``generate --upscale``) and is recorded in the sidecar and the infotext.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "DEFAULT_DENOISE",
+    "DEFAULT_OVERLAP_PX",
+    "DEFAULT_SEAM_FIX_DENOISE",
+    "DEFAULT_SEAM_FIX_WIDTH_PX",
+    "DEFAULT_TILE_PX",
+    "LANCZOS",
+    "MAX_SCALE",
+    "SeamFix",
+    "UpscaleParams",
+]
+
+#: Tile side in pixels: SD 1.5's comfortable size; a multiple of 8 (the latent grid).
+DEFAULT_TILE_PX = 512
+#: Pixels two neighbouring tiles share at least; the blend runs across them.
+DEFAULT_OVERLAP_PX = 64
+#: img2img denoising strength of each tile: enough to add detail, too little to change the picture.
+DEFAULT_DENOISE = 0.3
+#: The first-pass upscaler computed locally (no SD call); any other name goes to ``extra-single-image``.
+LANCZOS = "Lanczos"
+#: Largest enlargement factor (A1111's extras allow 8).
+MAX_SCALE = 8.0
+
+#: Width of a seam-fix band (``--seam-fix band``): the masked strip re-rendered across each overlap's centre.
+DEFAULT_SEAM_FIX_WIDTH_PX = 64
+#: Denoising strength of the seam-fix bands: low, they only re-unify what is already close.
+DEFAULT_SEAM_FIX_DENOISE = 0.15
+
+SeamFix = Literal["none", "band"]
+
+
+class UpscaleParams(BaseModel):
+    """A tiled upscale: first pass by ``scale`` with ``upscaler``, then one img2img call per tile."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scale: Annotated[float, Field(gt=1.0, le=MAX_SCALE)] = 2.0
+    upscaler: Annotated[str, Field(min_length=1, max_length=200)] = LANCZOS
+    tile_px: Annotated[int, Field(ge=64, le=2048)] = DEFAULT_TILE_PX
+    overlap_px: Annotated[int, Field(ge=0, le=512)] = DEFAULT_OVERLAP_PX
+    denoise: Annotated[float, Field(ge=0.0, le=1.0)] = DEFAULT_DENOISE
+    seam_fix: SeamFix = "none"
+    seam_fix_width_px: Annotated[int, Field(ge=16, le=512)] = DEFAULT_SEAM_FIX_WIDTH_PX
+    seam_fix_denoise: Annotated[float, Field(ge=0.0, le=1.0)] = DEFAULT_SEAM_FIX_DENOISE
+    #: The img2img request of every tile (A1111 field names); ``seed`` is the same for every tile.
+    prompt: Annotated[str, Field(max_length=20_000)] = ""
+    negative_prompt: Annotated[str, Field(max_length=20_000)] = ""
+    seed: Annotated[int, Field(ge=-1, le=4294967294)] = -1
+    steps: Annotated[int, Field(ge=1, le=500)] = 20
+    cfg_scale: Annotated[float, Field(ge=0, le=100)] = 7.0
+    sampler_name: str = "Euler a"
+    scheduler: str = "Automatic"
+    override_settings: dict[str, Any] | None = None
+
+    @field_validator("tile_px", "seam_fix_width_px")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"{value} px is not a multiple of 8 (SD works on an 8-pixel latent grid)")
+        return value
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> UpscaleParams:
+        if self.overlap_px * 2 > self.tile_px:
+            raise ValueError(f"overlap {self.overlap_px} px is more than half the tile ({self.tile_px} px)")
+        return self
+
+    @property
+    def local(self) -> bool:
+        """Whether the first pass runs here (Lanczos) instead of on an SD server."""
+        return self.upscaler.strip().lower() == LANCZOS.lower()
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size after the first pass (rounded like A1111's extras: ``int(side * scale)``)."""
+        return max(1, int(width * self.scale)), max(1, int(height * self.scale))
+
+    def img2img_payload(
+        self, init_image_b64: str, width: int, height: int, *, task_id: str, mask_b64: str | None = None
+    ) -> dict[str, Any]:
+        """The JSON body of ``POST /sdapi/v1/img2img`` for one tile (every field explicit), or with
+        ``mask_b64`` for one seam-fix band (masked, at the seam fix's denoise, original content kept
+        under the mask as the start)."""
+        payload: dict[str, Any] = {
+            "init_images": [init_image_b64],
+            "denoising_strength": self.denoise if mask_b64 is None else self.seam_fix_denoise,
+            "resize_mode": 0,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "seed": self.seed,
+            "steps": self.steps,
+            "cfg_scale": self.cfg_scale,
+            "width": width,
+            "height": height,
+            "sampler_name": self.sampler_name,
+            "scheduler": self.scheduler,
+            "batch_size": 1,
+            "n_iter": 1,
+            "send_images": True,
+            "save_images": False,
+            "include_init_images": False,
+            "force_task_id": task_id,
+        }
+        if mask_b64 is not None:
+            payload |= {
+                "mask": mask_b64,
+                "mask_blur": 0,  # the mask is already soft
+                "inpainting_fill": 1,  # "original": start from the pixels under the mask
+                "inpaint_full_res": False,
+                "inpainting_mask_invert": 0,
+            }
+        if self.override_settings:
+            payload["override_settings"] = self.override_settings
+            payload["override_settings_restore_afterwards"] = True
+        return payload
+
+    def infotext_params(self) -> dict[str, Any]:
+        """The keys the output's infotext gets (USDU leaves its seam settings out; we do not)."""
+        return {
+            "Upscale": f"{self.scale:g}",
+            "Upscaler": self.upscaler,
+            "Upscale tile": self.tile_px,
+            "Upscale overlap": self.overlap_px,
+            "Denoising strength": self.denoise,
+            "Seam fix": self.seam_fix,
+            **(
+                {"Seam fix width": self.seam_fix_width_px, "Seam fix denoise": self.seam_fix_denoise}
+                if self.seam_fix == "band"
+                else {}
+            ),
+        }

@@ -1,0 +1,53 @@
+"""``sdpipe upscale`` and ``generate --upscale`` in-process, embedded, on the in-process mock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.images.infotext import parse_infotext
+from tests.test_cli.conftest import Invoke
+
+
+def test_upscale_of_a_job_id_upscales_that_job_result(sdpipe: Invoke) -> None:
+    generated = sdpipe("generate", "a lighthouse", "--seed", "7", "--width", "96", "--height", "64",
+                       "--sd-url", "mock://", "--json")  # fmt: skip
+    [job] = json.loads(generated.stdout)
+
+    result = sdpipe("upscale", job["job_id"][:8], "--scale", "2", "--tile", "64", "--overlap", "16",
+                    "--sd-url", "mock://", "--json")  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    [upscaled] = json.loads(result.stdout)
+    assert upscaled["spec"]["kind"] == "upscale"
+    with Image.open(upscaled["result"]["image"]) as image:
+        assert image.size == (192, 128)
+        parsed = parse_infotext(image.info["parameters"])
+    assert (parsed["Prompt"], parsed["Seed"], parsed["Upscale"]) == ("a lighthouse", "7", "2")
+    assert upscaled["spec"]["upscale"]["seed"] == 7  # the image's own seed, for every tile
+
+
+def test_generate_upscale_flag_upscales_each_image(sdpipe: Invoke) -> None:
+    result = sdpipe("generate", "a fox", "--width", "64", "--height", "64", "--upscale", "2",
+                    "--upscale-denoise", "0.2", "--sd-url", "mock://", "--json")  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    [job] = json.loads(result.stdout)
+    assert (job["result"]["width"], job["result"]["height"]) == (128, 128)
+    assert job["spec"]["upscale"]["denoise"] == 0.2
+
+
+def test_upscale_bad_input_is_one_line_exit_2(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(photo)
+
+    missing = sdpipe("upscale", str(tmp_path / "nope.png"), "--sd-url", "mock://")
+    bad_tile = sdpipe("upscale", str(photo), "--tile", "100", "--sd-url", "mock://")
+
+    assert missing.exit_code == 2 and "neither an image file nor a job id" in missing.output
+    assert bad_tile.exit_code == 2 and "multiple of 8" in bad_tile.output
+    assert len(bad_tile.output.strip().splitlines()) == 1
+    assert not list(out_dir.glob("*.png"))

@@ -1,0 +1,133 @@
+"""The mock's img2img and extra-single-image over real HTTP, and the client's calls to them."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.errors import SDNotFound, SDServerError
+from pipeline.sd.client import SDClient
+from pipeline.settings import load_settings
+from tests.test_pipeline.test_sd.conftest import StartMock
+
+
+def png_b64(side: int = 64, value: int | None = None) -> str:
+    pixels = np.random.default_rng(1).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    if value is not None:
+        pixels[:] = value
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def pixels_of(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")).astype(int)
+
+
+def body(**overrides: Any) -> dict[str, Any]:
+    return {"init_images": [png_b64()], "prompt": "a fox", "seed": 7, "denoising_strength": 0.4,
+            "width": 64, "height": 64} | overrides  # fmt: skip
+
+
+def test_mock_img2img_without_init_images_is_404(start_mock: StartMock, http: httpx.Client) -> None:
+    _, url = start_mock()
+
+    answer = http.post(f"{url}/sdapi/v1/img2img", json={"prompt": "a fox"})
+
+    assert answer.status_code == 404
+    assert answer.json() == {"error": "HTTPException", "detail": "Init image not found", "body": "", "errors": ""}
+
+
+def test_mock_img2img_bad_base64_is_500_invalid_encoded_image(start_mock: StartMock, http: httpx.Client) -> None:
+    _, url = start_mock()
+
+    answer = http.post(f"{url}/sdapi/v1/img2img", json=body(init_images=["not an image"]))
+
+    assert answer.status_code == 500
+    assert answer.json()["detail"] == "Invalid encoded image"
+
+
+def test_mock_img2img_is_deterministic_and_changes_with_prompt_seed_and_denoise(
+    start_mock: StartMock, http: httpx.Client
+) -> None:
+    _, url = start_mock()
+    init = body()["init_images"][0]
+
+    def render(**overrides: Any) -> np.ndarray:
+        answer = http.post(f"{url}/sdapi/v1/img2img", json=body(init_images=[init], **overrides))
+        assert answer.status_code == 200
+        return pixels_of(answer.json()["images"][0])
+
+    base = render()
+    assert np.array_equal(base, render())
+    assert not np.array_equal(base, render(prompt="a wolf"))
+    assert not np.array_equal(base, render(seed=8))
+    assert not np.array_equal(base, render(denoising_strength=0.8))
+    assert np.array_equal(render(denoising_strength=0), pixels_of(init))  # denoise 0: the init image
+    assert np.abs(base - pixels_of(init)).mean() > 2  # a visible change
+
+
+def test_mock_img2img_answers_a1111_shape_with_infotext(start_mock: StartMock, http: httpx.Client) -> None:
+    _, url = start_mock()
+
+    answer = http.post(f"{url}/sdapi/v1/img2img", json=body(width=96, height=100)).json()
+
+    info = json.loads(answer["info"])
+    assert answer["parameters"]["init_images"] is None
+    assert info["all_seeds"] == [7]
+    assert "Denoising strength: 0.4" in info["infotexts"][0]
+    assert Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).size == (96, 96)  # floored to 8
+
+
+def test_mock_extra_single_image_enlarges_and_refuses_unknown_upscalers(
+    start_mock: StartMock, http: httpx.Client
+) -> None:
+    mock, url = start_mock()
+    payload = {"image": png_b64(), "upscaling_resize": 2, "upscaler_1": "R-ESRGAN 4x+"}
+
+    answer = http.post(f"{url}/sdapi/v1/extra-single-image", json=payload)
+    unknown = http.post(f"{url}/sdapi/v1/extra-single-image", json=payload | {"upscaler_1": "Nope"})
+
+    assert Image.open(io.BytesIO(base64.b64decode(answer.json()["image"]))).size == (128, 128)
+    assert unknown.status_code == 500 and "could not find upscaler named Nope" in unknown.json()["errors"]
+    assert mock.stats()["extras"] == 2
+
+
+def test_client_img2img_and_extras_map_errors_and_results(start_mock: StartMock) -> None:
+    _, url = start_mock()
+    with SDClient(load_settings(sd_api_url=url)) as client:
+        result = client.img2img(body(), job_id="j1", seed=7)
+        enlarged = client.extra_single_image(png_b64(), scale=2, upscaler="Lanczos", job_id="j1")
+        with pytest.raises(SDNotFound):
+            client.img2img({"prompt": "x"}, job_id="j1", seed=7)
+        with pytest.raises(SDServerError, match="Invalid encoded image"):
+            client.img2img(body(init_images=["bad"]), job_id="j1", seed=7)
+
+    assert result.format == "png" and result.seed == 7 and result.extra["width"] == 64
+    assert Image.open(io.BytesIO(enlarged)).size == (128, 128)
+
+
+def test_mock_img2img_mask_changes_only_under_it(start_mock: StartMock, http: httpx.Client) -> None:
+    _, url = start_mock()
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[:, 32:] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, format="PNG")
+    init = body()["init_images"][0]
+
+    answer = http.post(
+        f"{url}/sdapi/v1/img2img", json=body(init_images=[init], mask=base64.b64encode(buffer.getvalue()).decode())
+    )
+    bad = http.post(f"{url}/sdapi/v1/img2img", json=body(mask="not an image"))
+
+    out, original = pixels_of(answer.json()["images"][0]), pixels_of(init)
+    assert np.array_equal(out[:, :32], original[:, :32])
+    assert not np.array_equal(out[:, 32:], original[:, 32:])
+    assert bad.status_code == 500 and bad.json()["detail"] == "Invalid encoded image"

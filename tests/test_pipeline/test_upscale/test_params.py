@@ -1,0 +1,66 @@
+"""The upscale request: validation, the img2img body, the infotext keys, the defaults it takes."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.errors import InputError
+from pipeline.settings import Settings
+from pipeline.upscale.params import UpscaleParams
+from pipeline.upscale.planning import UpscaleRequest, build_upscale_params
+
+
+def test_params_refuse_a_tile_not_a_multiple_of_8() -> None:
+    with pytest.raises(ValidationError, match="multiple of 8"):
+        UpscaleParams(tile_px=500)
+
+
+def test_params_refuse_an_overlap_over_half_a_tile() -> None:
+    with pytest.raises(ValidationError, match="half the tile"):
+        UpscaleParams(tile_px=256, overlap_px=200)
+
+
+def test_img2img_payload_sends_every_field_and_the_tile() -> None:
+    params = UpscaleParams(prompt="a fox", seed=7, denoise=0.25, steps=12)
+
+    body = params.img2img_payload("QUJD", 512, 448, task_id="sdpipe-j-t3")
+
+    assert body["init_images"] == ["QUJD"]
+    assert (body["width"], body["height"], body["denoising_strength"]) == (512, 448, 0.25)
+    assert (body["prompt"], body["seed"], body["steps"], body["force_task_id"]) == ("a fox", 7, 12, "sdpipe-j-t3")
+    assert body["batch_size"] == 1 and body["send_images"] is True and body["save_images"] is False
+
+
+def test_infotext_params_name_every_upscale_setting() -> None:
+    keys = UpscaleParams(scale=2, upscaler="R-ESRGAN 4x+").infotext_params()
+
+    assert keys == {
+        "Upscale": "2",
+        "Upscaler": "R-ESRGAN 4x+",
+        "Upscale tile": 512,
+        "Upscale overlap": 64,
+        "Denoising strength": 0.3,
+        "Seam fix": "none",
+    }
+
+
+def test_build_takes_the_prompt_and_seed_of_the_image_infotext(settings: Settings) -> None:
+    infotext = "a lighthouse\nNegative prompt: blurry\nSteps: 20, Sampler: Euler, Seed: 1234, Size: 512x512"
+
+    params = build_upscale_params(settings, UpscaleRequest(scale=2), infotext=infotext)
+
+    assert (params.prompt, params.negative_prompt, params.seed) == ("a lighthouse", "blurry", 1234)
+
+
+def test_build_draws_one_seed_for_every_tile(settings: Settings) -> None:
+    params = build_upscale_params(settings, UpscaleRequest(scale=2, seed=-1))
+
+    assert params.seed >= 0
+
+
+def test_build_names_the_bad_setting(settings: Settings) -> None:
+    with pytest.raises(InputError, match="tile_px") as caught:
+        build_upscale_params(settings, UpscaleRequest(scale=2, tile_px=100))
+
+    assert caught.value.field == "tile_px"
