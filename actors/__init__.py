@@ -9,6 +9,7 @@ from __future__ import annotations
 from actors.broker import BROKER_NAMESPACE, MAINTENANCE_CHANCE, build_broker
 from actors.runtime import Runtime, open_runtime
 from actors.steps import IMAGES_QUEUE, JOB_FAILED_ACTOR, QUEUES, SD_QUEUE, StepActors, declare_actors
+from actors.supervisor import CRASH_LOOP_DEATHS, CRASH_LOOP_WINDOW_S, RET_CRASH_LOOP
 from actors.worker import check_metrics_port, run_workers, setup
 
 __all__ = [
@@ -27,6 +28,9 @@ __all__ = [
     "Runtime",
     "open_runtime",
     # Worker processes
+    "CRASH_LOOP_DEATHS",
+    "CRASH_LOOP_WINDOW_S",
+    "RET_CRASH_LOOP",
     "check_metrics_port",
     "run_workers",
     "setup",

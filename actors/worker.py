@@ -3,7 +3,7 @@
 Each process reads the settings once (environment and ``.env``), builds the broker, opens its own
 status-store connection and declares the actors. Dramatiq's CLI supplies what a production worker
 needs: a process per core, graceful SIGTERM (running steps finish, prefetched messages go back),
-exit codes, and logging from every process.
+exit codes, and logging from every process; :mod:`actors.supervisor` replaces a process that dies.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from dramatiq import cli as dramatiq_cli
 from actors.broker import WORKER_ENQUEUE_PATIENCE_S
 from actors.runtime import WORKER_BEAT_S, Runtime, open_runtime
 from actors.steps import QUEUES
+from actors.supervisor import Supervisor
 from pipeline.errors import ConfigError, PipelineError, StoreUnavailable
 from pipeline.jobs.steps import remove_orphaned_work
 from pipeline.settings import Settings, load_settings, mask_url
@@ -194,7 +195,8 @@ def run_workers(
     verbose: bool = False,
     settings: Settings | None = None,
 ) -> int:
-    """Run Dramatiq worker processes until stopped; returns Dramatiq's exit code.
+    """Run Dramatiq worker processes until stopped, replacing any that dies (:mod:`actors.supervisor`);
+    returns Dramatiq's exit code, or :data:`~actors.supervisor.RET_CRASH_LOOP` after a crash loop.
 
     ``settings``: what the processes will read (default: loaded again, as each process does);
     with ``METRICS_PORT`` set, an extra process serves Prometheus metrics on that port.
@@ -216,7 +218,7 @@ def run_workers(
     args = dramatiq_cli.make_argument_parser().parse_args(argv)  # type: ignore[no-untyped-call]
     metrics_dir = _prepare_metrics_dir(settings.metrics_port) if settings.metrics_port is not None else None
     try:
-        return int(dramatiq_cli.main(args) or 0)  # type: ignore[no-untyped-call]
+        return Supervisor(args).run()
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

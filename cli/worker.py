@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from actors import QUEUES, check_metrics_port, run_workers
+from actors import CRASH_LOOP_DEATHS, CRASH_LOOP_WINDOW_S, QUEUES, RET_CRASH_LOOP, check_metrics_port, run_workers
 from cli.common import load
 from cli.output import cli_errors, err_console, state
 from pipeline.errors import InputError
@@ -66,6 +66,11 @@ def worker(
     code = run_workers(
         processes=settings.workers_count, threads=settings.worker_threads, queues=wanted, verbose=state.verbose
     )
+    if code == RET_CRASH_LOOP:
+        err_console.print(
+            f"[red]error:[/] sdpipe worker stopped: {CRASH_LOOP_DEATHS} worker process deaths within "
+            f"{CRASH_LOOP_WINDOW_S:g} s (crash loop); fix the cause shown in the log above, then start it again"
+        )
     raise typer.Exit(code)
 
 
