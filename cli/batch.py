@@ -35,6 +35,7 @@ from cli.common import (
     load,
     submit_when_room,
     wait_for_jobs,
+    worker_watch,
 )
 from cli.output import (
     RET_FAILED,
@@ -298,7 +299,9 @@ def _wait_and_finish(
     batch_record = runtime.store.get_batch(batch_id)
     total = len(batch_record.job_ids)
     try:
-        counts, elapsed_s = watch_batch(runtime.store, batch_id, total, live=err_console.is_terminal)
+        counts, elapsed_s = watch_batch(
+            runtime.store, batch_id, total, live=err_console.is_terminal, workers=worker_watch(runtime)
+        )
     except KeyboardInterrupt:
         if runtime.embedded:
             cancelled = runtime.cancel(batch_record.job_ids)

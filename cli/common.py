@@ -13,7 +13,7 @@ from rich.text import Text
 
 from actors import Runtime
 from cli.output import deferred_interrupt, echo, err_console, jobs_table
-from cli.progress import StoreOutage
+from cli.progress import StoreOutage, WorkerWatch
 from pipeline.errors import InputError, QueueFull, StoreUnavailable
 from pipeline.jobs.planning import watch_jobs
 from pipeline.models import JobRecord, JobState
@@ -92,8 +92,13 @@ def check_submission(settings: Settings, *, wait: bool, sd_url: str | None) -> N
         )
 
 
-def wait_for_jobs(store: StatusStore, job_ids: Sequence[str], *, live: bool) -> list[JobRecord]:
-    """Wait until every job is terminal, showing each job's step; survives a store outage."""
+def wait_for_jobs(
+    store: StatusStore, job_ids: Sequence[str], *, live: bool, workers: WorkerWatch | None = None
+) -> list[JobRecord]:
+    """Wait until every job is terminal, showing each job's step; survives a store outage.
+
+    ``workers``: say when no worker is alive (Redis mode; :func:`worker_watch`).
+    """
     records: list[JobRecord] = []
     outage = StoreOutage()
     with Live(console=err_console, refresh_per_second=4, transient=False, auto_refresh=live) as display:
@@ -101,11 +106,22 @@ def wait_for_jobs(store: StatusStore, job_ids: Sequence[str], *, live: bool) -> 
             try:
                 for records in watch_jobs(store, job_ids):
                     outage.up()
+                    if workers is not None:
+                        workers.check()
                     if live:
                         display.update(jobs_table(records) if len(records) <= TABLE_MAX_JOBS else _summary(records))
                 return records
             except StoreUnavailable as exc:
                 outage.down(exc)
+
+
+def worker_watch(runtime: Runtime, *, reported: bool = False) -> WorkerWatch | None:
+    """What a wait in Redis mode watches to say that no worker is alive; None in embedded mode."""
+    if runtime.embedded:
+        return None
+    return WorkerWatch(
+        runtime.live_workers, window_s=runtime.settings.broker_heartbeat_timeout_ms / 1000, reported=reported
+    )
 
 
 # Batch-row defaults given as flags (``batch``, ``schedule add``): the keys of a batch row.

@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from actors import open_runtime
-from cli.common import WaitForRoomOption, check_submission, load, submit_when_room, wait_for_jobs
+from cli.common import WaitForRoomOption, check_submission, load, submit_when_room, wait_for_jobs, worker_watch
 from cli.output import (
     cli_errors,
     echo,
@@ -296,7 +296,8 @@ def submit_and_report(
                 echo(f"batch {specs[0].batch_id}", err=True)
             for job_id in ids:
                 echo(f"job {job_id}")
-        if not runtime.embedded and runtime.live_workers() == 0:
+        none_alive = not runtime.embedded and runtime.live_workers() == 0
+        if none_alive:
             err_console.print(
                 "[yellow]warning:[/yellow] no sdpipe worker is running: the jobs wait in Redis until "
                 "`sdpipe worker` starts"
@@ -306,7 +307,12 @@ def submit_and_report(
                 print_json([{"job_id": spec.job_id, "batch_id": spec.batch_id, "state": "queued"} for spec in specs])
             return
         try:
-            records = wait_for_jobs(runtime.store, ids, live=not json_output and err_console.is_terminal)
+            records = wait_for_jobs(
+                runtime.store,
+                ids,
+                live=not json_output and err_console.is_terminal,
+                workers=worker_watch(runtime, reported=none_alive),
+            )
         except KeyboardInterrupt:
             _on_interrupt(runtime.embedded, runtime.store, ids)
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from rich.progress import (
     BarColumn,
@@ -19,7 +20,7 @@ from pipeline.errors import StoreUnavailable
 from pipeline.models import JobState
 from pipeline.store import StatusStore
 
-__all__ = ["StoreOutage", "watch_batch"]
+__all__ = ["StoreOutage", "WorkerWatch", "watch_batch"]
 
 #: Seconds between two reads of the batch's counts.
 POLL_INTERVAL_S = 0.5
@@ -30,6 +31,8 @@ PLAIN_LINE_INTERVAL_S = 30.0
 WIDE_BAR_COLUMNS = 120
 #: The bar's own width in a narrow terminal, in characters.
 NARROW_BAR_CHARS = 16
+#: Seconds between two looks at the worker heartbeats while waiting (Redis mode).
+WORKER_CHECK_S = 2.0
 #: Seconds between reconnection attempts while the status store is unreachable.
 STORE_RETRY_S = 1.0
 
@@ -57,8 +60,48 @@ class StoreOutage:
             self._since = None
 
 
-def watch_batch(store: StatusStore, batch_id: str, total: int, *, live: bool) -> tuple[dict[JobState, int], float]:
-    """Show the batch's progress until every job is terminal; return the final counts and elapsed seconds."""
+class WorkerWatch:
+    """While a CLI waits in Redis mode: says once when no ``sdpipe worker`` has beaten within the
+    heartbeat window (the jobs cannot move), and once when one is back.
+
+    ``live_workers`` is :meth:`actors.Runtime.live_workers`; ``reported``: the caller already said
+    that none runs (at submit time), so a first look finding none stays quiet.
+    """
+
+    def __init__(self, live_workers: Callable[[], int], *, window_s: float, reported: bool = False) -> None:
+        self._live_workers = live_workers
+        self._window_s = window_s
+        self._none = reported
+        self._next_check = 0.0
+
+    def check(self) -> None:
+        """Look at the heartbeats (at most every :data:`WORKER_CHECK_S`) and report a change."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + WORKER_CHECK_S
+        try:
+            alive = self._live_workers()
+        except StoreUnavailable:  # the waiter reports the outage itself
+            return
+        if alive == 0 and not self._none:
+            err_console.print(
+                f"waiting: no sdpipe worker has been alive in the last {self._window_s:g} s; the jobs wait in "
+                "Redis until `sdpipe worker` runs (still waiting…)",
+                markup=False,
+            )
+        elif alive and self._none:
+            err_console.print(f"sdpipe worker back: {alive} process(es) alive", markup=False)
+        self._none = alive == 0
+
+
+def watch_batch(
+    store: StatusStore, batch_id: str, total: int, *, live: bool, workers: WorkerWatch | None = None
+) -> tuple[dict[JobState, int], float]:
+    """Show the batch's progress until every job is terminal; return the final counts and elapsed seconds.
+
+    ``workers``: say when no worker is alive (Redis mode).
+    """
     started = time.monotonic()
     last_line = started
     outage = StoreOutage()
@@ -99,4 +142,6 @@ def watch_batch(store: StatusStore, batch_id: str, total: int, *, live: bool) ->
                 last_line = time.monotonic()
             if done >= total:
                 return counts, elapsed
+            if workers is not None:
+                workers.check()
             time.sleep(POLL_INTERVAL_S)

@@ -107,11 +107,14 @@ async def wait_for(
                     job_ids=pending,
                     batch_id=batch_id,
                 ) from outage
+            no_worker = "" if gone else await run_in_threadpool(_no_worker_note, runtime)
             raise ApiError(
                 504,
                 "timeout",
-                f"{len(pending)} job(s) not finished ({why}); they keep running",
-                hint="poll the status URL of each job",
+                f"{len(pending)} job(s) not finished ({why}){no_worker}; they keep running",
+                hint="start `sdpipe worker`, then poll the status URL of each job"
+                if no_worker
+                else "poll the status URL of each job",
                 job_id=pending[0],
                 job_ids=pending,
                 batch_id=batch_id,
@@ -172,3 +175,14 @@ def image_response(request: Request, record: JobRecord) -> Response:
     if _matches(etag, request.headers.get("if-none-match", "")):
         return Response(status_code=304, headers=headers)
     return FileResponse(path, media_type=MEDIA_TYPES[record.spec.output_format], headers=headers, stat_result=stat)
+
+
+def _no_worker_note(runtime: Runtime) -> str:
+    """Redis mode with no ``sdpipe worker`` beating in the heartbeat window: why a wait timed out."""
+    try:
+        if runtime.embedded or runtime.live_workers():
+            return ""
+    except StoreUnavailable:
+        return ""
+    window_s = runtime.settings.broker_heartbeat_timeout_ms / 1000
+    return f"; no sdpipe worker has been alive in the last {window_s:g} s, so they wait in Redis"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import free_port, port_open, wait_until
-from tests.test_api.conftest import noise_image, png_bytes
+from tests.test_api.conftest import assert_error, noise_image, png_bytes
 from tests.test_api.test_files import far_from_cuts
 from tests.test_e2e.conftest import Proc, start_worker
 
@@ -62,3 +62,21 @@ def _upload_and_generate(client: httpx.Client, workers: Proc, server: Proc) -> N
     )
     assert done.status_code == 200, done.text
     assert done.json()["jobs"][0]["state"] == "succeeded"
+
+
+def test_wait_that_times_out_says_no_worker_is_alive(e2e_env: dict[str, str], spawn: Callable[..., Proc]) -> None:
+    # Given `sdpipe serve` in Redis mode and no `sdpipe worker` running
+    port = free_port()
+    env = {**e2e_env, "API_TOKEN": TOKEN, "SD_API_URL": "mock://", "API_WAIT_TIMEOUT_S": "1"}
+    server = spawn("serve", "--port", str(port), env=env, name="serve")
+    assert wait_until(lambda: port_open(port) or server.popen.poll() is not None, timeout_s=30), server.output()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth, timeout=60) as client:
+        # When a blocking generation times out
+        response = client.post(
+            "/api/generate", params={"wait": "true"}, json={"prompt": "a fox", "width": 64, "height": 64}
+        )
+    # Then the 504 says why the job did not move, and what to do
+    error = assert_error(response, 504, "timeout")
+    assert "no sdpipe worker has been alive" in error["message"], error
+    assert "start `sdpipe worker`" in error["hint"]

@@ -337,7 +337,7 @@ def test_generate_interrupted_prints_the_results_already_finished(
 
     real_wait = cli.generate.wait_for_jobs
 
-    def wait_then_interrupt(store: Any, job_ids: list[str], *, live: bool) -> Any:
+    def wait_then_interrupt(store: Any, job_ids: list[str], *, live: bool, **_: Any) -> Any:
         real_wait(store, job_ids[:1], live=live)  # the first job has finished when Ctrl-C comes
         raise KeyboardInterrupt
 

@@ -85,3 +85,23 @@ def test_worker_stops_with_one_error_on_a_crash_loop(e2e_env: dict[str, str], sp
     errors = [line for line in worker.output().splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "crash loop" in errors[0], worker.output()
     assert "Traceback" not in worker.output()
+
+
+def test_waiting_generate_says_when_no_worker_is_alive(
+    e2e_env: dict[str, str], spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    # Given a `generate` waiting on a job that a running worker has started
+    env = {**e2e_env, **FAST_RECOVERY}
+    env["SD_API_URL"] = start_mock(spawn, env, "--latency-ms", "1500")
+    worker = start_worker(spawn, env, processes=1, threads=1)
+    generate = spawn("generate", "a slow lighthouse", env=env, name="generate")
+    assert wait_until(lambda: "job " in generate.output(), timeout_s=60), generate.output()
+    # When the worker stops while the job still has steps to go
+    assert worker.stop() == 0, worker.output()
+    # Then the waiting generate says that no worker is alive, instead of waiting silently
+    assert wait_until(lambda: "no sdpipe worker has been alive" in generate.output(), timeout_s=60), generate.output()
+    assert generate.popen.poll() is None
+    # And once a worker is back, it says so and the job finishes
+    start_worker(spawn, env, processes=1, threads=1, name="worker-2")
+    assert generate.popen.wait(timeout=120) == 0, generate.output()
+    assert "sdpipe worker back" in generate.output()
