@@ -258,6 +258,20 @@ class StatusStore(abc.ABC):
     def succeeded_fingerprints(self, fingerprints: Sequence[str]) -> set[str]:
         """The subset of ``fingerprints`` (``JobSpec.fingerprint``) that some succeeded job has."""
 
+    # -- retention (``sdpipe prune``) ---------------------------------------------------------------
+
+    def delete_jobs(self, job_ids: Sequence[str]) -> list[str]:
+        """Remove ended jobs' records and every index entry of them; returns the ids removed.
+
+        A job that is not terminal (or not there) is left alone, so a prune never removes live work.
+        A succeeded job's fingerprint stops counting for ``--skip-existing``.
+        """
+        raise NotImplementedError
+
+    def delete_batch(self, batch_id: str) -> bool:
+        """Remove a batch record (exact id, not a prefix); False if there was none."""
+        raise NotImplementedError
+
     # -- batches -----------------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -66,6 +66,7 @@ from pipeline.store.records import DelegatedBatchesSchedules
 from pipeline.store.redis_records import RedisRecords
 from pipeline.store.redis_scripts import (
     CREATE_LUA,
+    DELETE_LUA,
     FINISH_STEP_LUA,
     MOVE_LUA,
     REQUEUE_LUA,
@@ -119,6 +120,7 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
         self._finish_step = client.register_script(FINISH_STEP_LUA)
         self._set_fields = client.register_script(SET_FIELDS_LUA)
         self._requeue = client.register_script(with_constants(REQUEUE_LUA))
+        self._delete = client.register_script(with_constants(DELETE_LUA))
         self._batches_schedules = RedisRecords(client, key=self._key, guard=self._guard)
 
     @classmethod
@@ -286,6 +288,16 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
             for record in self._fetch([_text(job_id) for job_id in found])
             if (state is None or record.state == state) and (batch_id is None or record.batch_id == batch_id)
         ]
+
+    def delete_jobs(self, job_ids: Sequence[str]) -> list[str]:
+        removed: list[str] = []
+        for start in range(0, len(job_ids), _CREATE_CHUNK):
+            with self._guard():
+                reply = self._delete(keys=[], args=[self._ns, *job_ids[start : start + _CREATE_CHUNK]])
+            removed += [_text(job_id) for job_id in cast(list[Any], reply)]
+        if removed:
+            logger.info("removed %d job record(s)", len(removed))
+        return removed
 
     def succeeded_fingerprints(self, fingerprints: Sequence[str]) -> set[str]:
         unique = list(dict.fromkeys(fingerprints))

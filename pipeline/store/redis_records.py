@@ -87,6 +87,15 @@ class RedisRecords:
             raise batch_not_found(batch_id)
         return BatchRecord.model_validate_json(raw)
 
+    def delete_batch(self, batch_id: str) -> bool:
+        """DEL the record and drop its id from ``ns:batch-ids``, in one MULTI."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.delete(self._key("batchrec", batch_id))
+        pipe.zrem(self._key("batch-ids"), batch_id)
+        with self._guard():
+            deleted, _ = pipe.execute()
+        return bool(deleted)
+
     # -- schedules -----------------------------------------------------------------------------
 
     def save_schedule(self, schedule: ScheduleRecord) -> None:

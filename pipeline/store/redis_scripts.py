@@ -11,7 +11,7 @@ from __future__ import annotations
 from pipeline.models import JobState
 from pipeline.store.base import TERMINAL_RANK
 
-__all__ = ["CREATE_LUA", "FINISH_STEP_LUA", "MOVE_LUA", "REQUEUE_LUA", "SET_FIELDS_LUA", "with_constants"]
+__all__ = ["CREATE_LUA", "DELETE_LUA", "FINISH_STEP_LUA", "MOVE_LUA", "REQUEUE_LUA", "SET_FIELDS_LUA", "with_constants"]
 
 #: ARGV: ns, JSON list of [id, created_at, batch_id or null, spec JSON]. Returns per job 1 (created) or 0 (kept).
 CREATE_LUA = """
@@ -92,6 +92,33 @@ if batch then
 end
 redis.call('HSET', key, 'state', '@QUEUED@', 'rank', '@QUEUED_RANK@', 'updated_at', now)
 return redis.call('HGETALL', key)
+"""
+#: Removes ended jobs and their index entries (a succeeded one's fingerprint too). ARGV: ns, then
+#: job ids. Returns the ids removed (jobs not there or not terminal are left alone).
+DELETE_LUA = """
+local ns, removed = ARGV[1], {}
+for i = 2, #ARGV do
+    local id = ARGV[i]
+    local key = ns .. ':job:' .. id
+    local current = redis.call('HMGET', key, 'state', 'rank', 'batch_id')
+    local state, rank, batch = current[1], tonumber(current[2]), current[3]
+    if state and rank >= @TERMINAL_RANK@ then
+        if state == '@SUCCEEDED@' then
+            local fingerprint = cjson.decode(redis.call('HGET', key, 'spec'))['fingerprint']
+            if type(fingerprint) == 'string' then redis.call('SREM', ns .. ':fp:succeeded', fingerprint) end
+        end
+        redis.call('DEL', key)
+        redis.call('ZREM', ns .. ':jobs', id)
+        redis.call('ZREM', ns .. ':ids', id)
+        redis.call('ZREM', ns .. ':state:' .. state, id)
+        if batch then
+            redis.call('ZREM', ns .. ':batch:' .. batch, id)
+            redis.call('ZREM', ns .. ':batch-state:' .. state .. ':' .. batch, id)
+        end
+        removed[#removed + 1] = id
+    end
+end
+return removed
 """
 #: KEYS[1] job. ARGV: step, now, skipped ("1"/"0"). Returns -1 (no job) or 1.
 FINISH_STEP_LUA = """

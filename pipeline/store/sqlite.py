@@ -112,6 +112,8 @@ CREATE TABLE IF NOT EXISTS upscale_totals (
 );
 """
 #: Brings a file made before the ``fingerprint`` column up to date (run after :data:`_SCHEMA`).
+#: Job ids per statement of :meth:`SqliteStatusStore.delete_jobs` (well under SQLite's 32766 variables).
+_DELETE_CHUNK = 500
 _ADD_FINGERPRINT = "ALTER TABLE jobs ADD COLUMN fingerprint TEXT"
 #: The index ``succeeded_fingerprints`` walks (created here, not in _SCHEMA: an old file lacks the column).
 _FINGERPRINT_INDEX = "CREATE INDEX IF NOT EXISTS jobs_fingerprint_state ON jobs (fingerprint, state)"
@@ -275,6 +277,27 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
         sql, params = _list_query(state, batch_id, limit, max(offset, 0))
         with self._transaction(write=False) as conn:
             return self._records(conn, conn.execute(sql, params).fetchall())
+
+    def delete_jobs(self, job_ids: Sequence[str]) -> list[str]:
+        removed: list[str] = []
+        with self._transaction(write=True) as conn:
+            for start in range(0, len(job_ids), _DELETE_CHUNK):
+                chunk = list(job_ids[start : start + _DELETE_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                ended = [
+                    str(row[0])
+                    for row in conn.execute(
+                        f"SELECT job_id FROM jobs WHERE job_id IN ({marks}) AND state_rank >= ?",
+                        (*chunk, TERMINAL_RANK),
+                    )
+                ]
+                marks = ",".join("?" * len(ended))
+                conn.execute(f"DELETE FROM steps WHERE job_id IN ({marks})", ended)
+                conn.execute(f"DELETE FROM jobs WHERE job_id IN ({marks})", ended)
+                removed += ended
+        if removed:
+            logger.info("removed %d job record(s)", len(removed))
+        return removed
 
     def succeeded_fingerprints(self, fingerprints: Sequence[str]) -> set[str]:
         unique = list(dict.fromkeys(fingerprints))

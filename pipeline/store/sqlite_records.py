@@ -89,6 +89,11 @@ class SqliteRecords:
                 (batch.batch_id, batch.created_at, batch.model_dump_json()),
             )
 
+    def delete_batch(self, batch_id: str) -> bool:
+        """Delete the batch's row."""
+        with self._transaction(write=True) as conn:
+            return conn.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,)).rowcount > 0
+
     def get_batch(self, batch_id: str) -> BatchRecord:
         """Resolve ``batch_id`` along the primary key (exact id, else unique prefix), then read the record."""
         with self._transaction(write=False) as conn:
