@@ -15,6 +15,7 @@ from cli.generate import generate, process
 from cli.help import polish_help
 from cli.jobs import jobs, status
 from cli.output import err_console, setup_logging, state
+from cli.prune import prune
 from cli.schedule import schedule_app, scheduler
 from cli.serve import serve
 from cli.upscale import upscale
@@ -54,6 +55,7 @@ app.command()(doctor)
 app.command()(batch)
 app.command()(retry)
 app.command()(cancel)
+app.command()(prune)
 app.add_typer(schedule_app, name="schedule")
 app.command()(scheduler)
 app.command()(serve)

@@ -5,6 +5,7 @@
 - :mod:`~pipeline.jobs.renders`: one tile (or band) of an upscale job, as its actor runs it.
 - :mod:`~pipeline.jobs.files`: atomic writes, output names, each job's work folder.
 - :mod:`~pipeline.jobs.naming`: the ``OUTPUT_NAME`` template and the slugs in it.
+- :mod:`~pipeline.jobs.retention`: ``sdpipe prune``: ended jobs' records and files, orphaned work folders.
 - :mod:`~pipeline.jobs.uploads`: checking an uploaded image before anything is planned on it.
 """
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
         travelling_overrides,
         watch_jobs,
     )
+    from pipeline.jobs.retention import PrunePlan, apply_prune, find_orphaned_work, plan_prune
     from pipeline.jobs.steps import (
         StepContext,
         StepOutcome,
@@ -66,6 +68,10 @@ __all__ = [
     "atomic_write_json",
     "check_output_dir",
     "read_json",
+    "PrunePlan",
+    "apply_prune",
+    "find_orphaned_work",
+    "plan_prune",
     "UploadInfo",
     "UploadRejected",
     "check_upload",
@@ -90,6 +96,7 @@ __getattr__, __dir__ = lazy_exports(
         ],
         ".steps": ["StepContext", "StepOutcome", "run_step"],
         ".files": ["JobFiles", "atomic_write_bytes", "atomic_write_json", "check_output_dir", "read_json"],
+        ".retention": ["PrunePlan", "apply_prune", "find_orphaned_work", "plan_prune"],
         ".uploads": ["UploadInfo", "UploadRejected", "check_upload", "remove_stale_uploads", "upload_path"],
     },
 )

@@ -38,6 +38,7 @@ from pipeline.jobs.files import (
     remove_stale_temps,
 )
 from pipeline.jobs.naming import resolve_late_tokens
+from pipeline.jobs.retention import ORPHAN_WORK_AGE_S, find_orphaned_work
 from pipeline.models import ErrorInfo, JobRecord, JobResult, SDInfo, StepName, StepRecord
 from pipeline.sd.backends import Backend
 from pipeline.sd.client import SDClient
@@ -58,9 +59,6 @@ __all__ = [
     "sd_slot",
 ]
 
-#: A work folder whose job has no record is removed (``remove_orphaned_work``) once it is this old:
-#: a ``process`` job's folder is written just before its record is created.
-ORPHAN_WORK_AGE_S = 3600.0
 
 logger = logging.getLogger(__name__)
 
@@ -226,22 +224,10 @@ def remove_orphaned_work(ctx: StepContext, *, older_than_s: float = ORPHAN_WORK_
     without persistence: the records and the queued messages are gone, the folders stay), once
     older than ``older_than_s``; returns how many. A worker does it when it starts."""
     work = ctx.settings.output_dir / STATE_DIR_NAME / "work"
-    try:
-        folders = [path for path in work.iterdir() if path.is_dir()]
-    except OSError:  # no work folder yet
-        return 0
     removed = 0
-    now = ctx.clock()
-    for folder in folders:
-        try:
-            if now - folder.stat().st_mtime < older_than_s:
-                continue
-            ctx.store.get(folder.name)
-        except JobNotFound:
-            JobFiles(ctx.settings.output_dir, folder.name).remove_work_dir()
-            removed += 1
-        except OSError:  # removed meanwhile
-            continue
+    for folder in find_orphaned_work(ctx.store, ctx.settings.output_dir, now=ctx.clock(), older_than_s=older_than_s):
+        JobFiles(ctx.settings.output_dir, folder.name).remove_work_dir()
+        removed += 1
     if removed:
         logger.warning(
             "removed %d work folder(s) under %s whose jobs' records are gone (%s)",
