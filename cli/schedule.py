@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -66,6 +67,7 @@ from cli.request_options import (
 )
 from pipeline.batches.files import BatchFileError, read_batch_file
 from pipeline.batches.schedules import (
+    DAY_S,
     MIN_GRACE_S,
     FireFn,
     Scheduler,
@@ -75,9 +77,11 @@ from pipeline.batches.schedules import (
     validate_cron,
 )
 from pipeline.errors import InputError, JobNotFound, ScheduleNotFound
+from pipeline.jobs.retention import apply_prune, plan_prune
 from pipeline.models import ScheduleRecord, ScheduleRun
 from pipeline.sd.catalog import open_catalog
-from pipeline.store import open_store
+from pipeline.settings import Settings
+from pipeline.store import StatusStore, open_store
 
 __all__ = ["schedule_app", "scheduler"]
 
@@ -394,12 +398,23 @@ def scheduler(ctx: typer.Context) -> None:
                 fired.append(batch_id)
                 return batch_id
 
-            Scheduler(runtime.store, fire_and_remember).run_forever(stop)
+            daily = _retention(runtime.store, settings) if settings.retention_days is not None else None
+            if daily is not None:
+                logging.getLogger("pipeline.jobs.retention").setLevel(logging.INFO)
+                err_console.print(f"pruning ended jobs older than {settings.retention_days} day(s) daily")
+            Scheduler(runtime.store, fire_and_remember, daily=daily).run_forever(stop)
             if runtime.embedded:
                 # The jobs ran in this process: left unfinished they would block their schedules.
                 cancelled = sum(runtime.cancel(runtime.store.get_batch(b).job_ids) for b in fired)
                 if cancelled:
                     err_console.print(f"{cancelled} unfinished job(s) cancelled (embedded mode)")
+
+
+def _retention(store: StatusStore, settings: Settings) -> Callable[[], object]:
+    """RETENTION_DAYS: what the scheduler runs once a day (``sdpipe prune --older-than <N>d``)."""
+    assert settings.retention_days is not None
+    older_than_s = settings.retention_days * DAY_S
+    return lambda: apply_prune(store, plan_prune(store, settings.output_dir, older_than_s=older_than_s))
 
 
 def _fire(runtime: Runtime) -> FireFn:

@@ -281,6 +281,9 @@ class Settings(BaseSettings):
     output_name: str = DEFAULT_NAME_TEMPLATE
     max_pixels: Annotated[int, Field(gt=0)] = DEFAULT_MAX_PIXELS
     max_image_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_IMAGE_BYTES
+    #: ``sdpipe scheduler`` prunes ended jobs older than this once a day (``sdpipe prune``, without
+    #: --outputs); None: never.
+    retention_days: Annotated[int, Field(ge=1)] | None = None
 
     # Prompt templates
     #: Folder of wildcard files: ``__name__`` in a template is a line of ``name.txt`` (``__a/b__``: ``a/b.txt``).

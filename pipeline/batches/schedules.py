@@ -63,6 +63,12 @@ _CRON_FIELDS = '5 fields "minute hour day-of-month month day-of-week", or @hourl
 _ACTIVE_STATES = tuple(state for state in JobState if not state.terminal)
 
 
+#: Seconds in a day, and the claim name under which one scheduler a day runs ``Scheduler.daily``
+#: (only a schedule named so, firing at 00:00 UTC, would share its claims).
+DAY_S = 86400
+DAILY_CLAIM = "sdpipe:daily"
+
+
 def effective_grace_s(schedule: ScheduleRecord) -> float:
     """How late an occurrence may be handled and still fire: the schedule's grace, at least :data:`MIN_GRACE_S`."""
     return max(schedule.grace_s, MIN_GRACE_S)
@@ -164,6 +170,7 @@ class Scheduler:
         fire: enqueues one schedule's batch and returns its id.
         clock: epoch seconds now (injected by tests).
         batch_running: whether a batch still has unfinished jobs; by default asked of the store.
+        daily: run once a (UTC) day by one of the schedulers sharing the store (RETENTION_DAYS: the prune).
     """
 
     def __init__(
@@ -173,11 +180,13 @@ class Scheduler:
         *,
         clock: Callable[[], float] = time.time,
         batch_running: Callable[[str], bool] | None = None,
+        daily: Callable[[], object] | None = None,
     ) -> None:
         self.store = store
         self.fire = fire
         self.clock = clock
         self.batch_running = batch_running or self._batch_running_in_store
+        self.daily = daily
 
     def _batch_running_in_store(self, batch_id: str) -> bool:
         counts = self.store.count_by_state(batch_id=batch_id)
@@ -206,7 +215,20 @@ class Scheduler:
             run = self._handle_claimed(schedule.name, occurrence, now, manual=False)
             if run is not None:
                 runs.append(run)
+        self._run_daily()
         return runs
+
+    def _run_daily(self) -> None:
+        """Run :attr:`daily` if no scheduler has run it yet today (a claim, like an occurrence's)."""
+        if self.daily is None:
+            return
+        today = self.clock() // DAY_S * DAY_S
+        try:
+            if not self.store.claim_fire(DAILY_CLAIM, today):
+                return
+            self.daily()
+        except Exception:
+            logger.exception("the daily task (retention) failed; next try tomorrow")
 
     def fire_now(self, name: str) -> ScheduleRun:
         """Fire ``name`` at once (``schedule run NAME``), the overlap rule included; record the run.
