@@ -25,6 +25,8 @@ from tests.test_e2e.conftest import SDPIPE, Proc, child_pids, mock_stats, run_sd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
+#: What each worker process logs once it takes messages (a replaced one too).
+READY = "Worker process is ready"
 RUNNING = ("generating", "splitting", "blurring", "merging")
 #: Short heartbeat so a killed worker's messages come back in seconds in tests (default: 20 s).
 FAST_RECOVERY = {"BROKER_HEARTBEAT_TIMEOUT_MS": "3000", "WIDTH": "64", "HEIGHT": "64"}
@@ -63,7 +65,7 @@ def _assert_outputs_whole(output_dir: Path, jobs: list[dict[str, object]]) -> No
 def test_worker_killed_three_times_loses_and_duplicates_nothing(
     e2e_env: dict[str, str], redis_url: str, spawn: Callable[..., Proc], tmp_path: Path
 ) -> None:
-    """Injected: kill -9 of a worker process 3 times during a 50-job batch, restarting it each time.
+    """Injected: kill -9 of a worker process 3 times during a 50-job batch (sdpipe worker starts it again).
     Asserted: all 50 succeed, outputs whole, no txt2img for a job after its image was saved."""
     env = {**e2e_env, **FAST_RECOVERY}
     mock = start_mock(spawn, env, "--latency-ms", "300")
@@ -72,7 +74,7 @@ def test_worker_killed_three_times_loses_and_duplicates_nothing(
     batch_id = _submit(env, tmp_path, 50, "kill")
     worker = start_worker(spawn, env, processes=1, threads=2, name="worker-0")
     recoveries = []
-    for kill in range(3):
+    for _ in range(3):
         # kill only after fresh progress, so each kill lands on other jobs than the last one's
         # (killing the same job three times is a poison job, which the next test covers)
         target = min(_counts(store, batch_id).get("succeeded", 0) + 5, 45)
@@ -81,10 +83,11 @@ def test_worker_killed_three_times_loses_and_duplicates_nothing(
             j.job_id: j.state.rank for j in store.list_jobs(batch_id=batch_id, limit=100) if j.state.value in RUNNING
         }
         (child,) = child_pids(worker.popen.pid)
+        ready = worker.output().count(READY)
         os.kill(child, signal.SIGKILL)
         killed_at = time.monotonic()
-        worker.popen.wait(timeout=60)  # Dramatiq stops the whole worker when one process dies
-        worker = start_worker(spawn, env, processes=1, threads=2, name=f"worker-{kill + 1}")
+        # sdpipe worker starts the process again (Dramatiq alone would stop the whole worker)
+        assert wait_until(lambda r=ready: worker.output().count(READY) > r, timeout_s=60), worker.output()
 
         def moved_on(ranks: dict[str, int] = in_flight) -> bool:
             # every job the kill interrupted got past that step (its redelivery finished it)
@@ -132,11 +135,11 @@ def test_poison_job_is_quarantined_after_three_deliveries(
     while time.monotonic() < deadline:
         seen = [r for r in mock_stats(mock)["requests"] if str(r["prompt"]).startswith("poison")]  # type: ignore[union-attr]
         if len(seen) > kills:
+            ready = worker.output().count(READY)
             for child in child_pids(worker.popen.pid):
                 os.kill(child, signal.SIGKILL)
             kills += 1
-            worker.popen.wait(timeout=60)
-            worker = start_worker(spawn, env, processes=1, threads=1, name=f"poison-{kills}")
+            assert wait_until(lambda r=ready: worker.output().count(READY) > r, timeout_s=60), worker.output()
         (job,) = store.list_jobs(batch_id=batch_id, limit=5)
         if job.state.terminal:
             break
