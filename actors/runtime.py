@@ -324,6 +324,13 @@ class Runtime:
         now = time.time()
         return sum(self.store.mark_cancelled(job_id, now=now) for job_id in job_ids)
 
+    @property
+    def worker_window_s(self) -> float:
+        """How long without a beat before a worker process counts as gone: Dramatiq's heartbeat timeout,
+        but at least two beats (:data:`WORKER_BEAT_S`) and a second, so a short heartbeat timeout (tests
+        use 3 s) never makes a live worker flicker out between two beats."""
+        return max(self.settings.broker_heartbeat_timeout_ms / 1000, 2 * WORKER_BEAT_S + 1)
+
     def live_workers(self) -> int:
         """How many ``sdpipe worker`` processes beat lately (:meth:`worker_beat`; embedded: the in-process one).
 
@@ -332,7 +339,7 @@ class Runtime:
         """
         if self.embedded:
             return 1 if self.worker is not None else 0
-        since_ms = int(time.time() * 1000) - self.settings.broker_heartbeat_timeout_ms
+        since_ms = int((time.time() - self.worker_window_s) * 1000)
         with self._reaching_redis():
             return int(self.broker.client.zcount(WORKERS_KEY, since_ms, "+inf"))  # type: ignore[attr-defined]
 

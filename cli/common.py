@@ -119,9 +119,7 @@ def worker_watch(runtime: Runtime, *, reported: bool = False) -> WorkerWatch | N
     """What a wait in Redis mode watches to say that no worker is alive; None in embedded mode."""
     if runtime.embedded:
         return None
-    return WorkerWatch(
-        runtime.live_workers, window_s=runtime.settings.broker_heartbeat_timeout_ms / 1000, reported=reported
-    )
+    return WorkerWatch(runtime.live_workers, window_s=runtime.worker_window_s, reported=reported)
 
 
 # Batch-row defaults given as flags (``batch``, ``schedule add``): the keys of a batch row.

@@ -147,14 +147,13 @@ def _check_workers(settings: Settings, checks: Table) -> int:
     wait in Redis however healthy everything else is."""
     try:
         with open_runtime(settings, start_embedded_worker=False) as runtime:
-            alive = runtime.live_workers()
+            alive, window_s = runtime.live_workers(), runtime.worker_window_s
     except PipelineError as exc:
         checks.add_row(Text("✗ workers", style="red"), Text(render(exc)))
         return exit_code_for(exc)
     if alive:
         checks.add_row(Text("✓ workers", style="green"), Text(f"{alive} worker process(es) alive"))
         return RET_OK
-    window_s = settings.broker_heartbeat_timeout_ms / 1000
     checks.add_row(
         Text("✗ workers", style="red"),
         Text(f"no sdpipe worker has sent a heartbeat in {window_s:g} s: jobs wait in Redis until `sdpipe worker` runs"),

@@ -184,5 +184,5 @@ def _no_worker_note(runtime: Runtime) -> str:
             return ""
     except StoreUnavailable:
         return ""
-    window_s = runtime.settings.broker_heartbeat_timeout_ms / 1000
+    window_s = runtime.worker_window_s
     return f"; no sdpipe worker has been alive in the last {window_s:g} s, so they wait in Redis"
