@@ -129,10 +129,10 @@ class _Ours:
         elapsed = time.perf_counter() - started
         if record.result is None:
             raise RuntimeError(f"job {job_id} {record.state.value}: {record.error}")
-        Path(record.result["image"]).unlink()
-        Path(record.result["sidecar"]).unlink()
+        Path(str(record.result.image)).unlink()
+        Path(str(record.result.sidecar)).unlink()
         steps = {name: (step.duration_s or 0.0) * 1000 for name, step in record.steps.items()}
-        return elapsed * 1000, (planned - started) * 1000, steps, int(record.result["bytes"])
+        return elapsed * 1000, (planned - started) * 1000, steps, int(record.result.bytes or 0)
 
     def run(self, paths: list[Path], repeats: int) -> dict[str, Any]:
         self.one(paths[0])  # warm-up
