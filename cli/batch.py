@@ -74,7 +74,7 @@ from cli.request_options import (
     TemplateOption,
     TemplateSeedOption,
     apply_flags,
-    request_fields,
+    request_flags,
     template_fields,
 )
 from pipeline.batches.files import BatchFileError, describe_plan, read_batch_file
@@ -176,24 +176,7 @@ def batch(
 ) -> None:
     """Render every row of a prompt file as one batch (validated first: nothing is enqueued on errors)."""
     with cli_errors():
-        request_defaults = request_fields(
-            request=request_file,
-            hires=hires,
-            hr_scale=hr_scale,
-            hr_upscaler=hr_upscaler,
-            hr_steps=hr_steps,
-            denoise=denoise,
-            styles=styles,
-            refiner=refiner,
-            refiner_switch_at=refiner_switch_at,
-            model=model,
-            clip_skip=clip_skip,
-            subseed=subseed,
-            subseed_strength=subseed_strength,
-            override=override,
-            param=param,
-            script=script,
-        )
+        request_defaults = request_flags(locals())
         request_defaults.update(
             template_fields(
                 template=template,

@@ -42,7 +42,7 @@ from cli.request_options import (
     TemplateOption,
     TemplateSeedOption,
     apply_flags,
-    request_fields,
+    request_flags,
     template_fields,
 )
 from pipeline.batches.expansion import plan_templated, split_template_keys
@@ -147,24 +147,7 @@ def generate(
         settings = load(ctx, sd_api_url=sd_url, output_dir=out)
         check_submission(settings, wait=wait, sd_url=sd_url)
         step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
-        fields = request_fields(
-            request=request_file,
-            hires=hires,
-            hr_scale=hr_scale,
-            hr_upscaler=hr_upscaler,
-            hr_steps=hr_steps,
-            denoise=denoise,
-            styles=styles,
-            refiner=refiner,
-            refiner_switch_at=refiner_switch_at,
-            model=model,
-            clip_skip=clip_skip,
-            subseed=subseed,
-            subseed_strength=subseed_strength,
-            override=override,
-            param=param,
-            script=script,
-        )
+        fields = request_flags(locals())
         fields = apply_flags(
             fields,
             prompt=prompt,

@@ -9,6 +9,7 @@ batch row (A1111 names, plus ``model``), which every entry point then checks the
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "SubseedStrengthOption",
     "apply_flags",
     "request_fields",
+    "request_flags",
     "template_fields",
 ]
 
@@ -242,6 +244,20 @@ def _scripts(items: list[str]) -> dict[str, Any]:
             )
         scripts[name.strip()] = value
     return scripts
+
+
+#: The request flags' parameter names in a command (``generate``, ``batch``, ``schedule add``), as
+#: :func:`request_fields` takes them; ``--request`` is ``request_file`` there.
+_FLAG_NAMES = (
+    "hires", "hr_scale", "hr_upscaler", "hr_steps", "denoise", "styles", "refiner", "refiner_switch_at",
+    "model", "clip_skip", "subseed", "subseed_strength", "override", "param", "script",
+)  # fmt: skip
+
+
+def request_flags(params: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`request_fields` of a command's parameters (its ``locals()``): the flags are declared once
+    per command, as Typer needs, but read in one place."""
+    return request_fields(request=params["request_file"], **{name: params[name] for name in _FLAG_NAMES})
 
 
 def request_fields(

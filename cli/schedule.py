@@ -62,7 +62,7 @@ from cli.request_options import (
     TemplateOption,
     TemplateSeedOption,
     apply_flags,
-    request_fields,
+    request_flags,
     template_fields,
 )
 from pipeline.batches.files import BatchFileError, read_batch_file
@@ -151,24 +151,7 @@ def add(
 ) -> None:
     """Add a schedule: render FILE as a batch at every occurrence of --cron."""
     with cli_errors():
-        request_defaults = request_fields(
-            request=request_file,
-            hires=hires,
-            hr_scale=hr_scale,
-            hr_upscaler=hr_upscaler,
-            hr_steps=hr_steps,
-            denoise=denoise,
-            styles=styles,
-            refiner=refiner,
-            refiner_switch_at=refiner_switch_at,
-            model=model,
-            clip_skip=clip_skip,
-            subseed=subseed,
-            subseed_strength=subseed_strength,
-            override=override,
-            param=param,
-            script=script,
-        )
+        request_defaults = request_flags(locals())
         # Without --template-seed, random template picks differ at every run; with it, each run is the same.
         request_defaults.update(
             template_fields(
