@@ -7,6 +7,7 @@ actors are declared on it (``declare_actors``), so no actor binds to an accident
 from __future__ import annotations
 
 from actors.broker import BROKER_NAMESPACE, MAINTENANCE_CHANCE, build_broker
+from actors.queues import QueueDepth, queue_depths
 from actors.runtime import Runtime, open_runtime
 from actors.steps import IMAGES_QUEUE, JOB_FAILED_ACTOR, QUEUES, SD_QUEUE, StepActors, declare_actors
 from actors.supervisor import CRASH_LOOP_DEATHS, CRASH_LOOP_WINDOW_S, RET_CRASH_LOOP
@@ -24,6 +25,9 @@ __all__ = [
     "SD_QUEUE",
     "StepActors",
     "declare_actors",
+    # Queues
+    "QueueDepth",
+    "queue_depths",
     # Runtime
     "Runtime",
     "open_runtime",

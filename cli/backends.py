@@ -3,7 +3,6 @@ loaded checkpoint and the load times measured per checkpoint."""
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from pipeline.errors import PipelineError, SDUnavailable
 from pipeline.sd.backends import Backend, parse_backends
 from pipeline.sd.client import SDClient
 from pipeline.sd.pool.pool import SDPool, open_pool_state
+from pipeline.sd.pool.report import backend_row
 from pipeline.sd.pool.state import BackendStatus
 from pipeline.settings import Settings
 
@@ -66,7 +66,7 @@ def backends(
         shared = settings.redis_mode
         # Pool state from Redis when workers share one; embedded processes share nothing: ask the servers.
         statuses, answers, loaded = _read(settings, configured, shared=shared, probe=probe or not shared)
-        rows = [_row(backend, statuses.get(backend.key), answers, now=time.time()) for backend in configured]
+        rows = [backend_row(backend, statuses.get(backend.key), answers, now=time.time()) for backend in configured]
         for row in rows:
             if row["key"] in loaded:  # a live answer wins over the state's last sighting
                 row["model"] = loaded[row["key"]]
@@ -117,43 +117,6 @@ def _checkpoint_of(clients: _Clients) -> Any:
             return None
 
     return read
-
-
-def _health(status: BackendStatus, now: float) -> str:
-    if status.healthy:
-        return "healthy"
-    if status.benched_until is not None and status.benched_until > now:
-        return f"benched, back in {math.ceil(status.benched_until - now)} s"
-    return "benched, probing"
-
-
-def _row(
-    backend: Backend, status: BackendStatus | None, answers: dict[str, str | None], *, now: float
-) -> dict[str, Any]:
-    """One server as ``--json`` prints it (counters None when there is no shared state)."""
-    row: dict[str, Any] = {
-        "key": backend.key,
-        "health": _health(status, now) if status is not None else None,
-        "healthy": status.healthy if status is not None else None,
-        "benched_until": status.benched_until if status is not None else None,
-        "in_use": status.in_use if status is not None else None,
-        "max_slots": backend.max_slots,
-        "done": status.done if status is not None else None,
-        "failures": status.failures if status is not None else None,
-        "consecutive_failures": status.consecutive_failures if status is not None else None,
-        "mean_s": round(status.mean_s, 3) if status is not None and status.mean_s is not None else None,
-        "last_error": status.last_error if status is not None else None,
-        "last_error_at": status.last_error_at if status is not None else None,
-        "model": status.model if status is not None else None,
-        "model_hash": status.model_hash if status is not None else None,
-        "loading": status.loading if status is not None else None,
-        "model_loads": status.model_loads if status is not None else None,
-        "load_s": {k: round(v, 3) for k, v in sorted(status.load_s.items())} if status is not None else {},
-    }
-    if backend.key in answers:
-        row["probe"] = answers[backend.key] or "answers"
-        row["answers"] = answers[backend.key] is None
-    return row
 
 
 def _table(rows: Sequence[dict[str, Any]], *, shared: bool) -> Table:

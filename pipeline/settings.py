@@ -118,6 +118,8 @@ DEFAULT_PORT = 3000
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 #: Longest an HTTP request with ``?wait=true`` (or ``POST /api/files``) blocks before answering.
 DEFAULT_API_WAIT_TIMEOUT_S = 300.0
+#: How long a dashboard sign-in lasts (7 days: a screen left open on a wall stays signed in for a week).
+DEFAULT_DASHBOARD_SESSION_TTL_S = 7 * 24 * 3600.0
 
 #: Concurrent requests one SD server gets unless its ``SD_API_URL`` entry says ``;max=N``. An
 #: AUTOMATIC1111 server renders one job at a time; more requests only wait on its lock.
@@ -271,6 +273,7 @@ class Settings(BaseSettings):
     enable_documentation: bool = False
     max_upload_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_UPLOAD_BYTES
     api_wait_timeout_s: Annotated[float, Field(gt=0)] = DEFAULT_API_WAIT_TIMEOUT_S
+    dashboard_session_ttl_s: Annotated[float, Field(gt=0)] = DEFAULT_DASHBOARD_SESSION_TTL_S
 
     # Output
     output_dir: Path = Path("./outputs")

@@ -10,10 +10,12 @@ from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from actors import Runtime, open_runtime
-from cli.api import routes_files, routes_jobs
+from cli.api import routes_files, routes_jobs, routes_status
 from cli.api.access_log import AccessLogMiddleware
 from cli.api.auth import TokenGateMiddleware
+from cli.api.dashboard import install_dashboard, page
 from cli.api.deps import runtime_of, settings_of
+from cli.api.docs import install_docs
 from cli.api.errors import ApiError, ErrorBody, install_error_handlers
 from cli.api.schemas import Health, Readiness
 from cli.api.uploads import BodyLimitMiddleware, body_limit
@@ -60,18 +62,21 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         version=API_VERSION,
         description="Stable Diffusion pipeline: txt2img -> split -> seam-blur -> merge, on Dramatiq workers.",
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
+        docs_url=None,  # install_docs: /docs and /redoc with their assets served from here
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
     app.state.runtime = None
-    install_error_handlers(app)
+    install_error_handlers(app, pages=page)
+    if docs:
+        install_docs(app, openapi_url="/openapi.json")
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=body_limit(settings))
     app.add_middleware(TokenGateMiddleware, settings=settings)  # runs before any body is read
     app.add_middleware(AccessLogMiddleware)  # added last: runs first, so refused requests are logged too
     app.include_router(routes_files.router)
     app.include_router(routes_jobs.router)
+    app.include_router(routes_status.router)
 
     @app.get("/healthz", tags=["health"], response_model=Health)
     async def healthz() -> Health:  # async: answers even when every pool thread is busy
@@ -88,6 +93,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         """The status store (Redis) answers and at least one SD server is ready."""
         return readiness(runtime_of(request), settings_of(request))
 
+    install_dashboard(app)  # last: its pages are the catch-all outside /api
     return app
 
 

@@ -1,5 +1,8 @@
 """Bearer-token authentication of the ``/api`` routes (``API_TOKEN``; none set: the API is open).
 
+A browser signed in to the dashboard (:mod:`cli.api.session`) may call them with its session cookie
+instead: reads as they are, state changes (POST) only with the page's CSRF token in ``X-CSRF-Token``.
+
 Two layers check the same token: :class:`TokenGateMiddleware` refuses an ``/api`` request before
 its body is read (FastAPI parses a body, a 50 MB upload included, before it runs any dependency),
 and the :func:`require_token` dependency on each ``/api`` router declares the scheme in the OpenAPI
@@ -13,13 +16,17 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cli.api.errors import ApiError, error_response
+from cli.api.session import CSRF_HEADER, SESSION_COOKIE, csrf_ok, session_valid
 from pipeline.settings import Settings
 
-__all__ = ["TokenGateMiddleware", "check_token", "require_token"]
+__all__ = ["TokenGateMiddleware", "authorize", "check_token", "require_token"]
+
+#: Methods that change nothing: a session cookie alone is enough for them.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 #: Declares the scheme in the OpenAPI document; the check itself is :func:`check_token`'s.
@@ -52,15 +59,39 @@ def check_token(settings: Settings, authorization: str | None) -> None:
         raise ApiError(401, "unauthorized", "the bearer token is wrong", hint="check API_TOKEN", headers=_CHALLENGE)
 
 
+def authorize(settings: Settings, connection: HTTPConnection, method: str) -> None:
+    """A bearer token (:func:`check_token`), or a dashboard session cookie: for a state change, with
+    the page's CSRF token in ``X-CSRF-Token``.
+
+    Raises:
+        ApiError: 401 as :func:`check_token`; 403 ``csrf_failed`` for a cookie-borne POST without a
+            valid CSRF token.
+    """
+    if settings.api_token is None:
+        return
+    authorization = connection.headers.get("authorization")
+    if not authorization and session_valid(settings, connection.cookies.get(SESSION_COOKIE)):
+        if method.upper() in SAFE_METHODS or csrf_ok(connection, connection.headers.get(CSRF_HEADER)):
+            return
+        raise ApiError(
+            403,
+            "csrf_failed",
+            "this request carries the dashboard's session cookie but no valid CSRF token",
+            hint="send the page's token in X-CSRF-Token (reload the page), or use Authorization: Bearer",
+        )
+    check_token(settings, authorization)
+
+
 def require_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
 ) -> None:
-    """FastAPI dependency: when ``API_TOKEN`` is set, the request must carry ``Authorization: Bearer <token>``.
+    """FastAPI dependency: when ``API_TOKEN`` is set, the request must carry ``Authorization: Bearer <token>``
+    (or a dashboard session, see :func:`authorize`).
 
     Raises:
-        ApiError: as :func:`check_token`.
+        ApiError: as :func:`authorize`.
     """
-    check_token(request.app.state.settings, request.headers.get("authorization"))
+    authorize(request.app.state.settings, request, request.method)
 
 
 def _is_api_path(scope: Scope) -> bool:
@@ -82,7 +113,7 @@ class TokenGateMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _is_api_path(scope):
             try:
-                check_token(self.settings, Headers(scope=scope).get("authorization"))
+                authorize(self.settings, HTTPConnection(scope), scope["method"])
             except ApiError as exc:
                 response = error_response(exc.status_code, exc.code, exc.message, hint=exc.hint, headers=exc.headers)
                 await response(scope, receive, send)

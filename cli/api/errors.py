@@ -14,13 +14,14 @@ Every error a client sees has that shape::
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
@@ -49,6 +50,7 @@ __all__ = [
     "ApiError",
     "ErrorBody",
     "ErrorDetail",
+    "PageRenderer",
     "api_hint",
     "default_hint",
     "error_response",
@@ -320,12 +322,33 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal", "internal server error", hint="the server log has the details")
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Answer every error in the one shape; nothing (no trace) beyond it reaches the client."""
-    app.add_exception_handler(HTTPException, _api_error)
-    app.add_exception_handler(PipelineError, _pipeline_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected)
+#: Renders an error as a web page: ``(request, status, message, hint)``.
+PageRenderer = Callable[[Request, int, str, str | None], Response]
+_Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]
+
+
+def install_error_handlers(app: FastAPI, *, pages: PageRenderer | None = None) -> None:
+    """Answer every error in the one shape; nothing (no trace) beyond it reaches the client.
+
+    ``pages``: a browser asking for a page (``Accept: text/html``, outside ``/api``) gets the same
+    error (status, message, hint) rendered by it instead of JSON (the dashboard's error page).
+    """
+
+    def for_browsers(handler: _Handler) -> Callable[[Request, Exception], Awaitable[Response]]:
+        async def handle(request: Request, exc: Exception) -> Response:
+            response = await handler(request, exc)
+            path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+            if pages is None or path.startswith("/api") or "text/html" not in request.headers.get("accept", ""):
+                return response
+            error = json.loads(bytes(response.body))["error"]
+            return pages(request, response.status_code, error["message"], error.get("hint"))
+
+        return handle
+
+    app.add_exception_handler(HTTPException, for_browsers(_api_error))
+    app.add_exception_handler(PipelineError, for_browsers(_pipeline_error))
+    app.add_exception_handler(RequestValidationError, for_browsers(_validation_error))
+    app.add_exception_handler(Exception, for_browsers(_unexpected))
 
 
 def _documented(description: str) -> dict[str, Any]:

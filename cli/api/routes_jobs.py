@@ -35,13 +35,14 @@ from pipeline.batches.files import BatchFileError, PlannedRow, read_batch_file
 from pipeline.batches.manifests import batch_records, build_manifest, retry_step
 from pipeline.batches.rows import check_request
 from pipeline.jobs.planning import build_step_params, new_id
+from pipeline.jobs.queries import JobFilter, find_jobs
 from pipeline.models import JobRecord, JobState
 from pipeline.sd.catalog import open_catalog
 from pipeline.settings import Settings
 from pipeline.store import DEFAULT_LIST_LIMIT
 from pipeline.upscale.planning import UpscaleRequest, with_upscale
 
-__all__ = ["MAX_LIST_LIMIT", "plan_batch_rows", "router"]
+__all__ = ["MAX_LIST_LIMIT", "filter_of", "list_job_page", "plan_batch_rows", "router", "submit_generate"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ async def generate(
     wait: Annotated[bool, Query(description="block until every job ended (at most API_WAIT_TIMEOUT_S)")] = False,
 ) -> Response:
     """Queue ``count`` generation jobs (one batch), as ``sdpipe generate`` does."""
-    batch_id, job_ids = await run_in_threadpool(_submit_generate, request, body)
+    batch_id, job_ids = await run_in_threadpool(submit_generate, request, body)
     if wait:
         timeout_s = settings_of(request).api_wait_timeout_s
         records = await wait_for(request, runtime_of(request), job_ids, timeout_s=timeout_s, batch_id=batch_id)
@@ -89,7 +90,7 @@ async def generate(
     return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
 
 
-def _submit_generate(request: Request, body: GenerateBody) -> tuple[str, list[str]]:
+def submit_generate(request: Request, body: GenerateBody) -> tuple[str, list[str]]:
     """Plan and submit the jobs of a ``POST /api/generate`` (blocking: run it in the thread pool)."""
     settings = settings_of(request)
     runtime = runtime_of(request)
@@ -212,6 +213,12 @@ def list_jobs(
     request: Request,
     state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
     batch: Annotated[str | None, Query(description="only jobs of this batch (id or unique prefix)")] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, description="text in the prompt, negative prompt, job id or file name")
+    ] = None,
+    model: Annotated[str | None, Query(max_length=200, description="text in the checkpoint's name")] = None,
+    since: Annotated[float | None, Query(description="created at or after (epoch seconds)")] = None,
+    until: Annotated[float | None, Query(description="created before (epoch seconds)")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT, description="at most this many")] = DEFAULT_LIST_LIMIT,
     offset: Annotated[int, Query(ge=0, description="skip this many first (the next page: next_offset)")] = 0,
 ) -> JobList:
@@ -221,12 +228,37 @@ def list_jobs(
 
     New jobs enter at the front and shift the pages of an unfiltered listing, and jobs changing
     state shift those of a state filter; a batch's listing is stable once the batch is submitted.
+
+    ``q``, ``model``, ``since`` and ``until`` are matched on the records (state and batch are
+    indexes): each request reads at most a few thousand; ``truncated`` then says older matches may
+    follow from ``next_offset``.
     """
-    store = runtime_of(request).store
-    batch_id = store.get_batch(batch).batch_id if batch is not None else None
-    records = store.list_jobs(state=state, batch_id=batch_id, limit=limit, offset=offset)
-    next_offset = offset + limit if records else None
-    return JobList(jobs=[job_view(request, record) for record in records], next_offset=next_offset)
+    return list_job_page(request, filter_of(request, state, batch, q, model, since, until), limit, offset)
+
+
+def filter_of(
+    request: Request,
+    state: JobState | None,
+    batch: str | None,
+    q: str | None = None,
+    model: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> JobFilter:
+    """The filter of a listing (``batch``: an id or a unique prefix, resolved here)."""
+    batch_id = runtime_of(request).store.get_batch(batch).batch_id if batch else None
+    return JobFilter(state=state, batch_id=batch_id, text=q or None, model=model or None, since=since, until=until)
+
+
+def list_job_page(request: Request, where: JobFilter, limit: int, offset: int) -> JobList:
+    """A page of ``GET /api/jobs`` (the dashboard's job table and gallery read the same)."""
+    page = find_jobs(runtime_of(request).store, where, limit=limit, offset=offset)
+    next_offset = page.next_offset
+    if not where.scans and page.jobs:
+        next_offset = offset + limit  # as before: set while a page has jobs
+    return JobList(
+        jobs=[job_view(request, record) for record in page.jobs], next_offset=next_offset, truncated=page.truncated
+    )
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"], response_model=JobView, responses=_NOT_FOUND)

@@ -125,6 +125,8 @@ class JobList(BaseModel):
     jobs: list[JobView]
     #: The ``offset`` of the next page, while this page had jobs (an empty page ends the listing).
     next_offset: int | None = None
+    #: A text, model or date filter read its most records: older matches may follow from ``next_offset``.
+    truncated: bool = False
 
 
 class BatchAccepted(BaseModel):

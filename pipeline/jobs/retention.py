@@ -26,6 +26,7 @@ from pathlib import Path
 from pipeline.batches.manifests import MANIFEST_DIR_NAME
 from pipeline.errors import InputError, JobNotFound
 from pipeline.jobs.files import STATE_DIR_NAME, JobFiles
+from pipeline.jobs.thumbnails import thumbnail_paths
 from pipeline.models import JobRecord, JobState
 from pipeline.store.base import StatusStore
 
@@ -172,6 +173,7 @@ def _files_of(record: JobRecord, output_dir: Path, *, outputs: bool) -> list[Pat
     paths = [JobFiles(base.absolute(), record.job_id).work_dir]
     if outputs and record.result is not None:
         paths += [Path(p) for p in (record.result.image, record.result.sidecar) if p]
+    paths += thumbnail_paths(output_dir.absolute(), record.job_id)  # the dashboard's cache: no use without the record
     return [path for path in paths if path.exists()]
 
 

@@ -6,6 +6,7 @@
 - :mod:`~pipeline.sd.pool.redis_state`: the same state in Redis, shared by workers on every machine.
 - :mod:`~pipeline.sd.pool.affinity`: which server a job that names a checkpoint should take.
 - :mod:`~pipeline.sd.pool.checkpoints`: the pool's checkpoint half: claims, switches, what each server has loaded.
+- :mod:`~pipeline.sd.pool.report`: each server as front ends show it (health in words, counters).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         POOL_PREFIX,
         RedisPoolState,
     )
+    from pipeline.sd.pool.report import backend_row, health_text
     from pipeline.sd.pool.state import (
         BackendStatus,
         HealthPolicy,
@@ -51,6 +53,8 @@ __all__ = [
     "PoolState",
     "POOL_PREFIX",
     "RedisPoolState",
+    "backend_row",
+    "health_text",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -60,5 +64,6 @@ __getattr__, __dir__ = lazy_exports(
         ".pool": ["SLOT_WAIT_S", "PoolObserver", "SDPool", "is_out_of_memory", "open_pool_state"],
         ".state": ["BackendStatus", "HealthPolicy", "MemoryPoolState", "PoolState"],
         ".redis_state": ["POOL_PREFIX", "RedisPoolState"],
+        ".report": ["backend_row", "health_text"],
     },
 )
