@@ -10,14 +10,14 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from cli.api.dashboard.pages import row_context
 from cli.api.dashboard.render import render, require_session
 from cli.api.deps import settings_of
-from cli.api.errors import ApiError, api_hint, status_for
+from cli.api.errors import ApiError, api_hint, error_response, status_for
 from cli.api.routes_jobs import cancel_job, filter_of, list_job_page, retry_job, submit_generate
 from cli.api.schemas import GenerateBody
 from cli.api.session import CSRF_FIELD, clear_session, csrf_ok, set_session
@@ -115,9 +115,11 @@ async def submit(request: Request) -> Response:
     form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
     try:
         body = GenerateBody.model_validate(form_body(form))
-        batch_id, _ = await run_in_threadpool(submit_generate, request, body)
+        batch_id, job_ids = await run_in_threadpool(submit_generate, request, body)
     except (ApiError, PipelineError, ValidationError) as exc:
         status, message, hint = _problem(exc)
+        if _wants_json(request):  # the page's script: it shows the error in place
+            return error_response(status, "invalid_request" if status == 422 else "refused", message, hint=hint)
         recent = await run_in_threadpool(list_job_page, request, filter_of(request, None, None), 10, 0)
         context = {
             "defaults": settings_of(request),
@@ -126,7 +128,13 @@ async def submit(request: Request) -> Response:
             "error": {"message": message, "hint": hint},
         }
         return render(request, "submit.html", context, status_code=status)
+    if _wants_json(request):  # the page's script: it shows the jobs appear in place
+        return JSONResponse({"batch_id": batch_id, "job_ids": job_ids}, status_code=202)
     return _back(request, f"/jobs?batch={quote(batch_id)}")
+
+
+def _wants_json(request: Request) -> bool:
+    return "application/json" in request.headers.get("accept", "")
 
 
 def _problem(exc: Exception) -> tuple[int, str, str | None]:
