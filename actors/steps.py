@@ -28,7 +28,7 @@ from dramatiq.middleware import CurrentMessage
 from pipeline.errors import PERMANENT_ERRORS, JobNotFound, NoFreeSlot, PipelineError
 from pipeline.jobs.renders import run_tile
 from pipeline.jobs.steps import StepContext, drop_lost_job, run_step, sd_slot
-from pipeline.models import ErrorInfo, JobSpec, StepName
+from pipeline.models import ErrorInfo, JobSpec, JobState, StepName
 
 __all__ = [
     "IMAGES_QUEUE",
@@ -199,10 +199,17 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
         step = str(message_data["actor_name"]).removeprefix("sdpipe_")
         store = context.store
         try:
-            last = store.get(job_id).error
+            record = store.get(job_id)
         except JobNotFound:
             logger.warning("job %s: %s", job_id, store.records_gone(job_id).message)
             return
+        sent_ms = message_data.get("message_timestamp")
+        if record.state is JobState.QUEUED and isinstance(sent_ms, int | float) and record.updated_at * 1000 > sent_ms:
+            # Requeued (`sdpipe retry`) after this message was sent: a new delivery runs it now; failing it
+            # here would undo the retry (seen when this callback waited behind a busy worker thread).
+            logger.info("job %s: retried since its %s message gave up; left queued", job_id, step)
+            return
+        last = record.error
         if last is None:
             last = ErrorInfo(step=step, type="RetriesExhausted", message="the step kept failing", at=context.clock())
         # Normally run_step already marked the job failed on its last attempt; this is the safety net
