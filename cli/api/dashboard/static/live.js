@@ -113,8 +113,9 @@
     const source = new EventSource(root + "/api/events" + filterQuery(), { withCredentials: true });
     source.onopen = () => { opened = true; setStatus("on"); };
     source.onmessage = (message) => { try { applyEvent(JSON.parse(message.data)); } catch (e) { /* not JSON */ } };
-    for (const type of ["job.queued", "job.state", "job.step.started", "job.step.finished", "job.progress",
-      "job.succeeded", "job.failed", "job.cancelled", "job.retried", "batch.completed"]) {
+    // The event types of GET /api/events (pipeline/events/model.py); job.preview is not asked for.
+    for (const type of ["job.queued", "job.step.started", "job.step.finished", "job.retrying", "job.progress",
+      "job.succeeded", "job.failed", "job.cancelled", "batch.completed"]) {
       source.addEventListener(type, (message) => {
         try { applyEvent({ type, ...JSON.parse(message.data) }); } catch (e) { /* not JSON */ }
       });
