@@ -4,6 +4,7 @@
 - :mod:`~pipeline.images.png`: a fast multi-threaded PNG encoder.
 - :mod:`~pipeline.images.infotext`: the ``parameters`` text A1111 writes into its images.
 - :mod:`~pipeline.images.contact_sheet`: a sweep batch's images on a labelled X/Y grid.
+- :mod:`~pipeline.images.geometry`: where the tiles sit and which grids an image allows (no numpy).
 - :mod:`~pipeline.images.seams`: split into tiles, blur across the inner cuts, merge back; pure numpy.
 """
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
         sniff_format,
     )
     from pipeline.images.contact_sheet import build_contact_sheet, write_contact_sheet
+    from pipeline.images.geometry import TileBox, cut_positions, plan_tiles, validate_geometry
     from pipeline.images.infotext import (
         build_infotext,
         format_value,
@@ -35,16 +37,7 @@ if TYPE_CHECKING:
     from pipeline.images.png import (
         encode_png,
     )
-    from pipeline.images.seams import (
-        TileBox,
-        cut_positions,
-        merge,
-        plan_tiles,
-        seam_blur_reference,
-        seam_blur_tile,
-        split,
-        validate_geometry,
-    )
+    from pipeline.images.seams import merge, seam_blur_reference, seam_blur_tile, split
 
 __all__ = [
     "DecodedImage",
@@ -90,15 +83,7 @@ __getattr__, __dir__ = lazy_exports(
         ".png": ["encode_png"],
         ".contact_sheet": ["build_contact_sheet", "write_contact_sheet"],
         ".infotext": ["build_infotext", "format_value", "insert_params", "parse_infotext"],
-        ".seams": [
-            "TileBox",
-            "cut_positions",
-            "merge",
-            "plan_tiles",
-            "seam_blur_reference",
-            "seam_blur_tile",
-            "split",
-            "validate_geometry",
-        ],
+        ".geometry": ["TileBox", "cut_positions", "plan_tiles", "validate_geometry"],
+        ".seams": ["merge", "seam_blur_reference", "seam_blur_tile", "split"],
     },
 )

@@ -17,18 +17,20 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
 from pipeline.errors import ImageError, InputError, InputsRejected, JobNotFound, PipelineError
-from pipeline.images import seams
-from pipeline.images.codec import ImageHeader, probe_image, read_image_bytes
+from pipeline.images.geometry import validate_geometry
 from pipeline.jobs.files import JobFiles, atomic_write_bytes, read_json, safe_output_stem
 from pipeline.jobs.naming import NameFields, check_name_template, check_output_name, expand_name, resolve_late_tokens
 from pipeline.models import GenerationParams, JobRecord, JobSpec, StepParams, parse_grid, validation_message
 from pipeline.settings import OutputFormat, Settings, strip_credentials
 from pipeline.store.base import StatusStore
+
+if TYPE_CHECKING:
+    from pipeline.images.codec import ImageHeader
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -346,7 +348,7 @@ def plan_generate(
             if checker is not None:
                 check_field_names(sorted(generation.extra_fields), checker.known_fields())
                 generation = first = checker.check(generation)
-            seams.validate_geometry(*generation.output_size, step_params)
+            validate_geometry(*generation.output_size, step_params)
         else:
             generation = first.model_copy(update={"seed": seed})
         job_id = new_id()
@@ -520,6 +522,8 @@ def _checked_input(
     settings: Settings, path: Path, step_params: StepParams, *, first_frame: bool
 ) -> tuple[bytes, ImageHeader]:
     """One input's bytes and header, once every check of :func:`plan_process` passed."""
+    from pipeline.images.codec import probe_image, read_image_bytes  # PIL: only commands that read images
+
     data = read_image_bytes(path, max_bytes=settings.max_image_bytes)
     # From the header and container only: the split step decodes the pixels, once.
     header = probe_image(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes, what=str(path))
@@ -532,7 +536,7 @@ def _checked_input(
             expected="a still image, or first_frame",
         )
     try:
-        seams.validate_geometry(header.width, header.height, step_params)
+        validate_geometry(header.width, header.height, step_params)
     except InputError as exc:
         raise InputError(
             f"{path.name}: {exc.message}", field=exc.field, value=exc.value, limit=exc.limit, expected=exc.expected
