@@ -5,20 +5,22 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.live import Live
 from rich.text import Text
 
-from actors import Runtime
 from cli.output import deferred_interrupt, echo, err_console, jobs_table
-from cli.progress import StoreOutage, WorkerWatch
 from pipeline.errors import InputError, QueueFull, StoreUnavailable
-from pipeline.jobs.planning import watch_jobs
 from pipeline.models import JobRecord, JobState
 from pipeline.settings import OutputFormat, Settings, load_settings, strip_credentials
 from pipeline.store import StatusStore
+
+# What only submitting and waiting commands use loads when they use it: `status` and `jobs` import this
+# module too, and never need Dramatiq, the Redis broker or the live display.
+if TYPE_CHECKING:
+    from actors import Runtime
+    from cli.progress import WorkerWatch
 
 __all__ = ["WaitForRoomOption", "check_submission", "load", "submit_when_room", "wait_for_jobs"]
 
@@ -99,6 +101,11 @@ def wait_for_jobs(
 
     ``workers``: say when no worker is alive (Redis mode; :func:`worker_watch`).
     """
+    from rich.live import Live
+
+    from cli.progress import StoreOutage
+    from pipeline.jobs.planning import watch_jobs
+
     records: list[JobRecord] = []
     outage = StoreOutage()
     with Live(console=err_console, refresh_per_second=4, transient=False, auto_refresh=live) as display:
@@ -117,6 +124,8 @@ def wait_for_jobs(
 
 def worker_watch(runtime: Runtime, *, reported: bool = False) -> WorkerWatch | None:
     """What a wait in Redis mode watches to say that no worker is alive; None in embedded mode."""
+    from cli.progress import WorkerWatch
+
     if runtime.embedded:
         return None
     return WorkerWatch(runtime.live_workers, window_s=runtime.worker_window_s, reported=reported)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-import httpx
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -160,6 +159,8 @@ def _split_credentials(url: str) -> tuple[str, str, str] | None:
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return None
+    import httpx  # only for a URL with an @: every command masks URLs, few have credentials in them
+
     try:
         userinfo_found = bool(httpx.URL(url).userinfo)
     except (httpx.InvalidURL, TypeError, ValueError):

@@ -38,12 +38,14 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError
 from pipeline.jobs.naming import check_output_name, is_name_char, slugify
+
+# numpy is imported by the functions that use arrays: most callers (the CLI's readers) only name files.
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "JobFiles",
@@ -134,6 +136,8 @@ def atomic_save_arrays(path: Path, meta: dict[str, Any], arrays: Sequence[np.nda
     Layout: :data:`ARRAYS_MAGIC`, the header's length (uint32, little-endian), the header (UTF-8 JSON:
     ``{"meta": ..., "arrays": [{"dtype", "shape"}, ...]}``), then each array's raw C-order bytes.
     """
+    import numpy as np
+
     contiguous = [np.ascontiguousarray(array) for array in arrays]
     header = {"meta": meta, "arrays": [{"dtype": a.dtype.str, "shape": list(a.shape)} for a in contiguous]}
     header_bytes = json.dumps(header, ensure_ascii=False).encode()
@@ -147,6 +151,8 @@ def load_arrays(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
     Raises:
         ValueError: the file is not such a file, or is cut short.
     """
+    import numpy as np
+
     buffer = bytearray(path.stat().st_size)
     with path.open("rb", buffering=0) as handle:
         read = handle.readinto(buffer)
@@ -175,6 +181,8 @@ def map_arrays(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
     Raises:
         ValueError: the file is not such a file, or is cut short.
     """
+    import numpy as np
+
     size = path.stat().st_size
     start = len(ARRAYS_MAGIC) + 4
     with path.open("rb") as handle:

@@ -1,0 +1,68 @@
+"""What a command loads: ``sdpipe --help`` none of the heavy libraries, reading commands no image libraries.
+
+Start-up time is measured in ``bench/`` (target 9); these tests only check what each command imports,
+in a fresh interpreter, so a module-level import that drags a heavy library back in fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.test_cli.conftest import Invoke
+
+#: Libraries a command only needs when it renders, decodes, enqueues or calls an SD server.
+HEAVY = {"numpy", "PIL", "dramatiq", "redis", "httpx"}
+
+
+def _run(args: list[str], folder: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """``sdpipe ARGS`` in a new interpreter; its result and the top-level packages it had imported at exit."""
+    listing = folder / "modules.json"
+    code = (
+        "import json, sys\n"
+        "from cli.main import main\n"
+        f"sys.argv = ['sdpipe', *{args!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        f"    open({str(listing)!r}, 'w').write(json.dumps(sorted(sys.modules)))\n"
+    )
+    env = {**os.environ, "COLUMNS": "120"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=folder, capture_output=True, text=True, timeout=120
+    )
+    return result, {name.split(".")[0] for name in json.loads(listing.read_text())}
+
+
+def test_startup_help_loads_no_heavy_library(tmp_path: Path) -> None:
+    result, loaded = _run(["--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "generate" in result.stdout and "schedule" in result.stdout
+    assert loaded & HEAVY == set()
+
+
+def test_startup_command_help_loads_no_heavy_library(tmp_path: Path) -> None:
+    result, loaded = _run(["status", "--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "--batch" in result.stdout
+    assert loaded & HEAVY == set()
+
+
+def test_startup_embedded_status_and_jobs_load_no_image_library(sdpipe: Invoke, out_dir: Path, tmp_path: Path) -> None:
+    # Given a finished embedded job
+    generated = sdpipe("generate", "a red fox", "--sd-url", "mock://", "--json", "--width", "64", "--height", "64")
+    assert generated.exit_code == 0, generated.output
+    job_id = json.loads(generated.stdout)[0]["job_id"]
+    # When another process shows it, and lists the jobs
+    status, status_loaded = _run(["status", job_id, "--out", str(out_dir)], tmp_path)
+    jobs, jobs_loaded = _run(["jobs", "--out", str(out_dir)], tmp_path)
+    # Then both read the store and print the job without loading numpy or PIL (nor the broker)
+    assert status.returncode == 0, status.stderr
+    assert job_id in status.stdout and "succeeded" in status.stdout
+    assert jobs.returncode == 0, jobs.stderr
+    assert job_id[:8] in jobs.stdout
+    assert status_loaded & {"numpy", "PIL", "dramatiq"} == set()
+    assert jobs_loaded & {"numpy", "PIL", "dramatiq"} == set()
