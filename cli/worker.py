@@ -15,7 +15,8 @@ from cli.output import cli_errors, err_console, state
 from pipeline.errors import InputError
 from pipeline.jobs.files import check_output_dir
 from pipeline.sd.mock.faults import DEFAULT_HANG_MS, FAULT_KINDS
-from pipeline.sd.mock.http import FaultPlan, parse_models, run_forever
+from pipeline.sd.mock.http import FaultPlan, run_forever
+from pipeline.sd.mock.urls import parse_models
 from pipeline.settings import settings_env
 from pipeline.store import open_store
 

@@ -332,9 +332,9 @@ class Settings(BaseSettings):
                 raise ValueError("has an empty entry; separate servers with single commas")
             entry, _ = split_sd_entry(raw)
             if entry.startswith("mock://"):
-                # Imported here, like in pipeline.sd.client: only a mock:// URL loads the mock (a contract
-                # in pyproject.toml's [tool.importlinter] allows exactly these two lazy imports).
-                from pipeline.sd.mock.http import parse_mock_url
+                # Imported here, like in pipeline.sd.client: only a mock:// URL loads the mock's URL rules (a
+                # contract in pyproject.toml's [tool.importlinter] allows exactly these two lazy imports).
+                from pipeline.sd.mock.urls import parse_mock_url
 
                 parse_mock_url(entry)  # raises ValueError naming the bad option and the valid ones
                 continue

@@ -18,7 +18,7 @@ from tests.test_cli.conftest import Invoke
 HEAVY = {"numpy", "PIL", "dramatiq", "redis", "httpx"}
 
 
-def _run(args: list[str], folder: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+def _run(args: list[str], folder: Path, **env_values: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """``sdpipe ARGS`` in a new interpreter; its result and the top-level packages it had imported at exit."""
     listing = folder / "modules.json"
     code = (
@@ -30,7 +30,7 @@ def _run(args: list[str], folder: Path) -> tuple[subprocess.CompletedProcess[str
         "finally:\n"
         f"    open({str(listing)!r}, 'w').write(json.dumps(sorted(sys.modules)))\n"
     )
-    env = {**os.environ, "COLUMNS": "120"}
+    env = {**os.environ, "COLUMNS": "120", **env_values}
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=folder, capture_output=True, text=True, timeout=120
     )
@@ -56,9 +56,9 @@ def test_startup_embedded_status_and_jobs_load_no_image_library(sdpipe: Invoke, 
     generated = sdpipe("generate", "a red fox", "--sd-url", "mock://", "--json", "--width", "64", "--height", "64")
     assert generated.exit_code == 0, generated.output
     job_id = json.loads(generated.stdout)[0]["job_id"]
-    # When another process shows it, and lists the jobs
-    status, status_loaded = _run(["status", job_id, "--out", str(out_dir)], tmp_path)
-    jobs, jobs_loaded = _run(["jobs", "--out", str(out_dir)], tmp_path)
+    # When another process shows it, and lists the jobs (SD_API_URL a mock:// URL: checked, never served)
+    status, status_loaded = _run(["status", job_id, "--out", str(out_dir)], tmp_path, SD_API_URL="mock://?seed=3")
+    jobs, jobs_loaded = _run(["jobs", "--out", str(out_dir)], tmp_path, SD_API_URL="mock://?seed=3")
     # Then both read the store and print the job without loading numpy or PIL (nor the broker)
     assert status.returncode == 0, status.stderr
     assert job_id in status.stdout and "succeeded" in status.stdout

@@ -2,6 +2,7 @@
 
 - :mod:`~pipeline.sd.mock.http`: the transports: a real HTTP server (``sdpipe mock-sd``) and an
   in-process httpx transport (``SD_API_URL=mock://``).
+- :mod:`~pipeline.sd.mock.urls`: ``mock://`` URLs and their options, checked without loading the server.
 - :mod:`~pipeline.sd.mock.server`: :class:`MockSDServer`, the state and routes both transports serve.
 - :mod:`~pipeline.sd.mock.request`: A1111's txt2img request model (validation, ``/openapi.json``).
 - :mod:`~pipeline.sd.mock.txt2img`: how a txt2img runs and what it answers (sizes, seeds, info, infotexts).
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
         get_mock_server,
         make_http_server,
         mock_transport,
-        parse_mock_url,
-        parse_models,
         run_forever,
         serve,
     )
@@ -57,6 +56,7 @@ if TYPE_CHECKING:
         MockResponse,
         MockSDServer,
     )
+    from pipeline.sd.mock.urls import parse_mock_url, parse_models
 
 __all__ = [
     "DEFAULT_MOCK_PORT",
@@ -89,12 +89,11 @@ __getattr__, __dir__ = lazy_exports(
             "get_mock_server",
             "make_http_server",
             "mock_transport",
-            "parse_mock_url",
-            "parse_models",
             "run_forever",
             "serve",
         ],
         ".server": ["MockResponse", "MockSDServer"],
+        ".urls": ["parse_mock_url", "parse_models"],
         ".faults": ["FAULT_KINDS", "FaultPlan"],
         ".render": ["render"],
         ".control": ["CONTROL_API_VERSION", "MockControl", "QueuedAnswer"],

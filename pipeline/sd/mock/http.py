@@ -16,7 +16,6 @@ checkpoints, ControlNet and ADetailer scripts, grids) follows A1111: see :mod:`p
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import struct
 import threading
@@ -24,7 +23,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -32,6 +31,7 @@ from pipeline.errors import InputError
 from pipeline.sd.mock.control import RequestRecorder
 from pipeline.sd.mock.faults import DEFAULT_HANG_MS, FaultPlan
 from pipeline.sd.mock.server import MockResponse, MockSDServer
+from pipeline.sd.mock.urls import parse_mock_url, parse_models, url_options
 
 __all__ = [
     "DEFAULT_MOCK_PORT",
@@ -51,40 +51,6 @@ logger = logging.getLogger(__name__)
 
 #: Port ``sdpipe mock-sd`` listens on by default (A1111's own with ``--api``).
 DEFAULT_MOCK_PORT = 7860
-
-
-def _url_bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    raise ValueError("not a boolean (use 1 or 0)")
-
-
-def parse_models(text: str) -> tuple[str, ...]:
-    """Checkpoint file names from ``a,b,c`` (``;`` also separates, as in a ``mock://`` URL).
-
-    Raises:
-        ValueError: no name at all.
-    """
-    names = tuple(name.strip() for name in re.split(r"[,;]", text) if name.strip())
-    if not names:
-        raise ValueError("no checkpoint names (use e.g. a.safetensors;b.safetensors)")
-    return names
-
-
-#: Query parameters a ``mock://`` URL may carry, and their parsers.
-_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "latency_ms": int,
-    "fail_rate": float,
-    "seed": int,
-    "faults": FaultPlan.parse,
-    "hang_ms": int,
-    "nowebui": _url_bool,
-    "models": parse_models,
-    "model_load_ms": int,
-}
 
 
 # -- transports ---------------------------------------------------------------------------------------
@@ -279,40 +245,6 @@ _SHARED: dict[tuple[object, ...], MockSDServer] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def _url_options(url: str) -> tuple[str, dict[str, Any]]:
-    parts = urlsplit(url.strip())
-    if parts.scheme != "mock":
-        raise ValueError(f"{url!r} is not a mock:// URL")
-    options: dict[str, Any] = {}
-    for name, raw in parse_qsl(parts.query, keep_blank_values=True):
-        if name not in _URL_OPTIONS:
-            raise ValueError(f"unknown mock:// option {name!r}; the options are {', '.join(_URL_OPTIONS)}")
-        parser = _URL_OPTIONS[name]
-        try:
-            options[name] = parser(raw)
-        except ValueError as exc:
-            reason = "not a whole number" if parser is int else "not a number" if parser is float else str(exc)
-            raise ValueError(f"mock:// option {name}={raw!r}: {reason}") from None
-    return parts.netloc, options
-
-
-def parse_mock_url(url: str) -> tuple[str, dict[str, Any]]:
-    """The name and the options of a ``mock://[name][?option=value&...]`` URL, checked in full.
-
-    A URL accepted here builds a server: settings validation calls this, so a bad ``mock://`` entry
-    is refused before any job is created. The options are listed under :func:`get_mock_server`.
-
-    Raises:
-        ValueError: not a ``mock://`` URL, an unknown option, a malformed value, or a value out of range.
-    """
-    name, options = _url_options(url)
-    try:
-        MockSDServer(**options)  # the server's own checks: ranges, fail_rate against a 500 fault
-    except ValueError as exc:
-        raise ValueError(f"{url.strip()!r}: {exc}") from None
-    return name, options
-
-
 def get_mock_server(url: str) -> MockSDServer:
     """The per-process mock behind a ``mock://[name][?option=value&...]`` URL.
 
@@ -327,7 +259,7 @@ def get_mock_server(url: str) -> MockSDServer:
     Raises:
         ValueError: not a ``mock://`` URL, an unknown option, or a malformed value.
     """
-    name, options = _url_options(url)
+    name, options = url_options(url)
     key = (name, *sorted(options.items()))
     with _SHARED_LOCK:
         if key not in _SHARED:

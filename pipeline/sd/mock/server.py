@@ -44,6 +44,7 @@ from pipeline.sd.mock.scripts import (
     scripts_payload,
 )
 from pipeline.sd.mock.turns import Turns
+from pipeline.sd.mock.urls import check_options
 
 if TYPE_CHECKING:
     from pipeline.sd.mock.control import MockControl
@@ -156,15 +157,10 @@ class MockSDServer:
         model_load_ms: int = 0,
         nowebui: bool = False,
     ) -> None:
-        if latency_ms < 0 or hang_ms < 0 or not 0.0 <= fail_rate <= 1.0:
-            raise ValueError("latency_ms and hang_ms must be >= 0 and fail_rate within [0, 1]")
-        if model_load_ms < 0:
-            raise ValueError("model_load_ms must be >= 0")
-        plan = FaultPlan.coerce(faults)
-        if fail_rate and plan.rate("500"):
-            raise ValueError(f"fail_rate is an alias for the fault 500:P, and the plan {plan} already has 500")
         #: What each txt2img request may meet; one draw per request from the seeded generator.
-        self.faults = plan.with_rate("500", fail_rate) if fail_rate else plan
+        self.faults = check_options(
+            latency_ms=latency_ms, fail_rate=fail_rate, faults=faults, hang_ms=hang_ms, model_load_ms=model_load_ms
+        )
         self.latency_ms = latency_ms
         self.hang_ms = hang_ms
         self.nowebui = nowebui
