@@ -14,6 +14,8 @@
    and the most requests one server held at once (must be 1)
 7. (issue 15) the same pool with 3 checkpoints (3 s per load), 60 jobs naming them in turn: checkpoint loads
    (at most 6) and wall time ÷ (60 × 300 ms / 3 + 3 s), checkpoint-aware beside blind dispatch
+9. (issue 17) start-up: ``sdpipe --help``, ``status``, ``jobs`` (embedded and Redis), ``generate --no-wait``
+   (Redis) as whole processes, median wall time (≤ 0.25 s each) beside ``python -c pass``
 
 Prints one table (target, measured, baseline, ratio, limit, met?) and a JSON line; writes the figures
 atomically to bench/results.json (``--tiny``: to a file in the temp folder, unless ``--out``). Exit
@@ -43,6 +45,7 @@ from bench import (
     t6_pool,
     t7_checkpoints,
     t8_upscale,
+    t9_startup,
 )
 from bench._common import Row
 
@@ -55,6 +58,7 @@ TARGETS: dict[str, tuple[str, Callable[..., list[Row]]]] = {
     "6": ("SD server pool (issue 6)", t6_pool.run),
     "7": ("checkpoint-aware dispatch (issue 15)", t7_checkpoints.run),
     "8": ("distributed tiled upscaling (issue 21)", t8_upscale.run),
+    "9": ("CLI start-up, whole processes (issue 17)", t9_startup.run),
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
