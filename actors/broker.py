@@ -12,12 +12,13 @@ declared against it explicitly, so nothing binds to an accidental default broker
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 import time
 from typing import Any
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import dq_name
 from dramatiq.middleware import CurrentMessage
@@ -33,6 +34,7 @@ __all__ = [
     "WORKER_ENQUEUE_PATIENCE_S",
     "MAINTENANCE_CHANCE",
     "build_broker",
+    "redis_errors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,45 +67,58 @@ CONSUMER_POLL_MAX_MS = 100
 DELAY_QUEUE_POLL_MAX_MS = 500
 
 
-class _PatientRedisBroker(RedisBroker):
-    """A RedisBroker whose enqueue waits out a Redis outage instead of dropping the message, and
-    whose idle consumers poll at least every ``CONSUMER_POLL_MAX_MS``."""
+@functools.cache
+def _patient_redis_broker() -> Any:
+    """The Redis broker class, defined on first use: embedded mode never loads redis-py (start-up)."""
+    from dramatiq.brokers.redis import RedisBroker
 
-    def __init__(self, *, enqueue_patience_s: float, **kwargs: Any) -> None:
-        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
-        self.enqueue_patience_s = enqueue_patience_s
-        self._enqueue_retry = outage_retry(enqueue_patience_s)
+    class _PatientRedisBroker(RedisBroker):
+        """A RedisBroker whose enqueue waits out a Redis outage instead of dropping the message, and
+        whose idle consumers poll at least every ``CONSUMER_POLL_MAX_MS``."""
 
-    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> dramatiq.Consumer:
-        idle_poll_ms = DELAY_QUEUE_POLL_MAX_MS if queue_name == dq_name(queue_name) else CONSUMER_POLL_MAX_MS
-        return super().consume(queue_name, prefetch, min(timeout, idle_poll_ms))
+        def __init__(self, *, enqueue_patience_s: float, **kwargs: Any) -> None:
+            super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+            self.enqueue_patience_s = enqueue_patience_s
+            self._enqueue_retry = outage_retry(enqueue_patience_s)
 
-    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
-        # The Retry's count bounds the attempts by their pauses; the deadline also bounds them when
-        # each attempt is slow (a server that drops packets costs a connect timeout per attempt).
-        deadline = time.monotonic() + self.enqueue_patience_s
-        retries = self._enqueue_retry.get_retries()
-        failures = 0
+        def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> dramatiq.Consumer:
+            idle_poll_ms = DELAY_QUEUE_POLL_MAX_MS if queue_name == dq_name(queue_name) else CONSUMER_POLL_MAX_MS
+            return super().consume(queue_name, prefetch, min(timeout, idle_poll_ms))
 
-        def failed(exc: Exception) -> None:
-            nonlocal failures
-            failures += 1
-            if failures > retries:
-                return  # the Retry raises exc itself
-            if time.monotonic() >= deadline:
-                raise exc
-            logger.warning(
-                "cannot enqueue %s of message %s (%s); retry %d of %d",
-                message.actor_name,
-                message.message_id,
-                exc,
-                failures,
-                retries,
+        def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+            # The Retry's count bounds the attempts by their pauses; the deadline also bounds them when
+            # each attempt is slow (a server that drops packets costs a connect timeout per attempt).
+            deadline = time.monotonic() + self.enqueue_patience_s
+            retries = self._enqueue_retry.get_retries()
+            failures = 0
+
+            def failed(exc: Exception) -> None:
+                nonlocal failures
+                failures += 1
+                if failures > retries:
+                    return  # the Retry raises exc itself
+                if time.monotonic() >= deadline:
+                    raise exc
+                logger.warning(
+                    "cannot enqueue %s of message %s (%s); retry %d of %d",
+                    message.actor_name,
+                    message.message_id,
+                    exc,
+                    failures,
+                    retries,
+                )
+
+            return self._enqueue_retry.call_with_retry(
+                lambda: super(_PatientRedisBroker, self).enqueue(message, delay=delay), failed
             )
 
-        return self._enqueue_retry.call_with_retry(
-            lambda: super(_PatientRedisBroker, self).enqueue(message, delay=delay), failed
-        )
+    return _PatientRedisBroker
+
+
+def redis_errors() -> tuple[type[Exception], ...]:
+    """redis-py's error base for an ``except`` clause, once redis-py is loaded (nothing else raises it)."""
+    module = sys.modules.get("redis")
+    return (module.RedisError,) if module is not None else ()
 
 
 def build_broker(settings: Settings, *, enqueue_patience_s: float = WORKER_ENQUEUE_PATIENCE_S) -> dramatiq.Broker:
@@ -119,7 +134,7 @@ def build_broker(settings: Settings, *, enqueue_patience_s: float = WORKER_ENQUE
     broker: dramatiq.Broker
     if settings.redis_mode:
         redis_settings = RedisSettings.from_settings(settings)
-        broker = _PatientRedisBroker(
+        broker = _patient_redis_broker()(
             enqueue_patience_s=enqueue_patience_s,
             client=create_client(redis_settings),
             namespace=BROKER_NAMESPACE,

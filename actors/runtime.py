@@ -25,9 +25,8 @@ from types import TracebackType
 from typing import Any
 
 import dramatiq
-import redis
 
-from actors.broker import CLI_ENQUEUE_PATIENCE_S, build_broker
+from actors.broker import CLI_ENQUEUE_PATIENCE_S, build_broker, redis_errors
 from actors.steps import StepActors, declare_actors
 from pipeline.batches.files import PlannedRow, read_batch_file
 from pipeline.batches.manifests import ResumePlan, plan_resume, retry_step
@@ -175,7 +174,7 @@ class Runtime:
     def _enqueue_or_raise(self, enqueue: Callable[[], object]) -> None:
         try:
             enqueue()
-        except redis.RedisError as exc:
+        except redis_errors() as exc:
             raise StoreUnavailable(
                 f"cannot enqueue on Redis at {mask_url(self.settings.redis_dsn())}: {exc}",
                 field="REDIS_URL",
@@ -360,7 +359,7 @@ class Runtime:
     def _reaching_redis(self) -> Iterator[None]:
         try:
             yield
-        except redis.RedisError as exc:
+        except redis_errors() as exc:
             raise StoreUnavailable(
                 f"cannot reach Redis at {mask_url(self.settings.redis_dsn())}: {exc}",
                 field="REDIS_URL",
