@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     from actors import Runtime
     from cli.progress import WorkerWatch
 
-__all__ = ["WaitForRoomOption", "check_submission", "load", "submit_when_room", "wait_for_jobs"]
+__all__ = [
+    "EMBEDDED_POLL_INTERVAL_S",
+    "WaitForRoomOption",
+    "check_submission",
+    "load",
+    "submit_when_room",
+    "wait_for_jobs",
+]
 
 WaitForRoomOption = Annotated[
     bool,
@@ -32,6 +39,11 @@ WaitForRoomOption = Annotated[
 ]
 
 _T = TypeVar("_T")
+
+#: How often a wait reads an embedded store: a local SQLite file, the jobs running in this process,
+#: so frequent reads cost little and the command ends as soon as its last job does (not up to a
+#: Redis-mode poll interval later).
+EMBEDDED_POLL_INTERVAL_S = 0.02
 
 #: Above this many jobs the live display shows counts per state instead of one row per job.
 TABLE_MAX_JOBS = 12
@@ -95,11 +107,17 @@ def check_submission(settings: Settings, *, wait: bool, sd_url: str | None) -> N
 
 
 def wait_for_jobs(
-    store: StatusStore, job_ids: Sequence[str], *, live: bool, workers: WorkerWatch | None = None
+    store: StatusStore,
+    job_ids: Sequence[str],
+    *,
+    live: bool,
+    workers: WorkerWatch | None = None,
+    poll_interval_s: float | None = None,
 ) -> list[JobRecord]:
     """Wait until every job is terminal, showing each job's step; survives a store outage.
 
-    ``workers``: say when no worker is alive (Redis mode; :func:`worker_watch`).
+    ``workers``: say when no worker is alive (Redis mode; :func:`worker_watch`). ``poll_interval_s``:
+    how often to read the store (default: the waiting CLI's, :data:`EMBEDDED_POLL_INTERVAL_S` embedded).
     """
     from rich.live import Live
 
@@ -111,7 +129,8 @@ def wait_for_jobs(
     with Live(console=err_console, refresh_per_second=4, transient=False, auto_refresh=live) as display:
         while True:
             try:
-                for records in watch_jobs(store, job_ids):
+                polls = {} if poll_interval_s is None else {"poll_interval_s": poll_interval_s}
+                for records in watch_jobs(store, job_ids, **polls):
                     outage.up()
                     if workers is not None:
                         workers.check()

@@ -10,7 +10,15 @@ import typer
 from rich.text import Text
 
 from actors import open_runtime
-from cli.common import WaitForRoomOption, check_submission, load, submit_when_room, wait_for_jobs, worker_watch
+from cli.common import (
+    EMBEDDED_POLL_INTERVAL_S,
+    WaitForRoomOption,
+    check_submission,
+    load,
+    submit_when_room,
+    wait_for_jobs,
+    worker_watch,
+)
 from cli.output import (
     cli_errors,
     echo,
@@ -295,6 +303,7 @@ def submit_and_report(
                 ids,
                 live=not json_output and err_console.is_terminal,
                 workers=worker_watch(runtime, reported=none_alive),
+                poll_interval_s=EMBEDDED_POLL_INTERVAL_S if runtime.embedded else None,
             )
         except KeyboardInterrupt:
             _on_interrupt(runtime.embedded, runtime.store, ids)
