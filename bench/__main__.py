@@ -4,7 +4,8 @@
     uv run python -m bench --tiny     # every target at a tiny size, well under a minute (CI); never fails on a target
     uv run python -m bench --only 1,3 # some targets
 
-1. post-processing one image through ``sdpipe process`` (embedded) vs sharp (Node), 512²…4096², and output size
+1. post-processing one image through ``sdpipe process`` (embedded) vs sharp (Node), 512²…4096², and output size;
+   and (issue 17) ``sdpipe process`` on 20 PNGs of 1024² vs the sharp script, each as one whole process (≤ 0.4×)
 2. orchestration overhead: worker CPU per job in Redis mode ÷ the same image work called directly
    (512², judged; 1024², reported); ``python -m bench.t2_breakdown`` shows where that CPU goes
 3. throughput against a slow GPU (mock at 500 ms/image): wall time ÷ N × 500 ms
