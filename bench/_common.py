@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,8 @@ __all__ = [
     "median",
     "read_status_kb",
     "reset_peak_rss",
+    "sdpipe_command",
+    "warm_env",
 ]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -138,6 +141,19 @@ def reset_peak_rss(pid: int) -> bool:
 
 
 # -- processes ------------------------------------------------------------------------------------------
+
+
+def sdpipe_command() -> list[str]:
+    """How a user runs sdpipe here: this environment's console script (``python -m cli`` without one)."""
+    script = Path(sys.executable).with_name("sdpipe")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+
+
+def warm_env(**values: str) -> dict[str, str]:
+    """:func:`child_env` that writes bytecode, as an installed CLI has it (``PYTHONDONTWRITEBYTECODE`` removed)."""
+    env = child_env(**values)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def child_env(**values: str) -> dict[str, str]:

@@ -15,23 +15,17 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import Row, child_env, median
+from bench._common import Row, median, sdpipe_command, warm_env
 
 TIME_LIMIT = 0.4
 SIZE_LIMIT = 1.0
 #: (size, images, alternating runs of each side)
 FULL_PLAN = (1024, 20, 5)
 TINY_PLAN = (256, 3, 1)
-
-
-def _sdpipe() -> list[str]:
-    script = Path(sys.executable).with_name("sdpipe")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
 
 
 def _timed(args: list[str], env: dict[str, str] | None = None) -> float:
@@ -51,8 +45,7 @@ def run_whole(folder: Path, paths: list[Path], *, runs: int, band_px: int, sigma
     """Alternate ``runs`` whole-process runs of each side on ``paths``; medians, and output bytes."""
     from bench.t1_postprocess import SHARP_SCRIPT
 
-    env = child_env()
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env = warm_env()
     sharp_out, ours_out = folder / "whole-sharp", folder / "whole-ours"
     options = {"files": [str(p) for p in paths], "repeats": 1, "warmup": 0, "band": band_px, "sigma": sigma}
     sharp = ["node", str(SHARP_SCRIPT), json.dumps(options | {"out": str(sharp_out)})]
@@ -60,7 +53,7 @@ def run_whole(folder: Path, paths: list[Path], *, runs: int, band_px: int, sigma
     inputs.mkdir()
     for path in paths:
         shutil.copy(path, inputs / path.name)
-    ours = [*_sdpipe(), "process", str(inputs), "--out", str(ours_out), "--band-px", str(band_px)]
+    ours = [*sdpipe_command(), "process", str(inputs), "--out", str(ours_out), "--band-px", str(band_px)]
     ours += ["--sigma", str(sigma), "--grid", "2x2", "--format", "png"]
 
     def fresh(out: Path) -> None:
@@ -95,10 +88,9 @@ def rows(folder: Path, *, tiny: bool, unavailable: tuple[str, str] | None, band_
     paths = _write_inputs(work, size, count)
     short, why = unavailable or ("", "")
     if unavailable is not None:
-        env = child_env()
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env = warm_env()
         out = work / "whole-ours"
-        cmd = [*_sdpipe(), "process", *map(str, paths), "--out", str(out), "--band-px", str(band_px)]
+        cmd = [*sdpipe_command(), "process", *map(str, paths), "--out", str(out), "--band-px", str(band_px)]
         alone = median([_timed([*cmd, "--sigma", str(sigma), "--overwrite"], env) for _ in range(runs)])
         result = {"ours_s": alone, "sharp_s": None, "ours_bytes": _png_bytes(out), "sharp_bytes": None}
     else:

@@ -20,31 +20,16 @@ Target: each median ≤ 0.25 s.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench._common import Row, child_env, median, services
+from bench._common import Row, median, sdpipe_command, services, warm_env
 from bench._redis import private_redis
 
 LIMIT_S = 0.25
 FULL_ROUNDS, TINY_ROUNDS = 15, 3
-
-
-def _sdpipe() -> list[str]:
-    script = Path(sys.executable).with_name("sdpipe")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("sdpipe")
-    return [found] if found else [sys.executable, "-m", "cli"]
-
-
-def _env(**values: str) -> dict[str, str]:
-    env = child_env(**values)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path) -> float:
@@ -71,16 +56,16 @@ def _one_job(sdpipe: list[str], env: dict[str, str], cwd: Path, *extra: str) -> 
 
 def run(folder: Path, *, tiny: bool) -> list[Row]:
     rounds = TINY_ROUNDS if tiny else FULL_ROUNDS
-    sdpipe = _sdpipe()
-    embedded = _env(OUTPUT_DIR=str(folder / "embedded"), SD_API_URL="mock://")
+    sdpipe = sdpipe_command()
+    embedded = warm_env(OUTPUT_DIR=str(folder / "embedded"), SD_API_URL="mock://")
     embedded_id = _one_job(sdpipe, embedded, folder)
     with private_redis() as redis_url, services(folder, redis_url) as started:
         sd_url = started.mock_sd()
-        redis = _env(REDIS_URL=redis_url, SD_API_URL=sd_url, OUTPUT_DIR=str(folder / "redis"))
+        redis = warm_env(REDIS_URL=redis_url, SD_API_URL=sd_url, OUTPUT_DIR=str(folder / "redis"))
         redis_id = _one_job(sdpipe, redis, folder, "--no-wait")
         commands: dict[str, tuple[list[str], dict[str, str]]] = {
-            "python -c pass": ([sys.executable, "-c", "pass"], _env()),
-            "sdpipe --help": ([*sdpipe, "--help"], _env()),
+            "python -c pass": ([sys.executable, "-c", "pass"], warm_env()),
+            "sdpipe --help": ([*sdpipe, "--help"], warm_env()),
             "sdpipe status ID (embedded)": ([*sdpipe, "status", embedded_id], embedded),
             "sdpipe jobs (embedded)": ([*sdpipe, "jobs"], embedded),
             "sdpipe status ID (Redis)": ([*sdpipe, "status", redis_id], redis),
