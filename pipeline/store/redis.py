@@ -21,6 +21,8 @@ backwards, and no reader ever sees a job in two state indexes. Key layout under 
     ns:batch-state:<state>:<batch_id>  zset  job_id -> created_at   the batch's jobs now in <state>
     ns:fp:succeeded                    set   JobSpec.fingerprint of every succeeded job (SADDed by the
                                              move to succeeded; a succeeded job never leaves that state)
+    ns:fp:succeeded-count              hash  fingerprint -> how many succeeded jobs have it: pruning
+                                             one of them keeps the fingerprint while others remain
 
 Batch and schedule records (``ns:batchrec:*``, ``ns:batch-ids``, ``ns:schedules``,
 ``ns:schedule-runs:*``, ``ns:schedule-claim:*``) are described in :mod:`pipeline.store.redis_records`.

@@ -40,7 +40,8 @@ end
 return flags
 """
 #: Moves a non-terminal job forward (rank <= new rank) and its id between the state indexes; a job
-#: moving to succeeded adds its spec's fingerprint (if any) to ns:fp:succeeded. KEYS[1] job.
+#: moving to succeeded adds its spec's fingerprint (if any) to ns:fp:succeeded and counts it in
+#: ns:fp:succeeded-count. KEYS[1] job.
 #: ARGV: ns, id, new state, new rank, now, then a step name (start_step) or "" and an optional
 #: field and value (the terminal moves). Returns -1 (no job), 0 (refused: terminal or past that
 #: rank), after a step start {the job's fields (HGETALL), the step's started_at and finished_at
@@ -62,7 +63,10 @@ end
 redis.call('HSET', key, 'state', new, 'rank', ARGV[4], 'updated_at', now)
 if new == '@SUCCEEDED@' then
     local fingerprint = cjson.decode(redis.call('HGET', key, 'spec'))['fingerprint']
-    if type(fingerprint) == 'string' then redis.call('SADD', ns .. ':fp:succeeded', fingerprint) end
+    if type(fingerprint) == 'string' then
+        redis.call('SADD', ns .. ':fp:succeeded', fingerprint)
+        redis.call('HINCRBY', ns .. ':fp:succeeded-count', fingerprint, 1)
+    end
 end
 if step == '' then
     if ARGV[7] then redis.call('HSET', key, ARGV[7], ARGV[8]) end
@@ -93,7 +97,8 @@ end
 redis.call('HSET', key, 'state', '@QUEUED@', 'rank', '@QUEUED_RANK@', 'updated_at', now)
 return redis.call('HGETALL', key)
 """
-#: Removes ended jobs and their index entries (a succeeded one's fingerprint too). ARGV: ns, then
+#: Removes ended jobs and their index entries (a succeeded one's fingerprint too, once no other
+#: succeeded job has it: ns:fp:succeeded-count). ARGV: ns, then
 #: job ids. Returns the ids removed (jobs not there or not terminal are left alone).
 DELETE_LUA = """
 local ns, removed = ARGV[1], {}
@@ -105,7 +110,13 @@ for i = 2, #ARGV do
     if state and rank >= @TERMINAL_RANK@ then
         if state == '@SUCCEEDED@' then
             local fingerprint = cjson.decode(redis.call('HGET', key, 'spec'))['fingerprint']
-            if type(fingerprint) == 'string' then redis.call('SREM', ns .. ':fp:succeeded', fingerprint) end
+            -- The fingerprint stays while another succeeded job has it. A job that succeeded before
+            -- the counts existed has none: its count reads 0 and goes, as the set member did before.
+            if type(fingerprint) == 'string'
+                    and redis.call('HINCRBY', ns .. ':fp:succeeded-count', fingerprint, -1) <= 0 then
+                redis.call('HDEL', ns .. ':fp:succeeded-count', fingerprint)
+                redis.call('SREM', ns .. ':fp:succeeded', fingerprint)
+            end
         end
         redis.call('DEL', key)
         redis.call('ZREM', ns .. ':jobs', id)

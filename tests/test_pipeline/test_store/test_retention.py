@@ -58,3 +58,20 @@ def test_delete_batch_removes_the_record_once(store: StatusStore) -> None:
     with pytest.raises(JobNotFound):
         store.get_batch("batch-1")
     assert store.get_batch("batch-2").batch_id == "batch-2"
+
+
+def test_delete_jobs_keeps_a_fingerprint_another_succeeded_job_shares(store: StatusStore) -> None:
+    # Given two succeeded jobs of the same request (the same fingerprint) and one failed
+    store.create_jobs([make_spec(f"j{i}", fingerprint="same") for i in range(3)])
+    store.mark_succeeded("j0", JobResult(image="/out/a.png"), now=T0 + 1)
+    store.mark_succeeded("j1", JobResult(image="/out/b.png"), now=T0 + 1)
+    store.mark_failed("j2", make_error(), now=T0 + 1)
+    # When one of the succeeded jobs is pruned
+    assert store.delete_jobs(["j0"]) == ["j0"]
+    # Then the request still reads as rendered (--skip-existing must not render it again)
+    assert store.succeeded_fingerprints(["same"]) == {"same"}
+    # And once the last succeeded job with it goes, so does the fingerprint (the failed one never counted)
+    assert store.delete_jobs(["j1"]) == ["j1"]
+    assert store.succeeded_fingerprints(["same"]) == set()
+    assert store.delete_jobs(["j2"]) == ["j2"]
+    assert store.succeeded_fingerprints(["same"]) == set()
