@@ -17,7 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SDPIPE", "Proc", "RedisServer", "RedisUnavailable", "free_port", "port_open", "wait_until"]
+__all__ = [
+    "SDPIPE",
+    "MotoServer",
+    "Proc",
+    "RedisServer",
+    "RedisUnavailable",
+    "S3Unavailable",
+    "free_port",
+    "port_open",
+    "wait_until",
+]
 
 #: How to run the sdpipe CLI in a child process (the same interpreter and virtualenv as the caller).
 SDPIPE = [sys.executable, "-m", "cli"]
@@ -120,6 +130,61 @@ class RedisServer:
         if not wait_until(lambda: port_open(self.port), timeout_s=10):
             self.stop()
             raise RedisUnavailable(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+class S3Unavailable(RuntimeError):
+    """moto_server (the dev dependency ``moto[server]``) is not installed, or did not start."""
+
+
+@dataclass
+class MotoServer:
+    """moto's standalone S3-compatible server, started by the caller on a private port (in-memory:
+    nothing is written to disk, everything is gone when it stops)."""
+
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    #: Any key works against moto; these are what the tests pass as AWS_* settings.
+    access_key_id: str = "sdpipe-test-key"
+    secret_access_key: str = "sdpipe-test-secret-never-logged"
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start it and wait until it answers.
+
+        Raises:
+            S3Unavailable: no ``moto_server`` next to this interpreter or on PATH, or it did not listen within 30 s.
+        """
+        local = Path(sys.executable).with_name("moto_server")
+        binary = str(local) if local.exists() else shutil.which("moto_server")
+        if binary is None:
+            raise S3Unavailable("moto_server is not installed (uv sync installs moto[server], a dev dependency)")
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [binary, "-H", "127.0.0.1", "-p", str(self.port)], stdout=out, stderr=subprocess.STDOUT
+            )
+        if not wait_until(lambda: port_open(self.port), timeout_s=30, interval_s=0.1):
+            self.stop()
+            raise S3Unavailable(f"moto_server did not start on port {self.port}: {self.log.read_text()[-500:]}")
+
+    def reset(self) -> None:
+        """Empty every bucket (moto's own reset route)."""
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")).close()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
