@@ -14,6 +14,7 @@ from rich.text import Text
 
 from actors import Runtime, open_runtime
 from cli.common import (
+    OUT_HELP,
     BandDefault,
     CfgDefault,
     CountDefault,
@@ -33,6 +34,7 @@ from cli.common import (
     WidthDefault,
     check_submission,
     load,
+    out_overrides,
     submit_when_room,
     wait_for_jobs,
     worker_watch,
@@ -81,12 +83,13 @@ from pipeline.batches.files import BatchFileError, describe_plan, read_batch_fil
 from pipeline.batches.manifests import batch_records, build_manifest, retry_step, write_manifest
 from pipeline.errors import InputError
 from pipeline.images.contact_sheet import write_contact_sheet
-from pipeline.jobs.files import check_output_dir
+from pipeline.jobs.files import check_output
 from pipeline.jobs.planning import new_id, travelling_overrides
 from pipeline.models import JobRecord, JobState
 from pipeline.sd.backends import parse_backends
 from pipeline.sd.catalog import open_catalog
 from pipeline.settings import Settings
+from pipeline.storage import open_storage
 from pipeline.store import open_store
 
 __all__ = ["batch", "cancel", "retry"]
@@ -143,7 +146,7 @@ def batch(
     template_seed: TemplateSeedOption = None,
     sweep: SweepOption = None,
     contact_sheet: ContactSheetOption = False,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default OUTPUT_DIR).")] = None,
+    out: Annotated[str | None, typer.Option("--out", help=OUT_HELP)] = None,
     sd_url: Annotated[str | None, typer.Option("--sd-url", help="SD server URL, or mock://.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; enqueue nothing.")] = False,
     all_rows: Annotated[
@@ -208,7 +211,7 @@ def batch(
         upscaler=upscaler,
     )
     with cli_errors():
-        settings = load(ctx, sd_api_url=sd_url, output_dir=out)
+        settings = load(ctx, sd_api_url=sd_url, **out_overrides(out))
         check_submission(settings, wait=wait or dry_run, sd_url=sd_url)
         if resume and skip_existing:
             raise InputError("--resume and --skip-existing do not go together", field="--resume")
@@ -236,7 +239,7 @@ def batch(
         if dry_run:
             _print_plan(describe_plan(rows), json_output=json_output, all_rows=all_rows)
             return
-        check_output_dir(settings.output_dir)
+        check_output(settings)
         with open_runtime(settings) as runtime:
             runtime.check_sd_reachable()
             if resume:
@@ -295,8 +298,9 @@ def _wait_and_finish(
             )
         raise
     manifest = build_manifest(batch_record, batch_records(runtime.store, batch_record))
-    path = write_manifest(settings.output_dir, manifest)
-    sheet = write_contact_sheet(manifest, settings.output_dir) if contact_sheet else None
+    storage = open_storage(settings.output_location, settings)
+    path = write_manifest(storage, manifest)
+    sheet = write_contact_sheet(manifest, storage) if contact_sheet else None
     if json_output:
         print_json(manifest)
     else:

@@ -14,6 +14,7 @@ from cli.output import deferred_interrupt, echo, err_console, jobs_table
 from pipeline.errors import InputError, QueueFull, StoreUnavailable
 from pipeline.models import JobRecord, JobState
 from pipeline.settings import OutputFormat, Settings, load_settings, strip_credentials
+from pipeline.storage.base import is_s3_url
 from pipeline.store import StatusStore
 
 # What only submitting and waiting commands use loads when they use it: `status` and `jobs` import this
@@ -77,6 +78,20 @@ def submit_when_room(runtime: Runtime, count: int, submit: Callable[[], _T], *, 
         except QueueFull:
             if not wait_for_room:
                 raise
+
+
+#: Help of every command's ``--out``.
+OUT_HELP = "Output folder, or s3://bucket/prefix (default OUTPUT_URL, else OUTPUT_DIR)."
+
+
+def out_overrides(out: str | None) -> dict[str, Any]:
+    """The settings ``--out`` overrides: ``OUTPUT_URL`` for an ``s3://`` location, else ``OUTPUT_DIR``
+    (and no ``OUTPUT_URL``, so a folder given on the command line wins over one in the environment)."""
+    if out is None:
+        return {}
+    if is_s3_url(out):
+        return {"output_url": out}
+    return {"output_dir": Path(out), "output_url": ""}
 
 
 def load(ctx: typer.Context, **overrides: Any) -> Settings:

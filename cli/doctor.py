@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,11 +10,11 @@ from rich.table import Table
 from rich.text import Text
 
 from actors import open_runtime
-from cli.common import load
+from cli.common import OUT_HELP, load, out_overrides
 from cli.errors import render
 from cli.output import RET_OK, RET_UNREACHABLE, RET_USAGE, cli_errors, console, exit_code_for
 from pipeline.errors import PipelineError
-from pipeline.jobs.files import check_output_dir
+from pipeline.jobs.files import check_output
 from pipeline.sd.backends import Backend, parse_backends
 from pipeline.sd.client import SDClient
 from pipeline.settings import Settings, mask_url
@@ -29,12 +28,12 @@ def doctor(
     sd_url: Annotated[
         str | None, typer.Option("--sd-url", help="SD server URL(s) to check, comma-separated (default SD_API_URL).")
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder to check (default OUTPUT_DIR).")] = None,
+    out: Annotated[str | None, typer.Option("--out", help=OUT_HELP)] = None,
 ) -> None:
     """Check settings, Redis, every SD server, the output folder and (Redis mode) that a worker runs;
     exit non-zero when one fails (for the SD servers: when none is ready)."""
     with cli_errors():
-        settings = load(ctx, sd_api_url=sd_url, output_dir=out)
+        settings = load(ctx, sd_api_url=sd_url, **out_overrides(out))
     console.print(_settings_table(settings))
     checks = Table(title="checks", show_header=False)
     checks.add_column()
@@ -81,7 +80,7 @@ def _settings_table(settings: Settings) -> Table:
 
 
 def _check_output(settings: Settings) -> str:
-    return f"{check_output_dir(settings.output_dir)} is writable"
+    return f"{check_output(settings)} is writable"
 
 
 def _check_store(settings: Settings) -> str:

@@ -12,9 +12,11 @@ from rich.text import Text
 from actors import open_runtime
 from cli.common import (
     EMBEDDED_POLL_INTERVAL_S,
+    OUT_HELP,
     WaitForRoomOption,
     check_submission,
     load,
+    out_overrides,
     submit_when_room,
     wait_for_jobs,
     worker_watch,
@@ -57,11 +59,12 @@ from pipeline.batches.expansion import plan_templated, split_template_keys
 from pipeline.batches.manifests import contact_sheet_when_done
 from pipeline.batches.rows import check_request
 from pipeline.errors import InputsRejected, StoreUnavailable
-from pipeline.jobs.files import check_output_dir
+from pipeline.jobs.files import check_output
 from pipeline.jobs.planning import build_step_params, new_id, plan_process, travelling_overrides
 from pipeline.models import JobSpec, JobState
 from pipeline.sd.catalog import open_catalog
 from pipeline.settings import OutputFormat, Settings
+from pipeline.storage import open_storage
 from pipeline.store import StatusStore
 from pipeline.upscale.planning import UpscaleRequest, with_upscale
 
@@ -87,7 +90,7 @@ BandOption = Annotated[
     int | None, typer.Option("--band-px", help="Blend band on each side of a cut, in pixels (default BAND_PX).")
 ]
 SigmaOption = Annotated[float | None, typer.Option("--sigma", help="Gaussian sigma in pixels (default SIGMA).")]
-OutOption = Annotated[Path | None, typer.Option("--out", help="Output folder (default OUTPUT_DIR).")]
+OutOption = Annotated[str | None, typer.Option("--out", help=OUT_HELP)]
 WaitOption = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the jobs and show their progress.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
@@ -152,7 +155,7 @@ def generate(
 ) -> None:
     """Render PROMPT on the SD server, then split, seam-blur and merge each image."""
     with cli_errors():
-        settings = load(ctx, sd_api_url=sd_url, output_dir=out)
+        settings = load(ctx, sd_api_url=sd_url, **out_overrides(out))
         check_submission(settings, wait=wait, sd_url=sd_url)
         step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
         fields = request_flags(locals())
@@ -199,7 +202,7 @@ def generate(
         if upscale is not None or upscale_denoise is not None or upscaler is not None:
             wanted = UpscaleRequest(scale=upscale or 2.0, denoise=upscale_denoise, upscaler=upscaler)
             specs = with_upscale(settings, specs, wanted)
-        check_output_dir(settings.output_dir)
+        check_output(settings)
         submit_and_report(
             settings,
             specs,
@@ -234,7 +237,7 @@ def process(
 ) -> None:
     """Split, seam-blur and merge existing images (their PNG parameters are kept)."""
     with cli_errors():
-        settings = load(ctx, output_dir=out)
+        settings = load(ctx, **out_overrides(out))
         check_submission(settings, wait=wait, sd_url=None)
         step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
         try:
@@ -242,7 +245,7 @@ def process(
                 settings,
                 images,
                 step_params,
-                output_dir=settings.output_dir.absolute(),
+                output_dir=settings.output_location,
                 output_format=output_format,
                 quality=quality,
                 batch_id=new_id(),
@@ -259,7 +262,7 @@ def process(
             for note in plan.notes:
                 # Text, not markup: a file name may hold "[" (shots/[ab].png).
                 err_console.print(Text.assemble(("warning: ", "yellow"), note), soft_wrap=True)
-        check_output_dir(settings.output_dir)
+        check_output(settings)
         for plan in plans:
             plan.ingest()
         submit_and_report(
@@ -311,7 +314,7 @@ def submit_and_report(
         # The worker ending the batch's last job wrote it (unless that job failed): this call only finds it.
         batch_id = specs[0].batch_id if specs else None
         sheet = (
-            contact_sheet_when_done(runtime.store, batch_id, settings.output_dir)
+            contact_sheet_when_done(runtime.store, batch_id, open_storage(settings.output_location, settings))
             if contact_sheet and batch_id
             else None
         )

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from cli.common import load
+from cli.common import load, out_overrides
 from cli.errors import record_hint
 from cli.output import cli_errors, console, echo, job_row, jobs_table, print_json
 from pipeline.batches.manifests import batch_records, build_manifest, write_manifest
 from pipeline.errors import InputError, JobNotFound
 from pipeline.jobs.planning import current_output
 from pipeline.models import JobRecord, JobState
+from pipeline.storage import open_storage
 from pipeline.store import DEFAULT_LIST_LIMIT, open_store
 
 __all__ = ["jobs", "status"]
 
-OutOption = Annotated[Path | None, typer.Option("--out", help="Output folder whose jobs to read (embedded mode).")]
+OutOption = Annotated[
+    str | None, typer.Option("--out", help="Output folder (or s3://bucket/prefix) whose jobs to read.")
+]
 
 
 def status(
@@ -35,13 +37,13 @@ def status(
     with cli_errors():
         if (job_id is None) == (batch is None):
             raise InputError("give a JOB_ID or --batch ID", field="JOB_ID")
-        settings = load(ctx, output_dir=out)
+        settings = load(ctx, **out_overrides(out))
         store = open_store(settings, create=False)
         try:
             if batch is not None:
                 found = store.get_batch(batch)
                 manifest = build_manifest(found, batch_records(store, found))
-                path = write_manifest(settings.output_dir, manifest)
+                path = write_manifest(open_storage(settings.output_location, settings), manifest)
             else:
                 assert job_id is not None
                 record = store.get(store.resolve_id(job_id))
@@ -71,7 +73,7 @@ def jobs(
 ) -> None:
     """List jobs, newest first."""
     with cli_errors():
-        settings = load(ctx, output_dir=out)
+        settings = load(ctx, **out_overrides(out))
         try:
             store = open_store(settings, create=False)
         except JobNotFound:

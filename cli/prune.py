@@ -12,6 +12,7 @@ from cli.common import load
 from cli.output import cli_errors, echo
 from pipeline.jobs.retention import apply_prune, parse_age, plan_prune
 from pipeline.models import JobState
+from pipeline.storage import open_storage
 from pipeline.store import open_store
 
 __all__ = ["prune"]
@@ -46,11 +47,12 @@ def prune(
         try:
             plan = plan_prune(
                 store,
-                settings.output_dir,
+                open_storage(settings.output_location, settings),
                 older_than_s=older_than_s,
                 batch_id=batch_id,
                 outputs=outputs,
                 states=states,
+                settings=settings,
             )
             done = plan if dry_run else apply_prune(store, plan)
         finally:

@@ -81,6 +81,7 @@ from pipeline.jobs.retention import apply_prune, plan_prune
 from pipeline.models import ScheduleRecord, ScheduleRun
 from pipeline.sd.catalog import open_catalog
 from pipeline.settings import Settings
+from pipeline.storage import open_storage
 from pipeline.store import StatusStore, open_store
 
 __all__ = ["schedule_app", "scheduler"]
@@ -397,7 +398,8 @@ def _retention(store: StatusStore, settings: Settings) -> Callable[[], object]:
     """RETENTION_DAYS: what the scheduler runs once a day (``sdpipe prune --older-than <N>d``)."""
     assert settings.retention_days is not None
     older_than_s = settings.retention_days * DAY_S
-    return lambda: apply_prune(store, plan_prune(store, settings.output_dir, older_than_s=older_than_s))
+    output = open_storage(settings.output_location, settings)
+    return lambda: apply_prune(store, plan_prune(store, output, older_than_s=older_than_s, settings=settings))
 
 
 def _fire(runtime: Runtime) -> FireFn:

@@ -13,7 +13,7 @@ import typer
 from cli.common import load
 from cli.output import RET_USAGE, cli_errors, echo
 from pipeline.errors import InputError
-from pipeline.jobs.files import check_output_dir
+from pipeline.jobs.files import check_output
 from pipeline.store import open_store
 
 __all__ = ["EXTRA_MISSING", "MIN_TOKEN_CHARS", "is_loopback", "listen", "serve"]
@@ -116,7 +116,7 @@ def serve(
         except ImportError:
             echo(f"error: {EXTRA_MISSING}", err=True)
             raise typer.Exit(RET_USAGE) from None
-        check_output_dir(settings.output_dir)
+        check_output(settings)
         store = open_store(settings)  # fail fast, in one line, when Redis is down
         try:
             store.ping()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import WaitForRoomOption, check_submission, load
+from cli.common import WaitForRoomOption, check_submission, load, out_overrides
 from cli.generate import (
     FormatOption,
     JsonOption,
@@ -19,7 +19,7 @@ from cli.generate import (
     submit_and_report,
 )
 from cli.output import cli_errors
-from pipeline.jobs.files import check_output_dir
+from pipeline.jobs.files import check_output
 from pipeline.jobs.planning import build_step_params, new_id, travelling_overrides
 from pipeline.store import open_store
 from pipeline.upscale.params import (
@@ -107,7 +107,7 @@ def upscale(
 ) -> None:
     """Enlarge SOURCE by --scale, re-render every tile with img2img across the SD pool, blend them seamlessly."""
     with cli_errors():
-        settings = load(ctx, sd_api_url=sd_url, output_dir=out)
+        settings = load(ctx, sd_api_url=sd_url, **out_overrides(out))
         check_submission(settings, wait=wait, sd_url=sd_url)
         request = UpscaleRequest(
             scale=scale,
@@ -137,7 +137,7 @@ def upscale(
             [path],
             request,
             build_step_params(settings, grid=None, band_px=None, sigma=None),
-            output_dir=settings.output_dir.absolute(),
+            output_dir=settings.output_location,
             output_format=output_format,
             quality=quality,
             batch_id=new_id(),
@@ -146,7 +146,7 @@ def upscale(
             backend_url=backend_url,
             now=time.time(),
         )
-        check_output_dir(settings.output_dir)
+        check_output(settings)
         for plan in plans:
             plan.ingest()
         submit_and_report(

@@ -10,10 +10,10 @@ from typing import Annotated
 import typer
 
 from actors import CRASH_LOOP_DEATHS, CRASH_LOOP_WINDOW_S, QUEUES, RET_CRASH_LOOP, check_metrics_port, run_workers
-from cli.common import load
+from cli.common import OUT_HELP, load, out_overrides
 from cli.output import cli_errors, err_console, state
 from pipeline.errors import InputError
-from pipeline.jobs.files import check_output_dir
+from pipeline.jobs.files import check_output
 from pipeline.sd.mock.faults import DEFAULT_HANG_MS, FAULT_KINDS
 from pipeline.sd.mock.http import FaultPlan, run_forever
 from pipeline.sd.mock.urls import parse_models
@@ -29,11 +29,11 @@ def worker(
     threads: Annotated[int | None, typer.Option(min=1, help="Threads per process (default WORKER_THREADS).")] = None,
     queues: Annotated[str, typer.Option(help="Comma-separated queues to consume: sd, images.")] = ",".join(QUEUES),
     sd_url: Annotated[str | None, typer.Option("--sd-url", help="SD server URL (default SD_API_URL).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default OUTPUT_DIR).")] = None,
+    out: Annotated[str | None, typer.Option("--out", help=OUT_HELP)] = None,
 ) -> None:
     """Run worker processes against Redis until stopped (SIGTERM/Ctrl-C: finish running steps, then stop)."""
     with cli_errors():
-        settings = load(ctx, sd_api_url=sd_url, output_dir=out, workers_count=processes, worker_threads=threads)
+        settings = load(ctx, sd_api_url=sd_url, workers_count=processes, worker_threads=threads, **out_overrides(out))
         if not settings.redis_mode:
             raise InputError(
                 "sdpipe worker needs Redis: embedded mode runs its workers inside `sdpipe generate`",
@@ -47,7 +47,7 @@ def worker(
                 field="--queues",
                 expected="sd, images or both",
             )
-        check_output_dir(settings.output_dir)
+        check_output(settings)
         check_metrics_port(settings)
         store = open_store(settings)
         try:

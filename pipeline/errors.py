@@ -18,6 +18,8 @@ an error from its type (:attr:`PipelineError.code`) and that data::
     ├── ScheduleNotFound          schedule_not_found   no schedule with that name (permanent)
     ├── JobCancelled              job_cancelled        the job was cancelled while a step ran (permanent)
     ├── StoreUnavailable          store_unavailable    the status store (Redis) cannot be reached (transient)
+    ├── StorageUnavailable        storage_unavailable  the bucket of OUTPUT_URL cannot be reached or failed (transient)
+    ├── StorageRefused            storage_refused      the object store refused: credentials, no such bucket (permanent)
     ├── QueueFull                 queue_full           more jobs queued than MAX_QUEUE_DEPTH allows (refused)
     ├── NoFreeSlot                no_free_slot         every SD server the job may use is busy (transient;
     │                                                  waits, costs no retry)
@@ -70,6 +72,8 @@ __all__ = [
     "SDUnavailable",
     "SDWrongCheckpoint",
     "ScheduleNotFound",
+    "StorageRefused",
+    "StorageUnavailable",
     "StoreUnavailable",
     "UploadProblem",
     "UploadRejected",
@@ -219,6 +223,21 @@ class StoreUnavailable(PipelineError):
     transient = True
 
 
+class StorageUnavailable(PipelineError):
+    """The object store of ``OUTPUT_URL`` cannot be reached or answered with a server error (``value``:
+    the location, never a credential)."""
+
+    code = "storage_unavailable"
+    transient = True
+
+
+class StorageRefused(PipelineError):
+    """The object store refused a request retrying cannot fix: credentials refused, no such bucket,
+    access denied (``field``: the setting to check)."""
+
+    code = "storage_refused"
+
+
 class QueueFull(PipelineError):
     """A submission was refused: the queues hold more jobs than ``MAX_QUEUE_DEPTH`` allows (``limit``)."""
 
@@ -338,6 +357,7 @@ PERMANENT_ERRORS: tuple[type[PipelineError], ...] = (
     ScheduleNotFound,
     JobCancelled,
     QueueFull,
+    StorageRefused,
     SDPermanentError,
 )
 

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.jobs.naming import DEFAULT_NAME_TEMPLATE, check_name_template
+from pipeline.storage.base import parse_s3_url
 
 __all__ = [
     "DEFAULT_BAND_PX",
@@ -46,6 +47,8 @@ __all__ = [
     "strip_credentials_in_text",
 ]
 
+#: How long a presigned result URL the API redirects to stays valid.
+DEFAULT_S3_PRESIGN_EXPIRY_S = 3600
 #: Where the SD server listens by default (A1111 with ``--api``).
 DEFAULT_SD_API_URL = "http://localhost:7860"
 #: Read timeout of one txt2img call. SDXL, hires fix and model loads need minutes.
@@ -278,6 +281,17 @@ class Settings(BaseSettings):
 
     # Output
     output_dir: Path = Path("./outputs")
+    #: ``s3://bucket/prefix``: outputs, sidecars, manifests and intermediates in an S3-compatible bucket
+    #: instead of OUTPUT_DIR (which then holds only embedded mode's status database).
+    output_url: str | None = None
+    #: The S3-compatible service (MinIO, R2, GCS...); unset: AWS S3 in AWS_REGION.
+    s3_endpoint_url: str | None = None
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    aws_region: str | None = None
+    #: The API's result route redirects to a presigned GET URL valid this long; 0: it streams the object.
+    s3_presign_expiry_s: Annotated[int, Field(ge=0, le=7 * 86400)] = DEFAULT_S3_PRESIGN_EXPIRY_S
     output_format: OutputFormat = "png"
     output_quality: Annotated[int, Field(ge=1, le=100)] = DEFAULT_OUTPUT_QUALITY
     #: The naming template of outputs (pipeline.jobs.naming: {date}, {time}, {job}, {batch}, {seed},
@@ -323,6 +337,27 @@ class Settings(BaseSettings):
             return check_name_template(value)
         except InputError as exc:
             raise ValueError(exc.message.removeprefix(f"OUTPUT_NAME {value!r}: ")) from None
+
+    @field_validator("output_url")
+    @classmethod
+    def _check_output_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            bucket, prefix = parse_s3_url(value.strip())
+        except ConfigError as exc:
+            raise ValueError(exc.message.removeprefix("OUTPUT_URL ")) from None
+        return f"s3://{bucket}" + (f"/{prefix}" if prefix else "")
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_s3_endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+            raise ValueError("expected an http(s) URL without credentials, e.g. http://localhost:9000")
+        return value.strip().rstrip("/")
 
     @field_validator("sd_api_url")
     @classmethod
@@ -383,6 +418,11 @@ class Settings(BaseSettings):
         if self.sd_cooldown_max_s < self.sd_cooldown_min_s:
             raise ValueError("SD_COOLDOWN_MAX_S must be >= SD_COOLDOWN_MIN_S")
         return self
+
+    @property
+    def output_location(self) -> str:
+        """Where outputs go: ``OUTPUT_URL`` (``s3://...``) when set, else the absolute ``OUTPUT_DIR``."""
+        return self.output_url if self.output_url is not None else str(self.output_dir.absolute())
 
     @property
     def redis_mode(self) -> bool:

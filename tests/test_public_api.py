@@ -16,6 +16,7 @@ PACKAGES = [
     "pipeline.batches",
     "pipeline.prompts",
     "pipeline.store",
+    "pipeline.storage",
     "actors",
     "cli",
 ]

@@ -6,10 +6,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from fastapi import Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from actors import Runtime
@@ -19,6 +18,7 @@ from pipeline.jobs.files import check_output_dir
 from pipeline.jobs.planning import DEFAULT_POLL_INTERVAL_S, current_output, watch_jobs
 from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings
+from pipeline.storage.base import Blob
 
 __all__ = [
     "MEDIA_TYPES",
@@ -122,8 +122,9 @@ async def wait_for(
         await asyncio.sleep(min(DEFAULT_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
 
 
-def succeeded_image(record: JobRecord) -> Path:
-    """The output image the job record names, if it is still that job's image.
+def succeeded_image(record: JobRecord, settings: Settings) -> Blob:
+    """The output image the job record names (a file, or an object of OUTPUT_URL's bucket), if it is
+    still that job's image.
 
     A later job with the same output name (a batch row's ``name``) replaces the file; its sidecar,
     written first, then names that job. Serving the file would answer with another job's image
@@ -143,15 +144,15 @@ def succeeded_image(record: JobRecord) -> Path:
             hint="a job has an image once it has succeeded",
             job_id=record.job_id,
         )
-    path = current_output(record)
-    if path is None:
+    image = current_output(record, settings)
+    if image is None:
         raise ApiError(
             404,
             "result_missing",
             f"the image of job {record.job_id} is gone (removed, or replaced by a later job of the same name)",
             job_id=record.job_id,
         )
-    return path
+    return image
 
 
 def _matches(etag: str, if_none_match: str) -> bool:
@@ -164,17 +165,32 @@ def _matches(etag: str, if_none_match: str) -> bool:
 def image_response(request: Request, record: JobRecord) -> Response:
     """The job's image with a strong ETag (its sha256); ``If-None-Match`` with that tag gives 304.
 
-    Reads the disk: call it in the thread pool.
+    An image in a bucket (OUTPUT_URL) is a ``307`` redirect to a presigned GET URL valid
+    ``S3_PRESIGN_EXPIRY_S``, or, with that 0, the object itself read through this server.
+    Reads the disk or the bucket: call it in the thread pool.
     """
-    path = succeeded_image(record)
+    settings = settings_of(request)
+    image = succeeded_image(record, settings)
     assert record.result is not None
-    stat = path.stat()
-    digest = record.result.sha256 or f"{record.job_id}-{stat.st_size}-{stat.st_mtime_ns}"
+    path = image.path
+    stat = path.stat() if path is not None else None
+    digest = record.result.sha256 or (
+        f"{record.job_id}-{stat.st_size}-{stat.st_mtime_ns}" if stat is not None else record.job_id
+    )
     etag = f'"{digest}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=0, must-revalidate"}
     if _matches(etag, request.headers.get("if-none-match", "")):
         return Response(status_code=304, headers=headers)
-    return FileResponse(path, media_type=MEDIA_TYPES[record.spec.output_format], headers=headers, stat_result=stat)
+    media_type = MEDIA_TYPES[record.spec.output_format]
+    if path is not None:
+        return FileResponse(path, media_type=media_type, headers=headers, stat_result=stat)
+    if settings.s3_presign_expiry_s > 0:
+        url = image.storage.presign_get(image.key, settings.s3_presign_expiry_s)
+        if url is not None:
+            # The URL carries a signature for this object only, never the secret key: the client
+            # fetches the image from the bucket itself. Not logged (it is a bearer credential).
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    return Response(image.read_bytes(), media_type=media_type, headers=headers)
 
 
 def _no_worker_note(runtime: Runtime) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -23,6 +22,7 @@ from pipeline.jobs.files import JobFiles
 from pipeline.jobs.planning import ProcessPlan, build_step_params, new_id, plan_process
 from pipeline.models import JobSpec, JobState
 from pipeline.settings import OutputFormat
+from pipeline.storage.base import open_storage
 
 __all__ = ["router"]
 
@@ -114,7 +114,7 @@ def _submit_upload(
                 settings,
                 [saved.path],
                 step_params,
-                output_dir=settings.output_dir.absolute(),
+                output_dir=settings.output_location,
                 output_format=output_format,
                 quality=quality,
                 batch_id=new_id(),
@@ -128,12 +128,12 @@ def _submit_upload(
             raise
         # The sidecar's source is the client's file, not the upload id.
         spec = plan.spec.model_copy(update={"source_name": shown})
-        ProcessPlan(spec=spec, data=plan.data).ingest()
+        ProcessPlan(spec=spec, data=plan.data).ingest(settings)
     try:
         runtime.submit([spec], as_batch=True)
     except QueueFull:  # another submitter took the room: nothing recorded, so nothing may stay on disk
         assert spec.output_dir is not None
-        JobFiles(Path(spec.output_dir), spec.job_id).remove_work_dir()
+        JobFiles(open_storage(spec.output_dir, settings), spec.job_id).remove_work_dir()
         raise
     for note in plan.notes:
         logger.info("job %s: %s", spec.job_id, note.replace(str(saved.path), shown))
@@ -156,6 +156,7 @@ def _submit_upload(
                 "application/json": {"schema": {"$ref": "#/components/schemas/JobView"}},
             },
         },
+        307: {"description": "with OUTPUT_URL (a bucket): a redirect to a presigned GET URL of the image"},
         400: {"model": ErrorBody, "description": "an unknown form field, or more than one file part"},
         409: {"model": ErrorBody, "description": "the job failed or was cancelled"},
         504: {"model": ErrorBody, "description": "not finished within API_WAIT_TIMEOUT_S (the job keeps running)"},

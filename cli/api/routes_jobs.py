@@ -280,6 +280,7 @@ def get_job(request: Request, job_id: str) -> JobView:
             "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()},
         },
         304: {"description": "not modified (If-None-Match matched the ETag)"},
+        307: {"description": "with OUTPUT_URL (a bucket): a redirect to a presigned GET URL of the image"},
         **_NOT_FOUND,
         409: {"model": ErrorBody, "description": "the job has not succeeded"},
     },

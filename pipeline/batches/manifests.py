@@ -17,6 +17,8 @@ from typing import Any
 
 from pipeline.jobs.files import atomic_write_json
 from pipeline.models import STEP_NAMES, BatchRecord, BatchRow, JobRecord, JobSpec, JobState, StepName
+from pipeline.storage.base import Blob, Storage
+from pipeline.storage.local import LocalStorage
 from pipeline.store.base import StatusStore
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "batch_records",
     "build_manifest",
     "contact_sheet_when_done",
+    "manifest_key",
     "plan_resume",
     "retry_step",
     "write_manifest",
@@ -78,7 +81,7 @@ def build_manifest(batch: BatchRecord, records: dict[str, JobRecord], *, now: fl
     }
 
 
-def contact_sheet_when_done(store: StatusStore, batch_id: str, output_dir: Path) -> Path | None:
+def contact_sheet_when_done(store: StatusStore, batch_id: str, output: Storage | Path) -> str | None:
     """The batch's contact sheet, written if every job of the batch has ended (else None).
 
     Called after each job of a ``--contact-sheet`` batch ends, by whichever worker ends it: each checks
@@ -91,14 +94,20 @@ def contact_sheet_when_done(store: StatusStore, batch_id: str, output_dir: Path)
     records = batch_records(store, batch)
     if any(job not in records or not records[job].state.terminal for job in batch.job_ids):
         return None
-    return write_contact_sheet(build_manifest(batch, records), output_dir)
+    return write_contact_sheet(build_manifest(batch, records), output)
 
 
-def write_manifest(output_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Write ``OUTPUT_DIR/batches/<batch id>.json`` atomically and return its path."""
-    path = output_dir.absolute() / MANIFEST_DIR_NAME / f"{manifest['batch_id']}.json"
-    atomic_write_json(path, manifest)
-    return path
+def manifest_key(batch_id: str) -> str:
+    """The key of a batch's manifest in its storage: ``batches/<batch id>.json``."""
+    return f"{MANIFEST_DIR_NAME}/{batch_id}.json"
+
+
+def write_manifest(output: Storage | Path, manifest: dict[str, Any]) -> str:
+    """Write ``batches/<batch id>.json`` atomically into OUTPUT_DIR (a folder) or OUTPUT_URL; its location."""
+    storage = LocalStorage(output.absolute()) if isinstance(output, Path) else output
+    blob = Blob(storage, manifest_key(manifest["batch_id"]))
+    atomic_write_json(blob, manifest)
+    return blob.location
 
 
 def retry_step(record: JobRecord) -> StepName:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,8 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.jobs.files import atomic_write_json
+from pipeline.storage.base import Blob, Storage
+from pipeline.storage.local import LocalStorage
 
 __all__ = ["CONTACT_SHEET_SUFFIX", "build_contact_sheet", "write_contact_sheet"]
 
@@ -36,12 +36,14 @@ def _label(key: str, value: Any) -> str:
     return f"{key}: {value}"
 
 
-def _thumbnails(cells: Mapping[tuple[Any, Any], Path]) -> dict[tuple[Any, Any], Image.Image]:
+def _thumbnails(cells: Mapping[tuple[Any, Any], Path | Blob]) -> dict[tuple[Any, Any], Image.Image]:
     thumbs = {}
-    for where, path in cells.items():
-        if not path.is_file():
+    for where, source in cells.items():
+        try:
+            data = source.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
             continue
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             thumb = image.convert("RGB")
         thumb.thumbnail((_CELL_PX, _CELL_PX))
         thumbs[where] = thumb
@@ -49,7 +51,12 @@ def _thumbnails(cells: Mapping[tuple[Any, Any], Path]) -> dict[tuple[Any, Any], 
 
 
 def build_contact_sheet(
-    cells: Mapping[tuple[Any, Any], Path], *, x_key: str, x_values: list[Any], y_key: str | None, y_values: list[Any]
+    cells: Mapping[tuple[Any, Any], Path | Blob],
+    *,
+    x_key: str,
+    x_values: list[Any],
+    y_key: str | None,
+    y_values: list[Any],
 ) -> Image.Image:
     """The sheet: one column per X value, one row per Y value, axis labels on the top and the left.
 
@@ -90,24 +97,25 @@ def build_contact_sheet(
     return sheet
 
 
-def write_contact_sheet(manifest: Mapping[str, Any], output_dir: Path) -> Path | None:
-    """Write the contact sheet of a finished sweep batch (and its sidecar) once, atomically; its path.
+def write_contact_sheet(manifest: Mapping[str, Any], output: Storage | Path) -> str | None:
+    """Write the contact sheet of a finished sweep batch (and its sidecar) once, atomically, into
+    ``output`` (OUTPUT_DIR or OUTPUT_URL); its location.
 
     None when the batch has no sweep. An existing sheet is kept: writing is safe to repeat, and two
-    workers finishing the batch's last jobs at once publish one sheet (an exclusive hard link).
+    workers finishing the batch's last jobs at once publish one sheet (an exclusive create).
     """
     rows = [row for row in manifest["rows"] if row["params"].get("sweep")]
     if not rows:
         return None
-    folder = output_dir / "batches"
-    path = folder / f"{manifest['batch_id']}{CONTACT_SHEET_SUFFIX}.png"
-    if path.exists():
-        return path
+    storage = LocalStorage(output.absolute()) if isinstance(output, Path) else output
+    sheet_blob = Blob(storage, f"batches/{manifest['batch_id']}{CONTACT_SHEET_SUFFIX}.png")
+    if sheet_blob.exists():
+        return sheet_blob.location
     keys = list(rows[0]["params"]["sweep"])
     x_key, y_key = keys[0], (keys[1] if len(keys) > 1 else None)
     x_values: list[Any] = []
     y_values: list[Any] = []
-    cells: dict[tuple[Any, Any], Path] = {}
+    cells: dict[tuple[Any, Any], Path | Blob] = {}
     sources = []
     for row in rows:
         sweep = row["params"]["sweep"]
@@ -116,39 +124,25 @@ def write_contact_sheet(manifest: Mapping[str, Any], output_dir: Path) -> Path |
         y_values += [y] if y not in y_values else []
         done = [job for job in row["jobs"] if job.get("output")]
         if done and (x, y) not in cells:
-            cells[(x, y)] = Path(done[0]["output"])
+            key = storage.key_of(done[0]["output"])
+            cells[(x, y)] = Blob(storage, key) if key is not None else Path(done[0]["output"])
             sources.append({"x": x, "y": y, "job_id": done[0]["job_id"], "image": done[0]["output"]})
     sheet = build_contact_sheet(cells, x_key=x_key, x_values=x_values, y_key=y_key, y_values=y_values)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     # The sidecar first: a sheet on disk always has its sidecar.
     atomic_write_json(
-        path.with_suffix(".json"),
+        Blob(storage, sheet_blob.key.removesuffix(".png") + ".json"),
         {
             "batch_id": manifest["batch_id"],
             "kind": "contact_sheet",
             "x": {"field": x_key, "values": x_values},
             "y": {"field": y_key, "values": y_values} if y_key else None,
             "cells": sources,
-            "image": str(path),
+            "image": sheet_blob.location,
         },
     )
-    _publish_once(path, buffer.getvalue())
-    logger.info("batch %s: contact sheet %s", manifest["batch_id"], path)
-    return path
-
-
-def _publish_once(path: Path, data: bytes) -> None:
-    """``path`` holds ``data`` complete, or whatever another writer published first (never a torn file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, path)  # fails if the sheet exists: the first complete one stays
-        except FileExistsError:
-            pass
-    finally:
-        os.unlink(tmp)
+    # The first complete sheet stays (a hard link on disk, a conditional PUT in a bucket).
+    sheet_blob.create(buffer.getvalue())
+    logger.info("batch %s: contact sheet %s", manifest["batch_id"], sheet_blob.location)
+    return sheet_blob.location

@@ -1,13 +1,14 @@
-"""Files on disk: atomic writes, output naming, and each job's work folder.
+"""A job's files in its storage (a folder, or an S3-compatible bucket): output naming, each job's work
+area, and the arrays files the steps hand each other.
 
-Every file sdpipe writes goes through :func:`atomic_write_bytes` (temporary file in the same folder,
-fsync, rename), so a crash leaves either the old file or the new one, never half of one.
+Every write is atomic (:mod:`pipeline.storage`: temporary file, fsync, rename on disk; one PUT in a
+bucket), so a crash leaves either the old file or the new one, never half of one.
 
-Layout under ``OUTPUT_DIR``::
+Layout under ``OUTPUT_DIR`` (or ``OUTPUT_URL``'s prefix)::
 
     <name>.png / .webp / .jpg      final image (<name> from OUTPUT_NAME; may hold folders: 20261207/fox-7)
     <name>.json                    its sidecar (first written as the claim of <name>: see claim_output_name)
-    .sdpipe/status.sqlite3         embedded-mode status store
+    .sdpipe/status.sqlite3         embedded-mode status store (always in the local OUTPUT_DIR)
     .sdpipe/work/<job id>/         intermediates, removed when the job succeeds (kept on failure)
         sd.json                    what the SD server said (written before source.img)
         output_name                the output name this job claimed (fixed once)
@@ -16,42 +17,45 @@ Layout under ``OUTPUT_DIR``::
                                    and every tile's raw pixels with halos, in one file
         blurred.arrays             seam-blur output, the same way
 
-Each step writes one intermediate file (one atomic write, one fsync), whose presence means the step
-is done: :func:`atomic_save_arrays` / :func:`load_arrays` (a JSON header, then raw C-order bytes:
-no image re-encoding, no per-tile files).
+Each step writes one intermediate (one atomic write), whose presence means the step is done:
+:func:`atomic_save_arrays` / :func:`load_arrays` (a JSON header, then raw C-order bytes: no image
+re-encoding, no per-tile files).
 
-Workers on several machines must see the same ``OUTPUT_DIR`` (a shared filesystem such as NFS):
-each step reads the previous step's files from the job's work folder.
+Workers on several machines must share the storage: the same ``OUTPUT_DIR`` (a shared filesystem
+such as NFS), or, sharing nothing but Redis, the same ``OUTPUT_URL`` bucket.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import itertools
 import json
 import math
-import os
-import shutil
 import struct
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError
 from pipeline.jobs.naming import check_output_name, is_name_char, slugify
+from pipeline.storage.base import Blob, Storage, open_storage
+from pipeline.storage.local import FILE_MODE, LocalStorage, atomic_write_bytes, remove_stale_temps
 
 # numpy is imported by the functions that use arrays: most callers (the CLI's readers) only name files.
 if TYPE_CHECKING:
     import numpy as np
+
+    from pipeline.settings import Settings
 
 __all__ = [
     "JobFiles",
     "atomic_save_arrays",
     "atomic_write_bytes",
     "atomic_write_json",
+    "FILE_MODE",
+    "check_output",
     "check_output_dir",
     "claim_output_name",
     "default_output_name",
@@ -72,51 +76,13 @@ ARRAYS_MAGIC = b"SDPIPE-ARRAYS-1\n"
 FORMAT_EXTENSIONS = {"png": ".png", "webp": ".webp", "jpeg": ".jpg"}
 
 
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-#: Mode of the files sdpipe writes: what ``open()`` would give under the process's umask (read once,
-#: at import, while single-threaded). ``mkstemp`` alone would leave them 0600, unreadable to other
-#: users of a shared OUTPUT_DIR and to servers that publish the images.
-FILE_MODE = 0o666 & ~_read_umask()
-
-
-def atomic_write_bytes(path: Path, data: bytes | Sequence[bytes | memoryview]) -> None:
-    """Write ``data`` (bytes, or pieces written one after another) to ``path`` atomically: temp file
-    in the same folder, fsync, rename."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except FileNotFoundError:  # the first file of its folder
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            for piece in (data,) if isinstance(data, bytes) else data:
-                handle.write(piece)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def remove_stale_temps(path: Path) -> None:
-    """Remove temporary files a killed writer of ``path`` left (SIGKILL skips :func:`atomic_write_bytes`'s
-    cleanup). Call it only from the one delivery that now owns ``path``."""
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented UTF-8 JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode())
+def atomic_write_json(target: Path | Blob, obj: Any) -> None:
+    """Write ``obj`` as indented UTF-8 JSON, atomically (a local file, or an object of a storage)."""
+    data = (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode()
+    if isinstance(target, Blob):
+        target.write(data)
+    else:
+        atomic_write_bytes(target, data)
 
 
 def iso_time(ts: float) -> str:
@@ -125,13 +91,13 @@ def iso_time(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}Z"
 
 
-def read_json(path: Path) -> Any:
-    """Read a JSON file written by :func:`atomic_write_json`."""
-    return json.loads(path.read_bytes())
+def read_json(target: Path | Blob) -> Any:
+    """Read a JSON file (or object) written by :func:`atomic_write_json`."""
+    return json.loads(target.read_bytes())
 
 
-def atomic_save_arrays(path: Path, meta: dict[str, Any], arrays: Sequence[np.ndarray]) -> None:
-    """Save ``meta`` (JSON) and ``arrays`` in one file, atomically: see :func:`load_arrays`.
+def atomic_save_arrays(target: Path | Blob, meta: dict[str, Any], arrays: Sequence[np.ndarray]) -> None:
+    """Save ``meta`` (JSON) and ``arrays`` in one file (or object), atomically: see :func:`load_arrays`.
 
     Layout: :data:`ARRAYS_MAGIC`, the header's length (uint32, little-endian), the header (UTF-8 JSON:
     ``{"meta": ..., "arrays": [{"dtype", "shape"}, ...]}``), then each array's raw C-order bytes.
@@ -142,23 +108,31 @@ def atomic_save_arrays(path: Path, meta: dict[str, Any], arrays: Sequence[np.nda
     header = {"meta": meta, "arrays": [{"dtype": a.dtype.str, "shape": list(a.shape)} for a in contiguous]}
     header_bytes = json.dumps(header, ensure_ascii=False).encode()
     prefix = ARRAYS_MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes
-    atomic_write_bytes(path, [prefix, *(a.data.cast("B") for a in contiguous)])
+    _as_blob(target).write([prefix, *(a.data.cast("B") for a in contiguous)])
 
 
-def load_arrays(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
+def load_arrays(source: Path | Blob) -> tuple[dict[str, Any], list[np.ndarray]]:
     """The ``meta`` and arrays saved by :func:`atomic_save_arrays`; the arrays are writable views of one buffer.
 
     Raises:
         ValueError: the file is not such a file, or is cut short.
+        FileNotFoundError: there is none.
     """
     import numpy as np
 
-    buffer = bytearray(path.stat().st_size)
-    with path.open("rb", buffering=0) as handle:
-        read = handle.readinto(buffer)
+    source = _as_blob(source)
+    path = source.path
+    if path is not None:
+        buffer = bytearray(path.stat().st_size)
+        with path.open("rb", buffering=0) as handle:
+            read = handle.readinto(buffer)
+        if read != len(buffer):
+            raise ValueError(f"{path} is cut short")
+    else:
+        buffer = bytearray(source.read_bytes())
     start = len(ARRAYS_MAGIC) + 4
-    if read != len(buffer) or len(buffer) < start or not buffer.startswith(ARRAYS_MAGIC):
-        raise ValueError(f"{path} is not an sdpipe arrays file")
+    if len(buffer) < start or not buffer.startswith(ARRAYS_MAGIC):
+        raise ValueError(f"{source} is not an sdpipe arrays file")
     (header_len,) = struct.unpack_from("<I", buffer, len(ARRAYS_MAGIC))
     header = json.loads(buffer[start : start + header_len])
     offset = start + header_len
@@ -168,21 +142,26 @@ def load_arrays(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
         shape = tuple(int(n) for n in entry["shape"])
         count = math.prod(shape)
         if offset + count * dtype.itemsize > len(buffer):
-            raise ValueError(f"{path} is cut short")
+            raise ValueError(f"{source} is cut short")
         arrays.append(np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape))
         offset += count * dtype.itemsize
     return header["meta"], arrays
 
 
-def map_arrays(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """:func:`load_arrays` without reading the pixels: read-only memory maps of the file, so a caller
-    that needs one region of a large image reads only that region's pages.
+def map_arrays(source: Path | Blob) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """:func:`load_arrays` without reading the pixels: read-only memory maps of a local file, so a
+    caller that needs one region of a large image reads only that region's pages. (An object in a
+    bucket is read whole: :func:`load_arrays`.)
 
     Raises:
         ValueError: the file is not such a file, or is cut short.
     """
     import numpy as np
 
+    source = _as_blob(source)
+    path = source.path
+    if path is None:
+        return load_arrays(source)
     size = path.stat().st_size
     start = len(ARRAYS_MAGIC) + 4
     with path.open("rb") as handle:
@@ -202,6 +181,12 @@ def map_arrays(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
         arrays.append(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape))
         offset += length
     return header["meta"], arrays
+
+
+def _as_blob(target: Path | Blob) -> Blob:
+    if isinstance(target, Blob):
+        return target
+    return Blob(LocalStorage(target.absolute().parent), target.name)
 
 
 def default_output_name(created_at: float, job_id: str, label: str) -> str:
@@ -263,46 +248,84 @@ def check_output_dir(output_dir: Path) -> Path:
     return path
 
 
+def check_output(settings: Settings) -> str:
+    """Prove the output location is writable: OUTPUT_DIR (created if needed), or with OUTPUT_URL its
+    bucket (a probe object written and removed); its location.
+
+    Raises:
+        InputError: OUTPUT_DIR is a file, or cannot be created or written.
+        StorageRefused, StorageUnavailable: the bucket refuses the write or cannot be reached.
+    """
+    if settings.output_url is None:
+        return str(check_output_dir(settings.output_dir))
+    storage = open_storage(settings.output_url, settings)
+    probe = f"{STATE_DIR_NAME}/probe-{uuid.uuid4().hex}"
+    storage.write(probe, b"")
+    storage.delete(probe)
+    return storage.url
+
+
 class JobFiles:
-    """Paths of one job's files; every path derives from OUTPUT_DIR and the job id only."""
+    """One job's files; every key derives from the storage (OUTPUT_DIR or OUTPUT_URL) and the job id only.
 
-    def __init__(self, output_dir: Path, job_id: str) -> None:
-        self.output_dir = output_dir
+    ``storage`` may be a folder (a :class:`~pathlib.Path`): a local storage there.
+    """
+
+    def __init__(self, storage: Storage | Path, job_id: str) -> None:
+        self.storage: Storage = LocalStorage(storage) if isinstance(storage, Path) else storage
         self.job_id = job_id
-        self.work_dir = output_dir / STATE_DIR_NAME / "work" / job_id
+        #: The work area's key prefix (a folder on disk), ``/``-ended.
+        self.work_prefix = f"{STATE_DIR_NAME}/work/{job_id}/"
+
+    def work(self, name: str) -> Blob:
+        """An intermediate of this job (``upscale/tile-3.png``)."""
+        return Blob(self.storage, self.work_prefix + name)
 
     @property
-    def sd_info(self) -> Path:
-        return self.work_dir / "sd.json"
+    def work_location(self) -> str:
+        """Where the intermediates are: a folder, or an ``s3://`` prefix."""
+        return self.storage.location(self.work_prefix.rstrip("/"))
 
     @property
-    def source(self) -> Path:
-        return self.work_dir / "source.img"
+    def work_dir(self) -> Path:
+        """The local work folder (local storage only)."""
+        path = self.storage.local_path(self.work_prefix.rstrip("/"))
+        if path is None:
+            raise ValueError(f"{self.storage.url} is not a local folder")
+        return path
 
     @property
-    def tiles(self) -> Path:
+    def sd_info(self) -> Blob:
+        return self.work("sd.json")
+
+    @property
+    def source(self) -> Blob:
+        return self.work("source.img")
+
+    @property
+    def tiles(self) -> Blob:
         """The split step's output (manifest and tiles, :func:`atomic_save_arrays`)."""
-        return self.work_dir / "tiles.arrays"
+        return self.work("tiles.arrays")
 
     @property
-    def blurred(self) -> Path:
+    def blurred(self) -> Blob:
         """The seam-blur step's output (manifest and blurred tiles)."""
-        return self.work_dir / "blurred.arrays"
+        return self.work("blurred.arrays")
 
     @property
-    def claimed_name(self) -> Path:
+    def claimed_name(self) -> Blob:
         """The output name this job claimed (:func:`claim_output_name`), once it has."""
-        return self.work_dir / "output_name"
+        return self.work("output_name")
 
-    def image(self, output_name: str, output_format: str) -> Path:
-        return self.output_dir / (output_name + FORMAT_EXTENSIONS[output_format])
+    def image(self, output_name: str, output_format: str) -> Blob:
+        return Blob(self.storage, output_name + FORMAT_EXTENSIONS[output_format])
 
-    def sidecar(self, output_name: str) -> Path:
-        return self.output_dir / (output_name + ".json")
+    def sidecar(self, output_name: str) -> Blob:
+        return Blob(self.storage, output_name + ".json")
 
     def remove_work_dir(self) -> None:
         """Delete the intermediates (after success)."""
-        shutil.rmtree(self.work_dir, ignore_errors=True)
+        self.storage.delete_prefix(self.work_prefix)
 
 
 #: Digits of the counter that keeps outputs apart: ``same.png``, ``same-0001.png``, ``same-0002.png``.
@@ -323,12 +346,12 @@ def claim_output_name(files: JobFiles, name: str, output_format: str, *, overwri
         InputError: the name would leave OUTPUT_DIR (through ``..``, an absolute path or a symlink).
     """
     try:
-        return files.claimed_name.read_text(encoding="utf-8")
+        return files.claimed_name.read_text()
     except FileNotFoundError:
         pass
     check_output_name(name)
-    root = files.output_dir.resolve()
-    if not (files.output_dir / name).parent.resolve().is_relative_to(root):
+    root = files.storage.local_path("")
+    if root is not None and not (root / name).parent.resolve().is_relative_to(root.resolve()):
         raise InputError(
             f"output name {name!r} leads outside OUTPUT_DIR (through a symlinked folder)",
             field="--name-template",
@@ -341,7 +364,7 @@ def claim_output_name(files: JobFiles, name: str, output_format: str, *, overwri
             chosen = name if counter == 0 else f"{name}-{counter:0{COUNTER_DIGITS}d}"
             if _take_name(files, chosen, output_format):
                 break
-    atomic_write_bytes(files.claimed_name, chosen.encode())
+    files.claimed_name.write(chosen.encode())
     return chosen
 
 
@@ -353,29 +376,16 @@ def _take_name(files: JobFiles, name: str, output_format: str) -> bool:
     if files.image(name, output_format).exists():
         return False  # a file sdpipe did not write (or whose sidecar is gone): never replaced unasked
     claim = {"job_id": files.job_id, "claimed": True, "note": "reserved for this job; replaced when it succeeds"}
-    # Written whole to a temporary file, then hard-linked to the name: the link either creates the
-    # sidecar, complete, or fails because it exists (exclusive like O_EXCL, also on NFS), so a
-    # worker killed meanwhile never leaves an empty claim that would hold the name for nobody.
-    sidecar.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".tmp", dir=sidecar.parent)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write((json.dumps(claim) + "\n").encode())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(tmp, sidecar)
-    except FileExistsError:  # another job claimed it between the check and here
-        return _sidecar_owner(sidecar) == files.job_id
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return True
+    # Created exclusively and whole (a hard link of a complete file on disk, also on NFS; a conditional
+    # PUT in a bucket): a worker killed meanwhile never leaves an empty claim that holds the name for nobody.
+    if sidecar.create((json.dumps(claim) + "\n").encode()):
+        return True
+    return _sidecar_owner(sidecar) == files.job_id  # another job claimed it between the check and here
 
 
-def _sidecar_owner(sidecar: Path) -> str | None:
+def _sidecar_owner(sidecar: Blob) -> str | None:
     try:
         owner = read_json(sidecar).get("job_id")
     except (OSError, ValueError, AttributeError):
-        return None  # unreadable, half-written by its claimant, or not ours: taken
+        return None  # unreadable, gone, or not ours: taken
     return owner if isinstance(owner, str) else None

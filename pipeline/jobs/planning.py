@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
-from pipeline.errors import ImageError, InputError, InputsRejected, JobNotFound, PipelineError
+from pipeline.errors import ConfigError, ImageError, InputError, InputsRejected, JobNotFound, PipelineError
 from pipeline.images.geometry import validate_geometry
-from pipeline.jobs.files import JobFiles, atomic_write_bytes, read_json, safe_output_stem
+from pipeline.jobs.files import JobFiles, read_json, safe_output_stem
 from pipeline.jobs.naming import NameFields, check_name_template, check_output_name, expand_name, resolve_late_tokens
 from pipeline.models import GenerationParams, JobRecord, JobSpec, StepParams, parse_grid, validation_message
 from pipeline.settings import OutputFormat, Settings, strip_credentials
+from pipeline.storage.base import Blob, blob_at, open_storage
+from pipeline.storage.local import LocalStorage
 from pipeline.store.base import StatusStore
 
 if TYPE_CHECKING:
@@ -278,18 +280,20 @@ def _output_name(template: str, fields: NameFields) -> str:
     return name
 
 
-def travelling_overrides(settings: Settings, *, out: Path | None, sd_url: str | None) -> tuple[Path | None, str | None]:
+def travelling_overrides(
+    settings: Settings, *, out: str | Path | None, sd_url: str | None
+) -> tuple[str | None, str | None]:
     """The ``output_dir`` and ``backend_url`` that jobs submitted with ``--out`` / ``--sd-url`` carry.
 
     In Redis mode the workers run on their own settings, so what the submitting command overrode
-    travels in each job spec: ``--out`` as the absolute ``settings.output_dir`` (which already holds
-    it), ``--sd-url`` as the server the jobs are pinned to. Embedded mode runs the jobs on these very
-    settings, so ``--out`` stays out; ``--sd-url`` is still recorded (not pinned: see
+    travels in each job spec: ``--out`` as ``settings.output_location`` (which already holds it: an
+    absolute folder or an ``s3://`` URL), ``--sd-url`` as the server the jobs are pinned to. Embedded
+    mode runs the jobs on these very settings, so ``--out`` stays out; ``--sd-url`` is still recorded (not pinned: see
     :func:`pipeline.jobs.steps.pinned_backend`), so an embedded ``sdpipe retry`` finds the job's server.
     """
     if not settings.redis_mode:
         return None, sd_url
-    return (settings.output_dir.absolute() if out is not None else None), sd_url
+    return (settings.output_location if out is not None else None), sd_url
 
 
 def plan_generate(
@@ -305,7 +309,7 @@ def plan_generate(
     row: int | None = None,
     overwrite: bool = False,
     batch_id: str | None = None,
-    output_dir: Path | None = None,
+    output_dir: str | Path | None = None,
     backend_url: str | None = None,
     checker: RequestChecker | None = None,
     now: float,
@@ -396,10 +400,14 @@ class ProcessPlan:
     #: What the user should be told about this input (a 16-bit image reduced to 8 bits), one line each.
     notes: tuple[str, ...] = ()
 
-    def ingest(self) -> None:
-        """Copy the input into the job's work folder (atomically), where the split step reads it."""
+    def ingest(self, settings: Settings | None = None) -> None:
+        """Copy the input into the job's work folder or prefix (atomically), where the split step reads
+        it: in the job's storage, so any worker can take the job. ``settings`` carry the credentials
+        of an ``s3://`` location (not needed for a folder)."""
         assert self.spec.output_dir is not None
-        atomic_write_bytes(JobFiles(Path(self.spec.output_dir), self.spec.job_id).source, self.data)
+        location = self.spec.output_dir
+        storage = open_storage(location, settings) if settings is not None else LocalStorage(Path(location))
+        JobFiles(storage, self.spec.job_id).source.write(self.data)
 
 
 def expand_image_paths(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
@@ -439,7 +447,7 @@ def plan_process(
     paths: Sequence[Path],
     step_params: StepParams,
     *,
-    output_dir: Path,
+    output_dir: str | Path,
     output_format: OutputFormat | None = None,
     quality: int | None = None,
     batch_id: str | None = None,
@@ -574,18 +582,19 @@ def watch_jobs(
         time.sleep(poll_interval_s)
 
 
-def current_output(record: JobRecord) -> Path | None:
-    """The image a succeeded job wrote, if it is still that job's image.
+def current_output(record: JobRecord, settings: Settings | None = None) -> Blob | None:
+    """The image a succeeded job wrote, if it is still that job's image (``settings``: the credentials
+    of an ``s3://`` result).
 
     None when the job has no result, its file is gone, or a later job with the same output name (a
-    batch row's ``name``) replaced it: that job's sidecar, written before its image, names it.
+    batch row's ``name``) replaced it: that job's sidecar then names it.
     """
     if not record.result or not record.result.image:
         return None
-    path = Path(record.result.image)
-    sidecar = record.result.sidecar
     try:
-        owner = read_json(Path(str(sidecar))).get("job_id") if sidecar else record.job_id
-    except (OSError, ValueError, AttributeError):
+        image = blob_at(record.result.image, settings)
+        sidecar = record.result.sidecar
+        owner = read_json(blob_at(sidecar, settings)).get("job_id") if sidecar else record.job_id
+    except (OSError, ValueError, AttributeError, ConfigError):
         owner = None
-    return path if owner == record.job_id and path.is_file() else None
+    return image if owner == record.job_id and image.exists() else None

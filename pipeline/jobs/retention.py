@@ -18,19 +18,33 @@ import logging
 import re
 import shutil
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.batches.manifests import MANIFEST_DIR_NAME
-from pipeline.errors import InputError, JobNotFound
+from pipeline.batches.manifests import manifest_key
+from pipeline.errors import ConfigError, InputError, JobNotFound
 from pipeline.jobs.files import STATE_DIR_NAME, JobFiles
 from pipeline.jobs.thumbnails import thumbnail_paths
 from pipeline.models import JobRecord, JobState
+from pipeline.storage.base import Storage, blob_at, is_s3_url, open_storage
+from pipeline.storage.local import LocalStorage
 from pipeline.store.base import StatusStore
 
-__all__ = ["ORPHAN_WORK_AGE_S", "PrunePlan", "apply_prune", "find_orphaned_work", "parse_age", "plan_prune"]
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
+
+__all__ = [
+    "ORPHAN_WORK_AGE_S",
+    "PruneTarget",
+    "PrunePlan",
+    "apply_prune",
+    "find_orphaned_work",
+    "parse_age",
+    "plan_prune",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,26 +56,60 @@ _PAGE = 1000
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _AGE = re.compile(r"(\d+)([smhdw])")
 _ENDED = (JobState.FAILED, JobState.SUCCEEDED, JobState.CANCELLED)
+_WORK_PREFIX = f"{STATE_DIR_NAME}/work/"
+
+
+@dataclass(frozen=True)
+class PruneTarget:
+    """One thing a prune removes: a file or object, or a work folder (a prefix in a bucket)."""
+
+    storage: Storage
+    key: str
+    folder: bool = False
+
+    @property
+    def location(self) -> str:
+        return self.storage.location(self.key)
+
+    def __str__(self) -> str:
+        return self.location
+
+    def exists(self) -> bool:
+        path = self.storage.local_path(self.key)
+        if path is not None:
+            return path.exists()
+        return bool(self.storage.list(self.key + "/")) if self.folder else self.storage.exists(self.key)
+
+    def remove(self) -> bool:
+        """Remove it; False if it was not there."""
+        if not self.folder:
+            return self.storage.delete(self.key)
+        path = self.storage.local_path(self.key)
+        if path is None:
+            return self.storage.delete_prefix(self.key + "/") > 0
+        existed = path.is_dir()
+        shutil.rmtree(path, ignore_errors=True)
+        return existed
 
 
 @dataclass
 class PrunePlan:
-    """What a prune removes; every path absolute."""
+    """What a prune removes; every location absolute (a path, or ``s3://...``)."""
 
     jobs: list[str] = field(default_factory=list)
     batches: list[str] = field(default_factory=list)
     #: Per job id: its work folder, and with ``outputs`` its image and sidecar (those that exist).
-    job_files: dict[str, list[Path]] = field(default_factory=dict)
-    manifests: list[Path] = field(default_factory=list)
-    orphans: list[Path] = field(default_factory=list)
+    job_files: dict[str, list[PruneTarget]] = field(default_factory=dict)
+    manifests: list[PruneTarget] = field(default_factory=list)
+    orphans: list[PruneTarget] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        """One line per thing removed, ``KIND ID-OR-PATH``, in the order they are removed."""
+        """One line per thing removed, ``KIND ID-OR-LOCATION``, in the order they are removed."""
         out = [f"job {job_id}" for job_id in self.jobs]
         out += [f"batch {batch_id}" for batch_id in self.batches]
-        out += [f"file {path}" for job_id in self.jobs for path in self.job_files.get(job_id, [])]
-        out += [f"manifest {path}" for path in self.manifests]
-        out += [f"orphan {path}" for path in self.orphans]
+        out += [f"file {target}" for job_id in self.jobs for target in self.job_files.get(job_id, [])]
+        out += [f"manifest {target}" for target in self.manifests]
+        out += [f"orphan {target}" for target in self.orphans]
         return out
 
 
@@ -78,44 +126,58 @@ def parse_age(text: str, *, field_name: str = "--older-than") -> float:
 
 
 def find_orphaned_work(
-    store: StatusStore, output_dir: Path, *, now: float, older_than_s: float = ORPHAN_WORK_AGE_S
-) -> list[Path]:
-    """Work folders under ``output_dir`` whose job the store does not have, older than ``older_than_s``."""
-    work = output_dir.absolute() / STATE_DIR_NAME / "work"
-    try:
-        folders = sorted(path for path in work.iterdir() if path.is_dir())
-    except OSError:  # no work folder yet
-        return []
-    found = []
-    for folder in folders:
+    store: StatusStore, output: Storage | Path, *, now: float, older_than_s: float = ORPHAN_WORK_AGE_S
+) -> list[str]:
+    """The ids of the work folders (prefixes) in ``output`` whose job the store does not have, left
+    unchanged for ``older_than_s``: a folder's own change time on disk, its newest object in a bucket."""
+    storage = LocalStorage(output.absolute()) if isinstance(output, Path) else output
+    changed: dict[str, float] = {}
+    folder = storage.local_path(_WORK_PREFIX.rstrip("/"))
+    if folder is not None:
         try:
-            if now - folder.stat().st_mtime < older_than_s:
-                continue
-            store.get(folder.name)
-        except JobNotFound:
-            found.append(folder)
-        except OSError:  # removed meanwhile
+            for path in folder.iterdir():
+                if path.is_dir():
+                    changed[path.name] = path.stat().st_mtime
+        except OSError:  # no work folder yet, or removed meanwhile
+            pass
+    else:
+        newest: dict[str, float] = defaultdict(float)
+        for entry in storage.list(_WORK_PREFIX):
+            job_id = entry.key[len(_WORK_PREFIX) :].split("/", 1)[0]
+            newest[job_id] = max(newest[job_id], entry.modified_at)
+        changed = dict(newest)
+    found = []
+    for job_id, modified_at in sorted(changed.items()):
+        if now - modified_at < older_than_s:
             continue
+        try:
+            store.get(job_id)
+        except JobNotFound:
+            found.append(job_id)
     return found
 
 
 def plan_prune(
     store: StatusStore,
-    output_dir: Path,
+    output: Storage | Path,
     *,
     older_than_s: float,
     states: Iterable[JobState] | None = None,
     batch_id: str | None = None,
     outputs: bool = False,
     now: float | None = None,
+    settings: Settings | None = None,
 ) -> PrunePlan:
     """What a prune of ended jobs last changed more than ``older_than_s`` ago would remove (reads only);
-    ``states``: which ended states (default all three).
+    ``states``: which ended states (default all three). ``output``: OUTPUT_DIR or OUTPUT_URL's storage,
+    where manifests and orphaned work folders are looked for; ``settings`` open the storage of a job
+    that travelled with another ``--out`` (and its ``s3://`` results).
 
     Raises:
         JobNotFound: ``batch_id`` names no batch (a unique prefix is enough).
         StoreUnavailable: the store cannot be reached.
     """
+    storage = LocalStorage(output.absolute()) if isinstance(output, Path) else output
     now = time.time() if now is None else now
     cutoff = now - older_than_s
     if batch_id is not None:
@@ -133,17 +195,19 @@ def plan_prune(
     records.sort(key=lambda r: (r.updated_at, r.job_id))
     plan = PrunePlan(jobs=[r.job_id for r in records])
     for record in records:
-        plan.job_files[record.job_id] = _files_of(record, output_dir, outputs=outputs)
+        plan.job_files[record.job_id] = _files_of(record, storage, settings, outputs=outputs)
     per_batch = Counter(r.batch_id for r in records if r.batch_id is not None)
     for each_batch, pruned in sorted(per_batch.items()):
         if sum(store.count_by_state(batch_id=each_batch).values()) > pruned:
             continue  # some of its jobs stay: so does the batch
         plan.batches.append(each_batch)
-        manifest = output_dir.absolute() / MANIFEST_DIR_NAME / f"{each_batch}.json"
+        manifest = PruneTarget(storage, manifest_key(each_batch))
         if manifest.exists():
             plan.manifests.append(manifest)
-    listed = {path for paths in plan.job_files.values() for path in paths}
-    plan.orphans = [p for p in find_orphaned_work(store, output_dir, now=now) if p not in listed]
+    listed = {target.location for targets in plan.job_files.values() for target in targets}
+    orphaned = find_orphaned_work(store, storage, now=now)
+    orphans = [PruneTarget(storage, _WORK_PREFIX + job_id, folder=True) for job_id in orphaned]
+    plan.orphans = [target for target in orphans if target.location not in listed]
     return plan
 
 
@@ -152,38 +216,41 @@ def apply_prune(store: StatusStore, plan: PrunePlan) -> PrunePlan:
     removed_ids = set(store.delete_jobs(plan.jobs))
     done = PrunePlan(jobs=[job_id for job_id in plan.jobs if job_id in removed_ids])
     for job_id in done.jobs:
-        done.job_files[job_id] = [path for path in plan.job_files.get(job_id, []) if _remove(path)]
+        done.job_files[job_id] = [target for target in plan.job_files.get(job_id, []) if target.remove()]
     for batch_id in plan.batches:
         if store.delete_batch(batch_id):
             done.batches.append(batch_id)
-    done.manifests = [path for path in plan.manifests if _remove(path)]
-    done.orphans = [path for path in plan.orphans if _remove(path)]
+    done.manifests = [target for target in plan.manifests if target.remove()]
+    done.orphans = [target for target in plan.orphans if target.remove()]
     logger.info(
         "pruned %d job(s), %d batch(es), %d file(s)/folder(s), %d orphaned work folder(s)",
         len(done.jobs),
         len(done.batches),
-        sum(len(paths) for paths in done.job_files.values()) + len(done.manifests),
+        sum(len(targets) for targets in done.job_files.values()) + len(done.manifests),
         len(done.orphans),
     )
     return done
 
 
-def _files_of(record: JobRecord, output_dir: Path, *, outputs: bool) -> list[Path]:
-    base = Path(record.spec.output_dir) if record.spec.output_dir else output_dir
-    paths = [JobFiles(base.absolute(), record.job_id).work_dir]
-    if outputs and record.result is not None:
-        paths += [Path(p) for p in (record.result.image, record.result.sidecar) if p]
-    paths += thumbnail_paths(output_dir.absolute(), record.job_id)  # the dashboard's cache: no use without the record
-    return [path for path in paths if path.exists()]
-
-
-def _remove(path: Path) -> bool:
-    """Remove a file or folder; False if it was not there."""
-    try:
-        if path.is_dir():
-            shutil.rmtree(path)
+def _files_of(record: JobRecord, default: Storage, settings: Settings | None, *, outputs: bool) -> list[PruneTarget]:
+    storage = default
+    location = record.spec.output_dir
+    if location and location != default.url:
+        if is_s3_url(location):
+            if settings is None:
+                raise ConfigError(f"job {record.job_id} is in {location}: pass the settings to open it")
+            storage = open_storage(location, settings)
         else:
-            path.unlink()
-    except FileNotFoundError:
-        return False
-    return True
+            storage = LocalStorage(Path(location).absolute())
+    files = JobFiles(storage, record.job_id)
+    targets = [PruneTarget(storage, files.work_prefix.rstrip("/"), folder=True)]
+    if outputs and record.result is not None:
+        for where in (record.result.image, record.result.sidecar):
+            if where:
+                blob = blob_at(where, settings)
+                targets.append(PruneTarget(blob.storage, blob.key))
+    root = default.local_path("")
+    if root is not None:  # the dashboard's thumbnail cache (local): no use without the record
+        local = LocalStorage(root)
+        targets += [PruneTarget(local, p.relative_to(root).as_posix()) for p in thumbnail_paths(root, record.job_id)]
+    return [target for target in targets if target.exists()]

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, JobNotFound, PipelineError, SDError
@@ -26,10 +25,8 @@ from pipeline.images import seams
 from pipeline.images.codec import decode_image, encode_image
 from pipeline.images.infotext import insert_params
 from pipeline.jobs.files import (
-    STATE_DIR_NAME,
     JobFiles,
     atomic_save_arrays,
-    atomic_write_bytes,
     atomic_write_json,
     claim_output_name,
     iso_time,
@@ -45,6 +42,7 @@ from pipeline.sd.client import SDClient
 from pipeline.sd.pool import affinity
 from pipeline.sd.pool.pool import PoolObserver, SDPool, open_pool_state
 from pipeline.settings import Settings
+from pipeline.storage.base import Blob, Storage, open_storage
 from pipeline.store.base import StatusStore
 from pipeline.upscale import steps as upscale_steps
 
@@ -88,6 +86,11 @@ class StepContext:
                     self.settings, open_pool_state(self.settings), self.sd_client, observer=self.pool_observer
                 )
             return self._pool
+
+    def storage(self, location: str | None = None) -> Storage:
+        """The storage at ``location`` (a job's ``output_dir``: a folder or ``s3://...``; None: this
+        process's OUTPUT_URL or OUTPUT_DIR), opened once per process."""
+        return open_storage(location or self.settings.output_location, self.settings)
 
     def sd_client(self, base_url: str | None = None) -> SDClient:
         """The shared client for ``base_url`` (None: ``SD_API_URL``); httpx clients are thread-safe."""
@@ -206,10 +209,9 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
 
 def drop_lost_job(ctx: StepContext, job_id: str, step: str) -> None:
     """A message for a job the store has no record of (Redis restarted without persistence, or was
-    flushed): nothing can run it, so say why (WARNING) and remove its work folder under OUTPUT_DIR."""
-    files = JobFiles(ctx.settings.output_dir, job_id)
-    had_files = files.work_dir.exists()
-    files.remove_work_dir()
+    flushed): nothing can run it, so say why (WARNING) and remove its work folder (or prefix)."""
+    files = JobFiles(ctx.storage(), job_id)
+    had_files = files.storage.delete_prefix(files.work_prefix) > 0
     logger.warning(
         "job %s: %s dropped: %s%s",
         job_id,
@@ -220,19 +222,19 @@ def drop_lost_job(ctx: StepContext, job_id: str, step: str) -> None:
 
 
 def remove_orphaned_work(ctx: StepContext, *, older_than_s: float = ORPHAN_WORK_AGE_S) -> int:
-    """Remove the work folders under OUTPUT_DIR whose job the store no longer has (Redis restarted
-    without persistence: the records and the queued messages are gone, the folders stay), once
-    older than ``older_than_s``; returns how many. A worker does it when it starts."""
-    work = ctx.settings.output_dir / STATE_DIR_NAME / "work"
+    """Remove the work folders (or prefixes) of OUTPUT_DIR or OUTPUT_URL whose job the store no longer
+    has (Redis restarted without persistence: the records and the queued messages are gone, the
+    folders stay), once older than ``older_than_s``; returns how many. A worker does it when it starts."""
+    storage = ctx.storage()
     removed = 0
-    for folder in find_orphaned_work(ctx.store, ctx.settings.output_dir, now=ctx.clock(), older_than_s=older_than_s):
-        JobFiles(ctx.settings.output_dir, folder.name).remove_work_dir()
+    for job_id in find_orphaned_work(ctx.store, storage, now=ctx.clock(), older_than_s=older_than_s):
+        JobFiles(storage, job_id).remove_work_dir()
         removed += 1
     if removed:
         logger.warning(
             "removed %d work folder(s) under %s whose jobs' records are gone (%s)",
             removed,
-            work,
+            storage.location(".sdpipe/work"),
             ctx.store.records_lost_reason,
         )
     return removed
@@ -242,9 +244,8 @@ def _contact_sheet(ctx: StepContext, record: JobRecord) -> None:
     """The batch's contact sheet if this job was its last; a failure here never fails the job."""
     from pipeline.batches.manifests import contact_sheet_when_done
 
-    output_dir = Path(record.spec.output_dir) if record.spec.output_dir else ctx.settings.output_dir
     try:
-        sheet = contact_sheet_when_done(ctx.store, str(record.spec.batch_id), output_dir.absolute())
+        sheet = contact_sheet_when_done(ctx.store, str(record.spec.batch_id), ctx.storage(record.spec.output_dir))
     except (PipelineError, OSError) as exc:
         logger.warning("job %s: contact sheet of batch %s not written: %s", record.job_id, record.spec.batch_id, exc)
         return
@@ -259,9 +260,9 @@ def fanout_generation(record: JobRecord) -> int:
 
 
 def _files(ctx: StepContext, record: JobRecord) -> JobFiles:
-    output_dir = Path(record.spec.output_dir) if record.spec.output_dir else ctx.settings.output_dir
-    # Absolute, so the paths in the status store and sidecar mean the same from any folder.
-    return JobFiles(output_dir.absolute(), record.job_id)
+    # The job's own location (--out travelled with it), else this worker's; a local one is absolute,
+    # so the paths in the status store and sidecar mean the same from any folder.
+    return JobFiles(ctx.storage(record.spec.output_dir), record.job_id)
 
 
 def _unless_quarantined(
@@ -351,9 +352,10 @@ def _generate(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | No
     )
     for warning in result.warnings:
         logger.warning("job %s: %s", record.job_id, warning)
-    # sd.json first, then the image: the image's presence means both are complete.
+    # sd.json first, then the image: the image's presence means both are complete. Stored once, in
+    # the job's storage: a redelivery on any machine finds it and never asks the GPU again.
     atomic_write_json(files.sd_info, sd_info.model_dump(mode="json"))
-    atomic_write_bytes(files.source, result.image_bytes)
+    files.source.write(result.image_bytes)
     ctx.store.set_sd_info(record.job_id, sd_info)
     return False, None
 
@@ -453,22 +455,27 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]
     # (a counter suffix instead) unless the job was made with --overwrite.
     wanted = resolve_late_tokens(spec.output_name, seed=sd_info.seed, model=sd_info.model_name)
     name = claim_output_name(files, wanted, spec.output_format, overwrite=spec.overwrite)
-    image_path = files.image(name, spec.output_format)
-    sidecar_path = files.sidecar(name)
+    image = files.image(name, spec.output_format)
+    sidecar = files.sidecar(name)
     # Done only if the sidecar is this job's and the image is the one it describes: with --overwrite
     # the name may hold an earlier job's render, which this job must replace, not adopt.
-    existing = read_json(sidecar_path) if sidecar_path.exists() else None
+    existing = _read_sidecar(sidecar)
     ours = existing is not None and existing.get("job_id") == record.job_id
     done = existing.get("output") if ours and existing is not None else None
-    if done is not None and image_path.exists():
-        if hashlib.sha256(image_path.read_bytes()).hexdigest() == done["sha256"]:
-            return True, JobResult.model_validate(done)
+    if done is not None:
+        try:
+            if hashlib.sha256(image.read_bytes()).hexdigest() == done["sha256"]:
+                return True, JobResult.model_validate(done)
+        except FileNotFoundError:
+            pass
     merge_step = record.steps.get("merge")
     if merge_step is not None and merge_step.attempts > 1:
-        # Only an earlier delivery of this merge can have left temporary files (killed mid-write).
-        # A first delivery skips the scan: it lists OUTPUT_DIR, which grows with every image kept.
-        for path in (image_path, sidecar_path):
-            remove_stale_temps(path)
+        # Only an earlier delivery of this merge can have left temporary files (killed mid-write; on
+        # disk only: a PUT leaves nothing). A first delivery skips the scan: it lists the output
+        # folder, which grows with every image kept.
+        for blob in (image, sidecar):
+            if blob.path is not None:
+                remove_stale_temps(blob.path)
     if spec.upscale is not None:
         merged, manifest = upscale_steps.merge_upscaled(ctx, record, files)
     else:
@@ -479,8 +486,8 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]
     infotext = _output_infotext(record, manifest)
     data = encode_image(merged, format=spec.output_format, infotext=infotext, quality=spec.output_quality)
     output = {
-        "image": str(image_path),
-        "sidecar": str(sidecar_path),
+        "image": image.location,
+        "sidecar": sidecar.location,
         "format": spec.output_format,
         **({"quality": spec.output_quality} if spec.output_format != "png" and spec.output_quality else {}),
         "width": width,
@@ -489,15 +496,25 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]
         "sha256": hashlib.sha256(data).hexdigest(),
     }
     if done is not None and done["sha256"] == output["sha256"]:
-        # A delivery that died between the two writes left this job's sidecar: the encoding is
-        # deterministic, so only the image is missing. Write it alone; no file is written twice.
-        atomic_write_bytes(image_path, data)
+        # The sidecar is this job's and complete, its image gone (removed by hand): the encoding is
+        # deterministic, so write the image alone.
+        image.write(data)
         return False, JobResult.model_validate(done)
-    # Sidecar first: it names the job and the image's hash, so a redelivery after a crash between
-    # the two writes knows whether the image on disk is this job's.
-    atomic_write_json(sidecar_path, _sidecar(ctx, record, output, infotext, manifest))
-    atomic_write_bytes(image_path, data)
+    # The image first, the sidecar last: a sidecar that records an output is there only once its
+    # image is whole (on disk a rename, in a bucket a PUT, each atomic), and its sha256 is the
+    # image's. A delivery that died between the two writes finds the claim (or an earlier job's
+    # sidecar) and writes both again, the same bytes under the same name.
+    image.write(data)
+    atomic_write_json(sidecar, _sidecar(ctx, record, output, infotext, manifest))
     return False, JobResult.model_validate(output)
+
+
+def _read_sidecar(sidecar: Blob) -> dict[str, Any] | None:
+    try:
+        found = read_json(sidecar)
+    except FileNotFoundError:
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _output_infotext(record: JobRecord, manifest: dict[str, Any]) -> str | None:

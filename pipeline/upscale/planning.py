@@ -148,7 +148,7 @@ def plan_upscale(
     request: UpscaleRequest,
     step_params: StepParams,
     *,
-    output_dir: Path,
+    output_dir: str | Path,
     output_format: OutputFormat | None = None,
     quality: int | None = None,
     batch_id: str | None = None,

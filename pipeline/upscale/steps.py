@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,12 +33,12 @@ from pipeline.images.png import encode_png
 from pipeline.jobs.files import (
     JobFiles,
     atomic_save_arrays,
-    atomic_write_bytes,
     atomic_write_json,
     load_arrays,
     map_arrays,
     read_json,
 )
+from pipeline.storage.base import Blob
 from pipeline.upscale.params import UpscaleParams
 from pipeline.upscale.tiles import (
     TilePlan,
@@ -82,29 +81,29 @@ _U8 = NDArray[np.uint8]
 
 @dataclass(frozen=True)
 class UpscaleFiles:
-    """Paths of one job's upscale intermediates."""
+    """One job's upscale intermediates (in its work folder or prefix, ``upscale/``)."""
 
-    folder: Path
+    files: JobFiles
 
     @classmethod
     def of(cls, files: JobFiles) -> UpscaleFiles:
-        return cls(files.work_dir / "upscale")
+        return cls(files)
 
     @property
-    def plan(self) -> Path:
-        return self.folder / "plan.json"
+    def plan(self) -> Blob:
+        return self.files.work("upscale/plan.json")
 
     @property
-    def enlarged(self) -> Path:
-        return self.folder / "enlarged.arrays"
+    def enlarged(self) -> Blob:
+        return self.files.work("upscale/enlarged.arrays")
 
     @property
-    def merged(self) -> Path:
+    def merged(self) -> Blob:
         """``--seam-fix band``: the tiles blended, before the bands."""
-        return self.folder / "merged.arrays"
+        return self.files.work("upscale/merged.arrays")
 
-    def tile(self, index: int) -> Path:
-        return self.folder / f"tile-{index}.png"
+    def tile(self, index: int) -> Blob:
+        return self.files.work(f"upscale/tile-{index}.png")
 
 
 def tile_task_id(job_id: str, index: int) -> str:
@@ -289,7 +288,7 @@ def render_tile(ctx: StepContext, record: JobRecord, files: JobFiles, index: int
         lambda client, on_answer: client.img2img(payload, job_id=record.job_id, seed=params.seed, on_answer=on_answer),
         pinned=record.spec.backend_url,
     )
-    atomic_write_bytes(out, result.image_bytes)
+    out.write(result.image_bytes)
     logger.debug("job %s: tile %d rendered on %s in %.2fs", record.job_id, index, backend, result.elapsed_s)
     return False
 

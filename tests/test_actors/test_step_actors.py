@@ -21,6 +21,7 @@ from pipeline.jobs import steps
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate, plan_process
 from pipeline.jobs.steps import run_step
 from pipeline.models import JobRecord, JobState
+from pipeline.storage.local import LocalStorage
 from tests.test_actors.conftest import SD_URL, sd_png_response
 
 Wait = Callable[[Runtime, list[str]], list[JobRecord]]
@@ -178,15 +179,17 @@ def test_merge_run_again_after_a_crash_keeps_its_claimed_name(
     for step in ("generate", "split", "seam_blur"):
         run_step(runtime.context, spec.job_id, step)  # type: ignore[arg-type]
     # When its merge dies after claiming same-0001 (writing the image fails once)
-    real_write = steps.atomic_write_bytes
+    real_write = LocalStorage.write
 
-    def failing_write(path: Path, data: object) -> None:
-        raise OSError("disk full")
+    def failing_write(self: LocalStorage, key: str, data: object) -> None:
+        if key.endswith(".png"):
+            raise OSError("disk full")
+        real_write(self, key, data)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(steps, "atomic_write_bytes", failing_write)
+    monkeypatch.setattr(LocalStorage, "write", failing_write)
     with pytest.raises(OSError):
         run_step(runtime.context, spec.job_id, "merge")
-    monkeypatch.setattr(steps, "atomic_write_bytes", real_write)
+    monkeypatch.setattr(LocalStorage, "write", real_write)
     # and the earlier job's files are removed before the merge runs again
     (output_dir / "same.png").unlink()
     (output_dir / "same.json").unlink()

@@ -133,8 +133,9 @@ def test_check_output_dir_refuses_unwritable_path(tmp_path: Path) -> None:
 
 def test_job_files_paths_stay_under_output_dir(tmp_path: Path) -> None:
     files = JobFiles(tmp_path, "job1")
-    for path in (files.source, files.sd_info, files.tiles, files.blurred, files.image("n", "png"), files.sidecar("n")):
-        assert path.resolve().is_relative_to(tmp_path.resolve())
+    for blob in (files.source, files.sd_info, files.tiles, files.blurred, files.image("n", "png"), files.sidecar("n")):
+        assert blob.path is not None and blob.path.resolve().is_relative_to(tmp_path.resolve())
+        assert blob.location == str(blob.path)
     assert files.image("n", "jpeg").name == "n.jpg"
 
 

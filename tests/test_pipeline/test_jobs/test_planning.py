@@ -21,9 +21,14 @@ def test_travelling_overrides_carry_out_as_absolute_path_and_sd_url_in_redis_mod
 ) -> None:
     redis = settings.model_copy(update={"redis_host": "localhost", "output_dir": Path("rel/out")})
     assert travelling_overrides(redis, out=Path("rel/out"), sd_url="http://gpu1:7860") == (
-        Path("rel/out").absolute(),
+        str(Path("rel/out").absolute()),
         "http://gpu1:7860",
     )
+
+
+def test_travelling_overrides_carry_an_s3_out_as_its_url(settings: Settings) -> None:
+    redis = settings.model_copy(update={"redis_host": "localhost", "output_url": "s3://bucket/team"})
+    assert travelling_overrides(redis, out="s3://bucket/team", sd_url=None) == ("s3://bucket/team", None)
 
 
 def test_travelling_overrides_leave_workers_their_own_settings_when_nothing_was_overridden(
