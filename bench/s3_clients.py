@@ -144,9 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         server = MotoServer(port=free_port(), log=Path(folder) / "moto.log")
         server.start()
         try:
-            import urllib.request
-
-            urllib.request.urlopen(urllib.request.Request(f"{server.endpoint_url}/{BUCKET}", method="PUT")).close()
+            server.create_bucket(BUCKET)
             clients: dict[str, Callable[[], dict[str, Callable[..., Any]]]] = {
                 "local disk (baseline)": lambda: _local(Path(folder)),
                 "obstore": lambda: _obstore(server.endpoint_url),

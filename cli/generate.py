@@ -264,7 +264,7 @@ def process(
                 err_console.print(Text.assemble(("warning: ", "yellow"), note), soft_wrap=True)
         check_output(settings)
         for plan in plans:
-            plan.ingest()
+            plan.ingest(settings)
         submit_and_report(
             settings, [plan.spec for plan in plans], wait=wait, json_output=json_output, wait_for_room=wait_for_room
         )

@@ -148,7 +148,7 @@ def upscale(
         )
         check_output(settings)
         for plan in plans:
-            plan.ingest()
+            plan.ingest(settings)
         submit_and_report(
             settings,
             [plan.spec for plan in plans],

@@ -1,8 +1,12 @@
-"""Shared fixtures: an isolated environment, settings on a temp folder, a private redis-server."""
+"""Shared fixtures: an isolated environment, settings on a temp folder, a private redis-server, a
+private S3-compatible server (moto) with a fresh bucket per test."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ import redis
 
 from pipeline.settings import Settings
 from tests.helpers import RedisServer, free_port
+from tests.procs import MotoServer, S3Unavailable
 
 #: Environment variables sdpipe reads; tests never inherit the developer's values.
 _SDPIPE_ENV = [name.upper() for name in Settings.model_fields]
@@ -52,3 +57,64 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     yield redis_server.url
     client.flushall()
     client.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """moto's S3-compatible server, started for this test session only on a free port (in memory).
+
+    Skipped locally where ``moto_server`` is missing (``uv sync`` installs it); under ``CI=true`` a failure.
+    """
+    server = MotoServer(port=free_port(), log=tmp_path_factory.mktemp("moto") / "moto.log")
+    try:
+        server.start()
+    except S3Unavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{exc}; CI must be able to start the test S3 server")
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@dataclass(frozen=True)
+class S3Bucket:
+    """A fresh bucket on the test S3 server, and how sdpipe reaches it."""
+
+    name: str
+    url: str
+    endpoint_url: str
+    access_key_id: str
+    secret_access_key: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The settings of sdpipe processes that write into it (``OUTPUT_URL`` and credentials)."""
+        return {
+            "OUTPUT_URL": self.url,
+            "S3_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+            "AWS_REGION": "us-east-1",
+        }
+
+    @property
+    def overrides(self) -> dict[str, str]:
+        """The same as :class:`Settings` keyword arguments."""
+        return {name.lower(): value for name, value in self.env.items()}
+
+    def settings(self, **overrides: object) -> Settings:
+        return Settings(_env_file=None, **{**self.overrides, **overrides})  # type: ignore[call-arg, arg-type]
+
+
+@pytest.fixture
+def s3_bucket(s3_server: MotoServer) -> S3Bucket:
+    """An empty bucket of its own for the test (``s3://<bucket>/sdpipe``)."""
+    name = f"sdpipe-{uuid.uuid4().hex[:12]}"
+    s3_server.create_bucket(name)
+    return S3Bucket(
+        name=name,
+        url=f"s3://{name}/sdpipe",
+        endpoint_url=s3_server.endpoint_url,
+        access_key_id=s3_server.access_key_id,
+        secret_access_key=s3_server.secret_access_key,
+    )

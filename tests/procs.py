@@ -180,11 +180,11 @@ class MotoServer:
             self.stop()
             raise S3Unavailable(f"moto_server did not start on port {self.port}: {self.log.read_text()[-500:]}")
 
-    def reset(self) -> None:
-        """Empty every bucket (moto's own reset route)."""
+    def create_bucket(self, name: str) -> None:
+        """Create bucket ``name`` (moto accepts an unsigned ``PUT /<bucket>``)."""
         import urllib.request
 
-        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")).close()
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint_url}/{name}", method="PUT"), timeout=10).close()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

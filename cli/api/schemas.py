@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pipeline.batches.rows import JobRow
 from pipeline.models import ErrorInfo, GenerationParams, JobRecord, JobState, SDInfo, StepParams, StepRecord
 from pipeline.settings import OutputFormat
+from pipeline.storage.base import is_s3_url
 from pipeline.upscale.params import UpscaleParams
 
 __all__ = [
@@ -184,11 +185,13 @@ class Readiness(BaseModel):
 
 
 def job_view(request: Request, record: JobRecord, *, tiles: tuple[int, int] | None = None) -> JobView:
-    """``record`` for a client: server paths left out, links to its status and its image added."""
+    """``record`` for a client: server paths left out (``s3://`` locations of OUTPUT_URL stay: they name
+    no server file), links to its status and its image added."""
     spec = record.spec
     result = None
     if record.result is not None:
-        result = record.result.model_dump(exclude={"image", "sidecar"}, exclude_none=True)
+        kept = {name for name in ("image", "sidecar") if is_s3_url(getattr(record.result, name))}
+        result = record.result.model_dump(exclude={"image", "sidecar"} - kept, exclude_none=True)
     succeeded = record.state is JobState.SUCCEEDED and record.result is not None
     return JobView(
         job_id=record.job_id,

@@ -27,7 +27,7 @@ from pipeline.jobs.files import JobFiles, read_json, safe_output_stem
 from pipeline.jobs.naming import NameFields, check_name_template, check_output_name, expand_name, resolve_late_tokens
 from pipeline.models import GenerationParams, JobRecord, JobSpec, StepParams, parse_grid, validation_message
 from pipeline.settings import OutputFormat, Settings, strip_credentials
-from pipeline.storage.base import Blob, blob_at, open_storage
+from pipeline.storage.base import Blob, blob_at, is_s3_url, open_storage
 from pipeline.storage.local import LocalStorage
 from pipeline.store.base import StatusStore
 
@@ -406,6 +406,10 @@ class ProcessPlan:
         of an ``s3://`` location (not needed for a folder)."""
         assert self.spec.output_dir is not None
         location = self.spec.output_dir
+        if settings is None and is_s3_url(location):
+            raise ConfigError(
+                f"job {self.spec.job_id} goes to {location}: its credentials are needed", field="OUTPUT_URL"
+            )
         storage = open_storage(location, settings) if settings is not None else LocalStorage(Path(location))
         JobFiles(storage, self.spec.job_id).source.write(self.data)
 

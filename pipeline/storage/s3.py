@@ -60,6 +60,7 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = prefix
         self.url = f"{S3_SCHEME}{bucket}" + (f"/{prefix}" if prefix else "")
+        self.settings = settings
         endpoint = settings.s3_endpoint_url
         config: dict[str, Any] = {"region": settings.aws_region or DEFAULT_S3_REGION}
         if endpoint:

@@ -134,7 +134,7 @@ def test_contact_sheet_of_a_three_by_two_sweep_is_written_once_with_its_sidecar(
         assert image.width > 3 * 64 and image.height > 2 * 64  # three columns, two rows of the 64 px images
     before = sheet.stat().st_mtime_ns
     manifest = json.loads((out_dir / "batches" / f"{batch_id}.json").read_text())
-    assert write_contact_sheet(manifest, out_dir) == sheet  # a second delivery keeps the first sheet
+    assert write_contact_sheet(manifest, out_dir) == str(sheet)  # a second delivery keeps the first sheet
     assert sheet.stat().st_mtime_ns == before
 
 

@@ -1,0 +1,118 @@
+"""The Storage contract, the same for a local folder and an S3 bucket (the test S3 server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipeline.errors import ConfigError, StorageRefused, StorageUnavailable
+from pipeline.settings import Settings
+from pipeline.storage import Blob, Storage, blob_at, open_storage, parse_s3_url
+from tests.conftest import S3Bucket
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    if request.param == "local":
+        return open_storage(tmp_path / "out", Settings(_env_file=None))  # type: ignore[call-arg]
+    bucket: S3Bucket = request.getfixturevalue("s3_bucket")
+    settings = bucket.settings()
+    return open_storage(bucket.url, settings)
+
+
+def test_storage_writes_reads_and_lists_whole_objects(storage: Storage) -> None:
+    # Given objects written whole, one of them in pieces (an arrays file)
+    storage.write("a/one.png", b"\x89PNG one")
+    storage.write("a/b/two.json", [b'{"x":', memoryview(b" 2}")])
+    # Then each reads back exactly, and is listed under its folder (recursively, sorted)
+    assert storage.read("a/one.png") == b"\x89PNG one"
+    assert storage.read("a/b/two.json") == b'{"x": 2}'
+    assert [entry.key for entry in storage.list("a/")] == ["a/b/two.json", "a/one.png"]
+    assert [entry.size for entry in storage.list("a/b/")] == [8]
+    assert storage.exists("a/one.png") and not storage.exists("a/missing.png")
+    with pytest.raises(FileNotFoundError):
+        storage.read("a/missing.png")
+    # And a location maps back to its key
+    assert storage.key_of(storage.location("a/one.png")) == "a/one.png"
+    blob = blob_at(storage.location("a/one.png"), _settings_of(storage))
+    assert blob.read_bytes() == b"\x89PNG one"
+
+
+def test_storage_create_takes_a_key_once(storage: Storage) -> None:
+    # When two writers create the same key
+    assert storage.create("names/same.json", b'{"job_id": "first"}') is True
+    assert storage.create("names/same.json", b'{"job_id": "second"}') is False
+    # Then the first one's content stays
+    assert storage.read("names/same.json") == b'{"job_id": "first"}'
+
+
+def test_storage_delete_and_delete_prefix_remove_only_what_they_name(storage: Storage) -> None:
+    for key in (".sdpipe/work/j1/source.img", ".sdpipe/work/j1/upscale/tile-0.png", ".sdpipe/work/j10/x", "keep.png"):
+        storage.write(key, b"x")
+    assert storage.delete_prefix(".sdpipe/work/j1/") == 2
+    assert [entry.key for entry in storage.list("")] == [".sdpipe/work/j10/x", "keep.png"]
+    assert storage.delete("keep.png") is True
+    assert storage.delete("keep.png") is False
+
+
+def test_storage_presigned_url_reads_the_object_without_credentials(storage: Storage) -> None:
+    storage.write("out/image.png", b"pixels")
+    url = storage.presign_get("out/image.png", 60)
+    if storage.local_path("") is not None:
+        assert url is None  # a folder has no URL: the API serves the file itself
+        return
+    assert url is not None and url.startswith("http")
+    assert httpx.get(url).content == b"pixels"
+
+
+def test_s3_storage_refuses_a_wrong_secret_without_naming_it(s3_bucket: S3Bucket) -> None:
+    # Given the right bucket with a wrong secret (moto checks nothing by default: use a bucket that
+    # does not exist to get a refusal, and a secret that must not leak into the message)
+    settings = s3_bucket.settings(aws_secret_access_key="very-secret-value-123")
+    storage = open_storage(f"s3://{s3_bucket.name}-missing/x", settings)
+    with pytest.raises(StorageRefused) as refused:
+        storage.write("k", b"v")
+    assert "very-secret-value-123" not in str(refused.value) and refused.value.field == "OUTPUT_URL"
+    assert "does not exist" in str(refused.value) or "NoSuchBucket" in str(refused.value)
+
+
+def test_s3_storage_down_is_transient_and_names_no_secret(s3_bucket: S3Bucket) -> None:
+    settings = s3_bucket.settings(s3_endpoint_url="http://127.0.0.1:9", aws_secret_access_key="another-secret-456")
+    storage = open_storage(s3_bucket.url, settings)
+    with pytest.raises(StorageUnavailable) as down:
+        storage.exists("k")
+    assert down.value.transient and "another-secret-456" not in str(down.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://bucket/x", "must start with s3://"),
+        ("s3://AKIA:secret@bucket/x", "must not carry credentials"),
+        ("s3://Bad_Bucket/x", "invalid bucket"),
+        ("s3://bucket/a/../b", "invalid prefix"),
+    ],
+)
+def test_parse_s3_url_refuses_malformed_urls_without_echoing_secrets(url: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as refused:
+        parse_s3_url(url)
+    assert "secret" not in str(refused.value)
+
+
+def test_open_storage_reuses_one_client_per_location(s3_bucket: S3Bucket) -> None:
+    settings = s3_bucket.settings()
+    assert open_storage(s3_bucket.url, settings) is open_storage(s3_bucket.url, settings)
+
+
+def _settings_of(storage: Storage) -> Settings | None:
+    found: Settings | None = getattr(storage, "settings", None)
+    return found
+
+
+def test_blob_reads_and_writes_through_its_storage(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path, Settings(_env_file=None))  # type: ignore[call-arg]
+    blob = Blob(storage, "x/y.txt")
+    blob.write(b"hi")
+    assert blob.read_text() == "hi" and blob.name == "y.txt" and blob.path == tmp_path / "x" / "y.txt"
