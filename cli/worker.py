@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
 from pathlib import Path
 from typing import Annotated
@@ -12,15 +14,56 @@ import typer
 from actors import CRASH_LOOP_DEATHS, CRASH_LOOP_WINDOW_S, QUEUES, RET_CRASH_LOOP, check_metrics_port, run_workers
 from cli.common import OUT_HELP, load, out_overrides
 from cli.output import cli_errors, err_console, state
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError, PipelineError, StorageRefused, StorageUnavailable
 from pipeline.jobs.files import check_output
 from pipeline.sd.mock.faults import DEFAULT_HANG_MS, FAULT_KINDS
 from pipeline.sd.mock.http import FaultPlan, run_forever
 from pipeline.sd.mock.urls import parse_models
-from pipeline.settings import settings_env
+from pipeline.settings import Settings, settings_env
 from pipeline.store import open_store
 
 __all__ = ["mock_sd", "worker"]
+
+#: Error types a probe in a child process reports back (by name), with the data to raise them again.
+_PROBE_ERRORS: dict[str, type[PipelineError]] = {
+    cls.__name__: cls for cls in (InputError, StorageRefused, StorageUnavailable, ConfigError)
+}
+
+
+def _check_output_before_fork(settings: Settings) -> None:
+    """:func:`~pipeline.jobs.files.check_output`, made in a short-lived child for a bucket.
+
+    The S3 client's runtime starts with its first request and does not survive a fork: a parent that
+    made one would leave every worker process it forks (and replaces) hanging on its first request.
+
+    Raises:
+        InputError, StorageRefused, StorageUnavailable, ConfigError: as ``check_output``.
+    """
+    if settings.output_url is None:
+        check_output(settings)
+        return
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    probe = context.Process(target=_probe, args=(settings, send), daemon=True)
+    probe.start()
+    send.close()
+    try:
+        outcome = receive.recv() if receive.poll(120) else ("StorageUnavailable", "the bucket did not answer", None)
+    except EOFError:
+        outcome = ("StorageUnavailable", "the probe of the bucket died", None)
+    probe.join(timeout=10)
+    if outcome is not None:
+        kind, message, field = outcome
+        raise _PROBE_ERRORS.get(kind, StorageUnavailable)(message, field=field)
+
+
+def _probe(settings: Settings, send: multiprocessing.connection.Connection) -> None:
+    try:
+        check_output(settings)
+    except PipelineError as exc:
+        send.send((type(exc).__name__, exc.message, exc.field))
+    else:
+        send.send(None)
 
 
 def worker(
@@ -47,15 +90,19 @@ def worker(
                 field="--queues",
                 expected="sd, images or both",
             )
-        check_output(settings)
+        _check_output_before_fork(settings)
         check_metrics_port(settings)
         store = open_store(settings)
         try:
             store.ping()
         finally:
             store.close()
-        # Worker processes read their settings themselves: hand them exactly these.
+        # Worker processes read their settings themselves: hand them exactly these (and none that an
+        # option unset, such as OUTPUT_URL after --out FOLDER).
         os.environ.update(settings_env(settings))
+        for name in Settings.model_fields:
+            if getattr(settings, name) is None:
+                os.environ.pop(name.upper(), None)
         err_console.print(
             f"sdpipe worker: {settings.workers_count} process(es) x {settings.worker_threads} thread(s) "
             f"on {', '.join(wanted)}, Redis {settings.redis_dsn_masked()}"

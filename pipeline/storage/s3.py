@@ -13,6 +13,8 @@ only here, and this module only when an ``s3://`` location is opened.
   (instance role, container or web identity credentials), as AWS's SDKs do. Errors are reworded
   here from the service's status and error code only: its message bodies can echo the access key,
   so none reaches a log, a record or a client.
+- The client's runtime starts with its first request and does not survive ``fork()``: a process
+  that forks workers must make no request first (``sdpipe worker`` probes the bucket in a child).
 """
 
 from __future__ import annotations

@@ -33,10 +33,10 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     """Start ``sdpipe ARGS`` in the background; every process is stopped at teardown."""
     procs: list[Proc] = []
 
-    def start(*args: str, env: dict[str, str], name: str) -> Proc:
+    def start(*args: str, env: dict[str, str], name: str, cwd: Path | None = None) -> Proc:
         log = tmp_path / f"{name}.log"
         with log.open("wb") as handle:
-            popen = subprocess.Popen([*SDPIPE, *args], env=env, stdout=handle, stderr=subprocess.STDOUT)
+            popen = subprocess.Popen([*SDPIPE, *args], env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd)
         proc = Proc(popen=popen, log=log)
         procs.append(proc)
         return proc
@@ -55,10 +55,16 @@ def start_mock(spawn: Callable[..., Proc], env: dict[str, str], *args: str, name
 
 
 def start_worker(
-    spawn: Callable[..., Proc], env: dict[str, str], *, processes: int = 2, threads: int = 2, name: str = "worker"
+    spawn: Callable[..., Proc],
+    env: dict[str, str],
+    *,
+    processes: int = 2,
+    threads: int = 2,
+    name: str = "worker",
+    cwd: Path | None = None,
 ) -> Proc:
-    """Start ``sdpipe worker`` and wait until every process is ready."""
-    proc = spawn("worker", "--processes", str(processes), "--threads", str(threads), env=env, name=name)
+    """Start ``sdpipe worker`` (in ``cwd``) and wait until every process is ready."""
+    proc = spawn("worker", "--processes", str(processes), "--threads", str(threads), env=env, name=name, cwd=cwd)
     assert wait_until(
         lambda: proc.output().count("Worker process is ready") >= processes or proc.popen.poll() is not None,
         timeout_s=60,
@@ -100,5 +106,9 @@ def mock_stats(url: str) -> dict[str, object]:
     return dict(httpx.get(f"{url}/mock/stats", timeout=5).json())
 
 
-def run_sdpipe(*args: str, env: dict[str, str], timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SDPIPE, *args], env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+def run_sdpipe(
+    *args: str, env: dict[str, str], timeout_s: float = 180, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SDPIPE, *args], env=env, capture_output=True, text=True, timeout=timeout_s, check=False, cwd=cwd
+    )
