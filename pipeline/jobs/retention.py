@@ -200,6 +200,10 @@ def plan_prune(
     for each_batch, pruned in sorted(per_batch.items()):
         if sum(store.count_by_state(batch_id=each_batch).values()) > pruned:
             continue  # some of its jobs stay: so does the batch
+        try:
+            store.get_batch(each_batch)
+        except JobNotFound:  # jobs that name a batch with no record (a lost one): nothing to remove
+            continue
         plan.batches.append(each_batch)
         manifest = PruneTarget(storage, manifest_key(each_batch))
         if manifest.exists():
