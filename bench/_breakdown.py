@@ -167,6 +167,7 @@ def install() -> None:
     from pipeline.sd.client import SDClient
     from pipeline.sd.pool.pool import SDPool
     from pipeline.sd.pool.redis_state import RedisPoolState
+    from pipeline.storage import local as local_storage
     from pipeline.store.redis import RedisStatusStore
 
     _replace(base64, "b64decode", IMAGE_DECODE)
@@ -176,8 +177,9 @@ def install() -> None:
     _replace(png, "_deflate_band", IMAGE_ENCODE)  # also in the encoder's pool threads (large images)
     for name in ("split", "seam_blur_tile", "merge"):
         _replace(seams, name, IMAGE_SEAMS)
+    # Every local write of a step goes through pipeline.storage.local.atomic_write_bytes (LocalStorage.write).
+    _put(local_storage, "atomic_write_bytes", _timed(_step_files, local_storage.atomic_write_bytes))
     for module in (storage, steps):
-        _put(module, "atomic_write_bytes", _timed(_step_files, storage.atomic_write_bytes))
         _put(module, "load_arrays", _timed(FILES_READ, storage.load_arrays))
     _replace(storage.JobFiles, "remove_work_dir", FILES_READ)
     for name, fn in list(steps._STEPS.items()):
