@@ -86,4 +86,4 @@ async def get_job_thumbnail(request: Request, job_id: str) -> Response:
 def get_job_sidecar(request: Request, job_id: str) -> dict[str, Any]:
     """The job's JSON sidecar (parameters, seeds, model, timings, infotext), server paths cut to names."""
     store = runtime_of(request).store
-    return sidecar_for_client(store.get(store.resolve_id(job_id)))
+    return sidecar_for_client(store.get(store.resolve_id(job_id)), settings_of(request))

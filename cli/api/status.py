@@ -13,13 +13,14 @@ from actors import Runtime, queue_depths
 from cli.api.deps import succeeded_image
 from cli.api.errors import ApiError
 from pipeline.batches.schedules import next_fire_time
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.jobs.files import read_json
 from pipeline.jobs.queries import BatchSummary, recent_batches, throughput
 from pipeline.jobs.thumbnails import cached_thumbnail, thumbnail_path
 from pipeline.models import JobRecord, JobState, ScheduleRecord
 from pipeline.sd.pool.report import backend_row
 from pipeline.settings import Settings
+from pipeline.storage.base import blob_at
 
 __all__ = [
     "BatchItem",
@@ -218,12 +219,12 @@ def thumbnail_for(settings: Settings, record: JobRecord) -> Path:
         ApiError: as :func:`cli.api.deps.succeeded_image` (409 not succeeded, 404 image gone).
         ImageError: the image cannot be read.
     """
-    image = succeeded_image(record)
+    image = succeeded_image(record, settings)
     assert record.result is not None
     return cached_thumbnail(image, thumbnail_path(settings.output_dir.absolute(), record.job_id, record.result.sha256))
 
 
-def sidecar_for_client(record: JobRecord) -> dict[str, Any]:
+def sidecar_for_client(record: JobRecord, settings: Settings) -> dict[str, Any]:
     """A succeeded job's JSON sidecar, with its server paths cut to file names.
 
     Raises:
@@ -238,8 +239,8 @@ def sidecar_for_client(record: JobRecord) -> dict[str, Any]:
             job_id=record.job_id,
         )
     try:
-        sidecar: dict[str, Any] = read_json(Path(record.result.sidecar))
-    except (OSError, ValueError):
+        sidecar: dict[str, Any] = read_json(blob_at(record.result.sidecar, settings))
+    except (OSError, ValueError, ConfigError):
         raise ApiError(
             404,
             "result_missing",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.errors import ImageError
 from pipeline.jobs.files import STATE_DIR_NAME, atomic_write_bytes
+from pipeline.storage.base import Blob
 
 __all__ = ["THUMBNAIL_PX", "THUMBS_DIR_NAME", "cached_thumbnail", "make_thumbnail", "thumbnail_path", "thumbnail_paths"]
 
@@ -43,8 +44,9 @@ def thumbnail_paths(output_dir: Path, job_id: str) -> list[Path]:
     return sorted(folder.glob(f"{job_id}-*.webp")) if folder.is_dir() else []
 
 
-def make_thumbnail(image_path: Path, *, max_px: int = THUMBNAIL_PX) -> bytes:
-    """The image at ``image_path`` shrunk to fit ``max_px`` (never enlarged), as WebP bytes.
+def make_thumbnail(image_path: Path | Blob, *, max_px: int = THUMBNAIL_PX) -> bytes:
+    """The image at ``image_path`` (a file, or an object of OUTPUT_URL's bucket) shrunk to fit ``max_px``
+    (never enlarged), as WebP bytes.
 
     Raises:
         ImageError: the file is not an image Pillow reads.
@@ -52,7 +54,8 @@ def make_thumbnail(image_path: Path, *, max_px: int = THUMBNAIL_PX) -> bytes:
     from PIL import Image, ImageOps  # here: a prune (thumbnail_paths) loads no Pillow
 
     try:
-        with Image.open(image_path) as opened:
+        source = image_path if isinstance(image_path, Path) else io.BytesIO(image_path.read_bytes())
+        with Image.open(source) as opened:
             opened.draft("RGB", (max_px, max_px))  # JPEG: decode at a reduced scale
             image = ImageOps.exif_transpose(opened)
             image.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
@@ -65,7 +68,7 @@ def make_thumbnail(image_path: Path, *, max_px: int = THUMBNAIL_PX) -> bytes:
     return buffer.getvalue()
 
 
-def cached_thumbnail(image_path: Path, cache_path: Path, *, max_px: int = THUMBNAIL_PX) -> Path:
+def cached_thumbnail(image_path: Path | Blob, cache_path: Path, *, max_px: int = THUMBNAIL_PX) -> Path:
     """``cache_path``, made from ``image_path`` first if it is not there yet.
 
     Raises:
