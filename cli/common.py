@@ -151,6 +151,8 @@ def wait_for_jobs(
                         workers.check()
                     if live:
                         display.update(jobs_table(records) if len(records) <= TABLE_MAX_JOBS else _summary(records))
+                if workers is not None:
+                    workers.settle()
                 return records
             except StoreUnavailable as exc:
                 outage.down(exc)

@@ -94,6 +94,13 @@ class WorkerWatch:
             err_console.print(f"sdpipe worker back: {alive} process(es) alive", markup=False)
         self._none = alive == 0
 
+    def settle(self) -> None:
+        """The wait is over: if it said that no worker was alive, look once more so that the worker
+        which finished the work is reported back (its jobs can end before the next timed check)."""
+        if self._none:
+            self._next_check = 0.0
+            self.check()
+
 
 def watch_batch(
     store: StatusStore, batch_id: str, total: int, *, live: bool, workers: WorkerWatch | None = None
@@ -141,6 +148,8 @@ def watch_batch(
                 err_console.print(f"batch {batch_id[:8]}: {done}/{total} done · {detail}", markup=False)
                 last_line = time.monotonic()
             if done >= total:
+                if workers is not None:
+                    workers.settle()
                 return counts, elapsed
             if workers is not None:
                 workers.check()
