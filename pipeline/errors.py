@@ -21,8 +21,11 @@ an error from its type (:attr:`PipelineError.code`) and that data::
     ├── StorageUnavailable        storage_unavailable  the bucket of OUTPUT_URL cannot be reached or failed (transient)
     ├── StorageRefused            storage_refused      the object store refused: credentials, no such bucket (permanent)
     ├── QueueFull                 queue_full           more jobs queued than MAX_QUEUE_DEPTH allows (refused)
+    ├── IdempotencyConflict       idempotency_conflict an Idempotency-Key reused with a different request
     ├── NoFreeSlot                no_free_slot         every SD server the job may use is busy (transient;
-    │                                                  waits, costs no retry)
+    │   │                                              waits, costs no retry)
+    │   ├── Outranked             outranked            higher-priority work waits for the SD servers
+    │   └── QueuePaused           queue_paused         the queue (or the job's batch) is paused
     └── SDError                   sd_error             anything the SD server did (.url, .status_code)
         ├── SDTransientError      sd_transient         worth retrying (transient)
         │   ├── SDUnavailable     sd_unreachable       connection refused / reset / DNS
@@ -52,12 +55,15 @@ __all__ = [
     "PERMANENT_ERRORS",
     "BatchFileError",
     "ConfigError",
+    "IdempotencyConflict",
     "ImageError",
     "InputError",
     "InputsRejected",
     "JobCancelled",
     "JobNotFound",
     "NoFreeSlot",
+    "Outranked",
+    "QueuePaused",
     "PipelineError",
     "QueueFull",
     "SDAuthError",
@@ -254,6 +260,24 @@ class NoFreeSlot(PipelineError):
     transient = True
 
 
+class Outranked(NoFreeSlot):
+    """A job of a higher priority class waits for the SD servers: this one goes back to the queue."""
+
+    code = "outranked"
+
+
+class QueuePaused(NoFreeSlot):
+    """The queue, or the job's batch, is paused: no new SD call starts until it is resumed."""
+
+    code = "queue_paused"
+
+
+class IdempotencyConflict(PipelineError):
+    """An idempotency key was used before with a different request (``value``: the key)."""
+
+    code = "idempotency_conflict"
+
+
 class SDError(PipelineError):
     """The SD server failed or refused a request.
 
@@ -358,6 +382,7 @@ PERMANENT_ERRORS: tuple[type[PipelineError], ...] = (
     JobCancelled,
     QueueFull,
     StorageRefused,
+    IdempotencyConflict,
     SDPermanentError,
 )
 

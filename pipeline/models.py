@@ -35,6 +35,8 @@ __all__ = [
     "JobResult",
     "JobSpec",
     "JobState",
+    "PRIORITIES",
+    "Priority",
     "SDInfo",
     "SDResult",
     "StepName",
@@ -48,6 +50,11 @@ StepName = Literal["generate", "split", "seam_blur", "merge"]
 STEP_NAMES: tuple[StepName, ...] = ("generate", "split", "seam_blur", "merge")
 
 JobKind = Literal["generate", "process", "upscale"]
+
+#: How soon a queued job starts its SD call (README "Priority"): high before normal before low.
+Priority = Literal["high", "normal", "low"]
+#: The priorities, best first: a job's class is its index here.
+PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
 
 _GRID_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
@@ -295,6 +302,10 @@ class JobSpec(BaseModel):
     #: A prompt template's record (pipeline.prompts): the templates and the choices that made this job's
     #: prompt, and the sweep values it took; kept in the sidecar so the result can be made again.
     prompt_template: dict[str, Any] | None = None
+    #: Queued high-priority work starts its SD call before normal, normal before low (with aging).
+    priority: Priority = "normal"
+    #: The job's own webhook (``--webhook``, ``webhook`` in API bodies), besides ``WEBHOOK_URL``.
+    webhook_url: str | None = None
     created_at: float
 
 
@@ -442,6 +453,8 @@ class ScheduleRecord(BaseModel):
     name_template: str | None = None
     #: Replace files of the same name instead of adding a counter (``--overwrite``).
     overwrite: bool = False
+    #: Every run's jobs notify this webhook (``--webhook``), besides ``WEBHOOK_URL``.
+    webhook: str | None = None
     allow_overlap: bool = False
     #: A missed occurrence younger than this still fires once when the scheduler starts.
     grace_s: float = 3600.0

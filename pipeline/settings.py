@@ -122,6 +122,26 @@ DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 DEFAULT_API_WAIT_TIMEOUT_S = 300.0
 #: How long a dashboard sign-in lasts (7 days: a screen left open on a wall stays signed in for a week).
 DEFAULT_DASHBOARD_SESSION_TTL_S = 7 * 24 * 3600.0
+#: Events kept in the event stream (Redis Stream ``MAXLEN ~``, or rows of the SQLite table).
+DEFAULT_EVENTS_MAX_LEN = 100_000
+#: ``GET /api/events``: a comment line this often keeps idle connections (and proxies) open.
+DEFAULT_SSE_HEARTBEAT_S = 15.0
+#: How often a worker asks the SD server for a running generation's progress; 0: never.
+DEFAULT_PROGRESS_POLL_S = 1.0
+#: Webhook deliveries: each attempt's timeout, the first and longest pause between attempts, and
+#: the window after which a delivery that keeps failing is given up (Standard Webhooks: about a day).
+DEFAULT_WEBHOOK_TIMEOUT_S = 10.0
+DEFAULT_WEBHOOK_RETRY_MIN_S = 5.0
+DEFAULT_WEBHOOK_RETRY_MAX_S = 3600.0
+DEFAULT_WEBHOOK_RETRY_WINDOW_S = 86_400.0
+#: Threads per worker process that deliver webhooks (their own: a slow receiver never takes image threads).
+DEFAULT_WEBHOOK_THREADS = 4
+#: How long an ``Idempotency-Key`` (``--idempotency-key``) is remembered.
+DEFAULT_IDEMPOTENCY_TTL_S = 86_400.0
+#: A queued job's priority rises one class (low -> normal -> high) per this many seconds of waiting.
+DEFAULT_PRIORITY_AGING_S = 600.0
+#: How long a submitted high-priority job holds back lower ones before a worker picks it up.
+DEFAULT_PRIORITY_TICKET_S = 120.0
 
 #: Concurrent requests one SD server gets unless its ``SD_API_URL`` entry says ``;max=N``. An
 #: AUTOMATIC1111 server renders one job at a time; more requests only wait on its lock.
@@ -278,6 +298,32 @@ class Settings(BaseSettings):
     max_upload_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_UPLOAD_BYTES
     api_wait_timeout_s: Annotated[float, Field(gt=0)] = DEFAULT_API_WAIT_TIMEOUT_S
     dashboard_session_ttl_s: Annotated[float, Field(gt=0)] = DEFAULT_DASHBOARD_SESSION_TTL_S
+    #: Seconds between two heartbeat comments of ``GET /api/events``.
+    sse_heartbeat_s: Annotated[float, Field(gt=0)] = DEFAULT_SSE_HEARTBEAT_S
+    #: Comma-separated hosts (``example.com``, ``*.example.com``, ``host:port``) a webhook given over the
+    #: HTTP API may name; empty: the API accepts no per-request webhook (``WEBHOOK_URL`` still applies).
+    webhook_allow_hosts: str = ""
+
+    # Events and webhooks
+    events_max_len: Annotated[int, Field(ge=100)] = DEFAULT_EVENTS_MAX_LEN
+    progress_poll_s: Annotated[float, Field(ge=0)] = DEFAULT_PROGRESS_POLL_S
+    #: Also publish the server's preview image while it renders (``job.preview`` events; costs bandwidth).
+    progress_preview: bool = False
+    #: Receives job.succeeded/failed/cancelled and batch.completed for every job (a job's own
+    #: ``--webhook`` is sent too).
+    webhook_url: str | None = None
+    #: ``whsec_`` + base64 key: webhooks are signed with it (Standard Webhooks); required to send any.
+    webhook_secret: SecretStr | None = None
+    webhook_timeout_s: Annotated[float, Field(gt=0)] = DEFAULT_WEBHOOK_TIMEOUT_S
+    webhook_retry_min_s: Annotated[float, Field(gt=0)] = DEFAULT_WEBHOOK_RETRY_MIN_S
+    webhook_retry_max_s: Annotated[float, Field(gt=0)] = DEFAULT_WEBHOOK_RETRY_MAX_S
+    webhook_retry_window_s: Annotated[float, Field(gt=0)] = DEFAULT_WEBHOOK_RETRY_WINDOW_S
+    webhook_threads: Annotated[int, Field(ge=1)] = DEFAULT_WEBHOOK_THREADS
+
+    # Idempotency and priority
+    idempotency_ttl_s: Annotated[float, Field(gt=0)] = DEFAULT_IDEMPOTENCY_TTL_S
+    priority_aging_s: Annotated[float, Field(gt=0)] = DEFAULT_PRIORITY_AGING_S
+    priority_ticket_s: Annotated[float, Field(gt=0)] = DEFAULT_PRIORITY_TICKET_S
 
     # Output
     output_dir: Path = Path("./outputs")
@@ -410,6 +456,23 @@ class Settings(BaseSettings):
             if not db.isdigit():
                 raise ValueError(f"its db= is not a whole number >= 0 ({encode}), {example}")
         return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("whsec_"):
+            raise ValueError("must start with whsec_ followed by a base64 key, e.g. from `sdpipe webhooks secret`")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{mask_url(value)!r} is not an http(s) URL")
+        return value.strip()
 
     @model_validator(mode="after")
     def _check_backoff(self) -> Settings:

@@ -12,7 +12,8 @@ import logging
 from dataclasses import dataclass
 
 from pipeline.errors import NoFreeSlot, PipelineError, SDError
-from pipeline.jobs.steps import StepContext, _files, _record_failure, fanout_generation
+from pipeline.events.model import JOB_STEP_FINISHED
+from pipeline.jobs.steps import StepContext, _files, _record_failure, check_paused, fanout_generation
 from pipeline.models import ErrorInfo, StepName
 from pipeline.upscale import steps as upscale_steps
 
@@ -67,6 +68,7 @@ def run_tile(
         # delivery): running this one too could pay the server twice for one render.
         logger.info("job %s: tile %d message of fan-out %d is stale; dropped", job_id, index, generation)
         return TileOutcome(ran=False)
+    check_paused(ctx, record)  # a paused job starts no new SD call (QueuePaused: requeued, no retry spent)
     files = _files(ctx, record)
     try:
         skipped = upscale_steps.render_tile(ctx, record, files, index)
@@ -86,6 +88,9 @@ def run_tile(
         raise
     done, total = ctx.store.add_tile_done(job_id, index)
     logger.info("job %s: tile %d %s (%d/%d)", job_id, index, "already saved" if skipped else "rendered", done, total)
+    if ctx.events is not None:
+        data = {"step": "upscale_tile", "tile": index, "done": done, "total": total, "skipped": skipped}
+        ctx.events.emit(JOB_STEP_FINISHED, job_id=job_id, batch_id=record.batch_id, data=data)
     following: StepName = "merge"
     if done >= total and upscale_steps.next_step_after_renders(record, files, total) == "seam_blur":
         following = "seam_blur"

@@ -20,10 +20,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import ConfigError, JobNotFound, PipelineError, SDError
+from pipeline.errors import ConfigError, JobNotFound, PipelineError, QueuePaused, SDError
+from pipeline.events.hub import EventHub
+from pipeline.events.jobs import announce_end
+from pipeline.events.model import JOB_PREVIEW, JOB_PROGRESS, JOB_RETRYING, JOB_STEP_FINISHED, JOB_STEP_STARTED
 from pipeline.images import seams
 from pipeline.images.codec import decode_image, encode_image
 from pipeline.images.infotext import insert_params
+from pipeline.jobs.control import QueueControl
 from pipeline.jobs.files import (
     JobFiles,
     atomic_save_arrays,
@@ -36,7 +40,7 @@ from pipeline.jobs.files import (
 )
 from pipeline.jobs.naming import resolve_late_tokens
 from pipeline.jobs.retention import ORPHAN_WORK_AGE_S, find_orphaned_work
-from pipeline.models import ErrorInfo, JobRecord, JobResult, SDInfo, StepName, StepRecord
+from pipeline.models import PRIORITIES, ErrorInfo, JobRecord, JobResult, SDInfo, StepName, StepRecord
 from pipeline.sd.backends import Backend
 from pipeline.sd.client import SDClient
 from pipeline.sd.pool import affinity
@@ -49,6 +53,8 @@ from pipeline.upscale import steps as upscale_steps
 __all__ = [
     "ORPHAN_WORK_AGE_S",
     "StepContext",
+    "check_paused",
+    "progress_publisher",
     "StepOutcome",
     "drop_lost_job",
     "fanout_generation",
@@ -73,6 +79,10 @@ class StepContext:
     clock: Callable[[], float] = time.time
     sd_client_factory: Callable[[Settings], SDClient] = SDClient
     pool_observer: PoolObserver | None = None
+    #: Where step, progress and end events go (None: nowhere, e.g. in unit tests of one step).
+    events: EventHub | None = None
+    #: Pause state (None: never paused).
+    control: QueueControl | None = None
     _clients: dict[str | None, SDClient] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _pool: SDPool | None = field(default=None, init=False, repr=False)
@@ -108,6 +118,8 @@ class StepContext:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+        if self.events is not None:
+            self.events.close()
         with self._lock:
             for client in self._clients.values():
                 client.close()
@@ -158,12 +170,14 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
         return StepOutcome(ran=False)
     if started is None:
         logger.debug("job %s: %s not needed (job is finished or past this step)", job_id, step)
+        _announce_if_ended(ctx, job_id)
         return StepOutcome(ran=False)
     record = _unless_quarantined(ctx, started, step, previous)
     if record is None:
         return StepOutcome(ran=False)
     attempt = record.steps[step].attempts
     logger.debug("job %s: %s started (attempt %d)", job_id, step, attempt)
+    _emit(ctx, JOB_STEP_STARTED, record, {"step": step, "attempt": attempt, "state": record.state.value})
     try:
         skipped, result = _STEPS[step](ctx, record)
     except PipelineError as exc:
@@ -186,12 +200,16 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
         raise
     now = ctx.clock()
     ctx.store.finish_step(job_id, step, now=now, skipped=skipped)
+    started_at = record.steps[step].started_at
+    duration_s = round(now - started_at, 3) if started_at is not None else None
+    _emit(ctx, JOB_STEP_FINISHED, record, {"step": step, "duration_s": duration_s, "skipped": skipped})
     if result is not None:
         # Intermediates go first: once a job reads as succeeded, its work folder is gone. (A crash
         # in between is safe: a redelivered merge finds this job's sidecar and image and skips.)
         _files(ctx, record).remove_work_dir()
         ctx.store.mark_succeeded(job_id, result, now=now)
         logger.info("job %s: succeeded -> %s", job_id, result.image)
+        _announce_if_ended(ctx, job_id)
         if (record.spec.prompt_template or {}).get("contact_sheet") and record.spec.batch_id:
             _contact_sheet(ctx, record)
     else:
@@ -205,6 +223,40 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
         following = upscale_steps.next_step_after_renders(record, files, total)
         return StepOutcome(ran=True, skipped=skipped, then="merge" if following == "merge" else "seam_blur")
     return StepOutcome(ran=True, skipped=skipped)
+
+
+def _emit(ctx: StepContext, type: str, record: JobRecord, data: dict[str, Any]) -> None:
+    if ctx.events is not None:
+        ctx.events.emit(type, job_id=record.job_id, batch_id=record.batch_id, data=data)
+
+
+def _announce_if_ended(ctx: StepContext, job_id: str) -> None:
+    """Announce the job's end if it has ended (again, for a duplicate delivery: idempotent)."""
+    if ctx.events is None:
+        return
+    try:
+        record = ctx.store.get(job_id)
+    except PipelineError as exc:
+        logger.warning("job %s: end not announced: %s", job_id, exc)
+        return
+    announce_end(ctx.events, ctx.store, record)
+
+
+def progress_publisher(ctx: StepContext, record: JobRecord) -> Callable[[dict[str, Any]], None] | None:
+    """What the SD call hands each progress reading to: a ``job.progress`` event (and ``job.preview``
+    for a preview image, kept out of the progress event and of every record)."""
+    if ctx.events is None:
+        return None
+    events = ctx.events
+
+    def publish(reading: dict[str, Any]) -> None:
+        image = reading.pop("image", None)
+        events.emit(JOB_PROGRESS, job_id=record.job_id, batch_id=record.batch_id, data=reading)
+        if image is not None:
+            data = {"step": reading.get("step"), "steps": reading.get("steps"), "image": image}
+            events.emit(JOB_PREVIEW, job_id=record.job_id, batch_id=record.batch_id, data=data)
+
+    return publish
 
 
 def drop_lost_job(ctx: StepContext, job_id: str, step: str) -> None:
@@ -288,6 +340,7 @@ def _unless_quarantined(
         message = f"quarantined: {deaths} deliveries of {step} ended without an outcome (the worker died each time)"
         ctx.store.mark_failed(job_id, ErrorInfo(step=step, type="Quarantined", message=message, at=now), now=now)
         logger.error("job %s: %s quarantined after %d deliveries that killed their worker", job_id, step, deaths)
+        _announce_if_ended(ctx, job_id)
         return None
     died = ErrorInfo(
         step=step,
@@ -308,13 +361,18 @@ def _record_failure(
     if not error.transient:
         ctx.store.mark_failed(job_id, error, now=ctx.clock())
         logger.error("job %s: %s failed: %s", job_id, step, error.message)
+        _announce_if_ended(ctx, job_id)
     elif retries_left == 0:
         final = error.model_copy(update={"message": f"{error.message} (gave up after {attempt} attempts)"})
         ctx.store.mark_failed(job_id, final, now=ctx.clock())
         logger.error("job %s: %s failed after %d attempts: %s", job_id, step, attempt, error.message)
+        _announce_if_ended(ctx, job_id)
     else:
         ctx.store.record_error(job_id, error)
         logger.warning("job %s: %s attempt %d failed, will retry: %s", job_id, step, attempt, error.message)
+        if ctx.events is not None:
+            data = {"step": step, "attempt": attempt, "error": {"type": error.type, "message": error.message}}
+            ctx.events.emit(JOB_RETRYING, job_id=job_id, data=data)
 
 
 # Each step returns (skipped, result): result is set by the last step only.
@@ -331,7 +389,11 @@ def _generate(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | No
     if generation is None:
         raise ConfigError(f"job {record.job_id} has no generation parameters and no source image")
     result = ctx.pool.txt2img(
-        record.job_id, generation, pinned=pinned_backend(ctx, record), avoid=_failed_backend(record)
+        record.job_id,
+        generation,
+        pinned=pinned_backend(ctx, record),
+        avoid=_failed_backend(record),
+        on_progress=progress_publisher(ctx, record),
     )
     sd_info = SDInfo(
         seed=result.seed,
@@ -390,13 +452,27 @@ def sd_slot(ctx: StepContext, job_id: str) -> Iterator[Backend | None]:
     if record.state.terminal or _files(ctx, record).source.exists():
         yield None
         return
+    check_paused(ctx, record)
     with ctx.pool.slot(
         job_id,
         pinned=pinned_backend(ctx, record),
         avoid=_failed_backend(record),
         model=affinity.wanted(record.spec.generation),
+        priority=PRIORITIES.index(record.spec.priority),
+        since=record.created_at,
     ) as backend:
         yield backend
+
+
+def check_paused(ctx: StepContext, record: JobRecord) -> None:
+    """Refuse to start an SD call for a job whose queue or batch is paused.
+
+    Raises:
+        QueuePaused: paused (the caller puts the message back, no retry spent).
+    """
+    if ctx.control is not None and ctx.control.is_paused(record.batch_id):
+        what = f"batch {record.batch_id[:8]}" if record.batch_id and not ctx.control.queue_paused() else "the queue"
+        raise QueuePaused(f"job {record.job_id[:8]}: {what} is paused; requeued", field="paused", value=record.batch_id)
 
 
 def _split(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]:

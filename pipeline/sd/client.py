@@ -303,6 +303,39 @@ class SDClient:
         response = self._request("GET", path, params={"skip_current_image": "true"}, timeout=self._health_timeout)
         return sd_response.expect(response, self._url, path, dict)
 
+    def task_progress(self, task_id: str, *, image: bool = False) -> dict[str, Any] | None:
+        """The running generation's progress, as ``GET /sdapi/v1/progress`` reports it, if it is ``task_id``'s.
+
+        A1111 and Forge report whatever job is current, without naming it; a server that names it
+        (``current_task``, or ``id_live_preview``/``id_task``) is checked against ``task_id``. Returns
+        ``{"step", "steps", "progress", "eta_s"}`` (and ``"image"``, base64, when ``image`` and the
+        server sent one), or None while idle or busy with another task.
+
+        Raises:
+            SDError: the server did not answer.
+        """
+        path = "/sdapi/v1/progress"
+        params = {"skip_current_image": "false" if image else "true"}
+        response = self._request("GET", path, params=params, timeout=self._health_timeout)
+        body: dict[str, Any] = sd_response.expect(response, self._url, path, dict) or {}
+        state: dict[str, Any] = body["state"] if isinstance(body.get("state"), dict) else {}
+        named = body.get("current_task") or state.get("current_task") or body.get("id_task")
+        if isinstance(named, str) and named and named != task_id:
+            return None
+        steps = int(state.get("sampling_steps") or 0)
+        progress = float(body.get("progress") or 0.0)
+        if steps <= 0 and progress <= 0:
+            return None  # idle: the call has not started rendering, or has just ended
+        found: dict[str, Any] = {
+            "step": int(state.get("sampling_step") or 0),
+            "steps": steps,
+            "progress": round(progress, 4),
+            "eta_s": round(float(body.get("eta_relative") or 0.0), 2),
+        }
+        if image and isinstance(body.get("current_image"), str) and body["current_image"]:
+            found["image"] = body["current_image"]
+        return found
+
     def get_json(self, path: str) -> Any:
         """``GET path`` with the short timeout: its JSON (lists such as ``/sdapi/v1/samplers``, ``/openapi.json``).
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from secrets import compare_digest
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from pipeline.sd.mock import catalog, img2img, pnginfo
 from pipeline.sd.mock import txt2img as t2i
@@ -454,7 +455,9 @@ class MockSDServer:
     def _generate(
         self, plan: t2i.GenerationPlan, record: dict[str, Any], image_format: str | None, *, fail: bool
     ) -> tuple[list[str], int, bool]:
-        job = t2i.JobState(n_iter=plan.n_iter, steps=plan.steps, latency_s=self.latency_ms / 1000)
+        job = t2i.JobState(
+            n_iter=plan.n_iter, steps=plan.steps, latency_s=self.latency_ms / 1000, task_id=record.get("task_id")
+        )
         with self._lock:
             self._job = job
             self._interrupted = False  # A1111 resets the flag when the next job starts.
@@ -498,8 +501,10 @@ class MockSDServer:
             time.sleep(min(left_s, t2i.TICK_S))
 
     def _progress(self, request: _Request) -> MockResponse:
+        # A1111's default is false: the image is sent unless skipped.
+        skip = parse_qs(request.query).get("skip_current_image", ["false"])[-1].lower() in ("true", "1")
         with self._lock:
-            return _respond(200, t2i.progress_payload(self._job, self._interrupted))
+            return _respond(200, t2i.progress_payload(self._job, self._interrupted, with_image=not skip))
 
     def _interrupt(self, request: _Request) -> MockResponse:
         # A1111's interrupt names no task: it stops the current generation, and here every hanging

@@ -89,13 +89,20 @@ class JobState:
     timestamp: str = field(default_factory=lambda: time.strftime("%Y%m%d%H%M%S"))
     batch: int = 0
     batch_started: float = field(default_factory=time.monotonic)
+    #: The request's task id (``force_task_id``): the mock names it in ``/progress`` (A1111 does not).
+    task_id: str | None = None
 
     def start_batch(self, batch: int) -> None:
         self.batch, self.batch_started = batch, time.monotonic()
 
 
-def progress_payload(job: JobState | None, interrupted: bool) -> dict[str, Any]:
-    """``GET /progress``: 0 when idle; while running 0.01 plus the fraction done, never 1.0."""
+def progress_payload(job: JobState | None, interrupted: bool, *, with_image: bool = False) -> dict[str, Any]:
+    """``GET /progress``: 0 when idle; while running 0.01 plus the fraction done, never 1.0.
+
+    ``with_image`` (``skip_current_image=false``): a small grey preview whose brightness is the
+    progress, as A1111 sends the live preview. ``current_task`` names the running request's task
+    (sdpipe's mock only; A1111's answer has no task id): a client may check the progress is its own.
+    """
     state = {
         "skipped": False,
         "interrupted": interrupted,
@@ -108,7 +115,14 @@ def progress_payload(job: JobState | None, interrupted: bool) -> dict[str, Any]:
         "sampling_steps": 0,
     }
     if job is None:
-        return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
+        return {
+            "progress": 0.0,
+            "eta_relative": 0.0,
+            "state": state,
+            "current_image": None,
+            "textinfo": None,
+            "current_task": None,
+        }
     in_batch = min(1.0, (time.monotonic() - job.batch_started) / job.latency_s) if job.latency_s > 0 else 0.0
     step = min(job.steps - 1, int(in_batch * job.steps))
     progress = min(0.99, 0.01 + (job.batch + step / max(job.steps, 1)) / job.n_iter)
@@ -119,9 +133,22 @@ def progress_payload(job: JobState | None, interrupted: bool) -> dict[str, Any]:
         "progress": progress,
         "eta_relative": elapsed_s / progress - elapsed_s,
         "state": state,
-        "current_image": None,
+        "current_image": _preview(progress) if with_image and step > 0 else None,
         "textinfo": None,
+        "current_task": job.task_id,
     }
+
+
+def _preview(progress: float) -> str:
+    """A 32x32 grey PNG, brighter as the render goes on, base64 (A1111's ``current_image``)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (32, 32), int(255 * progress)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 @dataclass

@@ -41,6 +41,7 @@ from typing import TypeVar
 
 from pipeline.errors import (
     NoFreeSlot,
+    Outranked,
     PipelineError,
     SDServerError,
     SDTransientError,
@@ -54,6 +55,7 @@ from pipeline.sd.client import SDClient
 from pipeline.sd.pool import affinity
 from pipeline.sd.pool.checkpoints import Checkpoints, PoolObserver
 from pipeline.sd.pool.state import BackendStatus, HealthPolicy, PoolState
+from pipeline.sd.progress import ProgressCallback, watch_progress
 from pipeline.settings import Settings
 
 __all__ = ["SLOT_WAIT_S", "PoolObserver", "SDPool", "is_out_of_memory", "open_pool_state"]
@@ -135,12 +137,20 @@ class SDPool:
         avoid: str | None = None,
         wait_s: float | None = None,
         model: str | None = None,
+        priority: int | None = None,
+        since: float | None = None,
     ) -> Iterator[Backend]:
         """Hold a slot on a server for ``job_id`` (only ``pinned`` if given) while the block runs;
         ``model``: the checkpoint the job names (a server that has it loaded is preferred).
 
+        ``priority``: the job's class (0 high, 1 normal, 2 low; None: no priority rule), waiting since
+        ``since`` (epoch seconds): while a job of a better class waits for a server (a ticket, see
+        :meth:`~pipeline.sd.pool.state.PoolState.outranked`), this one takes no slot; it moves up a
+        class per ``PRIORITY_AGING_S`` of waiting, so low work never waits for ever.
+
         Raises:
             NoFreeSlot: every usable server stayed busy for ``wait_s`` (default ``slot_wait_s``).
+            Outranked: higher-priority work waits (the caller requeues at once, freeing its thread).
         """
         wait_s = self.slot_wait_s if wait_s is None else wait_s
         candidates = backends_for(self.settings, pinned)
@@ -149,6 +159,9 @@ class SDPool:
         deadline = started + wait_s
         want = affinity.checkpoint_key(model) if self.settings.model_affinity else None
         self.start()
+        if priority is not None:
+            self.state.ticket([job_id], priority, ttl_s=self.settings.priority_ticket_s)
+            self._defer_if_outranked(job_id, priority, since)
         if want is not None:
             self.state.want(holder, want, ttl_s=self.settings.sd_slot_lease_s)
         try:
@@ -170,6 +183,8 @@ class SDPool:
                     )
                 if keys == []:  # look again at once (see _acquire)
                     continue
+                if priority is not None:
+                    self._defer_if_outranked(job_id, priority, since)
                 timeout_s = min(remaining, _WAKE_S)
                 if want is not None:  # look again when the wait for an affine server reaches its bound
                     to_bound_s = self.settings.model_affinity_wait_s - (time.monotonic() - started)
@@ -182,6 +197,8 @@ class SDPool:
             raise
         backend = next(b for b in candidates if b.key == key)
         logger.debug("job %s: slot on %s", job_id, backend.key)
+        if priority is not None:
+            self._drop_ticket(job_id, priority)
         held_key = (job_id, threading.get_ident())
         with self._lock:
             self._held[held_key] = _Held(backend, holder, time.monotonic(), want)
@@ -194,12 +211,31 @@ class SDPool:
             if want is not None:
                 self.checkpoints.unwant(holder, want)
 
+    def _defer_if_outranked(self, job_id: str, priority: int, since: float | None) -> None:
+        waited_s = max(time.time() - since, 0.0) if since is not None else 0.0
+        klass = max(0, priority - int(waited_s // self.settings.priority_aging_s))
+        if klass > 0 and self.state.outranked(klass):
+            raise Outranked(f"job {job_id[:8]}: higher-priority work waits for the SD servers; requeued")
+
+    def _drop_ticket(self, job_id: str, priority: int) -> None:
+        try:
+            self.state.drop_ticket(job_id, priority)
+        except StoreUnavailable as exc:  # it expires by itself
+            logger.warning("job %s: priority ticket not dropped (%s)", job_id, exc)
+
     # -- calls ----------------------------------------------------------------------------------
     def txt2img(
-        self, job_id: str, generation: GenerationParams, *, pinned: str | None = None, avoid: str | None = None
+        self,
+        job_id: str,
+        generation: GenerationParams,
+        *,
+        pinned: str | None = None,
+        avoid: str | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> SDResult:
         """Render one image on the server whose slot this thread holds for ``job_id`` (see
         :meth:`slot`), or on one taken now; record the outcome in the server's health.
+        ``on_progress`` receives the sampling progress while it renders (``PROGRESS_POLL_S``).
 
         Raises:
             SDError: the call failed (``exc.url`` names the server); NoFreeSlot: see :meth:`slot`.
@@ -208,18 +244,23 @@ class SDPool:
             held = self._held.get((job_id, threading.get_ident()))
         if held is None:
             with self.slot(job_id, pinned=pinned, avoid=avoid, model=affinity.wanted(generation)) as backend:
-                return self._call(backend, job_id, generation)
-        return self._call(held.backend, job_id, generation)
+                return self._call(backend, job_id, generation, on_progress)
+        return self._call(held.backend, job_id, generation, on_progress)
 
-    def _call(self, backend: Backend, job_id: str, generation: GenerationParams) -> SDResult:
+    def _call(
+        self, backend: Backend, job_id: str, generation: GenerationParams, on_progress: ProgressCallback | None = None
+    ) -> SDResult:
         model = affinity.wanted(generation)
         if model is not None and self.settings.model_affinity:
             self.checkpoints.switch(backend, model, job_id=job_id)
         started = time.perf_counter()
+        client = self._client_for(backend.url)
+        every_s, image = self.settings.progress_poll_s, self.settings.progress_preview
         try:
-            result = self._client_for(backend.url).txt2img(
-                generation, job_id=job_id, on_answer=lambda: self._answered(job_id, time.perf_counter() - started)
-            )
+            with watch_progress(client, job_id, on_progress, every_s=every_s, image=image):
+                result = client.txt2img(
+                    generation, job_id=job_id, on_answer=lambda: self._answered(job_id, time.perf_counter() - started)
+                )
         except SDTransientError as exc:
             self._transient_failure(backend, exc, job_id=job_id, started=started)
             raise

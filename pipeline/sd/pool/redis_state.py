@@ -12,6 +12,8 @@ Keys (prefix ``sdpipe:pool:``; a server's key is its URL without credentials):
   the checkpoint each wants (how much a switch would cost the others).
 - ``probe:<server>``: who probes a benched server now (``SET NX PX``).
 - ``turn``: a counter ordering acquisitions, so equal servers take turns.
+- ``tickets:<class>``: sorted sets of job ids waiting for a server in priority class 0 (high), 1, 2,
+  scored by expiry: a job defers to any live ticket of a better class (README "Priority").
 - ``freed`` and ``freed:<server>``: lists a release pushes to; waiters ``BLPOP`` those of the servers
   they would take, so a freed slot is taken at once by a job that wants that server.
 
@@ -248,6 +250,28 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 )
 
 
+# KEYS: tickets of the class; ARGV: ttl ms, job ids...
+_TICKET = (
+    _NOW
+    + """
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i]) end
+return 0
+"""
+)
+
+# KEYS: tickets of the better classes, best first. Returns 1 if any holds a live ticket.
+_OUTRANKED = (
+    _NOW
+    + """
+for i = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  if redis.call('ZCARD', KEYS[i]) > 0 then return 1 end
+end
+return 0
+"""
+)
+
+
 def _ms(seconds: float) -> int:
     return max(int(seconds * 1000), 1)
 
@@ -273,6 +297,8 @@ class RedisPoolState(PoolState):
         self._record_load = client.register_script(_RECORD_LOAD)
         self._want = client.register_script(_WANT)
         self._wants = client.register_script(_WANTS)
+        self._ticket = client.register_script(_TICKET)
+        self._outranked = client.register_script(_OUTRANKED)
         self._freed = POOL_PREFIX + "freed"
         self._wants_key = POOL_PREFIX + "wants"
 
@@ -443,6 +469,23 @@ class RedisPoolState(PoolState):
             model = member.decode().rsplit("\t", 1)[0]
             counts[model] = counts.get(model, 0) + 1
         return counts
+
+    @staticmethod
+    def _tickets(klass: int) -> str:
+        return f"{POOL_PREFIX}tickets:{klass}"
+
+    def ticket(self, job_ids: Sequence[str], klass: int, *, ttl_s: float) -> None:
+        for start in range(0, len(job_ids), 1000):
+            self._run(self._ticket, [self._tickets(klass)], [_ms(ttl_s), *job_ids[start : start + 1000]])
+
+    def drop_ticket(self, job_id: str, klass: int) -> None:
+        with self._reaching_redis():
+            self._client.zrem(self._tickets(klass), job_id)
+
+    def outranked(self, klass: int) -> bool:
+        if klass <= 0:
+            return False
+        return bool(self._run(self._outranked, [self._tickets(better) for better in range(klass)], []))
 
     def close(self) -> None:
         self._client.close()

@@ -181,6 +181,20 @@ class PoolState(ABC):
     def wants(self) -> dict[str, int]:
         """How many jobs in the pool now (waiting for a slot or rendering) want each checkpoint key."""
 
+    # -- priority (issue 18) ---------------------------------------------------------------------
+    @abstractmethod
+    def ticket(self, job_ids: Sequence[str], klass: int, *, ttl_s: float) -> None:
+        """``job_ids`` wait for an SD server in priority class ``klass`` (0 high, 1 normal, 2 low), for
+        at most ``ttl_s``: lower classes defer to them (:meth:`outranked`)."""
+
+    @abstractmethod
+    def drop_ticket(self, job_id: str, klass: int) -> None:
+        """The job got its slot, or ended: it no longer holds anyone back."""
+
+    @abstractmethod
+    def outranked(self, klass: int) -> bool:
+        """Whether a live ticket of a class better than ``klass`` exists (a job of ``klass`` then defers)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -217,6 +231,8 @@ class MemoryPoolState(PoolState):
         self._cond = threading.Condition()
         self._turn = 0
         self._wants: dict[str, tuple[str, float]] = {}
+        #: Priority tickets per class: job id -> expiry.
+        self._tickets: dict[int, dict[str, float]] = {}
 
     def _get(self, key: str) -> _Health:
         health = self._health.get(key)
@@ -416,3 +432,23 @@ class MemoryPoolState(PoolState):
                     continue
                 counts[model] = counts.get(model, 0) + 1
             return counts
+
+    def ticket(self, job_ids: Sequence[str], klass: int, *, ttl_s: float) -> None:
+        with self._cond:
+            expiry = self._clock() + ttl_s
+            self._tickets.setdefault(klass, {}).update(dict.fromkeys(job_ids, expiry))
+
+    def drop_ticket(self, job_id: str, klass: int) -> None:
+        with self._cond:
+            self._tickets.get(klass, {}).pop(job_id, None)
+
+    def outranked(self, klass: int) -> bool:
+        with self._cond:
+            now = self._clock()
+            for better in range(klass):
+                tickets = self._tickets.get(better, {})
+                for job_id in [job for job, expiry in tickets.items() if expiry <= now]:
+                    del tickets[job_id]
+                if tickets:
+                    return True
+            return False

@@ -1,0 +1,70 @@
+"""Publishing events: :class:`EventHub` appends to the log and tells in-process listeners (webhooks).
+
+Publishing never fails a step: an unreachable log is logged (WARNING) and the step goes on. An
+event announced ``once`` (a job's end) is appended to the log the first time only, but listeners
+hear every announcement: they are idempotent (a webhook delivery is created once per event key), so
+an announcement repeated after a worker died between the state change and its webhook still makes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pipeline.errors import PipelineError
+from pipeline.events.log import EventLog
+from pipeline.events.model import Event
+
+__all__ = ["EventHub", "Listener"]
+
+logger = logging.getLogger(__name__)
+
+#: Called with every event published in this process (with an empty ``id`` for a repeated ``once``).
+Listener = Callable[[Event], None]
+
+
+class EventHub:
+    """The log plus the listeners of this process."""
+
+    def __init__(self, log: EventLog, *, clock: Callable[[], float] = time.time) -> None:
+        self.log = log
+        self.clock = clock
+        self._listeners: list[Listener] = []
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` with every event published from now on."""
+        self._listeners.append(listener)
+
+    def emit(
+        self,
+        type: str,
+        *,
+        job_id: str | None = None,
+        batch_id: str | None = None,
+        data: dict[str, Any] | None = None,
+        once: str | None = None,
+    ) -> Event | None:
+        """Publish one event; returns it (None when the log could not be written)."""
+        event = Event(type=type, ts=self.clock(), job_id=job_id, batch_id=batch_id, data=data or {}, key=once)
+        try:
+            published = self.log.publish(event, once=once)
+        except PipelineError as exc:
+            logger.warning("job %s: event %s not published: %s", job_id or "-", type, exc)
+            return None
+        announced = published if published is not None else event
+        for listener in self._listeners:
+            try:
+                listener(announced)
+            except PipelineError as exc:
+                logger.warning("job %s: a listener of %s failed: %s", job_id or "-", type, exc)
+        return announced
+
+    def emit_many(self, events: Iterable[tuple[str, str | None, str | None, dict[str, Any]]]) -> None:
+        """Publish several events without ``once`` keys: ``(type, job_id, batch_id, data)`` each."""
+        for type, job_id, batch_id, data in events:
+            self.emit(type, job_id=job_id, batch_id=batch_id, data=data)
+
+    def close(self) -> None:
+        self.log.close()
