@@ -11,6 +11,7 @@ from actors.queues import QueueDepth, queue_depths
 from actors.runtime import Runtime, open_runtime
 from actors.steps import IMAGES_QUEUE, JOB_FAILED_ACTOR, QUEUES, SD_QUEUE, StepActors, declare_actors
 from actors.supervisor import CRASH_LOOP_DEATHS, CRASH_LOOP_WINDOW_S, RET_CRASH_LOOP
+from actors.webhooks import WEBHOOK_ACTOR, WEBHOOKS_QUEUE, declare_webhook_actor, start_webhook_worker
 from actors.worker import check_metrics_port, run_workers, setup
 
 __all__ = [
@@ -25,6 +26,10 @@ __all__ = [
     "SD_QUEUE",
     "StepActors",
     "declare_actors",
+    "WEBHOOKS_QUEUE",
+    "WEBHOOK_ACTOR",
+    "declare_webhook_actor",
+    "start_webhook_worker",
     # Queues
     "QueueDepth",
     "queue_depths",

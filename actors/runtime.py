@@ -27,18 +27,26 @@ from typing import Any
 import dramatiq
 
 from actors.broker import CLI_ENQUEUE_PATIENCE_S, build_broker, redis_errors
-from actors.steps import StepActors, declare_actors
+from actors.steps import QUEUES, StepActors, declare_actors
+from actors.webhooks import declare_webhook_actor, start_webhook_worker
 from pipeline.batches.files import PlannedRow, read_batch_file
 from pipeline.batches.manifests import ResumePlan, plan_resume, retry_step
-from pipeline.errors import PipelineError, QueueFull, SDUnavailable, StoreUnavailable
+from pipeline.errors import InputError, PipelineError, QueueFull, SDUnavailable, StoreUnavailable
+from pipeline.events.hub import EventHub
+from pipeline.events.jobs import announce_end
+from pipeline.events.log import open_event_log
+from pipeline.events.model import JOB_QUEUED, QUEUE_PAUSED, QUEUE_RESUMED
+from pipeline.jobs.control import Idempotency, QueueControl
 from pipeline.jobs.planning import new_id
 from pipeline.jobs.steps import StepContext
-from pipeline.models import BatchRecord, BatchRow, ErrorInfo, JobRecord, JobSpec, JobState, StepName
+from pipeline.models import PRIORITIES, BatchRecord, BatchRow, ErrorInfo, JobRecord, JobSpec, JobState, StepName
 from pipeline.sd.catalog import open_catalog
 from pipeline.sd.pool.affinity import grouped_by_checkpoint
 from pipeline.sd.pool.pool import PoolObserver
 from pipeline.settings import Settings, mask_url
 from pipeline.store import StatusStore, open_store
+from pipeline.store.keyvalue import KeyValue, open_keyvalue
+from pipeline.webhooks.deliveries import Deliveries, delivery_listener
 
 if sys.platform != "win32":
     import fcntl
@@ -79,7 +87,12 @@ class Runtime:
     store: StatusStore
     context: StepContext
     actors: StepActors
+    #: Idempotency keys, pause state and webhook deliveries live here.
+    kv: KeyValue
+    deliveries: Deliveries
     worker: dramatiq.Worker | None = field(default=None)
+    #: Embedded: the worker of the ``webhooks`` queue (threads of its own).
+    webhook_worker: dramatiq.Worker | None = field(default=None)
     #: Embedded: the jobs this process submitted (its in-memory queue is the only one they are in).
     _submitted: set[str] = field(default_factory=set, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -89,6 +102,44 @@ class Runtime:
     @property
     def embedded(self) -> bool:
         return not self.settings.redis_mode
+
+    @property
+    def events(self) -> EventHub:
+        """The event stream (and this process's listeners: webhooks)."""
+        assert self.context.events is not None
+        return self.context.events
+
+    @property
+    def control(self) -> QueueControl:
+        """Pause state of the queue and of batches."""
+        assert self.context.control is not None
+        return self.context.control
+
+    @property
+    def idempotency(self) -> Idempotency:
+        """Idempotency keys (``IDEMPOTENCY_TTL_S``)."""
+        return Idempotency(self.kv, ttl_s=self.settings.idempotency_ttl_s)
+
+    def check_webhook(self, specs: Sequence[JobSpec]) -> None:
+        """Refuse jobs that name a webhook when no ``WEBHOOK_SECRET`` can sign it.
+
+        Raises:
+            InputError: a webhook without a secret.
+        """
+        if self.settings.webhook_secret is None and any(spec.webhook_url for spec in specs):
+            raise InputError(
+                "a webhook needs WEBHOOK_SECRET (whsec_...) to be signed", field="WEBHOOK_SECRET", expected="whsec_..."
+            )
+
+    def pause(self, batch_id: str | None = None) -> None:
+        """Pause the queue (or one batch): no new SD call starts; work on a GPU finishes."""
+        self.control.pause(batch_id)
+        self.events.emit(QUEUE_PAUSED, batch_id=batch_id, data={"batch_id": batch_id})
+
+    def resume(self, batch_id: str | None = None) -> None:
+        """Resume the queue (or one batch)."""
+        self.control.resume(batch_id)
+        self.events.emit(QUEUE_RESUMED, batch_id=batch_id, data={"batch_id": batch_id})
 
     def queue_depth(self) -> int:
         """Jobs waiting for their first step (state ``queued``), from every submitter.
@@ -166,10 +217,25 @@ class Runtime:
                 for index, spec in enumerate(specs)
             ]
             self.store.save_batch(BatchRecord(batch_id=specs[0].batch_id, created_at=specs[0].created_at, rows=rows))
+        self.check_webhook(specs)
         self.store.create_jobs(specs)
         self._track([spec.job_id for spec in specs])
+        self._ticket(specs)
         self._enqueue_or_raise(lambda: self.actors.enqueue(specs))
+        self.events.emit_many(
+            (JOB_QUEUED, spec.job_id, spec.batch_id, {"priority": spec.priority, "kind": spec.kind}) for spec in specs
+        )
         logger.info("enqueued %d job(s)", len(specs))
+
+    def _ticket(self, specs: Sequence[JobSpec]) -> None:
+        """High-priority jobs hold lower ones back from the moment they are queued (README "Priority"),
+        not only once a worker thread picks them up."""
+        urgent = [spec.job_id for spec in specs if spec.priority == PRIORITIES[0] and spec.kind != "process"]
+        if urgent:
+            try:
+                self.context.pool.state.ticket(urgent, 0, ttl_s=self.settings.priority_ticket_s)
+            except StoreUnavailable as exc:
+                logger.warning("priority tickets of %d job(s) not recorded: %s", len(urgent), exc)
 
     def _enqueue_or_raise(self, enqueue: Callable[[], object]) -> None:
         try:
@@ -292,8 +358,11 @@ class Runtime:
                 continue
             step = retry_step(fresh)
             self._track([fresh.job_id])
+            self._ticket([fresh.spec])
             chain = self.actors.chain_for(fresh.spec, from_step=step)
             self._enqueue_or_raise(chain.run)
+            data = {"priority": fresh.spec.priority, "retry": True, "from_step": step}
+            self.events.emit(JOB_QUEUED, job_id=fresh.job_id, batch_id=fresh.batch_id, data=data)
             logger.info("job %s: requeued from %s", fresh.job_id, step)
             requeued.append(fresh)
         return requeued
@@ -321,7 +390,12 @@ class Runtime:
         """Mark unfinished jobs cancelled: queued ones never start, a running SD call finishes and
         the job then stops. Returns how many were cancelled."""
         now = time.time()
-        return sum(self.store.mark_cancelled(job_id, now=now) for job_id in job_ids)
+        cancelled = 0
+        for job_id in job_ids:
+            if self.store.mark_cancelled(job_id, now=now):
+                cancelled += 1
+                announce_end(self.events, self.store, self.store.get(job_id))
+        return cancelled
 
     @property
     def worker_window_s(self) -> float:
@@ -378,9 +452,13 @@ class Runtime:
                 self.worker.stop()
                 self.worker = None
                 self._cancel_unstarted()
+            if self.webhook_worker is not None:
+                self.webhook_worker.stop(timeout=int(self.settings.webhook_timeout_s * 1000) + 1000)
+                self.webhook_worker = None
             self.broker.close()
             self.context.close()
             self.store.close()
+            self.kv.close()
         finally:
             # Last: while held, no other process takes this one's unfinished jobs for orphans.
             fd, self._embedded_lock_fd = self._embedded_lock_fd, None
@@ -427,15 +505,34 @@ def open_runtime(
     """
     broker = build_broker(settings, enqueue_patience_s=enqueue_patience_s)
     store = open_store(settings)
+    kv: KeyValue | None = None
     try:
         store.ping()
-        context = StepContext(settings=settings, store=store, pool_observer=pool_observer)
+        kv = open_keyvalue(settings)
+        hub = EventHub(open_event_log(settings))
+        control = QueueControl(kv)
+        context = StepContext(settings=settings, store=store, pool_observer=pool_observer, events=hub, control=control)
         actors = declare_actors(broker, context)
+        deliveries = Deliveries(kv)
+        webhook_actor = declare_webhook_actor(broker, settings, deliveries)
+        hub.add_listener(
+            delivery_listener(
+                deliveries,
+                store,
+                default_url=settings.webhook_url,
+                can_sign=settings.webhook_secret is not None,
+                send=lambda delivery_id: _send(webhook_actor, delivery_id),
+            )
+        )
     except BaseException:
         store.close()
+        if kv is not None:
+            kv.close()
         broker.close()
         raise
-    runtime = Runtime(settings=settings, broker=broker, store=store, context=context, actors=actors)
+    runtime = Runtime(
+        settings=settings, broker=broker, store=store, context=context, actors=actors, kv=kv, deliveries=deliveries
+    )
     if runtime.embedded:
         try:
             runtime._embedded_lock_fd = _hold_embedded_lock(settings.output_dir / EMBEDDED_LOCK_PATH, store)
@@ -445,11 +542,19 @@ def open_runtime(
     if runtime.embedded and start_embedded_worker:
         broker.emit_after("process_boot")
         worker = dramatiq.Worker(
-            broker, worker_threads=settings.worker_threads, worker_timeout=EMBEDDED_WORKER_TIMEOUT_MS
+            broker,
+            queues=set(QUEUES),
+            worker_threads=settings.worker_threads,
+            worker_timeout=EMBEDDED_WORKER_TIMEOUT_MS,
         )
         worker.start()
         runtime.worker = worker
+        runtime.webhook_worker = start_webhook_worker(broker, settings)
     return runtime
+
+
+def _send(actor: dramatiq.Actor[Any, Any], *args: Any) -> None:
+    actor.send(*args)
 
 
 def _hold_embedded_lock(path: Path, store: StatusStore) -> int | None:

@@ -25,7 +25,8 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from pipeline.errors import PERMANENT_ERRORS, JobNotFound, NoFreeSlot, PipelineError
+from pipeline.errors import PERMANENT_ERRORS, JobNotFound, NoFreeSlot, PipelineError, QueuePaused
+from pipeline.events.jobs import announce_end
 from pipeline.jobs.renders import run_tile
 from pipeline.jobs.steps import StepContext, drop_lost_job, run_step, sd_slot
 from pipeline.models import ErrorInfo, JobSpec, JobState, StepName
@@ -57,6 +58,13 @@ GENERATE_PRIORITY = 10
 #: A generation that found every SD server busy goes back to the queue after this long (ms, random
 #: within the range so waiters do not return in step).
 REQUEUE_DELAY_MS = (500, 1500)
+#: The same for a generation whose queue or batch is paused: it looks again every few seconds.
+PAUSED_DELAY_MS = (2000, 4000)
+
+
+def requeue_delay_ms(exc: NoFreeSlot) -> int:
+    """How long a delivery that could not start its SD call waits in the delay queue."""
+    return random.randint(*(PAUSED_DELAY_MS if isinstance(exc, QueuePaused) else REQUEUE_DELAY_MS))
 
 
 @dataclass(frozen=True)
@@ -122,10 +130,11 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
             except NoFreeSlot as exc:
                 if message is None:
                     raise dramatiq.Retry(str(exc)) from exc
-                # Every server is busy: not a failure. Back to the queue, retry budget untouched.
-                broker.enqueue(message, delay=random.randint(*REQUEUE_DELAY_MS))
+                # Every server busy, higher-priority work waiting, or paused: not a failure. Back to
+                # the queue, retry budget untouched.
+                broker.enqueue(message, delay=requeue_delay_ms(exc))
                 _drop_continuation()
-                logger.info("%s", exc.message)
+                logger.log(logging.INFO if type(exc) is NoFreeSlot else logging.DEBUG, "%s", exc.message)
                 return
             except JobNotFound:
                 # The record went while the step ran (Redis restarted without persistence)
@@ -172,8 +181,8 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
         except NoFreeSlot as exc:
             if message is None:
                 raise dramatiq.Retry(str(exc)) from exc
-            broker.enqueue(message, delay=random.randint(*REQUEUE_DELAY_MS))
-            logger.info("%s", exc.message)
+            broker.enqueue(message, delay=requeue_delay_ms(exc))
+            logger.log(logging.INFO if type(exc) is NoFreeSlot else logging.DEBUG, "%s", exc.message)
             return
         except JobNotFound:
             drop_lost_job(context, job_id, "upscale_tile")  # the record is gone (Redis restarted empty)
@@ -218,6 +227,8 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
         error = last.model_copy(update={"at": context.clock()})
         if store.mark_failed(job_id, error, now=context.clock()):
             logger.error("job %s: failed in %s after %s retries: %s", job_id, step, retries, last.message)
+        # Announced even when it was already failed: a worker may have died before announcing it.
+        announce_end(context.events, store, store.get(job_id))
 
     merge_actor = make("merge", IMAGES_QUEUE, IMAGE_STEP_TIME_LIMIT_MS)
     seam_blur_actor = make("seam_blur", IMAGES_QUEUE, IMAGE_STEP_TIME_LIMIT_MS)

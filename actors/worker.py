@@ -30,6 +30,7 @@ from actors.broker import WORKER_ENQUEUE_PATIENCE_S
 from actors.runtime import WORKER_BEAT_S, Runtime, open_runtime
 from actors.steps import QUEUES
 from actors.supervisor import Supervisor
+from actors.webhooks import start_webhook_worker
 from pipeline.errors import ConfigError, PipelineError, StoreUnavailable
 from pipeline.jobs.steps import remove_orphaned_work
 from pipeline.settings import Settings, load_settings, mask_url
@@ -127,6 +128,9 @@ def setup() -> None:
         if problem is not None:  # benched, not fatal: the others take its jobs and a probe brings it back
             logger.warning("SD server %s is down (%s): benched until it answers", key, problem)
     pool.start()
+    # The webhooks queue has threads of its own (never the image queues'): see actors.webhooks.
+    webhook_worker = start_webhook_worker(_runtime.broker, settings)
+    atexit.register(webhook_worker.stop, int(settings.webhook_timeout_s * 1000) + 1000)
     _start_beating(_runtime)
     logger.info("worker ready: Redis %s, SD %s", settings.redis_dsn_masked(), mask_url(settings.sd_api_url))
 

@@ -136,8 +136,10 @@ class SqliteKeyValue(KeyValue):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
-        with self._tx() as conn:
-            conn.executescript(_KV_SCHEMA)
+        try:
+            self._conn().executescript(_KV_SCHEMA)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"cannot use {self._path}: {exc}", field="OUTPUT_DIR") from exc
 
     def put_if_absent(self, key: str, value: str, *, ttl_s: float | None = None) -> str | None:
         now = time.time()
@@ -182,16 +184,20 @@ class SqliteKeyValue(KeyValue):
             conn.close()
         self._local = threading.local()
 
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode = WAL")
+            with self._lock:
+                self._connections.append(conn)
+            self._local.conn = conn
+        return conn
+
     @contextmanager
     def _tx(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
         try:
-            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-            if conn is None:
-                conn = sqlite3.connect(self._path, timeout=10.0, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode = WAL")
-                with self._lock:
-                    self._connections.append(conn)
-                self._local.conn = conn
+            conn = self._conn()
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield conn
