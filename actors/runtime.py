@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -294,8 +294,10 @@ class Runtime:
         schedule: str | None = None,
         name_template: str | None = None,
         overwrite: bool = False,
+        webhook: str | None = None,
     ) -> ResumePlan:
-        """Read, validate and submit a batch file as a new batch (what a schedule does when it fires).
+        """Read, validate and submit a batch file as a new batch (what a schedule does when it fires);
+        ``webhook``: every job's own webhook (the schedule's ``--webhook``).
 
         Raises:
             BatchFileError: rows are invalid (nothing was enqueued).
@@ -316,6 +318,9 @@ class Runtime:
                 checker=checker,
                 defaults_over_file=schedule is not None,
             )
+        if webhook is not None:
+            update = {"webhook_url": webhook}
+            rows = [replace(row, specs=[spec.model_copy(update=update) for spec in row.specs]) for row in rows]
         return self.submit_rows(rows, batch_id=batch_id, source=str(path.absolute()), schedule=schedule, now=now)
 
     def submit_plan(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -21,7 +23,9 @@ from cli.common import (
     FormatDefault,
     GridDefault,
     HeightDefault,
+    IdempotencyKeyOption,
     NegativeDefault,
+    PriorityOption,
     QualityDefault,
     RowNameTemplateOption,
     RowOverwriteOption,
@@ -31,12 +35,15 @@ from cli.common import (
     SigmaDefault,
     StepsDefault,
     WaitForRoomOption,
+    WebhookOption,
     WidthDefault,
     check_submission,
+    claim_submission,
     load,
     out_overrides,
     submit_when_room,
     wait_for_jobs,
+    with_delivery,
     worker_watch,
 )
 from cli.output import (
@@ -158,6 +165,9 @@ def batch(
     skip_existing: Annotated[
         bool, typer.Option("--skip-existing", help="Skip rows whose exact job already succeeded (any batch).")
     ] = False,
+    priority: PriorityOption = None,
+    webhook: WebhookOption = None,
+    idempotency_key: IdempotencyKeyOption = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Show progress until the batch ends.")] = True,
     wait_for_room: WaitForRoomOption = False,
     keep_order: Annotated[
@@ -178,7 +188,11 @@ def batch(
     ] = False,
 ) -> None:
     """Render every row of a prompt file as one batch (validated first: nothing is enqueued on errors)."""
+    request = {k: v for k, v in locals().items() if k not in ("ctx", "wait", "wait_for_room", "json_output")}
+    request.pop("idempotency_key")
     with cli_errors():
+        if idempotency_key is not None and file.is_file():
+            request["file_content"] = hashlib.sha256(file.read_bytes()).hexdigest()
         request_defaults = request_flags(locals())
         request_defaults.update(
             template_fields(
@@ -209,6 +223,7 @@ def batch(
         upscale=upscale,
         upscale_denoise=upscale_denoise,
         upscaler=upscaler,
+        priority=priority,
     )
     with cli_errors():
         settings = load(ctx, sd_api_url=sd_url, **out_overrides(out))
@@ -236,30 +251,46 @@ def batch(
             for problem in exc.problems:
                 echo(f"  {problem}", err=True)
             raise
+        if webhook is not None:
+            rows = [replace(row, specs=with_delivery(row.specs, priority=None, webhook=webhook)) for row in rows]
         if dry_run:
             _print_plan(describe_plan(rows), json_output=json_output, all_rows=all_rows)
             return
         check_output(settings)
         with open_runtime(settings) as runtime:
+            runtime.check_webhook([spec for row in rows for spec in row.specs])
+            first, claim = claim_submission(runtime, idempotency_key, "batch", request, batch_id)
+            if idempotency_key is not None and claim is None:  # a repeat: the first batch, nothing new
+                if not json_output:
+                    echo(f"batch {first}")
+                echo(f"idempotency key {idempotency_key!r}: batch {first} was submitted with it before", err=True)
+                if wait:
+                    _wait_and_finish(runtime, settings, first, json_output=json_output, contact_sheet=contact_sheet)
+                return
             runtime.check_sd_reachable()
             if resume:
                 batch_id = runtime.store.get_batch(resume).batch_id  # a prefix resolves to the full id
             # All of it enqueued, or none: Ctrl-C waits for the end of the submission (not of a wait for room).
-            plan = submit_when_room(
-                runtime,
-                sum(len(row.specs) for row in rows),
-                partial(
-                    runtime.submit_rows,
-                    rows,
-                    batch_id=batch_id,
-                    source=str(file.absolute()),
-                    resume=resume is not None,
-                    skip_existing=skip_existing,
-                    now=now,
-                    keep_order=keep_order,
-                ),
-                wait_for_room=wait_for_room,
-            )
+            try:
+                plan = submit_when_room(
+                    runtime,
+                    sum(len(row.specs) for row in rows),
+                    partial(
+                        runtime.submit_rows,
+                        rows,
+                        batch_id=batch_id,
+                        source=str(file.absolute()),
+                        resume=resume is not None,
+                        skip_existing=skip_existing,
+                        now=now,
+                        keep_order=keep_order,
+                    ),
+                    wait_for_room=wait_for_room,
+                )
+            except BaseException:
+                if claim is not None:
+                    claim.release()
+                raise
             # Only now does the batch exist: a refused submission (QueueFull) names no batch.
             if not json_output:
                 echo(f"batch {batch_id}")
@@ -286,7 +317,12 @@ def _wait_and_finish(
     total = len(batch_record.job_ids)
     try:
         counts, elapsed_s = watch_batch(
-            runtime.store, batch_id, total, live=err_console.is_terminal, workers=worker_watch(runtime)
+            runtime.store,
+            batch_id,
+            total,
+            live=err_console.is_terminal,
+            workers=worker_watch(runtime),
+            events=runtime.events.log,
         )
     except KeyboardInterrupt:
         if runtime.embedded:

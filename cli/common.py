@@ -12,24 +12,32 @@ from rich.text import Text
 
 from cli.output import deferred_interrupt, echo, err_console, jobs_table
 from pipeline.errors import InputError, QueueFull, StoreUnavailable
-from pipeline.models import JobRecord, JobState
+from pipeline.models import JobRecord, JobSpec, JobState, Priority
 from pipeline.settings import OutputFormat, Settings, load_settings, strip_credentials
 from pipeline.storage.base import is_s3_url
 from pipeline.store import StatusStore
+from pipeline.webhooks.urls import check_webhook_url
 
 # What only submitting and waiting commands use loads when they use it: `status` and `jobs` import this
 # module too, and never need Dramatiq, the Redis broker or the live display.
 if TYPE_CHECKING:
     from actors import Runtime
     from cli.progress import WorkerWatch
+    from pipeline.events.log import EventLog
+    from pipeline.jobs.control import Claim
 
 __all__ = [
     "EMBEDDED_POLL_INTERVAL_S",
+    "IdempotencyKeyOption",
+    "PriorityOption",
     "WaitForRoomOption",
+    "WebhookOption",
     "check_submission",
+    "claim_submission",
     "load",
     "submit_when_room",
     "wait_for_jobs",
+    "with_delivery",
 ]
 
 WaitForRoomOption = Annotated[
@@ -128,11 +136,15 @@ def wait_for_jobs(
     live: bool,
     workers: WorkerWatch | None = None,
     poll_interval_s: float | None = None,
+    events: EventLog | None = None,
+    batch_id: str | None = None,
 ) -> list[JobRecord]:
-    """Wait until every job is terminal, showing each job's step; survives a store outage.
+    """Wait until every job is terminal, showing each job's step (and sampling step); survives a store outage.
 
-    ``workers``: say when no worker is alive (Redis mode; :func:`worker_watch`). ``poll_interval_s``:
-    how often to read the store (default: the waiting CLI's, :data:`EMBEDDED_POLL_INTERVAL_S` embedded).
+    ``workers``: say when no worker is alive (Redis mode; :func:`worker_watch`). ``events``: wait on the
+    event stream (``batch_id``: the jobs' batch), re-reading only the jobs an event names, instead of
+    polling every job. Without it, ``poll_interval_s``: how often to read the store (default: the
+    waiting CLI's).
     """
     from rich.live import Live
 
@@ -144,6 +156,21 @@ def wait_for_jobs(
     with Live(console=err_console, refresh_per_second=4, transient=False, auto_refresh=live) as display:
         while True:
             try:
+                if events is not None:
+                    from pipeline.events.watching import watch_jobs_by_events
+
+                    for view in watch_jobs_by_events(store, events, job_ids, batch_id=batch_id):
+                        records = view.records
+                        outage.up()
+                        if workers is not None:
+                            workers.check()
+                        if live:
+                            display.update(
+                                jobs_table(records, progress=view.progress)
+                                if len(records) <= TABLE_MAX_JOBS
+                                else _summary(records)
+                            )
+                    return records
                 polls = {} if poll_interval_s is None else {"poll_interval_s": poll_interval_s}
                 for records in watch_jobs(store, job_ids, **polls):
                     outage.up()
@@ -192,6 +219,63 @@ RowNameTemplateOption = Annotated[
         "{row}, / for folders (default OUTPUT_NAME).",
     ),
 ]
+PriorityOption = Annotated[
+    Priority | None,
+    typer.Option(
+        "--priority",
+        help="high, normal or low: queued high work starts its SD call before normal, normal before low "
+        "(low moves up after PRIORITY_AGING_S of waiting).",
+    ),
+]
+WebhookOption = Annotated[
+    str | None,
+    typer.Option(
+        "--webhook",
+        help="POST job.succeeded/failed/cancelled and batch.completed here (signed; needs WEBHOOK_SECRET), "
+        "besides WEBHOOK_URL.",
+    ),
+]
+IdempotencyKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--idempotency-key",
+        help="Submit once: the same key with the same request again gives the first jobs back (no second SD "
+        "call); with another request it is refused (exit 2). Kept IDEMPOTENCY_TTL_S.",
+    ),
+]
+
+
+def with_delivery(specs: list[JobSpec], *, priority: str | None, webhook: str | None) -> list[JobSpec]:
+    """The specs with ``--priority`` (unless a row set its own) and ``--webhook`` applied.
+
+    Raises:
+        InputError: the webhook is not an http(s) URL.
+    """
+    url = check_webhook_url(webhook, field="--webhook") if webhook is not None else None
+    update: dict[str, Any] = {}
+    if url is not None:
+        update["webhook_url"] = url
+    if priority is not None:
+        update["priority"] = priority
+    return [spec.model_copy(update=update) for spec in specs] if update else specs
+
+
+def claim_submission(
+    runtime: Runtime, key: str | None, scope: str, request: Any, new_id: str
+) -> tuple[str, Claim | None]:
+    """Claim ``--idempotency-key`` for this request: ``(new_id, claim)`` the first time, ``(the first
+    submission's batch id, None)`` for a repeat (nothing is submitted then); no key: ``(new_id, None)``.
+
+    Raises:
+        IdempotencyConflict: the key was used with another request (exit 2).
+    """
+    from pipeline.jobs.control import body_hash
+
+    if key is None:
+        return new_id, None
+    return runtime.idempotency.claim(scope, key, body_hash(request), new_id)
+
+
 RowOverwriteOption = Annotated[
     bool, typer.Option("--overwrite", help="Replace files of the same name instead of adding a -0001 counter.")
 ]

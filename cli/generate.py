@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.text import Text
 
 from actors import open_runtime
 from cli.common import (
-    EMBEDDED_POLL_INTERVAL_S,
     OUT_HELP,
+    IdempotencyKeyOption,
+    PriorityOption,
     WaitForRoomOption,
+    WebhookOption,
     check_submission,
+    claim_submission,
     load,
     out_overrides,
     submit_when_room,
     wait_for_jobs,
+    with_delivery,
     worker_watch,
 )
 from cli.output import (
@@ -149,11 +153,19 @@ def generate(
     sd_url: Annotated[
         str | None, typer.Option("--sd-url", help="SD server URL, or mock:// (default SD_API_URL).")
     ] = None,
+    priority: PriorityOption = None,
+    webhook: WebhookOption = None,
+    idempotency_key: IdempotencyKeyOption = None,
     wait: WaitOption = True,
     wait_for_room: WaitForRoomOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Render PROMPT on the SD server, then split, seam-blur and merge each image."""
+    # What the idempotency key stands for: every argument that shapes the jobs (not how to wait).
+    request = {k: v for k, v in locals().items() if k not in ("ctx", "wait", "wait_for_room", "json_output")}
+    request.pop("idempotency_key")
+    if request_file is not None and request_file.is_file():
+        request["request_file"] = request_file.read_text(errors="replace")
     with cli_errors():
         settings = load(ctx, sd_api_url=sd_url, **out_overrides(out))
         check_submission(settings, wait=wait, sd_url=sd_url)
@@ -202,6 +214,7 @@ def generate(
         if upscale is not None or upscale_denoise is not None or upscaler is not None:
             wanted = UpscaleRequest(scale=upscale or 2.0, denoise=upscale_denoise, upscaler=upscaler)
             specs = with_upscale(settings, specs, wanted)
+        specs = with_delivery(specs, priority=priority, webhook=webhook)
         check_output(settings)
         submit_and_report(
             settings,
@@ -211,6 +224,7 @@ def generate(
             wait_for_room=wait_for_room,
             calls_sd=True,
             contact_sheet=contact_sheet,
+            idempotency=(idempotency_key, request) if idempotency_key is not None else None,
         )
 
 
@@ -279,11 +293,28 @@ def submit_and_report(
     wait_for_room: bool,
     calls_sd: bool = False,
     contact_sheet: bool = False,
+    idempotency: tuple[str, Any] | None = None,
 ) -> None:
     with open_runtime(settings) as runtime:
-        if calls_sd:
-            runtime.check_sd_reachable()
-        submit_when_room(runtime, len(specs), lambda: runtime.submit(specs, as_batch=True), wait_for_room=wait_for_room)
+        runtime.check_webhook(specs)
+        batch_id = specs[0].batch_id if specs else None
+        claim = None
+        if idempotency is not None and batch_id is not None:
+            first, claim = claim_submission(runtime, idempotency[0], "generate", idempotency[1], batch_id)
+            if claim is None:  # a repeat: the first submission's jobs, nothing new
+                echo(f"idempotency key {idempotency[0]!r}: batch {first} was submitted with it before", err=True)
+                specs = [record.spec for record in runtime.store.get_many(runtime.store.get_batch(first).job_ids)]
+        if claim is not None or idempotency is None:
+            if calls_sd:
+                runtime.check_sd_reachable()
+            try:
+                submit_when_room(
+                    runtime, len(specs), lambda: runtime.submit(specs, as_batch=True), wait_for_room=wait_for_room
+                )
+            except BaseException:
+                if claim is not None:
+                    claim.release()
+                raise
         ids = [spec.job_id for spec in specs]
         if not json_output:
             if len(ids) > 1 and specs[0].batch_id:
@@ -306,7 +337,8 @@ def submit_and_report(
                 ids,
                 live=not json_output and err_console.is_terminal,
                 workers=worker_watch(runtime, reported=none_alive),
-                poll_interval_s=EMBEDDED_POLL_INTERVAL_S if runtime.embedded else None,
+                events=runtime.events.log,
+                batch_id=specs[0].batch_id if specs else None,
             )
         except KeyboardInterrupt:
             _on_interrupt(runtime.embedded, runtime.store, ids)

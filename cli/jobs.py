@@ -14,10 +14,15 @@ from cli.errors import record_hint
 from cli.output import cli_errors, console, echo, job_row, jobs_table, print_json
 from pipeline.batches.manifests import batch_records, build_manifest, write_manifest
 from pipeline.errors import InputError, JobNotFound
+from pipeline.jobs.control import QueueControl
+from pipeline.jobs.files import iso_time
 from pipeline.jobs.planning import current_output
 from pipeline.models import JobRecord, JobState
 from pipeline.storage import open_storage
 from pipeline.store import DEFAULT_LIST_LIMIT, open_store
+from pipeline.store.keyvalue import open_keyvalue
+from pipeline.webhooks.deliveries import Deliveries, Delivery
+from pipeline.webhooks.urls import shown_url
 
 __all__ = ["jobs", "status"]
 
@@ -33,34 +38,88 @@ def status(
     out: OutOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show one job (state, steps with attempts and timings, last error, result), or a batch with --batch."""
+    """Show one job (state, steps with attempts and timings, last error, result, webhook deliveries), or a
+    batch with --batch; with neither, the queue (paused or not, jobs per state)."""
     with cli_errors():
-        if (job_id is None) == (batch is None):
-            raise InputError("give a JOB_ID or --batch ID", field="JOB_ID")
+        if job_id is not None and batch is not None:
+            raise InputError("give a JOB_ID or --batch ID, not both", field="JOB_ID")
         settings = load(ctx, **out_overrides(out))
         store = open_store(settings, create=False)
+        kv = open_keyvalue(settings)
+        control = QueueControl(kv)
         try:
             if batch is not None:
                 found = store.get_batch(batch)
                 manifest = build_manifest(found, batch_records(store, found))
                 path = write_manifest(open_storage(settings.output_location, settings), manifest)
-            else:
-                assert job_id is not None
+                manifest["paused"] = control.is_paused(found.batch_id)
+                manifest["webhooks"] = [_delivery_row(d) for d in Deliveries(kv).of_batch(found.batch_id)]
+            elif job_id is not None:
                 record = store.get(store.resolve_id(job_id))
                 tiles = store.tile_progress(record.job_id) if record.spec.upscale is not None else None
+                paused = control.is_paused(record.batch_id) and not record.state.terminal
+                deliveries = [_delivery_row(d) for d in Deliveries(kv).of_job(record.job_id)]
+            else:
+                queue: dict[str, Any] = {
+                    "paused": control.queue_paused(),
+                    "paused_batches": control.paused_batches(),
+                    "jobs": {state.value: count for state, count in store.count_by_state().items()},
+                }
         finally:
             store.close()
+            kv.close()
+    if job_id is None and batch is None:
+        if json_output:
+            print_json(queue)
+            return
+        echo(f"queue: {'paused' if queue['paused'] else 'running'}")
+        for paused_batch in queue["paused_batches"]:
+            echo(f"batch {paused_batch}: paused")
+        echo(" · ".join(f"{count} {state}" for state, count in queue["jobs"].items() if count) or "no jobs")
+        return
     if batch is not None:
         if json_output:
             print_json(manifest)
         else:
             console.print(_batch_detail(manifest))
+            if manifest["paused"]:
+                echo("paused: no new SD call starts (`sdpipe resume --batch ID`)")
+            for delivery in manifest["webhooks"]:
+                echo(_delivery_line(delivery))
             echo(f"manifest {path}")
         return
     if json_output:
-        print_json(job_row(record) | ({"tiles": {"done": tiles[0], "total": tiles[1]}} if tiles else {}))
+        extra = {"tiles": {"done": tiles[0], "total": tiles[1]}} if tiles else {}
+        print_json(
+            job_row(record) | extra | {"priority": record.spec.priority, "paused": paused, "webhooks": deliveries}
+        )
         return
     console.print(_detail(record, tiles))
+    echo(f"priority: {record.spec.priority}")
+    if paused:
+        echo("paused: its SD call waits until `sdpipe resume`")
+    for delivery in deliveries:
+        echo(_delivery_line(delivery))
+
+
+def _delivery_row(delivery: Delivery) -> dict[str, Any]:
+    """A webhook delivery as status shows it: never the body, never the URL's query or credentials."""
+    return {
+        "webhook_id": delivery.id,
+        "event": delivery.event_type,
+        "url": shown_url(delivery.url),
+        "state": delivery.state,
+        "attempts": delivery.attempts,
+        "last_status": delivery.last_status,
+        "last_error": delivery.last_error,
+        "next_try_at": delivery.next_try_at,
+    }
+
+
+def _delivery_line(row: dict[str, Any]) -> str:
+    last = f", last {row['last_status'] or row['last_error']}" if row["attempts"] else ""
+    next_try = f", next try {iso_time(row['next_try_at'])}" if row["next_try_at"] else ""
+    return f"webhook {row['event']} -> {row['url']}: {row['state']} ({row['attempts']} attempt(s){last}{next_try})"
 
 
 def jobs(

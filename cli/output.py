@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import typer
@@ -232,10 +232,17 @@ def _cell(text: str, style: str = "") -> Text:
 WIDE_COLUMNS = 110
 
 
-def jobs_table(records: Sequence[JobRecord], *, title: str | None = None, width: int | None = None) -> Table:
+def jobs_table(
+    records: Sequence[JobRecord],
+    *,
+    title: str | None = None,
+    width: int | None = None,
+    progress: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Table:
     """A table of jobs, one line each whatever the width: id, state, (attempts), created, prompt or
     source, result or error (cut with ``…``: ``sdpipe status`` has the whole text). ``width``: the
-    terminal's (default: stdout's)."""
+    terminal's (default: stdout's). ``progress``: a running generation's sampling step by job id
+    (``job.progress`` events), shown after its state."""
     wide = (width or console.width) >= WIDE_COLUMNS
     table = Table(title=title, show_lines=False, pad_edge=False, collapse_padding=True)
     table.add_column("job", no_wrap=True, min_width=8)
@@ -257,7 +264,11 @@ def jobs_table(records: Sequence[JobRecord], *, title: str | None = None, width:
         else:
             outcome = _cell("")
         style = _STATE_STYLES.get(record.state, "cyan")
-        cells: list[str | Text] = [record.job_id[:8], Text(record.state.value, style=style)]
+        state = record.state.value
+        sampling = (progress or {}).get(record.job_id)
+        if sampling and record.state is JobState.GENERATING and sampling.get("steps"):
+            state = f"{state} {sampling.get('step', 0)}/{sampling['steps']}"
+        cells: list[str | Text] = [record.job_id[:8], Text(state, style=style)]
         if wide:
             cells.append(" ".join(f"{name}:{step.attempts}" for name, step in record.steps.items()) or "-")
         cells += [_ago(record.created_at, short=not wide), _cell(what), outcome]

@@ -17,6 +17,7 @@ from rich.progress import (
 
 from cli.output import err_console
 from pipeline.errors import StoreUnavailable
+from pipeline.events.log import EventLog
 from pipeline.models import JobState
 from pipeline.store import StatusStore
 
@@ -103,12 +104,21 @@ class WorkerWatch:
 
 
 def watch_batch(
-    store: StatusStore, batch_id: str, total: int, *, live: bool, workers: WorkerWatch | None = None
+    store: StatusStore,
+    batch_id: str,
+    total: int,
+    *,
+    live: bool,
+    workers: WorkerWatch | None = None,
+    events: EventLog | None = None,
 ) -> tuple[dict[JobState, int], float]:
     """Show the batch's progress until every job is terminal; return the final counts and elapsed seconds.
 
-    ``workers``: say when no worker is alive (Redis mode).
+    ``workers``: say when no worker is alive (Redis mode). ``events``: count again when the batch's
+    events say something changed (at most every ``POLL_INTERVAL_S``, at least every second), instead
+    of on a fixed poll.
     """
+    cursor = events.latest_id() if events is not None else None
     started = time.monotonic()
     last_line = started
     outage = StoreOutage()
@@ -153,4 +163,19 @@ def watch_batch(
                 return counts, elapsed
             if workers is not None:
                 workers.check()
-            time.sleep(POLL_INTERVAL_S)
+            if events is None:
+                time.sleep(POLL_INTERVAL_S)
+                continue
+            try:
+                cursor = _wait_for_change(events, batch_id, cursor)
+            except StoreUnavailable as exc:
+                outage.down(exc)
+
+
+def _wait_for_change(events: EventLog, batch_id: str, cursor: str | None) -> str:
+    """Block until the batch has new events (or a second passed); the new cursor."""
+    started = time.monotonic()
+    page = events.read(cursor, batch_id=batch_id, block_s=1.0)
+    # Several events in a burst (every step of many jobs): count at most every POLL_INTERVAL_S.
+    time.sleep(max(0.0, POLL_INTERVAL_S - (time.monotonic() - started)) if page.events else 0.0)
+    return page.cursor

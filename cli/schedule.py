@@ -25,6 +25,7 @@ from cli.common import (
     GridDefault,
     HeightDefault,
     NegativeDefault,
+    PriorityOption,
     QualityDefault,
     RowNameTemplateOption,
     RowOverwriteOption,
@@ -33,6 +34,7 @@ from cli.common import (
     SeedDefault,
     SigmaDefault,
     StepsDefault,
+    WebhookOption,
     WidthDefault,
     load,
 )
@@ -83,6 +85,7 @@ from pipeline.sd.catalog import open_catalog
 from pipeline.settings import Settings
 from pipeline.storage import open_storage
 from pipeline.store import StatusStore, open_store
+from pipeline.webhooks.urls import check_webhook_url
 
 __all__ = ["schedule_app", "scheduler"]
 
@@ -149,6 +152,8 @@ def add(
     template_seed: TemplateSeedOption = None,
     sweep: SweepOption = None,
     contact_sheet: ContactSheetOption = False,
+    priority: PriorityOption = None,
+    webhook: WebhookOption = None,
 ) -> None:
     """Add a schedule: render FILE as a batch at every occurrence of --cron."""
     with cli_errors():
@@ -180,10 +185,15 @@ def add(
         sigma=sigma,
         format=output_format,
         quality=quality,
+        priority=priority,
     )
     with cli_errors():
         settings = load(ctx)
         validate_cron(cron)
+        if webhook is not None:
+            webhook = check_webhook_url(webhook, field="--webhook")
+            if settings.webhook_secret is None:
+                raise InputError("a webhook needs WEBHOOK_SECRET (whsec_...) to be signed", field="WEBHOOK_SECRET")
         parse_timezone(tz)
         if not name.strip() or len(name) > 100:
             raise InputError(f"schedule name {name!r} is empty or too long", field="name", value=name, limit=100)
@@ -222,6 +232,7 @@ def add(
                 options=options,
                 name_template=name_template,
                 overwrite=overwrite,
+                webhook=webhook,
                 allow_overlap=allow_overlap,
                 grace_s=grace_s,
                 created_at=time.time(),
@@ -410,6 +421,7 @@ def _fire(runtime: Runtime) -> FireFn:
             schedule=schedule.name,
             name_template=schedule.name_template,
             overwrite=schedule.overwrite,
+            webhook=schedule.webhook,
         )
         return plan.batch.batch_id
 

@@ -27,7 +27,7 @@ from pipeline.batches.rows import ROW_KEYS, FieldIssue, check_row, generation_re
 from pipeline.errors import BatchFileError, InputError
 from pipeline.jobs.naming import check_name_template, is_name_char
 from pipeline.jobs.planning import RequestChecker, build_step_params, plan_generate
-from pipeline.models import GenerationParams, JobSpec, StepParams, parse_grid
+from pipeline.models import PRIORITIES, GenerationParams, JobSpec, StepParams, parse_grid
 from pipeline.settings import OutputFormat, Settings
 from pipeline.upscale.planning import UpscaleRequest, with_upscale
 
@@ -422,6 +422,12 @@ class _Planner:
             except InputError as exc:
                 bad = {"scale": "upscale", "denoise": "upscale_denoise", "upscaler": "upscaler"}.get(exc.field or "")
                 issues.append(FieldIssue(bad or "upscale", exc.message))
+        priority = values.get("priority")
+        if priority is not None:
+            if priority not in PRIORITIES:
+                issues.append(FieldIssue("priority", f"must be high, normal or low (got {priority!r})"))
+            else:
+                specs = [spec.model_copy(update={"priority": priority}) for spec in specs]
         if issues:
             return issues
         generation = specs[0].generation
@@ -452,6 +458,8 @@ class _Planner:
             "upscale_denoise": upscale.denoise if upscale else None,
             "upscaler": upscale.upscaler if upscale else None,
         }
+        if priority is not None:
+            params["priority"] = priority
         return params, specs
 
     def _step_params(self, grid: str | None, band_px: int | None, sigma: float | None) -> StepParams | list[FieldIssue]:

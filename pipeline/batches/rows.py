@@ -63,6 +63,7 @@ ROW_KEYS = (
     "upscale",
     "upscale_denoise",
     "upscaler",
+    "priority",
 )
 #: Keys of a row (or of defaults) that say how it becomes jobs, read before the row is checked
 #: (pipeline.batches.files): prompt templates (pipeline.prompts) and parameter sweeps.
@@ -95,7 +96,9 @@ A1111_FIELDS = frozenset(
     }
 )  # fmt: skip
 #: Row keys whose value is text (a CSV cell is kept as text for them, never read as JSON).
-_TEXT_KEYS = frozenset({"prompt", "negative", "sampler", "scheduler", "grid", "format", "name", "model", "upscaler"})
+_TEXT_KEYS = frozenset(
+    {"prompt", "negative", "sampler", "scheduler", "grid", "format", "name", "model", "upscaler", "priority"}
+)
 
 
 class FieldIssue(NamedTuple):
@@ -140,6 +143,7 @@ class JobRow(BaseModel):
     upscale: float | None = Field(None, description="then upscale each image by this factor (tiled img2img)")
     upscale_denoise: float | None = Field(None, description="denoising strength of the upscale's tiles (0.3)")
     upscaler: str | None = Field(None, description="the upscale's first pass: Lanczos (no SD call) or a server's")
+    priority: str | None = Field(None, description="high, normal or low: queued high work starts its SD call first")
 
 
 _FIELD_OF_ALIAS = {**A1111_NAMES, **{key: key for key in ROW_KEYS}}

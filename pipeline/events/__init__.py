@@ -9,6 +9,7 @@ Its concepts::
     sqlite_log a table of the embedded store's SQLite file (embedded mode)
     hub        EventHub: publish to the log and to this process's listeners (webhooks)
     jobs       a job's end and its batch's completion, announced once per end
+    watching   waiting on jobs by the stream (what the CLI's waits and ``sdpipe watch`` use)
 
 Readers are ``GET /api/events`` (SSE), ``sdpipe watch``, the CLI's waits and the webhook deliveries.
 """
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     )
     from pipeline.events.redis_log import RedisEventLog
     from pipeline.events.sqlite_log import SqliteEventLog
+    from pipeline.events.watching import JobsView, watch_jobs_by_events
 
 _MODEL = [
     "BATCH_COMPLETED",
@@ -92,6 +94,9 @@ __all__ = [
     "announce_end",
     "batch_completed",
     "job_data",
+    # Waiting
+    "JobsView",
+    "watch_jobs_by_events",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -103,5 +108,6 @@ __getattr__, __dir__ = lazy_exports(
         ".sqlite_log": ["SqliteEventLog"],
         ".hub": ["EventHub", "Listener"],
         ".jobs": ["announce_end", "batch_completed", "job_data"],
+        ".watching": ["JobsView", "watch_jobs_by_events"],
     },
 )
