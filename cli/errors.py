@@ -204,6 +204,8 @@ HINTS: dict[tuple[str, str | None], Hint] = {
     ("store_unavailable", "REDIS_PASSWORD"): "check REDIS_PASSWORD or the password in REDIS_URL",
     ("store_unavailable", "OUTPUT_DIR"): "check that OUTPUT_DIR is writable, on a local disk, and not full",
     ("queue_full", None): "try again later, pass --wait-for-room, or raise MAX_QUEUE_DEPTH",
+    ("idempotency_conflict", None): "use a new key for a new request (keys are kept IDEMPOTENCY_TTL_S)",
+    ("queue_paused", None): "`sdpipe resume` (or `sdpipe resume --batch ID`)",
     ("no_free_slot", None): "add servers to SD_API_URL or raise their ;max=N",
     # the SD server
     ("sd_unreachable", None): "is it running? set SD_API_URL or --sd-url",

@@ -107,6 +107,27 @@ COMMANDS = (
         "checkpoint it has loaded and how long its checkpoint loads took.",
     ),
     LazyCommand("schedule", "cli.schedule", "schedule_app", "Cron schedules that render a batch file.", group=True),
+    LazyCommand(
+        "watch",
+        "cli.watch",
+        "watch",
+        "Show the event stream live (steps, sampling progress, ends); exits when the watched job or batch is done.",
+    ),
+    LazyCommand(
+        "pause",
+        "cli.watch",
+        "pause",
+        "Pause the queue (or one batch): no new SD call starts; work already on a GPU finishes.",
+    ),
+    LazyCommand(
+        "resume",
+        "cli.watch",
+        "resume",
+        "Resume the queue (or one batch); a batch paused on its own stays paused until resumed with --batch.",
+    ),
+    LazyCommand(
+        "webhooks", "cli.watch", "webhooks_app", "Webhooks: send a signed test event, make a secret.", group=True
+    ),
 )
 
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from actors import Runtime, open_runtime
-from cli.api import routes_files, routes_jobs, routes_status
+from cli.api import routes_events, routes_files, routes_jobs, routes_status
 from cli.api.access_log import AccessLogMiddleware
 from cli.api.auth import TokenGateMiddleware
 from cli.api.dashboard import install_dashboard, page
@@ -77,6 +77,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.include_router(routes_files.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_status.router)
+    app.include_router(routes_events.router)
 
     @app.get("/healthz", tags=["health"], response_model=Health)
     async def healthz() -> Health:  # async: answers even when every pool thread is busy

@@ -30,6 +30,7 @@ from pipeline.errors import (
     AmbiguousId,
     BatchFileError,
     ConfigError,
+    IdempotencyConflict,
     ImageError,
     InputError,
     JobNotFound,
@@ -113,6 +114,7 @@ QUEUE_FULL_RETRY_AFTER_S = 10
 #: HTTP status of each core error type (the first match in order wins).
 STATUS_BY_ERROR: tuple[tuple[type[PipelineError], int, str], ...] = (
     (QueueFull, 429, "queue_full"),
+    (IdempotencyConflict, 409, "idempotency_conflict"),
     (AmbiguousId, 400, "ambiguous_id"),
     (JobNotFound, 404, "not_found"),
     (ScheduleNotFound, 404, "not_found"),

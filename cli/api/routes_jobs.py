@@ -6,13 +6,15 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from actors import Runtime
 from cli.api.access_log import note_jobs
 from cli.api.auth import require_token
 from cli.api.deps import MEDIA_TYPES, ensure_output_dir, image_response, runtime_of, settings_of, wait_for
@@ -34,13 +36,16 @@ from pipeline.batches.expansion import plan_templated, split_template_keys
 from pipeline.batches.files import BatchFileError, PlannedRow, read_batch_file
 from pipeline.batches.manifests import batch_records, build_manifest, retry_step
 from pipeline.batches.rows import check_request
+from pipeline.errors import InputError, JobNotFound
+from pipeline.jobs.control import body_hash
 from pipeline.jobs.planning import build_step_params, new_id
 from pipeline.jobs.queries import JobFilter, find_jobs
-from pipeline.models import JobRecord, JobState
+from pipeline.models import PRIORITIES, JobRecord, JobSpec, JobState
 from pipeline.sd.catalog import open_catalog
 from pipeline.settings import Settings
 from pipeline.store import DEFAULT_LIST_LIMIT
 from pipeline.upscale.planning import UpscaleRequest, with_upscale
+from pipeline.webhooks.urls import check_webhook_url, host_allowed, shown_url
 
 __all__ = ["MAX_LIST_LIMIT", "filter_of", "list_job_page", "plan_batch_rows", "router", "submit_generate"]
 
@@ -74,9 +79,13 @@ async def generate(
     request: Request,
     body: GenerateBody,
     wait: Annotated[bool, Query(description="block until every job ended (at most API_WAIT_TIMEOUT_S)")] = False,
+    idempotency_key: Annotated[
+        str | None,
+        Header(description="the same key with the same body gives the first jobs back; with another body: 409"),
+    ] = None,
 ) -> Response:
     """Queue ``count`` generation jobs (one batch), as ``sdpipe generate`` does."""
-    batch_id, job_ids = await run_in_threadpool(submit_generate, request, body)
+    batch_id, job_ids = await run_in_threadpool(submit_generate, request, body, idempotency_key)
     if wait:
         timeout_s = settings_of(request).api_wait_timeout_s
         records = await wait_for(request, runtime_of(request), job_ids, timeout_s=timeout_s, batch_id=batch_id)
@@ -90,17 +99,86 @@ async def generate(
     return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
 
 
-def submit_generate(request: Request, body: GenerateBody) -> tuple[str, list[str]]:
+def submit_generate(request: Request, body: GenerateBody, idempotency_key: str | None = None) -> tuple[str, list[str]]:
     """Plan and submit the jobs of a ``POST /api/generate`` (blocking: run it in the thread pool)."""
+    settings = settings_of(request)
+    runtime = runtime_of(request)
+    webhook = allowed_webhook(settings, body.webhook)
+    batch_id, claim = new_id(), None
+    if idempotency_key is not None:
+        digest = body_hash(body.model_dump(mode="json"))
+        batch_id, claim = runtime.idempotency.claim("generate", idempotency_key, digest, batch_id)
+        if claim is None:
+            return batch_id, _original_jobs(runtime, batch_id)
+    try:
+        job_ids = _plan_and_submit(request, body, batch_id, webhook)
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        raise
+    return batch_id, job_ids
+
+
+def allowed_webhook(settings: Settings, url: str | None) -> str | None:
+    """A webhook given over the API, if http(s) and on a host of ``WEBHOOK_ALLOW_HOSTS``.
+
+    Raises:
+        InputError: another scheme, or a host not allowed (422).
+    """
+    if url is None:
+        return None
+    checked = check_webhook_url(url)
+    if not host_allowed(checked, settings.webhook_allow_hosts):
+        raise InputError(
+            "webhook: its host is not in WEBHOOK_ALLOW_HOSTS (webhooks go only to hosts the operator lists)",
+            field="webhook",
+            expected="a URL on a host in WEBHOOK_ALLOW_HOSTS",
+        )
+    return checked
+
+
+#: How long a repeated request waits for the first one (same key, still submitting) to record its batch.
+_REPEAT_WAIT_S = 10.0
+
+
+def _original_jobs(runtime: Runtime, batch_id: str) -> list[str]:
+    """The jobs of the batch a first request with the same idempotency key created (it may still be submitting)."""
+    deadline = time.monotonic() + _REPEAT_WAIT_S
+    while True:
+        try:
+            return runtime.store.get_batch(batch_id).job_ids
+        except JobNotFound:
+            if time.monotonic() >= deadline:
+                raise ApiError(
+                    409,
+                    "idempotency_in_progress",
+                    "a request with this idempotency key is still being submitted",
+                    hint="try again in a moment",
+                ) from None
+            time.sleep(0.2)
+
+
+def _plan_and_submit(request: Request, body: GenerateBody, batch_id: str, webhook: str | None) -> list[str]:
     settings = settings_of(request)
     runtime = runtime_of(request)
     step_params = build_step_params(settings, grid=body.grid, band_px=body.band_px, sigma=body.sigma)
     fields = body.model_dump(
         exclude_none=True,
-        exclude={"count", "grid", "band_px", "sigma", "format", "quality", "name", "name_template", "overwrite"},
+        exclude={
+            "count",
+            "grid",
+            "band_px",
+            "sigma",
+            "format",
+            "quality",
+            "name",
+            "name_template",
+            "overwrite",
+            "webhook",
+            "priority",
+        },
     )
     options, fields = split_template_keys(fields)  # template, combinatorial, template_seed, sweep...
-    batch_id = new_id()
     with open_catalog(settings) as checker:
         specs = plan_templated(
             settings,
@@ -120,12 +198,24 @@ def submit_generate(request: Request, body: GenerateBody) -> tuple[str, list[str
     if body.upscale is not None or body.upscale_denoise is not None or body.upscaler is not None:
         wanted = UpscaleRequest(scale=body.upscale or 2.0, denoise=body.upscale_denoise, upscaler=body.upscaler)
         specs = with_upscale(settings, specs, wanted)
+    specs = _with_delivery(specs, body.priority, webhook)
     ensure_output_dir(settings)
     runtime.submit(specs, as_batch=True)
     job_ids = [spec.job_id for spec in specs]
     logger.info("batch %s: %d generation job(s) queued", batch_id, len(job_ids))
     note_jobs(request, job_ids)
-    return batch_id, job_ids
+    return job_ids
+
+
+def _with_delivery(specs: list[JobSpec], priority: str | None, webhook: str | None) -> list[JobSpec]:
+    if priority is not None and priority not in PRIORITIES:
+        raise InputError(f"priority: must be high, normal or low (got {priority!r})", field="priority")
+    update: dict[str, Any] = {}
+    if priority is not None:
+        update["priority"] = priority
+    if webhook is not None:
+        update["webhook_url"] = webhook
+    return [spec.model_copy(update=update) for spec in specs] if update else specs
 
 
 def plan_batch_rows(settings: Settings, body: BatchBody, *, batch_id: str, now: float) -> list[PlannedRow]:
@@ -164,15 +254,43 @@ def plan_batch_rows(settings: Settings, body: BatchBody, *, batch_id: str, now: 
     response_model=BatchAccepted,
     responses={422: {"model": ErrorBody, "description": "bad rows: error.problems lists every one"}},
 )
-def create_batch(request: Request, body: BatchBody) -> BatchAccepted:
+def create_batch(
+    request: Request,
+    body: BatchBody,
+    idempotency_key: Annotated[
+        str | None,
+        Header(description="the same key with the same body gives the first batch back; with another body: 409"),
+    ] = None,
+) -> BatchAccepted:
     """Validate every row (nothing is queued when one is bad), then queue the batch."""
     settings = settings_of(request)
     runtime = runtime_of(request)
     now = time.time()
-    batch_id = new_id()
-    rows = plan_batch_rows(settings, body, batch_id=batch_id, now=now)
-    ensure_output_dir(settings)
-    plan = runtime.submit_rows(rows, batch_id=batch_id, source=None, now=now)
+    batch_id, claim = new_id(), None
+    webhook = allowed_webhook(settings, body.webhook)
+    if idempotency_key is not None:
+        digest = body_hash(body.model_dump(mode="json"))
+        batch_id, claim = runtime.idempotency.claim("batch", idempotency_key, digest, batch_id)
+        if claim is None:
+            job_ids = _original_jobs(runtime, batch_id)
+            return BatchAccepted(
+                batch_id=batch_id,
+                jobs=len(job_ids),
+                job_ids=job_ids,
+                status_url=str(request.url_for("get_batch", batch_id=batch_id)),
+            )
+    try:
+        if body.priority is not None:
+            body = body.model_copy(update={"defaults": {**body.defaults, "priority": body.priority}})
+        rows = plan_batch_rows(settings, body, batch_id=batch_id, now=now)
+        if webhook is not None:
+            rows = [replace(row, specs=_with_delivery(row.specs, None, webhook)) for row in rows]
+        ensure_output_dir(settings)
+        plan = runtime.submit_rows(rows, batch_id=batch_id, source=None, now=now)
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        raise
     job_ids = [spec.job_id for spec in plan.new_specs]
     logger.info("batch %s: %d row(s), %d job(s) queued", batch_id, len(rows), len(job_ids))
     note_jobs(request, job_ids)
@@ -264,10 +382,26 @@ def list_job_page(request: Request, where: JobFilter, limit: int, offset: int) -
 @router.get("/jobs/{job_id}", tags=["jobs"], response_model=JobView, responses=_NOT_FOUND)
 def get_job(request: Request, job_id: str) -> JobView:
     """One job (id or unique prefix): state, steps with attempts and timings, last error, result."""
-    store = runtime_of(request).store
+    runtime = runtime_of(request)
+    store = runtime.store
     record = store.get(store.resolve_id(job_id))
     tiles = store.tile_progress(record.job_id) if record.spec.upscale is not None else None
-    return job_view(request, record, tiles=tiles)
+    view = job_view(request, record, tiles=tiles)
+    view.paused = not record.state.terminal and runtime.control.is_paused(record.batch_id)
+    view.webhooks = [
+        {
+            "webhook_id": delivery.id,
+            "event": delivery.event_type,
+            "url": shown_url(delivery.url),
+            "state": delivery.state,
+            "attempts": delivery.attempts,
+            "last_status": delivery.last_status,
+            "last_error": delivery.last_error,
+            "next_try_at": delivery.next_try_at,
+        }
+        for delivery in runtime.deliveries.of_job(record.job_id)
+    ]
+    return view
 
 
 @router.get(

@@ -8,7 +8,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from pipeline.batches.rows import JobRow
-from pipeline.models import ErrorInfo, GenerationParams, JobRecord, JobState, SDInfo, StepParams, StepRecord
+from pipeline.models import ErrorInfo, GenerationParams, JobRecord, JobState, Priority, SDInfo, StepParams, StepRecord
 from pipeline.settings import OutputFormat
 from pipeline.storage.base import is_s3_url
 from pipeline.upscale.params import UpscaleParams
@@ -35,6 +35,10 @@ NAME_TEMPLATE_HELP = (
     "output name: {date} {time} {job} {batch} {seed} {model} {prompt} {row}, / for folders (default OUTPUT_NAME)"
 )
 OVERWRITE_HELP = "replace a file of the same name instead of adding a -0001 counter"
+WEBHOOK_HELP = (
+    "receives job.succeeded/failed/cancelled and batch.completed, signed (Standard Webhooks); its host must be "
+    "in WEBHOOK_ALLOW_HOSTS"
+)
 
 #: Most rows one ``POST /api/batches`` may carry (bigger batches: several requests, or a batch file).
 MAX_BATCH_ROWS = 10_000
@@ -52,6 +56,7 @@ class GenerateBody(JobRow):
     quality: int | None = Field(None, description="JPEG/WebP quality, 1..100 (default OUTPUT_QUALITY)")
     name_template: str | None = Field(None, description=NAME_TEMPLATE_HELP)
     overwrite: bool = Field(False, description=OVERWRITE_HELP)
+    webhook: str | None = Field(None, description=WEBHOOK_HELP)
 
 
 #: A batch row: typed in the OpenAPI schema as a :class:`JobRow`, checked as a ``.jsonl`` line is.
@@ -71,6 +76,8 @@ class BatchBody(BaseModel):
     defaults: RowObject = Field(default_factory=dict, description="values for every row (a row overrides)")
     name_template: str | None = Field(None, description=NAME_TEMPLATE_HELP + " For rows without a name.")
     overwrite: bool = Field(False, description=OVERWRITE_HELP)
+    webhook: str | None = Field(None, description=WEBHOOK_HELP)
+    priority: Priority | None = Field(None, description="every row's priority unless the row sets its own")
 
 
 class JobView(BaseModel):
@@ -95,6 +102,12 @@ class JobView(BaseModel):
     sd_info: SDInfo | None
     status_url: str
     result_url: str | None
+    priority: Priority = "normal"
+    #: Its queue or batch is paused: its SD call waits for a resume.
+    paused: bool = False
+    #: Each webhook delivery of the job: event, receiver (no query or credentials), state, attempts,
+    #: last status or error, next try.
+    webhooks: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class JobAccepted(BaseModel):
@@ -211,4 +224,5 @@ def job_view(request: Request, record: JobRecord, *, tiles: tuple[int, int] | No
         sd_info=record.sd_info,
         status_url=str(request.url_for("get_job", job_id=record.job_id)),
         result_url=str(request.url_for("get_job_result", job_id=record.job_id)) if succeeded else None,
+        priority=spec.priority,
     )
