@@ -14,6 +14,8 @@ Its concepts, one entry each::
     batches/   batch files and formats, manifests and resume, cron schedules
     store/     the status store: Redis (shared) or SQLite (embedded)
     upscale/   tiled upscaling: the request, tile planning and blend weights, the first pass, tiles, merge
+    events/    the event stream: every job's steps, progress and end (Redis Stream or SQLite), waiting on it
+    webhooks/  signed webhook deliveries: URLs, signing, the retry rule, delivery state
 
 Callers import a name from the subpackage or module that owns it; importing this package loads
 nothing else (``import pipeline.errors`` costs no numpy, PIL, httpx or Redis client).
@@ -28,6 +30,7 @@ __all__ = [
     "batches",
     "connections",
     "errors",
+    "events",
     "images",
     "jobs",
     "models",
@@ -36,6 +39,7 @@ __all__ = [
     "settings",
     "store",
     "upscale",
+    "webhooks",
 ]
 
 

@@ -17,6 +17,8 @@ PACKAGES = [
     "pipeline.prompts",
     "pipeline.store",
     "pipeline.storage",
+    "pipeline.events",
+    "pipeline.webhooks",
     "actors",
     "cli",
 ]

@@ -1,0 +1,259 @@
+"""Issue 18's done-when, over real processes: a private redis-server, ``sdpipe worker``, the mock SD
+server over HTTP, ``sdpipe serve`` where the API is the subject, and a webhook receiver of the test's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from standardwebhooks import Webhook
+
+from pipeline.events.redis_log import RedisEventLog
+from pipeline.store import RedisStatusStore
+from tests.helpers import free_port, port_open, wait_until
+from tests.test_e2e.conftest import Proc, child_pids, mock_stats, run_sdpipe, start_mock, start_worker
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+FAST = {"BROKER_HEARTBEAT_TIMEOUT_MS": "3000", "WIDTH": "64", "HEIGHT": "64", "WEBHOOK_SECRET": SECRET}
+
+
+class Receiver:
+    """A webhook receiver on a free port: records every delivery; ``fail_first`` 500s per webhook-id, or hangs."""
+
+    def __init__(self, *, fail_first: int = 0, hang: bool = False) -> None:
+        self.deliveries: list[tuple[dict[str, str], bytes, int]] = []
+        self.attempts: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                headers = {key.lower(): value for key, value in self.headers.items()}
+                with receiver.lock:
+                    seen = receiver.attempts.get(headers.get("webhook-id", ""), 0)
+                    receiver.attempts[headers.get("webhook-id", "")] = seen + 1
+                    status = 500 if seen < fail_first else 200
+                    receiver.deliveries.append((headers, body, -1 if hang else status))
+                if hang:
+                    receiver.release.wait(120)
+                    return
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server.daemon_threads = False  # server_close() joins them: no socket is left to the GC
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answered(self) -> dict[str, bytes]:
+        """webhook-id -> body of every delivery answered 200."""
+        with self.lock:
+            return {h["webhook-id"]: body for h, body, status in self.deliveries if status == 200}
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver_factory() -> Iterator[Callable[..., Receiver]]:
+    made: list[Receiver] = []
+
+    def make(**kwargs: Any) -> Receiver:
+        made.append(Receiver(**kwargs))
+        return made[-1]
+
+    yield make
+    for receiver in made:
+        receiver.close()
+
+
+def _batch(env: dict[str, str], tmp_path: Path, rows: int, prefix: str, *extra: str) -> str:
+    path = tmp_path / f"{prefix}.txt"
+    path.write_text("".join(f"{prefix} {i}\n" for i in range(rows)))
+    result = run_sdpipe("batch", str(path), "--no-wait", *extra, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()[1]
+
+
+def _succeeded(store: RedisStatusStore, batch_id: str) -> int:
+    return store.count_by_state(batch_id=batch_id)[next(s for s in store.count_by_state() if s.value == "succeeded")]
+
+
+def test_webhooks_one_id_per_event_signed_through_500s_and_a_killed_worker(
+    e2e_env: dict[str, str],
+    redis_url: str,
+    spawn: Callable[..., Proc],
+    tmp_path: Path,
+    receiver_factory: Callable[..., Receiver],
+) -> None:
+    """A receiver answering 500 to the first two deliveries of every event, 20 jobs and their batch,
+    a worker process kill -9ed mid-run: exactly one distinct webhook-id per event, all signatures valid."""
+    receiver = receiver_factory(fail_first=2)
+    env = {**e2e_env, **FAST, "WEBHOOK_URL": receiver.url, "WEBHOOK_RETRY_MIN_S": "0.2", "WEBHOOK_RETRY_MAX_S": "1"}
+    env["SD_API_URL"] = start_mock(spawn, env, "--latency-ms", "300")
+    store = RedisStatusStore.from_url(redis_url)
+    batch_id = _batch(env, tmp_path, 20, "hook")
+    worker = start_worker(spawn, env, processes=1, threads=2)
+    assert wait_until(lambda: _succeeded(store, batch_id) >= 5, timeout_s=120)
+    (child,) = child_pids(worker.popen.pid)
+    os.kill(child, signal.SIGKILL)
+    assert wait_until(lambda: _succeeded(store, batch_id) == 20, timeout_s=180)
+    assert wait_until(lambda: len(receiver.answered()) >= 21, timeout_s=120), len(receiver.answered())
+    time.sleep(2)  # anything still in flight (a duplicate) would arrive now
+    by_event: dict[tuple[str, str], set[str]] = {}
+    verifier = Webhook(SECRET)
+    for headers, body, _status in receiver.deliveries:
+        payload = verifier.verify(body, headers)  # raises on a bad signature
+        key = (payload["type"], payload["data"].get("job_id") or payload["data"]["batch_id"])
+        by_event.setdefault(key, set()).add(headers["webhook-id"])
+    assert len(by_event) == 21
+    assert all(len(ids) == 1 for ids in by_event.values()), by_event
+    assert sum(1 for event_type, _ in by_event if event_type == "job.succeeded") == 20
+    assert (("batch.completed", batch_id)) in by_event
+    # every id was retried through its two 500s with the same id
+    assert all(receiver.attempts[next(iter(ids))] >= 3 for ids in by_event.values())
+    status = json.loads(
+        run_sdpipe("status", store.list_jobs(batch_id=batch_id, limit=1)[0].job_id, "--json", env=env).stdout
+    )
+    assert status["webhooks"][0]["state"] == "delivered" and status["webhooks"][0]["attempts"] >= 3
+    store.close()
+
+
+def test_hanging_receiver_never_holds_up_the_batch(
+    e2e_env: dict[str, str],
+    redis_url: str,
+    spawn: Callable[..., Proc],
+    tmp_path: Path,
+    receiver_factory: Callable[..., Receiver],
+) -> None:
+    """A receiver that never answers: the batch completes while every delivery is still hanging
+    (they run on the webhooks queue's own threads). The wall-time comparison is bench target 9."""
+    receiver = receiver_factory(hang=True)
+    env = {**e2e_env, **FAST, "WEBHOOK_URL": receiver.url, "WEBHOOK_TIMEOUT_S": "60", "WEBHOOK_THREADS": "2"}
+    env["SD_API_URL"] = start_mock(spawn, env, "--latency-ms", "200")
+    store = RedisStatusStore.from_url(redis_url)
+    batch_id = _batch(env, tmp_path, 8, "hang")
+    start_worker(spawn, env, processes=1, threads=2)
+    assert wait_until(lambda: _succeeded(store, batch_id) == 8, timeout_s=120)
+    with receiver.lock:
+        hanging = len(receiver.deliveries)
+    assert hanging >= 1 and not receiver.answered()  # the receiver is still hanging on its first ones
+    job_id = store.list_jobs(batch_id=batch_id, limit=1)[0].job_id
+    status = json.loads(run_sdpipe("status", job_id, "--json", env=env).stdout)
+    assert [d["state"] for d in status["webhooks"]] == ["pending"]
+    store.close()
+
+
+@pytest.fixture
+def api(e2e_env: dict[str, str], spawn: Callable[..., Proc]) -> Iterator[tuple[str, dict[str, str]]]:
+    env = {**e2e_env, **FAST, "WEBHOOK_ALLOW_HOSTS": "127.0.0.1"}
+    env["SD_API_URL"] = start_mock(spawn, env, "--latency-ms", "1200")
+    port = free_port()
+    proc = spawn("serve", "--port", str(port), env=env, name="serve")
+    assert wait_until(lambda: port_open(port), timeout_s=30), proc.output()
+    start_worker(spawn, env, processes=1, threads=2)
+    yield f"http://127.0.0.1:{port}", env
+
+
+def _read_sse(
+    url: str, *, until: str, headers: dict[str, str] | None = None, limit_s: float = 120
+) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + limit_s
+    with httpx.stream("GET", url, headers=headers or {}, timeout=30) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if events[-1]["type"] == until or time.monotonic() > deadline:
+                    break
+    return events
+
+
+def test_sse_shows_steps_and_progress_and_replays_only_what_was_missed(api: tuple[str, dict[str, str]]) -> None:
+    base, _ = api
+    accepted = httpx.post(f"{base}/api/batches", json={"rows": ["sse a", "sse b"], "defaults": {"steps": 20}}).json()
+    batch_id = accepted["batch_id"]
+    events = _read_sse(f"{base}/api/events?batch={batch_id}", until="batch.completed")
+    for job_id in accepted["job_ids"]:
+        mine = [e for e in events if e["job_id"] == job_id]
+        steps = [e["data"]["step"] for e in mine if e["type"] == "job.step.finished"]
+        assert steps == ["generate", "split", "seam_blur", "merge"]
+        progress = [e["data"] for e in mine if e["type"] == "job.progress"]
+        assert progress and all(0 <= p["step"] <= p["steps"] == 20 for p in progress)
+        assert any(e["type"] == "job.succeeded" for e in mine)
+    # Reconnect from the middle: exactly the events after that id come back.
+    middle = events[len(events) // 2]
+    replay = _read_sse(
+        f"{base}/api/events?batch={batch_id}", until="batch.completed", headers={"Last-Event-ID": middle["id"]}
+    )
+    assert [e["id"] for e in replay] == [e["id"] for e in events[len(events) // 2 + 1 :]]
+
+
+def test_same_generate_body_with_one_idempotency_key_is_one_job_one_sd_call(api: tuple[str, dict[str, str]]) -> None:
+    base, env = api
+    body = {"prompt": "idempotent fox", "steps": 5}
+    headers = {"Idempotency-Key": "key-1"}
+    first = httpx.post(f"{base}/api/generate?wait=true", json=body, headers=headers, timeout=120)
+    again = httpx.post(f"{base}/api/generate", json=body, headers=headers, timeout=60)
+    assert first.status_code == 200, first.text
+    assert again.json()["job_ids"] == [job["job_id"] for job in first.json()["jobs"]]
+    other = httpx.post(f"{base}/api/generate", json={**body, "steps": 6}, headers=headers, timeout=60)
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_conflict"
+    requests = mock_stats(env["SD_API_URL"])["requests"]
+    assert isinstance(requests, list)
+    assert [r["prompt"] for r in requests].count("idempotent fox") == 1
+
+
+def test_high_priority_job_starts_next_behind_twenty_queued(
+    e2e_env: dict[str, str], redis_url: str, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """A busy server (one slot), 20 normal jobs queued; a high-priority job submitted then: the next
+    SD call to start is the high one (the call already running, or taken as it was submitted, finishes)."""
+    env = {**e2e_env, **FAST}
+    env["SD_API_URL"] = mock = start_mock(spawn, env, "--latency-ms", "800")
+    store = RedisStatusStore.from_url(redis_url)
+    _batch(env, tmp_path, 20, "normal")
+    start_worker(spawn, env, processes=1, threads=4)
+    assert wait_until(lambda: len(_requests(mock)) >= 2, timeout_s=60)
+    result = run_sdpipe("generate", "urgent", "--priority", "high", "--no-wait", env=env)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.split()[-1]
+    assert wait_until(lambda: "urgent" in [r["prompt"] for r in _requests(mock)], timeout_s=60)
+    log = RedisEventLog(redis.Redis.from_url(redis_url), max_len=1000)
+    (queued,) = [e for e in log.read(None, job_id=job_id).events if e.type == "job.queued"]
+    requests = _requests(mock)
+    urgent_at = next(r["at"] for r in requests if r["prompt"] == "urgent")
+    between = [r["prompt"] for r in requests if queued.ts < r["at"] < urgent_at]
+    # At most the call that took the slot as the job was being queued went before it; 18 normal
+    # jobs were still waiting.
+    assert len(between) <= 1, (between, [r["prompt"] for r in requests])
+    assert sum(1 for r in requests if r["at"] < urgent_at) < 15  # normal jobs were still queued behind it
+    log.close()
+    store.close()
+
+
+def _requests(mock: str) -> list[dict[str, Any]]:
+    requests = mock_stats(mock)["requests"]
+    assert isinstance(requests, list)
+    return requests
