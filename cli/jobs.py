@@ -21,8 +21,7 @@ from pipeline.models import JobRecord, JobState
 from pipeline.storage import open_storage
 from pipeline.store import DEFAULT_LIST_LIMIT, open_store
 from pipeline.store.keyvalue import open_keyvalue
-from pipeline.webhooks.deliveries import Deliveries, Delivery
-from pipeline.webhooks.urls import shown_url
+from pipeline.webhooks.deliveries import Deliveries
 
 __all__ = ["jobs", "status"]
 
@@ -53,12 +52,12 @@ def status(
                 manifest = build_manifest(found, batch_records(store, found))
                 path = write_manifest(open_storage(settings.output_location, settings), manifest)
                 manifest["paused"] = control.is_paused(found.batch_id)
-                manifest["webhooks"] = [_delivery_row(d) for d in Deliveries(kv).of_batch(found.batch_id)]
+                manifest["webhooks"] = [d.summary() for d in Deliveries(kv).of_batch(found.batch_id)]
             elif job_id is not None:
                 record = store.get(store.resolve_id(job_id))
                 tiles = store.tile_progress(record.job_id) if record.spec.upscale is not None else None
                 paused = control.is_paused(record.batch_id) and not record.state.terminal
-                deliveries = [_delivery_row(d) for d in Deliveries(kv).of_job(record.job_id)]
+                deliveries = [d.summary() for d in Deliveries(kv).of_job(record.job_id)]
             else:
                 queue: dict[str, Any] = {
                     "paused": control.queue_paused(),
@@ -100,20 +99,6 @@ def status(
         echo("paused: its SD call waits until `sdpipe resume`")
     for delivery in deliveries:
         echo(_delivery_line(delivery))
-
-
-def _delivery_row(delivery: Delivery) -> dict[str, Any]:
-    """A webhook delivery as status shows it: never the body, never the URL's query or credentials."""
-    return {
-        "webhook_id": delivery.id,
-        "event": delivery.event_type,
-        "url": shown_url(delivery.url),
-        "state": delivery.state,
-        "attempts": delivery.attempts,
-        "last_status": delivery.last_status,
-        "last_error": delivery.last_error,
-        "next_try_at": delivery.next_try_at,
-    }
 
 
 def _delivery_line(row: dict[str, Any]) -> str:

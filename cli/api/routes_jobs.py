@@ -45,7 +45,7 @@ from pipeline.sd.catalog import open_catalog
 from pipeline.settings import Settings
 from pipeline.store import DEFAULT_LIST_LIMIT
 from pipeline.upscale.planning import UpscaleRequest, with_upscale
-from pipeline.webhooks.urls import check_webhook_url, host_allowed, shown_url
+from pipeline.webhooks.urls import check_webhook_url, host_allowed
 
 __all__ = ["MAX_LIST_LIMIT", "filter_of", "list_job_page", "plan_batch_rows", "router", "submit_generate"]
 
@@ -388,19 +388,7 @@ def get_job(request: Request, job_id: str) -> JobView:
     tiles = store.tile_progress(record.job_id) if record.spec.upscale is not None else None
     view = job_view(request, record, tiles=tiles)
     view.paused = not record.state.terminal and runtime.control.is_paused(record.batch_id)
-    view.webhooks = [
-        {
-            "webhook_id": delivery.id,
-            "event": delivery.event_type,
-            "url": shown_url(delivery.url),
-            "state": delivery.state,
-            "attempts": delivery.attempts,
-            "last_status": delivery.last_status,
-            "last_error": delivery.last_error,
-            "next_try_at": delivery.next_try_at,
-        }
-        for delivery in runtime.deliveries.of_job(record.job_id)
-    ]
+    view.webhooks = [delivery.summary() for delivery in runtime.deliveries.of_job(record.job_id)]
     return view
 
 

@@ -28,6 +28,7 @@ from pipeline.events.model import BATCH_COMPLETED, WEBHOOK_TYPES, Event
 from pipeline.store.base import StatusStore
 from pipeline.store.keyvalue import KeyValue
 from pipeline.webhooks.signing import webhook_id
+from pipeline.webhooks.urls import shown_url
 
 __all__ = ["SIDECAR_FIELDS", "Deliveries", "Delivery", "DeliveryState", "delivery_listener", "payload"]
 
@@ -74,6 +75,20 @@ class Delivery(BaseModel):
     last_error: str | None = None
     next_try_at: float | None = None
     delivered_at: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """What ``sdpipe status`` and ``GET /api/jobs/{id}`` show: never the body, nor the URL's query
+        or credentials."""
+        return {
+            "webhook_id": self.id,
+            "event": self.event_type,
+            "url": shown_url(self.url),
+            "state": self.state,
+            "attempts": self.attempts,
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+            "next_try_at": self.next_try_at,
+        }
 
 
 def payload(event: Event, sidecar: dict[str, Any] | None = None) -> str:
