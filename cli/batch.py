@@ -485,7 +485,9 @@ def retry(
                 err_console.print("nothing to retry: the batch has no failed or cancelled job")
                 raise typer.Exit(RET_OK)
             if runtime.embedded:
-                final = wait_for_jobs(store, [r.job_id for r in requeued], live=err_console.is_terminal)
+                final = wait_for_jobs(
+                    store, [r.job_id for r in requeued], live=err_console.is_terminal, events=runtime.events.log
+                )
                 report_jobs(final)
 
 

@@ -42,7 +42,8 @@ COMMANDS = (
         "status",
         "cli.jobs",
         "status",
-        "Show one job (state, steps with attempts and timings, last error, result), or a batch with --batch.",
+        "Show one job (state, steps with attempts and timings, last error, result, webhook deliveries), or a batch "
+        "with --batch; with neither, the queue (paused or not, jobs per state).",
     ),
     LazyCommand("jobs", "cli.jobs", "jobs", "List jobs, newest first."),
     LazyCommand(
@@ -115,18 +116,18 @@ COMMANDS = (
     ),
     LazyCommand(
         "pause",
-        "cli.watch",
+        "cli.pause",
         "pause",
         "Pause the queue (or one batch): no new SD call starts; work already on a GPU finishes.",
     ),
     LazyCommand(
         "resume",
-        "cli.watch",
+        "cli.pause",
         "resume",
         "Resume the queue (or one batch); a batch paused on its own stays paused until resumed with --batch.",
     ),
     LazyCommand(
-        "webhooks", "cli.watch", "webhooks_app", "Webhooks: send a signed test event, make a secret.", group=True
+        "webhooks", "cli.webhooks", "webhooks_app", "Webhooks: send a signed test event, make a secret.", group=True
     ),
 )
 

@@ -1,13 +1,10 @@
-"""``sdpipe watch``, ``pause``, ``resume`` and ``webhooks test``: the event stream and queue control."""
+"""``sdpipe watch``: the event stream of a job, a batch or everything, live in the terminal."""
 
 from __future__ import annotations
 
-import base64
-import os
 import time
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.live import Live
 from rich.table import Table
@@ -18,16 +15,11 @@ from cli.common import load
 from cli.output import cli_errors, echo, err_console, print_json
 from pipeline.errors import InputError
 from pipeline.events.model import BATCH_COMPLETED, ENDED_TYPES, JOB_PROGRESS, Event
-from pipeline.webhooks.sending import post
-from pipeline.webhooks.signing import webhook_id
-from pipeline.webhooks.urls import check_webhook_url
 
-__all__ = ["pause", "resume", "watch", "webhooks_app"]
+__all__ = ["watch"]
 
 #: Jobs shown at once by ``watch`` (the most recently active ones); counts cover the rest.
 WATCH_ROWS = 15
-
-webhooks_app = typer.Typer(help="Webhooks: send a signed test event, make a secret.", no_args_is_help=True)
 
 
 def watch(
@@ -112,60 +104,3 @@ def _line(event: Event) -> str:
         f"{key}={value}" for key, value in event.data.items() if key in ("step", "steps", "state", "eta_s")
     )
     return f"{time.strftime('%H:%M:%S', time.localtime(event.ts))} {who} {event.type} {detail}".rstrip()
-
-
-def pause(
-    ctx: typer.Context,
-    batch: Annotated[str | None, typer.Option("--batch", help="Pause one batch (id or unique prefix).")] = None,
-) -> None:
-    """Pause the queue (or one batch): no new SD call starts; work already on a GPU finishes."""
-    with cli_errors():
-        with open_runtime(load(ctx), start_embedded_worker=False) as runtime:
-            batch_id = runtime.store.get_batch(batch).batch_id if batch is not None else None
-            runtime.pause(batch_id)
-    echo(f"paused {'batch ' + batch_id if batch_id else 'the queue'}")
-
-
-def resume(
-    ctx: typer.Context,
-    batch: Annotated[str | None, typer.Option("--batch", help="Resume one batch (id or unique prefix).")] = None,
-) -> None:
-    """Resume the queue (or one batch); a batch paused on its own stays paused until resumed with --batch."""
-    with cli_errors():
-        with open_runtime(load(ctx), start_embedded_worker=False) as runtime:
-            batch_id = runtime.store.get_batch(batch).batch_id if batch is not None else None
-            runtime.resume(batch_id)
-    echo(f"resumed {'batch ' + batch_id if batch_id else 'the queue'}")
-
-
-@webhooks_app.command("test")
-def webhooks_test(
-    ctx: typer.Context,
-    url: Annotated[str, typer.Argument(help="The receiver's URL.")],
-) -> None:
-    """Send a signed ``webhook.test`` event to URL (WEBHOOK_SECRET) and print what came back."""
-    with cli_errors():
-        settings = load(ctx)
-        target = check_webhook_url(url, field="URL")
-        if settings.webhook_secret is None:
-            raise InputError("WEBHOOK_SECRET is not set: webhooks are signed with it", field="WEBHOOK_SECRET")
-        now = time.time()
-        msg_id = webhook_id(f"test:{now!r}", target)
-        body = Event(type="webhook.test", ts=now, data={"message": "a test event from sdpipe webhooks test"})
-        payload = body.model_dump_json(include={"type", "data"})
-        with httpx.Client(timeout=settings.webhook_timeout_s) as client:
-            result = post(client, target, msg_id, payload, secret=settings.webhook_secret.get_secret_value(), now=now)
-    echo(f"webhook-id {msg_id}")
-    if result.status is None:
-        echo(f"no answer: {result.error} after {result.elapsed_s:.1f} s", err=True)
-        raise typer.Exit(1)
-    echo(f"HTTP {result.status} in {result.elapsed_s * 1000:.0f} ms")
-    if result.body:
-        echo(result.body)
-    raise typer.Exit(0 if 200 <= result.status < 300 else 1)
-
-
-@webhooks_app.command("secret")
-def webhooks_secret() -> None:
-    """Print a new random WEBHOOK_SECRET (whsec_ + 32 random bytes, base64)."""
-    echo("whsec_" + base64.b64encode(os.urandom(32)).decode())
