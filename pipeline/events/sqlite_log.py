@@ -2,8 +2,9 @@
 
 ``seq`` (an autoincrement integer) is the event id; ``once_key`` is unique, so an ``INSERT OR IGNORE``
 appends an event with a ``once`` key at most once. Every :data:`_TRIM_EVERY` appends, rows beyond
-``max_len`` are deleted, oldest first. Readers poll for new rows while they block (another process,
-a CLI running ``sdpipe watch``, may be the writer).
+``max_len`` are deleted, oldest first. A blocked reader wakes as soon as this process appends (an
+embedded ``generate`` ends when its last job does), and otherwise polls every :data:`_POLL_S` (another
+process, e.g. a CLI running ``sdpipe watch``, may be the writer).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from pipeline.errors import StoreUnavailable
 from pipeline.events.log import DEFAULT_READ_LIMIT, EventLog
 from pipeline.events.model import Event, EventPage
+from pipeline.store.sqlite_connections import ThreadConnections
 
 __all__ = ["SqliteEventLog"]
 
@@ -45,16 +47,17 @@ class SqliteEventLog(EventLog):
     def __init__(self, path: Path, *, max_len: int) -> None:
         self._path = Path(path)
         self._max_len = max_len
-        self._local = threading.local()
+        self._connections = ThreadConnections(self._path)
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
         self._appends = 0
+        #: Notified after each append of this process; ``_appended_count`` tells a reader one came.
+        self._appended = threading.Condition(self._lock)
         with self._guard():
-            self._conn().executescript(_SCHEMA)
+            self._connections.get().executescript(_SCHEMA)
 
     def publish(self, event: Event, *, once: str | None = None) -> Event | None:
         with self._guard():
-            conn = self._conn()
+            conn = self._connections.get()
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO events (job_id, batch_id, body, once_key) VALUES (?, ?, ?, ?)",
                 (event.job_id, event.batch_id, event.body(), once),
@@ -62,9 +65,10 @@ class SqliteEventLog(EventLog):
             if cursor.rowcount == 0:
                 return None
             seq = cursor.lastrowid
-            with self._lock:
+            with self._appended:
                 self._appends += 1
                 trim = self._appends % _TRIM_EVERY == 0
+                self._appended.notify_all()
             if trim:
                 conn.execute("DELETE FROM events WHERE seq <= ?", (int(seq or 0) - self._max_len,))
         return event.model_copy(update={"id": str(seq)})
@@ -89,37 +93,27 @@ class SqliteEventLog(EventLog):
             params.append(job_id)  # type: ignore[arg-type]
         sql = f"SELECT seq, body FROM events WHERE {' AND '.join(conditions)} ORDER BY seq LIMIT ?"
         while True:
+            with self._lock:
+                seen = self._appends
             with self._guard():
-                rows = self._conn().execute(sql, (*params, limit)).fetchall()
-            if rows or time.monotonic() >= deadline:
+                rows = self._connections.get().execute(sql, (*params, limit)).fetchall()
+            left_s = deadline - time.monotonic()
+            if rows or left_s <= 0:
                 break
-            time.sleep(_POLL_S)
+            with self._appended:
+                if self._appends == seen:  # nothing appended here since the query: wait for it, or poll
+                    self._appended.wait(min(_POLL_S, left_s))
         events = [Event.model_validate({**json.loads(body), "id": str(seq)}) for seq, body in rows]
         cursor = events[-1].id if events else str(start)
         return EventPage(events=events, cursor=cursor)
 
     def latest_id(self) -> str:
         with self._guard():
-            row = self._conn().execute("SELECT MAX(seq) FROM events").fetchone()
+            row = self._connections.get().execute("SELECT MAX(seq) FROM events").fetchone()
         return str(row[0] or 0)
 
     def close(self) -> None:
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
-        self._local = threading.local()
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self._path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            with self._lock:
-                self._connections.append(conn)
-            self._local.conn = conn
-        return conn
+        self._connections.close()
 
     @contextmanager
     def _guard(self) -> Iterator[None]:

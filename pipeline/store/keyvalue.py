@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from pipeline.errors import StoreUnavailable
+from pipeline.store.sqlite_connections import ThreadConnections
 
 if TYPE_CHECKING:
     import redis
@@ -133,11 +133,9 @@ class SqliteKeyValue(KeyValue):
 
     def __init__(self, path: Path) -> None:
         self._path = Path(path)
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections = ThreadConnections(self._path)
         try:
-            self._conn().executescript(_KV_SCHEMA)
+            self._connections.get().executescript(_KV_SCHEMA)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"cannot use {self._path}: {exc}", field="OUTPUT_DIR") from exc
 
@@ -178,33 +176,13 @@ class SqliteKeyValue(KeyValue):
         return [str(row[0]) for row in rows]
 
     def close(self) -> None:
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
-        self._local = threading.local()
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self._path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode = WAL")
-            with self._lock:
-                self._connections.append(conn)
-            self._local.conn = conn
-        return conn
+        self._connections.close()
 
     @contextmanager
     def _tx(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
         try:
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
+            with self._connections.transaction(write=write) as conn:
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"cannot use {self._path}: {exc}", field="OUTPUT_DIR") from exc
 

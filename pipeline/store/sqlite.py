@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,14 +54,13 @@ from pipeline.store.base import (
     pick_prefix_match,
 )
 from pipeline.store.records import DelegatedBatchesSchedules
+from pipeline.store.sqlite_connections import DEFAULT_BUSY_TIMEOUT_S, ThreadConnections
 from pipeline.store.sqlite_records import RECORDS_SCHEMA, SqliteRecords
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT_S", "SqliteStatusStore"]
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a writer waits for another writer's transaction before giving up (SQLITE_BUSY).
-DEFAULT_BUSY_TIMEOUT_S = 10.0
 #: Ids per ``IN (...)`` query, well below SQLite's limit on bound parameters.
 _IN_CHUNK = 500
 #: Primary SQLite error codes that mean "the file cannot be used right now", not a bug in a query:
@@ -130,13 +128,9 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
 
     def __init__(self, path: Path) -> None:
         self._path = Path(path)
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
-        #: Bumped by :meth:`close`, so threads holding an old connection open a new one.
-        self._generation = 0
+        self._connections = ThreadConnections(self._path, rows=True)
         with self._guard():
-            self._conn().executescript(_SCHEMA + RECORDS_SCHEMA)
+            self._connections.get().executescript(_SCHEMA + RECORDS_SCHEMA)
         self._upgrade()
         self._batches_schedules = SqliteRecords(self._transaction)
 
@@ -344,11 +338,7 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
             conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
 
     def close(self) -> None:
-        with self._lock:
-            connections, self._connections = self._connections, []
-            self._generation += 1
-        for conn in connections:
-            conn.close()
+        self._connections.close()
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -362,24 +352,6 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
                 conn.execute(_ADD_FINGERPRINT)
                 logger.info("added the fingerprint column to %s", self._path)
             conn.execute(_FINGERPRINT_INDEX)
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "generation", -1) != self._generation:
-            # check_same_thread=False only so close() can close every thread's connection.
-            conn = sqlite3.connect(
-                self._path, timeout=DEFAULT_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            with self._lock:
-                self._connections.append(conn)
-                self._local.generation = self._generation
-            self._local.conn = conn
-            conn.row_factory = sqlite3.Row
-            # WAL: a reader (the CLI) never blocks the writer; NORMAL sync is safe in WAL (a power cut
-            # may lose the last transactions, never corrupt the file).
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-        return conn
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -398,16 +370,8 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
         """One transaction; ``write`` takes the write lock up front so check-then-update is atomic."""
-        with self._guard():
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._guard(), self._connections.transaction(write=write) as conn:
+            yield conn
 
     def _require(self, conn: sqlite3.Connection, job_id: str) -> None:
         if conn.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone() is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,3 +60,12 @@ def test_event_log_publishes_a_once_key_once(log: EventLog) -> None:
 def test_event_log_blocking_read_returns_when_empty(log: EventLog) -> None:
     page = log.read(log.latest_id(), block_s=0.2)
     assert page.events == []
+
+
+def test_event_log_blocked_read_returns_an_event_another_thread_appends(log: EventLog) -> None:
+    cursor = log.latest_id()
+    appender = threading.Timer(0.1, lambda: log.publish(_event(7)))
+    appender.start()
+    page = log.read(cursor, block_s=30)
+    appender.join()
+    assert [event.data["n"] for event in page.events] == [7]
