@@ -33,7 +33,7 @@ from pipeline.batches.files import PlannedRow, read_batch_file
 from pipeline.batches.manifests import ResumePlan, plan_resume, retry_step
 from pipeline.errors import InputError, PipelineError, QueueFull, SDUnavailable, StoreUnavailable
 from pipeline.events.hub import EventHub
-from pipeline.events.jobs import announce_end
+from pipeline.events.jobs import announce_end, reopen_batches
 from pipeline.events.log import open_event_log
 from pipeline.events.model import JOB_QUEUED, QUEUE_PAUSED, QUEUE_RESUMED
 from pipeline.jobs.control import Idempotency, QueueControl
@@ -206,7 +206,8 @@ class Runtime:
         self.make_room(len(specs), wait=wait_for_room, on_wait=on_wait)
         self._record_and_enqueue(specs, as_batch=as_batch)
 
-    def _record_and_enqueue(self, specs: Sequence[JobSpec], *, as_batch: bool) -> None:
+    def _record_and_enqueue(self, specs: Sequence[JobSpec], *, as_batch: bool, reopen: bool = False) -> None:
+        """Record ``specs`` and enqueue them; ``reopen``: they join batches that may have completed before."""
         if as_batch and specs and specs[0].batch_id is not None:
             rows = [
                 BatchRow(
@@ -219,6 +220,8 @@ class Runtime:
             self.store.save_batch(BatchRecord(batch_id=specs[0].batch_id, created_at=specs[0].created_at, rows=rows))
         self.check_webhook(specs)
         self.store.create_jobs(specs)
+        if reopen:
+            reopen_batches(self.events, (spec.batch_id for spec in specs))
         self._track([spec.job_id for spec in specs])
         self._ticket(specs)
         self._enqueue_or_raise(lambda: self.actors.enqueue(specs))
@@ -346,7 +349,7 @@ class Runtime:
             self.cancel(plan.superseded)
         if plan.new_specs:
             specs = plan.new_specs if keep_order else grouped_by_checkpoint(plan.new_specs)
-            self._record_and_enqueue(specs, as_batch=False)
+            self._record_and_enqueue(specs, as_batch=False, reopen=True)
         if keep_order:
             self.retry(plan.retry)
         else:
@@ -359,8 +362,12 @@ class Runtime:
         requeued = []
         for record in records:
             fresh = self.store.requeue(record.job_id, now=time.time())
-            if fresh is None:
-                continue
+            if fresh is not None:
+                requeued.append(fresh)
+        # Every job back in the queue before any runs: the batch cannot complete half-retried, and
+        # completes again in a new round (announced even with the counts of its last completion).
+        reopen_batches(self.events, (fresh.batch_id for fresh in requeued))
+        for fresh in requeued:
             step = retry_step(fresh)
             self._track([fresh.job_id])
             self._ticket([fresh.spec])
@@ -369,7 +376,6 @@ class Runtime:
             data = {"priority": fresh.spec.priority, "retry": True, "from_step": step}
             self.events.emit(JOB_QUEUED, job_id=fresh.job_id, batch_id=fresh.batch_id, data=data)
             logger.info("job %s: requeued from %s", fresh.job_id, step)
-            requeued.append(fresh)
         return requeued
 
     def check_sd_reachable(self) -> None:
@@ -514,7 +520,7 @@ def open_runtime(
     try:
         store.ping()
         kv = open_keyvalue(settings)
-        hub = EventHub(open_event_log(settings))
+        hub = EventHub(open_event_log(settings), kv=kv)
         control = QueueControl(kv)
         context = StepContext(settings=settings, store=store, pool_observer=pool_observer, events=hub, control=control)
         actors = declare_actors(broker, context)

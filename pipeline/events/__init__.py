@@ -22,7 +22,7 @@ from pipeline._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pipeline.events.hub import EventHub, Listener
-    from pipeline.events.jobs import announce_end, batch_completed, job_data
+    from pipeline.events.jobs import announce_end, batch_completed, batch_round, job_data, reopen_batches
     from pipeline.events.log import EventLog, open_event_log
     from pipeline.events.model import (
         BATCH_COMPLETED,
@@ -93,7 +93,9 @@ __all__ = [
     "Listener",
     "announce_end",
     "batch_completed",
+    "batch_round",
     "job_data",
+    "reopen_batches",
     # Waiting
     "JobsView",
     "watch_jobs_by_events",
@@ -107,7 +109,7 @@ __getattr__, __dir__ = lazy_exports(
         ".redis_log": ["RedisEventLog"],
         ".sqlite_log": ["SqliteEventLog"],
         ".hub": ["EventHub", "Listener"],
-        ".jobs": ["announce_end", "batch_completed", "job_data"],
+        ".jobs": ["announce_end", "batch_completed", "batch_round", "job_data", "reopen_batches"],
         ".watching": ["JobsView", "watch_jobs_by_events"],
     },
 )

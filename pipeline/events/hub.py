@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PipelineError
 from pipeline.events.log import EventLog
 from pipeline.events.model import Event
+
+if TYPE_CHECKING:
+    from pipeline.store.keyvalue import KeyValue
 
 __all__ = ["EventHub", "Listener"]
 
@@ -26,10 +29,12 @@ Listener = Callable[[Event], None]
 
 
 class EventHub:
-    """The log plus the listeners of this process."""
+    """The log plus the listeners of this process; ``kv``: the shared key-value store, where a batch's
+    completion round is kept (:func:`pipeline.events.jobs.reopen_batches`)."""
 
-    def __init__(self, log: EventLog, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, log: EventLog, *, kv: KeyValue | None = None, clock: Callable[[], float] = time.time) -> None:
         self.log = log
+        self.kv = kv
         self.clock = clock
         self._listeners: list[Listener] = []
 

@@ -5,20 +5,29 @@ never changes once the job ended, so every announcement of that end (a redeliver
 retries-exhausted actor after the last attempt already marked it) carries the same key, while the
 same job failing again after ``sdpipe retry`` is a new end with a new key. A batch completes when its
 last job ends: every job's end counts the batch's states (one Redis round trip) and the announcement
-whose counts show no job left running publishes ``batch.completed``, keyed by the counts, so two
-last jobs ending at once publish it once.
+whose counts show no job left running publishes ``batch.completed``, keyed by the batch's round, so
+two last jobs ending at once publish it once. The round is the time the batch was last reopened
+(:func:`reopen_batches`: a retry or a ``--resume`` puts some of its jobs back in the queue), kept in
+the shared key-value store: a batch that completes again after a retry is a new completion, with a new
+key, even when its counts are what they were.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from typing import Any
 
+from pipeline.errors import PipelineError
 from pipeline.events.hub import EventHub
+from pipeline.events.log import ONCE_TTL_S
 from pipeline.events.model import BATCH_COMPLETED, JOB_CANCELLED, JOB_FAILED, JOB_SUCCEEDED, Event
 from pipeline.models import JobRecord, JobState
 from pipeline.store.base import StatusStore
 
-__all__ = ["announce_end", "batch_completed", "job_data"]
+__all__ = ["announce_end", "batch_completed", "batch_round", "job_data", "reopen_batches"]
+
+logger = logging.getLogger(__name__)
 
 _TYPE_OF = {JobState.SUCCEEDED: JOB_SUCCEEDED, JobState.FAILED: JOB_FAILED, JobState.CANCELLED: JOB_CANCELLED}
 
@@ -79,10 +88,42 @@ def batch_completed(hub: EventHub, store: StatusStore, batch_id: str) -> Event |
     if total == 0 or any(count for state, count in counts.items() if not state.terminal):
         return None
     ended = {state.value: counts[state] for state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)}
-    key = ":".join(str(ended[name]) for name in ("succeeded", "failed", "cancelled"))
+    counted = ":".join(str(ended[name]) for name in ("succeeded", "failed", "cancelled"))
     return hub.emit(
         BATCH_COMPLETED,
         batch_id=batch_id,
         data={"counts": ended, "total": total},
-        once=f"batch:{batch_id}:{key}",
+        once=f"batch:{batch_id}:{batch_round(hub, batch_id)}:{counted}",
     )
+
+
+def _round_key(batch_id: str) -> str:
+    return f"batch-round:{batch_id}"
+
+
+def batch_round(hub: EventHub, batch_id: str) -> str:
+    """The batch's round: ``0`` until it is first reopened, then the time of its latest reopening."""
+    if hub.kv is None:
+        return "0"
+    try:
+        return hub.kv.get(_round_key(batch_id)) or "0"
+    except PipelineError as exc:  # the batch's completion is then keyed as if never reopened
+        logger.warning("batch %s: its round cannot be read: %s", batch_id, exc)
+        return "0"
+
+
+def reopen_batches(hub: EventHub, batch_ids: Iterable[str | None]) -> None:
+    """Start a new round of each batch: its next completion is announced even if one was before.
+
+    Call it after the batch's jobs are back in the queue (so no announcement of the previous
+    completion can take the new round) and before any of them is enqueued (so none can end first).
+    Kept :data:`~pipeline.events.log.ONCE_TTL_S`, as long as the key of the completion it follows.
+    """
+    if hub.kv is None:
+        return
+    now = f"{hub.clock():.6f}"
+    for batch_id in dict.fromkeys(batch_id for batch_id in batch_ids if batch_id is not None):
+        try:
+            hub.kv.put(_round_key(batch_id), now, ttl_s=ONCE_TTL_S)
+        except PipelineError as exc:
+            logger.warning("batch %s: its new round is not recorded: %s", batch_id, exc)
