@@ -231,14 +231,19 @@ class Runtime:
         logger.info("enqueued %d job(s)", len(specs))
 
     def _ticket(self, specs: Sequence[JobSpec]) -> None:
-        """High-priority jobs hold lower ones back from the moment they are queued (README "Priority"),
-        not only once a worker thread picks them up."""
-        urgent = [spec.job_id for spec in specs if spec.priority == PRIORITIES[0] and spec.kind != "process"]
-        if urgent:
+        """High and normal jobs hold lower classes back from the moment they are queued (README
+        "Priority"), not only once a worker thread picks them up: a queued high job starts its SD call
+        before queued normal ones, a queued normal one before queued low ones. Low jobs hold no one back."""
+        by_class: dict[int, list[str]] = {}
+        for spec in specs:
+            klass = PRIORITIES.index(spec.priority)
+            if spec.kind != "process" and klass < len(PRIORITIES) - 1:
+                by_class.setdefault(klass, []).append(spec.job_id)
+        for klass, job_ids in by_class.items():
             try:
-                self.context.pool.state.ticket(urgent, 0, ttl_s=self.settings.priority_ticket_s)
+                self.context.pool.state.ticket(job_ids, klass, ttl_s=self.settings.priority_ticket_s)
             except StoreUnavailable as exc:
-                logger.warning("priority tickets of %d job(s) not recorded: %s", len(urgent), exc)
+                logger.warning("priority tickets of %d job(s) not recorded: %s", len(job_ids), exc)
 
     def _enqueue_or_raise(self, enqueue: Callable[[], object]) -> None:
         try:
@@ -405,7 +410,9 @@ class Runtime:
         for job_id in job_ids:
             if self.store.mark_cancelled(job_id, now=now):
                 cancelled += 1
-                announce_end(self.events, self.store, self.store.get(job_id))
+                record = self.store.get(job_id)
+                announce_end(self.events, self.store, record)
+                self.context.pool.drop_ticket(job_id, PRIORITIES.index(record.spec.priority))  # holds no one back
         return cancelled
 
     @property

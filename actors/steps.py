@@ -25,7 +25,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from pipeline.errors import PERMANENT_ERRORS, JobNotFound, NoFreeSlot, PipelineError, QueuePaused
+from pipeline.errors import PERMANENT_ERRORS, JobNotFound, NoFreeSlot, Outranked, PipelineError, QueuePaused
 from pipeline.events.jobs import announce_end
 from pipeline.jobs.renders import run_tile
 from pipeline.jobs.steps import StepContext, drop_lost_job, run_step, sd_slot
@@ -60,11 +60,23 @@ GENERATE_PRIORITY = 10
 REQUEUE_DELAY_MS = (500, 1500)
 #: The same for a generation whose queue or batch is paused: it looks again every few seconds.
 PAUSED_DELAY_MS = (2000, 4000)
+#: Longest wait of a generation outranked again and again (its wait doubles each time up to this):
+#: low jobs behind a long normal queue do not spin through the queue every second.
+OUTRANKED_MAX_DELAY_MS = 8000
+#: Message option counting a delivery's consecutive outrankings.
+OUTRANKED_OPTION = "sdpipe_outranked"
 
 
-def requeue_delay_ms(exc: NoFreeSlot) -> int:
-    """How long a delivery that could not start its SD call waits in the delay queue."""
-    return random.randint(*(PAUSED_DELAY_MS if isinstance(exc, QueuePaused) else REQUEUE_DELAY_MS))
+def requeue_delay_ms(exc: NoFreeSlot, *, outranked: int = 0) -> int:
+    """How long a delivery that could not start its SD call waits in the delay queue (``outranked``:
+    how many times in a row it was outranked before this one)."""
+    if isinstance(exc, QueuePaused):
+        return random.randint(*PAUSED_DELAY_MS)
+    low, high = REQUEUE_DELAY_MS
+    if isinstance(exc, Outranked):
+        factor = 2 ** min(outranked, 8)
+        return min(random.randint(low * factor, high * factor), OUTRANKED_MAX_DELAY_MS)
+    return random.randint(low, high)
 
 
 @dataclass(frozen=True)
@@ -132,7 +144,11 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
                     raise dramatiq.Retry(str(exc)) from exc
                 # Every server busy, higher-priority work waiting, or paused: not a failure. Back to
                 # the queue, retry budget untouched.
-                broker.enqueue(message, delay=requeue_delay_ms(exc))
+                outranked = int(message.options.get(OUTRANKED_OPTION, 0))
+                in_a_row = outranked + 1 if isinstance(exc, Outranked) else 0
+                if in_a_row != outranked:
+                    message = message.copy(options={OUTRANKED_OPTION: in_a_row})
+                broker.enqueue(message, delay=requeue_delay_ms(exc, outranked=outranked))
                 _drop_continuation()
                 logger.log(logging.INFO if type(exc) is NoFreeSlot else logging.DEBUG, "%s", exc.message)
                 return

@@ -140,8 +140,9 @@ DEFAULT_WEBHOOK_THREADS = 4
 DEFAULT_IDEMPOTENCY_TTL_S = 86_400.0
 #: A queued job's priority rises one class (low -> normal -> high) per this many seconds of waiting.
 DEFAULT_PRIORITY_AGING_S = 600.0
-#: How long a submitted high-priority job holds back lower ones before a worker picks it up.
-DEFAULT_PRIORITY_TICKET_S = 120.0
+#: Longest a queued high or normal job holds lower classes back (its ticket); it lets go sooner when it
+#: gets an SD server, is cancelled or ends. A bound for tickets of lost jobs: aging limits what they cost.
+DEFAULT_PRIORITY_TICKET_S = 3600.0
 
 #: Concurrent requests one SD server gets unless its ``SD_API_URL`` entry says ``;max=N``. An
 #: AUTOMATIC1111 server renders one job at a time; more requests only wait on its lock.

@@ -449,16 +449,22 @@ def sd_slot(ctx: StepContext, job_id: str) -> Iterator[Backend | None]:
     except JobNotFound:  # its record is lost: run_step drops the message, no SD call
         yield None
         return
+    klass = PRIORITIES.index(record.spec.priority)
     if record.state.terminal or _files(ctx, record).source.exists():
+        ctx.pool.drop_ticket(job_id, klass)  # it holds no one back now
         yield None
         return
-    check_paused(ctx, record)
+    try:
+        check_paused(ctx, record)
+    except QueuePaused:
+        ctx.pool.drop_ticket(job_id, klass)  # a paused job holds no one back; its next try takes a new ticket
+        raise
     with ctx.pool.slot(
         job_id,
         pinned=pinned_backend(ctx, record),
         avoid=_failed_backend(record),
         model=affinity.wanted(record.spec.generation),
-        priority=PRIORITIES.index(record.spec.priority),
+        priority=klass,
         since=record.created_at,
     ) as backend:
         yield backend

@@ -16,6 +16,8 @@ import respx
 from PIL import Image
 
 from actors import Runtime
+from actors.steps import OUTRANKED_MAX_DELAY_MS, REQUEUE_DELAY_MS, requeue_delay_ms
+from pipeline.errors import NoFreeSlot, Outranked
 from pipeline.images.infotext import parse_infotext
 from pipeline.jobs import steps
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate, plan_process
@@ -237,3 +239,12 @@ def test_remove_orphaned_work_removes_old_folders_of_jobs_without_records(runtim
     assert steps.remove_orphaned_work(runtime.context) == 1
     # Then only the old orphan is gone (a fresh one may be a process job about to be recorded)
     assert not folders["lost-old"].exists() and folders[spec.job_id].exists() and folders["lost-fresh"].exists()
+
+
+def test_requeue_delay_of_a_generation_outranked_again_and_again_doubles_up_to_its_bound() -> None:
+    outranked = Outranked("job 1234: higher-priority work waits for the SD servers; requeued")
+    low, high = REQUEUE_DELAY_MS
+    assert low <= requeue_delay_ms(outranked) <= high
+    assert 2 * low <= requeue_delay_ms(outranked, outranked=1) <= 2 * high
+    assert requeue_delay_ms(outranked, outranked=20) == OUTRANKED_MAX_DELAY_MS
+    assert low <= requeue_delay_ms(NoFreeSlot("all busy"), outranked=20) <= high  # a busy server: no doubling

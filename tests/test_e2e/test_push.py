@@ -228,11 +228,13 @@ def test_same_generate_body_with_one_idempotency_key_is_one_job_one_sd_call(api:
 def test_high_priority_job_starts_next_behind_twenty_queued(
     e2e_env: dict[str, str], redis_url: str, spawn: Callable[..., Proc], tmp_path: Path
 ) -> None:
-    """A busy server (one slot), 20 normal jobs queued; a high-priority job submitted then: the next
-    SD call to start is the high one (the call already running, or taken as it was submitted, finishes)."""
+    """A busy server (one slot), 4 low then 20 normal jobs queued; a high-priority job submitted then:
+    the next SD call to start is the high one (the call already running, or taken as it was submitted,
+    finishes), and no low job started before it although they were queued first."""
     env = {**e2e_env, **FAST}
     env["SD_API_URL"] = mock = start_mock(spawn, env, "--latency-ms", "800")
     store = RedisStatusStore.from_url(redis_url)
+    _batch(env, tmp_path, 4, "low", "--priority", "low")
     _batch(env, tmp_path, 20, "normal")
     start_worker(spawn, env, processes=1, threads=4)
     assert wait_until(lambda: len(_requests(mock)) >= 2, timeout_s=60)
@@ -249,6 +251,8 @@ def test_high_priority_job_starts_next_behind_twenty_queued(
     # jobs were still waiting.
     assert len(between) <= 1, (between, [r["prompt"] for r in requests])
     assert sum(1 for r in requests if r["at"] < urgent_at) < 15  # normal jobs were still queued behind it
+    # Normal before low: the low jobs, first in the queue, made no SD call while normal work was queued
+    assert not [r["prompt"] for r in requests if r["at"] <= urgent_at and r["prompt"].startswith("low")]
     log.close()
     store.close()
 

@@ -198,7 +198,7 @@ class SDPool:
         backend = next(b for b in candidates if b.key == key)
         logger.debug("job %s: slot on %s", job_id, backend.key)
         if priority is not None:
-            self._drop_ticket(job_id, priority)
+            self.drop_ticket(job_id, priority)
         held_key = (job_id, threading.get_ident())
         with self._lock:
             self._held[held_key] = _Held(backend, holder, time.monotonic(), want)
@@ -217,7 +217,8 @@ class SDPool:
         if klass > 0 and self.state.outranked(klass):
             raise Outranked(f"job {job_id[:8]}: higher-priority work waits for the SD servers; requeued")
 
-    def _drop_ticket(self, job_id: str, priority: int) -> None:
+    def drop_ticket(self, job_id: str, priority: int) -> None:
+        """``job_id`` (of class ``priority``) got its server, or needs none any more: it holds no one back."""
         try:
             self.state.drop_ticket(job_id, priority)
         except StoreUnavailable as exc:  # it expires by itself

@@ -189,3 +189,17 @@ def test_pool_state_release_after_an_answer_records_the_success(
     status = state.status([server])[0]
     assert status.in_use == 0 and status.done == 1 and status.consecutive_failures == 0
     assert status.mean_s == pytest.approx(0.75)
+
+
+def test_pool_state_tickets_outrank_worse_classes_until_dropped_or_expired(state: PoolState) -> None:
+    tag = uuid.uuid4().hex[:6]
+    assert not state.outranked(2)
+    state.ticket([f"n1-{tag}", f"n2-{tag}"], 1, ttl_s=30)
+    assert state.outranked(2) and not state.outranked(1) and not state.outranked(0)
+    state.drop_ticket(f"n1-{tag}", 1)
+    assert state.outranked(2)
+    state.drop_ticket(f"n2-{tag}", 1)
+    assert not state.outranked(2)
+    state.ticket([f"h-{tag}"], 0, ttl_s=0.05)
+    assert state.outranked(1)
+    assert wait_until(lambda: not state.outranked(1), timeout_s=5)
