@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -15,6 +16,7 @@ import redis
 from pipeline.settings import Settings
 from tests.helpers import RedisServer, free_port
 from tests.procs import MotoServer, S3Unavailable
+from tests.receiver import Receiver
 
 #: Environment variables sdpipe reads; tests never inherit the developer's values.
 _SDPIPE_ENV = [name.upper() for name in Settings.model_fields]
@@ -118,3 +120,17 @@ def s3_bucket(s3_server: MotoServer) -> S3Bucket:
         access_key_id=s3_server.access_key_id,
         secret_access_key=s3_server.secret_access_key,
     )
+
+
+@pytest.fixture
+def receiver_factory() -> Iterator[Callable[..., Receiver]]:
+    """Make webhook receivers (:class:`tests.receiver.Receiver`); all are closed at teardown."""
+    made: list[Receiver] = []
+
+    def make(**kwargs: Any) -> Receiver:
+        made.append(Receiver(**kwargs))
+        return made[-1]
+
+    yield make
+    for receiver in made:
+        receiver.close()

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,70 +19,13 @@ from standardwebhooks import Webhook
 from pipeline.events.redis_log import RedisEventLog
 from pipeline.store import RedisStatusStore
 from tests.helpers import free_port, port_open, wait_until
+from tests.receiver import Receiver
 from tests.test_e2e.conftest import Proc, child_pids, mock_stats, run_sdpipe, start_mock, start_worker
 
 pytestmark = pytest.mark.e2e
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 FAST = {"BROKER_HEARTBEAT_TIMEOUT_MS": "3000", "WIDTH": "64", "HEIGHT": "64", "WEBHOOK_SECRET": SECRET}
-
-
-class Receiver:
-    """A webhook receiver on a free port: records every delivery; ``fail_first`` 500s per webhook-id, or hangs."""
-
-    def __init__(self, *, fail_first: int = 0, hang: bool = False) -> None:
-        self.deliveries: list[tuple[dict[str, str], bytes, int]] = []
-        self.attempts: dict[str, int] = {}
-        self.lock = threading.Lock()
-        self.release = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                headers = {key.lower(): value for key, value in self.headers.items()}
-                with receiver.lock:
-                    seen = receiver.attempts.get(headers.get("webhook-id", ""), 0)
-                    receiver.attempts[headers.get("webhook-id", "")] = seen + 1
-                    status = 500 if seen < fail_first else 200
-                    receiver.deliveries.append((headers, body, -1 if hang else status))
-                if hang:
-                    receiver.release.wait(120)
-                    return
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.server.daemon_threads = False  # server_close() joins them: no socket is left to the GC
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def answered(self) -> dict[str, bytes]:
-        """webhook-id -> body of every delivery answered 200."""
-        with self.lock:
-            return {h["webhook-id"]: body for h, body, status in self.deliveries if status == 200}
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver_factory() -> Iterator[Callable[..., Receiver]]:
-    made: list[Receiver] = []
-
-    def make(**kwargs: Any) -> Receiver:
-        made.append(Receiver(**kwargs))
-        return made[-1]
-
-    yield make
-    for receiver in made:
-        receiver.close()
 
 
 def _batch(env: dict[str, str], tmp_path: Path, rows: int, prefix: str, *extra: str) -> str:
