@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -14,13 +15,12 @@ from tests.helpers import free_port, port_open, wait_until
 from tests.procs import SDPIPE, Proc
 
 
-@pytest.fixture
-def e2e_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
-    """Environment for every sdpipe process of one test: Redis mode, one output folder, fast retries."""
+def e2e_environment(redis_url: str, folder: Path) -> dict[str, str]:
+    """Environment for sdpipe processes: Redis mode, one output folder under ``folder``, fast retries."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SD_", "REDIS_", "OUTPUT_"))}
     env.update(
         REDIS_URL=redis_url,
-        OUTPUT_DIR=str(tmp_path / "outputs"),
+        OUTPUT_DIR=str(folder / "outputs"),
         RETRY_MIN_BACKOFF_MS="50",
         RETRY_MAX_BACKOFF_MS="500",
         PYTHONUNBUFFERED="1",
@@ -28,22 +28,37 @@ def e2e_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    """Start ``sdpipe ARGS`` in the background; every process is stopped at teardown."""
+@contextmanager
+def spawner(folder: Path) -> Iterator[Callable[..., Proc]]:
+    """Start ``sdpipe ARGS`` in the background (its log in ``folder``); every process is stopped at the end."""
     procs: list[Proc] = []
 
     def start(*args: str, env: dict[str, str], name: str, cwd: Path | None = None) -> Proc:
-        log = tmp_path / f"{name}.log"
+        log = folder / f"{name}.log"
         with log.open("wb") as handle:
             popen = subprocess.Popen([*SDPIPE, *args], env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd)
         proc = Proc(popen=popen, log=log)
         procs.append(proc)
         return proc
 
-    yield start
-    for proc in procs:
-        proc.stop()
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+@pytest.fixture
+def e2e_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for every sdpipe process of one test (see :func:`e2e_environment`)."""
+    return e2e_environment(redis_url, tmp_path)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start ``sdpipe ARGS`` in the background; every process is stopped at teardown."""
+    with spawner(tmp_path) as start:
+        yield start
 
 
 def start_mock(spawn: Callable[..., Proc], env: dict[str, str], *args: str, name: str = "mock-sd") -> str:

@@ -3,9 +3,11 @@ server over HTTP, ``sdpipe serve`` where the API is the subject, and a webhook r
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,9 +20,19 @@ from standardwebhooks import Webhook
 
 from pipeline.events.redis_log import RedisEventLog
 from pipeline.store import RedisStatusStore
-from tests.helpers import free_port, port_open, wait_until
+from tests.helpers import RedisServer, free_port, port_open, wait_until
+from tests.procs import SDPIPE
 from tests.receiver import Receiver
-from tests.test_e2e.conftest import Proc, child_pids, mock_stats, run_sdpipe, start_mock, start_worker
+from tests.test_e2e.conftest import (
+    Proc,
+    child_pids,
+    e2e_environment,
+    mock_stats,
+    run_sdpipe,
+    spawner,
+    start_mock,
+    start_worker,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -105,15 +117,25 @@ def test_hanging_receiver_never_holds_up_the_batch(
     store.close()
 
 
-@pytest.fixture
-def api(e2e_env: dict[str, str], spawn: Callable[..., Proc]) -> Iterator[tuple[str, dict[str, str]]]:
-    env = {**e2e_env, **FAST, "WEBHOOK_ALLOW_HOSTS": "127.0.0.1"}
-    env["SD_API_URL"] = start_mock(spawn, env, "--latency-ms", "1200")
-    port = free_port()
-    proc = spawn("serve", "--port", str(port), env=env, name="serve")
-    assert wait_until(lambda: port_open(port), timeout_s=30), proc.output()
-    start_worker(spawn, env, processes=1, threads=2)
-    yield f"http://127.0.0.1:{port}", env
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """One ``sdpipe serve``, worker, mock server (1.2 s a render) and private Redis for every API test
+    of this module (each uses its own prompts and batches); the worker publishes preview images."""
+    folder = tmp_path_factory.mktemp("push-api")
+    server = RedisServer(port=free_port(), directory=folder)
+    server.start()
+    try:
+        with spawner(folder) as spawn:
+            env = {**e2e_environment(server.url, folder), **FAST, "WEBHOOK_ALLOW_HOSTS": "127.0.0.1"}
+            env["PROGRESS_PREVIEW"] = "true"
+            env["SD_API_URL"] = start_mock(spawn, env, "--latency-ms", "1200")
+            port = free_port()
+            proc = spawn("serve", "--port", str(port), env=env, name="serve")
+            assert wait_until(lambda: port_open(port), timeout_s=30), proc.output()
+            start_worker(spawn, env, processes=1, threads=2)
+            yield f"http://127.0.0.1:{port}", env
+    finally:
+        server.stop()
 
 
 def _read_sse(
@@ -149,6 +171,14 @@ def test_sse_shows_steps_and_progress_and_replays_only_what_was_missed(api: tupl
         f"{base}/api/events?batch={batch_id}", until="batch.completed", headers={"Last-Event-ID": middle["id"]}
     )
     assert [e["id"] for e in replay] == [e["id"] for e in events[len(events) // 2 + 1 :]]
+    # Preview images are opt-in: only a client asking with ?previews=true gets job.preview events,
+    # and no job record carries one.
+    assert "job.preview" not in {e["type"] for e in events}
+    with_previews = _read_sse(f"{base}/api/events?batch={batch_id}&previews=true", until="batch.completed")
+    previews = [e for e in with_previews if e["type"] == "job.preview"]
+    assert previews and all(base64.b64decode(e["data"]["image"]).startswith(b"\x89PNG") for e in previews)
+    record = httpx.get(f"{base}/api/jobs/{accepted['job_ids'][0]}").text
+    assert previews[0]["data"]["image"] not in record and "preview" not in record
 
 
 def test_same_generate_body_with_one_idempotency_key_is_one_job_one_sd_call(api: tuple[str, dict[str, str]]) -> None:
@@ -202,3 +232,39 @@ def _requests(mock: str) -> list[dict[str, Any]]:
     requests = mock_stats(mock)["requests"]
     assert isinstance(requests, list)
     return requests
+
+
+def test_paused_batch_starts_no_sd_call_until_resumed_and_watch_follows_it_to_the_end(
+    api: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """Pause from the CLI and the API: a paused batch's jobs make no SD call, status and the API say
+    paused; resumed, they render, and ``sdpipe watch --batch`` (started while paused) shows their
+    steps and exits when the batch is done."""
+    base, env = api
+    assert run_sdpipe("pause", env=env).returncode == 0  # the whole queue, from the CLI
+    accepted = httpx.post(f"{base}/api/batches", json={"rows": ["paused a", "paused b"]}).json()
+    batch_id, job_ids = accepted["batch_id"], accepted["job_ids"]
+    assert httpx.post(f"{base}/api/pause", params={"batch": batch_id}).json()["paused_batches"] == [batch_id]
+    assert run_sdpipe("resume", env=env).returncode == 0  # the queue runs again; the batch stays paused
+    assert httpx.get(f"{base}/api/queue").json() == {"paused": False, "paused_batches": [batch_id]}
+    assert httpx.get(f"{base}/api/jobs/{job_ids[0]}").json()["paused"] is True
+    assert json.loads(run_sdpipe("status", job_ids[0], "--json", env=env).stdout)["paused"] is True
+    assert "paused" in run_sdpipe("status", "--batch", batch_id, env=env).stdout
+    with (tmp_path / "watch.log").open("w+") as watched:
+        watch = subprocess.Popen(
+            [*SDPIPE, "watch", "--batch", batch_id], env=env, stdout=watched, stderr=subprocess.STDOUT, text=True
+        )
+        time.sleep(5)  # an observation window: longer than a paused job's look-again delay (2-4 s)
+        assert not [r for r in _requests(env["SD_API_URL"]) if r["prompt"].startswith("paused")]
+        assert {job["state"] for job in httpx.get(f"{base}/api/jobs", params={"batch": batch_id}).json()["jobs"]} == {
+            "queued"
+        }
+        httpx.post(f"{base}/api/resume", params={"batch": batch_id}).raise_for_status()
+        assert watch.wait(timeout=120) == 0
+        watched.seek(0)
+        output = watched.read()
+    assert len([r for r in _requests(env["SD_API_URL"]) if r["prompt"].startswith("paused")]) == 2
+    for job_id in job_ids:
+        assert f"job {job_id[:8]} job.step.finished step=merge" in output, output
+        assert f"job {job_id[:8]} job.succeeded" in output
+    assert "job.progress" in output and "done: 2/2 job(s) ended" in output
