@@ -17,6 +17,8 @@
    (at most 6) and wall time ÷ (60 × 300 ms / 3 + 3 s), checkpoint-aware beside blind dispatch
 9. (issue 17) start-up: ``sdpipe --help``, ``status``, ``jobs`` (embedded and Redis), ``generate --no-wait``
    (Redis) as whole processes, median wall time (≤ 0.25 s each) beside ``python -c pass``
+10. (issue 18) a batch's wall time with a webhook receiver that never answers ÷ the same without a webhook
+   (≤ 1.10×)
 
 Prints one table (target, measured, baseline, ratio, limit, met?) and a JSON line; writes the figures
 atomically to bench/results.json (``--tiny``: to a file in the temp folder, unless ``--out``). Exit
@@ -47,6 +49,7 @@ from bench import (
     t7_checkpoints,
     t8_upscale,
     t9_startup,
+    t10_webhooks,
 )
 from bench._common import Row
 
@@ -60,6 +63,7 @@ TARGETS: dict[str, tuple[str, Callable[..., list[Row]]]] = {
     "7": ("checkpoint-aware dispatch (issue 15)", t7_checkpoints.run),
     "8": ("distributed tiled upscaling (issue 21)", t8_upscale.run),
     "9": ("CLI start-up, whole processes (issue 17)", t9_startup.run),
+    "10": ("hanging webhook receiver (issue 18)", t10_webhooks.run),
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

@@ -100,7 +100,7 @@ def test_hanging_receiver_never_holds_up_the_batch(
     receiver_factory: Callable[..., Receiver],
 ) -> None:
     """A receiver that never answers: the batch completes while every delivery is still hanging
-    (they run on the webhooks queue's own threads). The wall-time comparison is bench target 9."""
+    (they run on the webhooks queue's own threads). The wall-time comparison is bench target 10."""
     receiver = receiver_factory(hang=True)
     env = {**e2e_env, **FAST, "WEBHOOK_URL": receiver.url, "WEBHOOK_TIMEOUT_S": "60", "WEBHOOK_THREADS": "2"}
     env["SD_API_URL"] = start_mock(spawn, env, "--latency-ms", "200")
