@@ -170,6 +170,8 @@ def wait_for_jobs(
                                 if len(records) <= TABLE_MAX_JOBS
                                 else _summary(records)
                             )
+                    if workers is not None:
+                        workers.settle()
                     return records
                 polls = {} if poll_interval_s is None else {"poll_interval_s": poll_interval_s}
                 for records in watch_jobs(store, job_ids, **polls):
