@@ -86,6 +86,15 @@ from cli.request_options import (
     request_flags,
     template_fields,
 )
+from cli.upscale_options import (
+    UpscaleDenoiseOption,
+    UpscaleOption,
+    UpscaleOverlapOption,
+    UpscalerOption,
+    UpscaleSeamFixOption,
+    UpscaleTileOption,
+    upscale_flags,
+)
 from pipeline.batches.files import BatchFileError, describe_plan, read_batch_file
 from pipeline.batches.manifests import batch_records, build_manifest, retry_step, write_manifest
 from pipeline.errors import InputError
@@ -122,13 +131,12 @@ def batch(
     sigma: SigmaDefault = None,
     output_format: FormatDefault = None,
     quality: QualityDefault = None,
-    upscale: Annotated[
-        float | None, typer.Option("--upscale", help="Upscale every image by this factor (tiled img2img).")
-    ] = None,
-    upscale_denoise: Annotated[
-        float | None, typer.Option("--upscale-denoise", help="Denoising strength of the upscale's tiles (0.3).")
-    ] = None,
-    upscaler: Annotated[str | None, typer.Option("--upscaler", help="First-pass upscaler (Lanczos).")] = None,
+    upscale: UpscaleOption = None,
+    upscale_denoise: UpscaleDenoiseOption = None,
+    upscaler: UpscalerOption = None,
+    upscale_tile: UpscaleTileOption = None,
+    upscale_overlap: UpscaleOverlapOption = None,
+    upscale_seam_fix: UpscaleSeamFixOption = None,
     name_template: RowNameTemplateOption = None,
     overwrite: RowOverwriteOption = False,
     hires: HiresOption = None,
@@ -193,7 +201,7 @@ def batch(
     with cli_errors():
         if idempotency_key is not None and file.is_file():
             request["file_content"] = hashlib.sha256(file.read_bytes()).hexdigest()
-        request_defaults = request_flags(locals())
+        request_defaults = request_flags(locals()) | upscale_flags(locals())
         request_defaults.update(
             template_fields(
                 template=template,
@@ -220,9 +228,6 @@ def batch(
         sigma=sigma,
         format=output_format,
         quality=quality,
-        upscale=upscale,
-        upscale_denoise=upscale_denoise,
-        upscaler=upscaler,
         priority=priority,
     )
     with cli_errors():

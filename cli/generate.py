@@ -59,6 +59,15 @@ from cli.request_options import (
     request_flags,
     template_fields,
 )
+from cli.upscale_options import (
+    UpscaleDenoiseOption,
+    UpscaleOption,
+    UpscaleOverlapOption,
+    UpscalerOption,
+    UpscaleSeamFixOption,
+    UpscaleTileOption,
+    upscale_flags,
+)
 from pipeline.batches.expansion import plan_templated, split_template_keys
 from pipeline.batches.manifests import contact_sheet_when_done
 from pipeline.batches.rows import check_request
@@ -70,7 +79,6 @@ from pipeline.sd.catalog import open_catalog
 from pipeline.settings import OutputFormat, Settings
 from pipeline.storage import open_storage
 from pipeline.store import StatusStore
-from pipeline.upscale.planning import UpscaleRequest, with_upscale
 
 __all__ = ["generate", "process", "submit_and_report"]
 
@@ -136,15 +144,12 @@ def generate(
     grid: GridOption = None,
     band_px: BandOption = None,
     sigma: SigmaOption = None,
-    upscale: Annotated[
-        float | None, typer.Option("--upscale", help="Then upscale each image by this factor with tiled img2img.")
-    ] = None,
-    upscale_denoise: Annotated[
-        float | None, typer.Option("--upscale-denoise", help="Denoising strength of the upscale's tiles (default 0.3).")
-    ] = None,
-    upscaler: Annotated[
-        str | None, typer.Option("--upscaler", help="First-pass upscaler of --upscale (default Lanczos, no SD call).")
-    ] = None,
+    upscale: UpscaleOption = None,
+    upscale_denoise: UpscaleDenoiseOption = None,
+    upscaler: UpscalerOption = None,
+    upscale_tile: UpscaleTileOption = None,
+    upscale_overlap: UpscaleOverlapOption = None,
+    upscale_seam_fix: UpscaleSeamFixOption = None,
     output_format: FormatOption = None,
     quality: QualityOption = None,
     name_template: NameTemplateOption = None,
@@ -170,7 +175,7 @@ def generate(
         settings = load(ctx, sd_api_url=sd_url, **out_overrides(out))
         check_submission(settings, wait=wait, sd_url=sd_url)
         step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
-        fields = request_flags(locals())
+        fields = request_flags(locals()) | upscale_flags(locals())
         fields = apply_flags(
             fields,
             prompt=prompt,
@@ -211,9 +216,6 @@ def generate(
                 batch_id=new_id(),
                 now=time.time(),
             )
-        if upscale is not None or upscale_denoise is not None or upscaler is not None:
-            wanted = UpscaleRequest(scale=upscale or 2.0, denoise=upscale_denoise, upscaler=upscaler)
-            specs = with_upscale(settings, specs, wanted)
         specs = with_delivery(specs, priority=priority, webhook=webhook)
         check_output(settings)
         submit_and_report(

@@ -67,6 +67,15 @@ from cli.request_options import (
     request_flags,
     template_fields,
 )
+from cli.upscale_options import (
+    UpscaleDenoiseOption,
+    UpscaleOption,
+    UpscaleOverlapOption,
+    UpscalerOption,
+    UpscaleSeamFixOption,
+    UpscaleTileOption,
+    upscale_flags,
+)
 from pipeline.batches.files import BatchFileError, read_batch_file
 from pipeline.batches.schedules import (
     DAY_S,
@@ -128,6 +137,12 @@ def add(
     sigma: SigmaDefault = None,
     output_format: FormatDefault = None,
     quality: QualityDefault = None,
+    upscale: UpscaleOption = None,
+    upscale_denoise: UpscaleDenoiseOption = None,
+    upscaler: UpscalerOption = None,
+    upscale_tile: UpscaleTileOption = None,
+    upscale_overlap: UpscaleOverlapOption = None,
+    upscale_seam_fix: UpscaleSeamFixOption = None,
     name_template: RowNameTemplateOption = None,
     overwrite: RowOverwriteOption = False,
     hires: HiresOption = None,
@@ -157,7 +172,7 @@ def add(
 ) -> None:
     """Add a schedule: render FILE as a batch at every occurrence of --cron."""
     with cli_errors():
-        request_defaults = request_flags(locals())
+        request_defaults = request_flags(locals()) | upscale_flags(locals())
         # Without --template-seed, random template picks differ at every run; with it, each run is the same.
         request_defaults.update(
             template_fields(

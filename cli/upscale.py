@@ -19,8 +19,11 @@ from cli.generate import (
     submit_and_report,
 )
 from cli.output import cli_errors
+from cli.request_options import ModelOption, OverrideOption, ScriptOption, request_fields
+from cli.upscale_options import UpscalerOption
 from pipeline.jobs.files import check_output
 from pipeline.jobs.planning import build_step_params, new_id, travelling_overrides
+from pipeline.sd.catalog import open_catalog
 from pipeline.store import open_store
 from pipeline.upscale.params import (
     DEFAULT_DENOISE,
@@ -28,22 +31,13 @@ from pipeline.upscale.params import (
     DEFAULT_SEAM_FIX_DENOISE,
     DEFAULT_SEAM_FIX_WIDTH_PX,
     DEFAULT_TILE_PX,
-    LANCZOS,
     SeamFix,
 )
 from pipeline.upscale.planning import UpscaleRequest, plan_upscale, resolve_upscale_source
 
-__all__ = ["ScaleOption", "UpscalerOption", "upscale"]
+__all__ = ["ScaleOption", "upscale"]
 
 ScaleOption = Annotated[float, typer.Option("--scale", help="Enlargement factor, e.g. 2 (above 1, at most 8).")]
-UpscalerOption = Annotated[
-    str | None,
-    typer.Option(
-        "--upscaler",
-        help=f"First-pass upscaler: {LANCZOS} (here, no SD call) or a server's, e.g. 'R-ESRGAN 4x+' "
-        f"(default {LANCZOS}).",
-    ),
-]
 TileOption = Annotated[
     int | None, typer.Option("--tile", help=f"Tile size in px, a multiple of 8 (default {DEFAULT_TILE_PX}).")
 ]
@@ -51,6 +45,21 @@ OverlapOption = Annotated[
     int | None,
     typer.Option("--overlap", help=f"Least overlap between neighbouring tiles, px (default {DEFAULT_OVERLAP_PX})."),
 ]
+
+#: The option of each upscale setting, for its error message.
+_FLAG_OF = {
+    "scale": "--scale",
+    "upscaler": "--upscaler",
+    "tile_px": "--tile",
+    "overlap_px": "--overlap",
+    "denoise": "--denoise",
+    "seam_fix": "--seam-fix",
+    "seam_fix_width_px": "--seam-fix-width",
+    "seam_fix_denoise": "--seam-fix-denoise",
+    "seed": "--seed",
+    "steps": "--steps",
+    "cfg_scale": "--cfg",
+}
 
 
 def upscale(
@@ -93,6 +102,9 @@ def upscale(
     cfg: Annotated[float | None, typer.Option("--cfg", help="CFG scale (default CFG_SCALE).")] = None,
     sampler: Annotated[str | None, typer.Option(help="Sampler name (default SAMPLER).")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Scheduler (default SCHEDULER).")] = None,
+    model: ModelOption = None,
+    override: OverrideOption = None,
+    script: ScriptOption = None,
     output_format: FormatOption = None,
     quality: QualityOption = None,
     name_template: NameTemplateOption = None,
@@ -109,6 +121,7 @@ def upscale(
     with cli_errors():
         settings = load(ctx, sd_api_url=sd_url, **out_overrides(out))
         check_submission(settings, wait=wait, sd_url=sd_url)
+        fields = request_fields(override=override, script=script)  # every tile's override_settings, scripts
         request = UpscaleRequest(
             scale=scale,
             upscaler=upscaler,
@@ -125,6 +138,9 @@ def upscale(
             cfg_scale=cfg,
             sampler=sampler,
             scheduler=scheduler,
+            model=model,
+            override_settings=fields.get("override_settings"),
+            alwayson_scripts=fields.get("alwayson_scripts"),
         )
         store = open_store(settings)
         try:
@@ -132,20 +148,23 @@ def upscale(
         finally:
             store.close()
         _, backend_url = travelling_overrides(settings, out=out, sd_url=sd_url)
-        plans = plan_upscale(
-            settings,
-            [path],
-            request,
-            build_step_params(settings, grid=None, band_px=None, sigma=None),
-            output_dir=settings.output_location,
-            output_format=output_format,
-            quality=quality,
-            batch_id=new_id(),
-            name_template=name_template,
-            overwrite=overwrite,
-            backend_url=backend_url,
-            now=time.time(),
-        )
+        with open_catalog(settings) as checker:
+            plans = plan_upscale(
+                settings,
+                [path],
+                request,
+                build_step_params(settings, grid=None, band_px=None, sigma=None),
+                output_dir=settings.output_location,
+                output_format=output_format,
+                quality=quality,
+                batch_id=new_id(),
+                name_template=name_template,
+                overwrite=overwrite,
+                backend_url=backend_url,
+                checker=checker if model is not None else None,
+                names=_FLAG_OF,
+                now=time.time(),
+            )
         check_output(settings)
         for plan in plans:
             plan.ingest(settings)

@@ -44,7 +44,6 @@ from pipeline.models import PRIORITIES, JobRecord, JobSpec, JobState
 from pipeline.sd.catalog import open_catalog
 from pipeline.settings import Settings
 from pipeline.store import DEFAULT_LIST_LIMIT
-from pipeline.upscale.planning import UpscaleRequest, with_upscale
 from pipeline.webhooks.urls import check_webhook_url, host_allowed
 
 __all__ = ["MAX_LIST_LIMIT", "filter_of", "list_job_page", "plan_batch_rows", "router", "submit_generate"]
@@ -195,9 +194,6 @@ def _plan_and_submit(request: Request, body: GenerateBody, batch_id: str, webhoo
             batch_id=batch_id,
             now=time.time(),
         )
-    if body.upscale is not None or body.upscale_denoise is not None or body.upscaler is not None:
-        wanted = UpscaleRequest(scale=body.upscale or 2.0, denoise=body.upscale_denoise, upscaler=body.upscaler)
-        specs = with_upscale(settings, specs, wanted)
     specs = _with_delivery(specs, body.priority, webhook)
     ensure_output_dir(settings)
     runtime.submit(specs, as_batch=True)

@@ -23,6 +23,7 @@ from pipeline.models import JobSpec, StepParams
 from pipeline.prompts.sweeps import parse_sweeps, sweep_combinations
 from pipeline.prompts.templates import TemplateMode, expand_templates, is_template
 from pipeline.settings import Settings
+from pipeline.upscale.planning import with_row_upscale
 
 __all__ = ["RowVariant", "batch_template_seed", "plan_templated", "row_variants", "split_template_keys"]
 
@@ -180,7 +181,8 @@ def plan_templated(
 ) -> list[JobSpec]:
     """The jobs of one checked request (``generate``, ``POST /api/generate``): every template expansion
     times every sweep combination, each planned by :func:`~pipeline.jobs.planning.plan_generate`
-    (``plan`` are its other keyword arguments), each spec keeping its template record.
+    (``plan`` are its other keyword arguments) and upscaled as its ``upscale*`` keys ask, each spec
+    keeping its template record.
 
     Raises:
         InputError: a template that cannot expand, a bad sweep value, or what plan_generate refuses.
@@ -203,5 +205,6 @@ def plan_templated(
             checker=checker,
             **plan,
         )
+        planned = with_row_upscale(settings, planned, variant.values)  # its upscale* keys, if any
         specs += [spec.model_copy(update={"prompt_template": variant.record}) for spec in planned]
     return specs

@@ -29,7 +29,7 @@ from pipeline.jobs.naming import check_name_template, is_name_char
 from pipeline.jobs.planning import RequestChecker, build_step_params, plan_generate
 from pipeline.models import PRIORITIES, GenerationParams, JobSpec, StepParams, parse_grid
 from pipeline.settings import OutputFormat, Settings
-from pipeline.upscale.planning import UpscaleRequest, with_upscale
+from pipeline.upscale.planning import with_row_upscale
 
 __all__ = [
     "MAX_ROW_COUNT",
@@ -412,16 +412,10 @@ class _Planner:
                 issue for issue in _issues_from(exc, values) if (steps_ok or issue.local) and issue.field not in known
             ]
             return issues + more
-        upscale_keys = ("upscale", "upscale_denoise", "upscaler")
-        if any(key in values for key in upscale_keys):
-            wanted = UpscaleRequest(
-                scale=values.get("upscale", 2.0), denoise=values.get("upscale_denoise"), upscaler=values.get("upscaler")
-            )
-            try:
-                specs = with_upscale(self.settings, specs, wanted)
-            except InputError as exc:
-                bad = {"scale": "upscale", "denoise": "upscale_denoise", "upscaler": "upscaler"}.get(exc.field or "")
-                issues.append(FieldIssue(bad or "upscale", exc.message))
+        try:
+            specs = with_row_upscale(self.settings, specs, values)
+        except InputError as exc:
+            issues.append(FieldIssue(exc.field or "upscale", exc.message))
         priority = values.get("priority")
         if priority is not None:
             if priority not in PRIORITIES:
@@ -457,6 +451,9 @@ class _Planner:
             "upscale": upscale.scale if upscale else None,
             "upscale_denoise": upscale.denoise if upscale else None,
             "upscaler": upscale.upscaler if upscale else None,
+            "upscale_tile": upscale.tile_px if upscale else None,
+            "upscale_overlap": upscale.overlap_px if upscale else None,
+            "upscale_seam_fix": upscale.seam_fix if upscale else None,
         }
         if priority is not None:
             params["priority"] = priority

@@ -64,6 +64,9 @@ ROW_KEYS = (
     "upscale_denoise",
     "upscaler",
     "priority",
+    "upscale_tile",
+    "upscale_overlap",
+    "upscale_seam_fix",
 )
 #: Keys of a row (or of defaults) that say how it becomes jobs, read before the row is checked
 #: (pipeline.batches.files): prompt templates (pipeline.prompts) and parameter sweeps.
@@ -97,7 +100,19 @@ A1111_FIELDS = frozenset(
 )  # fmt: skip
 #: Row keys whose value is text (a CSV cell is kept as text for them, never read as JSON).
 _TEXT_KEYS = frozenset(
-    {"prompt", "negative", "sampler", "scheduler", "grid", "format", "name", "model", "upscaler", "priority"}
+    {
+        "prompt",
+        "negative",
+        "sampler",
+        "scheduler",
+        "grid",
+        "format",
+        "name",
+        "model",
+        "upscaler",
+        "priority",
+        "upscale_seam_fix",
+    }  # fmt: skip
 )
 
 
@@ -144,6 +159,11 @@ class JobRow(BaseModel):
     upscale_denoise: float | None = Field(None, description="denoising strength of the upscale's tiles (0.3)")
     upscaler: str | None = Field(None, description="the upscale's first pass: Lanczos (no SD call) or a server's")
     priority: str | None = Field(None, description="high, normal or low: queued high work starts its SD call first")
+    upscale_tile: int | None = Field(None, description="the upscale's tile size in px, a multiple of 8 (512)")
+    upscale_overlap: int | None = Field(None, description="least overlap of neighbouring tiles in px (64)")
+    upscale_seam_fix: str | None = Field(
+        None, description="none, or band: also re-render a masked band across every tile border"
+    )
 
 
 _FIELD_OF_ALIAS = {**A1111_NAMES, **{key: key for key in ROW_KEYS}}

@@ -139,6 +139,15 @@ class ServerCatalog:
                 update["override_settings"] = {**(generation.override_settings or {}), "sd_model_checkpoint": title}
         return generation.model_copy(update=update) if update else generation
 
+    def resolve_checkpoint(self, name: str) -> str:
+        """The server's title of checkpoint ``name`` (a title, model name or hash), or ``name`` as
+        given when the server does not list its checkpoints.
+
+        Raises:
+            InputError: the server lists its checkpoints and ``name`` is not one of them.
+        """
+        return self._resolve_model(name) or name
+
     def _resolve(self, field: str, name: str, entries: Any) -> str | None:
         if not isinstance(entries, list) or not entries:
             return None

@@ -62,7 +62,17 @@ class UpscaleParams(BaseModel):
     cfg_scale: Annotated[float, Field(ge=0, le=100)] = 7.0
     sampler_name: str = "Euler a"
     scheduler: str = "Automatic"
+    #: A1111 settings of every tile's request: the checkpoint (``sd_model_checkpoint``), clip skip...
     override_settings: dict[str, Any] | None = None
+    #: ``alwayson_scripts`` of every tile's request (e.g. a ControlNet tile unit), sent as written.
+    alwayson_scripts: dict[str, Any] | None = None
+
+    @property
+    def checkpoint(self) -> str | None:
+        """The checkpoint every tile names (``override_settings.sd_model_checkpoint``), if any: the
+        pool sends the tiles to servers that have it loaded (checkpoint affinity)."""
+        value = (self.override_settings or {}).get("sd_model_checkpoint")
+        return value if isinstance(value, str) and value.strip() else None
 
     @field_validator("tile_px", "seam_fix_width_px")
     @classmethod
@@ -123,6 +133,8 @@ class UpscaleParams(BaseModel):
         if self.override_settings:
             payload["override_settings"] = self.override_settings
             payload["override_settings_restore_afterwards"] = True
+        if self.alwayson_scripts:
+            payload["alwayson_scripts"] = self.alwayson_scripts
         return payload
 
     def infotext_params(self) -> dict[str, Any]:

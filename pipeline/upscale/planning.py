@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -17,12 +17,36 @@ from pipeline.errors import AmbiguousId, InputError, JobNotFound
 from pipeline.images.codec import read_infotext
 from pipeline.images.infotext import parse_infotext
 from pipeline.jobs.planning import MAX_SEED, ProcessPlan, plan_process
-from pipeline.models import GenerationParams, JobSpec, JobState, StepParams, validation_message
+from pipeline.models import GenerationParams, JobSpec, JobState, StepParams
 from pipeline.settings import OutputFormat, Settings
 from pipeline.store.base import StatusStore
 from pipeline.upscale.params import UpscaleParams
 
-__all__ = ["UpscaleRequest", "build_upscale_params", "plan_upscale", "resolve_upscale_source", "with_upscale"]
+if TYPE_CHECKING:
+    from pipeline.sd.catalog import ServerCatalog
+
+__all__ = [
+    "ROW_UPSCALE_KEYS",
+    "UpscaleRequest",
+    "build_upscale_params",
+    "plan_upscale",
+    "resolve_upscale_source",
+    "row_upscale_request",
+    "with_row_upscale",
+    "with_upscale",
+]
+
+#: The keys of a batch row (and of defaults, ``POST /api/generate``, ``POST /api/batches`` rows, and the
+#: flags of ``generate``, ``batch`` and ``schedule add``) that ask for an upscale after each image,
+#: and the :class:`UpscaleRequest` field each sets. Any of them asks for one; ``upscale`` is the scale (2).
+ROW_UPSCALE_KEYS = {
+    "upscale": "scale",
+    "upscaler": "upscaler",
+    "upscale_denoise": "denoise",
+    "upscale_tile": "tile_px",
+    "upscale_overlap": "overlap_px",
+    "upscale_seam_fix": "seam_fix",
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +68,11 @@ class UpscaleRequest:
     cfg_scale: float | None = None
     sampler: str | None = None
     scheduler: str | None = None
+    #: The checkpoint of every tile (title, model name or hash): ``override_settings.sd_model_checkpoint``.
+    model: str | None = None
+    #: ``override_settings`` (clip skip...) and ``alwayson_scripts`` of every tile's request.
+    override_settings: dict[str, Any] | None = None
+    alwayson_scripts: dict[str, Any] | None = None
 
 
 def build_upscale_params(
@@ -52,9 +81,11 @@ def build_upscale_params(
     *,
     generation: GenerationParams | None = None,
     infotext: str | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> UpscaleParams:
     """The checked parameters: the request, else the generation's (``generate --upscale``), else the
-    image's infotext (an A1111 PNG), else the settings.
+    image's infotext (an A1111 PNG), else the settings. ``names``: what the caller calls each
+    :class:`UpscaleParams` field (a row key, a flag), in the error.
 
     Raises:
         InputError: a value out of range (a tile not a multiple of 8, an overlap over half a tile...).
@@ -69,6 +100,10 @@ def build_upscale_params(
             "cfg_scale": generation.cfg_scale,
             "sampler_name": generation.sampler_name,
             "scheduler": generation.scheduler,
+            # The tiles render with the generation's checkpoint (and clip skip, VAE...): a tile on
+            # another model would not match its neighbours. Its alwayson_scripts are not taken: a
+            # txt2img unit (ADetailer, a ControlNet with its own image) is not meant for every tile.
+            "override_settings": generation.override_settings,
         }
     elif infotext:
         parsed = parse_infotext(infotext)
@@ -91,7 +126,12 @@ def build_upscale_params(
         "cfg_scale": request.cfg_scale,
         "sampler_name": request.sampler,
         "scheduler": request.scheduler,
+        "override_settings": request.override_settings,
+        "alwayson_scripts": request.alwayson_scripts,
     }
+    if request.model is not None:
+        overrides = {**(request.override_settings or found.get("override_settings") or {})}
+        given["override_settings"] = overrides | {"sd_model_checkpoint": request.model}
     values: dict[str, Any] = {
         "steps": settings.steps,
         "cfg_scale": settings.cfg_scale,
@@ -106,10 +146,11 @@ def build_upscale_params(
         return UpscaleParams(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = ".".join(str(part) for part in first.get("loc", ())) or "upscale"
-        raise InputError(
-            f"invalid upscale setting {validation_message(exc)}", field=name, value=first.get("input")
-        ) from exc
+        # The one check across fields (an overlap over half the tile) is the overlap's problem.
+        field = ".".join(str(part) for part in first.get("loc", ())) or "overlap_px"
+        name = (names or {}).get(field, field)
+        reason = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        raise InputError(f"invalid upscale setting {name}: {reason}", field=name, value=first.get("input")) from exc
 
 
 def resolve_upscale_source(store: StatusStore, source: str) -> Path:
@@ -155,15 +196,21 @@ def plan_upscale(
     name_template: str | None = None,
     overwrite: bool = False,
     backend_url: str | None = None,
+    checker: ServerCatalog | None = None,
+    names: Mapping[str, str] | None = None,
     now: float,
 ) -> list[ProcessPlan]:
     """One upscale job per input image, validated (every image checked before any job exists).
+    ``checker``: the SD server's catalog, which gives a ``model`` its title (and refuses an unknown one);
+    ``names``: see :func:`build_upscale_params`.
 
     Raises:
         InputError, ImageError, InputsRejected: see :func:`~pipeline.jobs.planning.plan_process`, and
-            bad upscale settings.
+            bad upscale settings or a checkpoint the server does not have.
     """
-    build_upscale_params(settings, request)  # the settings' own problems first, once
+    if request.model is not None and checker is not None:
+        request = replace(request, model=checker.resolve_checkpoint(request.model))
+    build_upscale_params(settings, request, names=names)  # the settings' own problems first, once
     plans = plan_process(
         settings,
         paths,
@@ -179,13 +226,15 @@ def plan_upscale(
     upscaled = []
     for plan in plans:
         infotext = read_infotext(plan.data)
-        params = build_upscale_params(settings, request, infotext=infotext)
+        params = build_upscale_params(settings, request, infotext=infotext, names=names)
         spec = plan.spec.model_copy(update={"kind": "upscale", "upscale": params, "backend_url": backend_url})
         upscaled.append(replace(plan, spec=spec))
     return upscaled
 
 
-def with_upscale(settings: Settings, specs: Sequence[JobSpec], request: UpscaleRequest) -> list[JobSpec]:
+def with_upscale(
+    settings: Settings, specs: Sequence[JobSpec], request: UpscaleRequest, *, names: Mapping[str, str] | None = None
+) -> list[JobSpec]:
     """``generate --upscale``: each generate job also upscales its image, with its own prompt, seed and
     sampler unless the request names others.
 
@@ -194,10 +243,34 @@ def with_upscale(settings: Settings, specs: Sequence[JobSpec], request: UpscaleR
     """
     upscaled = []
     for spec in specs:
-        params = build_upscale_params(settings, request, generation=spec.generation)
+        params = build_upscale_params(settings, request, generation=spec.generation, names=names)
         update: dict[str, Any] = {"upscale": params}
         if spec.fingerprint is not None:  # --skip-existing must tell an upscaled render from a plain one
             mixed = f"{spec.fingerprint}|{params.model_dump_json(exclude={'seed'})}"
             update["fingerprint"] = hashlib.sha256(mixed.encode()).hexdigest()
         upscaled.append(spec.model_copy(update=update))
     return upscaled
+
+
+_ROW_KEY_OF = {field: key for key, field in ROW_UPSCALE_KEYS.items()}
+
+
+def row_upscale_request(values: Mapping[str, Any]) -> UpscaleRequest | None:
+    """The upscale a checked row asks for with its ``upscale*`` keys (:data:`ROW_UPSCALE_KEYS`), or None."""
+    given = {field: values[key] for key, field in ROW_UPSCALE_KEYS.items() if values.get(key) is not None}
+    if not given:
+        return None
+    given.setdefault("scale", 2.0)
+    return UpscaleRequest(**given)
+
+
+def with_row_upscale(settings: Settings, specs: Sequence[JobSpec], values: Mapping[str, Any]) -> list[JobSpec]:
+    """``specs`` upscaled as the row's ``upscale*`` keys ask (unchanged when it has none).
+
+    Raises:
+        InputError: a bad upscale value, its ``field`` the row key (``upscale_tile``...).
+    """
+    request = row_upscale_request(values)
+    if request is None:
+        return list(specs)
+    return with_upscale(settings, specs, request, names=_ROW_KEY_OF)

@@ -287,6 +287,7 @@ def render_tile(ctx: StepContext, record: JobRecord, files: JobFiles, index: int
         record.job_id,
         lambda client, on_answer: client.img2img(payload, job_id=record.job_id, seed=params.seed, on_answer=on_answer),
         pinned=record.spec.backend_url,
+        model=params.checkpoint,  # checkpoint affinity: a server with the job's checkpoint loaded first
     )
     out.write(result.image_bytes)
     logger.debug("job %s: tile %d rendered on %s in %.2fs", record.job_id, index, backend, result.elapsed_s)

@@ -74,3 +74,34 @@ def test_batches_body_shape_is_checked(api: ApiServer) -> None:
     assert_error(
         api.client.post("/api/batches", content=b"{not json", headers={"Content-Type": "application/json"}), 422
     )
+
+
+def test_batches_upscale_keys_of_rows_and_defaults_upscale_their_jobs(api: ApiServer) -> None:
+    defaults = {"width": 64, "height": 64, "upscale_tile": 64, "upscale_overlap": 16}
+    # any upscale key asks for an upscale: the second row is upscaled by the default scale (2)
+    rows = [{"prompt": "a fox", "upscale": 2, "upscale_seam_fix": "band"}, {"prompt": "a plain one"}]
+
+    response = api.client.post("/api/batches", json={"rows": rows, "defaults": defaults})
+
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert wait_until(lambda: api.client.get(accepted["status_url"]).json()["counts"] == {"succeeded": 2}, timeout_s=60)
+    manifest = api.client.get(f"/api/batches/{accepted['batch_id']}").json()
+    fox, plain = (row["jobs"][0] for row in manifest["rows"])
+    fox_job = api.client.get(f"/api/jobs/{fox['job_id']}").json()
+    assert {key: fox_job["upscale"][key] for key in ("scale", "tile_px", "overlap_px", "seam_fix")} == {
+        "scale": 2.0, "tile_px": 64, "overlap_px": 16, "seam_fix": "band"
+    }  # fmt: skip
+    assert (fox_job["result"]["width"], fox_job["result"]["height"]) == (128, 128)
+    assert fox_job["tiles"]["done"] == fox_job["tiles"]["total"] > 9  # 9 tiles, and the seam-fix bands
+    plain_upscale = api.client.get(f"/api/jobs/{plain['job_id']}").json()["upscale"]
+    assert (plain_upscale["scale"], plain_upscale["tile_px"], plain_upscale["seam_fix"]) == (2.0, 64, "none")
+    assert manifest["rows"][0]["params"]["upscale_seam_fix"] == "band"
+
+
+def test_batches_bad_upscale_key_is_a_row_problem(api: ApiServer) -> None:
+    response = api.client.post("/api/batches", json={"rows": [{"prompt": "a", "upscale_tile": 100}]})
+
+    error = assert_error(response, 422, "invalid_batch")
+    assert [(p["line"], p["field"]) for p in error["problems"]] == [(1, "upscale_tile")]
+    assert "multiple of 8" in error["problems"][0]["message"]

@@ -302,5 +302,25 @@ def test_generate_with_upscale_renders_tiles_and_shows_them(api: ApiServer) -> N
 
 def test_generate_with_a_bad_upscale_is_422(api: ApiServer) -> None:
     response = api.client.post("/api/generate", json={"prompt": "a fox", "upscale": 20})
+    bad_tile = api.client.post("/api/generate", json={"prompt": "a fox", "upscale_tile": 100})
 
     assert response.status_code == 422, response.text
+    assert bad_tile.status_code == 422, bad_tile.text
+    assert "upscale_tile: 100 px is not a multiple of 8" in bad_tile.json()["error"]["message"]
+
+
+def test_generate_takes_every_upscale_setting(api: ApiServer) -> None:
+    body = {"prompt": "a fox", "width": 64, "height": 64, "upscale_tile": 64, "upscale_overlap": 16,
+            "upscale_seam_fix": "band", "upscaler": "Lanczos"}  # fmt: skip
+
+    response = api.client.post("/api/generate", params={"wait": "true"}, json=body)
+
+    assert response.status_code == 200, response.text
+    [job] = response.json()["jobs"]
+    assert job["state"] == "succeeded"
+    assert (job["upscale"]["scale"], job["upscale"]["tile_px"], job["upscale"]["overlap_px"]) == (2.0, 64, 16)
+    assert job["upscale"]["seam_fix"] == "band"
+    properties = api.client.get("/openapi.json").json()["components"]["schemas"]["GenerateBody"]["properties"]
+    assert {"upscale", "upscaler", "upscale_denoise", "upscale_tile", "upscale_overlap", "upscale_seam_fix"} <= set(
+        properties
+    )

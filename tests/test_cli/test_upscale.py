@@ -51,3 +51,39 @@ def test_upscale_bad_input_is_one_line_exit_2(sdpipe: Invoke, tmp_path: Path, ou
     assert bad_tile.exit_code == 2 and "multiple of 8" in bad_tile.output
     assert len(bad_tile.output.strip().splitlines()) == 1
     assert not list(out_dir.glob("*.png"))
+
+
+def test_generate_takes_every_upscale_flag(sdpipe: Invoke) -> None:
+    result = sdpipe("generate", "a fox", "--width", "64", "--height", "64", "--upscale", "2", "--upscale-tile", "64",
+                    "--upscale-overlap", "16", "--upscale-seam-fix", "band", "--sd-url", "mock://", "--json")  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    [job] = json.loads(result.stdout)
+    up = job["spec"]["upscale"]
+    assert (up["tile_px"], up["overlap_px"], up["seam_fix"]) == (64, 16, "band")
+    with Image.open(job["result"]["image"]) as image:
+        parsed = parse_infotext(image.info["parameters"])
+    assert (parsed["Upscale tile"], parsed["Upscale overlap"], parsed["Seam fix"]) == ("64", "16", "band")
+
+
+def test_schedule_add_upscale_flags_upscale_every_run(sdpipe: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "nightly.txt"
+    path.write_text("a lighthouse at dusk\n")
+
+    added = sdpipe("schedule", "add", "nightly", str(path), "--cron", "0 2 * * *", "--width", "64", "--height", "64",
+                   "--upscale", "2", "--upscale-tile", "64", "--upscale-overlap", "16", "--upscale-denoise", "0.2")  # fmt: skip
+    refused = sdpipe("schedule", "add", "bad", str(path), "--cron", "0 2 * * *", "--upscale-tile", "100")
+
+    assert added.exit_code == 0, added.output
+    [listed] = json.loads(sdpipe("schedule", "list", "--json").stdout)
+    assert listed["options"] == {"width": 64, "height": 64, "upscale": 2.0, "upscale_tile": 64,
+                                 "upscale_overlap": 16, "upscale_denoise": 0.2}  # fmt: skip
+    ran = sdpipe("schedule", "run", "nightly", env={"SD_API_URL": "mock://"})
+    assert ran.exit_code == 0, ran.output
+    shown = json.loads(sdpipe("schedule", "show", "nightly", "--json").stdout)
+    batch = json.loads(sdpipe("status", "--batch", shown["runs"][0]["batch_id"], "--json").stdout)
+    [job] = batch["rows"][0]["jobs"]
+    status = json.loads(sdpipe("status", job["job_id"], "--json").stdout)
+    assert (status["result"]["width"], status["result"]["height"]) == (128, 128)
+    assert (status["spec"]["upscale"]["tile_px"], status["spec"]["upscale"]["denoise"]) == (64, 0.2)
+    assert refused.exit_code == 2 and "upscale_tile" in refused.stderr and "multiple of 8" in refused.stderr

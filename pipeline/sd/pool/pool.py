@@ -283,12 +283,16 @@ class SDPool:
         *,
         pinned: str | None = None,
         avoid: str | None = None,
+        model: str | None = None,
     ) -> tuple[_R, str]:
         """Any other SD call (img2img, extras) under the same rules as :meth:`txt2img`: on the slot this
         thread holds for ``job_id`` (or one taken now), its outcome counted in the server's health.
 
         ``request(client, on_answer)`` makes the call; it calls ``on_answer`` once the server answered.
-        Returns its result and the server's credential-free URL.
+        ``model``: the checkpoint the request names (``override_settings.sd_model_checkpoint``): as
+        for txt2img, a server that has it loaded is preferred, and the one taken is switched to it
+        first when it has another. An :class:`~pipeline.models.SDResult` answer's ``info`` tells the
+        pool what the server has loaded. Returns the result and the server's credential-free URL.
 
         Raises:
             SDError: the call failed (``exc.url`` names the server); NoFreeSlot: see :meth:`slot`.
@@ -296,11 +300,20 @@ class SDPool:
         with self._lock:
             held = self._held.get((job_id, threading.get_ident()))
         if held is None:
-            with self.slot(job_id, pinned=pinned, avoid=avoid) as backend:
-                return self._call_with(backend, job_id, request), backend.key
-        return self._call_with(held.backend, job_id, request), held.backend.key
+            with self.slot(job_id, pinned=pinned, avoid=avoid, model=model) as backend:
+                return self._call_with(backend, job_id, request, model=model), backend.key
+        return self._call_with(held.backend, job_id, request, model=model), held.backend.key
 
-    def _call_with(self, backend: Backend, job_id: str, request: Callable[[SDClient, Callable[[], None]], _R]) -> _R:
+    def _call_with(
+        self,
+        backend: Backend,
+        job_id: str,
+        request: Callable[[SDClient, Callable[[], None]], _R],
+        *,
+        model: str | None = None,
+    ) -> _R:
+        if model is not None and self.settings.model_affinity:
+            self.checkpoints.switch(backend, model, job_id=job_id)
         started = time.perf_counter()
         try:
             result = request(
@@ -313,6 +326,8 @@ class SDPool:
             self._observe(backend.key, time.perf_counter() - started, "rejected")
             raise
         self._observe(backend.key, time.perf_counter() - started, "ok")
+        if isinstance(result, SDResult):  # img2img: what the server rendered with
+            self.checkpoints.learn(backend.key, result.model_name, result.model_hash, job_id=job_id)
         return result
 
     def _transient_failure(self, backend: Backend, exc: SDTransientError, *, job_id: str, started: float) -> None:

@@ -718,3 +718,35 @@ def test_read_batch_file_bad_upscale_is_a_row_problem(tmp_path: Path, settings: 
     )
 
     assert problems_of(path, settings) == [(1, "upscale"), (2, "upscale_denoise")]
+
+
+def test_read_batch_file_every_upscale_setting_is_a_row_key(tmp_path: Path, settings: Settings) -> None:
+    row = {"prompt": "a fox", "upscale": 3, "upscale_tile": 256, "upscale_overlap": 32, "upscale_seam_fix": "band"}
+    path = write(tmp_path, "up.jsonl", jsonl(row, {"prompt": "a wolf", "upscale_tile": 384}))
+
+    fox, wolf = read(path, settings, {"upscale_denoise": 0.25, "upscaler": "R-ESRGAN 4x+"})
+
+    up = fox.specs[0].upscale
+    assert up is not None
+    assert (up.scale, up.tile_px, up.overlap_px, up.seam_fix, up.denoise, up.upscaler) == (
+        3.0, 256, 32, "band", 0.25, "R-ESRGAN 4x+"
+    )  # fmt: skip
+    assert {key: fox.params[key] for key in ("upscale_tile", "upscale_overlap", "upscale_seam_fix")} == {
+        "upscale_tile": 256, "upscale_overlap": 32, "upscale_seam_fix": "band"
+    }  # fmt: skip
+    assert wolf.specs[0].upscale is not None and wolf.specs[0].upscale.tile_px == 384
+    assert (wolf.specs[0].upscale.scale, wolf.specs[0].upscale.seam_fix) == (2.0, "none")
+
+
+def test_read_batch_file_bad_upscale_setting_names_its_row_key(tmp_path: Path, settings: Settings) -> None:
+    path = write(
+        tmp_path,
+        "up.jsonl",
+        jsonl(
+            {"prompt": "a", "upscale_tile": 100},
+            {"prompt": "b", "upscale_overlap": 400, "upscale_tile": 512},
+            {"prompt": "c", "upscale_seam_fix": "wide"},
+        ),
+    )
+
+    assert problems_of(path, settings) == [(1, "upscale_tile"), (2, "upscale_overlap"), (3, "upscale_seam_fix")]
