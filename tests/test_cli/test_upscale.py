@@ -54,8 +54,9 @@ def test_upscale_bad_input_is_one_line_exit_2(sdpipe: Invoke, tmp_path: Path, ou
 
 
 def test_generate_takes_every_upscale_flag(sdpipe: Invoke) -> None:
-    result = sdpipe("generate", "a fox", "--width", "64", "--height", "64", "--upscale", "2", "--upscale-tile", "64",
-                    "--upscale-overlap", "16", "--upscale-seam-fix", "band", "--sd-url", "mock://", "--json")  # fmt: skip
+    result = sdpipe("generate", "a fox", "--width", "64", "--height", "64", "--upscale", "2",
+                    "--upscale-tile", "64", "--upscale-overlap", "16", "--upscale-seam-fix", "band",
+                    "--sd-url", "mock://", "--json")  # fmt: skip
 
     assert result.exit_code == 0, result.output
     [job] = json.loads(result.stdout)
@@ -70,8 +71,9 @@ def test_schedule_add_upscale_flags_upscale_every_run(sdpipe: Invoke, tmp_path: 
     path = tmp_path / "nightly.txt"
     path.write_text("a lighthouse at dusk\n")
 
-    added = sdpipe("schedule", "add", "nightly", str(path), "--cron", "0 2 * * *", "--width", "64", "--height", "64",
-                   "--upscale", "2", "--upscale-tile", "64", "--upscale-overlap", "16", "--upscale-denoise", "0.2")  # fmt: skip
+    added = sdpipe("schedule", "add", "nightly", str(path), "--cron", "0 2 * * *", "--width", "64",
+                   "--height", "64", "--upscale", "2", "--upscale-tile", "64", "--upscale-overlap", "16",
+                   "--upscale-denoise", "0.2")  # fmt: skip
     refused = sdpipe("schedule", "add", "bad", str(path), "--cron", "0 2 * * *", "--upscale-tile", "100")
 
     assert added.exit_code == 0, added.output
