@@ -383,12 +383,18 @@ class MockSDServer:
         task_id = plan.task_id or self._tasks.new_task_id()
         self._turns.acquire(task_id)
         completed = False
+        overrides = plan.values.get("override_settings") or {}
+        restore = bool(plan.values.get("override_settings_restore_afterwards", True))  # null keeps them
         try:
-            # latency_ms is the whole time per image, as txt2img's: decoding the init image counts
-            # (a server that did not wait for its turn spent it right before).
-            deadline = time.monotonic() + self.latency_ms / 1000 - decode_s
-            payload = plan.response(plan.render(), samples_format)
-            self._sleep_until(deadline)
+            # process_images: the request's override_settings (a checkpoint loads) around the render.
+            with self.checkpoints.overrides(overrides if isinstance(overrides, dict) else {}, restore=restore):
+                if self.models:
+                    plan.model = self.checkpoints.loaded or self.checkpoints.selected()
+                # latency_ms is the whole time per image, as txt2img's: decoding the init image counts
+                # (a server that did not wait for its turn spent it right before).
+                deadline = time.monotonic() + self.latency_ms / 1000 - decode_s
+                payload = plan.response(plan.render(), samples_format)
+                self._sleep_until(deadline)
             completed = True
         finally:
             self._turns.release(task_id, completed=completed)

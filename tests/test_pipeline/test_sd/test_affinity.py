@@ -27,6 +27,8 @@ from pipeline.sd.pool.pool import SDPool
 from pipeline.sd.pool.redis_state import RedisPoolState
 from pipeline.sd.pool.state import BackendStatus
 from pipeline.settings import Settings
+from pipeline.upscale.params import UpscaleParams
+from tests.test_pipeline.test_sd.test_mock_img2img import png_b64
 from tests.test_pipeline.test_sd.test_pool import Recorder, make_settings, open_pool, params
 
 NOW = 1_000_000.0
@@ -315,3 +317,41 @@ def test_pool_job_rendered_on_another_checkpoint_fails_and_the_pool_learns_it(
         pool.txt2img("job1", asking("gone.safetensors", 1))
     assert checkpoint_key(pool.status()[0].model) == "b"
     assert get_mock_server(url).stats()["model_loads"] == 1
+
+
+def tile_call(pool: SDPool, job_id: str, model: str | None) -> tuple[str | None, str]:
+    """One upscale tile's img2img through the pool, as pipeline.upscale.steps.render_tile makes it."""
+    params = UpscaleParams(seed=5, override_settings={"sd_model_checkpoint": model} if model is not None else None)
+    payload = params.img2img_payload(png_b64(), 64, 64, task_id=f"sdpipe-{job_id}-t0")
+    result, backend = pool.call(
+        job_id,
+        lambda client, on_answer: client.img2img(payload, job_id=job_id, seed=5, on_answer=on_answer),
+        model=params.checkpoint,
+    )
+    return result.model_name, backend
+
+
+def test_pool_tile_calls_go_to_the_server_with_the_job_checkpoint(shared: Callable[..., SDPool]) -> None:
+    tag = uuid.uuid4().hex[:8]
+    urls = [f"mock://tiles{i}-{tag}?models=a;b&model_load_ms=1" for i in range(2)]
+    pool = shared(make_settings(",".join(urls)), slot_wait_s=60)
+    try:
+        pool.check_all()
+        pool.txt2img("warm", asking("b", 0), pinned=urls[1])  # server 1 has b, server 0 has a
+        served = [tile_call(pool, f"job{i}", "b") for i in range(4)]
+    finally:
+        pool.close()
+    assert served == [("b", pool.backends[1].key)] * 4  # every tile on b's server; nothing switched
+    assert [get_mock_server(url).stats()["model_loads"] for url in urls] == [0, 1]
+
+
+def test_pool_tile_call_switches_a_server_to_the_job_checkpoint_and_learns_it(
+    one_server: tuple[SDPool, str, Recorder],
+) -> None:
+    pool, url, recorder = one_server
+    served = [tile_call(pool, f"job{i}", model)[0] for i, model in enumerate(["b", "b", None])]
+
+    assert served == ["b", "b", "b"]  # switched once with /options, so it stays loaded for the next tiles
+    assert get_mock_server(url).stats()["model_loads"] == 1
+    assert checkpoint_key(pool.status()[0].model) == "b"
+    assert recorder.loads == [(pool.backends[0].key, "b")]

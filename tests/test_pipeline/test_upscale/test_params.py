@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.errors import InputError
+from pipeline.models import GenerationParams
 from pipeline.settings import Settings
 from pipeline.upscale.params import UpscaleParams
 from pipeline.upscale.planning import UpscaleRequest, build_upscale_params
@@ -64,3 +65,31 @@ def test_build_names_the_bad_setting(settings: Settings) -> None:
         build_upscale_params(settings, UpscaleRequest(scale=2, tile_px=100))
 
     assert caught.value.field == "tile_px"
+
+
+def test_build_keeps_the_generation_checkpoint_for_every_tile(settings: Settings) -> None:
+    generation = GenerationParams(
+        prompt="a fox", seed=3, steps=20, cfg_scale=7, width=64, height=64, sampler_name="Euler a",
+        scheduler="Automatic",
+        override_settings={"sd_model_checkpoint": "b.safetensors", "CLIP_stop_at_last_layers": 2},
+        alwayson_scripts={"ADetailer": {"args": []}},
+    )  # fmt: skip
+
+    params = build_upscale_params(settings, UpscaleRequest(scale=2), generation=generation)
+    body = params.img2img_payload("QUJD", 64, 64, task_id="t")
+
+    assert params.checkpoint == "b.safetensors"
+    assert body["override_settings"] == {"sd_model_checkpoint": "b.safetensors", "CLIP_stop_at_last_layers": 2}
+    assert "alwayson_scripts" not in body  # a txt2img unit is not meant for every tile
+
+
+def test_build_model_and_scripts_of_the_request_go_to_every_tile(settings: Settings) -> None:
+    request = UpscaleRequest(
+        scale=2, model="c", override_settings={"CLIP_stop_at_last_layers": 2},
+        alwayson_scripts={"controlnet": {"args": [{"module": "tile_resample"}]}},
+    )  # fmt: skip
+
+    body = build_upscale_params(settings, request).img2img_payload("QUJD", 64, 64, task_id="t")
+
+    assert body["override_settings"] == {"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": "c"}
+    assert body["alwayson_scripts"] == {"controlnet": {"args": [{"module": "tile_resample"}]}}
