@@ -4,6 +4,8 @@ Files in the job's work folder (``OUTPUT_DIR/.sdpipe/work/<job id>/upscale/``)::
 
     enlarged.arrays  the enlarged image, raw (one write; each tile reads its region through a
                      memory map and encodes it itself, in parallel, before it takes an SD slot)
+    alpha.arrays     an input with transparency: its alpha channel, enlarged with Lanczos (SD
+                     renders colour only; the merge puts this alpha back on the output)
     tile-<i>.png     what the server answered for tile ``i`` (its presence: never paid again); past
                      the tiles, the seam-fix bands (``--seam-fix band``)
     merged.arrays    ``--seam-fix band``: the tiles blended (the bands are cut from it)
@@ -98,6 +100,11 @@ class UpscaleFiles:
         return self.files.work("upscale/enlarged.arrays")
 
     @property
+    def alpha(self) -> Blob:
+        """An input with transparency: its enlarged alpha channel."""
+        return self.files.work("upscale/alpha.arrays")
+
+    @property
     def merged(self) -> Blob:
         """``--seam-fix band``: the tiles blended, before the bands."""
         return self.files.work("upscale/merged.arrays")
@@ -127,6 +134,16 @@ def _rgb(decoded: DecodedImage) -> _U8:
         return array
     converted: _U8 = np.asarray(Image.fromarray(array).convert("RGB"), dtype=np.uint8)
     return converted
+
+
+def _alpha(decoded: DecodedImage) -> _U8 | None:
+    """The alpha channel of an image with transparency (RGBA, LA, a palette with a transparent
+    colour, all decoded as RGBA), or None when it is fully opaque (nothing to keep)."""
+    array = decoded.array
+    if array.ndim != 3 or array.shape[2] != 4:
+        return None
+    alpha = np.ascontiguousarray(array[:, :, 3])
+    return None if bool((alpha == 255).all()) else alpha
 
 
 def _resize(pixels: _U8, width: int, height: int) -> _U8:
@@ -186,6 +203,12 @@ def first_pass(ctx: StepContext, record: JobRecord, files: JobFiles) -> bool:
     first_pass_s = time.perf_counter() - started
     plan = plan_upscale_tiles(width, height, params.tile_px, params.overlap_px)
     atomic_save_arrays(work.enlarged, {"width": width, "height": height}, [enlarged])
+    del enlarged
+    alpha = _alpha(decoded)
+    if alpha is not None:  # transparency is not SD's to render: enlarged here, put back at the merge
+        atomic_save_arrays(work.alpha, {"width": width, "height": height}, [_resize(alpha, width, height)])
+    has_alpha = alpha is not None
+    del alpha
     infotext = (record.sd_info.infotext if record.sd_info is not None else None) or decoded.infotext
     manifest: dict[str, Any] = {
         "plan": plan.to_dict(),
@@ -193,7 +216,7 @@ def first_pass(ctx: StepContext, record: JobRecord, files: JobFiles) -> bool:
         "height": height,
         "input_width": decoded.width,
         "input_height": decoded.height,
-        "mode": "RGB",
+        "mode": "RGBA" if has_alpha else "RGB",
         "source_format": decoded.format,
         "orientation": decoded.orientation,
         "frames": decoded.frames,
@@ -370,6 +393,14 @@ def merge_upscaled(ctx: StepContext, record: JobRecord, files: JobFiles) -> tupl
         merged = _blend(ctx, record, work, plan)
     x_lines, y_lines = plan.seam_lines()
     seam_blur_lines(merged, x_lines, y_lines, SEAM_BLUR_BAND_PX, SEAM_BLUR_SIGMA)
+    if manifest.get("mode") == "RGBA":  # the input's transparency, enlarged, on the re-rendered colour
+        _, [alpha] = map_arrays(work.alpha)
+        with_alpha: _U8 = np.empty((plan.height, plan.width, 4), dtype=np.uint8)
+        with_alpha[:, :, :3] = merged
+        del merged
+        with_alpha[:, :, 3] = alpha
+        merged = with_alpha
+        del alpha
     manifest["tiles"] = len(plan)
     manifest["seam_blur"] = {"band_px": SEAM_BLUR_BAND_PX, "sigma": SEAM_BLUR_SIGMA}
     return merged, manifest
@@ -394,6 +425,7 @@ def sidecar_record(params: UpscaleParams, manifest: dict[str, Any]) -> dict[str,
             include={"prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler_name", "scheduler"}
         ),
         "input_size": [manifest.get("input_width"), manifest.get("input_height")],
+        "alpha": manifest.get("mode") == "RGBA",
         "tiles": manifest.get("tiles"),
         "first_pass": manifest.get("first_pass"),
         "seam_blur": manifest.get("seam_blur"),

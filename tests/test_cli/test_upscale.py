@@ -89,3 +89,24 @@ def test_schedule_add_upscale_flags_upscale_every_run(sdpipe: Invoke, tmp_path: 
     assert (status["result"]["width"], status["result"]["height"]) == (128, 128)
     assert (status["spec"]["upscale"]["tile_px"], status["spec"]["upscale"]["denoise"]) == (64, 0.2)
     assert refused.exit_code == 2 and "upscale_tile" in refused.stderr and "multiple of 8" in refused.stderr
+
+
+def test_upscale_keeps_the_alpha_channel_of_an_rgba_input(sdpipe: Invoke, tmp_path: Path) -> None:
+    pixels = np.zeros((64, 96, 4), dtype=np.uint8)
+    pixels[..., :3] = np.random.default_rng(3).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    pixels[:, :48, 3] = 255  # left half opaque, right half transparent
+    source = tmp_path / "cutout.png"
+    Image.fromarray(pixels, "RGBA").save(source)
+
+    result = sdpipe("upscale", str(source), "--scale", "2", "--tile", "64", "--overlap", "16", "--prompt", "a fox",
+                    "--sd-url", "mock://", "--json")  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    [job] = json.loads(result.stdout)
+    with Image.open(job["result"]["image"]) as image:
+        assert (image.mode, image.size) == ("RGBA", (192, 128))
+        out = np.asarray(image)
+    assert (out[:, :90, 3] == 255).all() and (out[:, 102:, 3] == 0).all()  # Lanczos rings only near the edge
+    colour = np.asarray(Image.fromarray(pixels[..., :3]).resize((192, 128), Image.Resampling.LANCZOS))
+    assert np.abs(out[:, :90, :3].astype(int) - colour[:, :90]).mean() > 2  # the colour was re-rendered
+    assert json.loads(Path(job["result"]["sidecar"]).read_text())["upscale"]["alpha"] is True
