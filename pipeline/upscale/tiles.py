@@ -210,8 +210,15 @@ def apply_bands(
                 strip[:, band.x0 : band.x1] += pixels * weight[None, :, None]
         mask = band_mask(first, width_px)
         across = mask[None, :, None] if vertical else mask[:, None, None]
-        mixed = image[region].astype(np.float32) * (1 - across) + strip * across
-        image[region] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+        mixed = image[region].astype(np.float32)  # in place from here: two float strips, no more
+        mixed *= 1 - across
+        strip *= across
+        mixed += strip
+        del strip
+        np.rint(mixed, out=mixed)
+        np.clip(mixed, 0, 255, out=mixed)
+        image[region] = mixed
+        del mixed
     return image
 
 
@@ -324,7 +331,8 @@ def seam_blur_lines(image: _U8, x_lines: Sequence[int], y_lines: Sequence[int], 
                 region = (slice(lo, hi), slice(None))
             else:
                 other = seams._reflect_index(np.arange(-radius, height + radius), height)
-                window = image.take(other, axis=0).take(index, axis=1).astype(np.float32)
+                # columns first: taking the padded rows first would copy the whole image per line
+                window = image.take(index, axis=1).take(other, axis=0).astype(np.float32)
                 weight = seams._line_weights(np.arange(lo, hi), [line], band_px)[None, :]
                 region = (slice(None), slice(lo, hi))
             blurred = seams._blur_window(window, kernel)

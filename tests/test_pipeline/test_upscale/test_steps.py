@@ -1,0 +1,72 @@
+"""The upscale job's own steps on disk: the first pass and the merge of saved tiles (no SD call: Lanczos)."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.images.png import encode_png
+from pipeline.jobs.files import JobFiles, atomic_write_bytes, map_arrays, read_json
+from pipeline.jobs.planning import build_step_params, new_id
+from pipeline.jobs.steps import StepContext
+from pipeline.settings import Settings
+from pipeline.store import open_store
+from pipeline.upscale import steps as upscale_steps
+from pipeline.upscale.planning import UpscaleRequest, plan_upscale
+from pipeline.upscale.tiles import TilePlan, plan_bands
+from tests.test_pipeline.test_upscale.conftest import detailed_image
+
+
+@pytest.mark.parametrize("seam_fix", ["none", "band"])
+def test_merge_of_a_large_output_never_holds_its_tiles_decoded_at_once(
+    settings: Settings, tmp_path: Path, seam_fix: str
+) -> None:
+    """The merge as a worker runs it (tiles decoded from their saved PNGs, blended, the seam blur; with
+    ``--seam-fix band`` the bands on the blended image): what it holds beyond the output image stays
+    well below the tiles decoded at once. A 2048² output of 256-px tiles (81 tiles) has the ratios of
+    an 8192² one of 1024-px tiles; the strip of one tile row is what grows with the width."""
+    source = tmp_path / "in.png"
+    Image.fromarray(detailed_image(1024)).save(source)
+    request = UpscaleRequest(scale=2, tile_px=256, overlap_px=32, seed=1, seam_fix=seam_fix)
+    [plan] = plan_upscale(settings, [source], request, build_step_params(settings, grid=None, band_px=None, sigma=None),
+                          output_dir=settings.output_dir.absolute(), batch_id=new_id(), now=time.time())  # fmt: skip
+    plan.ingest()
+    store = open_store(settings)
+    store.create_jobs([plan.spec])
+    ctx = StepContext(settings=settings, store=store)
+    record = store.get(plan.spec.job_id)
+    files = JobFiles(settings.output_dir.absolute(), record.job_id)
+    assert upscale_steps.first_pass(ctx, record, files) is False  # Lanczos: no SD call
+    work = upscale_steps.UpscaleFiles.of(files)
+    tiles = TilePlan.from_dict(read_json(work.plan)["plan"])
+    _, [enlarged] = map_arrays(work.enlarged)
+    for tile in tiles.tiles:  # each tile "re-rendered": its region, a little brighter, saved as a server answers
+        region = np.asarray(enlarged[tile.y0 : tile.y1, tile.x0 : tile.x1], dtype=np.uint8)
+        atomic_write_bytes(work.tile(tile.index), encode_png(np.clip(region + 4, 0, 255)))
+    if seam_fix == "band":
+        upscale_steps.band_phase(ctx, record, files)
+        _, [merged] = map_arrays(work.merged)
+        for band in plan_bands(tiles, request_width_px := 64):  # the bands answered unchanged
+            region = np.ascontiguousarray(merged[band.y0 : band.y1, band.x0 : band.x1])
+            atomic_write_bytes(work.tile(len(tiles) + band.index), encode_png(region))
+        assert upscale_steps.pending_renders(record, files)[0] == [] and request_width_px == 64
+        del merged
+    del enlarged
+    output_bytes = 2048 * 2048 * 3
+    all_tiles_bytes = len(tiles) * tiles.tile_w * tiles.tile_h * 3
+
+    tracemalloc.start()
+    try:
+        pixels, manifest = upscale_steps.merge_upscaled(ctx, record, files)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        store.close()
+
+    assert pixels.shape == (2048, 2048, 3) and manifest["tiles"] == len(tiles) == 81
+    assert peak - output_bytes < all_tiles_bytes * 0.6, (peak, all_tiles_bytes)
