@@ -6,8 +6,12 @@ Files in the job's work folder (``OUTPUT_DIR/.sdpipe/work/<job id>/upscale/``)::
                      memory map and encodes it itself, in parallel, before it takes an SD slot)
     alpha.arrays     an input with transparency: its alpha channel, enlarged with Lanczos (SD
                      renders colour only; the merge puts this alpha back on the output)
-    tile-<i>.png     what the server answered for tile ``i`` (its presence: never paid again); past
-                     the tiles, the seam-fix bands (``--seam-fix band``)
+    tile-<i>.arrays  what the server answered for tile ``i``, decoded, checked and at the tile's size
+                     (its presence: never paid again); past the tiles, the seam-fix bands. Decoded
+                     by the tile's own worker once the server's slot is free, in parallel, so the
+                     merge reads pixels instead of decoding every tile in turn, and an answer that
+                     does not decode fails its tile, not the merge. (``tile-<i>.png``: the same,
+                     as earlier versions saved it, still read.)
     merged.arrays    ``--seam-fix band``: the tiles blended (the bands are cut from it)
     plan.json        the tile plan and what the merge needs (written last: the first pass is done)
 
@@ -29,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError, ImageError, InputError, SDBadImage
 from pipeline.images.codec import DecodedImage, decode_image
 from pipeline.images.png import encode_png
 from pipeline.jobs.files import (
@@ -110,7 +114,15 @@ class UpscaleFiles:
         return self.files.work("upscale/merged.arrays")
 
     def tile(self, index: int) -> Blob:
+        return self.files.work(f"upscale/tile-{index}.arrays")
+
+    def legacy_tile(self, index: int) -> Blob:
+        """Render ``index`` as earlier versions saved it: the server's PNG, as answered."""
         return self.files.work(f"upscale/tile-{index}.png")
+
+    def saved(self, index: int) -> bool:
+        """Whether render ``index`` is saved (so never requested again)."""
+        return self.tile(index).exists() or self.legacy_tile(index).exists()
 
 
 def tile_task_id(job_id: str, index: int) -> str:
@@ -254,7 +266,7 @@ def pending_renders(record: JobRecord, files: JobFiles) -> tuple[list[int], int]
     redelivery never sends a saved render's message again."""
     work = UpscaleFiles.of(files)
     total = render_count(record, files)
-    return [index for index in range(total) if not work.tile(index).exists()], total
+    return [index for index in range(total) if not work.saved(index)], total
 
 
 def tile_request(record: JobRecord, files: JobFiles, index: int) -> dict[str, Any]:
@@ -302,8 +314,8 @@ def render_tile(ctx: StepContext, record: JobRecord, files: JobFiles, index: int
         SDError: the call failed; NoFreeSlot: every server stayed busy; InputError: no such tile.
     """
     params = _params(record)
-    out = UpscaleFiles.of(files).tile(index)
-    if out.exists():
+    work = UpscaleFiles.of(files)
+    if work.saved(index):
         return True
     payload = tile_request(record, files, index)
     result, backend = ctx.pool.call(
@@ -312,23 +324,40 @@ def render_tile(ctx: StepContext, record: JobRecord, files: JobFiles, index: int
         pinned=record.spec.backend_url,
         model=params.checkpoint,  # checkpoint affinity: a server with the job's checkpoint loaded first
     )
-    out.write(result.image_bytes)
+    # The server's slot is free again: decode here, in parallel with the other renders.
+    pixels = _answer_pixels(ctx, record, result.image_bytes, payload["width"], payload["height"], index, backend)
+    atomic_save_arrays(work.tile(index), {"backend": backend}, [pixels])
     logger.debug("job %s: tile %d rendered on %s in %.2fs", record.job_id, index, backend, result.elapsed_s)
     return False
 
 
-def _loader(ctx: StepContext, record: JobRecord, work: UpscaleFiles) -> Callable[[int, int, int], _U8]:
-    settings = ctx.settings
+def _answer_pixels(
+    ctx: StepContext, record: JobRecord, data: bytes, width: int, height: int, index: int, backend: str
+) -> _U8:
+    """A render's answer as RGB pixels of the size asked (a server floors sizes to multiples of 8:
+    a narrow image's one tile may come back smaller).
 
-    def load(index: int, width: int, height: int) -> _U8:
+    Raises:
+        SDBadImage: the answer does not decode (or is too large): the render fails, not the merge.
+    """
+    try:
         decoded = decode_image(
-            work.tile(index).read_bytes(),
-            max_pixels=settings.max_pixels,
-            max_bytes=settings.max_image_bytes,
+            data,
+            max_pixels=ctx.settings.max_pixels,
+            max_bytes=ctx.settings.max_image_bytes,
             what=f"tile {index} of job {record.job_id[:8]}",
         )
-        # A server floors sizes to multiples of 8: a narrow image's one tile may come back smaller.
-        return _resize(_rgb(decoded), width, height)
+    except ImageError as exc:
+        raise SDBadImage(f"the server's answer for tile {index} does not decode: {exc.message}", url=backend) from exc
+    return _resize(_rgb(decoded), width, height)
+
+
+def _loader(ctx: StepContext, record: JobRecord, work: UpscaleFiles) -> Callable[[int, int, int], _U8]:
+    def load(index: int, width: int, height: int) -> _U8:
+        if work.tile(index).exists():
+            _, [pixels] = map_arrays(work.tile(index))  # read-only: blend and apply_bands only read it
+            return pixels
+        return _answer_pixels(ctx, record, work.legacy_tile(index).read_bytes(), width, height, index, "")
 
     return load
 

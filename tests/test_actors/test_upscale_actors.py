@@ -70,10 +70,10 @@ def test_failed_tile_fails_the_job_and_retry_renders_only_what_is_missing(
 
         def settled() -> bool:  # every render answered before the failure is saved (none in flight)
             answered = [e for e in mock.control.requests(IMG2IMG) if e["answer"]["status"] == 200]
-            return mock.stats()["active"] == 0 and len(list(work.glob("tile-*.png"))) == len(answered)
+            return mock.stats()["active"] == 0 and len(list(work.glob("tile-*.arrays"))) == len(answered)
 
         assert wait_until(settled, timeout_s=30)
-        rendered_before = len(list(work.glob("tile-*.png")))
+        rendered_before = len(list(work.glob("tile-*.arrays")))
 
         runtime.retry([failed])
         [done] = wait_terminal(runtime, [job_id])

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline.images.png import encode_png
-from pipeline.jobs.files import JobFiles, atomic_write_bytes, map_arrays, read_json
+from pipeline.jobs.files import JobFiles, atomic_save_arrays, atomic_write_bytes, map_arrays, read_json
 from pipeline.jobs.planning import build_step_params, new_id
 from pipeline.jobs.steps import StepContext
 from pipeline.settings import Settings
@@ -26,8 +26,9 @@ from tests.test_pipeline.test_upscale.conftest import detailed_image
 def test_merge_of_a_large_output_never_holds_its_tiles_decoded_at_once(
     settings: Settings, tmp_path: Path, seam_fix: str
 ) -> None:
-    """The merge as a worker runs it (tiles decoded from their saved PNGs, blended, the seam blur; with
-    ``--seam-fix band`` the bands on the blended image): what it holds beyond the output image stays
+    """The merge as a worker runs it (tiles read from their saved pixels, blended, the seam blur; with
+    ``--seam-fix band`` the bands on the blended image, decoded from PNGs as earlier versions saved
+    them): what it holds beyond the output image stays
     well below the tiles decoded at once. A 2048² output of 256-px tiles (81 tiles) has the ratios of
     an 8192² one of 1024-px tiles; the strip of one tile row is what grows with the width."""
     source = tmp_path / "in.png"
@@ -47,13 +48,13 @@ def test_merge_of_a_large_output_never_holds_its_tiles_decoded_at_once(
     _, [enlarged] = map_arrays(work.enlarged)
     for tile in tiles.tiles:  # each tile "re-rendered": its region, a little brighter, saved as a server answers
         region = np.asarray(enlarged[tile.y0 : tile.y1, tile.x0 : tile.x1], dtype=np.uint8)
-        atomic_write_bytes(work.tile(tile.index), encode_png(np.clip(region + 4, 0, 255)))
+        atomic_save_arrays(work.tile(tile.index), {}, [np.clip(region + 4, 0, 255).astype(np.uint8)])
     if seam_fix == "band":
         upscale_steps.band_phase(ctx, record, files)
         _, [merged] = map_arrays(work.merged)
         for band in plan_bands(tiles, request_width_px := 64):  # the bands answered unchanged
             region = np.ascontiguousarray(merged[band.y0 : band.y1, band.x0 : band.x1])
-            atomic_write_bytes(work.tile(len(tiles) + band.index), encode_png(region))
+            atomic_write_bytes(work.legacy_tile(len(tiles) + band.index), encode_png(region))  # as saved before
         assert upscale_steps.pending_renders(record, files)[0] == [] and request_width_px == 64
         del merged
     del enlarged
