@@ -214,6 +214,10 @@ class Services:
             raise RuntimeError(f"sdpipe worker did not start:\n{proc.output()[-3000:]}")
         return proc.popen.pid
 
+    def pids(self) -> list[int]:
+        """The process ids of what this started (their children not included)."""
+        return [proc.popen.pid for proc in self._procs]
+
     def close(self) -> None:
         for proc in reversed(self._procs):
             proc.stop()

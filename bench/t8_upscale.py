@@ -19,6 +19,7 @@ the same run. Figures:
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ def _run_job(
     )
     plan.ingest()
     started = time.perf_counter()
+    submitted_at = time.time()
     runtime.submit([plan.spec])
     deadline = time.monotonic() + timeout_s
     while True:
@@ -76,10 +78,18 @@ def _run_job(
             raise RuntimeError(f"upscale job did not finish in {timeout_s:.0f} s: {record.state}")
         time.sleep(0.01)
     wall_s = time.perf_counter() - started
+    ended_at = time.time()
     if record.state is not JobState.SUCCEEDED:
         raise RuntimeError(f"upscale job {record.state.value}: {record.error}")
     sidecar = json.loads(Path(record.result.sidecar).read_text())
-    return {"wall_s": wall_s, "sidecar": sidecar, "image": record.result.image}
+    return {
+        "wall_s": wall_s,
+        "sidecar": sidecar,
+        "image": record.result.image,
+        "job_id": record.job_id,
+        "submitted_at": submitted_at,
+        "ended_at": ended_at,
+    }
 
 
 def _seams(result: dict[str, Any], tile: int, overlap: int) -> tuple[float, float]:
@@ -106,6 +116,65 @@ def _seams(result: dict[str, Any], tile: int, overlap: int) -> tuple[float, floa
     return ours, border_gradient_ratio(naive, cuts_x, cuts_y, margin_px=8)
 
 
+def _timeline(result: dict[str, Any], mocks: list[str]) -> dict[str, Any]:
+    """Where the job's time went, from the servers' request logs (arrival and duration of every
+    img2img of this job): how long after the submission the first tile reached a server, each
+    server's mean idle gap between two of its tiles (the dispatch latency: taking the next message,
+    encoding the tile, a slot, the upload), the mean time a server spent per tile, and how long
+    after the last tile the job ended (the merge, its waiting and the encode)."""
+    import httpx
+
+    job_id = result["job_id"]
+    calls: dict[str, list[tuple[float, float]]] = {}
+    for url in mocks:
+        entries = httpx.get(f"{url}/mock/requests", params={"route": "/sdapi/v1/img2img"}, timeout=30).json()
+        for entry in entries["requests"]:
+            if f"sdpipe-{job_id}-t" in str(entry["body"].get("force_task_id")):
+                calls.setdefault(url, []).append((float(entry["time"]), float(entry["answer"]["duration_s"])))
+    gaps: list[float] = []
+    for served in calls.values():
+        served.sort()
+        gaps += [b[0] - (a[0] + a[1]) for a, b in zip(served, served[1:], strict=False)]
+    every = [call for served in calls.values() for call in served]
+    first = min(start for start, _ in every)
+    last_end = max(start + duration for start, duration in every)
+    return {
+        "first_tile_after_s": round(first - result["submitted_at"], 3),
+        "server_idle_between_tiles_s": round(sum(gaps) / len(gaps), 3) if gaps else None,
+        "server_s_per_tile": round(sum(d for _, d in every) / len(every), 3),
+        "tiles_per_server": sorted(len(served) for served in calls.values()),
+        "job_end_after_last_tile_s": round(result["ended_at"] - last_end, 3),
+    }
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, every core (``/proc/stat``)."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    tick = 100.0  # USER_HZ
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
+def _tree_cpu_s(pids: list[int]) -> float:
+    """CPU seconds used so far by ``pids`` and every descendant (the servers, the workers), from ``/proc``."""
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu s)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        stats[int(entry.name)] = (int(fields[1]), (float(fields[11]) + float(fields[12])) / 100.0)
+    wanted, frontier = set(pids), list(pids)
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in stats.items() if ppid == parent and pid not in wanted]
+        wanted.update(children)
+        frontier += children
+    return sum(stats[pid][1] for pid in wanted if pid in stats)
+
+
 def _tile_phase_s(result: dict[str, Any]) -> float:
     steps = result["sidecar"]["timings"]
     serial = (steps.get("split", {}).get("duration_s") or 0) + (steps.get("merge", {}).get("duration_s") or 0)
@@ -126,8 +195,17 @@ def run(folder: Path, *, tiny: bool) -> list[Row]:
         settings = redis_settings(url, pool_url, started.output_dir)
         with open_runtime(settings) as runtime:
             _run_job(runtime, source, tile=tile, overlap=overlap, pinned=None, timeout_s=300)  # warm-up
+            ours = [os.getpid(), *started.pids()]
+            machine_before, ours_before = _machine_cpu(), _tree_cpu_s(ours)
             pool = _run_job(runtime, source, tile=tile, overlap=overlap, pinned=None, timeout_s=300)
+            machine_after, ours_after = _machine_cpu(), _tree_cpu_s(ours)
             single = _run_job(runtime, source, tile=tile, overlap=overlap, pinned=mocks[0], timeout_s=600)
+        timeline = _timeline(pool, mocks)  # while the servers still answer
+    # Was the machine free? Its cores' busy share during the 4-server run, and the share this run's
+    # own processes (servers, workers, this one) account for: the rest is other load.
+    span_s = machine_after[1] - machine_before[1]
+    timeline["machine_busy"] = round((machine_after[0] - machine_before[0]) / span_s, 3) if span_s else None
+    timeline["this_run_busy"] = round((ours_after - ours_before) / span_s, 3) if span_s else None
     pool["source_pixels"] = pixels
     tiles = int(pool["sidecar"]["upscale"]["tiles"])
     first_pass_s = float(pool["sidecar"]["timings"]["split"]["duration_s"])
@@ -144,7 +222,12 @@ def run(folder: Path, *, tiny: bool) -> list[Row]:
             baseline=nominal_s,
             baseline_name=f"{tiles} × {latency_ms} ms / {SERVERS}",
             limit=LIMIT,
-            details={"wall_s": round(pool["wall_s"], 3), "first_pass_s": first_pass_s, "merge_s": merge_s},
+            details={
+                "wall_s": round(pool["wall_s"], 3),
+                "first_pass_s": first_pass_s,
+                "merge_s": merge_s,
+                **timeline,
+            },
         ),
         Row(
             target="8",
