@@ -66,6 +66,15 @@ def _summary(records: Sequence[JobRecord]) -> Text:
     return Text(" · ".join(parts))
 
 
+def _tiles(store: StatusStore, records: Sequence[JobRecord]) -> dict[str, tuple[int, int] | None]:
+    """Renders done and planned of the unfinished upscale jobs among ``records``."""
+    return {
+        record.job_id: store.tile_progress(record.job_id)
+        for record in records
+        if record.spec.upscale is not None and not record.state.terminal
+    }
+
+
 def submit_when_room(runtime: Runtime, count: int, submit: Callable[[], _T], *, wait_for_room: bool) -> _T:
     """Run ``submit`` (whole, Ctrl-C deferred) once ``count`` jobs fit under MAX_QUEUE_DEPTH.
 
@@ -166,7 +175,7 @@ def wait_for_jobs(
                             workers.check()
                         if live:
                             display.update(
-                                jobs_table(records, progress=view.progress)
+                                jobs_table(records, progress=view.progress, tiles=_tiles(store, records))
                                 if len(records) <= TABLE_MAX_JOBS
                                 else _summary(records)
                             )
@@ -178,8 +187,10 @@ def wait_for_jobs(
                     outage.up()
                     if workers is not None:
                         workers.check()
-                    if live:
-                        display.update(jobs_table(records) if len(records) <= TABLE_MAX_JOBS else _summary(records))
+                    if live and len(records) <= TABLE_MAX_JOBS:
+                        display.update(jobs_table(records, tiles=_tiles(store, records)))
+                    elif live:
+                        display.update(_summary(records))
                 if workers is not None:
                     workers.settle()
                 return records

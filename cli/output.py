@@ -238,11 +238,13 @@ def jobs_table(
     title: str | None = None,
     width: int | None = None,
     progress: Mapping[str, Mapping[str, Any]] | None = None,
+    tiles: Mapping[str, tuple[int, int] | None] | None = None,
 ) -> Table:
     """A table of jobs, one line each whatever the width: id, state, (attempts), created, prompt or
     source, result or error (cut with ``…``: ``sdpipe status`` has the whole text). ``width``: the
     terminal's (default: stdout's). ``progress``: a running generation's sampling step by job id
-    (``job.progress`` events), shown after its state."""
+    (``job.progress`` events), shown after its state. ``tiles``: an unfinished upscale job's renders
+    done and planned (by job id), shown in place of its result."""
     wide = (width or console.width) >= WIDE_COLUMNS
     table = Table(title=title, show_lines=False, pad_edge=False, collapse_padding=True)
     table.add_column("job", no_wrap=True, min_width=8)
@@ -261,6 +263,8 @@ def jobs_table(
             outcome = _cell(str(record.result.image or ""))
         elif record.error is not None:
             outcome = _cell(f"{record.error.step}: {record.error.message}", style="red")
+        elif (rendered := (tiles or {}).get(record.job_id)) is not None and rendered[1]:
+            outcome = _cell(f"tiles {rendered[0]}/{rendered[1]}")
         else:
             outcome = _cell("")
         style = _STATE_STYLES.get(record.state, "cyan")

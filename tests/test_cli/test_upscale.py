@@ -7,8 +7,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from rich.console import Console
 
+from cli.output import jobs_table
 from pipeline.images.infotext import parse_infotext
+from pipeline.models import JobState
+from pipeline.settings import load_settings
+from pipeline.store import open_store
+from pipeline.upscale.tiles import plan_upscale_tiles
 from tests.test_cli.conftest import Invoke
 
 
@@ -110,3 +116,25 @@ def test_upscale_keeps_the_alpha_channel_of_an_rgba_input(sdpipe: Invoke, tmp_pa
     colour = np.asarray(Image.fromarray(pixels[..., :3]).resize((192, 128), Image.Resampling.LANCZOS))
     assert np.abs(out[:, :90, :3].astype(int) - colour[:, :90]).mean() > 2  # the colour was re-rendered
     assert json.loads(Path(job["result"]["sidecar"]).read_text())["upscale"]["alpha"] is True
+
+
+def test_status_and_the_wait_show_an_upscale_jobs_tiles(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(photo)
+    done = sdpipe("upscale", str(photo), "--scale", "2", "--tile", "64", "--overlap", "16", "--prompt", "a fox",
+                  "--sd-url", "mock://", "--json")  # fmt: skip
+    [job] = json.loads(done.stdout)
+    store = open_store(load_settings(output_dir=out_dir))
+    try:
+        record = store.get(job["job_id"])
+        running = record.model_copy(update={"state": JobState.SPLITTING, "result": None})
+    finally:
+        store.close()
+
+    shown = sdpipe("status", job["job_id"][:8])
+    console = Console(width=140, record=True)
+    console.print(jobs_table([running], tiles={record.job_id: (4, 9)}, width=140))
+
+    tiles = len(plan_upscale_tiles(192, 128, 64, 16))
+    assert f"tiles    {tiles}/{tiles} done" in shown.stdout
+    assert "tiles 4/9" in console.export_text()  # the live wait, while the tiles render
