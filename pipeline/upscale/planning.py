@@ -20,7 +20,7 @@ from pipeline.jobs.planning import MAX_SEED, ProcessPlan, plan_process
 from pipeline.models import GenerationParams, JobSpec, JobState, StepParams
 from pipeline.settings import OutputFormat, Settings
 from pipeline.store.base import StatusStore
-from pipeline.upscale.params import UpscaleParams
+from pipeline.upscale.params import DEFAULT_OVERLAP_PX, UpscaleParams
 
 if TYPE_CHECKING:
     from pipeline.sd.catalog import ServerCatalog
@@ -140,6 +140,9 @@ def build_upscale_params(
     }
     values |= found
     values |= {key: value for key, value in given.items() if value is not None}
+    tile_px = values.get("tile_px")
+    if request.overlap_px is None and isinstance(tile_px, int) and 2 * DEFAULT_OVERLAP_PX > tile_px:
+        values["overlap_px"] = tile_px // 4 // 8 * 8  # a small tile: the default overlap would not fit
     if values.get("seed", -1) == -1:  # one seed for every tile of the image, drawn once
         values["seed"] = secrets.randbelow(MAX_SEED + 1)
     try:

@@ -138,3 +138,13 @@ def test_status_and_the_wait_show_an_upscale_jobs_tiles(sdpipe: Invoke, tmp_path
     tiles = len(plan_upscale_tiles(192, 128, 64, 16))
     assert f"tiles    {tiles}/{tiles} done" in shown.stdout
     assert "tiles 4/9" in console.export_text()  # the live wait, while the tiles render
+
+
+def test_generate_sweep_varies_an_upscale_setting(sdpipe: Invoke) -> None:
+    result = sdpipe("generate", "a fox", "--width", "64", "--height", "64", "--upscale-tile", "64",
+                    "--sweep", "upscale_denoise=0.2,0.4", "--sd-url", "mock://", "--json")  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    jobs = json.loads(result.stdout)
+    assert sorted(job["spec"]["upscale"]["denoise"] for job in jobs) == [0.2, 0.4]
+    assert {job["spec"]["upscale"]["overlap_px"] for job in jobs} == {16}  # the default, narrowed to the tile

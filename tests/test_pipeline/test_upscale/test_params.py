@@ -93,3 +93,12 @@ def test_build_model_and_scripts_of_the_request_go_to_every_tile(settings: Setti
 
     assert body["override_settings"] == {"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": "c"}
     assert body["alwayson_scripts"] == {"controlnet": {"args": [{"module": "tile_resample"}]}}
+
+
+def test_build_narrows_the_default_overlap_for_a_small_tile(settings: Settings) -> None:
+    small = build_upscale_params(settings, UpscaleRequest(scale=2, tile_px=64))
+    given = UpscaleRequest(scale=2, tile_px=64, overlap_px=64)
+
+    assert (small.tile_px, small.overlap_px) == (64, 16)
+    with pytest.raises(InputError, match="half the tile"):  # an overlap the user gave is never changed
+        build_upscale_params(settings, given)
