@@ -1,10 +1,12 @@
 """``POST /api/files`` (the original blocking endpoint) and ``POST /api/files/async``: an uploaded
-image through split, seam-blur and merge, as ``sdpipe process`` does with a local file."""
+image through split, seam-blur and merge, as ``sdpipe process`` does with a local file, or, with
+``upscale`` form fields, through a tiled upscale, as ``sdpipe upscale`` does."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -23,6 +25,14 @@ from pipeline.jobs.planning import ProcessPlan, build_step_params, new_id, plan_
 from pipeline.models import JobSpec, JobState
 from pipeline.settings import OutputFormat
 from pipeline.storage.base import open_storage
+from pipeline.upscale.params import SeamFix
+from pipeline.upscale.planning import (
+    ROW_UPSCALE_KEYS,
+    UPSCALE_KEY_OF,
+    UpscaleRequest,
+    plan_upscale,
+    row_upscale_request,
+)
 
 __all__ = ["router"]
 
@@ -56,8 +66,52 @@ FirstFrameField = Annotated[
 ]
 
 
-#: The form fields both routes read (the parameters of :func:`process_file`).
-_FORM_FIELDS = ("file", "grid", "band_px", "sigma", "format", "quality", "first_frame")
+def upscale_form(
+    upscale: Annotated[
+        float | None, Form(allow_inf_nan=False, description="upscale by this factor (tiled img2img)")
+    ] = None,
+    upscaler: Annotated[str | None, Form(description="first pass: Lanczos (no SD call) or a server's upscaler")] = None,
+    upscale_denoise: Annotated[
+        float | None, Form(allow_inf_nan=False, description="denoising strength of the tiles (0.3)")
+    ] = None,
+    upscale_tile: Annotated[int | None, Form(description="tile size in px, a multiple of 8 (512)")] = None,
+    upscale_overlap: Annotated[int | None, Form(description="least overlap of neighbouring tiles in px (64)")] = None,
+    upscale_seam_fix: Annotated[
+        SeamFix | None, Form(description="band: also re-render a masked band across every tile border")
+    ] = None,
+    prompt: Annotated[str | None, Form(description="prompt of every tile (default: the image's own)")] = None,
+    negative_prompt: Annotated[str | None, Form(description="negative prompt of every tile")] = None,
+    seed: Annotated[int | None, Form(description="seed of every tile (default: the image's own, else random)")] = None,
+) -> UpscaleRequest | None:
+    """The upscale the form asks for (any ``upscale*`` field; the batch-row keys), or None: process."""
+    values = {
+        "upscale": upscale,
+        "upscaler": upscaler,
+        "upscale_denoise": upscale_denoise,
+        "upscale_tile": upscale_tile,
+        "upscale_overlap": upscale_overlap,
+        "upscale_seam_fix": upscale_seam_fix,
+    }
+    request = row_upscale_request(values)
+    if request is None:
+        if prompt is not None or negative_prompt is not None or seed is not None:
+            raise ApiError(
+                400,
+                "unknown_field",
+                "prompt, negative_prompt and seed are the prompt of an upscale's tiles",
+                hint="add upscale=2 (or another upscale field) to upscale the image",
+            )
+        return None
+    return replace(request, prompt=prompt, negative_prompt=negative_prompt, seed=seed)
+
+
+UpscaleForm = Annotated[UpscaleRequest | None, Depends(upscale_form)]
+
+#: The form fields both routes read (the parameters of :func:`process_file` and :func:`upscale_form`).
+_FORM_FIELDS = (
+    "file", "grid", "band_px", "sigma", "format", "quality", "first_frame",
+    *ROW_UPSCALE_KEYS, "prompt", "negative_prompt", "seed",
+)  # fmt: skip
 
 
 async def known_form_fields(request: Request) -> None:
@@ -92,9 +146,10 @@ def _submit_upload(
     output_format: OutputFormat | None,
     quality: int | None,
     first_frame: bool,
+    upscale: UpscaleRequest | None = None,
 ) -> JobSpec:
-    """Check the form and the upload, stage it on disk, plan it as one process job (the job's work
-    folder gets its copy) and submit it. Blocking: run it in the thread pool.
+    """Check the form and the upload, stage it on disk, plan it as one process job (``upscale``: one
+    upscale job) whose work folder gets its copy, and submit it. Blocking: run it in the thread pool.
 
     Nothing is left behind on failure: the staged file always goes, and the work folder too when the
     queue turns the job away (no record names it then).
@@ -110,18 +165,34 @@ def _submit_upload(
     label = shown.rsplit(".", 1)[0] or "upload"
     with staged_upload(file.file, settings) as saved:
         try:
-            plan = plan_process(
-                settings,
-                [saved.path],
-                step_params,
-                output_dir=settings.output_location,
-                output_format=output_format,
-                quality=quality,
-                batch_id=new_id(),
-                first_frame=first_frame,
-                label=label,
-                now=now,
-            )[0]
+            if upscale is None:
+                plan = plan_process(
+                    settings,
+                    [saved.path],
+                    step_params,
+                    output_dir=settings.output_location,
+                    output_format=output_format,
+                    quality=quality,
+                    batch_id=new_id(),
+                    first_frame=first_frame,
+                    label=label,
+                    now=now,
+                )[0]
+            else:
+                [plan] = plan_upscale(
+                    settings,
+                    [saved.path],
+                    upscale,
+                    step_params,
+                    output_dir=settings.output_location,
+                    output_format=output_format,
+                    quality=quality,
+                    batch_id=new_id(),
+                    names=UPSCALE_KEY_OF,
+                    first_frame=first_frame,
+                    label=label,
+                    now=now,
+                )
         except PipelineError as exc:  # name the client's file, never the server's path
             for text in (str(saved.path), saved.path.name):
                 exc.message = exc.message.replace(text, shown)
@@ -171,8 +242,9 @@ async def process_file(
     format: FormatField = None,
     quality: QualityField = None,
     first_frame: FirstFrameField = False,
+    upscale: UpscaleForm = None,
 ) -> Response:
-    """Split, seam-blur and merge the upload; wait for it (at most API_WAIT_TIMEOUT_S)."""
+    """Split, seam-blur and merge the upload (or upscale it); wait for it (at most API_WAIT_TIMEOUT_S)."""
     spec = await run_in_threadpool(
         _submit_upload,
         request,
@@ -183,6 +255,7 @@ async def process_file(
         output_format=format,
         quality=quality,
         first_frame=first_frame,
+        upscale=upscale,
     )
     settings = settings_of(request)
     record = (await wait_for(request, runtime_of(request), [spec.job_id], timeout_s=settings.api_wait_timeout_s))[0]
@@ -190,7 +263,9 @@ async def process_file(
         reason = f"{record.error.step}: {record.error.message}" if record.error else record.state.value
         raise ApiError(409, "job_failed", f"job {record.job_id} {record.state.value}: {reason}", job_id=record.job_id)
     if "application/json" in request.headers.get("accept", ""):
-        return JSONResponse(job_view(request, record).model_dump(mode="json"))
+        store = runtime_of(request).store
+        tiles = await run_in_threadpool(store.tile_progress, record.job_id) if spec.upscale is not None else None
+        return JSONResponse(job_view(request, record, tiles=tiles).model_dump(mode="json"))
     return await run_in_threadpool(image_response, request, record)
 
 
@@ -214,8 +289,10 @@ def process_file_async(
     format: FormatField = None,
     quality: QualityField = None,
     first_frame: FirstFrameField = False,
+    upscale: UpscaleForm = None,
 ) -> JobAccepted:
-    """Split, seam-blur and merge the upload on the workers; answer at once with the job's status URL."""
+    """Split, seam-blur and merge the upload (or upscale it) on the workers; answer at once with the
+    job's status URL."""
     spec = _submit_upload(
         request,
         file,
@@ -225,6 +302,7 @@ def process_file_async(
         output_format=format,
         quality=quality,
         first_frame=first_frame,
+        upscale=upscale,
     )
     return JobAccepted(
         job_id=spec.job_id,

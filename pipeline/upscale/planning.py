@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ROW_UPSCALE_KEYS",
+    "UPSCALE_KEY_OF",
     "UpscaleRequest",
     "build_upscale_params",
     "plan_upscale",
@@ -47,6 +48,8 @@ ROW_UPSCALE_KEYS = {
     "upscale_overlap": "overlap_px",
     "upscale_seam_fix": "seam_fix",
 }
+#: The row key of each :class:`UpscaleRequest` field, for messages (``names`` of :func:`build_upscale_params`).
+UPSCALE_KEY_OF = {field: key for key, field in ROW_UPSCALE_KEYS.items()}
 
 
 @dataclass(frozen=True)
@@ -201,11 +204,13 @@ def plan_upscale(
     backend_url: str | None = None,
     checker: ServerCatalog | None = None,
     names: Mapping[str, str] | None = None,
+    first_frame: bool = False,
+    label: str | None = None,
     now: float,
 ) -> list[ProcessPlan]:
     """One upscale job per input image, validated (every image checked before any job exists).
     ``checker``: the SD server's catalog, which gives a ``model`` its title (and refuses an unknown one);
-    ``names``: see :func:`build_upscale_params`.
+    ``names``: see :func:`build_upscale_params`; ``first_frame`` and ``label``: see :func:`plan_process`.
 
     Raises:
         InputError, ImageError, InputsRejected: see :func:`~pipeline.jobs.planning.plan_process`, and
@@ -224,6 +229,8 @@ def plan_upscale(
         batch_id=batch_id,
         name_template=name_template,
         overwrite=overwrite,
+        first_frame=first_frame,
+        label=label,
         now=now,
     )
     upscaled = []
@@ -255,9 +262,6 @@ def with_upscale(
     return upscaled
 
 
-_ROW_KEY_OF = {field: key for key, field in ROW_UPSCALE_KEYS.items()}
-
-
 def row_upscale_request(values: Mapping[str, Any]) -> UpscaleRequest | None:
     """The upscale a checked row asks for with its ``upscale*`` keys (:data:`ROW_UPSCALE_KEYS`), or None."""
     given = {field: values[key] for key, field in ROW_UPSCALE_KEYS.items() if values.get(key) is not None}
@@ -276,4 +280,4 @@ def with_row_upscale(settings: Settings, specs: Sequence[JobSpec], values: Mappi
     request = row_upscale_request(values)
     if request is None:
         return list(specs)
-    return with_upscale(settings, specs, request, names=_ROW_KEY_OF)
+    return with_upscale(settings, specs, request, names=UPSCALE_KEY_OF)

@@ -258,3 +258,32 @@ def test_files_second_file_part_is_400(api: ApiServer) -> None:
     response = api.client.post("/api/files", files=[("file", ("a.png", image)), ("file", ("b.png", image))])
     error = assert_error(response, 400, "duplicate_field")
     assert "'file'" in error["message"]
+
+
+def test_files_upscale_fields_upscale_the_upload(api: ApiServer) -> None:
+    source = noise_image(96, 64, seed=5)
+
+    response = api.client.post(
+        "/api/files",
+        files={"file": ("photo.png", png_bytes(source), "image/png")},
+        data={"upscale": "2", "upscale_tile": "64", "upscale_overlap": "16", "prompt": "a fox", "seed": "3"},
+        headers={"Accept": "application/json"},
+    )
+
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["kind"] == "upscale" and (job["result"]["width"], job["result"]["height"]) == (192, 128)
+    up = job["upscale"]
+    assert (up["scale"], up["tile_px"], up["overlap_px"], up["prompt"], up["seed"]) == (2.0, 64, 16, "a fox", 3)
+    assert job["tiles"]["done"] == job["tiles"]["total"] == 12
+
+
+def test_files_bad_upscale_field_is_422_and_a_prompt_alone_is_400(api: ApiServer) -> None:
+    upload = {"file": ("photo.png", png_bytes(noise_image(64, 64)), "image/png")}
+
+    bad = api.client.post("/api/files/async", files=upload, data={"upscale_tile": "100"})
+    prompt_only = api.client.post("/api/files/async", files=upload, data={"prompt": "a fox"})
+
+    assert "upscale_tile: 100 px is not a multiple of 8" in assert_error(bad, 422, "invalid_input")["message"]
+    assert "upscale" in assert_error(prompt_only, 400, "unknown_field")["hint"]
+    assert api.client.get("/api/jobs").json()["jobs"] == []
