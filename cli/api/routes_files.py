@@ -164,35 +164,20 @@ def _submit_upload(
     # Name the output ({prompt} of OUTPUT_NAME) after the client's file, not the upload id.
     label = shown.rsplit(".", 1)[0] or "upload"
     with staged_upload(file.file, settings) as saved:
+        planned: dict[str, Any] = {
+            "output_dir": settings.output_location,
+            "output_format": output_format,
+            "quality": quality,
+            "batch_id": new_id(),
+            "first_frame": first_frame,
+            "label": label,
+            "now": now,
+        }
         try:
             if upscale is None:
-                plan = plan_process(
-                    settings,
-                    [saved.path],
-                    step_params,
-                    output_dir=settings.output_location,
-                    output_format=output_format,
-                    quality=quality,
-                    batch_id=new_id(),
-                    first_frame=first_frame,
-                    label=label,
-                    now=now,
-                )[0]
+                [plan] = plan_process(settings, [saved.path], step_params, **planned)
             else:
-                [plan] = plan_upscale(
-                    settings,
-                    [saved.path],
-                    upscale,
-                    step_params,
-                    output_dir=settings.output_location,
-                    output_format=output_format,
-                    quality=quality,
-                    batch_id=new_id(),
-                    names=UPSCALE_KEY_OF,
-                    first_frame=first_frame,
-                    label=label,
-                    now=now,
-                )
+                [plan] = plan_upscale(settings, [saved.path], upscale, step_params, names=UPSCALE_KEY_OF, **planned)
         except PipelineError as exc:  # name the client's file, never the server's path
             for text in (str(saved.path), saved.path.name):
                 exc.message = exc.message.replace(text, shown)
