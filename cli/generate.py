@@ -66,6 +66,7 @@ from cli.upscale_options import (
     UpscalerOption,
     UpscaleSeamFixOption,
     UpscaleTileOption,
+    UpscaleVarySeedOption,
     upscale_flags,
 )
 from pipeline.batches.expansion import plan_templated, split_template_keys
@@ -150,6 +151,7 @@ def generate(
     upscale_tile: UpscaleTileOption = None,
     upscale_overlap: UpscaleOverlapOption = None,
     upscale_seam_fix: UpscaleSeamFixOption = None,
+    upscale_vary_seed: UpscaleVarySeedOption = None,
     output_format: FormatOption = None,
     quality: QualityOption = None,
     name_template: NameTemplateOption = None,

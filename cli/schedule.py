@@ -74,6 +74,7 @@ from cli.upscale_options import (
     UpscalerOption,
     UpscaleSeamFixOption,
     UpscaleTileOption,
+    UpscaleVarySeedOption,
     upscale_flags,
 )
 from pipeline.batches.files import BatchFileError, read_batch_file
@@ -143,6 +144,7 @@ def add(
     upscale_tile: UpscaleTileOption = None,
     upscale_overlap: UpscaleOverlapOption = None,
     upscale_seam_fix: UpscaleSeamFixOption = None,
+    upscale_vary_seed: UpscaleVarySeedOption = None,
     name_template: RowNameTemplateOption = None,
     overwrite: RowOverwriteOption = False,
     hires: HiresOption = None,

@@ -57,6 +57,7 @@ _FLAG_OF = {
     "seam_fix_width_px": "--seam-fix-width",
     "seam_fix_denoise": "--seam-fix-denoise",
     "seed": "--seed",
+    "vary_seed": "--vary-seed",
     "steps": "--steps",
     "cfg_scale": "--cfg",
 }
@@ -98,6 +99,9 @@ def upscale(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of every tile; -1 random (default: the image's own).")] = None,
+    vary_seed: Annotated[
+        bool, typer.Option("--vary-seed", help="Tile i gets seed + i, so no two tiles share a noise pattern.")
+    ] = False,
     steps: Annotated[int | None, typer.Option(help="Sampling steps (default STEPS).")] = None,
     cfg: Annotated[float | None, typer.Option("--cfg", help="CFG scale (default CFG_SCALE).")] = None,
     sampler: Annotated[str | None, typer.Option(help="Sampler name (default SAMPLER).")] = None,
@@ -134,6 +138,7 @@ def upscale(
             prompt=prompt,
             negative_prompt=negative,
             seed=seed,
+            vary_seed=vary_seed or None,
             steps=steps,
             cfg_scale=cfg,
             sampler=sampler,

@@ -2,7 +2,8 @@
 each image (for ``batch`` and ``schedule add`` a default of every row).
 
 They are the batch-row keys of :data:`~pipeline.upscale.planning.ROW_UPSCALE_KEYS` (``upscale``,
-``upscaler``, ``upscale_denoise``, ``upscale_tile``, ``upscale_overlap``, ``upscale_seam_fix``):
+``upscaler``, ``upscale_denoise``, ``upscale_tile``, ``upscale_overlap``, ``upscale_seam_fix``,
+``upscale_vary_seed``):
 :func:`upscale_flags` turns a command's parameters into those keys, checked with the rest of the row.
 """
 
@@ -22,6 +23,7 @@ __all__ = [
     "UpscaleOverlapOption",
     "UpscaleSeamFixOption",
     "UpscaleTileOption",
+    "UpscaleVarySeedOption",
     "UpscalerOption",
     "upscale_flags",
 ]
@@ -68,6 +70,15 @@ UpscaleSeamFixOption = Annotated[
     typer.Option(
         "--upscale-seam-fix",
         help="band: also re-render a narrow masked band across every tile border (default none: blend only).",
+        rich_help_panel=_PANEL,
+    ),
+]
+
+UpscaleVarySeedOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--upscale-vary-seed",
+        help="Tile i gets seed + i, so no two tiles share a noise pattern (default: one seed for every tile).",
         rich_help_panel=_PANEL,
     ),
 ]

@@ -79,6 +79,7 @@ def upscale_form(
     upscale_seam_fix: Annotated[
         SeamFix | None, Form(description="band: also re-render a masked band across every tile border")
     ] = None,
+    upscale_vary_seed: Annotated[bool | None, Form(description="tile i gets seed + i (default: one seed)")] = None,
     prompt: Annotated[str | None, Form(description="prompt of every tile (default: the image's own)")] = None,
     negative_prompt: Annotated[str | None, Form(description="negative prompt of every tile")] = None,
     seed: Annotated[int | None, Form(description="seed of every tile (default: the image's own, else random)")] = None,
@@ -91,6 +92,7 @@ def upscale_form(
         "upscale_tile": upscale_tile,
         "upscale_overlap": upscale_overlap,
         "upscale_seam_fix": upscale_seam_fix,
+        "upscale_vary_seed": upscale_vary_seed,
     }
     request = row_upscale_request(values)
     if request is None:

@@ -454,6 +454,7 @@ class _Planner:
             "upscale_tile": upscale.tile_px if upscale else None,
             "upscale_overlap": upscale.overlap_px if upscale else None,
             "upscale_seam_fix": upscale.seam_fix if upscale else None,
+            "upscale_vary_seed": upscale.vary_seed if upscale else None,
         }
         if priority is not None:
             params["priority"] = priority

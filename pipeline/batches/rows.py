@@ -67,6 +67,7 @@ ROW_KEYS = (
     "upscale_tile",
     "upscale_overlap",
     "upscale_seam_fix",
+    "upscale_vary_seed",
 )
 #: Keys of a row (or of defaults) that say how it becomes jobs, read before the row is checked
 #: (pipeline.batches.files): prompt templates (pipeline.prompts) and parameter sweeps.
@@ -164,6 +165,7 @@ class JobRow(BaseModel):
     upscale_seam_fix: str | None = Field(
         None, description="none, or band: also re-render a masked band across every tile border"
     )
+    upscale_vary_seed: bool | None = Field(None, description="tile i gets seed + i (default: one seed for all)")
 
 
 _FIELD_OF_ALIAS = {**A1111_NAMES, **{key: key for key in ROW_KEYS}}

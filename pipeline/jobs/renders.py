@@ -15,7 +15,7 @@ from pipeline.errors import NoFreeSlot, PipelineError, SDError
 from pipeline.events.model import JOB_STEP_FINISHED
 from pipeline.jobs.steps import StepContext, _files, _record_failure, check_paused, fanout_generation
 from pipeline.models import ErrorInfo, StepName
-from pipeline.upscale import steps as upscale_steps
+from pipeline.upscale import render as upscale_render
 
 __all__ = ["TileOutcome", "run_tile"]
 
@@ -71,7 +71,7 @@ def run_tile(
     check_paused(ctx, record)  # a paused job starts no new SD call (QueuePaused: requeued, no retry spent)
     files = _files(ctx, record)
     try:
-        skipped = upscale_steps.render_tile(ctx, record, files, index)
+        skipped = upscale_render.render_tile(ctx, record, files, index)
     except NoFreeSlot:
         raise  # every server busy: not an attempt, nothing to record
     except PipelineError as exc:
@@ -92,6 +92,6 @@ def run_tile(
         data = {"step": "upscale_tile", "tile": index, "done": done, "total": total, "skipped": skipped}
         ctx.events.emit(JOB_STEP_FINISHED, job_id=job_id, batch_id=record.batch_id, data=data)
     following: StepName = "merge"
-    if done >= total and upscale_steps.next_step_after_renders(record, files, total) == "seam_blur":
+    if done >= total and upscale_render.next_step_after_renders(record, files, total) == "seam_blur":
         following = "seam_blur"
     return TileOutcome(ran=True, done=done, total=total, skipped=skipped, next_step=following)

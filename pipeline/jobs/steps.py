@@ -48,6 +48,7 @@ from pipeline.sd.pool.pool import PoolObserver, SDPool, open_pool_state
 from pipeline.settings import Settings
 from pipeline.storage.base import Blob, Storage, open_storage
 from pipeline.store.base import StatusStore
+from pipeline.upscale import render as upscale_render
 from pipeline.upscale import steps as upscale_steps
 
 __all__ = [
@@ -216,11 +217,11 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
         logger.debug("job %s: %s %s", job_id, step, "skipped (output exists)" if skipped else "done")
     if record.spec.upscale is not None and step in ("split", "seam_blur"):
         files = _files(ctx, record)
-        pending, total = upscale_steps.pending_renders(record, files)
+        pending, total = upscale_render.pending_renders(record, files)
         if pending:
             generation = fanout_generation(record)
             return StepOutcome(ran=True, skipped=skipped, renders=tuple(pending), generation=generation)
-        following = upscale_steps.next_step_after_renders(record, files, total)
+        following = upscale_render.next_step_after_renders(record, files, total)
         return StepOutcome(ran=True, skipped=skipped, then="merge" if following == "merge" else "seam_blur")
     return StepOutcome(ran=True, skipped=skipped)
 

@@ -54,10 +54,12 @@ class UpscaleParams(BaseModel):
     seam_fix: SeamFix = "none"
     seam_fix_width_px: Annotated[int, Field(ge=16, le=512)] = DEFAULT_SEAM_FIX_WIDTH_PX
     seam_fix_denoise: Annotated[float, Field(ge=0.0, le=1.0)] = DEFAULT_SEAM_FIX_DENOISE
-    #: The img2img request of every tile (A1111 field names); ``seed`` is the same for every tile.
+    #: The img2img request of every tile (A1111 field names); ``seed`` is the same for every tile
+    #: unless ``vary_seed``: render ``i`` (a tile, then the bands) gets ``seed + i`` (no repeated noise).
     prompt: Annotated[str, Field(max_length=20_000)] = ""
     negative_prompt: Annotated[str, Field(max_length=20_000)] = ""
     seed: Annotated[int, Field(ge=-1, le=4294967294)] = -1
+    vary_seed: bool = False
     steps: Annotated[int, Field(ge=1, le=500)] = 20
     cfg_scale: Annotated[float, Field(ge=0, le=100)] = 7.0
     sampler_name: str = "Euler a"
@@ -96,19 +98,32 @@ class UpscaleParams(BaseModel):
         """The size after the first pass (rounded like A1111's extras: ``int(side * scale)``)."""
         return max(1, int(width * self.scale)), max(1, int(height * self.scale))
 
+    def seed_of(self, index: int) -> int:
+        """The seed of render ``index``: ``seed``, or ``seed + index`` (wrapping) with ``vary_seed``."""
+        if not self.vary_seed or self.seed < 0:
+            return self.seed
+        return (self.seed + index) % 4294967295
+
     def img2img_payload(
-        self, init_image_b64: str, width: int, height: int, *, task_id: str, mask_b64: str | None = None
+        self,
+        init_image_b64: str,
+        width: int,
+        height: int,
+        *,
+        task_id: str,
+        mask_b64: str | None = None,
+        index: int = 0,
     ) -> dict[str, Any]:
-        """The JSON body of ``POST /sdapi/v1/img2img`` for one tile (every field explicit), or with
-        ``mask_b64`` for one seam-fix band (masked, at the seam fix's denoise, original content kept
-        under the mask as the start)."""
+        """The JSON body of ``POST /sdapi/v1/img2img`` for render ``index``, a tile (every field
+        explicit), or with ``mask_b64`` a seam-fix band (masked, at the seam fix's denoise, original
+        content kept under the mask as the start)."""
         payload: dict[str, Any] = {
             "init_images": [init_image_b64],
             "denoising_strength": self.denoise if mask_b64 is None else self.seam_fix_denoise,
             "resize_mode": 0,
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
-            "seed": self.seed,
+            "seed": self.seed_of(index),
             "steps": self.steps,
             "cfg_scale": self.cfg_scale,
             "width": width,
@@ -146,6 +161,7 @@ class UpscaleParams(BaseModel):
             "Upscale overlap": self.overlap_px,
             "Denoising strength": self.denoise,
             "Seam fix": self.seam_fix,
+            **({"Upscale seeds": "per tile"} if self.vary_seed else {}),
             **(
                 {"Seam fix width": self.seam_fix_width_px, "Seam fix denoise": self.seam_fix_denoise}
                 if self.seam_fix == "band"

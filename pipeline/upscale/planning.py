@@ -47,6 +47,7 @@ ROW_UPSCALE_KEYS = {
     "upscale_tile": "tile_px",
     "upscale_overlap": "overlap_px",
     "upscale_seam_fix": "seam_fix",
+    "upscale_vary_seed": "vary_seed",
 }
 #: The row key of each :class:`UpscaleRequest` field, for messages (``names`` of :func:`build_upscale_params`).
 UPSCALE_KEY_OF = {field: key for key, field in ROW_UPSCALE_KEYS.items()}
@@ -67,6 +68,7 @@ class UpscaleRequest:
     prompt: str | None = None
     negative_prompt: str | None = None
     seed: int | None = None
+    vary_seed: bool | None = None
     steps: int | None = None
     cfg_scale: float | None = None
     sampler: str | None = None
@@ -125,6 +127,7 @@ def build_upscale_params(
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt,
         "seed": request.seed,
+        "vary_seed": request.vary_seed,
         "steps": request.steps,
         "cfg_scale": request.cfg_scale,
         "sampler_name": request.sampler,

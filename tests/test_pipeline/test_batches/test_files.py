@@ -750,3 +750,13 @@ def test_read_batch_file_bad_upscale_setting_names_its_row_key(tmp_path: Path, s
     )
 
     assert problems_of(path, settings) == [(1, "upscale_tile"), (2, "upscale_overlap"), (3, "upscale_seam_fix")]
+
+
+def test_read_batch_file_upscale_vary_seed_is_a_row_key(tmp_path: Path, settings: Settings) -> None:
+    path = write(tmp_path, "up.csv", "prompt,upscale,upscale_vary_seed\na fox,2,true\na wolf,2,\n")
+
+    fox, wolf = read(path, settings)
+
+    assert fox.specs[0].upscale is not None and fox.specs[0].upscale.vary_seed is True
+    assert wolf.specs[0].upscale is not None and wolf.specs[0].upscale.vary_seed is False
+    assert fox.params["upscale_vary_seed"] is True

@@ -102,3 +102,14 @@ def test_build_narrows_the_default_overlap_for_a_small_tile(settings: Settings) 
     assert (small.tile_px, small.overlap_px) == (64, 16)
     with pytest.raises(InputError, match="half the tile"):  # an overlap the user gave is never changed
         build_upscale_params(settings, given)
+
+
+def test_vary_seed_gives_render_i_seed_plus_i_and_says_so() -> None:
+    same = UpscaleParams(seed=10)
+    varied = UpscaleParams(seed=4294967290, vary_seed=True)
+
+    seeds = [varied.img2img_payload("QUJD", 64, 64, task_id="t", index=i)["seed"] for i in range(6)]
+
+    assert [same.img2img_payload("QUJD", 64, 64, task_id="t", index=i)["seed"] for i in range(3)] == [10, 10, 10]
+    assert seeds == [4294967290, 4294967291, 4294967292, 4294967293, 4294967294, 0]  # wraps in A1111's range
+    assert varied.infotext_params()["Upscale seeds"] == "per tile" and "Upscale seeds" not in same.infotext_params()

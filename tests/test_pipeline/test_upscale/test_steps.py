@@ -18,7 +18,9 @@ from pipeline.settings import Settings
 from pipeline.store import open_store
 from pipeline.upscale import steps as upscale_steps
 from pipeline.upscale.planning import UpscaleRequest, plan_upscale
+from pipeline.upscale.render import pending_renders
 from pipeline.upscale.tiles import TilePlan, plan_bands
+from pipeline.upscale.work import UpscaleFiles
 from tests.test_pipeline.test_upscale.conftest import detailed_image
 
 
@@ -43,7 +45,7 @@ def test_merge_of_a_large_output_never_holds_its_tiles_decoded_at_once(
     record = store.get(plan.spec.job_id)
     files = JobFiles(settings.output_dir.absolute(), record.job_id)
     assert upscale_steps.first_pass(ctx, record, files) is False  # Lanczos: no SD call
-    work = upscale_steps.UpscaleFiles.of(files)
+    work = UpscaleFiles.of(files)
     tiles = TilePlan.from_dict(read_json(work.plan)["plan"])
     _, [enlarged] = map_arrays(work.enlarged)
     for tile in tiles.tiles:  # each tile "re-rendered": its region, a little brighter, saved as a server answers
@@ -55,7 +57,7 @@ def test_merge_of_a_large_output_never_holds_its_tiles_decoded_at_once(
         for band in plan_bands(tiles, request_width_px := 64):  # the bands answered unchanged
             region = np.ascontiguousarray(merged[band.y0 : band.y1, band.x0 : band.x1])
             atomic_write_bytes(work.legacy_tile(len(tiles) + band.index), encode_png(region))  # as saved before
-        assert upscale_steps.pending_renders(record, files)[0] == [] and request_width_px == 64
+        assert pending_renders(record, files)[0] == [] and request_width_px == 64
         del merged
     del enlarged
     output_bytes = 2048 * 2048 * 3
