@@ -71,6 +71,11 @@ def test_generate_takes_every_upscale_flag(sdpipe: Invoke) -> None:
     with Image.open(job["result"]["image"]) as image:
         parsed = parse_infotext(image.info["parameters"])
     assert (parsed["Upscale tile"], parsed["Upscale overlap"], parsed["Seam fix"]) == ("64", "16", "band")
+    assert (parsed["Upscale"], parsed["Upscaler"], parsed["Denoising strength"]) == ("2", "Lanczos", "0.3")
+    sidecar = json.loads(Path(job["result"]["sidecar"]).read_text())["upscale"]
+    assert {key: sidecar[key] for key in ("scale", "upscaler", "tile_px", "overlap_px", "denoise", "seam_fix")} == {
+        "scale": 2.0, "upscaler": "Lanczos", "tile_px": 64, "overlap_px": 16, "denoise": 0.3, "seam_fix": "band"
+    }  # fmt: skip
 
 
 def test_schedule_add_upscale_flags_upscale_every_run(sdpipe: Invoke, tmp_path: Path) -> None:
