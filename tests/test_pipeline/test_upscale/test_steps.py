@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline.images.png import encode_png
-from pipeline.jobs.files import JobFiles, atomic_save_arrays, atomic_write_bytes, map_arrays, read_json
+from pipeline.jobs.files import JobFiles, atomic_save_arrays, map_arrays, read_json
 from pipeline.jobs.planning import build_step_params, new_id
 from pipeline.jobs.steps import StepContext
 from pipeline.settings import Settings
@@ -56,7 +56,7 @@ def test_merge_of_a_large_output_never_holds_its_tiles_decoded_at_once(
         _, [merged] = map_arrays(work.merged)
         for band in plan_bands(tiles, request_width_px := 64):  # the bands answered unchanged
             region = np.ascontiguousarray(merged[band.y0 : band.y1, band.x0 : band.x1])
-            atomic_write_bytes(work.legacy_tile(len(tiles) + band.index), encode_png(region))  # as saved before
+            work.legacy_tile(len(tiles) + band.index).write(encode_png(region))  # a PNG, as saved before
         assert pending_renders(record, files)[0] == [] and request_width_px == 64
         del merged
     del enlarged
