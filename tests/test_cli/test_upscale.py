@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -13,8 +14,10 @@ from cli.output import jobs_table
 from pipeline.images.infotext import parse_infotext
 from pipeline.models import JobState
 from pipeline.settings import load_settings
+from pipeline.storage import open_storage
 from pipeline.store import open_store
 from pipeline.upscale.tiles import plan_upscale_tiles
+from tests.conftest import S3Bucket
 from tests.test_cli.conftest import Invoke
 
 
@@ -153,3 +156,25 @@ def test_generate_sweep_varies_an_upscale_setting(sdpipe: Invoke) -> None:
     jobs = json.loads(result.stdout)
     assert sorted(job["spec"]["upscale"]["denoise"] for job in jobs) == [0.2, 0.4]
     assert {job["spec"]["upscale"]["overlap_px"] for job in jobs} == {16}  # the default, narrowed to the tile
+
+
+def test_upscale_into_a_bucket_keeps_alpha_and_removes_its_intermediates(
+    sdpipe: Invoke, s3_bucket: S3Bucket, tmp_path: Path
+) -> None:
+    pixels = np.zeros((64, 96, 4), dtype=np.uint8)
+    pixels[..., :3] = np.random.default_rng(4).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    pixels[:, :48, 3] = 255
+    source = tmp_path / "cutout.png"
+    Image.fromarray(pixels, "RGBA").save(source)
+
+    result = sdpipe("upscale", str(source), "--tile", "64", "--overlap", "16", "--seam-fix", "band",
+                    "--prompt", "a fox", "--sd-url", "mock://", "--json", env=s3_bucket.env)  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    [job] = json.loads(result.stdout)
+    storage = open_storage(s3_bucket.url, s3_bucket.settings())
+    keys = [entry.key for entry in storage.list("")]
+    assert sorted(keys) == sorted(storage.key_of(job["result"][kind]) for kind in ("image", "sidecar"))
+    with Image.open(io.BytesIO(storage.read(str(storage.key_of(job["result"]["image"]))))) as image:
+        assert (image.mode, image.size) == ("RGBA", (192, 128))
+        assert np.asarray(image)[:, 102:, 3].max() == 0
