@@ -20,6 +20,7 @@ from pipeline.errors import ImageError, InputError, SDBadImage
 from pipeline.images.codec import decode_image
 from pipeline.images.png import encode_png
 from pipeline.jobs.files import JobFiles, atomic_save_arrays, map_arrays, read_json
+from pipeline.models import PRIORITIES
 from pipeline.upscale.tiles import TilePlan, band_mask, plan_bands
 from pipeline.upscale.work import UpscaleFiles, params_of, resize, rgb
 
@@ -137,6 +138,8 @@ def render_tile(ctx: StepContext, record: JobRecord, files: JobFiles, index: int
         ),
         pinned=record.spec.backend_url,
         model=params.checkpoint,  # checkpoint affinity: a server with the job's checkpoint loaded first
+        priority=PRIORITIES.index(record.spec.priority),  # behind better-class work, like a generation
+        since=record.created_at,
     )
     # The server's slot is free again: decode here, in parallel with the other renders.
     pixels = answer_pixels(ctx, record, result.image_bytes, payload["width"], payload["height"], index, backend)

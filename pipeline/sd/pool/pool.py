@@ -284,6 +284,8 @@ class SDPool:
         pinned: str | None = None,
         avoid: str | None = None,
         model: str | None = None,
+        priority: int | None = None,
+        since: float | None = None,
     ) -> tuple[_R, str]:
         """Any other SD call (img2img, extras) under the same rules as :meth:`txt2img`: on the slot this
         thread holds for ``job_id`` (or one taken now), its outcome counted in the server's health.
@@ -292,15 +294,17 @@ class SDPool:
         ``model``: the checkpoint the request names (``override_settings.sd_model_checkpoint``): as
         for txt2img, a server that has it loaded is preferred, and the one taken is switched to it
         first when it has another. An :class:`~pipeline.models.SDResult` answer's ``info`` tells the
-        pool what the server has loaded. Returns the result and the server's credential-free URL.
+        pool what the server has loaded. ``priority`` and ``since``: the job's class and age, as for
+        :meth:`slot` (an upscale's tiles wait behind better-class work like its generation would).
+        Returns the result and the server's credential-free URL.
 
         Raises:
-            SDError: the call failed (``exc.url`` names the server); NoFreeSlot: see :meth:`slot`.
+            SDError: the call failed (``exc.url`` names the server); NoFreeSlot (Outranked): see :meth:`slot`.
         """
         with self._lock:
             held = self._held.get((job_id, threading.get_ident()))
         if held is None:
-            with self.slot(job_id, pinned=pinned, avoid=avoid, model=model) as backend:
+            with self.slot(job_id, pinned=pinned, avoid=avoid, model=model, priority=priority, since=since) as backend:
                 return self._call_with(backend, job_id, request, model=model), backend.key
         return self._call_with(held.backend, job_id, request, model=model), held.backend.key
 

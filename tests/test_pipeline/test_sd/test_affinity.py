@@ -4,6 +4,7 @@ pool switching, learning and waiting over in-process mock servers that load chec
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline.errors import NoFreeSlot, SDWrongCheckpoint
+from pipeline.errors import NoFreeSlot, Outranked, SDWrongCheckpoint
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
 from pipeline.models import GenerationParams, JobSpec
 from pipeline.sd.mock.http import get_mock_server
@@ -355,3 +356,29 @@ def test_pool_tile_call_switches_a_server_to_the_job_checkpoint_and_learns_it(
     assert get_mock_server(url).stats()["model_loads"] == 1
     assert checkpoint_key(pool.status()[0].model) == "b"
     assert recorder.loads == [(pool.backends[0].key, "b")]
+
+
+def test_pool_tile_call_waits_behind_better_class_work_like_a_generation() -> None:
+    url = f"mock://tiles-priority-{uuid.uuid4().hex[:8]}"
+    pool = open_pool(make_settings(url))
+    payload = UpscaleParams(seed=5).img2img_payload(png_b64(), 64, 64, task_id="sdpipe-low-t0")
+
+    def call(job_id: str, priority: int) -> str:
+        result, backend = pool.call(
+            job_id,
+            lambda client, on_answer: client.img2img(payload, job_id=job_id, seed=5, on_answer=on_answer),
+            priority=priority,
+            since=time.time(),
+        )
+        return backend
+
+    try:
+        pool.state.ticket(["high-1"], 0, ttl_s=60)  # a high job waits for a server
+        with pytest.raises(Outranked):
+            call("low", 2)
+        served_while_outranked = get_mock_server(url).stats()["img2img_requests"]
+        pool.drop_ticket("high-1", 0)
+        backend = call("low", 2)
+    finally:
+        pool.close()
+    assert served_while_outranked == 0 and backend == pool.backends[0].key
