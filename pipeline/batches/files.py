@@ -456,8 +456,7 @@ class _Planner:
             "upscale_seam_fix": upscale.seam_fix if upscale else None,
             "upscale_vary_seed": upscale.vary_seed if upscale else None,
         }
-        if priority is not None:
-            params["priority"] = priority
+        params["priority"] = priority  # every row key, None when not set (as the upscale keys)
         return params, specs
 
     def _step_params(self, grid: str | None, band_px: int | None, sigma: float | None) -> StepParams | list[FieldIssue]:
