@@ -3,7 +3,9 @@
 - :mod:`~pipeline.upscale.params`: :class:`UpscaleParams`, what an upscale asks for.
 - :mod:`~pipeline.upscale.planning`: the user's request checked into parameters, and the jobs.
 - :mod:`~pipeline.upscale.tiles`: where the tiles sit, their smooth blend, the merge, the seam measure.
-- :mod:`~pipeline.upscale.steps`: the first pass, one tile's img2img call, and the merge of a job.
+- :mod:`~pipeline.upscale.work`: a job's work folder (or bucket prefix) and the pixel conversions.
+- :mod:`~pipeline.upscale.render`: one tile's (or band's) img2img request, call and saved answer.
+- :mod:`~pipeline.upscale.steps`: the first pass, the seam-fix band phase, the merge, the sidecar record.
 """
 
 from __future__ import annotations
