@@ -19,7 +19,7 @@ from pipeline.errors import PipelineError, StoreUnavailable
 from pipeline.sd.backends import Backend
 from pipeline.sd.client import SDClient
 from pipeline.sd.pool import affinity
-from pipeline.sd.pool.state import Claim, PoolState
+from pipeline.sd.pool.state import Claim, LoadedModel, PoolState
 from pipeline.settings import Settings
 
 __all__ = ["Checkpoints", "PoolObserver"]
@@ -136,9 +136,21 @@ class Checkpoints:
         if self.observer is not None:
             self.observer.model_loaded(backend.key, want or model)
 
-    def learn(self, key: str, model_name: str | None, model_hash: str | None, *, job_id: str | None) -> None:
-        """What the server says it has loaded (an answer's ``info``, or its options when probed)."""
-        if model_name is None:
+    def learn(
+        self,
+        key: str,
+        model_name: str | None,
+        model_hash: str | None,
+        *,
+        job_id: str | None,
+        recorded: LoadedModel | None = None,
+    ) -> None:
+        """What the server says it has loaded (an answer's ``info``, or its options when probed).
+
+        ``recorded``: the checkpoint the pool state had for the server when the call's slot was
+        released; when the answer confirms it (the usual case), nothing is read or written.
+        """
+        if model_name is None or (recorded is not None and recorded.confirms(model_name, model_hash)):
             return
         try:
             status = next(s for s in self._state().status([b for b in self.backends if b.key == key]) if s.key == key)

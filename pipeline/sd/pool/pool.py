@@ -54,7 +54,7 @@ from pipeline.sd.backends import Backend, backends_for, parse_backends
 from pipeline.sd.client import SDClient
 from pipeline.sd.pool import affinity
 from pipeline.sd.pool.checkpoints import Checkpoints, PoolObserver
-from pipeline.sd.pool.state import BackendStatus, HealthPolicy, PoolState
+from pipeline.sd.pool.state import BackendStatus, HealthPolicy, LoadedModel, PoolState
 from pipeline.sd.progress import ProgressCallback, watch_progress
 from pipeline.settings import Settings
 
@@ -206,10 +206,11 @@ class SDPool:
             yield backend
         finally:
             with self._lock:
-                self._held.pop(held_key, None)
-            self._release(backend.key, holder, job_id=job_id)
-            if want is not None:
-                self.checkpoints.unwant(holder, want)
+                still_held = self._held.pop(held_key, None) is not None
+            if still_held:  # else given back already, when the server answered (:meth:`_answered`)
+                self._release(backend.key, holder, job_id=job_id)
+                if want is not None:
+                    self.checkpoints.unwant(holder, want)
 
     def _defer_if_outranked(self, job_id: str, priority: int, since: float | None) -> None:
         waited_s = max(time.time() - since, 0.0) if since is not None else 0.0
@@ -257,10 +258,13 @@ class SDPool:
         started = time.perf_counter()
         client = self._client_for(backend.url)
         every_s, image = self.settings.progress_poll_s, self.settings.progress_preview
+        recorded: list[LoadedModel | None] = []  # what the release at the answer saw loaded
         try:
             with watch_progress(client, job_id, on_progress, every_s=every_s, image=image):
                 result = client.txt2img(
-                    generation, job_id=job_id, on_answer=lambda: self._answered(job_id, time.perf_counter() - started)
+                    generation,
+                    job_id=job_id,
+                    on_answer=lambda: recorded.append(self._answered(job_id, time.perf_counter() - started)),
                 )
         except SDTransientError as exc:
             self._transient_failure(backend, exc, job_id=job_id, started=started)
@@ -273,7 +277,9 @@ class SDPool:
             self._observe(backend.key, time.perf_counter() - started, "rejected")
             raise
         self._observe(backend.key, result.elapsed_s, "ok")
-        self.checkpoints.learn(backend.key, result.model_name, result.model_hash, job_id=job_id)
+        self.checkpoints.learn(
+            backend.key, result.model_name, result.model_hash, job_id=job_id, recorded=recorded[0] if recorded else None
+        )
         return result
 
     def call(
@@ -319,10 +325,12 @@ class SDPool:
         if model is not None and self.settings.model_affinity:
             self.checkpoints.switch(backend, model, job_id=job_id)
         started = time.perf_counter()
+
+        def answered() -> None:
+            self._answered(job_id, time.perf_counter() - started)
+
         try:
-            result = request(
-                self._client_for(backend.url), lambda: self._answered(job_id, time.perf_counter() - started)
-            )
+            result = request(self._client_for(backend.url), answered)
         except SDTransientError as exc:
             self._transient_failure(backend, exc, job_id=job_id, started=started)
             raise
@@ -355,23 +363,27 @@ class SDPool:
         benches ``key`` only then)."""
         return any(status.healthy for status in self.state.status(self.backends) if status.key != key)
 
-    def _answered(self, job_id: str, elapsed_s: float) -> None:
+    def _answered(self, job_id: str, elapsed_s: float) -> LoadedModel | None:
         """The server answered 200: it is healthy, and its slot goes to the next job now, not after
-        this one's checks and writes (one call to the pool state for both)."""
+        this one's checks and writes (one call to the pool state for both). Returns the checkpoint
+        the state had recorded for the server (:meth:`Checkpoints.learn` checks the answer against it)."""
         with self._lock:
             held = self._held.pop((job_id, threading.get_ident()), None)
-        if held is not None:
-            self._release(held.backend.key, held.holder, job_id=job_id, answered_s=elapsed_s)
-            if held.want is not None:  # rendered: it no longer holds back a switch of this server
-                self.checkpoints.unwant(held.holder, held.want)
+        if held is None:
+            return None
+        recorded = self._release(held.backend.key, held.holder, job_id=job_id, answered_s=elapsed_s)
+        if held.want is not None:  # rendered: it no longer holds back a switch of this server
+            self.checkpoints.unwant(held.holder, held.want)
+        return recorded
 
-    def _release(self, key: str, holder: str, *, job_id: str, answered_s: float | None = None) -> None:
+    def _release(self, key: str, holder: str, *, job_id: str, answered_s: float | None = None) -> LoadedModel | None:
         """Give a slot back; a store outage is logged, not raised: the lease expires by itself, and
         the call's own outcome (an image already answered, or its real error) must not be lost."""
         try:
-            self.state.release(key, holder, answered_s=answered_s)
+            return self.state.release(key, holder, answered_s=answered_s)
         except StoreUnavailable as exc:
             logger.warning("job %s: could not release the slot on %s (%s); its lease will expire", job_id, key, exc)
+            return None
 
     def _failed(self, key: str, exc: PipelineError, *, job_id: str | None, bench: bool) -> None:
         if self.state.record_failure(key, exc.message, bench=bench, policy=self.policy):

@@ -33,7 +33,7 @@ from pipeline.connections import RedisSettings, create_client
 from pipeline.errors import StoreUnavailable
 from pipeline.sd.backends import Backend
 from pipeline.sd.pool.affinity import checkpoint_key
-from pipeline.sd.pool.state import BackendStatus, Claim, HealthPolicy, PoolState
+from pipeline.sd.pool.state import BackendStatus, Claim, HealthPolicy, LoadedModel, PoolState
 from pipeline.settings import Settings
 from pipeline.store.redis import missing_database
 
@@ -138,7 +138,7 @@ if ARGV[4] ~= '' then
   redis.call('HINCRBY', KEYS[3], 'done', 1)
   redis.call('HINCRBYFLOAT', KEYS[3], 'total_s', ARGV[4])
 end
-return 0
+return redis.call('HMGET', KEYS[3], 'model_key', 'model_hash', 'loading')
 """
 
 # KEYS: health; ARGV: error, bench (0/1), threshold, cooldown min ms, cooldown max ms. Returns 1 if benched now.
@@ -365,10 +365,13 @@ class RedisPoolState(PoolState):
     def renew(self, key: str, holder: str, *, lease_s: float) -> bool:
         return bool(self._run(self._renew, [self._slots(key)], [holder, _ms(lease_s)]))
 
-    def release(self, key: str, holder: str, *, answered_s: float | None = None) -> None:
+    def release(self, key: str, holder: str, *, answered_s: float | None = None) -> LoadedModel:
         answered = "" if answered_s is None else repr(float(answered_s))
         keys = [self._slots(key), self._freed, self._health(key), self._freed_of(key)]
-        self._run(self._release, keys, [holder, key, _FREED_KEEP, answered, _FREED_KEEP_EACH])
+        model_key, model_hash, loading = self._run(
+            self._release, keys, [holder, key, _FREED_KEEP, answered, _FREED_KEEP_EACH]
+        )
+        return LoadedModel(model_key.decode() if model_key else None, bool(model_hash), loading == b"1")
 
     def wait_for_release(self, timeout_s: float, keys: Sequence[str] | None = None) -> None:
         lists = [self._freed] if keys is None else [self._freed_of(key) for key in keys]

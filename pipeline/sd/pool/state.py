@@ -21,7 +21,15 @@ from pipeline.sd.backends import Backend
 from pipeline.sd.pool.affinity import checkpoint_key
 from pipeline.settings import Settings
 
-__all__ = ["DEFAULT_OOM_PAUSE_S", "BackendStatus", "Claim", "HealthPolicy", "MemoryPoolState", "PoolState"]
+__all__ = [
+    "DEFAULT_OOM_PAUSE_S",
+    "BackendStatus",
+    "Claim",
+    "HealthPolicy",
+    "LoadedModel",
+    "MemoryPoolState",
+    "PoolState",
+]
 
 
 #: How long a lone server (no other healthy one to take its jobs) rests after an out-of-memory answer.
@@ -65,6 +73,28 @@ class HealthPolicy:
     def next_cooldown_s(self, previous_s: float) -> float:
         """The first cool-down is the minimum; each one after doubles, up to the maximum."""
         return self.cooldown_min_s if previous_s <= 0 else min(previous_s * 2, self.cooldown_max_s)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The checkpoint a server had loaded as recorded when one of its slots was released: what an
+    answer's model is checked against without reading the pool state again (one round trip per job)."""
+
+    #: :func:`~pipeline.sd.pool.affinity.checkpoint_key` of the recorded model (None: not known).
+    key: str | None
+    #: Its hash is recorded too.
+    has_hash: bool
+    #: A switch is under way.
+    loading: bool
+
+    def confirms(self, model_name: str, model_hash: str | None) -> bool:
+        """Whether an answer made with ``model_name`` (``model_hash``) tells nothing new."""
+        return (
+            not self.loading
+            and self.key is not None
+            and self.key == checkpoint_key(model_name)
+            and (self.has_hash or model_hash is None)
+        )
 
 
 @dataclass(frozen=True)
@@ -126,9 +156,10 @@ class PoolState(ABC):
         False in that case: the slot may briefly have been given to another."""
 
     @abstractmethod
-    def release(self, key: str, holder: str, *, answered_s: float | None = None) -> None:
+    def release(self, key: str, holder: str, *, answered_s: float | None = None) -> LoadedModel | None:
         """Give the slot back and wake one waiter. ``answered_s``: the server just answered a call
-        in that many seconds; recorded as a success (see :meth:`record_success`) in the same step."""
+        in that many seconds; recorded as a success (see :meth:`record_success`) in the same step.
+        Returns the checkpoint recorded for the server (None: this state does not say)."""
 
     @abstractmethod
     def wait_for_release(self, timeout_s: float, keys: Sequence[str] | None = None) -> None:
@@ -308,12 +339,15 @@ class MemoryPoolState(PoolState):
             health.leases[holder] = now + lease_s
             return alive
 
-    def release(self, key: str, holder: str, *, answered_s: float | None = None) -> None:
+    def release(self, key: str, holder: str, *, answered_s: float | None = None) -> LoadedModel | None:
         with self._cond:
-            self._get(key).leases.pop(holder, None)
+            health = self._get(key)
+            health.leases.pop(holder, None)
             self._cond.notify_all()  # waiters may want different servers: each checks its own
+            loaded = LoadedModel(checkpoint_key(health.model), health.model_hash is not None, health.loading)
         if answered_s is not None:
             self.record_success(key, answered_s)
+        return loaded
 
     def wait_for_release(self, timeout_s: float, keys: Sequence[str] | None = None) -> None:
         with self._cond:

@@ -18,7 +18,7 @@ from pipeline.sd.backends import Backend, backends_for, parse_backends
 from pipeline.sd.client import SDClient
 from pipeline.sd.mock.http import get_mock_server
 from pipeline.sd.pool.pool import SDPool, is_out_of_memory
-from pipeline.sd.pool.state import MemoryPoolState
+from pipeline.sd.pool.state import LoadedModel, MemoryPoolState
 from pipeline.settings import Settings
 from tests.helpers import free_port, wait_until
 
@@ -313,6 +313,47 @@ def test_sd_pool_store_outage_at_release_does_not_lose_the_rendered_image(tag: s
         assert result.image_bytes
     finally:
         pool.close()
+
+
+class _CountingState(MemoryPoolState):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def release(self, key: str, holder: str, *, answered_s: float | None = None) -> LoadedModel | None:
+        self.calls["release"] += 1
+        return super().release(key, holder, answered_s=answered_s)
+
+    def status(self, backends: Any) -> Any:
+        self.calls["status"] += 1
+        return super().status(backends)
+
+
+def test_sd_pool_answered_call_gives_its_slot_back_once_and_reads_the_checkpoint_only_when_new(tag: str) -> None:
+    settings = make_settings(f"mock://gpu-{tag}")
+    state = _CountingState()
+    pool = SDPool(settings, state, lambda url: SDClient(settings, base_url=url))
+    try:
+        for seed in range(3):
+            with pool.slot(f"job-{seed}"):
+                result = pool.txt2img(f"job-{seed}", params(seed))
+        # Only the first answer told the pool something new: the checkpoint it had loaded.
+        assert state.calls == {"release": 3, "status": 1}
+        assert [status.model for status in pool.status()] == [result.model_name]
+        assert [status.in_use for status in pool.status()] == [0]
+    finally:
+        pool.close()
+
+
+def test_loaded_model_confirms_only_the_same_checkpoint_with_its_hash_known() -> None:
+    known = LoadedModel(key="sd_xl_base_1.0", has_hash=True, loading=False)
+
+    assert known.confirms("sd_xl_base_1.0", "31e35c80fc")
+    assert not known.confirms("v1-5-pruned", "31e35c80fc")
+    assert not dataclasses.replace(known, loading=True).confirms("sd_xl_base_1.0", None)
+    assert not dataclasses.replace(known, has_hash=False).confirms("sd_xl_base_1.0", "31e35c80fc")
+    assert dataclasses.replace(known, has_hash=False).confirms("sd_xl_base_1.0", None)
+    assert not LoadedModel(key=None, has_hash=False, loading=False).confirms("sd_xl_base_1.0", None)
 
 
 class _HangingProbe:

@@ -12,7 +12,7 @@ import redis
 
 from pipeline.sd.backends import Backend
 from pipeline.sd.pool.redis_state import RedisPoolState
-from pipeline.sd.pool.state import HealthPolicy, MemoryPoolState, PoolState
+from pipeline.sd.pool.state import HealthPolicy, LoadedModel, MemoryPoolState, PoolState
 from tests.helpers import wait_until
 
 POLICY = HealthPolicy(failure_threshold=3, cooldown_min_s=0.2, cooldown_max_s=0.5)
@@ -177,6 +177,21 @@ def test_pool_state_avoided_server_is_used_only_without_alternative(
     first, second = servers(1, 1)
     assert state.acquire([first, second], "h0", lease_s=LEASE_S, avoid=first.key) == second.key
     assert state.acquire([first, second], "h1", lease_s=LEASE_S, avoid=first.key) == first.key
+
+
+def test_pool_state_release_tells_the_checkpoint_recorded_for_the_server(
+    state: PoolState, servers: Callable[..., list[Backend]]
+) -> None:
+    (server,) = servers(1)
+    assert state.acquire([server], "h1", lease_s=LEASE_S, avoid=None) == server.key
+    assert state.release(server.key, "h1", answered_s=0.5) == LoadedModel(key=None, has_hash=False, loading=False)
+
+    state.set_model(server.key, "sd_xl_base_1.0.safetensors [31e35c80fc]", "31e35c80fc")
+    assert state.acquire([server], "h2", lease_s=LEASE_S, avoid=None) == server.key
+    assert state.release(server.key, "h2") == LoadedModel(key="sd_xl_base_1.0", has_hash=True, loading=False)
+
+    state.set_model(server.key, "v1-5-pruned", None, loading=True)
+    assert state.release(server.key, "nobody") == LoadedModel(key="v1-5-pruned", has_hash=False, loading=True)
 
 
 def test_pool_state_release_after_an_answer_records_the_success(
