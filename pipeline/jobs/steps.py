@@ -180,7 +180,7 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
     logger.debug("job %s: %s started (attempt %d)", job_id, step, attempt)
     _emit(ctx, JOB_STEP_STARTED, record, {"step": step, "attempt": attempt, "state": record.state.value})
     try:
-        skipped, result = _STEPS[step](ctx, record)
+        skipped, produced = _STEPS[step](ctx, record)
     except PipelineError as exc:
         error = ErrorInfo(
             step=step,
@@ -200,15 +200,21 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
         _record_failure(ctx, job_id, step, attempt, error, retries_left)
         raise
     now = ctx.clock()
-    ctx.store.finish_step(job_id, step, now=now, skipped=skipped)
-    started_at = record.steps[step].started_at
-    duration_s = round(now - started_at, 3) if started_at is not None else None
-    _emit(ctx, JOB_STEP_FINISHED, record, {"step": step, "duration_s": duration_s, "skipped": skipped})
+    result = produced if isinstance(produced, JobResult) else None
     if result is not None:
         # Intermediates go first: once a job reads as succeeded, its work folder is gone. (A crash
         # in between is safe: a redelivered merge finds this job's sidecar and image and skips.)
         _files(ctx, record).remove_work_dir()
-        ctx.store.mark_succeeded(job_id, result, now=now)
+        # The step's end and the job's success: one round trip.
+        ctx.store.end_step(job_id, step, now=now, skipped=skipped, result=result)
+    else:
+        # A generation's answer (what the server said) is stored with the step's end: one round trip.
+        sd_info = produced if isinstance(produced, SDInfo) else None
+        ctx.store.end_step(job_id, step, now=now, skipped=skipped, sd_info=sd_info)
+    started_at = record.steps[step].started_at
+    duration_s = round(now - started_at, 3) if started_at is not None else None
+    _emit(ctx, JOB_STEP_FINISHED, record, {"step": step, "duration_s": duration_s, "skipped": skipped})
+    if result is not None:
         logger.info("job %s: succeeded -> %s", job_id, result.image)
         _announce_if_ended(ctx, job_id)
         if (record.spec.prompt_template or {}).get("contact_sheet") and record.spec.batch_id:
@@ -376,16 +382,16 @@ def _record_failure(
             ctx.events.emit(JOB_RETRYING, job_id=job_id, data=data)
 
 
-# Each step returns (skipped, result): result is set by the last step only.
-_StepFn = Callable[[StepContext, JobRecord], tuple[bool, JobResult | None]]
+# Each step returns (skipped, what it produced for the status store): the job's result from the
+# last step, what the SD server said from generate (stored with the step's end), else None.
+_StepFn = Callable[[StepContext, JobRecord], tuple[bool, JobResult | SDInfo | None]]
 
 
-def _generate(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]:
+def _generate(ctx: StepContext, record: JobRecord) -> tuple[bool, SDInfo]:
     files = _files(ctx, record)
     if files.source.exists():
         # The image is saved: never pay for it twice. Re-store what the server said (idempotent).
-        ctx.store.set_sd_info(record.job_id, SDInfo.model_validate(read_json(files.sd_info)))
-        return True, None
+        return True, SDInfo.model_validate(read_json(files.sd_info))
     generation = record.spec.generation
     if generation is None:
         raise ConfigError(f"job {record.job_id} has no generation parameters and no source image")
@@ -419,8 +425,7 @@ def _generate(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | No
     # the job's storage: a redelivery on any machine finds it and never asks the GPU again.
     atomic_write_json(files.sd_info, sd_info.model_dump(mode="json"))
     files.source.write(result.image_bytes)
-    ctx.store.set_sd_info(record.job_id, sd_info)
-    return False, None
+    return False, sd_info
 
 
 def pinned_backend(ctx: StepContext, record: JobRecord) -> str | None:

@@ -182,6 +182,27 @@ class StatusStore(abc.ABC):
     def finish_step(self, job_id: str, step: StepName, *, now: float, skipped: bool = False) -> None:
         """Record that ``step`` ended well (``finished_at``, ``duration_s``; ``skipped`` if its output existed)."""
 
+    def end_step(
+        self,
+        job_id: str,
+        step: StepName,
+        *,
+        now: float,
+        skipped: bool = False,
+        sd_info: SDInfo | None = None,
+        result: JobResult | None = None,
+    ) -> bool:
+        """:meth:`finish_step`, and what the step produced: the SD server's answer (``sd_info``, as
+        :meth:`set_sd_info`) or, for the job's last step, its ``result`` (the job succeeds, as
+        :meth:`mark_succeeded`, whose answer is returned; True without a result).
+
+        This default makes the separate calls; a store may do it in one round trip.
+        """
+        self.finish_step(job_id, step, now=now, skipped=skipped)
+        if sd_info is not None:
+            self.set_sd_info(job_id, sd_info)
+        return self.mark_succeeded(job_id, result, now=now) if result is not None else True
+
     @abc.abstractmethod
     def record_error(self, job_id: str, error: ErrorInfo) -> None:
         """Store ``error`` as the job's last error without changing its state (a retry will follow)."""

@@ -69,6 +69,7 @@ from pipeline.store.redis_records import RedisRecords
 from pipeline.store.redis_scripts import (
     CREATE_LUA,
     DELETE_LUA,
+    FINISH_AND_MOVE_LUA,
     FINISH_STEP_LUA,
     MOVE_LUA,
     REQUEUE_LUA,
@@ -120,6 +121,7 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
         self._create = client.register_script(with_constants(CREATE_LUA))
         self._move = client.register_script(with_constants(MOVE_LUA))
         self._finish_step = client.register_script(FINISH_STEP_LUA)
+        self._finish_and_move = client.register_script(with_constants(FINISH_AND_MOVE_LUA))
         self._set_fields = client.register_script(SET_FIELDS_LUA)
         self._requeue = client.register_script(with_constants(REQUEUE_LUA))
         self._delete = client.register_script(with_constants(DELETE_LUA))
@@ -217,6 +219,31 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
     def finish_step(self, job_id: str, step: StepName, *, now: float, skipped: bool = False) -> None:
         self._run(self._finish_step, job_id, step, _num(now), "1" if skipped else "0")
         logger.debug("job %s: %s finished%s", job_id, step, " (skipped)" if skipped else "")
+
+    def end_step(
+        self,
+        job_id: str,
+        step: StepName,
+        *,
+        now: float,
+        skipped: bool = False,
+        sd_info: SDInfo | None = None,
+        result: JobResult | None = None,
+    ) -> bool:
+        # One round trip whatever the step produced (the default takes two or three).
+        flag = "1" if skipped else "0"
+        if result is not None:
+            state, value = JobState.SUCCEEDED, result.model_dump_json(exclude_none=True)
+            args = (self._ns, job_id, state.value, str(TERMINAL_RANK), _num(now), "", "result", value, step, flag)
+            if self._run(self._finish_and_move, job_id, *args) == 0:
+                logger.info("job %s: already terminal, not marking it %s", job_id, state)
+                return False
+            logger.debug("job %s: %s finished, %s", job_id, step, state)
+            return True
+        fields = ("sd_info", sd_info.model_dump_json()) if sd_info is not None else ()
+        self._run(self._finish_step, job_id, step, _num(now), flag, *fields)
+        logger.debug("job %s: %s finished%s", job_id, step, " (skipped)" if skipped else "")
+        return True
 
     def record_error(self, job_id: str, error: ErrorInfo) -> None:
         self._run(self._set_fields, job_id, "error", error.model_dump_json(), "updated_at", _num(error.at))

@@ -11,7 +11,16 @@ from __future__ import annotations
 from pipeline.models import JobState
 from pipeline.store.base import TERMINAL_RANK
 
-__all__ = ["CREATE_LUA", "DELETE_LUA", "FINISH_STEP_LUA", "MOVE_LUA", "REQUEUE_LUA", "SET_FIELDS_LUA", "with_constants"]
+__all__ = [
+    "CREATE_LUA",
+    "DELETE_LUA",
+    "FINISH_AND_MOVE_LUA",
+    "FINISH_STEP_LUA",
+    "MOVE_LUA",
+    "REQUEUE_LUA",
+    "SET_FIELDS_LUA",
+    "with_constants",
+]
 
 #: ARGV: ns, JSON list of [id, created_at, batch_id or null, spec JSON]. Returns per job 1 (created) or 0 (kept).
 CREATE_LUA = """
@@ -131,20 +140,40 @@ for i = 2, #ARGV do
 end
 return removed
 """
-#: KEYS[1] job. ARGV: step, now, skipped ("1"/"0"). Returns -1 (no job) or 1.
-FINISH_STEP_LUA = """
-local key = KEYS[1]
-if redis.call('EXISTS', key) == 0 then return -1 end
-local step = 'step:' .. ARGV[1] .. ':'
-redis.call('HSET', key, step .. 'finished_at', ARGV[2], step .. 'skipped', ARGV[3], 'updated_at', ARGV[2])
-local started = redis.call('HGET', key, step .. 'started_at')
-if started then
-    redis.call('HSET', key, step .. 'duration_s', string.format('%.17g', tonumber(ARGV[2]) - tonumber(started)))
-else
-    redis.call('HDEL', key, step .. 'duration_s')
+
+
+def _finish(step: str, now: str, skipped: str) -> str:
+    """Lua recording that a step ended (its finish time, duration and ``skipped``), from the named ARGVs."""
+    return f"""
+do
+    local key = KEYS[1]
+    if redis.call('EXISTS', key) == 0 then return -1 end
+    local step, now = 'step:' .. {step} .. ':', {now}
+    redis.call('HSET', key, step .. 'finished_at', now, step .. 'skipped', {skipped}, 'updated_at', now)
+    local started = redis.call('HGET', key, step .. 'started_at')
+    if started then
+        redis.call('HSET', key, step .. 'duration_s', string.format('%.17g', tonumber(now) - tonumber(started)))
+    else
+        redis.call('HDEL', key, step .. 'duration_s')
+    end
 end
+"""
+
+
+#: KEYS[1] job. ARGV: step, now, skipped ("1"/"0"), then field, value pairs stored with it (a
+#: generation's sd_info). Returns -1 (no job) or 1.
+FINISH_STEP_LUA = (
+    _finish("ARGV[1]", "ARGV[2]", "ARGV[3]")
+    + """
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
+)
+#: The last step's finish and the job's move to succeeded (:data:`MOVE_LUA` with its result), in one
+#: call. KEYS[1] job. ARGV: MOVE_LUA's eight (ns, id, the terminal state, its rank, now, "", "result",
+#: the result), then the step, skipped ("1"/"0"). Returns -1 (no job), 0 (already terminal: only the
+#: step's finish was recorded) or 1.
+FINISH_AND_MOVE_LUA = _finish("ARGV[9]", "ARGV[5]", "ARGV[10]") + MOVE_LUA
 #: KEYS[1] job. ARGV: field, value, ... Returns -1 (no job) or 1; never creates a job.
 SET_FIELDS_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end

@@ -284,6 +284,52 @@ def test_mark_succeeded_sets_result_once(store: StatusStore, job: str) -> None:
     assert record.updated_at == T0 + 2
 
 
+def test_end_step_stores_sd_info_with_the_finish(store: StatusStore, job: str) -> None:
+    store.start_step(job, "generate", now=T0 + 1)
+
+    assert store.end_step(job, "generate", now=T0 + 3, sd_info=SDInfo(seed=7, model_name="sd_xl"))
+
+    record = store.get(job)
+    assert record.state is JobState.GENERATING
+    assert record.sd_info == SDInfo(seed=7, model_name="sd_xl")
+    step = record.steps["generate"]
+    assert (step.finished_at, step.duration_s, step.skipped) == (T0 + 3, 2.0, False)
+
+
+def test_end_step_with_result_finishes_the_step_and_the_job(store: StatusStore, job: str) -> None:
+    store.start_step(job, "merge", now=T0 + 1)
+
+    assert store.end_step(job, "merge", now=T0 + 2.5, skipped=True, result=JobResult(image="out/a.png", bytes=3))
+
+    record = store.get(job)
+    assert (record.state, record.result, record.updated_at) == (
+        JobState.SUCCEEDED,
+        JobResult(image="out/a.png", bytes=3),
+        T0 + 2.5,
+    )
+    step = record.steps["merge"]
+    assert (step.finished_at, step.duration_s, step.skipped) == (T0 + 2.5, 1.5, True)
+    assert store.count_by_state()[JobState.SUCCEEDED] == 1
+
+
+def test_end_step_with_result_leaves_a_cancelled_job_cancelled(store: StatusStore, job: str) -> None:
+    store.start_step(job, "merge", now=T0 + 1)
+    store.mark_cancelled(job, now=T0 + 2)
+
+    assert not store.end_step(job, "merge", now=T0 + 3, result=JobResult(image="out/a.png"))
+
+    record = store.get(job)
+    assert (record.state, record.result) == (JobState.CANCELLED, None)
+    assert record.steps["merge"].finished_at == T0 + 3
+
+
+def test_end_step_of_a_missing_job_raises(store: StatusStore) -> None:
+    with pytest.raises(JobNotFound):
+        store.end_step("nope", "merge", now=T0, result=JobResult(image="x.png"))
+    with pytest.raises(JobNotFound):
+        store.end_step("nope", "generate", now=T0, sd_info=SDInfo(seed=1))
+
+
 def test_mark_failed_sets_error(store: StatusStore, job: str) -> None:
     store.start_step(job, "generate", now=T0 + 1)
 
