@@ -157,6 +157,7 @@ def install() -> None:
     """Wrap the functions of every category (idempotent)."""
     import dramatiq.broker
     import dramatiq.worker
+    import pybase64
     from dramatiq.brokers import redis as dramatiq_redis
 
     import actors.steps
@@ -171,6 +172,7 @@ def install() -> None:
     from pipeline.store.redis import RedisStatusStore
 
     _replace(base64, "b64decode", IMAGE_DECODE)
+    _replace(pybase64, "b64decode", IMAGE_DECODE)  # the SD answer's decoder (and the direct loop's)
     for module in (codec, steps):  # steps imported them by name: replace them there too
         _put(module, "decode_image", _timed(IMAGE_DECODE, codec.decode_image))
         _put(module, "encode_image", _timed(IMAGE_ENCODE, codec.encode_image))

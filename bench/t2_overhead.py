@@ -38,6 +38,8 @@ def _direct_cpu_per_job(
     settings: Settings, images: list[tuple[str, str]], folder: Path, *, rounds: int, per_round: int
 ) -> float:
     """CPU seconds per image of the image work alone, called directly (median of ``rounds``)."""
+    import pybase64
+
     from pipeline.images import seams
     from pipeline.images.codec import decode_image, encode_image
     from pipeline.images.infotext import insert_params
@@ -47,7 +49,7 @@ def _direct_cpu_per_job(
     folder.mkdir(parents=True, exist_ok=True)
 
     def one(index: int, b64: str, infotext: str) -> None:
-        data = base64.b64decode(b64, validate=True)
+        data = pybase64.b64decode(b64, validate=True)  # the decoder the product uses (pipeline.sd.response)
         decoded = decode_image(data, max_pixels=settings.max_pixels, max_bytes=settings.max_image_bytes)
         width, height = decoded.width, decoded.height
         tiles = seams.split(decoded.array, params)

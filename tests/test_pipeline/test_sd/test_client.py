@@ -225,6 +225,21 @@ def test_txt2img_non_json_200_is_bad_image(sd_api: respx.MockRouter, client: SDC
         client.txt2img(params(), job_id="j")
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_txt2img_reads_answers_only_the_json_module_accepts(
+    sd_api: respx.MockRouter, client: SDClient, encoding: str
+) -> None:
+    # A NaN (Python's json writes it; orjson refuses it) in a body in another encoding than UTF-8.
+    body = json.dumps(ok_body() | {"parameters": {"cfg_scale": float("nan")}})
+    sd_api.post(TXT2IMG).respond(
+        200, content=body.encode(encoding), headers={"content-type": f"application/json; charset={encoding}"}
+    )
+
+    result = client.txt2img(params(), job_id="j")
+
+    assert result.image_bytes.startswith(b"\x89PNG")
+
+
 # -- HTTP errors --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("status", "body", "server_message"),
