@@ -7,7 +7,8 @@
 1. post-processing one image through ``sdpipe process`` (embedded) vs sharp (Node), 512²…4096², and output size;
    and (issue 17) ``sdpipe process`` on 20 PNGs of 1024² vs the sharp script, each as one whole process (≤ 0.4×)
 2. orchestration overhead: worker CPU per job in Redis mode ÷ the same image work called directly
-   (512², judged; 1024², reported); ``python -m bench.t2_breakdown`` shows where that CPU goes
+   (1024², judged ≤ 1.2×; 512², reported) and, at 512², worker CPU minus that image work per job
+   (≤ 7 ms, issue 17); ``python -m bench.t2_breakdown`` shows where that CPU goes
 3. throughput against a slow GPU (mock at 500 ms/image): wall time ÷ N × 500 ms
 4. memory: a 4096² job's peak RSS over idle ÷ decoded size; RSS growth over 500 jobs
 5. ``sdpipe jobs`` / ``status`` with 100,000 jobs in Redis: store calls and whole commands, ms
@@ -122,7 +123,8 @@ def print_table(rows: list[Row], errors: dict[str, str]) -> None:
         if index == 0:
             print("  ".join("-" * w for w in widths))
     notes = [
-        f"  [{row.target}] {row.name}: baseline = {row.baseline_name}" + (f"; {row.note}" if row.note else "")
+        f"  [{row.target}] {row.name}: "
+        + "; ".join(part for part in (row.baseline_name and f"baseline = {row.baseline_name}", row.note) if part)
         for row in rows
         if row.baseline_name or row.note
     ]
