@@ -54,8 +54,9 @@ __all__ = [
     "state",
 ]
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# emoji=False: a prompt's ":fox:" is printed as written, and rich's emoji table (its largest module) stays unloaded.
+console = Console(highlight=False, emoji=False)
+err_console = Console(stderr=True, highlight=False, emoji=False)
 
 
 class _State:

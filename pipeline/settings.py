@@ -414,6 +414,8 @@ class Settings(BaseSettings):
                 raise ValueError("has an empty entry; separate servers with single commas")
             entry, _ = split_sd_entry(raw)
             if entry.startswith("mock://"):
+                if "?" not in entry:
+                    continue  # no options to check: every command that reads settings stays light
                 # Imported here, like in pipeline.sd.client: only a mock:// URL loads the mock's URL rules (a
                 # contract in pyproject.toml's [tool.importlinter] allows exactly these two lazy imports).
                 from pipeline.sd.mock.urls import parse_mock_url

@@ -20,6 +20,12 @@ HEAVY = {"numpy", "PIL", "dramatiq", "redis", "httpx"}
 
 def _run(args: list[str], folder: Path, **env_values: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """``sdpipe ARGS`` in a new interpreter; its result and the top-level packages it had imported at exit."""
+    result, modules = _run_modules(args, folder, **env_values)
+    return result, {name.split(".")[0] for name in modules}
+
+
+def _run_modules(args: list[str], folder: Path, **env_values: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """``sdpipe ARGS`` in a new interpreter; its result and every module it had imported at exit."""
     listing = folder / "modules.json"
     code = (
         "import json, sys\n"
@@ -34,7 +40,7 @@ def _run(args: list[str], folder: Path, **env_values: str) -> tuple[subprocess.C
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=folder, capture_output=True, text=True, timeout=120
     )
-    return result, {name.split(".")[0] for name in json.loads(listing.read_text())}
+    return result, set(json.loads(listing.read_text()))
 
 
 def test_startup_help_loads_no_heavy_library(tmp_path: Path) -> None:
@@ -66,3 +72,19 @@ def test_startup_embedded_status_and_jobs_load_no_image_library(sdpipe: Invoke, 
     assert job_id[:8] in jobs.stdout
     assert status_loaded & {"numpy", "PIL", "dramatiq"} == set()
     assert jobs_loaded & {"numpy", "PIL", "dramatiq"} == set()
+
+
+def test_startup_embedded_jobs_loads_neither_the_mock_nor_rich_emoji(
+    sdpipe: Invoke, out_dir: Path, tmp_path: Path
+) -> None:
+    # Given a finished embedded job whose prompt holds an emoji code
+    generated = sdpipe("generate", "a :fox_face: in snow", "--sd-url", "mock://", "--width", "64", "--height", "64")
+    assert generated.exit_code == 0, generated.output
+    # When another process lists the jobs with SD_API_URL=mock:// (nothing to check in it)
+    jobs, loaded = _run_modules(["jobs", "--out", str(out_dir), "--json"], tmp_path, SD_API_URL="mock://")
+    table, table_loaded = _run_modules(["jobs", "--out", str(out_dir)], tmp_path, SD_API_URL="mock://")
+    # Then the prompt is printed as written, and neither the mock's modules nor rich's emoji table were loaded
+    assert jobs.returncode == 0 and table.returncode == 0, jobs.stderr + table.stderr
+    assert ":fox_face:" in jobs.stdout
+    assert not any(name.startswith("pipeline.sd.mock") for name in loaded | table_loaded)
+    assert "rich._emoji_codes" not in table_loaded
