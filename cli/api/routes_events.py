@@ -10,12 +10,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from cli.api.auth import require_token
 from cli.api.deps import runtime_of, settings_of
 from cli.api.errors import ERROR_RESPONSES
+from cli.api.status import QueueView, queue_view
 from pipeline.events.model import JOB_PREVIEW, Event
 
 __all__ = ["QueueView", "router"]
@@ -26,13 +26,6 @@ router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], respons
 
 #: Longest a stream waits for events in one read (it then checks the client and the heartbeat).
 _READ_BLOCK_S = 1.0
-
-
-class QueueView(BaseModel):
-    """Whether the queue, and which batches, are paused."""
-
-    paused: bool
-    paused_batches: list[str]
 
 
 def _sse(event: Event) -> str:
@@ -52,17 +45,25 @@ async def events(
     batch: Annotated[str | None, Query(description="only this batch's events (id or unique prefix)")] = None,
     job: Annotated[str | None, Query(description="only this job's events (id or unique prefix)")] = None,
     previews: Annotated[bool, Query(description="also job.preview events (base64 images; PROGRESS_PREVIEW)")] = False,
+    after: Annotated[
+        str | None,
+        Query(
+            pattern=r"^\d{1,20}(-\d{1,20})?$",
+            description="start after this event id, as Last-Event-ID does (a browser's EventSource cannot send "
+            "a header on its first connection); Last-Event-ID wins when both are given",
+        ),
+    ] = None,
     last_event_id: Annotated[str | None, Header(description="resume after this event id (replay)")] = None,
 ) -> StreamingResponse:
     """Events as they happen, each with its ``id`` (send it back as ``Last-Event-ID`` to replay what
-    was missed). Without ``Last-Event-ID``, a stream of one batch or job starts with the events the
-    log still holds for it, an unfiltered one with new events only. A comment line every
+    was missed). Without ``Last-Event-ID`` (or ``after``), a stream of one batch or job starts with the
+    events the log still holds for it, an unfiltered one with new events only. A comment line every
     ``SSE_HEARTBEAT_S`` keeps idle connections open."""
     runtime = runtime_of(request)
     store, log = runtime.store, runtime.events.log
     batch_id = (await run_in_threadpool(store.get_batch, batch)).batch_id if batch is not None else None
     job_id = await run_in_threadpool(store.resolve_id, job) if job is not None else None
-    cursor = last_event_id or (None if (batch_id or job_id) else await run_in_threadpool(log.latest_id))
+    cursor = last_event_id or after or (None if (batch_id or job_id) else await run_in_threadpool(log.latest_id))
     heartbeat_s = settings_of(request).sse_heartbeat_s
 
     async def stream() -> AsyncIterator[str]:
@@ -85,15 +86,10 @@ async def events(
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
 
-def _queue(request: Request) -> QueueView:
-    control = runtime_of(request).control
-    return QueueView(paused=control.queue_paused(), paused_batches=control.paused_batches())
-
-
 @router.get("/queue", tags=["queue"], response_model=QueueView)
 def queue(request: Request) -> QueueView:
     """Whether the queue (and which batches) are paused."""
-    return _queue(request)
+    return queue_view(runtime_of(request))
 
 
 @router.post("/pause", tags=["queue"], response_model=QueueView)
@@ -103,7 +99,7 @@ def pause(
     """Pause the queue (or one batch): no new SD call starts; work already on a GPU finishes."""
     runtime = runtime_of(request)
     runtime.pause(runtime.store.get_batch(batch).batch_id if batch is not None else None)
-    return _queue(request)
+    return queue_view(runtime_of(request))
 
 
 @router.post("/resume", tags=["queue"], response_model=QueueView)
@@ -113,4 +109,4 @@ def resume(
     """Resume the queue (or one batch)."""
     runtime = runtime_of(request)
     runtime.resume(runtime.store.get_batch(batch).batch_id if batch is not None else None)
-    return _queue(request)
+    return queue_view(runtime_of(request))

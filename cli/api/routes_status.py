@@ -1,5 +1,6 @@
-"""The state of the system over HTTP: overview, SD servers, recent batches, schedules, and each job's
-thumbnail and sidecar (what ``sdpipe backends``, ``schedule list`` and the dashboard show)."""
+"""The state of the system over HTTP: overview, SD servers and what they offer, recent batches,
+schedules, and each job's thumbnail and sidecar (what ``sdpipe backends``, ``schedule list`` and the
+dashboard show)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from cli.api.deps import runtime_of, settings_of
 from cli.api.errors import ERROR_RESPONSES, ErrorBody
 from cli.api.status import (
     BatchItem,
+    CatalogView,
     Overview,
     ScheduleView,
     backend_rows,
     batch_items,
     build_overview,
+    catalog_view,
     schedule_views,
     sidecar_for_client,
     thumbnail_for,
@@ -47,6 +50,13 @@ def backends(request: Request) -> list[dict[str, Any]]:
     """Each SD server: health, slots in use, jobs done, failures, mean seconds per image, checkpoint
     (as ``sdpipe backends --json``)."""
     return backend_rows(runtime_of(request), settings_of(request), now=time.time())
+
+
+@router.get("/catalog", tags=["status"], response_model=CatalogView)
+def catalog(request: Request) -> CatalogView:
+    """The samplers, schedulers and checkpoints of the (first) SD server: the names a request may use
+    (each list null when the server does not serve it or does not answer; cached for a minute)."""
+    return catalog_view(settings_of(request))
 
 
 @router.get("/batches", tags=["batches"], response_model=list[BatchItem])

@@ -1,5 +1,5 @@
-"""What the overview, backends, batches and schedules routes answer, built once for the JSON API and
-the dashboard's pages alike (the dashboard renders these same objects)."""
+"""What the overview, queue, catalog, backends, batches and schedules routes answer, built once for the
+JSON API and the dashboard's pages alike (the dashboard renders these same objects)."""
 
 from __future__ import annotations
 
@@ -15,21 +15,26 @@ from cli.api.errors import ApiError
 from pipeline.batches.schedules import next_fire_time
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.jobs.files import read_json
-from pipeline.jobs.queries import BatchSummary, recent_batches, throughput
+from pipeline.jobs.queries import BatchSummary, queued_by_priority, recent_batches, throughput
 from pipeline.jobs.thumbnails import cached_thumbnail, thumbnail_path
 from pipeline.models import JobRecord, JobState, ScheduleRecord
+from pipeline.sd.catalog import open_catalog
 from pipeline.sd.pool.report import backend_row
 from pipeline.settings import Settings
 from pipeline.storage.base import blob_at
 
 __all__ = [
     "BatchItem",
+    "CatalogView",
     "Overview",
+    "QueueDepthView",
     "QueueView",
     "ScheduleView",
     "backend_rows",
     "batch_items",
     "build_overview",
+    "catalog_view",
+    "queue_view",
     "schedule_views",
     "sidecar_for_client",
     "thumbnail_for",
@@ -39,7 +44,11 @@ __all__ = [
 RUNNING_STATES = (JobState.GENERATING, JobState.SPLITTING, JobState.BLURRING, JobState.MERGING)
 
 
-class QueueView(BaseModel):
+#: Upcoming runs of each schedule that the schedules route lists.
+NEXT_RUNS = 3
+
+
+class QueueDepthView(BaseModel):
     """One Dramatiq queue (``sd``: SD calls; ``images``: split, seam blur, merge)."""
 
     queue: str
@@ -47,6 +56,13 @@ class QueueView(BaseModel):
     delayed: int
     #: Messages a worker holds (prefetched or running); None in embedded mode.
     held: int | None
+
+
+class QueueView(BaseModel):
+    """Whether the queue, and which batches, are paused."""
+
+    paused: bool
+    paused_batches: list[str]
 
 
 class FailureView(BaseModel):
@@ -66,7 +82,13 @@ class Overview(BaseModel):
     mode: str
     workers_alive: int
     counts: dict[str, int]
-    queues: list[QueueView]
+    queues: list[QueueDepthView]
+    #: Queued jobs per priority (``high``, ``normal``, ``low``): the order their SD calls start in.
+    queued_by_priority: dict[str, int]
+    #: More jobs are queued than were counted: ``queued_by_priority`` counts the newest ones.
+    queued_by_priority_truncated: bool
+    #: Paused queue and batches (``POST /api/pause``): no new SD call starts for them.
+    pause: QueueView
     #: Jobs now in each step (``generate``, ``split``, ``seam_blur``, ``merge``).
     running: dict[str, int]
     window_s: float
@@ -112,7 +134,17 @@ class ScheduleView(BaseModel):
     file: str
     allow_overlap: bool
     next_fire_time: float | None
+    #: The next few runs, soonest first (``next_fire_time`` is the first).
+    next_runs: list[float]
     runs: list[RunView]
+
+
+class CatalogView(BaseModel):
+    """What the (first) SD server offers; a list is null when the server does not serve it or does not answer."""
+
+    samplers: list[str] | None
+    schedulers: list[str] | None
+    models: list[str] | None
 
 
 def backend_rows(runtime: Runtime, settings: Settings, *, now: float) -> list[dict[str, Any]]:
@@ -133,12 +165,16 @@ def build_overview(runtime: Runtime, settings: Settings, *, now: float | None = 
     store = runtime.store
     counts = store.count_by_state()
     hour = throughput(store, now=now)
+    queued = queued_by_priority(store)
     return Overview(
         now=now,
         mode="embedded" if runtime.embedded else "redis",
         workers_alive=runtime.live_workers(),
         counts={state.value: count for state, count in counts.items()},
-        queues=[QueueView(**vars(depth)) for depth in queue_depths(runtime.broker)],
+        queues=[QueueDepthView(**vars(depth)) for depth in queue_depths(runtime.broker)],
+        queued_by_priority=queued.counts,
+        queued_by_priority_truncated=queued.truncated,
+        pause=queue_view(runtime),
         running={state.step or state.value: counts[state] for state in RUNNING_STATES},
         window_s=hour.window_s,
         bucket_s=hour.bucket_s,
@@ -160,6 +196,19 @@ def build_overview(runtime: Runtime, settings: Settings, *, now: float | None = 
         ],
         backends=backend_rows(runtime, settings, now=now),
     )
+
+
+def queue_view(runtime: Runtime) -> QueueView:
+    """The pause state of the queue and of each batch (``GET /api/queue``)."""
+    control = runtime.control
+    return QueueView(paused=control.queue_paused(), paused_batches=control.paused_batches())
+
+
+def catalog_view(settings: Settings) -> CatalogView:
+    """The samplers, schedulers and checkpoints of the first SD server, as submissions are checked
+    against them (the same cached lists; a server that does not answer gives nulls, not an error)."""
+    with open_catalog(settings) as catalog:
+        return CatalogView(samplers=catalog.samplers(), schedulers=catalog.schedulers(), models=catalog.models())
 
 
 def batch_items(runtime: Runtime, *, limit: int = 20) -> list[BatchItem]:
@@ -196,17 +245,20 @@ def schedule_views(runtime: Runtime, *, now: float | None = None, runs_kept: int
 
 
 def _schedule_view(schedule: ScheduleRecord, now: float, runs_kept: int) -> ScheduleView:
+    upcoming: list[float] = []
     try:
-        upcoming: float | None = next_fire_time(schedule, now)
+        while len(upcoming) < NEXT_RUNS:
+            upcoming.append(next_fire_time(schedule, upcoming[-1] if upcoming else now))
     except (PipelineError, ValueError):  # a zone or cron this machine cannot read
-        upcoming = None
+        upcoming = []
     return ScheduleView(
         name=schedule.name,
         cron=schedule.cron,
         timezone=schedule.timezone,
         file=Path(schedule.file).name,
         allow_overlap=schedule.allow_overlap,
-        next_fire_time=upcoming,
+        next_fire_time=upcoming[0] if upcoming else None,
+        next_runs=upcoming,
         runs=[RunView(**run.model_dump()) for run in schedule.runs[:runs_kept]],
     )
 

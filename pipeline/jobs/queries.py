@@ -1,5 +1,6 @@
 """Read-only questions about many jobs, answered from the status store's indexes plus a bounded scan:
-filtered listings (text, model, date), recent batches, and throughput over a time window.
+filtered listings (text, model, date), recent batches, throughput over a time window, and the queued
+jobs per priority.
 
 The store indexes jobs by state and batch, newest first (by creation). Anything else (a word of the
 prompt, the checkpoint, a day) is matched here on the records of an indexed listing, read a page at a
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pipeline.models import JobRecord, JobState
+from pipeline.models import PRIORITIES, JobRecord, JobState
 from pipeline.store.base import StatusStore
 
 __all__ = [
@@ -20,8 +21,10 @@ __all__ = [
     "BatchSummary",
     "JobFilter",
     "JobPage",
+    "QueuedByPriority",
     "Throughput",
     "find_jobs",
+    "queued_by_priority",
     "recent_batches",
     "throughput",
 ]
@@ -238,3 +241,27 @@ def throughput(
         mean_latency_s=sum(latencies) / len(latencies) if latencies else None,
         truncated=truncated,
     )
+
+
+@dataclass(frozen=True)
+class QueuedByPriority:
+    """How many queued jobs (waiting for their first step) there are of each priority, best first."""
+
+    counts: dict[str, int]
+    #: More than ``scan_limit`` jobs are queued: the counts are those of the newest ``scan_limit``.
+    truncated: bool = False
+
+
+def queued_by_priority(store: StatusStore, *, scan_limit: int = DEFAULT_SCAN_LIMIT) -> QueuedByPriority:
+    """The queued jobs per priority (``high``, ``normal``, ``low``), from at most ``scan_limit`` records.
+
+    Counted on the records rather than on the SD pool's priority tickets: a ticket exists only for high
+    and normal work, is dropped while a job's batch is paused and lapses after ``PRIORITY_TICKET_S``,
+    while this counts every queued job, paused or not.
+    """
+    counts: dict[str, int] = dict.fromkeys(PRIORITIES, 0)
+    for scanned, record in enumerate(_records(store, JobState.QUEUED, None, 0), start=1):
+        if scanned > scan_limit:
+            return QueuedByPriority(counts=counts, truncated=True)
+        counts[record.spec.priority] = counts.get(record.spec.priority, 0) + 1
+    return QueuedByPriority(counts=counts)

@@ -119,6 +119,18 @@ class ServerCatalog:
             return None
         return frozenset(properties) if isinstance(properties, dict) else None
 
+    def samplers(self) -> list[str] | None:
+        """The server's samplers as :meth:`check` sends them, or None when it does not list them."""
+        return _names(self._list("/sdapi/v1/samplers"), ("label", "name"))
+
+    def schedulers(self) -> list[str] | None:
+        """The server's schedulers by label (as :meth:`check` sends them), or None when it does not list them."""
+        return _names(self._list("/sdapi/v1/schedulers"), ("label", "name"))
+
+    def models(self) -> list[str] | None:
+        """The server's checkpoint titles (``/sdapi/v1/sd-models``), or None when it does not list them."""
+        return _names(self._list("/sdapi/v1/sd-models"), ("title",))
+
     def check(self, generation: GenerationParams) -> GenerationParams:
         """``generation`` with the server's names for its checkpoint, sampler and scheduler.
 
@@ -200,6 +212,20 @@ class ServerCatalog:
             value=name,
             expected="a checkpoint title, model name or hash from /sdapi/v1/sd-models",
         )
+
+
+def _names(entries: Any, keys: tuple[str, ...]) -> list[str] | None:
+    """The first non-empty string of ``keys`` of each entry of a list the server answered, in its order."""
+    if not isinstance(entries, list) or not entries:
+        return None
+    names: list[str] = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        name = next((entry[key] for key in keys if isinstance(entry.get(key), str) and entry[key]), None)
+        if name is not None and name not in names:
+            names.append(name)
+    return names or None
 
 
 @contextmanager

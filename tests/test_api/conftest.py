@@ -66,7 +66,15 @@ def start_api(settings: Settings) -> Iterator[StartApi]:
 
             app.router.lifespan_context = lifespan
         port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+        config = uvicorn.Config(  # open event streams (a dashboard page) are cancelled a second into a stop
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=1,
+        )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
         thread.start()
