@@ -22,7 +22,11 @@ def test_dashboard_submit_from_the_form_shows_queued_then_succeeded_without_relo
     # Given one worker thread busy with a slow job, so the next one waits in the queue
     api, _ = dash(mock={"latency_ms": 1500}, worker_threads=1)
     assert api.client.post("/api/generate", json={"prompt": "first", **SMALL}).status_code == 202
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
     page.goto(f"{api.url}/submit")
+    # The page follows the event stream (not the polling fallback)
+    page.locator("#live-status", has_text="live: on").wait_for()
     page.evaluate(
         """() => { window.__sameDocument = true; window.__states = [];
         new MutationObserver(() => { for (const row of document.querySelectorAll('#jobs-table tr[data-job]'))
@@ -46,6 +50,10 @@ def test_dashboard_submit_from_the_form_shows_queued_then_succeeded_without_relo
     assert states[0] == "queued", states
     assert states[-1] == "succeeded", states
     assert page.evaluate("window.__sameDocument") is True
+    # ... and only the stream told it: one /api/events connection, no polling of /api/jobs
+    assert [url for url in asked if "/api/events" in url], asked
+    assert not [url for url in asked if "/api/jobs" in url], asked
+    assert page.locator("#live-status").inner_text() == "live: on"
     screenshot(page, "submit")
 
 
@@ -114,6 +122,8 @@ def test_dashboard_needs_the_token_to_sign_in_and_refuses_without_it(page: Any, 
     page.get_by_role("button", name="Sign in", exact=True).click()
     page.locator("h1", has_text="Jobs").wait_for()
     assert page.url.endswith("/jobs")
+    # The event stream opens with the sign-in cookie alone
+    page.locator("#live-status", has_text="live: on").wait_for()
     cookie = next(c for c in page.context.cookies() if c["name"] == "sdpipe_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and token not in cookie["value"]
     assert page.evaluate("fetch('/api/jobs').then(r => r.status)") == 200

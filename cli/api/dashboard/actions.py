@@ -1,5 +1,6 @@
-"""The dashboard's state changes (POST, each with its CSRF token): submit, retry, cancel, sign in and
-out. Each calls the function the matching ``/api`` route calls, then sends the browser on (303)."""
+"""The dashboard's state changes (POST, each with its CSRF token): submit, retry, cancel, pause and
+resume, sign in and out. Each calls the function the matching ``/api`` route calls, then sends the
+browser on (303)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from cli.api.dashboard.pages import row_context
+from cli.api.dashboard.pages import submit_context
 from cli.api.dashboard.render import render, require_session
 from cli.api.deps import settings_of
 from cli.api.errors import ApiError, api_hint, error_response, status_for
-from cli.api.routes_jobs import cancel_job, filter_of, list_job_page, retry_job, submit_generate
+from cli.api.routes_events import pause as pause_queue
+from cli.api.routes_events import resume as resume_queue
+from cli.api.routes_jobs import cancel_job, retry_job, submit_generate
 from cli.api.schemas import GenerateBody
 from cli.api.session import CSRF_FIELD, clear_session, csrf_ok, set_session
 from pipeline.errors import PipelineError
@@ -41,6 +44,7 @@ FORM_FIELDS = (
     "scheduler",
     "model",
     "count",
+    "priority",
 )
 _NUMBERS = {"seed": int, "width": int, "height": int, "steps": int, "count": int, "cfg": float}
 
@@ -120,13 +124,8 @@ async def submit(request: Request) -> Response:
         status, message, hint = _problem(exc)
         if _wants_json(request):  # the page's script: it shows the error in place
             return error_response(status, "invalid_request" if status == 422 else "refused", message, hint=hint)
-        recent = await run_in_threadpool(list_job_page, request, filter_of(request, None, None), 10, 0)
-        context = {
-            "defaults": settings_of(request),
-            "rows": [row_context(job) for job in recent.jobs],
-            "form": form,
-            "error": {"message": message, "hint": hint},
-        }
+        error = {"message": message, "hint": hint}
+        context = await run_in_threadpool(lambda: submit_context(request, form=form, error=error))
         return render(request, "submit.html", context, status_code=status)
     if _wants_json(request):  # the page's script: it shows the jobs appear in place
         return JSONResponse({"batch_id": batch_id, "job_ids": job_ids}, status_code=202)
@@ -159,6 +158,29 @@ def retry(request: Request, job_id: str) -> Response:
 def cancel(request: Request, job_id: str) -> Response:
     result = cancel_job(request, job_id)
     return _back(request, f"/jobs/{quote(result.job_id)}")
+
+
+@router.post("/pause", dependencies=guarded)
+async def pause(request: Request) -> Response:
+    """Pause the queue, or the batch of the form's ``batch`` field (as ``POST /api/pause``)."""
+    batch, target = await _queue_form(request)
+    await run_in_threadpool(pause_queue, request, batch)
+    return _back(request, target)
+
+
+@router.post("/resume", dependencies=guarded)
+async def resume(request: Request) -> Response:
+    """Resume the queue, or the batch of the form's ``batch`` field (as ``POST /api/resume``)."""
+    batch, target = await _queue_form(request)
+    await run_in_threadpool(resume_queue, request, batch)
+    return _back(request, target)
+
+
+async def _queue_form(request: Request) -> tuple[str | None, str]:
+    """The batch a pause or resume form names (none: the whole queue) and the page to go back to."""
+    form = await request.form()
+    batch = str(form.get("batch") or "").strip() or None
+    return batch, _local(str(form.get("next") or "/"))
 
 
 @router.post("/signin")

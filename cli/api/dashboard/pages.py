@@ -17,11 +17,13 @@ from cli.api.deps import runtime_of, settings_of
 from cli.api.errors import ApiError
 from cli.api.routes_jobs import filter_of, get_batch, get_job, list_job_page
 from cli.api.routes_status import get_job_sidecar
-from cli.api.schemas import JobView
-from cli.api.status import batch_items, build_overview, schedule_views
-from pipeline.models import JobState
+from cli.api.schemas import JobList, JobView
+from cli.api.status import batch_items, build_overview, catalog_view, queue_view, schedule_views
+from pipeline.errors import PipelineError
+from pipeline.jobs.queries import JobFilter
+from pipeline.models import PRIORITIES, JobState
 
-__all__ = ["JOBS_PER_PAGE", "router", "row_context"]
+__all__ = ["JOBS_PER_PAGE", "events_after", "router", "row_context", "submit_context"]
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(require_session)])
 
@@ -35,9 +37,28 @@ def row_context(job: JobView) -> dict[str, object]:
     return {"job": job, "label": STATE_LABELS[job.state], "steps_done": done, "steps_total": total}
 
 
+def _older(page: JobList, where: JobFilter, limit: int) -> int | None:
+    """Where the "Older" link starts, if older jobs may follow: a full page of an index listing, or
+    a scan that stopped before the end (never a link to an empty page)."""
+    if not page.jobs or (not where.scans and len(page.jobs) < limit):
+        return None
+    return page.next_offset
+
+
+def events_after(request: Request) -> str:
+    """The id of the newest event now, rendered into a live page: its stream starts there (``after``), so
+    nothing that happens between this render and the stream's connection is missed, and nothing older
+    is replayed. Empty (the stream's own default) when the log does not answer."""
+    try:
+        return runtime_of(request).events.log.latest_id()
+    except PipelineError:
+        return ""
+
+
 @router.get("/")
 def overview_page(request: Request) -> Response:
-    return render(request, "overview.html", {"o": build_overview(runtime_of(request), settings_of(request))})
+    overview = build_overview(runtime_of(request), settings_of(request))
+    return render(request, "overview.html", {"o": overview, "events_after": events_after(request)})
 
 
 @router.get("/fragments/overview")
@@ -65,9 +86,10 @@ def jobs_page(
             "batch": where.batch_id or "",
             "q": q or "",
             "offset": offset,
-            "next_offset": page.next_offset if page.jobs else None,
+            "next_offset": _older(page, where, JOBS_PER_PAGE),
             "truncated": page.truncated,
             "live_batch": where.batch_id or "",
+            "events_after": events_after(request),
         },
     )
 
@@ -99,6 +121,7 @@ def job_page(request: Request, job_id: str) -> Response:
             "command": generate_command(job),
             "retryable": job.state in (JobState.FAILED, JobState.CANCELLED),
             "cancellable": not job.state.terminal,
+            "events_after": events_after(request),
         },
     )
 
@@ -135,7 +158,7 @@ def gallery_page(
             "model": model or "",
             "day": day or "",
             "offset": offset,
-            "next_offset": page.next_offset if page.jobs else None,
+            "next_offset": _older(page, where, GALLERY_PER_PAGE),
             "truncated": page.truncated,
         },
     )
@@ -156,24 +179,38 @@ def batch_page(request: Request, batch_id: str) -> Response:
     manifest = get_batch(request, batch_id)
     where = filter_of(request, None, manifest.batch_id)
     page = list_job_page(request, where, JOBS_PER_PAGE, 0)
+    pause = queue_view(runtime_of(request))
+    ended = sum(n for state, n in manifest.counts.items() if JobState(state).terminal)
     return render(
         request,
         "batch.html",
-        {"manifest": manifest, "rows": [row_context(job) for job in page.jobs], "live_batch": manifest.batch_id},
+        {
+            "manifest": manifest,
+            "ended": ended,
+            "rows": [row_context(job) for job in page.jobs],
+            "live_batch": manifest.batch_id,
+            "batch_paused": manifest.batch_id in pause.paused_batches,
+            "queue_paused": pause.paused,
+            "events_after": events_after(request),
+        },
     )
 
 
 @router.get("/submit")
 def submit_page(request: Request) -> Response:
-    settings = settings_of(request)
+    return render(request, "submit.html", submit_context(request, form={}, error=None))
+
+
+def submit_context(request: Request, *, form: dict[str, str], error: dict[str, str | None] | None) -> dict[str, object]:
+    """What the submit page shows: the form (as filled in), the server's samplers, schedulers and
+    checkpoints for its choices (free text where the server does not list them), the newest jobs."""
     recent = list_job_page(request, filter_of(request, None, None), 10, 0)
-    return render(
-        request,
-        "submit.html",
-        {
-            "defaults": settings,
-            "rows": [row_context(job) for job in recent.jobs],
-            "form": {},
-            "error": None,
-        },
-    )
+    return {
+        "defaults": settings_of(request),
+        "catalog": catalog_view(settings_of(request)),
+        "priorities": PRIORITIES,
+        "rows": [row_context(job) for job in recent.jobs],
+        "form": form,
+        "error": error,
+        "events_after": events_after(request),
+    }

@@ -1,5 +1,5 @@
 // sdpipe dashboard: the page behaviours that are not live updates (see live.js for those):
-// copy buttons, image zoom, the overview's bars and refresh, and submitting the form in place.
+// copy buttons, image zoom, the overview's bars, and submitting the form in place.
 "use strict";
 (function () {
   const root = document.querySelector('meta[name="sdpipe-root"]')?.content || "";
@@ -42,18 +42,6 @@
     for (const bar of document.querySelectorAll(".bars [data-h]")) bar.style.height = bar.dataset.h + "%";
   }
 
-  function overviewRefresh() {
-    const box = document.getElementById("overview");
-    if (!box) return;
-    let timer = null;
-    const refresh = async () => {
-      const response = await fetch(box.dataset.refresh, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin" });
-      if (response.ok) { box.innerHTML = await response.text(); enhance(); }
-    };
-    document.addEventListener("sdpipe:event", () => { clearTimeout(timer); timer = setTimeout(refresh, 1000); });
-    setInterval(refresh, 10000);
-  }
-
   function submitInPlace() {
     const form = document.getElementById("submit-form");
     if (!form) return;
@@ -85,6 +73,6 @@
     });
   }
 
-  document.addEventListener("DOMContentLoaded", () => { enhance(); overviewRefresh(); submitInPlace(); });
+  document.addEventListener("DOMContentLoaded", () => { enhance(); submitInPlace(); });
   document.addEventListener("sdpipe:content", enhance);
 })();
