@@ -21,7 +21,7 @@ __all__ = ["EXTRA_MISSING", "MIN_TOKEN_CHARS", "is_loopback", "listen", "serve"]
 #: A shorter API_TOKEN gets a warning when the server starts (guessable).
 MIN_TOKEN_CHARS = 16
 #: On stop (Ctrl-C, SIGTERM), how long requests in flight may finish before they are cancelled: an
-#: event stream (every open dashboard, ``sdpipe watch``) never finishes by itself, and ``?wait=true``
+#: event stream (every open dashboard) never finishes by itself, and ``?wait=true``
 #: may wait minutes; the jobs themselves are not affected (they are in the queue, not the request).
 SHUTDOWN_GRACE_S = 5
 #: The one line printed (exit code 2) when FastAPI or uvicorn is not installed.

@@ -64,11 +64,21 @@ def page(browser: Any) -> Iterator[Any]:
     assert errors == [], f"script errors: {errors}"
 
 
-def screenshot(page: Any, name: str) -> Path:
-    """Write ``SCREENSHOT_DIR/<name>.png`` of the page as it is (the viewport, 1280x800)."""
+def screenshot(page: Any, name: str, *, small: bool = False) -> Path:
+    """Write ``SCREENSHOT_DIR/<name>.png`` of the page as it is (the viewport, 1280x800).
+
+    ``small``: as a 128-colour PNG, optimised (the README's images are made so: a fraction of the size,
+    and a page of text and flat colours looks the same).
+    """
     SCREENSHOT_DIR.mkdir(exist_ok=True)
     path = SCREENSHOT_DIR / f"{name}.png"
     page.screenshot(path=str(path))
+    if small:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            reduced = image.convert("RGB").quantize(colors=128, method=Image.Quantize.FASTOCTREE)
+        reduced.save(path, optimize=True)
     return path
 
 
