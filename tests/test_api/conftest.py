@@ -48,8 +48,15 @@ def start_api(settings: Settings) -> Iterator[StartApi]:
     """Start the app on uvicorn with ``settings`` plus overrides (e.g. ``api_token="t"``); stopped at teardown."""
     servers: list[ApiServer] = []
 
-    def start(*, headers: dict[str, str] | None = None, pool_threads: int | None = None, **overrides: Any) -> ApiServer:
-        """``pool_threads``: size of the server's thread pool (what sync routes and blocking calls run on)."""
+    def start(
+        *,
+        headers: dict[str, str] | None = None,
+        pool_threads: int | None = None,
+        listen_port: int | None = None,
+        **overrides: Any,
+    ) -> ApiServer:
+        """``pool_threads``: size of the server's thread pool (what sync routes and blocking calls run on);
+        ``listen_port``: this port (a server started again where a stopped one was), else a free one."""
         merged = Settings(  # validated, like settings read from the environment
             _env_file=None,  # type: ignore[call-arg]
             **{**settings.model_dump(), "enable_documentation": True, **overrides},
@@ -65,7 +72,7 @@ def start_api(settings: Settings) -> Iterator[StartApi]:
                     yield state
 
             app.router.lifespan_context = lifespan
-        port = free_port()
+        port = listen_port or free_port()
         config = uvicorn.Config(  # open event streams (a dashboard page) are cancelled a second into a stop
             app,
             host="127.0.0.1",

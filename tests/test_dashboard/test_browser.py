@@ -169,13 +169,13 @@ def test_dashboard_renders_a_script_prompt_as_text_on_every_page(page: Any, dash
 
 def test_dashboard_fits_a_phone_and_is_keyboard_reachable(browser: Any, dash: Any) -> None:
     api, _ = dash()
-    job_id = api.client.post("/api/generate", params={"wait": "true"}, json={"prompt": "phone " * 30, **SMALL}).json()[
-        "jobs"
-    ][0]["job_id"]
+    done = api.client.post("/api/generate", params={"wait": "true"}, json={"prompt": "phone " * 30, **SMALL}).json()
+    job_id, batch_id = done["jobs"][0]["job_id"], done["batch_id"]
+    api.client.post("/api/pause", params={"batch": batch_id})  # the overview then lists a paused batch too
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     try:
         phone = context.new_page()
-        for path in ("/", "/jobs", f"/jobs/{job_id}", "/gallery", "/submit"):
+        for path in ("/", "/jobs", f"/jobs/{job_id}", "/gallery", "/batches", f"/batches/{batch_id}", "/submit"):
             phone.goto(api.url + path)
             # No sideways scrolling of the page itself (wide tables scroll in their own box)
             width = phone.evaluate("document.documentElement.scrollWidth")

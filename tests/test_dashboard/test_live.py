@@ -46,3 +46,32 @@ def test_dashboard_shows_sampling_progress_of_a_running_job(page: Any, dash: Any
     assert page.evaluate("window.__sameDocument") is True
     assert page.locator("#job-view [data-sampling-line]").is_hidden()
     assert page.locator(".timeline .step-status").all_inner_texts() == ["done"] * 4
+
+
+def test_dashboard_catches_up_after_a_dropped_stream_with_last_event_id(page: Any, dash: Any, start_api: Any) -> None:
+    # Given the Jobs page on the stream, which has seen a job end
+    api, sd = dash()
+    asked: list[str | None] = []
+    page.on("request", lambda r: asked.append(r.all_headers().get("last-event-id")) if "/api/events" in r.url else None)
+    page.goto(f"{api.url}/jobs")
+    page.locator("#live-status", has_text="live: on").wait_for()
+    api.client.post("/api/generate", params={"wait": "true"}, json={"prompt": "before the drop", **SMALL})
+    page.locator("tr[data-job]", has_text="before the drop").locator(".state", has_text="succeeded").wait_for()
+    # When the server stops (the stream drops) and comes back on the same port and store, and a job
+    # runs from start to end before the browser is let back in
+    port = int(api.url.rsplit(":", 1)[1])
+    api.stop()
+    page.locator("#live-status", has_text="live: reconnecting").wait_for()
+    page.route("**/api/events**", lambda route: route.abort())
+    again = start_api(sd_api_url=sd.url, listen_port=port)
+    done = again.client.post("/api/generate", params={"wait": "true"}, json={"prompt": "while away", **SMALL})
+    assert done.json()["jobs"][0]["state"] == "succeeded"
+    assert page.locator("tr[data-job]", has_text="while away").count() == 0
+    page.evaluate("window.__sameDocument = true")
+    page.unroute("**/api/events**")
+    # Then EventSource reconnects by itself with the last event id it saw, the server replays what
+    # was missed, and the job appears, succeeded, without a reload
+    page.locator("tr[data-job]", has_text="while away").locator(".state", has_text="succeeded").wait_for()
+    page.locator("#live-status", has_text="live: on").wait_for()
+    assert page.evaluate("window.__sameDocument") is True
+    assert asked[0] is None and asked[-1], asked  # the first connection had no id to send
