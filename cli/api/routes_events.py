@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cli.api.auth import require_token
 from cli.api.deps import runtime_of, settings_of
-from cli.api.errors import ERROR_RESPONSES
+from cli.api.errors import ERROR_RESPONSES, ErrorBody
 from cli.api.status import QueueView, queue_view
 from pipeline.events.model import JOB_PREVIEW, Event
 
@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
 
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a short id that several jobs (or batches) start with"},
+    404: {"model": ErrorBody, "description": "no such job or batch"},
+}
 #: Longest a stream waits for events in one read (it then checks the client and the heartbeat).
 _READ_BLOCK_S = 1.0
 
@@ -38,7 +42,7 @@ def _sse(event: Event) -> str:
     tags=["events"],
     summary="Server-Sent Events: job and batch events (state changes, steps, sampling progress, ends)",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "an endless event stream"}},
+    responses={200: {"content": {"text/event-stream": {}}, "description": "an endless event stream"}, **_NOT_FOUND},
 )
 async def events(
     request: Request,
@@ -92,7 +96,7 @@ def queue(request: Request) -> QueueView:
     return queue_view(runtime_of(request))
 
 
-@router.post("/pause", tags=["queue"], response_model=QueueView)
+@router.post("/pause", tags=["queue"], response_model=QueueView, responses=_NOT_FOUND)
 def pause(
     request: Request, batch: Annotated[str | None, Query(description="pause only this batch")] = None
 ) -> QueueView:
@@ -102,7 +106,7 @@ def pause(
     return queue_view(runtime_of(request))
 
 
-@router.post("/resume", tags=["queue"], response_model=QueueView)
+@router.post("/resume", tags=["queue"], response_model=QueueView, responses=_NOT_FOUND)
 def resume(
     request: Request, batch: Annotated[str | None, Query(description="resume only this batch")] = None
 ) -> QueueView:

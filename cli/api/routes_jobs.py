@@ -64,6 +64,12 @@ _CONFLICT: dict[int | str, dict[str, Any]] = {
 _TIMEOUT: dict[int | str, dict[str, Any]] = {
     504: {"model": ErrorBody, "description": "not finished within API_WAIT_TIMEOUT_S (the jobs keep running)"}
 }
+_IDEMPOTENCY: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ErrorBody,
+        "description": "the Idempotency-Key was used with another body, or its first request is still being submitted",
+    }
+}
 
 
 @router.post(
@@ -72,7 +78,7 @@ _TIMEOUT: dict[int | str, dict[str, Any]] = {
     summary="Render prompts on the SD server, then split, seam-blur and merge",
     status_code=202,
     response_model=GenerateAccepted,
-    responses={200: {"model": JobsDone, "description": "with ?wait=true: every job ended"}, **_TIMEOUT},
+    responses={200: {"model": JobsDone, "description": "with ?wait=true: every job ended"}, **_TIMEOUT, **_IDEMPOTENCY},
 )
 async def generate(
     request: Request,
@@ -248,7 +254,7 @@ def plan_batch_rows(settings: Settings, body: BatchBody, *, batch_id: str, now: 
     summary="Queue a batch of rows (as in batch files)",
     status_code=202,
     response_model=BatchAccepted,
-    responses={422: {"model": ErrorBody, "description": "bad rows: error.problems lists every one"}},
+    responses={422: {"model": ErrorBody, "description": "bad rows: error.problems lists every one"}, **_IDEMPOTENCY},
 )
 def create_batch(
     request: Request,
