@@ -198,6 +198,7 @@ def error_response(
 #: The hint of an error raised without one, by code, then by status (then :data:`_DOCS`).
 _HINTS_BY_CODE = {
     "job_failed": "GET /api/jobs/{id} has its error; POST /api/jobs/{id}/retry runs it again",
+    "idempotency_conflict": "send a new Idempotency-Key with a different request (keys are kept IDEMPOTENCY_TTL_S)",
 }
 _HINTS_BY_STATUS = {
     401: "send Authorization: Bearer <API_TOKEN>",

@@ -115,6 +115,16 @@ def test_errors_full_queue_is_429_and_nothing_is_queued(start_api: StartApi, red
     assert len(api.client.get("/api/jobs").json()["jobs"]) == 2
 
 
+def test_errors_idempotency_conflict_hint_says_to_send_a_new_key(api: ApiServer) -> None:
+    headers = {"Idempotency-Key": "order-17"}
+    size = {"width": 64, "height": 64}
+    first = api.client.post("/api/generate", json={"prompt": "a lighthouse", **size}, headers=headers)
+    assert first.status_code == 202, first.text
+    other = api.client.post("/api/generate", json={"prompt": "a harbour", **size}, headers=headers)
+    error = assert_error(other, 409, "idempotency_conflict")
+    assert "new Idempotency-Key" in error["hint"], error
+
+
 def test_errors_of_routing_have_a_hint(api: ApiServer) -> None:
     assert assert_error(api.client.get("/api/nothing"), 404, "not_found")["hint"] == "see /docs for the routes"
     assert "methods" in assert_error(api.client.delete("/api/jobs"), 405, "method_not_allowed")["hint"]
