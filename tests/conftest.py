@@ -17,6 +17,7 @@ from pipeline.settings import Settings
 from tests.helpers import RedisServer, free_port
 from tests.procs import MotoServer, S3Unavailable
 from tests.receiver import Receiver
+from tests.wiretap import Wiretap
 
 #: Environment variables sdpipe reads; tests never inherit the developer's values.
 _SDPIPE_ENV = [name.upper() for name in Settings.model_fields]
@@ -76,6 +77,15 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
         pytest.skip(str(exc))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def s3_wiretap(s3_server: MotoServer) -> Iterator[Wiretap]:
+    """A relay in front of the test S3 server that counts the bytes it answers (what a client really
+    fetched): point ``S3_ENDPOINT_URL`` at its ``url``."""
+    tap = Wiretap(s3_server.port)
+    yield tap
+    tap.close()
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Blob",
+    "Download",
     "Entry",
     "S3_SCHEME",
     "Storage",
@@ -49,6 +50,10 @@ _PREFIX_PART_RE = re.compile(r"[A-Za-z0-9._ -]+")
 
 #: What a write takes: bytes, or pieces written one after another (the arrays files).
 Data = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
+#: A byte range of an object: ``(start, end)``, ``end`` exclusive.
+ByteRange = tuple[int, int]
+#: The chunk size of :meth:`Storage.stream` unless told: a response's memory, whatever the object's size.
+STREAM_CHUNK_BYTES = 1024 * 1024
 
 
 class Entry(NamedTuple):
@@ -57,6 +62,17 @@ class Entry(NamedTuple):
     key: str
     size: int
     modified_at: float
+
+
+class Download(NamedTuple):
+    """An object read in chunks (:meth:`Storage.stream`): its size, then its bytes, chunk by chunk.
+
+    The object was found when this exists; iterating ``chunks`` may still raise
+    StorageUnavailable (the connection broke midway). A ``chunks`` left unfinished is closed to
+    release its file or connection."""
+
+    size: int
+    chunks: Iterator[bytes]
 
 
 class Storage(Protocol):
@@ -79,6 +95,26 @@ class Storage(Protocol):
 
     def read(self, key: str) -> bytes:
         """The whole object.
+
+        Raises:
+            FileNotFoundError: there is none.
+            StorageUnavailable, StorageRefused: the object store failed.
+        """
+        ...
+
+    def read_ranges(self, key: str, ranges: Sequence[ByteRange]) -> list[bytes]:
+        """The bytes of each ``(start, end)`` range of the object, in order; only those are read (an
+        object store fetches ranges less than about 1 MiB apart in one request, and several at once).
+
+        Raises:
+            FileNotFoundError: there is none.
+            ValueError: a range is empty, or reaches past the object's end (it is cut short).
+            StorageUnavailable, StorageRefused: the object store failed.
+        """
+        ...
+
+    def stream(self, key: str, chunk_bytes: int = STREAM_CHUNK_BYTES) -> Download:
+        """The object in chunks of about ``chunk_bytes``, never held whole (an HTTP response of it).
 
         Raises:
             FileNotFoundError: there is none.
@@ -142,6 +178,12 @@ class Blob:
     def read_text(self) -> str:
         return self.storage.read(self.key).decode("utf-8")
 
+    def read_ranges(self, ranges: Sequence[ByteRange]) -> list[bytes]:
+        return self.storage.read_ranges(self.key, ranges)
+
+    def stream(self, chunk_bytes: int = STREAM_CHUNK_BYTES) -> Download:
+        return self.storage.stream(self.key, chunk_bytes)
+
     def write(self, data: Data) -> None:
         self.storage.write(self.key, data)
 
@@ -153,6 +195,17 @@ class Blob:
 
     def __str__(self) -> str:
         return self.location
+
+
+def check_ranges(ranges: Sequence[ByteRange]) -> None:
+    """Refuse an empty or negative range (:meth:`Storage.read_ranges`' contract, the same everywhere).
+
+    Raises:
+        ValueError: one is.
+    """
+    for start, end in ranges:
+        if start < 0 or end <= start:
+            raise ValueError(f"byte range {start}-{end} is empty or negative")
 
 
 def is_s3_url(location: str | Path | None) -> bool:

@@ -13,10 +13,11 @@ import glob
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
-from pipeline.storage.base import Data, Entry
+from pipeline.storage.base import STREAM_CHUNK_BYTES, ByteRange, Data, Download, Entry, check_ranges
 
 __all__ = ["FILE_MODE", "LocalStorage", "atomic_write_bytes", "remove_stale_temps"]
 
@@ -74,6 +75,12 @@ def _fill(fd: int, data: Data) -> None:
         os.fsync(handle.fileno())
 
 
+def _chunks(handle: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(chunk_bytes):
+            yield chunk
+
+
 class LocalStorage:
     """Files under one absolute folder; keys are paths relative to it."""
 
@@ -98,6 +105,21 @@ class LocalStorage:
 
     def read(self, key: str) -> bytes:
         return self._path(key).read_bytes()
+
+    def read_ranges(self, key: str, ranges: Sequence[ByteRange]) -> list[bytes]:
+        check_ranges(ranges)
+        path = self._path(key)
+        with path.open("rb", buffering=0) as handle:
+            fd = handle.fileno()
+            found = [os.pread(fd, end - start, start) for start, end in ranges]
+        for (start, end), data in zip(ranges, found, strict=True):
+            if len(data) != end - start:
+                raise ValueError(f"{path} is cut short: bytes {start}-{end} asked, it ends at {start + len(data)}")
+        return found
+
+    def stream(self, key: str, chunk_bytes: int = STREAM_CHUNK_BYTES) -> Download:
+        handle = self._path(key).open("rb")  # here, not in the generator: a missing file raises now
+        return Download(os.fstat(handle.fileno()).st_size, _chunks(handle, chunk_bytes))
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +35,11 @@ from obstore.exceptions import (
 from obstore.store import S3Store
 
 from pipeline.errors import StorageRefused, StorageUnavailable
-from pipeline.storage.base import S3_SCHEME, Data, Entry
+from pipeline.storage.base import S3_SCHEME, STREAM_CHUNK_BYTES, ByteRange, Data, Download, Entry, check_ranges
 
 if TYPE_CHECKING:
+    from obstore import BytesStream
+
     from pipeline.settings import Settings
 
 __all__ = ["DEFAULT_S3_REGION", "S3Storage"]
@@ -102,6 +105,42 @@ class S3Storage:
             return bytes(obstore.get(self._store, key).bytes())
         except FileNotFoundError:
             raise FileNotFoundError(f"no object {self.location(key)}") from None
+        except Exception as exc:
+            raise self._error("read", key, exc) from None
+
+    def read_ranges(self, key: str, ranges: Sequence[ByteRange]) -> list[bytes]:
+        check_ranges(ranges)
+        if not ranges:
+            return []
+        try:
+            # obstore joins ranges less than 1 MiB apart into one GET (rows of a region: one request
+            # for its band of rows) and sends up to 10 at once.
+            found = obstore.get_ranges(
+                self._store, key, starts=[start for start, _ in ranges], ends=[end for _, end in ranges]
+            )
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no object {self.location(key)}") from None
+        except Exception as exc:
+            if "InvalidRange" in str(exc) or "416" in _STATUS_RE.findall(str(exc)):
+                raise ValueError(f"{self.location(key)} is cut short: a range starts past its end") from None
+            raise self._error("read", key, exc) from None
+        for (start, end), data in zip(ranges, found, strict=True):
+            if len(data) != end - start:  # S3 answers a range past the end with what there is
+                raise ValueError(f"{self.location(key)} is cut short: bytes {start}-{end} asked")
+        return [bytes(data) for data in found]
+
+    def stream(self, key: str, chunk_bytes: int = STREAM_CHUNK_BYTES) -> Download:
+        try:
+            result = obstore.get(self._store, key)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no object {self.location(key)}") from None
+        except Exception as exc:
+            raise self._error("read", key, exc) from None
+        return Download(int(result.meta["size"]), self._chunks(key, result.stream(min_chunk_size=chunk_bytes)))
+
+    def _chunks(self, key: str, stream: BytesStream) -> Iterator[bytes]:
+        try:
+            yield from stream
         except Exception as exc:
             raise self._error("read", key, exc) from None
 

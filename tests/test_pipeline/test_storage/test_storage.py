@@ -1,25 +1,18 @@
-"""The Storage contract, the same for a local folder and an S3 bucket (the test S3 server)."""
+"""The Storage contract, the same for a local folder and an S3 bucket (the test S3 server: the
+``storage`` fixture is each of them)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError, StorageRefused, StorageUnavailable
 from pipeline.settings import Settings
 from pipeline.storage import Blob, Storage, blob_at, open_storage, parse_s3_url
 from tests.conftest import S3Bucket
-
-
-@pytest.fixture(params=["local", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    if request.param == "local":
-        return open_storage(tmp_path / "out", Settings(_env_file=None))  # type: ignore[call-arg]
-    bucket: S3Bucket = request.getfixturevalue("s3_bucket")
-    settings = bucket.settings()
-    return open_storage(bucket.url, settings)
 
 
 def test_storage_writes_reads_and_lists_whole_objects(storage: Storage) -> None:
@@ -38,6 +31,35 @@ def test_storage_writes_reads_and_lists_whole_objects(storage: Storage) -> None:
     assert storage.key_of(storage.location("a/one.png")) == "a/one.png"
     blob = blob_at(storage.location("a/one.png"), _settings_of(storage))
     assert blob.read_bytes() == b"\x89PNG one"
+
+
+def test_storage_reads_only_the_byte_ranges_asked(storage: Storage) -> None:
+    data = bytes(range(256)) * 400  # 100 KiB, every offset's byte known
+    storage.write("big.arrays", data)
+    ranges = [(0, 10), (5000, 5100), (5100, 5101), (len(data) - 7, len(data))]
+    assert storage.read_ranges("big.arrays", ranges) == [data[start:end] for start, end in ranges]
+    assert storage.read_ranges("big.arrays", []) == []
+    # A range past the end: the object is shorter than its reader expects, said as such
+    with pytest.raises(ValueError, match="cut short"):
+        storage.read_ranges("big.arrays", [(len(data) - 4, len(data) + 4)])
+    with pytest.raises(ValueError, match="cut short"):
+        storage.read_ranges("big.arrays", [(len(data) + 10, len(data) + 20)])
+    with pytest.raises(ValueError, match="empty"):
+        storage.read_ranges("big.arrays", [(10, 10)])
+    with pytest.raises(FileNotFoundError):
+        storage.read_ranges("missing.arrays", [(0, 1)])
+
+
+def test_storage_streams_an_object_in_chunks_with_its_size(storage: Storage) -> None:
+    data = np.random.default_rng(5).integers(0, 256, 3 * 1024 * 1024, dtype=np.uint8).tobytes()
+    storage.write("out/large.png", data)
+    download = Blob(storage, "out/large.png").stream(chunk_bytes=256 * 1024)
+    chunks = list(download.chunks)
+    assert download.size == len(data)
+    assert b"".join(chunks) == data
+    assert len(chunks) > 1 and max(len(chunk) for chunk in chunks) < len(data)  # never the object whole
+    with pytest.raises(FileNotFoundError):
+        storage.stream("out/missing.png")
 
 
 def test_storage_create_takes_a_key_once(storage: Storage) -> None:
