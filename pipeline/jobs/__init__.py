@@ -4,6 +4,7 @@
 - :mod:`~pipeline.jobs.steps`: the four steps (generate, split, seam_blur, merge), each idempotent.
 - :mod:`~pipeline.jobs.renders`: one tile (or band) of an upscale job, as its actor runs it.
 - :mod:`~pipeline.jobs.files`: atomic writes, output names, each job's work folder.
+- :mod:`~pipeline.jobs.arrays`: the raw arrays files the steps hand each other, and regions of them.
 - :mod:`~pipeline.jobs.naming`: the ``OUTPUT_NAME`` template and the slugs in it.
 - :mod:`~pipeline.jobs.retention`: ``sdpipe prune``: ended jobs' records and files, orphaned work folders.
 - :mod:`~pipeline.jobs.uploads`: checking an uploaded image before anything is planned on it.

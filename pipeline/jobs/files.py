@@ -17,8 +17,8 @@ Layout under ``OUTPUT_DIR`` (or ``OUTPUT_URL``'s prefix)::
                                    and every tile's raw pixels with halos, in one file
         blurred.arrays             seam-blur output, the same way
 
-Each step writes one intermediate (one atomic write), whose presence means the step is done:
-:func:`atomic_save_arrays` / :func:`load_arrays` (a JSON header, then raw C-order bytes: no image
+Each step writes one intermediate (one atomic write), whose presence means the step is done: an
+arrays file (:mod:`pipeline.jobs.arrays`: a JSON header, then raw C-order bytes: no image
 re-encoding, no per-tile files).
 
 Workers on several machines must share the storage: the same ``OUTPUT_DIR`` (a shared filesystem
@@ -29,12 +29,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
-import struct
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,15 +40,11 @@ from pipeline.jobs.naming import check_output_name, is_name_char, slugify
 from pipeline.storage.base import Blob, Storage, open_storage
 from pipeline.storage.local import FILE_MODE, LocalStorage, atomic_write_bytes, remove_stale_temps
 
-# numpy is imported by the functions that use arrays: most callers (the CLI's readers) only name files.
 if TYPE_CHECKING:
-    import numpy as np
-
     from pipeline.settings import Settings
 
 __all__ = [
     "JobFiles",
-    "atomic_save_arrays",
     "atomic_write_bytes",
     "atomic_write_json",
     "FILE_MODE",
@@ -60,8 +53,6 @@ __all__ = [
     "claim_output_name",
     "default_output_name",
     "iso_time",
-    "load_arrays",
-    "map_arrays",
     "read_json",
     "remove_stale_temps",
     "safe_output_stem",
@@ -70,8 +61,6 @@ __all__ = [
 
 #: Folder under OUTPUT_DIR for sdpipe's own files (status database, work folders).
 STATE_DIR_NAME = ".sdpipe"
-#: First bytes of an intermediate arrays file (:func:`atomic_save_arrays`).
-ARRAYS_MAGIC = b"SDPIPE-ARRAYS-1\n"
 #: Extension of each output format.
 FORMAT_EXTENSIONS = {"png": ".png", "webp": ".webp", "jpeg": ".jpg"}
 
@@ -94,99 +83,6 @@ def iso_time(ts: float) -> str:
 def read_json(target: Path | Blob) -> Any:
     """Read a JSON file (or object) written by :func:`atomic_write_json`."""
     return json.loads(target.read_bytes())
-
-
-def atomic_save_arrays(target: Path | Blob, meta: dict[str, Any], arrays: Sequence[np.ndarray]) -> None:
-    """Save ``meta`` (JSON) and ``arrays`` in one file (or object), atomically: see :func:`load_arrays`.
-
-    Layout: :data:`ARRAYS_MAGIC`, the header's length (uint32, little-endian), the header (UTF-8 JSON:
-    ``{"meta": ..., "arrays": [{"dtype", "shape"}, ...]}``), then each array's raw C-order bytes.
-    """
-    import numpy as np
-
-    contiguous = [np.ascontiguousarray(array) for array in arrays]
-    header = {"meta": meta, "arrays": [{"dtype": a.dtype.str, "shape": list(a.shape)} for a in contiguous]}
-    header_bytes = json.dumps(header, ensure_ascii=False).encode()
-    prefix = ARRAYS_MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes
-    _as_blob(target).write([prefix, *(a.data.cast("B") for a in contiguous)])
-
-
-def load_arrays(source: Path | Blob) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """The ``meta`` and arrays saved by :func:`atomic_save_arrays`; the arrays are writable views of one buffer.
-
-    Raises:
-        ValueError: the file is not such a file, or is cut short.
-        FileNotFoundError: there is none.
-    """
-    import numpy as np
-
-    source = _as_blob(source)
-    path = source.path
-    if path is not None:
-        buffer = bytearray(path.stat().st_size)
-        with path.open("rb", buffering=0) as handle:
-            read = handle.readinto(buffer)
-        if read != len(buffer):
-            raise ValueError(f"{path} is cut short")
-    else:
-        buffer = bytearray(source.read_bytes())
-    start = len(ARRAYS_MAGIC) + 4
-    if len(buffer) < start or not buffer.startswith(ARRAYS_MAGIC):
-        raise ValueError(f"{source} is not an sdpipe arrays file")
-    (header_len,) = struct.unpack_from("<I", buffer, len(ARRAYS_MAGIC))
-    header = json.loads(buffer[start : start + header_len])
-    offset = start + header_len
-    arrays = []
-    for entry in header["arrays"]:
-        dtype = np.dtype(entry["dtype"])
-        shape = tuple(int(n) for n in entry["shape"])
-        count = math.prod(shape)
-        if offset + count * dtype.itemsize > len(buffer):
-            raise ValueError(f"{source} is cut short")
-        arrays.append(np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape))
-        offset += count * dtype.itemsize
-    return header["meta"], arrays
-
-
-def map_arrays(source: Path | Blob) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """:func:`load_arrays` without reading the pixels: read-only memory maps of a local file, so a
-    caller that needs one region of a large image reads only that region's pages. (An object in a
-    bucket is read whole: :func:`load_arrays`.)
-
-    Raises:
-        ValueError: the file is not such a file, or is cut short.
-    """
-    import numpy as np
-
-    source = _as_blob(source)
-    path = source.path
-    if path is None:
-        return load_arrays(source)
-    size = path.stat().st_size
-    start = len(ARRAYS_MAGIC) + 4
-    with path.open("rb") as handle:
-        head = handle.read(start)
-        if len(head) < start or not head.startswith(ARRAYS_MAGIC):
-            raise ValueError(f"{path} is not an sdpipe arrays file")
-        (header_len,) = struct.unpack_from("<I", head, len(ARRAYS_MAGIC))
-        header = json.loads(handle.read(header_len))
-    offset = start + header_len
-    arrays: list[np.ndarray] = []
-    for entry in header["arrays"]:
-        dtype = np.dtype(entry["dtype"])
-        shape = tuple(int(n) for n in entry["shape"])
-        length = math.prod(shape) * dtype.itemsize
-        if offset + length > size:
-            raise ValueError(f"{path} is cut short")
-        arrays.append(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape))
-        offset += length
-    return header["meta"], arrays
-
-
-def _as_blob(target: Path | Blob) -> Blob:
-    if isinstance(target, Blob):
-        return target
-    return Blob(LocalStorage(target.absolute().parent), target.name)
 
 
 def default_output_name(created_at: float, job_id: str, label: str) -> str:

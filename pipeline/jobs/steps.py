@@ -27,17 +27,9 @@ from pipeline.events.model import JOB_PREVIEW, JOB_PROGRESS, JOB_RETRYING, JOB_S
 from pipeline.images import seams
 from pipeline.images.codec import decode_image, encode_image
 from pipeline.images.infotext import insert_params
+from pipeline.jobs.arrays import atomic_save_arrays, load_arrays
 from pipeline.jobs.control import QueueControl
-from pipeline.jobs.files import (
-    JobFiles,
-    atomic_save_arrays,
-    atomic_write_json,
-    claim_output_name,
-    iso_time,
-    load_arrays,
-    read_json,
-    remove_stale_temps,
-)
+from pipeline.jobs.files import JobFiles, atomic_write_json, claim_output_name, iso_time, read_json, remove_stale_temps
 from pipeline.jobs.naming import resolve_late_tokens
 from pipeline.jobs.retention import ORPHAN_WORK_AGE_S, find_orphaned_work
 from pipeline.models import PRIORITIES, ErrorInfo, JobRecord, JobResult, SDInfo, StepName, StepRecord

@@ -19,7 +19,8 @@ from numpy.typing import NDArray
 from pipeline.errors import ImageError, InputError, SDBadImage
 from pipeline.images.codec import decode_image
 from pipeline.images.png import encode_png
-from pipeline.jobs.files import JobFiles, atomic_save_arrays, map_arrays, read_json
+from pipeline.jobs.arrays import atomic_save_arrays, map_arrays, read_region
+from pipeline.jobs.files import JobFiles, read_json
 from pipeline.models import PRIORITIES
 from pipeline.upscale.tiles import TilePlan, band_mask, plan_bands
 from pipeline.upscale.work import UpscaleFiles, params_of, resize, rgb
@@ -90,17 +91,14 @@ def tile_request(record: JobRecord, files: JobFiles, index: int) -> dict[str, An
     task_id = tile_task_id(record.job_id, index)
     if 0 <= index < len(plan):
         tile = plan.tiles[index]
-        _, [enlarged] = map_arrays(work.enlarged)
-        region = np.ascontiguousarray(enlarged[tile.y0 : tile.y1, tile.x0 : tile.x1])
-        del enlarged  # the map: only this region's pages were read
+        # Only the tile's region is read: its pages of the map on disk, its rows' ranges from a bucket.
+        region = read_region(work.enlarged, (tile.y0, tile.y1), (tile.x0, tile.x1))
         return params.img2img_payload(_b64(encode_png(region)), tile.width, tile.height, task_id=task_id, index=index)
     bands = plan_bands(plan, params.seam_fix_width_px) if params.seam_fix == "band" and work.merged.exists() else []
     if not 0 <= index - len(plan) < len(bands):
         raise InputError(f"job {record.job_id[:8]} has no tile {index}", field="tile", value=index, limit=len(plan))
     band = bands[index - len(plan)]
-    _, [merged] = map_arrays(work.merged)
-    region = np.ascontiguousarray(merged[band.y0 : band.y1, band.x0 : band.x1])
-    del merged
+    region = read_region(work.merged, (band.y0, band.y1), (band.x0, band.x1))
     across = (band_mask(band, params.seam_fix_width_px) * 255).round().astype(np.uint8)
     mask = np.broadcast_to(across[None, :] if band.vertical else across[:, None], (band.height, band.width))
     return params.img2img_payload(

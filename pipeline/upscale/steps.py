@@ -20,7 +20,8 @@ from numpy.typing import NDArray
 from pipeline.errors import InputError
 from pipeline.images.codec import decode_image
 from pipeline.images.png import encode_png
-from pipeline.jobs.files import JobFiles, atomic_save_arrays, atomic_write_json, load_arrays, map_arrays, read_json
+from pipeline.jobs.arrays import atomic_save_arrays, load_arrays, map_arrays
+from pipeline.jobs.files import JobFiles, atomic_write_json, read_json
 from pipeline.upscale.params import UpscaleParams
 from pipeline.upscale.render import render_count, render_loader
 from pipeline.upscale.tiles import TilePlan, apply_bands, blend_tiles, plan_bands, plan_upscale_tiles, seam_blur_lines

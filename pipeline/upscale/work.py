@@ -3,8 +3,9 @@
 Files in the job's work folder or prefix (``.sdpipe/work/<job id>/upscale/`` of ``OUTPUT_DIR`` or of
 the ``OUTPUT_URL`` bucket)::
 
-    enlarged.arrays  the enlarged image, raw (one write; each tile reads its region through a
-                     memory map and encodes it itself, in parallel, before it takes an SD slot)
+    enlarged.arrays  the enlarged image, raw (one write; each tile reads only its region: pages of
+                     a memory map on disk, its rows' byte ranges from a bucket; and encodes it
+                     itself, in parallel, before it takes an SD slot)
     alpha.arrays     an input with transparency: its alpha channel, enlarged with Lanczos (SD
                      renders colour only; the merge puts this alpha back on the output)
     tile-<i>.arrays  what the server answered for tile ``i``, decoded, checked and at the tile's size
@@ -13,7 +14,7 @@ the ``OUTPUT_URL`` bucket)::
                      merge reads pixels instead of decoding every tile in turn, and an answer that
                      does not decode fails its tile, not the merge. (``tile-<i>.png``: the same,
                      as earlier versions saved it, still read.)
-    merged.arrays    ``--seam-fix band``: the tiles blended (the bands are cut from it)
+    merged.arrays    ``--seam-fix band``: the tiles blended (each band reads its region of it)
     plan.json        the tile plan and what the merge needs (written last: the first pass is done)
 """
 

@@ -6,18 +6,15 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline.errors import InputError
 from pipeline.jobs.files import (
     FILE_MODE,
     JobFiles,
-    atomic_save_arrays,
     atomic_write_bytes,
     check_output_dir,
     default_output_name,
-    load_arrays,
     remove_stale_temps,
     safe_output_stem,
     slugify,
@@ -44,31 +41,6 @@ def test_atomic_write_failure_keeps_old_file(tmp_path: Path, monkeypatch: pytest
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
-
-
-def test_arrays_file_round_trips_meta_and_arrays_exactly(tmp_path: Path) -> None:
-    rng = np.random.default_rng(2)
-    arrays = [rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in ((17, 9, 3), (5, 4), (3, 2, 4))]
-    arrays.append(rng.random((2, 3)).astype(np.float32))
-    meta = {"width": 9, "infotext": "猫, Steps: 20", "tiles": [{"row": 0}]}
-    atomic_save_arrays(tmp_path / "t.arrays", meta, [arrays[0][:, ::2], *arrays[1:]])  # a non-contiguous view too
-    loaded_meta, loaded = load_arrays(tmp_path / "t.arrays")
-    assert loaded_meta == meta
-    assert [a.dtype for a in loaded] == [np.uint8, np.uint8, np.uint8, np.float32]
-    assert all(np.array_equal(a, b) for a, b in zip(loaded, [arrays[0][:, ::2], *arrays[1:]], strict=True))
-    loaded[0][0, 0] = 1  # writable: steps may work on them in place
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.arrays"]
-
-
-def test_arrays_file_cut_short_or_foreign_is_refused(tmp_path: Path) -> None:
-    atomic_save_arrays(tmp_path / "t.arrays", {}, [np.zeros((8, 8), dtype=np.uint8)])
-    data = (tmp_path / "t.arrays").read_bytes()
-    (tmp_path / "cut.arrays").write_bytes(data[:-1])
-    with pytest.raises(ValueError, match="cut short"):
-        load_arrays(tmp_path / "cut.arrays")
-    (tmp_path / "other.arrays").write_bytes(b"\x93NUMPY" + data[7:])
-    with pytest.raises(ValueError, match="not an sdpipe arrays file"):
-        load_arrays(tmp_path / "other.arrays")
 
 
 def test_atomic_write_bytes_creates_missing_folders_and_writes_pieces(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from pipeline.images.png import encode_png
-from pipeline.jobs.files import JobFiles, atomic_save_arrays, map_arrays, read_json
+from pipeline.jobs.arrays import atomic_save_arrays, map_arrays
+from pipeline.jobs.files import JobFiles, read_json
 from pipeline.jobs.planning import build_step_params, new_id
 from pipeline.jobs.steps import StepContext
 from pipeline.settings import Settings
