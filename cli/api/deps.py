@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 from fastapi import Request
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from actors import Runtime
@@ -146,13 +146,17 @@ def succeeded_image(record: JobRecord, settings: Settings) -> Blob:
         )
     image = current_output(record, settings)
     if image is None:
-        raise ApiError(
-            404,
-            "result_missing",
-            f"the image of job {record.job_id} is gone (removed, or replaced by a later job of the same name)",
-            job_id=record.job_id,
-        )
+        raise _result_missing(record)
     return image
+
+
+def _result_missing(record: JobRecord) -> ApiError:
+    return ApiError(
+        404,
+        "result_missing",
+        f"the image of job {record.job_id} is gone (removed, or replaced by a later job of the same name)",
+        job_id=record.job_id,
+    )
 
 
 def _matches(etag: str, if_none_match: str) -> bool:
@@ -166,7 +170,8 @@ def image_response(request: Request, record: JobRecord) -> Response:
     """The job's image with a strong ETag (its sha256); ``If-None-Match`` with that tag gives 304.
 
     An image in a bucket (OUTPUT_URL) is a ``307`` redirect to a presigned GET URL valid
-    ``S3_PRESIGN_EXPIRY_S``, or, with that 0, the object itself read through this server.
+    ``S3_PRESIGN_EXPIRY_S``, or, with that 0, the object itself streamed through this server (in
+    chunks, with its length).
     Reads the disk or the bucket: call it in the thread pool.
     """
     settings = settings_of(request)
@@ -190,7 +195,12 @@ def image_response(request: Request, record: JobRecord) -> Response:
             # The URL carries a signature for this object only, never the secret key: the client
             # fetches the image from the bucket itself. Not logged (it is a bearer credential).
             return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
-    return Response(image.read_bytes(), media_type=media_type, headers=headers)
+    try:
+        download = image.stream()  # chunk by chunk: the server never holds the image whole
+    except FileNotFoundError:  # removed since it was found
+        raise _result_missing(record) from None
+    headers["Content-Length"] = str(download.size)
+    return StreamingResponse(download.chunks, media_type=media_type, headers=headers)
 
 
 def _no_worker_note(runtime: Runtime) -> str:
