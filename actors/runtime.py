@@ -7,7 +7,9 @@ the same actors, the same middleware (retries, time limits, pipelines), the same
 Several embedded processes may share one ``OUTPUT_DIR``. Each holds a shared ``flock`` on
 ``OUTPUT_DIR/.sdpipe/embedded.lock`` while open; one that finds no other holder (an exclusive lock
 is free) knows every unfinished job in the store belongs to a process that died (its queue was in
-its memory) and marks them failed (``Interrupted``), so ``sdpipe retry`` can run them again.
+its memory) and marks them failed (``Interrupted``), so ``sdpipe retry`` can run them again; and,
+when it runs jobs, sends again the webhook deliveries such a process left pending (same ``webhook-id``,
+at the next try their records name; see :mod:`pipeline.webhooks.recovery`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import dramatiq
 
 from actors.broker import CLI_ENQUEUE_PATIENCE_S, build_broker, redis_errors
 from actors.steps import QUEUES, StepActors, declare_actors
-from actors.webhooks import declare_webhook_actor, start_webhook_worker
+from actors.webhooks import WebhookOutbox
 from pipeline.batches.files import PlannedRow, read_batch_file
 from pipeline.batches.manifests import ResumePlan, plan_resume, retry_step
 from pipeline.errors import InputError, PipelineError, QueueFull, SDUnavailable, StoreUnavailable
@@ -90,9 +92,9 @@ class Runtime:
     #: Idempotency keys, pause state and webhook deliveries live here.
     kv: KeyValue
     deliveries: Deliveries
+    #: Sends deliveries to the webhook actor; runs the ``webhooks`` queue's worker where this process has one.
+    webhooks: WebhookOutbox
     worker: dramatiq.Worker | None = field(default=None)
-    #: Embedded: the worker of the ``webhooks`` queue (threads of its own).
-    webhook_worker: dramatiq.Worker | None = field(default=None)
     #: Embedded: the jobs this process submitted (its in-memory queue is the only one they are in).
     _submitted: set[str] = field(default_factory=set, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -466,13 +468,8 @@ class Runtime:
         """Stop (embedded: the in-process workers; jobs they never started are marked cancelled,
         since their queue dies with this process) and close every connection."""
         try:
-            if self.worker is not None:
-                self.worker.stop()
-                self.worker = None
-                self._cancel_unstarted()
-            if self.webhook_worker is not None:
-                self.webhook_worker.stop(timeout=int(self.settings.webhook_timeout_s * 1000) + 1000)
-                self.webhook_worker = None
+            self._stop_job_worker()
+            self.webhooks.stop_worker()
             self.broker.close()
             self.context.close()
             self.store.close()
@@ -482,6 +479,26 @@ class Runtime:
             fd, self._embedded_lock_fd = self._embedded_lock_fd, None
             if fd is not None:
                 os.close(fd)  # releases the flock
+
+    def settle_webhooks(self, limit_s: float | None = None, *, on_wait: Callable[[int], None] | None = None) -> int:
+        """Embedded: stop the job threads (as :meth:`close` would: call it only once done with the jobs), then
+        wait up to ``limit_s`` (default ``WEBHOOK_EXIT_WAIT_S``) for the webhook deliveries this process sent,
+        before it closes and its in-memory queue goes; return how many are still pending (the
+        next embedded runtime that opens alone resends them). Redis mode: 0 at once (the queue is in Redis).
+        ``on_wait(count)``: called once if it waits."""
+        if not self.embedded:
+            return 0
+        # The job threads first: a step ending now still announces its job's end (and sends its webhooks).
+        self._stop_job_worker()
+        limit = self.settings.webhook_exit_wait_s if limit_s is None else limit_s
+        return self.webhooks.settle(limit, on_wait=on_wait)
+
+    def _stop_job_worker(self) -> None:
+        """Embedded: stop the in-process job threads; jobs they never started are marked cancelled."""
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+            self._cancel_unstarted()
 
     def _cancel_unstarted(self) -> None:
         with self._lock:
@@ -532,14 +549,14 @@ def open_runtime(
         context = StepContext(settings=settings, store=store, pool_observer=pool_observer, events=hub, control=control)
         actors = declare_actors(broker, context)
         deliveries = Deliveries(kv)
-        webhook_actor = declare_webhook_actor(broker, settings, deliveries)
+        webhooks = WebhookOutbox(broker, settings, deliveries)
         hub.add_listener(
             delivery_listener(
                 deliveries,
                 store,
                 default_url=settings.webhook_url,
                 can_sign=settings.webhook_secret is not None,
-                send=lambda delivery_id: _send(webhook_actor, delivery_id),
+                send=webhooks.send,
             )
         )
     except BaseException:
@@ -549,11 +566,19 @@ def open_runtime(
         broker.close()
         raise
     runtime = Runtime(
-        settings=settings, broker=broker, store=store, context=context, actors=actors, kv=kv, deliveries=deliveries
+        settings=settings,
+        broker=broker,
+        store=store,
+        context=context,
+        actors=actors,
+        kv=kv,
+        deliveries=deliveries,
+        webhooks=webhooks,
     )
+    alone = False
     if runtime.embedded:
         try:
-            runtime._embedded_lock_fd = _hold_embedded_lock(settings.output_dir / EMBEDDED_LOCK_PATH, store)
+            runtime._embedded_lock_fd, alone = _hold_embedded_lock(settings.output_dir / EMBEDDED_LOCK_PATH, store)
         except BaseException:
             runtime.close()
             raise
@@ -567,16 +592,18 @@ def open_runtime(
         )
         worker.start()
         runtime.worker = worker
-        runtime.webhook_worker = start_webhook_worker(broker, settings)
+        runtime.webhooks.start_worker()
+        if alone:  # no other embedded process holds a queue: every pending delivery lost its message
+            try:
+                runtime.webhooks.resend()
+            except PipelineError as exc:
+                logger.warning("could not resend the webhooks an ended sdpipe process left pending: %s", exc)
     return runtime
 
 
-def _send(actor: dramatiq.Actor[Any, Any], *args: Any) -> None:
-    actor.send(*args)
-
-
-def _hold_embedded_lock(path: Path, store: StatusStore) -> int | None:
-    """Lock ``path`` shared for as long as the returned descriptor stays open (None: no lock).
+def _hold_embedded_lock(path: Path, store: StatusStore) -> tuple[int | None, bool]:
+    """Lock ``path`` shared for as long as the returned descriptor stays open (None: no lock); the flag
+    says whether this process was alone on it.
 
     First, if an exclusive lock is free, no other embedded process is alive on this ``OUTPUT_DIR``:
     every unfinished job in ``store`` was left by one that died, and is marked failed
@@ -584,7 +611,7 @@ def _hold_embedded_lock(path: Path, store: StatusStore) -> int | None:
     """
     if sys.platform == "win32":
         logger.debug("no fcntl on this platform: jobs of a killed embedded process are not recovered")
-        return None
+        return None, False
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError:
@@ -592,13 +619,15 @@ def _hold_embedded_lock(path: Path, store: StatusStore) -> int | None:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
             logger.warning("cannot open %s (%s): jobs of a killed embedded process are not recovered", path, exc)
-            return None
+            return None, False
+    alone = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # another embedded process is open: its jobs may be running
             pass
         else:
+            alone = True
             try:
                 _fail_orphans(store)
             except PipelineError as exc:
@@ -608,11 +637,11 @@ def _hold_embedded_lock(path: Path, store: StatusStore) -> int | None:
     except OSError as exc:  # a filesystem without flock (ENOLCK, EOPNOTSUPP): run, but recover nothing
         os.close(fd)
         logger.warning("cannot lock %s (%s): jobs of a killed embedded process are not recovered", path, exc)
-        return None
+        return None, False
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, alone
 
 
 def _fail_orphans(store: StatusStore) -> int:

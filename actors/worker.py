@@ -30,7 +30,7 @@ from actors.broker import WORKER_ENQUEUE_PATIENCE_S
 from actors.runtime import WORKER_BEAT_S, Runtime, open_runtime
 from actors.steps import QUEUES
 from actors.supervisor import Supervisor
-from actors.webhooks import start_webhook_worker
+from actors.webhooks import SWEEP_EVERY_S
 from pipeline.errors import ConfigError, PipelineError, StoreUnavailable
 from pipeline.jobs.steps import remove_orphaned_work
 from pipeline.settings import Settings, load_settings, mask_url
@@ -129,23 +129,31 @@ def setup() -> None:
             logger.warning("SD server %s is down (%s): benched until it answers", key, problem)
     pool.start()
     # The webhooks queue has threads of its own (never the image queues'): see actors.webhooks.
-    webhook_worker = start_webhook_worker(_runtime.broker, settings)
-    atexit.register(webhook_worker.stop, int(settings.webhook_timeout_s * 1000) + 1000)
+    _runtime.webhooks.start_worker()
+    atexit.register(_runtime.webhooks.stop_worker)
     _start_beating(_runtime)
     logger.info("worker ready: Redis %s, SD %s", settings.redis_dsn_masked(), mask_url(settings.sd_api_url))
 
 
 def _start_beating(runtime: Runtime) -> None:
     """Tell Redis this worker process is alive every ``WORKER_BEAT_S`` (what ``doctor`` and
-    ``generate`` read), and that it stopped when it exits normally."""
+    ``generate`` read), and that it stopped when it exits normally. Every ``SWEEP_EVERY_S`` it also
+    offers to sweep for webhook deliveries whose message was lost (one process per round does)."""
     member = f"{socket.gethostname()}:{os.getpid()}"
 
     def beat_forever() -> None:
+        next_sweep = time.monotonic() + WORKER_BEAT_S  # not at once: the deliveries of a restart settle first
         while True:
             try:
                 runtime.worker_beat(member)
             except StoreUnavailable as exc:  # Dramatiq's consumers report the outage; retry next beat
                 logger.debug("worker beat not recorded: %s", exc)
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + SWEEP_EVERY_S
+                try:
+                    runtime.webhooks.sweep(member)
+                except PipelineError as exc:
+                    logger.warning("webhook sweep failed: %s", exc)
             time.sleep(WORKER_BEAT_S)
 
     def gone() -> None:

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from actors import Runtime, open_runtime
+from actors import Runtime
 from cli.common import (
     OUT_HELP,
     BandDefault,
@@ -41,6 +41,7 @@ from cli.common import (
     claim_submission,
     load,
     out_overrides,
+    runtime_for,
     submit_when_room,
     wait_for_jobs,
     with_delivery,
@@ -264,7 +265,7 @@ def batch(
             _print_plan(describe_plan(rows), json_output=json_output, all_rows=all_rows)
             return
         check_output(settings)
-        with open_runtime(settings) as runtime:
+        with runtime_for(settings) as runtime:
             runtime.check_webhook([spec for row in rows for spec in row.specs])
             first, claim = claim_submission(runtime, idempotency_key, "batch", request, batch_id)
             if idempotency_key is not None and claim is None:  # a repeat: the first batch, nothing new
@@ -468,7 +469,7 @@ def retry(
             )
         if not settings.redis_mode and sd_url is None:
             settings = _own_server(ctx, settings, job_id=job_id, batch_id=batch_id)
-        with open_runtime(settings) as runtime:
+        with runtime_for(settings) as runtime:
             store = runtime.store
             if job_id is not None:
                 records = [store.get(store.resolve_id(job_id))]
@@ -550,7 +551,7 @@ def cancel(
         settings = load(ctx)
         if (job_id is None) == (batch_id is None):
             raise InputError("give a JOB_ID or --batch ID", field="JOB_ID")
-        with open_runtime(settings, start_embedded_worker=False) as runtime:
+        with runtime_for(settings, start_embedded_worker=False) as runtime:
             store = runtime.store
             if job_id is not None:
                 ids = [store.resolve_id(job_id)]

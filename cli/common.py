@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -11,7 +12,7 @@ import typer
 from rich.text import Text
 
 from cli.output import deferred_interrupt, echo, err_console, jobs_table
-from pipeline.errors import InputError, QueueFull, StoreUnavailable
+from pipeline.errors import InputError, PipelineError, QueueFull, StoreUnavailable
 from pipeline.models import JobRecord, JobSpec, JobState, Priority
 from pipeline.settings import OutputFormat, Settings, load_settings, strip_credentials
 from pipeline.storage.base import is_s3_url
@@ -35,6 +36,7 @@ __all__ = [
     "check_submission",
     "claim_submission",
     "load",
+    "runtime_for",
     "submit_when_room",
     "wait_for_jobs",
     "with_delivery",
@@ -73,6 +75,48 @@ def _tiles(store: StatusStore, records: Sequence[JobRecord]) -> dict[str, tuple[
         for record in records
         if record.spec.upscale is not None and not record.state.terminal
     }
+
+
+@contextlib.contextmanager
+def runtime_for(settings: Settings, **options: Any) -> Iterator[Runtime]:
+    """``open_runtime(settings, **options)`` for a command. Embedded, before it closes (and its in-memory
+    queue goes), it waits up to ``WEBHOOK_EXIT_WAIT_S`` for the webhooks it sent that are still being
+    retried, saying so on stderr, and says how many it leaves pending (Ctrl-C: it does not wait)."""
+    from actors import open_runtime
+
+    with open_runtime(settings, **options) as runtime:
+        interrupted = False
+        try:
+            yield runtime
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            settle_webhooks(runtime, wait=not interrupted)
+
+
+def settle_webhooks(runtime: Runtime, *, wait: bool = True) -> int:
+    """Embedded: wait for this process's pending webhooks (see :func:`runtime_for`); return how many are left."""
+
+    def notice(count: int) -> None:
+        limit = runtime.settings.webhook_exit_wait_s
+        echo(
+            f"waiting up to {limit:g} s for {count} webhook delivery(ies) being retried (WEBHOOK_EXIT_WAIT_S)…",
+            err=True,
+        )
+
+    try:
+        left = runtime.settle_webhooks(None if wait else 0.0, on_wait=notice)
+    except PipelineError as exc:  # the store went away: nothing more to wait for
+        echo(f"webhook deliveries not checked before exit: {exc}", err=True)
+        return 0
+    if left:
+        echo(
+            f"{left} webhook delivery(ies) still pending: the next sdpipe command that runs jobs on this "
+            "OUTPUT_DIR sends them again (same webhook-id), or `sdpipe webhooks retry` now",
+            err=True,
+        )
+    return left
 
 
 def submit_when_room(runtime: Runtime, count: int, submit: Callable[[], _T], *, wait_for_room: bool) -> _T:

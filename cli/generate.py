@@ -9,7 +9,6 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from actors import open_runtime
 from cli.common import (
     OUT_HELP,
     IdempotencyKeyOption,
@@ -20,6 +19,7 @@ from cli.common import (
     claim_submission,
     load,
     out_overrides,
+    runtime_for,
     submit_when_room,
     wait_for_jobs,
     with_delivery,
@@ -299,7 +299,7 @@ def submit_and_report(
     contact_sheet: bool = False,
     idempotency: tuple[str, Any] | None = None,
 ) -> None:
-    with open_runtime(settings) as runtime:
+    with runtime_for(settings) as runtime:
         runtime.check_webhook(specs)
         batch_id = specs[0].batch_id if specs else None
         claim = None

@@ -127,7 +127,11 @@ COMMANDS = (
         "Resume the queue (or one batch); a batch paused on its own stays paused until resumed with --batch.",
     ),
     LazyCommand(
-        "webhooks", "cli.webhooks", "webhooks_app", "Webhooks: send a signed test event, make a secret.", group=True
+        "webhooks",
+        "cli.webhooks",
+        "webhooks_app",
+        "Webhooks: send a signed test event, send pending deliveries again, make a secret.",
+        group=True,
     ),
 )
 

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from actors import Runtime, open_runtime
+from actors import Runtime
 from cli.common import (
     BandDefault,
     CfgDefault,
@@ -37,6 +37,7 @@ from cli.common import (
     WebhookOption,
     WidthDefault,
     load,
+    runtime_for,
 )
 from cli.output import cli_errors, console, echo, err_console, print_json
 from cli.progress import watch_batch
@@ -366,7 +367,7 @@ def run_now(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Schedu
     """Fire a schedule now (the batch is queued; in embedded mode it runs here until done)."""
     with cli_errors():
         settings = load(ctx)
-        with open_runtime(settings) as runtime:
+        with runtime_for(settings) as runtime:
             scheduler = Scheduler(runtime.store, _fire(runtime))
             run = scheduler.fire_now(name)
             echo(_run_text(run, runtime.store.get_schedule(name).timezone))
@@ -390,7 +391,7 @@ def scheduler(ctx: typer.Context) -> None:
     """
     with cli_errors():
         settings = load(ctx)
-        with open_runtime(settings) as runtime:
+        with runtime_for(settings) as runtime:
             stop = threading.Event()
 
             def _stop(signum: int, frame: FrameType | None) -> None:

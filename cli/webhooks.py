@@ -1,16 +1,17 @@
-"""``sdpipe webhooks test URL`` and ``sdpipe webhooks secret``."""
+"""``sdpipe webhooks test URL``, ``sdpipe webhooks retry`` and ``sdpipe webhooks secret``."""
 
 from __future__ import annotations
 
 import base64
 import os
 import time
+from collections import Counter
 from typing import Annotated
 
 import httpx
 import typer
 
-from cli.common import load
+from cli.common import load, settle_webhooks
 from cli.output import cli_errors, echo
 from pipeline.errors import InputError
 from pipeline.events.model import Event
@@ -20,7 +21,9 @@ from pipeline.webhooks.urls import check_webhook_url
 
 __all__ = ["webhooks_app"]
 
-webhooks_app = typer.Typer(help="Webhooks: send a signed test event, make a secret.", no_args_is_help=True)
+webhooks_app = typer.Typer(
+    help="Webhooks: send a signed test event, send pending deliveries again, make a secret.", no_args_is_help=True
+)
 
 
 @webhooks_app.command("test")
@@ -48,6 +51,32 @@ def webhooks_test(
     if result.body:
         echo(result.body)
     raise typer.Exit(0 if 200 <= result.status < 300 else 1)
+
+
+@webhooks_app.command("retry")
+def webhooks_retry(ctx: typer.Context) -> None:
+    """Send every pending webhook delivery again now (same webhook-id and body).
+
+    Embedded: this process sends them and waits up to WEBHOOK_EXIT_WAIT_S; exit 1 if some are still
+    pending or given up. Redis mode: they are queued for the workers at once. Deliveries whose event is
+    older than WEBHOOK_RETRY_WINDOW_S are given up instead.
+    """
+    from actors import open_runtime
+
+    with cli_errors():
+        settings = load(ctx)
+        with open_runtime(settings, start_embedded_worker=False) as runtime:
+            resent = runtime.webhooks.resend(now_too=True)
+            given_up = f"; {resent.given_up} given up (older than WEBHOOK_RETRY_WINDOW_S)" if resent.given_up else ""
+            echo(f"{len(resent.sent)} pending webhook delivery(ies) sent again{given_up}")
+            if not runtime.embedded:
+                return
+            left = settle_webhooks(runtime)
+            states = Counter(
+                delivery.state for delivery in map(runtime.deliveries.get, resent.sent) if delivery is not None
+            )
+    echo(f"{states['delivered']} delivered, {states['failed']} given up, {left} still pending")
+    raise typer.Exit(1 if left or states["failed"] or resent.given_up else 0)
 
 
 @webhooks_app.command("secret")

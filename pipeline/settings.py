@@ -136,6 +136,9 @@ DEFAULT_WEBHOOK_RETRY_MAX_S = 3600.0
 DEFAULT_WEBHOOK_RETRY_WINDOW_S = 86_400.0
 #: Threads per worker process that deliver webhooks (their own: a slow receiver never takes image threads).
 DEFAULT_WEBHOOK_THREADS = 4
+#: Embedded mode: how long a command that is done with its jobs waits for its pending webhooks before it
+#: exits (what is still pending then is resent by the next embedded command, or ``sdpipe webhooks retry``).
+DEFAULT_WEBHOOK_EXIT_WAIT_S = 15.0
 #: How long an ``Idempotency-Key`` (``--idempotency-key``) is remembered.
 DEFAULT_IDEMPOTENCY_TTL_S = 86_400.0
 #: A queued job's priority rises one class (low -> normal -> high) per this many seconds of waiting.
@@ -320,6 +323,7 @@ class Settings(BaseSettings):
     webhook_retry_max_s: Annotated[float, Field(gt=0)] = DEFAULT_WEBHOOK_RETRY_MAX_S
     webhook_retry_window_s: Annotated[float, Field(gt=0)] = DEFAULT_WEBHOOK_RETRY_WINDOW_S
     webhook_threads: Annotated[int, Field(ge=1)] = DEFAULT_WEBHOOK_THREADS
+    webhook_exit_wait_s: Annotated[float, Field(ge=0)] = DEFAULT_WEBHOOK_EXIT_WAIT_S
 
     # Idempotency and priority
     idempotency_ttl_s: Annotated[float, Field(gt=0)] = DEFAULT_IDEMPOTENCY_TTL_S

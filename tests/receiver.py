@@ -18,10 +18,11 @@ class Receiver:
     """Records every delivery (headers, body, status answered: -1 while it hangs).
 
     ``fail_first``: answer 500 to the first N deliveries of each webhook-id, then 200; ``hang``:
-    never answer (until :meth:`close`); ``reply``: the body of a 200 answer.
+    never answer (until :meth:`close`); ``reply``: the body of a 200 answer; ``port``: listen there
+    (a receiver back up at the address of one that was down) instead of on a free port.
     """
 
-    def __init__(self, *, fail_first: int = 0, hang: bool = False, reply: bytes = b"") -> None:
+    def __init__(self, *, fail_first: int = 0, hang: bool = False, reply: bytes = b"", port: int | None = None) -> None:
         self.deliveries: list[tuple[dict[str, str], bytes, int]] = []
         self.attempts: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -49,7 +50,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port or free_port()), Handler)
         self.server.daemon_threads = False  # server_close() joins them: no socket is left to the GC
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

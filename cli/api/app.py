@@ -19,7 +19,7 @@ from cli.api.docs import install_docs
 from cli.api.errors import ApiError, ErrorBody, install_error_handlers
 from cli.api.schemas import Health, Readiness
 from cli.api.uploads import BodyLimitMiddleware, body_limit
-from pipeline.errors import SDError
+from pipeline.errors import PipelineError, SDError
 from pipeline.jobs.uploads import remove_stale_uploads
 from pipeline.settings import Settings, mask_url
 
@@ -54,7 +54,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             opened: Runtime = app.state.runtime
             app.state.runtime = None
             if own:
-                await run_in_threadpool(opened.close)
+                await run_in_threadpool(_settle_and_close, opened)
 
     docs = settings.enable_documentation
     app = FastAPI(
@@ -123,3 +123,19 @@ def readiness(runtime: Runtime, settings: Settings) -> Readiness:
         f"none of the {len(urls)} SD server(s) is ready",
         hint="the server log names them; see `sdpipe doctor`",
     )
+
+
+def _settle_and_close(runtime: Runtime) -> None:
+    """Embedded: give the webhooks still being retried ``WEBHOOK_EXIT_WAIT_S`` before the in-memory queue goes."""
+    try:
+        left = runtime.settle_webhooks()
+    except PipelineError as exc:
+        logger.warning("webhook deliveries not checked before shutdown: %s", exc)
+        left = 0
+    if left:
+        logger.warning(
+            "%d webhook delivery(ies) still pending at shutdown: the next embedded sdpipe process on this "
+            "OUTPUT_DIR sends them again (or `sdpipe webhooks retry`)",
+            left,
+        )
+    runtime.close()

@@ -7,6 +7,7 @@ Its concepts::
     policy      the retry rule, as pure functions: backoff, Retry-After, 4xx ends it, the window
     deliveries  a delivery per event and receiver, its state, per-job order; the event listener
     sending     one attempt and its outcome (what the webhook actor runs)
+    recovery    pending deliveries whose message was lost (a process that exited): sent again or given up
 
 The actor itself (queue ``webhooks``, threads of its own) is ``actors.webhooks``.
 """
@@ -20,6 +21,7 @@ from pipeline._lazy import lazy_exports
 if TYPE_CHECKING:
     from pipeline.webhooks.deliveries import Deliveries, Delivery, delivery_listener, payload
     from pipeline.webhooks.policy import Decision, RetryPolicy, parse_retry_after, retryable
+    from pipeline.webhooks.recovery import Resent, resend_pending
     from pipeline.webhooks.sending import Attempt, attempt_delivery, post, retry_policy
     from pipeline.webhooks.signing import sign_headers, webhook_id
     from pipeline.webhooks.urls import check_webhook_url, host_allowed, shown_url
@@ -47,6 +49,9 @@ __all__ = [
     "attempt_delivery",
     "post",
     "retry_policy",
+    # Recovery
+    "Resent",
+    "resend_pending",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -57,5 +62,6 @@ __getattr__, __dir__ = lazy_exports(
         ".policy": ["Decision", "RetryPolicy", "parse_retry_after", "retryable"],
         ".deliveries": ["Deliveries", "Delivery", "delivery_listener", "payload"],
         ".sending": ["Attempt", "attempt_delivery", "post", "retry_policy"],
+        ".recovery": ["Resent", "resend_pending"],
     },
 )

@@ -7,6 +7,11 @@ of the same event, every worker sends the same id and the same bytes. Key-value 
 
     wh:<id>            Delivery JSON
     wh-job:<job id>    set of the job's delivery ids (and wh-batch:<batch id> for batch.completed)
+    wh-pending         set of the ids of deliveries that may still be pending (:meth:`Deliveries.pending`)
+
+Indexes are written before the record they point to and tidied after it changes, so a process that
+dies in between leaves at worst a member whose record is gone or final (skipped and removed when
+read), never a pending record that no index finds.
 
 Webhooks of one job go out in event order: a delivery waits (:meth:`Deliveries.blocked_by`) while an
 earlier delivery of the same job to the same URL is still pending.
@@ -30,7 +35,15 @@ from pipeline.store.keyvalue import KeyValue
 from pipeline.webhooks.signing import webhook_id
 from pipeline.webhooks.urls import shown_url
 
-__all__ = ["SIDECAR_FIELDS", "Deliveries", "Delivery", "DeliveryState", "delivery_listener", "payload"]
+__all__ = [
+    "PENDING_INDEX",
+    "SIDECAR_FIELDS",
+    "Deliveries",
+    "Delivery",
+    "DeliveryState",
+    "delivery_listener",
+    "payload",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +68,9 @@ SIDECAR_FIELDS = (
 )
 #: How long a delivery's record is kept after its event (longer than the retry window).
 RECORD_TTL_S = 8 * 24 * 3600
+#: The set of deliveries that may still be pending: what a process that resends them (an embedded
+#: command opening, ``sdpipe webhooks retry``, a worker's sweep) reads.
+PENDING_INDEX = "wh-pending"
 
 
 class Delivery(BaseModel):
@@ -110,13 +126,18 @@ class Deliveries:
 
     def create(self, delivery: Delivery) -> tuple[Delivery, bool]:
         """Store ``delivery`` unless one with its id exists; returns the stored one and whether it is new."""
-        existing = self.kv.put_if_absent(f"wh:{delivery.id}", delivery.model_dump_json(), ttl_s=RECORD_TTL_S)
-        if existing is not None:
-            return Delivery.model_validate_json(existing), False
+        # Indexed first: a process that dies before the record is written leaves only a member to skip.
+        self.kv.add_member(PENDING_INDEX, delivery.id)
         if delivery.job_id is not None:
             self.kv.add_member(f"wh-job:{delivery.job_id}", delivery.id)
         elif delivery.batch_id is not None:
             self.kv.add_member(f"wh-batch:{delivery.batch_id}", delivery.id)
+        existing = self.kv.put_if_absent(f"wh:{delivery.id}", delivery.model_dump_json(), ttl_s=RECORD_TTL_S)
+        if existing is not None:
+            stored = Delivery.model_validate_json(existing)
+            if stored.state != "pending":
+                self.kv.remove_member(PENDING_INDEX, stored.id)
+            return stored, False
         return delivery, True
 
     def get(self, delivery_id: str) -> Delivery | None:
@@ -125,6 +146,22 @@ class Deliveries:
 
     def save(self, delivery: Delivery) -> None:
         self.kv.put(f"wh:{delivery.id}", delivery.model_dump_json(), ttl_s=RECORD_TTL_S)
+        if delivery.state != "pending":
+            self.kv.remove_member(PENDING_INDEX, delivery.id)
+
+    def pending(self) -> list[Delivery]:
+        """Every delivery still pending, oldest event first; index members whose record has ended are removed
+        on the way (a member without a record is kept: its record may be being created right now)."""
+        ids = self.kv.members(PENDING_INDEX)
+        raws = self.kv.get_many([f"wh:{delivery_id}" for delivery_id in ids])
+        found = []
+        for raw in raws:
+            delivery = Delivery.model_validate_json(raw) if raw is not None else None
+            if delivery is not None and delivery.state != "pending":
+                self.kv.remove_member(PENDING_INDEX, delivery.id)
+            elif delivery is not None:
+                found.append(delivery)
+        return sorted(found, key=lambda delivery: (delivery.event_at, delivery.id))
 
     def of_job(self, job_id: str) -> list[Delivery]:
         """The job's deliveries, oldest event first."""

@@ -21,12 +21,14 @@ from pipeline.webhooks.policy import RetryPolicy, parse_retry_after
 from pipeline.webhooks.signing import sign_headers
 from pipeline.webhooks.urls import shown_url
 
-__all__ = ["ORDER_WAIT_S", "Attempt", "attempt_delivery", "post", "retry_policy"]
+__all__ = ["EARLY_TOLERANCE_S", "ORDER_WAIT_S", "Attempt", "attempt_delivery", "post", "retry_policy"]
 
 logger = logging.getLogger(__name__)
 
 #: How long a delivery waiting for an earlier one of the same job looks again.
 ORDER_WAIT_S = 1.0
+#: A message this much earlier than its delivery's next try waits for it (clocks of two hosts may differ a bit).
+EARLY_TOLERANCE_S = 0.5
 #: Characters of a receiver's answer kept (``sdpipe webhooks test`` shows them).
 _BODY_KEPT = 500
 
@@ -85,6 +87,10 @@ def attempt_delivery(
         logger.warning("webhook %s not sent: WEBHOOK_SECRET is not set", delivery.id)
         return None
     now = time.time() if now is None else now
+    if delivery.next_try_at is not None and delivery.next_try_at - now > EARLY_TOLERANCE_S:
+        # A message ahead of the delivery's backoff (one redelivered after its worker died, one resent
+        # when a process opened): it waits for the next try the record names instead of attempting now.
+        return delivery.next_try_at - now
     result = post(
         client, delivery.url, delivery.id, delivery.body, secret=settings.webhook_secret.get_secret_value(), now=now
     )

@@ -12,11 +12,14 @@ import pytest
 from standardwebhooks import Webhook
 
 from pipeline.sd.mock.http import get_mock_server
+from tests.procs import free_port
 from tests.receiver import Receiver
 from tests.test_cli.conftest import Invoke
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SMALL = ["--width", "64", "--height", "64"]
+#: Retries a few tenths of a second apart, and a short wait at exit: the tests stay fast.
+FAST_RETRY = {"WEBHOOK_RETRY_MIN_S": "0.2", "WEBHOOK_RETRY_MAX_S": "0.4", "WEBHOOK_TIMEOUT_S": "2"}
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +48,68 @@ def test_generate_embedded_sends_signed_webhooks_before_it_exits(
     assert events[0]["data"]["job_id"] == job["job_id"] and events[0]["data"]["prompt"] == "a fox"
     status = json.loads(sdpipe("status", job["job_id"], "--json").stdout)
     assert [(d["state"], d["last_status"]) for d in status["webhooks"]] == [("delivered", 200)]
+
+
+def test_generate_embedded_waits_for_a_webhook_retry_before_it_exits(
+    sdpipe: Invoke, receiver_factory: Callable[..., Receiver]
+) -> None:
+    receiver = receiver_factory(fail_first=1)  # 500 to the first delivery of each event
+    env = {**FAST_RETRY, "WEBHOOK_EXIT_WAIT_S": "30"}
+    result = sdpipe("generate", "a fox", "--sd-url", "mock://", "--webhook", receiver.url, "--json", *SMALL, env=env)
+    assert result.exit_code == 0, result.output
+    assert "still pending" not in result.stderr
+    (job,) = json.loads(result.stdout)
+    # The retry was made by this process before it exited: both events answered 200 on their second attempt
+    assert sorted(event["type"] for event in _events(receiver)) == ["batch.completed", "job.succeeded"]
+    assert sorted(receiver.attempts.values()) == [2, 2]
+    status = json.loads(sdpipe("status", job["job_id"], "--json").stdout)
+    assert [(d["state"], d["attempts"], d["last_status"]) for d in status["webhooks"]] == [("delivered", 2, 200)]
+
+
+def _generate_while_receiver_is_down(sdpipe: Invoke, url: str) -> tuple[Any, str]:
+    """An embedded generate whose receiver refuses connections past the exit wait; returns the result and the
+    job's webhook-id."""
+    env = {**FAST_RETRY, "WEBHOOK_EXIT_WAIT_S": "1"}
+    result = sdpipe("generate", "a fox", "--sd-url", "mock://", "--webhook", url, "--json", *SMALL, env=env)
+    assert result.exit_code == 0, result.output
+    (job,) = json.loads(result.stdout)
+    (delivery,) = json.loads(sdpipe("status", job["job_id"], "--json").stdout)["webhooks"]
+    assert delivery["state"] == "pending" and delivery["attempts"] >= 1 and delivery["last_status"] is None
+    return result, delivery["webhook_id"]
+
+
+def test_generate_embedded_leaves_undelivered_webhooks_to_the_next_embedded_command(
+    sdpipe: Invoke, receiver_factory: Callable[..., Receiver]
+) -> None:
+    port = free_port()
+    first, webhook_id = _generate_while_receiver_is_down(sdpipe, f"http://127.0.0.1:{port}/hook")
+    assert "waiting up to 1 s for 2 webhook delivery(ies)" in first.stderr
+    assert "2 webhook delivery(ies) still pending" in first.stderr and "webhooks retry" in first.stderr
+    # The receiver comes back; the next embedded command (with no webhook of its own) delivers them
+    receiver = receiver_factory(port=port)
+    second = sdpipe("generate", "an owl", "--sd-url", "mock://", *SMALL, env=FAST_RETRY)
+    assert second.exit_code == 0, second.output
+    assert "still pending" not in second.stderr
+    events = {event["type"]: event for event in _events(receiver)}
+    assert set(events) == {"job.succeeded", "batch.completed"}
+    assert events["job.succeeded"]["data"]["prompt"] == "a fox"
+    assert webhook_id in receiver.answered()  # the same webhook-id as before the first command exited
+
+
+def test_webhooks_retry_sends_pending_deliveries_now(sdpipe: Invoke, receiver_factory: Callable[..., Receiver]) -> None:
+    port = free_port()
+    _generate_while_receiver_is_down(sdpipe, f"http://127.0.0.1:{port}/hook")
+    still_down = sdpipe("webhooks", "retry", env={**FAST_RETRY, "WEBHOOK_EXIT_WAIT_S": "0.5"})
+    assert still_down.exit_code == 1, still_down.output
+    assert "2 pending webhook delivery(ies) sent again" in still_down.stdout
+    assert "0 delivered, 0 given up, 2 still pending" in still_down.stdout
+    receiver = receiver_factory(port=port)
+    retried = sdpipe("webhooks", "retry", env=FAST_RETRY)
+    assert retried.exit_code == 0, retried.output
+    assert "2 delivered, 0 given up, 0 still pending" in retried.stdout
+    assert sorted(event["type"] for event in _events(receiver)) == ["batch.completed", "job.succeeded"]
+    nothing = sdpipe("webhooks", "retry")
+    assert nothing.exit_code == 0 and "0 pending webhook delivery(ies) sent again" in nothing.stdout
 
 
 def test_webhooks_test_sends_a_signed_test_event_and_prints_the_answer(
