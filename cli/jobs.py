@@ -12,16 +12,14 @@ from rich.text import Text
 from cli.common import load, out_overrides
 from cli.errors import record_hint
 from cli.output import cli_errors, console, echo, job_row, jobs_table, print_json
-from pipeline.batches.manifests import batch_records, build_manifest, write_manifest
 from pipeline.errors import InputError, JobNotFound
-from pipeline.jobs.control import QueueControl
 from pipeline.jobs.files import iso_time
-from pipeline.jobs.planning import current_output
 from pipeline.models import JobRecord, JobState
-from pipeline.storage import open_storage
 from pipeline.store import DEFAULT_LIST_LIMIT, open_store
-from pipeline.store.keyvalue import open_keyvalue
-from pipeline.webhooks.deliveries import Deliveries
+
+# `jobs` reads the store alone: what only `status` uses (the queue control, webhook deliveries and the
+# events they name, a result's file check, batch manifests) is imported where `status` uses it
+# (tests/test_cli/test_startup.py keeps `jobs` free of it).
 
 __all__ = ["jobs", "status"]
 
@@ -39,6 +37,10 @@ def status(
 ) -> None:
     """Show one job (state, steps with attempts and timings, last error, result, webhook deliveries), or a
     batch with --batch; with neither, the queue (paused or not, jobs per state)."""
+    from pipeline.jobs.control import QueueControl
+    from pipeline.store.keyvalue import open_keyvalue
+    from pipeline.webhooks.deliveries import Deliveries
+
     with cli_errors():
         if job_id is not None and batch is not None:
             raise InputError("give a JOB_ID or --batch ID, not both", field="JOB_ID")
@@ -48,6 +50,9 @@ def status(
         control = QueueControl(kv)
         try:
             if batch is not None:
+                from pipeline.batches.manifests import batch_records, build_manifest, write_manifest
+                from pipeline.storage import open_storage
+
                 found = store.get_batch(batch)
                 manifest = build_manifest(found, batch_records(store, found))
                 path = write_manifest(open_storage(settings.output_location, settings), manifest)
@@ -234,6 +239,8 @@ def _detail(record: JobRecord, tiles: tuple[int, int] | None = None) -> Table:
         else:  # an error a retry got past
             table.add_row("retried after", Text(text, style="yellow"))
     if record.result:
+        from pipeline.jobs.planning import current_output
+
         image = str(record.result.image)
         if record.state is JobState.SUCCEEDED and current_output(record) is None:
             gone = f"{image} (gone: removed, or replaced by a later job of the same name)"

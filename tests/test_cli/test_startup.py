@@ -88,3 +88,33 @@ def test_startup_embedded_jobs_loads_neither_the_mock_nor_rich_emoji(
     assert ":fox_face:" in jobs.stdout
     assert not any(name.startswith("pipeline.sd.mock") for name in loaded | table_loaded)
     assert "rich._emoji_codes" not in table_loaded
+
+
+#: What only ``status`` uses (webhook deliveries and the events they name, a result's file check, batch
+#: manifests, the queue control): ``jobs`` lists records and loads none of it.
+STATUS_ONLY = (
+    "pipeline.webhooks.deliveries",
+    "pipeline.webhooks.signing",
+    "standardwebhooks",
+    "pipeline.events",
+    "pipeline.jobs.planning",
+    "pipeline.images",
+    "pipeline.batches",
+    "pipeline.jobs.control",
+)
+
+
+def test_startup_embedded_jobs_loads_nothing_only_status_uses(sdpipe: Invoke, out_dir: Path, tmp_path: Path) -> None:
+    # Given a finished embedded job
+    generated = sdpipe("generate", "a red fox", "--sd-url", "mock://", "--json", "--width", "64", "--height", "64")
+    assert generated.exit_code == 0, generated.output
+    job_id = json.loads(generated.stdout)[0]["job_id"]
+    # When another process lists the jobs, and shows the job
+    jobs, jobs_loaded = _run_modules(["jobs", "--out", str(out_dir)], tmp_path, SD_API_URL="mock://")
+    status, status_loaded = _run_modules(["status", job_id, "--out", str(out_dir)], tmp_path, SD_API_URL="mock://")
+    # Then `jobs` printed the job without loading deliveries, events, planning or manifests; `status`
+    # still loads what it shows (the deliveries, the result's file check)
+    assert jobs.returncode == 0 and status.returncode == 0, jobs.stderr + status.stderr
+    assert job_id[:8] in jobs.stdout and job_id in status.stdout
+    assert sorted(name for name in jobs_loaded if name.startswith(STATUS_ONLY)) == []
+    assert {"pipeline.webhooks.deliveries", "pipeline.jobs.planning"} <= status_loaded
