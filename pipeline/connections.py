@@ -15,8 +15,9 @@ never loads redis-py).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError
 from pipeline.settings import (
@@ -41,6 +42,7 @@ __all__ = [
     "create_client",
     "outage_retry",
     "outage_retries",
+    "server_id",
 ]
 
 #: Backoff between retries of one command: random, doubling from this base (seconds)...
@@ -151,3 +153,10 @@ def outage_retry(patience_s: float) -> Retry:
     from redis.retry import Retry
 
     return Retry(ExponentialBackoff(cap=OUTAGE_BACKOFF_CAP_S, base=OUTAGE_BACKOFF_BASE_S), outage_retries(patience_s))
+
+
+def server_id(client: redis.Redis) -> str:
+    """Which Redis server and database ``client`` talks to (clients of the same one are equal)."""
+    kwargs: Mapping[str, Any] = client.connection_pool.connection_kwargs
+    where = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    return f"{where}/{kwargs.get('db', 0)}"

@@ -14,10 +14,12 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PipelineError
-from pipeline.events.log import EventLog
+from pipeline.events.log import ONCE_TTL_S, EventLog
 from pipeline.events.model import Event
+from pipeline.store.base import InlineEvent
 
 if TYPE_CHECKING:
+    from pipeline.store.base import StatusStore
     from pipeline.store.keyvalue import KeyValue
 
 __all__ = ["EventHub", "Listener"]
@@ -64,6 +66,48 @@ class EventHub:
                 listener(announced)
             except PipelineError as exc:
                 logger.warning("job %s: a listener of %s failed: %s", job_id or "-", type, exc)
+        return announced
+
+    def inline(
+        self,
+        store: StatusStore,
+        type: str,
+        *,
+        job_id: str | None = None,
+        batch_id: str | None = None,
+        data: dict[str, Any] | None = None,
+        once: str | None = None,
+        ts: float | None = None,
+    ) -> tuple[Event, InlineEvent | None]:
+        """An event to publish with a write of ``store``: the event, and what the store's write
+        appends to the log (None when the store cannot: publish the event with :meth:`emit_inline`).
+        In a step start's event, ``"@attempt@"`` and ``"@batch_id@"`` are filled in by the store."""
+        event = Event(
+            type=type,
+            ts=self.clock() if ts is None else ts,
+            job_id=job_id,
+            batch_id=batch_id,
+            data=data or {},
+            key=once,
+        )
+        target = self.log.inline_stream()
+        if target is None or target[0] != store.inline_events_server:
+            return event, None
+        once_key = f"{target[1]}:once:{once}" if once else ""
+        body = InlineEvent(target[1], target[2], event.body(), once_key, ONCE_TTL_S if once else 0)
+        return event, body
+
+    def emit_inline(self, event: Event, inline: InlineEvent | None) -> Event | None:
+        """After the store's write: tell this process's listeners of ``event`` if the write appended it
+        (with its id), else publish it as :meth:`emit` does."""
+        if inline is None or inline.id is None:
+            return self.emit(event.type, job_id=event.job_id, batch_id=event.batch_id, data=event.data, once=event.key)
+        announced = event.model_copy(update={"id": inline.id})
+        for listener in self._listeners:
+            try:
+                listener(announced)
+            except PipelineError as exc:
+                logger.warning("job %s: a listener of %s failed: %s", event.job_id or "-", event.type, exc)
         return announced
 
     def emit_many(self, events: Iterable[tuple[str, str | None, str | None, dict[str, Any]]]) -> None:

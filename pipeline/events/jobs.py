@@ -25,7 +25,7 @@ from pipeline.events.model import BATCH_COMPLETED, JOB_CANCELLED, JOB_FAILED, JO
 from pipeline.models import JobRecord, JobState
 from pipeline.store.base import StatusStore
 
-__all__ = ["announce_end", "batch_completed", "batch_round", "job_data", "reopen_batches"]
+__all__ = ["announce_end", "batch_completed", "batch_round", "end_key", "end_type", "job_data", "reopen_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,16 @@ def job_data(record: JobRecord) -> dict[str, Any]:
     return data
 
 
+def end_type(record: JobRecord) -> str:
+    """The type of the event that announces ``record``'s end (it must be terminal)."""
+    return _TYPE_OF[record.state]
+
+
+def end_key(record: JobRecord) -> str:
+    """The ``once`` key of ``record``'s end: the same on every announcement of this end."""
+    return f"{record.job_id}:{record.state.value}:{record.updated_at!r}"
+
+
 def announce_end(hub: EventHub | None, store: StatusStore, record: JobRecord) -> Event | None:
     """Publish ``record``'s end (it must be terminal), then its batch's if this was the batch's last job.
 
@@ -70,11 +80,7 @@ def announce_end(hub: EventHub | None, store: StatusStore, record: JobRecord) ->
     if hub is None or not record.state.terminal:
         return None
     event = hub.emit(
-        _TYPE_OF[record.state],
-        job_id=record.job_id,
-        batch_id=record.batch_id,
-        data=job_data(record),
-        once=f"{record.job_id}:{record.state.value}:{record.updated_at!r}",
+        end_type(record), job_id=record.job_id, batch_id=record.batch_id, data=job_data(record), once=end_key(record)
     )
     if record.batch_id is not None:
         batch_completed(hub, store, record.batch_id)

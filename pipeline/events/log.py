@@ -55,6 +55,11 @@ class EventLog(abc.ABC):
     def latest_id(self) -> str:
         """The id of the newest event (a reader starting here sees only new ones)."""
 
+    def inline_stream(self) -> tuple[str, str, int] | None:
+        """Where a status store's script can append this log's events itself (server, stream key,
+        max length: :class:`~pipeline.store.base.InlineEvent`); None: only :meth:`publish` can."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import redis
 
-from pipeline.connections import RedisSettings, create_client
+from pipeline.connections import RedisSettings, create_client, server_id
 from pipeline.errors import StoreUnavailable
 from pipeline.events.log import DEFAULT_READ_LIMIT, ONCE_TTL_S, EventLog
 from pipeline.events.model import Event, EventPage
@@ -98,6 +98,9 @@ class RedisEventLog(EventLog):
         with self._guard():
             newest = cast(list[Any], self._client.xrevrange(self._key, "+", "-", count=1))
         return _text(newest[0][0]) if newest else "0-0"
+
+    def inline_stream(self) -> tuple[str, str, int] | None:
+        return server_id(self._client), self._key, self._max_len
 
     def close(self) -> None:
         self._client.close()

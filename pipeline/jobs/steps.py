@@ -22,8 +22,8 @@ from typing import Any
 
 from pipeline.errors import ConfigError, JobNotFound, PipelineError, QueuePaused, SDError
 from pipeline.events.hub import EventHub
-from pipeline.events.jobs import announce_end
-from pipeline.events.model import JOB_PREVIEW, JOB_PROGRESS, JOB_RETRYING, JOB_STEP_FINISHED, JOB_STEP_STARTED
+from pipeline.events.jobs import announce_end, batch_completed, end_key, end_type, job_data
+from pipeline.events.model import JOB_PREVIEW, JOB_PROGRESS, JOB_RETRYING, JOB_STEP_FINISHED, JOB_STEP_STARTED, Event
 from pipeline.images import seams
 from pipeline.images.codec import decode_image, encode_image
 from pipeline.images.infotext import insert_params
@@ -32,14 +32,14 @@ from pipeline.jobs.control import QueueControl
 from pipeline.jobs.files import JobFiles, atomic_write_json, claim_output_name, iso_time, read_json, remove_stale_temps
 from pipeline.jobs.naming import resolve_late_tokens
 from pipeline.jobs.retention import ORPHAN_WORK_AGE_S, find_orphaned_work
-from pipeline.models import PRIORITIES, ErrorInfo, JobRecord, JobResult, SDInfo, StepName, StepRecord
+from pipeline.models import PRIORITIES, ErrorInfo, JobRecord, JobResult, JobState, SDInfo, StepName, StepRecord
 from pipeline.sd.backends import Backend
 from pipeline.sd.client import SDClient
 from pipeline.sd.pool import affinity
 from pipeline.sd.pool.pool import PoolObserver, SDPool, open_pool_state
 from pipeline.settings import Settings
 from pipeline.storage.base import Blob, Storage, open_storage
-from pipeline.store.base import StatusStore
+from pipeline.store.base import InlineEvent, StatusStore
 from pipeline.upscale import render as upscale_render
 from pipeline.upscale import steps as upscale_steps
 
@@ -156,8 +156,14 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
             transient one is recorded as the last error and should be retried.
         Exception: anything unexpected (recorded as the last error, treated as transient).
     """
+    now = ctx.clock()
+    state = JobState.for_step(step)
+    # The start event goes with the start (one round trip), its attempt and batch filled in there.
+    started_event, inline = _inline(
+        ctx, JOB_STEP_STARTED, job_id, _BATCH_MARK, {"step": step, "attempt": _ATTEMPT_MARK, "state": state.value}, now
+    )
     try:
-        started, previous = ctx.store.start_step_after(job_id, step, now=ctx.clock())
+        started, previous = ctx.store.start_step_after(job_id, step, now=now, event=inline)
     except JobNotFound:
         drop_lost_job(ctx, job_id, step)
         return StepOutcome(ran=False)
@@ -170,7 +176,9 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
         return StepOutcome(ran=False)
     attempt = record.steps[step].attempts
     logger.debug("job %s: %s started (attempt %d)", job_id, step, attempt)
-    _emit(ctx, JOB_STEP_STARTED, record, {"step": step, "attempt": attempt, "state": record.state.value})
+    if started_event is not None:
+        data = {"step": step, "attempt": attempt, "state": record.state.value}
+        _emit_inline(ctx, started_event.model_copy(update={"batch_id": record.batch_id, "data": data}), inline)
     try:
         skipped, produced = _STEPS[step](ctx, record)
     except PipelineError as exc:
@@ -193,22 +201,44 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
         raise
     now = ctx.clock()
     result = produced if isinstance(produced, JobResult) else None
+    started_at = record.steps[step].started_at
+    duration_s = round(now - started_at, 3) if started_at is not None else None
+    # The step's end event is appended by the step's end (the same round trip), and so is the
+    # job's success event when this step ends the job.
+    finished = _inline(
+        ctx,
+        JOB_STEP_FINISHED,
+        job_id,
+        record.batch_id,
+        {"step": step, "duration_s": duration_s, "skipped": skipped},
+        now,
+    )
+    ended: tuple[Event | None, InlineEvent | None] = (None, None)
     if result is not None:
         # Intermediates go first: once a job reads as succeeded, its work folder is gone. (A crash
         # in between is safe: a redelivered merge finds this job's sidecar and image and skips.)
         _files(ctx, record).remove_work_dir()
+        done = record.model_copy(update={"state": JobState.SUCCEEDED, "updated_at": now, "result": result})
+        ended = _inline(ctx, end_type(done), job_id, record.batch_id, job_data(done), now, once=end_key(done))
+        both = [body for body in (finished[1], ended[1]) if body is not None]
         # The step's end and the job's success: one round trip.
-        ctx.store.end_step(job_id, step, now=now, skipped=skipped, result=result)
+        ctx.store.end_step(job_id, step, now=now, skipped=skipped, result=result, events=both if len(both) == 2 else ())
     else:
         # A generation's answer (what the server said) is stored with the step's end: one round trip.
         sd_info = produced if isinstance(produced, SDInfo) else None
-        ctx.store.end_step(job_id, step, now=now, skipped=skipped, sd_info=sd_info)
-    started_at = record.steps[step].started_at
-    duration_s = round(now - started_at, 3) if started_at is not None else None
-    _emit(ctx, JOB_STEP_FINISHED, record, {"step": step, "duration_s": duration_s, "skipped": skipped})
+        one = [finished[1]] if finished[1] is not None else []
+        ctx.store.end_step(job_id, step, now=now, skipped=skipped, sd_info=sd_info, events=one)
+    _emit_inline(ctx, *finished)
     if result is not None:
         logger.info("job %s: succeeded -> %s", job_id, result.image)
-        _announce_if_ended(ctx, job_id)
+        event, body = ended
+        if ctx.events is not None and event is not None and body is not None and body.id is not None:
+            # The store's write announced the end (as announce_end would have): now its batch's.
+            ctx.events.emit_inline(event, body)
+            if record.batch_id is not None:
+                batch_completed(ctx.events, ctx.store, record.batch_id)
+        else:
+            _announce_if_ended(ctx, job_id)
         if (record.spec.prompt_template or {}).get("contact_sheet") and record.spec.batch_id:
             _contact_sheet(ctx, record)
     else:
@@ -224,9 +254,31 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
     return StepOutcome(ran=True, skipped=skipped)
 
 
-def _emit(ctx: StepContext, type: str, record: JobRecord, data: dict[str, Any]) -> None:
-    if ctx.events is not None:
-        ctx.events.emit(type, job_id=record.job_id, batch_id=record.batch_id, data=data)
+#: What the store fills in a step start's event (:class:`~pipeline.store.base.InlineEvent`).
+_ATTEMPT_MARK = "@attempt@"
+_BATCH_MARK = "@batch_id@"
+
+
+def _inline(
+    ctx: StepContext,
+    type: str,
+    job_id: str,
+    batch_id: str | None,
+    data: dict[str, Any],
+    now: float | None = None,
+    *,
+    once: str | None = None,
+) -> tuple[Event | None, InlineEvent | None]:
+    """An event for a store write to append (:meth:`EventHub.inline`); (None, None) without events."""
+    if ctx.events is None:
+        return None, None
+    return ctx.events.inline(ctx.store, type, job_id=job_id, batch_id=batch_id, data=data, once=once, ts=now)
+
+
+def _emit_inline(ctx: StepContext, event: Event | None, body: InlineEvent | None) -> None:
+    """Tell listeners of an event the store's write appended, or publish it if it did not."""
+    if ctx.events is not None and event is not None:
+        ctx.events.emit_inline(event, body)
 
 
 def _announce_if_ended(ctx: StepContext, job_id: str) -> None:

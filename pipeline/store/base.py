@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from pipeline.errors import AmbiguousId, JobNotFound
 from pipeline.models import (
@@ -32,6 +33,7 @@ from pipeline.models import (
 
 __all__ = [
     "DEFAULT_LIST_LIMIT",
+    "InlineEvent",
     "SCHEDULE_CLAIM_TTL_S",
     "SCHEDULE_RUNS_KEPT",
     "TERMINAL_RANK",
@@ -111,8 +113,39 @@ def ordered_steps(steps: dict[str, StepRecord]) -> dict[str, StepRecord]:
     return {name: steps[name] for name in sorted(steps, key=lambda name: (order.get(name, len(order)), name))}
 
 
+@dataclass
+class InlineEvent:
+    """An event a step's start or end appends to the event log in the same call, when the store and
+    the log share a server (Redis mode: the transition's own script XADDs it to the log's stream),
+    so it costs no round trip of its own and is in the log exactly when the transition happened,
+    in order. Built by :meth:`pipeline.events.hub.EventHub.inline`.
+
+    ``body``: the event's JSON without its id; in a step start's event the store fills in
+    ``"@attempt@"`` (the attempt the start counts) and ``"@batch_id@"`` (the job's batch or null).
+    ``once_key``: appended only if this key was never set (then set for ``once_ttl_s``), as
+    :meth:`pipeline.events.log.EventLog.publish`'s ``once``. The store sets ``id`` to the event's
+    id when it appended it (``""``: its once key was used before); left None, nothing was
+    appended and the caller publishes the event itself.
+    """
+
+    stream: str
+    max_len: int
+    body: str
+    once_key: str = ""
+    once_ttl_s: int = 0
+    id: str | None = None
+
+    def args(self) -> tuple[str, ...]:
+        """The five script arguments that describe it."""
+        return (self.stream, str(self.max_len), self.body, self.once_key, str(self.once_ttl_s))
+
+
 class StatusStore(abc.ABC):
     """Where sdpipe keeps the state of every job."""
+
+    #: The server whose event stream this store's step transitions can append to
+    #: (:class:`InlineEvent`); None: none, the caller publishes events itself.
+    inline_events_server: str | None = None
 
     #: Why records of jobs known to exist would be missing (see :meth:`records_gone`).
     records_lost_reason: str = "the status store was emptied"
@@ -166,13 +199,16 @@ class StatusStore(abc.ABC):
         """
 
     def start_step_after(
-        self, job_id: str, step: StepName, *, now: float
+        self, job_id: str, step: StepName, *, now: float, event: InlineEvent | None = None
     ) -> tuple[JobRecord | None, StepRecord | None]:
         """:meth:`start_step`, also returning ``step``'s record as it was before this start (None: never started;
         ``(None, None)`` when the start is refused).
 
         What a new delivery needs to tell whether the previous one died (started, never finished).
-        This default reads the job first; a store may do both in one round trip.
+        This default reads the job first; a store may do both in one round trip. A store with
+        :attr:`inline_events_server` appends ``event`` with a start that is made, unless the
+        previous delivery of the step started and never finished (the caller then decides whether
+        the job runs at all, see :func:`pipeline.jobs.steps.run_step`).
         """
         previous = self.get(job_id).steps.get(step)
         record = self.start_step(job_id, step, now=now)
@@ -191,12 +227,15 @@ class StatusStore(abc.ABC):
         skipped: bool = False,
         sd_info: SDInfo | None = None,
         result: JobResult | None = None,
+        events: Sequence[InlineEvent] = (),
     ) -> bool:
         """:meth:`finish_step`, and what the step produced: the SD server's answer (``sd_info``, as
         :meth:`set_sd_info`) or, for the job's last step, its ``result`` (the job succeeds, as
         :meth:`mark_succeeded`, whose answer is returned; True without a result).
 
-        This default makes the separate calls; a store may do it in one round trip.
+        This default makes the separate calls; a store may do it in one round trip. A store with
+        :attr:`inline_events_server` appends ``events`` with it: the first (the step's end) always,
+        the second (the job's success) only if the job moved to succeeded here.
         """
         self.finish_step(job_id, step, now=now, skipped=skipped)
         if sd_info is not None:

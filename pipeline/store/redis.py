@@ -42,7 +42,7 @@ from typing import Any, cast
 import redis
 from redis.commands.core import Script
 
-from pipeline.connections import RedisSettings, create_client
+from pipeline.connections import RedisSettings, create_client, server_id
 from pipeline.errors import ConfigError, StoreUnavailable
 from pipeline.models import (
     ErrorInfo,
@@ -57,6 +57,7 @@ from pipeline.models import (
 from pipeline.store.base import (
     DEFAULT_LIST_LIMIT,
     TERMINAL_RANK,
+    InlineEvent,
     StatusStore,
     empty_counts,
     job_not_found,
@@ -67,6 +68,7 @@ from pipeline.store.base import (
 from pipeline.store.records import DelegatedBatchesSchedules
 from pipeline.store.redis_records import RedisRecords
 from pipeline.store.redis_scripts import (
+    APPEND_EVENT_LUA,
     CREATE_LUA,
     DELETE_LUA,
     FINISH_AND_MOVE_LUA,
@@ -118,8 +120,9 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
         self._password: str | None = str(password) if password else None
         self._where = _describe(kwargs)
         self._db = kwargs.get("db", 0)
+        self.inline_events_server = server_id(client)
         self._create = client.register_script(with_constants(CREATE_LUA))
-        self._move = client.register_script(with_constants(MOVE_LUA))
+        self._move = client.register_script(with_constants(APPEND_EVENT_LUA + MOVE_LUA))
         self._finish_step = client.register_script(FINISH_STEP_LUA)
         self._finish_and_move = client.register_script(with_constants(FINISH_AND_MOVE_LUA))
         self._set_fields = client.register_script(SET_FIELDS_LUA)
@@ -195,15 +198,19 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
         return self.start_step_after(job_id, step, now=now)[0]
 
     def start_step_after(
-        self, job_id: str, step: StepName, *, now: float
+        self, job_id: str, step: StepName, *, now: float, event: InlineEvent | None = None
     ) -> tuple[JobRecord | None, StepRecord | None]:
-        # One round trip: the move script reads the step's previous start and finish before it counts.
+        # One round trip: the move script reads the step's previous start and finish before it
+        # counts, and appends the step's start event.
         state = JobState.for_step(step)
-        reply = self._run(self._move, job_id, self._ns, job_id, state.value, str(state.rank), _num(now), step)
+        extra = event.args() if event is not None else ()
+        reply = self._run(self._move, job_id, self._ns, job_id, state.value, str(state.rank), _num(now), step, *extra)
         if reply == 0:
             logger.debug("job %s: not starting %s (terminal or already past it)", job_id, step)
             return None, None
-        fields, started_at, finished_at = reply
+        fields, started_at, finished_at, event_id = reply
+        if event is not None and event_id is not None:
+            event.id = _text(event_id)
         record = _record(dict(zip(fields[0::2], fields[1::2], strict=True)))  # HGETALL as a flat list
         logger.debug("job %s: %s attempt %d", job_id, step, record.steps[step].attempts)
         previous = None
@@ -217,7 +224,7 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
         return record, previous
 
     def finish_step(self, job_id: str, step: StepName, *, now: float, skipped: bool = False) -> None:
-        self._run(self._finish_step, job_id, step, _num(now), "1" if skipped else "0")
+        self._run(self._finish_step, job_id, step, _num(now), "1" if skipped else "0", "0")
         logger.debug("job %s: %s finished%s", job_id, step, " (skipped)" if skipped else "")
 
     def end_step(
@@ -229,19 +236,25 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
         skipped: bool = False,
         sd_info: SDInfo | None = None,
         result: JobResult | None = None,
+        events: Sequence[InlineEvent] = (),
     ) -> bool:
-        # One round trip whatever the step produced (the default takes two or three).
+        # One round trip whatever the step produced (the default takes two or three), with its events.
         flag = "1" if skipped else "0"
         if result is not None:
             state, value = JobState.SUCCEEDED, result.model_dump_json(exclude_none=True)
             args = (self._ns, job_id, state.value, str(TERMINAL_RANK), _num(now), "", "result", value, step, flag)
-            if self._run(self._finish_and_move, job_id, *args) == 0:
+            moved, *ids = self._run(self._finish_and_move, job_id, *args, *(a for e in events[:2] for a in e.args()))
+            _set_ids(events, ids)
+            if moved == 0:
                 logger.info("job %s: already terminal, not marking it %s", job_id, state)
                 return False
             logger.debug("job %s: %s finished, %s", job_id, step, state)
             return True
         fields = ("sd_info", sd_info.model_dump_json()) if sd_info is not None else ()
-        self._run(self._finish_step, job_id, step, _num(now), flag, *fields)
+        inline = events[:1]
+        extra = (a for e in inline for a in e.args())
+        _, event_id = self._run(self._finish_step, job_id, step, _num(now), flag, str(len(inline)), *extra, *fields)
+        _set_ids(inline, [event_id])
         logger.debug("job %s: %s finished%s", job_id, step, " (skipped)" if skipped else "")
         return True
 
@@ -458,6 +471,12 @@ def _describe(kwargs: Mapping[str, Any]) -> str:
 def _num(value: float) -> str:
     """A float as Redis stores it: ``repr`` round-trips exactly."""
     return repr(float(value))
+
+
+def _set_ids(events: Sequence[InlineEvent], ids: Sequence[Any]) -> None:
+    """Give each event the id the script appended it with (None: not appended)."""
+    for event, event_id in zip(events, ids, strict=False):
+        event.id = None if event_id is None else _text(event_id)
 
 
 def _text(value: bytes | str) -> str:

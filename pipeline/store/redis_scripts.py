@@ -12,6 +12,7 @@ from pipeline.models import JobState
 from pipeline.store.base import TERMINAL_RANK
 
 __all__ = [
+    "APPEND_EVENT_LUA",
     "CREATE_LUA",
     "DELETE_LUA",
     "FINISH_AND_MOVE_LUA",
@@ -54,7 +55,9 @@ return flags
 #: ARGV: ns, id, new state, new rank, now, then a step name (start_step) or "" and an optional
 #: field and value (the terminal moves). Returns -1 (no job), 0 (refused: terminal or past that
 #: rank), after a step start {the job's fields (HGETALL), the step's started_at and finished_at
-#: before this start (nil if unset)}, or 1.
+#: before this start (nil if unset), the id of the step's start event (nil if none appended)}, or 1.
+#: A step start may carry an event (ARGV 7-11, :data:`APPEND_EVENT_LUA`'s five), appended with
+#: the start unless the step's previous delivery started and never finished.
 MOVE_LUA = """
 local key, ns, id, new, now, step = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6]
 local current = redis.call('HMGET', key, 'state', 'rank', 'created_at', 'batch_id')
@@ -83,10 +86,14 @@ if step == '' then
 end
 step = 'step:' .. step .. ':'
 local before = redis.call('HMGET', key, step .. 'started_at', step .. 'finished_at')
-redis.call('HINCRBY', key, step .. 'attempts', 1)
+local attempts = redis.call('HINCRBY', key, step .. 'attempts', 1)
 redis.call('HSET', key, step .. 'started_at', now)
 redis.call('HDEL', key, step .. 'finished_at', step .. 'duration_s', step .. 'skipped')
-return {redis.call('HGETALL', key), before[1], before[2]}
+local event = false
+if ARGV[7] and (not before[1] or before[2]) then
+    event = append_event(7, {attempt = tostring(attempts), batch_id = batch and cjson.encode(batch) or 'null'})
+end
+return {redis.call('HGETALL', key), before[1], before[2], event}
 """
 #: Moves a failed or cancelled job back to queued and its id between the state indexes, keeping its
 #: steps and error. KEYS[1] job. ARGV: ns, id, now. Returns -1 (no job), 0 (refused: any other
@@ -142,6 +149,27 @@ return removed
 """
 
 
+#: A Lua function appending the event whose five arguments start at ARGV[i] (stream, max length,
+#: body, once key or "", once TTL s; :class:`~pipeline.store.base.InlineEvent`) to the event log's
+#: stream: its id, or "" when its once key was set before. ``fill`` maps names to JSON values put in
+#: place of the body's ``"@name@"`` (what only the script knows: the attempt, the batch). The
+#: stream's key is named at run time, like the index keys: a single Redis node.
+APPEND_EVENT_LUA = """
+local function append_event(i, fill)
+    if ARGV[i + 3] ~= '' then
+        if not redis.call('SET', ARGV[i + 3], '1', 'NX', 'EX', ARGV[i + 4]) then return '' end
+    end
+    local body = ARGV[i + 2]
+    for name, value in pairs(fill or {}) do
+        local mark = '"@' .. name .. '@"'
+        local first, last = string.find(body, mark, 1, true)
+        if first then body = string.sub(body, 1, first - 1) .. value .. string.sub(body, last + 1) end
+    end
+    return redis.call('XADD', ARGV[i], 'MAXLEN', '~', ARGV[i + 1], '*', 'e', body)
+end
+"""
+
+
 def _finish(step: str, now: str, skipped: str) -> str:
     """Lua recording that a step ended (its finish time, duration and ``skipped``), from the named ARGVs."""
     return f"""
@@ -160,20 +188,42 @@ end
 """
 
 
-#: KEYS[1] job. ARGV: step, now, skipped ("1"/"0"), then field, value pairs stored with it (a
-#: generation's sd_info). Returns -1 (no job) or 1.
+#: KEYS[1] job. ARGV: step, now, skipped ("1"/"0"), the number of events n (0 or 1), n times
+#: :data:`APPEND_EVENT_LUA`'s five (the step's end event), then field, value pairs stored with it (a
+#: generation's sd_info). Returns -1 (no job) or {1, the event's id or nil}.
 FINISH_STEP_LUA = (
-    _finish("ARGV[1]", "ARGV[2]", "ARGV[3]")
+    APPEND_EVENT_LUA
+    + _finish("ARGV[1]", "ARGV[2]", "ARGV[3]")
     + """
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
+local first = 5 + 5 * tonumber(ARGV[4])
+for i = first, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local event = false
+if ARGV[4] == '1' then event = append_event(5) end
+return {1, event}
 """
 )
 #: The last step's finish and the job's move to succeeded (:data:`MOVE_LUA` with its result), in one
 #: call. KEYS[1] job. ARGV: MOVE_LUA's eight (ns, id, the terminal state, its rank, now, "", "result",
-#: the result), then the step, skipped ("1"/"0"). Returns -1 (no job), 0 (already terminal: only the
-#: step's finish was recorded) or 1.
-FINISH_AND_MOVE_LUA = _finish("ARGV[9]", "ARGV[5]", "ARGV[10]") + MOVE_LUA
+#: the result), then the step, skipped ("1"/"0"), then up to two events (five arguments each, as
+#: :data:`APPEND_EVENT_LUA`): the step's end, appended with the finish, and the job's end, appended
+#: only if the job moved. Returns -1 (no job) or {0 (already terminal: only the step's finish was
+#: recorded) or 1, the first event's id or nil, the second's or nil}.
+FINISH_AND_MOVE_LUA = (
+    APPEND_EVENT_LUA
+    + _finish("ARGV[9]", "ARGV[5]", "ARGV[10]")
+    + """
+local finished = false
+if ARGV[11] then finished = append_event(11) end
+local moved = (function()
+"""
+    + MOVE_LUA
+    + """
+end)()
+local ended = false
+if moved == 1 and ARGV[16] then ended = append_event(16) end
+return {moved, finished, ended}
+"""
+)
 #: KEYS[1] job. ARGV: field, value, ... Returns -1 (no job) or 1; never creates a job.
 SET_FIELDS_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
