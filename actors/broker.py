@@ -21,7 +21,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import dq_name
-from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware import CurrentMessage, Middleware, Pipelines, Retries, TimeLimit
 
 from pipeline.connections import RedisSettings, create_client, outage_retry
 from pipeline.settings import Settings
@@ -35,6 +35,7 @@ __all__ = [
     "WORKER_ENQUEUE_PATIENCE_S",
     "MAINTENANCE_CHANCE",
     "build_broker",
+    "step_middleware",
     "redis_errors",
 ]
 
@@ -135,6 +136,17 @@ def _patient_redis_broker() -> Any:
     return _PatientRedisBroker
 
 
+def step_middleware() -> list[Middleware]:
+    """The middleware sdpipe's actors use, in Dramatiq's default order: time limits, pipelines
+    (a job's steps), retries (with ``on_retry_exhausted``), and the current message.
+
+    Dramatiq's defaults also install AgeLimit (``max_age``), ShutdownNotifications
+    (``notify_shutdown``) and Callbacks (``on_success``/``on_failure``), which no sdpipe actor
+    uses; each is called before and after every message (four hooks each per step message).
+    """
+    return [TimeLimit(), Pipelines(), Retries(), CurrentMessage()]
+
+
 def redis_errors() -> tuple[type[Exception], ...]:
     """redis-py's error base for an ``except`` clause, once redis-py is loaded (nothing else raises it)."""
     module = sys.modules.get("redis")
@@ -160,11 +172,11 @@ def build_broker(settings: Settings, *, enqueue_patience_s: float = WORKER_ENQUE
             namespace=BROKER_NAMESPACE,
             heartbeat_timeout=settings.broker_heartbeat_timeout_ms,
             maintenance_chance=MAINTENANCE_CHANCE,
+            middleware=step_middleware(),
         )
         logger.debug("broker: Redis at %s", redis_settings.url_masked)
     else:
-        broker = StubBroker()
+        broker = StubBroker(middleware=step_middleware())
         logger.debug("broker: embedded (in-process)")
-    broker.add_middleware(CurrentMessage())
     dramatiq.set_broker(broker)
     return broker
