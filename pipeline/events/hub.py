@@ -61,11 +61,7 @@ class EventHub:
             logger.warning("job %s: event %s not published: %s", job_id or "-", type, exc)
             return None
         announced = published if published is not None else event
-        for listener in self._listeners:
-            try:
-                listener(announced)
-            except PipelineError as exc:
-                logger.warning("job %s: a listener of %s failed: %s", job_id or "-", type, exc)
+        self._tell(announced)
         return announced
 
     def inline(
@@ -103,12 +99,16 @@ class EventHub:
         if inline is None or inline.id is None:
             return self.emit(event.type, job_id=event.job_id, batch_id=event.batch_id, data=event.data, once=event.key)
         announced = event.model_copy(update={"id": inline.id})
+        self._tell(announced)
+        return announced
+
+    def _tell(self, event: Event) -> None:
+        """Hand ``event`` to every listener of this process; a failing one is logged, never raised."""
         for listener in self._listeners:
             try:
-                listener(announced)
+                listener(event)
             except PipelineError as exc:
                 logger.warning("job %s: a listener of %s failed: %s", event.job_id or "-", event.type, exc)
-        return announced
 
     def emit_many(self, events: Iterable[tuple[str, str | None, str | None, dict[str, Any]]]) -> None:
         """Publish several events without ``once`` keys: ``(type, job_id, batch_id, data)`` each."""
