@@ -162,8 +162,8 @@ def install() -> None:
 
     import actors.steps
     from pipeline.images import codec, png, seams
+    from pipeline.jobs import arrays, steps
     from pipeline.jobs import files as storage
-    from pipeline.jobs import steps
     from pipeline.sd import response as sd_response
     from pipeline.sd.client import SDClient
     from pipeline.sd.pool.pool import SDPool
@@ -181,8 +181,8 @@ def install() -> None:
         _replace(seams, name, IMAGE_SEAMS)
     # Every local write of a step goes through pipeline.storage.local.atomic_write_bytes (LocalStorage.write).
     _put(local_storage, "atomic_write_bytes", _timed(_step_files, local_storage.atomic_write_bytes))
-    for module in (storage, steps):
-        _put(module, "load_arrays", _timed(FILES_READ, storage.load_arrays))
+    for module in (arrays, steps):  # the arrays module (pipeline.jobs.arrays) and the step code's name for it
+        _put(module, "load_arrays", _timed(FILES_READ, arrays.load_arrays))
     _replace(storage.JobFiles, "remove_work_dir", FILES_READ)
     for name, fn in list(steps._STEPS.items()):
         steps._STEPS[name] = _timed(STEPS, functools.partial(_run_in_step, name, fn))
