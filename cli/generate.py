@@ -104,6 +104,7 @@ BandOption = Annotated[
 ]
 SigmaOption = Annotated[float | None, typer.Option("--sigma", help="Gaussian sigma in pixels (default SIGMA).")]
 OutOption = Annotated[str | None, typer.Option("--out", help=OUT_HELP)]
+SdUrlOption = Annotated[str | None, typer.Option("--sd-url", help="SD server URL, or mock:// (default SD_API_URL).")]
 WaitOption = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the jobs and show their progress.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
@@ -157,9 +158,7 @@ def generate(
     name_template: NameTemplateOption = None,
     overwrite: OverwriteOption = False,
     out: OutOption = None,
-    sd_url: Annotated[
-        str | None, typer.Option("--sd-url", help="SD server URL, or mock:// (default SD_API_URL).")
-    ] = None,
+    sd_url: SdUrlOption = None,
     priority: PriorityOption = None,
     webhook: WebhookOption = None,
     idempotency_key: IdempotencyKeyOption = None,

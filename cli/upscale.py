@@ -15,6 +15,7 @@ from cli.generate import (
     OutOption,
     OverwriteOption,
     QualityOption,
+    SdUrlOption,
     WaitOption,
     submit_and_report,
 )
@@ -114,9 +115,7 @@ def upscale(
     name_template: NameTemplateOption = None,
     overwrite: OverwriteOption = False,
     out: OutOption = None,
-    sd_url: Annotated[
-        str | None, typer.Option("--sd-url", help="SD server URL, or mock:// (default SD_API_URL).")
-    ] = None,
+    sd_url: SdUrlOption = None,
     wait: WaitOption = True,
     wait_for_room: WaitForRoomOption = False,
     json_output: JsonOption = False,
