@@ -47,6 +47,7 @@ from cli.common import (
     with_delivery,
     worker_watch,
 )
+from cli.option_groups import flat_params, with_option_groups
 from cli.output import (
     RET_FAILED,
     RET_OK,
@@ -60,43 +61,8 @@ from cli.output import (
     report_jobs,
 )
 from cli.progress import watch_batch
-from cli.request_options import (
-    ClipSkipOption,
-    CombinatorialOption,
-    ContactSheetOption,
-    DenoiseOption,
-    HiresOption,
-    HrScaleOption,
-    HrStepsOption,
-    HrUpscalerOption,
-    MaxPromptsOption,
-    ModelOption,
-    OverrideOption,
-    ParamOption,
-    RefinerOption,
-    RefinerSwitchOption,
-    RequestOption,
-    ScriptOption,
-    StylesOption,
-    SubseedOption,
-    SubseedStrengthOption,
-    SweepOption,
-    TemplateOption,
-    TemplateSeedOption,
-    apply_flags,
-    request_flags,
-    template_fields,
-)
-from cli.upscale_options import (
-    UpscaleDenoiseOption,
-    UpscaleOption,
-    UpscaleOverlapOption,
-    UpscalerOption,
-    UpscaleSeamFixOption,
-    UpscaleTileOption,
-    UpscaleVarySeedOption,
-    upscale_flags,
-)
+from cli.request_options import RequestFlags, TemplateFlags, apply_flags
+from cli.upscale_options import UpscaleFlags
 from pipeline.batches.files import BatchFileError, describe_plan, read_batch_file
 from pipeline.batches.manifests import batch_records, build_manifest, retry_step, write_manifest
 from pipeline.errors import InputError
@@ -116,6 +82,7 @@ __all__ = ["batch", "cancel", "retry"]
 PLAN_ROWS_SHOWN = 20
 
 
+@with_option_groups
 def batch(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="Prompts: .txt, .jsonl, .csv, .yaml/.yml.")],
@@ -133,37 +100,11 @@ def batch(
     sigma: SigmaDefault = None,
     output_format: FormatDefault = None,
     quality: QualityDefault = None,
-    upscale: UpscaleOption = None,
-    upscale_denoise: UpscaleDenoiseOption = None,
-    upscaler: UpscalerOption = None,
-    upscale_tile: UpscaleTileOption = None,
-    upscale_overlap: UpscaleOverlapOption = None,
-    upscale_seam_fix: UpscaleSeamFixOption = None,
-    upscale_vary_seed: UpscaleVarySeedOption = None,
+    upscale_flags: UpscaleFlags = UpscaleFlags(),
     name_template: RowNameTemplateOption = None,
     overwrite: RowOverwriteOption = False,
-    hires: HiresOption = None,
-    hr_scale: HrScaleOption = None,
-    hr_upscaler: HrUpscalerOption = None,
-    hr_steps: HrStepsOption = None,
-    denoise: DenoiseOption = None,
-    styles: StylesOption = None,
-    refiner: RefinerOption = None,
-    refiner_switch_at: RefinerSwitchOption = None,
-    model: ModelOption = None,
-    clip_skip: ClipSkipOption = None,
-    subseed: SubseedOption = None,
-    subseed_strength: SubseedStrengthOption = None,
-    override: OverrideOption = None,
-    param: ParamOption = None,
-    script: ScriptOption = None,
-    request_file: RequestOption = None,
-    template: TemplateOption = None,
-    combinatorial: CombinatorialOption = False,
-    max_prompts: MaxPromptsOption = None,
-    template_seed: TemplateSeedOption = None,
-    sweep: SweepOption = None,
-    contact_sheet: ContactSheetOption = False,
+    request_flags: RequestFlags = RequestFlags(),
+    template_flags: TemplateFlags = TemplateFlags(),
     out: Annotated[str | None, typer.Option("--out", help=OUT_HELP)] = None,
     sd_url: Annotated[str | None, typer.Option("--sd-url", help="SD server URL, or mock://.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; enqueue nothing.")] = False,
@@ -199,22 +140,15 @@ def batch(
     ] = False,
 ) -> None:
     """Render every row of a prompt file as one batch (validated first: nothing is enqueued on errors)."""
-    request = {k: v for k, v in locals().items() if k not in ("ctx", "wait", "wait_for_room", "json_output")}
+    request = {
+        k: v for k, v in flat_params(locals()).items() if k not in ("ctx", "wait", "wait_for_room", "json_output")
+    }
     request.pop("idempotency_key")
     with cli_errors():
         if idempotency_key is not None and file.is_file():
             request["file_content"] = hashlib.sha256(file.read_bytes()).hexdigest()
-        request_defaults = request_flags(locals()) | upscale_flags(locals())
-        request_defaults.update(
-            template_fields(
-                template=template,
-                combinatorial=combinatorial,
-                max_prompts=max_prompts,
-                template_seed=template_seed,
-                sweep=sweep,
-                contact_sheet=contact_sheet,
-            )
-        )
+        request_defaults = request_flags.fields() | upscale_flags.fields()
+        request_defaults.update(template_flags.fields())
     defaults = apply_flags(
         request_defaults,
         negative=negative,
@@ -273,7 +207,9 @@ def batch(
                     echo(f"batch {first}")
                 echo(f"idempotency key {idempotency_key!r}: batch {first} was submitted with it before", err=True)
                 if wait:
-                    _wait_and_finish(runtime, settings, first, json_output=json_output, contact_sheet=contact_sheet)
+                    _wait_and_finish(
+                        runtime, settings, first, json_output=json_output, contact_sheet=template_flags.contact_sheet
+                    )
                 return
             runtime.check_sd_reachable()
             if resume:
@@ -315,7 +251,9 @@ def batch(
             # The planned jobs are in the store now: keep only the batch record while waiting, so a
             # long wait holds about the manifest's worth of memory, not every job spec.
             del rows, plan
-            _wait_and_finish(runtime, settings, batch_id, json_output=json_output, contact_sheet=contact_sheet)
+            _wait_and_finish(
+                runtime, settings, batch_id, json_output=json_output, contact_sheet=template_flags.contact_sheet
+            )
 
 
 def _wait_and_finish(

@@ -25,6 +25,7 @@ from cli.common import (
     with_delivery,
     worker_watch,
 )
+from cli.option_groups import flat_params, with_option_groups
 from cli.output import (
     cli_errors,
     echo,
@@ -32,43 +33,8 @@ from cli.output import (
     print_json,
     report_jobs,
 )
-from cli.request_options import (
-    ClipSkipOption,
-    CombinatorialOption,
-    ContactSheetOption,
-    DenoiseOption,
-    HiresOption,
-    HrScaleOption,
-    HrStepsOption,
-    HrUpscalerOption,
-    MaxPromptsOption,
-    ModelOption,
-    OverrideOption,
-    ParamOption,
-    RefinerOption,
-    RefinerSwitchOption,
-    RequestOption,
-    ScriptOption,
-    StylesOption,
-    SubseedOption,
-    SubseedStrengthOption,
-    SweepOption,
-    TemplateOption,
-    TemplateSeedOption,
-    apply_flags,
-    request_flags,
-    template_fields,
-)
-from cli.upscale_options import (
-    UpscaleDenoiseOption,
-    UpscaleOption,
-    UpscaleOverlapOption,
-    UpscalerOption,
-    UpscaleSeamFixOption,
-    UpscaleTileOption,
-    UpscaleVarySeedOption,
-    upscale_flags,
-)
+from cli.request_options import RequestFlags, TemplateFlags, apply_flags
+from cli.upscale_options import UpscaleFlags
 from pipeline.batches.expansion import plan_templated, split_template_keys
 from pipeline.batches.manifests import contact_sheet_when_done
 from pipeline.batches.rows import check_request
@@ -109,6 +75,7 @@ WaitOption = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 
+@with_option_groups
 def generate(
     ctx: typer.Context,
     prompt: Annotated[str | None, typer.Argument(help="What to render (or the prompt of --request).")] = None,
@@ -121,38 +88,12 @@ def generate(
     sampler: Annotated[str | None, typer.Option(help="Sampler name, e.g. 'Euler a' (default SAMPLER).")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Scheduler, e.g. Karras (default SCHEDULER).")] = None,
     count: Annotated[int, typer.Option(help="Number of jobs (one image each).")] = 1,
-    hires: HiresOption = None,
-    hr_scale: HrScaleOption = None,
-    hr_upscaler: HrUpscalerOption = None,
-    hr_steps: HrStepsOption = None,
-    denoise: DenoiseOption = None,
-    styles: StylesOption = None,
-    refiner: RefinerOption = None,
-    refiner_switch_at: RefinerSwitchOption = None,
-    model: ModelOption = None,
-    clip_skip: ClipSkipOption = None,
-    subseed: SubseedOption = None,
-    subseed_strength: SubseedStrengthOption = None,
-    override: OverrideOption = None,
-    param: ParamOption = None,
-    script: ScriptOption = None,
-    request_file: RequestOption = None,
-    template: TemplateOption = None,
-    combinatorial: CombinatorialOption = False,
-    max_prompts: MaxPromptsOption = None,
-    template_seed: TemplateSeedOption = None,
-    sweep: SweepOption = None,
-    contact_sheet: ContactSheetOption = False,
+    request_flags: RequestFlags = RequestFlags(),
+    template_flags: TemplateFlags = TemplateFlags(),
     grid: GridOption = None,
     band_px: BandOption = None,
     sigma: SigmaOption = None,
-    upscale: UpscaleOption = None,
-    upscale_denoise: UpscaleDenoiseOption = None,
-    upscaler: UpscalerOption = None,
-    upscale_tile: UpscaleTileOption = None,
-    upscale_overlap: UpscaleOverlapOption = None,
-    upscale_seam_fix: UpscaleSeamFixOption = None,
-    upscale_vary_seed: UpscaleVarySeedOption = None,
+    upscale_flags: UpscaleFlags = UpscaleFlags(),
     output_format: FormatOption = None,
     quality: QualityOption = None,
     name_template: NameTemplateOption = None,
@@ -168,15 +109,18 @@ def generate(
 ) -> None:
     """Render PROMPT on the SD server, then split, seam-blur and merge each image."""
     # What the idempotency key stands for: every argument that shapes the jobs (not how to wait).
-    request = {k: v for k, v in locals().items() if k not in ("ctx", "wait", "wait_for_room", "json_output")}
+    request = {
+        k: v for k, v in flat_params(locals()).items() if k not in ("ctx", "wait", "wait_for_room", "json_output")
+    }
     request.pop("idempotency_key")
+    request_file = request_flags.request_file
     if request_file is not None and request_file.is_file():
         request["request_file"] = request_file.read_text(errors="replace")
     with cli_errors():
         settings = load(ctx, sd_api_url=sd_url, **out_overrides(out))
         check_submission(settings, wait=wait, sd_url=sd_url)
         step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
-        fields = request_flags(locals()) | upscale_flags(locals())
+        fields = request_flags.fields() | upscale_flags.fields()
         fields = apply_flags(
             fields,
             prompt=prompt,
@@ -190,16 +134,7 @@ def generate(
             scheduler=scheduler,
         )
         output_dir, backend_url = travelling_overrides(settings, out=out, sd_url=sd_url)
-        options, _ = split_template_keys(
-            template_fields(
-                template=template,
-                combinatorial=combinatorial,
-                max_prompts=max_prompts,
-                template_seed=template_seed,
-                sweep=sweep,
-                contact_sheet=contact_sheet,
-            )
-        )
+        options, _ = split_template_keys(template_flags.fields())
         with open_catalog(settings) as checker:
             specs = plan_templated(
                 settings,
@@ -226,7 +161,7 @@ def generate(
             json_output=json_output,
             wait_for_room=wait_for_room,
             calls_sd=True,
-            contact_sheet=contact_sheet,
+            contact_sheet=template_flags.contact_sheet,
             idempotency=(idempotency_key, request) if idempotency_key is not None else None,
         )
 

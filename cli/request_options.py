@@ -1,104 +1,50 @@
 """The A1111 request flags ``generate``, ``batch`` and ``schedule add`` share (for ``batch`` and ``schedule
 add`` they are defaults of every row): hires fix, styles, refiner, checkpoint, clip skip, variations,
-any field (``--param``), an ``alwayson_scripts`` entry (``--script``) and a whole request (``--request``).
+any field (``--param``), an ``alwayson_scripts`` entry (``--script``) and a whole request (``--request``);
+and their prompt template and sweep flags.
 
-Each command lists the same annotated parameters; :func:`request_fields` turns them into the keys of a
-batch row (A1111 names, plus ``model``), which every entry point then checks the same way.
+Each flag is declared once, in an option group (:class:`RequestFlags`, :class:`TemplateFlags`; see
+:mod:`cli.option_groups`) that each command takes as one parameter; :func:`request_fields` turns the
+request flags into the keys of a batch row (A1111 names, plus ``model``), which every entry point then
+checks the same way.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from cli.option_groups import OptionGroup
 from pipeline.batches.rows import A1111_NAMES
 from pipeline.errors import InputError
 from pipeline.jobs.planning import parse_overrides
 from pipeline.prompts.sweeps import parse_sweeps
 
 __all__ = [
-    "ClipSkipOption",
-    "CombinatorialOption",
-    "ContactSheetOption",
-    "MaxPromptsOption",
-    "SweepOption",
-    "TemplateOption",
-    "TemplateSeedOption",
-    "DenoiseOption",
-    "HiresOption",
-    "HrScaleOption",
-    "HrStepsOption",
-    "HrUpscalerOption",
     "ModelOption",
     "OverrideOption",
-    "ParamOption",
-    "RefinerOption",
-    "RefinerSwitchOption",
-    "RequestOption",
+    "RequestFlags",
     "ScriptOption",
-    "StylesOption",
-    "SubseedOption",
-    "SubseedStrengthOption",
+    "TemplateFlags",
     "apply_flags",
     "request_fields",
-    "request_flags",
-    "template_fields",
 ]
 
 _PANEL = "A1111 request"
-HiresOption = Annotated[
-    bool | None,
-    typer.Option("--hires", help="Hires fix (enable_hr): a second pass at --hr-scale.", rich_help_panel=_PANEL),
-]
-HrScaleOption = Annotated[
-    float | None, typer.Option("--hr-scale", help="Hires scale (hr_scale), e.g. 2.", rich_help_panel=_PANEL)
-]
-HrUpscalerOption = Annotated[
-    str | None, typer.Option("--hr-upscaler", help="Hires upscaler (hr_upscaler), e.g. Latent.", rich_help_panel=_PANEL)
-]
-HrStepsOption = Annotated[
-    int | None, typer.Option("--hr-steps", help="Hires pass steps (hr_second_pass_steps).", rich_help_panel=_PANEL)
-]
-DenoiseOption = Annotated[
-    float | None, typer.Option("--denoise", help="Denoising strength of the hires pass.", rich_help_panel=_PANEL)
-]
-StylesOption = Annotated[
-    list[str] | None, typer.Option("--styles", help="A saved style (repeatable).", rich_help_panel=_PANEL)
-]
-RefinerOption = Annotated[
-    str | None, typer.Option("--refiner", help="Refiner checkpoint (refiner_checkpoint).", rich_help_panel=_PANEL)
-]
-RefinerSwitchOption = Annotated[
-    float | None,
-    typer.Option("--refiner-switch-at", help="Fraction of steps before the refiner.", rich_help_panel=_PANEL),
-]
 ModelOption = Annotated[
     str | None,
     typer.Option(
         "--model", help="Checkpoint: title, model name or hash (sd_model_checkpoint).", rich_help_panel=_PANEL
     ),
 ]
-ClipSkipOption = Annotated[
-    int | None, typer.Option("--clip-skip", help="Clip skip (CLIP_stop_at_last_layers).", rich_help_panel=_PANEL)
-]
-SubseedOption = Annotated[int | None, typer.Option("--subseed", help="Variation seed.", rich_help_panel=_PANEL)]
-SubseedStrengthOption = Annotated[
-    float | None, typer.Option("--subseed-strength", help="Variation strength, 0 to 1.", rich_help_panel=_PANEL)
-]
 OverrideOption = Annotated[
     list[str] | None,
     typer.Option(
         "--override", help="override_settings KEY=VALUE (repeatable; VALUE is JSON or text).", rich_help_panel=_PANEL
-    ),
-]
-ParamOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--param", help="Any A1111 txt2img field KEY=JSON (repeatable), e.g. tiling=true.", rich_help_panel=_PANEL
     ),
 ]
 ScriptOption = Annotated[
@@ -109,94 +55,155 @@ ScriptOption = Annotated[
         rich_help_panel=_PANEL,
     ),
 ]
-RequestOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--request", help="An A1111 txt2img request body (JSON file); flags override it.", rich_help_panel=_PANEL
-    ),
-]
+
+
+@dataclass(frozen=True)
+class RequestFlags(OptionGroup):
+    """The A1111 request flags of a command (``--request`` is ``request_file``)."""
+
+    hires: Annotated[
+        bool | None,
+        typer.Option("--hires", help="Hires fix (enable_hr): a second pass at --hr-scale.", rich_help_panel=_PANEL),
+    ] = None
+    hr_scale: Annotated[
+        float | None, typer.Option("--hr-scale", help="Hires scale (hr_scale), e.g. 2.", rich_help_panel=_PANEL)
+    ] = None
+    hr_upscaler: Annotated[
+        str | None,
+        typer.Option("--hr-upscaler", help="Hires upscaler (hr_upscaler), e.g. Latent.", rich_help_panel=_PANEL),
+    ] = None
+    hr_steps: Annotated[
+        int | None,
+        typer.Option("--hr-steps", help="Hires pass steps (hr_second_pass_steps).", rich_help_panel=_PANEL),
+    ] = None
+    denoise: Annotated[
+        float | None,
+        typer.Option("--denoise", help="Denoising strength of the hires pass.", rich_help_panel=_PANEL),
+    ] = None
+    styles: Annotated[
+        list[str] | None, typer.Option("--styles", help="A saved style (repeatable).", rich_help_panel=_PANEL)
+    ] = None
+    refiner: Annotated[
+        str | None,
+        typer.Option("--refiner", help="Refiner checkpoint (refiner_checkpoint).", rich_help_panel=_PANEL),
+    ] = None
+    refiner_switch_at: Annotated[
+        float | None,
+        typer.Option("--refiner-switch-at", help="Fraction of steps before the refiner.", rich_help_panel=_PANEL),
+    ] = None
+    model: ModelOption = None
+    clip_skip: Annotated[
+        int | None,
+        typer.Option("--clip-skip", help="Clip skip (CLIP_stop_at_last_layers).", rich_help_panel=_PANEL),
+    ] = None
+    subseed: Annotated[int | None, typer.Option("--subseed", help="Variation seed.", rich_help_panel=_PANEL)] = None
+    subseed_strength: Annotated[
+        float | None,
+        typer.Option("--subseed-strength", help="Variation strength, 0 to 1.", rich_help_panel=_PANEL),
+    ] = None
+    override: OverrideOption = None
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param", help="Any A1111 txt2img field KEY=JSON (repeatable), e.g. tiling=true.", rich_help_panel=_PANEL
+        ),
+    ] = None
+    script: ScriptOption = None
+    request_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--request", help="An A1111 txt2img request body (JSON file); flags override it.", rich_help_panel=_PANEL
+        ),
+    ] = None
+
+    def fields(self) -> dict[str, Any]:
+        """The flags given as the keys of a batch row (see :func:`request_fields`).
+
+        Raises:
+            InputError: as :func:`request_fields`.
+        """
+        values = self.values()
+        return request_fields(request=values.pop("request_file"), **values)
+
 
 _TEMPLATES = "Prompt templates and sweeps"
-TemplateOption = Annotated[
-    bool | None,
-    typer.Option(
-        "--template/--no-template",
-        help="Expand {a|b} variants and __wildcards__ (WILDCARDS_DIR) in prompts (a row's template key wins).",
-        rich_help_panel=_TEMPLATES,
-    ),
-]
-CombinatorialOption = Annotated[
-    bool,
-    typer.Option(
-        "--combinatorial", help="Every combination of a template (implies --template).", rich_help_panel=_TEMPLATES
-    ),
-]
-MaxPromptsOption = Annotated[
-    int | None,
-    typer.Option(
-        "--max-prompts",
-        min=1,
-        help="Most prompts a template may make (default MAX_PROMPTS).",
-        rich_help_panel=_TEMPLATES,
-    ),
-]
-TemplateSeedOption = Annotated[
-    int | None,
-    typer.Option(
-        "--template-seed",
-        min=0,
-        help="Seed of random template picks: the same prompts each run (implies --template).",
-        rich_help_panel=_TEMPLATES,
-    ),
-]
-SweepOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--sweep",
-        help="Render every value of a field: KEY=V1,V2 (repeatable; any request field), e.g. cfg_scale=5,7,9.",
-        rich_help_panel=_TEMPLATES,
-    ),
-]
-ContactSheetOption = Annotated[
-    bool,
-    typer.Option(
-        "--contact-sheet",
-        help="After a sweep batch completes, write one labelled X/Y contact sheet beside the results.",
-        rich_help_panel=_TEMPLATES,
-    ),
-]
 
 
-def template_fields(
-    *,
-    template: bool | None = None,
-    combinatorial: bool = False,
-    max_prompts: int | None = None,
-    template_seed: int | None = None,
-    sweep: list[str] | None = None,
-    contact_sheet: bool = False,
-) -> dict[str, Any]:
-    """The template and sweep flags as keys of a batch row (see pipeline.batches.expansion).
+@dataclass(frozen=True)
+class TemplateFlags(OptionGroup):
+    """The prompt template and sweep flags of a command."""
 
-    Raises:
-        InputError: a malformed ``--sweep``, or ``--contact-sheet`` without one.
-    """
-    fields: dict[str, Any] = {}
-    if template is not None:
-        fields["template"] = template
-    if combinatorial:
-        fields["combinatorial"] = True
-    if max_prompts is not None:
-        fields["max_prompts"] = max_prompts
-    if template_seed is not None:
-        fields["template_seed"] = template_seed
-    if sweep:
-        fields["sweep"] = parse_sweeps(sweep)
-    if contact_sheet:
-        if not sweep:
-            raise InputError("--contact-sheet needs a --sweep (its X and Y axes)", field="--contact-sheet")
-        fields["contact_sheet"] = True
-    return fields
+    template: Annotated[
+        bool | None,
+        typer.Option(
+            "--template/--no-template",
+            help="Expand {a|b} variants and __wildcards__ (WILDCARDS_DIR) in prompts (a row's template key wins).",
+            rich_help_panel=_TEMPLATES,
+        ),
+    ] = None
+    combinatorial: Annotated[
+        bool,
+        typer.Option(
+            "--combinatorial", help="Every combination of a template (implies --template).", rich_help_panel=_TEMPLATES
+        ),
+    ] = False
+    max_prompts: Annotated[
+        int | None,
+        typer.Option(
+            "--max-prompts",
+            min=1,
+            help="Most prompts a template may make (default MAX_PROMPTS).",
+            rich_help_panel=_TEMPLATES,
+        ),
+    ] = None
+    template_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--template-seed",
+            min=0,
+            help="Seed of random template picks: the same prompts each run (implies --template).",
+            rich_help_panel=_TEMPLATES,
+        ),
+    ] = None
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sweep",
+            help="Render every value of a field: KEY=V1,V2 (repeatable; any request field), e.g. cfg_scale=5,7,9.",
+            rich_help_panel=_TEMPLATES,
+        ),
+    ] = None
+    contact_sheet: Annotated[
+        bool,
+        typer.Option(
+            "--contact-sheet",
+            help="After a sweep batch completes, write one labelled X/Y contact sheet beside the results.",
+            rich_help_panel=_TEMPLATES,
+        ),
+    ] = False
+
+    def fields(self) -> dict[str, Any]:
+        """The flags given as keys of a batch row (see pipeline.batches.expansion).
+
+        Raises:
+            InputError: a malformed ``--sweep``, or ``--contact-sheet`` without one.
+        """
+        fields: dict[str, Any] = {}
+        if self.template is not None:
+            fields["template"] = self.template
+        if self.combinatorial:
+            fields["combinatorial"] = True
+        if self.max_prompts is not None:
+            fields["max_prompts"] = self.max_prompts
+        if self.template_seed is not None:
+            fields["template_seed"] = self.template_seed
+        if self.sweep:
+            fields["sweep"] = parse_sweeps(self.sweep)
+        if self.contact_sheet:
+            if not self.sweep:
+                raise InputError("--contact-sheet needs a --sweep (its X and Y axes)", field="--contact-sheet")
+            fields["contact_sheet"] = True
+        return fields
 
 
 def _read_json_file(path: Path, what: str) -> Any:
@@ -244,20 +251,6 @@ def _scripts(items: list[str]) -> dict[str, Any]:
             )
         scripts[name.strip()] = value
     return scripts
-
-
-#: The request flags' parameter names in a command (``generate``, ``batch``, ``schedule add``), as
-#: :func:`request_fields` takes them; ``--request`` is ``request_file`` there.
-_FLAG_NAMES = (
-    "hires", "hr_scale", "hr_upscaler", "hr_steps", "denoise", "styles", "refiner", "refiner_switch_at",
-    "model", "clip_skip", "subseed", "subseed_strength", "override", "param", "script",
-)  # fmt: skip
-
-
-def request_flags(params: Mapping[str, Any]) -> dict[str, Any]:
-    """:func:`request_fields` of a command's parameters (its ``locals()``): the flags are declared once
-    per command, as Typer needs, but read in one place."""
-    return request_fields(request=params["request_file"], **{name: params[name] for name in _FLAG_NAMES})
 
 
 def request_fields(

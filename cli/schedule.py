@@ -39,45 +39,11 @@ from cli.common import (
     load,
     runtime_for,
 )
+from cli.option_groups import with_option_groups
 from cli.output import cli_errors, console, echo, err_console, print_json
 from cli.progress import watch_batch
-from cli.request_options import (
-    ClipSkipOption,
-    CombinatorialOption,
-    ContactSheetOption,
-    DenoiseOption,
-    HiresOption,
-    HrScaleOption,
-    HrStepsOption,
-    HrUpscalerOption,
-    MaxPromptsOption,
-    ModelOption,
-    OverrideOption,
-    ParamOption,
-    RefinerOption,
-    RefinerSwitchOption,
-    RequestOption,
-    ScriptOption,
-    StylesOption,
-    SubseedOption,
-    SubseedStrengthOption,
-    SweepOption,
-    TemplateOption,
-    TemplateSeedOption,
-    apply_flags,
-    request_flags,
-    template_fields,
-)
-from cli.upscale_options import (
-    UpscaleDenoiseOption,
-    UpscaleOption,
-    UpscaleOverlapOption,
-    UpscalerOption,
-    UpscaleSeamFixOption,
-    UpscaleTileOption,
-    UpscaleVarySeedOption,
-    upscale_flags,
-)
+from cli.request_options import RequestFlags, TemplateFlags, apply_flags
+from cli.upscale_options import UpscaleFlags
 from pipeline.batches.files import BatchFileError, read_batch_file
 from pipeline.batches.schedules import (
     DAY_S,
@@ -110,6 +76,7 @@ schedule_app = typer.Typer(help="Cron schedules that render a batch file.", no_a
 
 
 @schedule_app.command("add")
+@with_option_groups
 def add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Schedule name.")],
@@ -139,54 +106,19 @@ def add(
     sigma: SigmaDefault = None,
     output_format: FormatDefault = None,
     quality: QualityDefault = None,
-    upscale: UpscaleOption = None,
-    upscale_denoise: UpscaleDenoiseOption = None,
-    upscaler: UpscalerOption = None,
-    upscale_tile: UpscaleTileOption = None,
-    upscale_overlap: UpscaleOverlapOption = None,
-    upscale_seam_fix: UpscaleSeamFixOption = None,
-    upscale_vary_seed: UpscaleVarySeedOption = None,
+    upscale_flags: UpscaleFlags = UpscaleFlags(),
     name_template: RowNameTemplateOption = None,
     overwrite: RowOverwriteOption = False,
-    hires: HiresOption = None,
-    hr_scale: HrScaleOption = None,
-    hr_upscaler: HrUpscalerOption = None,
-    hr_steps: HrStepsOption = None,
-    denoise: DenoiseOption = None,
-    styles: StylesOption = None,
-    refiner: RefinerOption = None,
-    refiner_switch_at: RefinerSwitchOption = None,
-    model: ModelOption = None,
-    clip_skip: ClipSkipOption = None,
-    subseed: SubseedOption = None,
-    subseed_strength: SubseedStrengthOption = None,
-    override: OverrideOption = None,
-    param: ParamOption = None,
-    script: ScriptOption = None,
-    request_file: RequestOption = None,
-    template: TemplateOption = None,
-    combinatorial: CombinatorialOption = False,
-    max_prompts: MaxPromptsOption = None,
-    template_seed: TemplateSeedOption = None,
-    sweep: SweepOption = None,
-    contact_sheet: ContactSheetOption = False,
+    request_flags: RequestFlags = RequestFlags(),
+    template_flags: TemplateFlags = TemplateFlags(),
     priority: PriorityOption = None,
     webhook: WebhookOption = None,
 ) -> None:
     """Add a schedule: render FILE as a batch at every occurrence of --cron."""
     with cli_errors():
-        request_defaults = request_flags(locals()) | upscale_flags(locals())
+        request_defaults = request_flags.fields() | upscale_flags.fields()
         # Without --template-seed, random template picks differ at every run; with it, each run is the same.
-        request_defaults.update(
-            template_fields(
-                template=template,
-                combinatorial=combinatorial,
-                max_prompts=max_prompts,
-                template_seed=template_seed,
-                sweep=sweep,
-                contact_sheet=contact_sheet,
-            )
-        )
+        request_defaults.update(template_flags.fields())
     options = apply_flags(
         request_defaults,
         negative=negative,
