@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,10 +28,8 @@ from pipeline.store import (
 from pipeline.store.sqlite import _list_query
 from tests.helpers import RedisServer, free_port
 
-#: Jobs created by the speed test in each backend.
+#: Jobs created by the scale test in each backend.
 MANY_JOBS = 100_000
-#: The most list_jobs/get/count_by_state may take with MANY_JOBS stored.
-QUERY_BUDGET_S = 0.1
 T0 = 1_700_000_000.125
 #: The ``store`` fixture's parameters (every suite over both backends uses them).
 BACKENDS = ["redis", "sqlite"]
@@ -532,38 +529,30 @@ def test_concurrent_transitions_never_move_backwards(store: StatusStore, job: st
     }
 
 
-def test_many_jobs_queries_stay_fast(store: StatusStore) -> None:
-    # Given MANY_JOBS jobs in 100 batches, some of them failed
+def test_many_jobs_queries_answer_from_the_whole_store(store: StatusStore) -> None:
+    # Given MANY_JOBS jobs in 100 batches, some of them failed (how fast the queries are at this scale
+    # is bench target 5's to judge: bench/t5_store_scale.py)
     specs = [make_spec(f"{i:08x}", created_at=T0 + i, batch_id=f"batch-{i % 100}") for i in range(MANY_JOBS - 1)]
     specs.append(make_spec("zz-odd-one", created_at=T0 - 1))
-    began = time.perf_counter()
     store.create_jobs(specs)
-    create_s = time.perf_counter() - began
-    for i in range(0, MANY_JOBS, 1000):
-        store.mark_failed(f"{i:08x}", make_error(), now=T0 + MANY_JOBS)
+    failed_ids = [f"{i:08x}" for i in range(0, MANY_JOBS, 1000)]
+    for job_id in failed_ids:
+        store.mark_failed(job_id, make_error(), now=T0 + MANY_JOBS)
 
-    def timed(query: Callable[[], object]) -> float:
-        began = time.perf_counter()
-        query()
-        return time.perf_counter() - began
-
-    # When the CLI's queries run, Then each is quick (served from indexes, no scan of the jobs)
-    timings = {
-        "create": create_s,
-        "list": timed(lambda: store.list_jobs(limit=50)),
-        "list_failed": timed(lambda: store.list_jobs(state=JobState.FAILED)),
-        "list_batch_failed": timed(lambda: store.list_jobs(state=JobState.FAILED, batch_id="batch-0")),
-        "get": timed(lambda: store.get(f"{MANY_JOBS // 2:08x}")),
-        "resolve": timed(lambda: store.resolve_id("zz-o")),
-        "count": timed(lambda: store.count_by_state()),
-        "count_batch": timed(lambda: store.count_by_state(batch_id="batch-7")),
-    }
-    print(f"{type(store).__name__} with {MANY_JOBS} jobs:", {k: round(v, 4) for k, v in timings.items()})
-    assert create_s < 15
-    assert {name: s for name, s in timings.items() if name != "create" and s >= QUERY_BUDGET_S} == {}
+    # When the CLI's queries run, Then each answers for all MANY_JOBS jobs
     assert [r.job_id for r in store.list_jobs(limit=2)] == [f"{MANY_JOBS - 2:08x}", f"{MANY_JOBS - 3:08x}"]
-    assert len(store.list_jobs(state=JobState.FAILED, limit=1000)) == MANY_JOBS // 1000
-    assert store.count_by_state()[JobState.FAILED] == MANY_JOBS // 1000
+    assert [r.job_id for r in store.list_jobs(state=JobState.FAILED, limit=1000)] == failed_ids[::-1]
+    # (every failed job's number is a multiple of 1000, so of 100: all of them are in batch-0)
+    assert [r.job_id for r in store.list_jobs(state=JobState.FAILED, batch_id="batch-0")] == failed_ids[::-1][
+        :DEFAULT_LIST_LIMIT
+    ]
+    assert store.list_jobs(state=JobState.FAILED, batch_id="batch-7") == []
+    assert store.get(f"{MANY_JOBS // 2:08x}").created_at == T0 + MANY_JOBS // 2
+    assert store.resolve_id("zz-o") == "zz-odd-one"
+    counts, batch_counts = store.count_by_state(), store.count_by_state(batch_id="batch-7")
+    assert (counts[JobState.QUEUED], counts[JobState.FAILED]) == (MANY_JOBS - len(failed_ids), len(failed_ids))
+    assert sum(counts.values()) == MANY_JOBS
+    assert batch_counts[JobState.QUEUED] == sum(batch_counts.values()) == MANY_JOBS // 100
 
 
 # -- Redis only -----------------------------------------------------------------------------------
