@@ -32,7 +32,7 @@ import httpx
 
 from pipeline.settings import Settings
 from pipeline.webhooks.deliveries import Deliveries, Delivery
-from pipeline.webhooks.recovery import STALE_AFTER_S, Resent, resend_pending
+from pipeline.webhooks.recovery import Resent, resend_pending
 from pipeline.webhooks.sending import attempt_delivery
 
 __all__ = ["WEBHOOKS_QUEUE", "WEBHOOK_ACTOR", "WebhookOutbox", "declare_webhook_actor", "start_webhook_worker"]
@@ -151,7 +151,7 @@ class WebhookOutbox:
         (one worker process per ``SWEEP_EVERY_S``); None when another one has it."""
         if self.deliveries.kv.put_if_absent(_SWEEP_KEY, owner, ttl_s=SWEEP_EVERY_S) is not None:
             return None
-        return self.resend(stale_after_s=STALE_AFTER_S)
+        return self.resend(stale_after_s=self.settings.webhook_stale_after_s)
 
     def pending(self) -> list[Delivery]:
         """The deliveries this process sent that are still pending (embedded; Redis mode: none are its own)."""

@@ -139,6 +139,10 @@ DEFAULT_WEBHOOK_THREADS = 4
 #: Embedded mode: how long a command that is done with its jobs waits for its pending webhooks before it
 #: exits (what is still pending then is resent by the next embedded command, or ``sdpipe webhooks retry``).
 DEFAULT_WEBHOOK_EXIT_WAIT_S = 15.0
+#: Redis mode: a pending webhook delivery due this long ago and not tried since has lost its message (a
+#: process killed between writing its record and enqueuing it): a worker's sweep sends it again. Above
+#: WEBHOOK_TIMEOUT_S (an attempt under way is not tried yet) and above how far the webhooks queue may lag.
+DEFAULT_WEBHOOK_STALE_AFTER_S = 300.0
 #: How long an ``Idempotency-Key`` (``--idempotency-key``) is remembered.
 DEFAULT_IDEMPOTENCY_TTL_S = 86_400.0
 #: A queued job's priority rises one class (low -> normal -> high) per this many seconds of waiting.
@@ -324,6 +328,7 @@ class Settings(BaseSettings):
     webhook_retry_window_s: Annotated[float, Field(gt=0)] = DEFAULT_WEBHOOK_RETRY_WINDOW_S
     webhook_threads: Annotated[int, Field(ge=1)] = DEFAULT_WEBHOOK_THREADS
     webhook_exit_wait_s: Annotated[float, Field(ge=0)] = DEFAULT_WEBHOOK_EXIT_WAIT_S
+    webhook_stale_after_s: Annotated[float, Field(gt=0)] = DEFAULT_WEBHOOK_STALE_AFTER_S
 
     # Idempotency and priority
     idempotency_ttl_s: Annotated[float, Field(gt=0)] = DEFAULT_IDEMPOTENCY_TTL_S
@@ -482,11 +487,17 @@ class Settings(BaseSettings):
         return value.strip()
 
     @model_validator(mode="after")
-    def _check_backoff(self) -> Settings:
+    def _check_related_limits(self) -> Settings:
         if self.retry_max_backoff_ms < self.retry_min_backoff_ms:
             raise ValueError("RETRY_MAX_BACKOFF_MS must be >= RETRY_MIN_BACKOFF_MS")
         if self.sd_cooldown_max_s < self.sd_cooldown_min_s:
             raise ValueError("SD_COOLDOWN_MAX_S must be >= SD_COOLDOWN_MIN_S")
+        if self.webhook_stale_after_s <= self.webhook_timeout_s:
+            # An attempt under way saves its outcome only when it ends: a sweep would send it a second time.
+            raise ValueError(
+                f"WEBHOOK_STALE_AFTER_S ({self.webhook_stale_after_s:g}) must be > WEBHOOK_TIMEOUT_S "
+                f"({self.webhook_timeout_s:g})"
+            )
         return self
 
     @property

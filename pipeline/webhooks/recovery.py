@@ -10,9 +10,10 @@ it back (:func:`resend_pending`):
   try its record names.
 - Redis mode: the messages live in Redis, but a process can die between writing a record and
   enqueuing its first message (an ``sdpipe cancel`` killed at that instant). Worker processes sweep now
-  and then and resend a pending delivery only once it is *stale*: due more than :data:`STALE_AFTER_S`
-  ago and still not tried, which a delivery whose message is in Redis never is unless the webhook
-  threads are that far behind (then one attempt may be doubled; receivers dedupe on ``webhook-id``).
+  and then and resend a pending delivery only once it is *stale*: due more than ``WEBHOOK_STALE_AFTER_S``
+  ago (5 minutes) and still not tried, which a delivery whose message is in Redis never is unless the
+  webhook threads are that far behind (then one attempt may be doubled; receivers dedupe on
+  ``webhook-id``).
 - ``sdpipe webhooks retry``: every pending delivery, now (``now_too``), in both modes.
 
 Either way the resent delivery keeps its id and its body, and one whose event is older than
@@ -28,12 +29,9 @@ from dataclasses import dataclass
 from pipeline.webhooks.deliveries import Deliveries, Delivery
 from pipeline.webhooks.urls import shown_url
 
-__all__ = ["STALE_AFTER_S", "Resent", "resend_pending"]
+__all__ = ["Resent", "resend_pending"]
 
 logger = logging.getLogger(__name__)
-
-#: Redis mode: a pending delivery due this long ago and not tried since has lost its message.
-STALE_AFTER_S = 300.0
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from pathlib import Path
 from actors import open_runtime
 from pipeline.settings import Settings, load_settings
 from pipeline.webhooks.deliveries import Delivery
-from pipeline.webhooks.recovery import STALE_AFTER_S
 from tests.helpers import wait_until
 from tests.receiver import Receiver
 
@@ -34,11 +33,13 @@ def test_worker_sweep_resends_a_delivery_whose_message_was_never_enqueued(
     redis_url: str, tmp_path: Path, receiver_factory: Callable[..., Receiver]
 ) -> None:
     receiver = receiver_factory()
-    settings = load_settings(redis_url=redis_url, sd_api_url="mock://", output_dir=tmp_path, webhook_secret=SECRET)
+    settings = load_settings(
+        redis_url=redis_url, sd_api_url="mock://", output_dir=tmp_path, webhook_secret=SECRET, webhook_stale_after_s=20
+    )
     with open_runtime(settings) as first, open_runtime(settings) as second:
         now = time.time()
-        first.deliveries.create(_orphan(receiver.url, event_at=now - STALE_AFTER_S - 5))
-        first.deliveries.create(_orphan(receiver.url, event_at=now - 5, name="fresh"))  # its message may be queued
+        first.deliveries.create(_orphan(receiver.url, event_at=now - 25))  # due longer than WEBHOOK_STALE_AFTER_S ago
+        first.deliveries.create(_orphan(receiver.url, event_at=now - 15, name="fresh"))  # its message may be queued
         swept = first.webhooks.sweep("host:1")
         assert swept is not None and swept.sent == ("msg_orphan",) and swept.left == 1
         assert second.webhooks.sweep("host:2") is None  # one worker process sweeps per round

@@ -179,3 +179,14 @@ def test_strip_and_mask_credentials_agree_on_the_host(url: str, stripped: str, m
     assert strip_credentials(url) == stripped
     assert mask_url(url) == masked
     assert strip_credentials_in_text(f"cannot reach {url}: refused") == f"cannot reach {stripped}: refused"
+
+
+# -- webhooks ----------------------------------------------------------------------------------------
+
+
+def test_load_settings_webhook_stale_after_not_above_timeout_raises_config_error_naming_both() -> None:
+    # An attempt under way saves nothing until it ends: a sweep would take it for a lost message.
+    with pytest.raises(ConfigError) as info:
+        load_settings(webhook_timeout_s=300)
+    assert "WEBHOOK_STALE_AFTER_S (300) must be > WEBHOOK_TIMEOUT_S (300)" in info.value.message
+    assert load_settings(webhook_timeout_s=300, webhook_stale_after_s=301).webhook_stale_after_s == 301
