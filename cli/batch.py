@@ -17,26 +17,12 @@ from rich.text import Text
 from actors import Runtime
 from cli.common import (
     OUT_HELP,
-    BandDefault,
-    CfgDefault,
-    CountDefault,
-    FormatDefault,
-    GridDefault,
-    HeightDefault,
     IdempotencyKeyOption,
-    NegativeDefault,
     PriorityOption,
-    QualityDefault,
     RowNameTemplateOption,
     RowOverwriteOption,
-    SamplerDefault,
-    SchedulerDefault,
-    SeedDefault,
-    SigmaDefault,
-    StepsDefault,
     WaitForRoomOption,
     WebhookOption,
-    WidthDefault,
     check_submission,
     claim_submission,
     load,
@@ -61,7 +47,7 @@ from cli.output import (
     report_jobs,
 )
 from cli.progress import watch_batch
-from cli.request_options import RequestFlags, TemplateFlags, apply_flags
+from cli.request_options import RequestFlags, RowDefaults, TemplateFlags
 from cli.upscale_options import UpscaleFlags
 from pipeline.batches.files import BatchFileError, describe_plan, read_batch_file
 from pipeline.batches.manifests import batch_records, build_manifest, retry_step, write_manifest
@@ -86,20 +72,7 @@ PLAN_ROWS_SHOWN = 20
 def batch(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="Prompts: .txt, .jsonl, .csv, .yaml/.yml.")],
-    negative: NegativeDefault = None,
-    seed: SeedDefault = None,
-    steps: StepsDefault = None,
-    cfg: CfgDefault = None,
-    width: WidthDefault = None,
-    height: HeightDefault = None,
-    sampler: SamplerDefault = None,
-    scheduler: SchedulerDefault = None,
-    count: CountDefault = None,
-    grid: GridDefault = None,
-    band_px: BandDefault = None,
-    sigma: SigmaDefault = None,
-    output_format: FormatDefault = None,
-    quality: QualityDefault = None,
+    row_defaults: RowDefaults = RowDefaults(),
     upscale_flags: UpscaleFlags = UpscaleFlags(),
     name_template: RowNameTemplateOption = None,
     overwrite: RowOverwriteOption = False,
@@ -147,26 +120,8 @@ def batch(
     with cli_errors():
         if idempotency_key is not None and file.is_file():
             request["file_content"] = hashlib.sha256(file.read_bytes()).hexdigest()
-        request_defaults = request_flags.fields() | upscale_flags.fields()
-        request_defaults.update(template_flags.fields())
-    defaults = apply_flags(
-        request_defaults,
-        negative=negative,
-        seed=seed,
-        steps=steps,
-        cfg=cfg,
-        width=width,
-        height=height,
-        sampler=sampler,
-        scheduler=scheduler,
-        count=count,
-        grid=grid,
-        band_px=band_px,
-        sigma=sigma,
-        format=output_format,
-        quality=quality,
-        priority=priority,
-    )
+        request_defaults = request_flags.fields() | upscale_flags.fields() | template_flags.fields()
+    defaults = row_defaults.over(request_defaults, priority=priority)
     with cli_errors():
         settings = load(ctx, sd_api_url=sd_url, **out_overrides(out))
         check_submission(settings, wait=wait or dry_run, sd_url=sd_url)

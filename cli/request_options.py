@@ -1,12 +1,13 @@
 """The A1111 request flags ``generate``, ``batch`` and ``schedule add`` share (for ``batch`` and ``schedule
 add`` they are defaults of every row): hires fix, styles, refiner, checkpoint, clip skip, variations,
 any field (``--param``), an ``alwayson_scripts`` entry (``--script``) and a whole request (``--request``);
-and their prompt template and sweep flags.
+their prompt template and sweep flags; and the row defaults ``batch`` and ``schedule add`` take
+(``--negative``, ``--seed``, ``--steps``, ... as defaults of every row).
 
-Each flag is declared once, in an option group (:class:`RequestFlags`, :class:`TemplateFlags`; see
-:mod:`cli.option_groups`) that each command takes as one parameter; :func:`request_fields` turns the
-request flags into the keys of a batch row (A1111 names, plus ``model``), which every entry point then
-checks the same way.
+Each flag is declared once, in an option group (:class:`RequestFlags`, :class:`TemplateFlags`,
+:class:`RowDefaults`; see :mod:`cli.option_groups`) that each command takes as one parameter;
+:func:`request_fields` turns the request flags into the keys of a batch row (A1111 names, plus
+``model``), which every entry point then checks the same way.
 """
 
 from __future__ import annotations
@@ -18,16 +19,34 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.common import (
+    BandDefault,
+    CfgDefault,
+    CountDefault,
+    FormatDefault,
+    GridDefault,
+    HeightDefault,
+    NegativeDefault,
+    QualityDefault,
+    SamplerDefault,
+    SchedulerDefault,
+    SeedDefault,
+    SigmaDefault,
+    StepsDefault,
+    WidthDefault,
+)
 from cli.option_groups import OptionGroup
 from pipeline.batches.rows import A1111_NAMES
 from pipeline.errors import InputError
 from pipeline.jobs.planning import parse_overrides
+from pipeline.models import Priority
 from pipeline.prompts.sweeps import parse_sweeps
 
 __all__ = [
     "ModelOption",
     "OverrideOption",
     "RequestFlags",
+    "RowDefaults",
     "ScriptOption",
     "TemplateFlags",
     "apply_flags",
@@ -204,6 +223,31 @@ class TemplateFlags(OptionGroup):
                 raise InputError("--contact-sheet needs a --sweep (its X and Y axes)", field="--contact-sheet")
             fields["contact_sheet"] = True
         return fields
+
+
+@dataclass(frozen=True)
+class RowDefaults(OptionGroup):
+    """The generation flags of ``batch`` and ``schedule add``: defaults of every row (a row's own keys win)."""
+
+    negative: NegativeDefault = None
+    seed: SeedDefault = None
+    steps: StepsDefault = None
+    cfg: CfgDefault = None
+    width: WidthDefault = None
+    height: HeightDefault = None
+    sampler: SamplerDefault = None
+    scheduler: SchedulerDefault = None
+    count: CountDefault = None
+    grid: GridDefault = None
+    band_px: BandDefault = None
+    sigma: SigmaDefault = None
+    output_format: FormatDefault = None
+    quality: QualityDefault = None
+
+    def over(self, fields: dict[str, Any], *, priority: Priority | None) -> dict[str, Any]:
+        """A batch's defaults: ``fields`` (the other groups' row keys) with these flags and ``priority`` on top."""
+        flags = {"format" if name == "output_format" else name: value for name, value in self.values().items()}
+        return apply_flags(fields, **flags, priority=priority)
 
 
 def _read_json_file(path: Path, what: str) -> Any:

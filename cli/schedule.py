@@ -18,31 +18,17 @@ from rich.text import Text
 
 from actors import Runtime
 from cli.common import (
-    BandDefault,
-    CfgDefault,
-    CountDefault,
-    FormatDefault,
-    GridDefault,
-    HeightDefault,
-    NegativeDefault,
     PriorityOption,
-    QualityDefault,
     RowNameTemplateOption,
     RowOverwriteOption,
-    SamplerDefault,
-    SchedulerDefault,
-    SeedDefault,
-    SigmaDefault,
-    StepsDefault,
     WebhookOption,
-    WidthDefault,
     load,
     runtime_for,
 )
 from cli.option_groups import with_option_groups
 from cli.output import cli_errors, console, echo, err_console, print_json
 from cli.progress import watch_batch
-from cli.request_options import RequestFlags, TemplateFlags, apply_flags
+from cli.request_options import RequestFlags, RowDefaults, TemplateFlags
 from cli.upscale_options import UpscaleFlags
 from pipeline.batches.files import BatchFileError, read_batch_file
 from pipeline.batches.schedules import (
@@ -92,20 +78,7 @@ def add(
         bool, typer.Option("--allow-overlap", help="Fire even while the previous run's batch is still running.")
     ] = False,
     replace: Annotated[bool, typer.Option("--replace", help="Replace a schedule of the same name.")] = False,
-    negative: NegativeDefault = None,
-    seed: SeedDefault = None,
-    steps: StepsDefault = None,
-    cfg: CfgDefault = None,
-    width: WidthDefault = None,
-    height: HeightDefault = None,
-    sampler: SamplerDefault = None,
-    scheduler_name: SchedulerDefault = None,
-    count: CountDefault = None,
-    grid: GridDefault = None,
-    band_px: BandDefault = None,
-    sigma: SigmaDefault = None,
-    output_format: FormatDefault = None,
-    quality: QualityDefault = None,
+    row_defaults: RowDefaults = RowDefaults(),
     upscale_flags: UpscaleFlags = UpscaleFlags(),
     name_template: RowNameTemplateOption = None,
     overwrite: RowOverwriteOption = False,
@@ -116,27 +89,9 @@ def add(
 ) -> None:
     """Add a schedule: render FILE as a batch at every occurrence of --cron."""
     with cli_errors():
-        request_defaults = request_flags.fields() | upscale_flags.fields()
         # Without --template-seed, random template picks differ at every run; with it, each run is the same.
-        request_defaults.update(template_flags.fields())
-    options = apply_flags(
-        request_defaults,
-        negative=negative,
-        seed=seed,
-        steps=steps,
-        cfg=cfg,
-        width=width,
-        height=height,
-        sampler=sampler,
-        scheduler=scheduler_name,
-        count=count,
-        grid=grid,
-        band_px=band_px,
-        sigma=sigma,
-        format=output_format,
-        quality=quality,
-        priority=priority,
-    )
+        request_defaults = request_flags.fields() | upscale_flags.fields() | template_flags.fields()
+    options = row_defaults.over(request_defaults, priority=priority)
     with cli_errors():
         settings = load(ctx)
         validate_cron(cron)
