@@ -6,10 +6,17 @@ uses). :class:`LazyGroup` knows each command by name, module and one-line help
 (:class:`LazyCommand`): ``sdpipe --help`` lists them all from that table, and ``sdpipe NAME``
 imports ``NAME``'s module alone. ``tests/test_cli/test_help.py`` keeps the one-line helps equal to
 the commands' own docstrings.
+
+Start-up also pauses Python's cyclic garbage collector (:func:`pause_collector`) until the command
+runs: importing the libraries a command needs leaves some 60,000 objects that all stay alive, and
+the collector traversed them about 100 times for nothing (15-17 ms of the ~250 ms of CPU an
+embedded ``sdpipe status`` took; 4-6 ms are left, spent while ``cli.main`` itself is imported).
+The command itself runs with the collector on, as any program.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +31,7 @@ from typer.models import CommandInfo
 
 from cli.help import flow_help, flowing
 
-__all__ = ["LazyCommand", "LazyGroup", "load_command"]
+__all__ = ["LazyCommand", "LazyGroup", "load_command", "pause_collector", "resume_collector"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,39 @@ class LazyCommand:
     group: bool = False
 
 
+#: True while :func:`pause_collector` holds the collector off.
+_collector_paused = False
+
+
+def pause_collector() -> None:
+    """Turn the cyclic garbage collector off while the command loads (:func:`resume_collector` undoes it)."""
+    global _collector_paused
+    if gc.isenabled():
+        gc.disable()
+        _collector_paused = True
+
+
+def resume_collector() -> None:
+    """Turn the collector back on if :func:`pause_collector` turned it off; otherwise nothing.
+
+    What start-up allocated is frozen first (:func:`gc.freeze`): modules, classes and functions that
+    live as long as the process. Otherwise the first collection would traverse all of it at once.
+    """
+    global _collector_paused
+    if _collector_paused:
+        _collector_paused = False
+        gc.freeze()
+        gc.enable()
+
+
+class _LoadedCommand(TyperCommand):
+    """A command built by :func:`load_command`: the collector is back on before its code runs."""
+
+    def invoke(self, ctx: Any) -> Any:
+        resume_collector()
+        return super().invoke(ctx)
+
+
 #: Commands already built, by name: a command is built once per process (tests invoke many times).
 _LOADED: dict[str, Any] = {}
 
@@ -52,12 +92,13 @@ def load_command(entry: LazyCommand, *, rich_markup_mode: MarkupMode = DEFAULT_M
         return command
     target = getattr(importlib.import_module(entry.module), entry.attribute)
     if entry.group:
+        resume_collector()  # a group's subcommands run from here on
         flow_help(target)
         command = typer.main.get_group(target)
         command.name = entry.name
     else:
         doc = target.__doc__
-        info = CommandInfo(name=entry.name, callback=target, help=flowing(doc) if doc else None)
+        info = CommandInfo(name=entry.name, callback=target, help=flowing(doc) if doc else None, cls=_LoadedCommand)
         command = typer.main.get_command_from_info(
             info, pretty_exceptions_short=True, rich_markup_mode=rich_markup_mode
         )

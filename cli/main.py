@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from cli.help import polish_help
-from cli.lazy import LazyCommand, LazyGroup
+from cli.lazy import LazyCommand, LazyGroup, pause_collector, resume_collector
 
 __all__ = ["COMMANDS", "app", "main"]
 
@@ -168,7 +168,9 @@ polish_help()
 
 
 def main() -> None:
-    """Console-script entry: no traceback for unexpected errors unless ``--verbose``."""
+    """Console-script entry: no traceback for unexpected errors unless ``--verbose``; the garbage collector
+    waits while the command loads (:func:`cli.lazy.pause_collector`)."""
+    pause_collector()
     try:
         app()
     except Exception as exc:
@@ -178,3 +180,5 @@ def main() -> None:
             raise
         err_console.print(f"internal error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)")
         sys.exit(1)
+    finally:
+        resume_collector()

@@ -118,3 +118,38 @@ def test_startup_embedded_jobs_loads_nothing_only_status_uses(sdpipe: Invoke, ou
     assert job_id[:8] in jobs.stdout and job_id in status.stdout
     assert sorted(name for name in jobs_loaded if name.startswith(STATUS_ONLY)) == []
     assert {"pipeline.webhooks.deliveries", "pipeline.jobs.planning"} <= status_loaded
+
+
+def test_startup_collector_paused_while_loading_and_on_when_the_command_runs(out_dir: Path, tmp_path: Path) -> None:
+    # Given a fresh interpreter that notes whether the collector is on when `sdpipe jobs --json` prints
+    listing = tmp_path / "collector.json"
+    code = (
+        "import gc, json, sys\n"
+        "import cli.output\n"
+        "printed = cli.output.print_json\n"
+        "during = []\n"
+        "def spy(*args, **kwargs):\n"
+        "    during.append(gc.isenabled())\n"
+        "    return printed(*args, **kwargs)\n"
+        "cli.output.print_json = spy\n"
+        "from cli.main import main\n"
+        f"sys.argv = ['sdpipe', 'jobs', '--json', '--out', {str(out_dir)!r}]\n"
+        "collections = []\n"
+        "gc.callbacks.append(lambda phase, info: phase == 'start' and collections.append(len(during)))\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        f"    open({str(listing)!r}, 'w').write(json.dumps({{'during': during, 'after': gc.isenabled(),\n"
+        "        'frozen': gc.get_freeze_count(), 'collections_before_print': collections.count(0)}))\n"
+    )
+    env = {**os.environ, "SD_API_URL": "mock://"}
+    # When the command runs
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    seen = json.loads(listing.read_text())
+    # Then it printed with the collector on, start-up's objects frozen, and none collected while loading
+    assert result.returncode == 0, result.stderr
+    assert seen["during"] == [True] and seen["after"] is True
+    assert seen["frozen"] > 10_000
+    assert seen["collections_before_print"] == 0
