@@ -1,7 +1,7 @@
 """The ``--upscale*`` flags ``generate``, ``batch`` and ``schedule add`` share: a tiled upscale after
 each image (for ``batch`` and ``schedule add`` a default of every row).
 
-They are the batch-row keys of :data:`~pipeline.upscale.planning.ROW_UPSCALE_KEYS` (``upscale``,
+They are the batch-row keys of :data:`~pipeline.upscale.params.ROW_UPSCALE_KEYS` (``upscale``,
 ``upscaler``, ``upscale_denoise``, ``upscale_tile``, ``upscale_overlap``, ``upscale_seam_fix``,
 ``upscale_vary_seed``), declared once in the option group :class:`UpscaleFlags` (see
 :mod:`cli.option_groups`), whose :meth:`~UpscaleFlags.fields` are checked with the rest of the row.

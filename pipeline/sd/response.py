@@ -34,7 +34,6 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 import pybase64
-from PIL import Image
 
 from pipeline.errors import (
     SDAuthError,
@@ -45,9 +44,7 @@ from pipeline.errors import (
     SDServerError,
     SDWrongCheckpoint,
 )
-from pipeline.images.codec import decode_failure_reason
 from pipeline.images.infotext import parse_infotext
-from pipeline.images.png import png_chunks_problem
 from pipeline.models import GenerationParams, SDResult
 
 __all__ = [
@@ -276,6 +273,13 @@ def _decode_image(value: Any, url: str) -> tuple[bytes, str]:
 
 def _verify_image(data: bytes, image_format: str, url: str, max_pixels: int) -> tuple[int, int, str | None]:
     """Size and embedded ``parameters`` text of an image, after checking that it decodes."""
+    # Here, not at the top: a client that only reads the server's catalog (``generate --no-wait``
+    # checking its request) loads no numpy or PIL (tests/test_cli/test_startup.py).
+    from PIL import Image
+
+    from pipeline.images.codec import decode_failure_reason
+    from pipeline.images.png import png_chunks_problem
+
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size

@@ -18,6 +18,8 @@ __all__ = [
     "DEFAULT_TILE_PX",
     "LANCZOS",
     "MAX_SCALE",
+    "ROW_UPSCALE_KEYS",
+    "UPSCALE_KEY_OF",
     "SeamFix",
     "UpscaleParams",
 ]
@@ -32,6 +34,24 @@ DEFAULT_DENOISE = 0.3
 LANCZOS = "Lanczos"
 #: Largest enlargement factor (A1111's extras allow 8).
 MAX_SCALE = 8.0
+
+#: The keys of a batch row (and of defaults, ``POST /api/generate``, ``POST /api/batches`` rows, and the
+#: flags of ``generate``, ``batch`` and ``schedule add``) that ask for an upscale after each image,
+#: and the :class:`~pipeline.upscale.planning.UpscaleRequest` field each sets. Any of them asks for one;
+#: ``upscale`` is the scale (2). They live beside the model, not in the planning: a command's options
+#: need them without the planning's image code (numpy, PIL).
+ROW_UPSCALE_KEYS = {
+    "upscale": "scale",
+    "upscaler": "upscaler",
+    "upscale_denoise": "denoise",
+    "upscale_tile": "tile_px",
+    "upscale_overlap": "overlap_px",
+    "upscale_seam_fix": "seam_fix",
+    "upscale_vary_seed": "vary_seed",
+}
+#: The row key of each :class:`~pipeline.upscale.planning.UpscaleRequest` field, for messages (``names`` of
+#: :func:`~pipeline.upscale.planning.build_upscale_params`).
+UPSCALE_KEY_OF = {field: key for key, field in ROW_UPSCALE_KEYS.items()}
 
 #: Width of a seam-fix band (``--seam-fix band``): the masked strip re-rendered across each overlap's centre.
 DEFAULT_SEAM_FIX_WIDTH_PX = 64

@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from pipeline.errors import AmbiguousId, InputError, JobNotFound
-from pipeline.images.codec import read_infotext
 from pipeline.images.infotext import parse_infotext
 from pipeline.jobs.planning import MAX_SEED, ProcessPlan, plan_process
 from pipeline.models import GenerationParams, JobSpec, JobState, StepParams
 from pipeline.settings import OutputFormat, Settings
 from pipeline.store.base import StatusStore
-from pipeline.upscale.params import DEFAULT_OVERLAP_PX, UpscaleParams
+from pipeline.upscale.params import DEFAULT_OVERLAP_PX, ROW_UPSCALE_KEYS, UPSCALE_KEY_OF, UpscaleParams
 
 if TYPE_CHECKING:
     from pipeline.sd.catalog import ServerCatalog
@@ -36,21 +35,6 @@ __all__ = [
     "with_row_upscale",
     "with_upscale",
 ]
-
-#: The keys of a batch row (and of defaults, ``POST /api/generate``, ``POST /api/batches`` rows, and the
-#: flags of ``generate``, ``batch`` and ``schedule add``) that ask for an upscale after each image,
-#: and the :class:`UpscaleRequest` field each sets. Any of them asks for one; ``upscale`` is the scale (2).
-ROW_UPSCALE_KEYS = {
-    "upscale": "scale",
-    "upscaler": "upscaler",
-    "upscale_denoise": "denoise",
-    "upscale_tile": "tile_px",
-    "upscale_overlap": "overlap_px",
-    "upscale_seam_fix": "seam_fix",
-    "upscale_vary_seed": "vary_seed",
-}
-#: The row key of each :class:`UpscaleRequest` field, for messages (``names`` of :func:`build_upscale_params`).
-UPSCALE_KEY_OF = {field: key for key, field in ROW_UPSCALE_KEYS.items()}
 
 
 @dataclass(frozen=True)
@@ -236,6 +220,10 @@ def plan_upscale(
         label=label,
         now=now,
     )
+    # Here, not at the top: planning an upscale of generated images (``generate --upscale``, batch
+    # rows) reads no file, and a command that only enqueues loads no numpy or PIL (tests/test_cli/test_startup.py).
+    from pipeline.images.codec import read_infotext
+
     upscaled = []
     for plan in plans:
         infotext = read_infotext(plan.data)
