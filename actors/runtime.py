@@ -24,23 +24,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 
 from actors.broker import CLI_ENQUEUE_PATIENCE_S, build_broker, redis_errors
 from actors.steps import QUEUES, StepActors, declare_actors
 from actors.webhooks import WebhookOutbox
-from pipeline.batches.files import PlannedRow, read_batch_file
 from pipeline.batches.manifests import ResumePlan, plan_resume, retry_step
 from pipeline.errors import InputError, PipelineError, QueueFull, SDUnavailable, StoreUnavailable
 from pipeline.events.hub import EventHub
 from pipeline.events.jobs import announce_end, reopen_batches
 from pipeline.events.log import open_event_log
 from pipeline.events.model import JOB_QUEUED, QUEUE_PAUSED, QUEUE_RESUMED
+from pipeline.jobs.context import StepContext
 from pipeline.jobs.control import Idempotency, QueueControl
 from pipeline.jobs.planning import new_id
-from pipeline.jobs.steps import StepContext
 from pipeline.models import PRIORITIES, BatchRecord, BatchRow, ErrorInfo, JobRecord, JobSpec, JobState, StepName
 from pipeline.sd.catalog import open_catalog
 from pipeline.sd.pool.affinity import grouped_by_checkpoint
@@ -49,6 +48,9 @@ from pipeline.settings import Settings, mask_url
 from pipeline.store import StatusStore, open_store
 from pipeline.store.keyvalue import KeyValue, open_keyvalue
 from pipeline.webhooks.deliveries import Deliveries, delivery_listener
+
+if TYPE_CHECKING:
+    from pipeline.batches.files import PlannedRow
 
 if sys.platform != "win32":
     import fcntl
@@ -315,6 +317,9 @@ class Runtime:
         """
         now = time.time()
         batch_id = new_id()
+        # Here, not at the top: only a schedule reads a batch file (YAML) through the runtime.
+        from pipeline.batches.files import read_batch_file
+
         # The file may have changed since the schedule was added: its names are checked again.
         with open_catalog(self.settings) as checker:
             rows = read_batch_file(

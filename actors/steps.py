@@ -6,6 +6,9 @@ An upscale job's pipeline ends at ``split`` (the first pass), whose actor then s
 that completes the job's set (a counter in the status store, at-least-once safe) sends ``merge``.
 
 Each actor is a thin shell over :func:`pipeline.jobs.steps.run_step`; messages carry the job id only.
+The step code (and its numpy and PIL) is imported when a step first runs, not when the actors are
+declared: the CLI declares them in Redis mode only to send messages (``sdpipe generate --no-wait``);
+``sdpipe worker`` imports it at start-up (:func:`actors.worker.setup`).
 Retries: transient errors retry with exponential backoff (raised as ``dramatiq.Retry``, so
 Dramatiq does not log an expected outage as a crash with a traceback); permanent errors (``PERMANENT_ERRORS``)
 fail at once through ``throws``, after :func:`~pipeline.jobs.steps.run_step` marked the job failed; when
@@ -27,8 +30,7 @@ from dramatiq.middleware import CurrentMessage
 
 from pipeline.errors import PERMANENT_ERRORS, JobNotFound, NoFreeSlot, Outranked, PipelineError, QueuePaused
 from pipeline.events.jobs import announce_end
-from pipeline.jobs.renders import run_tile
-from pipeline.jobs.steps import StepContext, drop_lost_job, run_step, sd_slot
+from pipeline.jobs.context import StepContext
 from pipeline.models import ErrorInfo, JobSpec, JobState, StepName
 
 __all__ = [
@@ -134,6 +136,8 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
 
     def make(step: StepName, queue: str, time_limit_ms: int) -> dramatiq.Actor[Any, Any]:
         def run(job_id: str) -> None:
+            from pipeline.jobs.steps import drop_lost_job, run_step, sd_slot
+
             message = CurrentMessage.get_current_message()
             retries = int(message.options.get("retries", 0)) if message is not None else 0
             try:
@@ -182,6 +186,9 @@ def declare_actors(broker: dramatiq.Broker, context: StepContext) -> StepActors:
         return decorate(run)
 
     def upscale_tile(job_id: str, index: int, generation: int = 0) -> None:
+        from pipeline.jobs.renders import run_tile
+        from pipeline.jobs.steps import drop_lost_job
+
         message = CurrentMessage.get_current_message()
         retries = int(message.options.get("retries", 0)) if message is not None else 0
         try:

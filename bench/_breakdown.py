@@ -160,7 +160,6 @@ def install() -> None:
     import pybase64
     from dramatiq.brokers import redis as dramatiq_redis
 
-    import actors.steps
     from pipeline.images import codec, png, seams
     from pipeline.jobs import arrays, steps
     from pipeline.jobs import files as storage
@@ -186,10 +185,9 @@ def install() -> None:
     _replace(storage.JobFiles, "remove_work_dir", FILES_READ)
     for name, fn in list(steps._STEPS.items()):
         steps._STEPS[name] = _timed(STEPS, functools.partial(_run_in_step, name, fn))
-    run_step = _timed(STEPS, steps.run_step)
-    for module in (steps, actors.steps):
-        _put(module, "run_step", run_step)
-    _put(actors.steps, "sd_slot", _timed_context(POOL, steps.sd_slot))
+    # The actors import these from the step module each time a step runs: replaced there, they are timed.
+    _put(steps, "run_step", _timed(STEPS, steps.run_step))
+    _put(steps, "sd_slot", _timed_context(POOL, steps.sd_slot))
     _patch_methods(SDPool, POOL, skip=("slot",))
     _replace(SDClient, "txt2img", SD_ANSWER)
     _replace(sd_response, "build_result", SD_ANSWER)
