@@ -29,6 +29,10 @@ def _orphan(url: str, *, event_at: float, name: str = "orphan") -> Delivery:
     )
 
 
+def _state(delivery: Delivery | None) -> str | None:
+    return None if delivery is None else delivery.state
+
+
 def test_worker_sweep_resends_a_delivery_whose_message_was_never_enqueued(
     redis_url: str, tmp_path: Path, receiver_factory: Callable[..., Receiver]
 ) -> None:
@@ -45,8 +49,8 @@ def test_worker_sweep_resends_a_delivery_whose_message_was_never_enqueued(
         assert second.webhooks.sweep("host:2") is None  # one worker process sweeps per round
         first.webhooks.start_worker()
         assert wait_until(lambda: "msg_orphan" in receiver.answered(), timeout_s=30)
-        delivered = first.deliveries.get("msg_orphan")
-        assert delivered is not None and delivered.state == "delivered"
+        # The receiver notes its answer before the sender reads it and records the delivery: wait for the record.
+        assert wait_until(lambda: _state(first.deliveries.get("msg_orphan")) == "delivered", timeout_s=30)
         assert [delivery.id for delivery in first.deliveries.pending()] == ["msg_fresh"]
 
 

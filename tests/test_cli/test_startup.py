@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.test_cli.conftest import Invoke
 
@@ -153,3 +154,31 @@ def test_startup_collector_paused_while_loading_and_on_when_the_command_runs(out
     assert seen["during"] == [True] and seen["after"] is True
     assert seen["frozen"] > 10_000
     assert seen["collections_before_print"] == 0
+
+
+#: What only runs a step (or a worker process): a command that enqueues loads none of it.
+STEP_CODE = (
+    "numpy",
+    "PIL",
+    "yaml",
+    "pipeline.jobs.steps",
+    "pipeline.jobs.renders",
+    "pipeline.images.codec",
+    "pipeline.images.seams",
+    "pipeline.images.png",
+    "actors.worker",
+    "actors.supervisor",
+)
+
+
+def test_startup_redis_generate_no_wait_loads_no_step_code(redis_url: str, sd_server: Any, tmp_path: Path) -> None:
+    # Given Redis mode, an SD server over HTTP and no worker
+    env = {"REDIS_URL": redis_url, "SD_API_URL": sd_server.url, "OUTPUT_DIR": str(tmp_path / "outputs")}
+    # When a job is submitted without waiting
+    args = ["generate", "a red fox", "--width", "64", "--height", "64", "--no-wait", "--json"]
+    result, loaded = _run_modules(args, tmp_path, **env)
+    # Then it is queued (checked against the server's catalog, enqueued) without the step code being loaded
+    assert result.returncode == 0, result.stderr
+    assert [job["state"] for job in json.loads(result.stdout)] == ["queued"]
+    assert sorted(name for name in loaded if name.startswith(STEP_CODE)) == []
+    assert {"httpx", "actors.steps", "pipeline.sd.catalog"} <= loaded  # it did check and enqueue
