@@ -12,10 +12,12 @@ cannot move a job backwards or out of a terminal state. Schema::
                   (batch_id, state, created_at, job_id): every list_jobs filter is an index walk;
                   (fingerprint, state): succeeded_fingerprints
     steps (job_id, step, attempts, started_at, finished_at, duration_s, skipped), PK (job_id, step)
+    job_counts (state PK, jobs), kept by triggers on jobs   see :mod:`pipeline.store.sqlite_counts`
     batches, schedules, schedule_runs, schedule_claims      see :mod:`pipeline.store.sqlite_records`
 
 ``fingerprint`` copies ``spec.fingerprint`` at creation (a file made before it existed gets the
-column when first opened; its older jobs have none).
+column when first opened; its older jobs have none). A file made before ``job_counts`` gets the table
+and its triggers when first opened, filled from its jobs.
 
 JSON columns hold ``spec``, ``error``, ``result`` and ``sd_info``; times are REAL epoch seconds.
 Open the store after any ``fork``: connections must not cross processes.
@@ -55,6 +57,7 @@ from pipeline.store.base import (
 )
 from pipeline.store.records import DelegatedBatchesSchedules
 from pipeline.store.sqlite_connections import DEFAULT_BUSY_TIMEOUT_S, ThreadConnections
+from pipeline.store.sqlite_counts import COUNTS_TRIGGER, count_jobs_by_state, install_job_counts
 from pipeline.store.sqlite_records import RECORDS_SCHEMA, SqliteRecords
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT_S", "SqliteStatusStore"]
@@ -114,7 +117,8 @@ CREATE TABLE IF NOT EXISTS upscale_totals (
 _DELETE_CHUNK = 500
 _ADD_FINGERPRINT = "ALTER TABLE jobs ADD COLUMN fingerprint TEXT"
 #: The index ``succeeded_fingerprints`` walks (created here, not in _SCHEMA: an old file lacks the column).
-_FINGERPRINT_INDEX = "CREATE INDEX IF NOT EXISTS jobs_fingerprint_state ON jobs (fingerprint, state)"
+_FINGERPRINT_INDEX_NAME = "jobs_fingerprint_state"
+_FINGERPRINT_INDEX = f"CREATE INDEX IF NOT EXISTS {_FINGERPRINT_INDEX_NAME} ON jobs (fingerprint, state)"
 
 
 class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
@@ -308,10 +312,13 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
         return found
 
     def count_by_state(self, *, batch_id: str | None = None) -> dict[JobState, int]:
-        where, params = ("WHERE batch_id = ?", (batch_id,)) if batch_id is not None else ("", ())
+        # The whole store: the trigger-kept counts (flat with the job count). One batch: its index walk.
         counts = empty_counts()
         with self._transaction(write=False) as conn:
-            for state, count in conn.execute(f"SELECT state, COUNT(*) FROM jobs {where} GROUP BY state", params):
+            if batch_id is None:
+                return count_jobs_by_state(conn)
+            rows = conn.execute("SELECT state, COUNT(*) FROM jobs WHERE batch_id = ? GROUP BY state", (batch_id,))
+            for state, count in rows:
                 counts[JobState(state)] = int(count)
         return counts
 
@@ -343,15 +350,21 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
     # -- helpers ------------------------------------------------------------------------------
 
     def _upgrade(self) -> None:
-        """Give a file made by an older sdpipe the ``fingerprint`` column and index (write lock only if needed)."""
+        """Give a file made by an older sdpipe the ``fingerprint`` column and index and the per-state
+        counts (write lock only if needed; checked again under it, as another process may have done it)."""
         with self._transaction(write=False) as conn:
-            if _has_fingerprint_index(conn):
+            if _missing_upgrades(conn) == set():
                 return
         with self._transaction(write=True) as conn:
-            if "fingerprint" not in {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}:
-                conn.execute(_ADD_FINGERPRINT)
-                logger.info("added the fingerprint column to %s", self._path)
-            conn.execute(_FINGERPRINT_INDEX)
+            missing = _missing_upgrades(conn)
+            if _FINGERPRINT_INDEX_NAME in missing:
+                if "fingerprint" not in {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}:
+                    conn.execute(_ADD_FINGERPRINT)
+                    logger.info("added the fingerprint column to %s", self._path)
+                conn.execute(_FINGERPRINT_INDEX)
+            if COUNTS_TRIGGER in missing:
+                install_job_counts(conn)
+                logger.info("added the per-state job counts to %s", self._path)
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -423,9 +436,11 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
         return [_record(row, steps.get(row["job_id"], {})) for row in rows]
 
 
-def _has_fingerprint_index(conn: sqlite3.Connection) -> bool:
-    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'jobs_fingerprint_state'")
-    return found.fetchone() is not None
+def _missing_upgrades(conn: sqlite3.Connection) -> set[str]:
+    """Which of the fingerprint index and the counts' last trigger the file lacks."""
+    wanted = {_FINGERPRINT_INDEX_NAME, COUNTS_TRIGGER}
+    found = conn.execute("SELECT name FROM sqlite_master WHERE name IN (?, ?)", tuple(wanted))
+    return wanted - {str(row[0]) for row in found}
 
 
 def _list_query(
