@@ -112,9 +112,13 @@ CREATE TABLE IF NOT EXISTS upscale_totals (
     total INTEGER NOT NULL
 );
 """
-#: Brings a file made before the ``fingerprint`` column up to date (run after :data:`_SCHEMA`).
+#: Job rows per INSERT statement of :meth:`SqliteStatusStore.create_jobs` (8 values each: under the
+#: 999 bound parameters of older SQLite builds). One statement per row made each row pay SQLite's
+#: statement journal, which the counts trigger turns on: 40 µs of CPU per job instead of 18.
+_INSERT_ROWS = 100
 #: Job ids per statement of :meth:`SqliteStatusStore.delete_jobs` (well under SQLite's 32766 variables).
 _DELETE_CHUNK = 500
+#: Brings a file made before the ``fingerprint`` column up to date (run after :data:`_SCHEMA`).
 _ADD_FINGERPRINT = "ALTER TABLE jobs ADD COLUMN fingerprint TEXT"
 #: The index ``succeeded_fingerprints`` walks (created here, not in _SCHEMA: an old file lacks the column).
 _FINGERPRINT_INDEX_NAME = "jobs_fingerprint_state"
@@ -159,11 +163,9 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
             for spec in specs
         ]
         with self._transaction(write=True) as conn:
-            inserted = conn.executemany(
-                "INSERT INTO jobs (job_id, batch_id, state, state_rank, created_at, updated_at, spec, fingerprint)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
-                rows,
-            ).rowcount
+            inserted = sum(
+                _insert_jobs(conn, rows[start : start + _INSERT_ROWS]) for start in range(0, len(rows), _INSERT_ROWS)
+            )
             if inserted == len(specs):
                 records = [new_record(spec) for spec in specs]
             else:
@@ -434,6 +436,16 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
                     skipped=bool(step["skipped"]),
                 )
         return [_record(row, steps.get(row["job_id"], {})) for row in rows]
+
+
+def _insert_jobs(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Insert the job ``rows`` (at most :data:`_INSERT_ROWS`) in one statement; returns how many were new."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+    return conn.execute(
+        "INSERT INTO jobs (job_id, batch_id, state, state_rank, created_at, updated_at, spec, fingerprint)"
+        f" VALUES {values} ON CONFLICT (job_id) DO NOTHING",
+        [value for row in rows for value in row],
+    ).rowcount
 
 
 def _missing_upgrades(conn: sqlite3.Connection) -> set[str]:
