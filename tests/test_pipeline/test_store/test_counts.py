@@ -75,6 +75,25 @@ def test_counts_exact_after_inserts_state_changes_and_deletes(tmp_path: Path) ->
     store.close()
 
 
+def test_counts_exact_after_creating_more_jobs_than_one_insert_statement_holds(tmp_path: Path) -> None:
+    # Given jobs already there, When one call creates 250 jobs (several INSERT statements) of which
+    # some exist already, one of them at a statement boundary, and one id comes twice
+    path = tmp_path / "status.sqlite3"
+    store = SqliteStatusStore(path)
+    store.create_jobs([make_spec("j099", created_at=T0 - 1), make_spec("j200", created_at=T0 - 1)])
+    store.mark_failed("j200", make_error(), now=T0)
+    specs = [make_spec(f"j{i:03}") for i in range(250)] + [make_spec("j007")]
+
+    records = store.create_jobs(specs)
+
+    # Then each existing job keeps its record, and the counts hold every job once
+    assert [record.job_id for record in records] == [spec.job_id for spec in specs]
+    assert (records[99].created_at, records[200].state) == (T0 - 1, JobState.FAILED)
+    expected = dict.fromkeys(JobState, 0) | {JobState.QUEUED: 249, JobState.FAILED: 1}
+    assert store.count_by_state() == counted_from_rows(path) == expected
+    store.close()
+
+
 def test_counts_read_from_the_counts_table_not_the_jobs(tmp_path: Path) -> None:
     store = SqliteStatusStore(tmp_path / "status.sqlite3")
     store.create_jobs([make_spec("j0")])
