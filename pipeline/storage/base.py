@@ -6,7 +6,9 @@ Keys are relative, ``/``-separated (``20261207/fox-7.png``, ``.sdpipe/work/<job 
 a storage maps them under its root. Both implementations give the same guarantees:
 
 - :meth:`Storage.write` is atomic: a reader sees the old object or the whole new one (local: temporary
-  file, fsync, rename; S3: a single PUT is atomic);
+  file, fsync, rename, folder fsync; S3: a single PUT is atomic). ``durable=False`` is for what can be
+  made again (the intermediates between steps): on disk it skips the fsyncs, and such an object is
+  read only after :meth:`Storage.exists_unsynced` says it is whole;
 - :meth:`Storage.create` writes only when the key is free, and says whether it did (local: a hard link
   of a complete temporary file; S3: a conditional PUT, ``If-None-Match: *``), so two jobs never take
   one name;
@@ -124,8 +126,15 @@ class Storage(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
-    def write(self, key: str, data: Data) -> None:
-        """Write ``key`` atomically, replacing what is there."""
+    def exists_unsynced(self, key: str) -> bool:
+        """Whether an object written with ``durable=False`` is there and can be trusted whole: on disk
+        only if it was written since this machine last started (from before, a crash may have cut it
+        short or left zeros in it); in a bucket whenever it exists (a PUT is durable)."""
+        ...
+
+    def write(self, key: str, data: Data, *, durable: bool = True) -> None:
+        """Write ``key`` atomically, replacing what is there; ``durable``: it survives a crash of the
+        machine as soon as this returns (False: see :meth:`exists_unsynced`)."""
         ...
 
     def create(self, key: str, data: bytes) -> bool:
@@ -172,6 +181,9 @@ class Blob:
     def exists(self) -> bool:
         return self.storage.exists(self.key)
 
+    def exists_unsynced(self) -> bool:
+        return self.storage.exists_unsynced(self.key)
+
     def read_bytes(self) -> bytes:
         return self.storage.read(self.key)
 
@@ -184,8 +196,8 @@ class Blob:
     def stream(self, chunk_bytes: int = STREAM_CHUNK_BYTES) -> Download:
         return self.storage.stream(self.key, chunk_bytes)
 
-    def write(self, data: Data) -> None:
-        self.storage.write(self.key, data)
+    def write(self, data: Data, *, durable: bool = True) -> None:
+        self.storage.write(self.key, data, durable=durable)
 
     def create(self, data: bytes) -> bool:
         return self.storage.create(self.key, data)

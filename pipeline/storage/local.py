@@ -1,7 +1,11 @@
 """A local folder as a :class:`~pipeline.storage.base.Storage` (``OUTPUT_DIR``, the default).
 
-Every file goes through :func:`atomic_write_bytes` (temporary file in the same folder, fsync,
-rename), so a crash leaves either the old file or the new one, never half of one. Exclusive
+Every file goes through :func:`atomic_write_bytes` (temporary file in the same folder, rename), so a
+crash leaves either the old file or the new one, never half of one. A durable write (the default)
+also fsyncs the file before the rename and its folder after it, so the file survives a crash of
+the machine; an intermediate that can be made again is written without (``durable=False``: it is
+usually removed before the kernel would write it out at all), and a reader trusts such a file only
+if it was written since the machine last started (:meth:`LocalStorage.exists_unsynced`). Exclusive
 creation is a hard link of a complete temporary file: it either creates the name, whole, or fails
 because the name exists (like ``O_EXCL``, also on NFS).
 """
@@ -13,13 +17,14 @@ import glob
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from pipeline.storage.base import STREAM_CHUNK_BYTES, ByteRange, Data, Download, Entry, check_ranges
 
-__all__ = ["FILE_MODE", "LocalStorage", "atomic_write_bytes", "remove_stale_temps"]
+__all__ = ["FILE_MODE", "LocalStorage", "atomic_write_bytes", "boot_time", "remove_stale_temps"]
 
 
 def _read_umask() -> int:
@@ -34,17 +39,38 @@ def _read_umask() -> int:
 FILE_MODE = 0o666 & ~_read_umask()
 
 
-def atomic_write_bytes(path: Path, data: Data) -> None:
+def atomic_write_bytes(path: Path, data: Data, *, durable: bool = True) -> None:
     """Write ``data`` (bytes, or pieces written one after another) to ``path`` atomically: temp file
-    in the same folder, fsync, rename."""
-    fd, tmp = _temp_beside(path)
+    in the same folder, rename; ``durable``: the file fsynced before the rename, the folder after."""
+    fd, tmp = _temp_beside(path, durable=durable)
     try:
-        _fill(fd, data)
+        _fill(fd, data, durable=durable)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if durable:
+        _sync_folder(path.parent)
+
+
+_boot_time: float | None = None
+
+
+def boot_time() -> float:
+    """When this machine last started (epoch seconds; read once per process): Linux's ``btime``, or
+    elsewhere the clock minus the monotonic clock (which, not counting sleep, errs late: safe here)."""
+    global _boot_time
+    if _boot_time is None:
+        found = None
+        with contextlib.suppress(OSError, ValueError):
+            with open("/proc/stat", "rb") as handle:
+                for line in handle:
+                    if line.startswith(b"btime "):
+                        found = float(line.split()[1])
+                        break
+        _boot_time = found if found is not None else time.time() - time.monotonic()
+    return _boot_time
 
 
 def remove_stale_temps(path: Path) -> None:
@@ -55,15 +81,44 @@ def remove_stale_temps(path: Path) -> None:
             stale.unlink()
 
 
-def _temp_beside(path: Path) -> tuple[int, str]:
+def _temp_beside(path: Path, *, durable: bool) -> tuple[int, str]:
     try:
         return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except FileNotFoundError:  # the first file of its folder
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folders(path.parent, durable=durable)
         return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
 
 
-def _fill(fd: int, data: Data) -> None:
+def _make_folders(folder: Path, *, durable: bool) -> None:
+    """Create ``folder`` and its missing parents; ``durable``: each new entry synced in its parent."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for new in reversed(missing):
+        new.mkdir(exist_ok=True)
+        if durable:
+            _sync_folder(new.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so the names created or renamed in it survive a crash (where a folder can be
+    opened: not on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system that cannot sync folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fill(fd: int, data: Data, *, durable: bool = True) -> None:
     os.fchmod(fd, FILE_MODE)
     with os.fdopen(fd, "wb") as handle:
         pieces: Sequence[bytes | bytearray | memoryview] = (
@@ -72,7 +127,31 @@ def _fill(fd: int, data: Data) -> None:
         for piece in pieces:
             handle.write(piece)
         handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            os.fsync(handle.fileno())
+
+
+def _remove_tree(folder: str) -> int:
+    """Remove a folder and everything in it, ignoring what vanishes or resists meanwhile (as
+    ``shutil.rmtree(ignore_errors=True)``, in one pass over it); how many files it held."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = list(listing)
+    except OSError:  # gone, or not a folder
+        return 0
+    count = 0
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                count += _remove_tree(entry.path)
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        count += 1
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+    return count
 
 
 def _chunks(handle: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:
@@ -124,12 +203,21 @@ class LocalStorage:
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
 
-    def write(self, key: str, data: Data) -> None:
-        atomic_write_bytes(self._path(key), data)
+    def exists_unsynced(self, key: str) -> bool:
+        # A file written since this machine started cannot have been cut by its crash; one from
+        # before may be (an unsynced file's data can be lost while its name survives).
+        try:
+            modified_at = os.stat(self._path(key)).st_mtime
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return modified_at > boot_time()
+
+    def write(self, key: str, data: Data, *, durable: bool = True) -> None:
+        atomic_write_bytes(self._path(key), data, durable=durable)
 
     def create(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        fd, tmp = _temp_beside(path)
+        fd, tmp = _temp_beside(path, durable=True)
         try:
             _fill(fd, data)
             os.link(tmp, path)
@@ -138,6 +226,7 @@ class LocalStorage:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        _sync_folder(path.parent)
         return True
 
     def delete(self, key: str) -> bool:
@@ -152,12 +241,7 @@ class LocalStorage:
         return True
 
     def delete_prefix(self, prefix: str) -> int:
-        folder = self._path(prefix.rstrip("/"))
-        if not folder.is_dir():
-            return 0
-        count = sum(1 for path in folder.rglob("*") if not path.is_dir())
-        shutil.rmtree(folder, ignore_errors=True)
-        return count
+        return _remove_tree(self.location(prefix.rstrip("/")))
 
     def list(self, prefix: str) -> list[Entry]:
         folder = self._path(prefix.rstrip("/"))

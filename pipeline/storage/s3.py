@@ -153,7 +153,10 @@ class S3Storage:
             raise self._error("check", key, exc) from None
         return True
 
-    def write(self, key: str, data: Data) -> None:
+    def exists_unsynced(self, key: str) -> bool:
+        return self.exists(key)  # a PUT that returned is durable
+
+    def write(self, key: str, data: Data, *, durable: bool = True) -> None:
         body = data if isinstance(data, bytes) else _join(data)
         try:
             obstore.put(self._store, key, body)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import httpx
@@ -12,6 +14,7 @@ import pytest
 from pipeline.errors import ConfigError, StorageRefused, StorageUnavailable
 from pipeline.settings import Settings
 from pipeline.storage import Blob, Storage, blob_at, open_storage, parse_s3_url
+from pipeline.storage.local import LocalStorage, boot_time
 from tests.conftest import S3Bucket
 
 
@@ -77,6 +80,29 @@ def test_storage_delete_and_delete_prefix_remove_only_what_they_name(storage: St
     assert [entry.key for entry in storage.list("")] == [".sdpipe/work/j10/x", "keep.png"]
     assert storage.delete("keep.png") is True
     assert storage.delete("keep.png") is False
+
+
+def test_storage_trusts_an_unsynced_write_while_it_exists(storage: Storage) -> None:
+    # Given an intermediate written without fsync (durable=False) in a folder that did not exist
+    storage.write(".sdpipe/work/j2/tiles.arrays", b"tiles", durable=False)
+    # Then it reads back and is trusted whole; a missing one is not
+    assert storage.read(".sdpipe/work/j2/tiles.arrays") == b"tiles"
+    assert storage.exists_unsynced(".sdpipe/work/j2/tiles.arrays")
+    assert not storage.exists_unsynced(".sdpipe/work/j2/blurred.arrays")
+    assert not storage.exists_unsynced(".sdpipe/work/j2/tiles.arrays/inside")
+
+
+def test_local_storage_distrusts_an_unsynced_file_from_before_the_machine_started(tmp_path: Path) -> None:
+    # Given a file whose last write is older than this machine's start (written before a crash)
+    storage = LocalStorage(tmp_path)
+    storage.write("work/tiles.arrays", b"maybe cut", durable=False)
+    before_boot = boot_time() - 60
+    os.utime(tmp_path / "work" / "tiles.arrays", (before_boot, before_boot))
+    # Then it exists, but is not trusted as an unsynced write (a durable one would be)
+    assert storage.exists("work/tiles.arrays")
+    assert not storage.exists_unsynced("work/tiles.arrays")
+    # And the boot time is in the past, stable within the process
+    assert boot_time() < time.time() and boot_time() == boot_time()
 
 
 def test_storage_presigned_url_reads_the_object_without_credentials(storage: Storage) -> None:
