@@ -48,15 +48,18 @@ class _Slot:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def atomic_save_arrays(target: Path | Blob, meta: dict[str, Any], arrays: Sequence[np.ndarray]) -> None:
-    """Save ``meta`` (JSON) and ``arrays`` in one file (or object), atomically (see the module's layout)."""
+def atomic_save_arrays(
+    target: Path | Blob, meta: dict[str, Any], arrays: Sequence[np.ndarray], *, durable: bool = True
+) -> None:
+    """Save ``meta`` (JSON) and ``arrays`` in one file (or object), atomically (see the module's layout);
+    ``durable=False`` for a file that can be made again (:meth:`~pipeline.storage.base.Storage.write`)."""
     import numpy as np
 
     contiguous = [np.ascontiguousarray(array) for array in arrays]
     header = {"meta": meta, "arrays": [{"dtype": a.dtype.str, "shape": list(a.shape)} for a in contiguous]}
     header_bytes = json.dumps(header, ensure_ascii=False).encode()
     prefix = ARRAYS_MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes
-    _as_blob(target).write([prefix, *(a.data.cast("B") for a in contiguous)])
+    _as_blob(target).write([prefix, *(a.data.cast("B") for a in contiguous)], durable=durable)
 
 
 def load_arrays(source: Path | Blob) -> tuple[dict[str, Any], list[np.ndarray]]:

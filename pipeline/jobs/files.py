@@ -1,7 +1,7 @@
 """A job's files in its storage (a folder, or an S3-compatible bucket): output naming, each job's work
 area, and the arrays files the steps hand each other.
 
-Every write is atomic (:mod:`pipeline.storage`: temporary file, fsync, rename on disk; one PUT in a
+Every write is atomic (:mod:`pipeline.storage`: temporary file, rename on disk; one PUT in a
 bucket), so a crash leaves either the old file or the new one, never half of one.
 
 Layout under ``OUTPUT_DIR`` (or ``OUTPUT_URL``'s prefix)::
@@ -10,16 +10,20 @@ Layout under ``OUTPUT_DIR`` (or ``OUTPUT_URL``'s prefix)::
     <name>.json                    its sidecar (first written as the claim of <name>: see claim_output_name)
     .sdpipe/status.sqlite3         embedded-mode status store (always in the local OUTPUT_DIR)
     .sdpipe/work/<job id>/         intermediates, removed when the job succeeds (kept on failure)
-        sd.json                    what the SD server said (written before source.img)
-        output_name                the output name this job claimed (fixed once)
-        source.img                 the image as received or ingested (its presence = step done)
+        source.img                 the image as received or ingested (its presence = step done);
+                                   from the SD server, what it said comes first, in the same file
+                                   (:meth:`JobFiles.write_sd_answer`)
+        output_name                the output name this job claimed, when it is not the one wanted
+                                   (a counter added); fixed once
         tiles.arrays               split output: the manifest (size, mode, infotext, tile boxes)
                                    and every tile's raw pixels with halos, in one file
         blurred.arrays             seam-blur output, the same way
 
 Each step writes one intermediate (one atomic write), whose presence means the step is done: an
 arrays file (:mod:`pipeline.jobs.arrays`: a JSON header, then raw C-order bytes: no image
-re-encoding, no per-tile files).
+re-encoding, no per-tile files). The SD answer is written durably (it was paid for); the arrays
+files are not (``durable=False``: no fsync; they are gone again before the kernel would write them
+out), so a step trusts one only when the storage says it is whole and makes it again otherwise.
 
 Workers on several machines must share the storage: the same ``OUTPUT_DIR`` (a shared filesystem
 such as NFS), or, sharing nothing but Redis, the same ``OUTPUT_URL`` bucket.
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import struct
 import tempfile
 import time
 import uuid
@@ -61,6 +66,9 @@ __all__ = [
 
 #: Folder under OUTPUT_DIR for sdpipe's own files (status database, work folders).
 STATE_DIR_NAME = ".sdpipe"
+#: First bytes of a source image saved with the SD server's answer (:meth:`JobFiles.write_sd_answer`);
+#: no image format starts so, and an ingested input has no such prefix.
+SD_ANSWER_MAGIC = b"SDPIPE-SD-ANSWER-1\n"
 #: Extension of each output format.
 FORMAT_EXTENSIONS = {"png": ".png", "webp": ".webp", "jpeg": ".jpg"}
 
@@ -192,11 +200,46 @@ class JobFiles:
 
     @property
     def sd_info(self) -> Blob:
+        """What the SD server said, in the work folders of jobs generated before it went into
+        ``source.img`` (read by :meth:`read_sd_answer` only)."""
         return self.work("sd.json")
 
     @property
     def source(self) -> Blob:
+        """The job's input image (read it with :meth:`source_image`): ingested as it was given, or
+        the SD server's answer (:meth:`write_sd_answer`)."""
         return self.work("source.img")
+
+    def write_sd_answer(self, image: bytes, sd_info: dict[str, Any]) -> None:
+        """Save the SD server's image with what it said, in one durable write: the generate step is
+        done once it is there, and a redelivery on any machine reads both from it, never asking the
+        server again. Layout: :data:`SD_ANSWER_MAGIC`, the JSON's length (uint32, little-endian), the
+        JSON, then the image's bytes as received."""
+        info = json.dumps(sd_info, ensure_ascii=False).encode()
+        self.source.write([SD_ANSWER_MAGIC + struct.pack("<I", len(info)) + info, image])
+
+    def read_sd_answer(self) -> dict[str, Any]:
+        """What the SD server said, as :meth:`write_sd_answer` saved it (or, for a job generated
+        before, its ``sd.json``).
+
+        Raises:
+            FileNotFoundError: not saved.
+        """
+        info, _ = _split_source(self.source.read_bytes())
+        if info is not None:
+            return info
+        found = read_json(self.sd_info)
+        if not isinstance(found, dict):
+            raise ValueError(f"{self.sd_info} is not a JSON object")
+        return found
+
+    def source_image(self) -> bytes:
+        """The bytes of the job's input image, without what the SD server said.
+
+        Raises:
+            FileNotFoundError: there is none.
+        """
+        return _split_source(self.source.read_bytes())[1]
 
     @property
     def tiles(self) -> Blob:
@@ -224,6 +267,18 @@ class JobFiles:
         self.storage.delete_prefix(self.work_prefix)
 
 
+def _split_source(data: bytes) -> tuple[dict[str, Any] | None, bytes]:
+    """What the SD server said (None: an ingested input) and the image's bytes, from ``source.img``."""
+    if not data.startswith(SD_ANSWER_MAGIC):
+        return None, data
+    start = len(SD_ANSWER_MAGIC) + 4
+    (length,) = struct.unpack_from("<I", data, len(SD_ANSWER_MAGIC))
+    info = json.loads(data[start : start + length])
+    if not isinstance(info, dict):
+        raise ValueError(f"what the SD server said is not an object: {info!r:.80}")
+    return info, data[start + length :]
+
+
 #: Digits of the counter that keeps outputs apart: ``same.png``, ``same-0001.png``, ``same-0002.png``.
 COUNTER_DIGITS = 4
 
@@ -232,11 +287,13 @@ def claim_output_name(files: JobFiles, name: str, output_format: str, *, overwri
     """The output name (without extension) this job writes: ``name``, or ``name-0001``, ``name-0002``...
     when an earlier file has it, never another job's or a file sdpipe did not write (A1111's rule).
 
-    Fixed once per job: the first call records the name in the job's work folder and every later
-    delivery or retry of the job reads it back, so a re-run never makes a second file. A name is
-    claimed by creating its sidecar exclusively (a hard link of a complete file) with the job's id,
-    so two jobs merging at once cannot take the same one; the claim is replaced by the full sidecar
-    on merge. With ``overwrite`` the name is used as it is, replacing what is there.
+    Fixed once per job, so a re-run never makes a second file. A name is claimed by creating its
+    sidecar exclusively (a hard link of a complete file) with the job's id, so two jobs merging at
+    once cannot take the same one; the claim is replaced by the full sidecar on merge. A later
+    delivery or retry of the job walks the same names and stops at its own claim; a name with a
+    counter is also recorded in the job's work folder and read back, so the job keeps it even if an
+    earlier name is freed meanwhile. With ``overwrite`` the name is used as it is, replacing what is
+    there.
 
     Raises:
         InputError: the name would leave OUTPUT_DIR (through ``..``, an absolute path or a symlink).
@@ -254,13 +311,15 @@ def claim_output_name(files: JobFiles, name: str, output_format: str, *, overwri
             value=name,
             expected="folders inside OUTPUT_DIR",
         )
-    chosen = name
-    if not overwrite:
-        for counter in itertools.count():
-            chosen = name if counter == 0 else f"{name}-{counter:0{COUNTER_DIGITS}d}"
-            if _take_name(files, chosen, output_format):
-                break
-    files.claimed_name.write(chosen.encode())
+    if overwrite:
+        return name
+    for counter in itertools.count():
+        chosen = name if counter == 0 else f"{name}-{counter:0{COUNTER_DIGITS}d}"
+        if _take_name(files, chosen, output_format):
+            break
+    if chosen != name:
+        # The walk of a later delivery would stop at a name freed meanwhile: this one is written down.
+        files.claimed_name.write(chosen.encode())
     return chosen
 
 

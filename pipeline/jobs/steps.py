@@ -373,7 +373,7 @@ def _generate(ctx: StepContext, record: JobRecord) -> tuple[bool, SDInfo]:
     files = _files(ctx, record)
     if files.source.exists():
         # The image is saved: never pay for it twice. Re-store what the server said (idempotent).
-        return True, SDInfo.model_validate(read_json(files.sd_info))
+        return True, SDInfo.model_validate(files.read_sd_answer())
     generation = record.spec.generation
     if generation is None:
         raise ConfigError(f"job {record.job_id} has no generation parameters and no source image")
@@ -403,10 +403,9 @@ def _generate(ctx: StepContext, record: JobRecord) -> tuple[bool, SDInfo]:
     )
     for warning in result.warnings:
         logger.warning("job %s: %s", record.job_id, warning)
-    # sd.json first, then the image: the image's presence means both are complete. Stored once, in
-    # the job's storage: a redelivery on any machine finds it and never asks the GPU again.
-    atomic_write_json(files.sd_info, sd_info.model_dump(mode="json"))
-    files.source.write(result.image_bytes)
+    # What the server said and the image, in one durable file: its presence means both are complete.
+    # Stored once, in the job's storage: a redelivery on any machine finds it and never asks the GPU again.
+    files.write_sd_answer(result.image_bytes, sd_info.model_dump(mode="json"))
     return False, sd_info
 
 
@@ -469,15 +468,16 @@ def check_paused(ctx: StepContext, record: JobRecord) -> None:
         raise QueuePaused(f"job {record.job_id[:8]}: {what} is paused; requeued", field="paused", value=record.batch_id)
 
 
-def _split(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]:
+def _split(ctx: StepContext, record: JobRecord, *, again: bool = False) -> tuple[bool, JobResult | None]:
+    """Cut the source image into its tiles (``again``: even if a tiles file is there, found cut short)."""
     files = _files(ctx, record)
     if record.spec.upscale is not None:
         return upscale_steps.first_pass(ctx, record, files), None
-    if files.tiles.exists():
+    if not again and files.tiles.exists_unsynced():
         return True, None
     params = record.spec.step_params
     decoded = decode_image(
-        files.source.read_bytes(),
+        files.source_image(),
         max_pixels=ctx.settings.max_pixels,
         max_bytes=ctx.settings.max_image_bytes,
         what=f"source image of job {record.job_id[:8]}",
@@ -495,24 +495,44 @@ def _split(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]
         "infotext": decoded.infotext,
         "tiles": [box.to_dict() for box, _ in tiles],
     }
-    # One file for the manifest and every tile: its presence means the step is done.
-    atomic_save_arrays(files.tiles, manifest, [tile for _, tile in tiles])
+    # One file for the manifest and every tile: its presence means the step is done. Not synced: it
+    # can be made again from the source (see _made_earlier), and it is gone again in a moment.
+    atomic_save_arrays(files.tiles, manifest, [tile for _, tile in tiles], durable=False)
     return False, None
 
 
-def _seam_blur(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]:
+def _made_earlier(
+    ctx: StepContext, record: JobRecord, saved: Blob, make: Callable[..., object]
+) -> tuple[dict[str, Any], list[Any]]:
+    """The arrays an earlier step of this job saved (not synced), or, when they cannot be trusted, the
+    same made again by that step (``make``): missing, written before this machine last started (a
+    crash may have cut them), or found cut short."""
+    if saved.exists_unsynced():
+        try:
+            return load_arrays(saved)
+        except (FileNotFoundError, ValueError) as exc:
+            reason = str(exc)
+    else:
+        reason = f"{saved.location} is missing, or was written before this machine last started"
+    logger.warning("job %s: %s: made again", record.job_id, reason)
+    make(ctx, record, again=True)
+    return load_arrays(saved)
+
+
+def _seam_blur(ctx: StepContext, record: JobRecord, *, again: bool = False) -> tuple[bool, JobResult | None]:
+    """Blur the tiles along the inner cuts (``again``: even if a file is there, found cut short)."""
     files = _files(ctx, record)
     if record.spec.upscale is not None:  # reached only with --seam-fix band, once every tile is saved
         return upscale_steps.band_phase(ctx, record, files)[0], None
-    if files.blurred.exists():
+    if not again and files.blurred.exists_unsynced():
         return True, None
-    manifest, tiles = load_arrays(files.tiles)
+    manifest, tiles = _made_earlier(ctx, record, files.tiles, _split)
     params = record.spec.step_params
     blurred = [
         seams.seam_blur_tile(tile, seams.TileBox.from_dict(box), manifest["width"], manifest["height"], params)
         for box, tile in zip(manifest["tiles"], tiles, strict=True)
     ]
-    atomic_save_arrays(files.blurred, manifest, blurred)
+    atomic_save_arrays(files.blurred, manifest, blurred, durable=False)
     return False, None
 
 
@@ -549,7 +569,7 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]
     if spec.upscale is not None:
         merged, manifest = upscale_steps.merge_upscaled(ctx, record, files)
     else:
-        manifest, arrays = load_arrays(files.blurred)
+        manifest, arrays = _made_earlier(ctx, record, files.blurred, _seam_blur)
         tiles = [(seams.TileBox.from_dict(box), tile) for box, tile in zip(manifest["tiles"], arrays, strict=True)]
         merged = seams.merge(tiles, manifest["width"], manifest["height"])
     width, height = manifest["width"], manifest["height"]

@@ -66,7 +66,7 @@ def first_pass(ctx: StepContext, record: JobRecord, files: JobFiles) -> bool:
         return True
     settings = ctx.settings
     decoded = decode_image(
-        files.source.read_bytes(),
+        files.source_image(),
         max_pixels=settings.max_pixels,
         max_bytes=settings.max_image_bytes,
         what=f"source image of job {record.job_id[:8]}",

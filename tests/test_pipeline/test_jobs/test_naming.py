@@ -118,6 +118,19 @@ def test_claim_output_name_is_fixed_once_per_job(tmp_path: Path) -> None:
     assert claim_output_name(files, "same", "png") == "same-0001"
 
 
+def test_claim_output_name_of_the_name_wanted_is_found_again_by_its_claim(tmp_path: Path) -> None:
+    # Given a job that claimed the name it wanted: nothing else is written down (its claim says it)
+    files = JobFiles(tmp_path, JOB)
+    assert claim_output_name(files, "same", "png") == "same"
+    assert not files.claimed_name.exists()
+    # When its merge runs again, before or after its image was written
+    assert claim_output_name(files, "same", "png") == "same"
+    (tmp_path / "same.png").write_bytes(b"this job's image")
+    # Then it finds its own claim, and another job still gets the next name
+    assert claim_output_name(files, "same", "png") == "same"
+    assert claim_output_name(JobFiles(tmp_path, "b" * 32), "same", "png") == "same-0001"
+
+
 def test_claim_output_name_gives_two_jobs_two_names(tmp_path: Path) -> None:
     first = claim_output_name(JobFiles(tmp_path, "a" * 32), "same", "png")
     second = claim_output_name(JobFiles(tmp_path, "b" * 32), "same", "png")
