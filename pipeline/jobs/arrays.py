@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.storage.base import Blob
-from pipeline.storage.local import LocalStorage
+from pipeline.storage.local import LocalStorage, boot_time
 
 # numpy is imported by the functions that use arrays: most callers of pipeline.jobs.files only name files.
 if TYPE_CHECKING:
@@ -62,12 +62,14 @@ def atomic_save_arrays(
     _as_blob(target).write([prefix, *(a.data.cast("B") for a in contiguous)], durable=durable)
 
 
-def load_arrays(source: Path | Blob) -> tuple[dict[str, Any], list[np.ndarray]]:
+def load_arrays(source: Path | Blob, *, unsynced: bool = False) -> tuple[dict[str, Any], list[np.ndarray]]:
     """The ``meta`` and arrays saved by :func:`atomic_save_arrays`; the arrays are writable views of one
     buffer, filled in place (a file with one read, an object chunk by chunk: never two copies).
+    ``unsynced``: it was saved with ``durable=False``, so a file from before this machine last
+    started is refused (:meth:`~pipeline.storage.base.Storage.exists_unsynced`).
 
     Raises:
-        ValueError: the file is not such a file, or is cut short.
+        ValueError: the file is not such a file, is cut short, or (``unsynced``) is not to be trusted.
         FileNotFoundError: there is none.
     """
     import numpy as np
@@ -75,7 +77,10 @@ def load_arrays(source: Path | Blob) -> tuple[dict[str, Any], list[np.ndarray]]:
     source = _as_blob(source)
     path = source.path
     if path is not None:
-        buffer = bytearray(path.stat().st_size)
+        found = path.stat()
+        if unsynced and found.st_mtime <= boot_time():
+            raise ValueError(f"{source} was written before this machine last started (maybe cut by a crash)")
+        buffer = bytearray(found.st_size)
         with path.open("rb", buffering=0) as handle:
             filled = handle.readinto(buffer)
     else:

@@ -507,14 +507,10 @@ def _made_earlier(
     """The arrays an earlier step of this job saved (not synced), or, when they cannot be trusted, the
     same made again by that step (``make``): missing, written before this machine last started (a
     crash may have cut them), or found cut short."""
-    if saved.exists_unsynced():
-        try:
-            return load_arrays(saved)
-        except (FileNotFoundError, ValueError) as exc:
-            reason = str(exc)
-    else:
-        reason = f"{saved.location} is missing, or was written before this machine last started"
-    logger.warning("job %s: %s: made again", record.job_id, reason)
+    try:
+        return load_arrays(saved, unsynced=True)
+    except (FileNotFoundError, ValueError) as exc:
+        logger.warning("job %s: %s: made again", record.job_id, exc)
     make(ctx, record, again=True)
     return load_arrays(saved)
 
@@ -593,8 +589,9 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]
     # The image first, the sidecar last: a sidecar that records an output is there only once its
     # image is whole (on disk a rename, in a bucket a PUT, each atomic), and its sha256 is the
     # image's. A delivery that died between the two writes finds the claim (or an earlier job's
-    # sidecar) and writes both again, the same bytes under the same name.
-    image.write(data)
+    # sidecar) and writes both again, the same bytes under the same name. One folder sync, the
+    # sidecar's, makes both names durable: they are in the same folder (JobFiles.image, .sidecar).
+    image.write(data, sync_folder=False)
     atomic_write_json(sidecar, _sidecar(ctx, record, output, infotext, manifest))
     return False, JobResult.model_validate(output)
 

@@ -132,9 +132,11 @@ class Storage(Protocol):
         short or left zeros in it); in a bucket whenever it exists (a PUT is durable)."""
         ...
 
-    def write(self, key: str, data: Data, *, durable: bool = True) -> None:
+    def write(self, key: str, data: Data, *, durable: bool = True, sync_folder: bool = True) -> None:
         """Write ``key`` atomically, replacing what is there; ``durable``: it survives a crash of the
-        machine as soon as this returns (False: see :meth:`exists_unsynced`)."""
+        machine as soon as this returns (False: see :meth:`exists_unsynced`). ``sync_folder=False``
+        (a folder on disk): its content is synced but its name only by the caller's next durable
+        write in the same folder (an image, then its sidecar: one folder sync for both)."""
         ...
 
     def create(self, key: str, data: bytes) -> bool:
@@ -196,8 +198,8 @@ class Blob:
     def stream(self, chunk_bytes: int = STREAM_CHUNK_BYTES) -> Download:
         return self.storage.stream(self.key, chunk_bytes)
 
-    def write(self, data: Data, *, durable: bool = True) -> None:
-        self.storage.write(self.key, data, durable=durable)
+    def write(self, data: Data, *, durable: bool = True, sync_folder: bool = True) -> None:
+        self.storage.write(self.key, data, durable=durable, sync_folder=sync_folder)
 
     def create(self, data: bytes) -> bool:
         return self.storage.create(self.key, data)

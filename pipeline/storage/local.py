@@ -39,9 +39,11 @@ def _read_umask() -> int:
 FILE_MODE = 0o666 & ~_read_umask()
 
 
-def atomic_write_bytes(path: Path, data: Data, *, durable: bool = True) -> None:
+def atomic_write_bytes(path: Path, data: Data, *, durable: bool = True, sync_folder: bool = True) -> None:
     """Write ``data`` (bytes, or pieces written one after another) to ``path`` atomically: temp file
-    in the same folder, rename; ``durable``: the file fsynced before the rename, the folder after."""
+    in the same folder, rename; ``durable``: the file fsynced before the rename, and (unless
+    ``sync_folder`` is False: the caller's next durable write in the same folder does it) the folder
+    after."""
     fd, tmp = _temp_beside(path, durable=durable)
     try:
         _fill(fd, data, durable=durable)
@@ -50,7 +52,7 @@ def atomic_write_bytes(path: Path, data: Data, *, durable: bool = True) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    if durable:
+    if durable and sync_folder:
         _sync_folder(path.parent)
 
 
@@ -212,8 +214,8 @@ class LocalStorage:
             return False
         return modified_at > boot_time()
 
-    def write(self, key: str, data: Data, *, durable: bool = True) -> None:
-        atomic_write_bytes(self._path(key), data, durable=durable)
+    def write(self, key: str, data: Data, *, durable: bool = True, sync_folder: bool = True) -> None:
+        atomic_write_bytes(self._path(key), data, durable=durable, sync_folder=sync_folder)
 
     def create(self, key: str, data: bytes) -> bool:
         path = self._path(key)
@@ -226,7 +228,8 @@ class LocalStorage:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        _sync_folder(path.parent)
+        # The folder is not synced: a name claimed and lost to a crash is simply free again, for
+        # this job's next delivery as for any other job (the claim's content is synced: never torn).
         return True
 
     def delete(self, key: str) -> bool:

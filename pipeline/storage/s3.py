@@ -156,7 +156,7 @@ class S3Storage:
     def exists_unsynced(self, key: str) -> bool:
         return self.exists(key)  # a PUT that returned is durable
 
-    def write(self, key: str, data: Data, *, durable: bool = True) -> None:
+    def write(self, key: str, data: Data, *, durable: bool = True, sync_folder: bool = True) -> None:
         body = data if isinstance(data, bytes) else _join(data)
         try:
             obstore.put(self._store, key, body)

@@ -183,10 +183,10 @@ def test_merge_run_again_after_a_crash_keeps_its_claimed_name(
     # When its merge dies after claiming same-0001 (writing the image fails once)
     real_write = LocalStorage.write
 
-    def failing_write(self: LocalStorage, key: str, data: object, *, durable: bool = True) -> None:
+    def failing_write(self: LocalStorage, key: str, data: object, **options: bool) -> None:
         if key.endswith(".png"):
             raise OSError("disk full")
-        real_write(self, key, data, durable=durable)  # type: ignore[arg-type]
+        real_write(self, key, data, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(LocalStorage, "write", failing_write)
     with pytest.raises(OSError):

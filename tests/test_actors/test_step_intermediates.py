@@ -47,12 +47,12 @@ def test_step_intermediates_sd_answer_is_one_durable_file_and_arrays_are_not_syn
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given every local write recorded with whether it was durable
-    writes: list[tuple[str, bool]] = []
+    writes: list[tuple[str, bool, bool]] = []
     real = local.atomic_write_bytes
 
-    def recording(path: Path, data: local.Data, *, durable: bool = True) -> None:
-        writes.append((path.name, durable))
-        real(path, data, durable=durable)
+    def recording(path: Path, data: local.Data, *, durable: bool = True, sync_folder: bool = True) -> None:
+        writes.append((path.name, durable, sync_folder))
+        real(path, data, durable=durable, sync_folder=sync_folder)
 
     monkeypatch.setattr(local, "atomic_write_bytes", recording)
     spec = _job(runtime)
@@ -61,19 +61,20 @@ def test_step_intermediates_sd_answer_is_one_durable_file_and_arrays_are_not_syn
     # Then the work folder holds one file per step: the SD answer (no sd.json beside it), tiles, blurred
     files = JobFiles(runtime.settings.output_dir.absolute(), spec.job_id)
     assert sorted(p.name for p in files.work_dir.iterdir()) == ["blurred.arrays", "source.img", "tiles.arrays"]
-    assert writes == [("source.img", True), ("tiles.arrays", False), ("blurred.arrays", False)]
+    assert writes == [("source.img", True, True), ("tiles.arrays", False, True), ("blurred.arrays", False, True)]
     # And the SD answer reads back as what the server said and the image it sent
     assert files.read_sd_answer()["seed"] == 11 == runtime.store.get(spec.job_id).sd_info.seed  # type: ignore[union-attr]
     answer = runtime.settings.output_dir.absolute() / "answer.png"
     answer.write_bytes(files.source_image())
     with Image.open(answer) as image:
         assert image.size == (128, 96)
-    # And the merge writes the image and its sidecar durably, and no name file (the name wanted was free)
+    # And the merge writes the image and its sidecar durably, the folder synced once, after the sidecar,
+    # and no name file (the name wanted was free)
     writes.clear()
     _run(runtime, spec, "merge")
     record = runtime.store.get(spec.job_id)
     assert record.state is JobState.SUCCEEDED and record.result is not None
-    assert writes == [(Path(record.result.image).name, True), (Path(record.result.sidecar).name, True)]
+    assert writes == [(Path(record.result.image).name, True, False), (Path(record.result.sidecar).name, True, True)]
 
 
 @pytest.mark.parametrize("damage", ["written before a restart", "cut short"])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -103,6 +104,34 @@ def test_local_storage_distrusts_an_unsynced_file_from_before_the_machine_starte
     assert not storage.exists_unsynced("work/tiles.arrays")
     # And the boot time is in the past, stable within the process
     assert boot_time() < time.time() and boot_time() == boot_time()
+
+
+def test_local_storage_syncs_what_a_crash_must_not_lose_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given every fsync recorded as the file or folder it synced
+    synced: list[str] = []
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    storage = LocalStorage(tmp_path)
+    storage.write("a.png", b"image")  # durable: the file, then its folder (the rename)
+    assert synced == ["file", "folder"]
+    synced.clear()
+    storage.write("work/new/b.arrays", b"tiles", durable=False)  # made again if lost: nothing synced
+    assert synced == []
+    storage.write("c.png", b"image", sync_folder=False)  # the caller's next write syncs the folder
+    assert synced == ["file"]
+    synced.clear()
+    storage.write("d/e/f.png", b"image")  # new folders: each synced in its parent, then the file's
+    assert synced == ["folder", "folder", "file", "folder"]
+    synced.clear()
+    assert storage.create("g.json", b"{}")  # a claim: whole, its name free again if a crash loses it
+    assert synced == ["file"]
 
 
 def test_storage_presigned_url_reads_the_object_without_credentials(storage: Storage) -> None:
