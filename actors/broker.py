@@ -1,10 +1,13 @@
 """The one place that builds the Dramatiq broker from settings.
 
-Redis mode: a :class:`~dramatiq.brokers.redis.RedisBroker` whose heartbeat and maintenance are tuned
-so that the messages of a killed worker come back within about a minute (heartbeat timeout
-``BROKER_HEARTBEAT_TIMEOUT_MS``, default 20 s, plus a maintenance pass) (the defaults can take many
-minutes: see docs/dramatiq.md, "Recovering a dead worker's messages"). Embedded mode: a
-:class:`~dramatiq.brokers.stub.StubBroker` served by in-process worker threads, running the same actors.
+Redis mode: :class:`actors.redis_broker.PatientRedisBroker`, Dramatiq's
+:class:`~dramatiq.brokers.redis.RedisBroker` whose enqueue waits out a Redis outage and wakes an
+idle consumer (idle consumers block on a wake list instead of polling: see that module), and whose
+heartbeat and maintenance are tuned so that the messages of a killed worker come back within about
+a minute (heartbeat timeout ``BROKER_HEARTBEAT_TIMEOUT_MS``, default 20 s, plus a maintenance pass)
+(the defaults can take many minutes: see docs/dramatiq.md, "Recovering a dead worker's messages").
+Embedded mode: a :class:`~dramatiq.brokers.stub.StubBroker` served by in-process worker threads,
+running the same actors.
 
 The broker is built and set (``dramatiq.set_broker``) before any actor is declared, and actors are
 declared against it explicitly, so nothing binds to an accidental default broker.
@@ -12,18 +15,14 @@ declared against it explicitly, so nothing binds to an accidental default broker
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-import time
-from typing import Any
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.common import dq_name
 from dramatiq.middleware import CurrentMessage, Middleware, Pipelines, Retries, TimeLimit
 
-from pipeline.connections import RedisSettings, create_client, outage_retry
+from pipeline.connections import RedisSettings, create_client
 from pipeline.settings import Settings
 
 __all__ = [
@@ -32,6 +31,8 @@ __all__ = [
     "CONSUMER_POLL_MAX_MS",
     "DELAY_QUEUE_POLL_MAX_MS",
     "IDLE_POLL_FIRST_EXPONENT",
+    "WAKE_TOKENS_MAX",
+    "WAKE_WAIT_MAX_S",
     "WORKER_ENQUEUE_PATIENCE_S",
     "MAINTENANCE_CHANCE",
     "build_broker",
@@ -44,10 +45,12 @@ logger = logging.getLogger(__name__)
 #: Redis key prefix of Dramatiq's queues (the status store uses ``sdpipe:``).
 BROKER_NAMESPACE = "sdpipe-dramatiq"
 #: Chance per million that a dispatch call runs maintenance (requeueing dead workers' messages).
-#: Dramatiq's default 1,000 (0.1%) makes recovery a lottery of many minutes. An idle consumer
-#: polls its queue about once a second, and only a dispatch on the dead worker's queue can return
-#: its messages: at 5% we measured a 75 s tail; at 20% a pass follows the heartbeat expiry within
-#: seconds. Maintenance uses KEYS on the broker's namespace: keep sdpipe on its own Redis database.
+#: Dramatiq's default 1,000 (0.1%) makes recovery a lottery of many minutes: only a dispatch on the
+#: dead worker's queue can return its messages. At 5% (consumers polling about once a second) we
+#: measured a 75 s tail; at 20% a pass follows the heartbeat expiry within seconds in a busy run.
+#: An idle consumer's fetch after a wake wait that timed out (about once per ``WAKE_WAIT_MAX_S``)
+#: always runs maintenance. Maintenance uses KEYS on the broker's namespace for each dead worker:
+#: keep sdpipe on its own Redis database.
 MAINTENANCE_CHANCE = 200_000
 
 
@@ -59,81 +62,30 @@ WORKER_ENQUEUE_PATIENCE_S = 600.0
 CLI_ENQUEUE_PATIENCE_S = 5.0
 
 
-#: Longest pause between two polls of an empty queue, in ms. Dramatiq backs off up to its worker
-#: timeout (1 s), so a job sent to idle workers, or the next step of a job after a quiet moment,
-#: waited up to a second: measured, a 60-job run on 3 SD servers started 0.45 s late. Idle cost:
-#: about 10 Redis calls per second per queue per worker process.
+#: Longest wait of an idle consumer on its queue's wake list (BLPOP), in seconds, before it fetches
+#: anyway: an enqueue ends the wait at once, so this bounds only what comes back without an enqueue
+#: (a dead worker's messages requeued by another process's maintenance), how long a stopping worker
+#: waits for its consumers, and the idle cost: one fetch per second per queue per worker process
+#: (polling every 100 ms cost 10, and was the largest part of worker CPU per 512² job). Shorter
+#: (a quarter) under a heartbeat timeout below 4 s: each fetch refreshes the process's heartbeat.
+WAKE_WAIT_MAX_S = 1.0
+#: Most tokens a wake list holds (LTRIM at each enqueue). A token wakes one idle consumer, and there
+#: is one per queue per worker process: more tokens than processes wake nobody more. The list is
+#: emptied whenever a consumer finds its queue empty, so stale tokens cost at most an empty fetch.
+WAKE_TOKENS_MAX = 64
+#: Longest pause of a consumer at capacity (as many messages prefetched or running as it may hold),
+#: in ms. It takes no wake token (another process may use it) and sends nothing to Redis: it checks
+#: again for room after this pause (Dramatiq's backoff from 5 ms up to it).
 CONSUMER_POLL_MAX_MS = 100
-#: The same for delay queues (retries, requeues): their messages are due 0.5 s or more after they
-#: are sent, so a slower pace costs little latency and saves Redis calls during every run.
+#: Longest pause of a delay-queue consumer (retries, requeues) between polls while it holds delayed
+#: messages, in ms: its loop is what moves a message back to its queue when due, so it cannot block
+#: on its wake list for a second. Their delays are 0.5 s or more, so this costs little latency.
+#: Holding nothing, it waits on its wake list like any idle consumer.
 DELAY_QUEUE_POLL_MAX_MS = 500
-#: First pause after a queue is found empty right after a message, as a power of two of Dramatiq's
-#: 5 ms (jittered up to twice that): 2 = 20-40 ms. Dramatiq starts at 5-10 ms, so each message of a
-#: busy run was followed by four or five polls of an empty queue within 150 ms (about 6 polls per
-#: job in target 2, each a Lua call); a step's message now waits at most 40 ms longer for a consumer.
+#: First pause of a consumer at capacity or holding delayed messages right after a message, as a
+#: power of two of Dramatiq's 5 ms (jittered up to twice that): 2 = 20-40 ms. Dramatiq starts at
+#: 5-10 ms, so each message was followed by four or five checks within 150 ms.
 IDLE_POLL_FIRST_EXPONENT = 2
-
-
-@functools.cache
-def _patient_redis_broker() -> Any:
-    """The Redis broker class, defined on first use: embedded mode never loads redis-py (start-up)."""
-    from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-
-    class _SteadyConsumer(_RedisConsumer):
-        """Dramatiq's consumer, whose polls of an empty queue start at 20-40 ms, not 5-10 ms, after a
-        message (:data:`IDLE_POLL_FIRST_EXPONENT`)."""
-
-        def __next__(self) -> dramatiq.MessageProxy | None:
-            message: dramatiq.MessageProxy | None = super().__next__()  # type: ignore[no-untyped-call]
-            if message is not None:
-                self.misses = max(self.misses, IDLE_POLL_FIRST_EXPONENT)
-            return message
-
-    class _PatientRedisBroker(RedisBroker):
-        """A RedisBroker whose enqueue waits out a Redis outage instead of dropping the message, and
-        whose idle consumers poll at least every ``CONSUMER_POLL_MAX_MS``."""
-
-        def __init__(self, *, enqueue_patience_s: float, **kwargs: Any) -> None:
-            super().__init__(**kwargs)  # type: ignore[no-untyped-call]
-            self.enqueue_patience_s = enqueue_patience_s
-            self._enqueue_retry = outage_retry(enqueue_patience_s)
-
-        @property
-        def consumer_class(self) -> type[_RedisConsumer]:
-            return _SteadyConsumer
-
-        def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> dramatiq.Consumer:
-            idle_poll_ms = DELAY_QUEUE_POLL_MAX_MS if queue_name == dq_name(queue_name) else CONSUMER_POLL_MAX_MS
-            return super().consume(queue_name, prefetch, min(timeout, idle_poll_ms))
-
-        def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
-            # The Retry's count bounds the attempts by their pauses; the deadline also bounds them when
-            # each attempt is slow (a server that drops packets costs a connect timeout per attempt).
-            deadline = time.monotonic() + self.enqueue_patience_s
-            retries = self._enqueue_retry.get_retries()
-            failures = 0
-
-            def failed(exc: Exception) -> None:
-                nonlocal failures
-                failures += 1
-                if failures > retries:
-                    return  # the Retry raises exc itself
-                if time.monotonic() >= deadline:
-                    raise exc
-                logger.warning(
-                    "cannot enqueue %s of message %s (%s); retry %d of %d",
-                    message.actor_name,
-                    message.message_id,
-                    exc,
-                    failures,
-                    retries,
-                )
-
-            return self._enqueue_retry.call_with_retry(
-                lambda: super(_PatientRedisBroker, self).enqueue(message, delay=delay), failed
-            )
-
-    return _PatientRedisBroker
 
 
 def step_middleware() -> list[Middleware]:
@@ -166,9 +118,12 @@ def build_broker(settings: Settings, *, enqueue_patience_s: float = WORKER_ENQUE
     broker: dramatiq.Broker
     if settings.redis_mode:
         redis_settings = RedisSettings.from_settings(settings)
-        broker = _patient_redis_broker()(
+        from actors.redis_broker import PatientRedisBroker  # here: embedded mode never loads redis-py
+
+        broker = PatientRedisBroker(
             enqueue_patience_s=enqueue_patience_s,
             client=create_client(redis_settings),
+            wake_client=create_client(redis_settings, blocking_s=WAKE_WAIT_MAX_S),
             namespace=BROKER_NAMESPACE,
             heartbeat_timeout=settings.broker_heartbeat_timeout_ms,
             maintenance_chance=MAINTENANCE_CHANCE,

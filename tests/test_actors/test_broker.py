@@ -1,4 +1,4 @@
-"""The Redis broker's idle polling: quick on the work queues, slower on the delay queues."""
+"""The Redis broker's pauses: a consumer at capacity rechecks quickly, a delay queue holding retries more slowly."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from actors.steps import IMAGES_QUEUE, SD_QUEUE
 from pipeline.settings import Settings
 
 
-def test_redis_broker_polls_work_queues_quickly_and_delay_queues_at_a_slower_pace(settings: Settings) -> None:
+def test_redis_broker_pauses_briefly_on_work_queues_and_longer_on_delay_queues(settings: Settings) -> None:
     # Building the broker and its consumers sends nothing to Redis: no server is needed here
     broker = build_broker(settings.model_copy(update={"redis_url": SecretStr("redis://127.0.0.1:1/0")}))
     try:

@@ -1,0 +1,250 @@
+"""sdpipe's Redis broker: Dramatiq's, with patient enqueues and consumers that wake on enqueue.
+
+Loaded by :func:`actors.broker.build_broker` in Redis mode only (embedded mode never loads redis-py).
+
+**Wake lists.** Dramatiq's Redis consumer polls an empty queue with a Lua fetch, backing off up to
+its idle timeout: a message sent to idle workers waits for the next poll, and idle polling was the
+largest part of a worker's CPU per job. Here every enqueue to queue ``Q`` (delay queues too) also
+pushes a token onto the list ``<namespace>:__wake__.Q``, in the same round trip as the enqueue (a
+pipeline: Dramatiq's dispatch script, RPUSH, LTRIM to :data:`~actors.broker.WAKE_TOKENS_MAX`). A
+consumer that fetched nothing *while it had room* blocks on BLPOP of its queue's wake list, on a
+connection of its own client (:attr:`PatientRedisBroker.wake_client`), for at most
+:attr:`PatientRedisBroker.wake_wait_s`; a token ends the wait at once and the consumer fetches.
+
+A token is pushed after its message, on the same connection, so a token older than an empty fetch
+announces a message somebody already took: just before it blocks, the consumer deletes the wake
+list if the queue is empty (one Lua call, pipelined with the BLPOP), and a stale token costs at
+most one empty fetch. A consumer at capacity takes no token (another process may use it) and only
+sleeps, as Dramatiq's does; so does a delay-queue consumer holding retries until they are due (its
+loop is what moves them back to their queue: see ``DELAY_QUEUE_POLL_MAX_MS``).
+
+A wait that ends without a token makes the next fetch run Dramatiq's maintenance for sure (the
+requeueing of dead workers' messages): an idle worker recovers a dead worker's messages within
+one wait of its heartbeat expiring, which polling reached only by chance.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import compute_backoff, current_millis, dq_name
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
+from redis.exceptions import NoScriptError
+
+from actors.broker import (
+    CONSUMER_POLL_MAX_MS,
+    DELAY_QUEUE_POLL_MAX_MS,
+    IDLE_POLL_FIRST_EXPONENT,
+    WAKE_TOKENS_MAX,
+    WAKE_WAIT_MAX_S,
+)
+from pipeline.connections import outage_retry
+
+__all__ = ["PatientRedisBroker", "WakingConsumer", "wake_key", "wake_wait_s"]
+
+logger = logging.getLogger(__name__)
+
+#: An argument of a Redis command.
+_Arg = str | bytes | int | float
+
+#: KEYS[1] the queue's list of waiting ids, KEYS[2] its wake list: an empty queue has nothing to wake for.
+_CLEAR_IF_EMPTY = """
+if redis.call('llen', KEYS[1]) == 0 then
+    return redis.call('del', KEYS[2])
+end
+return 0
+"""
+
+
+def wake_key(namespace: str, queue_name: str) -> str:
+    """The wake list of ``queue_name`` (``<namespace>:__wake__.<queue>``, beside Dramatiq's ``__acks__``)."""
+    return f"{namespace}:__wake__.{queue_name}"
+
+
+def wake_wait_s(heartbeat_timeout_ms: int) -> float:
+    """How long an idle consumer blocks: :data:`WAKE_WAIT_MAX_S`, or a quarter of the heartbeat timeout
+    if that is shorter (each wait ends with a fetch, which is what refreshes the process's heartbeat)."""
+    return min(WAKE_WAIT_MAX_S, heartbeat_timeout_ms / 4000)
+
+
+class WakingConsumer(_RedisConsumer):
+    """Dramatiq's Redis consumer, which blocks on its queue's wake list instead of polling an empty queue."""
+
+    broker: PatientRedisBroker
+
+    def __init__(self, broker: PatientRedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
+        self.is_delay_queue = queue_name == dq_name(queue_name)
+        #: The last wake wait ended without a token: the next fetch runs maintenance.
+        self.maintain_next = False
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            while True:
+                if self.message_cache:
+                    data = self.message_cache.pop(0)
+                    if data is None:  # as Dramatiq's consumer does (its #266)
+                        logger.warning("None in the message cache of queue %r", self.queue_name)
+                        continue
+                    # after a message, an at-capacity pause starts at 20-40 ms (IDLE_POLL_FIRST_EXPONENT)
+                    self.misses = IDLE_POLL_FIRST_EXPONENT
+                    message = Message.decode(data)
+                    self.queued_message_ids.add(message.message_id)
+                    return MessageProxy(message)
+                room = self.prefetch - self.outstanding_message_count
+                if room > 0:
+                    self.message_cache = self.broker.fetch(self.queue_name, room, maintain=self.maintain_next)
+                    self.maintain_next = False
+                    if self.message_cache:
+                        continue
+                    if not self.is_delay_queue or self.outstanding_message_count == 0:
+                        self.maintain_next = not self.broker.wait_for_wake(self.queue_name)
+                        return None
+                # At capacity, or a delay queue holding retries until they are due: take no token, sleep.
+                self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
+                time.sleep(backoff_ms / 1000)
+                return None
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        """Put prefetched messages back (a stopping worker), with a token each for idle consumers."""
+        batch = list(messages)  # a generator, from ConsumerThread.close
+        super().requeue(batch)  # type: ignore[no-untyped-call]
+        if batch:
+            self.broker.wake(self.queue_name, len(batch))
+
+
+class PatientRedisBroker(RedisBroker):
+    """A RedisBroker whose enqueue waits out a Redis outage instead of dropping the message and
+    pushes a wake token, and whose consumers are :class:`WakingConsumer`."""
+
+    def __init__(self, *, enqueue_patience_s: float, wake_client: redis.Redis, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        self.enqueue_patience_s = enqueue_patience_s
+        self._enqueue_retry = outage_retry(enqueue_patience_s)
+        #: Client of the blocking waits: its reply timeout allows for :attr:`wake_wait_s`.
+        self.wake_client = wake_client
+        self.wake_wait_s = wake_wait_s(self.heartbeat_timeout)
+        self._clear_if_empty = wake_client.register_script(_CLEAR_IF_EMPTY)
+
+    @property
+    def consumer_class(self) -> type[WakingConsumer]:
+        return WakingConsumer
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> dramatiq.Consumer:
+        idle_poll_ms = DELAY_QUEUE_POLL_MAX_MS if queue_name == dq_name(queue_name) else CONSUMER_POLL_MAX_MS
+        consumer: dramatiq.Consumer = super().consume(queue_name, prefetch, min(timeout, idle_poll_ms))
+        return consumer
+
+    def close(self) -> None:
+        self.wake_client.close()
+        super().close()
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        # The Retry's count bounds the attempts by their pauses; the deadline also bounds them when
+        # each attempt is slow (a server that drops packets costs a connect timeout per attempt).
+        deadline = time.monotonic() + self.enqueue_patience_s
+        retries = self._enqueue_retry.get_retries()
+        failures = 0
+
+        def failed(exc: Exception) -> None:
+            nonlocal failures
+            failures += 1
+            if failures > retries:
+                return  # the Retry raises exc itself
+            if time.monotonic() >= deadline:
+                raise exc
+            logger.warning(
+                "cannot enqueue %s of message %s (%s); retry %d of %d",
+                message.actor_name,
+                message.message_id,
+                exc,
+                failures,
+                retries,
+            )
+
+        sent: dramatiq.Message[Any] = self._enqueue_retry.call_with_retry(
+            lambda: super(PatientRedisBroker, self).enqueue(message, delay=delay), failed
+        )
+        return sent
+
+    def _dispatch_args(self, command: str, queue_name: str, *args: _Arg, maintain: bool = False) -> list[_Arg]:
+        """The arguments of Dramatiq's dispatch script, as its ``RedisBroker._dispatch`` builds them."""
+        return [
+            command,
+            current_millis(),
+            queue_name,
+            self.broker_id,
+            self.heartbeat_timeout,
+            self.dead_message_ttl,
+            1 if maintain else self._should_do_maintenance(command),
+            self._max_unpack_size(),  # type: ignore[no-untyped-call]
+            *args,
+        ]
+
+    def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> None:
+        """Dramatiq's enqueue, and a wake token for ``queue_name``, in one round trip."""
+        dispatch = self.scripts["dispatch"]
+        args = self._dispatch_args("enqueue", queue_name, message_id, data)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.evalsha(dispatch.sha, 1, self.namespace, *args)
+        self._push_tokens(pipe, queue_name, 1)
+        enqueued, *_ = results = pipe.execute(raise_on_error=False)
+        if isinstance(enqueued, NoScriptError):  # Redis restarted or flushed its scripts: load it, and again
+            dispatch(keys=[self.namespace], args=args)
+            self.wake(queue_name, 1)
+            return
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+
+    def fetch(self, queue_name: str, count: int, *, maintain: bool) -> list[bytes]:
+        """Up to ``count`` messages of ``queue_name`` (Dramatiq's fetch); ``maintain``: run maintenance."""
+        messages: list[bytes] = self.scripts["dispatch"](
+            keys=[self.namespace], args=self._dispatch_args("fetch", queue_name, count, maintain=maintain)
+        )
+        return messages
+
+    def wait_for_wake(self, queue_name: str) -> bool:
+        """Block until a token for ``queue_name`` comes or :attr:`wake_wait_s` passes; True if one came.
+
+        The wake list is deleted first if the queue is empty (its tokens announce messages already taken).
+        """
+        key = wake_key(self.namespace, queue_name)
+        pipe = self.wake_client.pipeline(transaction=False)
+        pipe.evalsha(self._clear_if_empty.sha, 2, f"{self.namespace}:{queue_name}", key)
+        pipe.blpop([key], timeout=self.wake_wait_s)
+        cleared, token = pipe.execute(raise_on_error=False)
+        if isinstance(cleared, NoScriptError):  # loaded for the next wait; this one just did not clear
+            self.wake_client.script_load(_CLEAR_IF_EMPTY)
+        elif isinstance(cleared, Exception):
+            raise cleared
+        if isinstance(token, Exception):
+            raise token
+        return token is not None
+
+    def wake(self, queue_name: str, count: int) -> None:
+        """Push ``count`` tokens for ``queue_name`` (messages that came back without an enqueue).
+
+        A token that cannot be pushed is only logged: consumers find the messages at their next fetch.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        self._push_tokens(pipe, queue_name, count)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            logger.warning("no wake token for %d messages of queue %r: %s", count, queue_name, exc)
+
+    def _push_tokens(self, pipe: Any, queue_name: str, count: int) -> None:
+        key = wake_key(self.namespace, queue_name)
+        pipe.rpush(key, *["1"] * min(count, WAKE_TOKENS_MAX))
+        pipe.ltrim(key, -WAKE_TOKENS_MAX, -1)
