@@ -160,6 +160,7 @@ def install() -> None:
     import pybase64
     from dramatiq.brokers import redis as dramatiq_redis
 
+    from actors.redis_broker import WakingConsumer
     from pipeline.images import codec, png, seams
     from pipeline.jobs import arrays, steps
     from pipeline.jobs import files as storage
@@ -196,6 +197,8 @@ def install() -> None:
     consumer = getattr(dramatiq_redis, "_RedisConsumer", None)
     if consumer is not None:  # private in Dramatiq: without it, fetching lands in the remainder
         _replace(consumer, "__next__", FETCH)
+    # sdpipe's consumer replaces Dramatiq's __next__ (it waits on a wake list instead of polling)
+    _replace(WakingConsumer, "__next__", FETCH)
     _replace(dramatiq.worker.ConsumerThread, "post_process_message", ACK)
     _replace(dramatiq_redis.RedisBroker, "enqueue", ENQUEUE)
     for name in ("emit_before", "emit_after"):
