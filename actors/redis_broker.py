@@ -7,14 +7,18 @@ its idle timeout: a message sent to idle workers waits for the next poll, and id
 largest part of a worker's CPU per job. Here every enqueue to queue ``Q`` (delay queues too) also
 pushes a token onto the list ``<namespace>:__wake__.Q``, in the same round trip as the enqueue (a
 pipeline: Dramatiq's dispatch script, RPUSH, LTRIM to :data:`~actors.broker.WAKE_TOKENS_MAX`). A
-consumer that fetched nothing *while it had room* blocks on BLPOP of its queue's wake list, on a
-connection of its own client (:attr:`PatientRedisBroker.wake_client`), for at most
-:attr:`PatientRedisBroker.wake_wait_s`; a token ends the wait at once and the consumer fetches.
+consumer with room that has found its queue empty (a fetch got nothing, or fewer messages than it
+asked for, and those are handed out) blocks on BLPOP of its queue's wake list, on a connection of
+its own client (:attr:`PatientRedisBroker.wake_client`), for at most
+:attr:`PatientRedisBroker.wake_wait_s`; a token ends the wait at once and the consumer fetches. So
+a message costs its consumer a wait and a fetch, where polling cost a fetch, an empty fetch and
+the polls of every idle moment.
 
-A token is pushed after its message, on the same connection, so a token older than an empty fetch
+A token is pushed after its message, on the same connection, so a token older than an empty queue
 announces a message somebody already took: just before it blocks, the consumer deletes the wake
-list if the queue is empty (one Lua call, pipelined with the BLPOP), and a stale token costs at
-most one empty fetch. A consumer at capacity takes no token (another process may use it) and only
+list if the queue is empty, or pushes a token if the queue holds messages and the list none (they
+came back without an enqueue); one Lua call, pipelined with the BLPOP. A stale token costs at most
+one empty fetch. A consumer at capacity takes no token (another process may use it) and only
 sleeps, as Dramatiq's does; so does a delay-queue consumer holding retries until they are due (its
 loop is what moves them back to their queue: see ``DELAY_QUEUE_POLL_MAX_MS``).
 
@@ -55,10 +59,16 @@ logger = logging.getLogger(__name__)
 #: An argument of a Redis command.
 _Arg = str | bytes | int | float
 
-#: KEYS[1] the queue's list of waiting ids, KEYS[2] its wake list: an empty queue has nothing to wake for.
-_CLEAR_IF_EMPTY = """
+#: Run just before a consumer blocks on its wake list. KEYS[1] the queue's list of waiting ids,
+#: KEYS[2] its wake list. An empty queue has nothing to wake for: its tokens are stale. A queue with
+#: messages but no token (put back by another process's maintenance, or tokens trimmed off) gets one,
+#: so the wait ends at once and the consumer fetches them.
+_PREPARE_WAIT = """
 if redis.call('llen', KEYS[1]) == 0 then
     return redis.call('del', KEYS[2])
+end
+if redis.call('llen', KEYS[2]) == 0 then
+    redis.call('rpush', KEYS[2], '1')
 end
 return 0
 """
@@ -85,6 +95,9 @@ class WakingConsumer(_RedisConsumer):
         self.is_delay_queue = queue_name == dq_name(queue_name)
         #: The last wake wait ended without a token: the next fetch runs maintenance.
         self.maintain_next = False
+        #: The last fetch emptied the queue (it got fewer messages than it asked for): once those are
+        #: handed out, wait for a token rather than fetch again (one round trip less per message).
+        self.drained = False
 
     def __next__(self) -> MessageProxy | None:
         try:
@@ -101,12 +114,16 @@ class WakingConsumer(_RedisConsumer):
                     return MessageProxy(message)
                 room = self.prefetch - self.outstanding_message_count
                 if room > 0:
-                    self.message_cache = self.broker.fetch(self.queue_name, room, maintain=self.maintain_next)
-                    self.maintain_next = False
-                    if self.message_cache:
-                        continue
-                    if not self.is_delay_queue or self.outstanding_message_count == 0:
+                    may_wait = not self.is_delay_queue or self.outstanding_message_count == 0
+                    if not (self.drained and may_wait):
+                        self.message_cache = self.broker.fetch(self.queue_name, room, maintain=self.maintain_next)
+                        self.maintain_next = False
+                        self.drained = len(self.message_cache) < room
+                        if self.message_cache:
+                            continue
+                    if may_wait:
                         self.maintain_next = not self.broker.wait_for_wake(self.queue_name)
+                        self.drained = False
                         return None
                 # At capacity, or a delay queue holding retries until they are due: take no token, sleep.
                 self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
@@ -134,7 +151,7 @@ class PatientRedisBroker(RedisBroker):
         #: Client of the blocking waits: its reply timeout allows for :attr:`wake_wait_s`.
         self.wake_client = wake_client
         self.wake_wait_s = wake_wait_s(self.heartbeat_timeout)
-        self._clear_if_empty = wake_client.register_script(_CLEAR_IF_EMPTY)
+        self._prepare_wait = wake_client.register_script(_PREPARE_WAIT)
 
     @property
     def consumer_class(self) -> type[WakingConsumer]:
@@ -217,17 +234,18 @@ class PatientRedisBroker(RedisBroker):
     def wait_for_wake(self, queue_name: str) -> bool:
         """Block until a token for ``queue_name`` comes or :attr:`wake_wait_s` passes; True if one came.
 
-        The wake list is deleted first if the queue is empty (its tokens announce messages already taken).
+        First the wake list is deleted if the queue is empty (its tokens announce messages already
+        taken), or given a token if the queue holds messages and it has none (the wait ends at once).
         """
         key = wake_key(self.namespace, queue_name)
         pipe = self.wake_client.pipeline(transaction=False)
-        pipe.evalsha(self._clear_if_empty.sha, 2, f"{self.namespace}:{queue_name}", key)
+        pipe.evalsha(self._prepare_wait.sha, 2, f"{self.namespace}:{queue_name}", key)
         pipe.blpop([key], timeout=self.wake_wait_s)
-        cleared, token = pipe.execute(raise_on_error=False)
-        if isinstance(cleared, NoScriptError):  # loaded for the next wait; this one just did not clear
-            self.wake_client.script_load(_CLEAR_IF_EMPTY)
-        elif isinstance(cleared, Exception):
-            raise cleared
+        prepared, token = pipe.execute(raise_on_error=False)
+        if isinstance(prepared, NoScriptError):  # loaded for the next wait; this one was not prepared
+            self.wake_client.script_load(_PREPARE_WAIT)
+        elif isinstance(prepared, Exception):
+            raise prepared
         if isinstance(token, Exception):
             raise token
         return token is not None

@@ -170,3 +170,21 @@ def test_redis_broker_idle_consumer_recovers_a_dead_workers_message_after_a_time
     finally:
         dead.close()
         alive.close()
+
+
+def test_redis_broker_wait_ends_at_once_for_messages_that_came_back_without_a_token(
+    redis_url: str, client: redis.Redis
+) -> None:
+    # Given a waiting message whose token is gone (as when maintenance puts a dead worker's message back)
+    broker = _broker(redis_url, wait_s=30.0)
+    try:
+        broker.enqueue(_message(3))
+        client.delete(wake_key(BROKER_NAMESPACE, QUEUE))
+        # When a consumer is about to wait, then its wait ends with a token instead of running out
+        assert broker.wait_for_wake(QUEUE) is True
+        consumer = broker.consume(QUEUE, prefetch=2)
+        fetched = next(consumer)
+        assert fetched is not None and fetched.args == (3,)
+        consumer.ack(fetched)
+    finally:
+        broker.close()
