@@ -240,7 +240,9 @@ class PatientRedisBroker(RedisBroker):
         key = wake_key(self.namespace, queue_name)
         pipe = self.wake_client.pipeline(transaction=False)
         pipe.evalsha(self._prepare_wait.sha, 2, f"{self.namespace}:{queue_name}", key)
-        pipe.blpop([key], timeout=self.wake_wait_s)
+        # whole seconds as an integer: Redis before 6.0 takes no fractional timeout
+        wait_s = self.wake_wait_s
+        pipe.blpop([key], timeout=int(wait_s) if wait_s == int(wait_s) else wait_s)
         prepared, token = pipe.execute(raise_on_error=False)
         if isinstance(prepared, NoScriptError):  # loaded for the next wait; this one was not prepared
             self.wake_client.script_load(_PREPARE_WAIT)
