@@ -25,12 +25,24 @@ import os
 import struct
 import threading
 import zlib
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["DEFLATE_LEVEL", "encode_png", "png_chunks_problem", "text_chunk"]
+__all__ = [
+    "DEFLATE_LEVEL",
+    "band_cuts",
+    "deflate_rows",
+    "encode_png",
+    "parallel_map",
+    "png_chunks_problem",
+    "png_from_payloads",
+    "stitch_bands",
+    "text_chunk",
+]
 
 #: zlib level of the image data (1: fastest; with the Up filter, higher levels gain < 2 % size).
 DEFLATE_LEVEL = 1
@@ -51,6 +63,9 @@ _CHUNK_OVERHEAD_BYTES = 12
 #: PNG colour type of each channel count: grey, RGB, RGBA.
 _COLOUR_TYPES = {1: 0, 3: 2, 4: 6}
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -61,6 +76,16 @@ def _executor() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="sdpipe-png")
         return _pool
+
+
+def parallel_map(function: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    """``[function(item) for item in items]`` on the encoder's thread pool (in order; inline for one item).
+
+    For work that releases the GIL as deflating does: numpy and zlib on bands of an image.
+    """
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    return list(_executor().map(function, items))
 
 
 def chunk(kind: bytes, data: bytes) -> bytes:
@@ -129,15 +154,31 @@ def adler32_combine(adler1: int, adler2: int, length2: int) -> int:
 
 
 def _deflate_band(array: NDArray[np.uint8], start: int, stop: int) -> tuple[bytes, int, int]:
-    """Filter and deflate rows ``start:stop``: (raw deflate data, Adler-32 and length of the filtered bytes).
+    """Filter and deflate rows ``start:stop`` of the whole image ``array``: (raw deflate data,
+    Adler-32 and length of the filtered bytes)."""
+    return deflate_rows(array, start, stop, last=stop == array.shape[0])
+
+
+def deflate_rows(array: NDArray[np.uint8], start: int, stop: int, *, last: bool) -> tuple[bytes, int, int]:
+    """Filter and deflate rows ``start:stop`` of ``array`` (the image, or a window of its rows that
+    holds the row above ``start`` unless ``start`` is the image's first row): one band of
+    :func:`band_cuts`, as :func:`encode_png` deflates it. ``last``: the band ends the image (the
+    stream is finished, not flushed). Returns the raw deflate data, and the Adler-32 and length of
+    the filtered bytes (for :func:`png_from_bands`).
 
     Each band is filtered where it is compressed, so no filtered copy of the whole image exists.
     """
     filtered = filter_up(array, start, stop).data.cast("B")
     compressor = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw deflate
-    last = stop == array.shape[0]
     data = compressor.compress(filtered) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
     return data, zlib.adler32(filtered), len(filtered)
+
+
+def band_cuts(height: int, row_bytes: int) -> list[tuple[int, int]]:
+    """The bands of rows ``(start, stop)`` an image of ``height`` rows of ``row_bytes`` bytes each
+    (width x channels) is deflated in: about :data:`BAND_TARGET_BYTES` of filtered data each."""
+    rows_per_band = max(1, BAND_TARGET_BYTES // (row_bytes + 1))
+    return [(start, min(start + rows_per_band, height)) for start in range(0, height, rows_per_band)]
 
 
 def idat_payloads(array: NDArray[np.uint8]) -> list[bytes]:
@@ -146,13 +187,17 @@ def idat_payloads(array: NDArray[np.uint8]) -> list[bytes]:
     The first piece starts with the zlib header, the last ends with the Adler-32 of all filtered bytes.
     """
     height = array.shape[0]
-    stride = array.reshape(height, -1).shape[1] + 1
-    rows_per_band = max(1, BAND_TARGET_BYTES // stride)
-    cuts = [(start, min(start + rows_per_band, height)) for start in range(0, height, rows_per_band)]
+    cuts = band_cuts(height, array.reshape(height, -1).shape[1])
     if len(cuts) == 1:
         bands = [_deflate_band(array, *cuts[0])]
     else:
         bands = list(_executor().map(lambda cut: _deflate_band(array, *cut), cuts))
+    return stitch_bands(bands)
+
+
+def stitch_bands(bands: Sequence[tuple[bytes, int, int]]) -> list[bytes]:
+    """The IDAT payloads of bands deflated by :func:`deflate_rows`, in order: the zlib header before
+    the first, the Adler-32 of all the filtered bytes after the last."""
     checksum = 1  # the Adler-32 of nothing
     for _, adler, length in bands:
         checksum = adler32_combine(checksum, adler, length)
@@ -172,11 +217,28 @@ def encode_png(array: NDArray[np.uint8], *, text: dict[str, str] | None = None) 
     if array.dtype != np.uint8 or channels not in _COLOUR_TYPES or array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"expected a non-empty uint8 (H, W), (H, W, 3) or (H, W, 4) array, got {array.shape}")
     height, width = array.shape[:2]
+    return png_from_payloads(width, height, channels, idat_payloads(np.ascontiguousarray(array)), text=text)
+
+
+def png_from_payloads(
+    width: int, height: int, channels: int, payloads: Sequence[bytes], *, text: dict[str, str] | None = None
+) -> bytes:
+    """The PNG file of an 8-bit image whose zlib stream is ``payloads`` (:func:`idat_payloads`,
+    :func:`stitch_bands`): one IDAT chunk each, after the text chunks.
+
+    Raises:
+        ValueError: ``channels`` is not 1, 3 or 4.
+    """
+    if channels not in _COLOUR_TYPES:
+        raise ValueError(f"expected 1, 3 or 4 channels, got {channels}")
     header = struct.pack(">IIBBBBB", width, height, 8, _COLOUR_TYPES[channels], 0, 0, 0)
     parts = [_SIGNATURE, chunk(b"IHDR", header)]
     parts += [text_chunk(key, value) for key, value in (text or {}).items()]
-    # One IDAT chunk per band (about BAND_TARGET_BYTES of filtered data each, less once compressed).
-    parts += [chunk(b"IDAT", payload) for payload in idat_payloads(np.ascontiguousarray(array))]
+    # One IDAT chunk per band (about BAND_TARGET_BYTES of filtered data each, less once compressed),
+    # its parts joined once with the rest: the payloads are not copied into chunks first.
+    for payload in payloads:
+        crc = zlib.crc32(payload, zlib.crc32(b"IDAT"))
+        parts += [struct.pack(">I", len(payload)) + b"IDAT", payload, struct.pack(">I", crc)]
     parts.append(chunk(b"IEND", b""))
     return b"".join(parts)
 

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline.errors import NoFreeSlot, PipelineError, SDError
 from pipeline.events.model import JOB_STEP_FINISHED
 from pipeline.jobs.steps import StepContext, _files, _record_failure, check_paused, fanout_generation
 from pipeline.models import ErrorInfo, StepName
+from pipeline.upscale import output as upscale_output
 from pipeline.upscale import render as upscale_render
+
+if TYPE_CHECKING:
+    from pipeline.jobs.files import JobFiles
+    from pipeline.models import JobRecord
 
 __all__ = ["TileOutcome", "run_tile"]
 
@@ -87,6 +93,7 @@ def run_tile(
         _record_failure(ctx, job_id, "upscale_tile", attempt, error, retries_left)
         raise
     done, total = ctx.store.add_tile_done(job_id, index)
+    _advance_output(ctx, record, files, index)
     logger.info("job %s: tile %d %s (%d/%d)", job_id, index, "already saved" if skipped else "rendered", done, total)
     if ctx.events is not None:
         data = {"step": "upscale_tile", "tile": index, "done": done, "total": total, "skipped": skipped}
@@ -95,3 +102,13 @@ def run_tile(
     if done >= total and upscale_render.next_step_after_renders(record, files, total) == "seam_blur":
         following = "seam_blur"
     return TileOutcome(ran=True, done=done, total=total, skipped=skipped, next_step=following)
+
+
+def _advance_output(ctx: StepContext, record: JobRecord, files: JobFiles, index: int) -> None:
+    """Deflate the output's bands this tile completes (:mod:`pipeline.upscale.output`), so that the
+    merge after the last tile has little left to do. Only a head start: whatever fails here, the
+    merge computes the band itself (and reports a damaged tile as its own error)."""
+    try:
+        upscale_output.save_ready_pieces(ctx, record, files, index)
+    except (PipelineError, OSError, ValueError) as exc:
+        logger.warning("job %s: output bands after tile %d left to the merge: %s", record.job_id, index, exc)

@@ -34,6 +34,7 @@ from pipeline.sd.backends import Backend
 from pipeline.sd.pool import affinity
 from pipeline.storage.base import Blob
 from pipeline.store.base import InlineEvent
+from pipeline.upscale import output as upscale_output
 from pipeline.upscale import render as upscale_render
 from pipeline.upscale import steps as upscale_steps
 
@@ -562,15 +563,22 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]
         for blob in (image, sidecar):
             if blob.path is not None:
                 remove_stale_temps(blob.path)
-    if spec.upscale is not None:
-        merged, manifest = upscale_steps.merge_upscaled(ctx, record, files)
+    if spec.upscale is not None and upscale_output.uses_pieces(record):
+        # A PNG upscale: its bands were deflated as their tiles arrived; stitch them (same bytes).
+        manifest = upscale_steps.output_manifest(files)
+        infotext = _output_infotext(record, manifest)
+        data = upscale_output.assemble_png(ctx, record, files, manifest, infotext)
     else:
-        manifest, arrays = _made_earlier(ctx, record, files.blurred, _seam_blur)
-        tiles = [(seams.TileBox.from_dict(box), tile) for box, tile in zip(manifest["tiles"], arrays, strict=True)]
-        merged = seams.merge(tiles, manifest["width"], manifest["height"])
+        if spec.upscale is not None:
+            merged, manifest = upscale_steps.merge_upscaled(ctx, record, files)
+        else:
+            manifest, arrays = _made_earlier(ctx, record, files.blurred, _seam_blur)
+            tiles = [(seams.TileBox.from_dict(box), tile) for box, tile in zip(manifest["tiles"], arrays, strict=True)]
+            merged = seams.merge(tiles, manifest["width"], manifest["height"])
+        infotext = _output_infotext(record, manifest)
+        data = encode_image(merged, format=spec.output_format, infotext=infotext, quality=spec.output_quality)
+        del merged
     width, height = manifest["width"], manifest["height"]
-    infotext = _output_infotext(record, manifest)
-    data = encode_image(merged, format=spec.output_format, infotext=infotext, quality=spec.output_quality)
     output = {
         "image": image.location,
         "sidecar": sidecar.location,

@@ -37,6 +37,7 @@ __all__ = [
     "band_phase",
     "first_pass",
     "merge_upscaled",
+    "output_manifest",
     "sidecar_record",
 ]
 
@@ -178,6 +179,7 @@ def merge_upscaled(ctx: StepContext, record: JobRecord, files: JobFiles) -> tupl
         merged = _blend(ctx, record, work, plan)
     x_lines, y_lines = plan.seam_lines()
     seam_blur_lines(merged, x_lines, y_lines, SEAM_BLUR_BAND_PX, SEAM_BLUR_SIGMA)
+    _describe_output(manifest, plan)
     if manifest.get("mode") == "RGBA":  # the input's transparency, enlarged, on the re-rendered colour
         _, [alpha] = map_arrays(work.alpha)
         with_alpha: _U8 = np.empty((plan.height, plan.width, 4), dtype=np.uint8)
@@ -186,9 +188,20 @@ def merge_upscaled(ctx: StepContext, record: JobRecord, files: JobFiles) -> tupl
         with_alpha[:, :, 3] = alpha
         merged = with_alpha
         del alpha
+    return merged, manifest
+
+
+def output_manifest(files: JobFiles) -> dict[str, Any]:
+    """The first pass's manifest with what the merge adds for the sidecar (tiles, seam blur), for
+    an output made of pieces (:mod:`pipeline.upscale.output`) rather than by :func:`merge_upscaled`."""
+    manifest: dict[str, Any] = read_json(UpscaleFiles.of(files).plan)
+    _describe_output(manifest, TilePlan.from_dict(manifest["plan"]))
+    return manifest
+
+
+def _describe_output(manifest: dict[str, Any], plan: TilePlan) -> None:
     manifest["tiles"] = len(plan)
     manifest["seam_blur"] = {"band_px": SEAM_BLUR_BAND_PX, "sigma": SEAM_BLUR_SIGMA}
-    return merged, manifest
 
 
 def sidecar_record(params: UpscaleParams, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ __all__ = [
     "axis_weights",
     "apply_bands",
     "band_mask",
+    "blend_rows",
     "blend_tiles",
     "border_gradient_ratio",
     "plan_bands",
@@ -305,6 +306,39 @@ def blend_tiles(plan: TilePlan, load: Callable[[UpscaleTile], _U8], channels: in
         out[y0 : y0 + final] = done  # in place, no float copy of the strip
         carry = strip[final:].copy() if final < plan.tile_h else None
         del strip, done
+    return out
+
+
+def blend_rows(plan: TilePlan, load: Callable[[UpscaleTile], _U8], y0: int, y1: int, channels: int = 3) -> _U8:
+    """Rows ``y0:y1`` of :func:`blend_tiles`' output, bit for bit, from the tiles that cover them only.
+
+    Every pixel is the same float32 sum in the same order (zero, then each covering tile's weighted
+    pixels in row-major tile order: what the strip and its carried overlap add up to), rounded the
+    same way. ``load`` is called for the covering tiles only; each is read for its rows in the range.
+
+    Raises:
+        ValueError: an empty range, or a tile's array does not have the tile's size or ``channels``.
+    """
+    if not 0 <= y0 < y1 <= plan.height:
+        raise ValueError(f"rows {y0}:{y1} are not a range of a {plan.height}-row output")
+    wx = axis_weights(plan.xs, plan.tile_w, plan.width)
+    wy = axis_weights(plan.ys, plan.tile_h, plan.height)
+    sums: _F32 = np.zeros((y1 - y0, plan.width, channels), dtype=np.float32)
+    for tile in plan.tiles:
+        top, bottom = max(tile.y0, y0), min(tile.y1, y1)
+        if top >= bottom:
+            continue
+        pixels = load(tile)
+        if pixels.shape != (tile.height, tile.width, channels):
+            raise ValueError(f"tile {tile.index} is {pixels.shape}, expected {(tile.height, tile.width, channels)}")
+        weighted = pixels[top - tile.y0 : bottom - tile.y0].astype(np.float32)
+        weighted *= wy[tile.row][top - tile.y0 : bottom - tile.y0, None, None]
+        weighted *= wx[tile.col][None, :, None]
+        sums[top - y0 : bottom - y0, tile.x0 : tile.x1] += weighted
+        del weighted, pixels
+    np.rint(sums, out=sums)
+    np.clip(sums, 0, 255, out=sums)
+    out: _U8 = sums.astype(np.uint8)
     return out
 
 
