@@ -5,9 +5,10 @@ least 64 px (a 2048² output: 5 x 5 = 25 tiles) by ``sdpipe worker`` (2 processe
 against 4 ``sdpipe mock-sd --latency-ms 300`` servers, then the same job pinned to one server, in
 the same run. Figures:
 
-- wall time on 4 servers; its tile phase (wall minus the first pass and the merge, both serial
-  work outside the fan-out, from the sidecar's step timings) against ``tiles x 300 ms / 4`` (limit
-  1.2; 25 tiles on 4 servers take 7 rounds, 1.12 of that already);
+- wall time on 4 servers minus the first pass against ``tiles x 300 ms / 4``, judged as the issue
+  words it (limit 1.2, the merge inside it; 25 tiles on 4 servers take 7 rounds, 1.12 of that
+  already); reported beside it, the tile phase (wall minus the first pass and the merge, both
+  serial work outside the fan-out, from the sidecar's step timings);
 - the speed-up over one server (about 4);
 - seamlessness: the mean absolute gradient across every tile border of the output over the one
   inside tiles (1.0: a border cannot be told apart; limit 1.1), beside the same figure for a naive
@@ -217,12 +218,25 @@ def run(folder: Path, *, tiny: bool) -> list[Row]:
     return [
         Row(
             target="8",
-            name=f"{side}² x2, {tiles} tiles of {tile} px, {SERVERS} mock servers at {latency_ms} ms/tile: tile phase",
+            name=f"{side}² x2, {tiles} tiles of {tile} px, {SERVERS} mock servers at {latency_ms} ms/tile: "
+            "whole wall minus the first pass (the issue's limit, the merge inside it)",
+            unit="s",
+            measured=pool["wall_s"] - first_pass_s,
+            baseline=nominal_s,
+            baseline_name=f"{tiles} × {latency_ms} ms / {SERVERS}",
+            limit=LIMIT,
+            note=f"wall {pool['wall_s']:.2f} s ≤ {LIMIT} × {nominal_s:.2f} s + first pass {first_pass_s:.2f} s",
+        ),
+        Row(
+            target="8",
+            name="tile phase (wall minus the first pass and the merge)",
             unit="s",
             measured=_tile_phase_s(pool),
             baseline=nominal_s,
             baseline_name=f"{tiles} × {latency_ms} ms / {SERVERS}",
             limit=LIMIT,
+            judged=False,
+            note="reported: more lenient than the issue's wording (the merge left out)",
             details={
                 "wall_s": round(pool["wall_s"], 3),
                 "first_pass_s": first_pass_s,
