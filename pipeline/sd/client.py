@@ -201,8 +201,9 @@ class SDClient:
         """Generate one image (``POST /sdapi/v1/txt2img``, named ``force_task_id=sdpipe-<job_id>``) and check it.
 
         On a read timeout the server's current job is interrupted first if it is this one (see above).
-        ``on_answer`` is called as soon as the server has answered 200, before the answer is checked
-        and decoded: the server is free from then on (the pool hands its slot to the next job).
+        ``on_answer`` is called as soon as the server's success status and headers arrived, before the
+        body is read, checked and decoded: the server is free from then on (A1111 releases its lock
+        before it sends the answer; the pool hands its slot to the next job).
 
         Raises:
             SDTransientError: unreachable, timed out, or a 5xx/429 (retry later).
@@ -219,13 +220,12 @@ class SDClient:
                 json=params.to_payload() | {"force_task_id": task_id},
                 timeout=self._timeout,
                 sampler=params.sampler_name,
+                on_headers=on_answer,
             )
         except SDTimeout as exc:
             if isinstance(exc.__cause__, httpx.ReadTimeout):  # sent, so it may be running: stop it if ours
                 self._stop_abandoned(task_id, job_id)
             raise
-        if on_answer is not None:
-            on_answer()
         body = sd_response.json_body(response, self._url, _TXT2IMG)
         result = sd_response.build_result(
             body,
@@ -255,13 +255,12 @@ class SDClient:
                 json=payload | {"force_task_id": task_id},
                 timeout=self._timeout,
                 sampler=str(payload.get("sampler_name") or ""),
+                on_headers=on_answer,
             )
         except SDTimeout as exc:
             if isinstance(exc.__cause__, httpx.ReadTimeout):
                 self._stop_abandoned(task_id, job_id)
             raise
-        if on_answer is not None:
-            on_answer()
         body = sd_response.json_body(response, self._url, _IMG2IMG)
         return sd_response.build_result(
             body,
@@ -291,9 +290,9 @@ class SDClient:
             "extras_upscaler_2_visibility": 0,
             "show_extras_results": True,
         }
-        response = self._request("POST", _EXTRA_SINGLE, job_id=job_id, json=payload, timeout=self._timeout)
-        if on_answer is not None:
-            on_answer()
+        response = self._request(
+            "POST", _EXTRA_SINGLE, job_id=job_id, json=payload, timeout=self._timeout, on_headers=on_answer
+        )
         body = sd_response.expect(response, self._url, _EXTRA_SINGLE, dict)
         image = body.get("image")
         try:
@@ -500,11 +499,29 @@ class SDClient:
         json: Any = None,
         params: dict[str, str] | None = None,
         sampler: str | None = None,
+        on_headers: Callable[[], None] | None = None,
     ) -> httpx.Response:
+        """One call, its answer read whole; an error status raised as an SD error.
+
+        ``on_headers``: called once a success status line and headers arrived, before the body is
+        read. A1111 releases its generation lock before it serialises and sends the answer, so the
+        server is free from then on: the pool hands its slot to the next request while this one's
+        body (an image, base64 in JSON) is still being read.
+        """
         job = job_id or "-"
         started = time.perf_counter()
         try:
-            response = self._client.request(method, path, json=json, params=params, timeout=timeout)
+            if on_headers is None:
+                response = self._client.request(method, path, json=json, params=params, timeout=timeout)
+            else:
+                request = self._client.build_request(method, path, json=json, params=params, timeout=timeout)
+                response = self._client.send(request, stream=True)
+                try:
+                    if response.status_code < 300:
+                        on_headers()
+                    response.read()
+                finally:
+                    response.close()
         except httpx.HTTPError as exc:
             elapsed_s = time.perf_counter() - started
             logger.warning("job %s: %s %s -> %s after %.2fs", job, method, path, type(exc).__name__, elapsed_s)

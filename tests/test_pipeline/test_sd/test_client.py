@@ -121,6 +121,39 @@ def test_txt2img_returns_image_seed_and_info_from_server(sd_api: respx.MockRoute
     assert result.elapsed_s >= 0
 
 
+@pytest.mark.parametrize("call", ["txt2img", "img2img"])
+def test_txt2img_on_answer_comes_with_the_headers_before_the_body_is_read(
+    sd_api: respx.MockRouter, client: SDClient, call: str
+) -> None:
+    """The server is free once it answers (A1111 releases its lock before sending the image): the
+    pool's slot goes back while the body is still being read, and the answer is then read whole."""
+    events: list[str] = []
+    body = json.dumps(ok_body()).encode()
+
+    def chunks() -> Iterator[bytes]:
+        events.append("body read")
+        yield body[:100]
+        yield body[100:]
+
+    path = TXT2IMG if call == "txt2img" else "/sdapi/v1/img2img"
+    sd_api.post(path).mock(return_value=httpx.Response(200, content=chunks()))
+    if call == "txt2img":
+        result = client.txt2img(params(), job_id="job-1", on_answer=lambda: events.append("answered"))
+    else:
+        payload = {"init_images": ["x"], "width": 64, "height": 48}
+        result = client.img2img(payload, job_id="job-1", seed=1, on_answer=lambda: events.append("answered"))
+    assert events == ["answered", "body read"]
+    assert result.seed == 1234 and Image.open(io.BytesIO(result.image_bytes)).size == (64, 48)
+
+
+def test_txt2img_on_answer_not_called_for_an_error_status(sd_api: respx.MockRouter, client: SDClient) -> None:
+    sd_api.post(TXT2IMG).respond(503, json={"detail": "busy"})
+    answered: list[str] = []
+    with pytest.raises(SDServerError):
+        client.txt2img(params(), job_id="job-1", on_answer=lambda: answered.append("answered"))
+    assert answered == []
+
+
 def test_txt2img_sends_every_generation_field_with_batch_size_1(sd_api: respx.MockRouter, client: SDClient) -> None:
     route = sd_api.post(TXT2IMG).respond(200, json=ok_body())
     client.txt2img(params(seed=7, override_settings={"CLIP_stop_at_last_layers": 2}), job_id="job-1")
