@@ -304,6 +304,11 @@ class StatusStore(abc.ABC):
         """``(done, total)`` of the job's tiles, or None for a job that has none (not an upscale)."""
         return None
 
+    def tiles_done(self, job_id: str) -> set[int] | None:
+        """The indices marked done by :meth:`add_tile_done` (each saved before it was marked), or None
+        when this store keeps no tile counts (the caller looks at the saved files instead)."""
+        return None
+
     # -- retry, cancel, skip-existing ---------------------------------------------------------------
 
     @abc.abstractmethod

@@ -374,6 +374,11 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
             _, done, total = pipe.execute()
         return int(done), int(total or 0)
 
+    def tiles_done(self, job_id: str) -> set[int] | None:
+        with self._guard():
+            members = self._client.smembers(self._key("tiles", job_id))
+        return {int(member) for member in members}
+
     def tile_progress(self, job_id: str) -> tuple[int, int] | None:
         pipe = self._client.pipeline(transaction=True)
         pipe.scard(self._key("tiles", job_id))

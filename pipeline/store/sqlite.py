@@ -333,6 +333,10 @@ class SqliteStatusStore(DelegatedBatchesSchedules, StatusStore):
             conn.execute("INSERT OR IGNORE INTO upscale_tiles (job_id, tile) VALUES (?, ?)", (job_id, index))
             return self._tile_counts(conn, job_id) or (0, 0)
 
+    def tiles_done(self, job_id: str) -> set[int] | None:
+        with self._transaction(write=False) as conn:
+            return {int(row[0]) for row in conn.execute("SELECT tile FROM upscale_tiles WHERE job_id = ?", (job_id,))}
+
     def tile_progress(self, job_id: str) -> tuple[int, int] | None:
         with self._transaction(write=False) as conn:
             return self._tile_counts(conn, job_id)

@@ -216,11 +216,24 @@ def save_ready_pieces(ctx: StepContext, record: JobRecord, files: JobFiles, inde
     if not 0 <= index < len(plan):
         return 0
     row = index // plan.cols
+    # Which tiles are saved: one read of the status store's set (marked after each save), else the
+    # files themselves (each looked at once). Two workers saving the last two tiles of a band at
+    # once: the later one to look sees both, so someone deflates the band (or both: same bytes).
+    done = ctx.store.tiles_done(record.job_id)
+    saved: dict[int, bool] = {}
+
+    def is_saved(tile: int) -> bool:
+        if done is not None and tile in done:
+            return True
+        if tile not in saved:
+            saved[tile] = work.saved(tile)
+        return saved[tile]
+
     ready = [
         band
         for band in output.bands
         if row in band.tile_rows
-        and all(work.saved(r * plan.cols + c) for r in band.tile_rows for c in range(plan.cols))
+        and all(is_saved(r * plan.cols + c) for r in band.tile_rows for c in range(plan.cols))
         and not _piece(work, band.index).exists()
     ]
     created = parallel_map(

@@ -764,6 +764,14 @@ def test_add_tile_done_counts_each_tile_once(store: StatusStore, job: str) -> No
     assert store.tile_progress(job) == (3, 3)
 
 
+def test_tiles_done_lists_each_tile_marked_done(store: StatusStore, job: str) -> None:
+    assert store.tiles_done(job) == set()
+    store.set_tile_total(job, 5)
+    for index in (3, 0, 3, 4):
+        store.add_tile_done(job, index)
+    assert store.tiles_done(job) == {0, 3, 4}
+
+
 def test_add_tile_done_concurrently_completes_once(store: StatusStore, job: str) -> None:
     store.set_tile_total(job, 40)
     seen: list[tuple[int, int]] = []
