@@ -6,6 +6,7 @@
 - :mod:`~pipeline.upscale.work`: a job's work folder (or bucket prefix) and the pixel conversions.
 - :mod:`~pipeline.upscale.render`: one tile's (or band's) img2img request, call and saved answer.
 - :mod:`~pipeline.upscale.steps`: the first pass, the seam-fix band phase, the merge, the sidecar record.
+- :mod:`~pipeline.upscale.output`: the output PNG deflated band by band as its tiles arrive.
 """
 
 from __future__ import annotations
