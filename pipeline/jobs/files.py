@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import struct
 import tempfile
 import time
@@ -63,6 +64,8 @@ __all__ = [
     "safe_output_stem",
     "slugify",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Folder under OUTPUT_DIR for sdpipe's own files (status database, work folders).
 STATE_DIR_NAME = ".sdpipe"
@@ -298,10 +301,17 @@ def claim_output_name(files: JobFiles, name: str, output_format: str, *, overwri
     Raises:
         InputError: the name would leave OUTPUT_DIR (through ``..``, an absolute path or a symlink).
     """
+    recorded: str | None = None
     try:
-        return files.claimed_name.read_text()
+        recorded = files.claimed_name.read_text()
     except FileNotFoundError:
         pass
+    else:
+        if _keep_name(files, recorded):
+            return recorded
+        # Its claim was lost (a crash before its folder was synced) and another job took the name
+        # meanwhile: this job walks the names again, as if it had claimed none.
+        logger.warning("job %s: output name %r was taken by another job; choosing again", files.job_id, recorded)
     check_output_name(name)
     root = files.storage.local_path("")
     if root is not None and not (root / name).parent.resolve().is_relative_to(root.resolve()):
@@ -317,10 +327,27 @@ def claim_output_name(files: JobFiles, name: str, output_format: str, *, overwri
         chosen = name if counter == 0 else f"{name}-{counter:0{COUNTER_DIGITS}d}"
         if _take_name(files, chosen, output_format):
             break
-    if chosen != name:
-        # The walk of a later delivery would stop at a name freed meanwhile: this one is written down.
+    if chosen != name or recorded is not None:
+        # The walk of a later delivery would stop at a name freed meanwhile: this one is written down
+        # (and one recorded before, found taken, is replaced).
         files.claimed_name.write(chosen.encode())
     return chosen
+
+
+def _keep_name(files: JobFiles, name: str) -> bool:
+    """Whether ``name``, recorded as this job's, still is: its sidecar names the job, or there is none
+    (the claim, whose folder is not synced, was lost to a crash) and it is claimed again. An image
+    without a sidecar under a recorded name is this job's own, written before such a crash: every
+    sdpipe job claims a name before it writes its image."""
+    sidecar = files.sidecar(name)
+    if not sidecar.exists() and sidecar.create(_claim(files)):
+        return True
+    return _sidecar_owner(sidecar) == files.job_id
+
+
+def _claim(files: JobFiles) -> bytes:
+    claim = {"job_id": files.job_id, "claimed": True, "note": "reserved for this job; replaced when it succeeds"}
+    return (json.dumps(claim) + "\n").encode()
 
 
 def _take_name(files: JobFiles, name: str, output_format: str) -> bool:
@@ -330,10 +357,9 @@ def _take_name(files: JobFiles, name: str, output_format: str) -> bool:
         return _sidecar_owner(sidecar) == files.job_id
     if files.image(name, output_format).exists():
         return False  # a file sdpipe did not write (or whose sidecar is gone): never replaced unasked
-    claim = {"job_id": files.job_id, "claimed": True, "note": "reserved for this job; replaced when it succeeds"}
     # Created exclusively and whole (a hard link of a complete file on disk, also on NFS; a conditional
     # PUT in a bucket): a worker killed meanwhile never leaves an empty claim that holds the name for nobody.
-    if sidecar.create((json.dumps(claim) + "\n").encode()):
+    if sidecar.create(_claim(files)):
         return True
     return _sidecar_owner(sidecar) == files.job_id  # another job claimed it between the check and here
 

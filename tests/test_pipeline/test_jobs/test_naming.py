@@ -118,6 +118,34 @@ def test_claim_output_name_is_fixed_once_per_job(tmp_path: Path) -> None:
     assert claim_output_name(files, "same", "png") == "same-0001"
 
 
+def test_claim_output_name_recorded_but_whose_claim_was_lost_never_takes_another_jobs_name(tmp_path: Path) -> None:
+    # Given a job that claimed same-0001 and recorded it, and a crash that lost the claim's name (its
+    # folder is not synced) but kept the record (synced)
+    (tmp_path / "same.png").write_bytes(b"taken")
+    files = JobFiles(tmp_path, JOB)
+    assert claim_output_name(files, "same", "png") == "same-0001"
+    (tmp_path / "same-0001.json").unlink()
+    # When another job claims that name first, then this job's merge runs again
+    other = "b" * 32
+    assert claim_output_name(JobFiles(tmp_path, other), "same", "png") == "same-0001"
+    # Then this job takes the next name, and keeps it; the other job's claim stays
+    assert claim_output_name(files, "same", "png") == "same-0002"
+    assert claim_output_name(files, "same", "png") == "same-0002"
+    assert json.loads((tmp_path / "same-0001.json").read_text())["job_id"] == other
+
+
+def test_claim_output_name_recorded_whose_claim_was_lost_claims_it_again(tmp_path: Path) -> None:
+    # Given a job that claimed same-0001, wrote its image, and lost the claim's name to a crash
+    (tmp_path / "same.png").write_bytes(b"taken")
+    files = JobFiles(tmp_path, JOB)
+    assert claim_output_name(files, "same", "png") == "same-0001"
+    (tmp_path / "same-0001.json").unlink()
+    (tmp_path / "same-0001.png").write_bytes(b"this job's image")
+    # When its merge runs again, then it keeps its name and claims it again
+    assert claim_output_name(files, "same", "png") == "same-0001"
+    assert json.loads((tmp_path / "same-0001.json").read_text())["job_id"] == JOB
+
+
 def test_claim_output_name_of_the_name_wanted_is_found_again_by_its_claim(tmp_path: Path) -> None:
     # Given a job that claimed the name it wanted: nothing else is written down (its claim says it)
     files = JobFiles(tmp_path, JOB)
