@@ -175,17 +175,21 @@ class SDClient:
         self._health_timeout = httpx.Timeout(
             HEALTH_TIMEOUT_S, connect=min(HEALTH_TIMEOUT_S, self._timeout.connect or HEALTH_TIMEOUT_S)
         )
+        verify: ssl.SSLContext | bool = True
         if transport is None and httpx_base.startswith("http://"):
             # Requests go to base_url's paths and redirects are not followed: a plain-http server's
-            # client never opens a TLS connection, so its transport gets a context without the CA
-            # bundle (reading it costs ~20 ms of CPU per client, which `sdpipe generate` paid to check
-            # a request against the catalog). Verification stays on: a TLS connection would fail.
-            transport = httpx.HTTPTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+            # client never opens a TLS connection, so it gets a context without the CA bundle
+            # (reading it costs ~20 ms of CPU per client, which `sdpipe generate` paid to check a
+            # request against the catalog). Verification stays on: a TLS connection would fail.
+            # Given as ``verify``, not as a transport of our own: httpx ignores the environment's
+            # proxies (HTTP_PROXY, NO_PROXY) for a client built with an explicit transport.
+            verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self._client = httpx.Client(
             base_url=httpx_base,
             auth=httpx.BasicAuth(*auth) if auth else None,
             timeout=self._timeout,
             transport=transport,
+            verify=verify,
             headers={"Accept": "application/json"},
         )
 

@@ -6,6 +6,8 @@ import base64
 import io
 import json
 import logging
+import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -801,3 +803,38 @@ def sized_png_bytes(width: int, height: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (1, 2, 3)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_client_plain_http_server_reached_through_the_environment_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain-http server's client (built with a TLS context without the CA bundle) still honours
+    HTTP_PROXY, as every httpx client does: a client given a transport of its own would not."""
+    lines: list[str] = []
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(1)
+    proxy.settimeout(10)
+
+    def serve() -> None:
+        try:
+            conn, _ = proxy.accept()
+        except OSError:  # no request came (the client went elsewhere): the assertion below says so
+            return
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            lines.append(head.split(b"\r\n", 1)[0].decode())
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+    try:
+        with SDClient(make_settings()) as sd:
+            assert sd.get_json("/sdapi/v1/samplers") == []
+    finally:
+        thread.join(timeout=10)
+        proxy.close()
+    assert lines == [f"GET {BASE}/sdapi/v1/samplers HTTP/1.1"]
