@@ -236,12 +236,38 @@ def save_ready_pieces(ctx: StepContext, record: JobRecord, files: JobFiles, inde
         and all(is_saved(r * plan.cols + c) for r in band.tile_rows for c in range(plan.cols))
         and not _piece(work, band.index).exists()
     ]
-    created = parallel_map(
-        lambda band: _piece(work, band.index).create(_pack(plan, output.channels, band, output.deflated(band))), ready
-    )
+    made: list[OutputBand] = []
+
+    def save(band: OutputBand) -> None:
+        if _piece(work, band.index).create(_pack(plan, output.channels, band, output.deflated(band))):
+            made.append(band)
+
+    try:
+        parallel_map(save, ready)
+    finally:
+        # Also when a band failed: the pieces made before it are checked all the same.
+        taken_back = bool(made) and _taken_back_if_merging(ctx, record.job_id, work, made)
     if ready:
         logger.debug("job %s: tile %d completed output band(s) %s", record.job_id, index, [b.index for b in ready])
-    return sum(created)
+    return 0 if taken_back else len(made)
+
+
+def _taken_back_if_merging(ctx: StepContext, job_id: str, work: UpscaleFiles, made: list[OutputBand]) -> bool:
+    """Take back the pieces just made if the merge has started meanwhile (another worker's tile
+    completed the set): its end removes the work folder before the job reads as succeeded, and a
+    piece created after that removal would stay forever (on disk, with the folders it made again).
+
+    Pieces made before the merge started are in the folder when it is removed, so the store is read
+    after they are made. The merge reads a piece taken back as missing and computes its band itself.
+    """
+    if "merge" not in ctx.store.get(job_id).steps:
+        return False
+    for band in made:
+        _piece(work, band.index).delete()
+    if not work.plan.exists():  # the folder was (being) removed: what these writes made again goes too
+        work.files.remove_work_dir()
+    logger.debug("job %s: output band(s) %s taken back: the merge has started", job_id, [b.index for b in made])
+    return True
 
 
 def assemble_png(

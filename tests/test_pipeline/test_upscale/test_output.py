@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -185,3 +186,59 @@ def test_pieces_bounded_memory_for_a_large_output(settings: Settings, tmp_path: 
     assert len(plan) == 81 and data.startswith(b"\x89PNG")
     # Beyond the deflated pieces and the file they are joined into: well below the tiles decoded at once.
     assert peak - 2 * len(data) < all_tiles_bytes * 0.6, (peak, len(data), all_tiles_bytes)
+
+
+def test_pieces_made_while_the_merge_removes_the_work_folder_leave_nothing(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, tmp_path: Path
+) -> None:
+    """A worker deflating bands (the second-last tile's) while the merge, started by the last tile's
+    worker, ends and removes the work folder: the pieces it creates after the removal (and on disk
+    the folders they make again) are taken back, not left behind forever."""
+    store, record = _job(settings, tmp_path, 512, 256, 32)
+    ctx = StepContext(settings=settings, store=store)
+    files = JobFiles(settings.output_dir.absolute(), record.job_id)
+    try:
+        upscale_steps.first_pass(ctx, record, files)
+        work = UpscaleFiles.of(files)
+        plan = TilePlan.from_dict(read_json(work.plan)["plan"])
+        for index in range(len(plan)):
+            _render_tile(work, plan, index)
+        output = upscale_output._output(ctx, record, files, read_json(work.plan))
+        ready = {band.index: output.deflated(band) for band in output.bands}  # the bands' tiles read
+        merged_and_removed: list[bool] = []
+        lock = threading.Lock()
+
+        def deflated_then_merge_ends(self: upscale_output._Output, band: upscale_output.OutputBand) -> object:
+            with lock:
+                if not merged_and_removed:  # meanwhile the merge starts, writes the output, removes the folder
+                    store.start_step(record.job_id, "merge", now=time.time())
+                    files.remove_work_dir()
+                    merged_and_removed.append(True)
+            return ready[band.index]
+
+        monkeypatch.setattr(upscale_output._Output, "deflated", deflated_then_merge_ends)
+        folder = settings.output_dir.absolute() / ".sdpipe" / "work" / record.job_id
+        assert folder.is_dir()
+        saved = upscale_output.save_ready_pieces(ctx, record, files, len(plan) - 1)
+        assert merged_and_removed == [True]
+        assert not folder.exists(), sorted(str(p) for p in folder.rglob("*"))
+        assert saved == 0  # made, then taken back
+    finally:
+        store.close()
+
+
+def test_pieces_made_before_the_merge_starts_are_kept(settings: Settings, tmp_path: Path) -> None:
+    store, record = _job(settings, tmp_path, 512, 256, 32)
+    ctx = StepContext(settings=settings, store=store)
+    files = JobFiles(settings.output_dir.absolute(), record.job_id)
+    try:
+        upscale_steps.first_pass(ctx, record, files)
+        work = UpscaleFiles.of(files)
+        plan = TilePlan.from_dict(read_json(work.plan)["plan"])
+        for index in range(len(plan)):
+            _render_tile(work, plan, index)
+        made = upscale_output.save_ready_pieces(ctx, record, files, len(plan) - 1)
+        assert made > 0
+        assert len(list(files.work("upscale/x").path.parent.glob("png-*.piece"))) == made
+    finally:
+        store.close()
