@@ -22,6 +22,7 @@ from pipeline.images.png import encode_png
 from pipeline.jobs.arrays import atomic_save_arrays, map_arrays, read_region
 from pipeline.jobs.files import JobFiles, read_json
 from pipeline.models import PRIORITIES
+from pipeline.sd.client import request_body
 from pipeline.upscale.tiles import TilePlan, band_mask, plan_bands
 from pipeline.upscale.work import UpscaleFiles, params_of, resize, rgb
 
@@ -118,8 +119,8 @@ def _b64(data: bytes) -> str:
 def render_tile(ctx: StepContext, record: JobRecord, files: JobFiles, index: int) -> bool:
     """Re-render tile (or band) ``index`` with img2img unless its answer is saved; returns True if it was.
 
-    The request is prepared before an SD slot is taken: a server is handed the next tile the moment
-    it answers the last one.
+    The request is prepared (its tile encoded, its JSON body serialised) before an SD slot is taken:
+    a server is handed the next tile the moment it answers the last one.
 
     Raises:
         SDError: the call failed; NoFreeSlot: every server stayed busy; InputError: no such tile.
@@ -129,10 +130,11 @@ def render_tile(ctx: StepContext, record: JobRecord, files: JobFiles, index: int
     if work.saved(index):
         return True
     payload = tile_request(record, files, index)
+    encoded = request_body(payload)  # serialised too before the slot: the server waits for none of it
     result, backend = ctx.pool.call(
         record.job_id,
         lambda client, on_answer: client.img2img(
-            payload, job_id=record.job_id, seed=params.seed_of(index), on_answer=on_answer
+            payload, job_id=record.job_id, seed=params.seed_of(index), on_answer=on_answer, encoded=encoded
         ),
         pinned=record.spec.backend_url,
         model=params.checkpoint,  # checkpoint affinity: a server with the job's checkpoint loaded first

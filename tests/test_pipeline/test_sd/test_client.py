@@ -30,7 +30,7 @@ from pipeline.errors import (
     SDWrongCheckpoint,
 )
 from pipeline.models import GenerationParams
-from pipeline.sd.client import HEALTH_TIMEOUT_S, SDClient
+from pipeline.sd.client import HEALTH_TIMEOUT_S, SDClient, request_body
 from pipeline.sd.mock.faults import garbage_image_base64
 from pipeline.settings import Settings
 from tests.helpers import free_port
@@ -146,6 +146,22 @@ def test_txt2img_on_answer_comes_with_the_headers_before_the_body_is_read(
         result = client.img2img(payload, job_id="job-1", seed=1, on_answer=lambda: events.append("answered"))
     assert events == ["answered", "body read"]
     assert result.seed == 1234 and Image.open(io.BytesIO(result.image_bytes)).size == (64, 48)
+
+
+def test_img2img_sends_a_body_encoded_before_the_call_as_is(sd_api: respx.MockRouter, client: SDClient) -> None:
+    """A tile's body is serialised before its slot is taken: the call sends those bytes, as JSON,
+    and they read back as the payload (what ``json=`` would have sent)."""
+    route = sd_api.post("/sdapi/v1/img2img").respond(200, json=ok_body())
+    payload = {"init_images": ["aGk="], "width": 64, "height": 48, "prompt": "a café", "force_task_id": "t-1"}
+    encoded = request_body(payload)
+    client.img2img(payload, job_id="job-1", seed=1, encoded=encoded)
+    sent = route.calls.last.request
+    assert sent.content == encoded
+    assert sent.headers["content-type"] == "application/json"
+    assert json.loads(sent.content) == payload
+    # Without one, the same bytes are encoded in the call
+    client.img2img(payload, job_id="job-1", seed=1)
+    assert route.calls.last.request.content == encoded
 
 
 def test_txt2img_on_answer_not_called_for_an_error_status(sd_api: respx.MockRouter, client: SDClient) -> None:
