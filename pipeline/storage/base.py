@@ -139,8 +139,10 @@ class Storage(Protocol):
         write in the same folder (an image, then its sidecar: one folder sync for both)."""
         ...
 
-    def create(self, key: str, data: bytes) -> bool:
-        """Write ``key`` only if it does not exist (atomically, whole); False if it already did."""
+    def create(self, key: str, data: bytes, *, durable: bool = True) -> bool:
+        """Write ``key`` only if it does not exist (atomically, whole); False if it already did.
+        ``durable=False``: not synced on disk (a crash of the machine may leave it cut short or
+        zeroed: for data that checks itself and can be made again)."""
         ...
 
     def delete(self, key: str) -> bool:
@@ -201,8 +203,8 @@ class Blob:
     def write(self, data: Data, *, durable: bool = True, sync_folder: bool = True) -> None:
         self.storage.write(self.key, data, durable=durable, sync_folder=sync_folder)
 
-    def create(self, data: bytes) -> bool:
-        return self.storage.create(self.key, data)
+    def create(self, data: bytes, *, durable: bool = True) -> bool:
+        return self.storage.create(self.key, data, durable=durable)
 
     def delete(self) -> bool:
         return self.storage.delete(self.key)

@@ -217,11 +217,11 @@ class LocalStorage:
     def write(self, key: str, data: Data, *, durable: bool = True, sync_folder: bool = True) -> None:
         atomic_write_bytes(self._path(key), data, durable=durable, sync_folder=sync_folder)
 
-    def create(self, key: str, data: bytes) -> bool:
+    def create(self, key: str, data: bytes, *, durable: bool = True) -> bool:
         path = self._path(key)
-        fd, tmp = _temp_beside(path, durable=True)
+        fd, tmp = _temp_beside(path, durable=durable)
         try:
-            _fill(fd, data)
+            _fill(fd, data, durable=durable)
             os.link(tmp, path)
         except FileExistsError:
             return False

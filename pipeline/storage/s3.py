@@ -163,8 +163,8 @@ class S3Storage:
         except Exception as exc:
             raise self._error("write", key, exc) from None
 
-    def create(self, key: str, data: bytes) -> bool:
-        try:
+    def create(self, key: str, data: bytes, *, durable: bool = True) -> bool:
+        try:  # a PUT is durable either way
             obstore.put(self._store, key, data, mode="create")
         except (AlreadyExistsError, PreconditionError):
             return False

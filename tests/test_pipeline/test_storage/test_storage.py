@@ -66,10 +66,11 @@ def test_storage_streams_an_object_in_chunks_with_its_size(storage: Storage) -> 
         storage.stream("out/missing.png")
 
 
-def test_storage_create_takes_a_key_once(storage: Storage) -> None:
-    # When two writers create the same key
-    assert storage.create("names/same.json", b'{"job_id": "first"}') is True
-    assert storage.create("names/same.json", b'{"job_id": "second"}') is False
+@pytest.mark.parametrize("durable", [True, False])
+def test_storage_create_takes_a_key_once(storage: Storage, durable: bool) -> None:
+    # When two writers create the same key (synced or not: an upscale's output pieces are not)
+    assert storage.create("names/same.json", b'{"job_id": "first"}', durable=durable) is True
+    assert storage.create("names/same.json", b'{"job_id": "second"}', durable=durable) is False
     # Then the first one's content stays
     assert storage.read("names/same.json") == b'{"job_id": "first"}'
 

@@ -154,7 +154,18 @@ def test_pieces_saved_as_tiles_arrive_make_the_output_of_the_whole_merge(setting
         assert upscale_output.assemble_png(ctx, record, files, out_manifest, "a prompt\nSteps: 20") == expected
 
         files.work("upscale/png-1.piece").delete()
-        files.work("upscale/png-2.piece").write(b"SDPIPE-PNG-BAND-1\n" + bytes(40))  # another band's facts
+        files.work("upscale/png-2.piece").write(upscale_output.PIECE_MAGIC + bytes(60))  # another band's facts
+        assert upscale_output.assemble_png(ctx, record, files, out_manifest, "a prompt\nSteps: 20") == expected
+        # Pieces are not synced: one cut short, one with a byte changed, one zeroed after its
+        # header (what a crash of the machine can leave) fail their CRC and are computed again.
+        whole = files.work("upscale/png-0.piece").read_bytes()
+        files.work("upscale/png-0.piece").write(whole[:-7])
+        changed = bytearray(files.work("upscale/png-3.piece").read_bytes())
+        changed[-20] ^= 0x01
+        files.work("upscale/png-3.piece").write(bytes(changed))
+        assert upscale_output.assemble_png(ctx, record, files, out_manifest, "a prompt\nSteps: 20") == expected
+        head = len(upscale_output.PIECE_MAGIC) + 40
+        files.work("upscale/png-0.piece").write(whole[:head] + bytes(len(whole) - head))
         assert upscale_output.assemble_png(ctx, record, files, out_manifest, "a prompt\nSteps: 20") == expected
     finally:
         store.close()
