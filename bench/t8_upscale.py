@@ -83,8 +83,10 @@ def _run_job(
     if record.state is not JobState.SUCCEEDED:
         raise RuntimeError(f"upscale job {record.state.value}: {record.error}")
     sidecar = json.loads(Path(record.result.sidecar).read_text())
+    steps = {name: (step.started_at, step.finished_at) for name, step in record.steps.items()}
     return {
         "wall_s": wall_s,
+        "steps": steps,
         "sidecar": sidecar,
         "image": record.result.image,
         "job_id": record.job_id,
@@ -122,7 +124,11 @@ def _timeline(result: dict[str, Any], mocks: list[str]) -> dict[str, Any]:
     img2img of this job): how long after the submission the first tile reached a server, each
     server's mean idle gap between two of its tiles (the dispatch latency: taking the next message,
     encoding the tile, a slot, the upload), the mean time a server spent per tile, and how long
-    after the last tile the job ended (the merge, its waiting and the encode)."""
+    after the last tile the job ended (the merge, its waiting and the encode); from the status
+    store's step times, the first tile's lag after the first pass ended, and the job's end after
+    the last tile split in three: until the merge started (the last tile's answer read, decoded
+    and saved, its output bands, the merge message), the merge, and after it (its end recorded,
+    the work folder removed, this process polling the store)."""
     import httpx
 
     job_id = result["job_id"]
@@ -139,7 +145,16 @@ def _timeline(result: dict[str, Any], mocks: list[str]) -> dict[str, Any]:
     every = [call for served in calls.values() for call in served]
     first = min(start for start, _ in every)
     last_end = max(start + duration for start, duration in every)
+    split, merge = result["steps"].get("split", (None, None)), result["steps"].get("merge", (None, None))
+    tail: dict[str, float] = {}
+    if split[1] is not None:
+        tail["first_tile_after_first_pass_s"] = round(first - split[1], 3)
+    if merge[0] is not None and merge[1] is not None:
+        tail["merge_started_after_last_tile_s"] = round(merge[0] - last_end, 3)
+        tail["merge_step_s"] = round(merge[1] - merge[0], 3)
+        tail["job_seen_ended_after_merge_s"] = round(result["ended_at"] - merge[1], 3)
     return {
+        **tail,
         "first_tile_after_s": round(first - result["submitted_at"], 3),
         "server_idle_between_tiles_s": round(sum(gaps) / len(gaps), 3) if gaps else None,
         "server_s_per_tile": round(sum(d for _, d in every) / len(every), 3),
