@@ -39,7 +39,7 @@ from pipeline.images.geometry import gaussian_radius_px
 from pipeline.images.png import band_cuts, deflate_rows, parallel_map, png_from_payloads, stitch_bands
 from pipeline.jobs.arrays import read_region
 from pipeline.jobs.files import JobFiles, read_json
-from pipeline.upscale.render import render_loader
+from pipeline.upscale.render import RenderLoader, render_loader
 from pipeline.upscale.steps import SEAM_BLUR_BAND_PX, SEAM_BLUR_SIGMA
 from pipeline.upscale.tiles import TilePlan, blend_rows, seam_blur_lines
 from pipeline.upscale.work import UpscaleFiles, params_of
@@ -117,7 +117,7 @@ def plan_output_bands(plan: TilePlan, channels: int, band_px: int, sigma: float)
 def band_pixels(
     plan: TilePlan,
     band: OutputBand,
-    load: Callable[[int, int, int], _U8],
+    load: RenderLoader,
     band_px: int,
     sigma: float,
     alpha: Callable[[int, int], _U8] | None = None,
@@ -125,7 +125,9 @@ def band_pixels(
     """Rows ``start - 1 : stop`` of the merged output (from ``start`` for the first band): blended,
     seam-blurred and with ``alpha(y0, y1)``'s rows as a fourth channel when given."""
     w0, w1 = band.window
-    window = blend_rows(plan, lambda tile: load(tile.index, tile.width, tile.height), w0, w1)
+    window = blend_rows(
+        plan, lambda tile, top, bottom: load(tile.index, tile.width, tile.height, (top, bottom)), w0, w1
+    )
     x_lines, y_lines = plan.seam_lines()
     inside = [y - w0 for y in y_lines if y + band_px > w0 and y - band_px < w1]
     seam_blur_lines(window, x_lines, inside, band_px, sigma)
@@ -180,7 +182,7 @@ class _Output:
     bands: list[OutputBand]
     band_px: int
     sigma: float
-    load: Callable[[int, int, int], _U8]
+    load: RenderLoader
 
     def pixels(self, band: OutputBand) -> _U8:
         alpha = None

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
     from pipeline.models import JobRecord
 
 __all__ = [
+    "RenderLoader",
     "answer_pixels",
     "next_step_after_renders",
     "pending_renders",
@@ -178,14 +178,27 @@ def next_step_after_renders(record: JobRecord, files: JobFiles, total: int) -> s
     return "merge"
 
 
-def render_loader(ctx: StepContext, record: JobRecord, work: UpscaleFiles) -> Callable[[int, int, int], _U8]:
-    """``load(index, width, height)``: render ``index``'s saved pixels (a read-only map; a PNG
-    saved by an earlier version is decoded)."""
+class RenderLoader(Protocol):
+    """``load(index, width, height, rows=None)``: render ``index``'s saved pixels, or only its rows
+    ``rows[0]:rows[1]`` (what one band of the output needs)."""
 
-    def load(index: int, width: int, height: int) -> _U8:
-        if work.tile(index).exists():
-            _, [pixels] = map_arrays(work.tile(index))  # read-only: blend and apply_bands only read it
-            return pixels
-        return answer_pixels(ctx, record, work.legacy_tile(index).read_bytes(), width, height, index, "")
+    def __call__(self, index: int, width: int, height: int, rows: tuple[int, int] | None = None) -> _U8: ...
+
+
+def render_loader(ctx: StepContext, record: JobRecord, work: UpscaleFiles) -> RenderLoader:
+    """The :class:`RenderLoader` of a job: a read-only map of a render's file on disk; from a bucket the
+    whole object, or with ``rows`` only those rows (ranged reads: the output's bands each need a few
+    rows of several tiles, and read whole each tile would be fetched once per band it reaches); a PNG
+    saved by an earlier version is decoded."""
+
+    def load(index: int, width: int, height: int, rows: tuple[int, int] | None = None) -> _U8:
+        blob = work.tile(index)
+        if blob.exists():
+            if rows is not None and blob.path is None:
+                return read_region(blob, rows, (0, width))
+            _, [pixels] = map_arrays(blob)  # read-only: blend and apply_bands only read it
+            return pixels if rows is None else pixels[rows[0] : rows[1]]
+        pixels = answer_pixels(ctx, record, work.legacy_tile(index).read_bytes(), width, height, index, "")
+        return pixels if rows is None else pixels[rows[0] : rows[1]]
 
     return load

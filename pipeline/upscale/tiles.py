@@ -309,12 +309,15 @@ def blend_tiles(plan: TilePlan, load: Callable[[UpscaleTile], _U8], channels: in
     return out
 
 
-def blend_rows(plan: TilePlan, load: Callable[[UpscaleTile], _U8], y0: int, y1: int, channels: int = 3) -> _U8:
+def blend_rows(
+    plan: TilePlan, load: Callable[[UpscaleTile, int, int], _U8], y0: int, y1: int, channels: int = 3
+) -> _U8:
     """Rows ``y0:y1`` of :func:`blend_tiles`' output, bit for bit, from the tiles that cover them only.
 
     Every pixel is the same float32 sum in the same order (zero, then each covering tile's weighted
     pixels in row-major tile order: what the strip and its carried overlap add up to), rounded the
-    same way. ``load`` is called for the covering tiles only; each is read for its rows in the range.
+    same way. ``load(tile, top, bottom)`` is called for the covering tiles only and gives the tile's
+    rows ``top:bottom`` (tile coordinates) that fall in the range.
 
     Raises:
         ValueError: an empty range, or a tile's array does not have the tile's size or ``channels``.
@@ -328,10 +331,12 @@ def blend_rows(plan: TilePlan, load: Callable[[UpscaleTile], _U8], y0: int, y1: 
         top, bottom = max(tile.y0, y0), min(tile.y1, y1)
         if top >= bottom:
             continue
-        pixels = load(tile)
-        if pixels.shape != (tile.height, tile.width, channels):
-            raise ValueError(f"tile {tile.index} is {pixels.shape}, expected {(tile.height, tile.width, channels)}")
-        weighted = pixels[top - tile.y0 : bottom - tile.y0].astype(np.float32)
+        pixels = load(tile, top - tile.y0, bottom - tile.y0)
+        if pixels.shape != (bottom - top, tile.width, channels):
+            raise ValueError(
+                f"tile {tile.index} rows are {pixels.shape}, expected {(bottom - top, tile.width, channels)}"
+            )
+        weighted = pixels.astype(np.float32)
         weighted *= wy[tile.row][top - tile.y0 : bottom - tile.y0, None, None]
         weighted *= wx[tile.col][None, :, None]
         sums[top - y0 : bottom - y0, tile.x0 : tile.x1] += weighted

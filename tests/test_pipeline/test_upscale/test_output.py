@@ -20,15 +20,19 @@ from pipeline.jobs.planning import build_step_params, new_id
 from pipeline.jobs.steps import StepContext
 from pipeline.models import JobRecord
 from pipeline.settings import Settings
+from pipeline.storage import open_storage
 from pipeline.store import open_store
 from pipeline.store.base import StatusStore
 from pipeline.upscale import output as upscale_output
 from pipeline.upscale import steps as upscale_steps
 from pipeline.upscale.output import band_pixels, deflate_band, plan_output_bands
 from pipeline.upscale.planning import UpscaleRequest, plan_upscale
+from pipeline.upscale.render import RenderLoader, render_loader
 from pipeline.upscale.tiles import TilePlan, blend_rows, blend_tiles, plan_upscale_tiles, seam_blur_lines
 from pipeline.upscale.work import UpscaleFiles
+from tests.conftest import S3Bucket
 from tests.test_pipeline.test_upscale.conftest import detailed_image
+from tests.wiretap import Wiretap
 
 Pixels = np.ndarray
 
@@ -64,7 +68,19 @@ def test_blend_rows_matches_blend_tiles_bit_for_bit(width: int, height: int, til
     tiles = _tiles(plan)
     whole = blend_tiles(plan, lambda tile: tiles[tile.index])
     for y0, y1 in [(0, height), (0, 1), (height - 1, height), (height // 3, height // 2 + 7)]:
-        assert np.array_equal(blend_rows(plan, lambda tile: tiles[tile.index], y0, y1), whole[y0:y1]), (y0, y1)
+        assert np.array_equal(blend_rows(plan, lambda tile, a, b: tiles[tile.index][a:b], y0, y1), whole[y0:y1]), (
+            y0,
+            y1,
+        )
+
+
+def _loader(tiles: dict[int, Pixels]) -> RenderLoader:
+    """A render loader over tiles in memory (whole, or the rows asked)."""
+
+    def load(index: int, width: int, height: int, rows: tuple[int, int] | None = None) -> np.ndarray:
+        return tiles[index] if rows is None else tiles[index][rows[0] : rows[1]]
+
+    return load
 
 
 @pytest.mark.parametrize(("width", "height", "tile_px", "overlap_px"), PLANS)
@@ -80,9 +96,7 @@ def test_output_bands_stitch_to_the_bytes_of_the_whole_merge(
     band_px, sigma = 4, 1.4  # a wider blur than the default: a longer reach to get wrong
     expected = encode_png(_whole(plan, tiles, band_px, sigma), text={"parameters": "x"})
     bands = plan_output_bands(plan, 3, band_px, sigma)
-    deflated = [
-        deflate_band(plan, band, band_pixels(plan, band, lambda i, w, h: tiles[i], band_px, sigma)) for band in bands
-    ]
+    deflated = [deflate_band(plan, band, band_pixels(plan, band, _loader(tiles), band_px, sigma)) for band in bands]
     assert len(bands) > 1 or band_target_bytes > width * height * 3
     assert png_from_payloads(width, height, 3, stitch_bands(deflated), text={"parameters": "x"}) == expected
 
@@ -98,7 +112,7 @@ def test_output_band_margin_is_needed(monkeypatch: pytest.MonkeyPatch) -> None:
     for band in plan_output_bands(plan, 3, 4, 1.4):
         first = max(0, band.start - 1)
         bare = upscale_output.OutputBand(band.index, band.start, band.stop, (first, band.stop), band.tile_rows)
-        rows = band_pixels(plan, bare, lambda i, w, h: tiles[i], 4, 1.4)
+        rows = band_pixels(plan, bare, _loader(tiles), 4, 1.4)
         differs += not np.array_equal(rows, whole[first : band.stop])
     assert differs > 0
 
@@ -253,3 +267,31 @@ def test_pieces_made_before_the_merge_starts_are_kept(settings: Settings, tmp_pa
         assert len(list(files.work("upscale/x").path.parent.glob("png-*.piece"))) == made
     finally:
         store.close()
+
+
+def test_render_loader_rows_from_a_bucket_fetch_only_those_rows(s3_bucket: S3Bucket, s3_wiretap: Wiretap) -> None:
+    # Given a saved 512x512 tile in the bucket, read through a relay that counts the bytes
+    settings = s3_bucket.settings(s3_endpoint_url=s3_wiretap.url)
+    work = UpscaleFiles.of(JobFiles(open_storage(s3_bucket.url, settings), "job1"))
+    tile = np.random.default_rng(8).integers(0, 256, size=(512, 512, 3), dtype=np.uint8)
+    atomic_save_arrays(work.tile(3), {}, [tile])
+    load = render_loader(None, None, work)  # type: ignore[arg-type]  # ctx/record: only for old PNG tiles
+    s3_wiretap.take_received_bytes()
+    # When one band's rows of it are loaded (what save_ready_pieces needs per band)
+    rows = load(3, 512, 512, (100, 164))
+    fetched = s3_wiretap.take_received_bytes()
+    # Then they are those rows, and only about their bytes travelled (not the tile, once per band)
+    assert np.array_equal(rows, tile[100:164])
+    assert rows.nbytes <= fetched <= rows.nbytes + 64 * 1024, fetched
+    # And loaded whole, the tile is the tile
+    assert np.array_equal(load(3, 512, 512), tile)
+    assert s3_wiretap.take_received_bytes() >= tile.nbytes
+
+
+def test_render_loader_rows_from_a_folder_are_the_same_rows(tmp_path: Path) -> None:
+    work = UpscaleFiles.of(JobFiles(tmp_path, "job1"))
+    tile = np.random.default_rng(9).integers(0, 256, size=(96, 64, 3), dtype=np.uint8)
+    atomic_save_arrays(work.tile(0), {}, [tile])
+    load = render_loader(None, None, work)  # type: ignore[arg-type]
+    assert np.array_equal(load(0, 64, 96, (10, 30)), tile[10:30])
+    assert np.array_equal(load(0, 64, 96), tile)
