@@ -10,13 +10,12 @@ the commands' own docstrings.
 Start-up also pauses Python's cyclic garbage collector (:func:`pause_collector`) until the command
 runs: importing the libraries a command needs leaves some 60,000 objects that all stay alive, and
 the collector traversed them about 100 times for nothing (15-17 ms of the ~250 ms of CPU an
-embedded ``sdpipe status`` took; 4-6 ms are left, spent while ``cli.main`` itself is imported).
-The command itself runs with the collector on, as any program.
+embedded ``sdpipe status`` took). The console script pauses it before ``cli.main`` is imported
+(:mod:`cli.entry`, where the pause lives). The command itself runs with the collector on, as any program.
 """
 
 from __future__ import annotations
 
-import gc
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,9 +28,10 @@ from typer._click.exceptions import UsageError
 from typer.core import DEFAULT_MARKUP_MODE, MarkupMode, TyperCommand, TyperGroup
 from typer.models import CommandInfo
 
+from cli.entry import pause_collector, resume_collector
 from cli.help import flow_help, flowing
 
-__all__ = ["LazyCommand", "LazyGroup", "load_command", "pause_collector", "resume_collector"]
+__all__ = ["LazyCommand", "LazyGroup", "load_command", "loaded_command", "pause_collector", "resume_collector"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class LazyCommand:
     """One command of the root group: where it lives, and the line ``sdpipe --help`` shows for it.
 
     ``attribute`` names a command function, or (``group=True``) a ``typer.Typer`` of subcommands.
+    ``exits_quickly``: the command leaves nothing for the interpreter's teardown to finish (no thread, no
+    file or temporary file left open: its stores are closed, a file it writes is written atomically), so
+    the process may end with :func:`os._exit` once it has run (:func:`cli.entry.quick_exit`).
     """
 
     name: str
@@ -46,31 +49,7 @@ class LazyCommand:
     attribute: str
     help: str
     group: bool = False
-
-
-#: True while :func:`pause_collector` holds the collector off.
-_collector_paused = False
-
-
-def pause_collector() -> None:
-    """Turn the cyclic garbage collector off while the command loads (:func:`resume_collector` undoes it)."""
-    global _collector_paused
-    if gc.isenabled():
-        gc.disable()
-        _collector_paused = True
-
-
-def resume_collector() -> None:
-    """Turn the collector back on if :func:`pause_collector` turned it off; otherwise nothing.
-
-    What start-up allocated is frozen first (:func:`gc.freeze`): modules, classes and functions that
-    live as long as the process. Otherwise the first collection would traverse all of it at once.
-    """
-    global _collector_paused
-    if _collector_paused:
-        _collector_paused = False
-        gc.freeze()
-        gc.enable()
+    exits_quickly: bool = False
 
 
 class _LoadedCommand(TyperCommand):
@@ -84,9 +63,19 @@ class _LoadedCommand(TyperCommand):
 #: Commands already built, by name: a command is built once per process (tests invoke many times).
 _LOADED: dict[str, Any] = {}
 
+#: The entry :func:`load_command` loaded last: the command this process runs.
+_last_loaded: LazyCommand | None = None
+
+
+def loaded_command() -> LazyCommand | None:
+    """The command this process loaded to run (the last one :func:`load_command` loaded), or None."""
+    return _last_loaded
+
 
 def load_command(entry: LazyCommand, *, rich_markup_mode: MarkupMode = DEFAULT_MARKUP_MODE) -> Any:
     """``entry``'s click command (a Typer group for a ``group`` entry), importing its module now."""
+    global _last_loaded
+    _last_loaded = entry
     command = _LOADED.get(entry.name)
     if command is not None:
         return command

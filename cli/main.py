@@ -44,8 +44,9 @@ COMMANDS = (
         "status",
         "Show one job (state, steps with attempts and timings, last error, result, webhook deliveries), or a batch "
         "with --batch; with neither, the queue (paused or not, jobs per state).",
+        exits_quickly=True,
     ),
-    LazyCommand("jobs", "cli.jobs", "jobs", "List jobs, newest first."),
+    LazyCommand("jobs", "cli.jobs", "jobs", "List jobs, newest first.", exits_quickly=True),
     LazyCommand(
         "worker",
         "cli.worker",
@@ -168,8 +169,9 @@ polish_help()
 
 
 def main() -> None:
-    """Console-script entry: no traceback for unexpected errors unless ``--verbose``; the garbage collector
-    waits while the command loads (:func:`cli.lazy.pause_collector`)."""
+    """Run the command line: no traceback for unexpected errors unless ``--verbose``; the garbage collector
+    waits while the command loads (:func:`cli.entry.pause_collector`). The console script enters through
+    :func:`cli.entry.main`, which pauses it before this module is imported and ends the process."""
     pause_collector()
     try:
         app()
