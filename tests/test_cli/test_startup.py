@@ -182,3 +182,24 @@ def test_startup_redis_generate_no_wait_loads_no_step_code(redis_url: str, sd_se
     assert [job["state"] for job in json.loads(result.stdout)] == ["queued"]
     assert sorted(name for name in loaded if name.startswith(STEP_CODE)) == []
     assert {"httpx", "actors.steps", "pipeline.sd.catalog"} <= loaded  # it did check and enqueue
+
+
+def test_startup_redis_status_and_jobs_load_no_http_client_broker_or_image_library(
+    redis_url: str, sd_server: Any, tmp_path: Path
+) -> None:
+    # Given Redis mode and one queued job (no worker)
+    env = {"REDIS_URL": redis_url, "SD_API_URL": sd_server.url, "OUTPUT_DIR": str(tmp_path / "outputs")}
+    args = ["generate", "a red fox", "--width", "64", "--height", "64", "--no-wait", "--json"]
+    queued, _ = _run(args, tmp_path, **env)
+    assert queued.returncode == 0, queued.stderr
+    job_id = json.loads(queued.stdout)[0]["job_id"]
+    # When another process shows the job, and lists the jobs
+    status, status_loaded = _run(["status", job_id], tmp_path, **env)
+    jobs, jobs_loaded = _run(["jobs"], tmp_path, **env)
+    # Then both read Redis and print the job without loading httpx (no SD call), Dramatiq or image libraries
+    assert status.returncode == 0 and jobs.returncode == 0, status.stderr + jobs.stderr
+    assert job_id in status.stdout and "queued" in status.stdout
+    assert job_id[:8] in jobs.stdout
+    assert "redis" in status_loaded and "redis" in jobs_loaded
+    assert status_loaded & {"httpx", "dramatiq", "numpy", "PIL"} == set()
+    assert jobs_loaded & {"httpx", "dramatiq", "numpy", "PIL"} == set()
