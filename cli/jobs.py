@@ -13,7 +13,7 @@ from cli.common import load, out_overrides
 from cli.errors import record_hint
 from cli.output import cli_errors, console, echo, job_row, jobs_table, print_json
 from pipeline.errors import InputError, JobNotFound
-from pipeline.jobs.files import iso_time
+from pipeline.jobs.files import current_output, iso_time
 from pipeline.models import JobRecord, JobState
 from pipeline.store import DEFAULT_LIST_LIMIT, open_store
 
@@ -239,8 +239,6 @@ def _detail(record: JobRecord, tiles: tuple[int, int] | None = None) -> Table:
         else:  # an error a retry got past
             table.add_row("retried after", Text(text, style="yellow"))
     if record.result:
-        from pipeline.jobs.planning import current_output
-
         image = str(record.result.image)
         if record.state is JobState.SUCCEEDED and current_output(record) is None:
             gone = f"{image} (gone: removed, or replaced by a later job of the same name)"

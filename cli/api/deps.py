@@ -14,8 +14,8 @@ from starlette.concurrency import run_in_threadpool
 from actors import Runtime
 from cli.api.errors import ApiError
 from pipeline.errors import InputError, StoreUnavailable
-from pipeline.jobs.files import check_output_dir
-from pipeline.jobs.planning import DEFAULT_POLL_INTERVAL_S, current_output, watch_jobs
+from pipeline.jobs.files import check_output_dir, current_output
+from pipeline.jobs.planning import DEFAULT_POLL_INTERVAL_S, watch_jobs
 from pipeline.models import JobRecord, JobState
 from pipeline.settings import Settings
 from pipeline.storage.base import Blob

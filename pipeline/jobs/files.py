@@ -41,12 +41,13 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError
 from pipeline.jobs.naming import check_output_name, is_name_char, slugify
-from pipeline.storage.base import Blob, Storage, open_storage
+from pipeline.storage.base import Blob, Storage, blob_at, open_storage
 from pipeline.storage.local import FILE_MODE, LocalStorage, atomic_write_bytes, remove_stale_temps
 
 if TYPE_CHECKING:
+    from pipeline.models import JobRecord
     from pipeline.settings import Settings
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "check_output",
     "check_output_dir",
     "claim_output_name",
+    "current_output",
     "default_output_name",
     "iso_time",
     "read_json",
@@ -370,3 +372,21 @@ def _sidecar_owner(sidecar: Blob) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None  # unreadable, gone, or not ours: taken
     return owner if isinstance(owner, str) else None
+
+
+def current_output(record: JobRecord, settings: Settings | None = None) -> Blob | None:
+    """The image a succeeded job wrote, if it is still that job's image (``settings``: the credentials
+    of an ``s3://`` result).
+
+    None when the job has no result, its file is gone, or a later job with the same output name (a
+    batch row's ``name``) replaced it: that job's sidecar then names it.
+    """
+    if not record.result or not record.result.image:
+        return None
+    try:
+        image = blob_at(record.result.image, settings)
+        sidecar = record.result.sidecar
+        owner = read_json(blob_at(sidecar, settings)).get("job_id") if sidecar else record.job_id
+    except (OSError, ValueError, AttributeError, ConfigError):
+        owner = None
+    return image if owner == record.job_id and image.exists() else None

@@ -23,11 +23,11 @@ from pydantic import ValidationError
 
 from pipeline.errors import ConfigError, ImageError, InputError, InputsRejected, JobNotFound, PipelineError
 from pipeline.images.geometry import validate_geometry
-from pipeline.jobs.files import JobFiles, read_json, safe_output_stem
+from pipeline.jobs.files import JobFiles, safe_output_stem
 from pipeline.jobs.naming import NameFields, check_name_template, check_output_name, expand_name, resolve_late_tokens
 from pipeline.models import GenerationParams, JobRecord, JobSpec, StepParams, parse_grid, validation_message
 from pipeline.settings import OutputFormat, Settings, strip_credentials
-from pipeline.storage.base import Blob, blob_at, is_s3_url, open_storage
+from pipeline.storage.base import is_s3_url, open_storage
 from pipeline.storage.local import LocalStorage
 from pipeline.store.base import StatusStore
 
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "current_output",
     "GenerationRequest",
     "ProcessPlan",
     "RequestChecker",
@@ -584,21 +583,3 @@ def watch_jobs(
         if all(record.state.terminal for record in records):
             return
         time.sleep(poll_interval_s)
-
-
-def current_output(record: JobRecord, settings: Settings | None = None) -> Blob | None:
-    """The image a succeeded job wrote, if it is still that job's image (``settings``: the credentials
-    of an ``s3://`` result).
-
-    None when the job has no result, its file is gone, or a later job with the same output name (a
-    batch row's ``name``) replaced it: that job's sidecar then names it.
-    """
-    if not record.result or not record.result.image:
-        return None
-    try:
-        image = blob_at(record.result.image, settings)
-        sidecar = record.result.sidecar
-        owner = read_json(blob_at(sidecar, settings)).get("job_id") if sidecar else record.job_id
-    except (OSError, ValueError, AttributeError, ConfigError):
-        owner = None
-    return image if owner == record.job_id and image.exists() else None

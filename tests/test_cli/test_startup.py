@@ -114,11 +114,13 @@ def test_startup_embedded_jobs_loads_nothing_only_status_uses(sdpipe: Invoke, ou
     jobs, jobs_loaded = _run_modules(["jobs", "--out", str(out_dir)], tmp_path, SD_API_URL="mock://")
     status, status_loaded = _run_modules(["status", job_id, "--out", str(out_dir)], tmp_path, SD_API_URL="mock://")
     # Then `jobs` printed the job without loading deliveries, events, planning or manifests; `status`
-    # still loads what it shows (the deliveries, the result's file check)
+    # still loads what it shows (the deliveries) but not the planning of new jobs (the result's file check
+    # lives with the job's files) nor the image geometry it imports
     assert jobs.returncode == 0 and status.returncode == 0, jobs.stderr + status.stderr
     assert job_id[:8] in jobs.stdout and job_id in status.stdout
     assert sorted(name for name in jobs_loaded if name.startswith(STATUS_ONLY)) == []
-    assert {"pipeline.webhooks.deliveries", "pipeline.jobs.planning"} <= status_loaded
+    assert "pipeline.webhooks.deliveries" in status_loaded
+    assert {"pipeline.jobs.planning", "pipeline.images", "pipeline.images.geometry"} & status_loaded == set()
 
 
 def test_startup_collector_paused_while_loading_and_on_when_the_command_runs(out_dir: Path, tmp_path: Path) -> None:
