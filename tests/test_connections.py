@@ -141,7 +141,7 @@ def test_broker_enqueue_retries_then_raises_when_redis_stays_down(
     down = settings.model_copy(update={"redis_url": SecretStr(f"redis://127.0.0.1:{free_port()}/0")})
     broker = build_broker(down, enqueue_patience_s=0.5)
     actor = dramatiq.actor(lambda: None, actor_name="noop", broker=broker)
-    caplog.set_level(logging.WARNING, logger="actors.broker")
+    caplog.set_level(logging.WARNING, logger="actors.redis_broker")
     try:
         # When a message is sent, Then it is tried three times, then the connection error is raised
         with pytest.raises(redis.ConnectionError):
@@ -161,8 +161,8 @@ def test_broker_enqueue_stops_retrying_at_its_deadline_when_attempts_are_slow(
     broker = build_broker(down, enqueue_patience_s=600.0)
     actor = dramatiq.actor(lambda: None, actor_name="noop", broker=broker)
     clock = iter([0.0, 601.0])
-    monkeypatch.setattr("actors.broker.time", SimpleNamespace(monotonic=lambda: next(clock)))
-    caplog.set_level(logging.WARNING, logger="actors.broker")
+    monkeypatch.setattr("actors.redis_broker.time", SimpleNamespace(monotonic=lambda: next(clock)))
+    caplog.set_level(logging.WARNING, logger="actors.redis_broker")
     try:
         # When a message is sent, Then the error is raised after that one attempt, without a retry
         with pytest.raises(redis.ConnectionError):
