@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 import time
 import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +140,36 @@ def _render_tile(work: UpscaleFiles, plan: TilePlan, index: int) -> None:
     atomic_save_arrays(work.tile(index), {}, [np.clip(region.astype(np.int16) + 4 + index, 0, 255).astype(np.uint8)])
 
 
+@dataclass(frozen=True)
+class _Rendered:
+    """An upscale job past its first pass with every tile rendered and saved (no piece made yet)."""
+
+    store: StatusStore
+    record: JobRecord
+    ctx: StepContext
+    files: JobFiles
+    work: UpscaleFiles
+    plan: TilePlan
+
+
+@contextmanager
+def _all_tiles_rendered(
+    settings: Settings, tmp_path: Path, side: int, tile_px: int, overlap_px: int
+) -> Iterator[_Rendered]:
+    store, record = _job(settings, tmp_path, side, tile_px, overlap_px)
+    try:
+        ctx = StepContext(settings=settings, store=store)
+        files = JobFiles(settings.output_dir.absolute(), record.job_id)
+        upscale_steps.first_pass(ctx, record, files)
+        work = UpscaleFiles.of(files)
+        plan = TilePlan.from_dict(read_json(work.plan)["plan"])
+        for index in range(len(plan)):
+            _render_tile(work, plan, index)
+        yield _Rendered(store, record, ctx, files, work, plan)
+    finally:
+        store.close()
+
+
 def test_pieces_saved_as_tiles_arrive_make_the_output_of_the_whole_merge(settings: Settings, tmp_path: Path) -> None:
     """Tiles saved one by one, each followed by save_ready_pieces as a worker runs it: bands appear
     once their tile rows are in (none before), and the merge's stitched PNG is the bytes of the
@@ -188,26 +221,17 @@ def test_pieces_saved_as_tiles_arrive_make_the_output_of_the_whole_merge(setting
 def test_pieces_bounded_memory_for_a_large_output(settings: Settings, tmp_path: Path) -> None:
     """The pieces' path (tiles arriving, then the stitch) never holds the output's pixels, let alone
     its tiles decoded at once: 2048² of 256-px tiles (81), the ratios of an 8192² one of 1024-px tiles."""
-    store, record = _job(settings, tmp_path, 1024, 256, 32)
-    ctx = StepContext(settings=settings, store=store)
-    files = JobFiles(settings.output_dir.absolute(), record.job_id)
-    try:
-        upscale_steps.first_pass(ctx, record, files)
-        work = UpscaleFiles.of(files)
-        plan = TilePlan.from_dict(read_json(work.plan)["plan"])
-        for index in range(len(plan)):
-            _render_tile(work, plan, index)
+    with _all_tiles_rendered(settings, tmp_path, 1024, 256, 32) as job:
+        plan, files = job.plan, job.files
         all_tiles_bytes = len(plan) * plan.tile_w * plan.tile_h * 3
         tracemalloc.start()
         try:
             for index in range(len(plan)):
-                upscale_output.save_ready_pieces(ctx, record, files, index)
-            data = upscale_output.assemble_png(ctx, record, files, upscale_steps.output_manifest(files), None)
+                upscale_output.save_ready_pieces(job.ctx, job.record, files, index)
+            data = upscale_output.assemble_png(job.ctx, job.record, files, upscale_steps.output_manifest(files), None)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-    finally:
-        store.close()
     assert len(plan) == 81 and data.startswith(b"\x89PNG")
     # Beyond the deflated pieces and the file they are joined into: well below the tiles decoded at once.
     assert peak - 2 * len(data) < all_tiles_bytes * 0.6, (peak, len(data), all_tiles_bytes)
@@ -219,16 +243,9 @@ def test_pieces_made_while_the_merge_removes_the_work_folder_leave_nothing(
     """A worker deflating bands (the second-last tile's) while the merge, started by the last tile's
     worker, ends and removes the work folder: the pieces it creates after the removal (and on disk
     the folders they make again) are taken back, not left behind forever."""
-    store, record = _job(settings, tmp_path, 512, 256, 32)
-    ctx = StepContext(settings=settings, store=store)
-    files = JobFiles(settings.output_dir.absolute(), record.job_id)
-    try:
-        upscale_steps.first_pass(ctx, record, files)
-        work = UpscaleFiles.of(files)
-        plan = TilePlan.from_dict(read_json(work.plan)["plan"])
-        for index in range(len(plan)):
-            _render_tile(work, plan, index)
-        output = upscale_output._output(ctx, record, files, read_json(work.plan))
+    with _all_tiles_rendered(settings, tmp_path, 512, 256, 32) as job:
+        store, record, ctx, files, plan = job.store, job.record, job.ctx, job.files, job.plan
+        output = upscale_output._output(ctx, record, files, read_json(job.work.plan))
         ready = {band.index: output.deflated(band) for band in output.bands}  # the bands' tiles read
         merged_and_removed: list[bool] = []
         lock = threading.Lock()
@@ -248,25 +265,13 @@ def test_pieces_made_while_the_merge_removes_the_work_folder_leave_nothing(
         assert merged_and_removed == [True]
         assert not folder.exists(), sorted(str(p) for p in folder.rglob("*"))
         assert saved == 0  # made, then taken back
-    finally:
-        store.close()
 
 
 def test_pieces_made_before_the_merge_starts_are_kept(settings: Settings, tmp_path: Path) -> None:
-    store, record = _job(settings, tmp_path, 512, 256, 32)
-    ctx = StepContext(settings=settings, store=store)
-    files = JobFiles(settings.output_dir.absolute(), record.job_id)
-    try:
-        upscale_steps.first_pass(ctx, record, files)
-        work = UpscaleFiles.of(files)
-        plan = TilePlan.from_dict(read_json(work.plan)["plan"])
-        for index in range(len(plan)):
-            _render_tile(work, plan, index)
-        made = upscale_output.save_ready_pieces(ctx, record, files, len(plan) - 1)
+    with _all_tiles_rendered(settings, tmp_path, 512, 256, 32) as job:
+        made = upscale_output.save_ready_pieces(job.ctx, job.record, job.files, len(job.plan) - 1)
         assert made > 0
-        assert len(list(files.work("upscale/x").path.parent.glob("png-*.piece"))) == made
-    finally:
-        store.close()
+        assert len(list(job.files.work("upscale/x").path.parent.glob("png-*.piece"))) == made
 
 
 def test_render_loader_rows_from_a_bucket_fetch_only_those_rows(s3_bucket: S3Bucket, s3_wiretap: Wiretap) -> None:
