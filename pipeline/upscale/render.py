@@ -186,18 +186,18 @@ class RenderLoader(Protocol):
 
 
 def render_loader(ctx: StepContext, record: JobRecord, work: UpscaleFiles) -> RenderLoader:
-    """The :class:`RenderLoader` of a job: a read-only map of a render's file on disk; from a bucket the
-    whole object, or with ``rows`` only those rows (ranged reads: the output's bands each need a few
-    rows of several tiles, and read whole each tile would be fetched once per band it reaches); a PNG
-    saved by an earlier version is decoded."""
+    """The :class:`RenderLoader` of a job: a read-only map of a render's file on disk, the whole object
+    from a bucket; with ``rows`` only those rows (:func:`~pipeline.jobs.arrays.read_region`: ranged
+    reads from a bucket, where the output's bands, each needing a few rows of several tiles, would
+    otherwise fetch a tile once per band it reaches); a PNG saved by an earlier version is decoded."""
 
     def load(index: int, width: int, height: int, rows: tuple[int, int] | None = None) -> _U8:
         blob = work.tile(index)
         if blob.exists():
-            if rows is not None and blob.path is None:
+            if rows is not None:
                 return read_region(blob, rows, (0, width))
             _, [pixels] = map_arrays(blob)  # read-only: blend and apply_bands only read it
-            return pixels if rows is None else pixels[rows[0] : rows[1]]
+            return pixels
         pixels = answer_pixels(ctx, record, work.legacy_tile(index).read_bytes(), width, height, index, "")
         return pixels if rows is None else pixels[rows[0] : rows[1]]
 
