@@ -538,21 +538,16 @@ class SDClient:
         headers = _JSON_CONTENT if content is not None else None
         started = time.perf_counter()
         try:
-            if on_headers is None:
-                response = self._client.request(
-                    method, path, json=json, content=content, headers=headers, params=params, timeout=timeout
-                )
-            else:
-                request = self._client.build_request(
-                    method, path, json=json, content=content, headers=headers, params=params, timeout=timeout
-                )
-                response = self._client.send(request, stream=True)
-                try:
-                    if response.status_code < 300:
-                        on_headers()
-                    response.read()
-                finally:
-                    response.close()
+            request = self._client.build_request(
+                method, path, json=json, content=content, headers=headers, params=params, timeout=timeout
+            )
+            response = self._client.send(request, stream=True)
+            try:
+                if on_headers is not None and response.status_code < 300:
+                    on_headers()
+                response.read()
+            finally:
+                response.close()
         except httpx.HTTPError as exc:
             elapsed_s = time.perf_counter() - started
             logger.warning("job %s: %s %s -> %s after %.2fs", job, method, path, type(exc).__name__, elapsed_s)
