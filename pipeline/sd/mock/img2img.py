@@ -93,7 +93,8 @@ class Img2ImgPlan:
             raise HTTPError(404, "Init image not found")
         if not isinstance(init_images, list) or not init_images:
             raise HTTPError(500, "Invalid encoded image")
-        self.init = decode_init(init_images[0])
+        self._init_encoded: object = init_images[0]
+        self._init: NDArray[np.uint8] | None = None
         mask = data.get("mask")
         self.mask = decode_init(mask, "L") if mask else None
         self.prompt = str(data.get("prompt") or "")
@@ -110,6 +111,19 @@ class Img2ImgPlan:
         self.model = model
         self.task_id = str(data["force_task_id"]) if data.get("force_task_id") else None
         self.values = {k: v for k, v in data.items() if k != "init_images"} | {"init_images": None}
+
+    @property
+    def init(self) -> NDArray[np.uint8]:
+        """The init image's pixels, decoded on first use: A1111 decodes ``init_images`` inside its
+        queue lock (``img2imgapi``), so a request waiting for its turn has not decoded it yet; its
+        mask, though, is decoded before the lock.
+
+        Raises:
+            HTTPError: 500 ``Invalid encoded image``.
+        """
+        if self._init is None:
+            self._init = decode_init(self._init_encoded)
+        return self._init
 
     def render(self) -> NDArray[np.uint8]:
         """The output pixels (``height`` x ``width`` x 3)."""

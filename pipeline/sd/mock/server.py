@@ -373,13 +373,11 @@ class MockSDServer:
             self._stats.img2img_requests += 1
             model = self.checkpoints.loaded or (self.checkpoints.selected() if self.models else None)
             samples_format = str(self.options["samples_format"])
-        decode_started = time.monotonic()
         try:
             plan = img2img.plan_img2img(request.body, model, self._seed_rng)
         except ValueError:
             error = {"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}
             return _respond(422, {"detail": [error]})
-        decode_s = time.monotonic() - decode_started
         task_id = plan.task_id or self._tasks.new_task_id()
         self._turns.acquire(task_id)
         completed = False
@@ -390,9 +388,10 @@ class MockSDServer:
             with self.checkpoints.overrides(overrides if isinstance(overrides, dict) else {}, restore=restore):
                 if self.models:
                     plan.model = self.checkpoints.loaded or self.checkpoints.selected()
-                # latency_ms is the whole time per image, as txt2img's: decoding the init image counts
-                # (a server that did not wait for its turn spent it right before).
-                deadline = time.monotonic() + self.latency_ms / 1000 - decode_s
+                # latency_ms is the whole time per image, as txt2img's, and the init image is decoded
+                # inside it: A1111 decodes init_images under its queue lock, so a request queued
+                # behind another one gains nothing by having arrived early.
+                deadline = time.monotonic() + self.latency_ms / 1000
                 payload = plan.response(plan.render(), samples_format)
                 self._sleep_until(deadline)
             completed = True

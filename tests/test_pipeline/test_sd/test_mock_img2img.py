@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -131,3 +133,25 @@ def test_mock_img2img_mask_changes_only_under_it(start_mock: StartMock, http: ht
     assert np.array_equal(out[:, :32], original[:, :32])
     assert not np.array_equal(out[:, 32:], original[:, 32:])
     assert bad.status_code == 500 and bad.json()["detail"] == "Invalid encoded image"
+
+
+def test_mock_img2img_decodes_the_init_image_in_its_turn(start_mock: StartMock) -> None:
+    """A1111 decodes ``init_images`` under its queue lock: a bad image queued behind a render is
+    answered 500 only after that render, and a queued request's decoding is not hidden in the wait."""
+    _, url = start_mock(latency_ms=400)
+    answered: dict[str, float] = {}
+
+    def post(name: str, payload: dict[str, Any]) -> None:
+        with httpx.Client(timeout=30) as client:
+            client.post(f"{url}/sdapi/v1/img2img", json=payload)
+        answered[name] = time.monotonic()
+
+    started = time.monotonic()
+    first = threading.Thread(target=post, args=("render", body(force_task_id="task-a")))
+    first.start()
+    time.sleep(0.1)  # the render holds the server's turn
+    post("bad", body(init_images=["not an image"], force_task_id="task-b"))
+    first.join()
+
+    assert answered["bad"] - started >= 0.35  # after the render's turn (400 ms from the start), not at 0.1 s
+    assert answered["render"] - started >= 0.35
