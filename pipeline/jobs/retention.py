@@ -3,8 +3,9 @@
 :func:`plan_prune` only reads: the ended jobs (failed, succeeded, cancelled; or the states asked
 for) whose last change is older than the cut-off, their work folders, the batches left with no job
 (their records and manifests ``OUTPUT_DIR/batches/<id>.json``), with ``outputs`` each succeeded
-job's image and sidecar, and the orphaned work folders that killed processes left (no record, older
-than :data:`~pipeline.jobs.steps.ORPHAN_WORK_AGE_S`, the rule a starting worker applies).
+job's image and sidecar, and the orphaned work folders that killed processes left (no record, or a
+succeeded one, older than :data:`~pipeline.jobs.steps.ORPHAN_WORK_AGE_S`: the rule a starting
+worker applies).
 :func:`apply_prune` removes exactly that plan, so a dry run lists what the real run removes.
 
 Records go first, then files, and only the files of jobs whose record was removed: a job retried
@@ -48,8 +49,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: A work folder whose job has no record is an orphan once it is this old: a ``process`` job's
-#: folder is written just before its record is created.
+#: A work folder whose job has no record, or has succeeded, is an orphan once it is this old: a
+#: ``process`` job's folder is written just before its record is created, and a succeeded job's is
+#: removed just after its success is recorded (a crash in between leaves it).
 ORPHAN_WORK_AGE_S = 3600.0
 #: Jobs read per page while planning.
 _PAGE = 1000
@@ -128,8 +130,9 @@ def parse_age(text: str, *, field_name: str = "--older-than") -> float:
 def find_orphaned_work(
     store: StatusStore, output: Storage | Path, *, now: float, older_than_s: float = ORPHAN_WORK_AGE_S
 ) -> list[str]:
-    """The ids of the work folders (prefixes) in ``output`` whose job the store does not have, left
-    unchanged for ``older_than_s``: a folder's own change time on disk, its newest object in a bucket."""
+    """The ids of the work folders (prefixes) in ``output`` whose job the store does not have or has
+    as succeeded (nothing reads a succeeded job's intermediates), left unchanged for ``older_than_s``:
+    a folder's own change time on disk, its newest object in a bucket."""
     storage = LocalStorage(output.absolute()) if isinstance(output, Path) else output
     changed: dict[str, float] = {}
     folder = storage.local_path(_WORK_PREFIX.rstrip("/"))
@@ -151,8 +154,11 @@ def find_orphaned_work(
         if now - modified_at < older_than_s:
             continue
         try:
-            store.get(job_id)
+            record = store.get(job_id)
         except JobNotFound:
+            found.append(job_id)
+            continue
+        if record.state is JobState.SUCCEEDED:
             found.append(job_id)
     return found
 

@@ -154,9 +154,6 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
     )
     ended: tuple[Event | None, InlineEvent | None] = (None, None)
     if result is not None:
-        # Intermediates go first: once a job reads as succeeded, its work folder is gone. (A crash
-        # in between is safe: a redelivered merge finds this job's sidecar and image and skips.)
-        _files(ctx, record).remove_work_dir()
         done = record.model_copy(update={"state": JobState.SUCCEEDED, "updated_at": now, "result": result})
         ended = _inline(ctx, end_type(done), job_id, record.batch_id, job_data(done), now, once=end_key(done))
         both = [body for body in (finished[1], ended[1]) if body is not None]
@@ -178,6 +175,10 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
                 batch_completed(ctx.events, ctx.store, record.batch_id)
         else:
             _announce_if_ended(ctx, job_id)
+        # The intermediates go once the job reads as succeeded and its end is announced: their removal
+        # (tens of MB of an upscale's tiles) is not part of the job's time. A crash before it leaves the
+        # folder to the orphan rule (find_orphaned_work: a succeeded job's folder is one).
+        _files(ctx, record).remove_work_dir()
         if (record.spec.prompt_template or {}).get("contact_sheet") and record.spec.batch_id:
             _contact_sheet(ctx, record)
     else:

@@ -268,8 +268,8 @@ def save_ready_pieces(ctx: StepContext, record: JobRecord, files: JobFiles, inde
 
 def _taken_back_if_merging(ctx: StepContext, job_id: str, work: UpscaleFiles, made: list[OutputBand]) -> bool:
     """Take back the pieces just made if the merge has started meanwhile (another worker's tile
-    completed the set): its end removes the work folder before the job reads as succeeded, and a
-    piece created after that removal would stay forever (on disk, with the folders it made again).
+    completed the set): its end removes the work folder, and a piece created after that removal
+    would stay (on disk, with the folders it made again) until the orphan rule took it.
 
     Pieces made before the merge started are in the folder when it is removed, so the store is read
     after they are made. The merge reads a piece taken back as missing and computes its band itself.

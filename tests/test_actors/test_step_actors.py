@@ -24,6 +24,7 @@ from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_ge
 from pipeline.jobs.steps import run_step
 from pipeline.models import JobRecord, JobState
 from pipeline.storage.local import LocalStorage
+from tests.procs import wait_until
 from tests.test_actors.conftest import SD_URL, sd_png_response
 
 Wait = Callable[[Runtime, list[str]], list[JobRecord]]
@@ -63,8 +64,9 @@ def test_generate_job_writes_image_sidecar_and_succeeds(runtime: Runtime, wait_t
             "seam_blur",
             "merge",
         ]
-        # and the intermediates are gone
-        assert not (runtime.settings.output_dir / ".sdpipe" / "work" / record.job_id).exists()
+        # and the intermediates are gone (removed right after the success is recorded)
+        work = runtime.settings.output_dir / ".sdpipe" / "work" / record.job_id
+        assert wait_until(lambda work=work: not work.exists(), timeout_s=10)
 
 
 def test_generate_retries_out_of_memory_then_succeeds(respx_runtime: Runtime, wait_terminal: Wait) -> None:
@@ -239,6 +241,32 @@ def test_remove_orphaned_work_removes_old_folders_of_jobs_without_records(runtim
     assert steps.remove_orphaned_work(runtime.context) == 1
     # Then only the old orphan is gone (a fresh one may be a process job about to be recorded)
     assert not folders["lost-old"].exists() and folders[spec.job_id].exists() and folders["lost-fresh"].exists()
+
+
+def test_remove_orphaned_work_removes_old_folders_of_succeeded_jobs(runtime: Runtime, wait_terminal: Wait) -> None:
+    # Given a succeeded job whose work folder a crash left (it is removed just after the success is
+    # recorded), and an old folder of a job still queued
+    (done,) = wait_terminal(runtime, _submit(runtime))
+    assert done.state is JobState.SUCCEEDED, done.error
+    (queued,) = plan_generate(
+        runtime.settings,
+        GenerationRequest(prompt="queued"),
+        build_step_params(runtime.settings, grid=None, band_px=None, sigma=None),
+        now=time.time(),
+    )
+    runtime.store.create_jobs([queued])
+    work = runtime.settings.output_dir / ".sdpipe" / "work"
+    folders = {job_id: work / job_id for job_id in (done.job_id, queued.job_id)}
+    assert wait_until(lambda: not folders[done.job_id].exists(), timeout_s=10)
+    hours_ago = time.time() - 2 * 3600
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "source.img").write_bytes(b"x")
+        os.utime(folder, (hours_ago, hours_ago))
+    # When a worker starts and looks for orphans
+    assert steps.remove_orphaned_work(runtime.context) == 1
+    # Then the succeeded job's folder is gone and the queued job's is kept
+    assert not folders[done.job_id].exists() and folders[queued.job_id].exists()
 
 
 def test_requeue_delay_of_a_generation_outranked_again_and_again_doubles_up_to_its_bound() -> None:
