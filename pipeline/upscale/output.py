@@ -64,10 +64,11 @@ logger = logging.getLogger(__name__)
 
 _U8 = NDArray[np.uint8]
 #: First bytes of a saved piece, then its facts (:data:`_PIECE_FACTS`), then the raw deflate data.
-PIECE_MAGIC = b"SDPIPE-PNG-BAND-2\n"
-#: width, channels, first row, end row, Adler-32 and length of the filtered bytes, then the length
-#: and CRC-32 of the deflate data that follows.
-_PIECE_FACTS = struct.Struct(">IIIIIQQI")
+PIECE_MAGIC = b"SDPIPE-PNG-BAND-3\n"
+#: width, channels, the seam blur's band and sigma, first row, end row, Adler-32 and length of the
+#: filtered bytes, then the length and CRC-32 of the deflate data that follows. A piece made with
+#: another seam blur (a worker of another version, mid-upgrade) is not this job's band: computed again.
+_PIECE_FACTS = struct.Struct(">IIIdIIIQQI")
 #: A deflated band: raw deflate data, Adler-32 and length of its filtered bytes.
 Deflated = tuple[bytes, int, int]
 
@@ -150,21 +151,27 @@ def _piece(work: UpscaleFiles, index: int) -> Blob:
     return work.files.work(f"upscale/png-{index}.piece")
 
 
-def _pack(plan: TilePlan, channels: int, band: OutputBand, deflated: Deflated) -> bytes:
+def _pack(output: _Output, band: OutputBand, deflated: Deflated) -> bytes:
     data, adler, length = deflated
-    facts = _PIECE_FACTS.pack(plan.width, channels, band.start, band.stop, adler, length, len(data), zlib.crc32(data))
+    facts = _PIECE_FACTS.pack(*_identity(output, band), adler, length, len(data), zlib.crc32(data))
     return PIECE_MAGIC + facts + data
 
 
-def _unpack(raw: bytes, plan: TilePlan, channels: int, band: OutputBand) -> Deflated | None:
-    """The piece's deflated band, or None when it is not this band's (another plan) or is damaged
-    (cut short, zeroed or changed: its data's length or CRC-32 differ)."""
+def _identity(output: _Output, band: OutputBand) -> tuple[int, int, int, float, int, int]:
+    """What a piece of ``band`` records of how it was made: the output's width and channels, the seam
+    blur's band and sigma, the band's rows."""
+    return output.plan.width, output.channels, output.band_px, output.sigma, band.start, band.stop
+
+
+def _unpack(raw: bytes, output: _Output, band: OutputBand) -> Deflated | None:
+    """The piece's deflated band, or None when it is not this band's (another plan, another seam
+    blur) or is damaged (cut short, zeroed or changed: its data's length or CRC-32 differ)."""
     head = len(PIECE_MAGIC) + _PIECE_FACTS.size
     if not raw.startswith(PIECE_MAGIC) or len(raw) < head:
         return None
     facts = _PIECE_FACTS.unpack_from(raw, len(PIECE_MAGIC))
-    width, piece_channels, start, stop, adler, length, data_length, crc = facts
-    if (width, piece_channels, start, stop) != (plan.width, channels, band.start, band.stop):
+    adler, length, data_length, crc = facts[6:]
+    if tuple(facts[:6]) != _identity(output, band):
         return None
     data = raw[head:]
     if len(data) != data_length or zlib.crc32(data) != crc:
@@ -252,7 +259,7 @@ def save_ready_pieces(ctx: StepContext, record: JobRecord, files: JobFiles, inde
     made: list[OutputBand] = []
 
     def save(band: OutputBand) -> None:
-        piece = _pack(plan, output.channels, band, output.deflated(band))
+        piece = _pack(output, band, output.deflated(band))
         if _piece(work, band.index).create(piece, durable=False):
             made.append(band)
 
@@ -294,7 +301,7 @@ def assemble_png(
 
     def deflated(band: OutputBand) -> Deflated:
         try:
-            found = _unpack(_piece(output.work, band.index).read_bytes(), plan, output.channels, band)
+            found = _unpack(_piece(output.work, band.index).read_bytes(), output, band)
         except FileNotFoundError:
             found = None
         return found if found is not None else output.deflated(band)

@@ -7,7 +7,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -211,8 +211,14 @@ def test_pieces_saved_as_tiles_arrive_make_the_output_of_the_whole_merge(setting
         changed[-20] ^= 0x01
         files.work("upscale/png-3.piece").write(bytes(changed))
         assert upscale_output.assemble_png(ctx, record, files, out_manifest, "a prompt\nSteps: 20") == expected
-        head = len(upscale_output.PIECE_MAGIC) + 40
+        head = len(upscale_output.PIECE_MAGIC) + 52
         files.work("upscale/png-0.piece").write(whole[:head] + bytes(len(whole) - head))
+        assert upscale_output.assemble_png(ctx, record, files, out_manifest, "a prompt\nSteps: 20") == expected
+        # A piece made with another seam blur (a worker of another version, mid-upgrade) is whole and
+        # has this band's rows, but is not this job's band: computed again too.
+        other = replace(upscale_output._output(ctx, record, files, out_manifest), sigma=3.0)
+        band = other.bands[1]
+        files.work("upscale/png-1.piece").write(upscale_output._pack(other, band, other.deflated(band)))
         assert upscale_output.assemble_png(ctx, record, files, out_manifest, "a prompt\nSteps: 20") == expected
     finally:
         store.close()
