@@ -114,9 +114,7 @@ class Img2ImgPlan:
 
     @property
     def init(self) -> NDArray[np.uint8]:
-        """The init image's pixels, decoded on first use: A1111 decodes ``init_images`` inside its
-        queue lock (``img2imgapi``), so a request waiting for its turn has not decoded it yet; its
-        mask, though, is decoded before the lock.
+        """The init image's pixels, decoded on first use (:meth:`decode`).
 
         Raises:
             HTTPError: 500 ``Invalid encoded image``.
@@ -124,6 +122,17 @@ class Img2ImgPlan:
         if self._init is None:
             self._init = decode_init(self._init_encoded)
         return self._init
+
+    def decode(self) -> None:
+        """Decode the init image now: A1111 decodes ``init_images`` first thing inside its queue lock
+        (``img2imgapi``), before ``process_images`` applies ``override_settings``, so a request waiting
+        for its turn has not decoded it yet, and one that does not decode changes no setting and loads
+        no checkpoint. Its mask, though, is decoded before the lock.
+
+        Raises:
+            HTTPError: 500 ``Invalid encoded image``.
+        """
+        _ = self.init
 
     def render(self) -> NDArray[np.uint8]:
         """The output pixels (``height`` x ``width`` x 3)."""

@@ -384,14 +384,18 @@ class MockSDServer:
         overrides = plan.values.get("override_settings") or {}
         restore = bool(plan.values.get("override_settings_restore_afterwards", True))  # null keeps them
         try:
+            # A1111 decodes init_images under its queue lock, first: a request queued behind another
+            # one gains nothing by having arrived early, and one that does not decode fails before
+            # its override_settings apply.
+            decode_started = time.monotonic()
+            plan.decode()
+            decode_s = time.monotonic() - decode_started
             # process_images: the request's override_settings (a checkpoint loads) around the render.
             with self.checkpoints.overrides(overrides if isinstance(overrides, dict) else {}, restore=restore):
                 if self.models:
                     plan.model = self.checkpoints.loaded or self.checkpoints.selected()
-                # latency_ms is the whole time per image, as txt2img's, and the init image is decoded
-                # inside it: A1111 decodes init_images under its queue lock, so a request queued
-                # behind another one gains nothing by having arrived early.
-                deadline = time.monotonic() + self.latency_ms / 1000
+                # latency_ms is the whole time per image, as txt2img's, the decoding in its turn included.
+                deadline = time.monotonic() + self.latency_ms / 1000 - decode_s
                 payload = plan.response(plan.render(), samples_format)
                 self._sleep_until(deadline)
             completed = True

@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline.errors import SDNotFound, SDServerError
 from pipeline.sd.client import SDClient
+from pipeline.sd.mock.http import MockSDServer
 from pipeline.settings import load_settings
 from tests.test_pipeline.test_sd.conftest import StartMock
 
@@ -155,3 +156,23 @@ def test_mock_img2img_decodes_the_init_image_in_its_turn(start_mock: StartMock) 
 
     assert answered["bad"] - started >= 0.35  # after the render's turn (400 ms from the start), not at 0.1 s
     assert answered["render"] - started >= 0.35
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_mock_img2img_bad_init_image_fails_before_its_override_settings_apply(restore: bool) -> None:
+    """A1111 decodes ``init_images`` first thing under its queue lock, before ``process_images``
+    applies ``override_settings``: an init image that does not decode loads no checkpoint and
+    leaves the options as they were, even with ``override_settings_restore_afterwards`` false."""
+    mock = MockSDServer(seed=1, models=("base.safetensors", "other.safetensors"))
+    selected = mock.options["sd_model_checkpoint"]
+    request = body(
+        init_images=["not an image"],
+        override_settings={"sd_model_checkpoint": "other"},
+        override_settings_restore_afterwards=restore,
+    )
+
+    answer = mock.handle("POST", "/sdapi/v1/img2img", "", {}, json.dumps(request).encode())
+
+    assert answer.status == 500 and answer.json()["detail"] == "Invalid encoded image"
+    assert mock.stats()["model_loads"] == 0 and mock.options["sd_model_checkpoint"] == selected
+    assert mock.stats()["active"] == 0  # its turn was handed on
