@@ -20,6 +20,7 @@ from actors.steps import OUTRANKED_MAX_DELAY_MS, REQUEUE_DELAY_MS, requeue_delay
 from pipeline.errors import NoFreeSlot, Outranked
 from pipeline.images.infotext import parse_infotext
 from pipeline.jobs import steps
+from pipeline.jobs.files import JobFiles
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate, plan_process
 from pipeline.jobs.steps import run_step
 from pipeline.models import JobRecord, JobState
@@ -203,6 +204,27 @@ def test_merge_run_again_after_a_crash_keeps_its_claimed_name(
     assert record.state is JobState.SUCCEEDED
     assert sorted(p.name for p in output_dir.glob("*.png")) == ["same-0001.png"]
     assert Path(str(record.result.image)).name == "same-0001.png"  # type: ignore[union-attr]
+
+
+def test_merge_redelivered_after_a_crash_before_the_work_folder_went_removes_it(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a job whose merge recorded its success, then died before removing the work folder
+    params = build_step_params(runtime.settings, grid="2x2", band_px=8, sigma=2.0)
+    request = GenerationRequest(prompt="x", seed=3, width=64, height=64)
+    (spec,) = plan_generate(runtime.settings, request, params, now=time.time())
+    runtime.store.create_jobs([spec])
+    for step in ("generate", "split", "seam_blur"):
+        run_step(runtime.context, spec.job_id, step)  # type: ignore[arg-type]
+    monkeypatch.setattr(JobFiles, "remove_work_dir", lambda self: None)  # the process dies right there
+    run_step(runtime.context, spec.job_id, "merge")
+    monkeypatch.undo()
+    work = runtime.settings.output_dir / ".sdpipe" / "work" / spec.job_id
+    assert runtime.store.get(spec.job_id).state is JobState.SUCCEEDED and work.is_dir()
+    # When its merge message is delivered again (it was never acknowledged)
+    outcome = run_step(runtime.context, spec.job_id, "merge")
+    # Then the step does not run again, and the work folder is gone
+    assert not outcome.ran and not work.exists()
 
 
 def test_step_of_a_job_whose_record_is_gone_is_dropped_with_a_warning_and_its_work_folder_removed(
