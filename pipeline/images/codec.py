@@ -48,10 +48,9 @@ _OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 logger = logging.getLogger(__name__)
 
-# PNG output is written by :mod:`pipeline.images.png` (numpy Up filter, zlib level 1 on parallel bands).
-# Measured against Pillow at level 1 with Z_RLE (the previous setting), 2 cores, median of 7:
-#   512²: 33 -> 22 ms, 0.54 -> 0.48 MB;  1024²: 137 -> 75 ms, 2.12 -> 1.74 MB;  2048²: 601 -> 302 ms, 8.2 -> 6.0 MB
-# (sharp's default PNG of the same renders: 2.04 MB at 1024²).
+# PNG output is written by :mod:`pipeline.images.png` (numpy Up filter, ISA-L deflate level 3 on parallel
+# bands); README "Performance" has its speed and sizes against zlib level 1 (its previous compressor),
+# Pillow and sharp.
 #: JPEG quality of written files.
 JPEG_QUALITY = 95
 #: WebP (lossy) quality of written files.
