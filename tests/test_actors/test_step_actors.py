@@ -15,7 +15,7 @@ import pytest
 import respx
 from PIL import Image
 
-from actors import Runtime
+from actors import Runtime, open_runtime
 from actors.steps import OUTRANKED_MAX_DELAY_MS, REQUEUE_DELAY_MS, requeue_delay_ms
 from pipeline.errors import NoFreeSlot, Outranked
 from pipeline.images.infotext import parse_infotext
@@ -24,6 +24,7 @@ from pipeline.jobs.files import JobFiles
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate, plan_process
 from pipeline.jobs.steps import run_step
 from pipeline.models import JobRecord, JobState
+from pipeline.settings import Settings
 from pipeline.storage.local import LocalStorage
 from tests.procs import wait_until
 from tests.test_actors.conftest import SD_URL, sd_png_response
@@ -225,6 +226,25 @@ def test_merge_redelivered_after_a_crash_before_the_work_folder_went_removes_it(
     outcome = run_step(runtime.context, spec.job_id, "merge")
     # Then the step does not run again, and the work folder is gone
     assert not outcome.ran and not work.exists()
+
+
+def test_embedded_runtime_closed_once_a_job_succeeded_still_removes_its_work_folder(
+    settings: Settings, wait_terminal: Wait, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a slow removal of the work folder, which comes after the job reads as succeeded
+    real_remove = JobFiles.remove_work_dir
+
+    def slow_remove(self: JobFiles) -> None:
+        time.sleep(0.5)
+        real_remove(self)
+
+    monkeypatch.setattr(JobFiles, "remove_work_dir", slow_remove)
+    # When a command sees its job succeeded and closes the embedded runtime at once (sdpipe generate)
+    with open_runtime(settings) as rt:
+        (done,) = wait_terminal(rt, _submit(rt))
+    # Then the close waited for the job's thread: the work folder is gone, not left for an hour
+    assert done.state is JobState.SUCCEEDED, done.error
+    assert not (settings.output_dir / ".sdpipe" / "work" / done.job_id).exists()
 
 
 def test_step_of_a_job_whose_record_is_gone_is_dropped_with_a_warning_and_its_work_folder_removed(
