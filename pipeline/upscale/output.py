@@ -7,7 +7,10 @@ tile blends those rows (:func:`~pipeline.upscale.tiles.blend_rows`), runs the se
 deflates the band and saves the piece (``upscale/png-<k>.piece``). The merge then reads the pieces,
 computes any that are missing (a worker killed in between, a piece from another plan), and stitches
 them: the same bytes :func:`~pipeline.images.png.encode_png` gives for the merged image, so the
-output is byte-identical to a merge of the whole image at once.
+output is byte-identical to a merge of the whole image at once. (Bands deflated on different
+machines may differ in their deflate bytes, if the deflater's code differs by CPU or version: each
+piece is independent deflate data of the same filtered rows, so any mix is a valid PNG of the same
+pixels; the sidecar's sha256 is of the file written.)
 
 Why the seam blur of a window of rows is exact: the window is taken ``margin`` rows beyond the band
 (:func:`margin_px`). Blurring a window treats its edges as mirrors; a row whose blur reads past an
