@@ -12,6 +12,10 @@ when no command was even loaded (``sdpipe --help``, a usage error), the process 
 some 400 modules and freeing their objects) took ~10 ms of an embedded ``sdpipe status`` and changes
 nothing such a command did (its stores are closed, what it writes is written atomically). Any other
 command, or one that left a thread running, exits the usual way.
+
+Before anything is imported, the modules no command of this process runs are blocked
+(:func:`block_unused_modules`): a library that imports them only when it can takes the path it takes
+when they are not installed.
 """
 
 from __future__ import annotations
@@ -23,10 +27,25 @@ import sys
 import threading
 from typing import NoReturn
 
-__all__ = ["main", "pause_collector", "quick_exit", "resume_collector"]
+__all__ = ["UNUSED_MODULES", "block_unused_modules", "main", "pause_collector", "quick_exit", "resume_collector"]
 
 #: True while :func:`pause_collector` holds the collector off.
 _collector_paused = False
+
+#: Modules no sdpipe command runs, which a library imports whenever it can. ``httpx._main`` is httpx's
+#: own command line (the ``httpx`` console script, a process of its own): httpx's package imports it
+#: whenever click is installed (uvicorn brings it), and with it click, pygments and Rich's syntax and
+#: progress modules, ~15 ms of every command that talks HTTP. Blocked, ``httpx.main`` is httpx's stub
+#: saying its CLI is not installed; the ``httpx`` program itself is unaffected.
+UNUSED_MODULES = ("httpx._main",)
+
+
+def block_unused_modules() -> None:
+    """Make importing any of :data:`UNUSED_MODULES` fail with ImportError in this process (a None entry in
+    ``sys.modules``), unless one is already imported."""
+    for name in UNUSED_MODULES:
+        # None is the entry the import system documents for "not importable" (typeshed omits it).
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
 def pause_collector() -> None:
@@ -71,6 +90,7 @@ def quick_exit(code: int) -> NoReturn:
 def main() -> None:
     """Console-script entry: load and run the command (:func:`cli.main.main`), then exit (see the module)."""
     pause_collector()
+    block_unused_modules()
     from cli.lazy import loaded_command
     from cli.main import main as run
 

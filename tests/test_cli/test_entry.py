@@ -103,3 +103,15 @@ def test_entry_quick_exit_waits_for_a_running_thread(tmp_path: Path) -> None:
     # Then it exited the usual way: the thread finished its write, and the exit code is kept
     assert result.returncode == 4, result.stderr
     assert marker.read_text() == "done"
+
+
+def test_entry_blocks_httpx_cli_and_httpx_still_imports(tmp_path: Path) -> None:
+    # When the entry's blocking runs before httpx is imported (click is installed here, with uvicorn)
+    result = _python(
+        "import json, sys\nimport cli.entry\ncli.entry.block_unused_modules()\nimport httpx\n"
+        "print(json.dumps([httpx.Client.__name__, sys.modules.get('httpx._main') is None, 'click' in sys.modules]))",
+        tmp_path,
+    )
+    # Then httpx works, and its command line (with click) was not imported
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["Client", True, False]
