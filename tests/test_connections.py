@@ -177,3 +177,26 @@ def test_importing_connections_does_not_import_redis() -> None:
     code = "import sys, pipeline.connections; sys.exit('redis' in sys.modules)"
 
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_clients_announce_redis_py_version_without_reading_its_metadata(
+    redis_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given redis-py's metadata lookup of its own version made to fail
+    import redis.utils
+
+    def looked_up() -> str:
+        raise AssertionError("redis-py looked its version up in its metadata")
+
+    monkeypatch.setattr(redis.utils, "get_lib_version", looked_up)
+    # When a client connects and sends a command
+    client = create_client(RedisSettings.from_settings(redis_settings))
+    try:
+        assert client.ping()
+        connection = client.connection_pool.get_connection()
+        announced = connection.driver_info
+        client.connection_pool.release(connection)
+    finally:
+        client.close()
+    # Then its connection announces redis-py's name and version all the same (CLIENT SETINFO, Redis 7.2+)
+    assert (announced.formatted_name, announced.lib_version) == ("redis-py", redis.__version__)
