@@ -23,7 +23,7 @@ from pipeline.jobs import steps
 from pipeline.jobs.files import JobFiles
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate, plan_process
 from pipeline.jobs.steps import run_step
-from pipeline.models import JobRecord, JobState
+from pipeline.models import JobRecord, JobSpec, JobState
 from pipeline.settings import Settings
 from pipeline.storage.local import LocalStorage
 from tests.procs import wait_until
@@ -262,15 +262,21 @@ def test_step_of_a_job_whose_record_is_gone_is_dropped_with_a_warning_and_its_wo
     assert line.levelno == logging.WARNING and "job records are gone" in line.getMessage()
 
 
-def test_remove_orphaned_work_removes_old_folders_of_jobs_without_records(runtime: Runtime) -> None:
-    # Given work folders: an old one whose job the store lost, an old one of a known job, a fresh orphan
+def _recorded(rt: Runtime, prompt: str) -> JobSpec:
+    """A generation job recorded in the store and never sent: it stays queued."""
     (spec,) = plan_generate(
-        runtime.settings,
-        GenerationRequest(prompt="kept"),
-        build_step_params(runtime.settings, grid=None, band_px=None, sigma=None),
+        rt.settings,
+        GenerationRequest(prompt=prompt),
+        build_step_params(rt.settings, grid=None, band_px=None, sigma=None),
         now=time.time(),
     )
-    runtime.store.create_jobs([spec])
+    rt.store.create_jobs([spec])
+    return spec
+
+
+def test_remove_orphaned_work_removes_old_folders_of_jobs_without_records(runtime: Runtime) -> None:
+    # Given work folders: an old one whose job the store lost, an old one of a known job, a fresh orphan
+    spec = _recorded(runtime, "kept")
     work = runtime.settings.output_dir / ".sdpipe" / "work"
     folders = {name: work / name for name in ("lost-old", spec.job_id, "lost-fresh")}
     for folder in folders.values():
@@ -290,13 +296,7 @@ def test_remove_orphaned_work_removes_old_folders_of_succeeded_jobs(runtime: Run
     # recorded), and an old folder of a job still queued
     (done,) = wait_terminal(runtime, _submit(runtime))
     assert done.state is JobState.SUCCEEDED, done.error
-    (queued,) = plan_generate(
-        runtime.settings,
-        GenerationRequest(prompt="queued"),
-        build_step_params(runtime.settings, grid=None, band_px=None, sigma=None),
-        now=time.time(),
-    )
-    runtime.store.create_jobs([queued])
+    queued = _recorded(runtime, "queued")
     work = runtime.settings.output_dir / ".sdpipe" / "work"
     folders = {job_id: work / job_id for job_id in (done.job_id, queued.job_id)}
     assert wait_until(lambda: not folders[done.job_id].exists(), timeout_s=10)
