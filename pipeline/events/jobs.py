@@ -87,9 +87,15 @@ def announce_end(hub: EventHub | None, store: StatusStore, record: JobRecord) ->
     return event
 
 
-def batch_completed(hub: EventHub, store: StatusStore, batch_id: str) -> Event | None:
-    """Publish ``batch.completed`` (with counts) if no job of the batch is left to run; else None."""
-    counts = store.count_by_state(batch_id=batch_id)
+def batch_completed(
+    hub: EventHub, store: StatusStore, batch_id: str, *, counts: dict[JobState, int] | None = None
+) -> Event | None:
+    """Publish ``batch.completed`` (with counts) if no job of the batch is left to run; else None.
+
+    ``counts``: the batch's jobs per state, already read with the job's end (the store's
+    ``end_step``); None: counted here."""
+    if counts is None:
+        counts = store.count_by_state(batch_id=batch_id)
     total = sum(counts.values())
     if total == 0 or any(count for state, count in counts.items() if not state.terminal):
         return None

@@ -153,12 +153,21 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
         now,
     )
     ended: tuple[Event | None, InlineEvent | None] = (None, None)
+    batch_counts: dict[JobState, int] = {}
     if result is not None:
         done = record.model_copy(update={"state": JobState.SUCCEEDED, "updated_at": now, "result": result})
         ended = _inline(ctx, end_type(done), job_id, record.batch_id, job_data(done), now, once=end_key(done))
         both = [body for body in (finished[1], ended[1]) if body is not None]
-        # The step's end and the job's success: one round trip.
-        ctx.store.end_step(job_id, step, now=now, skipped=skipped, result=result, events=both if len(both) == 2 else ())
+        # The step's end, the job's success and its batch's counts (for batch.completed): one round trip.
+        ctx.store.end_step(
+            job_id,
+            step,
+            now=now,
+            skipped=skipped,
+            result=result,
+            events=both if len(both) == 2 else (),
+            batch_counts=batch_counts,
+        )
     else:
         # A generation's answer (what the server said) is stored with the step's end: one round trip.
         sd_info = produced if isinstance(produced, SDInfo) else None
@@ -172,7 +181,7 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
             # The store's write announced the end (as announce_end would have): now its batch's.
             ctx.events.emit_inline(event, body)
             if record.batch_id is not None:
-                batch_completed(ctx.events, ctx.store, record.batch_id)
+                batch_completed(ctx.events, ctx.store, record.batch_id, counts=batch_counts or None)
         else:
             _announce_if_ended(ctx, job_id)
         # The intermediates go once the job reads as succeeded and its end is announced: their removal

@@ -228,6 +228,7 @@ class StatusStore(abc.ABC):
         sd_info: SDInfo | None = None,
         result: JobResult | None = None,
         events: Sequence[InlineEvent] = (),
+        batch_counts: dict[JobState, int] | None = None,
     ) -> bool:
         """:meth:`finish_step`, and what the step produced: the SD server's answer (``sd_info``, as
         :meth:`set_sd_info`) or, for the job's last step, its ``result`` (the job succeeds, as
@@ -235,7 +236,10 @@ class StatusStore(abc.ABC):
 
         This default makes the separate calls; a store may do it in one round trip. A store with
         :attr:`inline_events_server` appends ``events`` with it: the first (the step's end) always,
-        the second (the job's success) only if the job moved to succeeded here.
+        the second (the job's success) only if the job moved to succeeded here. A store that can read
+        them in the same call fills ``batch_counts`` (when given, the job moved to succeeded here and
+        has a batch) with the batch's jobs per state right after the move, as :meth:`count_by_state`
+        would; otherwise it is left as it was.
         """
         self.finish_step(job_id, step, now=now, skipped=skipped)
         if sd_info is not None:

@@ -237,14 +237,20 @@ class RedisStatusStore(DelegatedBatchesSchedules, StatusStore):
         sd_info: SDInfo | None = None,
         result: JobResult | None = None,
         events: Sequence[InlineEvent] = (),
+        batch_counts: dict[JobState, int] | None = None,
     ) -> bool:
-        # One round trip whatever the step produced (the default takes two or three), with its events.
+        # One round trip whatever the step produced (the default takes two or three), with its events
+        # and, when the job ends here, its batch's counts.
         flag = "1" if skipped else "0"
         if result is not None:
             state, value = JobState.SUCCEEDED, result.model_dump_json(exclude_none=True)
             args = (self._ns, job_id, state.value, str(TERMINAL_RANK), _num(now), "", "result", value, step, flag)
-            moved, *ids = self._run(self._finish_and_move, job_id, *args, *(a for e in events[:2] for a in e.args()))
-            _set_ids(events, ids)
+            moved, finished_id, ended_id, *counts = self._run(
+                self._finish_and_move, job_id, *args, *(a for e in events[:2] for a in e.args())
+            )
+            _set_ids(events, [finished_id, ended_id])
+            if batch_counts is not None and counts:
+                batch_counts.update(zip(JobState, map(int, counts), strict=True))
             if moved == 0:
                 logger.info("job %s: already terminal, not marking it %s", job_id, state)
                 return False

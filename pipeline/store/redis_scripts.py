@@ -207,7 +207,9 @@ return {1, event}
 #: the result), then the step, skipped ("1"/"0"), then up to two events (five arguments each, as
 #: :data:`APPEND_EVENT_LUA`): the step's end, appended with the finish, and the job's end, appended
 #: only if the job moved. Returns -1 (no job) or {0 (already terminal: only the step's finish was
-#: recorded) or 1, the first event's id or nil, the second's or nil}.
+#: recorded) or 1, the first event's id or nil, the second's or nil, then, when the job moved and has a
+#: batch, the batch's jobs per state right after the move (ZCARD of each ``batch-state`` index, in
+#: :class:`JobState` order: what ``count_by_state(batch_id=...)`` reads, without its round trip)}.
 FINISH_AND_MOVE_LUA = (
     APPEND_EVENT_LUA
     + _finish("ARGV[9]", "ARGV[5]", "ARGV[10]")
@@ -221,7 +223,14 @@ local moved = (function()
 end)()
 local ended = false
 if moved == 1 and ARGV[16] then ended = append_event(16) end
-return {moved, finished, ended}
+local reply = {moved, finished, ended}
+local batch = moved == 1 and redis.call('HGET', KEYS[1], 'batch_id')
+if batch then
+    for _, state in ipairs({@STATES@}) do
+        reply[#reply + 1] = redis.call('ZCARD', ARGV[1] .. ':batch-state:' .. state .. ':' .. batch)
+    end
+end
+return reply
 """
 )
 #: KEYS[1] job. ARGV: field, value, ... Returns -1 (no job) or 1; never creates a job.
@@ -242,4 +251,5 @@ def with_constants(source: str) -> str:
         .replace("@SUCCEEDED@", JobState.SUCCEEDED.value)
         .replace("@FAILED@", JobState.FAILED.value)
         .replace("@CANCELLED@", JobState.CANCELLED.value)
+        .replace("@STATES@", ", ".join(f"'{state.value}'" for state in JobState))
     )

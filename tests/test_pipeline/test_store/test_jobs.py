@@ -320,6 +320,30 @@ def test_end_step_with_result_leaves_a_cancelled_job_cancelled(store: StatusStor
     assert record.steps["merge"].finished_at == T0 + 3
 
 
+def test_end_step_of_the_last_step_reads_its_batch_counts_in_redis(redis_url: str) -> None:
+    redis_store = RedisStatusStore.from_url(redis_url)
+    redis_store.create_jobs([make_spec(f"b{i}", batch_id="batch-1") for i in range(3)])
+    redis_store.start_step("b0", "merge", now=T0 + 1)
+    redis_store.mark_failed("b1", make_error(), now=T0 + 1)
+    counts: dict[JobState, int] = {}
+
+    assert redis_store.end_step("b0", "merge", now=T0 + 2, result=JobResult(image="out/b0.png"), batch_counts=counts)
+
+    assert counts == redis_store.count_by_state(batch_id="batch-1")
+    assert (counts[JobState.SUCCEEDED], counts[JobState.FAILED], counts[JobState.QUEUED]) == (1, 1, 1)
+
+
+def test_end_step_leaves_batch_counts_alone_when_the_job_did_not_move(store: StatusStore) -> None:
+    store.create_jobs([make_spec("c0", batch_id="batch-2")])
+    store.start_step("c0", "merge", now=T0 + 1)
+    store.mark_cancelled("c0", now=T0 + 2)
+    counts: dict[JobState, int] = {}
+
+    assert not store.end_step("c0", "merge", now=T0 + 3, result=JobResult(image="out/c0.png"), batch_counts=counts)
+
+    assert counts == {}
+
+
 def test_end_step_of_a_missing_job_raises(store: StatusStore) -> None:
     with pytest.raises(JobNotFound):
         store.end_step("nope", "merge", now=T0, result=JobResult(image="x.png"))
