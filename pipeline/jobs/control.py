@@ -61,10 +61,11 @@ class QueueControl:
         return self._kv.members(_PAUSED_BATCHES)
 
     def is_paused(self, batch_id: str | None) -> bool:
-        """Whether a job of ``batch_id`` may not start an SD call now."""
-        if self.queue_paused():
-            return True
-        return batch_id is not None and batch_id in self._kv.members(_PAUSED_BATCHES)
+        """Whether a job of ``batch_id`` may not start an SD call now (one round trip in Redis mode)."""
+        if batch_id is None:
+            return self.queue_paused()
+        queue, batch = self._kv.get_with_member(_PAUSED, _PAUSED_BATCHES, batch_id)
+        return queue is not None or batch
 
 
 def body_hash(body: Any) -> str:

@@ -61,6 +61,11 @@ class KeyValue(abc.ABC):
     def members(self, index: str) -> list[str]:
         """The members of the set ``index``, sorted."""
 
+    def get_with_member(self, key: str, index: str, member: str) -> tuple[str | None, bool]:
+        """The value of ``key`` (as :meth:`get`) and whether ``member`` is in the set ``index``, read
+        together: one round trip where the store has them (a check made before every SD call)."""
+        return self.get(key), member in self.members(index)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -107,6 +112,14 @@ class RedisKeyValue(KeyValue):
         with self._guard():
             found = cast(set[Any], self._client.smembers(_s(index)))
         return sorted(str(_text(member)) for member in found)
+
+    def get_with_member(self, key: str, index: str, member: str) -> tuple[str | None, bool]:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(_k(key))
+        pipe.sismember(_s(index), member)
+        with self._guard():
+            value, found = pipe.execute()
+        return _text(value), bool(found)
 
     def close(self) -> None:
         self._client.close()
