@@ -41,6 +41,7 @@ from pipeline.models import StepParams
 __all__ = [
     "GAUSSIAN_TRUNCATE_SIGMAS",
     "TileBox",
+    "band_rects",
     "cut_positions",
     "halo_px",
     "merge",
@@ -84,17 +85,9 @@ def seam_blur_tile(tile: _U8, box: TileBox, width: int, height: int, params: Ste
     if tile.shape[:2] != box.shape or box.hx1 > width or box.hy1 > height:
         raise ValueError(f"tile of shape {tile.shape} does not fit box {box} of a {width}x{height} image")
     validate_geometry(width, height, params)
-    x_cuts = cut_positions(width, params.cols)[1:-1]
-    y_cuts = cut_positions(height, params.rows)[1:-1]
     kernel = _gaussian_kernel(params.sigma)
     radius = len(kernel) // 2
-    wy = _line_weights(np.arange(box.y0, box.y1), y_cuts, params.band_px)
-    wx = _line_weights(np.arange(box.x0, box.x1), x_cuts, params.band_px)
-    row_runs, col_runs = _runs(wy > 0), _runs(wx > 0)
-    # Disjoint rectangles covering exactly the pixels with w > 0: full-width strips along the
-    # horizontal cuts, then the vertical strips between them.
-    rects = [(a, b, 0, box.x1 - box.x0) for a, b in row_runs]
-    rects += [(a, b, c, d) for a, b in _runs(wy == 0) for c, d in col_runs]
+    wy, wx, rects = _bands(box, width, height, params)
 
     out = tile.copy()
     for ry0, ry1, rx0, rx1 in rects:  # offsets within the interior
@@ -109,6 +102,30 @@ def seam_blur_tile(tile: _U8, box: TileBox, width: int, height: int, params: Ste
         local = (slice(top + ry0, top + ry1), slice(left + rx0, left + rx1))
         out[local] = _blend(tile[local], blurred, weight)
     return out
+
+
+def band_rects(box: TileBox, width: int, height: int, params: StepParams) -> list[tuple[int, int, int, int]]:
+    """The rectangles ``(y0, y1, x0, x1)`` of a tile's array (halo included) that :func:`seam_blur_tile`
+    changes: disjoint, covering exactly its interior pixels with a weight above 0. Every other pixel of
+    the tile comes out as it went in, so these are all a step after the blur needs of it."""
+    top, left = box.y0 - box.hy0, box.x0 - box.hx0
+    return [(top + y0, top + y1, left + x0, left + x1) for y0, y1, x0, x1 in _bands(box, width, height, params)[2]]
+
+
+def _bands(
+    box: TileBox, width: int, height: int, params: StepParams
+) -> tuple[_F32, _F32, list[tuple[int, int, int, int]]]:
+    """The weights along the tile's interior rows and columns, and the rectangles (offsets within the
+    interior) covering exactly its pixels with ``w > 0``: full-width strips along the horizontal cuts,
+    then the vertical strips between them."""
+    x_cuts = cut_positions(width, params.cols)[1:-1]
+    y_cuts = cut_positions(height, params.rows)[1:-1]
+    wy = _line_weights(np.arange(box.y0, box.y1), y_cuts, params.band_px)
+    wx = _line_weights(np.arange(box.x0, box.x1), x_cuts, params.band_px)
+    col_runs = _runs(wx > 0)
+    rects = [(a, b, 0, box.x1 - box.x0) for a, b in _runs(wy > 0)]
+    rects += [(a, b, c, d) for a, b in _runs(wy == 0) for c, d in col_runs]
+    return wy, wx, rects
 
 
 def merge(tiles: Sequence[tuple[TileBox, _U8]], width: int, height: int) -> _U8:

@@ -17,7 +17,8 @@ Layout under ``OUTPUT_DIR`` (or ``OUTPUT_URL``'s prefix)::
                                    (a counter added); fixed once
         tiles.arrays               split output: the manifest (size, mode, infotext, tile boxes)
                                    and every tile's raw pixels with halos, in one file
-        blurred.arrays             seam-blur output, the same way
+        blurred.arrays             seam-blur output: only the seam bands of each tile (the rest of
+                                   the blurred tiles is tiles.arrays' pixels, which the merge reads)
 
 Each step writes one intermediate (one atomic write), whose presence means the step is done: an
 arrays file (:mod:`pipeline.jobs.arrays`: a JSON header, then raw C-order bytes: no image
@@ -253,7 +254,7 @@ class JobFiles:
 
     @property
     def blurred(self) -> Blob:
-        """The seam-blur step's output (manifest and blurred tiles)."""
+        """The seam-blur step's output: the seam bands of the tiles (where each goes, and its pixels)."""
         return self.work("blurred.arrays")
 
     @property

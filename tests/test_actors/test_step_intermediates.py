@@ -15,7 +15,7 @@ from PIL import Image
 
 from actors import Runtime
 from pipeline.images import seams
-from pipeline.jobs.arrays import load_arrays
+from pipeline.jobs.arrays import atomic_save_arrays, load_arrays
 from pipeline.jobs.files import JobFiles
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
 from pipeline.jobs.steps import run_step
@@ -85,9 +85,7 @@ def test_step_intermediates_that_cannot_be_trusted_are_made_again(
     spec = _job(runtime)
     _run(runtime, spec, "generate", "split", "seam_blur")
     files = JobFiles(runtime.settings.output_dir.absolute(), spec.job_id)
-    manifest, blurred = load_arrays(files.blurred)
-    boxes = [seams.TileBox.from_dict(box) for box in manifest["tiles"]]
-    expected = seams.merge(list(zip(boxes, blurred, strict=True)), manifest["width"], manifest["height"])
+    expected = _merged_from_tiles(files, spec)
     # When a crash damaged both files: zeros where the data never reached the disk, or cut short
     for blob in (files.tiles, files.blurred):
         assert blob.path is not None
@@ -110,6 +108,56 @@ def test_step_intermediates_that_cannot_be_trusted_are_made_again(
     remade = [r.getMessage() for r in caplog.records if "made again" in r.getMessage()]
     assert len(remade) == 2 and "blurred.arrays" in remade[0] and "tiles.arrays" in remade[1]
     assert ("cut short" in remade[0]) is (damage == "cut short")
+
+
+def _merged_from_tiles(files: JobFiles, spec: JobSpec) -> np.ndarray:
+    """What the merge must give: the saved tiles blurred and merged by the image functions themselves."""
+    manifest, tiles = load_arrays(files.tiles)
+    width, height = manifest["width"], manifest["height"]
+    boxes = [seams.TileBox.from_dict(box) for box in manifest["tiles"]]
+    blurred = [seams.seam_blur_tile(t, b, width, height, spec.step_params) for b, t in zip(boxes, tiles, strict=True)]
+    return seams.merge(list(zip(boxes, blurred, strict=True)), width, height)
+
+
+def test_step_intermediates_seam_blur_saves_only_the_bands_and_the_merge_puts_them_back(runtime: Runtime) -> None:
+    # Given a job split and seam-blurred
+    spec = _job(runtime)
+    _run(runtime, spec, "generate", "split", "seam_blur")
+    files = JobFiles(runtime.settings.output_dir.absolute(), spec.job_id)
+    expected = _merged_from_tiles(files, spec)
+    # Then the seam blur's file holds the bands alone, a small part of the tiles' pixels
+    meta, pieces = load_arrays(files.blurred)
+    _, tiles = load_arrays(files.tiles)
+    assert len(meta["bands"]) == len(pieces) > 0
+    assert sum(piece.nbytes for piece in pieces) < sum(tile.nbytes for tile in tiles) // 2
+    # And the merge's image is the tiles blurred and merged, pixel for pixel
+    _run(runtime, spec, "merge")
+    record = runtime.store.get(spec.job_id)
+    assert record.result is not None
+    with Image.open(record.result.image) as image:
+        assert np.array_equal(np.asarray(image), expected)
+
+
+def test_step_intermediates_blurred_tiles_saved_whole_by_an_earlier_version_are_merged(runtime: Runtime) -> None:
+    # Given a job whose seam blur saved the blurred tiles whole, as versions before the bands did
+    spec = _job(runtime, seed=13)
+    _run(runtime, spec, "generate", "split")
+    files = JobFiles(runtime.settings.output_dir.absolute(), spec.job_id)
+    expected = _merged_from_tiles(files, spec)
+    manifest, tiles = load_arrays(files.tiles)
+    boxes = [seams.TileBox.from_dict(box) for box in manifest["tiles"]]
+    width, height = manifest["width"], manifest["height"]
+    whole = [seams.seam_blur_tile(t, b, width, height, spec.step_params) for b, t in zip(boxes, tiles, strict=True)]
+    atomic_save_arrays(files.blurred, manifest, whole, durable=False)
+    runtime.store.start_step(spec.job_id, "seam_blur", now=time.time())
+    runtime.store.finish_step(spec.job_id, "seam_blur", now=time.time())
+    # When the merge runs after the upgrade
+    _run(runtime, spec, "merge")
+    # Then it reads them as they are
+    record = runtime.store.get(spec.job_id)
+    assert record.result is not None
+    with Image.open(record.result.image) as image:
+        assert np.array_equal(np.asarray(image), expected)
 
 
 def test_step_intermediates_a_split_redelivered_after_a_restart_splits_again(runtime: Runtime) -> None:

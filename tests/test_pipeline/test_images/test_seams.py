@@ -224,6 +224,25 @@ def test_seam_blur_keeps_pixels_far_from_cuts_byte_identical(case: tuple[np.ndar
 
 @settings(deadline=None, max_examples=40)
 @given(case=cases())
+def test_band_rects_hold_every_pixel_the_tile_blur_changes(case: tuple[np.ndarray, StepParams]) -> None:
+    image, params = case
+    height, width = image.shape[:2]
+    for box, tile in split(image, params):
+        blurred = seam_blur_tile(tile, box, width, height, params)
+        # Put back only the bands into the tile as split: that is the blurred tile, pixel for pixel
+        rebuilt = tile.copy()
+        rects = seams.band_rects(box, width, height, params)
+        covered = np.zeros(tile.shape[:2], dtype=np.int8)
+        for y0, y1, x0, x1 in rects:
+            rebuilt[y0:y1, x0:x1] = blurred[y0:y1, x0:x1]
+            covered[y0:y1, x0:x1] += 1
+        assert np.array_equal(rebuilt, blurred)
+        assert covered.max(initial=0) <= 1  # disjoint
+        assert covered[box.interior].sum() == covered.sum()  # inside the interior only
+
+
+@settings(deadline=None, max_examples=40)
+@given(case=cases())
 def test_merge_of_split_restores_the_image(case: tuple[np.ndarray, StepParams]) -> None:
     image, params = case
     merged = merge(split(image, params), image.shape[1], image.shape[0])
