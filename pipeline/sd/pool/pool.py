@@ -159,9 +159,10 @@ class SDPool:
         deadline = started + wait_s
         want = affinity.checkpoint_key(model) if self.settings.model_affinity else None
         self.start()
-        if priority is not None:
-            self.state.ticket([job_id], priority, ttl_s=self.settings.priority_ticket_s)
-            self._defer_if_outranked(job_id, priority, since)
+        if priority is not None:  # the ticket and the first look at better classes: one round trip
+            check = self._aged_class(priority, since)
+            if self.state.ticket_outranked(job_id, priority, ttl_s=self.settings.priority_ticket_s, check=check):
+                raise Outranked(f"job {job_id[:8]}: higher-priority work waits for the SD servers; requeued")
         if want is not None:
             self.state.want(holder, want, ttl_s=self.settings.sd_slot_lease_s)
         try:
@@ -212,9 +213,14 @@ class SDPool:
                 if want is not None:
                     self.checkpoints.unwant(holder, want)
 
-    def _defer_if_outranked(self, job_id: str, priority: int, since: float | None) -> None:
+    def _aged_class(self, priority: int, since: float | None) -> int:
+        """The class a job of ``priority`` waiting since ``since`` counts as: one better per
+        ``PRIORITY_AGING_S`` of waiting."""
         waited_s = max(time.time() - since, 0.0) if since is not None else 0.0
-        klass = max(0, priority - int(waited_s // self.settings.priority_aging_s))
+        return max(0, priority - int(waited_s // self.settings.priority_aging_s))
+
+    def _defer_if_outranked(self, job_id: str, priority: int, since: float | None) -> None:
+        klass = self._aged_class(priority, since)
         if klass > 0 and self.state.outranked(klass):
             raise Outranked(f"job {job_id[:8]}: higher-priority work waits for the SD servers; requeued")
 

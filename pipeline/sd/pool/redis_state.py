@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from pipeline.connections import RedisSettings, create_client
 from pipeline.errors import StoreUnavailable
@@ -489,6 +490,26 @@ class RedisPoolState(PoolState):
         if klass <= 0:
             return False
         return bool(self._run(self._outranked, [self._tickets(better) for better in range(klass)], []))
+
+    def ticket_outranked(self, job_id: str, klass: int, *, ttl_s: float, check: int) -> bool:
+        if check <= 0:
+            self.ticket([job_id], klass, ttl_s=ttl_s)
+            return False
+        # EVALSHA by hand: a Script run in a pipeline makes redis-py ask SCRIPT EXISTS first (a round trip).
+        better = [self._tickets(better) for better in range(check)]
+        pipe = self._client.pipeline(transaction=False)
+        pipe.evalsha(self._ticket.sha, 1, self._tickets(klass), _ms(ttl_s), job_id)
+        pipe.evalsha(self._outranked.sha, len(better), *better)
+        with self._reaching_redis():
+            replies = pipe.execute(raise_on_error=False)
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                # Redis restarted or flushed its scripts: both again, each loading its script
+                self.ticket([job_id], klass, ttl_s=ttl_s)
+                return self.outranked(check)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        return bool(replies[1])
 
     def close(self) -> None:
         self._client.close()

@@ -226,6 +226,13 @@ class PoolState(ABC):
     def outranked(self, klass: int) -> bool:
         """Whether a live ticket of a class better than ``klass`` exists (a job of ``klass`` then defers)."""
 
+    def ticket_outranked(self, job_id: str, klass: int, *, ttl_s: float, check: int) -> bool:
+        """:meth:`ticket` for ``job_id`` in ``klass``, then :meth:`outranked` of class ``check`` (the
+        job's class after aging), in that order: one round trip where the state allows it (every SD
+        call of a job with a priority starts so)."""
+        self.ticket([job_id], klass, ttl_s=ttl_s)
+        return self.outranked(check)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

@@ -218,3 +218,32 @@ def test_pool_state_tickets_outrank_worse_classes_until_dropped_or_expired(state
     state.ticket([f"h-{tag}"], 0, ttl_s=0.05)
     assert state.outranked(1)
     assert wait_until(lambda: not state.outranked(1), timeout_s=5)
+
+
+def test_pool_state_ticket_outranked_takes_the_ticket_then_looks_at_better_classes(state: PoolState) -> None:
+    # A normal job takes its ticket and sees no better work waiting
+    assert not state.ticket_outranked("normal-1", 1, ttl_s=60, check=1)
+    # Its ticket holds a low job back, and a low job's own ticket is taken even when outranked
+    assert state.ticket_outranked("low-1", 2, ttl_s=60, check=2)
+    assert state.outranked(3)
+    # A low job aged to high (check 0) looks at no class: never outranked
+    assert not state.ticket_outranked("low-2", 2, ttl_s=60, check=0)
+    state.drop_ticket("normal-1", 1)
+    state.drop_ticket("low-1", 2)
+    assert state.outranked(3)  # low-2's ticket was taken
+    state.drop_ticket("low-2", 2)
+    assert not state.outranked(3)
+
+
+def test_pool_state_ticket_outranked_after_redis_lost_its_scripts(redis_url: str) -> None:
+    state = RedisPoolState(redis.Redis.from_url(redis_url))
+    try:
+        state.ticket(["high-1"], 0, ttl_s=60)
+        state.client.script_flush()  # as after a restart of Redis
+
+        assert state.ticket_outranked("normal-1", 1, ttl_s=60, check=1)
+        assert state.outranked(2)  # normal-1's ticket is there too
+        state.drop_ticket("high-1", 0)
+        assert state.outranked(2) and not state.outranked(1)
+    finally:
+        state.close()
