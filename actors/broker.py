@@ -118,7 +118,8 @@ def build_broker(settings: Settings, *, enqueue_patience_s: float = WORKER_ENQUE
     broker: dramatiq.Broker
     if settings.redis_mode:
         redis_settings = RedisSettings.from_settings(settings)
-        from actors.redis_broker import PatientRedisBroker  # here: embedded mode never loads redis-py
+        # here: embedded mode never loads redis-py
+        from actors.redis_broker import HoldEnqueues, PatientRedisBroker
 
         broker = PatientRedisBroker(
             enqueue_patience_s=enqueue_patience_s,
@@ -127,7 +128,8 @@ def build_broker(settings: Settings, *, enqueue_patience_s: float = WORKER_ENQUE
             namespace=BROKER_NAMESPACE,
             heartbeat_timeout=settings.broker_heartbeat_timeout_ms,
             maintenance_chance=MAINTENANCE_CHANCE,
-            middleware=step_middleware(),
+            # last: a step's continuation goes with its ack (see actors.redis_broker)
+            middleware=[*step_middleware(), HoldEnqueues()],
         )
         logger.debug("broker: Redis at %s", redis_settings.url_masked)
     else:

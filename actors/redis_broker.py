@@ -25,11 +25,22 @@ loop is what moves them back to their queue: see ``DELAY_QUEUE_POLL_MAX_MS``).
 A wait that ends without a token makes the next fetch run Dramatiq's maintenance for sure (the
 requeueing of dead workers' messages): an idle worker recovers a dead worker's messages within
 one wait of its heartbeat expiring, which polling reached only by chance.
+
+**Continuations with the ack.** When a step's actor returns, Dramatiq's middleware enqueues what
+follows it (the pipeline's next step; a retry, or the actor that fails the job when retries run
+out), then the worker thread acks (or nacks) the message: two round trips. :class:`HoldEnqueues`
+(the last middleware, so its ``after_process_message`` runs first) makes the broker hold the
+enqueues of that thread from then on, and the consumer's ack sends them and then the ack in one
+pipeline, in that order: a crash in between loses at most the ack, so the step is delivered again
+and its continuation is never lost (the steps are idempotent; a duplicate drops its continuation).
+An ack that cannot reach Redis keeps them held: Dramatiq retries the ack, and with it the enqueues,
+until Redis is back. Sends from inside an actor (a fan-out, a requeue) go at once, as before.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -41,6 +52,7 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
+from dramatiq.middleware import Middleware
 from redis.exceptions import NoScriptError
 
 from actors.broker import (
@@ -52,12 +64,14 @@ from actors.broker import (
 )
 from pipeline.connections import outage_retry
 
-__all__ = ["PatientRedisBroker", "WakingConsumer", "wake_key", "wake_wait_s"]
+__all__ = ["HoldEnqueues", "PatientRedisBroker", "WakingConsumer", "wake_key", "wake_wait_s"]
 
 logger = logging.getLogger(__name__)
 
 #: An argument of a Redis command.
 _Arg = str | bytes | int | float
+#: An enqueue held until the ack of the message it follows: queue, Redis message id, encoded message.
+_Held = tuple[str, str, bytes]
 
 #: Run just before a consumer blocks on its wake list. KEYS[1] the queue's list of waiting ids,
 #: KEYS[2] its wake list. An empty queue has nothing to wake for: its tokens are stale. A queue with
@@ -132,6 +146,26 @@ class WakingConsumer(_RedisConsumer):
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
 
+    def ack(self, message: MessageProxy) -> None:
+        self._settle("ack", message)
+
+    def nack(self, message: MessageProxy) -> None:
+        self._settle("nack", message)
+
+    def _settle(self, command: str, message: MessageProxy) -> None:
+        """Ack or nack ``message``, after the enqueues this thread held since it ended, in one round trip."""
+        held = self.broker.take_held()
+        if not held:  # Dramatiq's own ack or nack
+            (super().ack if command == "ack" else super().nack)(message)  # type: ignore[no-untyped-call]
+            return
+        try:
+            self.broker.settle(command, self.queue_name, message.options["redis_message_id"], held)
+        except redis.ConnectionError as exc:
+            self.broker.hold(held)  # Dramatiq retries the ack until Redis is back: they go with it
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+        finally:
+            self.queued_message_ids.discard(message.message_id)
+
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         """Put prefetched messages back (a stopping worker), with a token each for idle consumers."""
         batch = list(messages)  # a generator, from ConsumerThread.close
@@ -152,6 +186,8 @@ class PatientRedisBroker(RedisBroker):
         self.wake_client = wake_client
         self.wake_wait_s = wake_wait_s(self.heartbeat_timeout)
         self._prepare_wait = wake_client.register_script(_PREPARE_WAIT)
+        #: Per thread: the enqueues held until its message's ack (None: enqueues go at once).
+        self._held = threading.local()
 
     @property
     def consumer_class(self) -> type[WakingConsumer]:
@@ -208,8 +244,43 @@ class PatientRedisBroker(RedisBroker):
             *args,
         ]
 
+    def hold(self, held: list[_Held] | None = None) -> None:
+        """Hold this thread's enqueues (after ``held``) until :meth:`take_held` (its message's ack)."""
+        self._held.enqueues = list(held or ())
+
+    def take_held(self) -> list[_Held]:
+        """The enqueues this thread held; from now on its enqueues go at once."""
+        held: list[_Held] | None = getattr(self._held, "enqueues", None)
+        self._held.enqueues = None
+        return held or []
+
+    def settle(self, command: str, queue_name: str, redis_message_id: str, held: list[_Held]) -> None:
+        """The ``held`` enqueues (each with its wake token), then ``command`` ("ack" or "nack") of the
+        message ``redis_message_id`` of ``queue_name``: one round trip, in that order."""
+        dispatch = self.scripts["dispatch"]
+        pipe = self.client.pipeline(transaction=False)
+        for queue, message_id, data in held:
+            pipe.evalsha(dispatch.sha, 1, self.namespace, *self._dispatch_args("enqueue", queue, message_id, data))
+            self._push_tokens(pipe, queue, 1)
+        pipe.evalsha(dispatch.sha, 1, self.namespace, *self._dispatch_args(command, queue_name, redis_message_id))
+        results = pipe.execute(raise_on_error=False)
+        if any(isinstance(result, NoScriptError) for result in results):
+            # Redis restarted or flushed its scripts, so none of the calls ran: one by one, loading it
+            for queue, message_id, data in held:
+                self.do_enqueue(queue, message_id, data)
+            dispatch(keys=[self.namespace], args=self._dispatch_args(command, queue_name, redis_message_id))
+            return
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+
     def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> None:
-        """Dramatiq's enqueue, and a wake token for ``queue_name``, in one round trip."""
+        """Dramatiq's enqueue, and a wake token for ``queue_name``, in one round trip (held instead
+        while this thread's message waits for its ack: :class:`HoldEnqueues`)."""
+        held: list[_Held] | None = getattr(self._held, "enqueues", None)
+        if held is not None:
+            held.append((queue_name, message_id, data))
+            return
         dispatch = self.scripts["dispatch"]
         args = self._dispatch_args("enqueue", queue_name, message_id, data)
         pipe = self.client.pipeline(transaction=False)
@@ -268,3 +339,25 @@ class PatientRedisBroker(RedisBroker):
         key = wake_key(self.namespace, queue_name)
         pipe.rpush(key, *["1"] * min(count, WAKE_TOKENS_MAX))
         pipe.ltrim(key, -WAKE_TOKENS_MAX, -1)
+
+
+class HoldEnqueues(Middleware):
+    """Makes a :class:`PatientRedisBroker` hold what the other middleware enqueue after a message
+    (the next step, a retry) until the message's ack, which sends them first (see the module's
+    docstring). The last middleware: its ``after_process_message`` runs before theirs."""
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        if isinstance(broker, PatientRedisBroker):
+            for queue_name, message_id, data in broker.take_held():  # never left held: sent now
+                broker.do_enqueue(queue_name, message_id, data)
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if isinstance(broker, PatientRedisBroker):
+            broker.hold()

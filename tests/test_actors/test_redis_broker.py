@@ -14,17 +14,21 @@ import dramatiq
 import pytest
 import redis
 from dramatiq.common import dq_name
+from dramatiq.errors import ConnectionClosed
 
 from actors.broker import BROKER_NAMESPACE, WAKE_TOKENS_MAX, WAKE_WAIT_MAX_S, step_middleware
-from actors.redis_broker import PatientRedisBroker, WakingConsumer, wake_key, wake_wait_s
+from actors.redis_broker import HoldEnqueues, PatientRedisBroker, WakingConsumer, wake_key, wake_wait_s
 from pipeline.connections import RedisSettings, create_client
 from tests.helpers import wait_until
 
 QUEUE = "wake-test"
 
 
-def _broker(url: str, *, wait_s: float | None = None, heartbeat_timeout_ms: int = 20_000) -> PatientRedisBroker:
-    """A broker on ``url``; ``wait_s``: its consumers' wake wait instead of the default."""
+def _broker(
+    url: str, *, wait_s: float | None = None, heartbeat_timeout_ms: int = 20_000, hold: bool = False
+) -> PatientRedisBroker:
+    """A broker on ``url``; ``wait_s``: its consumers' wake wait instead of the default; ``hold``: with
+    :class:`HoldEnqueues` last, as ``build_broker`` makes it."""
     redis_settings = RedisSettings(url=url)
     broker = PatientRedisBroker(
         enqueue_patience_s=1.0,
@@ -32,7 +36,7 @@ def _broker(url: str, *, wait_s: float | None = None, heartbeat_timeout_ms: int 
         wake_client=create_client(redis_settings, blocking_s=max(wait_s or 0.0, WAKE_WAIT_MAX_S)),
         namespace=BROKER_NAMESPACE,
         heartbeat_timeout=heartbeat_timeout_ms,
-        middleware=step_middleware(),
+        middleware=[*step_middleware(), HoldEnqueues()] if hold else step_middleware(),
     )
     if wait_s is not None:
         broker.wake_wait_s = wait_s
@@ -186,5 +190,67 @@ def test_redis_broker_wait_ends_at_once_for_messages_that_came_back_without_a_to
         fetched = next(consumer)
         assert fetched is not None and fetched.args == (3,)
         consumer.ack(fetched)
+    finally:
+        broker.close()
+
+
+def test_redis_broker_next_step_goes_with_the_ack_of_the_step_before(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a broker whose acks are recorded with the enqueues that go with them
+    broker = _broker(redis_url, wait_s=0.2, hold=True)
+    settled: list[tuple[str, list[str]]] = []
+    real = broker.settle
+
+    def recording(command: str, queue_name: str, redis_message_id: str, held: list[tuple[str, str, bytes]]) -> None:
+        settled.append((command, [queue for queue, _, _ in held]))
+        real(command, queue_name, redis_message_id, held)
+
+    monkeypatch.setattr(broker, "settle", recording)
+    done: list[str] = []
+    first = dramatiq.actor(broker=broker, actor_name="first", queue_name=QUEUE)(lambda: done.append("first"))
+    second = dramatiq.actor(broker=broker, actor_name="second", queue_name=QUEUE)(lambda: done.append("second"))
+    worker = dramatiq.Worker(broker, queues={QUEUE}, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        # When a pipeline of two steps runs
+        steps = [first.message_with_options(pipe_ignore=True), second.message_with_options(pipe_ignore=True)]
+        dramatiq.pipeline(steps, broker=broker).run()  # type: ignore[no-untyped-call]
+        assert wait_until(lambda: done == ["first", "second"], timeout_s=20)
+    finally:
+        worker.stop(timeout=10_000)
+        broker.close()
+    # Then the second step was sent with the first one's ack (one round trip), the last ack alone
+    assert settled == [("ack", [QUEUE])]
+
+
+def test_redis_broker_held_enqueues_wait_out_an_ack_that_cannot_reach_redis(
+    redis_url: str, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = _broker(redis_url)
+    try:
+        broker.enqueue(_message(1))
+        consumer = broker.consume(QUEUE, prefetch=1)
+        message = next(consumer)
+        assert message is not None
+        # Given the step's continuation held for its ack
+        broker.hold()
+        broker.enqueue(_message(2))
+        assert client.llen(f"{BROKER_NAMESPACE}:{QUEUE}") == 0
+        # When the ack cannot reach Redis
+        real = broker.settle
+
+        def unreachable(*args: object) -> None:
+            raise redis.ConnectionError("Redis went away")
+
+        monkeypatch.setattr(broker, "settle", unreachable)
+        with pytest.raises(ConnectionClosed):
+            consumer.ack(message)
+        # Then Dramatiq's retry of the ack, once Redis is back, sends the continuation, then the ack
+        monkeypatch.setattr(broker, "settle", real)
+        consumer.ack(message)
+        assert client.llen(f"{BROKER_NAMESPACE}:{QUEUE}") == 1
+        assert not any(client.smembers(key) for key in client.keys(f"{BROKER_NAMESPACE}:__acks__.*"))
+        assert broker.take_held() == []  # and this thread's enqueues go at once again
     finally:
         broker.close()
