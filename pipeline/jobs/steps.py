@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -634,21 +635,42 @@ def _merge(ctx: StepContext, record: JobRecord) -> tuple[bool, JobResult | None]
         "width": width,
         "height": height,
         "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
     }
-    if done is not None and done["sha256"] == output["sha256"]:
-        # The sidecar is this job's and complete, its image gone (removed by hand): the encoding is
-        # deterministic, so write the image alone.
-        image.write(data)
-        return False, JobResult.model_validate(done)
+    if done is not None:
+        output["sha256"] = hashlib.sha256(data).hexdigest()
+        if done["sha256"] == output["sha256"]:
+            # The sidecar is this job's and complete, its image gone (removed by hand): the encoding is
+            # deterministic, so write the image alone.
+            image.write(data)
+            return False, JobResult.model_validate(done)
     # The image first, the sidecar last: a sidecar that records an output is there only once its
     # image is whole (on disk a rename, in a bucket a PUT, each atomic), and its sha256 is the
     # image's. A delivery that died between the two writes finds the claim (or an earlier job's
     # sidecar) and writes both again, the same bytes under the same name. One folder sync, the
     # sidecar's, makes both names durable: they are in the same folder (JobFiles.image, .sidecar).
-    image.write(data, sync_folder=False)
+    # The usual delivery computes the sha256 on another thread while the image is written.
+    if "sha256" in output:
+        image.write(data, sync_folder=False)
+    else:
+        output["sha256"] = _sha256_while(data, lambda: image.write(data, sync_folder=False))
     atomic_write_json(sidecar, _sidecar(ctx, record, output, infotext, manifest))
     return False, JobResult.model_validate(output)
+
+
+def _sha256_while(data: bytes, write: Callable[[], None]) -> str:
+    """The sha256 of ``data`` (hex), computed on another thread while ``write()`` runs on this one.
+
+    Raises:
+        Exception: what ``write`` raised (the hash is waited for first).
+    """
+    digest: list[str] = []
+    hashing = threading.Thread(target=lambda: digest.append(hashlib.sha256(data).hexdigest()), daemon=True)
+    hashing.start()
+    try:
+        write()
+    finally:
+        hashing.join()
+    return digest[0]
 
 
 def _read_sidecar(sidecar: Blob) -> dict[str, Any] | None:

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import logging
 import struct
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from isal import isal_zlib
 from numpy.typing import NDArray
 
 from pipeline.images.geometry import gaussian_radius_px
@@ -156,7 +156,7 @@ def _piece(work: UpscaleFiles, index: int) -> Blob:
 
 def _pack(output: _Output, band: OutputBand, deflated: Deflated) -> bytes:
     data, adler, length = deflated
-    facts = _PIECE_FACTS.pack(*_identity(output, band), adler, length, len(data), zlib.crc32(data))
+    facts = _PIECE_FACTS.pack(*_identity(output, band), adler, length, len(data), isal_zlib.crc32(data))
     return PIECE_MAGIC + facts + data
 
 
@@ -177,7 +177,7 @@ def _unpack(raw: bytes, output: _Output, band: OutputBand) -> Deflated | None:
     if tuple(facts[:6]) != _identity(output, band):
         return None
     data = raw[head:]
-    if len(data) != data_length or zlib.crc32(data) != crc:
+    if len(data) != data_length or isal_zlib.crc32(data) != crc:
         return None
     return data, adler, length
 
