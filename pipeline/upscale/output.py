@@ -209,12 +209,14 @@ class _Output:
         return deflate_band(self.plan, band, self.pixels(band))
 
 
-def _output(ctx: StepContext, record: JobRecord, files: JobFiles, manifest: dict[str, Any]) -> _Output:
+def _output(
+    ctx: StepContext, record: JobRecord, files: JobFiles, manifest: dict[str, Any], *, keep_maps: bool = False
+) -> _Output:
     work = UpscaleFiles.of(files)
     plan = TilePlan.from_dict(manifest["plan"])
     channels = 4 if manifest.get("mode") == "RGBA" else 3
     bands = plan_output_bands(plan, channels, SEAM_BLUR_BAND_PX, SEAM_BLUR_SIGMA)
-    load = render_loader(ctx, record, work)
+    load = render_loader(ctx, record, work, keep_maps=keep_maps)
     return _Output(work, plan, channels, bands, SEAM_BLUR_BAND_PX, SEAM_BLUR_SIGMA, load)
 
 
@@ -234,7 +236,9 @@ def save_ready_pieces(ctx: StepContext, record: JobRecord, files: JobFiles, inde
     if not uses_pieces(record):
         return 0
     work = UpscaleFiles.of(files)
-    output = _output(ctx, record, files, read_json(work.plan))
+    # The bands one tile completes read a few rows of each tile of at most two tile rows, several
+    # bands each: every tile is mapped once for them all.
+    output = _output(ctx, record, files, read_json(work.plan), keep_maps=True)
     plan = output.plan
     if not 0 <= index < len(plan):
         return 0

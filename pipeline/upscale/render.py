@@ -185,20 +185,33 @@ class RenderLoader(Protocol):
     def __call__(self, index: int, width: int, height: int, rows: tuple[int, int] | None = None) -> _U8: ...
 
 
-def render_loader(ctx: StepContext, record: JobRecord, work: UpscaleFiles) -> RenderLoader:
+def render_loader(ctx: StepContext, record: JobRecord, work: UpscaleFiles, *, keep_maps: bool = False) -> RenderLoader:
     """The :class:`RenderLoader` of a job: a read-only map of a render's file on disk, the whole object
-    from a bucket; with ``rows`` only those rows (:func:`~pipeline.jobs.arrays.read_region`: ranged
-    reads from a bucket, where the output's bands, each needing a few rows of several tiles, would
-    otherwise fetch a tile once per band it reaches); a PNG saved by an earlier version is decoded."""
+    from a bucket; with ``rows`` only those rows (from a bucket
+    :func:`~pipeline.jobs.arrays.read_region`'s ranged reads, where the output's bands, each needing a
+    few rows of several tiles, would otherwise fetch a tile once per band it reaches); a PNG saved by
+    an earlier version is decoded.
+
+    ``keep_maps``: a render's file is mapped once for the loader's life, not once per call (a map
+    costs more than the few rows a band reads of it). For a loader that reads a few tile rows only
+    (the bands one tile completes): the pages of every map it kept stay in the process's memory.
+    """
+    mapped: dict[int, _U8] = {}  # a render's saved file never changes: two threads mapping it agree
 
     def load(index: int, width: int, height: int, rows: tuple[int, int] | None = None) -> _U8:
-        blob = work.tile(index)
-        if blob.exists():
-            if rows is not None:
-                return read_region(blob, rows, (0, width))
-            _, [pixels] = map_arrays(blob)  # read-only: blend and apply_bands only read it
-            return pixels
-        pixels = answer_pixels(ctx, record, work.legacy_tile(index).read_bytes(), width, height, index, "")
+        pixels = mapped.get(index)
+        if pixels is None:
+            blob = work.tile(index)
+            if keep_maps and blob.path is not None and blob.exists():
+                _, [pixels] = map_arrays(blob)  # read-only: blend and apply_bands only read it
+                mapped[index] = pixels
+            elif blob.exists():
+                if rows is not None:
+                    return read_region(blob, rows, (0, width))
+                _, [pixels] = map_arrays(blob)  # read-only: blend and apply_bands only read it
+                return pixels
+            else:
+                pixels = answer_pixels(ctx, record, work.legacy_tile(index).read_bytes(), width, height, index, "")
         return pixels if rows is None else pixels[rows[0] : rows[1]]
 
     return load

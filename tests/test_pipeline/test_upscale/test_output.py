@@ -27,6 +27,7 @@ from pipeline.storage import open_storage
 from pipeline.store import open_store
 from pipeline.store.base import StatusStore
 from pipeline.upscale import output as upscale_output
+from pipeline.upscale import render as render_module
 from pipeline.upscale import steps as upscale_steps
 from pipeline.upscale.output import band_pixels, deflate_band, plan_output_bands
 from pipeline.upscale.planning import UpscaleRequest, plan_upscale
@@ -306,3 +307,30 @@ def test_render_loader_rows_from_a_folder_are_the_same_rows(tmp_path: Path) -> N
     load = render_loader(None, None, work)  # type: ignore[arg-type]
     assert np.array_equal(load(0, 64, 96, (10, 30)), tile[10:30])
     assert np.array_equal(load(0, 64, 96), tile)
+
+
+def test_render_loader_keeping_maps_maps_each_render_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given two saved renders, and a count of the maps made
+    work = UpscaleFiles.of(JobFiles(tmp_path, "job1"))
+    tiles = [np.random.default_rng(i).integers(0, 256, size=(96, 64, 3), dtype=np.uint8) for i in range(2)]
+    for index, tile in enumerate(tiles):
+        atomic_save_arrays(work.tile(index), {}, [tile])
+    made: list[str] = []
+    real = render_module.map_arrays
+
+    def counting(source: object) -> object:
+        made.append(str(source))
+        return real(source)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(render_module, "map_arrays", counting)
+    # When a loader that keeps its maps reads rows of each several times (as the bands of one tile do)
+    load = render_loader(None, None, work, keep_maps=True)  # type: ignore[arg-type]
+    for rows in ((0, 10), (10, 30), (30, 96)):
+        for index, tile in enumerate(tiles):
+            assert np.array_equal(load(index, 64, 96, rows), tile[rows[0] : rows[1]])
+    # Then each render was mapped once; a loader that does not keep them maps on every whole read
+    assert len(made) == 2
+    plain = render_loader(None, None, work)  # type: ignore[arg-type]
+    plain(0, 64, 96)
+    plain(0, 64, 96)
+    assert len(made) == 4
