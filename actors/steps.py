@@ -57,8 +57,10 @@ IMAGE_STEP_TIME_LIMIT_MS = 600_000
 #: while every SD slot is taken finish images instead of queueing behind the GPUs.
 IMAGES_PRIORITY = 0
 GENERATE_PRIORITY = 10
-#: A generation that found every SD server busy goes back to the queue after this long (ms, random
-#: within the range so waiters do not return in step).
+#: A generation outranked by better-class work goes back to the queue after this long (ms, random
+#: within the range so waiters do not return in step), doubled each time in a row (below). One that
+#: waited SLOT_WAIT_S for a busy server goes back at once: it waited already, and with every waiter
+#: away in the delay queue a server that frees up would sit idle (up to 1.5 s measured, bench target 3).
 REQUEUE_DELAY_MS = (500, 1500)
 #: The same for a generation whose queue or batch is paused: it looks again every few seconds.
 PAUSED_DELAY_MS = (2000, 4000)
@@ -69,16 +71,17 @@ OUTRANKED_MAX_DELAY_MS = 8000
 OUTRANKED_OPTION = "sdpipe_outranked"
 
 
-def requeue_delay_ms(exc: NoFreeSlot, *, outranked: int = 0) -> int:
+def requeue_delay_ms(exc: NoFreeSlot, *, outranked: int = 0) -> int | None:
     """How long a delivery that could not start its SD call waits in the delay queue (``outranked``:
-    how many times in a row it was outranked before this one)."""
+    how many times in a row it was outranked before this one); None: back to its queue at once (every
+    server stayed busy for the whole slot wait, :data:`~pipeline.sd.pool.SLOT_WAIT_S`)."""
     if isinstance(exc, QueuePaused):
         return random.randint(*PAUSED_DELAY_MS)
     low, high = REQUEUE_DELAY_MS
     if isinstance(exc, Outranked):
         factor = 2 ** min(outranked, 8)
         return min(random.randint(low * factor, high * factor), OUTRANKED_MAX_DELAY_MS)
-    return random.randint(low, high)
+    return None
 
 
 @dataclass(frozen=True)
