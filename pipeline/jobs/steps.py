@@ -109,7 +109,9 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
         return StepOutcome(ran=False)
     if started is None:
         logger.debug("job %s: %s not needed (job is finished or past this step)", job_id, step)
-        _finish_ended(ctx, job_id)
+        # A succeeded job's folder is left only by a crash between its success and that removal
+        # (this delivery is then the step that ended the job, never acknowledged): removed now.
+        _announce_if_ended(ctx, job_id, remove_work=True)
         return StepOutcome(ran=False)
     record = _unless_quarantined(ctx, started, step, previous)
     if record is None:
@@ -187,8 +189,8 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
             _announce_if_ended(ctx, job_id)
         # The intermediates go once the job reads as succeeded and its end is announced: their removal
         # (tens of MB of an upscale's tiles) is not part of the job's time. A crash before it leaves the
-        # folder to this step's redelivery (_finish_ended), else to the orphan rule (find_orphaned_work:
-        # a succeeded job's folder is one).
+        # folder to this step's redelivery (remove_work, above), else to the orphan rule
+        # (find_orphaned_work: a succeeded job's folder is one).
         _files(ctx, record).remove_work_dir()
         if (record.spec.prompt_template or {}).get("contact_sheet") and record.spec.batch_id:
             _contact_sheet(ctx, record)
@@ -232,10 +234,11 @@ def _emit_inline(ctx: StepContext, event: Event | None, body: InlineEvent | None
         ctx.events.emit_inline(event, body)
 
 
-def _finish_ended(ctx: StepContext, job_id: str) -> None:
-    """A delivery for a job that moved on: announce its end if it has ended (again: idempotent) and
-    remove a succeeded job's work folder, which a crash between its success and that removal left
-    (this delivery is then the step that ended the job, never acknowledged)."""
+def _announce_if_ended(ctx: StepContext, job_id: str, *, remove_work: bool = False) -> None:
+    """Announce the job's end if it has ended (again, for a duplicate delivery: idempotent); with
+    ``remove_work``, also remove the work folder of a job that succeeded."""
+    if ctx.events is None and not remove_work:
+        return
     try:
         record = ctx.store.get(job_id)
     except PipelineError as exc:
@@ -243,20 +246,8 @@ def _finish_ended(ctx: StepContext, job_id: str) -> None:
         return
     if ctx.events is not None:
         announce_end(ctx.events, ctx.store, record)
-    if record.state is JobState.SUCCEEDED:
+    if remove_work and record.state is JobState.SUCCEEDED:
         _files(ctx, record).remove_work_dir()
-
-
-def _announce_if_ended(ctx: StepContext, job_id: str) -> None:
-    """Announce the job's end if it has ended (again, for a duplicate delivery: idempotent)."""
-    if ctx.events is None:
-        return
-    try:
-        record = ctx.store.get(job_id)
-    except PipelineError as exc:
-        logger.warning("job %s: end not announced: %s", job_id, exc)
-        return
-    announce_end(ctx.events, ctx.store, record)
 
 
 def progress_publisher(ctx: StepContext, record: JobRecord) -> Callable[[dict[str, Any]], None] | None:
