@@ -202,16 +202,15 @@ def render_loader(ctx: StepContext, record: JobRecord, work: UpscaleFiles, *, ke
         pixels = mapped.get(index)
         if pixels is None:
             blob = work.tile(index)
-            if keep_maps and blob.path is not None and blob.exists():
-                _, [pixels] = map_arrays(blob)  # read-only: blend and apply_bands only read it
-                mapped[index] = pixels
-            elif blob.exists():
-                if rows is not None:
-                    return read_region(blob, rows, (0, width))
-                _, [pixels] = map_arrays(blob)  # read-only: blend and apply_bands only read it
-                return pixels
-            else:
+            keep = keep_maps and blob.path is not None
+            if not blob.exists():
                 pixels = answer_pixels(ctx, record, work.legacy_tile(index).read_bytes(), width, height, index, "")
+            elif rows is not None and not keep:
+                return read_region(blob, rows, (0, width))
+            else:
+                _, [pixels] = map_arrays(blob)  # read-only: blend and apply_bands only read it
+                if keep:
+                    mapped[index] = pixels
         return pixels if rows is None else pixels[rows[0] : rows[1]]
 
     return load
