@@ -260,8 +260,7 @@ class PatientRedisBroker(RedisBroker):
         dispatch = self.scripts["dispatch"]
         pipe = self.client.pipeline(transaction=False)
         for queue, message_id, data in held:
-            pipe.evalsha(dispatch.sha, 1, self.namespace, *self._dispatch_args("enqueue", queue, message_id, data))
-            self._push_tokens(pipe, queue, 1)
+            self._pipe_enqueue(pipe, queue, message_id, data)
         pipe.evalsha(dispatch.sha, 1, self.namespace, *self._dispatch_args(command, queue_name, redis_message_id))
         results = pipe.execute(raise_on_error=False)
         if any(isinstance(result, NoScriptError) for result in results):
@@ -270,9 +269,7 @@ class PatientRedisBroker(RedisBroker):
                 self.do_enqueue(queue, message_id, data)
             dispatch(keys=[self.namespace], args=self._dispatch_args(command, queue_name, redis_message_id))
             return
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
+        _raise_first_error(results)
 
     def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> None:
         """Dramatiq's enqueue, and a wake token for ``queue_name``, in one round trip (held instead
@@ -281,19 +278,22 @@ class PatientRedisBroker(RedisBroker):
         if held is not None:
             held.append((queue_name, message_id, data))
             return
-        dispatch = self.scripts["dispatch"]
-        args = self._dispatch_args("enqueue", queue_name, message_id, data)
         pipe = self.client.pipeline(transaction=False)
-        pipe.evalsha(dispatch.sha, 1, self.namespace, *args)
-        self._push_tokens(pipe, queue_name, 1)
+        self._pipe_enqueue(pipe, queue_name, message_id, data)
         enqueued, *_ = results = pipe.execute(raise_on_error=False)
         if isinstance(enqueued, NoScriptError):  # Redis restarted or flushed its scripts: load it, and again
-            dispatch(keys=[self.namespace], args=args)
+            self.scripts["dispatch"](
+                keys=[self.namespace], args=self._dispatch_args("enqueue", queue_name, message_id, data)
+            )
             self.wake(queue_name, 1)
             return
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
+        _raise_first_error(results)
+
+    def _pipe_enqueue(self, pipe: Any, queue_name: str, message_id: str, data: bytes) -> None:
+        """Add Dramatiq's enqueue of a message and a wake token for ``queue_name`` to ``pipe``."""
+        args = self._dispatch_args("enqueue", queue_name, message_id, data)
+        pipe.evalsha(self.scripts["dispatch"].sha, 1, self.namespace, *args)
+        self._push_tokens(pipe, queue_name, 1)
 
     def fetch(self, queue_name: str, count: int, *, maintain: bool) -> list[bytes]:
         """Up to ``count`` messages of ``queue_name`` (Dramatiq's fetch); ``maintain``: run maintenance."""
@@ -339,6 +339,13 @@ class PatientRedisBroker(RedisBroker):
         key = wake_key(self.namespace, queue_name)
         pipe.rpush(key, *["1"] * min(count, WAKE_TOKENS_MAX))
         pipe.ltrim(key, -WAKE_TOKENS_MAX, -1)
+
+
+def _raise_first_error(results: Iterable[Any]) -> None:
+    """Raise the first error among a pipeline's results (run with ``raise_on_error=False``)."""
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
 
 
 class HoldEnqueues(Middleware):
