@@ -583,7 +583,8 @@ def open_runtime(
     alone = False
     if runtime.embedded:
         try:
-            runtime._embedded_lock_fd, alone = _hold_embedded_lock(settings.output_dir / EMBEDDED_LOCK_PATH, store)
+            lock_path = settings.output_dir / EMBEDDED_LOCK_PATH
+            runtime._embedded_lock_fd, alone = _hold_embedded_lock(lock_path, lambda: _recover_alone(context))
         except BaseException:
             runtime.close()
             raise
@@ -606,13 +607,13 @@ def open_runtime(
     return runtime
 
 
-def _hold_embedded_lock(path: Path, store: StatusStore) -> tuple[int | None, bool]:
+def _hold_embedded_lock(path: Path, recover: Callable[[], None]) -> tuple[int | None, bool]:
     """Lock ``path`` shared for as long as the returned descriptor stays open (None: no lock); the flag
     says whether this process was alone on it.
 
     First, if an exclusive lock is free, no other embedded process is alive on this ``OUTPUT_DIR``:
-    every unfinished job in ``store`` was left by one that died, and is marked failed
-    (:func:`_fail_orphans`). The OS drops a dead process's lock, so a kill -9 cannot leave it held.
+    ``recover`` runs (:func:`_recover_alone`) while that lock is held, so no other process starts a
+    job meanwhile. The OS drops a dead process's lock, so a kill -9 cannot leave it held.
     """
     if sys.platform == "win32":
         logger.debug("no fcntl on this platform: jobs of a killed embedded process are not recovered")
@@ -633,10 +634,7 @@ def _hold_embedded_lock(path: Path, store: StatusStore) -> tuple[int | None, boo
             pass
         else:
             alone = True
-            try:
-                _fail_orphans(store)
-            except PipelineError as exc:
-                logger.warning("could not mark the jobs of an ended embedded process failed: %s", exc)
+            recover()
         # Downgrades the exclusive lock, or waits out another process's brief recovery.
         fcntl.flock(fd, fcntl.LOCK_SH)
     except OSError as exc:  # a filesystem without flock (ENOLCK, EOPNOTSUPP): run, but recover nothing
@@ -647,6 +645,24 @@ def _hold_embedded_lock(path: Path, store: StatusStore) -> tuple[int | None, boo
         os.close(fd)
         raise
     return fd, alone
+
+
+def _recover_alone(context: StepContext) -> None:
+    """What an embedded process alone on its ``OUTPUT_DIR`` does first: every unfinished job was left
+    by a process that ended, and is marked failed (:func:`_fail_orphans`); then the work folders the
+    orphan rule takes (:func:`~pipeline.jobs.steps.remove_orphaned_work`: a succeeded job's folder a
+    kill left between its success and the folder's removal, or a job the store lost, unchanged for an
+    hour) are removed, as a Redis-mode worker does when it starts. Neither failing stops the process."""
+    from pipeline.jobs.steps import remove_orphaned_work  # loads the steps' image code: only here
+
+    try:
+        _fail_orphans(context.store)
+    except PipelineError as exc:
+        logger.warning("could not mark the jobs of an ended embedded process failed: %s", exc)
+    try:
+        remove_orphaned_work(context)
+    except (PipelineError, OSError) as exc:
+        logger.warning("could not look for orphaned work folders: %s", exc)
 
 
 def _fail_orphans(store: StatusStore) -> int:

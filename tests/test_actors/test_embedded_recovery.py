@@ -149,3 +149,45 @@ def test_embedded_generate_killed_mid_job_is_interrupted(settings: Settings, tmp
         (record,) = rt.store.list_jobs()
     assert record.state is JobState.FAILED
     assert record.error is not None and (record.error.type, record.error.step) == ("Interrupted", "generate")
+
+
+def test_embedded_open_alone_removes_the_old_work_folder_of_a_succeeded_job(
+    settings: Settings, wait_terminal: Wait
+) -> None:
+    # Given a succeeded job whose work folder a kill left (it goes just after the success is
+    # recorded), and the old folder of a job left unfinished (it is failed on open, and retryable)
+    with open_runtime(settings) as rt:
+        (spec,) = _specs(settings, 1)
+        rt.submit([spec])
+        (done,) = wait_terminal(rt, [spec.job_id])
+    assert done.state is JobState.SUCCEEDED, done.error
+    unfinished = _leave_unfinished(settings)[0]
+    work = settings.output_dir / ".sdpipe" / "work"
+    folders = {job_id: work / job_id for job_id in (done.job_id, unfinished)}
+    hours_ago = time.time() - 2 * 3600
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "source.img").write_bytes(b"x")
+        os.utime(folder, (hours_ago, hours_ago))
+    # When the next embedded process opens, alone on the OUTPUT_DIR
+    with open_runtime(settings, start_embedded_worker=False) as rt:
+        state = rt.store.get(unfinished).state
+    # Then the succeeded job's folder is gone; the failed job keeps its own for a retry
+    assert state is JobState.FAILED
+    assert not folders[done.job_id].exists() and folders[unfinished].exists()
+
+
+def test_embedded_open_beside_another_process_removes_no_work_folder(settings: Settings) -> None:
+    # Given an old work folder of a job the store does not have, and a live embedded process
+    folder = settings.output_dir / ".sdpipe" / "work" / "lost-old"
+    folder.mkdir(parents=True)
+    hours_ago = time.time() - 2 * 3600
+    os.utime(folder, (hours_ago, hours_ago))
+    with open_runtime(settings, start_embedded_worker=False):
+        assert not folder.exists()  # the first process, alone, took it
+        folder.mkdir(parents=True)
+        os.utime(folder, (hours_ago, hours_ago))
+        # When a second one opens while the first is alive
+        with open_runtime(settings, start_embedded_worker=False):
+            # Then it leaves the folder (the live process's jobs are not its to judge)
+            assert folder.exists()
