@@ -8,7 +8,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from cli.api.auth import require_token
@@ -83,11 +83,11 @@ async def get_job_thumbnail(request: Request, job_id: str) -> Response:
     """A WebP thumbnail of the job's image (made once, then served from the cache)."""
     store = runtime_of(request).store
 
-    def find() -> FileResponse:
+    def find() -> Response:
         record = store.get(store.resolve_id(job_id))
-        path = thumbnail_for(settings_of(request), record)
-        headers = {"Cache-Control": "private, max-age=86400", "ETag": f'"{path.stem}"'}
-        return FileResponse(path, media_type="image/webp", headers=headers)
+        data, etag = thumbnail_for(settings_of(request), record)
+        headers = {"Cache-Control": "private, max-age=86400", "ETag": f'"{etag}"'}
+        return Response(data, media_type="image/webp", headers=headers)
 
     return await run_in_threadpool(find)
 

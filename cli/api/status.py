@@ -16,12 +16,12 @@ from pipeline.batches.schedules import next_fire_time
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.jobs.files import read_json
 from pipeline.jobs.queries import BatchSummary, queued_by_priority, recent_batches, throughput
-from pipeline.jobs.thumbnails import cached_thumbnail, thumbnail_path
+from pipeline.jobs.thumbnails import cached_thumbnail, thumbnail_key
 from pipeline.models import JobRecord, JobState, ScheduleRecord
 from pipeline.sd.catalog import open_catalog
 from pipeline.sd.pool.report import backend_row
 from pipeline.settings import Settings
-from pipeline.storage.base import blob_at
+from pipeline.storage.base import Blob, blob_at, open_storage
 
 __all__ = [
     "BatchItem",
@@ -263,9 +263,9 @@ def _schedule_view(schedule: ScheduleRecord, now: float, runs_kept: int) -> Sche
     )
 
 
-def thumbnail_for(settings: Settings, record: JobRecord) -> Path:
-    """The cached WebP thumbnail of a succeeded job's image (made now if needed). Reads and may write
-    the disk: call it in the thread pool.
+def thumbnail_for(settings: Settings, record: JobRecord) -> tuple[bytes, str]:
+    """The WebP thumbnail of a succeeded job's image, from the cache where the results are (made now
+    if needed), and its ETag. Reads and may write the disk or the bucket: call it in the thread pool.
 
     Raises:
         ApiError: as :func:`cli.api.deps.succeeded_image` (409 not succeeded, 404 image gone).
@@ -273,7 +273,8 @@ def thumbnail_for(settings: Settings, record: JobRecord) -> Path:
     """
     image = succeeded_image(record, settings)
     assert record.result is not None
-    return cached_thumbnail(image, thumbnail_path(settings.output_dir.absolute(), record.job_id, record.result.sha256))
+    cache = Blob(open_storage(settings.output_location, settings), thumbnail_key(record.job_id, record.result.sha256))
+    return cached_thumbnail(image, cache), cache.name.removesuffix(".webp")
 
 
 def sidecar_for_client(record: JobRecord, settings: Settings) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from pipeline.batches.manifests import manifest_key
 from pipeline.errors import ConfigError, InputError, JobNotFound
 from pipeline.jobs.files import STATE_DIR_NAME, JobFiles
-from pipeline.jobs.thumbnails import thumbnail_paths
+from pipeline.jobs.thumbnails import thumbnail_keys
 from pipeline.models import JobRecord, JobState
 from pipeline.storage.base import Storage, blob_at, is_s3_url, open_storage
 from pipeline.storage.local import LocalStorage
@@ -259,8 +259,6 @@ def _files_of(record: JobRecord, default: Storage, settings: Settings | None, *,
             if where:
                 blob = blob_at(where, settings)
                 targets.append(PruneTarget(blob.storage, blob.key))
-    root = default.local_path("")
-    if root is not None:  # the dashboard's thumbnail cache (local): no use without the record
-        local = LocalStorage(root)
-        targets += [PruneTarget(local, p.relative_to(root).as_posix()) for p in thumbnail_paths(root, record.job_id)]
+    # The dashboard's thumbnail cache (beside the results): no use without the record
+    targets += [PruneTarget(default, key) for key in thumbnail_keys(default, record.job_id)]
     return [target for target in targets if target.exists()]

@@ -1,13 +1,13 @@
-"""Thumbnails of job results: WebP, made once per image and cached on the shared disk.
+"""Thumbnails of job results: WebP, made once per image and cached where the results are.
 
-Where the cache lives: ``OUTPUT_DIR/.sdpipe/thumbs/<first two characters of the job id>/<job id>-<sha>.webp``,
-next to the results. In Redis mode every worker and API machine mounts the same ``OUTPUT_DIR`` (the
-steps already hand each other files there), so a thumbnail made by one API server is served by the
-others, and made at most once per image whichever server is asked first. Two servers racing on the
-same image both write it atomically (temp file, rename): the one that renames last wins with the same
-bytes. The name carries the image's sha256 (from the job record), so a result replaced by another
-job of the same output name never shows the old thumbnail. ``sdpipe prune`` removes the thumbnails
-of the jobs it removes (:func:`thumbnail_paths`).
+Where the cache lives: ``.sdpipe/thumbs/<first two characters of the job id>/<job id>-<sha>.webp``
+under OUTPUT_DIR, or under OUTPUT_URL's bucket and prefix: the storage every worker and API machine
+already shares (a mounted folder, or the bucket of share-nothing machines), so a thumbnail made by
+one API server is served by the others, and made at most once per image whichever server is asked
+first. Two servers racing on the same image both write it atomically (a temp file and a rename, or
+one PUT): the last write wins with the same bytes. The name carries the image's sha256 (from the
+job record), so a result replaced by another job of the same output name never shows the old
+thumbnail. ``sdpipe prune`` removes the thumbnails of the jobs it removes (:func:`thumbnail_keys`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import logging
 from pathlib import Path
 
 from pipeline.errors import ImageError
-from pipeline.jobs.files import STATE_DIR_NAME, atomic_write_bytes
-from pipeline.storage.base import Blob
+from pipeline.jobs.files import STATE_DIR_NAME
+from pipeline.storage.base import Blob, Storage
 
-__all__ = ["THUMBNAIL_PX", "THUMBS_DIR_NAME", "cached_thumbnail", "make_thumbnail", "thumbnail_path", "thumbnail_paths"]
+__all__ = ["THUMBNAIL_PX", "THUMBS_DIR_NAME", "cached_thumbnail", "make_thumbnail", "thumbnail_key", "thumbnail_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,20 +28,34 @@ logger = logging.getLogger(__name__)
 THUMBNAIL_PX = 320
 #: WebP quality of thumbnails.
 THUMBNAIL_QUALITY = 80
-#: Folder of the cache under ``OUTPUT_DIR/.sdpipe``.
+#: Folder of the cache under ``.sdpipe`` (of OUTPUT_DIR or OUTPUT_URL).
 THUMBS_DIR_NAME = "thumbs"
 
 
-def thumbnail_path(output_dir: Path, job_id: str, sha256: str | None) -> Path:
-    """Where the thumbnail of ``job_id``'s image (of digest ``sha256``) is cached."""
+def thumbnail_key(job_id: str, sha256: str | None) -> str:
+    """The storage key of the cached thumbnail of ``job_id``'s image (of digest ``sha256``)."""
     tag = (sha256 or "nosha")[:16]
-    return output_dir / STATE_DIR_NAME / THUMBS_DIR_NAME / job_id[:2] / f"{job_id}-{tag}.webp"
+    return f"{_folder_key(job_id)}/{job_id}-{tag}.webp"
 
 
-def thumbnail_paths(output_dir: Path, job_id: str) -> list[Path]:
-    """Every cached thumbnail of ``job_id`` (of any of its images): what a prune removes."""
-    folder = output_dir / STATE_DIR_NAME / THUMBS_DIR_NAME / job_id[:2]
-    return sorted(folder.glob(f"{job_id}-*.webp")) if folder.is_dir() else []
+def _folder_key(job_id: str) -> str:
+    return f"{STATE_DIR_NAME}/{THUMBS_DIR_NAME}/{job_id[:2]}"
+
+
+def thumbnail_keys(storage: Storage, job_id: str) -> list[str]:
+    """The keys of every cached thumbnail of ``job_id`` (of any of its images) in ``storage``: what a
+    prune removes. A bucket lists the job's folder (the jobs whose ids share its first two characters).
+
+    Raises:
+        StorageUnavailable, StorageRefused: the object store failed.
+    """
+    folder = _folder_key(job_id)
+    local = storage.local_path(folder)
+    if local is not None:
+        names = [path.name for path in local.glob(f"{job_id}-*.webp")] if local.is_dir() else []
+    else:
+        names = [entry.key.rsplit("/", 1)[-1] for entry in storage.list(f"{folder}/")]
+    return sorted(f"{folder}/{name}" for name in names if name.startswith(f"{job_id}-") and name.endswith(".webp"))
 
 
 def make_thumbnail(image_path: Path | Blob, *, max_px: int = THUMBNAIL_PX) -> bytes:
@@ -68,17 +82,19 @@ def make_thumbnail(image_path: Path | Blob, *, max_px: int = THUMBNAIL_PX) -> by
     return buffer.getvalue()
 
 
-def cached_thumbnail(image_path: Path | Blob, cache_path: Path, *, max_px: int = THUMBNAIL_PX) -> Path:
-    """``cache_path``, made from ``image_path`` first if it is not there yet.
+def cached_thumbnail(image_path: Path | Blob, cache: Blob, *, max_px: int = THUMBNAIL_PX) -> bytes:
+    """The thumbnail of ``image_path`` from ``cache``, made and written there first if it is not there yet.
 
     Raises:
         ImageError: the image cannot be read.
-        OSError: the cache folder cannot be written.
+        OSError: the cache folder cannot be written; StorageUnavailable, StorageRefused: the object
+            store failed.
     """
-    if cache_path.exists():
-        return cache_path
+    try:
+        return cache.read_bytes()
+    except FileNotFoundError:
+        pass
     data = make_thumbnail(image_path, max_px=max_px)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(cache_path, data)
-    logger.debug("thumbnail %s: %d bytes", cache_path.name, len(data))
-    return cache_path
+    cache.write(data)
+    logger.debug("thumbnail %s: %d bytes", cache.name, len(data))
+    return data

@@ -7,6 +7,9 @@ import io
 
 from PIL import Image
 
+from pipeline.jobs.thumbnails import thumbnail_key
+from pipeline.storage import open_storage
+from tests.conftest import S3Bucket
 from tests.test_api.conftest import ApiServer, StartApi, assert_error
 
 SMALL = {"width": 64, "height": 64, "band_px": 4}
@@ -80,3 +83,20 @@ def test_status_docs_serve_their_assets_locally(start_api: StartApi) -> None:
 def test_status_dashboard_post_without_csrf_token_is_refused(api: ApiServer) -> None:
     response = api.client.post("/submit", data={"prompt": "x"}, headers={"Accept": "application/json"})
     assert_error(response, 403, "csrf_failed")
+
+
+def test_status_thumbnail_with_output_url_is_cached_in_the_bucket(start_api: StartApi, s3_bucket: S3Bucket) -> None:
+    # Given results in a bucket (share-nothing machines: no disk in common)
+    api = start_api(**s3_bucket.overrides)
+    job = _done(api, "a fox", width=256, height=128)
+    first = api.client.get(f"/api/jobs/{job['job_id']}/thumbnail")
+    assert first.status_code == 200 and first.headers["content-type"] == "image/webp"
+    # Then the thumbnail is cached in the bucket, beside the results, and not on this machine's disk
+    storage = open_storage(s3_bucket.url, s3_bucket.settings())
+    key = thumbnail_key(str(job["job_id"]), str(job["result"]["sha256"]))  # type: ignore[index]
+    assert storage.read(key) == first.content
+    assert not list(api.settings.output_dir.rglob("*.webp"))
+    assert first.headers["etag"] == f'"{key.rsplit("/", 1)[-1].removesuffix(".webp")}"'
+    # And another request is answered from that cache (what any API server of the bucket reads)
+    storage.write(key, b"cached")
+    assert api.client.get(f"/api/jobs/{job['job_id']}/thumbnail").content == b"cached"

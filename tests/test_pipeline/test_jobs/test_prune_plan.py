@@ -13,6 +13,7 @@ from pipeline.batches.manifests import write_manifest
 from pipeline.errors import JobNotFound
 from pipeline.jobs.files import JobFiles
 from pipeline.jobs.retention import apply_prune, plan_prune
+from pipeline.jobs.thumbnails import thumbnail_key
 from pipeline.models import JobResult, JobState
 from pipeline.settings import Settings
 from pipeline.storage import Storage, open_storage
@@ -86,3 +87,25 @@ def test_prune_dry_run_lists_exactly_what_the_real_run_removes(
         store.get_batch("b1")
     # And a second plan finds nothing
     assert plan_prune(store, storage, older_than_s=0, outputs=True, now=later, settings=settings).lines() == []
+
+
+def test_prune_removes_the_thumbnails_of_a_pruned_job_from_where_the_results_are(
+    store: StatusStore, output: tuple[Storage, Settings]
+) -> None:
+    storage, settings = output
+    # Given an ended job with two cached thumbnails (two images it had), and a kept job whose id
+    # starts the same way, with its own
+    store.create_jobs([make_spec("ok1"), make_spec("ok10")])
+    store.mark_failed("ok1", make_error(), now=T0 + 1)
+    pruned = [thumbnail_key("ok1", "a" * 64), thumbnail_key("ok1", "b" * 64)]
+    kept = thumbnail_key("ok10", "a" * 64)
+    for key in [*pruned, kept]:
+        storage.write(key, b"webp")
+    # When the ended job is pruned
+    plan = plan_prune(store, storage, older_than_s=0, now=time.time() + 60, settings=settings)
+    assert sorted(line for line in plan.lines() if "thumbs" in line) == sorted(
+        f"file {storage.location(key)}" for key in pruned
+    )
+    apply_prune(store, plan)
+    # Then its thumbnails are gone, in the folder or the bucket, and the other job's stays
+    assert [storage.exists(key) for key in [*pruned, kept]] == [False, False, True]
