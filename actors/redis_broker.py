@@ -29,12 +29,15 @@ one wait of its heartbeat expiring, which polling reached only by chance.
 **Continuations with the ack.** When a step's actor returns, Dramatiq's middleware enqueues what
 follows it (the pipeline's next step; a retry, or the actor that fails the job when retries run
 out), then the worker thread acks (or nacks) the message: two round trips. :class:`HoldEnqueues`
-(the last middleware, so its ``after_process_message`` runs first) makes the broker hold the
+(added after Dramatiq's Pipelines and Retries, so its ``after_process_message`` runs before
+theirs) makes the broker hold the
 enqueues of that thread from then on, and the consumer's ack sends them and then the ack in one
 pipeline, in that order: a crash in between loses at most the ack, so the step is delivered again
 and its continuation is never lost (the steps are idempotent; a duplicate drops its continuation).
-An ack that cannot reach Redis keeps them held: Dramatiq retries the ack, and with it the enqueues,
-until Redis is back. Sends from inside an actor (a fan-out, a requeue) go at once, as before.
+An ack that cannot reach Redis (a connection error or a timeout) keeps them held: Dramatiq retries
+the ack, and with it the enqueues, until Redis is back. An ack that fails otherwise (Dramatiq gives
+it up; the message runs again after a restart) keeps them held too: the thread's next message sends
+them when it starts. Sends from inside an actor (a fan-out, a requeue) go at once, as before.
 """
 
 from __future__ import annotations
@@ -72,6 +75,10 @@ logger = logging.getLogger(__name__)
 _Arg = str | bytes | int | float
 #: An enqueue held until the ack of the message it follows: queue, Redis message id, encoded message.
 _Held = tuple[str, str, bytes]
+#: Redis could not be reached or did not answer in time: a broker connection error to Dramatiq (which
+#: retries an ack until Redis is back, and restarts a consumer). redis-py's TimeoutError (a connect
+#: or reply timeout: a partition, a failover) is not a ConnectionError.
+_NETWORK_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 #: Run just before a consumer blocks on its wake list. KEYS[1] the queue's list of waiting ids,
 #: KEYS[2] its wake list. An empty queue has nothing to wake for: its tokens are stale. A queue with
@@ -143,7 +150,7 @@ class WakingConsumer(_RedisConsumer):
                 self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
                 time.sleep(backoff_ms / 1000)
                 return None
-        except redis.ConnectionError as exc:
+        except _NETWORK_ERRORS as exc:
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
 
     def ack(self, message: MessageProxy) -> None:
@@ -160,9 +167,14 @@ class WakingConsumer(_RedisConsumer):
             return
         try:
             self.broker.settle(command, self.queue_name, message.options["redis_message_id"], held)
-        except redis.ConnectionError as exc:
+        except _NETWORK_ERRORS as exc:
             self.broker.hold(held)  # Dramatiq retries the ack until Redis is back: they go with it
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+        except BaseException:
+            # Dramatiq gives up on this ack (the message runs again after a restart); what it held
+            # is not dropped: the thread's next message sends it (HoldEnqueues).
+            self.broker.hold(held)
+            raise
         finally:
             self.queued_message_ids.discard(message.message_id)
 
@@ -351,7 +363,8 @@ def _raise_first_error(results: Iterable[Any]) -> None:
 class HoldEnqueues(Middleware):
     """Makes a :class:`PatientRedisBroker` hold what the other middleware enqueue after a message
     (the next step, a retry) until the message's ack, which sends them first (see the module's
-    docstring). The last middleware: its ``after_process_message`` runs before theirs."""
+    docstring). Added after Pipelines and Retries: its ``after_process_message`` runs before theirs.
+    What a thread still holds when it takes its next message (an ack that failed) is sent then."""
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         if isinstance(broker, PatientRedisBroker):

@@ -224,8 +224,20 @@ def test_redis_broker_next_step_goes_with_the_ack_of_the_step_before(
     assert settled == [("ack", [QUEUE])]
 
 
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        (redis.ConnectionError("Redis went away"), ConnectionClosed),
+        (redis.TimeoutError("Timeout connecting to server"), ConnectionClosed),  # a partition, a failover
+        (redis.ResponseError("OOM command not allowed"), redis.ResponseError),  # Dramatiq gives up the ack
+    ],
+)
 def test_redis_broker_held_enqueues_wait_out_an_ack_that_cannot_reach_redis(
-    redis_url: str, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_url: str,
+    client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    error: redis.RedisError,
+    raised: type[Exception],
 ) -> None:
     broker = _broker(redis_url)
     try:
@@ -237,16 +249,16 @@ def test_redis_broker_held_enqueues_wait_out_an_ack_that_cannot_reach_redis(
         broker.hold()
         broker.enqueue(_message(2))
         assert client.llen(f"{BROKER_NAMESPACE}:{QUEUE}") == 0
-        # When the ack cannot reach Redis
+        # When the ack cannot reach Redis (Dramatiq retries a broker connection error's ack)
         real = broker.settle
 
         def unreachable(*args: object) -> None:
-            raise redis.ConnectionError("Redis went away")
+            raise error
 
         monkeypatch.setattr(broker, "settle", unreachable)
-        with pytest.raises(ConnectionClosed):
+        with pytest.raises(raised):
             consumer.ack(message)
-        # Then Dramatiq's retry of the ack, once Redis is back, sends the continuation, then the ack
+        # Then the continuation is still held: the next ack, once Redis answers, sends it, then the ack
         monkeypatch.setattr(broker, "settle", real)
         consumer.ack(message)
         assert client.llen(f"{BROKER_NAMESPACE}:{QUEUE}") == 1
