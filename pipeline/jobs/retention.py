@@ -129,10 +129,10 @@ def parse_age(text: str, *, field_name: str = "--older-than") -> float:
 
 def find_orphaned_work(
     store: StatusStore, output: Storage | Path, *, now: float, older_than_s: float = ORPHAN_WORK_AGE_S
-) -> list[str]:
-    """The ids of the work folders (prefixes) in ``output`` whose job the store does not have or has
-    as succeeded (nothing reads a succeeded job's intermediates), left unchanged for ``older_than_s``:
-    a folder's own change time on disk, its newest object in a bucket."""
+) -> dict[str, JobState | None]:
+    """The work folders (prefixes) in ``output`` whose job the store does not have (None) or has as
+    succeeded (nothing reads a succeeded job's intermediates), by job id, in order, left unchanged for
+    ``older_than_s``: a folder's own change time on disk, its newest object in a bucket."""
     storage = LocalStorage(output.absolute()) if isinstance(output, Path) else output
     changed: dict[str, float] = {}
     folder = storage.local_path(_WORK_PREFIX.rstrip("/"))
@@ -149,17 +149,17 @@ def find_orphaned_work(
             job_id = entry.key[len(_WORK_PREFIX) :].split("/", 1)[0]
             newest[job_id] = max(newest[job_id], entry.modified_at)
         changed = dict(newest)
-    found = []
+    found: dict[str, JobState | None] = {}
     for job_id, modified_at in sorted(changed.items()):
         if now - modified_at < older_than_s:
             continue
         try:
             record = store.get(job_id)
         except JobNotFound:
-            found.append(job_id)
+            found[job_id] = None
             continue
         if record.state is JobState.SUCCEEDED:
-            found.append(job_id)
+            found[job_id] = record.state
     return found
 
 

@@ -191,7 +191,7 @@ def run_step(ctx: StepContext, job_id: str, step: StepName, *, retries_left: int
         # (tens of MB of an upscale's tiles) is not part of the job's time. A crash before it leaves the
         # folder to this step's redelivery (remove_work, above), else to the orphan rule
         # (find_orphaned_work: a succeeded job's folder is one).
-        _files(ctx, record).remove_work_dir()
+        _remove_work(ctx, record)
         if (record.spec.prompt_template or {}).get("contact_sheet") and record.spec.batch_id:
             _contact_sheet(ctx, record)
     else:
@@ -247,7 +247,16 @@ def _announce_if_ended(ctx: StepContext, job_id: str, *, remove_work: bool = Fal
     if ctx.events is not None:
         announce_end(ctx.events, ctx.store, record)
     if remove_work and record.state is JobState.SUCCEEDED:
+        _remove_work(ctx, record)
+
+
+def _remove_work(ctx: StepContext, record: JobRecord) -> None:
+    """Remove the work folder of a job that succeeded. A failure (a bucket that does not answer) is
+    logged, not raised: the job's success is recorded already, and the orphan rule takes the folder."""
+    try:
         _files(ctx, record).remove_work_dir()
+    except (PipelineError, OSError) as exc:
+        logger.warning("job %s: work folder not removed (%s); the orphan rule removes it later", record.job_id, exc)
 
 
 def progress_publisher(ctx: StepContext, record: JobRecord) -> Callable[[dict[str, Any]], None] | None:
@@ -282,22 +291,28 @@ def drop_lost_job(ctx: StepContext, job_id: str, step: str) -> None:
 
 
 def remove_orphaned_work(ctx: StepContext, *, older_than_s: float = ORPHAN_WORK_AGE_S) -> int:
-    """Remove the work folders (or prefixes) of OUTPUT_DIR or OUTPUT_URL whose job the store no longer
-    has (Redis restarted without persistence: the records and the queued messages are gone, the
-    folders stay), once older than ``older_than_s``; returns how many. A worker does it when it starts."""
+    """Remove the work folders (or prefixes) of OUTPUT_DIR or OUTPUT_URL that no job will read again,
+    once older than ``older_than_s``; returns how many. Those of jobs the store no longer has (Redis
+    restarted without persistence: the records and the queued messages are gone, the folders stay),
+    and those of succeeded jobs (a process killed between the success and the folder's removal). A
+    worker does it when it starts, and an embedded process alone on its OUTPUT_DIR."""
     storage = ctx.storage()
-    removed = 0
-    for job_id in find_orphaned_work(ctx.store, storage, now=ctx.clock(), older_than_s=older_than_s):
+    orphaned = find_orphaned_work(ctx.store, storage, now=ctx.clock(), older_than_s=older_than_s)
+    for job_id in orphaned:
         JobFiles(storage, job_id).remove_work_dir()
-        removed += 1
-    if removed:
-        logger.warning(
-            "removed %d work folder(s) under %s whose jobs' records are gone (%s)",
-            removed,
-            storage.location(".sdpipe/work"),
-            ctx.store.records_lost_reason,
+    lost = sum(state is None for state in orphaned.values())
+    where = storage.location(".sdpipe/work")
+    if lost:
+        reason = ctx.store.records_lost_reason
+        logger.warning("removed %d work folder(s) under %s whose jobs' records are gone (%s)", lost, where, reason)
+    if len(orphaned) > lost:
+        logger.info(
+            "removed %d work folder(s) under %s of jobs that succeeded (left by a process that ended before "
+            "removing them)",
+            len(orphaned) - lost,
+            where,
         )
-    return removed
+    return len(orphaned)
 
 
 def _contact_sheet(ctx: StepContext, record: JobRecord) -> None:

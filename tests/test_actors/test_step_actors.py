@@ -17,7 +17,7 @@ from PIL import Image
 
 from actors import Runtime, open_runtime
 from actors.steps import OUTRANKED_MAX_DELAY_MS, REQUEUE_DELAY_MS, requeue_delay_ms
-from pipeline.errors import NoFreeSlot, Outranked
+from pipeline.errors import NoFreeSlot, Outranked, StorageUnavailable
 from pipeline.images.infotext import parse_infotext
 from pipeline.jobs import steps
 from pipeline.jobs.files import JobFiles
@@ -228,6 +228,32 @@ def test_merge_redelivered_after_a_crash_before_the_work_folder_went_removes_it(
     assert not outcome.ran and not work.exists()
 
 
+def test_merge_whose_work_folder_cannot_be_removed_succeeds_and_leaves_it_to_the_orphan_rule(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a job at its merge, and a bucket that stops answering when its work folder is removed
+    params = build_step_params(runtime.settings, grid="2x2", band_px=8, sigma=2.0)
+    request = GenerationRequest(prompt="x", seed=3, width=64, height=64)
+    (spec,) = plan_generate(runtime.settings, request, params, now=time.time())
+    runtime.store.create_jobs([spec])
+    for step in ("generate", "split", "seam_blur"):
+        run_step(runtime.context, spec.job_id, step)  # type: ignore[arg-type]
+
+    def unreachable(self: JobFiles) -> None:
+        raise StorageUnavailable("cannot reach the bucket: connection refused")
+
+    monkeypatch.setattr(JobFiles, "remove_work_dir", unreachable)
+    # When the merge runs
+    with caplog.at_level(logging.WARNING, logger="pipeline.jobs.steps"):
+        outcome = run_step(runtime.context, spec.job_id, "merge")
+    # Then the delivery ends normally (its success is recorded: nothing to retry), and says why the folder stays
+    assert outcome.ran and runtime.store.get(spec.job_id).state is JobState.SUCCEEDED
+    assert [r.getMessage() for r in caplog.records] == [
+        f"job {spec.job_id}: work folder not removed (cannot reach the bucket: connection refused); "
+        "the orphan rule removes it later"
+    ]
+
+
 def test_embedded_runtime_closed_once_a_job_succeeded_still_removes_its_work_folder(
     settings: Settings, wait_terminal: Wait, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -291,7 +317,9 @@ def test_remove_orphaned_work_removes_old_folders_of_jobs_without_records(runtim
     assert not folders["lost-old"].exists() and folders[spec.job_id].exists() and folders["lost-fresh"].exists()
 
 
-def test_remove_orphaned_work_removes_old_folders_of_succeeded_jobs(runtime: Runtime, wait_terminal: Wait) -> None:
+def test_remove_orphaned_work_removes_old_folders_of_succeeded_jobs(
+    runtime: Runtime, wait_terminal: Wait, caplog: pytest.LogCaptureFixture
+) -> None:
     # Given a succeeded job whose work folder a crash left (it is removed just after the success is
     # recorded), and an old folder of a job still queued
     (done,) = wait_terminal(runtime, _submit(runtime))
@@ -306,9 +334,19 @@ def test_remove_orphaned_work_removes_old_folders_of_succeeded_jobs(runtime: Run
         (folder / "source.img").write_bytes(b"x")
         os.utime(folder, (hours_ago, hours_ago))
     # When a worker starts and looks for orphans
-    assert steps.remove_orphaned_work(runtime.context) == 1
+    with caplog.at_level(logging.INFO, logger="pipeline.jobs.steps"):
+        assert steps.remove_orphaned_work(runtime.context) == 1
     # Then the succeeded job's folder is gone and the queued job's is kept
     assert not folders[done.job_id].exists() and folders[queued.job_id].exists()
+    # And the log says what the folder was (no lost records to chase: a WARNING would say so)
+    work_dir = runtime.settings.output_dir.absolute() / ".sdpipe" / "work"
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.INFO,
+            f"removed 1 work folder(s) under {work_dir} of jobs that succeeded (left by a process that ended "
+            "before removing them)",
+        )
+    ]
 
 
 def test_requeue_delay_of_a_generation_outranked_again_and_again_doubles_up_to_its_bound() -> None:
