@@ -171,9 +171,10 @@ def answer_pixels(
 
 def next_step_after_renders(record: JobRecord, files: JobFiles, total: int) -> str:
     """Once ``total`` renders are saved: ``seam_blur`` (blend, then bands) if the job fixes seams with
-    bands and only the tiles are counted yet, else ``merge``."""
+    bands and has not blended its tiles yet (only they are counted), else ``merge`` (also after a
+    blend that planned no band: a one-tile image has no seam)."""
     params = params_of(record)
-    if params.seam_fix == "band" and total <= tile_count(files):
+    if params.seam_fix == "band" and total <= tile_count(files) and not UpscaleFiles.of(files).merged.exists():
         return "seam_blur"
     return "merge"
 

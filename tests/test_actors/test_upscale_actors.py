@@ -29,7 +29,7 @@ def submit_upscale(runtime: Runtime, source: Path, **request: object) -> str:
     [plan] = plan_upscale(
         settings,
         [source],
-        UpscaleRequest(scale=2, tile_px=64, overlap_px=16, seed=3, **request),  # type: ignore[arg-type]
+        UpscaleRequest(**{"scale": 2, "tile_px": 64, "overlap_px": 16, "seed": 3, **request}),  # type: ignore[arg-type]
         build_step_params(settings, grid=None, band_px=None, sigma=None),
         output_dir=settings.output_dir.absolute(),
         batch_id=new_id(),
@@ -85,3 +85,22 @@ def test_failed_tile_fails_the_job_and_retry_renders_only_what_is_missing(
     assert rendered_before > 0  # the first run's saved renders were not asked for again
     assert [e["answer"]["status"] for e in answers if e["body"]["force_task_id"].endswith(failing)] == [422, 200]
     assert done.result is not None and (done.result.width, done.result.height) == (192, 128)
+
+
+def test_band_seam_fix_of_a_one_tile_image_blends_once_then_merges(
+    settings: Settings, wait_terminal: Callable[[Runtime, list[str]], list[JobRecord]], tmp_path: Path
+) -> None:
+    # Given an image whose upscale is one tile (no seam, so no band to render), with --seam-fix band
+    path = tmp_path / "small.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    mock = get_mock_server(f"{MOCK}-one-tile")
+    mock.control.reset()
+    with open_runtime(settings.model_copy(update={"sd_api_url": f"{MOCK}-one-tile"})) as runtime:
+        job_id = submit_upscale(runtime, path, seam_fix="band", tile_px=128)
+        # When it runs
+        [done] = wait_terminal(runtime, [job_id])
+    # Then it ends (it went from the blend to the merge, once), its one tile rendered once
+    assert done.state is JobState.SUCCEEDED, done.error
+    assert done.steps["seam_blur"].attempts == 1
+    assert len(mock.control.requests(IMG2IMG)) == 1
+    assert done.result is not None and (done.result.width, done.result.height) == (128, 128)
