@@ -85,15 +85,35 @@ def declare_webhook_actor(
     return actor
 
 
+class _SecondWorkerNotice(logging.Filter):
+    """Drops Dramatiq's warning that a broker gets a second worker's middleware ("You're adding a
+    middleware of the same type twice"): each worker's middleware only starts consumers for the
+    queues that worker was given, so the image workers and this one never consume each other's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.msg.startswith("You're adding a middleware") and args and _is_worker_middleware(args[0]))
+
+
+def _is_worker_middleware(middleware: object) -> bool:
+    return type(middleware).__name__ == "_WorkerMiddleware" and type(middleware).__module__ == "dramatiq.worker"
+
+
 def start_webhook_worker(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Worker:
-    """A Dramatiq worker for the ``webhooks`` queue only, with ``WEBHOOK_THREADS`` threads of its own."""
+    """A Dramatiq worker for the ``webhooks`` queue only, with ``WEBHOOK_THREADS`` threads of its own
+    (beside the image queues' worker of the process, on the same broker)."""
     worker = dramatiq.Worker(
         broker,
         queues={WEBHOOKS_QUEUE},
         worker_threads=settings.webhook_threads,
         worker_timeout=_WORKER_TIMEOUT_MS,
     )
-    worker.start()
+    notice = _SecondWorkerNotice()
+    broker.logger.addFilter(notice)
+    try:
+        worker.start()  # adds the worker's middleware to the broker
+    finally:
+        broker.logger.removeFilter(notice)
     logger.debug("webhook worker started (%d threads)", settings.webhook_threads)
     return worker
 

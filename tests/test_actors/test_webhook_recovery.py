@@ -3,11 +3,15 @@ between writing a delivery's record and enqueuing it); embedded mode's runtime o
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from actors import open_runtime
+from actors.webhooks import WEBHOOKS_QUEUE
 from pipeline.settings import Settings, load_settings
 from pipeline.webhooks.deliveries import Delivery
 from tests.helpers import wait_until
@@ -70,3 +74,18 @@ def test_embedded_runtime_opening_alone_resends_pending_deliveries(
         old = rt.deliveries.get("msg_old")
         assert old is not None and old.state == "failed" and "WEBHOOK_RETRY_WINDOW_S" in (old.last_error or "")
     assert [headers["webhook-id"] for headers, _body, _status in receiver.deliveries] == ["msg_orphan"]
+
+
+def test_webhook_worker_beside_the_image_worker_starts_without_dramatiqs_duplicate_warning(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given an embedded runtime (its image queues' worker running on the broker)
+    with caplog.at_level(logging.WARNING), open_runtime(settings) as runtime:
+        # When the webhooks queue's own worker starts on the same broker
+        runtime.webhooks.start_worker()
+        worker = runtime.webhooks.worker
+        assert worker is not None
+        consumed = set(worker.consumers)
+    # Then nothing warns about a second worker's middleware, and that worker consumes only its queue
+    assert [r.getMessage() for r in caplog.records if "same type twice" in r.getMessage()] == []
+    assert consumed and {name.removesuffix(".DQ") for name in consumed} == {WEBHOOKS_QUEUE}
