@@ -170,12 +170,16 @@ def _batch_detail(manifest: dict[str, Any]) -> Table:
     return table
 
 
-def _waiting_note(record: JobRecord) -> str:
-    """For a job whose current step is done: it waits for the next step to be picked up."""
+def _waiting_note(record: JobRecord, tiles: tuple[int, int] | None = None) -> str:
+    """For a job whose current step is done: an upscale's renders under way on the SD servers, or
+    the next step waiting to be picked up."""
     name = record.state.step
     step = record.steps.get(name) if name is not None else None
     if step is None or step.finished_at is None:
         return ""
+    if tiles is not None and tiles[0] < tiles[1] and name in ("split", "seam_blur"):
+        what = "tiles" if name == "split" else "seam-fix bands"
+        return f" ({name} done; {what} rendering on the SD servers: {tiles[0]}/{tiles[1]} renders done)"
     return f" ({name} done; the next step waits for a worker thread to pick it up)"
 
 
@@ -185,7 +189,7 @@ def _detail(record: JobRecord, tiles: tuple[int, int] | None = None) -> Table:
     table.add_column(overflow="fold")
     spec = record.spec
     table.add_row("job", record.job_id)
-    table.add_row("state", record.state.value + _waiting_note(record))
+    table.add_row("state", record.state.value + _waiting_note(record, tiles))
     if record.batch_id:
         table.add_row("batch", record.batch_id)
     if spec.generation is not None:

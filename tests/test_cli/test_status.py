@@ -7,10 +7,14 @@ import re
 import time
 from pathlib import Path
 
-from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
+import numpy as np
+from PIL import Image
+
+from pipeline.jobs.planning import GenerationRequest, build_step_params, new_id, plan_generate
 from pipeline.models import SDInfo
 from pipeline.settings import load_settings
 from pipeline.store import open_store
+from pipeline.upscale.planning import UpscaleRequest, plan_upscale
 from tests.test_cli.conftest import Invoke
 
 
@@ -192,3 +196,35 @@ def test_json_output_leaves_parameters_alone_even_when_their_name_ends_in_at(sdp
     args = ("--refiner", "refiner.safetensors", "--refiner-switch-at", "0.8")
     (job,) = json.loads(sdpipe("generate", "x", "--sd-url", "mock://", "--width", "64", *args, "--json").stdout)
     assert job["spec"]["generation"]["refiner_switch_at"] == 0.8
+
+
+def test_status_says_an_upscale_whose_split_is_done_renders_its_tiles(
+    sdpipe: Invoke, out_dir: Path, tmp_path: Path
+) -> None:
+    # Given an upscale job whose first pass is done and 4 of its 9 tiles rendered
+    settings = load_settings(output_dir=out_dir, sd_api_url="mock://")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((64, 96, 3), dtype=np.uint8)).save(photo)
+    [plan] = plan_upscale(
+        settings,
+        [photo],
+        UpscaleRequest(scale=2, tile_px=64, overlap_px=16),
+        build_step_params(settings, grid=None, band_px=None, sigma=None),
+        output_dir=settings.output_dir.absolute(),
+        batch_id=new_id(),
+        now=time.time(),
+    )
+    job_id = plan.spec.job_id
+    store = open_store(settings)
+    try:
+        store.create_jobs([plan.spec])
+        store.start_step(job_id, "split", now=time.time())
+        store.finish_step(job_id, "split", now=time.time())
+        store.set_tile_total(job_id, 9)
+        for index in range(4):
+            store.add_tile_done(job_id, index)
+    finally:
+        store.close()
+    # Then status says the tiles are rendering, not that a worker thread is awaited
+    shown = " ".join(sdpipe("status", job_id).stdout.split())
+    assert "splitting (split done; tiles rendering on the SD servers: 4/9 renders done)" in shown
