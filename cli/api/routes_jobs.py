@@ -6,6 +6,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -94,7 +95,7 @@ async def generate(
     if wait:
         timeout_s = settings_of(request).api_wait_timeout_s
         records = await wait_for(request, runtime_of(request), job_ids, timeout_s=timeout_s, batch_id=batch_id)
-        done = JobsDone(batch_id=batch_id, jobs=[job_view(request, record) for record in records])
+        done = JobsDone(batch_id=batch_id, jobs=await run_in_threadpool(job_views, request, records))
         return JSONResponse(done.model_dump(mode="json"))
     accepted = GenerateAccepted(
         batch_id=batch_id,
@@ -376,9 +377,17 @@ def list_job_page(request: Request, where: JobFilter, limit: int, offset: int) -
     next_offset = page.next_offset
     if not where.scans and page.jobs:
         next_offset = offset + limit  # as before: set while a page has jobs
-    return JobList(
-        jobs=[job_view(request, record) for record in page.jobs], next_offset=next_offset, truncated=page.truncated
-    )
+    return JobList(jobs=job_views(request, page.jobs), next_offset=next_offset, truncated=page.truncated)
+
+
+def job_views(request: Request, records: Sequence[JobRecord]) -> list[JobView]:
+    """The views of ``records``, an upscale job's with its renders done/total (a store read each, as
+    ``GET /api/jobs/{id}`` shows it). Blocking: call it in the thread pool."""
+    store = runtime_of(request).store
+    return [
+        job_view(request, record, tiles=store.tile_progress(record.job_id) if record.spec.upscale else None)
+        for record in records
+    ]
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"], response_model=JobView, responses=_NOT_FOUND)

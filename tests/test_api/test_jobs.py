@@ -298,6 +298,10 @@ def test_generate_with_upscale_renders_tiles_and_shows_them(api: ApiServer) -> N
     assert job["upscale"]["denoise"] == 0.2 and job["upscale"]["seed"] == 7
     shown = api.client.get(job["status_url"]).json()
     assert shown["tiles"]["done"] == shown["tiles"]["total"] >= 1
+    # the wait's answer and the job list show the renders too, as the job's own view does
+    assert job["tiles"] == shown["tiles"]
+    [listed] = api.client.get("/api/jobs").json()["jobs"]
+    assert listed["tiles"] == shown["tiles"]
 
 
 def test_generate_with_a_bad_upscale_is_422(api: ApiServer) -> None:
