@@ -2,8 +2,11 @@
 
 img2img follows A1111 v1.10's ``img2imgapi``: no ``init_images`` (absent or null) is a 404
 ``Init image not found``; an init image or ``mask`` that does not decode is a 500 ``Invalid encoded image``
-(``decode_base64_to_image``); the init image is resized to ``width`` x ``height`` (``resize_mode`` 0,
-"Just resize"). The "render" is a deterministic, visible change of the init image:
+(``decode_base64_to_image``); ``script_name``, ``alwayson_scripts`` and ``sampler_name`` are checked
+and resolved as for txt2img (an unknown script is a 422 ``Script 'x' not found``, an unknown sampler
+becomes the first one with a warning; the scripts run as a plain img2img); the init image is resized
+to ``width`` x ``height`` (``resize_mode`` 0, "Just resize"). The "render" is a deterministic, visible
+change of the init image:
 
     out = (1 - d) * init + d * (tint(prompt) mixed in + drift(seed, prompt, init))
 
@@ -35,6 +38,7 @@ from PIL import Image
 from pipeline.images.infotext import build_infotext
 from pipeline.sd.mock import catalog
 from pipeline.sd.mock.render import encode_image
+from pipeline.sd.mock.scripts import ScriptError, apply_scripts
 from pipeline.sd.mock.txt2img import MOCK_VERSION, HTTPError
 
 __all__ = ["Img2ImgPlan", "extra_single_image", "plan_img2img"]
@@ -84,6 +88,15 @@ def _float(data: dict[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
+def _str(data: dict[str, Any], key: str, default: str | None = None) -> str | None:
+    value = data.get(key, default)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(key)
+    return str(value)
+
+
 class Img2ImgPlan:
     """One validated img2img request: what it renders and how it answers."""
 
@@ -104,8 +117,19 @@ class Img2ImgPlan:
         self.cfg_scale = _float(data, "cfg_scale", 7.0)
         self.width = _int(data, "width", 512) // 8 * 8 or 8
         self.height = _int(data, "height", 512) // 8 * 8 or 8
-        self.sampler = str(data.get("sampler_name") or "Euler")
-        self.scheduler = str(data.get("scheduler") or "Automatic")
+        # img2imgapi, as text2imgapi: the selectable script, the sampler, then the always-on scripts.
+        alwayson = data.get("alwayson_scripts")
+        if alwayson is not None and not isinstance(alwayson, dict):
+            raise ValueError("alwayson_scripts")
+        script_name, sampler_name = _str(data, "script_name"), _str(data, "sampler_name")
+        sampler_index, scheduler = _str(data, "sampler_index", "Euler"), _str(data, "scheduler")
+        try:
+            apply_scripts(script_name, alwayson or {}, img2img=True)
+        except ScriptError as exc:
+            raise HTTPError(422, str(exc)) from exc
+        self.sampler, self.scheduler = catalog.resolve_sampler(sampler_name or sampler_index, scheduler)
+        #: ``Schedule type`` as ``create_infotext`` writes it (txt2img's rule).
+        self.schedule = catalog.scheduler_label(self.sampler, self.scheduler) or self.scheduler
         seed = _int(data, "seed", -1)
         self.seed = seed if seed >= 0 else seed_rng.randrange(_SEED_RANGE)
         self.model = model
@@ -167,7 +191,7 @@ class Img2ImgPlan:
         params: dict[str, object | None] = {
             "Steps": self.steps,
             "Sampler": self.sampler,
-            "Schedule type": self.scheduler if self.scheduler != "Automatic" else None,
+            "Schedule type": self.schedule,
             "CFG scale": f"{self.cfg_scale:g}",
             "Seed": self.seed,
             "Size": f"{self.width}x{self.height}",
@@ -206,8 +230,9 @@ def plan_img2img(body: bytes, model: dict[str, Any] | None, seed_rng: random.Ran
     """Validate an img2img body.
 
     Raises:
-        HTTPError: 404 without ``init_images``, 500 for an image that does not decode.
-        ValueError: the body is not a JSON object, or a number field is not a number (A1111's 422).
+        HTTPError: 404 without ``init_images``, 500 for a mask that does not decode, 422 for an unknown
+            script (as txt2img).
+        ValueError: the body is not a JSON object, or a field has the wrong type (A1111's 422).
     """
     data = json.loads(body) if body else None
     if not isinstance(data, dict):

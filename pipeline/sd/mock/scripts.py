@@ -38,6 +38,8 @@ __all__ = [
 ADETAILER_VERSION = "24.11.1"
 #: Selectable txt2img scripts of v1.10, by title.
 _SELECTABLE = ("Prompt matrix", "Prompts from file or textbox", "X/Y/Z plot")
+#: Selectable scripts only the img2img tab has, by title.
+_IMG2IMG_SELECTABLE = ("img2img alternative test", "SD upscale")
 #: Always-on txt2img scripts, by title: A1111's built-in ones, then the two extensions.
 _ALWAYSON = ("Extra options", "Hypertile", "Refiner", "Seed", "Sampler", "Comments", "ControlNet", "ADetailer")
 #: ``ControlNetUnit`` fields in its order, with defaults; the ones A1111 leaves out of the infotext are absent.
@@ -108,7 +110,7 @@ class ScriptEffects:
 def scripts_payload() -> dict[str, list[str]]:
     """``GET /sdapi/v1/scripts``: script names (lowercased titles) per tab."""
     names = [title.lower() for title in (*_SELECTABLE, *_ALWAYSON)]
-    return {"txt2img": names, "img2img": [*names, "img2img alternative test", "sd upscale"]}
+    return {"txt2img": names, "img2img": [*names, *(title.lower() for title in _IMG2IMG_SELECTABLE)]}
 
 
 def script_info_payload() -> list[dict[str, Any]]:
@@ -145,18 +147,23 @@ def _index(name: str, titles: tuple[str, ...]) -> int:
     return lowered.index(name.lower())
 
 
-def apply_scripts(script_name: str | None, alwayson: dict[str, Any]) -> ScriptEffects:
-    """Check ``script_name`` and ``alwayson_scripts`` as A1111's ``init_script_args`` does, then run them.
+def apply_scripts(script_name: str | None, alwayson: dict[str, Any], *, img2img: bool = False) -> ScriptEffects:
+    """Check ``script_name`` and ``alwayson_scripts`` as A1111's ``get_selectable_script`` and
+    ``init_script_args`` do (``text2imgapi`` and ``img2imgapi`` alike), then run them.
+
+    Args:
+        img2img: look the names up among the img2img tab's scripts (it has two more selectable ones).
 
     Raises:
         ScriptError: an unknown script, or a selectable script in ``alwayson_scripts``.
     """
+    selectable = (*_SELECTABLE, *_IMG2IMG_SELECTABLE) if img2img else _SELECTABLE
     if script_name:
-        _index(script_name, _SELECTABLE)
+        _index(script_name, selectable)
     effects = ScriptEffects()
     for name, payload in alwayson.items():
-        title = (*_SELECTABLE, *_ALWAYSON)[_index(name, (*_SELECTABLE, *_ALWAYSON))]
-        if title in _SELECTABLE:
+        title = (*selectable, *_ALWAYSON)[_index(name, (*selectable, *_ALWAYSON))]
+        if title in selectable:
             raise ScriptError("Cannot have a selectable script in the always on scripts params")
         args = payload.get("args") if isinstance(payload, dict) else None
         if not isinstance(args, list):

@@ -177,3 +177,48 @@ def test_mock_img2img_bad_init_image_fails_before_its_override_settings_apply(re
     assert answer.status == 500 and answer.json()["detail"] == "Invalid encoded image"
     assert mock.stats()["model_loads"] == 0 and mock.options["sd_model_checkpoint"] == selected
     assert mock.stats()["active"] == 0  # its turn was handed on
+
+
+def test_mock_img2img_unknown_scripts_are_a1111s_422_like_txt2img(start_mock: StartMock, http: httpx.Client) -> None:
+    """``img2imgapi`` checks ``script_name`` and ``alwayson_scripts`` as ``text2imgapi`` does."""
+    _, url = start_mock()
+
+    def post(**overrides: Any) -> httpx.Response:
+        return http.post(f"{url}/sdapi/v1/img2img", json=body(**overrides))
+
+    unknown = post(alwayson_scripts={"nosuch": {"args": []}})
+    selectable = post(script_name="nosuch")
+    misplaced = post(alwayson_scripts={"X/Y/Z plot": {"args": []}})
+    wrong_type = post(alwayson_scripts=["ControlNet"])
+    tab_script = post(script_name="SD upscale", alwayson_scripts={"ControlNet": {"args": [{"module": "tile"}]}})
+
+    assert (unknown.status_code, unknown.json()) == (
+        422,
+        {"error": "HTTPException", "detail": "Script 'nosuch' not found", "body": "", "errors": ""},
+    )
+    assert (selectable.status_code, selectable.json()["detail"]) == (422, "Script 'nosuch' not found")
+    assert (misplaced.status_code, misplaced.json()["detail"]) == (
+        422,
+        "Cannot have a selectable script in the always on scripts params",
+    )
+    assert wrong_type.status_code == 422
+    assert tab_script.status_code == 200  # an img2img-only script, and a known always-on one
+
+
+def test_mock_img2img_unknown_sampler_is_replaced_like_txt2img(start_mock: StartMock, http: httpx.Client) -> None:
+    """An unknown sampler becomes A1111's first one (a warning only), as for txt2img; a combined name is
+    split into sampler and schedule; without ``sampler_name``, ``sampler_index`` (default Euler) is used."""
+    _, url = start_mock()
+
+    def info(**overrides: Any) -> dict[str, Any]:
+        answer = http.post(f"{url}/sdapi/v1/img2img", json=body(**overrides))
+        assert answer.status_code == 200, answer.text
+        return dict(json.loads(answer.json()["info"]))
+
+    unknown, combined = info(sampler_name="nosuch"), info(sampler_name="DPM++ 2M Karras")
+    by_index, default = info(sampler_index="Euler a"), info()
+
+    assert unknown["sampler_name"] == "DPM++ 2M"
+    assert "Sampler: DPM++ 2M, Schedule type: Karras," in unknown["infotexts"][0]
+    assert combined["sampler_name"] == "DPM++ 2M" and "Schedule type: Karras" in combined["infotexts"][0]
+    assert (by_index["sampler_name"], default["sampler_name"]) == ("Euler a", "Euler")

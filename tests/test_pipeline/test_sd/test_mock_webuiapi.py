@@ -72,3 +72,19 @@ def test_webuiapi_sets_and_reads_the_model(served: tuple[MockSDServer, webuiapi.
     assert api.get_options()["sd_checkpoint_hash"] == mock.models[1]["sha256"]
     result = api.txt2img(**small())
     assert result.info["sd_model_name"] == "other" and mock.stats()["model_loads"] == 1
+
+
+def test_webuiapi_img2img_checks_scripts_and_samplers_like_txt2img(
+    served: tuple[MockSDServer, webuiapi.WebUIApi],
+) -> None:
+    _, api = served
+    init = Image.new("RGB", (64, 64), "teal")
+
+    result = api.img2img(images=[init], denoising_strength=0.5, alwayson_scripts={}, **small())
+    replaced = api.img2img(images=[init], sampler_name="nosuch", alwayson_scripts={}, **small())
+    with pytest.raises(RuntimeError) as refused:
+        api.img2img(images=[init], alwayson_scripts={"nosuch": {"args": []}}, **small())
+
+    assert result.image.size == (64, 64) and result.info["sampler_name"] == "Euler a"
+    assert replaced.info["sampler_name"] == "DPM++ 2M"
+    assert refused.value.args[0] == 422 and "Script 'nosuch' not found" in refused.value.args[1]
