@@ -195,6 +195,9 @@ def error_response(
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
+#: Where a client reads the routes and request formats. ``/docs`` exists only with ENABLE_DOCUMENTATION=true
+#: (off by default): every hint naming it says so, so that it is true whichever way the server runs.
+_REFERENCE = 'README "HTTP API" (and at /docs when the server sets ENABLE_DOCUMENTATION=true)'
 #: The hint of an error raised without one, by code, then by status (then :data:`_DOCS`).
 _HINTS_BY_CODE = {
     "job_failed": "GET /api/jobs/{id} has its error; POST /api/jobs/{id}/retry runs it again",
@@ -203,12 +206,12 @@ _HINTS_BY_CODE = {
 _HINTS_BY_STATUS = {
     401: "send Authorization: Bearer <API_TOKEN>",
     403: "send Authorization: Bearer <API_TOKEN>",
-    404: "see /docs for the routes",
-    405: "see /docs for each route's methods",
+    404: f"the routes are in {_REFERENCE}",
+    405: f"each route's methods are in {_REFERENCE}",
     406: "accept application/json",
     409: "GET /api/jobs/{id} shows the job's state",
     413: "send a smaller body",
-    415: "send the content type /docs gives for the route",
+    415: f"send the content type the route takes; it is in {_REFERENCE}",
     504: "the jobs keep running: poll GET /api/jobs/{id}",
 }
 
@@ -253,7 +256,7 @@ async def _pipeline_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(status, code, exc.message, hint=api_hint(exc), problems=problems, headers=headers)
 
 
-_DOCS = "see /docs for the request format"
+_DOCS = f"the request format is in {_REFERENCE}"
 _JOBS = "GET /api/jobs lists the jobs"
 _UPLOAD_HINTS = {
     UploadProblem.EMPTY: "send a PNG, JPEG, WebP or GIF image",

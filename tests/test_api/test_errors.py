@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.test_api.conftest import ApiServer, StartApi, assert_error
@@ -84,6 +86,25 @@ def test_errors_docs_are_off_unless_enabled(start_api: StartApi) -> None:
     assert_error(api.client.get("/openapi.json"), 404)
 
 
+def test_errors_hints_are_true_without_documentation(start_api: StartApi) -> None:
+    """/docs is 404 unless ENABLE_DOCUMENTATION=true: a hint names the README section, and /docs only
+    with the setting that serves it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    api = start_api(enable_documentation=False)
+    assert_error(api.client.get("/docs"), 404)
+    hints = [
+        assert_error(api.client.get("/api/nothing"), 404)["hint"],
+        assert_error(api.client.delete("/api/jobs"), 405)["hint"],
+        assert_error(api.client.post("/api/generate", json={"prompt": "x", "grid": "2by2"}), 422)["hint"],
+        assert_error(api.client.post("/api/generate", json={"prompt": "x", "width": [1]}), 422)["hint"],
+    ]
+
+    assert "\n## HTTP API\n" in readme
+    for hint in hints:
+        assert 'README "HTTP API"' in hint, hint
+        assert "/docs" not in hint.replace("at /docs when the server sets ENABLE_DOCUMENTATION=true", ""), hint
+
+
 def test_errors_status_for_maps_core_errors() -> None:
     from cli.api.errors import status_for
     from pipeline.batches.files import BatchFileError
@@ -126,7 +147,7 @@ def test_errors_idempotency_conflict_hint_says_to_send_a_new_key(api: ApiServer)
 
 
 def test_errors_of_routing_have_a_hint(api: ApiServer) -> None:
-    assert assert_error(api.client.get("/api/nothing"), 404, "not_found")["hint"] == "see /docs for the routes"
+    assert assert_error(api.client.get("/api/nothing"), 404, "not_found")["hint"].startswith("the routes are in README")
     assert "methods" in assert_error(api.client.delete("/api/jobs"), 405, "method_not_allowed")["hint"]
 
 

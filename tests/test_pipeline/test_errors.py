@@ -59,7 +59,7 @@ def test_errors_cli_renders_message_and_fix_from_the_data() -> None:
 def test_errors_api_words_the_fix_without_cli_options() -> None:
     error = InputError("the prompt is empty", field="prompt", value="")
     assert "sdpipe generate" in (hint_for(error) or "")
-    assert api_hint(error) == "see /docs for the request format"
+    assert (api_hint(error) or "").startswith("the request format is in README")
 
 
 def test_errors_exit_code_follows_the_type() -> None:
