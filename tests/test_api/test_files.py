@@ -287,3 +287,14 @@ def test_files_bad_upscale_field_is_422_and_a_prompt_alone_is_400(api: ApiServer
     assert "upscale_tile: 100 px is not a multiple of 8" in assert_error(bad, 422, "invalid_input")["message"]
     assert "upscale" in assert_error(prompt_only, 400, "unknown_field")["hint"]
     assert api.client.get("/api/jobs").json()["jobs"] == []
+
+
+def test_files_unknown_upscaler_is_422_before_any_job(api: ApiServer) -> None:
+    upload = {"file": ("photo.png", png_bytes(noise_image(64, 64)), "image/png")}
+
+    uploaded = api.client.post("/api/files/async", files=upload, data={"upscaler": "Foo"})
+    generated = api.client.post("/api/generate", json={"prompt": "a fox", "upscaler": "Foo"})
+
+    for response in (uploaded, generated):
+        assert "has no upscaler 'Foo'; closest:" in assert_error(response, 422, "invalid_input")["message"]
+    assert api.client.get("/api/jobs").json()["jobs"] == []

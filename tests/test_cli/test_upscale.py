@@ -178,3 +178,33 @@ def test_upscale_into_a_bucket_keeps_alpha_and_removes_its_intermediates(
     with Image.open(io.BytesIO(storage.read(str(storage.key_of(job["result"]["image"]))))) as image:
         assert (image.mode, image.size) == ("RGBA", (192, 128))
         assert np.asarray(image)[:, 102:, 3].max() == 0
+
+
+def _job_count(out_dir: Path) -> int:
+    store = open_store(load_settings(output_dir=out_dir))
+    try:
+        return sum(store.count_by_state().values())
+    finally:
+        store.close()
+
+
+def test_upscale_unknown_upscaler_exits_2_before_any_job(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(photo)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "a fox", "upscaler": "Nope"}\n')
+
+    upscaled = sdpipe("upscale", str(photo), "--upscaler", "R-ESRGAN 4x", "--sd-url", "mock://")
+    generated = sdpipe("generate", "a fox", "--upscaler", "Foo", "--sd-url", "mock://")  # no txt2img paid
+    planned = sdpipe("batch", str(rows), "--dry-run", env={"SD_API_URL": "mock://"})
+
+    assert upscaled.exit_code == 2 and len(upscaled.output.strip().splitlines()) == 1
+    assert "has no upscaler 'R-ESRGAN 4x'; closest: R-ESRGAN 4x+" in upscaled.output
+    assert generated.exit_code == 2 and "has no upscaler 'Foo'" in generated.output
+    assert planned.exit_code == 2 and "upscaler: the SD server at mock:// has no upscaler 'Nope'" in planned.output
+    assert _job_count(out_dir) == 0
+    # A1111 looks upscalers up by their exact name: another case is sent as the server writes it.
+    fixed = sdpipe("upscale", str(photo), "--upscaler", "r-esrgan 4x+", "--tile", "64", "--overlap", "16",
+                   "--sd-url", "mock://", "--json")  # fmt: skip
+    assert fixed.exit_code == 0, fixed.output
+    assert json.loads(fixed.stdout)[0]["spec"]["upscale"]["upscaler"] == "R-ESRGAN 4x+"
