@@ -165,7 +165,7 @@ def upscale(
                 name_template=name_template,
                 overwrite=overwrite,
                 backend_url=backend_url,
-                checker=checker if model is not None else None,
+                checker=checker,
                 names=_FLAG_OF,
                 now=time.time(),
             )

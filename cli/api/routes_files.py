@@ -23,6 +23,7 @@ from pipeline.errors import PipelineError, QueueFull
 from pipeline.jobs.files import JobFiles
 from pipeline.jobs.planning import ProcessPlan, build_step_params, new_id, plan_process
 from pipeline.models import JobSpec, JobState
+from pipeline.sd.catalog import open_catalog
 from pipeline.settings import OutputFormat
 from pipeline.storage.base import open_storage
 from pipeline.upscale.params import SeamFix
@@ -179,7 +180,10 @@ def _submit_upload(
             if upscale is None:
                 [plan] = plan_process(settings, [saved.path], step_params, **planned)
             else:
-                [plan] = plan_upscale(settings, [saved.path], upscale, step_params, names=UPSCALE_KEY_OF, **planned)
+                with open_catalog(settings) as checker:  # the upscaler, sampler and scheduler, before any job
+                    [plan] = plan_upscale(
+                        settings, [saved.path], upscale, step_params, names=UPSCALE_KEY_OF, checker=checker, **planned
+                    )
         except PipelineError as exc:  # name the client's file, never the server's path
             for text in (str(saved.path), saved.path.name):
                 exc.message = exc.message.replace(text, shown)

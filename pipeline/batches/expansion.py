@@ -205,6 +205,6 @@ def plan_templated(
             checker=checker,
             **plan,
         )
-        planned = with_row_upscale(settings, planned, variant.values)  # its upscale* keys, if any
+        planned = with_row_upscale(settings, planned, variant.values, checker)  # its upscale* keys, if any
         specs += [spec.model_copy(update={"prompt_template": variant.record}) for spec in planned]
     return specs

@@ -413,7 +413,7 @@ class _Planner:
             ]
             return issues + more
         try:
-            specs = with_row_upscale(self.settings, specs, values)
+            specs = with_row_upscale(self.settings, specs, values, self.checker)
         except InputError as exc:
             issues.append(FieldIssue(exc.field or "upscale", exc.message))
         priority = values.get("priority")

@@ -33,6 +33,7 @@ from pipeline.store.base import StatusStore
 
 if TYPE_CHECKING:
     from pipeline.images.codec import ImageHeader
+    from pipeline.upscale.params import UpscaleParams
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -135,6 +136,13 @@ class RequestChecker(Protocol):
 
     def check(self, generation: GenerationParams) -> GenerationParams:
         """``generation`` with its checkpoint, sampler and scheduler as the server names them.
+
+        Raises:
+            InputError: a name the server does not know (``field`` says which), closest ones named.
+        """
+
+    def check_upscale(self, params: UpscaleParams) -> UpscaleParams:
+        """``params`` with its upscaler, sampler and scheduler as the server names them.
 
         Raises:
             InputError: a name the server does not know (``field`` says which), closest ones named.

@@ -688,16 +688,17 @@ def _read_sidecar(sidecar: Blob) -> dict[str, Any] | None:
 
 
 def _output_infotext(record: JobRecord, manifest: dict[str, Any]) -> str | None:
-    """The SD image's infotext (or the input's), with our seam settings added before ``Version``.
+    """The SD image's infotext (or the input's), with our seam settings added before ``Version``; an
+    upscale's is its tiles' (see :meth:`~pipeline.upscale.params.UpscaleParams.output_infotext`).
 
-    None for an input that had none (a photo): a params-only text would make A1111 tools take it for
-    an SD render with an empty prompt. The sidecar records the seam settings either way.
+    None for a process input that had none (a photo): a params-only text would make A1111 tools take
+    it for an SD render with an empty prompt. The sidecar records the seam settings either way.
     """
     base = (record.sd_info.infotext if record.sd_info else None) or manifest.get("infotext")
+    if record.spec.upscale is not None:  # its tiles are SD renders, whatever the input was
+        return record.spec.upscale.output_infotext(base, manifest["width"], manifest["height"])
     if not base:
         return None
-    if record.spec.upscale is not None:
-        return insert_params(base, record.spec.upscale.infotext_params())
     params = record.spec.step_params
     return insert_params(base, {"Seam grid": params.grid, "Seam band": params.band_px, "Seam sigma": params.sigma})
 

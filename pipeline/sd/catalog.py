@@ -1,4 +1,4 @@
-"""What an SD server offers (checkpoints, samplers, schedulers, its txt2img request fields), checked before enqueue.
+"""What an SD server offers (checkpoints, samplers, schedulers, upscalers, txt2img fields), checked before enqueue.
 
 A1111 1.10 silently replaces an unknown sampler by its first one and silently ignores an unknown
 ``override_settings.sd_model_checkpoint``: a typo renders the wrong image and nobody is told. So every
@@ -9,6 +9,9 @@ request is checked against the server's own lists before any job exists (:class:
   ``GET /sdapi/v1/sd-models``, sent as ``override_settings.sd_model_checkpoint``;
 - ``sampler_name`` and ``scheduler`` (names, labels and aliases; case-insensitive) become the server's
   own names (``"euler a"`` is sent as ``Euler a``);
+- an upscale's ``upscaler`` (:meth:`ServerCatalog.check_upscale`) must be a name of
+  ``GET /sdapi/v1/upscalers``: A1111's extras look it up by exact name, so one written in another case
+  is sent as the server writes it; ``Lanczos`` runs locally and is always valid;
 - field names are checked against the server's txt2img request schema (``/openapi.json``).
 
 A name that matches none is an :class:`~pipeline.errors.InputError` naming the closest ones. A list
@@ -26,12 +29,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError, SDError, SDTransientError
 from pipeline.models import GenerationParams
 from pipeline.sd.client import SDClient
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from pipeline.upscale.params import UpscaleParams
 
 __all__ = ["CATALOG_TTL_S", "ServerCatalog", "open_catalog"]
 
@@ -131,6 +137,30 @@ class ServerCatalog:
         """The server's checkpoint titles (``/sdapi/v1/sd-models``), or None when it does not list them."""
         return _names(self._list("/sdapi/v1/sd-models"), ("title",))
 
+    def upscalers(self) -> list[str] | None:
+        """The server's upscaler names (``/sdapi/v1/upscalers``), or None when it does not list them."""
+        return _names(self._list("/sdapi/v1/upscalers"), ("name",))
+
+    def check_upscale(self, params: UpscaleParams) -> UpscaleParams:
+        """``params`` with the server's names for its upscaler, sampler and scheduler (those every tile
+        is sent with).
+
+        Raises:
+            InputError: an upscaler, sampler or scheduler the server does not have (``field`` says which).
+        """
+        update: dict[str, Any] = {}
+        if not params.local:
+            upscaler = self._resolve_upscaler(params.upscaler)
+            if upscaler is not None:
+                update["upscaler"] = upscaler
+        sampler = self._resolve("sampler_name", params.sampler_name, self._list("/sdapi/v1/samplers"))
+        if sampler is not None:
+            update["sampler_name"] = sampler
+        scheduler = self._resolve("scheduler", params.scheduler, self._list("/sdapi/v1/schedulers"))
+        if scheduler is not None:
+            update["scheduler"] = scheduler
+        return params.model_copy(update=update) if update else params
+
     def check(self, generation: GenerationParams) -> GenerationParams:
         """``generation`` with the server's names for its checkpoint, sampler and scheduler.
 
@@ -184,6 +214,25 @@ class ServerCatalog:
             field=field,
             value=name,
             expected="one of: " + ", ".join(shown),
+        )
+
+    def _resolve_upscaler(self, name: str) -> str | None:
+        """The server's spelling of upscaler ``name`` (A1111's extras match names exactly, so another
+        case is sent as the server writes it), or None when the server does not list its upscalers."""
+        names = self.upscalers()
+        if names is None:
+            return None
+        if name in names:
+            return name
+        folded = [known for known in names if _norm(known) == _norm(name)]
+        if len(folded) == 1:
+            return folded[0]
+        raise InputError(
+            f"the SD server at {self._client.url} has no upscaler {name!r}; closest: "
+            + ", ".join(_closest(name, names)),
+            field="upscaler",
+            value=name,
+            expected="one of: " + ", ".join(names),
         )
 
     def _resolve_model(self, name: str) -> str | None:

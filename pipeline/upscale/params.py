@@ -172,6 +172,35 @@ class UpscaleParams(BaseModel):
             payload["alwayson_scripts"] = self.alwayson_scripts
         return payload
 
+    def output_infotext(self, base: str | None, width: int, height: int) -> str:
+        """The infotext of the ``width`` x ``height`` output: the tiles' img2img made its pixels, so it
+        gives their prompt, negative prompt, steps, sampler, schedule type, CFG scale, seed, size (and
+        checkpoint, when they name one), on the params line of ``base`` (the input's, or the
+        generation's: its other keys, such as ``Model`` and ``Version``, kept), else on a line of
+        their own; then the upscale keys (:meth:`infotext_params`). A1111's png-info reads it.
+        """
+        # Here: a command that only reads job records loads no infotext code (tests/test_cli/test_startup.py).
+        from pipeline.images.infotext import build_infotext, insert_params, parse_infotext
+
+        tiles: dict[str, Any] = {
+            "Steps": self.steps,
+            "Sampler": self.sampler_name,
+            "Schedule type": self.scheduler,
+            "CFG scale": self.cfg_scale,
+            "Seed": self.seed,
+            "Size": f"{width}x{height}",
+        }
+        checkpoint = self.checkpoint
+        if checkpoint is not None:  # a title "name.safetensors [hash]", or a name as given
+            name, _, short_hash = checkpoint.partition(" [")
+            if short_hash.endswith("]"):
+                tiles["Model hash"] = short_hash[:-1]
+            tiles["Model"] = name.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        last = (base or "").strip().rsplit("\n", 1)[-1]
+        line = last if last and not parse_infotext(last)["Prompt"] else ""  # "": no params line
+        head = build_infotext(self.prompt, self.negative_prompt, {})
+        return f"{head}\n{insert_params(line, tiles | self.infotext_params())}".strip()
+
     def infotext_params(self) -> dict[str, Any]:
         """The keys the output's infotext gets (USDU leaves its seam settings out; we do not)."""
         return {

@@ -22,6 +22,7 @@ from pipeline.store.base import StatusStore
 from pipeline.upscale.params import DEFAULT_OVERLAP_PX, ROW_UPSCALE_KEYS, UPSCALE_KEY_OF, UpscaleParams
 
 if TYPE_CHECKING:
+    from pipeline.jobs.planning import RequestChecker
     from pipeline.sd.catalog import ServerCatalog
 
 __all__ = [
@@ -196,16 +197,20 @@ def plan_upscale(
     now: float,
 ) -> list[ProcessPlan]:
     """One upscale job per input image, validated (every image checked before any job exists).
-    ``checker``: the SD server's catalog, which gives a ``model`` its title (and refuses an unknown one);
+    ``checker``: the SD server's catalog, which gives a ``model``, the upscaler, sampler and scheduler
+    the server's names (and refuses unknown ones);
     ``names``: see :func:`build_upscale_params`; ``first_frame`` and ``label``: see :func:`plan_process`.
 
     Raises:
         InputError, ImageError, InputsRejected: see :func:`~pipeline.jobs.planning.plan_process`, and
-            bad upscale settings or a checkpoint the server does not have.
+            bad upscale settings or a checkpoint, upscaler, sampler or scheduler the server does not have.
     """
     if request.model is not None and checker is not None:
         request = replace(request, model=checker.resolve_checkpoint(request.model))
-    build_upscale_params(settings, request, names=names)  # the settings' own problems first, once
+    params = build_upscale_params(settings, request, names=names)  # the settings' own problems first, once
+    if checker is not None:  # every image's tiles take these, whatever its infotext: checked once
+        params = checker.check_upscale(params)
+        request = replace(request, upscaler=params.upscaler, sampler=params.sampler_name, scheduler=params.scheduler)
     plans = plan_process(
         settings,
         paths,
@@ -234,17 +239,24 @@ def plan_upscale(
 
 
 def with_upscale(
-    settings: Settings, specs: Sequence[JobSpec], request: UpscaleRequest, *, names: Mapping[str, str] | None = None
+    settings: Settings,
+    specs: Sequence[JobSpec],
+    request: UpscaleRequest,
+    *,
+    names: Mapping[str, str] | None = None,
+    checker: RequestChecker | None = None,
 ) -> list[JobSpec]:
     """``generate --upscale``: each generate job also upscales its image, with its own prompt, seed and
-    sampler unless the request names others.
+    sampler unless the request names others. ``checker``: see :func:`plan_upscale`.
 
     Raises:
-        InputError: bad upscale settings.
+        InputError: bad upscale settings, an upscaler (sampler, scheduler) the server does not have.
     """
     upscaled = []
     for spec in specs:
         params = build_upscale_params(settings, request, generation=spec.generation, names=names)
+        if checker is not None:
+            params = checker.check_upscale(params)
         update: dict[str, Any] = {"upscale": params}
         if spec.fingerprint is not None:  # --skip-existing must tell an upscaled render from a plain one
             mixed = f"{spec.fingerprint}|{params.model_dump_json(exclude={'seed'})}"
@@ -262,13 +274,16 @@ def row_upscale_request(values: Mapping[str, Any]) -> UpscaleRequest | None:
     return UpscaleRequest(**given)
 
 
-def with_row_upscale(settings: Settings, specs: Sequence[JobSpec], values: Mapping[str, Any]) -> list[JobSpec]:
-    """``specs`` upscaled as the row's ``upscale*`` keys ask (unchanged when it has none).
+def with_row_upscale(
+    settings: Settings, specs: Sequence[JobSpec], values: Mapping[str, Any], checker: RequestChecker | None = None
+) -> list[JobSpec]:
+    """``specs`` upscaled as the row's ``upscale*`` keys ask (unchanged when it has none), the
+    upscaler checked against the server by ``checker`` (see :func:`plan_upscale`).
 
     Raises:
-        InputError: a bad upscale value, its ``field`` the row key (``upscale_tile``...).
+        InputError: a bad upscale value, its ``field`` the row key (``upscale_tile``, ``upscaler``...).
     """
     request = row_upscale_request(values)
     if request is None:
         return list(specs)
-    return with_upscale(settings, specs, request, names=UPSCALE_KEY_OF)
+    return with_upscale(settings, specs, request, names=UPSCALE_KEY_OF, checker=checker)

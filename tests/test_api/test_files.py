@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
+from pipeline.images.infotext import parse_infotext
 from pipeline.images.seams import cut_positions
 from pipeline.jobs.uploads import STALE_UPLOAD_AGE_S
 from pipeline.settings import Settings
@@ -287,3 +289,32 @@ def test_files_bad_upscale_field_is_422_and_a_prompt_alone_is_400(api: ApiServer
     assert "upscale_tile: 100 px is not a multiple of 8" in assert_error(bad, 422, "invalid_input")["message"]
     assert "upscale" in assert_error(prompt_only, 400, "unknown_field")["hint"]
     assert api.client.get("/api/jobs").json()["jobs"] == []
+
+
+def test_files_unknown_upscaler_is_422_before_any_job(api: ApiServer) -> None:
+    upload = {"file": ("photo.png", png_bytes(noise_image(64, 64)), "image/png")}
+
+    uploaded = api.client.post("/api/files/async", files=upload, data={"upscaler": "Foo"})
+    generated = api.client.post("/api/generate", json={"prompt": "a fox", "upscaler": "Foo"})
+
+    for response in (uploaded, generated):
+        assert "has no upscaler 'Foo'; closest:" in assert_error(response, 422, "invalid_input")["message"]
+    assert api.client.get("/api/jobs").json()["jobs"] == []
+
+
+def test_files_upscale_prompt_is_the_output_infotexts_prompt(api: ApiServer) -> None:
+    buffer = io.BytesIO()
+    text = PngInfo()
+    text.add_text("parameters", "a fox\nSteps: 20, Sampler: Euler a, CFG scale: 7.0, Seed: 5, Size: 64x64")
+    Image.fromarray(noise_image(64, 64)).save(buffer, "PNG", pnginfo=text)
+
+    response = api.client.post(
+        "/api/files",
+        files={"file": ("fox.png", buffer.getvalue(), "image/png")},
+        data={"upscale": "2", "upscale_tile": "64", "upscale_overlap": "16", "prompt": "a lighthouse"},
+    )
+
+    assert response.status_code == 200, response.text
+    with Image.open(io.BytesIO(response.content)) as output:
+        parsed = parse_infotext(output.info["parameters"])
+    assert (parsed["Prompt"], parsed["Seed"], parsed["Size-1"], parsed["Upscale"]) == ("a lighthouse", "5", "128", "2")

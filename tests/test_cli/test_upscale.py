@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.console import Console
 from cli.output import jobs_table
 from pipeline.images.infotext import parse_infotext
 from pipeline.models import JobState
+from pipeline.sd.mock.pnginfo import png_info
 from pipeline.settings import load_settings
 from pipeline.storage import open_storage
 from pipeline.store import open_store
@@ -178,3 +180,83 @@ def test_upscale_into_a_bucket_keeps_alpha_and_removes_its_intermediates(
     with Image.open(io.BytesIO(storage.read(str(storage.key_of(job["result"]["image"]))))) as image:
         assert (image.mode, image.size) == ("RGBA", (192, 128))
         assert np.asarray(image)[:, 102:, 3].max() == 0
+
+
+def _job_count(out_dir: Path) -> int:
+    store = open_store(load_settings(output_dir=out_dir))
+    try:
+        return sum(store.count_by_state().values())
+    finally:
+        store.close()
+
+
+def test_upscale_unknown_upscaler_exits_2_before_any_job(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(photo)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "a fox", "upscaler": "Nope"}\n')
+
+    upscaled = sdpipe("upscale", str(photo), "--upscaler", "R-ESRGAN 4x", "--sd-url", "mock://")
+    generated = sdpipe("generate", "a fox", "--upscaler", "Foo", "--sd-url", "mock://")  # no txt2img paid
+    planned = sdpipe("batch", str(rows), "--dry-run", env={"SD_API_URL": "mock://"})
+
+    assert upscaled.exit_code == 2 and len(upscaled.output.strip().splitlines()) == 1
+    assert "has no upscaler 'R-ESRGAN 4x'; closest: R-ESRGAN 4x+" in upscaled.output
+    assert generated.exit_code == 2 and "has no upscaler 'Foo'" in generated.output
+    assert planned.exit_code == 2 and "upscaler: the SD server at mock:// has no upscaler 'Nope'" in planned.output
+    assert _job_count(out_dir) == 0
+    # A1111 looks upscalers up by their exact name: another case is sent as the server writes it.
+    fixed = sdpipe("upscale", str(photo), "--upscaler", "r-esrgan 4x+", "--tile", "64", "--overlap", "16",
+                   "--sd-url", "mock://", "--json")  # fmt: skip
+    assert fixed.exit_code == 0, fixed.output
+    assert json.loads(fixed.stdout)[0]["spec"]["upscale"]["upscaler"] == "R-ESRGAN 4x+"
+
+
+def test_upscale_sampler_and_scheduler_are_checked_and_the_infotext_says_what_the_tiles_used(
+    sdpipe: Invoke,
+) -> None:
+    generated = sdpipe("generate", "a lighthouse", "--seed", "7", "--width", "64", "--height", "64",
+                       "--sd-url", "mock://", "--json")  # fmt: skip
+    [source] = json.loads(generated.stdout)
+    image = source["result"]["image"]
+
+    unknown = sdpipe("upscale", image, "--sampler", "nope", "--sd-url", "mock://")
+    unknown_scheduler = sdpipe("upscale", image, "--scheduler", "nope", "--sd-url", "mock://")
+    result = sdpipe("upscale", image, "--tile", "64", "--overlap", "16", "--prompt", "a fox, at dusk",
+                    "-n", "blurry", "--sampler", "euler", "--scheduler", "karras", "--steps", "9", "--cfg", "4.5",
+                    "--sd-url", "mock://", "--json")  # fmt: skip
+
+    assert unknown.exit_code == 2 and "has no sampler 'nope'; closest:" in unknown.output
+    assert unknown_scheduler.exit_code == 2 and "has no scheduler 'nope'; closest:" in unknown_scheduler.output
+    assert result.exit_code == 0, result.output
+    [job] = json.loads(result.stdout)
+    with Image.open(job["result"]["image"]) as output:
+        parsed = parse_infotext(output.info["parameters"])
+    shown = {key: parsed[key] for key in ("Prompt", "Negative prompt", "Sampler", "Schedule type", "Steps")}
+    assert shown == {"Prompt": "a fox, at dusk", "Negative prompt": "blurry", "Sampler": "Euler",
+                     "Schedule type": "Karras", "Steps": "9"}  # fmt: skip
+    assert (parsed["CFG scale"], parsed["Seed"], parsed["Size-1"], parsed["Size-2"]) == ("4.5", "7", "128", "128")
+    assert parsed["Model"] == "v1-5-pruned-emaonly" and parsed["Upscale"] == "2"  # the input's other keys kept
+    img2img = json.loads(Path(job["result"]["sidecar"]).read_text())["upscale"]["img2img"]
+    assert (img2img["sampler_name"], img2img["scheduler"], img2img["prompt"]) == ("Euler", "Karras", "a fox, at dusk")
+
+
+def test_upscale_of_an_image_without_infotext_writes_the_tiles_infotext(sdpipe: Invoke, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photo)
+
+    result = sdpipe("upscale", str(photo), "--tile", "64", "--overlap", "16", "--seed", "3",
+                    "--sd-url", "mock://", "--json")  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    [job] = json.loads(result.stdout)
+    with Image.open(job["result"]["image"]) as output:
+        text = output.info["parameters"]
+    encoded = base64.b64encode(Path(job["result"]["image"]).read_bytes()).decode()
+    read = png_info(json.dumps({"image": encoded}).encode())
+    parsed = read["parameters"]  # as A1111's png-info reads it
+    assert read["info"] == text and parse_infotext(text)["Upscale tile"] == "64"
+    assert (parsed["Prompt"], parsed["Seed"], parsed["Sampler"], parsed["Upscale"], parsed["Upscaler"]) == (
+        "", "3", "Euler a", "2", "Lanczos"
+    )  # fmt: skip
+    assert (parsed["Size-1"], parsed["Denoising strength"], parsed["Seam fix"]) == ("128", "0.3", "none")

@@ -29,6 +29,7 @@ from pipeline.errors import InputError
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
 from pipeline.models import GenerationParams
 from pipeline.settings import Settings
+from pipeline.upscale.params import UpscaleParams
 
 BATCH_ID = "b" * 32
 NOW = 1_700_000_000.0
@@ -45,6 +46,9 @@ class FieldsOnly:
 
     def check(self, generation: GenerationParams) -> GenerationParams:
         return generation
+
+    def check_upscale(self, params: UpscaleParams) -> UpscaleParams:
+        return params
 
 
 def write(folder: Path, name: str, text: str) -> Path:

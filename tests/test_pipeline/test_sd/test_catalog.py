@@ -18,6 +18,7 @@ from pipeline.sd.catalog import ServerCatalog
 from pipeline.sd.client import SDClient
 from pipeline.sd.response import checkpoint_matches
 from pipeline.settings import Settings
+from pipeline.upscale.params import UpscaleParams
 
 BASE = "http://catalog.test:7860"
 MODELS = [
@@ -31,6 +32,7 @@ MODELS = [
     {"title": "sdxl_base.safetensors [31e35c80fc]", "model_name": "sdxl_base", "hash": "31e35c80fc"},
 ]
 SAMPLERS = [{"name": "DPM++ 2M", "aliases": ["k_dpmpp_2m"]}, {"name": "Euler a", "aliases": ["k_euler_a"]}]
+UPSCALERS = [{"name": "None"}, {"name": "Lanczos"}, {"name": "R-ESRGAN 4x+"}, {"name": "ESRGAN_4x"}]
 SCHEDULERS = [{"name": "automatic", "label": "Automatic", "aliases": None}, {"name": "karras", "label": "Karras"}]
 OPENAPI = {
     "paths": {
@@ -59,6 +61,7 @@ def sd_api() -> Iterator[respx.MockRouter]:
         router.get("/sdapi/v1/sd-models").respond(200, json=MODELS)
         router.get("/sdapi/v1/samplers").respond(200, json=SAMPLERS)
         router.get("/sdapi/v1/schedulers").respond(200, json=SCHEDULERS)
+        router.get("/sdapi/v1/upscalers").respond(200, json=UPSCALERS)
         router.get("/openapi.json").respond(200, json=OPENAPI)
         yield router
 
@@ -169,3 +172,40 @@ def test_catalog_of_a_server_that_is_down_asks_once_and_checks_nothing(
 
     assert route.call_count == 1  # not once per list: a dead server would cost a timeout each
     assert "cannot reach the SD server" in caplog.text
+
+
+def test_catalog_check_upscale_sends_the_servers_names(sd_api: respx.MockRouter, catalog: ServerCatalog) -> None:
+    asked = UpscaleParams(upscaler="r-esrgan 4x+", sampler_name="k_euler_a", scheduler="karras")
+
+    checked = catalog.check_upscale(asked)
+
+    # A1111's extras look an upscaler up by its exact name: another case would be a 500 there.
+    assert (checked.upscaler, checked.sampler_name, checked.scheduler) == ("R-ESRGAN 4x+", "Euler a", "Karras")
+
+
+@pytest.mark.parametrize(
+    ("field", "asked", "closest"),
+    [("upscaler", {"upscaler": "R-ESRGAN 4x"}, "R-ESRGAN 4x+"), ("sampler_name", {"sampler_name": "nope"}, "")],
+)
+def test_catalog_check_upscale_refuses_an_unknown_name_with_the_closest(
+    sd_api: respx.MockRouter, catalog: ServerCatalog, field: str, asked: dict[str, Any], closest: str
+) -> None:
+    with pytest.raises(InputError, match="closest: " + closest) as caught:
+        catalog.check_upscale(UpscaleParams(**asked))
+
+    assert caught.value.field == field
+
+
+def test_catalog_check_upscale_never_asks_for_lanczos(sd_api: respx.MockRouter, catalog: ServerCatalog) -> None:
+    listed = sd_api.get("/sdapi/v1/upscalers").respond(200, json=[{"name": "None"}])
+
+    assert catalog.check_upscale(UpscaleParams(upscaler="lanczos")).upscaler == "lanczos"  # runs here
+    assert not listed.called
+
+
+def test_catalog_check_upscale_without_an_upscaler_list_sends_the_name_as_written(
+    sd_api: respx.MockRouter, catalog: ServerCatalog
+) -> None:
+    sd_api.get("/sdapi/v1/upscalers").respond(404, json={"detail": "Not Found"})
+
+    assert catalog.check_upscale(UpscaleParams(upscaler="My Upscaler")).upscaler == "My Upscaler"

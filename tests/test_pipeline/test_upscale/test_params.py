@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.errors import InputError
+from pipeline.images.infotext import parse_infotext
 from pipeline.models import GenerationParams
 from pipeline.settings import Settings
 from pipeline.upscale.params import UpscaleParams
@@ -113,3 +114,26 @@ def test_vary_seed_gives_render_i_seed_plus_i_and_says_so() -> None:
     assert [same.img2img_payload("QUJD", 64, 64, task_id="t", index=i)["seed"] for i in range(3)] == [10, 10, 10]
     assert seeds == [4294967290, 4294967291, 4294967292, 4294967293, 4294967294, 0]  # wraps in A1111's range
     assert varied.infotext_params()["Upscale seeds"] == "per tile" and "Upscale seeds" not in same.infotext_params()
+
+
+def test_output_infotext_is_the_tiles_settings_over_the_inputs_keys() -> None:
+    base = (
+        "a fox\nNegative prompt: ugly\nSteps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.0, "
+        "Seed: 5, Size: 64x64, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, Version: v1.10.1"
+    )
+    checkpoint = {"sd_model_checkpoint": "sdxl_base.safetensors [31e35c80fc]"}
+    params = UpscaleParams(prompt="a lighthouse", sampler_name="DPM++ 2M", scheduler="Karras", steps=9,
+                           cfg_scale=4.5, seed=3, override_settings=checkpoint)  # fmt: skip
+
+    text = params.output_infotext(base, 128, 96)
+    plain = parse_infotext(UpscaleParams(seed=1).output_infotext("a photo caption, no params", 128, 96))
+
+    assert parse_infotext(text) | {"Upscaler": "-"} == {
+        "Prompt": "a lighthouse", "Negative prompt": "", "Steps": "9", "Sampler": "DPM++ 2M",
+        "Schedule type": "Karras", "CFG scale": "4.5", "Seed": "3", "Size-1": "128", "Size-2": "96",
+        "Model hash": "31e35c80fc", "Model": "sdxl_base", "Clip skip": "2", "Version": "v1.10.1",
+        "Upscale": "2", "Upscaler": "-", "Upscale tile": "512", "Upscale overlap": "64",
+        "Denoising strength": "0.3", "Seam fix": "none",
+    }  # fmt: skip
+    assert text.endswith("Version: v1.10.1")  # A1111 keeps it last
+    assert (plain["Prompt"], plain["Seed"], plain["Upscale"]) == ("", "1", "2")  # a caption is no params line
