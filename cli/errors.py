@@ -100,6 +100,20 @@ def _sd_url_option(exc: PipelineError) -> str:
     return "drop --sd-url (a job pinned to a server when it was submitted stays pinned to it)"
 
 
+def _upscale_scale(exc: PipelineError) -> str | None:
+    if exc.limit is None:  # a value out of range: the message gives the range
+        return None
+    if exc.expected is not None:  # an output too small for SD to render
+        return f"use a larger {exc.field} or a larger image"
+    return f"use a smaller {exc.field} or raise MAX_PIXELS"
+
+
+def _upscale_source_job(exc: PipelineError) -> str:
+    if exc.limit in (JobState.FAILED.value, JobState.CANCELLED.value):
+        return f"`sdpipe retry {exc.value}` first, then upscale it"
+    return f"wait for it to succeed (`sdpipe status {exc.value}`)"
+
+
 def _retry_state(exc: PipelineError) -> str:
     if exc.value in {state.value for state in JobState if not state.terminal}:
         return "it has not ended: wait for it, or `sdpipe cancel` it first"
@@ -179,6 +193,13 @@ HINTS: dict[tuple[str, str | None], Hint] = {
         f"drop --failed: `sdpipe retry {e.value}`" if e.value else "e.g. sdpipe retry --batch 3f2a --failed"
     ),
     ("invalid_input", "JOB_ID"): "`sdpipe jobs` lists the jobs",
+    ("invalid_input", "--scale"): _upscale_scale,
+    ("invalid_input", "--upscale"): _upscale_scale,
+    ("invalid_input", "source_job"): _upscale_source_job,
+    ("invalid_input", "source_image"): lambda e: (
+        f"give the image's path if it was moved, or render job {e.value} again: `sdpipe status {e.value}` "
+        "shows its settings"
+    ),
     ("invalid_input", "state"): _retry_state,
     ("invalid_batch", None): "fix the lines listed and run the command again",
     ("invalid_inputs", None): "fix or leave out the files listed and run the command again",

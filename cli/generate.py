@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
@@ -34,18 +36,21 @@ from cli.output import (
     report_jobs,
 )
 from cli.request_options import RequestFlags, TemplateFlags, apply_flags
-from cli.upscale_options import UpscaleFlags
+from cli.upscale_options import UPSCALE_FLAG_OF, UpscaleFlags
 from pipeline.batches.expansion import plan_templated, split_template_keys
 from pipeline.batches.manifests import contact_sheet_when_done
 from pipeline.batches.rows import check_request
-from pipeline.errors import InputsRejected, StoreUnavailable
-from pipeline.jobs.files import check_output
-from pipeline.jobs.planning import build_step_params, new_id, plan_process, travelling_overrides
+from pipeline.errors import JobNotFound, PipelineError, StoreUnavailable
+from pipeline.jobs.files import JobFiles, check_output
+from pipeline.jobs.planning import ProcessPlan, build_step_params, new_id, plan_process, travelling_overrides
 from pipeline.models import JobSpec, JobState
 from pipeline.sd.catalog import open_catalog
 from pipeline.settings import OutputFormat, Settings
 from pipeline.storage import open_storage
 from pipeline.store import StatusStore
+
+if TYPE_CHECKING:
+    from actors import Runtime
 
 __all__ = ["generate", "process", "submit_and_report"]
 
@@ -143,6 +148,7 @@ def generate(
                 step_params,
                 count=count,
                 checker=checker,
+                upscale_names=UPSCALE_FLAG_OF,
                 output_format=output_format,
                 quality=quality,
                 name_template=name_template,
@@ -192,33 +198,31 @@ def process(
         settings = load(ctx, **out_overrides(out))
         check_submission(settings, wait=wait, sd_url=None)
         step_params = build_step_params(settings, grid=grid, band_px=band_px, sigma=sigma)
-        try:
-            plans = plan_process(
-                settings,
-                images,
-                step_params,
-                output_dir=settings.output_location,
-                output_format=output_format,
-                quality=quality,
-                batch_id=new_id(),
-                first_frame=first_frame,
-                name_template=name_template,
-                overwrite=overwrite,
-                now=time.time(),
-            )
-        except InputsRejected as exc:
-            for problem in exc.problems:
-                echo(f"  {problem}", err=True)
-            raise
+        plans = plan_process(
+            settings,
+            images,
+            step_params,
+            output_dir=settings.output_location,
+            output_format=output_format,
+            quality=quality,
+            batch_id=new_id(),
+            first_frame=first_frame,
+            name_template=name_template,
+            overwrite=overwrite,
+            now=time.time(),
+        )
         for plan in plans:
             for note in plan.notes:
                 # Text, not markup: a file name may hold "[" (shots/[ab].png).
                 err_console.print(Text.assemble(("warning: ", "yellow"), note), soft_wrap=True)
         check_output(settings)
-        for plan in plans:
-            plan.ingest(settings)
         submit_and_report(
-            settings, [plan.spec for plan in plans], wait=wait, json_output=json_output, wait_for_room=wait_for_room
+            settings,
+            [plan.spec for plan in plans],
+            wait=wait,
+            json_output=json_output,
+            wait_for_room=wait_for_room,
+            inputs=plans,
         )
 
 
@@ -232,7 +236,11 @@ def submit_and_report(
     calls_sd: bool = False,
     contact_sheet: bool = False,
     idempotency: tuple[str, Any] | None = None,
+    inputs: Sequence[ProcessPlan] = (),
 ) -> None:
+    """Submit ``specs`` (refused when the SD server is unreachable, if ``calls_sd``), then report them
+    or wait for them. ``inputs``: the images of ``process``/``upscale`` jobs, copied into their work
+    folders only once every check passed (see :func:`_stage_and_submit`)."""
     with runtime_for(settings) as runtime:
         runtime.check_webhook(specs)
         batch_id = specs[0].batch_id if specs else None
@@ -247,7 +255,7 @@ def submit_and_report(
                 runtime.check_sd_reachable()
             try:
                 submit_when_room(
-                    runtime, len(specs), lambda: runtime.submit(specs, as_batch=True), wait_for_room=wait_for_room
+                    runtime, len(specs), lambda: _stage_and_submit(runtime, specs, inputs), wait_for_room=wait_for_room
                 )
             except BaseException:
                 if claim is not None:
@@ -291,6 +299,33 @@ def submit_and_report(
     report_jobs(records, json_output=json_output)
     if sheet is not None and not json_output:
         echo(f"contact sheet {sheet}", err=True)
+
+
+def _stage_and_submit(runtime: Runtime, specs: list[JobSpec], inputs: Sequence[ProcessPlan]) -> None:
+    """Copy the inputs into their jobs' work folders, then record and enqueue the jobs. A submission
+    that fails (a full queue, Redis gone) takes the copies of the jobs it did not record back with it:
+    no record would ever name them."""
+    try:
+        for plan in inputs:
+            plan.ingest(runtime.settings)
+        runtime.submit(specs, as_batch=True)
+    except BaseException:
+        _discard_unrecorded(runtime, inputs)
+        raise
+
+
+def _discard_unrecorded(runtime: Runtime, inputs: Sequence[ProcessPlan]) -> None:
+    """Remove the work folder of each input whose job has no record (best effort: one the store cannot
+    answer for is left to the orphan rule of ``sdpipe prune`` and the workers)."""
+    for plan in inputs:
+        try:
+            runtime.store.get(plan.spec.job_id)
+        except JobNotFound:
+            assert plan.spec.output_dir is not None
+            with contextlib.suppress(PipelineError, OSError):
+                JobFiles(open_storage(plan.spec.output_dir, runtime.settings), plan.spec.job_id).remove_work_dir()
+        except PipelineError:
+            continue
 
 
 def _on_interrupt(embedded: bool, store: StatusStore, ids: list[str]) -> None:

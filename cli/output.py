@@ -27,7 +27,7 @@ from cli.errors import (
     record_hint,
     render,
 )
-from pipeline.errors import PipelineError, error_type
+from pipeline.errors import InputsRejected, PipelineError, error_type
 from pipeline.jobs.files import iso_time
 from pipeline.models import ErrorInfo, JobRecord, JobState
 
@@ -127,12 +127,16 @@ def deferred_interrupt() -> Iterator[None]:
 
 @contextlib.contextmanager
 def cli_errors() -> Iterator[None]:
-    """Turn sdpipe's errors into one red line and the right exit code (traceback only with --verbose)."""
+    """Turn sdpipe's errors into one red line and the right exit code (traceback only with --verbose);
+    the inputs a command refused (``process``, ``upscale``) are listed first, one line each."""
     try:
         yield
     except PipelineError as exc:
         if state.verbose:
             err_console.print_exception()
+        if isinstance(exc, InputsRejected):
+            for problem in exc.problems:
+                echo(f"  {problem}", err=True)
         err_console.print(Text.assemble(("error: ", "bold red"), render(exc)), soft_wrap=True)
         raise typer.Exit(exit_code_for(exc)) from None
     except KeyboardInterrupt:

@@ -67,7 +67,10 @@ _FLAG_OF = {
 def upscale(
     ctx: typer.Context,
     source: Annotated[
-        str, typer.Argument(help="An image file, or the id (or prefix) of a job whose image to upscale.")
+        str,
+        typer.Argument(
+            help="An image file, a folder (each of its images), or the id (or prefix) of a job whose image to upscale."
+        ),
     ],
     scale: ScaleOption = 2.0,
     prompt: Annotated[
@@ -170,8 +173,6 @@ def upscale(
                 now=time.time(),
             )
         check_output(settings)
-        for plan in plans:
-            plan.ingest(settings)
         submit_and_report(
             settings,
             [plan.spec for plan in plans],
@@ -179,4 +180,5 @@ def upscale(
             json_output=json_output,
             wait_for_room=wait_for_room,
             calls_sd=True,
+            inputs=plans,
         )

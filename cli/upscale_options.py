@@ -15,9 +15,20 @@ from typing import Annotated, Any
 import typer
 
 from cli.option_groups import OptionGroup
-from pipeline.upscale.params import DEFAULT_DENOISE, DEFAULT_OVERLAP_PX, DEFAULT_TILE_PX, LANCZOS, SeamFix
+from pipeline.upscale.params import (
+    DEFAULT_DENOISE,
+    DEFAULT_OVERLAP_PX,
+    DEFAULT_TILE_PX,
+    LANCZOS,
+    ROW_UPSCALE_KEYS,
+    SeamFix,
+)
 
-__all__ = ["UpscaleFlags", "UpscalerOption"]
+__all__ = ["UPSCALE_FLAG_OF", "UpscaleFlags", "UpscalerOption"]
+
+#: The flag of each :class:`~pipeline.upscale.planning.UpscaleRequest` field (``overlap_px``:
+#: ``--upscale-overlap``): a bad value given on the command line is named by its flag, not its row key.
+UPSCALE_FLAG_OF = {field: "--" + key.replace("_", "-") for key, field in ROW_UPSCALE_KEYS.items()}
 
 _PANEL = "Tiled upscale"
 #: Also ``sdpipe upscale``'s.

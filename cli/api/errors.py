@@ -274,6 +274,13 @@ API_HINTS: dict[tuple[str, str | None], str | Callable[[PipelineError], str | No
     ),
     ("invalid_input", "name"): lambda e: f"use {e.expected}" if e.expected else _DOCS,
     ("invalid_input", "MAX_PIXELS"): "send a smaller width and height",
+    ("invalid_input", "upscale"): lambda e: (
+        _DOCS
+        if e.limit is None
+        else "send a larger upscale or a larger image"
+        if e.expected is not None
+        else "send a smaller upscale or a smaller image"
+    ),
     ("invalid_input", "cron"): (
         'use 5 fields "minute hour day-of-month month day-of-week", e.g. "0 2 * * *" for 02:00 daily, '
         "or @hourly, @daily, @weekly, @monthly"

@@ -177,12 +177,14 @@ def plan_templated(
     *,
     count: int,
     checker: RequestChecker | None,
+    upscale_names: Mapping[str, str] | None = None,
     **plan: Any,
 ) -> list[JobSpec]:
     """The jobs of one checked request (``generate``, ``POST /api/generate``): every template expansion
     times every sweep combination, each planned by :func:`~pipeline.jobs.planning.plan_generate`
     (``plan`` are its other keyword arguments) and upscaled as its ``upscale*`` keys ask, each spec
-    keeping its template record.
+    keeping its template record. ``upscale_names``: what a bad upscale value is called (default: its
+    row key; ``generate``: its flag).
 
     Raises:
         InputError: a template that cannot expand, a bad sweep value, or what plan_generate refuses.
@@ -205,6 +207,6 @@ def plan_templated(
             checker=checker,
             **plan,
         )
-        planned = with_row_upscale(settings, planned, variant.values, checker)  # its upscale* keys, if any
+        planned = with_row_upscale(settings, planned, variant.values, checker, names=upscale_names)  # upscale* keys
         specs += [spec.model_copy(update={"prompt_template": variant.record}) for spec in planned]
     return specs

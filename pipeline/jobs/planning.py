@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -466,10 +466,13 @@ def plan_process(
     name_template: str | None = None,
     label: str | None = None,
     overwrite: bool = False,
+    check_size: Callable[[int, int], None] | None = None,
     now: float,
 ) -> list[ProcessPlan]:
     """Validate every input image (limits, format, size and a complete container; geometry; animation)
     before any job exists. Folders and glob patterns are expanded (:func:`expand_image_paths`).
+    ``check_size``: what an image's width and height must pass instead of the split's geometry
+    (:func:`validate_geometry` with ``step_params``): an upscale's own checks, which cuts no grid.
 
     The image rule, the same for ``sdpipe process`` and ``POST /api/files``: an animation (GIF, WebP,
     APNG with more than one frame) is refused unless ``first_frame`` asks for its first frame; a
@@ -505,7 +508,7 @@ def plan_process(
             no_generation=True,
         )
         try:
-            data, header = _checked_input(settings, path, step_params, first_frame=first_frame)
+            data, header = _checked_input(settings, path, step_params, first_frame=first_frame, check_size=check_size)
             output_name = _output_name(template, fields)
         except PipelineError as exc:
             failures.append(exc)
@@ -538,7 +541,12 @@ def plan_process(
 
 
 def _checked_input(
-    settings: Settings, path: Path, step_params: StepParams, *, first_frame: bool
+    settings: Settings,
+    path: Path,
+    step_params: StepParams,
+    *,
+    first_frame: bool,
+    check_size: Callable[[int, int], None] | None,
 ) -> tuple[bytes, ImageHeader]:
     """One input's bytes and header, once every check of :func:`plan_process` passed."""
     from pipeline.images.codec import probe_image, read_image_bytes  # PIL: only commands that read images
@@ -555,7 +563,10 @@ def _checked_input(
             expected="a still image, or first_frame",
         )
     try:
-        validate_geometry(header.width, header.height, step_params)
+        if check_size is None:
+            validate_geometry(header.width, header.height, step_params)
+        else:
+            check_size(header.width, header.height)
     except InputError as exc:
         raise InputError(
             f"{path.name}: {exc.message}", field=exc.field, value=exc.value, limit=exc.limit, expected=exc.expected

@@ -5,6 +5,7 @@ the jobs that upscale a local image or the result of an earlier job.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -18,24 +19,31 @@ from pipeline.images.infotext import parse_infotext
 from pipeline.jobs.planning import MAX_SEED, ProcessPlan, plan_process
 from pipeline.models import GenerationParams, JobSpec, JobState, StepParams
 from pipeline.settings import OutputFormat, Settings
+from pipeline.storage.base import is_s3_url
 from pipeline.store.base import StatusStore
-from pipeline.upscale.params import DEFAULT_OVERLAP_PX, ROW_UPSCALE_KEYS, UPSCALE_KEY_OF, UpscaleParams
+from pipeline.upscale.params import DEFAULT_OVERLAP_PX, MAX_SCALE, ROW_UPSCALE_KEYS, UPSCALE_KEY_OF, UpscaleParams
 
 if TYPE_CHECKING:
     from pipeline.jobs.planning import RequestChecker
     from pipeline.sd.catalog import ServerCatalog
 
 __all__ = [
+    "MIN_RENDER_PX",
     "ROW_UPSCALE_KEYS",
     "UPSCALE_KEY_OF",
     "UpscaleRequest",
     "build_upscale_params",
+    "check_upscale_size",
     "plan_upscale",
     "resolve_upscale_source",
     "row_upscale_request",
     "with_row_upscale",
     "with_upscale",
 ]
+
+#: The smallest side an img2img render takes: one latent cell (the VAE turns 8 px into one; a server
+#: floors sizes to multiples of 8, and a side under 8 px encodes to no latent at all).
+MIN_RENDER_PX = 8
 
 
 @dataclass(frozen=True)
@@ -143,15 +151,50 @@ def build_upscale_params(
         # The one check across fields (an overlap over half the tile) is the overlap's problem.
         field = ".".join(str(part) for part in first.get("loc", ())) or "overlap_px"
         name = (names or {}).get(field, field)
+        got = first.get("input")
         reason = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-        raise InputError(f"invalid upscale setting {name}: {reason}", field=name, value=first.get("input")) from exc
+        if field == "scale":  # nan fails every comparison: "less than or equal to 8" would be no help
+            reason = f"must be a number above 1 and at most {MAX_SCALE:g} (got {got!r})"
+        elif isinstance(got, float) and not math.isfinite(got):
+            reason = f"must be a finite number (got {got!r})"
+        raise InputError(f"invalid upscale setting {name}: {reason}", field=name, value=got) from exc
+
+
+def check_upscale_size(settings: Settings, params: UpscaleParams, width: int, height: int, *, field: str) -> None:
+    """Refuse an upscale of a ``width`` x ``height`` image whose output the first pass would refuse
+    (over ``MAX_PIXELS``) or no server could render (a side under :data:`MIN_RENDER_PX`), before any
+    job exists. ``field``: what the caller calls the scale (``--scale``, ``upscale``).
+
+    Raises:
+        InputError: ``limit`` ``MAX_PIXELS``; or :data:`MIN_RENDER_PX`, with ``expected`` set.
+    """
+    out_width, out_height = params.output_size(width, height)
+    if out_width * out_height > settings.max_pixels:
+        raise InputError(
+            f"upscaling {width}x{height} by {params.scale:g} gives {out_width}x{out_height} px, "
+            f"{out_width * out_height:,} pixels, over MAX_PIXELS ({settings.max_pixels:,})",
+            field=field,
+            value=params.scale,
+            limit=settings.max_pixels,
+        )
+    if min(out_width, out_height) < MIN_RENDER_PX:
+        raise InputError(
+            f"upscaling {width}x{height} by {params.scale:g} gives {out_width}x{out_height} px: "
+            f"SD renders at least {MIN_RENDER_PX} px a side",
+            field=field,
+            value=params.scale,
+            limit=MIN_RENDER_PX,
+            expected=f"an output of at least {MIN_RENDER_PX} px a side",
+        )
 
 
 def resolve_upscale_source(store: StatusStore, source: str) -> Path:
     """A local image path as given, or the output image of the job ``source`` names (an id or prefix).
 
     Raises:
-        InputError: neither an existing file nor a job; a job that has no output image yet.
+        InputError: neither an existing file nor a job (``field`` ``source``); a job without an image
+            (``field`` ``source_job``, ``value`` its short id, ``limit`` its state); a succeeded
+            job whose image file is gone (``field`` ``source_image``, ``value`` the short id).
     """
     path = Path(source)
     if path.exists():
@@ -170,9 +213,16 @@ def resolve_upscale_source(store: StatusStore, source: str) -> Path:
     image = record.result.image if record.result is not None else None
     if record.state is not JobState.SUCCEEDED or not image:
         raise InputError(
-            f"job {job_id[:8]} has no image to upscale (it is {record.state.value}); wait for it to succeed",
-            field="source",
-            value=source,
+            f"job {job_id[:8]} has no image to upscale (its state: {record.state.value})",
+            field="source_job",
+            value=job_id[:8],
+            limit=record.state.value,
+        )
+    if not is_s3_url(image) and not Path(image).is_file():
+        raise InputError(
+            f"the image of job {job_id[:8]} is gone: {image} was removed or replaced",
+            field="source_image",
+            value=job_id[:8],
         )
     return Path(image)
 
@@ -207,10 +257,16 @@ def plan_upscale(
     """
     if request.model is not None and checker is not None:
         request = replace(request, model=checker.resolve_checkpoint(request.model))
-    params = build_upscale_params(settings, request, names=names)  # the settings' own problems first, once
+    # The settings' own problems first, once; the scale is every image's, so the sizes are checked with it.
+    checked = build_upscale_params(settings, request, names=names)
     if checker is not None:  # every image's tiles take these, whatever its infotext: checked once
-        params = checker.check_upscale(params)
-        request = replace(request, upscaler=params.upscaler, sampler=params.sampler_name, scheduler=params.scheduler)
+        checked = checker.check_upscale(checked)
+        request = replace(request, upscaler=checked.upscaler, sampler=checked.sampler_name, scheduler=checked.scheduler)
+    scale_name = (names or {}).get("scale", "scale")
+
+    def check_size(width: int, height: int) -> None:  # instead of the split grid's geometry: no grid here
+        check_upscale_size(settings, checked, width, height, field=scale_name)
+
     plans = plan_process(
         settings,
         paths,
@@ -223,6 +279,7 @@ def plan_upscale(
         overwrite=overwrite,
         first_frame=first_frame,
         label=label,
+        check_size=check_size,
         now=now,
     )
     # Here, not at the top: planning an upscale of generated images (``generate --upscale``, batch
@@ -250,13 +307,17 @@ def with_upscale(
     sampler unless the request names others. ``checker``: see :func:`plan_upscale`.
 
     Raises:
-        InputError: bad upscale settings, an upscaler (sampler, scheduler) the server does not have.
+        InputError: bad upscale settings, an upscaler (sampler, scheduler) the server does not have; an
+            output over MAX_PIXELS (see :func:`check_upscale_size`).
     """
     upscaled = []
     for spec in specs:
         params = build_upscale_params(settings, request, generation=spec.generation, names=names)
         if checker is not None:
             params = checker.check_upscale(params)
+        if spec.generation is not None:  # its size is known: refused now, not by the job's first pass
+            width, height = spec.generation.output_size
+            check_upscale_size(settings, params, width, height, field=(names or {}).get("scale", "scale"))
         update: dict[str, Any] = {"upscale": params}
         if spec.fingerprint is not None:  # --skip-existing must tell an upscaled render from a plain one
             mixed = f"{spec.fingerprint}|{params.model_dump_json(exclude={'seed'})}"
@@ -275,15 +336,21 @@ def row_upscale_request(values: Mapping[str, Any]) -> UpscaleRequest | None:
 
 
 def with_row_upscale(
-    settings: Settings, specs: Sequence[JobSpec], values: Mapping[str, Any], checker: RequestChecker | None = None
+    settings: Settings,
+    specs: Sequence[JobSpec],
+    values: Mapping[str, Any],
+    checker: RequestChecker | None = None,
+    *,
+    names: Mapping[str, str] | None = None,
 ) -> list[JobSpec]:
     """``specs`` upscaled as the row's ``upscale*`` keys ask (unchanged when it has none), the
     upscaler checked against the server by ``checker`` (see :func:`plan_upscale`).
 
     Raises:
-        InputError: a bad upscale value, its ``field`` the row key (``upscale_tile``, ``upscaler``...).
+        InputError: a bad upscale value, its ``field`` the row key (``upscale_tile``, ``upscaler``...),
+            or the name ``names`` gives its :class:`UpscaleParams` field (a command's flag).
     """
     request = row_upscale_request(values)
     if request is None:
         return list(specs)
-    return with_upscale(settings, specs, request, names=UPSCALE_KEY_OF, checker=checker)
+    return with_upscale(settings, specs, request, names=UPSCALE_KEY_OF if names is None else names, checker=checker)

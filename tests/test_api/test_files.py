@@ -318,3 +318,20 @@ def test_files_upscale_prompt_is_the_output_infotexts_prompt(api: ApiServer) -> 
     with Image.open(io.BytesIO(response.content)) as output:
         parsed = parse_infotext(output.info["parameters"])
     assert (parsed["Prompt"], parsed["Seed"], parsed["Size-1"], parsed["Upscale"]) == ("a lighthouse", "5", "128", "2")
+
+
+def test_files_upscale_over_max_pixels_or_too_small_is_422_before_any_job(start_api: StartApi) -> None:
+    api = start_api(max_pixels=100_000)
+    big = {"file": ("photo.png", png_bytes(noise_image(200, 100)), "image/png")}
+    dot = {"file": ("dot.png", png_bytes(noise_image(1, 1)), "image/png")}
+
+    over = assert_error(api.client.post("/api/files/async", files=big, data={"upscale": "4"}), 422, "invalid_input")
+    under = assert_error(api.client.post("/api/files/async", files=dot, data={"upscale": "2"}), 422, "invalid_input")
+
+    assert over["message"] == (
+        "photo.png: upscaling 200x100 by 4 gives 800x400 px, 320,000 pixels, over MAX_PIXELS (100,000)"
+    )
+    assert over["hint"] == "send a smaller upscale or a smaller image"
+    assert "gives 2x2 px: SD renders at least 8 px a side" in under["message"]
+    assert under["hint"] == "send a larger upscale or a larger image"
+    assert api.client.get("/api/jobs").json()["jobs"] == []

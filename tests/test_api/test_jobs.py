@@ -328,3 +328,18 @@ def test_generate_takes_every_upscale_setting(api: ApiServer) -> None:
     assert {"upscale", "upscaler", "upscale_denoise", "upscale_tile", "upscale_overlap", "upscale_seam_fix"} <= set(
         properties
     )
+
+
+def test_generate_upscale_over_max_pixels_is_422_naming_the_key(start_api: StartApi) -> None:
+    api = start_api(max_pixels=500_000)
+
+    response = api.client.post("/api/generate", json={"prompt": "a fox", "width": 256, "height": 256, "upscale": 4})
+    batch = api.client.post("/api/batches", json={"rows": [{"prompt": "a", "width": 256, "height": 256, "upscale": 4}]})
+
+    error = assert_error(response, 422, "invalid_input")
+    assert "gives 1024x1024 px, 1,048,576 pixels, over MAX_PIXELS (500,000)" in error["message"]
+    assert error["hint"] == "send a smaller upscale or a smaller image"
+    problems = assert_error(batch, 422, "invalid_batch")["problems"]
+    assert [(p["line"], p["field"]) for p in problems] == [(1, "upscale")]
+    assert "over MAX_PIXELS (500,000)" in problems[0]["message"]
+    assert api.client.get("/api/jobs").json()["jobs"] == []

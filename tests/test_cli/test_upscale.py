@@ -6,14 +6,18 @@ import base64
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 from rich.console import Console
 
+from actors import Runtime
 from cli.output import jobs_table
+from pipeline.errors import QueueFull, StoreUnavailable
 from pipeline.images.infotext import parse_infotext
-from pipeline.models import JobState
+from pipeline.models import JobSpec, JobState
 from pipeline.sd.mock.pnginfo import png_info
 from pipeline.settings import load_settings
 from pipeline.storage import open_storage
@@ -260,3 +264,177 @@ def test_upscale_of_an_image_without_infotext_writes_the_tiles_infotext(sdpipe: 
         "", "3", "Euler a", "2", "Lanczos"
     )  # fmt: skip
     assert (parsed["Size-1"], parsed["Denoising strength"], parsed["Seam fix"]) == ("128", "0.3", "none")
+
+
+def _work_files(out_dir: Path) -> list[Path]:
+    return [path for path in (out_dir / ".sdpipe" / "work").rglob("*") if path.is_file()]
+
+
+def test_upscale_small_image_skips_the_split_grid(sdpipe: Invoke, tmp_path: Path) -> None:
+    # 300x20: the grid of `process` (2x2, 16 px bands) does not fit it, and an upscale cuts no grid
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (300, 20), (90, 20, 30)).save(thin)
+
+    result = sdpipe("upscale", str(thin), "--sd-url", "mock://", "--json")
+
+    assert result.exit_code == 0, result.output
+    [job] = json.loads(result.stdout)
+    assert (job["result"]["width"], job["result"]["height"]) == (600, 40)
+
+
+def test_upscale_too_small_output_is_refused_before_any_job(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    dot = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1)).save(dot)
+
+    refused = sdpipe("upscale", str(dot), "--sd-url", "mock://")
+    enough = sdpipe("upscale", str(dot), "--scale", "8", "--sd-url", "mock://", "--json")
+
+    assert refused.exit_code == 2
+    assert refused.output.strip() == (
+        "error: dot.png: upscaling 1x1 by 2 gives 2x2 px: SD renders at least 8 px a side "
+        "(use a larger --scale or a larger image)"
+    )
+    assert enough.exit_code == 0, enough.output
+    [job] = json.loads(enough.stdout)
+    assert (job["result"]["width"], job["result"]["height"]) == (8, 8)
+    assert len(json.loads(sdpipe("jobs", "--json").stdout)) == 1  # the refused one made no job
+
+
+def test_upscale_over_max_pixels_is_refused_before_any_job(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (200, 100)).save(photo)
+
+    result = sdpipe("upscale", str(photo), "--scale", "4", "--sd-url", "mock://", env={"MAX_PIXELS": "100000"})
+
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: photo.png: upscaling 200x100 by 4 gives 800x400 px, 320,000 pixels, over MAX_PIXELS (100,000) "
+        "(use a smaller --scale or raise MAX_PIXELS)"
+    )
+    assert not out_dir.exists() or not _work_files(out_dir)
+
+
+def test_generate_upscale_over_max_pixels_is_refused_naming_the_flag(sdpipe: Invoke, out_dir: Path) -> None:
+    result = sdpipe("generate", "a fox", "--width", "256", "--height", "256", "--upscale", "4",
+                    "--sd-url", "mock://", env={"MAX_PIXELS": "500000"})  # fmt: skip
+
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: upscaling 256x256 by 4 gives 1024x1024 px, 1,048,576 pixels, over MAX_PIXELS (500,000) "
+        "(use a smaller --upscale or raise MAX_PIXELS)"
+    )
+    assert not list(out_dir.glob("*.png"))
+
+
+def test_generate_bad_upscale_flag_names_the_flag(sdpipe: Invoke) -> None:
+    overlap = sdpipe("generate", "a fox", "--upscale", "2", "--upscale-overlap", "999", "--sd-url", "mock://")
+    scale = sdpipe("generate", "a fox", "--upscale", "9", "--sd-url", "mock://")
+
+    assert overlap.exit_code == 2 and "invalid upscale setting --upscale-overlap:" in overlap.output
+    assert scale.exit_code == 2
+    assert "invalid upscale setting --upscale: must be a number above 1 and at most 8 (got 9.0)" in scale.output
+
+
+def test_upscale_scale_nan_says_the_range(sdpipe: Invoke, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64)).save(photo)
+
+    result = sdpipe("upscale", str(photo), "--scale", "nan", "--sd-url", "mock://")
+
+    assert result.exit_code == 2
+    assert (
+        result.output.strip()
+        == "error: invalid upscale setting --scale: must be a number above 1 and at most 8 (got nan)"
+    )
+
+
+def test_upscale_refused_submission_leaves_no_work_folder(sdpipe: Invoke, tmp_path: Path, out_dir: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64)).save(photo)
+
+    result = sdpipe("upscale", str(photo), "--sd-url", "http://127.0.0.1:1")
+
+    assert result.exit_code == 3, result.output
+    assert "cannot reach the SD server" in result.output
+    assert not out_dir.exists() or not _work_files(out_dir)
+
+
+def test_process_refused_submission_leaves_no_work_folder(
+    sdpipe: Invoke, tmp_path: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64)).save(photo)
+    no_redis = sdpipe("process", str(photo), env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+
+    def full(self: Runtime, specs: object, **options: object) -> None:
+        raise QueueFull("the queue is full", field="MAX_QUEUE_DEPTH", value=1, limit=0)
+
+    monkeypatch.setattr(Runtime, "submit", full)
+    queue_full = sdpipe("process", str(photo))
+
+    assert no_redis.exit_code == 3, no_redis.output
+    assert queue_full.exit_code != 0 and "the queue is full" in queue_full.output
+    assert not _work_files(out_dir)
+
+
+def test_upscale_lists_every_bad_input_of_a_folder(sdpipe: Invoke, tmp_path: Path) -> None:
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    (shots / "a.png").write_text("not an image")
+    (shots / "b.png").write_text("nor this")
+
+    result = sdpipe("upscale", str(shots), "--sd-url", "mock://")
+
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert [line.split()[0] for line in lines[:2]] == [str(shots / "a.png"), str(shots / "b.png")]
+    assert lines[2].startswith("error: 2 of 2 inputs cannot be processed")
+
+
+def test_upscale_of_a_failed_job_says_retry_it_first(sdpipe: Invoke) -> None:
+    failed = sdpipe("generate", "a fox", "--width", "64", "--height", "64", "--sd-url", "mock://?fail_rate=1",
+                    "--json", env={"MAX_RETRIES": "0"})  # fmt: skip
+    [job] = json.loads(failed.stdout)
+    short = job["job_id"][:8]
+
+    result = sdpipe("upscale", short, "--sd-url", "mock://")
+
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: job {short} has no image to upscale (its state: failed) "
+        f"(`sdpipe retry {short}` first, then upscale it)"
+    )
+
+
+def test_upscale_of_a_job_whose_image_is_gone_says_so(sdpipe: Invoke) -> None:
+    generated = sdpipe("generate", "a fox", "--width", "64", "--height", "64", "--sd-url", "mock://", "--json")
+    [job] = json.loads(generated.stdout)
+    Path(job["result"]["image"]).unlink()
+    short = job["job_id"][:8]
+
+    result = sdpipe("upscale", short, "--sd-url", "mock://")
+
+    assert result.exit_code == 2
+    output = result.output.strip()
+    assert output.startswith(f"error: the image of job {short} is gone: {job['result']['image']} was removed")
+    assert f"render job {short} again" in output and "no such file" not in output
+
+
+def test_process_submission_failing_after_the_records_keeps_their_inputs(
+    sdpipe: Invoke, tmp_path: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64)).save(photo)
+    submit = Runtime.submit
+
+    def recorded_then_lost(self: Runtime, specs: list[JobSpec], **options: Any) -> None:
+        self.store.create_jobs(specs)  # the jobs are recorded: their inputs are theirs now
+        raise StoreUnavailable("Redis went away", field="REDIS_URL")
+
+    monkeypatch.setattr(Runtime, "submit", recorded_then_lost)
+    result = sdpipe("process", str(photo), "--grid", "1x2")
+    monkeypatch.setattr(Runtime, "submit", submit)
+
+    assert result.exit_code == 3, result.output
+    [source] = _work_files(out_dir)
+    assert source.name == "source.img"
