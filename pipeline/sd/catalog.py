@@ -148,18 +148,28 @@ class ServerCatalog:
         Raises:
             InputError: an upscaler, sampler or scheduler the server does not have (``field`` says which).
         """
-        update: dict[str, Any] = {}
+        update = self._sampling(params.sampler_name, params.scheduler)
         if not params.local:
             upscaler = self._resolve_upscaler(params.upscaler)
             if upscaler is not None:
                 update["upscaler"] = upscaler
-        sampler = self._resolve("sampler_name", params.sampler_name, self._list("/sdapi/v1/samplers"))
+        return params.model_copy(update=update) if update else params
+
+    def _sampling(self, sampler_name: str, scheduler: str) -> dict[str, Any]:
+        """The server's names for a sampler and a scheduler, where it has them (``sampler_name`` and
+        ``scheduler`` keys of a model update).
+
+        Raises:
+            InputError: a sampler or scheduler the server does not have.
+        """
+        update: dict[str, Any] = {}
+        sampler = self._resolve("sampler_name", sampler_name, self._list("/sdapi/v1/samplers"))
         if sampler is not None:
             update["sampler_name"] = sampler
-        scheduler = self._resolve("scheduler", params.scheduler, self._list("/sdapi/v1/schedulers"))
-        if scheduler is not None:
-            update["scheduler"] = scheduler
-        return params.model_copy(update=update) if update else params
+        resolved = self._resolve("scheduler", scheduler, self._list("/sdapi/v1/schedulers"))
+        if resolved is not None:
+            update["scheduler"] = resolved
+        return update
 
     def check(self, generation: GenerationParams) -> GenerationParams:
         """``generation`` with the server's names for its checkpoint, sampler and scheduler.
@@ -167,13 +177,7 @@ class ServerCatalog:
         Raises:
             InputError: a checkpoint, sampler or scheduler the server does not have (``field`` says which).
         """
-        update: dict[str, Any] = {}
-        sampler = self._resolve("sampler_name", generation.sampler_name, self._list("/sdapi/v1/samplers"))
-        if sampler is not None:
-            update["sampler_name"] = sampler
-        scheduler = self._resolve("scheduler", generation.scheduler, self._list("/sdapi/v1/schedulers"))
-        if scheduler is not None:
-            update["scheduler"] = scheduler
+        update = self._sampling(generation.sampler_name, generation.scheduler)
         checkpoint = generation.checkpoint
         if checkpoint is not None:
             title = self._resolve_model(checkpoint)

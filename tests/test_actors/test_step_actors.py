@@ -207,16 +207,22 @@ def test_merge_run_again_after_a_crash_keeps_its_claimed_name(
     assert Path(str(record.result.image)).name == "same-0001.png"  # type: ignore[union-attr]
 
 
-def test_merge_redelivered_after_a_crash_before_the_work_folder_went_removes_it(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given a job whose merge recorded its success, then died before removing the work folder
+def _at_merge(runtime: Runtime) -> JobSpec:
+    """A recorded 64² job whose steps before the merge have run (in this thread)."""
     params = build_step_params(runtime.settings, grid="2x2", band_px=8, sigma=2.0)
     request = GenerationRequest(prompt="x", seed=3, width=64, height=64)
     (spec,) = plan_generate(runtime.settings, request, params, now=time.time())
     runtime.store.create_jobs([spec])
     for step in ("generate", "split", "seam_blur"):
         run_step(runtime.context, spec.job_id, step)  # type: ignore[arg-type]
+    return spec
+
+
+def test_merge_redelivered_after_a_crash_before_the_work_folder_went_removes_it(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a job whose merge recorded its success, then died before removing the work folder
+    spec = _at_merge(runtime)
     monkeypatch.setattr(JobFiles, "remove_work_dir", lambda self: None)  # the process dies right there
     run_step(runtime.context, spec.job_id, "merge")
     monkeypatch.undo()
@@ -232,12 +238,7 @@ def test_merge_whose_work_folder_cannot_be_removed_succeeds_and_leaves_it_to_the
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a job at its merge, and a bucket that stops answering when its work folder is removed
-    params = build_step_params(runtime.settings, grid="2x2", band_px=8, sigma=2.0)
-    request = GenerationRequest(prompt="x", seed=3, width=64, height=64)
-    (spec,) = plan_generate(runtime.settings, request, params, now=time.time())
-    runtime.store.create_jobs([spec])
-    for step in ("generate", "split", "seam_blur"):
-        run_step(runtime.context, spec.job_id, step)  # type: ignore[arg-type]
+    spec = _at_merge(runtime)
 
     def unreachable(self: JobFiles) -> None:
         raise StorageUnavailable("cannot reach the bucket: connection refused")
