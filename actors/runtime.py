@@ -40,6 +40,7 @@ from pipeline.events.model import JOB_QUEUED, QUEUE_PAUSED, QUEUE_RESUMED
 from pipeline.jobs.context import StepContext
 from pipeline.jobs.control import Idempotency, QueueControl
 from pipeline.jobs.planning import new_id
+from pipeline.jobs.retention import remove_orphaned_work
 from pipeline.models import PRIORITIES, BatchRecord, BatchRow, ErrorInfo, JobRecord, JobSpec, JobState, StepName
 from pipeline.sd.catalog import open_catalog
 from pipeline.sd.pool.affinity import grouped_by_checkpoint
@@ -649,18 +650,21 @@ def _hold_embedded_lock(path: Path, recover: Callable[[], None]) -> tuple[int | 
 
 def _recover_alone(context: StepContext) -> None:
     """What an embedded process alone on its ``OUTPUT_DIR`` does first: every unfinished job was left
-    by a process that ended, and is marked failed (:func:`_fail_orphans`); then the work folders the
-    orphan rule takes (:func:`~pipeline.jobs.steps.remove_orphaned_work`: a succeeded job's folder a
-    kill left between its success and the folder's removal, or a job the store lost, unchanged for an
-    hour) are removed, as a Redis-mode worker does when it starts. Neither failing stops the process."""
-    from pipeline.jobs.steps import remove_orphaned_work  # loads the steps' image code: only here
-
+    by a process that ended, and is marked failed (:func:`_fail_orphans`); then, when the work folders
+    are in that ``OUTPUT_DIR``, those the orphan rule takes are removed
+    (:func:`~pipeline.jobs.retention.remove_orphaned_work`: a succeeded job's folder a kill left
+    between its success and the folder's removal, or a job the store lost, unchanged for an hour), as
+    a Redis-mode worker does when it starts. Not in ``OUTPUT_URL``'s bucket: other processes, with
+    status stores of their own, may share it (their jobs are not this store's to judge; ``prune``
+    takes this store's). Neither failing stops the process."""
     try:
         _fail_orphans(context.store)
     except PipelineError as exc:
         logger.warning("could not mark the jobs of an ended embedded process failed: %s", exc)
+    if context.settings.output_url is not None:
+        return
     try:
-        remove_orphaned_work(context)
+        remove_orphaned_work(context.store, context.storage(), now=context.clock())
     except (PipelineError, OSError) as exc:
         logger.warning("could not look for orphaned work folders: %s", exc)
 

@@ -32,7 +32,7 @@ from actors.steps import QUEUES
 from actors.supervisor import Supervisor
 from actors.webhooks import SWEEP_EVERY_S
 from pipeline.errors import ConfigError, PipelineError, StoreUnavailable
-from pipeline.jobs.steps import remove_orphaned_work
+from pipeline.jobs.retention import remove_orphaned_work
 from pipeline.settings import Settings, load_settings, mask_url
 
 if TYPE_CHECKING:
@@ -120,7 +120,8 @@ def setup() -> None:
 
         install(_runtime.broker, metrics)
     try:  # Redis restarted without persistence: folders of jobs no record names any more
-        remove_orphaned_work(_runtime.context)
+        context = _runtime.context
+        remove_orphaned_work(context.store, context.storage(), now=context.clock())
     except PipelineError as exc:
         logger.warning("could not look for orphaned work folders: %s", exc)
     pool = _runtime.context.pool

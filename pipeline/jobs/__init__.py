@@ -36,7 +36,7 @@ if TYPE_CHECKING:
         travelling_overrides,
         watch_jobs,
     )
-    from pipeline.jobs.retention import PrunePlan, apply_prune, find_orphaned_work, plan_prune
+    from pipeline.jobs.retention import PrunePlan, apply_prune, find_orphaned_work, plan_prune, remove_orphaned_work
     from pipeline.jobs.steps import (
         StepContext,
         StepOutcome,
@@ -72,6 +72,7 @@ __all__ = [
     "PrunePlan",
     "apply_prune",
     "find_orphaned_work",
+    "remove_orphaned_work",
     "plan_prune",
     "UploadInfo",
     "UploadRejected",
@@ -103,7 +104,7 @@ __getattr__, __dir__ = lazy_exports(
             "current_output",
             "read_json",
         ],
-        ".retention": ["PrunePlan", "apply_prune", "find_orphaned_work", "plan_prune"],
+        ".retention": ["PrunePlan", "apply_prune", "find_orphaned_work", "plan_prune", "remove_orphaned_work"],
         ".uploads": ["UploadInfo", "UploadRejected", "check_upload", "remove_stale_uploads", "upload_path"],
     },
 )

@@ -43,6 +43,7 @@ __all__ = [
     "PrunePlan",
     "apply_prune",
     "find_orphaned_work",
+    "remove_orphaned_work",
     "parse_age",
     "plan_prune",
 ]
@@ -161,6 +162,33 @@ def find_orphaned_work(
         if record.state is JobState.SUCCEEDED:
             found[job_id] = record.state
     return found
+
+
+def remove_orphaned_work(
+    store: StatusStore, storage: Storage, *, now: float, older_than_s: float = ORPHAN_WORK_AGE_S
+) -> int:
+    """Remove the work folders (or prefixes) of ``storage`` that no job will read again
+    (:func:`find_orphaned_work`), once older than ``older_than_s``; returns how many. Those of jobs
+    ``store`` no longer has (Redis restarted without persistence: the records and the queued messages
+    are gone, the folders stay), and those of succeeded jobs (a process killed between the success and
+    the folder's removal). A Redis-mode worker does it when it starts, and an embedded process alone
+    on its OUTPUT_DIR (when the work folders are there: see ``actors.runtime``)."""
+    orphaned = find_orphaned_work(store, storage, now=now, older_than_s=older_than_s)
+    for job_id in orphaned:
+        JobFiles(storage, job_id).remove_work_dir()
+    lost = sum(state is None for state in orphaned.values())
+    where = storage.location(_WORK_PREFIX.rstrip("/"))
+    if lost:
+        reason = store.records_lost_reason
+        logger.warning("removed %d work folder(s) under %s whose jobs' records are gone (%s)", lost, where, reason)
+    if len(orphaned) > lost:
+        logger.info(
+            "removed %d work folder(s) under %s of jobs that succeeded (left by a process that ended before "
+            "removing them)",
+            len(orphaned) - lost,
+            where,
+        )
+    return len(orphaned)
 
 
 def plan_prune(

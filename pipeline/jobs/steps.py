@@ -29,7 +29,7 @@ from pipeline.jobs.arrays import atomic_save_arrays, load_arrays
 from pipeline.jobs.context import StepContext
 from pipeline.jobs.files import JobFiles, atomic_write_json, claim_output_name, iso_time, read_json, remove_stale_temps
 from pipeline.jobs.naming import resolve_late_tokens
-from pipeline.jobs.retention import ORPHAN_WORK_AGE_S, find_orphaned_work
+from pipeline.jobs.retention import ORPHAN_WORK_AGE_S
 from pipeline.models import PRIORITIES, ErrorInfo, JobRecord, JobResult, JobState, SDInfo, StepName, StepRecord
 from pipeline.sd.backends import Backend
 from pipeline.sd.pool import affinity
@@ -47,7 +47,6 @@ __all__ = [
     "StepOutcome",
     "drop_lost_job",
     "fanout_generation",
-    "remove_orphaned_work",
     "run_step",
     "sd_slot",
 ]
@@ -288,31 +287,6 @@ def drop_lost_job(ctx: StepContext, job_id: str, step: str) -> None:
         ctx.store.records_gone(job_id).message,
         "; its work folder was removed" if had_files else "",
     )
-
-
-def remove_orphaned_work(ctx: StepContext, *, older_than_s: float = ORPHAN_WORK_AGE_S) -> int:
-    """Remove the work folders (or prefixes) of OUTPUT_DIR or OUTPUT_URL that no job will read again,
-    once older than ``older_than_s``; returns how many. Those of jobs the store no longer has (Redis
-    restarted without persistence: the records and the queued messages are gone, the folders stay),
-    and those of succeeded jobs (a process killed between the success and the folder's removal). A
-    worker does it when it starts, and an embedded process alone on its OUTPUT_DIR."""
-    storage = ctx.storage()
-    orphaned = find_orphaned_work(ctx.store, storage, now=ctx.clock(), older_than_s=older_than_s)
-    for job_id in orphaned:
-        JobFiles(storage, job_id).remove_work_dir()
-    lost = sum(state is None for state in orphaned.values())
-    where = storage.location(".sdpipe/work")
-    if lost:
-        reason = ctx.store.records_lost_reason
-        logger.warning("removed %d work folder(s) under %s whose jobs' records are gone (%s)", lost, where, reason)
-    if len(orphaned) > lost:
-        logger.info(
-            "removed %d work folder(s) under %s of jobs that succeeded (left by a process that ended before "
-            "removing them)",
-            len(orphaned) - lost,
-            where,
-        )
-    return len(orphaned)
 
 
 def _contact_sheet(ctx: StepContext, record: JobRecord) -> None:

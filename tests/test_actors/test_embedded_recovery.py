@@ -15,10 +15,14 @@ import pytest
 
 from actors import Runtime, open_runtime
 from pipeline.errors import PipelineError
+from pipeline.jobs.files import JobFiles
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate
+from pipeline.jobs.retention import remove_orphaned_work
 from pipeline.models import JobRecord, JobSpec, JobState
 from pipeline.settings import Settings
+from pipeline.storage import open_storage
 from pipeline.store import open_store
+from tests.conftest import S3Bucket
 from tests.helpers import wait_until
 
 Wait = Callable[[Runtime, list[str]], list[JobRecord]]
@@ -191,3 +195,31 @@ def test_embedded_open_beside_another_process_removes_no_work_folder(settings: S
         with open_runtime(settings, start_embedded_worker=False):
             # Then it leaves the folder (the live process's jobs are not its to judge)
             assert folder.exists()
+
+
+def test_embedded_open_alone_leaves_a_shared_buckets_work_folders(
+    settings: Settings, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import actors.runtime
+
+    # Given work folders in OUTPUT_URL's bucket, which processes with status stores of their own share
+    # (their jobs are not in this OUTPUT_DIR's store), and a sweep that would take any old enough
+    storage = open_storage(s3_bucket.url, s3_bucket.settings())
+    other = JobFiles(storage, "another-machines-job")
+    other.source.write(b"a paid SD image, kept for its retry")
+    sweeps: list[object] = []
+
+    def sweep_now(store: object, where: object, *, now: float) -> int:
+        sweeps.append(where)
+        return remove_orphaned_work(store, where, now=now, older_than_s=0)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(actors.runtime, "remove_orphaned_work", sweep_now)
+    # When an embedded process opens alone on its OUTPUT_DIR, its results going to that bucket
+    with open_runtime(s3_bucket.settings(output_dir=settings.output_dir), start_embedded_worker=False):
+        pass
+    # Then it sweeps nothing there, and the other job's folder stays
+    assert sweeps == [] and other.source.exists()
+    # While one whose work folders are in its own OUTPUT_DIR does sweep them
+    with open_runtime(settings, start_embedded_worker=False):
+        pass
+    assert len(sweeps) == 1

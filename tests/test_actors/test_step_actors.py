@@ -19,9 +19,9 @@ from actors import Runtime, open_runtime
 from actors.steps import OUTRANKED_MAX_DELAY_MS, REQUEUE_DELAY_MS, requeue_delay_ms
 from pipeline.errors import NoFreeSlot, Outranked, StorageUnavailable
 from pipeline.images.infotext import parse_infotext
-from pipeline.jobs import steps
 from pipeline.jobs.files import JobFiles
 from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate, plan_process
+from pipeline.jobs.retention import remove_orphaned_work
 from pipeline.jobs.steps import run_step
 from pipeline.models import JobRecord, JobSpec, JobState
 from pipeline.settings import Settings
@@ -313,7 +313,7 @@ def test_remove_orphaned_work_removes_old_folders_of_jobs_without_records(runtim
     for name in ("lost-old", spec.job_id):
         os.utime(folders[name], (hours_ago, hours_ago))
     # When a worker starts and looks for them
-    assert steps.remove_orphaned_work(runtime.context) == 1
+    assert remove_orphaned_work(runtime.store, runtime.context.storage(), now=time.time()) == 1
     # Then only the old orphan is gone (a fresh one may be a process job about to be recorded)
     assert not folders["lost-old"].exists() and folders[spec.job_id].exists() and folders["lost-fresh"].exists()
 
@@ -335,8 +335,8 @@ def test_remove_orphaned_work_removes_old_folders_of_succeeded_jobs(
         (folder / "source.img").write_bytes(b"x")
         os.utime(folder, (hours_ago, hours_ago))
     # When a worker starts and looks for orphans
-    with caplog.at_level(logging.INFO, logger="pipeline.jobs.steps"):
-        assert steps.remove_orphaned_work(runtime.context) == 1
+    with caplog.at_level(logging.INFO, logger="pipeline.jobs.retention"):
+        assert remove_orphaned_work(runtime.store, runtime.context.storage(), now=time.time()) == 1
     # Then the succeeded job's folder is gone and the queued job's is kept
     assert not folders[done.job_id].exists() and folders[queued.job_id].exists()
     # And the log says what the folder was (no lost records to chase: a WARNING would say so)
