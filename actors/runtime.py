@@ -32,20 +32,22 @@ from actors.broker import CLI_ENQUEUE_PATIENCE_S, build_broker, redis_errors
 from actors.steps import QUEUES, StepActors, declare_actors
 from actors.webhooks import WebhookOutbox
 from pipeline.batches.manifests import ResumePlan, plan_resume, retry_step
-from pipeline.errors import InputError, PipelineError, QueueFull, SDUnavailable, StoreUnavailable
+from pipeline.errors import InputError, JobNotFound, PipelineError, QueueFull, SDUnavailable, StoreUnavailable
 from pipeline.events.hub import EventHub
 from pipeline.events.jobs import announce_end, reopen_batches
 from pipeline.events.log import open_event_log
 from pipeline.events.model import JOB_QUEUED, QUEUE_PAUSED, QUEUE_RESUMED
 from pipeline.jobs.context import StepContext
 from pipeline.jobs.control import Idempotency, QueueControl
-from pipeline.jobs.planning import new_id
+from pipeline.jobs.files import JobFiles
+from pipeline.jobs.planning import ProcessPlan, new_id
 from pipeline.jobs.retention import remove_orphaned_work
 from pipeline.models import PRIORITIES, BatchRecord, BatchRow, ErrorInfo, JobRecord, JobSpec, JobState, StepName
 from pipeline.sd.catalog import open_catalog
 from pipeline.sd.pool.affinity import grouped_by_checkpoint
 from pipeline.sd.pool.pool import PoolObserver
 from pipeline.settings import Settings, mask_url
+from pipeline.storage.base import open_storage
 from pipeline.store import StatusStore, open_store
 from pipeline.store.keyvalue import KeyValue, open_keyvalue
 from pipeline.webhooks.deliveries import Deliveries, delivery_listener
@@ -210,6 +212,49 @@ class Runtime:
         """
         self.make_room(len(specs), wait=wait_for_room, on_wait=on_wait)
         self._record_and_enqueue(specs, as_batch=as_batch)
+
+    def stage_inputs(self, inputs: Sequence[ProcessPlan]) -> None:
+        """Copy the input images of ``process``/``upscale`` jobs into their work folders (or prefixes),
+        where their first step reads them: just before the jobs are submitted, once every check passed.
+        Whatever stops it (an error, Ctrl-C) takes the copies made so far back (no job is recorded yet)."""
+        try:
+            for plan in inputs:
+                plan.ingest(self.settings)
+        except BaseException:
+            self._remove_copies(inputs)
+            raise
+
+    def discard_unrecorded(self, inputs: Sequence[ProcessPlan]) -> None:
+        """After a submission that failed (a full queue, Redis gone, Ctrl-C): remove the copies of the
+        inputs whose jobs have no record, as no record will ever name them. One read of the store for
+        all of them; when it cannot answer, they are left to the orphan rule (workers, ``prune``)."""
+        ids = [plan.spec.job_id for plan in inputs]
+        if not ids:
+            return
+        try:
+            recorded = {record.job_id for record in self.store.get_many(ids)}
+        except JobNotFound:  # a batch is recorded whole or not at all; per id only in the rare mixed case
+            recorded = set()
+            for job_id in ids:
+                try:
+                    recorded.add(self.store.get(job_id).job_id)
+                except JobNotFound:
+                    continue
+                except PipelineError:
+                    return
+        except PipelineError as exc:
+            logger.warning("input copies of %d job(s) left to the orphan rule: %s", len(ids), exc)
+            return
+        self._remove_copies([plan for plan in inputs if plan.spec.job_id not in recorded])
+
+    def _remove_copies(self, inputs: Sequence[ProcessPlan]) -> None:
+        for plan in inputs:
+            if plan.spec.output_dir is None:
+                continue
+            try:
+                JobFiles(open_storage(plan.spec.output_dir, self.settings), plan.spec.job_id).remove_work_dir()
+            except (PipelineError, OSError) as exc:
+                logger.warning("job %s: input copy left to the orphan rule: %s", plan.spec.job_id, exc)
 
     def _record_and_enqueue(self, specs: Sequence[JobSpec], *, as_batch: bool, reopen: bool = False) -> None:
         """Record ``specs`` and enqueue them; ``reopen``: they join batches that may have completed before."""

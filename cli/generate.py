@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,8 +39,8 @@ from cli.upscale_options import UPSCALE_FLAG_OF, UpscaleFlags
 from pipeline.batches.expansion import plan_templated, split_template_keys
 from pipeline.batches.manifests import contact_sheet_when_done
 from pipeline.batches.rows import check_request
-from pipeline.errors import JobNotFound, PipelineError, StoreUnavailable
-from pipeline.jobs.files import JobFiles, check_output
+from pipeline.errors import StoreUnavailable
+from pipeline.jobs.files import check_output
 from pipeline.jobs.planning import ProcessPlan, build_step_params, new_id, plan_process, travelling_overrides
 from pipeline.models import JobSpec, JobState
 from pipeline.sd.catalog import open_catalog
@@ -50,7 +49,7 @@ from pipeline.storage import open_storage
 from pipeline.store import StatusStore
 
 if TYPE_CHECKING:
-    from actors import Runtime
+    pass
 
 __all__ = ["generate", "process", "submit_and_report"]
 
@@ -240,7 +239,7 @@ def submit_and_report(
 ) -> None:
     """Submit ``specs`` (refused when the SD server is unreachable, if ``calls_sd``), then report them
     or wait for them. ``inputs``: the images of ``process``/``upscale`` jobs, copied into their work
-    folders only once every check passed (see :func:`_stage_and_submit`)."""
+    folders only once every check passed (see :meth:`~actors.Runtime.stage_inputs`)."""
     with runtime_for(settings) as runtime:
         runtime.check_webhook(specs)
         batch_id = specs[0].batch_id if specs else None
@@ -253,11 +252,13 @@ def submit_and_report(
         if claim is not None or idempotency is None:
             if calls_sd:
                 runtime.check_sd_reachable()
+            runtime.stage_inputs(inputs)  # interruptible; takes its copies back if it stops
             try:
                 submit_when_room(
-                    runtime, len(specs), lambda: _stage_and_submit(runtime, specs, inputs), wait_for_room=wait_for_room
+                    runtime, len(specs), lambda: runtime.submit(specs, as_batch=True), wait_for_room=wait_for_room
                 )
             except BaseException:
+                runtime.discard_unrecorded(inputs)
                 if claim is not None:
                     claim.release()
                 raise
@@ -299,33 +300,6 @@ def submit_and_report(
     report_jobs(records, json_output=json_output)
     if sheet is not None and not json_output:
         echo(f"contact sheet {sheet}", err=True)
-
-
-def _stage_and_submit(runtime: Runtime, specs: list[JobSpec], inputs: Sequence[ProcessPlan]) -> None:
-    """Copy the inputs into their jobs' work folders, then record and enqueue the jobs. A submission
-    that fails (a full queue, Redis gone) takes the copies of the jobs it did not record back with it:
-    no record would ever name them."""
-    try:
-        for plan in inputs:
-            plan.ingest(runtime.settings)
-        runtime.submit(specs, as_batch=True)
-    except BaseException:
-        _discard_unrecorded(runtime, inputs)
-        raise
-
-
-def _discard_unrecorded(runtime: Runtime, inputs: Sequence[ProcessPlan]) -> None:
-    """Remove the work folder of each input whose job has no record (best effort: one the store cannot
-    answer for is left to the orphan rule of ``sdpipe prune`` and the workers)."""
-    for plan in inputs:
-        try:
-            runtime.store.get(plan.spec.job_id)
-        except JobNotFound:
-            assert plan.spec.output_dir is not None
-            with contextlib.suppress(PipelineError, OSError):
-                JobFiles(open_storage(plan.spec.output_dir, runtime.settings), plan.spec.job_id).remove_work_dir()
-        except PipelineError:
-            continue
 
 
 def _on_interrupt(embedded: bool, store: StatusStore, ids: list[str]) -> None:

@@ -17,10 +17,10 @@ from PIL import Image
 
 from actors import Runtime, open_runtime
 from actors.steps import OUTRANKED_MAX_DELAY_MS, REQUEUE_DELAY_MS, requeue_delay_ms
-from pipeline.errors import NoFreeSlot, Outranked, StorageUnavailable
+from pipeline.errors import NoFreeSlot, Outranked, StorageUnavailable, StoreUnavailable
 from pipeline.images.infotext import parse_infotext
 from pipeline.jobs.files import JobFiles
-from pipeline.jobs.planning import GenerationRequest, build_step_params, plan_generate, plan_process
+from pipeline.jobs.planning import GenerationRequest, ProcessPlan, build_step_params, plan_generate, plan_process
 from pipeline.jobs.retention import remove_orphaned_work
 from pipeline.jobs.steps import run_step
 from pipeline.models import JobRecord, JobSpec, JobState
@@ -358,3 +358,60 @@ def test_requeue_delay_of_a_generation_outranked_again_and_again_doubles_up_to_i
     assert requeue_delay_ms(outranked, outranked=20) == OUTRANKED_MAX_DELAY_MS
     # A delivery that waited its whole slot wait for busy servers goes back at once: no delay queue
     assert requeue_delay_ms(NoFreeSlot("all busy"), outranked=20) is None
+
+
+def _inputs(runtime: Runtime, tmp_path: Path, count: int) -> list[ProcessPlan]:
+    paths = []
+    for index in range(count):
+        paths.append(tmp_path / f"in{index}.png")
+        Image.new("RGB", (64, 64), (index, 0, 0)).save(paths[-1])
+    params = build_step_params(runtime.settings, grid="2x2", band_px=8, sigma=2.0)
+    output = runtime.settings.output_location
+    return plan_process(runtime.settings, paths, params, output_dir=output, batch_id="b-in", now=time.time())
+
+
+def test_stage_inputs_stopped_midway_takes_its_copies_back(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given three inputs, and Ctrl-C while the second one is copied
+    inputs = _inputs(runtime, tmp_path, 3)
+    real = ProcessPlan.ingest
+    copied: list[str] = []
+
+    def interrupted(self: ProcessPlan, settings: Settings | None = None) -> None:
+        if copied:
+            raise KeyboardInterrupt
+        real(self, settings)
+        copied.append(self.spec.job_id)
+
+    monkeypatch.setattr(ProcessPlan, "ingest", interrupted)
+    # When the copies are staged
+    with pytest.raises(KeyboardInterrupt):
+        runtime.stage_inputs(inputs)
+    # Then the one copy made is gone again
+    assert copied and not (runtime.settings.output_dir / ".sdpipe" / "work" / copied[0]).exists()
+
+
+def test_discard_unrecorded_reads_the_store_once_and_leaves_copies_when_it_cannot_answer(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given copies of inputs whose submission failed, and a store that does not answer (Redis hung)
+    inputs = _inputs(runtime, tmp_path, 4)
+    runtime.stage_inputs(inputs)
+    reads: list[int] = []
+
+    def hung(job_ids: list[str]) -> list[JobRecord]:
+        reads.append(len(job_ids))
+        raise StoreUnavailable("Redis did not answer in 10 s")
+
+    monkeypatch.setattr(runtime.store, "get_many", hung)
+    monkeypatch.setattr(runtime.store, "get", lambda job_id: pytest.fail("one read per job"))
+    # When the failed submission's copies are discarded
+    runtime.discard_unrecorded(inputs)
+    # Then the store was asked once for all of them, and the copies are left to the orphan rule
+    assert reads == [4]
+    assert all((runtime.settings.output_dir / ".sdpipe" / "work" / p.spec.job_id).exists() for p in inputs)
+    # And once it answers that none was recorded, they go
+    monkeypatch.undo()
+    runtime.discard_unrecorded(inputs)
+    assert not any((runtime.settings.output_dir / ".sdpipe" / "work" / p.spec.job_id).exists() for p in inputs)
