@@ -174,9 +174,12 @@ def next_step_after_renders(record: JobRecord, files: JobFiles, total: int) -> s
     bands and has not blended its tiles yet (only they are counted), else ``merge`` (also after a
     blend that planned no band: a one-tile image has no seam)."""
     params = params_of(record)
-    if params.seam_fix == "band" and total <= tile_count(files) and not UpscaleFiles.of(files).merged.exists():
-        return "seam_blur"
-    return "merge"
+    if params.seam_fix != "band" or total > tile_count(files):
+        return "merge"
+    # Only the tiles counted: blend, unless the blend is done and planned no band. A tile delivered
+    # again between the blend's write and its new total sees bands planned: seam_blur, never merge.
+    blended = UpscaleFiles.of(files).merged.exists()
+    return "seam_blur" if not blended or render_count(record, files) > total else "merge"
 
 
 class RenderLoader(Protocol):

@@ -19,7 +19,7 @@ from pipeline.settings import Settings
 from pipeline.store import open_store
 from pipeline.upscale import steps as upscale_steps
 from pipeline.upscale.planning import UpscaleRequest, plan_upscale
-from pipeline.upscale.render import pending_renders
+from pipeline.upscale.render import next_step_after_renders, pending_renders
 from pipeline.upscale.tiles import TilePlan, plan_bands
 from pipeline.upscale.work import UpscaleFiles
 from tests.test_pipeline.test_upscale.conftest import detailed_image
@@ -74,3 +74,38 @@ def test_merge_of_a_large_output_never_holds_its_tiles_decoded_at_once(
 
     assert pixels.shape == (2048, 2048, 3) and manifest["tiles"] == len(tiles) == 81
     assert peak - output_bytes < all_tiles_bytes * 0.6, (peak, all_tiles_bytes)
+
+
+@pytest.mark.parametrize(("side", "after_blend"), [(128, "seam_blur"), (32, "merge")])
+def test_next_step_after_the_tiles_with_band_seam_fix_is_the_blend_until_it_planned_no_band(
+    settings: Settings, tmp_path: Path, side: int, after_blend: str
+) -> None:
+    """With ``--seam-fix band``, once the tiles are saved: the blend (seam_blur) first; after it, the
+    merge only when the blend planned no band (one tile). A tile delivered again after the blend but
+    before its new total (only the tiles counted) must not send a merge while bands are to render."""
+    source = tmp_path / "in.png"
+    Image.fromarray(detailed_image(side)).save(source)
+    request = UpscaleRequest(scale=2, tile_px=64, overlap_px=16, seed=1, seam_fix="band")
+    [plan] = plan_upscale(settings, [source], request, build_step_params(settings, grid=None, band_px=None, sigma=None),
+                          output_dir=settings.output_dir.absolute(), batch_id=new_id(), now=time.time())  # fmt: skip
+    plan.ingest()
+    store = open_store(settings)
+    try:
+        store.create_jobs([plan.spec])
+        ctx = StepContext(settings=settings, store=store)
+        record = store.get(plan.spec.job_id)
+        files = JobFiles(settings.output_dir.absolute(), record.job_id)
+        upscale_steps.first_pass(ctx, record, files)
+        work = UpscaleFiles.of(files)
+        tiles = TilePlan.from_dict(read_json(work.plan)["plan"])
+        _, [enlarged] = map_arrays(work.enlarged)
+        for tile in tiles.tiles:
+            atomic_save_arrays(
+                work.tile(tile.index), {}, [np.ascontiguousarray(enlarged[tile.y0 : tile.y1, tile.x0 : tile.x1])]
+            )
+        del enlarged
+        assert next_step_after_renders(record, files, len(tiles)) == "seam_blur"
+        upscale_steps.band_phase(ctx, record, files)
+        assert next_step_after_renders(record, files, len(tiles)) == after_blend
+    finally:
+        store.close()
