@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 __all__ = [
     "MIN_PARAMS_PER_LINE",
@@ -97,8 +97,9 @@ def parse_infotext(text: str) -> dict[str, str]:
     return result
 
 
-def insert_params(text: str | None, extra: Mapping[str, object]) -> str:
-    """Add or replace ``extra`` keys in the params line of ``text``, new keys going before ``Version``.
+def insert_params(text: str | None, extra: Mapping[str, object], *, drop: Collection[str] = ()) -> str:
+    """Add or replace ``extra`` keys in the params line of ``text``, new keys going before ``Version``;
+    the pairs of the keys in ``drop`` (and not in ``extra``) are removed first.
 
     Existing pairs keep their text and position; a key already present gets its value replaced in
     place. New keys go just before ``Version`` (A1111 keeps ``Version`` last), or at the end. When
@@ -120,6 +121,10 @@ def insert_params(text: str | None, extra: Mapping[str, object]) -> str:
     if len(_RE_PARAM.findall(last_line)) < MIN_PARAMS_PER_LINE:
         return f"{stripped}\n{_format_params(pairs)}" if pairs else stripped
     last_line = last_line.rstrip(", \t\r")  # so that new pairs can simply be appended
+    gone = [m for m in _RE_PARAM.finditer(last_line) if m[1] in drop and m[1] not in pairs]
+    for m in reversed(gone):  # a pair with its comma (the last one's: the comma before it, stripped below)
+        last_line = last_line[: m.start()] + last_line[m.end() :]
+    last_line = last_line.strip(", \t\r")
     matches = list(_RE_PARAM.finditer(last_line))
 
     # Edit the line by spans so that bare flags and spacing between the pairs survive untouched.

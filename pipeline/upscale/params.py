@@ -174,10 +174,11 @@ class UpscaleParams(BaseModel):
 
     def output_infotext(self, base: str | None, width: int, height: int) -> str:
         """The infotext of the ``width`` x ``height`` output: the tiles' img2img made its pixels, so it
-        gives their prompt, negative prompt, steps, sampler, schedule type, CFG scale, seed, size (and
-        checkpoint, when they name one), on the params line of ``base`` (the input's, or the
-        generation's: its other keys, such as ``Model`` and ``Version``, kept), else on a line of
-        their own; then the upscale keys (:meth:`infotext_params`). A1111's png-info reads it.
+        gives their prompt, negative prompt, steps, sampler, schedule type, CFG scale, seed, size and
+        checkpoint (``Model``, ``Model hash``: when they name none, ``base``'s are left out), on the
+        params line of ``base`` (the input's, or the generation's: its other keys, such as
+        ``Version``, kept), else on a line of their own; then the upscale keys
+        (:meth:`infotext_params`). A1111's png-info reads it.
         """
         # Here: a command that only reads job records loads no infotext code (tests/test_cli/test_startup.py).
         from pipeline.images.infotext import build_infotext, insert_params, parse_infotext
@@ -198,8 +199,11 @@ class UpscaleParams(BaseModel):
             tiles["Model"] = name.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
         last = (base or "").strip().rsplit("\n", 1)[-1]
         line = last if last and not parse_infotext(last)["Prompt"] else ""  # "": no params line
+        # Without a checkpoint named, each server renders its tiles with the one it has loaded: the
+        # input's (or generation's) Model would name one the tiles may not have used.
+        drop = ("Model", "Model hash") if checkpoint is None else ()
         head = build_infotext(self.prompt, self.negative_prompt, {})
-        return f"{head}\n{insert_params(line, tiles | self.infotext_params())}".strip()
+        return f"{head}\n{insert_params(line, tiles | self.infotext_params(), drop=drop)}".strip()
 
     def infotext_params(self) -> dict[str, Any]:
         """The keys the output's infotext gets (USDU leaves its seam settings out; we do not)."""

@@ -157,3 +157,14 @@ def test_insert_params_without_params_line_writes_one() -> None:
 def test_insert_params_rejects_keys_a1111_cannot_parse(key: str) -> None:
     with pytest.raises(ValueError, match="infotext key"):
         insert_params(A1111_EXAMPLE, {key: 1})
+
+
+def test_insert_params_drops_the_pairs_asked_wherever_they_are() -> None:
+    text = "a fox\nModel: foo, Steps: 20, Model hash: abc, Sampler: Euler, Version: v1"
+    last = "a fox\nSteps: 20, Sampler: Euler, Model: foo"
+
+    assert insert_params(text, {"Upscale": 2}, drop=("Model", "Model hash")) == (
+        "a fox\nSteps: 20, Sampler: Euler, Upscale: 2, Version: v1"
+    )
+    assert insert_params(last, {"Upscale": 2}, drop=("Model",)) == "a fox\nSteps: 20, Sampler: Euler, Upscale: 2"
+    assert insert_params(last, {"Model": "bar"}, drop=("Model",)) == "a fox\nSteps: 20, Sampler: Euler, Model: bar"

@@ -137,3 +137,16 @@ def test_output_infotext_is_the_tiles_settings_over_the_inputs_keys() -> None:
     }  # fmt: skip
     assert text.endswith("Version: v1.10.1")  # A1111 keeps it last
     assert (plain["Prompt"], plain["Seed"], plain["Upscale"]) == ("", "1", "2")  # a caption is no params line
+
+
+def test_output_infotext_names_no_checkpoint_when_the_tiles_named_none() -> None:
+    # Given an input rendered with one checkpoint, upscaled without --model (each server renders its
+    # tiles with the checkpoint it has loaded)
+    base = "a fox\nSteps: 20, Sampler: Euler a, Seed: 5, Size: 64x64, Model hash: 6ce0161689, Model: v1-5, Version: v1"
+
+    text = UpscaleParams(prompt="a fox", seed=5).output_infotext(base, 128, 128)
+
+    # Then the output names no checkpoint rather than one its tiles may not have used; the rest stays
+    parsed = parse_infotext(text)
+    assert "Model" not in parsed and "Model hash" not in parsed
+    assert (parsed["Prompt"], parsed["Version"], parsed["Upscale"]) == ("a fox", "v1", "2")
