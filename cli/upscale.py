@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -149,13 +151,14 @@ def upscale(
             override_settings=fields.get("override_settings"),
             alwayson_scripts=fields.get("alwayson_scripts"),
         )
-        store = open_store(settings)
-        try:
-            path = resolve_upscale_source(store, source)
-        finally:
-            store.close()
         _, backend_url = travelling_overrides(settings, out=out, sd_url=sd_url)
-        with open_catalog(settings) as checker:
+        # A job's image in a bucket is fetched into a folder that lives while it is planned (read whole).
+        with tempfile.TemporaryDirectory(prefix="sdpipe-upscale-") as folder, open_catalog(settings) as checker:
+            store = open_store(settings)
+            try:
+                path = resolve_upscale_source(store, source, settings=settings, download_to=Path(folder))
+            finally:
+                store.close()
             plans = plan_upscale(
                 settings,
                 [path],

@@ -19,7 +19,7 @@ from pipeline.images.infotext import parse_infotext
 from pipeline.jobs.planning import MAX_SEED, ProcessPlan, plan_process
 from pipeline.models import GenerationParams, JobSpec, JobState, StepParams
 from pipeline.settings import OutputFormat, Settings
-from pipeline.storage.base import is_s3_url
+from pipeline.storage.base import blob_at, is_s3_url
 from pipeline.store.base import StatusStore
 from pipeline.upscale.params import DEFAULT_OVERLAP_PX, MAX_SCALE, ROW_UPSCALE_KEYS, UPSCALE_KEY_OF, UpscaleParams
 
@@ -188,13 +188,18 @@ def check_upscale_size(settings: Settings, params: UpscaleParams, width: int, he
         )
 
 
-def resolve_upscale_source(store: StatusStore, source: str) -> Path:
-    """A local image path as given, or the output image of the job ``source`` names (an id or prefix).
+def resolve_upscale_source(
+    store: StatusStore, source: str, *, settings: Settings | None = None, download_to: Path | None = None
+) -> Path:
+    """A local image path as given, or the output image of the job ``source`` names (an id or prefix);
+    one in a bucket (``s3://``, OUTPUT_URL) is fetched with ``settings`` into the folder
+    ``download_to`` first, under its own name.
 
     Raises:
         InputError: neither an existing file nor a job (``field`` ``source``); a job without an image
             (``field`` ``source_job``, ``value`` its short id, ``limit`` its state); a succeeded
             job whose image file is gone (``field`` ``source_image``, ``value`` the short id).
+        StorageUnavailable, StorageRefused: the bucket failed.
     """
     path = Path(source)
     if path.exists():
@@ -218,13 +223,24 @@ def resolve_upscale_source(store: StatusStore, source: str) -> Path:
             value=job_id[:8],
             limit=record.state.value,
         )
-    if not is_s3_url(image) and not Path(image).is_file():
-        raise InputError(
-            f"the image of job {job_id[:8]} is gone: {image} was removed or replaced",
-            field="source_image",
-            value=job_id[:8],
-        )
-    return Path(image)
+    gone = InputError(
+        f"the image of job {job_id[:8]} is gone: {image} was removed or replaced",
+        field="source_image",
+        value=job_id[:8],
+    )
+    if not is_s3_url(image):
+        if not Path(image).is_file():
+            raise gone
+        return Path(image)
+    if download_to is None:
+        raise InputError(f"job {job_id[:8]}'s image is in a bucket: {image}", field="source_image", value=job_id[:8])
+    try:
+        data = blob_at(image, settings).read_bytes()
+    except FileNotFoundError:
+        raise gone from None
+    local = download_to / image.rsplit("/", 1)[-1]
+    local.write_bytes(data)
+    return local
 
 
 def plan_upscale(

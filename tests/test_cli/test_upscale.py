@@ -186,6 +186,27 @@ def test_upscale_into_a_bucket_keeps_alpha_and_removes_its_intermediates(
         assert np.asarray(image)[:, 102:, 3].max() == 0
 
 
+def test_upscale_of_a_job_whose_image_is_in_a_bucket_fetches_it(sdpipe: Invoke, s3_bucket: S3Bucket) -> None:
+    # Given a job whose result went to OUTPUT_URL's bucket
+    generated = sdpipe("generate", "a fox", "--width", "64", "--height", "64", "--sd-url", "mock://", "--json",
+                       env=s3_bucket.env)  # fmt: skip
+    [job] = json.loads(generated.stdout)
+    # When that job is upscaled by its id
+    result = sdpipe("upscale", job["job_id"][:8], "--tile", "64", "--overlap", "16", "--sd-url", "mock://",
+                    "--json", env=s3_bucket.env)  # fmt: skip
+    # Then its image is fetched from the bucket and upscaled there too, keeping its prompt
+    assert result.exit_code == 0, result.output
+    [upscaled] = json.loads(result.stdout)
+    storage = open_storage(s3_bucket.url, s3_bucket.settings())
+    with Image.open(io.BytesIO(storage.read(str(storage.key_of(upscaled["result"]["image"]))))) as image:
+        assert image.size == (128, 128)
+        assert parse_infotext(image.info["parameters"])["Prompt"] == "a fox"
+    # And once that object is gone, upscaling the job says so (nothing queued)
+    storage.delete(str(storage.key_of(job["result"]["image"])))
+    gone = sdpipe("upscale", job["job_id"][:8], "--sd-url", "mock://", env=s3_bucket.env)
+    assert gone.exit_code == 2 and f"the image of job {job['job_id'][:8]} is gone" in gone.output
+
+
 def _job_count(out_dir: Path) -> int:
     store = open_store(load_settings(output_dir=out_dir))
     try:
