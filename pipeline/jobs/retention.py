@@ -228,8 +228,9 @@ def plan_prune(
             offset += _PAGE
     records.sort(key=lambda r: (r.updated_at, r.job_id))
     plan = PrunePlan(jobs=[r.job_id for r in records])
+    thumbs: dict[str, list[str]] = {}  # a bucket's thumbnail folders, each listed once for the plan
     for record in records:
-        plan.job_files[record.job_id] = _files_of(record, storage, settings, outputs=outputs)
+        plan.job_files[record.job_id] = _files_of(record, storage, settings, outputs=outputs, listed=thumbs)
     per_batch = Counter(r.batch_id for r in records if r.batch_id is not None)
     for each_batch, pruned in sorted(per_batch.items()):
         if sum(store.count_by_state(batch_id=each_batch).values()) > pruned:
@@ -270,7 +271,14 @@ def apply_prune(store: StatusStore, plan: PrunePlan) -> PrunePlan:
     return done
 
 
-def _files_of(record: JobRecord, default: Storage, settings: Settings | None, *, outputs: bool) -> list[PruneTarget]:
+def _files_of(
+    record: JobRecord,
+    default: Storage,
+    settings: Settings | None,
+    *,
+    outputs: bool,
+    listed: dict[str, list[str]] | None = None,
+) -> list[PruneTarget]:
     storage = default
     location = record.spec.output_dir
     if location and location != default.url:
@@ -288,5 +296,5 @@ def _files_of(record: JobRecord, default: Storage, settings: Settings | None, *,
                 blob = blob_at(where, settings)
                 targets.append(PruneTarget(blob.storage, blob.key))
     # The dashboard's thumbnail cache (beside the results): no use without the record
-    targets += [PruneTarget(default, key) for key in thumbnail_keys(default, record.job_id)]
+    targets += [PruneTarget(default, key) for key in thumbnail_keys(default, record.job_id, listed=listed)]
     return [target for target in targets if target.exists()]

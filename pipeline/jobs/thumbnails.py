@@ -42,9 +42,10 @@ def _folder_key(job_id: str) -> str:
     return f"{STATE_DIR_NAME}/{THUMBS_DIR_NAME}/{job_id[:2]}"
 
 
-def thumbnail_keys(storage: Storage, job_id: str) -> list[str]:
+def thumbnail_keys(storage: Storage, job_id: str, *, listed: dict[str, list[str]] | None = None) -> list[str]:
     """The keys of every cached thumbnail of ``job_id`` (of any of its images) in ``storage``: what a
-    prune removes. A bucket lists the job's folder (the jobs whose ids share its first two characters).
+    prune removes. A bucket lists the job's folder (the jobs whose ids share its first two characters);
+    ``listed`` keeps those listings for the next calls (a prune of many jobs lists each folder once).
 
     Raises:
         StorageUnavailable, StorageRefused: the object store failed.
@@ -53,8 +54,12 @@ def thumbnail_keys(storage: Storage, job_id: str) -> list[str]:
     local = storage.local_path(folder)
     if local is not None:
         names = [path.name for path in local.glob(f"{job_id}-*.webp")] if local.is_dir() else []
+    elif listed is not None and folder in listed:
+        names = listed[folder]
     else:
         names = [entry.key.rsplit("/", 1)[-1] for entry in storage.list(f"{folder}/")]
+        if listed is not None:
+            listed[folder] = names
     return sorted(f"{folder}/{name}" for name in names if name.startswith(f"{job_id}-") and name.endswith(".webp"))
 
 

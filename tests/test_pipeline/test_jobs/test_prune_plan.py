@@ -17,7 +17,9 @@ from pipeline.jobs.thumbnails import thumbnail_key
 from pipeline.models import JobResult, JobState
 from pipeline.settings import Settings
 from pipeline.storage import Storage, open_storage
+from pipeline.storage.base import Entry
 from pipeline.store import StatusStore
+from tests.conftest import S3Bucket
 from tests.test_pipeline.test_store.test_batches import make_batch
 from tests.test_pipeline.test_store.test_jobs import BACKENDS, T0, make_error, make_spec, open_backend
 
@@ -109,3 +111,29 @@ def test_prune_removes_the_thumbnails_of_a_pruned_job_from_where_the_results_are
     apply_prune(store, plan)
     # Then its thumbnails are gone, in the folder or the bucket, and the other job's stays
     assert [storage.exists(key) for key in [*pruned, kept]] == [False, False, True]
+
+
+def test_prune_in_a_bucket_lists_each_thumbnail_folder_once(
+    store: StatusStore, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = s3_bucket.settings()
+    storage = open_storage(settings.output_location, settings)
+    # Given three ended jobs whose ids share their first two characters, each with a thumbnail
+    ids = ["ab1", "ab2", "ab3"]
+    store.create_jobs([make_spec(job_id) for job_id in ids])
+    for job_id in ids:
+        store.mark_failed(job_id, make_error(), now=T0 + 1)
+        storage.write(thumbnail_key(job_id, "c" * 64), b"webp")
+    real_list = storage.list
+    listed: list[str] = []
+
+    def counting(prefix: str) -> list[Entry]:
+        listed.append(prefix)
+        return real_list(prefix)
+
+    monkeypatch.setattr(storage, "list", counting)
+    # When their prune is planned
+    plan = plan_prune(store, storage, older_than_s=0, now=time.time() + 60, settings=settings)
+    # Then the folder was listed once for all three, and each job's thumbnail is in the plan
+    assert [prefix for prefix in listed if "thumbs" in prefix] == [".sdpipe/thumbs/ab/"]
+    assert sum("thumbs" in line for line in plan.lines()) == 3
