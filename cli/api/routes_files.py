@@ -19,13 +19,11 @@ from cli.api.deps import MEDIA_TYPES, ensure_output_dir, image_response, runtime
 from cli.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from cli.api.schemas import JobAccepted, job_view
 from cli.api.uploads import staged_upload
-from pipeline.errors import PipelineError, QueueFull
-from pipeline.jobs.files import JobFiles
+from pipeline.errors import PipelineError
 from pipeline.jobs.planning import ProcessPlan, build_step_params, new_id, plan_process
 from pipeline.models import JobSpec, JobState
 from pipeline.sd.catalog import open_catalog
 from pipeline.settings import OutputFormat
-from pipeline.storage.base import open_storage
 from pipeline.upscale.params import SeamFix
 from pipeline.upscale.planning import (
     ROW_UPSCALE_KEYS,
@@ -190,12 +188,12 @@ def _submit_upload(
             raise
         # The sidecar's source is the client's file, not the upload id.
         spec = plan.spec.model_copy(update={"source_name": shown})
-        ProcessPlan(spec=spec, data=plan.data).ingest(settings)
+        inputs = [ProcessPlan(spec=spec, data=plan.data)]
+        runtime.stage_inputs(inputs)
     try:
         runtime.submit([spec], as_batch=True)
-    except QueueFull:  # another submitter took the room: nothing recorded, so nothing may stay on disk
-        assert spec.output_dir is not None
-        JobFiles(open_storage(spec.output_dir, settings), spec.job_id).remove_work_dir()
+    except BaseException:  # a full queue, Redis gone: nothing recorded, so nothing may stay on disk
+        runtime.discard_unrecorded(inputs)
         raise
     for note in plan.notes:
         logger.info("job %s: %s", spec.job_id, note.replace(str(saved.path), shown))
