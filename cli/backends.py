@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -75,7 +76,8 @@ def backends(
         else:
             if not shared:
                 console.print(Text(_EMBEDDED_NOTE, style="dim"))
-            console.print(_table(rows, shared=shared))
+            for part in _report(rows, shared=shared, console=console):
+                console.print(part)
             for line in _notes(rows):
                 console.print(line)
         if answers and all(problem is not None for problem in answers.values()):
@@ -147,6 +149,39 @@ def _table(rows: Sequence[dict[str, Any]], *, shared: bool) -> Table:
             str(row["model_loads"]),
         )
     return table
+
+
+#: A width no table reaches: what a table measures at its ease.
+_UNBOUNDED = 10_000
+
+
+def _report(rows: Sequence[dict[str, Any]], *, shared: bool, console: Console) -> list[Table] | list[Text]:
+    """The table, or where ``console`` is too narrow for its columns (a URL would fold letter by
+    letter beside them), :func:`_blocks`."""
+    table = _table(rows, shared=shared)
+    if console.measure(table, options=console.options.update_width(_UNBOUNDED)).maximum <= console.width:
+        return [table]
+    return _blocks(rows, shared=shared)
+
+
+def _blocks(rows: Sequence[dict[str, Any]], *, shared: bool) -> list[Text]:
+    """The table's facts for a narrow terminal: each server on a line of its own, then its numbers
+    and its checkpoint indented below it (folded as the terminal needs)."""
+    lines: list[Text] = []
+    for row in rows:
+        model = _model_text(row)
+        if not shared:
+            lines += [Text(row["key"]), Text(f"  max {row['max_slots']} slot(s), checkpoint ") + model]
+            continue
+        health = Text(row["health"], style="green" if row["healthy"] else "red")
+        mean = f"{row['mean_s']:.2f} s/image" if row["mean_s"] is not None else "no image yet"
+        numbers = (
+            f", slots {row['in_use']}/{row['max_slots']}, done {row['done']}, failed {row['failures']} "
+            f"({row['consecutive_failures']} in a row), {mean}"
+        )
+        loads = f" ({row['model_loads']} load(s))"
+        lines += [Text(row["key"]), Text("  ") + health + numbers, Text("  checkpoint ") + model + loads]
+    return lines
 
 
 def _model_text(row: dict[str, Any]) -> Text:

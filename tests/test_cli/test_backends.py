@@ -152,3 +152,30 @@ def test_backends_embedded_probe_reads_the_loaded_checkpoint(sdpipe: Invoke) -> 
     result = sdpipe("backends", "--json", env={"SD_API_URL": "mock://emb?models=x;y"})
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["model"].startswith("x.safetensors [")
+
+
+def test_backends_on_a_narrow_terminal_gives_each_server_a_block_instead_of_folded_columns() -> None:
+    from rich.console import Console
+
+    from cli.backends import _report
+
+    row = {"key": "http://gpu-node-01.internal:7860", "health": "benched, back in 12 s", "healthy": False,
+           "in_use": 0, "max_slots": 1, "done": 22, "failures": 3, "consecutive_failures": 3, "mean_s": 0.31,
+           "model": "juggernautXL_v9Rdphoto2Lightning.safetensors [c9e3e68f89]", "model_loads": 1}  # fmt: skip
+
+    def shown(width: int) -> list[str]:
+        console = Console(width=width, record=True)
+        for part in _report([row], shared=True, console=console):
+            console.print(part)
+        return [line.rstrip() for line in console.export_text().splitlines() if line.strip()]
+
+    narrow, wide = shown(80), shown(200)
+    # The server's URL whole on a line, its numbers and checkpoint below it (nothing folded away)
+    assert narrow == [
+        "http://gpu-node-01.internal:7860",
+        "  benched, back in 12 s, slots 0/1, done 22, failed 3 (3 in a row), 0.31 s/image",
+        "  checkpoint juggernautXL_v9Rdphoto2Lightning.safetensors (1 load(s))",
+    ]
+    # Where the columns fit, the table
+    assert any(line.split()[:2] == ["server", "health"] for line in wide)
+    assert any("http://gpu-node-01.internal:7860" in line and "juggernautXL" in line for line in wide)
