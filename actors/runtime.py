@@ -233,14 +233,15 @@ class Runtime:
             return
         try:
             recorded = {record.job_id for record in self.store.get_many(ids)}
-        except JobNotFound:  # a batch is recorded whole or not at all; per id only in the rare mixed case
+        except JobNotFound:  # one at least has no record (usually none has): one read per id
             recorded = set()
             for job_id in ids:
                 try:
                     recorded.add(self.store.get(job_id).job_id)
                 except JobNotFound:
                     continue
-                except PipelineError:
+                except PipelineError as exc:
+                    logger.warning("input copies of %d job(s) left to the orphan rule: %s", len(ids), exc)
                     return
         except PipelineError as exc:
             logger.warning("input copies of %d job(s) left to the orphan rule: %s", len(ids), exc)
@@ -700,8 +701,8 @@ def _recover_alone(context: StepContext) -> None:
     (:func:`~pipeline.jobs.retention.remove_orphaned_work`: a succeeded job's folder a kill left
     between its success and the folder's removal, or a job the store lost, unchanged for an hour), as
     a Redis-mode worker does when it starts. Not in ``OUTPUT_URL``'s bucket: other processes, with
-    status stores of their own, may share it (their jobs are not this store's to judge; ``prune``
-    takes this store's). Neither failing stops the process."""
+    status stores of their own, may share it (their jobs are not this store's to judge). Neither
+    failing stops the process."""
     try:
         _fail_orphans(context.store)
     except PipelineError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.text import Text
@@ -39,7 +39,7 @@ from cli.upscale_options import UPSCALE_FLAG_OF, UpscaleFlags
 from pipeline.batches.expansion import plan_templated, split_template_keys
 from pipeline.batches.manifests import contact_sheet_when_done
 from pipeline.batches.rows import check_request
-from pipeline.errors import StoreUnavailable
+from pipeline.errors import QueueFull, StoreUnavailable
 from pipeline.jobs.files import check_output
 from pipeline.jobs.planning import ProcessPlan, build_step_params, new_id, plan_process, travelling_overrides
 from pipeline.models import JobSpec, JobState
@@ -47,9 +47,6 @@ from pipeline.sd.catalog import open_catalog
 from pipeline.settings import OutputFormat, Settings
 from pipeline.storage import open_storage
 from pipeline.store import StatusStore
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["generate", "process", "submit_and_report"]
 
@@ -252,15 +249,27 @@ def submit_and_report(
         if claim is not None or idempotency is None:
             if calls_sd:
                 runtime.check_sd_reachable()
-            runtime.stage_inputs(inputs)  # interruptible; takes its copies back if it stops
+            submitted = False
+
+            def stage_and_submit() -> None:
+                # Staged once there is room (a copy waiting for room would have no record for the
+                # orphan rule to spare); submitted is set before a deferred Ctrl-C can arrive.
+                nonlocal submitted
+                runtime.stage_inputs(inputs)
+                try:
+                    runtime.submit(specs, as_batch=True)
+                except QueueFull:  # another submitter took the room: no copy waits for it again
+                    runtime.discard_unrecorded(inputs)
+                    raise
+                submitted = True
+
             try:
-                submit_when_room(
-                    runtime, len(specs), lambda: runtime.submit(specs, as_batch=True), wait_for_room=wait_for_room
-                )
+                submit_when_room(runtime, len(specs), stage_and_submit, wait_for_room=wait_for_room)
             except BaseException:
-                runtime.discard_unrecorded(inputs)
-                if claim is not None:
-                    claim.release()
+                if not submitted:  # recorded and queued jobs keep their copies and their key's claim
+                    runtime.discard_unrecorded(inputs)
+                    if claim is not None:
+                        claim.release()
                 raise
         ids = [spec.job_id for spec in specs]
         if not json_output:

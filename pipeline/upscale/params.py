@@ -201,7 +201,8 @@ class UpscaleParams(BaseModel):
         line = last if last and not parse_infotext(last)["Prompt"] else ""  # "": no params line
         # Without a checkpoint named, each server renders its tiles with the one it has loaded: the
         # input's (or generation's) Model would name one the tiles may not have used.
-        drop = ("Model", "Model hash") if checkpoint is None else ()
+        # A named checkpoint without " [hash]" must not keep the input's hash beside its name.
+        drop = ("Model", "Model hash") if checkpoint is None else ("Model hash",)
         head = build_infotext(self.prompt, self.negative_prompt, {})
         return f"{head}\n{insert_params(line, tiles | self.infotext_params(), drop=drop)}".strip()
 

@@ -150,3 +150,12 @@ def test_output_infotext_names_no_checkpoint_when_the_tiles_named_none() -> None
     parsed = parse_infotext(text)
     assert "Model" not in parsed and "Model hash" not in parsed
     assert (parsed["Prompt"], parsed["Version"], parsed["Upscale"]) == ("a fox", "v1", "2")
+
+
+def test_output_infotext_of_a_checkpoint_named_without_hash_keeps_no_old_hash() -> None:
+    base = "a fox\nSteps: 20, Sampler: Euler a, Seed: 5, Size: 64x64, Model hash: 6ce0161689, Model: v1-5, Version: v1"
+    params = UpscaleParams(prompt="a fox", seed=5, override_settings={"sd_model_checkpoint": "other.safetensors"})
+
+    parsed = parse_infotext(params.output_infotext(base, 128, 128))
+
+    assert parsed["Model"] == "other" and "Model hash" not in parsed  # not the input's checkpoint's hash
