@@ -15,6 +15,7 @@ from cli.output import cli_errors, console, echo, job_row, jobs_table, print_jso
 from pipeline.errors import InputError, JobNotFound
 from pipeline.jobs.files import current_output, iso_time
 from pipeline.models import JobRecord, JobState
+from pipeline.settings import Settings
 from pipeline.store import DEFAULT_LIST_LIMIT, open_store
 
 # `jobs` reads the store alone: what only `status` uses (the queue control, webhook deliveries and the
@@ -98,7 +99,7 @@ def status(
             job_row(record) | extra | {"priority": record.spec.priority, "paused": paused, "webhooks": deliveries}
         )
         return
-    console.print(_detail(record, tiles))
+    console.print(_detail(record, tiles, settings=settings))
     echo(f"priority: {record.spec.priority}")
     if paused:
         echo("paused: its SD call waits until `sdpipe resume`")
@@ -183,7 +184,7 @@ def _waiting_note(record: JobRecord, tiles: tuple[int, int] | None = None) -> st
     return f" ({name} done; the next step waits for a worker thread to pick it up)"
 
 
-def _detail(record: JobRecord, tiles: tuple[int, int] | None = None) -> Table:
+def _detail(record: JobRecord, tiles: tuple[int, int] | None = None, *, settings: Settings | None = None) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -244,7 +245,7 @@ def _detail(record: JobRecord, tiles: tuple[int, int] | None = None) -> Table:
             table.add_row("retried after", Text(text, style="yellow"))
     if record.result:
         image = str(record.result.image)
-        if record.state is JobState.SUCCEEDED and current_output(record) is None:
+        if record.state is JobState.SUCCEEDED and current_output(record, settings) is None:
             gone = f"{image} (gone: removed, or replaced by a later job of the same name)"
             table.add_row("image", Text(gone, style="yellow"))
         else:

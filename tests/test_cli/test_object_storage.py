@@ -72,6 +72,8 @@ def test_process_of_local_files_writes_into_the_bucket(sdpipe: Invoke, s3_bucket
         sidecar = json.loads(storage.read(key.rsplit(".", 1)[0] + ".json"))
         assert sidecar["output"]["sha256"] == hashlib.sha256(storage.read(key)).hexdigest()
         assert sidecar["source"].endswith(".png")
+        shown = sdpipe("status", job["job_id"], env=s3_bucket.env)
+        assert shown.exit_code == 0 and job["result"]["image"] in shown.stdout and "gone" not in shown.stdout
     assert not [entry.key for entry in storage.list(".sdpipe/work/")]
 
 
