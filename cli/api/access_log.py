@@ -59,11 +59,17 @@ class AccessLogMiddleware:
             logger.info(
                 "%s %s %d %.1f ms%s",
                 scope["method"],
-                scope["path"],
+                _printable(scope["path"]),
                 status,
                 elapsed_ms,
-                f" job={job}" if job else "",
+                f" job={_printable(job)}" if job else "",
             )
+
+
+def _printable(text: str) -> str:
+    """``text`` (a client's, decoded) with its control characters escaped: a path cannot start a
+    forged log line with a newline, nor colour a terminal."""
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
 def _job_of(scope: Scope) -> str | None:

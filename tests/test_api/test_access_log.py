@@ -62,3 +62,14 @@ def test_access_log_has_refused_requests_and_never_the_token(
     assert api.client.get("/api/jobs?token=a-long-secret-token-1234").status_code == 401
     (line,) = _lines(access_log, 1)
     assert re.fullmatch(r"GET /api/jobs 401 \d+\.\d ms", line)
+
+
+def test_access_log_escapes_control_characters_a_client_puts_in_its_path(
+    api: ApiServer, access_log: list[logging.LogRecord]
+) -> None:
+    # A newline would forge a second log line; an escape sequence would colour an operator's terminal
+    assert api.client.get("/api/jobs/abc%0A2026-12-08T00:00:00%20POST%20/api/fake%20200").status_code == 404
+    assert api.client.get("/api/jobs/x%1b%5b31mRED").status_code == 404
+    first, second = _lines(access_log, 2)
+    assert "\n" not in first and first.startswith("GET /api/jobs/abc\\n2026-12-08T00:00:00 POST /api/fake 200 404")
+    assert "\x1b" not in second and second.startswith("GET /api/jobs/x\\x1b[31mRED 404")
