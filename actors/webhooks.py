@@ -108,12 +108,10 @@ def start_webhook_worker(broker: dramatiq.Broker, settings: Settings) -> dramati
         worker_threads=settings.webhook_threads,
         worker_timeout=_WORKER_TIMEOUT_MS,
     )
-    notice = _SecondWorkerNotice()
-    broker.logger.addFilter(notice)
-    try:
-        worker.start()  # adds the worker's middleware to the broker
-    finally:
-        broker.logger.removeFilter(notice)
+    # Kept on the broker's logger: a Redis-mode process's image queues' worker starts after this one.
+    if not any(isinstance(f, _SecondWorkerNotice) for f in broker.logger.filters):
+        broker.logger.addFilter(_SecondWorkerNotice())
+    worker.start()  # adds the worker's middleware to the broker
     logger.debug("webhook worker started (%d threads)", settings.webhook_threads)
     return worker
 
