@@ -221,7 +221,7 @@ class Runtime:
             for plan in inputs:
                 plan.ingest(self.settings)
         except BaseException:
-            self._remove_copies(inputs)
+            self.remove_copies(inputs)
             raise
 
     def discard_unrecorded(self, inputs: Sequence[ProcessPlan]) -> None:
@@ -246,9 +246,10 @@ class Runtime:
         except PipelineError as exc:
             logger.warning("input copies of %d job(s) left to the orphan rule: %s", len(ids), exc)
             return
-        self._remove_copies([plan for plan in inputs if plan.spec.job_id not in recorded])
+        self.remove_copies([plan for plan in inputs if plan.spec.job_id not in recorded])
 
-    def _remove_copies(self, inputs: Sequence[ProcessPlan]) -> None:
+    def remove_copies(self, inputs: Sequence[ProcessPlan]) -> None:
+        """Remove the input copies of jobs known to have no record (no store read)."""
         for plan in inputs:
             if plan.spec.output_dir is None:
                 continue

@@ -258,8 +258,8 @@ def submit_and_report(
                 runtime.stage_inputs(inputs)
                 try:
                     runtime.submit(specs, as_batch=True)
-                except QueueFull:  # another submitter took the room: no copy waits for it again
-                    runtime.discard_unrecorded(inputs)
+                except QueueFull:  # refused before recording anything: no copy waits for room again
+                    runtime.remove_copies(inputs)
                     raise
                 submitted = True
 
